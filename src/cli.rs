@@ -1,0 +1,145 @@
+//! The command line: global flags and subcommands. Parsing only; `main`
+//! dispatches to the library.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ROOT_EXAMPLES: &str = "\
+Examples:
+  pgsteward --config /etc/pgsteward/pgsteward.toml check
+  pgsteward partitions plan                 # the DDL the next pass would run, changing nothing
+  pgsteward partitions apply                # one maintenance pass (CronJob)
+  pgsteward lag --output json               # exit 1 when any replica is over threshold
+  pgsteward upgrade plan --target-class large
+  pgsteward run                             # the service: schedules, /metrics, /healthz, /readyz
+  pgsteward demo                            # the whole cycle on a throwaway local cluster
+
+Configuration: --config FILE, else $PGSTEWARD_CONFIG, else /etc/pgsteward/pgsteward.toml;
+PGSTEWARD_SECTION__KEY environment variables override the file
+(e.g. PGSTEWARD_DATABASE__PRIMARY=postgres://steward@db:5432/app).
+
+Exit codes: 0 done and healthy; 1 an operation failed or a check found a problem;
+2 bad usage or configuration.";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgsteward",
+    version,
+    about = "Keeps production PostgreSQL healthy as it grows: partitions, replica lag, zero-downtime upgrades",
+    after_help = ROOT_EXAMPLES
+)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "PGSTEWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "PGSTEWARD_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter (`info`, `debug`, `pgsteward=debug,tokio_postgres=warn`).
+    #[arg(long, global = true, default_value = "info", env = "PGSTEWARD_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run as a service: scheduled partition passes and lag checks, plus /metrics, /healthz, /readyz.
+    #[command(after_help = "Example:\n  pgsteward --config /etc/pgsteward/pgsteward.toml --log-format json run\n\n\
+        Runs until SIGTERM or SIGINT. Only the instance holding the advisory lock on the primary runs DDL;\n\
+        the others keep checking lag and report pgsteward_leader 0.")]
+    Run,
+    /// Partition maintenance: create ahead, fill gaps, apply retention.
+    #[command(subcommand)]
+    Partitions(PartitionsCommand),
+    /// One lag check of every replica; exit 1 when any is over threshold or unreachable.
+    #[command(after_help = "Examples:\n  pgsteward lag\n  pgsteward lag --output json | jq '.replicas[] | select(.healthy | not)'")]
+    Lag(OutputArgs),
+    /// Zero-downtime move of the primary to a larger machine.
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
+    /// Validate the configuration and reach every endpoint it names.
+    #[command(after_help = "Example:\n  pgsteward --config config/pgsteward.example.toml check --output json")]
+    Check(OutputArgs),
+    /// The whole cycle on a throwaway local primary + replica + PgBouncer: partitions, lag, upgrade.
+    #[command(after_help = "Example:\n  pgsteward demo\n\nNeeds the PostgreSQL server programs and PgBouncer \
+        (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end.")]
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PartitionsCommand {
+    /// Print the DDL the next pass would run; changes nothing.
+    #[command(after_help = "Example:\n  pgsteward partitions plan\n  pgsteward partitions plan --output json")]
+    Plan(OutputArgs),
+    /// One maintenance pass: create the current and premade periods, fill gaps, apply retention.
+    #[command(after_help = "Example:\n  pgsteward partitions apply\n\n\
+        Exit 1 when any table could not be brought up to date (it is retried on the next pass).")]
+    Apply(OutputArgs),
+    /// Managed tables, their partitions, coverage ahead, gaps and rows in DEFAULT.
+    #[command(after_help = "Example:\n  pgsteward partitions status --output json")]
+    Status(OutputArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// The server class to move the primary to (a key of [upgrade.local.classes], or an RDS instance class).
+    #[arg(long, value_name = "CLASS")]
+    pub target_class: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpgradeCommand {
+    /// Run the prechecks and print the steps an upgrade would take; changes nothing.
+    #[command(after_help = "Example:\n  pgsteward upgrade plan --target-class large")]
+    Plan {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Start an upgrade and drive it to the end, printing progress.
+    #[command(after_help = "Example:\n  pgsteward upgrade start --target-class large\n\n\
+        Safe to interrupt: `pgsteward upgrade resume` continues from the journal in upgrade.state_dir.")]
+    Start {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// The current or last upgrade, step by step.
+    #[command(after_help = "Example:\n  pgsteward upgrade status --output json")]
+    Status(OutputArgs),
+    /// Continue an interrupted upgrade from its journal.
+    #[command(after_help = "Example:\n  pgsteward upgrade resume")]
+    Resume,
+    /// Roll back an upgrade that has not promoted yet and delete its new replica.
+    #[command(after_help = "Example:\n  pgsteward upgrade abort")]
+    Abort,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Keep the temporary directory (and stop the servers) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,599 @@
+//! Configuration: defaults, then the TOML file, then `PGSTEWARD_` environment
+//! variables (`__` between nested keys). Unknown keys are errors. Every error
+//! names where the value came from, the key, and what was expected.
+
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::pg::{ConnSpec, QualifiedName};
+pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
+
+/// Where the configuration comes from when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgsteward/pgsteward.toml";
+pub const CONFIG_ENV: &str = "PGSTEWARD_CONFIG";
+pub const ENV_PREFIX: &str = "PGSTEWARD_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path} does not exist (pass --config FILE or set {CONFIG_ENV})")]
+    Missing { path: PathBuf },
+    #[error("configuration file {path} cannot be read: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A PostgreSQL connection string. Its `Display` and `Debug` never show the
+/// password, so it can be logged and put in errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnString(String);
+
+impl ConnString {
+    pub fn new(s: impl Into<String>) -> Self {
+        ConnString(s.into())
+    }
+    /// The full string, password included: only for handing to a driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn spec(&self) -> Result<ConnSpec, crate::pg::PgError> {
+        ConnSpec::parse(&self.0)
+    }
+}
+
+impl fmt::Display for ConnString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::pg::redact(&self.0))
+    }
+}
+impl fmt::Debug for ConnString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnString({})", crate::pg::redact(&self.0))
+    }
+}
+impl<'de> Deserialize<'de> for ConnString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ConnSpec::parse(&s).map_err(serde::de::Error::custom)?;
+        Ok(ConnString(s))
+    }
+}
+impl Serialize for ConnString {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub partitions: PartitionsConfig,
+    #[serde(default)]
+    pub lag: LagConfig,
+    #[serde(default)]
+    pub upgrade: UpgradeConfig,
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// The primary, reached directly (not through the pooler): DDL and
+    /// upgrades must know which server they talk to.
+    pub primary: ConnString,
+    /// Streaming replicas to watch for lag.
+    #[serde(default)]
+    pub replicas: Vec<ConnString>,
+    /// Longest wait for a TCP connection and login.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionsConfig {
+    /// When `pgsteward run` runs a maintenance pass.
+    #[serde(default = "default_partition_schedule")]
+    pub schedule: Schedule,
+    /// Applied to every DDL statement; a statement that cannot get its lock in
+    /// this time gives up (and is retried with backoff), so application queries
+    /// never queue behind maintenance for longer.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: HumanDuration,
+    /// Attempts per DDL statement on lock timeout or deadlock before the table
+    /// is left for the next pass.
+    #[serde(default = "default_lock_retries")]
+    pub lock_retries: u32,
+    /// Rows moved per transaction out of a DEFAULT partition.
+    #[serde(default = "default_move_batch")]
+    pub default_move_batch: u32,
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+impl Default for PartitionsConfig {
+    fn default() -> Self {
+        PartitionsConfig {
+            schedule: default_partition_schedule(),
+            lock_timeout: default_lock_timeout(),
+            lock_retries: default_lock_retries(),
+            default_move_batch: default_move_batch(),
+            tables: Vec::new(),
+        }
+    }
+}
+
+fn default_partition_schedule() -> Schedule {
+    parse_const("0 * * * *")
+}
+fn default_lock_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(200))
+}
+fn default_lock_retries() -> u32 {
+    10
+}
+fn default_move_batch() -> u32 {
+    10_000
+}
+
+/// Parses a compile-time constant; a failure is a bug in this file.
+fn parse_const<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: fmt::Debug,
+{
+    match s.parse() {
+        Ok(v) => v,
+        Err(e) => panic!("built-in default {s:?} does not parse: {e:?}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interval {
+    Daily,
+    Weekly,
+    Monthly,
+    Quarterly,
+    Yearly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// Detach old partitions and keep them as ordinary tables.
+    #[default]
+    Detach,
+    /// Detach, then drop.
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// `schema.table`; unquoted parts fold to lower case as in SQL, `"Quoted"` parts keep theirs.
+    pub table: QualifiedName,
+    #[serde(default = "default_interval")]
+    pub interval: Interval,
+    /// Future partitions kept ahead of the current one.
+    #[serde(default = "default_premake")]
+    pub premake: u32,
+    /// Partitions whose whole range ends before now minus this are retired.
+    #[serde(default)]
+    pub retention: Option<CalendarSpan>,
+    #[serde(default)]
+    pub retention_mode: RetentionMode,
+    /// Where period boundaries fall for `timestamptz` keys (and the zone "now" is read in).
+    #[serde(default = "default_tz", deserialize_with = "deserialize_tz")]
+    pub timezone: Tz,
+}
+
+fn default_interval() -> Interval {
+    Interval::Monthly
+}
+fn default_premake() -> u32 {
+    3
+}
+fn default_tz() -> Tz {
+    Tz::UTC
+}
+fn deserialize_tz<'de, D: Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse::<Tz>().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an IANA time zone name such as \"UTC\" or \"Europe/Berlin\""
+        ))
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LagConfig {
+    #[serde(default = "default_lag_schedule")]
+    pub schedule: Schedule,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    #[serde(default = "default_max_delay")]
+    pub max_delay: HumanDuration,
+    /// Longest a single lag query may take before the node counts as unreachable.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout: HumanDuration,
+}
+
+impl Default for LagConfig {
+    fn default() -> Self {
+        LagConfig {
+            schedule: default_lag_schedule(),
+            max_bytes: default_max_bytes(),
+            max_delay: default_max_delay(),
+            query_timeout: default_query_timeout(),
+        }
+    }
+}
+
+fn default_lag_schedule() -> Schedule {
+    parse_const("*/1 * * * *")
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_max_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_query_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    #[default]
+    Local,
+    Rds,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    #[serde(default)]
+    pub provider: ProviderKind,
+    /// The upgrade journal lives here; it must survive the process (a PVC in Kubernetes).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Replica lag at which the cutover may begin.
+    #[serde(default = "default_catchup_max_bytes")]
+    pub catchup_max_bytes: ByteSize,
+    /// Longest write pause allowed; past it, roll back and resume writes.
+    #[serde(default = "default_pause_timeout")]
+    pub pause_timeout: HumanDuration,
+    /// Grace before the old primary is retired.
+    #[serde(default = "default_retire_after")]
+    pub retire_after: HumanDuration,
+    /// Longest wait for the new replica to become available / catch up.
+    #[serde(default = "default_step_timeout")]
+    pub step_timeout: HumanDuration,
+    #[serde(default)]
+    pub local: LocalProviderConfig,
+    #[serde(default)]
+    pub rds: Option<RdsProviderConfig>,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            provider: ProviderKind::Local,
+            state_dir: default_state_dir(),
+            catchup_max_bytes: default_catchup_max_bytes(),
+            pause_timeout: default_pause_timeout(),
+            retire_after: default_retire_after(),
+            step_timeout: default_step_timeout(),
+            local: LocalProviderConfig::default(),
+            rds: None,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pgsteward")
+}
+fn default_catchup_max_bytes() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_pause_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_retire_after() -> HumanDuration {
+    HumanDuration(Duration::ZERO)
+}
+fn default_step_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+/// A server setting value in a class: strings, integers and booleans are all
+/// written to `postgresql.conf` as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingValue(pub String);
+
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Any {
+            S(String),
+            I(i64),
+            B(bool),
+            F(f64),
+        }
+        Ok(SettingValue(match Any::deserialize(d)? {
+            Any::S(s) => s,
+            Any::I(i) => i.to_string(),
+            Any::B(b) => if b { "on" } else { "off" }.to_string(),
+            Any::F(f) => f.to_string(),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProviderConfig {
+    /// New data directories are created under this directory.
+    #[serde(default = "default_data_root")]
+    pub data_root: PathBuf,
+    /// Directory of `pg_basebackup`, `pg_ctl`; default: PATH, then /usr/lib/postgresql/*/bin.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// Keep the old primary's data directory when it is retired (it is only stopped).
+    #[serde(default = "default_true")]
+    pub keep_old_data: bool,
+    /// Named sets of server settings; `--target-class NAME` picks one.
+    #[serde(default)]
+    pub classes: BTreeMap<String, BTreeMap<String, SettingValue>>,
+}
+
+impl Default for LocalProviderConfig {
+    fn default() -> Self {
+        LocalProviderConfig {
+            data_root: default_data_root(),
+            bin_dir: None,
+            keep_old_data: true,
+            classes: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_data_root() -> PathBuf {
+    PathBuf::from("/var/lib/pgsteward/clusters")
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RdsRepoint {
+    /// Rewrite PgBouncer's `[databases]` entry to the new instance's endpoint.
+    #[default]
+    Pgbouncer,
+    /// Rename the instances so the new primary takes over the old endpoint name.
+    IdentifierSwap,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RdsProviderConfig {
+    pub source_instance: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Any RDS-compatible API (moto in tests).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    #[serde(default)]
+    pub repoint: RdsRepoint,
+    /// Take a final snapshot when deleting the old primary. Only `true` is safe.
+    #[serde(default = "default_true")]
+    pub final_snapshot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CutoverKind {
+    #[default]
+    Pgbouncer,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    #[serde(default)]
+    pub kind: CutoverKind,
+    /// PgBouncer admin consoles (`.../pgbouncer` database), every one paused and repointed.
+    #[serde(default)]
+    pub admin: Vec<ConnString>,
+    /// The pgbouncer.ini whose `[databases]` entry is rewritten. One file per admin endpoint,
+    /// in the same order, or a single file shared by all.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub config_file: Vec<PathBuf>,
+    /// The `[databases]` entry clients use.
+    #[serde(default = "default_cutover_database")]
+    pub database: String,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig {
+            kind: CutoverKind::Pgbouncer,
+            admin: Vec::new(),
+            config_file: Vec::new(),
+            database: default_cutover_database(),
+        }
+    }
+}
+
+fn default_cutover_database() -> String {
+    "app".to_string()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9187))
+}
+
+/// Accepts `"x"` as well as `["x", "y"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Resolves which file to read: `--config`, then `$PGSTEWARD_CONFIG`, then the default path.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// Loads and validates the configuration from `path` plus the environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    if !path.exists() {
+        return Err(ConfigError::Missing { path: path.to_path_buf() });
+    }
+    if let Err(source) = std::fs::metadata(path).and_then(|_| std::fs::File::open(path)) {
+        return Err(ConfigError::Unreadable { path: path.to_path_buf(), source });
+    }
+    // file_exact: `Toml::file` would silently skip a missing file and search parent directories.
+    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env_provider());
+    from_figment(figment, Some(path))
+}
+
+/// Environment overrides: `PGSTEWARD_DATABASE__PRIMARY` → `database.primary`.
+/// `PGSTEWARD_CONFIG` names the file and is not a key.
+pub fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__").ignore(&["config", "log_level", "log_format"])
+}
+
+pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {
+    let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e, path)))?;
+    config.validate().map_err(|msg| {
+        ConfigError::Invalid(match path {
+            Some(p) => format!("{}: {msg}", p.display()),
+            None => msg,
+        })
+    })?;
+    Ok(config)
+}
+
+/// figment reports the first error with its key and source; make it read as
+/// "FILE: key `a.b`: what was wrong", and name every error when there are several.
+fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
+    let mut lines = Vec::new();
+    for e in err {
+        let key = if e.path.is_empty() { None } else { Some(e.path.join(".")) };
+        let source = match &e.metadata {
+            Some(md) => match &md.source {
+                Some(figment::Source::File(f)) => f.display().to_string(),
+                Some(other) => format!("{} ({other})", md.name),
+                None => md.name.to_string(),
+            },
+            None => path.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into()),
+        };
+        let what = match &e.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+            }
+            figment::error::Kind::MissingField(field) => format!("missing required key `{field}`"),
+            kind => kind.to_string(),
+        };
+        lines.push(match key {
+            Some(k) => format!("{source}: key `{k}`: {what}"),
+            None => format!("{source}: {what}"),
+        });
+    }
+    lines.join("\n")
+}
+
+impl Config {
+    /// Checks that need more than one field at a time.
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.partitions.tables.iter().enumerate() {
+            if !seen.insert(t.table.clone()) {
+                return Err(format!(
+                    "key `partitions.tables[{i}].table`: {} is listed twice; each table may appear once",
+                    t.table
+                ));
+            }
+            if t.premake > 500 {
+                return Err(format!(
+                    "key `partitions.tables[{i}].premake`: {} is more than 500 periods ahead; expected 0..=500",
+                    t.premake
+                ));
+            }
+        }
+        if self.partitions.lock_timeout.0.is_zero() {
+            return Err("key `partitions.lock_timeout`: 0 would wait forever for locks; expected e.g. \"200ms\"".into());
+        }
+        if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
+            return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
+        }
+        let files = self.cutover.config_file.len();
+        if self.cutover.kind == CutoverKind::Pgbouncer
+            && !self.cutover.admin.is_empty()
+            && files != 1
+            && files != self.cutover.admin.len()
+        {
+            return Err(format!(
+                "key `cutover.config_file`: {files} files for {} admin endpoints; give one shared file or one per endpoint",
+                self.cutover.admin.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pgbouncer.ini for the i-th admin endpoint.
+    pub fn pooler_config_file(&self, i: usize) -> Option<&Path> {
+        let files = &self.cutover.config_file;
+        files.get(i).or_else(|| if files.len() == 1 { files.first() } else { None }).map(|p| p.as_path())
+    }
+}

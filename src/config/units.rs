@@ -1,0 +1,329 @@
+//! Human-written quantities in the configuration: durations (`"200ms"`, `"30s"`),
+//! calendar spans for retention (`"13 months"`), byte sizes (`"64MB"`) and cron
+//! schedules with crontab semantics.
+//!
+//! Every type deserializes from a string (sizes and durations also from a bare
+//! integer meaning bytes / seconds) and its error says what was expected, so
+//! figment can report the file and key next to it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Splits `"13 months"` / `"200ms"` into (13, "months").
+fn split_number(input: &str) -> Option<(u64, String)> {
+    let s = input.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    if digits_end == 0 {
+        return None;
+    }
+    let number = s[..digits_end].parse().ok()?;
+    let unit = s[digits_end..].trim().to_ascii_lowercase();
+    Some((number, unit))
+}
+
+/// A wall-clock duration: `"200ms"`, `"5s"`, `"10m"`, `"2h"`, `"1d"`, combinations such as `"1m30s"` are not accepted
+/// (write `"90s"`). A bare integer is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+pub const DURATION_EXPECTED: &str =
+    "a duration such as \"200ms\", \"30s\", \"5m\", \"2h\" or \"1d\"";
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, unit) = split_number(s).ok_or_else(|| format!("{s:?} is not {DURATION_EXPECTED}"))?;
+        let d = match unit.as_str() {
+            "ms" | "msec" | "millisecond" | "milliseconds" => Duration::from_millis(n),
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
+            "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(n * 60),
+            "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
+            "d" | "day" | "days" => Duration::from_secs(n * 86_400),
+            _ => return Err(format!("{s:?} is not {DURATION_EXPECTED}")),
+        };
+        Ok(HumanDuration(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+/// A calendar span for retention: `"13 months"`, `"90 days"`, `"8 weeks"`, `"2 years"`.
+/// Months and years are calendar months (a partition is old when its whole
+/// range ends before `now - span` in the table's zone), not 30-day blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CalendarSpan {
+    pub months: u32,
+    pub days: u32,
+}
+
+pub const SPAN_EXPECTED: &str =
+    "a calendar span such as \"13 months\", \"90 days\", \"8 weeks\" or \"2 years\"";
+
+impl FromStr for CalendarSpan {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not {SPAN_EXPECTED}");
+        let (n, unit) = split_number(s).ok_or_else(err)?;
+        let n = u32::try_from(n).map_err(|_| err())?;
+        let span = match unit.as_str() {
+            "d" | "day" | "days" => CalendarSpan { months: 0, days: n },
+            "w" | "week" | "weeks" => CalendarSpan { months: 0, days: n.checked_mul(7).ok_or_else(err)? },
+            "mon" | "month" | "months" => CalendarSpan { months: n, days: 0 },
+            "y" | "year" | "years" => CalendarSpan { months: n.checked_mul(12).ok_or_else(err)?, days: 0 },
+            _ => return Err(err()),
+        };
+        if span.months == 0 && span.days == 0 {
+            return Err(format!("{s:?} would drop every partition; retention must be at least one day"));
+        }
+        Ok(span)
+    }
+}
+
+impl fmt::Display for CalendarSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.months, self.days) {
+            (m, 0) => write!(f, "{m} months"),
+            (0, d) => write!(f, "{d} days"),
+            (m, d) => write!(f, "{m} months {d} days"),
+        }
+    }
+}
+
+/// A byte count: `"64MB"`, `"512kB"`, `"1GB"`, `"4096"`. Units are 1024-based, as in
+/// PostgreSQL's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+pub const SIZE_EXPECTED: &str = "a size such as \"64MB\", \"512kB\", \"1GB\" or a number of bytes";
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("{s:?} is not {SIZE_EXPECTED}");
+        let (n, unit) = split_number(s).ok_or_else(err)?;
+        let mult: u64 = match unit.as_str() {
+            "" | "b" | "bytes" => 1,
+            "kb" | "k" | "kib" => 1 << 10,
+            "mb" | "m" | "mib" => 1 << 20,
+            "gb" | "g" | "gib" => 1 << 30,
+            "tb" | "t" | "tib" => 1 << 40,
+            _ => return Err(err()),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(err)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b >= 1 << 30 && b % (1 << 30) == 0 {
+            write!(f, "{}GB", b >> 30)
+        } else if b >= 1 << 20 && b % (1 << 20) == 0 {
+            write!(f, "{}MB", b >> 20)
+        } else if b >= 1 << 10 && b % (1 << 10) == 0 {
+            write!(f, "{}kB", b >> 10)
+        } else {
+            write!(f, "{b} bytes")
+        }
+    }
+}
+
+/// A cron schedule with crontab semantics: the standard 5 fields (minute hour
+/// day-of-month month day-of-week), or 6 with seconds first; 0 and 7 are Sunday;
+/// when both day-of-month and day-of-week are restricted a day matching either
+/// fires (Vixie cron's OR). Evaluated in UTC.
+///
+/// Croner is used rather than the `cron` crate because `cron` rejects 5 fields,
+/// numbers weekdays from 1 = Sunday and ANDs the two day fields, so a naive
+/// conversion would run weekday jobs a day off.
+#[derive(Clone)]
+pub struct Schedule {
+    pattern: String,
+    cron: Cron,
+}
+
+pub const SCHEDULE_EXPECTED: &str =
+    "a cron expression with 5 fields (\"0 * * * *\") or 6 with seconds first (\"0 */5 * * * *\")";
+
+impl Schedule {
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The first fire time strictly after `after`, or `None` when the pattern
+    /// can never fire again (e.g. 30 February).
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&after, false).ok()
+    }
+}
+
+impl FromStr for Schedule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let fields = s.split_whitespace().count();
+        if !(5..=6).contains(&fields) && !s.trim().starts_with('@') {
+            return Err(format!("{s:?} has {fields} fields; expected {SCHEDULE_EXPECTED}"));
+        }
+        let parser = CronParser::builder().seconds(Seconds::Optional).dom_and_dow(false).build();
+        let cron = parser
+            .parse(s)
+            .map_err(|e| format!("{s:?} is not {SCHEDULE_EXPECTED}: {e}"))?;
+        // A pattern that never fires (30 February) is a mistake, not a schedule.
+        if cron.find_next_occurrence(&Utc::now(), false).is_err() {
+            return Err(format!("{s:?} never fires"));
+        }
+        Ok(Schedule { pattern: s.trim().to_string(), cron })
+    }
+}
+
+impl fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Schedule({:?})", self.pattern)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.pattern)
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+/// Deserializes any of the types above from a string (or, for durations and
+/// sizes, an integer).
+macro_rules! string_serde {
+    ($ty:ty, $expected:expr, $allow_int:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expected)
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        if $allow_int {
+                            v.to_string().parse().map_err(E::custom)
+                        } else {
+                            Err(E::invalid_type(de::Unexpected::Unsigned(v), &self))
+                        }
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        match u64::try_from(v) {
+                            Ok(u) => self.visit_u64(u),
+                            Err(_) => Err(E::invalid_type(de::Unexpected::Signed(v), &self)),
+                        }
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    };
+}
+
+string_serde!(HumanDuration, DURATION_EXPECTED, true);
+string_serde!(CalendarSpan, SPAN_EXPECTED, false);
+string_serde!(ByteSize, SIZE_EXPECTED, true);
+string_serde!(Schedule, SCHEDULE_EXPECTED, false);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Timelike};
+
+    #[test]
+    fn durations() {
+        assert_eq!("200ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(200));
+        assert_eq!("30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30));
+        assert_eq!("5 min".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!("2h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7200));
+        assert!("fast".parse::<HumanDuration>().is_err());
+        assert!("10 fortnights".parse::<HumanDuration>().is_err());
+        assert_eq!(HumanDuration(Duration::from_millis(200)).to_string(), "200ms");
+    }
+
+    #[test]
+    fn spans() {
+        assert_eq!("13 months".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 13, days: 0 });
+        assert_eq!("2 years".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 24, days: 0 });
+        assert_eq!("8 weeks".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 0, days: 56 });
+        assert!("0 days".parse::<CalendarSpan>().is_err());
+        assert!("13".parse::<CalendarSpan>().is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!("64MB".parse::<ByteSize>().unwrap().0, 64 << 20);
+        assert_eq!("512kB".parse::<ByteSize>().unwrap().0, 512 << 10);
+        assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
+        assert!("lots".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(16 << 20).to_string(), "16MB");
+    }
+
+    fn next(p: &str, from: DateTime<Utc>) -> DateTime<Utc> {
+        p.parse::<Schedule>().unwrap().next_after(from).unwrap()
+    }
+
+    #[test]
+    fn five_field_crontab_semantics() {
+        // Friday 2026-11-27 04:56 UTC.
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 56, 10).unwrap();
+        assert_eq!(next("0 * * * *", now), Utc.with_ymd_and_hms(2026, 11, 27, 5, 0, 0).unwrap());
+        assert_eq!(next("*/1 * * * *", now), Utc.with_ymd_and_hms(2026, 11, 27, 4, 57, 0).unwrap());
+        // 0 and 7 both mean Sunday (2026-11-29).
+        let sunday = Utc.with_ymd_and_hms(2026, 11, 29, 3, 0, 0).unwrap();
+        assert_eq!(next("0 3 * * 0", now), sunday);
+        assert_eq!(next("0 3 * * 7", now), sunday);
+        // 1 is Monday, not Sunday as in the `cron` crate.
+        assert_eq!(next("0 3 * * 1", now).weekday(), chrono::Weekday::Mon);
+        // Day-of-month OR day-of-week: the 1st of a month or any Monday.
+        let t = next("0 0 1 * 1", now);
+        assert_eq!((t.month(), t.day()), (11, 30), "the Monday comes before December 1st");
+        let t = next("0 0 1 * 1", Utc.with_ymd_and_hms(2026, 11, 30, 1, 0, 0).unwrap());
+        assert_eq!((t.month(), t.day()), (12, 1));
+    }
+
+    #[test]
+    fn six_field_with_seconds() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 56, 10).unwrap();
+        let t = next("30 */5 * * * *", now);
+        assert_eq!((t.minute(), t.second()), (0, 30));
+    }
+
+    #[test]
+    fn bad_schedules() {
+        assert!("* * *".parse::<Schedule>().is_err());
+        assert!("61 * * * *".parse::<Schedule>().is_err());
+        assert!("0 0 30 2 *".parse::<Schedule>().is_err());
+        assert!("0 0 0 0 0 0 0 0".parse::<Schedule>().is_err());
+    }
+}

@@ -1,0 +1,530 @@
+//! PostgreSQL servers and PgBouncer on this host: find the binaries, create a
+//! cluster with `initdb` or `pg_basebackup`, start, stop, promote. Used by the
+//! local upgrade provider, `pgsteward demo` and the test harness.
+//!
+//! PostgreSQL refuses to run as root, so when this process is root every server
+//! program runs as the `postgres` user, and every directory made for it is
+//! handed to that user.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error("{program} not found on PATH or under /usr/lib/postgresql/*/bin; install it: {install}")]
+    MissingBinary { program: String, install: &'static str },
+    #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
+    NoServerUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("no free loopback port: {0}")]
+    NoPort(std::io::Error),
+    #[error("{what} did not happen within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
+    let what = what.into();
+    move |source| LocalPgError::Io { what, source }
+}
+
+pub const INSTALL_POSTGRES: &str = "apt-get install -y postgresql";
+pub const INSTALL_PGBOUNCER: &str = "apt-get install -y pgbouncer";
+
+/// The user server processes run as: `None` means "as this process".
+#[derive(Debug, Clone, Copy)]
+pub struct ServerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ServerUser {
+    /// `postgres` when running as root, otherwise nobody in particular.
+    pub fn detect() -> Result<Option<ServerUser>, LocalPgError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Ok(None);
+        }
+        match nix::unistd::User::from_name("postgres") {
+            Ok(Some(u)) => Ok(Some(ServerUser { uid: u.uid.as_raw(), gid: u.gid.as_raw() })),
+            _ => Err(LocalPgError::NoServerUser),
+        }
+    }
+}
+
+/// Finds a PostgreSQL program: `bin_dir` if given, then PATH, then the newest
+/// `/usr/lib/postgresql/*/bin` (Debian keeps server programs off PATH).
+pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, LocalPgError> {
+    let install = if program == "pgbouncer" { INSTALL_PGBOUNCER } else { INSTALL_POSTGRES };
+    let missing = || LocalPgError::MissingBinary { program: program.into(), install };
+    if let Some(dir) = bin_dir {
+        let p = dir.join(program);
+        return if p.is_file() { Ok(p) } else { Err(missing()) };
+    }
+    // Debian's /usr/lib/postgresql/N/bin is preferred to PATH so initdb,
+    // postgres and pg_basebackup come from one version.
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.iter().rev().find(|(_, d)| d.join(program).is_file()) {
+        return Ok(dir.join(program));
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    for dir in ["/usr/sbin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(missing())
+}
+
+/// A port on 127.0.0.1 nobody listens on right now.
+pub fn free_port() -> Result<u16, LocalPgError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(LocalPgError::NoPort)?;
+    let port = l.local_addr().map_err(LocalPgError::NoPort)?.port();
+    Ok(port)
+}
+
+/// Makes `dir` (and its parents) and hands it to the server user with mode 0700.
+pub fn make_server_dir(dir: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+    fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    give_to(dir, user)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(format!("chmod {}", dir.display())))
+}
+
+/// Hands a path to the server user (no-op when not root).
+pub fn give_to(path: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+    if let Some(u) = user {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).map_err(io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn command(program: &Path, user: Option<ServerUser>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some(u) = user {
+        cmd.uid(u.uid).gid(u.gid);
+        // A server started from root's cwd may be unable to stat it.
+        cmd.current_dir("/");
+    }
+    cmd.env_remove("PGDATA").env("LC_ALL", "C.UTF-8");
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(io(what.to_string()))?;
+    if !out.status.success() {
+        let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if detail.is_empty() {
+            detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let _ = write!(detail, " ({})", out.status);
+        return Err(LocalPgError::Command { what: what.to_string(), detail });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Settings every cluster made here gets: loopback only, able to feed
+/// streaming replicas, with its socket inside its own directory.
+fn base_settings(port: u16, socket_dir: &Path) -> Vec<(String, String)> {
+    [
+        ("listen_addresses", "'127.0.0.1'".to_string()),
+        ("port", port.to_string()),
+        ("unix_socket_directories", format!("'{}'", socket_dir.display())),
+        ("wal_level", "replica".into()),
+        ("max_wal_senders", "10".into()),
+        ("max_replication_slots", "10".into()),
+        ("hot_standby", "on".into()),
+        ("wal_keep_size", "'256MB'".into()),
+        ("logging_collector", "off".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Quotes a setting value for postgresql.conf unless it is a plain number or word.
+pub fn conf_value(v: &str) -> String {
+    if v.starts_with('\'') || (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')) {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', "''"))
+    }
+}
+
+/// One PostgreSQL cluster on this host. Dropping it does not stop the server:
+/// call [`Cluster::stop`] (the test harness wraps it in a guard that does).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub bin_dir: Option<PathBuf>,
+    pub user: Option<ServerUser>,
+    /// The server's log, outside the data directory so a base backup does not copy it.
+    pub log_file: PathBuf,
+}
+
+impl Cluster {
+    /// Describes an existing data directory without touching it.
+    pub fn at(data_dir: &Path, port: u16, bin_dir: Option<&Path>) -> Result<Cluster, LocalPgError> {
+        Ok(Cluster {
+            data_dir: data_dir.to_path_buf(),
+            port,
+            bin_dir: bin_dir.map(Path::to_path_buf),
+            user: ServerUser::detect()?,
+            log_file: data_dir.with_extension("log"),
+        })
+    }
+
+    fn program(&self, name: &str) -> Result<PathBuf, LocalPgError> {
+        find_program(name, self.bin_dir.as_deref())
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.data_dir.with_extension("sock")
+    }
+
+    /// `initdb` a new cluster (trust authentication on loopback, superuser
+    /// `postgres`) with `settings` appended to postgresql.conf.
+    pub fn init(
+        data_dir: &Path,
+        port: u16,
+        bin_dir: Option<&Path>,
+        settings: &[(String, String)],
+    ) -> Result<Cluster, LocalPgError> {
+        let cluster = Cluster::at(data_dir, port, bin_dir)?;
+        make_server_dir(data_dir, cluster.user)?;
+        let mut cmd = command(&cluster.program("initdb")?, cluster.user);
+        cmd.arg("-D").arg(data_dir).args(["-U", "postgres", "--auth=trust", "-N", "-E", "UTF8", "--locale=C"]);
+        run(cmd, "initdb")?;
+        cluster.write_hba()?;
+        cluster.write_settings(settings)?;
+        Ok(cluster)
+    }
+
+    /// `pg_basebackup -R` from `source` into a new data directory: a streaming
+    /// replica of `source` once started.
+    pub fn basebackup(
+        source: &Cluster,
+        data_dir: &Path,
+        port: u16,
+        settings: &[(String, String)],
+    ) -> Result<Cluster, LocalPgError> {
+        Cluster::basebackup_from(
+            "127.0.0.1",
+            source.port,
+            "postgres",
+            data_dir,
+            port,
+            source.bin_dir.as_deref(),
+            settings,
+        )
+    }
+
+    /// `pg_basebackup -R` from any server reachable as `user@host:port`.
+    pub fn basebackup_from(
+        host: &str,
+        source_port: u16,
+        user: &str,
+        data_dir: &Path,
+        port: u16,
+        bin_dir: Option<&Path>,
+        settings: &[(String, String)],
+    ) -> Result<Cluster, LocalPgError> {
+        let cluster = Cluster::at(data_dir, port, bin_dir)?;
+        make_server_dir(data_dir, cluster.user)?;
+        let mut cmd = command(&cluster.program("pg_basebackup")?, cluster.user);
+        cmd.arg("-D")
+            .arg(data_dir)
+            .args(["-h", host, "-p", &source_port.to_string(), "-U", user])
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        run(cmd, "pg_basebackup")?;
+        cluster.write_settings(settings)?;
+        Ok(cluster)
+    }
+
+    fn write_hba(&self) -> Result<(), LocalPgError> {
+        let hba = "local all all trust\nlocal replication all trust\n\
+                   host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+        let path = self.data_dir.join("pg_hba.conf");
+        fs::write(&path, hba).map_err(io(format!("write {}", path.display())))?;
+        give_to(&path, self.user)
+    }
+
+    /// Writes `pgsteward.conf` (base settings, then `extra`, later wins) and includes it.
+    pub fn write_settings(&self, extra: &[(String, String)]) -> Result<(), LocalPgError> {
+        let socket_dir = self.socket_dir();
+        make_server_dir(&socket_dir, self.user)?;
+        let mut text = String::from("# written by pgsteward\n");
+        for (k, v) in base_settings(self.port, &socket_dir).iter().chain(extra) {
+            let _ = writeln!(text, "{k} = {}", conf_value(v));
+        }
+        let conf = self.data_dir.join("pgsteward.conf");
+        fs::write(&conf, text).map_err(io(format!("write {}", conf.display())))?;
+        give_to(&conf, self.user)?;
+        let main = self.data_dir.join("postgresql.conf");
+        let current = fs::read_to_string(&main).map_err(io(format!("read {}", main.display())))?;
+        if !current.contains("include_if_exists = 'pgsteward.conf'") {
+            fs::write(&main, format!("{current}\ninclude_if_exists = 'pgsteward.conf'\n"))
+                .map_err(io(format!("write {}", main.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) -> Result<(), LocalPgError> {
+        if let Some(parent) = self.log_file.parent() {
+            fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+        }
+        if !self.log_file.exists() {
+            fs::write(&self.log_file, "").map_err(io(format!("create {}", self.log_file.display())))?;
+        }
+        give_to(&self.log_file, self.user)?;
+        let mut cmd = command(&self.program("pg_ctl")?, self.user);
+        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file).args(["-w", "-t", "60", "start"]);
+        run(cmd, &format!("pg_ctl start ({})", self.data_dir.display())).map_err(|e| self.with_log_tail(e))?;
+        Ok(())
+    }
+
+    /// Stops the server: `fast` rolls back sessions and checkpoints, `immediate` is a crash.
+    pub fn stop(&self, mode: StopMode) -> Result<(), LocalPgError> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        let mut cmd = command(&self.program("pg_ctl")?, self.user);
+        cmd.arg("-D").arg(&self.data_dir).args(["-w", "-t", "60", "-m", mode.as_str(), "stop"]);
+        run(cmd, "pg_ctl stop").map(|_| ())
+    }
+
+    /// Whether a postmaster runs on this data directory.
+    pub fn is_running(&self) -> bool {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let Ok(text) = fs::read_to_string(pid_file) else { return false };
+        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return false };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    }
+
+    /// The postmaster's pid, when running.
+    pub fn pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// A `postgres://` URL for `dbname` as the superuser.
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable", self.port)
+    }
+
+    /// Runs SQL through `psql` (for setup scripts; the program itself uses tokio-postgres).
+    pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, LocalPgError> {
+        let mut cmd = command(&self.program("psql")?, None);
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", dbname, "-c", sql]);
+        run(cmd, "psql")
+    }
+
+    /// Waits until the server answers `SELECT 1`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), LocalPgError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.psql("postgres", "SELECT 1").is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(LocalPgError::Timeout { what: format!("server on port {} ready", self.port), timeout });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn with_log_tail(&self, e: LocalPgError) -> LocalPgError {
+        let tail: String = fs::read_to_string(&self.log_file)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        match e {
+            LocalPgError::Command { what, detail } => {
+                LocalPgError::Command { what, detail: format!("{detail}\nserver log {}:\n{tail}", self.log_file.display()) }
+            }
+            other => other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum StopMode {
+    Fast,
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// Starts a watchdog that stops the server with `pg_ctl -m immediate` once
+/// process `owner` is gone, so servers made by a test or the demo never outlive
+/// it, even after a kill -9.
+pub fn stop_when_gone(cluster: &Cluster, owner: u32) -> Result<(), LocalPgError> {
+    let pg_ctl = cluster.program("pg_ctl")?;
+    let script = format!(
+        "while [ -d /proc/{owner} ]; do sleep 1; done; \
+         '{}' -D '{}' -m immediate stop >/dev/null 2>&1",
+        pg_ctl.display(),
+        cluster.data_dir.display()
+    );
+    spawn_watchdog(&script, cluster.user)
+}
+
+fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(u) = user {
+        cmd.uid(u.uid).gid(u.gid).current_dir("/");
+    }
+    // Its own process group, so a test runner's Ctrl-C does not kill it before it cleans up.
+    cmd.process_group(0);
+    cmd.spawn().map_err(io("spawn watchdog"))?;
+    Ok(())
+}
+
+/// PgBouncer on this host, in transaction pooling mode with trust logins.
+#[derive(Debug)]
+pub struct Pooler {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub ini: PathBuf,
+    pub user: Option<ServerUser>,
+    child: Option<std::process::Child>,
+}
+
+/// One `[databases]` entry.
+#[derive(Debug, Clone)]
+pub struct PoolerDatabase {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+}
+
+impl PoolerDatabase {
+    pub fn ini_line(&self) -> String {
+        format!("{} = host={} port={} dbname={}", self.name, self.host, self.port, self.dbname)
+    }
+}
+
+impl Pooler {
+    /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
+    /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
+    pub fn start(dir: &Path, port: u16, databases: &[PoolerDatabase], extra: &[(&str, &str)]) -> Result<Pooler, LocalPgError> {
+        let user = ServerUser::detect()?;
+        make_server_dir(dir, user)?;
+        let program = find_program("pgbouncer", None)?;
+        let ini = dir.join("pgbouncer.ini");
+        let users = dir.join("userlist.txt");
+        fs::write(&users, "\"postgres\" \"\"\n\"app\" \"\"\n").map_err(io("write userlist"))?;
+        give_to(&users, user)?;
+        let mut text = String::from("[databases]\n");
+        for db in databases {
+            let _ = writeln!(text, "{}", db.ini_line());
+        }
+        let _ = write!(
+            text,
+            "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
+             auth_type = trust\nauth_file = {users}\nadmin_users = postgres\npool_mode = transaction\n\
+             max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
+             server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
+            sock = dir.display(),
+            users = users.display(),
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        for (k, v) in extra {
+            let _ = writeln!(text, "{k} = {v}");
+        }
+        fs::write(&ini, text).map_err(io("write pgbouncer.ini"))?;
+        give_to(&ini, user)?;
+        let mut cmd = command(&program, user);
+        cmd.arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().map_err(io("start pgbouncer"))?;
+        let pooler = Pooler { dir: dir.to_path_buf(), port, ini, user, child: Some(child) };
+        let owner = std::process::id();
+        spawn_watchdog(
+            &format!("while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null", pooler.pid()),
+            None,
+        )?;
+        pooler.wait_listening(Duration::from_secs(10))?;
+        Ok(pooler)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn wait_listening(&self, timeout: Duration) -> Result<(), LocalPgError> {
+        let deadline = Instant::now() + timeout;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() >= deadline {
+                let log = fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+                return Err(LocalPgError::Timeout {
+                    what: format!("pgbouncer listening on port {} (log: {log})", self.port),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
+    /// Admin console URL.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/pgbouncer?sslmode=disable", self.port)
+    }
+
+    /// URL clients use for database `name`.
+    pub fn url(&self, name: &str, user: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{name}?sslmode=disable", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

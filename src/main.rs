@@ -1,0 +1,63 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use pgsteward::cli::{Cli, Command, PartitionsCommand, UpgradeCommand};
+use pgsteward::config::{self, Config};
+use pgsteward::{Error, Outcome};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    pgsteward::telemetry::init(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config, Error> {
+    let path = config::resolve_path(cli.config.as_deref());
+    Ok(config::load(&path)?)
+}
+
+async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
+    match &cli.command {
+        Command::Demo(args) => return Ok(pgsteward::demo::run(args).await?),
+        Command::Check(out) => {
+            let cfg = load_config(&cli)?;
+            return Ok(pgsteward::check::run(&cfg, out.output).await);
+        }
+        _ => {}
+    }
+    let cfg = load_config(&cli)?;
+    match cli.command {
+        Command::Run => Ok(pgsteward::service::run_until_signal(cfg).await?),
+        Command::Partitions(PartitionsCommand::Plan(o)) => Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?),
+        Command::Partitions(PartitionsCommand::Apply(o)) => {
+            Ok(pgsteward::partitions::apply_command(&cfg, o.output).await?)
+        }
+        Command::Partitions(PartitionsCommand::Status(o)) => {
+            Ok(pgsteward::partitions::status_command(&cfg, o.output).await?)
+        }
+        Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),
+        Command::Upgrade(cmd) => Ok(match cmd {
+            UpgradeCommand::Plan { target, output } => {
+                pgsteward::upgrade::plan_command(&cfg, &target.target_class, output.output).await?
+            }
+            UpgradeCommand::Start { target } => pgsteward::upgrade::start_command(&cfg, &target.target_class).await?,
+            UpgradeCommand::Status(o) => pgsteward::upgrade::status_command(&cfg, o.output).await?,
+            UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
+            UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,
+        }),
+        Command::Demo(_) | Command::Check(_) => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,1 @@
+//! PgBouncer admin console. (Being built.)

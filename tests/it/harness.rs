@@ -1,0 +1,229 @@
+//! Real servers for tests: PostgreSQL clusters (a primary, streaming replicas
+//! made with pg_basebackup) and PgBouncer, in temporary directories on free
+//! loopback ports, torn down when the test ends (also when it panics, and by a
+//! watchdog when the test process is killed).
+//!
+//! A missing server binary fails the test with the install command; nothing
+//! is skipped silently.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgsteward::localpg::{self, Cluster, Pooler, PoolerDatabase, ServerUser, StopMode};
+use tempfile::TempDir;
+
+/// Fails the test with a message that names the fix.
+#[track_caller]
+pub fn must<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("test harness: {e}"),
+    }
+}
+
+fn server_user() -> Option<ServerUser> {
+    must(ServerUser::detect())
+}
+
+/// An initdb'd data directory reused by every cluster of this test run:
+/// copying it is ten times faster than running initdb per test.
+fn template() -> &'static PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let initdb = must(localpg::find_program("initdb", None));
+        let version = must(Command::new(&initdb).arg("--version").output().map_err(|e| e.to_string()));
+        let tag: String = String::from_utf8_lossy(&version.stdout)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+            .collect();
+        // Kept across runs; built under a private name and renamed into place so a
+        // concurrent run never sees half a template.
+        let root = std::env::temp_dir().join(format!("pgsteward-template-{tag}"));
+        if root.join("data").join("PG_VERSION").exists() {
+            return root;
+        }
+        let building = std::env::temp_dir().join(format!("pgsteward-template-{tag}.{}", std::process::id()));
+        let user = server_user();
+        must(localpg::make_server_dir(&building, user));
+        must(Cluster::init(&building.join("data"), 1, None, &[]));
+        if std::fs::rename(&building, &root).is_err() {
+            let _ = std::fs::remove_dir_all(&building);
+        }
+        root
+    })
+}
+
+/// Throwaway directory the server user can enter.
+pub fn server_tempdir() -> TempDir {
+    let dir = must(tempfile::Builder::new().prefix("pgsteward-test-").tempdir());
+    must(localpg::make_server_dir(dir.path(), server_user()));
+    dir
+}
+
+/// Settings for test servers: fast and small; durability of the OS is not under test.
+pub fn test_settings() -> Vec<(String, String)> {
+    [("fsync", "off"), ("synchronous_commit", "on"), ("full_page_writes", "off"), ("shared_buffers", "32MB"),
+     ("max_connections", "100"), ("wal_receiver_status_interval", "1s"), ("log_min_messages", "warning")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Makes and starts a new primary in `dir/name` from the template.
+pub fn new_primary(dir: &Path, name: &str) -> Cluster {
+    let data = dir.join(name);
+    let out = must(
+        Command::new("cp").arg("-a").arg(template().join("data")).arg(&data).output().map_err(|e| e.to_string()),
+    );
+    assert!(out.status.success(), "cp template: {}", String::from_utf8_lossy(&out.stderr));
+    let port = must(localpg::free_port());
+    let cluster = must(Cluster::at(&data, port, None));
+    must(cluster.write_settings(&test_settings()));
+    must(cluster.start());
+    must(localpg::stop_when_gone(&cluster, std::process::id()));
+    cluster
+}
+
+/// Makes and starts a streaming replica of `primary` in `dir/name`.
+pub fn new_replica(dir: &Path, name: &str, primary: &Cluster) -> Cluster {
+    let port = must(localpg::free_port());
+    let replica = must(Cluster::basebackup(primary, &dir.join(name), port, &test_settings()));
+    must(replica.start());
+    must(localpg::stop_when_gone(&replica, std::process::id()));
+    replica
+}
+
+/// A primary with `n` streaming replicas; everything stops on drop.
+pub struct TestCluster {
+    pub primary: Cluster,
+    pub replicas: Vec<Cluster>,
+    /// Extra servers a test made (e.g. an upgrade's new primary), stopped on drop too.
+    pub others: Vec<Cluster>,
+    pub dir: TempDir,
+}
+
+impl TestCluster {
+    pub fn start(replicas: usize) -> TestCluster {
+        let dir = server_tempdir();
+        let primary = new_primary(dir.path(), "primary");
+        let replicas = (0..replicas).map(|i| new_replica(dir.path(), &format!("replica{i}"), &primary)).collect();
+        TestCluster { primary, replicas, others: Vec::new(), dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until every replica has replayed everything the primary has written.
+    pub fn wait_replicas_caught_up(&self) {
+        let lsn = must(self.primary.psql("postgres", "SELECT pg_current_wal_lsn()")).trim().to_string();
+        for r in &self.replicas {
+            for _ in 0..400 {
+                let caught = must(r.psql(
+                    "postgres",
+                    &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
+                ));
+                if caught.trim() == "t" {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for c in self.others.iter().chain(&self.replicas).chain(std::iter::once(&self.primary)) {
+            let _ = c.stop(StopMode::Immediate);
+        }
+    }
+}
+
+/// A server shared by every test in this process that only needs a database
+/// of its own (see [`fresh_db`]). Stopped by its watchdog when the process exits.
+pub fn shared() -> &'static Cluster {
+    static SHARED: OnceLock<(Cluster, PathBuf)> = OnceLock::new();
+    &SHARED
+        .get_or_init(|| {
+            // Not a TempDir: statics are never dropped, so the directory is named
+            // per process and left for the OS's /tmp cleaning.
+            let dir = std::env::temp_dir().join(format!("pgsteward-shared-{}", std::process::id()));
+            must(localpg::make_server_dir(&dir, server_user()));
+            let cluster = new_primary(&dir, "primary");
+            remove_when_gone(&dir);
+            must(cluster.psql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 256"));
+            must(cluster.stop(StopMode::Fast));
+            must(cluster.start());
+            (cluster, dir)
+        })
+        .0
+}
+
+/// Removes `dir` once this process is gone and its servers had time to stop.
+fn remove_when_gone(dir: &Path) {
+    let script = format!(
+        "while [ -d /proc/{} ]; do sleep 1; done; sleep 3; rm -rf '{}'",
+        std::process::id(),
+        dir.display()
+    );
+    let _ = std::process::Command::new("/bin/sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
+
+/// A new, empty database on the shared server; returns its URL.
+pub fn fresh_db(prefix: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = format!("{}_{}", prefix.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"), n);
+    let cluster = shared();
+    must(cluster.psql("postgres", &format!("CREATE DATABASE \"{name}\"")));
+    cluster.url(&name)
+}
+
+/// PgBouncer in front of `cluster`, database `app` → `dbname`.
+pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> Pooler {
+    let port = must(localpg::free_port());
+    let db = PoolerDatabase { name: "app".into(), host: "127.0.0.1".into(), port: cluster.port, dbname: dbname.into() };
+    must(Pooler::start(&dir.join("pgbouncer"), port, &[db], extra))
+}
+
+/// The pgsteward binary built for these tests.
+pub fn pgsteward() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsteward"));
+    // The environment of the developer must not leak into tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("PGSTEWARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("PGSTEWARD_LOG_LEVEL", "warn");
+    cmd
+}
+
+/// Writes a config file into `dir` and returns its path.
+pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let path = dir.join("pgsteward.toml");
+    must(std::fs::write(&path, toml).map_err(|e| e.to_string()));
+    path
+}
+
+/// Runs a SQL statement with tokio-postgres and returns the rows.
+pub async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let spec = must(pgsteward::pg::ConnSpec::parse(url));
+    let client = must(spec.connect(Duration::from_secs(10)).await);
+    must(client.query(sql, &[]).await)
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let spec = must(pgsteward::pg::ConnSpec::parse(url));
+    must(spec.connect(Duration::from_secs(10)).await)
+}

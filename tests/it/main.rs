@@ -1,0 +1,7 @@
+//! Integration tests against real PostgreSQL and PgBouncer servers started by
+//! the harness. One test binary, so the harness's template and shared server are
+//! made once per run.
+
+mod harness;
+
+mod cli_config;
