@@ -20,25 +20,47 @@ pub struct Probe {
 
 const SERVER_PROBE: &str = "SELECT current_setting('server_version'), pg_is_in_recovery()";
 
-async fn probe_server(role: &'static str, conn: &ConnString, timeout: Duration, want_primary: bool) -> Probe {
+async fn probe_server(
+    role: &'static str,
+    conn: &ConnString,
+    timeout: Duration,
+    want_primary: bool,
+) -> Probe {
     let endpoint = conn.to_string();
     let result = async {
         let spec = conn.spec().map_err(|e| e.to_string())?;
         let client = spec.connect(timeout).await.map_err(|e| e.to_string())?;
-        let row = client.query_one(SERVER_PROBE, &[]).await.map_err(|e| crate::pg::server_message(&e))?;
+        let row = client
+            .query_one(SERVER_PROBE, &[])
+            .await
+            .map_err(|e| crate::pg::server_message(&e))?;
         let version: String = row.get(0);
         let in_recovery: bool = row.get(1);
         match (want_primary, in_recovery) {
-            (true, true) => Err(format!("PostgreSQL {version}, but in recovery: this is a replica, not the primary")),
-            (false, false) => Err(format!("PostgreSQL {version}, but NOT in recovery: a second writable node")),
+            (true, true) => Err(format!(
+                "PostgreSQL {version}, but in recovery: this is a replica, not the primary"
+            )),
+            (false, false) => Err(format!(
+                "PostgreSQL {version}, but NOT in recovery: a second writable node"
+            )),
             (true, false) => Ok(format!("PostgreSQL {version}, primary")),
             (false, true) => Ok(format!("PostgreSQL {version}, in recovery")),
         }
     }
     .await;
     match result {
-        Ok(detail) => Probe { role, endpoint, ok: true, detail },
-        Err(detail) => Probe { role, endpoint, ok: false, detail },
+        Ok(detail) => Probe {
+            role,
+            endpoint,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Probe {
+            role,
+            endpoint,
+            ok: false,
+            detail,
+        },
     }
 }
 
@@ -48,7 +70,10 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
         let spec = conn.spec().map_err(|e| e.to_string())?;
         let client = spec.connect(timeout).await.map_err(|e| e.to_string())?;
         // The admin console speaks only the simple query protocol.
-        let msgs = client.simple_query("SHOW VERSION").await.map_err(|e| crate::pg::server_message(&e))?;
+        let msgs = client
+            .simple_query("SHOW VERSION")
+            .await
+            .map_err(|e| crate::pg::server_message(&e))?;
         let version = msgs
             .iter()
             .find_map(|m| match m {
@@ -60,8 +85,18 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
     }
     .await;
     match result {
-        Ok(detail) => Probe { role: "pooler", endpoint, ok: true, detail },
-        Err(detail) => Probe { role: "pooler", endpoint, ok: false, detail },
+        Ok(detail) => Probe {
+            role: "pooler",
+            endpoint,
+            ok: true,
+            detail,
+        },
+        Err(detail) => Probe {
+            role: "pooler",
+            endpoint,
+            ok: false,
+            detail,
+        },
     }
 }
 
@@ -69,8 +104,15 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
 pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
-    futures.push(Box::pin(probe_server("primary", &cfg.database.primary, timeout, true))
-        as std::pin::Pin<Box<dyn std::future::Future<Output = Probe> + Send + '_>>);
+    futures.push(Box::pin(probe_server(
+        "primary",
+        &cfg.database.primary,
+        timeout,
+        true,
+    ))
+        as std::pin::Pin<
+            Box<dyn std::future::Future<Output = Probe> + Send + '_>,
+        >);
     for r in &cfg.database.replicas {
         futures.push(Box::pin(probe_server("replica", r, timeout, false)));
     }
@@ -81,7 +123,11 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
     }
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
     let probes: Vec<Probe> = futures::future::join_all(futures).await;
-    let outcome = if probes.iter().all(|p| p.ok) { Outcome::Healthy } else { Outcome::Problem };
+    let outcome = if probes.iter().all(|p| p.ok) {
+        Outcome::Healthy
+    } else {
+        Outcome::Problem
+    };
     match format {
         OutputFormat::Json => output::print_json(&serde_json::json!({
             "config": "ok",
@@ -89,7 +135,10 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
             "endpoints": probes,
         })),
         OutputFormat::Text => {
-            println!("configuration: ok ({} managed tables)", cfg.partitions.tables.len());
+            println!(
+                "configuration: ok ({} managed tables)",
+                cfg.partitions.tables.len()
+            );
             let rows: Vec<Vec<String>> = probes
                 .iter()
                 .map(|p| {
@@ -101,7 +150,10 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
                     ]
                 })
                 .collect();
-            print!("{}", output::table(&["ROLE", "ENDPOINT", "STATUS", "DETAIL"], &rows));
+            print!(
+                "{}",
+                output::table(&["ROLE", "ENDPOINT", "STATUS", "DETAIL"], &rows)
+            );
         }
     }
     outcome

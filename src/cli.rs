@@ -34,10 +34,22 @@ pub struct Cli {
     #[arg(long, global = true, env = "PGSTEWARD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Log line format.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "PGSTEWARD_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "PGSTEWARD_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// Log level or tracing filter (`info`, `debug`, `pgsteward=debug,tokio_postgres=warn`).
-    #[arg(long, global = true, default_value = "info", env = "PGSTEWARD_LOG_LEVEL", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "PGSTEWARD_LOG_LEVEL",
+        value_name = "LEVEL"
+    )]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
@@ -66,32 +78,42 @@ pub struct OutputArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run as a service: scheduled partition passes and lag checks, plus /metrics, /healthz, /readyz.
-    #[command(after_help = "Example:\n  pgsteward --config /etc/pgsteward/pgsteward.toml --log-format json run\n\n\
+    #[command(
+        after_help = "Example:\n  pgsteward --config /etc/pgsteward/pgsteward.toml --log-format json run\n\n\
         Runs until SIGTERM or SIGINT. Only the instance holding the advisory lock on the primary runs DDL;\n\
-        the others keep checking lag and report pgsteward_leader 0.")]
+        the others keep checking lag and report pgsteward_leader 0."
+    )]
     Run,
     /// Partition maintenance: create ahead, fill gaps, apply retention.
     #[command(subcommand)]
     Partitions(PartitionsCommand),
     /// One lag check of every replica; exit 1 when any is over threshold or unreachable.
-    #[command(after_help = "Examples:\n  pgsteward lag\n  pgsteward lag --output json | jq '.replicas[] | select(.healthy | not)'")]
+    #[command(
+        after_help = "Examples:\n  pgsteward lag\n  pgsteward lag --output json | jq '.replicas[] | select(.healthy | not)'"
+    )]
     Lag(OutputArgs),
     /// Zero-downtime move of the primary to a larger machine.
     #[command(subcommand)]
     Upgrade(UpgradeCommand),
     /// Validate the configuration and reach every endpoint it names.
-    #[command(after_help = "Example:\n  pgsteward --config config/pgsteward.example.toml check --output json")]
+    #[command(
+        after_help = "Example:\n  pgsteward --config config/pgsteward.example.toml check --output json"
+    )]
     Check(OutputArgs),
     /// The whole cycle on a throwaway local primary + replica + PgBouncer: partitions, lag, upgrade.
-    #[command(after_help = "Example:\n  pgsteward demo\n\nNeeds the PostgreSQL server programs and PgBouncer \
-        (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end.")]
+    #[command(
+        after_help = "Example:\n  pgsteward demo\n\nNeeds the PostgreSQL server programs and PgBouncer \
+        (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end."
+    )]
     Demo(DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PartitionsCommand {
     /// Print the DDL the next pass would run; changes nothing.
-    #[command(after_help = "Example:\n  pgsteward partitions plan\n  pgsteward partitions plan --output json")]
+    #[command(
+        after_help = "Example:\n  pgsteward partitions plan\n  pgsteward partitions plan --output json"
+    )]
     Plan(OutputArgs),
     /// One maintenance pass: create the current and premade periods, fill gaps, apply retention.
     #[command(after_help = "Example:\n  pgsteward partitions apply\n\n\
@@ -120,8 +142,10 @@ pub enum UpgradeCommand {
         output: OutputArgs,
     },
     /// Start an upgrade and drive it to the end, printing progress.
-    #[command(after_help = "Example:\n  pgsteward upgrade start --target-class large\n\n\
-        Safe to interrupt: `pgsteward upgrade resume` continues from the journal in upgrade.state_dir.")]
+    #[command(
+        after_help = "Example:\n  pgsteward upgrade start --target-class large\n\n\
+        Safe to interrupt: `pgsteward upgrade resume` continues from the journal in upgrade.state_dir."
+    )]
     Start {
         #[command(flatten)]
         target: TargetArgs,

@@ -28,7 +28,10 @@ pub enum ConfigError {
     #[error("configuration file {path} does not exist (pass --config FILE or set {CONFIG_ENV})")]
     Missing { path: PathBuf },
     #[error("configuration file {path} cannot be read: {source}")]
-    Unreadable { path: PathBuf, source: std::io::Error },
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -461,7 +464,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig {
+            listen: default_listen(),
+        }
     }
 }
 
@@ -497,24 +502,35 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 /// Loads and validates the configuration from `path` plus the environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if !path.exists() {
-        return Err(ConfigError::Missing { path: path.to_path_buf() });
+        return Err(ConfigError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     if let Err(source) = std::fs::metadata(path).and_then(|_| std::fs::File::open(path)) {
-        return Err(ConfigError::Unreadable { path: path.to_path_buf(), source });
+        return Err(ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        });
     }
     // file_exact: `Toml::file` would silently skip a missing file and search parent directories.
-    let figment = Figment::new().merge(Toml::file_exact(path)).merge(env_provider());
+    let figment = Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(env_provider());
     from_figment(figment, Some(path))
 }
 
 /// Environment overrides: `PGSTEWARD_DATABASE__PRIMARY` → `database.primary`.
 /// `PGSTEWARD_CONFIG` names the file and is not a key.
 pub fn env_provider() -> Env {
-    Env::prefixed(ENV_PREFIX).split("__").ignore(&["config", "log_level", "log_format"])
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .ignore(&["config", "log_level", "log_format"])
 }
 
 pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {
-    let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(describe_figment_error(e, path)))?;
+    let config: Config = figment
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe_figment_error(e, path)))?;
     config.validate().map_err(|msg| {
         ConfigError::Invalid(match path {
             Some(p) => format!("{}: {msg}", p.display()),
@@ -529,18 +545,27 @@ pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, Con
 fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
     let mut lines = Vec::new();
     for e in err {
-        let key = if e.path.is_empty() { None } else { Some(e.path.join(".")) };
+        let key = if e.path.is_empty() {
+            None
+        } else {
+            Some(e.path.join("."))
+        };
         let source = match &e.metadata {
             Some(md) => match &md.source {
                 Some(figment::Source::File(f)) => f.display().to_string(),
                 Some(other) => format!("{} ({other})", md.name),
                 None => md.name.to_string(),
             },
-            None => path.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into()),
+            None => path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "configuration".into()),
         };
         let what = match &e.kind {
             figment::error::Kind::UnknownField(field, expected) => {
-                format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+                format!(
+                    "unknown key `{field}`; expected one of: {}",
+                    expected.join(", ")
+                )
             }
             figment::error::Kind::MissingField(field) => format!("missing required key `{field}`"),
             kind => kind.to_string(),
@@ -594,6 +619,15 @@ impl Config {
     /// The pgbouncer.ini for the i-th admin endpoint.
     pub fn pooler_config_file(&self, i: usize) -> Option<&Path> {
         let files = &self.cutover.config_file;
-        files.get(i).or_else(|| if files.len() == 1 { files.first() } else { None }).map(|p| p.as_path())
+        files
+            .get(i)
+            .or_else(|| {
+                if files.len() == 1 {
+                    files.first()
+                } else {
+                    None
+                }
+            })
+            .map(|p| p.as_path())
     }
 }

@@ -16,14 +16,22 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
-    #[error("{program} not found on PATH or under /usr/lib/postgresql/*/bin; install it: {install}")]
-    MissingBinary { program: String, install: &'static str },
+    #[error(
+        "{program} not found on PATH or under /usr/lib/postgresql/*/bin; install it: {install}"
+    )]
+    MissingBinary {
+        program: String,
+        install: &'static str,
+    },
     #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
     NoServerUser,
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("no free loopback port: {0}")]
     NoPort(std::io::Error),
     #[error("{what} did not happen within {timeout:?}")]
@@ -52,7 +60,10 @@ impl ServerUser {
             return Ok(None);
         }
         match nix::unistd::User::from_name("postgres") {
-            Ok(Some(u)) => Ok(Some(ServerUser { uid: u.uid.as_raw(), gid: u.gid.as_raw() })),
+            Ok(Some(u)) => Ok(Some(ServerUser {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            })),
             _ => Err(LocalPgError::NoServerUser),
         }
     }
@@ -61,8 +72,15 @@ impl ServerUser {
 /// Finds a PostgreSQL program: `bin_dir` if given, then PATH, then the newest
 /// `/usr/lib/postgresql/*/bin` (Debian keeps server programs off PATH).
 pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, LocalPgError> {
-    let install = if program == "pgbouncer" { INSTALL_PGBOUNCER } else { INSTALL_POSTGRES };
-    let missing = || LocalPgError::MissingBinary { program: program.into(), install };
+    let install = if program == "pgbouncer" {
+        INSTALL_PGBOUNCER
+    } else {
+        INSTALL_POSTGRES
+    };
+    let missing = || LocalPgError::MissingBinary {
+        program: program.into(),
+        install,
+    };
     if let Some(dir) = bin_dir {
         let p = dir.join(program);
         return if p.is_file() { Ok(p) } else { Err(missing()) };
@@ -79,7 +97,11 @@ pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, Lo
         })
         .collect();
     versions.sort();
-    if let Some((_, dir)) = versions.iter().rev().find(|(_, d)| d.join(program).is_file()) {
+    if let Some((_, dir)) = versions
+        .iter()
+        .rev()
+        .find(|(_, d)| d.join(program).is_file())
+    {
         return Ok(dir.join(program));
     }
     for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
@@ -108,13 +130,15 @@ pub fn free_port() -> Result<u16, LocalPgError> {
 pub fn make_server_dir(dir: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
     fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     give_to(dir, user)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(format!("chmod {}", dir.display())))
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod {}", dir.display())))
 }
 
 /// Hands a path to the server user (no-op when not root).
 pub fn give_to(path: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
     if let Some(u) = user {
-        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid)).map_err(io(format!("chown {}", path.display())))?;
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
+            .map_err(io(format!("chown {}", path.display())))?;
     }
     Ok(())
 }
@@ -131,14 +155,20 @@ fn command(program: &Path, user: Option<ServerUser>) -> Command {
 }
 
 fn run(mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(io(what.to_string()))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(what.to_string()))?;
     if !out.status.success() {
         let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if detail.is_empty() {
             detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
         }
         let _ = write!(detail, " ({})", out.status);
-        return Err(LocalPgError::Command { what: what.to_string(), detail });
+        return Err(LocalPgError::Command {
+            what: what.to_string(),
+            detail,
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -149,7 +179,10 @@ fn base_settings(port: u16, socket_dir: &Path) -> Vec<(String, String)> {
     [
         ("listen_addresses", "'127.0.0.1'".to_string()),
         ("port", port.to_string()),
-        ("unix_socket_directories", format!("'{}'", socket_dir.display())),
+        (
+            "unix_socket_directories",
+            format!("'{}'", socket_dir.display()),
+        ),
         ("wal_level", "replica".into()),
         ("max_wal_senders", "10".into()),
         ("max_replication_slots", "10".into()),
@@ -164,7 +197,9 @@ fn base_settings(port: u16, socket_dir: &Path) -> Vec<(String, String)> {
 
 /// Quotes a setting value for postgresql.conf unless it is a plain number or word.
 pub fn conf_value(v: &str) -> String {
-    if v.starts_with('\'') || (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')) {
+    if v.starts_with('\'')
+        || (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
+    {
         v.to_string()
     } else {
         format!("'{}'", v.replace('\'', "''"))
@@ -214,7 +249,15 @@ impl Cluster {
         let cluster = Cluster::at(data_dir, port, bin_dir)?;
         make_server_dir(data_dir, cluster.user)?;
         let mut cmd = command(&cluster.program("initdb")?, cluster.user);
-        cmd.arg("-D").arg(data_dir).args(["-U", "postgres", "--auth=trust", "-N", "-E", "UTF8", "--locale=C"]);
+        cmd.arg("-D").arg(data_dir).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-N",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         run(cmd, "initdb")?;
         cluster.write_hba()?;
         cluster.write_settings(settings)?;
@@ -284,8 +327,11 @@ impl Cluster {
         let main = self.data_dir.join("postgresql.conf");
         let current = fs::read_to_string(&main).map_err(io(format!("read {}", main.display())))?;
         if !current.contains("include_if_exists = 'pgsteward.conf'") {
-            fs::write(&main, format!("{current}\ninclude_if_exists = 'pgsteward.conf'\n"))
-                .map_err(io(format!("write {}", main.display())))?;
+            fs::write(
+                &main,
+                format!("{current}\ninclude_if_exists = 'pgsteward.conf'\n"),
+            )
+            .map_err(io(format!("write {}", main.display())))?;
         }
         Ok(())
     }
@@ -296,12 +342,18 @@ impl Cluster {
             fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
         }
         if !self.log_file.exists() {
-            fs::write(&self.log_file, "").map_err(io(format!("create {}", self.log_file.display())))?;
+            fs::write(&self.log_file, "")
+                .map_err(io(format!("create {}", self.log_file.display())))?;
         }
         give_to(&self.log_file, self.user)?;
         let mut cmd = command(&self.program("pg_ctl")?, self.user);
-        cmd.arg("-D").arg(&self.data_dir).arg("-l").arg(&self.log_file).args(["-w", "-t", "60", "start"]);
-        run(cmd, &format!("pg_ctl start ({})", self.data_dir.display())).map_err(|e| self.with_log_tail(e))?;
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(&self.log_file)
+            .args(["-w", "-t", "60", "start"]);
+        run(cmd, &format!("pg_ctl start ({})", self.data_dir.display()))
+            .map_err(|e| self.with_log_tail(e))?;
         Ok(())
     }
 
@@ -311,15 +363,25 @@ impl Cluster {
             return Ok(());
         }
         let mut cmd = command(&self.program("pg_ctl")?, self.user);
-        cmd.arg("-D").arg(&self.data_dir).args(["-w", "-t", "60", "-m", mode.as_str(), "stop"]);
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .args(["-w", "-t", "60", "-m", mode.as_str(), "stop"]);
         run(cmd, "pg_ctl stop").map(|_| ())
     }
 
     /// Whether a postmaster runs on this data directory.
     pub fn is_running(&self) -> bool {
         let pid_file = self.data_dir.join("postmaster.pid");
-        let Ok(text) = fs::read_to_string(pid_file) else { return false };
-        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { return false };
+        let Ok(text) = fs::read_to_string(pid_file) else {
+            return false;
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return false;
+        };
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
     }
 
@@ -331,14 +393,28 @@ impl Cluster {
 
     /// A `postgres://` URL for `dbname` as the superuser.
     pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Runs SQL through `psql` (for setup scripts; the program itself uses tokio-postgres).
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, LocalPgError> {
         let mut cmd = command(&self.program("psql")?, None);
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-p", &self.port.to_string(), "-d", dbname, "-c", sql]);
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &self.port.to_string(), "-d", dbname, "-c", sql]);
         run(cmd, "psql")
     }
 
@@ -350,7 +426,10 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(LocalPgError::Timeout { what: format!("server on port {} ready", self.port), timeout });
+                return Err(LocalPgError::Timeout {
+                    what: format!("server on port {} ready", self.port),
+                    timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -368,9 +447,10 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n");
         match e {
-            LocalPgError::Command { what, detail } => {
-                LocalPgError::Command { what, detail: format!("{detail}\nserver log {}:\n{tail}", self.log_file.display()) }
-            }
+            LocalPgError::Command { what, detail } => LocalPgError::Command {
+                what,
+                detail: format!("{detail}\nserver log {}:\n{tail}", self.log_file.display()),
+            },
             other => other,
         }
     }
@@ -407,7 +487,10 @@ pub fn stop_when_gone(cluster: &Cluster, owner: u32) -> Result<(), LocalPgError>
 
 fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgError> {
     let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", script]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     if let Some(u) = user {
         cmd.uid(u.uid).gid(u.gid).current_dir("/");
     }
@@ -438,14 +521,22 @@ pub struct PoolerDatabase {
 
 impl PoolerDatabase {
     pub fn ini_line(&self) -> String {
-        format!("{} = host={} port={} dbname={}", self.name, self.host, self.port, self.dbname)
+        format!(
+            "{} = host={} port={} dbname={}",
+            self.name, self.host, self.port, self.dbname
+        )
     }
 }
 
 impl Pooler {
     /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
     /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
-    pub fn start(dir: &Path, port: u16, databases: &[PoolerDatabase], extra: &[(&str, &str)]) -> Result<Pooler, LocalPgError> {
+    pub fn start(
+        dir: &Path,
+        port: u16,
+        databases: &[PoolerDatabase],
+        extra: &[(&str, &str)],
+    ) -> Result<Pooler, LocalPgError> {
         let user = ServerUser::detect()?;
         make_server_dir(dir, user)?;
         let program = find_program("pgbouncer", None)?;
@@ -474,12 +565,24 @@ impl Pooler {
         fs::write(&ini, text).map_err(io("write pgbouncer.ini"))?;
         give_to(&ini, user)?;
         let mut cmd = command(&program, user);
-        cmd.arg(&ini).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let child = cmd.spawn().map_err(io("start pgbouncer"))?;
-        let pooler = Pooler { dir: dir.to_path_buf(), port, ini, user, child: Some(child) };
+        let pooler = Pooler {
+            dir: dir.to_path_buf(),
+            port,
+            ini,
+            user,
+            child: Some(child),
+        };
         let owner = std::process::id();
         spawn_watchdog(
-            &format!("while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null", pooler.pid()),
+            &format!(
+                "while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null",
+                pooler.pid()
+            ),
             None,
         )?;
         pooler.wait_listening(Duration::from_secs(10))?;
@@ -507,12 +610,18 @@ impl Pooler {
 
     /// Admin console URL.
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/pgbouncer?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/pgbouncer?sslmode=disable",
+            self.port
+        )
     }
 
     /// URL clients use for database `name`.
     pub fn url(&self, name: &str, user: &str) -> String {
-        format!("postgres://{user}@127.0.0.1:{}/{name}?sslmode=disable", self.port)
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
     }
 
     pub fn stop(&mut self) {

@@ -8,7 +8,10 @@ use pgsteward::{Error, Outcome};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -41,7 +44,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
     let cfg = load_config(&cli)?;
     match cli.command {
         Command::Run => Ok(pgsteward::service::run_until_signal(cfg).await?),
-        Command::Partitions(PartitionsCommand::Plan(o)) => Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?),
+        Command::Partitions(PartitionsCommand::Plan(o)) => {
+            Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?)
+        }
         Command::Partitions(PartitionsCommand::Apply(o)) => {
             Ok(pgsteward::partitions::apply_command(&cfg, o.output).await?)
         }
@@ -53,7 +58,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             UpgradeCommand::Plan { target, output } => {
                 pgsteward::upgrade::plan_command(&cfg, &target.target_class, output.output).await?
             }
-            UpgradeCommand::Start { target } => pgsteward::upgrade::start_command(&cfg, &target.target_class).await?,
+            UpgradeCommand::Start { target } => {
+                pgsteward::upgrade::start_command(&cfg, &target.target_class).await?
+            }
             UpgradeCommand::Status(o) => pgsteward::upgrade::status_command(&cfg, o.output).await?,
             UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
             UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,

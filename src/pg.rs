@@ -15,13 +15,19 @@ pub enum PgError {
     #[error("invalid connection string {redacted}: {reason}")]
     InvalidConnString { redacted: String, reason: String },
     #[error("cannot connect to {target}: {}", error_chain(.source))]
-    Connect { target: String, source: tokio_postgres::Error },
+    Connect {
+        target: String,
+        source: tokio_postgres::Error,
+    },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
     #[error("unsupported sslmode {0:?} (this build speaks plaintext only; use sslmode=disable or prefer)")]
     UnsupportedTls(String),
     #[error("query failed on {target}: {}", server_message(.source))]
-    Query { target: String, source: tokio_postgres::Error },
+    Query {
+        target: String,
+        source: tokio_postgres::Error,
+    },
 }
 
 /// How TLS is negotiated, as libpq's `sslmode`.
@@ -56,7 +62,10 @@ impl ConnSpec {
     /// Parses a `postgres://` URL or a `key=value` string. `sslmode` and
     /// `sslrootcert` are taken out before the rest goes to tokio-postgres.
     pub fn parse(s: &str) -> Result<ConnSpec, PgError> {
-        let invalid = |reason: String| PgError::InvalidConnString { redacted: redact(s), reason };
+        let invalid = |reason: String| PgError::InvalidConnString {
+            redacted: redact(s),
+            reason,
+        };
         let mut ssl_mode = None;
         let mut ssl_root_cert = None;
         let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
@@ -86,7 +95,8 @@ impl ConnSpec {
             }
             kept.join(" ")
         };
-        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
+        let mut config =
+            tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
         if config.get_hosts().is_empty() {
             return Err(invalid("no host given".into()));
         }
@@ -106,7 +116,12 @@ impl ConnSpec {
             config.application_name("pgsteward");
         }
         let display = describe(&config);
-        Ok(ConnSpec { config, ssl_mode, ssl_root_cert: ssl_root_cert.map(Into::into), display })
+        Ok(ConnSpec {
+            config,
+            ssl_mode,
+            ssl_root_cert: ssl_root_cert.map(Into::into),
+            display,
+        })
     }
 
     pub fn dbname(&self) -> &str {
@@ -148,13 +163,22 @@ impl ConnSpec {
                 _ => unreachable!("rejected below"),
             }
         };
-        if matches!(self.ssl_mode, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) {
+        if matches!(
+            self.ssl_mode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
             return Err(PgError::UnsupportedTls(format!("{:?}", self.ssl_mode)));
         }
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(source)) => Err(PgError::Connect { target: self.display.clone(), source }),
-            Err(_) => Err(PgError::ConnectTimeout { target: self.display.clone(), timeout }),
+            Ok(Err(source)) => Err(PgError::Connect {
+                target: self.display.clone(),
+                source,
+            }),
+            Err(_) => Err(PgError::ConnectTimeout {
+                target: self.display.clone(),
+                timeout,
+            }),
         }
     }
 
@@ -165,7 +189,9 @@ impl ConnSpec {
         let manager = deadpool_postgres::Manager::from_config(
             config,
             NoTls,
-            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
         );
         match deadpool_postgres::Pool::builder(manager)
             .max_size(max_size)
@@ -189,7 +215,10 @@ fn describe(config: &tokio_postgres::Config) -> String {
         None => "?".into(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config.get_user().map(|u| format!("{u}@")).unwrap_or_default();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
     let db = config.get_dbname().unwrap_or("");
     format!("{user}{host}:{port}/{db}")
 }
@@ -204,7 +233,11 @@ pub fn redact(s: &str) -> String {
             let pairs: Vec<(String, String)> = url
                 .query_pairs()
                 .map(|(k, v)| {
-                    let v = if k == "password" { "***".to_string() } else { v.to_string() };
+                    let v = if k == "password" {
+                        "***".to_string()
+                    } else {
+                        v.to_string()
+                    };
                     (k.to_string(), v)
                 })
                 .collect();
@@ -247,7 +280,10 @@ pub struct QualifiedName {
 
 impl QualifiedName {
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
-        QualifiedName { schema: schema.into(), name: name.into() }
+        QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
+        }
     }
     /// `"schema"."name"`, ready to splice into SQL.
     pub fn quoted(&self) -> String {
@@ -324,8 +360,12 @@ impl FromStr for QualifiedName {
 impl fmt::Display for QualifiedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let part = |s: &str| {
-            let plain = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let plain = s
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if plain {
                 s.to_string()
             } else {
@@ -350,7 +390,8 @@ impl Serialize for QualifiedName {
 }
 
 /// Settings every DDL session starts with. `lock_timeout` is set per statement.
-pub const DDL_SESSION_SETUP: &str = "SET standard_conforming_strings = on; SET statement_timeout = 0";
+pub const DDL_SESSION_SETUP: &str =
+    "SET standard_conforming_strings = on; SET statement_timeout = 0";
 
 /// Whether a failed statement is worth retrying after a pause: it lost a lock
 /// race (lock_timeout, deadlock, serialization) rather than being wrong.
@@ -410,30 +451,63 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("host=h password=s3cret user=u"), "host=h password=*** user=u");
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact("host=h password=s3cret user=u"),
+            "host=h password=*** user=u"
+        );
         assert!(!redact("postgres://u@h/db?password=s3cret").contains("s3cret"));
     }
 
     #[test]
     fn conn_spec_takes_out_tls_settings() {
-        let spec = ConnSpec::parse("postgres://u:pw@db:6543/app?sslmode=verify-full&sslrootcert=/ca.pem").unwrap();
+        let spec =
+            ConnSpec::parse("postgres://u:pw@db:6543/app?sslmode=verify-full&sslrootcert=/ca.pem")
+                .unwrap();
         assert_eq!(spec.ssl_mode, SslMode::VerifyFull);
-        assert_eq!(spec.ssl_root_cert.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert_eq!(
+            spec.ssl_root_cert.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
         assert_eq!(spec.display, "u@db:6543/app");
-        let err = ConnSpec::parse("postgres://u:pw@db/app?sslmode=sometimes").unwrap_err().to_string();
-        assert!(err.contains("sslmode=sometimes") && !err.contains("pw@"), "{err}");
+        let err = ConnSpec::parse("postgres://u:pw@db/app?sslmode=sometimes")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sslmode=sometimes") && !err.contains("pw@"),
+            "{err}"
+        );
     }
 
     #[test]
     fn qualified_names() {
-        assert_eq!("public.audit_log".parse::<QualifiedName>().unwrap(), QualifiedName::new("public", "audit_log"));
-        assert_eq!("Audit_Log".parse::<QualifiedName>().unwrap(), QualifiedName::new("public", "audit_log"));
+        assert_eq!(
+            "public.audit_log".parse::<QualifiedName>().unwrap(),
+            QualifiedName::new("public", "audit_log")
+        );
+        assert_eq!(
+            "Audit_Log".parse::<QualifiedName>().unwrap(),
+            QualifiedName::new("public", "audit_log")
+        );
         let odd: QualifiedName = r#""Weird-Schema"."Audit ""Log""""#.parse().unwrap();
         assert_eq!(odd, QualifiedName::new("Weird-Schema", "Audit \"Log\""));
         assert_eq!(odd.quoted(), r#""Weird-Schema"."Audit ""Log""""#);
-        for bad in ["", "a.b.c", "audit log", "\"open", "a;drop table x", "1abc", "a."] {
-            assert!(bad.parse::<QualifiedName>().is_err(), "{bad:?} must be rejected");
+        for bad in [
+            "",
+            "a.b.c",
+            "audit log",
+            "\"open",
+            "a;drop table x",
+            "1abc",
+            "a.",
+        ] {
+            assert!(
+                bad.parse::<QualifiedName>().is_err(),
+                "{bad:?} must be rejected"
+            );
         }
     }
 }

@@ -39,7 +39,8 @@ pub const DURATION_EXPECTED: &str =
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (n, unit) = split_number(s).ok_or_else(|| format!("{s:?} is not {DURATION_EXPECTED}"))?;
+        let (n, unit) =
+            split_number(s).ok_or_else(|| format!("{s:?} is not {DURATION_EXPECTED}"))?;
         let d = match unit.as_str() {
             "ms" | "msec" | "millisecond" | "milliseconds" => Duration::from_millis(n),
             "" | "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
@@ -83,13 +84,21 @@ impl FromStr for CalendarSpan {
         let n = u32::try_from(n).map_err(|_| err())?;
         let span = match unit.as_str() {
             "d" | "day" | "days" => CalendarSpan { months: 0, days: n },
-            "w" | "week" | "weeks" => CalendarSpan { months: 0, days: n.checked_mul(7).ok_or_else(err)? },
+            "w" | "week" | "weeks" => CalendarSpan {
+                months: 0,
+                days: n.checked_mul(7).ok_or_else(err)?,
+            },
             "mon" | "month" | "months" => CalendarSpan { months: n, days: 0 },
-            "y" | "year" | "years" => CalendarSpan { months: n.checked_mul(12).ok_or_else(err)?, days: 0 },
+            "y" | "year" | "years" => CalendarSpan {
+                months: n.checked_mul(12).ok_or_else(err)?,
+                days: 0,
+            },
             _ => return Err(err()),
         };
         if span.months == 0 && span.days == 0 {
-            return Err(format!("{s:?} would drop every partition; retention must be at least one day"));
+            return Err(format!(
+                "{s:?} would drop every partition; retention must be at least one day"
+            ));
         }
         Ok(span)
     }
@@ -178,9 +187,14 @@ impl FromStr for Schedule {
     fn from_str(s: &str) -> Result<Self, String> {
         let fields = s.split_whitespace().count();
         if !(5..=6).contains(&fields) && !s.trim().starts_with('@') {
-            return Err(format!("{s:?} has {fields} fields; expected {SCHEDULE_EXPECTED}"));
+            return Err(format!(
+                "{s:?} has {fields} fields; expected {SCHEDULE_EXPECTED}"
+            ));
         }
-        let parser = CronParser::builder().seconds(Seconds::Optional).dom_and_dow(false).build();
+        let parser = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .dom_and_dow(false)
+            .build();
         let cron = parser
             .parse(s)
             .map_err(|e| format!("{s:?} is not {SCHEDULE_EXPECTED}: {e}"))?;
@@ -188,7 +202,10 @@ impl FromStr for Schedule {
         if cron.find_next_occurrence(&Utc::now(), false).is_err() {
             return Err(format!("{s:?} never fires"));
         }
-        Ok(Schedule { pattern: s.trim().to_string(), cron })
+        Ok(Schedule {
+            pattern: s.trim().to_string(),
+            cron,
+        })
     }
 }
 
@@ -262,20 +279,53 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!("200ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(200));
-        assert_eq!("30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30));
-        assert_eq!("5 min".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
-        assert_eq!("2h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7200));
+        assert_eq!(
+            "200ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            "30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            "5 min".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            "2h".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(7200)
+        );
         assert!("fast".parse::<HumanDuration>().is_err());
         assert!("10 fortnights".parse::<HumanDuration>().is_err());
-        assert_eq!(HumanDuration(Duration::from_millis(200)).to_string(), "200ms");
+        assert_eq!(
+            HumanDuration(Duration::from_millis(200)).to_string(),
+            "200ms"
+        );
     }
 
     #[test]
     fn spans() {
-        assert_eq!("13 months".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 13, days: 0 });
-        assert_eq!("2 years".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 24, days: 0 });
-        assert_eq!("8 weeks".parse::<CalendarSpan>().unwrap(), CalendarSpan { months: 0, days: 56 });
+        assert_eq!(
+            "13 months".parse::<CalendarSpan>().unwrap(),
+            CalendarSpan {
+                months: 13,
+                days: 0
+            }
+        );
+        assert_eq!(
+            "2 years".parse::<CalendarSpan>().unwrap(),
+            CalendarSpan {
+                months: 24,
+                days: 0
+            }
+        );
+        assert_eq!(
+            "8 weeks".parse::<CalendarSpan>().unwrap(),
+            CalendarSpan {
+                months: 0,
+                days: 56
+            }
+        );
         assert!("0 days".parse::<CalendarSpan>().is_err());
         assert!("13".parse::<CalendarSpan>().is_err());
     }
@@ -297,8 +347,14 @@ mod tests {
     fn five_field_crontab_semantics() {
         // Friday 2026-11-27 04:56 UTC.
         let now = Utc.with_ymd_and_hms(2026, 11, 27, 4, 56, 10).unwrap();
-        assert_eq!(next("0 * * * *", now), Utc.with_ymd_and_hms(2026, 11, 27, 5, 0, 0).unwrap());
-        assert_eq!(next("*/1 * * * *", now), Utc.with_ymd_and_hms(2026, 11, 27, 4, 57, 0).unwrap());
+        assert_eq!(
+            next("0 * * * *", now),
+            Utc.with_ymd_and_hms(2026, 11, 27, 5, 0, 0).unwrap()
+        );
+        assert_eq!(
+            next("*/1 * * * *", now),
+            Utc.with_ymd_and_hms(2026, 11, 27, 4, 57, 0).unwrap()
+        );
         // 0 and 7 both mean Sunday (2026-11-29).
         let sunday = Utc.with_ymd_and_hms(2026, 11, 29, 3, 0, 0).unwrap();
         assert_eq!(next("0 3 * * 0", now), sunday);
@@ -307,8 +363,15 @@ mod tests {
         assert_eq!(next("0 3 * * 1", now).weekday(), chrono::Weekday::Mon);
         // Day-of-month OR day-of-week: the 1st of a month or any Monday.
         let t = next("0 0 1 * 1", now);
-        assert_eq!((t.month(), t.day()), (11, 30), "the Monday comes before December 1st");
-        let t = next("0 0 1 * 1", Utc.with_ymd_and_hms(2026, 11, 30, 1, 0, 0).unwrap());
+        assert_eq!(
+            (t.month(), t.day()),
+            (11, 30),
+            "the Monday comes before December 1st"
+        );
+        let t = next(
+            "0 0 1 * 1",
+            Utc.with_ymd_and_hms(2026, 11, 30, 1, 0, 0).unwrap(),
+        );
         assert_eq!((t.month(), t.day()), (12, 1));
     }
 

@@ -17,7 +17,11 @@ impl UpgradeError {
     }
 }
 
-pub async fn plan_command(_cfg: &Config, _class: &str, _output: OutputFormat) -> Result<Outcome, UpgradeError> {
+pub async fn plan_command(
+    _cfg: &Config,
+    _class: &str,
+    _output: OutputFormat,
+) -> Result<Outcome, UpgradeError> {
     Err(UpgradeError::Usage("upgrade is not built yet".into()))
 }
 pub async fn start_command(_cfg: &Config, _class: &str) -> Result<Outcome, UpgradeError> {

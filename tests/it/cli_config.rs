@@ -6,11 +6,18 @@ use crate::harness::{self, pgsteward, write_config};
 fn run(args: &[&str], config: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), config);
-    let out = pgsteward().arg("--config").arg(&path).args(args).output().unwrap();
+    let out = pgsteward()
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned().replace(&path.display().to_string(), "FILE"),
+        String::from_utf8_lossy(&out.stderr)
+            .into_owned()
+            .replace(&path.display().to_string(), "FILE"),
     )
 }
 
@@ -18,22 +25,52 @@ const MINIMAL: &str = "[database]\nprimary = \"postgres://steward:s3cret@127.0.0
 
 #[test]
 fn unknown_key_is_an_error_naming_file_and_key() {
-    let (code, _, err) = run(&["check"], &format!("{MINIMAL}\n[partitions]\nschedul = \"0 * * * *\"\n"));
+    let (code, _, err) = run(
+        &["check"],
+        &format!("{MINIMAL}\n[partitions]\nschedul = \"0 * * * *\"\n"),
+    );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("FILE") && err.contains("schedul") && err.contains("schedule"), "{err}");
+    assert!(
+        err.contains("FILE") && err.contains("schedul") && err.contains("schedule"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_values_name_key_and_expectation() {
     let cases = [
-        ("[partitions]\nlock_timeout = \"soon\"\n", "partitions.lock_timeout", "duration"),
+        (
+            "[partitions]\nlock_timeout = \"soon\"\n",
+            "partitions.lock_timeout",
+            "duration",
+        ),
         ("[lag]\nmax_bytes = \"lots\"\n", "lag.max_bytes", "size"),
         ("[lag]\nschedule = \"* * *\"\n", "lag.schedule", "cron"),
-        ("[[partitions.tables]]\ntable = \"audit log\"\n", "table", "table name"),
-        ("[[partitions.tables]]\ntable = \"a\"\ninterval = \"hourly\"\n", "interval", "monthly"),
-        ("[[partitions.tables]]\ntable = \"a\"\nretention = \"13\"\n", "retention", "months"),
-        ("[[partitions.tables]]\ntable = \"a\"\ntimezone = \"Mars/Olympus\"\n", "timezone", "IANA"),
-        ("[upgrade]\npause_timeout = 5.5\n", "upgrade.pause_timeout", "duration"),
+        (
+            "[[partitions.tables]]\ntable = \"audit log\"\n",
+            "table",
+            "table name",
+        ),
+        (
+            "[[partitions.tables]]\ntable = \"a\"\ninterval = \"hourly\"\n",
+            "interval",
+            "monthly",
+        ),
+        (
+            "[[partitions.tables]]\ntable = \"a\"\nretention = \"13\"\n",
+            "retention",
+            "months",
+        ),
+        (
+            "[[partitions.tables]]\ntable = \"a\"\ntimezone = \"Mars/Olympus\"\n",
+            "timezone",
+            "IANA",
+        ),
+        (
+            "[upgrade]\npause_timeout = 5.5\n",
+            "upgrade.pause_timeout",
+            "duration",
+        ),
     ];
     for (snippet, key, expected) in cases {
         let (code, _, err) = run(&["check"], &format!("{MINIMAL}\n{snippet}"));
@@ -46,10 +83,16 @@ fn bad_values_name_key_and_expectation() {
 
 #[test]
 fn missing_config_file_is_named() {
-    let out = pgsteward().args(["--config", "/nonexistent/pgsteward.toml", "check"]).output().unwrap();
+    let out = pgsteward()
+        .args(["--config", "/nonexistent/pgsteward.toml", "check"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent/pgsteward.toml") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("/nonexistent/pgsteward.toml") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -65,14 +108,20 @@ fn environment_overrides_the_file_and_unknown_env_keys_fail() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("lag.max_delay") && err.contains("PGSTEWARD_"), "{err}");
+    assert!(
+        err.contains("lag.max_delay") && err.contains("PGSTEWARD_"),
+        "{err}"
+    );
 }
 
 #[test]
 fn passwords_never_appear_in_output() {
     let (code, out, err) = run(&["check"], MINIMAL);
     assert_eq!(code, 1, "unreachable primary is a problem: {out}{err}");
-    assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{out}{err}");
+    assert!(
+        !out.contains("s3cret") && !err.contains("s3cret"),
+        "{out}{err}"
+    );
     assert!(out.contains("steward:***@127.0.0.1:1"), "{out}");
 }
 
@@ -83,23 +132,39 @@ fn example_config_is_accepted_by_check_against_real_servers() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsteward.example.toml");
     let out = pgsteward()
         .args(["--config", example, "check", "--output", "json"])
-        .env("PGSTEWARD_DATABASE__PRIMARY", cluster.primary.url("postgres"))
+        .env(
+            "PGSTEWARD_DATABASE__PRIMARY",
+            cluster.primary.url("postgres"),
+        )
         .env("PGSTEWARD_DATABASE__REPLICAS", "[]")
         .env("PGSTEWARD_CUTOVER__ADMIN", "[]")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["healthy"], true);
 }
 
 #[test]
 fn help_teaches_with_examples() {
-    for args in [vec!["--help"], vec!["partitions", "apply", "--help"], vec!["lag", "--help"], vec!["check", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["partitions", "apply", "--help"],
+        vec!["lag", "--help"],
+        vec!["check", "--help"],
+    ] {
         let out = pgsteward().args(&args).output().unwrap();
         assert!(out.status.success());
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Example"),
+            "{args:?}"
+        );
     }
     let out = pgsteward().arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));

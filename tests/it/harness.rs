@@ -35,7 +35,12 @@ fn template() -> &'static PathBuf {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let initdb = must(localpg::find_program("initdb", None));
-        let version = must(Command::new(&initdb).arg("--version").output().map_err(|e| e.to_string()));
+        let version = must(
+            Command::new(&initdb)
+                .arg("--version")
+                .output()
+                .map_err(|e| e.to_string()),
+        );
         let tag: String = String::from_utf8_lossy(&version.stdout)
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
@@ -46,7 +51,8 @@ fn template() -> &'static PathBuf {
         if root.join("data").join("PG_VERSION").exists() {
             return root;
         }
-        let building = std::env::temp_dir().join(format!("pgsteward-template-{tag}.{}", std::process::id()));
+        let building =
+            std::env::temp_dir().join(format!("pgsteward-template-{tag}.{}", std::process::id()));
         let user = server_user();
         must(localpg::make_server_dir(&building, user));
         must(Cluster::init(&building.join("data"), 1, None, &[]));
@@ -66,20 +72,36 @@ pub fn server_tempdir() -> TempDir {
 
 /// Settings for test servers: fast and small; durability of the OS is not under test.
 pub fn test_settings() -> Vec<(String, String)> {
-    [("fsync", "off"), ("synchronous_commit", "on"), ("full_page_writes", "off"), ("shared_buffers", "32MB"),
-     ("max_connections", "100"), ("wal_receiver_status_interval", "1s"), ("log_min_messages", "warning")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("fsync", "off"),
+        ("synchronous_commit", "on"),
+        ("full_page_writes", "off"),
+        ("shared_buffers", "32MB"),
+        ("max_connections", "100"),
+        ("wal_receiver_status_interval", "1s"),
+        ("log_min_messages", "warning"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// Makes and starts a new primary in `dir/name` from the template.
 pub fn new_primary(dir: &Path, name: &str) -> Cluster {
     let data = dir.join(name);
     let out = must(
-        Command::new("cp").arg("-a").arg(template().join("data")).arg(&data).output().map_err(|e| e.to_string()),
+        Command::new("cp")
+            .arg("-a")
+            .arg(template().join("data"))
+            .arg(&data)
+            .output()
+            .map_err(|e| e.to_string()),
     );
-    assert!(out.status.success(), "cp template: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cp template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = must(localpg::free_port());
     let cluster = must(Cluster::at(&data, port, None));
     must(cluster.write_settings(&test_settings()));
@@ -91,7 +113,12 @@ pub fn new_primary(dir: &Path, name: &str) -> Cluster {
 /// Makes and starts a streaming replica of `primary` in `dir/name`.
 pub fn new_replica(dir: &Path, name: &str, primary: &Cluster) -> Cluster {
     let port = must(localpg::free_port());
-    let replica = must(Cluster::basebackup(primary, &dir.join(name), port, &test_settings()));
+    let replica = must(Cluster::basebackup(
+        primary,
+        &dir.join(name),
+        port,
+        &test_settings(),
+    ));
     must(replica.start());
     must(localpg::stop_when_gone(&replica, std::process::id()));
     replica
@@ -110,8 +137,15 @@ impl TestCluster {
     pub fn start(replicas: usize) -> TestCluster {
         let dir = server_tempdir();
         let primary = new_primary(dir.path(), "primary");
-        let replicas = (0..replicas).map(|i| new_replica(dir.path(), &format!("replica{i}"), &primary)).collect();
-        TestCluster { primary, replicas, others: Vec::new(), dir }
+        let replicas = (0..replicas)
+            .map(|i| new_replica(dir.path(), &format!("replica{i}"), &primary))
+            .collect();
+        TestCluster {
+            primary,
+            replicas,
+            others: Vec::new(),
+            dir,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -120,7 +154,9 @@ impl TestCluster {
 
     /// Waits until every replica has replayed everything the primary has written.
     pub fn wait_replicas_caught_up(&self) {
-        let lsn = must(self.primary.psql("postgres", "SELECT pg_current_wal_lsn()")).trim().to_string();
+        let lsn = must(self.primary.psql("postgres", "SELECT pg_current_wal_lsn()"))
+            .trim()
+            .to_string();
         for r in &self.replicas {
             for _ in 0..400 {
                 let caught = must(r.psql(
@@ -138,7 +174,12 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        for c in self.others.iter().chain(&self.replicas).chain(std::iter::once(&self.primary)) {
+        for c in self
+            .others
+            .iter()
+            .chain(&self.replicas)
+            .chain(std::iter::once(&self.primary))
+        {
             let _ = c.stop(StopMode::Immediate);
         }
     }
@@ -156,7 +197,10 @@ pub fn shared() -> &'static Cluster {
             must(localpg::make_server_dir(&dir, server_user()));
             let cluster = new_primary(&dir, "primary");
             remove_when_gone(&dir);
-            must(cluster.psql("postgres", "ALTER SYSTEM SET max_locks_per_transaction = 256"));
+            must(cluster.psql(
+                "postgres",
+                "ALTER SYSTEM SET max_locks_per_transaction = 256",
+            ));
             must(cluster.stop(StopMode::Fast));
             must(cluster.start());
             (cluster, dir)
@@ -183,7 +227,13 @@ fn remove_when_gone(dir: &Path) {
 pub fn fresh_db(prefix: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let name = format!("{}_{}", prefix.to_lowercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"), n);
+    let name = format!(
+        "{}_{}",
+        prefix
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        n
+    );
     let cluster = shared();
     must(cluster.psql("postgres", &format!("CREATE DATABASE \"{name}\"")));
     cluster.url(&name)
@@ -192,7 +242,12 @@ pub fn fresh_db(prefix: &str) -> String {
 /// PgBouncer in front of `cluster`, database `app` → `dbname`.
 pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> Pooler {
     let port = must(localpg::free_port());
-    let db = PoolerDatabase { name: "app".into(), host: "127.0.0.1".into(), port: cluster.port, dbname: dbname.into() };
+    let db = PoolerDatabase {
+        name: "app".into(),
+        host: "127.0.0.1".into(),
+        port: cluster.port,
+        dbname: dbname.into(),
+    };
     must(Pooler::start(&dir.join("pgbouncer"), port, &[db], extra))
 }
 
