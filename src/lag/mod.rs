@@ -184,6 +184,8 @@ fn log_verdict(replica: &str, v: &Verdict) {
                 replica,
                 "SECOND WRITABLE NODE: replica is not in recovery; fence it before clients write to it"
             ),
+            // Logged once for the primary, not once per replica.
+            Problem::LagUnknown { .. } => {}
             _ => tracing::warn!(replica, problem = %p, "replica unhealthy"),
         }
     }

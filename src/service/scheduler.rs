@@ -64,7 +64,7 @@ pub async fn run_job<F, Fut>(
             }
             JobRun::Skipped(reason) => tracing::debug!(job = name, reason, "job skipped"),
             JobRun::Failed { error, message } => {
-                tracing::error!(job = name, error, seconds, message = %message, "job failed; retried next tick");
+                tracing::error!(job = name, error, seconds, detail = %message, "job failed; retried next tick");
                 metrics.record_job(name, seconds, Some(error));
             }
             JobRun::Cancelled => {

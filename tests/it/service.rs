@@ -240,9 +240,9 @@ fn service_one_leader_and_kill_hands_over() {
 
     // kill -9 the leader: its session dies, the other takes over within a tick or two.
     let (mut dead, survivor) = if a_leads { (a, b) } else { (b, a) };
+    let killed = Instant::now();
     dead.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = dead.wait_exit(Duration::from_secs(5));
-    let killed = Instant::now();
     wait_for(Duration::from_secs(10), "handover", || {
         (survivor.leader()? == 1).then_some(())
     });
@@ -316,6 +316,9 @@ fn service_survives_primary_restart_and_stops_on_sigterm() {
     );
     assert!(took < Duration::from_secs(5), "took {took:?}; log:\n{log}");
     eprintln!("SIGTERM to exit: {took:?}");
+    if std::env::var_os("PGSTEWARD_TEST_SHOW_LOG").is_some() {
+        eprintln!("{log}");
+    }
     assert!(log.contains("leader lock released"), "{log}");
     assert_eq!(advisory_locks(&tc), "0");
     assert!(!log.contains("panicked"), "{log}");
