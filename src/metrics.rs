@@ -63,6 +63,9 @@ pub struct Metrics {
     pub max_connections: Family<NodeLabels, Gauge>,
     pub partitions_future: Family<TableLabels, Gauge>,
     pub partitions_default_rows: Family<TableLabels, Gauge>,
+    pub partitions_created: Family<TableLabels, Counter>,
+    pub partitions_retired: Family<TableLabels, Counter>,
+    pub partitions_rows_moved: Family<TableLabels, Counter>,
     pub job_runs: Family<JobLabels, Counter>,
     pub job_failures: Family<JobErrorLabels, Counter>,
     pub job_duration: Family<JobLabels, Histogram>,
@@ -98,6 +101,9 @@ impl Metrics {
             max_connections: Family::default(),
             partitions_future: Family::default(),
             partitions_default_rows: Family::default(),
+            partitions_created: Family::default(),
+            partitions_retired: Family::default(),
+            partitions_rows_moved: Family::default(),
             job_runs: Family::default(),
             job_failures: Family::default(),
             job_duration: Family::new_with_constructor(duration_histogram),
@@ -161,6 +167,21 @@ impl Metrics {
             "partitions_default_rows",
             "Rows in the managed table's DEFAULT partition after the last pass",
             m.partitions_default_rows.clone(),
+        );
+        registry.register(
+            "partitions_created",
+            "Partitions this instance created",
+            m.partitions_created.clone(),
+        );
+        registry.register(
+            "partitions_retired",
+            "Partitions this instance detached or dropped under retention",
+            m.partitions_retired.clone(),
+        );
+        registry.register(
+            "partitions_default_rows_moved",
+            "Rows this instance moved out of DEFAULT partitions into new partitions",
+            m.partitions_rows_moved.clone(),
         );
         registry.register("job_runs", "Scheduled job runs started", m.job_runs.clone());
         registry.register(
@@ -313,6 +334,25 @@ impl Metrics {
             let l = TableLabels {
                 table: t.table.to_string(),
             };
+            if t.created > 0 {
+                self.partitions_created
+                    .get_or_create(&l)
+                    .inc_by(u64::from(t.created));
+            }
+            if t.retired > 0 {
+                self.partitions_retired
+                    .get_or_create(&l)
+                    .inc_by(u64::from(t.retired));
+            }
+            if t.rows_moved > 0 {
+                self.partitions_rows_moved
+                    .get_or_create(&l)
+                    .inc_by(t.rows_moved);
+            }
+            // A table that failed or was left to another pass has no trustworthy coverage figure.
+            if t.error.is_some() || t.skipped.is_some() {
+                continue;
+            }
             self.partitions_future
                 .get_or_create(&l)
                 .set(i64::from(t.future_partitions));

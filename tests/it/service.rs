@@ -160,15 +160,21 @@ fn advisory_locks(tc: &TestCluster) -> String {
 #[test]
 fn service_one_leader_and_kill_hands_over() {
     let tc = TestCluster::start(1);
+    must(tc.primary.psql(
+        "postgres",
+        "CREATE TABLE public.events (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts)",
+    ));
+    let table =
+        "[[partitions.tables]]\ntable = \"public.events\"\ninterval = \"daily\"\npremake = 3\n";
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (must(localpg::free_port()), must(localpg::free_port()));
     let a = Service::start(
-        &service_config(dir.path(), &tc, pa, ""),
+        &service_config(dir.path(), &tc, pa, table),
         pa,
         dir.path().join("a.log"),
     );
     let b = Service::start(
-        &service_config(dir.path(), &tc, pb, ""),
+        &service_config(dir.path(), &tc, pb, table),
         pb,
         dir.path().join("b.log"),
     );
@@ -248,6 +254,21 @@ fn service_one_leader_and_kill_hands_over() {
     });
     eprintln!("handover took {:?}", killed.elapsed());
     assert_eq!(advisory_locks(&tc), "1");
+    // The new leader runs the pass, which finds nothing to do (idempotent).
+    let body = wait_for(Duration::from_secs(10), "a pass on the new leader", || {
+        let (_, body) = survivor.get("/metrics")?;
+        metric_with(
+            &body,
+            "pgsteward_job_last_success_timestamp_seconds",
+            "partitions",
+        )
+        .map(|_| body)
+    });
+    assert_eq!(
+        metric_with(&body, "pgsteward_partitions_created_total", "public.events"),
+        None,
+        "{body}"
+    );
 }
 
 #[test]
