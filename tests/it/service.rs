@@ -346,6 +346,75 @@ fn service_survives_primary_restart_and_stops_on_sigterm() {
 }
 
 #[test]
+fn service_sigterm_cancels_ddl_waiting_for_a_lock() {
+    let tc = TestCluster::start(0);
+    must(tc.primary.psql(
+        "postgres",
+        "CREATE TABLE public.events (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts)",
+    ));
+    // An application transaction holds the parent: the pass's DDL waits on it.
+    let psql = must(localpg::find_program("psql", None));
+    let mut holder = std::process::Command::new(psql)
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-p", &tc.primary.port.to_string()])
+        .args([
+            "-c",
+            "BEGIN; LOCK TABLE public.events IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = must(localpg::free_port());
+    let path = service_config(
+        dir.path(),
+        &tc,
+        port,
+        "[[partitions.tables]]\ntable = \"public.events\"\ninterval = \"daily\"\npremake = 2\n",
+    );
+    // A long lock_timeout keeps the statement waiting when the signal comes.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[partitions]\n", "[partitions]\nlock_timeout = \"30s\"\n");
+    must(std::fs::write(&path, text));
+    let mut svc = Service::start(&path, port, dir.path().join("svc.log"));
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE wait_event_type = 'Lock' AND application_name LIKE 'pgsteward%'";
+    wait_for(
+        Duration::from_secs(20),
+        "the pass's DDL waiting on the lock",
+        || (must(tc.primary.psql("postgres", waiting)).trim() != "0").then_some(()),
+    );
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    let (status, took) = svc.wait_exit(Duration::from_secs(15));
+    let log = svc.log_text();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "took {took:?}; log:\n{log}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}; log:\n{log}");
+    eprintln!("SIGTERM with DDL waiting on a lock to exit: {took:?}");
+    wait_for(
+        Duration::from_secs(5),
+        "no waiting pgsteward statement",
+        || (must(tc.primary.psql("postgres", waiting)).trim() == "0").then_some(()),
+    );
+    assert_eq!(
+        must(tc.primary.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        ))
+        .trim(),
+        "0",
+        "leader and table locks released"
+    );
+}
+
+#[test]
 fn service_sigint_while_primary_unreachable_exits_zero() {
     // No server at all: the service still starts, serves /healthz, is not ready, and stops.
     let dir = tempfile::tempdir().unwrap();
