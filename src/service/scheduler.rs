@@ -74,3 +74,69 @@ pub async fn run_job<F, Fut>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn slow_job_never_overlaps_and_failures_are_counted_then_retried() {
+        let metrics = Arc::new(Metrics::new());
+        let cancel = CancellationToken::new();
+        let running = Arc::new(AtomicUsize::new(0));
+        let max_running = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let schedule: Schedule = "* * * * * *".parse().unwrap();
+        let job = {
+            let (running, max_running, calls) =
+                (running.clone(), max_running.clone(), calls.clone());
+            move || {
+                let (running, max_running, calls) =
+                    (running.clone(), max_running.clone(), calls.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_running.fetch_max(now, Ordering::SeqCst);
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    // Longer than the 1 s period: the next ticks fall inside the run.
+                    tokio::time::sleep(Duration::from_millis(1300)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    if n == 0 {
+                        JobRun::Failed {
+                            error: "postgres",
+                            message: "server closed the connection".into(),
+                        }
+                    } else {
+                        JobRun::Done
+                    }
+                }
+            }
+        };
+        let handle = tokio::spawn(run_job(
+            "test",
+            schedule,
+            cancel.clone(),
+            metrics.clone(),
+            job,
+        ));
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(3), handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(max_running.load(Ordering::SeqCst), 1);
+        let n = calls.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&n), "{n} runs in 4.5 s of a 1.3 s job");
+        let text = metrics.encode();
+        assert!(
+            text.contains("pgsteward_job_failures_total{job=\"test\",error=\"postgres\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgsteward_job_last_success_timestamp_seconds{job=\"test\"}"),
+            "retried and succeeded: {text}"
+        );
+    }
+}
