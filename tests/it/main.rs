@@ -5,4 +5,6 @@
 mod harness;
 
 mod cli_config;
+mod lag;
 mod partitions;
+mod service;
