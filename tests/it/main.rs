@@ -6,3 +6,5 @@ mod harness;
 
 mod cli_config;
 mod deploy;
+mod lag;
+mod service;
