@@ -34,6 +34,7 @@ KUBE = DEPLOY / "kubernetes"
 ENTRY_POINTS = [
     "service",
     "cronjob",
+    "upgrade/plan",
     "upgrade/start",
     "upgrade/resume",
     "upgrade/abort",

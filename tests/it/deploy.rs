@@ -20,9 +20,10 @@ use serde_yaml_ng::Value;
 use crate::harness::{self, pgsteward, write_config};
 
 /// The kustomizations an operator applies.
-const ENTRY_POINTS: [&str; 6] = [
+const ENTRY_POINTS: [&str; 7] = [
     "service",
     "cronjob",
+    "upgrade/plan",
     "upgrade/start",
     "upgrade/resume",
     "upgrade/abort",
@@ -126,7 +127,11 @@ fn pod_specs() -> Vec<(&'static str, Value, Value)> {
         };
         out.push((entry, obj, spec));
     }
-    assert_eq!(out.len(), 6, "one workload per entry point");
+    assert_eq!(
+        out.len(),
+        ENTRY_POINTS.len(),
+        "one workload per entry point"
+    );
     out
 }
 
@@ -185,7 +190,8 @@ fn every_command_line_parses_and_runs_the_intended_subcommand() {
         let intended = match (entry, &cli.command) {
             ("service", Command::Run) => true,
             ("cronjob", Command::Partitions(PartitionsCommand::Apply(_))) => true,
-            ("upgrade/start", Command::Upgrade(UpgradeCommand::Start { target })) => {
+            ("upgrade/plan", Command::Upgrade(UpgradeCommand::Plan { target, .. }))
+            | ("upgrade/start", Command::Upgrade(UpgradeCommand::Start { target })) => {
                 !target.target_class.is_empty()
             }
             ("upgrade/resume", Command::Upgrade(UpgradeCommand::Resume)) => true,
@@ -660,5 +666,19 @@ fn bench_service_memory_footprint() {
         threads,
         cpu_ticks,
         if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
+}
+
+#[test]
+fn plan_and_start_name_the_same_target_class() {
+    let class = |job: &str| {
+        let j = find("Job", job);
+        let argv = args(&seq(&j["spec"]["template"]["spec"]["containers"])[0]);
+        let i = argv.iter().position(|a| a == "--target-class").unwrap();
+        argv[i + 1].clone()
+    };
+    assert_eq!(
+        class("pgsteward-upgrade-plan"),
+        class("pgsteward-upgrade-start")
     );
 }
