@@ -483,7 +483,6 @@ fn iam_policy_grants_exactly_what_the_rds_provider_calls() {
         "DeleteDBInstance",
         "DescribeDBInstances",
         "DescribeDBSnapshots",
-        "ListTagsForResource",
         "ModifyDBInstance",
         "PromoteReadReplica",
     ]
