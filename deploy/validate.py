@@ -102,7 +102,7 @@ def render(entry):
 
 def check_promql(where, expr):
     # Grafana's variables are not PromQL; give them plausible values first.
-    expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m")
+    expr = expr.replace("$__rate_interval", "5m").replace("$__interval", "1m").replace("$__range", "6h")
     expr = re.sub(r"\$\{?(\w+)\}?", "x", expr)
     try:
         promql_parser.parse(expr)
