@@ -765,6 +765,91 @@ async fn cli_exit_codes() {
     assert_eq!(code, Some(2), "{err}");
 }
 
+#[tokio::test]
+async fn long_names_are_shortened_to_63_bytes_without_collisions() {
+    let url = fresh_db("part_long");
+    let a = format!("{}_alpha", "x".repeat(56));
+    let b = format!("{}_bravo", "x".repeat(56));
+    exec(
+        &url,
+        &format!(
+            "{}; {}",
+            EVENTS.replace("TABLE events", &format!("TABLE {a}")),
+            EVENTS.replace("TABLE events", &format!("TABLE {b}"))
+        ),
+    )
+    .await;
+    let cfg = config(
+        &url,
+        "",
+        &[
+            table(&a, "interval = 'daily'\npremake = 1"),
+            table(&b, "interval = 'daily'\npremake = 1"),
+        ]
+        .concat(),
+    );
+    let r = pass(&cfg).await;
+    assert!(
+        r.tables.iter().all(|t| t.created == 2 && t.error.is_none()),
+        "{r:#?}"
+    );
+    let pa = partitions_of(&url, &a).await;
+    let pb = partitions_of(&url, &b).await;
+    for (name, _) in pa.iter().chain(&pb) {
+        assert!(name.len() <= 63, "{name}");
+    }
+    assert!(pa.iter().all(|p| !pb.contains(p)));
+    assert!(pass(&cfg)
+        .await
+        .tables
+        .iter()
+        .all(|t| t.statements.is_empty()));
+}
+
+#[tokio::test]
+async fn cancelling_a_pass_stops_it_while_it_waits_for_a_lock() {
+    let url = fresh_db("part_cancel");
+    exec(&url, EVENTS).await;
+    exec(
+        &url,
+        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+    )
+    .await;
+    let blocker = connect(&url).await;
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    let cfg = config(&url, "lock_retries = 1000", &table("events", "premake = 1"));
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        trigger.cancel();
+    });
+    let t0 = Instant::now();
+    let r = partitions::run_pass(&cfg, &cancel).await;
+    assert!(
+        matches!(r, Err(partitions::PartitionError::Cancelled)),
+        "{r:?}"
+    );
+    // Bounded by the cancel, not by 1000 retries.
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let checks = query(
+        &url,
+        "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgsteward_excl%'",
+    )
+    .await;
+    assert_eq!(
+        checks[0].get::<_, i64>(0),
+        0,
+        "no exclusion CHECK left on DEFAULT"
+    );
+    let r = pass(&config(&url, "", &table("events", "premake = 1"))).await;
+    assert_eq!(r.tables[0].created, 2, "{r:#?}");
+}
+
 // ---------------------------------------------------------------------------
 // Benchmark: pgsteward vs pg_partman 4.7 vs plain SQL, side by side on one
 // server. Prints figures; asserts only correctness. See README
