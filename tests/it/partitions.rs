@@ -850,6 +850,68 @@ async fn cancelling_a_pass_stops_it_while_it_waits_for_a_lock() {
     assert_eq!(r.tables[0].created, 2, "{r:#?}");
 }
 
+#[tokio::test]
+async fn a_failed_attach_removes_its_exclusion_check_from_default() {
+    let url = fresh_db("part_undo");
+    exec(&url, EVENTS).await;
+    exec(
+        &url,
+        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+    )
+    .await;
+    // SHARE on the parent alone (ONLY: partitions stay unlocked) lets every
+    // step through except ATTACH, which needs SHARE UPDATE EXCLUSIVE.
+    let blocker = connect(&url).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE ONLY events IN SHARE MODE")
+        .await
+        .unwrap();
+    let cfg = config(
+        &url,
+        "lock_timeout = \"50ms\"\nlock_retries = 2",
+        &table("events", "premake = 0"),
+    );
+    let r = pass(&cfg).await;
+    let t = &r.tables[0];
+    assert!(
+        t.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("ATTACH PARTITION"),
+        "{t:#?}"
+    );
+    assert!(
+        t.statements
+            .iter()
+            .any(|s| s.contains("ADD CONSTRAINT \"pgsteward_excl_")),
+        "{t:#?}"
+    );
+    let checks = query(
+        &url,
+        "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgsteward_excl%'",
+    )
+    .await;
+    assert_eq!(
+        checks[0].get::<_, i64>(0),
+        0,
+        "inserts into DEFAULT must keep working"
+    );
+    // And they do, for the very range that was being attached.
+    // (Directly into DEFAULT: the parent itself is locked by the blocker.)
+    exec(
+        &url,
+        "INSERT INTO events_default (id, created_at) VALUES (1, now())",
+    )
+    .await;
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let r = pass(&cfg).await;
+    assert_eq!(
+        (r.tables[0].created, r.tables[0].rows_moved),
+        (1, 1),
+        "{r:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Benchmark: pgsteward vs pg_partman 4.7 vs plain SQL, side by side on one
 // server. Prints figures; asserts only correctness. See README
