@@ -63,6 +63,12 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
             }
         }
     }
+    // Deterministic order for plans, notes and output.
+    for (_, lookup) in out.iter_mut() {
+        if let Ok(state) = lookup {
+            state.partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+    }
     if rows.is_empty() {
         // No tables configured: still learn whether this is a replica.
         let r = client
