@@ -98,6 +98,8 @@ impl Done {
 /// Below this size on disk (8 pages) the DEFAULT's exclusion CHECK is added
 /// valid in one statement: its scan is shorter than a round trip.
 const SMALL_DEFAULT_BYTES: u64 = 64 * 1024;
+/// Attempts of a clean-up statement that must run even after cancellation.
+const UNCANCELLABLE_ATTEMPTS: u32 = 5;
 /// Upper bound on move batches per partition and attempt.
 const MAX_MOVE_BATCHES: usize = 100_000;
 
@@ -486,8 +488,11 @@ impl Exec<'_> {
 
     /// The exclusion CHECK refuses inserts of the range into DEFAULT; once the
     /// attach is abandoned it must go, or the application would get errors.
+    /// Runs even after cancellation (a few bounded attempts): leaving the CHECK
+    /// would turn the application's inserts into errors.
     async fn undo_default_check(&self, d: &QualifiedName, c: &str, report: &mut TableReport) {
-        if let Err(e) = self.run(&plan::sql_drop_constraint(d, c), report).await {
+        let sql = plan::sql_drop_constraint(d, c);
+        if let Err(e) = self.run_with(&sql, report, false).await {
             tracing::warn!(partition = %d, error = %e.text(), "default exclusion check left; next pass drops it");
         }
     }
@@ -582,16 +587,33 @@ impl Exec<'_> {
     /// Runs one statement, or one batch that is a single implicit
     /// transaction, with lock-race retries.
     async fn run(&self, sql: &str, report: &mut TableReport) -> Result<Done, StepError> {
-        let retries = self.cfg.partitions.lock_retries.max(1);
+        self.run_with(sql, report, true).await
+    }
+
+    /// `cancellable = false` is for clean-up only: it ignores the token and
+    /// stops after `UNCANCELLABLE_ATTEMPTS`, each bounded by `lock_timeout`.
+    async fn run_with(
+        &self,
+        sql: &str,
+        report: &mut TableReport,
+        cancellable: bool,
+    ) -> Result<Done, StepError> {
+        let retries = if cancellable {
+            self.cfg.partitions.lock_retries.max(1)
+        } else {
+            UNCANCELLABLE_ATTEMPTS
+        };
+        let never = CancellationToken::new();
+        let cancel = if cancellable { self.cancel } else { &never };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if self.cancel.is_cancelled() {
+            if cancel.is_cancelled() {
                 return Err(StepError::Cancelled);
             }
             let res = tokio::select! {
                 r = self.client.simple_query(sql) => r,
-                _ = self.cancel.cancelled() => {
+                _ = cancel.cancelled() => {
                     let _ = self.client.cancel_token().cancel_query(NoTls).await;
                     return Err(StepError::Cancelled);
                 }
@@ -620,7 +642,7 @@ impl Exec<'_> {
                     tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = self.cancel.cancelled() => return Err(StepError::Cancelled),
+                        _ = cancel.cancelled() => return Err(StepError::Cancelled),
                     }
                 }
                 Err(e) => {

@@ -4,11 +4,14 @@
 use serde::Deserialize;
 use tokio_postgres::Client;
 
-use super::plan::{parse_bound, DefaultPartition, ExistingPartition, Grant, KeyType, TableState};
+use super::plan::{
+    parse_bound, parse_bound_node, DefaultPartition, ExistingPartition, Grant, KeyType, TableState,
+};
 use super::PartitionError;
 use crate::pg::QualifiedName;
 
 const CATALOG_SQL: &str = include_str!("../../sql/partitions_catalog.sql");
+const BOUND_EXPRS_SQL: &str = include_str!("../../sql/partitions_bound_exprs.sql");
 
 /// What the catalog says about one configured table: its state, or why it
 /// cannot be managed (the operator's fix is in the message).
@@ -22,18 +25,6 @@ pub struct Catalog {
     pub tables: Vec<(QualifiedName, TableLookup)>,
 }
 
-#[derive(Deserialize)]
-struct PartRow {
-    schema: String,
-    name: String,
-    bound: Option<String>,
-    is_default: Option<bool>,
-    detach_pending: bool,
-    fk_referenced: bool,
-    reltuples: f64,
-    checks: Option<Vec<String>>,
-}
-
 pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, PartitionError> {
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
@@ -44,10 +35,39 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     let mut in_recovery = false;
     let mut current_user = String::new();
     let mut out = Vec::with_capacity(tables.len());
-    for (row, table) in rows.iter().zip(tables) {
+    // (table, partition) positions whose bound node text was not understood.
+    let mut unparsed: Vec<(usize, usize, i64)> = Vec::new();
+    for (t, (row, table)) in rows.iter().zip(tables).enumerate() {
         in_recovery = row.get("in_recovery");
         current_user = row.get("current_user_name");
-        out.push((table.clone(), table_state(table, row)));
+        let (lookup, missing) = table_state(table, row);
+        unparsed.extend(missing.into_iter().map(|(p, oid)| (t, p, oid)));
+        out.push((table.clone(), lookup));
+    }
+    if !unparsed.is_empty() {
+        let oids: Vec<i64> = unparsed.iter().map(|u| u.2).collect();
+        let exprs = client
+            .query(BOUND_EXPRS_SQL, &[&oids])
+            .await
+            .map_err(|e| PartitionError::query("read partition bounds", e))?;
+        let by_oid: std::collections::HashMap<i64, String> = exprs
+            .iter()
+            .filter_map(|r| Some((r.get(0), r.get::<_, Option<String>>(1)?)))
+            .collect();
+        for (t, p, oid) in unparsed {
+            if let (Some(expr), Some((_, Ok(state)))) = (by_oid.get(&oid), out.get_mut(t)) {
+                let kt = state.key_type;
+                if let Some(part) = state.partitions.get_mut(p) {
+                    part.range = parse_bound(kt, expr);
+                }
+            }
+        }
+    }
+    // Deterministic order for plans, notes and output.
+    for (_, lookup) in out.iter_mut() {
+        if let Ok(state) = lookup {
+            state.partitions.sort_by(|a, b| a.name.cmp(&b.name));
+        }
     }
     if rows.is_empty() {
         // No tables configured: still learn whether this is a replica.
@@ -65,7 +85,21 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     })
 }
 
-fn table_state(table: &QualifiedName, row: &tokio_postgres::Row) -> TableLookup {
+/// The table's state, plus `(partition index, oid)` of bounds to read with pg_get_expr.
+fn table_state(
+    table: &QualifiedName,
+    row: &tokio_postgres::Row,
+) -> (TableLookup, Vec<(usize, i64)>) {
+    let mut missing = Vec::new();
+    let state = table_state_inner(table, row, &mut missing);
+    (state, missing)
+}
+
+fn table_state_inner(
+    table: &QualifiedName,
+    row: &tokio_postgres::Row,
+    missing: &mut Vec<(usize, i64)>,
+) -> TableLookup {
     let oid: Option<i64> = row.get("oid");
     let Some(oid) = oid else {
         return Err(format!(
@@ -111,29 +145,54 @@ fn table_state(table: &QualifiedName, row: &tokio_postgres::Row) -> TableLookup 
             grantable: g.grantable,
         })
         .collect();
-    let parts: serde_json::Value = row.get("partitions");
-    let parts: Vec<PartRow> = serde_json::from_value(parts)
-        .map_err(|e| format!("{table}: unexpected partition list in the catalog: {e}"))?;
-    let mut partitions = Vec::new();
-    let mut default = None;
-    for p in parts {
-        let name = QualifiedName::new(p.schema, p.name);
-        if p.is_default == Some(true) {
-            default = Some(DefaultPartition {
-                name,
-                // -1 until the first ANALYZE: reported as 0, `status` counts exactly.
-                rows_estimate: p.reltuples.max(0.0) as u64,
-                pgsteward_checks: p.checks.unwrap_or_default(),
-            });
-            continue;
-        }
+    let names: Vec<String> = row
+        .get::<_, Option<Vec<String>>>("names")
+        .unwrap_or_default();
+    let schemas: Vec<String> = row
+        .get::<_, Option<Vec<String>>>("schemas")
+        .unwrap_or_default();
+    let bounds: Vec<Option<String>> = row
+        .get::<_, Option<Vec<Option<String>>>>("bounds")
+        .unwrap_or_default();
+    let oids: Vec<i64> = row.get::<_, Option<Vec<i64>>>("oids").unwrap_or_default();
+    let pending: Vec<bool> = row
+        .get::<_, Option<Vec<bool>>>("pending")
+        .unwrap_or_default();
+    let fk: Vec<bool> = row.get::<_, Option<Vec<bool>>>("fk").unwrap_or_default();
+    let mut partitions = Vec::with_capacity(names.len());
+    for (i, name) in names.into_iter().enumerate() {
+        let range = bounds
+            .get(i)
+            .and_then(|b| b.as_deref())
+            .and_then(|b| parse_bound_node(key_type, b));
         partitions.push(ExistingPartition {
-            name,
-            range: p.bound.as_deref().and_then(|b| parse_bound(key_type, b)),
-            detach_pending: p.detach_pending,
-            fk_referenced: p.fk_referenced,
+            name: QualifiedName::new(schemas.get(i).cloned().unwrap_or_default(), name),
+            range,
+            detach_pending: pending.get(i).copied().unwrap_or(false),
+            fk_referenced: fk.get(i).copied().unwrap_or(false),
         });
     }
+    for (i, p) in partitions.iter().enumerate() {
+        if p.range.is_none() {
+            missing.push((i, oids.get(i).copied().unwrap_or(0)));
+        }
+    }
+    let default_name: Option<String> = row.get("default_name");
+    let default = default_name.map(|name| DefaultPartition {
+        name: QualifiedName::new(
+            row.get::<_, Option<String>>("default_schema")
+                .unwrap_or_default(),
+            name,
+        ),
+        // -1 until the first ANALYZE: reported as 0; `status` counts exactly.
+        rows_estimate: row
+            .get::<_, Option<f64>>("default_reltuples")
+            .unwrap_or(0.0)
+            .max(0.0) as u64,
+        pgsteward_checks: row
+            .get::<_, Option<Vec<String>>>("default_checks")
+            .unwrap_or_default(),
+    });
     Ok(TableState {
         table: table.clone(),
         oid: oid as u32,

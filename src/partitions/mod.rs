@@ -114,7 +114,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, PartitionError> {
     let mut options = config.get_options().unwrap_or_default().to_string();
     options.push_str(&format!(
         " -c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c standard_conforming_strings=on \
-         -c statement_timeout=0 -c lock_timeout={}ms",
+         -c statement_timeout=0 -c work_mem=64MB -c lock_timeout={}ms",
         cfg.partitions.lock_timeout.0.as_millis().max(1)
     ));
     config.options(options.trim());
