@@ -52,7 +52,24 @@ pub struct Work {
 #[derive(Debug)]
 enum StepError {
     Cancelled,
+    /// The server refused a statement (after retries, for lock races).
+    Sql {
+        code: SqlState,
+        message: String,
+    },
     Failed(String),
+}
+
+impl StepError {
+    fn is(&self, code: &SqlState) -> bool {
+        matches!(self, StepError::Sql { code: c, .. } if c == code)
+    }
+    fn text(&self) -> String {
+        match self {
+            StepError::Cancelled => "cancelled".into(),
+            StepError::Sql { message, .. } | StepError::Failed(message) => message.clone(),
+        }
+    }
 }
 
 impl From<String> for StepError {
@@ -60,6 +77,29 @@ impl From<String> for StepError {
         StepError::Failed(s)
     }
 }
+
+/// What a statement batch returned: rows affected by the last command, and
+/// the first row of the last result (as text) if it had one.
+struct Done {
+    count: u64,
+    row: Vec<Option<String>>,
+}
+
+impl Done {
+    /// `(rows of the range in DEFAULT, DEFAULT's bytes)` from `sql_probe_default`.
+    fn probe(&self) -> Option<(u64, u64)> {
+        match self.row.as_slice() {
+            [Some(n), Some(size)] => Some((n.parse().ok()?, size.parse().ok()?)),
+            _ => None,
+        }
+    }
+}
+
+/// Below this size on disk (8 pages) the DEFAULT's exclusion CHECK is added
+/// valid in one statement: its scan is shorter than a round trip.
+const SMALL_DEFAULT_BYTES: u64 = 64 * 1024;
+/// Upper bound on move batches per partition and attempt.
+const MAX_MOVE_BATCHES: usize = 100_000;
 
 /// Runs every table's work on up to `partitions.parallelism` sessions (the
 /// catalog session is the first). Tables are independent, so sessions never
@@ -146,7 +186,8 @@ impl Exec<'_> {
         match self.maintain(w, now, report).await {
             Ok(()) => {}
             Err(StepError::Cancelled) => report.error = Some("cancelled".into()),
-            Err(StepError::Failed(msg)) => {
+            Err(e) => {
+                let msg = e.text();
                 tracing::warn!(table = %w.table, error = %msg, "table not brought up to date; retried next pass");
                 report.error = Some(msg);
             }
@@ -179,6 +220,7 @@ impl Exec<'_> {
         report.notes = p.notes.iter().map(super::note_text).collect();
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();
+        let mut default_checks: Vec<String> = Vec::new();
         let mut result = Ok(());
         for action in &p.actions {
             let step = match action {
@@ -188,7 +230,16 @@ impl Exec<'_> {
                     reason,
                     ..
                 } => {
-                    let r = self.create(&state, &w.cfg, partition, *range, report).await;
+                    let r = self
+                        .create(
+                            &state,
+                            &w.cfg,
+                            partition,
+                            *range,
+                            &mut default_checks,
+                            report,
+                        )
+                        .await;
                     if r.is_ok() {
                         tracing::info!(partition = %partition, reason = ?reason, "partition created");
                         report.created += 1;
@@ -209,18 +260,23 @@ impl Exec<'_> {
                     }
                     r
                 }
-                Action::DropDefaultCheck { constraint } => match &state.default {
-                    Some(d) => {
-                        self.ddl(&plan::sql_drop_constraint(&d.name, constraint), report)
-                            .await
-                    }
-                    None => Ok(()),
-                },
+                Action::DropDefaultCheck { constraint } => {
+                    default_checks.push(constraint.clone());
+                    Ok(())
+                }
             };
             if let Err(e) = step {
                 // Later actions of this table would wait on the same locks.
                 result = Err(e);
                 break;
+            }
+        }
+        // One statement for every exclusion CHECK of this pass and any stale
+        // ones: a failure is harmless for attached ranges and the next pass retries.
+        if let (Some(d), false) = (&state.default, default_checks.is_empty()) {
+            let sql = plan::sql_drop_constraints(&d.name, &default_checks);
+            if let Err(e) = self.run(&sql, report).await {
+                tracing::warn!(partition = %d.name, error = %e.text(), "default exclusion checks not dropped; next pass drops them");
             }
         }
         let retired: Vec<&QualifiedName> = p
@@ -241,6 +297,8 @@ impl Exec<'_> {
     }
 
     /// Creates one partition the lock-safe way; see the module invariants.
+    /// Exclusion CHECKs left on DEFAULT are pushed to `default_checks` and
+    /// dropped once per table: while the range is attached they are harmless.
     /// Crash safety: an interruption before ATTACH leaves a standalone table
     /// with our bounds CHECK (and possibly rows moved out of DEFAULT); the next
     /// pass finds it by name and carries on from there.
@@ -250,6 +308,7 @@ impl Exec<'_> {
         tcfg: &TableConfig,
         child: &QualifiedName,
         range: Range,
+        default_checks: &mut Vec<String>,
         report: &mut TableReport,
     ) -> Result<(), StepError> {
         let (parent, key, kt, tz) = (
@@ -258,36 +317,43 @@ impl Exec<'_> {
             state.key_type,
             tcfg.timezone,
         );
-        let existing = self
-            .client
-            .query_opt(RELATION_SQL, &[&child.quoted(), &plan::BOUNDS_CHECK])
-            .await
-            .map_err(|e| format!("cannot look up {child}: {}", server_message(&e)))?;
-        match existing {
-            None => {
-                // The new table is invisible to others until commit, so its
-                // CREATE, CHECK and GRANTs share one short transaction; the
-                // only lock on a shared object is ACCESS SHARE on the parent.
-                let mut stmts = vec![
-                    plan::sql_create_child(parent, child),
-                    plan::sql_add_bounds_check(child, key, kt, tz, range),
-                ];
-                stmts.extend(state.grants.iter().map(|g| plan::sql_grant(child, g)));
-                self.ddl(&stmts.join(";\n"), report).await?;
+        // The new table is invisible to others until commit, so its CREATE,
+        // CHECK and GRANTs share one short transaction (the only lock on a
+        // shared object is ACCESS SHARE on the parent, then on DEFAULT for the probe).
+        let mut stmts = vec![
+            plan::sql_create_child(parent, child),
+            plan::sql_add_bounds_check(child, key, kt, tz, range),
+        ];
+        stmts.extend(state.grants.iter().map(|g| plan::sql_grant(child, g)));
+        if let Some(d) = &state.default {
+            stmts.push(plan::sql_probe_default(&d.name, key, kt, tz, range));
+        }
+        let mut probe = None;
+        match self.run(&stmts.join(";\n"), report).await {
+            Ok(done) => {
+                probe = done.probe();
                 if state.owner != self.current_user {
                     let sql = plan::sql_owner(child, &state.owner);
-                    if let Err(StepError::Failed(e)) = self.ddl(&sql, report).await {
+                    if let Err(e) = self.run(&sql, report).await {
                         report.notes.push(format!(
-                            "{child}: owned by {} instead of the parent's owner {}: {e}; grant {} membership in {} to fix",
-                            self.current_user, state.owner, self.current_user, state.owner
+                            "{child}: owned by {} instead of the parent's owner {}: {}; grant {} membership in {} to fix",
+                            self.current_user, state.owner, e.text(), self.current_user, state.owner
                         ));
                     }
                 }
             }
-            Some(row) => {
-                let (relkind, is_partition, ours): (String, bool, bool) =
-                    (row.get(0), row.get(1), row.get(2));
-                if relkind != "r" || is_partition || !ours {
+            Err(e) if e.is(&SqlState::DUPLICATE_TABLE) => {
+                let existing = self
+                    .client
+                    .query_opt(RELATION_SQL, &[&child.quoted(), &plan::BOUNDS_CHECK])
+                    .await
+                    .map_err(|e| format!("cannot look up {child}: {}", server_message(&e)))?;
+                let ours = existing.is_some_and(|row| {
+                    row.get::<_, String>(0) == "r"
+                        && !row.get::<_, bool>(1)
+                        && row.get::<_, bool>(2)
+                });
+                if !ours {
                     return Err(format!(
                         "{child} already exists and was not made by pgsteward; rename or drop it so the period can be created"
                     )
@@ -295,43 +361,49 @@ impl Exec<'_> {
                 }
                 tracing::info!(partition = %child, "resuming a partition an interrupted pass created");
             }
+            Err(e) => return Err(e),
         }
 
         let mut default_check = None;
         if let Some(d) = &state.default {
-            self.move_default_rows(state, tcfg, &d.name, child, range, report)
-                .await?;
-            let c = plan::default_check_name(child);
-            match self
-                .ddl(
-                    &plan::sql_add_default_check(&d.name, &c, key, kt, tz, range),
-                    report,
-                )
-                .await
-            {
-                Ok(()) => {}
-                Err(StepError::Failed(e)) if e.contains("(42710)") => {}
-                Err(e) => return Err(e),
+            let (in_range, size) = match probe {
+                Some(p) => p,
+                None => self
+                    .run(
+                        &plan::sql_probe_default(&d.name, key, kt, tz, range),
+                        report,
+                    )
+                    .await?
+                    .probe()
+                    .unwrap_or((1, u64::MAX)),
+            };
+            if in_range > 0 {
+                self.move_default_rows(state, tcfg, &d.name, child, range, report)
+                    .await?;
             }
+            let c = plan::default_check_name(child);
             default_check = Some((d.name.clone(), c.clone()));
-            // Rows of the range inserted between the move and the CHECK make
-            // VALIDATE fail; the CHECK now refuses new ones, so move and retry.
             let mut validated = false;
-            for _ in 0..3 {
-                match self.ddl(&plan::sql_validate(&d.name, &c), report).await {
-                    Ok(()) => {
-                        validated = true;
-                        break;
-                    }
-                    Err(StepError::Failed(e)) if e.contains("(23514)") => {
-                        self.move_default_rows(state, tcfg, &d.name, child, range, report)
-                            .await?;
-                    }
-                    Err(e) => {
-                        self.undo_default_check(&d.name, &c, report).await;
-                        return Err(e);
-                    }
+            if in_range == 0 && size <= SMALL_DEFAULT_BYTES {
+                // One statement: the scan of a DEFAULT this small is instant.
+                match self
+                    .run(
+                        &plan::sql_add_default_check_valid(&d.name, &c, key, kt, tz, range),
+                        report,
+                    )
+                    .await
+                {
+                    Ok(_) => validated = true,
+                    Err(e)
+                        if e.is(&SqlState::CHECK_VIOLATION)
+                            || e.is(&SqlState::DUPLICATE_OBJECT) => {}
+                    Err(e) => return Err(e),
                 }
+            }
+            if !validated {
+                validated = self
+                    .add_default_check_not_valid(state, tcfg, &d.name, &c, child, range, report)
+                    .await?;
             }
             if !validated {
                 self.undo_default_check(&d.name, &c, report).await;
@@ -344,7 +416,7 @@ impl Exec<'_> {
         }
 
         if let Err(e) = self
-            .ddl(&plan::sql_attach(parent, child, kt, tz, range), report)
+            .run(&plan::sql_attach(parent, child, kt, tz, range), report)
             .await
         {
             if let Some((d, c)) = &default_check {
@@ -352,33 +424,71 @@ impl Exec<'_> {
             }
             return Err(e);
         }
-        // Redundant now that the partition constraint holds; failures leave
-        // a harmless constraint (and a stale DEFAULT check the next pass drops).
-        if let Err(StepError::Failed(e)) = self
-            .ddl(
+        if let Some((_, c)) = default_check {
+            default_checks.push(c);
+        }
+        // Redundant now that the partition constraint holds; a failure leaves
+        // a harmless constraint behind.
+        if let Err(e) = self
+            .run(
                 &plan::sql_drop_constraint(child, plan::BOUNDS_CHECK),
                 report,
             )
             .await
         {
-            tracing::warn!(partition = %child, error = %e, "bounds check not dropped");
-        }
-        if let Some((d, c)) = &default_check {
-            if let Err(StepError::Failed(e)) =
-                self.ddl(&plan::sql_drop_constraint(d, c), report).await
-            {
-                tracing::warn!(partition = %d, error = %e, "default exclusion check not dropped; next pass drops it");
-            }
+            tracing::warn!(partition = %child, error = %e.text(), "bounds check not dropped");
         }
         Ok(())
+    }
+
+    /// NOT VALID (instant, brief ACCESS EXCLUSIVE), then VALIDATE (a scan under
+    /// SHARE UPDATE EXCLUSIVE, which blocks neither reads nor writes). Rows of
+    /// the range inserted between the move and the CHECK make VALIDATE fail;
+    /// the CHECK refuses new ones from then on, so move again and retry.
+    #[allow(clippy::too_many_arguments)]
+    async fn add_default_check_not_valid(
+        &self,
+        state: &TableState,
+        tcfg: &TableConfig,
+        default: &QualifiedName,
+        c: &str,
+        child: &QualifiedName,
+        range: Range,
+        report: &mut TableReport,
+    ) -> Result<bool, StepError> {
+        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
+        match self
+            .run(
+                &plan::sql_add_default_check(default, c, key, kt, tz, range),
+                report,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(e),
+        }
+        for _ in 0..3 {
+            match self.run(&plan::sql_validate(default, c), report).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is(&SqlState::CHECK_VIOLATION) => {
+                    self.move_default_rows(state, tcfg, default, child, range, report)
+                        .await?;
+                }
+                Err(e) => {
+                    self.undo_default_check(default, c, report).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// The exclusion CHECK refuses inserts of the range into DEFAULT; once the
     /// attach is abandoned it must go, or the application would get errors.
     async fn undo_default_check(&self, d: &QualifiedName, c: &str, report: &mut TableReport) {
-        if let Err(StepError::Failed(e)) = self.ddl(&plan::sql_drop_constraint(d, c), report).await
-        {
-            tracing::warn!(partition = %d, error = %e, "default exclusion check left; next pass drops it");
+        if let Err(e) = self.run(&plan::sql_drop_constraint(d, c), report).await {
+            tracing::warn!(partition = %d, error = %e.text(), "default exclusion check left; next pass drops it");
         }
     }
 
@@ -395,13 +505,6 @@ impl Exec<'_> {
         report: &mut TableReport,
     ) -> Result<(), StepError> {
         let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
-        let count = self
-            .simple(&plan::sql_count_in_range(default, key, kt, tz, range))
-            .await?;
-        let in_range: u64 = count.first().and_then(|v| v.parse().ok()).unwrap_or(0);
-        if in_range == 0 {
-            return Ok(());
-        }
         let cols: Vec<String> = self
             .client
             .query(COLUMNS_SQL, &[&state.table.quoted()])
@@ -420,13 +523,12 @@ impl Exec<'_> {
         let sql = plan::sql_move_batch(default, child, &cols, key, kt, tz, range)
             .replace("LIMIT $1", &format!("LIMIT {batch}"));
         let mut moved_here = 0u64;
-        // Bounded: every batch either moves rows or ends the loop, and rows
-        // beyond the count (concurrent inserts) get a generous allowance.
-        let max_batches = in_range / u64::from(batch) + 100;
-        for _ in 0..max_batches {
-            let n = self.ddl_count(&sql, report).await?;
+        // Bounded: rows beyond what the probe saw (concurrent inserts) get
+        // a generous allowance; the exclusion CHECK stops them for good.
+        for _ in 0..MAX_MOVE_BATCHES {
+            let n = self.run(&sql, report).await?.count;
             moved_here += n;
-            if n == 0 {
+            if n < u64::from(batch) {
                 break;
             }
         }
@@ -445,11 +547,11 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let parent = &state.table;
         match self
-            .ddl(&plan::sql_detach(parent, partition, how), report)
+            .run(&plan::sql_detach(parent, partition, how), report)
             .await
         {
-            Ok(()) => {}
-            Err(StepError::Failed(e)) if how == DetachHow::Concurrently => {
+            Ok(_) => {}
+            Err(e) if how == DetachHow::Concurrently && !matches!(e, StepError::Cancelled) => {
                 // CONCURRENTLY commits its first half before waiting for older
                 // snapshots; interrupted there, the detach is pending and only
                 // FINALIZE completes it.
@@ -461,9 +563,9 @@ impl Exec<'_> {
                     .flatten()
                     .is_some_and(|r| r.get::<_, bool>(0));
                 if !pending {
-                    return Err(StepError::Failed(e));
+                    return Err(e);
                 }
-                self.ddl(
+                self.run(
                     &plan::sql_detach(parent, partition, DetachHow::Finalize),
                     report,
                 )
@@ -472,18 +574,14 @@ impl Exec<'_> {
             Err(e) => return Err(e),
         }
         if drop {
-            self.ddl(&plan::sql_drop_table(partition), report).await?;
+            self.run(&plan::sql_drop_table(partition), report).await?;
         }
         Ok(())
     }
 
-    async fn ddl(&self, sql: &str, report: &mut TableReport) -> Result<(), StepError> {
-        self.ddl_count(sql, report).await.map(|_| ())
-    }
-
-    /// Runs one statement (its own transaction) with lock-race retries;
-    /// returns the rows it affected.
-    async fn ddl_count(&self, sql: &str, report: &mut TableReport) -> Result<u64, StepError> {
+    /// Runs one statement, or one batch that is a single implicit
+    /// transaction, with lock-race retries.
+    async fn run(&self, sql: &str, report: &mut TableReport) -> Result<Done, StepError> {
         let retries = self.cfg.partitions.lock_retries.max(1);
         let mut attempt = 0;
         loop {
@@ -501,15 +599,21 @@ impl Exec<'_> {
             match res {
                 Ok(msgs) => {
                     report.statements.push(sql.to_string());
-                    let n = msgs
-                        .iter()
-                        .filter_map(|m| match m {
-                            SimpleQueryMessage::CommandComplete(n) => Some(*n),
-                            _ => None,
-                        })
-                        .last()
-                        .unwrap_or(0);
-                    return Ok(n);
+                    let mut done = Done {
+                        count: 0,
+                        row: Vec::new(),
+                    };
+                    for m in &msgs {
+                        match m {
+                            SimpleQueryMessage::CommandComplete(n) => done.count = *n,
+                            SimpleQueryMessage::Row(r) => {
+                                done.row =
+                                    (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()
+                            }
+                            _ => {}
+                        }
+                    }
+                    return Ok(done);
                 }
                 Err(e) if is_transient_lock_error(&e) && attempt < retries => {
                     let wait = super::backoff(attempt);
@@ -520,7 +624,7 @@ impl Exec<'_> {
                     }
                 }
                 Err(e) => {
-                    let hint = if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    let hint = if is_transient_lock_error(&e) {
                         format!(
                             " after {attempt} attempts; a long transaction holds a conflicting lock (see pg_locks), the next pass retries"
                         )
@@ -528,27 +632,16 @@ impl Exec<'_> {
                         String::new()
                     };
                     let first_line = sql.lines().next().unwrap_or_default();
-                    return Err(StepError::Failed(format!(
-                        "{}{hint} [{first_line}]",
-                        server_message(&e)
-                    )));
+                    let message = format!("{}{hint} [{first_line}]", server_message(&e));
+                    return Err(match e.code() {
+                        Some(code) => StepError::Sql {
+                            code: code.clone(),
+                            message,
+                        },
+                        None => StepError::Failed(message),
+                    });
                 }
             }
         }
-    }
-
-    /// A query whose first column of each row is returned as text.
-    async fn simple(&self, sql: &str) -> Result<Vec<String>, StepError> {
-        let msgs = tokio::select! {
-            r = self.client.simple_query(sql) => r.map_err(|e| StepError::Failed(server_message(&e)))?,
-            _ = self.cancel.cancelled() => return Err(StepError::Cancelled),
-        };
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .collect())
     }
 }

@@ -746,6 +746,47 @@ pub fn sql_add_default_check(
     )
 }
 
+/// The same CHECK added valid in one statement: it scans DEFAULT under ACCESS
+/// EXCLUSIVE, so it is used only when DEFAULT is known to be tiny.
+pub fn sql_add_default_check_valid(
+    default: &QualifiedName,
+    constraint: &str,
+    key: &str,
+    kt: KeyType,
+    tz: Tz,
+    r: Range,
+) -> String {
+    sql_add_default_check(default, constraint, key, kt, tz, r)
+        .trim_end_matches(" NOT VALID")
+        .to_string()
+}
+
+/// Rows of the range in DEFAULT, and DEFAULT's size on disk in bytes.
+pub fn sql_probe_default(
+    default: &QualifiedName,
+    key: &str,
+    kt: KeyType,
+    tz: Tz,
+    r: Range,
+) -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM {d} WHERE {pred}), pg_relation_size({lit}::regclass)",
+        d = default.quoted(),
+        pred = range_predicate(key, kt, tz, r),
+        lit = quote_literal(&default.quoted())
+    )
+}
+
+/// Drops several of our CHECKs from one table in one statement.
+pub fn sql_drop_constraints(table: &QualifiedName, constraints: &[String]) -> String {
+    let drops = constraints
+        .iter()
+        .map(|c| format!("DROP CONSTRAINT IF EXISTS {}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("ALTER TABLE {} {drops}", table.quoted())
+}
+
 pub fn sql_validate(table: &QualifiedName, constraint: &str) -> String {
     format!(
         "ALTER TABLE {} VALIDATE CONSTRAINT {}",
@@ -775,20 +816,6 @@ pub fn sql_attach(
         child.quoted(),
         key_literal(kt, tz, r.lo),
         key_literal(kt, tz, r.hi)
-    )
-}
-
-pub fn sql_count_in_range(
-    default: &QualifiedName,
-    key: &str,
-    kt: KeyType,
-    tz: Tz,
-    r: Range,
-) -> String {
-    format!(
-        "SELECT count(*) FROM {} WHERE {}",
-        default.quoted(),
-        range_predicate(key, kt, tz, r)
     )
 }
 
@@ -851,8 +878,10 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             v.push(sql_owner(partition, &state.owner));
             if let Some(d) = &state.default {
                 let c = default_check_name(partition);
+                v.push(sql_probe_default(&d.name, key, kt, tz, *range));
                 v.push(format!(
-                    "-- rows of this range in {} are moved into {} in batches",
+                    "-- rows of this range in {} are moved into {} in batches; \
+                     when DEFAULT is tiny the CHECK below is added valid in one statement",
                     d.name, partition
                 ));
                 v.push(sql_add_default_check(&d.name, &c, key, kt, tz, *range));

@@ -6,4 +6,5 @@ mod harness;
 
 mod cli_config;
 mod lag;
+mod partitions;
 mod service;
