@@ -10,6 +10,8 @@
 //! finishes or is cancelled by the pass), drain tasks with a deadline, then
 //! release the leader lock, so the lock is held for as long as our DDL can run.
 //!
+//! Both jobs run once at start, then on their schedules.
+//!
 //! The database going away is an ordinary state: every job reconnects through
 //! its pool at its next tick, `/readyz` reports 503 meanwhile, and leadership
 //! is re-established by whichever instance gets the lock first.
@@ -99,6 +101,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         run_job(
             "lag",
             schedule,
+            true,
             cancel.clone(),
             metrics.clone(),
             move || {
@@ -121,6 +124,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         run_job(
             "partitions",
             schedule,
+            true,
             cancel.clone(),
             metrics.clone(),
             move || {

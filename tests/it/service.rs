@@ -416,7 +416,8 @@ fn service_sigterm_cancels_ddl_waiting_for_a_lock() {
 
 #[test]
 fn service_sigint_while_primary_unreachable_exits_zero() {
-    // No server at all: the service still starts, serves /healthz, is not ready, and stops.
+    // No server at all: the service still starts, runs its jobs once at start,
+    // serves /healthz, is not ready, and stops.
     let dir = tempfile::tempdir().unwrap();
     let port = must(localpg::free_port());
     let dead = must(localpg::free_port());
@@ -425,8 +426,8 @@ fn service_sigint_while_primary_unreachable_exits_zero() {
         &path,
         format!(
             "[database]\nprimary = \"postgres://postgres@127.0.0.1:{dead}/postgres\"\nreplicas = [\"postgres://postgres@127.0.0.1:{dead}/postgres\"]\nconnect_timeout = \"1s\"\n\
-             [lag]\nschedule = \"*/1 * * * * *\"\nquery_timeout = \"1s\"\n\
-             [partitions]\nschedule = \"*/1 * * * * *\"\n\
+             [lag]\nschedule = \"0 0 1 1 *\"\nquery_timeout = \"1s\"\n\
+             [partitions]\nschedule = \"0 0 1 1 *\"\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n"
         ),
     ));
@@ -435,10 +436,18 @@ fn service_sigint_while_primary_unreachable_exits_zero() {
         svc.get("/healthz").filter(|(c, _)| *c == 200)
     });
     assert_eq!(svc.get("/readyz").map(|x| x.0), Some(503));
-    wait_for(Duration::from_secs(10), "replica_up 0", || {
-        let (_, body) = svc.get("/metrics")?;
-        (metric(&body, "pgsteward_replica_up")? == 0.0).then_some(())
-    });
+    // Yearly schedules: what ran, ran at start.
+    wait_for(
+        Duration::from_secs(10),
+        "replica_up 0 from the lag run at start",
+        || {
+            let (_, body) = svc.get("/metrics")?;
+            (metric(&body, "pgsteward_replica_up")? == 0.0
+                && metric_with(&body, "pgsteward_job_failures_total", "primary_unreachable")?
+                    == 1.0)
+                .then_some(())
+        },
+    );
     svc.signal(nix::sys::signal::Signal::SIGINT);
     let (status, took) = svc.wait_exit(Duration::from_secs(10));
     assert_eq!(
