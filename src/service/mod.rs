@@ -157,7 +157,11 @@ async fn lag_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    leader.refresh().await;
+    // Dropping a refresh midway is safe: a half-made lock session just closes.
+    tokio::select! {
+        _ = leader.refresh() => {}
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    }
     match lag::check(cfg, pools, cancel).await {
         Ok(report) => {
             metrics.record_lag(&report);
@@ -191,7 +195,11 @@ async fn partitions_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    if !leader.refresh().await {
+    let leads = tokio::select! {
+        l = leader.refresh() => l,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    if !leads {
         return JobRun::Skipped("not leader");
     }
     if cancel.is_cancelled() {
