@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli_config;
+mod deploy;
 mod lag;
 mod partitions;
 mod service;
