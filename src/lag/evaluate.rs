@@ -417,4 +417,54 @@ mod tests {
         assert_eq!(v.seconds_behind, Some(30.0));
         assert!(v.healthy(), "{v:?}");
     }
+
+    /// Reports recorded from `pgsteward lag --output json` against a real
+    /// primary and two replicas (tests/it/lag.rs, `STEWARD_RECORD_LAG=DIR`):
+    /// re-evaluating their observations gives the verdicts recorded with them.
+    #[test]
+    fn recorded_reports_re_evaluate_to_their_verdicts() {
+        for (name, text) in [
+            ("idle", include_str!("../../tests/fixtures/lag/idle.json")),
+            (
+                "paused",
+                include_str!("../../tests/fixtures/lag/paused.json"),
+            ),
+            (
+                "promoted",
+                include_str!("../../tests/fixtures/lag/promoted.json"),
+            ),
+        ] {
+            let report: serde_json::Value = serde_json::from_str(text).unwrap();
+            let t = Thresholds {
+                max_bytes: report["max_bytes"].as_u64().unwrap(),
+                max_delay: Duration::from_secs_f64(report["max_delay_seconds"].as_f64().unwrap()),
+            };
+            let primary: PrimaryObservation =
+                serde_json::from_value(report["primary"]["observation"].clone()).unwrap();
+            for r in report["replicas"].as_array().unwrap() {
+                let obs: Option<ReplicaObservation> =
+                    serde_json::from_value(r["observation"].clone()).unwrap();
+                let error = r["problems"][0]["error"].as_str().unwrap_or("").to_string();
+                let sender: Option<SenderObservation> =
+                    serde_json::from_value(r["sender"].clone()).unwrap();
+                let v = evaluate(
+                    Ok(&primary),
+                    obs.as_ref().ok_or(error.as_str()),
+                    sender.as_ref(),
+                    &t,
+                );
+                let recorded = serde_json::json!({
+                    "state": r["state"], "bytes_behind": r["bytes_behind"],
+                    "seconds_behind": r["seconds_behind"], "replay_paused": r["replay_paused"],
+                    "problems": r["problems"],
+                });
+                assert_eq!(
+                    serde_json::to_value(&v).unwrap(),
+                    recorded,
+                    "{name}: {}",
+                    r["replica"]
+                );
+            }
+        }
+    }
 }

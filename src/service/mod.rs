@@ -10,6 +10,8 @@
 //! finishes or is cancelled by the pass), drain tasks with a deadline, then
 //! release the leader lock, so the lock is held for as long as our DDL can run.
 //!
+//! Both jobs run once at start, then on their schedules.
+//!
 //! The database going away is an ordinary state: every job reconnects through
 //! its pool at its next tick, `/readyz` reports 503 meanwhile, and leadership
 //! is re-established by whichever instance gets the lock first.
@@ -99,6 +101,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         run_job(
             "lag",
             schedule,
+            true,
             cancel.clone(),
             metrics.clone(),
             move || {
@@ -121,6 +124,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         run_job(
             "partitions",
             schedule,
+            true,
             cancel.clone(),
             metrics.clone(),
             move || {
@@ -153,7 +157,11 @@ async fn lag_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    leader.refresh().await;
+    // Dropping a refresh midway is safe: a half-made lock session just closes.
+    tokio::select! {
+        _ = leader.refresh() => {}
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    }
     match lag::check(cfg, pools, cancel).await {
         Ok(report) => {
             metrics.record_lag(&report);
@@ -187,7 +195,11 @@ async fn partitions_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    if !leader.refresh().await {
+    let leads = tokio::select! {
+        l = leader.refresh() => l,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    if !leads {
         return JobRun::Skipped("not leader");
     }
     if cancel.is_cancelled() {

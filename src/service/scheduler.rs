@@ -29,9 +29,13 @@ pub enum JobRun {
     Cancelled,
 }
 
+/// Runs `job` on `schedule` until `cancel`. With `run_at_start`, the first run
+/// is immediate: metrics are filled at once and, after downtime, missing
+/// partitions are made without waiting for the next (say hourly) tick.
 pub async fn run_job<F, Fut>(
     name: &'static str,
     schedule: Schedule,
+    run_at_start: bool,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     mut job: F,
@@ -39,18 +43,23 @@ pub async fn run_job<F, Fut>(
     F: FnMut() -> Fut,
     Fut: Future<Output = JobRun>,
 {
-    tracing::info!(job = name, schedule = %schedule, "job scheduled");
+    tracing::info!(job = name, schedule = %schedule, run_at_start, "job scheduled");
+    let mut first = run_at_start;
     loop {
-        let now = Utc::now();
-        let Some(next) = schedule.next_after(now) else {
-            tracing::warn!(job = name, schedule = %schedule, "schedule never fires again; job idle");
-            cancel.cancelled().await;
+        if !std::mem::take(&mut first) {
+            let now = Utc::now();
+            let Some(next) = schedule.next_after(now) else {
+                tracing::warn!(job = name, schedule = %schedule, "schedule never fires again; job idle");
+                cancel.cancelled().await;
+                return;
+            };
+            let wait = (next - now).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        } else if cancel.is_cancelled() {
             return;
-        };
-        let wait = (next - now).to_std().unwrap_or_default();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
         }
         let started = Instant::now();
         let run = job()
@@ -116,6 +125,7 @@ mod tests {
         let handle = tokio::spawn(run_job(
             "test",
             schedule,
+            false,
             cancel.clone(),
             metrics.clone(),
             job,

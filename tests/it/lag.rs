@@ -1,4 +1,8 @@
 //! `pgsteward lag` against a real primary with two streaming replicas.
+//!
+//! `STEWARD_RECORD_LAG=DIR` writes the reports of the idle, paused and promoted
+//! cases to DIR; copies live in tests/fixtures/lag/, re-evaluated by the
+//! `lag::evaluate` unit tests.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,11 +72,12 @@ fn lag_caught_up_and_idle_longer_than_max_delay_is_healthy() {
     let (code, report) = lag_json(&cfg);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["healthy"], true);
+    // Bytes may be a standby-snapshot record in flight, never a real delay.
     for i in 0..2 {
         let r = replica(&report, i);
         assert_eq!(r["state"], "streaming", "{r:#}");
-        assert_eq!(r["bytes_behind"], 0, "{r:#}");
-        assert_eq!(r["seconds_behind"], 0.0, "{r:#}");
+        assert!(r["bytes_behind"].as_u64().unwrap() < 64 << 10, "{r:#}");
+        assert!(r["seconds_behind"].as_f64().unwrap() < 1.0, "{r:#}");
         assert_eq!(r["healthy"], true);
     }
 
@@ -80,10 +85,13 @@ fn lag_caught_up_and_idle_longer_than_max_delay_is_healthy() {
     // old, yet a caught-up replica is not late.
     std::thread::sleep(Duration::from_secs(3));
     let (code, report) = lag_json(&cfg);
+    if let Ok(dir) = std::env::var("STEWARD_RECORD_LAG") {
+        std::fs::write(format!("{dir}/idle.json"), report.to_string()).unwrap();
+    }
     assert_eq!(code, 0, "idle primary must stay healthy: {report:#}");
     for i in 0..2 {
         let r = replica(&report, i);
-        assert_eq!(r["seconds_behind"], 0.0, "{r:#}");
+        assert!(r["seconds_behind"].as_f64().unwrap() < 1.0, "{r:#}");
         let last: chrono::DateTime<chrono::Utc> = r["observation"]["last_replay_at"]
             .as_str()
             .unwrap()
@@ -125,6 +133,9 @@ fn lag_paused_replay_with_writes_grows_and_fails() {
     write_some(&tc, 2000);
     let (code2, second) = lag_json(&cfg);
 
+    if let Ok(dir) = std::env::var("STEWARD_RECORD_LAG") {
+        std::fs::write(format!("{dir}/paused.json"), second.to_string()).unwrap();
+    }
     let (a, b) = (replica(&first, 0), replica(&second, 0));
     assert_eq!(b["replay_paused"], true, "{b:#}");
     let (bytes_a, bytes_b) = (
@@ -188,6 +199,9 @@ fn lag_stopped_replica_is_unreachable_and_promoted_one_is_second_writable_node()
     must(tc.replicas[1].psql("postgres", "SELECT pg_promote(true, 30)"));
     let (code, report) = lag_json(&cfg);
     assert_eq!(code, 1, "{report:#}");
+    if let Ok(dir) = std::env::var("STEWARD_RECORD_LAG") {
+        std::fs::write(format!("{dir}/promoted.json"), report.to_string()).unwrap();
+    }
     let r = replica(&report, 1);
     assert_eq!(r["state"], "writable", "{r:#}");
     assert_eq!(r["problems"][0]["kind"], "second_writable_node", "{r:#}");
