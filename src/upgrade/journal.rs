@@ -47,6 +47,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Applied to `record`, not yet on disk: written with the next append.
+    staged: String,
     record: UpgradeRecord,
 }
 
@@ -88,7 +90,12 @@ impl Journal {
         File::open(state_dir)
             .and_then(|d| d.sync_all())
             .map_err(io(state_dir))?;
-        Ok(Journal { path, file, record })
+        Ok(Journal {
+            path,
+            file,
+            staged: String::new(),
+            record,
+        })
     }
 
     /// Opens and replays an existing journal for appending.
@@ -110,6 +117,7 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            staged: String::new(),
             record,
         })
     }
@@ -122,9 +130,34 @@ impl Journal {
         &self.path
     }
 
-    /// Validates `events` against the record, writes them in one write and
-    /// syncs before returning. Nothing is applied when one is illegal.
+    /// Validates `events` against the record, writes them (after anything
+    /// staged) in one write and syncs before returning. Nothing is applied
+    /// when one is illegal.
     pub fn append(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        let (next, text) = self.validate(events)?;
+        let mut all = std::mem::take(&mut self.staged);
+        all.push_str(&text);
+        if !all.is_empty() {
+            self.file
+                .write_all(all.as_bytes())
+                .map_err(io(&self.path))?;
+            self.file.sync_data().map_err(io(&self.path))?;
+        }
+        self.record = next;
+        Ok(())
+    }
+
+    /// Applies `events` to the record now and writes them with the next
+    /// [`Journal::append`]. For `step_succeeded` only: losing it in a crash
+    /// makes a finished step run again, which idempotent steps allow.
+    pub fn stage(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        let (next, text) = self.validate(events)?;
+        self.staged.push_str(&text);
+        self.record = next;
+        Ok(())
+    }
+
+    fn validate(&self, events: &[Event]) -> Result<(UpgradeRecord, String), JournalError> {
         let mut next = self.record.clone();
         let mut text = String::new();
         for event in events {
@@ -140,12 +173,7 @@ impl Journal {
                 })?;
             text.push_str(&to_line(&entry));
         }
-        self.file
-            .write_all(text.as_bytes())
-            .map_err(io(&self.path))?;
-        self.file.sync_data().map_err(io(&self.path))?;
-        self.record = next;
-        Ok(())
+        Ok((next, text))
     }
 }
 

@@ -99,8 +99,6 @@ pub struct Saga {
     pub poolers: Poolers,
     pub cancel: CancellationToken,
     pub progress: Progress,
-    /// `step_succeeded` events not written yet (see the module doc).
-    pending: Vec<Event>,
     pub(crate) old: Option<Client>,
     pub(crate) new: Option<Client>,
     pub(crate) new_endpoint: Option<ConnString>,
@@ -128,7 +126,6 @@ impl Saga {
             poolers,
             cancel,
             progress: Progress::new(quiet),
-            pending: Vec::new(),
             old: None,
             new: None,
             new_endpoint: None,
@@ -145,9 +142,7 @@ impl Saga {
 
     /// Appends `events` after any pending ones, durably.
     fn log(&mut self, events: &[Event]) -> Result<(), UpgradeError> {
-        let mut all = std::mem::take(&mut self.pending);
-        all.extend_from_slice(events);
-        self.journal.append(&all)?;
+        self.journal.append(events)?;
         Ok(())
     }
 
@@ -175,16 +170,14 @@ impl Saga {
                     .unwrap_or_default()
             ),
         );
-        self.pending.push(Event::StepSucceeded { step, output });
+        self.journal
+            .stage(&[Event::StepSucceeded { step, output }])?;
         Ok(())
     }
 
     /// Writes what is pending (before waiting, exiting or reporting).
     pub(crate) fn flush(&mut self) -> Result<(), UpgradeError> {
-        if !self.pending.is_empty() {
-            self.log(&[])?;
-        }
-        Ok(())
+        self.log(&[])
     }
 
     /// One step: started (durable) → failpoint → action (twice under the
