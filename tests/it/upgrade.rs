@@ -524,7 +524,7 @@ async fn kill_at_every_step_boundary_then_resume() {
             assert!(killed(&out), "{fp}: expected SIGKILL\n{}", text(&out));
             let rec = latest_record(&t.state_dir());
             // Between the crash and the resume: never two writable nodes.
-            t.check_one_writable_or_paused().await;
+            t.check_one_writable_or_paused(&fp).await;
             let out = t.pgsteward(&["upgrade", "resume"], None);
             if !out.status.success() {
                 let rolled_back = String::from_utf8_lossy(&out.stderr).contains("rolled back");
@@ -552,9 +552,12 @@ async fn kill_at_every_step_boundary_then_resume() {
 
 impl Topology {
     /// Right after a crash the pooler may be paused; still at most one node may accept writes.
-    pub async fn check_one_writable_or_paused(&self) {
+    pub async fn check_one_writable_or_paused(&self, label: &str) {
         let mut writable = 0;
-        for url in self.nodes.iter().chain(self.new_nodes().iter()) {
+        let mut urls: Vec<String> = self.nodes.iter().cloned().chain(self.new_nodes()).collect();
+        urls.sort();
+        urls.dedup();
+        for url in &urls {
             let Ok(spec) = pgsteward::pg::ConnSpec::parse(url) else {
                 continue;
             };
@@ -573,7 +576,7 @@ impl Topology {
                 }
             }
         }
-        assert!(writable <= 1, "{writable} writable nodes");
+        assert!(writable <= 1, "{label}: {writable} writable nodes");
     }
 }
 
