@@ -340,7 +340,11 @@ impl Saga {
 
     async fn undo(&mut self, step: Step) -> Result<(), UpgradeError> {
         match step {
-            Step::PauseWrites => Ok(self.poolers.resume().await?),
+            // Writes first; then the fence staged before PAUSE comes out of the file.
+            Step::PauseWrites => {
+                self.poolers.resume().await?;
+                self.unfence().await
+            }
             Step::FenceOldPrimary => self.unfence().await,
             // The new replica is kept for a retry; `upgrade abort` deletes it.
             _ => Ok(()),

@@ -29,6 +29,10 @@ const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
 const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
+/// Whether postgresql.auto.conf already holds the fence (staged before PAUSE).
+const FENCE_STAGED: &str = "SELECT count(*)::bigint FROM pg_file_settings \
+     WHERE name = 'default_transaction_read_only' AND setting = 'on' AND applied IS NOT NULL \
+     AND sourcefile LIKE '%postgresql.auto.conf'";
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
 const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
@@ -456,6 +460,7 @@ impl Saga {
         self.new_client().await?;
         let id = self.replica()?;
         self.provider.prepare_promote(&id).await?;
+        self.stage_fence().await?;
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.poolers.connect().await?;
         }
@@ -489,11 +494,19 @@ impl Saga {
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
         let old = self.old_client().await?;
+        let t0 = std::time::Instant::now();
+        let mut polls = 0u32;
+        let mut reloaded_at = Duration::ZERO;
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
-            old.batch_execute(FENCE).await?;
+            let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
+            if staged == 0 {
+                old.batch_execute(FENCE).await?;
+            }
             old.query_one(RELOAD_CONF, &[]).await?;
+            reloaded_at = t0.elapsed();
             loop {
+                polls += 1;
                 // A fresh RESET makes the session follow the reloaded server default.
                 old.batch_execute("RESET default_transaction_read_only")
                     .await?;
@@ -516,8 +529,26 @@ impl Saga {
             }),
             Ok(Err(e)) => Err(q(&primary, e)),
             Ok(Ok(None)) => Err(UpgradeError::Cancelled),
-            Ok(Ok(Some(n))) => Ok(Output::note(format!("read-only, {n} sessions ended"))),
+            Ok(Ok(Some(n))) => Ok(Output::note(format!(
+                "read-only after {:.1} ms ({:.1} ms to reload, {polls} polls), {n} sessions ended",
+                t0.elapsed().as_secs_f64() * 1000.0,
+                reloaded_at.as_secs_f64() * 1000.0
+            ))),
         }
+    }
+
+    /// Writes the fence into postgresql.auto.conf without reloading, just
+    /// before PAUSE: ALTER SYSTEM syncs a file, which is then not paid for
+    /// inside the pause. It has no effect until `fence` reloads the
+    /// configuration; the undo of `pause_writes` removes it again.
+    async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        let primary = self.cfg.database.primary.clone();
+        let old = self.old_client().await?;
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(FENCE).await
+        };
+        work.await.map_err(|e| q(&primary, e))
     }
 
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {

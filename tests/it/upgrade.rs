@@ -42,7 +42,11 @@ impl Load {
     pub fn start(url: &str, workers: usize, pace: Duration, max_run: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let next = Arc::new(AtomicI64::new(1));
+        // Ids unique across every load of this process: a second load on the
+        // same table must not collide with the first one's rows.
+        static BASE: AtomicI64 = AtomicI64::new(0);
+        let base = BASE.fetch_add(100_000_000, Ordering::SeqCst);
+        let next = Arc::new(AtomicI64::new(base + 1));
         let handles = (0..workers)
             .map(|_| {
                 let (stop, ledger, next, url) =
