@@ -554,10 +554,22 @@ impl Saga {
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
         let primary = self.cfg.database.primary.clone();
         let old = self.old_client().await?;
+        // Wait until our own session sees the default back at off: only then
+        // has the postmaster reloaded, so PgBouncer's new server connections
+        // (the fence ended the old ones) start writable after RESUME.
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(UNFENCE).await?;
             old.query_one(RELOAD_CONF, &[]).await?;
+            for _ in 0..5000 {
+                old.batch_execute("RESET default_transaction_read_only")
+                    .await?;
+                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
+                if v == "off" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             Ok::<_, tokio_postgres::Error>(())
         };
         work.await.map_err(|e| q(&primary, e))
