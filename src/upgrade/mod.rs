@@ -403,6 +403,9 @@ fn print_status(rec: &UpgradeRecord) {
     );
 }
 
+const WRITABLE: &str =
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
+
 /// For other commands: fails when `database.primary` no longer answers as a
 /// writable primary, naming the node an upgrade made primary.
 pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
@@ -423,10 +426,7 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
         Err(e) => return Err(moved().unwrap_or(e)),
     };
     let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')",
-            &[],
-        )
+        .query_one(WRITABLE, &[])
         .await
         .map_err(|e| steps::q(&cfg.database.primary, e))?;
     let writable = !row.get::<_, bool>(0) && row.get::<_, String>(1) == "off";

@@ -36,10 +36,17 @@ const FENCE_STAGED: &str = "SELECT count(*)::bigint FROM pg_file_settings \
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
 const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
+/// Makes the session follow the server's (reloaded) default again.
+const FOLLOW_SERVER_DEFAULT: &str = "RESET default_transaction_read_only";
 const READ_ONLY_SETTING: &str = "SELECT current_setting('default_transaction_read_only')";
-const TERMINATE_CLIENTS: &str =
-    "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
-     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+/// One round trip per poll: follow the server default again; once it reads
+/// `on` the postmaster has reloaded (it signals its children after it rereads
+/// the files), so sessions forked from now on start read-only, and every
+/// client session is ended. NULL while the reload has not arrived yet.
+const FENCE_CHECK_AND_TERMINATE: &str = "RESET default_transaction_read_only; \
+     SELECT CASE WHEN current_setting('default_transaction_read_only') = 'on' THEN \
+     (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) END";
 /// Through the pooler, in one statement (transaction pooling: the next
 /// statement may run on another server connection).
 const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
@@ -493,34 +500,39 @@ impl Saga {
         let deadline = self.window_deadline();
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
-        let old = self.old_client().await?;
         let t0 = std::time::Instant::now();
         let mut polls = 0u32;
         let mut reloaded_at = Duration::ZERO;
+        let staged_here = self.fence_staged;
+        let old = self.old_client().await?;
         let work = async {
-            old.batch_execute(SESSION_WRITABLE).await?;
-            let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
-            if staged == 0 {
-                old.batch_execute(FENCE).await?;
+            if !staged_here {
+                // Run again after a crash or on a retry: make sure the file holds the fence.
+                old.batch_execute(SESSION_WRITABLE).await?;
+                let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
+                if staged == 0 {
+                    old.batch_execute(FENCE).await?;
+                }
             }
             old.query_one(RELOAD_CONF, &[]).await?;
             reloaded_at = t0.elapsed();
             loop {
                 polls += 1;
-                // A fresh RESET makes the session follow the reloaded server default.
-                old.batch_execute("RESET default_transaction_read_only")
-                    .await?;
-                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
-                if v == "on" {
-                    break;
+                let msgs = old.simple_query(FENCE_CHECK_AND_TERMINATE).await?;
+                let ended = msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                });
+                if let Some(Some(n)) = ended {
+                    return Ok(Some(n));
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     _ = cancel.cancelled() => return Ok(None),
                 }
             }
-            let n: i64 = old.query_one(TERMINATE_CLIENTS, &[]).await?.get(0);
-            Ok::<_, tokio_postgres::Error>(Some(n))
         };
         let left = remaining(deadline, "fence")?;
         match tokio::time::timeout(left, work).await {
@@ -548,7 +560,9 @@ impl Saga {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(FENCE).await
         };
-        work.await.map_err(|e| q(&primary, e))
+        work.await.map_err(|e| q(&primary, e))?;
+        self.fence_staged = true;
+        Ok(())
     }
 
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
@@ -562,8 +576,7 @@ impl Saga {
             old.batch_execute(UNFENCE).await?;
             old.query_one(RELOAD_CONF, &[]).await?;
             for _ in 0..5000 {
-                old.batch_execute("RESET default_transaction_read_only")
-                    .await?;
+                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
                 let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
                 if v == "off" {
                     break;
