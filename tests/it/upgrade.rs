@@ -625,6 +625,27 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
             t.new_nodes()
         );
     }
+    // A crash in the middle of the roll back: resume finishes it.
+    let fp = "final_sync-done=error,fence_old_primary-undo=kill";
+    let out = t.upgrade(Some(fp));
+    assert!(killed(&out), "{fp}\n{}", text(&out));
+    let out = t.pgsteward(&["upgrade", "resume"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    load.wait_progress(10).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let abort = t.pgsteward(&["upgrade", "abort"], None);
+    assert!(abort.status.success(), "{}", text(&abort));
+    assert!(
+        t.new_nodes().is_empty(),
+        "servers left: {:?}",
+        t.new_nodes()
+    );
+
     let ledger = load.stop().await;
     assert!(
         ledger.errors.is_empty(),
