@@ -10,6 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+mod tls;
+pub use tls::TlsSetupError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error("invalid connection string {redacted}: {reason}")]
@@ -21,8 +24,20 @@ pub enum PgError {
     },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    #[error("unsupported sslmode {0:?} (this build speaks plaintext only; use sslmode=disable or prefer)")]
-    UnsupportedTls(String),
+    #[error("cannot connect to {target}: {source}")]
+    TlsSetup {
+        target: String,
+        source: TlsSetupError,
+    },
+    #[error(
+        "cannot connect to {target}: TLS verification failed (sslmode={mode}): {reason}; {hint}"
+    )]
+    TlsVerify {
+        target: String,
+        mode: SslMode,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("query failed on {target}: {}", server_message(.source))]
     Query {
         target: String,
@@ -39,6 +54,18 @@ pub enum SslMode {
     Require,
     VerifyCa,
     VerifyFull,
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
 }
 
 /// A parsed connection string: the driver config plus the TLS settings
@@ -144,37 +171,79 @@ impl ConnSpec {
         (host, port)
     }
 
+    /// The TLS connector for this spec's `sslmode` and `sslrootcert`. Built
+    /// per connection or per pool, so a rotated CA bundle is picked up.
+    fn connector(&self) -> tls::Connector {
+        tls::Connector::new(self.ssl_mode, self.ssl_root_cert.as_deref())
+    }
+
+    /// One connection attempt under the `sslmode` rules; the connection's I/O
+    /// runs on its own task, which ends when the client is dropped.
+    async fn establish(
+        &self,
+        config: &tokio_postgres::Config,
+        connector: &tls::Connector,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        use tokio_postgres::config::SslMode as Wire;
+        let mut config = config.clone();
+        match self.ssl_mode {
+            SslMode::Disable => {
+                config.ssl_mode(Wire::Disable);
+                Ok(drive(config.connect(NoTls).await?))
+            }
+            SslMode::Prefer => {
+                // tokio-postgres itself continues in plaintext when the server
+                // refuses TLS; a failed handshake is retried in plaintext here,
+                // as libpq does.
+                config.ssl_mode(Wire::Prefer);
+                match config.connect(connector.clone()).await {
+                    Ok(conn) => Ok(drive(conn)),
+                    Err(e) => match tls::handshake_error(&e) {
+                        Some(tls_error) => {
+                            tracing::warn!(target = %self.display, error = %tls_error,
+                                "tls handshake failed; sslmode=prefer continues without encryption");
+                            config.ssl_mode(Wire::Disable);
+                            Ok(drive(config.connect(NoTls).await?))
+                        }
+                        None => Err(e),
+                    },
+                }
+            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                config.ssl_mode(Wire::Require);
+                Ok(drive(config.connect(connector.clone()).await?))
+            }
+        }
+    }
+
     /// Opens one connection, bounded by `timeout`; the connection's I/O runs on
     /// its own task and ends when the client is dropped.
     pub async fn connect(&self, timeout: Duration) -> Result<Client, PgError> {
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
-        let fut = async {
-            match self.ssl_mode {
-                SslMode::Disable | SslMode::Prefer => {
-                    let (client, conn) = config.connect(NoTls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection closed");
-                        }
-                    });
-                    Ok(client)
-                }
-                _ => unreachable!("rejected below"),
+        let connector = self.connector();
+        if self.ssl_mode != SslMode::Disable {
+            if let Some(e) = connector.setup_error() {
+                return Err(PgError::TlsSetup {
+                    target: self.display.clone(),
+                    source: e.clone(),
+                });
             }
-        };
-        if matches!(
-            self.ssl_mode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Err(PgError::UnsupportedTls(format!("{:?}", self.ssl_mode)));
         }
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(source)) => Err(PgError::Connect {
-                target: self.display.clone(),
-                source,
-            }),
+        match tokio::time::timeout(timeout, self.establish(&config, &connector)).await {
+            Ok(Ok((client, _io))) => Ok(client),
+            Ok(Err(source)) => match tls::handshake_error(&source) {
+                Some(tls_error) => Err(PgError::TlsVerify {
+                    target: self.display.clone(),
+                    mode: self.ssl_mode,
+                    reason: tls_error.to_string(),
+                    hint: tls::verify_hint(tls_error),
+                }),
+                None => Err(PgError::Connect {
+                    target: self.display.clone(),
+                    source,
+                }),
+            },
             Err(_) => Err(PgError::ConnectTimeout {
                 target: self.display.clone(),
                 timeout,
@@ -182,13 +251,17 @@ impl ConnSpec {
         }
     }
 
-    /// A deadpool pool of connections made like [`ConnSpec::connect`].
+    /// A deadpool pool of connections made like [`ConnSpec::connect`]. A TLS
+    /// setup problem (unreadable `sslrootcert`) surfaces on the first `get()`.
     pub fn pool(&self, max_size: usize, timeout: Duration) -> deadpool_postgres::Pool {
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
-        let manager = deadpool_postgres::Manager::from_config(
+        let manager = deadpool_postgres::Manager::from_connect(
             config,
-            NoTls,
+            PoolConnect {
+                spec: self.clone(),
+                connector: self.connector(),
+            },
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -205,6 +278,42 @@ impl ConnSpec {
             Err(e) => panic!("pool configuration is inconsistent: {e}"),
         }
     }
+}
+
+/// Pool connections go through [`ConnSpec::establish`], so they follow the
+/// same `sslmode` rules (and fallback) as single connections.
+struct PoolConnect {
+    spec: ConnSpec,
+    connector: tls::Connector,
+}
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let pg_config = pg_config.clone();
+        Box::pin(async move { self.spec.establish(&pg_config, &self.connector).await })
+    }
+}
+
+/// Spawns the connection's I/O task.
+fn drive<S, T>(
+    (client, conn): (Client, tokio_postgres::Connection<S, T>),
+) -> (Client, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection closed");
+        }
+    });
+    (client, io)
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {

@@ -5,3 +5,4 @@
 mod harness;
 
 mod cli_config;
+mod tls;
