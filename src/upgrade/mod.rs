@@ -8,12 +8,17 @@ use crate::Outcome;
 pub enum UpgradeError {
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Provider(#[from] crate::provider::ProviderError),
 }
 
 impl UpgradeError {
     /// Errors the operator fixes in the invocation or configuration (exit 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, UpgradeError::Usage(_))
+        match self {
+            UpgradeError::Usage(_) => true,
+            UpgradeError::Provider(p) => p.is_usage(),
+        }
     }
 }
 
