@@ -23,6 +23,7 @@
 //! `pg_ctl`, `pg_promote()`), and `rds` (aws-sdk-rds; built on its own branch).
 
 pub mod local;
+pub mod rds;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -200,10 +201,7 @@ pub trait Provider: Send + Sync {
 pub fn from_config(cfg: &Config) -> Result<Box<dyn Provider>, ProviderError> {
     match cfg.upgrade.provider {
         ProviderKind::Local => Ok(Box::new(local::LocalProvider::new(cfg)?)),
-        // Wired up by the rds provider (its own branch implements `Provider` in `rds.rs`).
-        ProviderKind::Rds => Err(ProviderError::Usage(
-            "key `upgrade.provider`: \"rds\" is not available in this build; use \"local\"".into(),
-        )),
+        ProviderKind::Rds => Ok(Box::new(rds::RdsProvider::new(cfg)?)),
     }
 }
 
