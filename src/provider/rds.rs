@@ -807,7 +807,8 @@ impl Provider for RdsProvider {
     async fn repoint(&self, source: &SourceFacts, id: &str) -> Result<(), ProviderError> {
         const STEP: &str = "repoint";
         let name = source.id.as_str();
-        if id == name {
+        // With the pooler the saga repoints; the names stay.
+        if self.cfg.repoint != RdsRepoint::IdentifierSwap || id == name {
             return Ok(());
         }
         let deadline = self.deadline();
@@ -896,14 +897,26 @@ impl Provider for RdsProvider {
             )
             .into());
         }
-        if !old.read_replicas.is_empty() {
+        // RDS keeps listing a replica under its source until the promotion has
+        // finished (moto never stops listing it): the instances pgsteward made
+        // from this source are the new primary, not replicas left behind.
+        let mut others = Vec::new();
+        for r in &old.read_replicas {
+            match self.describe_raw(STEP, r, deadline).await? {
+                Some(i) if i.tags.get(SOURCE_TAG).map(String::as_str) == Some(name) => {}
+                Some(i) if i.replica_source.as_deref() != Some(old_id.as_str()) => {}
+                Some(_) => others.push(r.clone()),
+                None => {}
+            }
+        }
+        if !others.is_empty() {
             // Deleting a primary promotes its replicas into standalone writable
             // instances: never do that silently.
             return Err(RdsError::refused(
                 STEP,
                 format!(
                     "{old_id} still feeds read replicas {}; recreate them from the new primary and delete these, then `pgsteward upgrade resume`",
-                    old.read_replicas.join(", ")
+                    others.join(", ")
                 ),
             )
             .into());

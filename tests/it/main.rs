@@ -5,4 +5,6 @@
 mod harness;
 
 mod cli_config;
+mod moto;
+mod rds;
 mod tls;
