@@ -535,9 +535,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Environment overrides: `PGSTEWARD_DATABASE__PRIMARY` → `database.primary`.
 /// `PGSTEWARD_CONFIG` names the file and is not a key.
 pub fn env_provider() -> Env {
-    Env::prefixed(ENV_PREFIX)
-        .split("__")
-        .ignore(&["config", "log_level", "log_format"])
+    Env::prefixed(ENV_PREFIX).split("__").ignore(&[
+        "config",
+        "log_level",
+        "log_format",
+        // Test-only switches (upgrade failpoints, local server watchdog), not keys.
+        "failpoint",
+        "failpoint_repeat",
+        "local_owner_pid",
+    ])
 }
 
 pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {

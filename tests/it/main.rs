@@ -8,3 +8,4 @@ mod cli_config;
 mod moto;
 mod rds;
 mod tls;
+mod upgrade;
