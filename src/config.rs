@@ -419,7 +419,7 @@ pub struct RdsProviderConfig {
     pub poll_interval: HumanDuration,
     /// SQL address (`host:port`) per instance identifier, used instead of the
     /// endpoint RDS reports: for tunnels, and for tests against moto, whose
-    /// endpoints are fictitious.
+    /// endpoints are fictitious. A key ending in `*` matches ids by prefix.
     #[serde(default)]
     pub endpoint_override: BTreeMap<String, String>,
 }

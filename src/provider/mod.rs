@@ -63,8 +63,15 @@ impl ProviderError {
 
 /// The name of the new server for upgrade `upgrade_id` of `source_id`.
 /// Deterministic so a resumed saga finds what a crashed one created.
+/// Names longer than RDS's 63-character identifier limit are shortened
+/// deterministically (see [`rds::rds_identifier`]).
 pub fn replica_id(source_id: &str, upgrade_id: &str) -> String {
-    format!("{source_id}-{upgrade_id}")
+    let id = format!("{source_id}-{upgrade_id}");
+    if id.len() <= 63 {
+        id
+    } else {
+        rds::rds_identifier(source_id, upgrade_id, 63)
+    }
 }
 
 /// Lifecycle of the new server as the provider sees it.

@@ -250,9 +250,16 @@ pub fn rds_identifier(base: &str, suffix: &str, max: usize) -> String {
     id
 }
 
-/// The new instance of upgrade `upgrade_id` on `source`.
+/// The new instance of upgrade `upgrade_id` on `source`: the saga's
+/// [`crate::provider::replica_id`], which keeps within RDS's rules for a
+/// valid (lower-case) source identifier and an upgrade id of letters and digits.
 pub fn rds_replica_id(source: &str, upgrade_id: &str) -> String {
-    rds_identifier(source, upgrade_id, MAX_ID_LEN)
+    let id = crate::provider::replica_id(source, upgrade_id);
+    if is_valid_identifier(&id) {
+        id
+    } else {
+        rds_identifier(source, upgrade_id, MAX_ID_LEN)
+    }
 }
 
 /// The name the old primary takes in an identifier swap.
@@ -321,9 +328,11 @@ impl RdsProvider {
                 "key `upgrade.rds.final_snapshot`: false is not supported; the old primary is always deleted with a final snapshot (remove the key)".into(),
             ));
         }
-        if !is_valid_identifier(&rds.source_instance) {
+        if !is_valid_identifier(&rds.source_instance)
+            || rds.source_instance.chars().any(|c| c.is_ascii_uppercase())
+        {
             return Err(ProviderError::Usage(format!(
-                "key `upgrade.rds.source_instance`: {:?} is not an RDS instance identifier (1-63 letters, digits, hyphens, starting with a letter)",
+                "key `upgrade.rds.source_instance`: {:?} is not an RDS instance identifier as RDS stores it (1-63 lower-case letters, digits, hyphens, starting with a letter)",
                 rds.source_instance
             )));
         }
@@ -465,8 +474,24 @@ impl RdsProvider {
         inst.ok_or_else(|| RdsError::refused(step, format!("{id} vanished")))
     }
 
+    /// `endpoint_override` for `id`: the exact key, else the longest key
+    /// ending in `*` whose prefix matches (`"platform-postgres-*"`).
+    fn endpoint_override(&self, id: &str) -> Option<&String> {
+        self.cfg.endpoint_override.get(id).or_else(|| {
+            self.cfg
+                .endpoint_override
+                .iter()
+                .filter_map(|(k, v)| {
+                    let prefix = k.strip_suffix('*')?;
+                    id.starts_with(prefix).then_some((prefix.len(), v))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, v)| v)
+        })
+    }
+
     fn endpoint(&self, inst: &Instance) -> Option<ConnString> {
-        if let Some(addr) = self.cfg.endpoint_override.get(&inst.id) {
+        if let Some(addr) = self.endpoint_override(&inst.id) {
             let (host, port) = addr.rsplit_once(':')?;
             return Some(endpoint_like(&self.primary, host, port.parse().ok()?));
         }

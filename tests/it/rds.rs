@@ -791,3 +791,157 @@ async fn scripted_unsafe_configuration_is_refused() {
     };
     assert!(err.contains("final_snapshot"), "{err}");
 }
+
+// ---------------------------------------------------------------- whole upgrade
+
+/// moto for the control plane; local clusters stand in for the instances'
+/// endpoints (moto's are fictitious): the source instance is the harness
+/// primary, every `platform-postgres-*` instance is the harness replica, and
+/// PromoteReadReplica also promotes that replica, as RDS would.
+struct LocalStandIn {
+    inner: SdkRds,
+    replica: pgsteward::localpg::Cluster,
+}
+
+#[async_trait::async_trait]
+impl RdsApi for LocalStandIn {
+    async fn describe_instance(&self, id: &str) -> Result<Option<Instance>, ApiError> {
+        self.inner.describe_instance(id).await
+    }
+    async fn create_read_replica(&self, req: &CreateReplica) -> Result<(), ApiError> {
+        self.inner.create_read_replica(req).await
+    }
+    async fn promote_read_replica(&self, id: &str) -> Result<(), ApiError> {
+        self.inner.promote_read_replica(id).await?;
+        self.replica
+            .psql("postgres", "SELECT pg_promote()")
+            .map_err(|e| ApiError::new(ApiErrorKind::Other, "StandIn", &e.to_string()))?;
+        Ok(())
+    }
+    async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError> {
+        self.inner.rename_instance(id, new_id).await
+    }
+    async fn delete_instance(&self, id: &str, snap: Option<&str>) -> Result<(), ApiError> {
+        self.inner.delete_instance(id, snap).await
+    }
+    async fn snapshot_status(&self, id: &str) -> Result<Option<String>, ApiError> {
+        self.inner.snapshot_status(id).await
+    }
+}
+
+#[tokio::test]
+async fn moto_whole_upgrade_with_local_clusters_as_endpoints() {
+    use pgsteward::upgrade::{journal, record, runner, steps};
+
+    let moto = Moto::start();
+    let client = moto.client().await;
+    create_source(&client, SOURCE, "postgres", 7).await;
+
+    let cluster = crate::harness::TestCluster::start(1);
+    crate::harness::must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
+    crate::harness::must(cluster.primary.psql("app", "CREATE TABLE t (id int)"));
+    cluster.wait_replicas_caught_up();
+    let pooler = crate::harness::pooler(cluster.path(), &cluster.primary, "app", &[]);
+    let state = cluster.path().join("state");
+    let toml = format!(
+        r#"
+[database]
+primary = "{primary}"
+connect_timeout = "5s"
+[upgrade]
+provider = "rds"
+state_dir = "{state}"
+catchup_max_bytes = "1MB"
+pause_timeout = "5s"
+retire_after = "0s"
+step_timeout = "60s"
+[upgrade.rds]
+source_instance = "{SOURCE}"
+region = "us-east-1"
+endpoint_url = "{url}"
+poll_interval = "20ms"
+[upgrade.rds.endpoint_override]
+"{SOURCE}" = "127.0.0.1:{pport}"
+"{SOURCE}-*" = "127.0.0.1:{rport}"
+[cutover]
+kind = "pgbouncer"
+admin = ["{admin}"]
+config_file = "{ini}"
+database = "app"
+"#,
+        primary = cluster.primary.url("app"),
+        state = state.display(),
+        url = moto.url(),
+        pport = cluster.primary.port,
+        rport = cluster.replicas[0].port,
+        admin = pooler.admin_url(),
+        ini = pooler.ini.display(),
+    );
+    let cfg = pgsteward::config::from_figment(
+        figment::Figment::from(figment::providers::Toml::string(&toml)),
+        None,
+    )
+    .unwrap();
+    let provider = RdsProvider::with_api(
+        &cfg,
+        Arc::new(LocalStandIn {
+            inner: SdkRds::new(moto.settings()),
+            replica: cluster.replicas[0].clone(),
+        }),
+    )
+    .unwrap();
+
+    let mut poolers = pgsteward::pooler::Poolers::from_config(&cfg);
+    let pre = steps::prechecks(&cfg, &provider, &mut poolers, "db.r5.2xlarge", None)
+        .await
+        .unwrap();
+    let failed: Vec<_> = pre.checks.iter().filter(|c| !c.ok).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let id = "u1";
+    let journal = journal::Journal::create(
+        &state,
+        record::Event::Created {
+            id: id.into(),
+            target_class: "db.r5.2xlarge".into(),
+            provider: "rds".into(),
+            source_primary: cfg.database.primary.to_string(),
+        },
+    )
+    .unwrap();
+    let mut saga = runner::Saga::new(
+        cfg.clone(),
+        journal,
+        Box::new(provider),
+        tokio_util::sync::CancellationToken::new(),
+        true,
+    );
+    saga.drive().await.unwrap();
+    assert_eq!(saga.record().phase, record::Phase::Completed);
+
+    // Control plane: replica on the target class with the upgrade's tag, the
+    // old primary deleted with a final snapshot.
+    let new_id = rds_replica_id(SOURCE, id);
+    let db = instance(&client, &new_id).await.expect("new instance");
+    assert_eq!(db.db_instance_class(), Some("db.r5.2xlarge"));
+    assert_eq!(tags(&db).get(UPGRADE_TAG).map(String::as_str), Some(id));
+    assert!(
+        instance(&client, SOURCE).await.is_none(),
+        "old primary deleted"
+    );
+    let snaps = client
+        .describe_db_snapshots()
+        .db_snapshot_identifier(final_snapshot_id(SOURCE))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(snaps.db_snapshots().len(), 1);
+
+    // Data plane: the stand-in replica is the primary and the pooler writes to it.
+    let rows = crate::harness::query(
+        &pooler.url("app", "postgres"),
+        "INSERT INTO t VALUES (1) RETURNING inet_server_port()",
+    )
+    .await;
+    let port: i32 = rows[0].get(0);
+    assert_eq!(port as u16, cluster.replicas[0].port);
+}
