@@ -29,6 +29,8 @@ const PROMOTE: &str = "SELECT pg_promote(wait => false)";
 pub const OWNER_PID_ENV: &str = "PGSTEWARD_LOCAL_OWNER_PID";
 
 pub struct LocalProvider {
+    /// A connection to the server about to be promoted, opened before the write pause.
+    promote_conn: tokio::sync::Mutex<Option<(String, tokio_postgres::Client)>>,
     primary: ConnString,
     connect_timeout: Duration,
     cfg: LocalProviderConfig,
@@ -37,6 +39,7 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(cfg: &Config) -> Result<LocalProvider, ProviderError> {
         Ok(LocalProvider {
+            promote_conn: tokio::sync::Mutex::new(None),
             primary: cfg.database.primary.clone(),
             connect_timeout: cfg.database.connect_timeout.0,
             cfg: cfg.upgrade.local.clone(),
@@ -306,23 +309,32 @@ impl Provider for LocalProvider {
         })
     }
 
+    async fn prepare_promote(&self, id: &str) -> Result<(), ProviderError> {
+        let mut slot = self.promote_conn.lock().await;
+        if let Some((held, c)) = slot.as_ref() {
+            if held == id && !c.is_closed() {
+                return Ok(());
+            }
+        }
+        let endpoint = self.running_endpoint(id).await?;
+        *slot = Some((id.to_string(), self.connect(&endpoint).await?));
+        Ok(())
+    }
+
     async fn promote(&self, id: &str) -> Result<(), ProviderError> {
-        let info = self.describe(id).await?;
-        let Some(endpoint) = info
-            .endpoint
-            .filter(|_| info.state == ReplicaState::Available)
-        else {
-            return Err(ProviderError::WrongState {
-                id: id.to_string(),
-                state: format!("{:?}", info.state),
-                hint: "only a running replica can be promoted".into(),
+        self.prepare_promote(id).await?;
+        let slot = self.promote_conn.lock().await;
+        let Some((_, client)) = slot.as_ref() else {
+            return Err(ProviderError::Api {
+                op: "promote",
+                detail: "no connection".into(),
             });
         };
-        let client = self.connect(&endpoint).await?;
+        let target = || format!("server {id}");
         let in_recovery: bool = client
             .query_one(IN_RECOVERY, &[])
             .await
-            .map_err(|e| pg_err(&endpoint, e))?
+            .map_err(|e| api("promote", target(), e))?
             .get(0);
         if in_recovery {
             // wait => false: pg_promote(wait => true) sleeps in 100 ms steps; the saga
@@ -330,7 +342,7 @@ impl Provider for LocalProvider {
             client
                 .query_one(PROMOTE, &[])
                 .await
-                .map_err(|e| pg_err(&endpoint, e))?;
+                .map_err(|e| api("promote", target(), e))?;
         }
         Ok(())
     }
@@ -370,6 +382,27 @@ impl Provider for LocalProvider {
         })
         .await
         .map_err(blocking_err)?
+    }
+}
+
+impl LocalProvider {
+    async fn running_endpoint(&self, id: &str) -> Result<ConnString, ProviderError> {
+        let info = self.describe(id).await?;
+        match info.endpoint {
+            Some(e) if info.state == ReplicaState::Available => Ok(e),
+            _ => Err(ProviderError::WrongState {
+                id: id.to_string(),
+                state: format!("{:?}", info.state),
+                hint: "only a running replica can be promoted".into(),
+            }),
+        }
+    }
+}
+
+fn api(op: &'static str, target: String, e: tokio_postgres::Error) -> ProviderError {
+    ProviderError::Api {
+        op,
+        detail: format!("{target}: {}", crate::pg::server_message(&e)),
     }
 }
 

@@ -184,6 +184,13 @@ pub trait Provider: Send + Sync {
     /// The provider's current view of server `id` (`Missing` when there is none).
     async fn describe(&self, id: &str) -> Result<ReplicaInfo, ProviderError>;
 
+    /// Called before the write pause: open whatever `promote` needs (a
+    /// connection, an API client) so it costs no login inside the pause.
+    /// The default does nothing.
+    async fn prepare_promote(&self, _id: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Asks server `id` to leave recovery. Idempotent; returns once the request
     /// is accepted. The saga confirms the promotion over SQL.
     async fn promote(&self, id: &str) -> Result<(), ProviderError>;

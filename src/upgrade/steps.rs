@@ -454,6 +454,8 @@ impl Saga {
     pub(crate) async fn pause_writes(&mut self) -> Result<Output, UpgradeError> {
         self.old_client().await?;
         self.new_client().await?;
+        let id = self.replica()?;
+        self.provider.prepare_promote(&id).await?;
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.poolers.connect().await?;
         }
