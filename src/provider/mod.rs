@@ -156,11 +156,29 @@ pub struct Precheck {
     pub checks: Vec<Check>,
 }
 
+/// How the saga fences the old primary (step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMethod {
+    /// `ALTER SYSTEM SET default_transaction_read_only` + reload: needs a
+    /// superuser, stays on the old server (postgresql.auto.conf is not replicated).
+    AlterSystem,
+    /// `ALTER DATABASE ... SET default_transaction_read_only` on every database
+    /// (RDS refuses `ALTER SYSTEM`; see `rds::fence_databases`). Replicated:
+    /// the new primary must be unfenced after promotion.
+    AlterDatabase,
+}
+
 /// One place where upgrades happen. Object-safe (`Box<dyn Provider>`) so the
 /// saga is written once for every provider.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// How the old primary is fenced (see [`FenceMethod`]).
+    fn fence_method(&self) -> FenceMethod {
+        FenceMethod::AlterSystem
+    }
 
     /// Who performs the `repoint` step for this provider (see [`RepointBy`]).
     fn repoint_by(&self) -> RepointBy {

@@ -12,7 +12,9 @@ use super::runner::Saga;
 use super::{journal, UpgradeError};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::pooler::Poolers;
-use crate::provider::{replica_id, Check, Precheck, Provider, ReplicaState, RepointBy};
+use crate::provider::{
+    rds, replica_id, Check, FenceMethod, Precheck, Provider, ReplicaState, RepointBy,
+};
 
 const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
      current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
@@ -488,7 +490,26 @@ impl Saga {
         let deadline = self.window_deadline();
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
+        let method = self.provider.fence_method();
         let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            let work = async {
+                let dbs = rds::fence_databases(old).await?;
+                let n = rds::terminate_application_sessions(old).await?;
+                Ok::<_, tokio_postgres::Error>((dbs, n))
+            };
+            let left = remaining(deadline, "fence")?;
+            return match tokio::time::timeout(left, work).await {
+                Err(_) => Err(UpgradeError::PauseTimeout {
+                    what: "fencing the old primary".into(),
+                }),
+                Ok(Err(e)) => Err(q(&primary, e)),
+                Ok(Ok((dbs, n))) => Ok(Output::note(format!(
+                    "databases {} read-only, {n} sessions ended",
+                    dbs.join(", ")
+                ))),
+            };
+        }
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(FENCE).await?;
@@ -522,7 +543,13 @@ impl Saga {
 
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
         let primary = self.cfg.database.primary.clone();
+        let method = self.provider.fence_method();
         let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            return rds::unfence_databases(old)
+                .await
+                .map_err(|e| q(&primary, e));
+        }
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(UNFENCE).await?;
@@ -582,6 +609,7 @@ impl Saga {
             .map_err(|e| q(&endpoint, e))?
             .get(0);
         if !in_recovery {
+            self.unfence_new(&endpoint).await?;
             return Ok(Output::note("already promoted"));
         }
         self.provider.promote(&id).await?;
@@ -604,7 +632,20 @@ impl Saga {
             // No cancellation here: past the point of no return the window runs to the end.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        self.unfence_new(&endpoint).await?;
         Ok(Output::note(format!("writable after {polls} polls")))
+    }
+
+    /// A database-level fence streamed to the new server with the rest of the
+    /// catalog: lift it there before writes resume. Idempotent.
+    async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterDatabase {
+            return Ok(());
+        }
+        let new = self.new_client().await?;
+        rds::unfence_databases(new)
+            .await
+            .map_err(|e| q(endpoint, e))
     }
 
     pub(crate) async fn repoint(&mut self) -> Result<Output, UpgradeError> {

@@ -936,6 +936,14 @@ database = "app"
         .unwrap();
     assert_eq!(snaps.db_snapshots().len(), 1);
 
+    // The old primary stays fenced (per database, as on RDS).
+    let ro = crate::harness::query(
+        &cluster.primary.url("app"),
+        "SHOW default_transaction_read_only",
+    )
+    .await;
+    assert_eq!(ro[0].get::<_, String>(0), "on");
+
     // Data plane: the stand-in replica is the primary and the pooler writes to it.
     let rows = crate::harness::query(
         &pooler.url("app", "postgres"),
@@ -944,4 +952,66 @@ database = "app"
     .await;
     let port: i32 = rows[0].get(0);
     assert_eq!(port as u16, cluster.replicas[0].port);
+}
+
+/// RDS refuses ALTER SYSTEM, so the fence is per database. That setting is
+/// catalog data and streams to the replica: after promotion the new primary
+/// starts read-only too until it is unfenced.
+#[tokio::test]
+async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_primary() {
+    use pgsteward::provider::rds::{
+        fence_databases, terminate_application_sessions, unfence_databases,
+    };
+    let cluster = crate::harness::TestCluster::start(1);
+    let p = &cluster.primary;
+    crate::harness::must(p.psql("postgres", "CREATE ROLE app LOGIN"));
+    crate::harness::must(p.psql("postgres", "CREATE DATABASE app OWNER app"));
+    crate::harness::must(p.psql("app", "CREATE TABLE t (id int); ALTER TABLE t OWNER TO app"));
+    let app_url = |port: u16| format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable");
+    let app = crate::harness::connect(&app_url(p.port)).await;
+    app.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+
+    let steward = crate::harness::connect(&p.url("postgres")).await;
+    let fenced = fence_databases(&steward).await.unwrap();
+    assert!(
+        fenced.contains(&"app".to_string()) && fenced.contains(&"postgres".to_string()),
+        "{fenced:?}"
+    );
+    assert!(terminate_application_sessions(&steward).await.unwrap() >= 1);
+    assert!(
+        app.batch_execute("INSERT INTO t VALUES (2)").await.is_err(),
+        "old session ended"
+    );
+    let again = crate::harness::connect(&app_url(p.port)).await;
+    let err = again
+        .batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap_err();
+    assert!(
+        pgsteward::pg::server_message(&err).contains("read-only"),
+        "{err}"
+    );
+    // Our own session still works: the steward sets its session writable.
+    steward.batch_execute("SELECT 1").await.unwrap();
+
+    cluster.wait_replicas_caught_up();
+    let r = &cluster.replicas[0];
+    crate::harness::must(r.psql("postgres", "SELECT pg_promote()"));
+    let new_app = crate::harness::connect(&app_url(r.port)).await;
+    let err = new_app
+        .batch_execute("INSERT INTO t VALUES (4)")
+        .await
+        .unwrap_err();
+    assert!(
+        pgsteward::pg::server_message(&err).contains("read-only"),
+        "fence replicated: {err}"
+    );
+    let new_steward = crate::harness::connect(&r.url("postgres")).await;
+    unfence_databases(&new_steward).await.unwrap();
+    unfence_databases(&new_steward).await.unwrap();
+    let new_app = crate::harness::connect(&app_url(r.port)).await;
+    new_app
+        .batch_execute("INSERT INTO t VALUES (5)")
+        .await
+        .unwrap();
 }
