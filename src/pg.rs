@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub mod iam;
 mod tls;
 pub use tls::TlsSetupError;
 
@@ -24,6 +25,8 @@ pub enum PgError {
     },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
+    #[error("cannot connect to {target}: {reason}")]
+    IamToken { target: String, reason: String },
     #[error("cannot connect to {target}: {source}")]
     TlsSetup {
         target: String,
@@ -68,6 +71,12 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// RDS IAM authentication settings of a connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamAuth {
+    pub region: Option<String>,
+}
+
 /// A parsed connection string: the driver config plus the TLS settings
 /// tokio-postgres does not understand itself.
 #[derive(Clone)]
@@ -75,6 +84,9 @@ pub struct ConnSpec {
     pub config: tokio_postgres::Config,
     pub ssl_mode: SslMode,
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// `aws_iam=true`: log in with an RDS IAM auth token made per connection
+    /// (`aws_region=...` overrides the region of the AWS configuration).
+    pub aws_iam: Option<IamAuth>,
     /// `user@host:port/dbname`, no password: for logs, errors and metric labels.
     pub display: String,
 }
@@ -95,6 +107,8 @@ impl ConnSpec {
         };
         let mut ssl_mode = None;
         let mut ssl_root_cert = None;
+        let mut aws_iam = None;
+        let mut aws_region = None;
         let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             let mut url = url::Url::parse(s).map_err(|e| invalid(e.to_string()))?;
             let mut kept = Vec::new();
@@ -102,6 +116,8 @@ impl ConnSpec {
                 match k.as_ref() {
                     "sslmode" => ssl_mode = Some(v.to_string()),
                     "sslrootcert" => ssl_root_cert = Some(v.to_string()),
+                    "aws_iam" => aws_iam = Some(v.to_string()),
+                    "aws_region" => aws_region = Some(v.to_string()),
                     _ => kept.push((k.to_string(), v.to_string())),
                 }
             }
@@ -117,6 +133,8 @@ impl ConnSpec {
                 match pair.split_once('=') {
                     Some(("sslmode", v)) => ssl_mode = Some(v.to_string()),
                     Some(("sslrootcert", v)) => ssl_root_cert = Some(v.to_string()),
+                    Some(("aws_iam", v)) => aws_iam = Some(v.to_string()),
+                    Some(("aws_region", v)) => aws_region = Some(v.to_string()),
                     _ => kept.push(pair),
                 }
             }
@@ -139,6 +157,23 @@ impl ConnSpec {
                 )))
             }
         };
+        let aws_iam = match aws_iam.as_deref() {
+            None | Some("false") | Some("0") | Some("off") => None,
+            Some("true") | Some("1") | Some("on") => Some(IamAuth { region: aws_region }),
+            Some(other) => return Err(invalid(format!("aws_iam={other} is not true or false"))),
+        };
+        if aws_iam.is_some() {
+            if matches!(ssl_mode, SslMode::Disable | SslMode::Prefer) {
+                return Err(invalid(
+                    "aws_iam=true sends a login token, a credential: set sslmode=verify-full (or require, verify-ca)".into(),
+                ));
+            }
+            if config.get_user().is_none() {
+                return Err(invalid(
+                    "aws_iam=true needs a user: the token is made for one database user".into(),
+                ));
+            }
+        }
         if config.get_application_name().is_none() {
             config.application_name("pgsteward");
         }
@@ -147,6 +182,7 @@ impl ConnSpec {
             config,
             ssl_mode,
             ssl_root_cert: ssl_root_cert.map(Into::into),
+            aws_iam,
             display,
         })
     }
@@ -183,9 +219,13 @@ impl ConnSpec {
         &self,
         config: &tokio_postgres::Config,
         connector: &tls::Connector,
+        iam_token: Option<String>,
     ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
         use tokio_postgres::config::SslMode as Wire;
         let mut config = config.clone();
+        if let Some(token) = iam_token {
+            config.password(token);
+        }
         match self.ssl_mode {
             SslMode::Disable => {
                 config.ssl_mode(Wire::Disable);
@@ -216,6 +256,22 @@ impl ConnSpec {
         }
     }
 
+    /// A fresh IAM token when `aws_iam` is set.
+    async fn iam_token(&self) -> Result<Option<String>, PgError> {
+        let Some(iam) = self.aws_iam.as_ref() else {
+            return Ok(None);
+        };
+        let (host, port) = self.host_port();
+        let user = self.user().unwrap_or_default();
+        iam::auth_token(&host, port, user, iam.region.as_deref())
+            .await
+            .map(Some)
+            .map_err(|reason| PgError::IamToken {
+                target: self.display.clone(),
+                reason,
+            })
+    }
+
     /// Opens one connection, bounded by `timeout`; the connection's I/O runs on
     /// its own task and ends when the client is dropped.
     pub async fn connect(&self, timeout: Duration) -> Result<Client, PgError> {
@@ -230,7 +286,8 @@ impl ConnSpec {
                 });
             }
         }
-        match tokio::time::timeout(timeout, self.establish(&config, &connector)).await {
+        let token = self.iam_token().await?;
+        match tokio::time::timeout(timeout, self.establish(&config, &connector, token)).await {
             Ok(Ok((client, _io))) => Ok(client),
             Ok(Err(source)) => match tls::handshake_error(&source) {
                 Some(tls_error) => Err(PgError::TlsVerify {
@@ -296,7 +353,20 @@ impl deadpool_postgres::Connect for PoolConnect {
         Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
     > {
         let pg_config = pg_config.clone();
-        Box::pin(async move { self.spec.establish(&pg_config, &self.connector).await })
+        Box::pin(async move {
+            // A pool cannot report a token failure in its own terms: it is
+            // logged, and the login then fails with the server's refusal.
+            let token = match self.spec.iam_token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no rds iam token for a pool connection");
+                    None
+                }
+            };
+            self.spec
+                .establish(&pg_config, &self.connector, token)
+                .await
+        })
     }
 }
 
@@ -588,6 +658,34 @@ mod tests {
         assert!(
             err.contains("sslmode=sometimes") && !err.contains("pw@"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn iam_auth_needs_tls_and_a_user() {
+        let spec = ConnSpec::parse(
+            "postgres://steward@db:5432/app?sslmode=verify-full&aws_iam=true&aws_region=eu-west-1",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.aws_iam,
+            Some(IamAuth {
+                region: Some("eu-west-1".into())
+            })
+        );
+        for bad in [
+            "postgres://steward@db/app?aws_iam=true",
+            "postgres://steward@db/app?aws_iam=true&sslmode=disable",
+            "host=db dbname=app sslmode=require aws_iam=true",
+            "postgres://steward@db/app?aws_iam=maybe&sslmode=require",
+        ] {
+            assert!(ConnSpec::parse(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(
+            ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+                .unwrap()
+                .aws_iam
+                .is_some()
         );
     }
 

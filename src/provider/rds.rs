@@ -690,6 +690,13 @@ impl RdsProvider {
     }
 }
 
+/// The read replicas of `upgrade.rds.source_instance` and their SQL
+/// endpoints, for `pgsteward lag` with `provider = "rds"` (instead of
+/// `database.replicas`).
+pub async fn discover_replicas(cfg: &Config) -> Result<Vec<(String, ConnString)>, ProviderError> {
+    Ok(RdsProvider::new(cfg)?.discover_replicas().await?)
+}
+
 fn rds_config(cfg: &Config) -> Result<&RdsProviderConfig, ProviderError> {
     cfg.upgrade.rds.as_ref().ok_or_else(|| {
         ProviderError::Usage(

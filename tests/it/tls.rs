@@ -147,6 +147,16 @@ fn tls_server() -> &'static (Cluster, Pki) {
             ("ssl_key_file".to_string(), pki.key.display().to_string()),
         ]);
         must(cluster.write_settings(&settings));
+        // A role that logs in with a password over TLS only: stands in for an
+        // RDS IAM user (the server cannot check an IAM token, but it sees one).
+        must(cluster.psql("postgres", "CREATE ROLE iam_user LOGIN PASSWORD 'not-the-token'"));
+        let hba = cluster.data_dir.join("pg_hba.conf");
+        let current = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostssl all iam_user 127.0.0.1/32 password\nhost all iam_user 127.0.0.1/32 reject\n{current}"),
+        )
+        .unwrap();
         must(cluster.psql("postgres", "SELECT pg_reload_conf()"));
         // The reload is asynchronous; wait until the server reports ssl on.
         for _ in 0..200 {
@@ -349,4 +359,91 @@ async fn pools_follow_the_same_sslmode_rules() {
         .pool(1, TIMEOUT);
     let client = plain.get().await.unwrap();
     assert!(!encrypted(&client).await);
+}
+
+/// `aws_iam=true`: the password is an RDS IAM token made at connect time from
+/// the AWS credentials chain (here: static credentials in the environment of
+/// the pgsteward binary), sent only over TLS.
+#[test]
+fn iam_tokens_are_made_per_connection_and_sent_over_tls() {
+    let (cluster, pki) = tls_server();
+    let dir = tempfile::tempdir().unwrap();
+    let primary = format!(
+        "postgres://iam_user@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}&aws_iam=true&aws_region=eu-west-1",
+        cluster.port,
+        pki.ca.display()
+    );
+    let config = crate::harness::write_config(
+        dir.path(),
+        &format!("[database]\nprimary = \"{primary}\"\nconnect_timeout = \"5s\"\n"),
+    );
+    let run = |with_credentials: bool| {
+        let mut cmd = crate::harness::pgsteward();
+        cmd.arg("--config").arg(&config).arg("check");
+        for k in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "AWS_REGION",
+            "AWS_DEFAULT_REGION",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", dir.path().join("none"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"));
+        if with_credentials {
+            cmd.env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+                .env("AWS_SECRET_ACCESS_KEY", "secret");
+        }
+        let out = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // The server received a password (the token) and refused it: it is not
+    // 'not-the-token'. Without a password the driver would fail before asking.
+    let text = run(true);
+    assert!(
+        text.contains("password authentication failed for user \"iam_user\""),
+        "{text}"
+    );
+    assert!(
+        !text.contains("X-Amz-Signature"),
+        "the token must not be printed: {text}"
+    );
+    let text = run(false);
+    assert!(text.contains("cannot make an RDS IAM auth token"), "{text}");
+}
+
+#[tokio::test]
+async fn iam_token_is_a_signed_rds_connect_url() {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_rds::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "test",
+        ))
+        .load()
+        .await;
+    let token =
+        pgsteward::pg::iam::auth_token_with(&sdk, "db.example", 5432, "steward", Some("eu-west-1"))
+            .await
+            .unwrap();
+    assert!(
+        token.starts_with("db.example:5432/?Action=connect&DBUser=steward&"),
+        "{token}"
+    );
+    for part in [
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256",
+        "X-Amz-Expires=900",
+        "X-Amz-Signature=",
+        "%2Feu-west-1%2Frds-db%2Faws4_request",
+    ] {
+        assert!(token.contains(part), "{part} missing in {token}");
+    }
 }
