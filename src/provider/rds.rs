@@ -873,12 +873,17 @@ impl Provider for RdsProvider {
     async fn describe(&self, id: &str) -> Result<ReplicaInfo, ProviderError> {
         match self.describe_raw("describe", id, self.deadline()).await? {
             Some(inst) => Ok(self.info(&inst)),
-            None => Ok(ReplicaInfo {
-                id: id.to_string(),
-                state: ReplicaState::Missing,
-                endpoint: None,
-                class: None,
-            }),
+            None => match self.renamed_to_source(id).await? {
+                // After an identifier swap the new server answers under the
+                // source's name (and its endpoint): report that one.
+                Some(holder) => Ok(self.info(&holder)),
+                None => Ok(ReplicaInfo {
+                    id: id.to_string(),
+                    state: ReplicaState::Missing,
+                    endpoint: None,
+                    class: None,
+                }),
+            },
         }
     }
 
@@ -1072,6 +1077,22 @@ impl Provider for RdsProvider {
 }
 
 impl RdsProvider {
+    /// With `identifier-swap`: the instance now named like the source when it
+    /// is the replica `id` of an upgrade, renamed.
+    async fn renamed_to_source(&self, id: &str) -> Result<Option<Instance>, RdsError> {
+        if self.cfg.repoint != RdsRepoint::IdentifierSwap {
+            return Ok(None);
+        }
+        let name = &self.cfg.source_instance;
+        let holder = self.describe_raw("describe", name, self.deadline()).await?;
+        Ok(holder.filter(|h| {
+            h.tags.get(SOURCE_TAG) == Some(name)
+                && h.tags
+                    .get(UPGRADE_TAG)
+                    .is_some_and(|u| rds_replica_id(name, u) == id)
+        }))
+    }
+
     /// An instance already carries the new server's name: adopt it when this
     /// upgrade made it, refuse otherwise.
     fn adopt(

@@ -659,6 +659,9 @@ impl Saga {
             let source = self.source()?;
             let id = self.replica()?;
             self.provider.repoint(&source, &id).await?;
+            // The new server now answers at the source's address: forget the old one.
+            self.new_endpoint = None;
+            self.new = None;
             self.poolers.reload().await?;
             return Ok(Output::note("provider moved the address; pooler reloaded"));
         }

@@ -220,6 +220,13 @@ async fn moto_identifier_swap_moves_the_name_to_the_new_primary() {
     assert_eq!(old_db.db_instance_class(), Some("db.r5.xlarge"));
     assert!(instance(&client, &id).await.is_none());
 
+    // The saga keeps asking for the replica by its first name: it is found
+    // under the source's name, with that name's endpoint.
+    let seen = p.describe(&id).await.unwrap();
+    assert_eq!(seen.id, SOURCE);
+    assert_eq!(seen.state, ReplicaState::Available);
+    assert!(seen.endpoint.unwrap().expose().contains("127.0.0.1:15432"));
+
     // A resumed saga repeats the step: nothing more happens.
     p.repoint(&facts(), &id).await.unwrap();
     assert!(instance(&client, &old).await.is_some());
