@@ -1022,3 +1022,81 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
         .await
         .unwrap();
 }
+
+/// The binary's own path: `provider = "rds"` in the config file, credentials
+/// and region from the environment (aws-config's default chain), the API at
+/// `endpoint_url`; API problems exit 1 with the step and the API's message.
+#[tokio::test]
+async fn moto_upgrade_plan_through_the_binary() {
+    let moto = Moto::start();
+    let client = moto.client().await;
+    create_source(&client, SOURCE, "postgres", 7).await;
+    let dir = tempfile::tempdir().unwrap();
+    let primary = crate::harness::shared().url("postgres");
+    let write = |source: &str| {
+        crate::harness::write_config(
+            dir.path(),
+            &format!(
+                "[database]\nprimary = \"{primary}\"\n[upgrade]\nprovider = \"rds\"\nstate_dir = \"{state}\"\n[upgrade.rds]\nsource_instance = \"{source}\"\nendpoint_url = \"{url}\"\n",
+                state = dir.path().join("state").display(),
+                url = moto.url(),
+            ),
+        )
+    };
+    let run = |config: &std::path::Path, args: &[&str]| {
+        let mut cmd = crate::harness::pgsteward();
+        cmd.arg("--config").arg(config).args(args);
+        for k in [
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_ROLE_ARN",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", crate::moto::REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let config = write(SOURCE);
+    let (code, text) = run(
+        &config,
+        &["upgrade", "plan", "--target-class", "db.r5.2xlarge"],
+    );
+    assert!(
+        text.contains("[ok] rds engine is postgres") && text.contains("[ok] rds backups enabled"),
+        "{text}"
+    );
+    assert!(text.contains("db.r5.xlarge -> db.r5.2xlarge"), "{text}");
+    // The shared test server has no pooler configured etc.; only the RDS checks matter here.
+    assert!(code == Some(0) || code == Some(1), "{code:?} {text}");
+
+    let config = write("no-such-instance");
+    let (code, text) = run(
+        &config,
+        &["upgrade", "plan", "--target-class", "db.r5.2xlarge"],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("[FAIL] rds source exists") && text.contains("upgrade.rds.source_instance"),
+        "{text}"
+    );
+
+    let config = write("Not_Valid");
+    let (code, text) = run(
+        &config,
+        &["upgrade", "plan", "--target-class", "db.r5.2xlarge"],
+    );
+    assert_eq!(code, Some(2), "a configuration error: {text}");
+    assert!(text.contains("upgrade.rds.source_instance"), "{text}");
+}
