@@ -413,6 +413,19 @@ pub struct RdsProviderConfig {
     /// Take a final snapshot when deleting the old primary. Only `true` is safe.
     #[serde(default = "default_true")]
     pub final_snapshot: bool,
+    /// First pause between `DescribeDBInstances` polls while waiting for an
+    /// instance; it grows by half each poll up to one minute.
+    #[serde(default = "default_rds_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// SQL address (`host:port`) per instance identifier, used instead of the
+    /// endpoint RDS reports: for tunnels, and for tests against moto, whose
+    /// endpoints are fictitious. A key ending in `*` matches ids by prefix.
+    #[serde(default)]
+    pub endpoint_override: BTreeMap<String, String>,
+}
+
+fn default_rds_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

@@ -23,6 +23,7 @@
 //! `pg_ctl`, `pg_promote()`), and `rds` (aws-sdk-rds; built on its own branch).
 
 pub mod local;
+pub mod rds;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,8 +63,15 @@ impl ProviderError {
 
 /// The name of the new server for upgrade `upgrade_id` of `source_id`.
 /// Deterministic so a resumed saga finds what a crashed one created.
+/// Names longer than RDS's 63-character identifier limit are shortened
+/// deterministically (see [`rds::rds_identifier`]).
 pub fn replica_id(source_id: &str, upgrade_id: &str) -> String {
-    format!("{source_id}-{upgrade_id}")
+    let id = format!("{source_id}-{upgrade_id}");
+    if id.len() <= 63 {
+        id
+    } else {
+        rds::rds_identifier(source_id, upgrade_id, 63)
+    }
 }
 
 /// Lifecycle of the new server as the provider sees it.
@@ -148,11 +156,29 @@ pub struct Precheck {
     pub checks: Vec<Check>,
 }
 
+/// How the saga fences the old primary (step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMethod {
+    /// `ALTER SYSTEM SET default_transaction_read_only` + reload: needs a
+    /// superuser, stays on the old server (postgresql.auto.conf is not replicated).
+    AlterSystem,
+    /// `ALTER DATABASE ... SET default_transaction_read_only` on every database
+    /// (RDS refuses `ALTER SYSTEM`; see `rds::fence_databases`). Replicated:
+    /// the new primary must be unfenced after promotion.
+    AlterDatabase,
+}
+
 /// One place where upgrades happen. Object-safe (`Box<dyn Provider>`) so the
 /// saga is written once for every provider.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
+
+    /// How the old primary is fenced (see [`FenceMethod`]).
+    fn fence_method(&self) -> FenceMethod {
+        FenceMethod::AlterSystem
+    }
 
     /// Who performs the `repoint` step for this provider (see [`RepointBy`]).
     fn repoint_by(&self) -> RepointBy {
@@ -207,10 +233,7 @@ pub trait Provider: Send + Sync {
 pub fn from_config(cfg: &Config) -> Result<Box<dyn Provider>, ProviderError> {
     match cfg.upgrade.provider {
         ProviderKind::Local => Ok(Box::new(local::LocalProvider::new(cfg)?)),
-        // Wired up by the rds provider (its own branch implements `Provider` in `rds.rs`).
-        ProviderKind::Rds => Err(ProviderError::Usage(
-            "key `upgrade.provider`: \"rds\" is not available in this build; use \"local\"".into(),
-        )),
+        ProviderKind::Rds => Ok(Box::new(rds::RdsProvider::new(cfg)?)),
     }
 }
 

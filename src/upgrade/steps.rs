@@ -12,7 +12,9 @@ use super::runner::Saga;
 use super::{journal, UpgradeError};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::pooler::Poolers;
-use crate::provider::{replica_id, Check, Precheck, Provider, ReplicaState, RepointBy};
+use crate::provider::{
+    rds, replica_id, Check, FenceMethod, Precheck, Provider, ReplicaState, RepointBy,
+};
 
 const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
      current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
@@ -500,11 +502,30 @@ impl Saga {
         let deadline = self.window_deadline();
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
+        let method = self.provider.fence_method();
         let t0 = std::time::Instant::now();
         let mut polls = 0u32;
         let mut reloaded_at = Duration::ZERO;
         let staged_here = self.fence_staged;
         let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            let work = async {
+                let dbs = rds::fence_databases(old).await?;
+                let n = rds::terminate_application_sessions(old).await?;
+                Ok::<_, tokio_postgres::Error>((dbs, n))
+            };
+            let left = remaining(deadline, "fence")?;
+            return match tokio::time::timeout(left, work).await {
+                Err(_) => Err(UpgradeError::PauseTimeout {
+                    what: "fencing the old primary".into(),
+                }),
+                Ok(Err(e)) => Err(q(&primary, e)),
+                Ok(Ok((dbs, n))) => Ok(Output::note(format!(
+                    "databases {} read-only, {n} sessions ended",
+                    dbs.join(", ")
+                ))),
+            };
+        }
         let work = async {
             if !staged_here {
                 // Run again after a crash or on a retry: make sure the file holds the fence.
@@ -553,7 +574,12 @@ impl Saga {
     /// before PAUSE: ALTER SYSTEM syncs a file, which is then not paid for
     /// inside the pause. It has no effect until `fence` reloads the
     /// configuration; the undo of `pause_writes` removes it again.
+    /// Only for the `ALTER SYSTEM` fence; the per-database fence is replicated
+    /// and cannot be written ahead.
     async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterSystem {
+            return Ok(());
+        }
         let primary = self.cfg.database.primary.clone();
         let old = self.old_client().await?;
         let work = async {
@@ -567,7 +593,13 @@ impl Saga {
 
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
         let primary = self.cfg.database.primary.clone();
+        let method = self.provider.fence_method();
         let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            return rds::unfence_databases(old)
+                .await
+                .map_err(|e| q(&primary, e));
+        }
         // Wait until our own session sees the default back at off: only then
         // has the postmaster reloaded, so PgBouncer's new server connections
         // (the fence ended the old ones) start writable after RESUME.
@@ -638,6 +670,7 @@ impl Saga {
             .map_err(|e| q(&endpoint, e))?
             .get(0);
         if !in_recovery {
+            self.unfence_new(&endpoint).await?;
             return Ok(Output::note("already promoted"));
         }
         self.provider.promote(&id).await?;
@@ -660,7 +693,20 @@ impl Saga {
             // No cancellation here: past the point of no return the window runs to the end.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        self.unfence_new(&endpoint).await?;
         Ok(Output::note(format!("writable after {polls} polls")))
+    }
+
+    /// A database-level fence streamed to the new server with the rest of the
+    /// catalog: lift it there before writes resume. Idempotent.
+    async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterDatabase {
+            return Ok(());
+        }
+        let new = self.new_client().await?;
+        rds::unfence_databases(new)
+            .await
+            .map_err(|e| q(endpoint, e))
     }
 
     pub(crate) async fn repoint(&mut self) -> Result<Output, UpgradeError> {
@@ -674,6 +720,9 @@ impl Saga {
             let source = self.source()?;
             let id = self.replica()?;
             self.provider.repoint(&source, &id).await?;
+            // The new server now answers at the source's address: forget the old one.
+            self.new_endpoint = None;
+            self.new = None;
             self.poolers.reload().await?;
             return Ok(Output::note("provider moved the address; pooler reloaded"));
         }

@@ -5,4 +5,7 @@
 mod harness;
 
 mod cli_config;
+mod moto;
+mod rds;
+mod tls;
 mod upgrade;
