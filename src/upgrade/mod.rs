@@ -445,6 +445,35 @@ pub fn cutover_in_progress(cfg: &Config) -> bool {
     journal::read(&path).is_ok_and(|r| r.in_cutover())
 }
 
+/// Waits while an upgrade is between `pause_writes` and `verify` (partition
+/// DDL must not run on a node that is being fenced or promoted), polling the
+/// journal every second; gives up after `limit`.
+pub async fn wait_for_cutover(
+    cfg: &Config,
+    limit: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), UpgradeError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut said = false;
+    while cutover_in_progress(cfg) {
+        if !said {
+            tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
+            said = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UpgradeError::Timeout {
+                what: "the upgrade cutover to finish (see `pgsteward upgrade status`)".into(),
+                after: limit,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
+        }
+    }
+    Ok(())
+}
+
 /// Summary helpers for the demo and the benchmark: step name, duration.
 pub fn step_timings(rec: &UpgradeRecord) -> Vec<(Step, Option<Duration>, StepStatus)> {
     rec.steps

@@ -463,6 +463,21 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
         "{err}"
     );
     assert!(!pgsteward::upgrade::cutover_in_progress(&cfg));
+
+    // Through the binary: partition DDL against the moved primary is refused, naming the new one.
+    let new = t.primary_url.clone();
+    t.primary_url = old.clone();
+    t.write_config();
+    let out = t.pgsteward(&["partitions", "apply"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("moved the primary to") && stderr.contains(&new),
+        "{}",
+        text(&out)
+    );
+    t.primary_url = new;
+    t.write_config();
 }
 
 /// Every step run twice in a row (PGSTEWARD_FAILPOINT_REPEAT=1) still upgrades
