@@ -421,6 +421,19 @@ pub struct RdsProviderConfig {
     /// Take a final snapshot when deleting the old primary. Only `true` is safe.
     #[serde(default = "default_true")]
     pub final_snapshot: bool,
+    /// First pause between `DescribeDBInstances` polls while waiting for an
+    /// instance; it grows by half each poll up to one minute.
+    #[serde(default = "default_rds_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// SQL address (`host:port`) per instance identifier, used instead of the
+    /// endpoint RDS reports: for tunnels, and for tests against moto, whose
+    /// endpoints are fictitious. A key ending in `*` matches ids by prefix.
+    #[serde(default)]
+    pub endpoint_override: BTreeMap<String, String>,
+}
+
+fn default_rds_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -530,9 +543,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Environment overrides: `PGSTEWARD_DATABASE__PRIMARY` → `database.primary`.
 /// `PGSTEWARD_CONFIG` names the file and is not a key.
 pub fn env_provider() -> Env {
-    Env::prefixed(ENV_PREFIX)
-        .split("__")
-        .ignore(&["config", "log_level", "log_format"])
+    Env::prefixed(ENV_PREFIX).split("__").ignore(&[
+        "config",
+        "log_level",
+        "log_format",
+        // Test-only switches (upgrade failpoints, local server watchdog), not keys.
+        "failpoint",
+        "failpoint_repeat",
+        "local_owner_pid",
+    ])
 }
 
 pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {

@@ -1,14 +1,396 @@
-//! `pgsteward demo`. (Being built.)
+//! `pgsteward demo`: the whole cycle on a throwaway primary + replica +
+//! PgBouncer in a temporary directory: a partition pass, a lag check, then a
+//! zero-downtime upgrade to a larger class while a built-in client writes
+//! through PgBouncer. Prints the step timeline, the write pause the client saw
+//! and how many acknowledged commits the new primary has (all of them).
+//!
+//! Every server is stopped by a watchdog when this process ends, however it ends.
 
-use crate::cli::DemoArgs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DemoArgs, OutputFormat};
+use crate::config::Config;
+use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
 use crate::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
     LocalPg(#[from] crate::localpg::LocalPgError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("demo: {0}")]
+    Other(String),
 }
 
-pub async fn run(_args: &DemoArgs) -> Result<Outcome, DemoError> {
-    Ok(Outcome::Healthy)
+const DEMO_SCHEMA: &str = "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at);";
+
+/// What the writer saw: acknowledged ids and when each commit returned.
+#[derive(Debug, Default)]
+pub struct WriteLog {
+    pub acked: Vec<i64>,
+    pub errors: Vec<String>,
+    /// (acknowledged at, transaction latency)
+    pub commits: Vec<(Instant, Duration)>,
+}
+
+impl WriteLog {
+    /// The longest transaction.
+    pub fn max_latency(&self) -> Duration {
+        self.commits.iter().map(|c| c.1).max().unwrap_or_default()
+    }
+    /// The largest gap between two consecutive acknowledgements (any worker).
+    pub fn max_gap(&self) -> Duration {
+        let mut at: Vec<Instant> = self.commits.iter().map(|c| c.0).collect();
+        at.sort();
+        at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+}
+
+/// A client writing through PgBouncer, one `INSERT` per transaction (simple
+/// protocol: transaction pooling), recording every acknowledged id. Bounded by
+/// `max_run`; stops on [`Writer::stop`].
+pub struct Writer {
+    cancel: CancellationToken,
+    log: Arc<Mutex<WriteLog>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Writer {
+    pub fn start(
+        url: &str,
+        workers: usize,
+        pace: Duration,
+        max_run: Duration,
+    ) -> Result<Writer, DemoError> {
+        let spec = crate::pg::ConnSpec::parse(url)?;
+        let cancel = CancellationToken::new();
+        let log = Arc::new(Mutex::new(WriteLog::default()));
+        let next = Arc::new(AtomicI64::new(1));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (spec, cancel, log, next) =
+                    (spec.clone(), cancel.clone(), log.clone(), next.clone());
+                tokio::spawn(async move {
+                    let until = Instant::now() + max_run;
+                    let mut client = None;
+                    while Instant::now() < until && !cancel.is_cancelled() {
+                        if client.is_none() {
+                            match spec.connect(Duration::from_secs(5)).await {
+                                Ok(c) => client = Some(c),
+                                Err(e) => {
+                                    record(&log, |l| l.errors.push(e.to_string()));
+                                    pause(&cancel, Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        let Some(c) = client.as_ref() else { continue };
+                        let id = next.fetch_add(1, Ordering::SeqCst);
+                        let t0 = Instant::now();
+                        match c
+                            .simple_query(&format!("INSERT INTO ledger (id) VALUES ({id})"))
+                            .await
+                        {
+                            Ok(_) => record(&log, |l| {
+                                l.acked.push(id);
+                                l.commits.push((Instant::now(), t0.elapsed()));
+                            }),
+                            Err(e) => {
+                                record(&log, |l| {
+                                    l.errors
+                                        .push(format!("id {id}: {}", crate::pg::server_message(&e)))
+                                });
+                                client = None;
+                            }
+                        }
+                        pause(&cancel, pace).await;
+                    }
+                })
+            })
+            .collect();
+        Ok(Writer {
+            cancel,
+            log,
+            tasks,
+            stopped,
+        })
+    }
+
+    pub fn acked(&self) -> usize {
+        self.log.lock().map(|l| l.acked.len()).unwrap_or(0)
+    }
+
+    pub async fn stop(mut self) -> WriteLog {
+        self.cancel.cancel();
+        self.stopped.store(true, Ordering::SeqCst);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let mut log = self
+            .log
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        log.acked.sort();
+        log
+    }
+}
+
+fn record(log: &Mutex<WriteLog>, f: impl FnOnce(&mut WriteLog)) {
+    if let Ok(mut l) = log.lock() {
+        f(&mut l);
+    }
+}
+
+async fn pause(cancel: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = cancel.cancelled() => {}
+    }
+}
+
+fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
+    let t0 = Instant::now();
+    let user = localpg::ServerUser::detect()?;
+    let dir = tempfile::Builder::new()
+        .prefix("pgsteward-demo-")
+        .tempdir()
+        .map_err(|e| DemoError::Other(format!("temporary directory: {e}")))?;
+    localpg::make_server_dir(dir.path(), user)?;
+    let me = std::process::id();
+    // The local provider registers its servers with the same watchdog.
+    std::env::set_var(crate::provider::local::OWNER_PID_ENV, me.to_string());
+    println!("demo directory {}", dir.path().display());
+
+    let small = settings(&[
+        ("shared_buffers", "32MB"),
+        ("max_connections", "60"),
+        ("wal_receiver_status_interval", "1s"),
+        ("log_min_messages", "warning"),
+    ]);
+    let primary = Cluster::init(
+        &dir.path().join("primary"),
+        localpg::free_port()?,
+        None,
+        &small,
+    )?;
+    primary.start()?;
+    localpg::stop_when_gone(&primary, me)?;
+    primary.psql("postgres", "CREATE DATABASE app")?;
+    primary.psql("app", DEMO_SCHEMA)?;
+    let replica = Cluster::basebackup(
+        &primary,
+        &dir.path().join("replica"),
+        localpg::free_port()?,
+        &small,
+    )?;
+    replica.start()?;
+    localpg::stop_when_gone(&replica, me)?;
+    let mut pooler = Pooler::start(
+        &dir.path().join("pgbouncer"),
+        localpg::free_port()?,
+        &[PoolerDatabase {
+            name: "app".into(),
+            host: "127.0.0.1".into(),
+            port: primary.port,
+            dbname: "app".into(),
+        }],
+        &[("query_wait_timeout", "30")],
+    )?;
+    println!(
+        "primary :{}  replica :{}  pgbouncer :{}  ({:.1}s)",
+        primary.port,
+        replica.port,
+        pooler.port,
+        t0.elapsed().as_secs_f64()
+    );
+    let cfg = demo_config(dir.path(), &primary, &replica, &pooler)?;
+
+    println!("\n== partition pass (public.events, daily, 3 ahead)");
+    let parts = crate::partitions::apply_command(&cfg, OutputFormat::Text)
+        .await
+        .map_err(|e| DemoError::Other(format!("partition pass: {e}")))?;
+    println!("\n== lag check");
+    let lag = crate::lag::lag_command(&cfg, OutputFormat::Text)
+        .await
+        .map_err(|e| DemoError::Other(format!("lag check: {e}")))?;
+
+    println!("\n== upgrade to class \"large\" while a client writes through PgBouncer");
+    let writer = Writer::start(
+        &pooler.url("app", "postgres"),
+        4,
+        Duration::from_millis(2),
+        Duration::from_secs(120),
+    )?;
+    let warm = Instant::now();
+    while writer.acked() < 100 && warm.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let result = crate::upgrade::start(&cfg, "large", false).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = writer.stop().await;
+    let summary = result?;
+
+    let new_url = summary
+        .record
+        .replica_endpoint()
+        .ok_or_else(|| DemoError::Other("the upgrade recorded no new endpoint".into()))?
+        .to_string();
+    let new_spec = crate::pg::ConnSpec::parse(&new_url)?;
+    let client = new_spec.connect(Duration::from_secs(5)).await?;
+    let rows = client
+        .query("SELECT id FROM ledger", &[])
+        .await
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let found = log.acked.iter().filter(|id| have.contains(id)).count();
+
+    println!("\n== step timeline");
+    for (step, took, status) in crate::upgrade::step_timings(&summary.record) {
+        println!(
+            "  {:<18} {:>10}  {:?}",
+            step.name(),
+            took.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+                .unwrap_or_default(),
+            status
+        );
+    }
+    println!("\n== what the client saw");
+    if let Some(w) = summary.pause_window {
+        println!(
+            "  server-side pause (PAUSE -> RESUME):   {:.1} ms",
+            w.as_secs_f64() * 1000.0
+        );
+    }
+    println!(
+        "  longest transaction:                   {:.1} ms",
+        log.max_latency().as_secs_f64() * 1000.0
+    );
+    println!(
+        "  largest gap between commits:           {:.1} ms",
+        log.max_gap().as_secs_f64() * 1000.0
+    );
+    println!(
+        "  client errors:                         {}",
+        log.errors.len()
+    );
+    println!(
+        "  acknowledged commits on new primary:   {found} of {} {}",
+        log.acked.len(),
+        if found == log.acked.len() {
+            "(all)"
+        } else {
+            "(MISSING SOME)"
+        }
+    );
+    println!("  new primary: {new_url}");
+
+    // Clean up: the new primary (made by the provider), the replica, PgBouncer.
+    drop(client);
+    pooler.stop();
+    let root = dir.path().join("clusters");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            if e.path().join("postmaster.pid").exists() {
+                let _ = Cluster::at(&e.path(), 0, None).map(|c| c.stop(StopMode::Fast));
+            }
+        }
+    }
+    replica.stop(StopMode::Fast)?;
+    primary.stop(StopMode::Fast)?;
+    let kept = dir.keep();
+    if args.keep {
+        println!("kept {}", kept.display());
+    } else {
+        // Deleting a few hundred MB of data directories takes seconds on a
+        // discard-mounted disk; a detached `rm` does it without holding the prompt.
+        let spawned = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&kept)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            println!("could not remove {}: {e}", kept.display());
+        }
+    }
+    println!("demo finished in {:.1}s", t0.elapsed().as_secs_f64());
+    let ok = found == log.acked.len() && log.errors.is_empty();
+    Ok(if ok { parts.and(lag) } else { Outcome::Problem })
+}
+
+fn demo_config(
+    dir: &Path,
+    primary: &Cluster,
+    replica: &Cluster,
+    pooler: &Pooler,
+) -> Result<Config, DemoError> {
+    let toml = format!(
+        r#"
+[database]
+primary = "{primary}"
+replicas = ["{replica}"]
+
+[partitions]
+schedule = "0 * * * *"
+[[partitions.tables]]
+table = "public.events"
+interval = "daily"
+premake = 3
+
+[upgrade]
+provider = "local"
+state_dir = "{state}"
+catchup_max_bytes = "1MB"
+pause_timeout = "5s"
+retire_after = "0s"
+
+[upgrade.local]
+data_root = "{root}"
+[upgrade.local.classes.large]
+shared_buffers = "64MB"
+max_connections = "100"
+wal_receiver_status_interval = "1s"
+log_min_messages = "warning"
+
+[cutover]
+kind = "pgbouncer"
+admin = ["{admin}"]
+config_file = "{ini}"
+database = "app"
+"#,
+        primary = primary.url("app"),
+        replica = replica.url("app"),
+        state = dir.join("state").display(),
+        root = dir.join("clusters").display(),
+        admin = pooler.admin_url(),
+        ini = pooler.ini.display(),
+    );
+    Ok(crate::config::from_figment(
+        Figment::new().merge(Toml::string(&toml)),
+        None,
+    )?)
 }

@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub mod iam;
+mod tls;
+pub use tls::TlsSetupError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error("invalid connection string {redacted}: {reason}")]
@@ -21,8 +25,22 @@ pub enum PgError {
     },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    #[error("unsupported sslmode {0:?} (this build speaks plaintext only; use sslmode=disable or prefer)")]
-    UnsupportedTls(String),
+    #[error("cannot connect to {target}: {reason}")]
+    IamToken { target: String, reason: String },
+    #[error("cannot connect to {target}: {source}")]
+    TlsSetup {
+        target: String,
+        source: TlsSetupError,
+    },
+    #[error(
+        "cannot connect to {target}: TLS verification failed (sslmode={mode}): {reason}; {hint}"
+    )]
+    TlsVerify {
+        target: String,
+        mode: SslMode,
+        reason: String,
+        hint: &'static str,
+    },
     #[error("query failed on {target}: {}", server_message(.source))]
     Query {
         target: String,
@@ -41,6 +59,24 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        })
+    }
+}
+
+/// RDS IAM authentication settings of a connection string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IamAuth {
+    pub region: Option<String>,
+}
+
 /// A parsed connection string: the driver config plus the TLS settings
 /// tokio-postgres does not understand itself.
 #[derive(Clone)]
@@ -48,6 +84,9 @@ pub struct ConnSpec {
     pub config: tokio_postgres::Config,
     pub ssl_mode: SslMode,
     pub ssl_root_cert: Option<std::path::PathBuf>,
+    /// `aws_iam=true`: log in with an RDS IAM auth token made per connection
+    /// (`aws_region=...` overrides the region of the AWS configuration).
+    pub aws_iam: Option<IamAuth>,
     /// `user@host:port/dbname`, no password: for logs, errors and metric labels.
     pub display: String,
 }
@@ -68,6 +107,8 @@ impl ConnSpec {
         };
         let mut ssl_mode = None;
         let mut ssl_root_cert = None;
+        let mut aws_iam = None;
+        let mut aws_region = None;
         let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             let mut url = url::Url::parse(s).map_err(|e| invalid(e.to_string()))?;
             let mut kept = Vec::new();
@@ -75,6 +116,8 @@ impl ConnSpec {
                 match k.as_ref() {
                     "sslmode" => ssl_mode = Some(v.to_string()),
                     "sslrootcert" => ssl_root_cert = Some(v.to_string()),
+                    "aws_iam" => aws_iam = Some(v.to_string()),
+                    "aws_region" => aws_region = Some(v.to_string()),
                     _ => kept.push((k.to_string(), v.to_string())),
                 }
             }
@@ -90,6 +133,8 @@ impl ConnSpec {
                 match pair.split_once('=') {
                     Some(("sslmode", v)) => ssl_mode = Some(v.to_string()),
                     Some(("sslrootcert", v)) => ssl_root_cert = Some(v.to_string()),
+                    Some(("aws_iam", v)) => aws_iam = Some(v.to_string()),
+                    Some(("aws_region", v)) => aws_region = Some(v.to_string()),
                     _ => kept.push(pair),
                 }
             }
@@ -112,6 +157,23 @@ impl ConnSpec {
                 )))
             }
         };
+        let aws_iam = match aws_iam.as_deref() {
+            None | Some("false") | Some("0") | Some("off") => None,
+            Some("true") | Some("1") | Some("on") => Some(IamAuth { region: aws_region }),
+            Some(other) => return Err(invalid(format!("aws_iam={other} is not true or false"))),
+        };
+        if aws_iam.is_some() {
+            if matches!(ssl_mode, SslMode::Disable | SslMode::Prefer) {
+                return Err(invalid(
+                    "aws_iam=true sends a login token, a credential: set sslmode=verify-full (or require, verify-ca)".into(),
+                ));
+            }
+            if config.get_user().is_none() {
+                return Err(invalid(
+                    "aws_iam=true needs a user: the token is made for one database user".into(),
+                ));
+            }
+        }
         if config.get_application_name().is_none() {
             config.application_name("pgsteward");
         }
@@ -120,6 +182,7 @@ impl ConnSpec {
             config,
             ssl_mode,
             ssl_root_cert: ssl_root_cert.map(Into::into),
+            aws_iam,
             display,
         })
     }
@@ -144,37 +207,100 @@ impl ConnSpec {
         (host, port)
     }
 
+    /// The TLS connector for this spec's `sslmode` and `sslrootcert`. Built
+    /// per connection or per pool, so a rotated CA bundle is picked up.
+    fn connector(&self) -> tls::Connector {
+        tls::Connector::new(self.ssl_mode, self.ssl_root_cert.as_deref())
+    }
+
+    /// One connection attempt under the `sslmode` rules; the connection's I/O
+    /// runs on its own task, which ends when the client is dropped.
+    async fn establish(
+        &self,
+        config: &tokio_postgres::Config,
+        connector: &tls::Connector,
+        iam_token: Option<String>,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        use tokio_postgres::config::SslMode as Wire;
+        let mut config = config.clone();
+        if let Some(token) = iam_token {
+            config.password(token);
+        }
+        match self.ssl_mode {
+            SslMode::Disable => {
+                config.ssl_mode(Wire::Disable);
+                Ok(drive(config.connect(NoTls).await?))
+            }
+            SslMode::Prefer => {
+                // tokio-postgres itself continues in plaintext when the server
+                // refuses TLS; a failed handshake is retried in plaintext here,
+                // as libpq does.
+                config.ssl_mode(Wire::Prefer);
+                match config.connect(connector.clone()).await {
+                    Ok(conn) => Ok(drive(conn)),
+                    Err(e) => match tls::handshake_error(&e) {
+                        Some(tls_error) => {
+                            tracing::warn!(target = %self.display, error = %tls_error,
+                                "tls handshake failed; sslmode=prefer continues without encryption");
+                            config.ssl_mode(Wire::Disable);
+                            Ok(drive(config.connect(NoTls).await?))
+                        }
+                        None => Err(e),
+                    },
+                }
+            }
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                config.ssl_mode(Wire::Require);
+                Ok(drive(config.connect(connector.clone()).await?))
+            }
+        }
+    }
+
+    /// A fresh IAM token when `aws_iam` is set.
+    async fn iam_token(&self) -> Result<Option<String>, PgError> {
+        let Some(iam) = self.aws_iam.as_ref() else {
+            return Ok(None);
+        };
+        let (host, port) = self.host_port();
+        let user = self.user().unwrap_or_default();
+        iam::auth_token(&host, port, user, iam.region.as_deref())
+            .await
+            .map(Some)
+            .map_err(|reason| PgError::IamToken {
+                target: self.display.clone(),
+                reason,
+            })
+    }
+
     /// Opens one connection, bounded by `timeout`; the connection's I/O runs on
     /// its own task and ends when the client is dropped.
     pub async fn connect(&self, timeout: Duration) -> Result<Client, PgError> {
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
-        let fut = async {
-            match self.ssl_mode {
-                SslMode::Disable | SslMode::Prefer => {
-                    let (client, conn) = config.connect(NoTls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection closed");
-                        }
-                    });
-                    Ok(client)
-                }
-                _ => unreachable!("rejected below"),
+        let connector = self.connector();
+        if self.ssl_mode != SslMode::Disable {
+            if let Some(e) = connector.setup_error() {
+                return Err(PgError::TlsSetup {
+                    target: self.display.clone(),
+                    source: e.clone(),
+                });
             }
-        };
-        if matches!(
-            self.ssl_mode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Err(PgError::UnsupportedTls(format!("{:?}", self.ssl_mode)));
         }
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(source)) => Err(PgError::Connect {
-                target: self.display.clone(),
-                source,
-            }),
+        let token = self.iam_token().await?;
+        match tokio::time::timeout(timeout, self.establish(&config, &connector, token)).await {
+            Ok(Ok((client, _io))) => Ok(client),
+            Ok(Err(source)) => match tls::handshake_error(&source) {
+                Some(tls_error) => Err(PgError::TlsVerify {
+                    target: self.display.clone(),
+                    mode: self.ssl_mode,
+                    reason: tls_error.to_string(),
+                    hint: tls::verify_hint(tls_error),
+                }),
+                None => Err(PgError::Connect {
+                    target: self.display.clone(),
+                    source,
+                }),
+            },
             Err(_) => Err(PgError::ConnectTimeout {
                 target: self.display.clone(),
                 timeout,
@@ -182,13 +308,17 @@ impl ConnSpec {
         }
     }
 
-    /// A deadpool pool of connections made like [`ConnSpec::connect`].
+    /// A deadpool pool of connections made like [`ConnSpec::connect`]. A TLS
+    /// setup problem (unreadable `sslrootcert`) surfaces on the first `get()`.
     pub fn pool(&self, max_size: usize, timeout: Duration) -> deadpool_postgres::Pool {
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
-        let manager = deadpool_postgres::Manager::from_config(
+        let manager = deadpool_postgres::Manager::from_connect(
             config,
-            NoTls,
+            PoolConnect {
+                spec: self.clone(),
+                connector: self.connector(),
+            },
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Fast,
             },
@@ -205,6 +335,55 @@ impl ConnSpec {
             Err(e) => panic!("pool configuration is inconsistent: {e}"),
         }
     }
+}
+
+/// Pool connections go through [`ConnSpec::establish`], so they follow the
+/// same `sslmode` rules (and fallback) as single connections.
+struct PoolConnect {
+    spec: ConnSpec,
+    connector: tls::Connector,
+}
+
+impl deadpool_postgres::Connect for PoolConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            // A pool cannot report a token failure in its own terms: it is
+            // logged, and the login then fails with the server's refusal.
+            let token = match self.spec.iam_token().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no rds iam token for a pool connection");
+                    None
+                }
+            };
+            self.spec
+                .establish(&pg_config, &self.connector, token)
+                .await
+        })
+    }
+}
+
+/// Spawns the connection's I/O task.
+fn drive<S, T>(
+    (client, conn): (Client, tokio_postgres::Connection<S, T>),
+) -> (Client, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "connection closed");
+        }
+    });
+    (client, io)
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {
@@ -479,6 +658,34 @@ mod tests {
         assert!(
             err.contains("sslmode=sometimes") && !err.contains("pw@"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn iam_auth_needs_tls_and_a_user() {
+        let spec = ConnSpec::parse(
+            "postgres://steward@db:5432/app?sslmode=verify-full&aws_iam=true&aws_region=eu-west-1",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.aws_iam,
+            Some(IamAuth {
+                region: Some("eu-west-1".into())
+            })
+        );
+        for bad in [
+            "postgres://steward@db/app?aws_iam=true",
+            "postgres://steward@db/app?aws_iam=true&sslmode=disable",
+            "host=db dbname=app sslmode=require aws_iam=true",
+            "postgres://steward@db/app?aws_iam=maybe&sslmode=require",
+        ] {
+            assert!(ConnSpec::parse(bad).is_err(), "{bad} must be refused");
+        }
+        assert!(
+            ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+                .unwrap()
+                .aws_iam
+                .is_some()
         );
     }
 

@@ -1,1 +1,475 @@
-//! PgBouncer admin console. (Being built.)
+//! The PgBouncer admin console (simple query protocol only: the console does
+//! not speak the extended protocol) and the `[databases]` rewrite.
+//!
+//! Every configured admin endpoint is driven together: PAUSE waits until all
+//! of them have paused, RELOAD and RESUME go to all. Each endpoint has two
+//! connections: PAUSE blocks its connection until in-flight transactions end,
+//! so RESUME (the way back after a missed deadline) needs the other one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::config::{Config, ConnString};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolerError {
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error("pgbouncer {target}: {command} failed: {detail}")]
+    Command {
+        target: String,
+        command: String,
+        detail: String,
+    },
+    #[error("pgbouncer {target} did not finish PAUSE within {timeout:?}: a transaction is still open through it (see SHOW CLIENTS); writes were resumed")]
+    PauseTimeout { target: String, timeout: Duration },
+    #[error("pgbouncer config {path}: {detail}")]
+    Ini { path: PathBuf, detail: String },
+    #[error(
+        "no pgbouncer admin endpoint configured: set cutover.admin (or cutover.kind = \"none\")"
+    )]
+    NotConfigured,
+}
+
+/// One `[databases]` entry as `SHOW DATABASES` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseEntry {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub paused: bool,
+}
+
+struct Endpoint {
+    admin: ConnString,
+    ini: Option<PathBuf>,
+    /// Runs PAUSE (which blocks it).
+    pause_conn: Option<Client>,
+    /// Everything else.
+    ctl_conn: Option<Client>,
+}
+
+/// All configured PgBouncers, driven as one.
+pub struct Poolers {
+    endpoints: Vec<Endpoint>,
+    connect_timeout: Duration,
+    pub database: String,
+}
+
+impl Poolers {
+    pub fn from_config(cfg: &Config) -> Poolers {
+        Poolers {
+            endpoints: cfg
+                .cutover
+                .admin
+                .iter()
+                .enumerate()
+                .map(|(i, admin)| Endpoint {
+                    admin: admin.clone(),
+                    ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
+                    pause_conn: None,
+                    ctl_conn: None,
+                })
+                .collect(),
+            connect_timeout: cfg.database.connect_timeout.0,
+            database: cfg.cutover.database.clone(),
+        }
+    }
+
+    /// PgBouncer's admin console takes database names as bare words.
+    pub fn valid_database_name(name: &str) -> bool {
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn admins(&self) -> impl Iterator<Item = &ConnString> {
+        self.endpoints.iter().map(|e| &e.admin)
+    }
+
+    /// Opens the admin connections that are not open yet (before the write
+    /// pause, so logins do not count against it).
+    pub async fn connect(&mut self) -> Result<(), PoolerError> {
+        for e in &mut self.endpoints {
+            let spec = e.admin.spec()?;
+            if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
+                e.ctl_conn = Some(spec.connect(self.connect_timeout).await?);
+            }
+            if e.pause_conn.as_ref().map_or(true, |c| c.is_closed()) {
+                e.pause_conn = Some(spec.connect(self.connect_timeout).await?);
+            }
+        }
+        Ok(())
+    }
+
+    fn ctl(e: &Endpoint) -> Result<&Client, PoolerError> {
+        e.ctl_conn.as_ref().ok_or_else(|| PoolerError::Command {
+            target: e.admin.to_string(),
+            command: "connect".into(),
+            detail: "not connected".into(),
+        })
+    }
+
+    /// `PAUSE db` on every endpoint; returns when all finished pausing.
+    /// Past `timeout` (or on any error) RESUME is sent everywhere and the error returned.
+    pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
+        self.connect().await?;
+        let db = self.database.clone();
+        let cmd = format!("PAUSE {db}");
+        let mut futs = Vec::new();
+        for e in &self.endpoints {
+            // A PAUSE already in force (this step run again) may not have finished:
+            // lift it and pause again so the return of PAUSE means "drained".
+            let paused = self
+                .show_databases_of(e)
+                .await?
+                .iter()
+                .any(|d| d.name == db && d.paused);
+            if paused {
+                simple(Self::ctl(e)?, &e.admin, &format!("RESUME {db}")).await?;
+            }
+            let Some(c) = e.pause_conn.as_ref() else {
+                return Err(PoolerError::Command {
+                    target: e.admin.to_string(),
+                    command: cmd.clone(),
+                    detail: "not connected".into(),
+                });
+            };
+            let admin = e.admin.clone();
+            let cmd = cmd.clone();
+            futs.push(async move { simple(c, &admin, &cmd).await });
+        }
+        let all = futures::future::try_join_all(futs);
+        let result = match tokio::time::timeout(timeout, all).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolerError::PauseTimeout {
+                target: self
+                    .admins()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                timeout,
+            }),
+        };
+        // The pausing connections are still waiting for their answer; drop them.
+        for e in &mut self.endpoints {
+            e.pause_conn = None;
+        }
+        if let Err(e) = self.resume().await {
+            tracing::error!(error = %e, "resume after a failed pause failed");
+        }
+        result
+    }
+
+    /// `RESUME db` everywhere; a database that is not paused is fine.
+    pub async fn resume(&mut self) -> Result<(), PoolerError> {
+        self.connect().await?;
+        let cmd = format!("RESUME {}", self.database);
+        for e in &self.endpoints {
+            match simple(Self::ctl(e)?, &e.admin, &cmd).await {
+                Ok(_) => {}
+                Err(PoolerError::Command { detail, .. }) if detail.contains("not paused") => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// `RELOAD` everywhere: PgBouncer rereads its file and reconnects changed databases.
+    pub async fn reload(&mut self) -> Result<(), PoolerError> {
+        self.connect().await?;
+        for e in &self.endpoints {
+            simple(Self::ctl(e)?, &e.admin, "RELOAD").await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the `[databases]` entry in every config file to `host:port`.
+    pub fn rewrite(&self, host: &str, port: u16) -> Result<(), PoolerError> {
+        let mut done = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            let Some(ini) = &e.ini else {
+                return Err(PoolerError::Ini {
+                    path: PathBuf::new(),
+                    detail: format!("no config file for {}; set cutover.config_file", e.admin),
+                });
+            };
+            if done.insert(ini.clone()) {
+                rewrite_ini(ini, &self.database, host, port)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
+        let rows = simple(Self::ctl(e)?, &e.admin, "SHOW DATABASES").await?;
+        Ok(rows
+            .iter()
+            .map(|r| DatabaseEntry {
+                name: r.get("name").unwrap_or_default().to_string(),
+                host: r.get("host").unwrap_or_default().to_string(),
+                port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
+                database: r.get("database").unwrap_or_default().to_string(),
+                paused: r.get("paused").is_some_and(|p| p == "1"),
+            })
+            .collect())
+    }
+
+    /// The cutover database's entry on every endpoint (`None` where it is missing).
+    pub async fn entries(&mut self) -> Result<Vec<(String, Option<DatabaseEntry>)>, PoolerError> {
+        self.connect().await?;
+        let mut out = Vec::new();
+        for e in &self.endpoints {
+            let entry = self
+                .show_databases_of(e)
+                .await?
+                .into_iter()
+                .find(|d| d.name == self.database);
+            out.push((e.admin.to_string(), entry));
+        }
+        Ok(out)
+    }
+
+    /// Server connections of the cutover database per endpoint, as `host:port` strings.
+    pub async fn servers(&mut self) -> Result<Vec<String>, PoolerError> {
+        self.connect().await?;
+        let mut out = Vec::new();
+        for e in &self.endpoints {
+            for r in simple(Self::ctl(e)?, &e.admin, "SHOW SERVERS").await? {
+                if r.get("database") == Some(self.database.as_str()) {
+                    out.push(format!(
+                        "{}:{}",
+                        r.get("addr").unwrap_or_default(),
+                        r.get("port").unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `SHOW CONFIG` of every endpoint as key → value maps.
+    pub async fn configs(
+        &mut self,
+    ) -> Result<Vec<(String, BTreeMap<String, String>)>, PoolerError> {
+        self.connect().await?;
+        let mut out = Vec::new();
+        for e in &self.endpoints {
+            let rows = simple(Self::ctl(e)?, &e.admin, "SHOW CONFIG").await?;
+            let map = rows
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.get("key")?.to_string(),
+                        r.get("value").unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect();
+            out.push((e.admin.to_string(), map));
+        }
+        Ok(out)
+    }
+
+    /// Client URL of the cutover database on the first endpoint, as `user`.
+    pub fn client_url(&self, user: &str) -> Option<ConnString> {
+        let admin = self.endpoints.first()?.admin.expose();
+        let mut url = url::Url::parse(admin).ok()?;
+        url.set_path(&format!("/{}", self.database));
+        url.set_username(user).ok()?;
+        Some(ConnString::new(url.to_string()))
+    }
+}
+
+/// A row of a simple-protocol result by column name.
+pub struct Row(tokio_postgres::SimpleQueryRow);
+
+impl Row {
+    pub fn get(&self, col: &str) -> Option<&str> {
+        let idx = self.0.columns().iter().position(|c| c.name() == col)?;
+        self.0.get(idx)
+    }
+}
+
+async fn simple(c: &Client, target: &ConnString, cmd: &str) -> Result<Vec<Row>, PoolerError> {
+    let msgs = c
+        .simple_query(cmd)
+        .await
+        .map_err(|e| PoolerError::Command {
+            target: target.to_string(),
+            command: cmd.to_string(),
+            detail: crate::pg::server_message(&e),
+        })?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(Row(r)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The `host` and `port` the `[databases]` entry `db` of `text` points at.
+pub fn ini_target(text: &str, db: &str) -> Option<(String, u16)> {
+    let mut section = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_ascii_lowercase();
+            continue;
+        }
+        if section != "[databases]" {
+            continue;
+        }
+        let Some((k, v)) = t.split_once('=') else {
+            continue;
+        };
+        if k.trim() != db {
+            continue;
+        }
+        let mut host = None;
+        let mut port = 5432;
+        for tok in v.split_whitespace() {
+            match tok.split_once('=') {
+                Some(("host", h)) => host = Some(h.to_string()),
+                Some(("port", p)) => port = p.parse().unwrap_or(5432),
+                _ => {}
+            }
+        }
+        return Some((host.unwrap_or_default(), port));
+    }
+    None
+}
+
+/// `text` with the `[databases]` entry `db` pointed at `host:port`; other
+/// parameters of the entry and every other line are kept as they are.
+pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<String> {
+    let mut section = String::new();
+    let mut found = false;
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_ascii_lowercase();
+        }
+        let entry = (section == "[databases]"
+            && !t.starts_with('[')
+            && !t.starts_with(';')
+            && !t.starts_with('#'))
+        .then(|| t.split_once('='))
+        .flatten()
+        .filter(|(k, _)| k.trim() == db);
+        match entry {
+            Some((k, v)) if !found => {
+                found = true;
+                let mut toks: Vec<String> = v
+                    .split_whitespace()
+                    .filter(|tok| !tok.starts_with("host=") && !tok.starts_with("port="))
+                    .map(str::to_string)
+                    .collect();
+                toks.insert(0, format!("port={port}"));
+                toks.insert(0, format!("host={host}"));
+                out.push_str(&format!("{} = {}\n", k.trim(), toks.join(" ")));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    found.then_some(out)
+}
+
+/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`, atomically:
+/// a temporary file beside it (same mode and owner), fsync, rename, fsync of
+/// the directory. A file already pointing there is left alone.
+pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), PoolerError> {
+    let ini_err = |detail: String| PoolerError::Ini {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text = fs::read_to_string(path).map_err(|e| ini_err(e.to_string()))?;
+    if ini_target(&text, db) == Some((host.to_string(), port)) {
+        return Ok(());
+    }
+    let new = retarget_ini(&text, db, host, port).ok_or_else(|| {
+        ini_err(format!(
+            "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
+        ))
+    })?;
+    let meta = fs::metadata(path).map_err(|e| ini_err(e.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pgbouncer.ini".into());
+    let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
+        f.write_all(new.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(|e| ini_err(e.to_string()))?;
+    // Keep the owner so PgBouncer (often another user) can still read it; only root can chown.
+    if nix::unistd::Uid::effective().is_root() {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| ini_err(e.to_string()))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| ini_err(format!("rename: {e}")))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ini_err(format!("fsync {}: {e}", dir.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INI: &str = "[databases]\n; app = host=old\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\nother = host=10.0.0.9\n\n[pgbouncer]\nlisten_port = 6432\n";
+
+    #[test]
+    fn reads_the_target() {
+        assert_eq!(ini_target(INI, "app"), Some(("10.0.0.1".into(), 5432)));
+        assert_eq!(ini_target(INI, "other"), Some(("10.0.0.9".into(), 5432)));
+        assert_eq!(ini_target(INI, "nope"), None);
+    }
+
+    #[test]
+    fn retargets_one_entry_only() {
+        let out = retarget_ini(INI, "app", "127.0.0.1", 7000).unwrap();
+        assert!(out.contains("app = host=127.0.0.1 port=7000 dbname=app pool_size=20\n"));
+        assert!(out.contains("; app = host=old\n"));
+        assert!(out.contains("other = host=10.0.0.9\n"));
+        assert!(out.contains("listen_port = 6432"));
+        assert_eq!(ini_target(&out, "app"), Some(("127.0.0.1".into(), 7000)));
+        assert!(retarget_ini(INI, "missing", "h", 1).is_none());
+    }
+
+    #[test]
+    fn rewrite_is_atomic_and_keeps_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pgbouncer.ini");
+        fs::write(&p, INI).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(ini_target(&text, "app"), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
+    }
+}

@@ -1,38 +1,489 @@
-//! The vertical-upgrade saga. (Being built.)
+//! The vertical-upgrade saga: a persisted, resumable sequence of twelve steps
+//! with a point of no return at promote (design: "Vertical upgrade").
+//!
+//! * `record`: steps, statuses, legal transitions; the state rebuilt from the journal.
+//! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
+//! * `runner`: record → run → record; undo before promote, forward after.
+//! * `steps`: each step's body (observe, then act).
+//! * `cutover`: the write pause (steps 5–10) and the pure catch-up gate.
+//! * `failpoint`: named failpoints at every step boundary (tests only).
+
+pub mod cutover;
+pub mod failpoint;
+pub mod journal;
+pub mod record;
+pub mod runner;
+pub mod steps;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::pooler::{PoolerError, Poolers};
+use crate::provider::ProviderError;
 use crate::Outcome;
+use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
+use runner::Saga;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Pooler(#[from] PoolerError),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error("prechecks failed:\n  {}", .0.join("\n  "))]
+    PrecheckFailed(Vec<String>),
+    #[error("step {step}: {detail}")]
+    Step { step: Step, detail: String },
+    #[error("{what} did not happen within {after:?} (upgrade.step_timeout)")]
+    Timeout { what: String, after: Duration },
+    #[error("the write pause exceeded upgrade.pause_timeout during {what}")]
+    PauseTimeout { what: String },
+    #[error("{0}")]
+    Injected(String),
+    #[error("cancelled; `pgsteward upgrade resume` continues from the current step")]
+    Cancelled,
+    #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]
+    RolledBack { id: String, reason: String },
+    #[error("undo of {step} failed: {reason}; fix the cause and run `pgsteward upgrade resume` to finish the roll back")]
+    UndoFailed { step: Step, reason: String },
+    #[error("upgrade {id} failed after promote ({reason}); the new primary holds every commit. Fix the cause and run `pgsteward upgrade resume`")]
+    NeedsResume { id: String, reason: String },
+    #[error("database.primary {old} is no longer a writable primary: upgrade {id} moved the primary to {new}. Set database.primary (PGSTEWARD_DATABASE__PRIMARY) to it")]
+    PrimaryMoved {
+        old: String,
+        id: String,
+        new: String,
+    },
+    #[error("database.primary {0} is not a writable primary (in recovery or read-only) and no upgrade moved it; point database.primary at the primary")]
+    NotPrimary(String),
+    #[error("no upgrade found in {0} (upgrade.state_dir)")]
+    NoUpgrade(String),
 }
 
 impl UpgradeError {
     /// Errors the operator fixes in the invocation or configuration (exit 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, UpgradeError::Usage(_))
+        match self {
+            UpgradeError::Usage(_) => true,
+            UpgradeError::Provider(p) => p.is_usage(),
+            _ => false,
+        }
     }
 }
 
+/// Listens for SIGINT/SIGTERM: before the write pause the upgrade stops at the
+/// next step boundary, inside it the upgrade rolls back at once.
+fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received, stopping the upgrade at a safe point");
+        t.cancel();
+    });
+    token
+}
+
+/// A new upgrade id: sortable by creation time, valid in RDS identifiers.
+fn new_upgrade_id() -> String {
+    format!("u{}", chrono::Utc::now().format("%y%m%d%H%M%S%3f"))
+}
+
 pub async fn plan_command(
-    _cfg: &Config,
-    _class: &str,
-    _output: OutputFormat,
+    cfg: &Config,
+    class: &str,
+    output: OutputFormat,
 ) -> Result<Outcome, UpgradeError> {
-    Err(UpgradeError::Usage("upgrade is not built yet".into()))
+    let provider = crate::provider::from_config(cfg)?;
+    let mut poolers = Poolers::from_config(cfg);
+    let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
+    let ok = pre.checks.iter().all(|c| c.ok);
+    let replica = crate::provider::replica_id(&pre.source.id, "<upgrade id>");
+    #[derive(Serialize)]
+    struct Plan<'a> {
+        target_class: &'a str,
+        source: &'a crate::provider::SourceFacts,
+        new_server: &'a str,
+        checks: &'a [crate::provider::Check],
+        steps: Vec<&'static str>,
+        ready: bool,
+    }
+    let plan = Plan {
+        target_class: class,
+        source: &pre.source,
+        new_server: &replica,
+        checks: &pre.checks,
+        steps: record::STEPS.iter().map(|s| s.name()).collect(),
+        ready: ok,
+    };
+    match output {
+        OutputFormat::Json => crate::output::print_json(&plan),
+        OutputFormat::Text => {
+            println!(
+                "upgrade plan: {} -> {replica} (class {class})",
+                pre.source.id
+            );
+            println!("prechecks:");
+            for c in &pre.checks {
+                println!(
+                    "  [{}] {}: {}",
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.name,
+                    c.detail
+                );
+            }
+            println!("steps:");
+            for (i, s) in record::STEPS.iter().enumerate() {
+                println!("  {:>2}. {}", i + 1, step_description(*s));
+            }
+            println!(
+                "write pause (steps 5-10) bounded by {:?}; before promote any failure rolls back",
+                cfg.upgrade.pause_timeout.0
+            );
+            if !ok {
+                println!("not ready: fix the failed checks first");
+            }
+        }
+    }
+    Ok(if ok {
+        Outcome::Healthy
+    } else {
+        Outcome::Problem
+    })
 }
-pub async fn start_command(_cfg: &Config, _class: &str) -> Result<Outcome, UpgradeError> {
-    Err(UpgradeError::Usage("upgrade is not built yet".into()))
+
+fn step_description(s: Step) -> &'static str {
+    match s {
+        Step::Precheck => "precheck: source is a primary, class differs, nothing else in flight",
+        Step::CreateReplica => "create_replica: new server <source>-<id> on the target class",
+        Step::WaitAvailable => "wait_available: the new server accepts connections, in recovery",
+        Step::WaitCatchup => "wait_catchup: replay lag below upgrade.catchup_max_bytes, steadily",
+        Step::PauseWrites => "pause_writes: PgBouncer PAUSE (in-flight transactions finish)",
+        Step::FenceOldPrimary => "fence_old_primary: old primary read-only, client sessions ended",
+        Step::FinalSync => "final_sync: new server replayed the old primary's last LSN",
+        Step::Promote => "promote: point of no return",
+        Step::Repoint => "repoint: PgBouncer [databases] rewritten, RELOAD",
+        Step::ResumeWrites => "resume_writes: PgBouncer RESUME",
+        Step::Verify => {
+            "verify: a write through PgBouncer lands on the new primary; replicas follow it"
+        }
+        Step::RetireOld => "retire_old: after upgrade.retire_after, the old primary is retired",
+    }
 }
-pub async fn status_command(_cfg: &Config, _output: OutputFormat) -> Result<Outcome, UpgradeError> {
-    Err(UpgradeError::Usage("upgrade is not built yet".into()))
+
+/// What `start` and `resume` return to their callers (the demo and the benchmark use it).
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub record: UpgradeRecord,
+    /// PAUSE sent → RESUME returned, when one process ran the whole window.
+    pub pause_window: Option<Duration>,
 }
-pub async fn resume_command(_cfg: &Config) -> Result<Outcome, UpgradeError> {
-    Err(UpgradeError::Usage("upgrade is not built yet".into()))
+
+/// Starts a new upgrade to `class` and drives it to the end.
+pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let provider = crate::provider::from_config(cfg)?;
+    let mut poolers = Poolers::from_config(cfg);
+    let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
+    let failed: Vec<String> = pre
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if !failed.is_empty() {
+        return Err(UpgradeError::PrecheckFailed(failed));
+    }
+    let id = new_upgrade_id();
+    let journal = journal::Journal::create(
+        &cfg.upgrade.state_dir,
+        Event::Created {
+            id: id.clone(),
+            target_class: class.to_string(),
+            provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
+            source_primary: cfg.database.primary.to_string(),
+        },
+    )?;
+    if !quiet {
+        println!("upgrade {id}: journal {}", journal.path().display());
+    }
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let r = saga.drive().await;
+    finish(saga, r)
 }
-pub async fn abort_command(_cfg: &Config) -> Result<Outcome, UpgradeError> {
-    Err(UpgradeError::Usage("upgrade is not built yet".into()))
+
+/// Continues the newest upgrade from its journal.
+pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let path = journal::latest(&cfg.upgrade.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+    let journal = journal::Journal::open(&path)?;
+    let provider = crate::provider::from_config(cfg)?;
+    if !quiet {
+        println!(
+            "resuming upgrade {} ({:?})",
+            journal.record().id,
+            journal.record().phase
+        );
+    }
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let r = saga.drive().await;
+    finish(saga, r)
+}
+
+fn finish(saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummary, UpgradeError> {
+    r?;
+    let record = saga.record().clone();
+    if !saga.progress.quiet {
+        if let Some(w) = saga.pause_window {
+            println!(
+                "write pause (PAUSE sent -> RESUME returned): {:.1} ms",
+                w.as_secs_f64() * 1000.0
+            );
+        }
+        if let Some(e) = record.replica_endpoint() {
+            println!(
+                "upgrade {} completed; the primary is now {e}: set database.primary to it",
+                record.id
+            );
+        }
+    }
+    Ok(RunSummary {
+        record,
+        pause_window: saga.pause_window,
+    })
+}
+
+pub async fn start_command(cfg: &Config, class: &str) -> Result<Outcome, UpgradeError> {
+    start(cfg, class, false).await.map(|_| Outcome::Healthy)
+}
+
+pub async fn resume_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+    resume(cfg, false).await.map(|_| Outcome::Healthy)
+}
+
+/// Deletes the new replica of a rolled-back upgrade and closes it.
+pub async fn abort_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+    abort(cfg).await.map(|_| Outcome::Healthy)
+}
+
+pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
+    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let path = journal::latest(&cfg.upgrade.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+    let mut journal = journal::Journal::open(&path)?;
+    let rec = journal.record().clone();
+    let provider = crate::provider::from_config(cfg)?;
+    match &rec.phase {
+        Phase::Aborted => {
+            println!("upgrade {} is already aborted", rec.id);
+            return Ok(());
+        }
+        Phase::Completed | Phase::NeedsResume(_) => {
+            return Err(UpgradeError::Usage(format!(
+                "upgrade {} is {:?}: it promoted the new primary and can only go forward (`upgrade resume`)",
+                rec.id, rec.phase
+            )))
+        }
+        Phase::Running if rec.promote_started() => {
+            return Err(UpgradeError::Usage(format!(
+                "upgrade {} has started promote and can only go forward (`upgrade resume`)",
+                rec.id
+            )))
+        }
+        Phase::Running => {
+            // Interrupted before promote: undo what it did first.
+            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), false);
+            saga.rollback("aborted by the operator").await?;
+            return Box::pin(abort_rolled_back(cfg, &path)).await;
+        }
+        Phase::RolledBack(_) => {}
+    }
+    if let Some(source) = rec.source() {
+        let id = crate::provider::replica_id(&source.id, &rec.id);
+        provider.delete_replica(&id).await?;
+        println!("deleted {id}");
+    }
+    journal.append(&[Event::Aborted])?;
+    println!("upgrade {} aborted", rec.id);
+    Ok(())
+}
+
+async fn abort_rolled_back(cfg: &Config, path: &std::path::Path) -> Result<(), UpgradeError> {
+    let mut journal = journal::Journal::open(path)?;
+    let rec = journal.record().clone();
+    let provider = crate::provider::from_config(cfg)?;
+    if let Some(source) = rec.source() {
+        let id = crate::provider::replica_id(&source.id, &rec.id);
+        provider.delete_replica(&id).await?;
+        println!("deleted {id}");
+    }
+    journal.append(&[Event::Aborted])?;
+    println!("upgrade {} aborted", rec.id);
+    Ok(())
+}
+
+pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, UpgradeError> {
+    let Some(path) = journal::latest(&cfg.upgrade.state_dir)? else {
+        match output {
+            OutputFormat::Json => crate::output::print_json(&serde_json::json!({"upgrade": null})),
+            OutputFormat::Text => println!("no upgrade in {}", cfg.upgrade.state_dir.display()),
+        }
+        return Ok(Outcome::Healthy);
+    };
+    let rec = journal::read(&path)?;
+    match output {
+        OutputFormat::Json => crate::output::print_json(&rec),
+        OutputFormat::Text => print_status(&rec),
+    }
+    Ok(match rec.phase {
+        Phase::Completed | Phase::Aborted => Outcome::Healthy,
+        _ => Outcome::Problem,
+    })
+}
+
+fn print_status(rec: &UpgradeRecord) {
+    println!(
+        "upgrade {} to class {} ({}): {:?}",
+        rec.id, rec.target_class, rec.provider, rec.phase
+    );
+    println!("source {}", rec.source_primary);
+    if let Some(e) = rec.replica_endpoint() {
+        println!("new server {} at {e}", rec.replica_id().unwrap_or("?"));
+    }
+    let rows: Vec<Vec<String>> = rec
+        .steps
+        .iter()
+        .map(|s| {
+            let took = match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => format!(
+                    "{:.1} ms",
+                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+                ),
+                _ => String::new(),
+            };
+            vec![
+                s.step.name().to_string(),
+                format!("{:?}", s.status).to_lowercase(),
+                s.started_at
+                    .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                    .unwrap_or_default(),
+                took,
+                s.error
+                    .clone()
+                    .or_else(|| s.output.note.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::output::table(&["step", "status", "started", "took", "detail"], &rows)
+    );
+}
+
+const WRITABLE: &str =
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
+
+/// For other commands: fails when `database.primary` no longer answers as a
+/// writable primary, naming the node an upgrade made primary.
+pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
+    let moved = || -> Option<UpgradeError> {
+        let path = journal::latest(&cfg.upgrade.state_dir).ok()??;
+        let rec = journal::read(&path).ok()?;
+        rec.promote_started().then(|| UpgradeError::PrimaryMoved {
+            old: cfg.database.primary.to_string(),
+            id: rec.id.clone(),
+            new: rec
+                .replica_endpoint()
+                .unwrap_or("(see `upgrade status`)")
+                .to_string(),
+        })
+    };
+    let client = match steps::connect(&cfg.database.primary, cfg).await {
+        Ok(c) => c,
+        Err(e) => return Err(moved().unwrap_or(e)),
+    };
+    let row = client
+        .query_one(WRITABLE, &[])
+        .await
+        .map_err(|e| steps::q(&cfg.database.primary, e))?;
+    let writable = !row.get::<_, bool>(0) && row.get::<_, String>(1) == "off";
+    if writable {
+        return Ok(());
+    }
+    Err(moved().unwrap_or_else(|| UpgradeError::NotPrimary(cfg.database.primary.to_string())))
+}
+
+/// Whether an upgrade is between `pause_writes` and `verify` (journal-based):
+/// partition DDL waits while this is true.
+pub fn cutover_in_progress(cfg: &Config) -> bool {
+    let Ok(Some(path)) = journal::latest(&cfg.upgrade.state_dir) else {
+        return false;
+    };
+    journal::read(&path).is_ok_and(|r| r.in_cutover())
+}
+
+/// Waits while an upgrade is between `pause_writes` and `verify` (partition
+/// DDL must not run on a node that is being fenced or promoted), polling the
+/// journal every second; gives up after `limit`.
+pub async fn wait_for_cutover(
+    cfg: &Config,
+    limit: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), UpgradeError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut said = false;
+    while cutover_in_progress(cfg) {
+        if !said {
+            tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
+            said = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UpgradeError::Timeout {
+                what: "the upgrade cutover to finish (see `pgsteward upgrade status`)".into(),
+                after: limit,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
+        }
+    }
+    Ok(())
+}
+
+/// Summary helpers for the demo and the benchmark: step name, duration.
+pub fn step_timings(rec: &UpgradeRecord) -> Vec<(Step, Option<Duration>, StepStatus)> {
+    rec.steps
+        .iter()
+        .map(|s| {
+            let d = match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            };
+            (s.step, d, s.status)
+        })
+        .collect()
 }

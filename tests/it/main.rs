@@ -9,3 +9,7 @@ mod deploy;
 mod lag;
 mod partitions;
 mod service;
+mod moto;
+mod rds;
+mod tls;
+mod upgrade;

@@ -1,0 +1,105 @@
+//! The write pause and the decision to start it.
+//!
+//! [`ready`] is the pure catch-up gate. [`Saga::cutover`] runs steps 5–10:
+//! PAUSE, fence, final sync, promote, repoint, RESUME. Steps 5–7 share one
+//! deadline, `pause_timeout`, counted from the moment PAUSE is sent; any error
+//! or a missed deadline before promote makes the runner roll back (RESUME,
+//! unfence), so the pause is the only thing clients can notice. Promote is the
+//! point of no return: from there the window only goes forward.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::record::{Step, StepStatus};
+use super::runner::Saga;
+use super::UpgradeError;
+
+/// The catch-up gate's answer, with the reason (for the progress line and the journal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Go(String),
+    NoGo(String),
+}
+
+/// How many consecutive samples must be under the limit: one lucky sample
+/// between two bursts is not "caught up".
+pub const STEADY_SAMPLES: usize = 3;
+
+/// Pure go/no-go for the cutover: the replica's replay lag (`lag`, bytes)
+/// must be at or below `max_bytes` in this and the previous
+/// `STEADY_SAMPLES - 1` samples (`history`, oldest first, without `lag`).
+pub fn ready(lag: u64, history: &[u64], max_bytes: u64) -> Readiness {
+    if lag > max_bytes {
+        return Readiness::NoGo(format!("lag {lag} B > {max_bytes} B"));
+    }
+    let recent = history.iter().rev().take(STEADY_SAMPLES - 1);
+    let under = 1 + recent.take_while(|l| **l <= max_bytes).count();
+    if under >= STEADY_SAMPLES {
+        Readiness::Go(format!(
+            "lag {lag} B <= {max_bytes} B for {under} consecutive samples"
+        ))
+    } else {
+        Readiness::NoGo(format!(
+            "lag {lag} B <= {max_bytes} B, {under} of {STEADY_SAMPLES} samples"
+        ))
+    }
+}
+
+impl Saga {
+    /// Steps 5–10. Returns on the first error; the caller decides between
+    /// rolling back (before promote) and waiting for resume (after).
+    /// `pause_writes` opens every connection the window needs before it sends
+    /// PAUSE and starts the deadline the next two steps share.
+    pub(crate) async fn cutover(&mut self) -> Result<(), UpgradeError> {
+        for step in [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync] {
+            if self.journal.record().status(step) != StepStatus::Done {
+                self.forward(step).await?;
+            }
+        }
+        self.forward_from_promote().await
+    }
+
+    /// Steps 8–10; also the way a resumed upgrade finishes a window that
+    /// crashed after promote had started.
+    pub(crate) async fn forward_from_promote(&mut self) -> Result<(), UpgradeError> {
+        for step in [Step::Promote, Step::Repoint, Step::ResumeWrites] {
+            if self.journal.record().status(step) != StepStatus::Done {
+                self.forward(step).await?;
+            }
+        }
+        if let Some(t0) = self.window_start.take() {
+            self.pause_window = Some(t0.elapsed());
+        }
+        Ok(())
+    }
+}
+
+/// Time left until `deadline`, or the pause-timeout error.
+pub(crate) fn remaining(deadline: Instant, what: &str) -> Result<Duration, UpgradeError> {
+    let now = Instant::now();
+    if now >= deadline {
+        return Err(UpgradeError::PauseTimeout {
+            what: what.to_string(),
+        });
+    }
+    Ok(deadline - now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_needs_steady_samples_under_the_limit() {
+        assert_eq!(
+            ready(10, &[], 100),
+            Readiness::NoGo("lag 10 B <= 100 B, 1 of 3 samples".into())
+        );
+        assert!(matches!(ready(10, &[5, 50], 100), Readiness::Go(_)));
+        assert!(matches!(ready(10, &[500, 5, 50], 100), Readiness::Go(_)));
+        assert!(matches!(ready(10, &[5, 500], 100), Readiness::NoGo(_)));
+        assert!(matches!(ready(101, &[5, 5, 5], 100), Readiness::NoGo(_)));
+        assert!(matches!(ready(100, &[100, 100], 100), Readiness::Go(_)));
+    }
+}

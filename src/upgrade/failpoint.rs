@@ -1,0 +1,73 @@
+//! Named failpoints at every step boundary, for crash and error tests.
+//! Compiled only into test builds and `--features failpoints` binaries; in a
+//! release build [`hit`] is an empty inline function.
+//!
+//! `PGSTEWARD_FAILPOINT=<name>=<action>[,<name>=<action>...]`, where a name is
+//! `<step>-start` (after `step_started` is durable, before the step acts),
+//! `<step>-done` (after it acted, before `step_succeeded` is written) or
+//! `<step>-undo` (before its undo), and the action is
+//! `error` (the step fails), `panic`, `exit` (exit code 99) or `kill`
+//! (the process SIGKILLs itself: a real crash, no destructors, no flush).
+//! `PGSTEWARD_FAILPOINT_REPEAT=1` runs every step's action twice (idempotence).
+
+/// Environment variables read here; `config::env_provider` ignores them.
+pub const FAILPOINT_ENV: &str = "PGSTEWARD_FAILPOINT";
+pub const REPEAT_ENV: &str = "PGSTEWARD_FAILPOINT_REPEAT";
+
+#[cfg(any(test, feature = "failpoints"))]
+mod imp {
+    use super::*;
+
+    fn action(name: &str) -> Option<String> {
+        let spec = std::env::var(FAILPOINT_ENV).ok()?;
+        spec.split(',').find_map(|pair| {
+            let (n, a) = pair.split_once('=')?;
+            (n.trim() == name).then(|| a.trim().to_string())
+        })
+    }
+
+    /// Runs the action configured for failpoint `name`, if any.
+    pub fn hit(name: &str) -> Result<(), String> {
+        let Some(action) = action(name) else {
+            return Ok(());
+        };
+        tracing::warn!(failpoint = name, action = %action, "failpoint hit");
+        match action.as_str() {
+            "error" => Err(format!("failpoint {name} injected an error")),
+            "panic" => panic!("failpoint {name}"),
+            "exit" => std::process::exit(99),
+            "kill" => {
+                let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::SIGKILL);
+                // SIGKILL cannot be caught; this line is not reached.
+                std::process::exit(137)
+            }
+            other => Err(format!("failpoint {name}: unknown action {other:?}")),
+        }
+    }
+
+    pub fn repeat_steps() -> bool {
+        std::env::var(REPEAT_ENV).is_ok_and(|v| v == "1")
+    }
+}
+
+#[cfg(not(any(test, feature = "failpoints")))]
+mod imp {
+    #[inline(always)]
+    pub fn hit(_name: &str) -> Result<(), String> {
+        Ok(())
+    }
+    #[inline(always)]
+    pub fn repeat_steps() -> bool {
+        false
+    }
+}
+
+pub use imp::{hit, repeat_steps};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unknown_points_do_nothing() {
+        assert!(super::hit("no-such-point").is_ok());
+    }
+}

@@ -1,0 +1,661 @@
+//! The upgrade's state, rebuilt from its journal: the twelve steps, each
+//! step's status, the facts steps produced, and the legal transitions.
+//!
+//! Every event goes through [`UpgradeRecord::apply`], both when it is
+//! appended and when the journal is replayed, so a journal that could not
+//! have been written by a correct runner is rejected instead of acted on.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::provider::SourceFacts;
+
+/// The steps of an upgrade, in order (design: "Vertical upgrade").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Precheck,
+    CreateReplica,
+    WaitAvailable,
+    WaitCatchup,
+    PauseWrites,
+    FenceOldPrimary,
+    FinalSync,
+    Promote,
+    Repoint,
+    ResumeWrites,
+    Verify,
+    RetireOld,
+}
+
+pub const STEPS: [Step; 12] = [
+    Step::Precheck,
+    Step::CreateReplica,
+    Step::WaitAvailable,
+    Step::WaitCatchup,
+    Step::PauseWrites,
+    Step::FenceOldPrimary,
+    Step::FinalSync,
+    Step::Promote,
+    Step::Repoint,
+    Step::ResumeWrites,
+    Step::Verify,
+    Step::RetireOld,
+];
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Precheck => "precheck",
+            Step::CreateReplica => "create_replica",
+            Step::WaitAvailable => "wait_available",
+            Step::WaitCatchup => "wait_catchup",
+            Step::PauseWrites => "pause_writes",
+            Step::FenceOldPrimary => "fence_old_primary",
+            Step::FinalSync => "final_sync",
+            Step::Promote => "promote",
+            Step::Repoint => "repoint",
+            Step::ResumeWrites => "resume_writes",
+            Step::Verify => "verify",
+            Step::RetireOld => "retire_old",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn next(self) -> Option<Step> {
+        STEPS.get(self.index() + 1).copied()
+    }
+
+    /// Steps before the point of no return can be undone.
+    pub fn before_promote(self) -> bool {
+        self < Step::Promote
+    }
+
+    /// Steps 5–7 and the rest of the write pause up to RESUME.
+    pub fn in_pause_window(self) -> bool {
+        (Step::PauseWrites..=Step::ResumeWrites).contains(&self)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Undoing,
+    Undone,
+    UndoFailed,
+}
+
+/// The upgrade as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase", content = "reason")]
+pub enum Phase {
+    /// Moving forward (or interrupted while moving forward: `upgrade resume`).
+    Running,
+    /// Undone before promotion; the old primary serves writes. The new replica
+    /// is kept: `upgrade resume` retries the cutover, `upgrade abort` deletes it.
+    RolledBack(String),
+    /// Failed after promotion: only forward is possible, `upgrade resume`.
+    NeedsResume(String),
+    Completed,
+    /// Rolled back and the new replica deleted. Final.
+    Aborted,
+}
+
+/// What is written to the journal, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum Event {
+    Created {
+        id: String,
+        target_class: String,
+        provider: String,
+        /// `database.primary` at the start, password redacted.
+        source_primary: String,
+    },
+    StepStarted {
+        step: Step,
+    },
+    StepSucceeded {
+        step: Step,
+        #[serde(default, skip_serializing_if = "Output::is_empty")]
+        output: Output,
+    },
+    StepFailed {
+        step: Step,
+        error: String,
+    },
+    UndoStarted {
+        step: Step,
+    },
+    UndoFinished {
+        step: Step,
+    },
+    UndoFailed {
+        step: Step,
+        error: String,
+    },
+    RolledBack {
+        reason: String,
+    },
+    NeedsResume {
+        reason: String,
+    },
+    /// `upgrade resume` after a roll back: the cutover is tried again.
+    Retry,
+    Completed,
+    Aborted,
+}
+
+/// Facts a step learnt that later steps (possibly in another process) need.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Output {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceFacts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    /// The new server's SQL endpoint, password redacted (for people; code asks the provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_endpoint: Option<String>,
+    /// The old primary's last WAL position after fencing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl Output {
+    pub fn is_empty(&self) -> bool {
+        *self == Output::default()
+    }
+    pub fn note(s: impl Into<String>) -> Output {
+        Output {
+            note: Some(s.into()),
+            ..Output::default()
+        }
+    }
+}
+
+/// A journal line: the event plus when it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepState {
+    pub step: Step,
+    pub status: StepStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub output: Output,
+    /// How many times the step was started (more than once after a resume).
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeRecord {
+    pub id: String,
+    pub target_class: String,
+    pub provider: String,
+    pub source_primary: String,
+    pub created_at: DateTime<Utc>,
+    pub phase: Phase,
+    pub steps: Vec<StepState>,
+    pub last_seq: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal journal transition at seq {seq}: {what}")]
+pub struct TransitionError {
+    pub seq: u64,
+    pub what: String,
+}
+
+/// The status a step moves to on `event`, or why it cannot.
+pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepStatus, String> {
+    use StepStatus::*;
+    let undoable = step.before_promote();
+    let next = match (event, cur) {
+        // A started step runs again on resume (every step is idempotent); a failed or
+        // undone one is retried by `upgrade resume`.
+        (Event::StepStarted { .. }, Pending | Running | Failed | Undone) => Running,
+        (Event::StepSucceeded { .. }, Running) => Done,
+        (Event::StepFailed { .. }, Running) => Failed,
+        (Event::UndoStarted { .. }, Running | Done | Failed | Undoing | UndoFailed) if undoable => {
+            Undoing
+        }
+        (Event::UndoFinished { .. }, Undoing) => Undone,
+        (Event::UndoFailed { .. }, Undoing) => UndoFailed,
+        (e, s) => {
+            return Err(format!(
+                "step {step} is {s:?}; {} is not allowed{}",
+                event_name(e),
+                if undoable {
+                    ""
+                } else {
+                    " (past promote nothing is undone)"
+                }
+            ))
+        }
+    };
+    Ok(next)
+}
+
+fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Created { .. } => "created",
+        Event::StepStarted { .. } => "step_started",
+        Event::StepSucceeded { .. } => "step_succeeded",
+        Event::StepFailed { .. } => "step_failed",
+        Event::UndoStarted { .. } => "undo_started",
+        Event::UndoFinished { .. } => "undo_finished",
+        Event::UndoFailed { .. } => "undo_failed",
+        Event::RolledBack { .. } => "rolled_back",
+        Event::NeedsResume { .. } => "needs_resume",
+        Event::Retry => "retry",
+        Event::Completed => "completed",
+        Event::Aborted => "aborted",
+    }
+}
+
+impl UpgradeRecord {
+    /// The record a `Created` entry starts.
+    pub fn from_created(entry: &Entry) -> Result<UpgradeRecord, TransitionError> {
+        let Event::Created {
+            id,
+            target_class,
+            provider,
+            source_primary,
+        } = &entry.event
+        else {
+            return Err(TransitionError {
+                seq: entry.seq,
+                what: "a journal must start with `created`".into(),
+            });
+        };
+        Ok(UpgradeRecord {
+            id: id.clone(),
+            target_class: target_class.clone(),
+            provider: provider.clone(),
+            source_primary: source_primary.clone(),
+            created_at: entry.at,
+            phase: Phase::Running,
+            steps: STEPS
+                .iter()
+                .map(|&step| StepState {
+                    step,
+                    status: StepStatus::Pending,
+                    started_at: None,
+                    finished_at: None,
+                    error: None,
+                    output: Output::default(),
+                    attempts: 0,
+                })
+                .collect(),
+            last_seq: entry.seq,
+            updated_at: entry.at,
+        })
+    }
+
+    pub fn step(&self, step: Step) -> &StepState {
+        &self.steps[step.index()]
+    }
+
+    pub fn status(&self, step: Step) -> StepStatus {
+        self.step(step).status
+    }
+
+    /// Validates `entry` against the current state and applies it.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), TransitionError> {
+        let err = |what: String| TransitionError {
+            seq: entry.seq,
+            what,
+        };
+        if entry.seq != self.last_seq + 1 {
+            return Err(err(format!(
+                "expected seq {}, found {}",
+                self.last_seq + 1,
+                entry.seq
+            )));
+        }
+        let terminal = matches!(self.phase, Phase::Completed | Phase::Aborted);
+        match &entry.event {
+            Event::Created { .. } => return Err(err("`created` may only come first".into())),
+            Event::StepStarted { step }
+            | Event::StepSucceeded { step, .. }
+            | Event::StepFailed { step, .. }
+            | Event::UndoStarted { step }
+            | Event::UndoFinished { step }
+            | Event::UndoFailed { step, .. } => {
+                let step = *step;
+                if terminal {
+                    return Err(err(format!("upgrade is {:?}; no step may run", self.phase)));
+                }
+                let forward = matches!(entry.event, Event::StepStarted { .. });
+                if forward {
+                    if self.phase != Phase::Running && !matches!(self.phase, Phase::NeedsResume(_))
+                    {
+                        return Err(err(format!(
+                            "step {step} started while the upgrade is {:?}",
+                            self.phase
+                        )));
+                    }
+                    if let Some(prev) = STEPS[..step.index()]
+                        .iter()
+                        .find(|s| self.status(**s) != StepStatus::Done)
+                    {
+                        return Err(err(format!("step {step} started before {prev} was done")));
+                    }
+                }
+                let cur = self.status(step);
+                let next = next_status(step, cur, &entry.event).map_err(err)?;
+                let s = &mut self.steps[step.index()];
+                s.status = next;
+                match &entry.event {
+                    Event::StepStarted { .. } => {
+                        s.started_at = Some(entry.at);
+                        s.finished_at = None;
+                        s.error = None;
+                        s.attempts += 1;
+                    }
+                    Event::StepSucceeded { output, .. } => {
+                        s.finished_at = Some(entry.at);
+                        s.output = output.clone();
+                    }
+                    Event::StepFailed { error, .. } | Event::UndoFailed { error, .. } => {
+                        s.finished_at = Some(entry.at);
+                        s.error = Some(error.clone());
+                    }
+                    Event::UndoFinished { .. } => s.finished_at = Some(entry.at),
+                    _ => {}
+                }
+                if matches!(self.phase, Phase::NeedsResume(_)) && forward {
+                    self.phase = Phase::Running;
+                }
+            }
+            Event::RolledBack { reason } => {
+                if self.promote_started() {
+                    return Err(err("cannot roll back once promote has started".into()));
+                }
+                if terminal {
+                    return Err(err(format!("upgrade is already {:?}", self.phase)));
+                }
+                self.phase = Phase::RolledBack(reason.clone());
+            }
+            Event::NeedsResume { reason } => {
+                if !self.promote_started() {
+                    return Err(err("needs_resume is only for failures after promote".into()));
+                }
+                if terminal {
+                    return Err(err(format!("upgrade is already {:?}", self.phase)));
+                }
+                self.phase = Phase::NeedsResume(reason.clone());
+            }
+            Event::Retry => {
+                if !matches!(self.phase, Phase::RolledBack(_)) {
+                    return Err(err(format!("retry from {:?}", self.phase)));
+                }
+                self.phase = Phase::Running;
+                // The undone steps run again from the start.
+                for s in &mut self.steps {
+                    if s.status == StepStatus::Undone {
+                        s.status = StepStatus::Pending;
+                    }
+                }
+            }
+            Event::Completed => {
+                if let Some(s) = STEPS.iter().find(|s| self.status(**s) != StepStatus::Done) {
+                    return Err(err(format!("completed while step {s} is not done")));
+                }
+                self.phase = Phase::Completed;
+            }
+            Event::Aborted => {
+                if !matches!(self.phase, Phase::RolledBack(_)) {
+                    return Err(err(format!(
+                        "abort is only possible after a roll back, not from {:?}",
+                        self.phase
+                    )));
+                }
+                self.phase = Phase::Aborted;
+            }
+        }
+        self.last_seq = entry.seq;
+        self.updated_at = entry.at;
+        Ok(())
+    }
+
+    /// Once promote has started the upgrade can only go forward.
+    pub fn promote_started(&self) -> bool {
+        self.status(Step::Promote) != StepStatus::Pending
+    }
+
+    /// The first step that is not done: where a runner continues.
+    pub fn next_step(&self) -> Option<Step> {
+        STEPS
+            .iter()
+            .copied()
+            .find(|s| self.status(*s) != StepStatus::Done)
+    }
+
+    /// Whether the upgrade still needs a runner (not completed, not aborted).
+    pub fn in_flight(&self) -> bool {
+        !matches!(self.phase, Phase::Completed | Phase::Aborted)
+    }
+
+    /// Between `pause_writes` started and `verify` done: partition DDL waits.
+    pub fn in_cutover(&self) -> bool {
+        let started = self.status(Step::PauseWrites) != StepStatus::Pending;
+        let verified = self.status(Step::Verify) == StepStatus::Done;
+        let rolled_back = matches!(self.phase, Phase::RolledBack(_) | Phase::Aborted);
+        started && !verified && !rolled_back
+    }
+
+    /// Facts recorded by earlier steps.
+    pub fn source(&self) -> Option<&SourceFacts> {
+        self.step(Step::Precheck).output.source.as_ref()
+    }
+    pub fn replica_id(&self) -> Option<&str> {
+        self.step(Step::CreateReplica).output.replica_id.as_deref()
+    }
+    pub fn replica_endpoint(&self) -> Option<&str> {
+        self.step(Step::CreateReplica)
+            .output
+            .replica_endpoint
+            .as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, event: Event) -> Entry {
+        Entry {
+            seq,
+            at: Utc::now(),
+            event,
+        }
+    }
+
+    fn created() -> UpgradeRecord {
+        UpgradeRecord::from_created(&entry(
+            1,
+            Event::Created {
+                id: "u1".into(),
+                target_class: "large".into(),
+                provider: "local".into(),
+                source_primary: "postgres://x@h:1/app".into(),
+            },
+        ))
+        .unwrap()
+    }
+
+    fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionError> {
+        for e in events {
+            let seq = rec.last_seq + 1;
+            rec.apply(&entry(seq, e))?;
+        }
+        Ok(())
+    }
+
+    fn through(step: Step) -> Vec<Event> {
+        STEPS
+            .iter()
+            .take_while(|s| **s <= step)
+            .flat_map(|&s| {
+                [
+                    Event::StepStarted { step: s },
+                    Event::StepSucceeded {
+                        step: s,
+                        output: Output::default(),
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn happy_path_completes() {
+        let mut r = created();
+        run(&mut r, through(Step::RetireOld)).unwrap();
+        run(&mut r, vec![Event::Completed]).unwrap();
+        assert_eq!(r.phase, Phase::Completed);
+        assert!(!r.in_flight());
+    }
+
+    #[test]
+    fn steps_run_in_order() {
+        let mut r = created();
+        let e = run(
+            &mut r,
+            vec![Event::StepStarted {
+                step: Step::CreateReplica,
+            }],
+        )
+        .unwrap_err();
+        assert!(e.what.contains("before precheck"), "{e}");
+    }
+
+    #[test]
+    fn a_started_step_may_start_again() {
+        let mut r = created();
+        run(
+            &mut r,
+            vec![
+                Event::StepStarted {
+                    step: Step::Precheck,
+                },
+                Event::StepStarted {
+                    step: Step::Precheck,
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.step(Step::Precheck).attempts, 2);
+    }
+
+    #[test]
+    fn nothing_is_undone_after_promote() {
+        let mut r = created();
+        run(&mut r, through(Step::Promote)).unwrap();
+        assert!(run(
+            &mut r,
+            vec![Event::UndoStarted {
+                step: Step::Promote
+            }]
+        )
+        .is_err());
+        assert!(run(&mut r, vec![Event::RolledBack { reason: "x".into() }]).is_err());
+        run(&mut r, vec![Event::NeedsResume { reason: "x".into() }]).unwrap();
+        run(
+            &mut r,
+            vec![Event::StepStarted {
+                step: Step::Repoint,
+            }],
+        )
+        .unwrap();
+        assert_eq!(r.phase, Phase::Running);
+    }
+
+    #[test]
+    fn roll_back_then_retry_then_abort_rules() {
+        let mut r = created();
+        run(&mut r, through(Step::WaitCatchup)).unwrap();
+        run(
+            &mut r,
+            vec![
+                Event::StepStarted {
+                    step: Step::PauseWrites,
+                },
+                Event::StepFailed {
+                    step: Step::PauseWrites,
+                    error: "timeout".into(),
+                },
+                Event::UndoStarted {
+                    step: Step::PauseWrites,
+                },
+                Event::UndoFinished {
+                    step: Step::PauseWrites,
+                },
+                Event::RolledBack {
+                    reason: "timeout".into(),
+                },
+            ],
+        )
+        .unwrap();
+        assert!(!r.in_cutover());
+        assert!(run(
+            &mut r,
+            vec![Event::StepStarted {
+                step: Step::PauseWrites
+            }]
+        )
+        .is_err());
+        run(
+            &mut r,
+            vec![
+                Event::Retry,
+                Event::StepStarted {
+                    step: Step::PauseWrites,
+                },
+            ],
+        )
+        .unwrap();
+        assert!(r.in_cutover());
+        assert!(run(&mut r, vec![Event::Aborted]).is_err());
+    }
+
+    #[test]
+    fn replay_rejects_gaps_in_seq() {
+        let mut r = created();
+        let e = r
+            .apply(&entry(
+                5,
+                Event::StepStarted {
+                    step: Step::Precheck,
+                },
+            ))
+            .unwrap_err();
+        assert!(e.what.contains("expected seq 2"));
+    }
+}

@@ -1,0 +1,442 @@
+//! Drives an upgrade: record → run → record, one step at a time.
+//!
+//! Crash safety: `step_started` is durable before a step acts, so a step found
+//! `running` after a crash may or may not have acted; it runs again, and every
+//! step observes before it acts (steps.rs). Where to go after a crash is
+//! decided by the pure [`recovery`]:
+//! * promote has started → only forward (the old primary is fenced and the
+//!   new one has everything; going back could lose commits made on it);
+//! * a write-pause step (5–7) had started, or an undo was in progress → finish
+//!   the roll back: the pause deadline has certainly passed while we were dead;
+//! * otherwise → forward from the first step that is not done.
+//!
+//! The `step_succeeded` of a step is written together with the next
+//! `step_started` (one fsync instead of two inside the write pause). Losing it
+//! in a crash only makes the finished step run again, which is harmless.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::failpoint;
+use super::journal::Journal;
+use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
+use super::UpgradeError;
+use crate::config::{Config, ConnString};
+use crate::pooler::Poolers;
+use crate::provider::Provider;
+
+/// What a runner does with a journal it did not write itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    Forward,
+    FinishRollback(String),
+    /// Rolled back earlier; try the cutover again (`upgrade resume`).
+    Retry,
+    Done,
+}
+
+/// Pure: where to go with `rec` (see the module doc).
+pub fn recovery(rec: &UpgradeRecord) -> Recovery {
+    match &rec.phase {
+        Phase::Completed | Phase::Aborted => return Recovery::Done,
+        Phase::RolledBack(_) => return Recovery::Retry,
+        Phase::NeedsResume(_) => return Recovery::Forward,
+        Phase::Running => {}
+    }
+    if rec.promote_started() {
+        return Recovery::Forward;
+    }
+    let undoing = STEPS.iter().any(|s| {
+        matches!(
+            rec.status(*s),
+            StepStatus::Failed | StepStatus::Undoing | StepStatus::UndoFailed | StepStatus::Undone
+        )
+    });
+    if undoing {
+        return Recovery::FinishRollback("a roll back was interrupted".into());
+    }
+    let in_window = [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync]
+        .iter()
+        .any(|s| rec.status(*s) != StepStatus::Pending);
+    if in_window {
+        return Recovery::FinishRollback(
+            "the process stopped during the write pause; the pause deadline has passed".into(),
+        );
+    }
+    Recovery::Forward
+}
+
+/// Prints progress lines: elapsed time, step, detail.
+pub struct Progress {
+    pub quiet: bool,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            quiet,
+            start: Instant::now(),
+        }
+    }
+    pub fn say(&self, step: Step, msg: &str) {
+        if !self.quiet {
+            println!(
+                "{:>8.3}s  {:<18} {msg}",
+                self.start.elapsed().as_secs_f64(),
+                step.name()
+            );
+        }
+    }
+}
+
+pub struct Saga {
+    pub cfg: Config,
+    pub journal: Journal,
+    pub provider: Box<dyn Provider>,
+    pub poolers: Poolers,
+    pub cancel: CancellationToken,
+    pub progress: Progress,
+    pub(crate) old: Option<Client>,
+    pub(crate) new: Option<Client>,
+    pub(crate) new_endpoint: Option<ConnString>,
+    /// Shared by steps 5–7, set when PAUSE is sent.
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) window_start: Option<Instant>,
+    /// This process wrote the fence into postgresql.auto.conf before PAUSE.
+    pub(crate) fence_staged: bool,
+    /// PAUSE sent → RESUME returned, when this process ran the whole window.
+    pub pause_window: Option<Duration>,
+    step_started: Option<Instant>,
+}
+
+impl Saga {
+    pub fn new(
+        cfg: Config,
+        journal: Journal,
+        provider: Box<dyn Provider>,
+        cancel: CancellationToken,
+        quiet: bool,
+    ) -> Saga {
+        let poolers = Poolers::from_config(&cfg);
+        Saga {
+            cfg,
+            journal,
+            provider,
+            poolers,
+            cancel,
+            progress: Progress::new(quiet),
+            old: None,
+            new: None,
+            new_endpoint: None,
+            deadline: None,
+            window_start: None,
+            fence_staged: false,
+            pause_window: None,
+            step_started: None,
+        }
+    }
+
+    pub fn record(&self) -> &UpgradeRecord {
+        self.journal.record()
+    }
+
+    /// Appends `events` after any pending ones, durably.
+    fn log(&mut self, events: &[Event]) -> Result<(), UpgradeError> {
+        self.journal.append(events)?;
+        Ok(())
+    }
+
+    pub(crate) fn begin(&mut self, step: Step) -> Result<(), UpgradeError> {
+        self.log(&[Event::StepStarted { step }])?;
+        self.step_started = Some(Instant::now());
+        Ok(())
+    }
+
+    pub(crate) fn finish(&mut self, step: Step, output: Output) -> Result<(), UpgradeError> {
+        let took = self
+            .step_started
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        self.progress.say(
+            step,
+            &format!(
+                "done in {:.1} ms{}",
+                took.as_secs_f64() * 1000.0,
+                output
+                    .note
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+        );
+        self.journal
+            .stage(&[Event::StepSucceeded { step, output }])?;
+        Ok(())
+    }
+
+    /// Writes what is pending (before waiting, exiting or reporting).
+    pub(crate) fn flush(&mut self) -> Result<(), UpgradeError> {
+        self.log(&[])
+    }
+
+    /// One step: started (durable) → failpoint → action (twice under the
+    /// repeat switch) → failpoint → succeeded (written with the next start).
+    pub(crate) async fn forward(&mut self, step: Step) -> Result<(), UpgradeError> {
+        self.begin(step)?;
+        let name = step.name();
+        failpoint::hit(&format!("{name}-start")).map_err(UpgradeError::Injected)?;
+        let mut output = self.action(step).await?;
+        if failpoint::repeat_steps() {
+            self.progress.say(step, "running again (idempotence check)");
+            output = self.action(step).await?;
+        }
+        failpoint::hit(&format!("{name}-done")).map_err(UpgradeError::Injected)?;
+        self.finish(step, output)
+    }
+
+    /// Runs the upgrade from wherever its journal stands to the end.
+    pub async fn drive(&mut self) -> Result<(), UpgradeError> {
+        match recovery(self.record()) {
+            Recovery::Done => return Ok(()),
+            Recovery::Retry => {
+                self.progress
+                    .say(Step::Precheck, "retrying after the earlier roll back");
+                self.log(&[Event::Retry])?;
+            }
+            Recovery::FinishRollback(reason) => {
+                self.progress
+                    .say(Step::Precheck, &format!("rolling back: {reason}"));
+                self.rollback(&reason).await?;
+                return Err(self.rolled_back_error(reason));
+            }
+            Recovery::Forward => {}
+        }
+        while let Some(step) = self.record().next_step() {
+            let result =
+                if step == Step::PauseWrites || (step.in_pause_window() && step.before_promote()) {
+                    self.cutover().await
+                } else if step.in_pause_window() {
+                    self.forward_from_promote().await
+                } else {
+                    self.forward(step).await
+                };
+            let Err(err) = result else { continue };
+            let failed = self
+                .record()
+                .steps
+                .iter()
+                .find(|s| s.status == StepStatus::Running)
+                .map(|s| s.step)
+                .unwrap_or(step);
+            if matches!(err, UpgradeError::Cancelled) && !failed.in_pause_window() {
+                // Stop at the step boundary; `upgrade resume` runs this step again.
+                self.flush()?;
+                return Err(err);
+            }
+            let msg = format!("{failed}: {err}");
+            self.log(&[Event::StepFailed {
+                step: failed,
+                error: err.to_string(),
+            }])?;
+            self.progress.say(failed, &format!("failed: {err}"));
+            if self.record().promote_started() {
+                self.after_promote_failure(&msg).await;
+                return Err(UpgradeError::NeedsResume {
+                    id: self.record().id.clone(),
+                    reason: msg,
+                });
+            }
+            self.rollback(&msg).await?;
+            return Err(self.rolled_back_error(msg));
+        }
+        self.log(&[Event::Completed])?;
+        Ok(())
+    }
+
+    fn rolled_back_error(&self, reason: String) -> UpgradeError {
+        UpgradeError::RolledBack {
+            id: self.record().id.clone(),
+            reason,
+        }
+    }
+
+    /// Undoes every started step before promote, newest first, then records
+    /// the roll back. Crash safety: each undo is journaled before it runs and
+    /// is idempotent; a crash here is finished by `upgrade resume`.
+    pub(crate) async fn rollback(&mut self, reason: &str) -> Result<(), UpgradeError> {
+        let steps: Vec<Step> = STEPS
+            .iter()
+            .rev()
+            .copied()
+            .filter(|s| {
+                let status = self.record().status(*s);
+                // precheck and create_replica stay done: the replica is kept for a retry.
+                s.before_promote()
+                    && !matches!(status, StepStatus::Pending | StepStatus::Undone)
+                    && (*s >= Step::WaitAvailable || status != StepStatus::Done)
+            })
+            .collect();
+        for step in steps {
+            self.log(&[Event::UndoStarted { step }])?;
+            failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
+            match self.undo(step).await {
+                Ok(()) => {
+                    self.log(&[Event::UndoFinished { step }])?;
+                    self.progress.say(step, "undone");
+                }
+                Err(e) => {
+                    self.log(&[Event::UndoFailed {
+                        step,
+                        error: e.to_string(),
+                    }])?;
+                    return Err(UpgradeError::UndoFailed {
+                        step,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        self.log(&[Event::RolledBack {
+            reason: reason.to_string(),
+        }])?;
+        Ok(())
+    }
+
+    /// After promote nothing is undone. Writes may resume only where the pooler
+    /// already points at the new, writable primary; otherwise clients stay
+    /// paused (and wait) until `upgrade resume` repoints it.
+    async fn after_promote_failure(&mut self, reason: &str) {
+        let repointed = self.record().status(Step::Repoint) == StepStatus::Done;
+        if repointed && self.record().status(Step::ResumeWrites) != StepStatus::Done {
+            if let Err(e) = self.poolers.resume().await {
+                tracing::error!(error = %e, "resume after a post-promote failure failed");
+            }
+        }
+        if let Err(e) = self.log(&[Event::NeedsResume {
+            reason: reason.to_string(),
+        }]) {
+            tracing::error!(error = %e, "cannot record needs_resume");
+        }
+    }
+
+    /// The step bodies (steps.rs).
+    async fn action(&mut self, step: Step) -> Result<Output, UpgradeError> {
+        match step {
+            Step::Precheck => self.precheck_step().await,
+            Step::CreateReplica => self.create_replica().await,
+            Step::WaitAvailable => self.wait_available().await,
+            Step::WaitCatchup => self.wait_catchup().await,
+            Step::PauseWrites => self.pause_writes().await,
+            Step::FenceOldPrimary => self.fence().await,
+            Step::FinalSync => self.final_sync().await,
+            Step::Promote => self.promote().await,
+            Step::Repoint => self.repoint().await,
+            Step::ResumeWrites => self.resume_writes().await,
+            Step::Verify => self.verify().await,
+            Step::RetireOld => self.retire_old().await,
+        }
+    }
+
+    async fn undo(&mut self, step: Step) -> Result<(), UpgradeError> {
+        match step {
+            // Writes first; then the fence staged before PAUSE comes out of the file.
+            Step::PauseWrites => {
+                self.poolers.resume().await?;
+                self.unfence().await
+            }
+            Step::FenceOldPrimary => self.unfence().await,
+            // The new replica is kept for a retry; `upgrade abort` deletes it.
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upgrade::record::Entry;
+    use chrono::Utc;
+
+    fn rec(events: Vec<Event>) -> UpgradeRecord {
+        let mut r = UpgradeRecord::from_created(&Entry {
+            seq: 1,
+            at: Utc::now(),
+            event: Event::Created {
+                id: "u".into(),
+                target_class: "c".into(),
+                provider: "local".into(),
+                source_primary: "p".into(),
+            },
+        })
+        .unwrap();
+        for e in events {
+            let seq = r.last_seq + 1;
+            r.apply(&Entry {
+                seq,
+                at: Utc::now(),
+                event: e,
+            })
+            .unwrap();
+        }
+        r
+    }
+
+    fn done(upto: Step) -> Vec<Event> {
+        STEPS
+            .iter()
+            .take_while(|s| **s <= upto)
+            .flat_map(|&step| {
+                [
+                    Event::StepStarted { step },
+                    Event::StepSucceeded {
+                        step,
+                        output: Output::default(),
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crash_before_the_window_goes_forward() {
+        let mut ev = done(Step::CreateReplica);
+        ev.push(Event::StepStarted {
+            step: Step::WaitAvailable,
+        });
+        assert_eq!(recovery(&rec(ev)), Recovery::Forward);
+    }
+
+    #[test]
+    fn crash_in_the_window_before_promote_rolls_back() {
+        let mut ev = done(Step::WaitCatchup);
+        ev.push(Event::StepStarted {
+            step: Step::PauseWrites,
+        });
+        assert!(matches!(recovery(&rec(ev)), Recovery::FinishRollback(_)));
+        let ev = done(Step::FinalSync);
+        assert!(matches!(recovery(&rec(ev)), Recovery::FinishRollback(_)));
+    }
+
+    #[test]
+    fn crash_once_promote_started_goes_forward() {
+        let mut ev = done(Step::FinalSync);
+        ev.push(Event::StepStarted {
+            step: Step::Promote,
+        });
+        assert_eq!(recovery(&rec(ev)), Recovery::Forward);
+    }
+
+    #[test]
+    fn rolled_back_retries_and_finished_is_done() {
+        let mut ev = done(Step::WaitCatchup);
+        ev.push(Event::RolledBack { reason: "x".into() });
+        assert_eq!(recovery(&rec(ev)), Recovery::Retry);
+        let mut ev = done(Step::RetireOld);
+        ev.push(Event::Completed);
+        assert_eq!(recovery(&rec(ev)), Recovery::Done);
+    }
+}

@@ -1,0 +1,946 @@
+//! The body of each step. Every body observes before it acts and does
+//! nothing when its effect is already there, because a step found `running`
+//! after a crash runs again (runner.rs).
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use super::cutover::{ready, remaining, Readiness};
+use super::record::{Output, Step};
+use super::runner::Saga;
+use super::{journal, UpgradeError};
+use crate::config::{Config, ConnString, CutoverKind};
+use crate::pooler::Poolers;
+use crate::provider::{
+    rds, replica_id, Check, FenceMethod, Precheck, Provider, ReplicaState, RepointBy,
+};
+
+const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
+     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
+     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
+     current_setting('server_version_num')::int";
+const LONG_TRANSACTIONS: &str =
+    "SELECT count(*)::bigint, coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
+     FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => $1) \
+     AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+const DDL_LOCKS: &str = "SELECT count(*)::bigint FROM pg_locks \
+     WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation' AND granted AND pid <> pg_backend_pid()";
+const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
+const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
+const REPLAYED_ENOUGH: &str =
+    "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
+const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
+/// Whether postgresql.auto.conf already holds the fence (staged before PAUSE).
+const FENCE_STAGED: &str = "SELECT count(*)::bigint FROM pg_file_settings \
+     WHERE name = 'default_transaction_read_only' AND setting = 'on' AND applied IS NOT NULL \
+     AND sourcefile LIKE '%postgresql.auto.conf'";
+const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
+const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
+const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
+/// Makes the session follow the server's (reloaded) default again.
+const FOLLOW_SERVER_DEFAULT: &str = "RESET default_transaction_read_only";
+const READ_ONLY_SETTING: &str = "SELECT current_setting('default_transaction_read_only')";
+/// One round trip per poll: follow the server default again; once it reads
+/// `on` the postmaster has reloaded (it signals its children after it rereads
+/// the files), so sessions forked from now on start read-only, and every
+/// client session is ended. NULL while the reload has not arrived yet.
+const FENCE_CHECK_AND_TERMINATE: &str = "RESET default_transaction_read_only; \
+     SELECT CASE WHEN current_setting('default_transaction_read_only') = 'on' THEN \
+     (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) END";
+/// Through the pooler, in one statement (transaction pooling: the next
+/// statement may run on another server connection).
+const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
+     current_setting('transaction_read_only'), txid_current()::text \
+     FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()";
+const SESSION_EXISTS: &str =
+    "SELECT count(*)::bigint FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2";
+const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
+
+/// Every precheck: the provider's, then the source's and the pooler's.
+/// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
+pub async fn prechecks(
+    cfg: &Config,
+    provider: &dyn Provider,
+    poolers: &mut Poolers,
+    target_class: &str,
+    own_id: Option<&str>,
+) -> Result<Precheck, UpgradeError> {
+    let mut pre = provider.precheck(target_class).await?;
+    let checks = &mut pre.checks;
+    let primary = connect(&cfg.database.primary, cfg).await?;
+    let row = primary
+        .query_one(PRIMARY_FACTS, &[])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?;
+    let in_recovery: bool = row.get(0);
+    let free_senders: i32 = row.get(1);
+    let free_slots: i32 = row.get(2);
+    let version: i32 = row.get(3);
+    checks.push(Check::new(
+        "source is a primary",
+        !in_recovery,
+        if in_recovery {
+            format!(
+                "{} is in recovery; point database.primary at the primary",
+                cfg.database.primary
+            )
+        } else {
+            cfg.database.primary.to_string()
+        },
+    ));
+    checks.push(Check::new(
+        "source can feed a new replica",
+        free_senders >= 2 && free_slots >= 1,
+        format!("{free_senders} free wal senders (need 2), {free_slots} free replication slots (need 1); raise max_wal_senders / max_replication_slots"),
+    ));
+    checks.push(Check::new(
+        "PostgreSQL 13 or newer",
+        version >= 130000,
+        format!("server_version_num {version}; replicas are repointed by reloading primary_conninfo (13+)"),
+    ));
+    let pause = cfg.upgrade.pause_timeout.0.as_secs_f64();
+    let row = primary
+        .query_one(LONG_TRANSACTIONS, &[&pause])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?;
+    let (long, oldest): (i64, f64) = (row.get(0), row.get(1));
+    checks.push(Check::new(
+        "no long transactions",
+        long == 0,
+        if long == 0 {
+            format!("none open longer than pause_timeout ({pause}s)")
+        } else {
+            format!("{long} transactions open longer than pause_timeout, oldest {oldest:.0}s: PAUSE would wait for them; end them first (pg_stat_activity)")
+        },
+    ));
+    let ddl: i64 = primary
+        .query_one(DDL_LOCKS, &[])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?
+        .get(0);
+    checks.push(Check::new(
+        "no DDL in progress",
+        ddl == 0,
+        format!("{ddl} ACCESS EXCLUSIVE relation locks held; wait for the DDL to finish"),
+    ));
+    match journal::latest(&cfg.upgrade.state_dir)? {
+        Some(path) => {
+            let rec = journal::read(&path)?;
+            let other = rec.in_flight() && Some(rec.id.as_str()) != own_id;
+            checks.push(Check::new(
+                "no other upgrade in flight",
+                !other,
+                if other {
+                    format!(
+                        "upgrade {} is {:?} ({}): `upgrade resume` or `upgrade abort` it first",
+                        rec.id,
+                        rec.phase,
+                        path.display()
+                    )
+                } else {
+                    format!("last upgrade {} is {:?}", rec.id, rec.phase)
+                },
+            ));
+        }
+        None => checks.push(Check::new("no other upgrade in flight", true, "none yet")),
+    }
+    if cfg.cutover.kind == CutoverKind::Pgbouncer {
+        pooler_checks(cfg, poolers, checks).await;
+    }
+    Ok(pre)
+}
+
+async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Check>) {
+    if poolers.is_empty() {
+        checks.push(Check::new(
+            "pooler configured",
+            false,
+            "cutover.admin is empty; list the PgBouncer admin consoles (or set cutover.kind = \"none\")",
+        ));
+        return;
+    }
+    if !Poolers::valid_database_name(&poolers.database) {
+        checks.push(Check::new(
+            "pooler database name",
+            false,
+            format!(
+                "cutover.database {:?}: PgBouncer's console takes letters, digits and _ only",
+                poolers.database
+            ),
+        ));
+    }
+    let configs = match poolers.configs().await {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(Check::new("pooler reachable", false, e.to_string()));
+            return;
+        }
+    };
+    checks.push(Check::new(
+        "pooler reachable",
+        true,
+        format!("{} admin endpoint(s)", configs.len()),
+    ));
+    let pause = cfg.upgrade.pause_timeout.0;
+    for (admin, conf) in configs {
+        let mode = conf.get("pool_mode").cloned().unwrap_or_default();
+        checks.push(Check::new(
+            format!("pooler {admin} in transaction mode"),
+            mode == "transaction",
+            format!("pool_mode = {mode}; session pooling keeps server connections, so PAUSE would wait for every client to disconnect"),
+        ));
+        let wait: f64 = conf
+            .get("query_wait_timeout")
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or(120.0);
+        let ok = wait == 0.0 || Duration::from_secs_f64(wait) > pause;
+        checks.push(Check::new(
+            format!("pooler {admin} query_wait_timeout > pause_timeout"),
+            ok,
+            format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
+        ));
+    }
+    match poolers.entries().await {
+        Ok(entries) => {
+            for (admin, entry) in entries {
+                checks.push(Check::new(
+                    format!("pooler {admin} has database {}", poolers.database),
+                    entry.is_some(),
+                    match entry {
+                        Some(e) => format!("{} -> {}:{}/{}", e.name, e.host, e.port, e.database),
+                        None => "no such [databases] entry; fix cutover.database".into(),
+                    },
+                ));
+            }
+        }
+        Err(e) => checks.push(Check::new("pooler databases", false, e.to_string())),
+    }
+    for i in 0..cfg.cutover.admin.len() {
+        let (ok, detail) = match cfg.pooler_config_file(i) {
+            None => (
+                false,
+                "no cutover.config_file for this endpoint".to_string(),
+            ),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => match crate::pooler::ini_target(&text, &poolers.database) {
+                    Some(_) => (true, p.display().to_string()),
+                    None => (
+                        false,
+                        format!(
+                            "{}: no `{} =` entry under [databases]",
+                            p.display(),
+                            poolers.database
+                        ),
+                    ),
+                },
+                Err(e) => (false, format!("{}: {e}", p.display())),
+            },
+        };
+        checks.push(Check::new(
+            format!("pooler config file {i} writable"),
+            ok,
+            detail,
+        ));
+    }
+}
+
+pub(crate) async fn connect(target: &ConnString, cfg: &Config) -> Result<Client, UpgradeError> {
+    Ok(target
+        .spec()?
+        .connect(cfg.database.connect_timeout.0)
+        .await?)
+}
+
+pub(crate) fn q(target: &ConnString, e: tokio_postgres::Error) -> UpgradeError {
+    UpgradeError::Pg(crate::pg::PgError::Query {
+        target: target.to_string(),
+        source: e,
+    })
+}
+
+impl Saga {
+    /// Sleeps `d` unless cancelled first.
+    async fn tick(&self, d: Duration) -> Result<(), UpgradeError> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.cancel.cancelled() => Err(UpgradeError::Cancelled),
+        }
+    }
+
+    fn source(&self) -> Result<crate::provider::SourceFacts, UpgradeError> {
+        self.record().source().cloned().ok_or_else(|| {
+            UpgradeError::Journal(journal::JournalError::Corrupt {
+                path: self.journal.path().to_path_buf(),
+                line: 0,
+                reason: "precheck finished without recording the source".into(),
+            })
+        })
+    }
+
+    fn replica(&self) -> Result<String, UpgradeError> {
+        let source = self.source()?;
+        Ok(replica_id(&source.id, &self.record().id))
+    }
+
+    /// The new server's SQL endpoint, from the provider (never from the journal,
+    /// which holds no passwords).
+    async fn new_endpoint(&mut self) -> Result<ConnString, UpgradeError> {
+        if let Some(e) = &self.new_endpoint {
+            return Ok(e.clone());
+        }
+        let id = self.replica()?;
+        let info = self.provider.describe(&id).await?;
+        let endpoint = info.endpoint.ok_or_else(|| UpgradeError::Step {
+            step: Step::WaitAvailable,
+            detail: format!("{id} has no endpoint yet (state {:?})", info.state),
+        })?;
+        self.new_endpoint = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
+        if self.old.as_ref().map_or(true, |c| c.is_closed()) {
+            self.old = Some(connect(&self.cfg.database.primary, &self.cfg).await?);
+        }
+        self.old.as_ref().ok_or(UpgradeError::Cancelled)
+    }
+
+    async fn new_client(&mut self) -> Result<&Client, UpgradeError> {
+        if self.new.as_ref().map_or(true, |c| c.is_closed()) {
+            let endpoint = self.new_endpoint().await?;
+            self.new = Some(connect(&endpoint, &self.cfg).await?);
+        }
+        self.new.as_ref().ok_or(UpgradeError::Cancelled)
+    }
+
+    pub(crate) async fn precheck_step(&mut self) -> Result<Output, UpgradeError> {
+        let class = self.record().target_class.clone();
+        let id = self.record().id.clone();
+        let pre = prechecks(
+            &self.cfg,
+            self.provider.as_ref(),
+            &mut self.poolers,
+            &class,
+            Some(&id),
+        )
+        .await?;
+        let failed: Vec<String> = pre
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect();
+        if !failed.is_empty() {
+            return Err(UpgradeError::PrecheckFailed(failed));
+        }
+        Ok(Output {
+            source: Some(pre.source),
+            ..Output::default()
+        })
+    }
+
+    pub(crate) async fn create_replica(&mut self) -> Result<Output, UpgradeError> {
+        let source = self.source()?;
+        let id = replica_id(&source.id, &self.record().id);
+        let class = self.record().target_class.clone();
+        let seen = self.provider.describe(&id).await?;
+        let info = match seen.state {
+            ReplicaState::Creating | ReplicaState::Available => {
+                self.progress
+                    .say(Step::CreateReplica, &format!("adopting existing {id}"));
+                seen
+            }
+            ReplicaState::Deleting => {
+                return Err(UpgradeError::Step {
+                    step: Step::CreateReplica,
+                    detail: format!("{id} is being deleted; wait and resume"),
+                })
+            }
+            ReplicaState::Missing | ReplicaState::Failed(_) => {
+                self.progress.say(
+                    Step::CreateReplica,
+                    &format!("creating {id} on class {class}"),
+                );
+                self.provider
+                    .create_replica(&source, &self.record().id, &class)
+                    .await?
+            }
+        };
+        Ok(Output {
+            replica_id: Some(info.id.clone()),
+            replica_endpoint: info.endpoint.as_ref().map(|e| e.to_string()),
+            ..Output::default()
+        })
+    }
+
+    pub(crate) async fn wait_available(&mut self) -> Result<Output, UpgradeError> {
+        let id = self.replica()?;
+        let deadline = tokio::time::Instant::now() + self.cfg.upgrade.step_timeout.0;
+        loop {
+            let info = self.provider.describe(&id).await?;
+            match info.state {
+                ReplicaState::Available => break,
+                ReplicaState::Creating => {}
+                other => {
+                    return Err(UpgradeError::Step {
+                        step: Step::WaitAvailable,
+                        detail: format!("{id} is {other:?}"),
+                    })
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(UpgradeError::Timeout {
+                    what: format!("{id} available"),
+                    after: self.cfg.upgrade.step_timeout.0,
+                });
+            }
+            self.tick(Duration::from_secs(2)).await?;
+        }
+        self.new_endpoint = None;
+        let endpoint = self.new_endpoint().await?;
+        let client = self.new_client().await?;
+        let in_recovery: bool = client
+            .query_one(IN_RECOVERY, &[])
+            .await
+            .map_err(|e| q(&endpoint, e))?
+            .get(0);
+        if !in_recovery {
+            // Before promote the new server must be a replica: a writable one now
+            // would be a second primary, and commits made on it would be lost.
+            return Err(UpgradeError::Step {
+                step: Step::WaitAvailable,
+                detail: format!("{id} is not in recovery before promote; delete it (`upgrade abort`) and start again"),
+            });
+        }
+        Ok(Output::note(endpoint.to_string()))
+    }
+
+    pub(crate) async fn wait_catchup(&mut self) -> Result<Output, UpgradeError> {
+        let max = self.cfg.upgrade.catchup_max_bytes.0;
+        let deadline = tokio::time::Instant::now() + self.cfg.upgrade.step_timeout.0;
+        let mut history: Vec<u64> = Vec::new();
+        let mut last_print = std::time::Instant::now() - Duration::from_secs(10);
+        loop {
+            let primary = self.cfg.database.primary.clone();
+            let lsn: String = self
+                .old_client()
+                .await?
+                .query_one(LAG_SOURCE, &[])
+                .await
+                .map_err(|e| q(&primary, e))?
+                .get(0);
+            let endpoint = self.new_endpoint().await?;
+            let lag: f64 = self
+                .new_client()
+                .await?
+                .query_one(REPLAYED_ENOUGH, &[&lsn])
+                .await
+                .map_err(|e| q(&endpoint, e))?
+                .get(0);
+            let lag = lag.max(0.0) as u64;
+            match ready(lag, &history, max) {
+                Readiness::Go(reason) => return Ok(Output::note(reason)),
+                Readiness::NoGo(reason) => {
+                    if last_print.elapsed() >= Duration::from_secs(1) {
+                        self.progress.say(Step::WaitCatchup, &reason);
+                        last_print = std::time::Instant::now();
+                    }
+                }
+            }
+            history.push(lag);
+            if history.len() > 16 {
+                history.remove(0);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(UpgradeError::Timeout {
+                    what: "replica caught up".into(),
+                    after: self.cfg.upgrade.step_timeout.0,
+                });
+            }
+            self.tick(Duration::from_millis(100)).await?;
+        }
+    }
+
+    /// Opens the window's connections, then PAUSE under `pause_timeout`.
+    pub(crate) async fn pause_writes(&mut self) -> Result<Output, UpgradeError> {
+        self.old_client().await?;
+        self.new_client().await?;
+        let id = self.replica()?;
+        self.provider.prepare_promote(&id).await?;
+        self.stage_fence().await?;
+        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            self.poolers.connect().await?;
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0;
+        self.deadline = Some(deadline);
+        self.window_start = Some(std::time::Instant::now());
+        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            let left = remaining(deadline, "PAUSE")?;
+            self.poolers.pause(left).await.map_err(|e| match e {
+                crate::pooler::PoolerError::PauseTimeout { .. } => UpgradeError::PauseTimeout {
+                    what: format!("PAUSE ({e})"),
+                },
+                other => other.into(),
+            })?;
+        }
+        Ok(Output::default())
+    }
+
+    fn window_deadline(&self) -> tokio::time::Instant {
+        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
+        self.deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
+    }
+
+    /// Default read-only for every new transaction, then every client session
+    /// ended: from here no application session can write to the old primary.
+    /// Our own session seeing the new value proves the postmaster reloaded,
+    /// so sessions it forks later start read-only too.
+    pub(crate) async fn fence(&mut self) -> Result<Output, UpgradeError> {
+        let deadline = self.window_deadline();
+        let primary = self.cfg.database.primary.clone();
+        let cancel = self.cancel.clone();
+        let method = self.provider.fence_method();
+        let t0 = std::time::Instant::now();
+        let mut polls = 0u32;
+        let mut reloaded_at = Duration::ZERO;
+        let staged_here = self.fence_staged;
+        let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            let work = async {
+                let dbs = rds::fence_databases(old).await?;
+                let n = rds::terminate_application_sessions(old).await?;
+                Ok::<_, tokio_postgres::Error>((dbs, n))
+            };
+            let left = remaining(deadline, "fence")?;
+            return match tokio::time::timeout(left, work).await {
+                Err(_) => Err(UpgradeError::PauseTimeout {
+                    what: "fencing the old primary".into(),
+                }),
+                Ok(Err(e)) => Err(q(&primary, e)),
+                Ok(Ok((dbs, n))) => Ok(Output::note(format!(
+                    "databases {} read-only, {n} sessions ended",
+                    dbs.join(", ")
+                ))),
+            };
+        }
+        let work = async {
+            if !staged_here {
+                // Run again after a crash or on a retry: make sure the file holds the fence.
+                old.batch_execute(SESSION_WRITABLE).await?;
+                let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
+                if staged == 0 {
+                    old.batch_execute(FENCE).await?;
+                }
+            }
+            old.query_one(RELOAD_CONF, &[]).await?;
+            reloaded_at = t0.elapsed();
+            loop {
+                polls += 1;
+                let msgs = old.simple_query(FENCE_CHECK_AND_TERMINATE).await?;
+                let ended = msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                });
+                if let Some(Some(n)) = ended {
+                    return Ok(Some(n));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    _ = cancel.cancelled() => return Ok(None),
+                }
+            }
+        };
+        let left = remaining(deadline, "fence")?;
+        match tokio::time::timeout(left, work).await {
+            Err(_) => Err(UpgradeError::PauseTimeout {
+                what: "fencing the old primary".into(),
+            }),
+            Ok(Err(e)) => Err(q(&primary, e)),
+            Ok(Ok(None)) => Err(UpgradeError::Cancelled),
+            Ok(Ok(Some(n))) => Ok(Output::note(format!(
+                "read-only after {:.1} ms ({:.1} ms to reload, {polls} polls), {n} sessions ended",
+                t0.elapsed().as_secs_f64() * 1000.0,
+                reloaded_at.as_secs_f64() * 1000.0
+            ))),
+        }
+    }
+
+    /// Writes the fence into postgresql.auto.conf without reloading, just
+    /// before PAUSE: ALTER SYSTEM syncs a file, which is then not paid for
+    /// inside the pause. It has no effect until `fence` reloads the
+    /// configuration; the undo of `pause_writes` removes it again.
+    /// Only for the `ALTER SYSTEM` fence; the per-database fence is replicated
+    /// and cannot be written ahead.
+    async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterSystem {
+            return Ok(());
+        }
+        let primary = self.cfg.database.primary.clone();
+        let old = self.old_client().await?;
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(FENCE).await
+        };
+        work.await.map_err(|e| q(&primary, e))?;
+        self.fence_staged = true;
+        Ok(())
+    }
+
+    pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
+        let primary = self.cfg.database.primary.clone();
+        let method = self.provider.fence_method();
+        let old = self.old_client().await?;
+        if method == FenceMethod::AlterDatabase {
+            return rds::unfence_databases(old)
+                .await
+                .map_err(|e| q(&primary, e));
+        }
+        // Wait until our own session sees the default back at off: only then
+        // has the postmaster reloaded, so PgBouncer's new server connections
+        // (the fence ended the old ones) start writable after RESUME.
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(UNFENCE).await?;
+            old.query_one(RELOAD_CONF, &[]).await?;
+            for _ in 0..5000 {
+                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
+                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
+                if v == "off" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        work.await.map_err(|e| q(&primary, e))
+    }
+
+    /// Waits until the new server replayed the fenced old primary's last LSN.
+    pub(crate) async fn final_sync(&mut self) -> Result<Output, UpgradeError> {
+        let deadline = self.window_deadline();
+        let primary = self.cfg.database.primary.clone();
+        let lsn: String = self
+            .old_client()
+            .await?
+            .query_one(LAG_SOURCE, &[])
+            .await
+            .map_err(|e| q(&primary, e))?
+            .get(0);
+        let endpoint = self.new_endpoint().await?;
+        let cancel = self.cancel.clone();
+        let new = self.new_client().await?;
+        let mut polls = 0u32;
+        loop {
+            polls += 1;
+            let behind: f64 = new
+                .query_one(REPLAYED_ENOUGH, &[&lsn])
+                .await
+                .map_err(|e| q(&endpoint, e))?
+                .get(0);
+            if behind <= 0.0 {
+                break;
+            }
+            remaining(deadline, "final sync")?;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
+            }
+        }
+        Ok(Output {
+            final_lsn: Some(lsn.clone()),
+            note: Some(format!("replayed {lsn} after {polls} polls")),
+            ..Output::default()
+        })
+    }
+
+    /// Point of no return. Idempotent: a server already out of recovery is left alone.
+    pub(crate) async fn promote(&mut self) -> Result<Output, UpgradeError> {
+        let id = self.replica()?;
+        let endpoint = self.new_endpoint().await?;
+        let in_recovery: bool = self
+            .new_client()
+            .await?
+            .query_one(IN_RECOVERY, &[])
+            .await
+            .map_err(|e| q(&endpoint, e))?
+            .get(0);
+        if !in_recovery {
+            self.unfence_new(&endpoint).await?;
+            return Ok(Output::note("already promoted"));
+        }
+        self.provider.promote(&id).await?;
+        let limit = tokio::time::Instant::now() + self.cfg.upgrade.step_timeout.0;
+        let mut polls = 0u32;
+        loop {
+            polls += 1;
+            let client = self.new_client().await?;
+            match client.query_one(IN_RECOVERY, &[]).await {
+                Ok(row) if !row.get::<_, bool>(0) => break,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "promote poll"),
+            }
+            if tokio::time::Instant::now() >= limit {
+                return Err(UpgradeError::Timeout {
+                    what: format!("{id} promoted"),
+                    after: self.cfg.upgrade.step_timeout.0,
+                });
+            }
+            // No cancellation here: past the point of no return the window runs to the end.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.unfence_new(&endpoint).await?;
+        Ok(Output::note(format!("writable after {polls} polls")))
+    }
+
+    /// A database-level fence streamed to the new server with the rest of the
+    /// catalog: lift it there before writes resume. Idempotent.
+    async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterDatabase {
+            return Ok(());
+        }
+        let new = self.new_client().await?;
+        rds::unfence_databases(new)
+            .await
+            .map_err(|e| q(endpoint, e))
+    }
+
+    pub(crate) async fn repoint(&mut self) -> Result<Output, UpgradeError> {
+        if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
+            return Ok(Output::note(
+                "cutover.kind = none: clients repoint themselves",
+            ));
+        }
+        let endpoint = self.new_endpoint().await?;
+        if self.provider.repoint_by() == RepointBy::Provider {
+            let source = self.source()?;
+            let id = self.replica()?;
+            self.provider.repoint(&source, &id).await?;
+            // The new server now answers at the source's address: forget the old one.
+            self.new_endpoint = None;
+            self.new = None;
+            self.poolers.reload().await?;
+            return Ok(Output::note("provider moved the address; pooler reloaded"));
+        }
+        let (host, port) = endpoint.spec()?.host_port();
+        self.poolers.rewrite(&host, port)?;
+        self.poolers.reload().await?;
+        for (admin, entry) in self.poolers.entries().await? {
+            match entry {
+                Some(e) if e.host == host && e.port == port => {}
+                other => {
+                    return Err(UpgradeError::Step {
+                        step: Step::Repoint,
+                        detail: format!("pgbouncer {admin} still shows {other:?} after RELOAD, expected {host}:{port}"),
+                    })
+                }
+            }
+        }
+        Ok(Output::note(format!("pooler -> {host}:{port}")))
+    }
+
+    pub(crate) async fn resume_writes(&mut self) -> Result<Output, UpgradeError> {
+        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            self.poolers.resume().await?;
+        }
+        Ok(Output::default())
+    }
+
+    /// A write through the pooler lands on the new primary; then the other
+    /// replicas are told to follow it.
+    pub(crate) async fn verify(&mut self) -> Result<Output, UpgradeError> {
+        let endpoint = self.new_endpoint().await?;
+        let mut notes = Vec::new();
+        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            notes.push(self.verify_through_pooler(&endpoint).await?);
+        } else {
+            let writable: bool = !self
+                .new_client()
+                .await?
+                .query_one(IN_RECOVERY, &[])
+                .await
+                .map_err(|e| q(&endpoint, e))?
+                .get::<_, bool>(0);
+            if !writable {
+                return Err(UpgradeError::Step {
+                    step: Step::Verify,
+                    detail: "the new server is still in recovery".into(),
+                });
+            }
+        }
+        let repointed = self.repoint_replicas(&endpoint).await?;
+        notes.push(format!("{repointed} replica(s) follow the new primary"));
+        Ok(Output::note(notes.join("; ")))
+    }
+
+    async fn verify_through_pooler(
+        &mut self,
+        endpoint: &ConnString,
+    ) -> Result<String, UpgradeError> {
+        let user = endpoint.spec()?.user().unwrap_or("postgres").to_string();
+        let Some(url) = self.poolers.client_url(&user) else {
+            return Err(UpgradeError::Step {
+                step: Step::Verify,
+                detail: "no pooler endpoint".into(),
+            });
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last_err = String::new();
+        while tokio::time::Instant::now() < deadline {
+            match self.verify_once(&url, endpoint).await {
+                Ok(true) => {
+                    let servers = self.poolers.servers().await.unwrap_or_default();
+                    return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
+                }
+                Ok(false) => last_err = "the pooler's session is not on the new primary".into(),
+                Err(e) => last_err = e.to_string(),
+            }
+            self.tick(Duration::from_millis(100)).await?;
+        }
+        Err(UpgradeError::Step {
+            step: Step::Verify,
+            detail: last_err,
+        })
+    }
+
+    async fn verify_once(
+        &mut self,
+        url: &ConnString,
+        endpoint: &ConnString,
+    ) -> Result<bool, UpgradeError> {
+        let client = connect(url, &self.cfg).await?;
+        let msgs = client
+            .simple_query(VERIFY_THROUGH_POOLER)
+            .await
+            .map_err(|e| q(url, e))?;
+        let Some(row) = msgs.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        }) else {
+            return Ok(false);
+        };
+        let pid: i32 = row.get(0).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let started = row.get(1).unwrap_or_default().to_string();
+        let writable = row.get(2) == Some("f") && row.get(3) == Some("off");
+        if !writable {
+            return Ok(false);
+        }
+        let n: i64 = self
+            .new_client()
+            .await?
+            .query_one(SESSION_EXISTS, &[&pid, &started])
+            .await
+            .map_err(|e| q(endpoint, e))?
+            .get(0);
+        Ok(n == 1)
+    }
+
+    /// Points `database.replicas` (those still in recovery) at the new primary
+    /// by rewriting host and port in their `primary_conninfo` (reloadable since 13).
+    async fn repoint_replicas(&mut self, endpoint: &ConnString) -> Result<usize, UpgradeError> {
+        let (host, port) = endpoint.spec()?.host_port();
+        let mut n = 0;
+        for replica in self.cfg.database.replicas.clone() {
+            let client = match connect(&replica, &self.cfg).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.progress.say(
+                        Step::Verify,
+                        &format!("replica {replica} unreachable, not repointed: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let in_recovery: bool = client
+                .query_one(IN_RECOVERY, &[])
+                .await
+                .map_err(|e| q(&replica, e))?
+                .get(0);
+            if !in_recovery {
+                continue;
+            }
+            let conninfo: String = client
+                .query_one(PRIMARY_CONNINFO, &[])
+                .await
+                .map_err(|e| q(&replica, e))?
+                .get(0);
+            let wanted = retarget_conninfo(&conninfo, &host, port);
+            if wanted != conninfo {
+                let sql = format!(
+                    "ALTER SYSTEM SET primary_conninfo = {}",
+                    crate::pg::quote_literal(&wanted)
+                );
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .map_err(|e| q(&replica, e))?;
+                client
+                    .query_one(RELOAD_CONF, &[])
+                    .await
+                    .map_err(|e| q(&replica, e))?;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn retire_old(&mut self) -> Result<Output, UpgradeError> {
+        let wait = self.cfg.upgrade.retire_after.0;
+        if !wait.is_zero() {
+            self.flush()?;
+            self.progress.say(
+                Step::RetireOld,
+                &format!("waiting {wait:?} (upgrade.retire_after)"),
+            );
+            // Measured from the end of verify, so a resume does not wait the whole grace again.
+            let since = self
+                .record()
+                .step(Step::Verify)
+                .finished_at
+                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            if since < wait {
+                self.tick(wait - since).await?;
+            }
+        }
+        self.old = None;
+        let source = self.source()?;
+        self.provider.retire_old(&source).await?;
+        Ok(Output::note(format!("{} retired", source.id)))
+    }
+}
+
+/// `conninfo` (key=value form) with host and port replaced.
+pub fn retarget_conninfo(conninfo: &str, host: &str, port: u16) -> String {
+    let mut parts: Vec<String> = conninfo
+        .split_whitespace()
+        .filter(|p| {
+            !p.starts_with("host=") && !p.starts_with("port=") && !p.starts_with("hostaddr=")
+        })
+        .map(str::to_string)
+        .collect();
+    parts.push(format!("host={host}"));
+    parts.push(format!("port={port}"));
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_keeps_user_and_options() {
+        assert_eq!(
+            retarget_conninfo(
+                "user=postgres passfile='/x' host=127.0.0.1 port=5000 sslmode=prefer",
+                "127.0.0.1",
+                6000
+            ),
+            "user=postgres passfile='/x' sslmode=prefer host=127.0.0.1 port=6000"
+        );
+    }
+}
