@@ -129,6 +129,10 @@ pub struct PartitionsConfig {
     /// Rows moved per transaction out of a DEFAULT partition.
     #[serde(default = "default_move_batch")]
     pub default_move_batch: u32,
+    /// Sessions a pass uses to maintain different tables at once (each table
+    /// is still handled by one session, in order).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
 }
@@ -140,6 +144,7 @@ impl Default for PartitionsConfig {
             lock_timeout: default_lock_timeout(),
             lock_retries: default_lock_retries(),
             default_move_batch: default_move_batch(),
+            parallelism: default_parallelism(),
             tables: Vec::new(),
         }
     }
@@ -156,6 +161,9 @@ fn default_lock_retries() -> u32 {
 }
 fn default_move_batch() -> u32 {
     10_000
+}
+fn default_parallelism() -> u32 {
+    4
 }
 
 /// Parses a compile-time constant; a failure is a bug in this file.

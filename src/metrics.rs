@@ -1,1 +1,402 @@
-//! Prometheus metrics. (Being built.)
+//! Prometheus metrics, all named `pgsteward_*`. Labels are bounded: nodes and
+//! tables come from the configuration, jobs and error kinds are fixed sets.
+//!
+//! A value that cannot be known (an unreachable replica's lag) is removed
+//! rather than left stale or set to 0; `pgsteward_replica_up` says why.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::lag::{LagReport, ReplicaState};
+use crate::partitions::PassReport;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// `user@host:port/db` from the configuration, no password.
+    pub replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: String,
+    /// `primary` or `replica`, as configured.
+    pub role: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub job: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobErrorLabels {
+    pub job: &'static str,
+    /// `Error::metric_label()`-style fixed kinds.
+    pub error: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the process exports. Cheap to share (`Arc<Metrics>`); all
+/// updates are atomic.
+pub struct Metrics {
+    registry: Registry,
+    pub replica_lag_bytes: Family<ReplicaLabels, Gauge>,
+    pub replica_lag_seconds: Family<ReplicaLabels, FloatGauge>,
+    pub replica_up: Family<ReplicaLabels, Gauge>,
+    pub replica_streaming: Family<ReplicaLabels, Gauge>,
+    pub replica_replay_paused: Family<ReplicaLabels, Gauge>,
+    pub replica_writable: Family<ReplicaLabels, Gauge>,
+    pub primary_up: Gauge,
+    pub connections: Family<NodeLabels, Gauge>,
+    pub max_connections: Family<NodeLabels, Gauge>,
+    pub partitions_future: Family<TableLabels, Gauge>,
+    pub partitions_default_rows: Family<TableLabels, Gauge>,
+    pub partitions_created: Family<TableLabels, Counter>,
+    pub partitions_retired: Family<TableLabels, Counter>,
+    pub partitions_rows_moved: Family<TableLabels, Counter>,
+    pub job_runs: Family<JobLabels, Counter>,
+    pub job_failures: Family<JobErrorLabels, Counter>,
+    pub job_duration: Family<JobLabels, Histogram>,
+    pub job_last_success: Family<JobLabels, FloatGauge>,
+    pub leader: Gauge,
+    pub upgrade_step: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    // 10ms .. ~5.5 min: a lag check is milliseconds, a pass with DEFAULT-row moves minutes.
+    Histogram::new(exponential_buckets(0.01, 4.0, 9))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pgsteward");
+        let m = Metrics {
+            registry: Registry::default(),
+            replica_lag_bytes: Family::default(),
+            replica_lag_seconds: Family::default(),
+            replica_up: Family::default(),
+            replica_streaming: Family::default(),
+            replica_replay_paused: Family::default(),
+            replica_writable: Family::default(),
+            primary_up: Gauge::default(),
+            connections: Family::default(),
+            max_connections: Family::default(),
+            partitions_future: Family::default(),
+            partitions_default_rows: Family::default(),
+            partitions_created: Family::default(),
+            partitions_retired: Family::default(),
+            partitions_rows_moved: Family::default(),
+            job_runs: Family::default(),
+            job_failures: Family::default(),
+            job_duration: Family::new_with_constructor(duration_histogram),
+            job_last_success: Family::default(),
+            leader: Gauge::default(),
+            upgrade_step: Gauge::default(),
+        };
+        registry.register_with_unit(
+            "replica_lag",
+            "WAL bytes the replica has not replayed: primary's current LSN minus replay LSN",
+            Unit::Bytes,
+            m.replica_lag_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "replica_lag",
+            "How far behind the replica's replay is in time; 0 when it has replayed all WAL",
+            Unit::Seconds,
+            m.replica_lag_seconds.clone(),
+        );
+        registry.register(
+            "replica_up",
+            "1 when the replica answered the last lag check",
+            m.replica_up.clone(),
+        );
+        registry.register(
+            "replica_streaming",
+            "1 when the replica's WAL receiver is streaming from the primary",
+            m.replica_streaming.clone(),
+        );
+        registry.register(
+            "replica_replay_paused",
+            "1 when WAL replay is paused on the replica (pg_wal_replay_pause)",
+            m.replica_replay_paused.clone(),
+        );
+        registry.register(
+            "replica_writable",
+            "1 when a configured replica is NOT in recovery: a second writable node",
+            m.replica_writable.clone(),
+        );
+        registry.register(
+            "primary_up",
+            "1 when the primary answered the last lag check as a primary",
+            m.primary_up.clone(),
+        );
+        registry.register(
+            "connections",
+            "Client backends connected to the node",
+            m.connections.clone(),
+        );
+        registry.register(
+            "max_connections",
+            "The node's max_connections setting",
+            m.max_connections.clone(),
+        );
+        registry.register(
+            "partitions_future",
+            "Whole periods covered by partitions after the current one, per managed table",
+            m.partitions_future.clone(),
+        );
+        registry.register(
+            "partitions_default_rows",
+            "Rows in the managed table's DEFAULT partition after the last pass",
+            m.partitions_default_rows.clone(),
+        );
+        registry.register(
+            "partitions_created",
+            "Partitions this instance created",
+            m.partitions_created.clone(),
+        );
+        registry.register(
+            "partitions_retired",
+            "Partitions this instance detached or dropped under retention",
+            m.partitions_retired.clone(),
+        );
+        registry.register(
+            "partitions_default_rows_moved",
+            "Rows this instance moved out of DEFAULT partitions into new partitions",
+            m.partitions_rows_moved.clone(),
+        );
+        registry.register("job_runs", "Scheduled job runs started", m.job_runs.clone());
+        registry.register(
+            "job_failures",
+            "Scheduled job runs that failed, by error kind",
+            m.job_failures.clone(),
+        );
+        registry.register_with_unit(
+            "job_duration",
+            "Duration of scheduled job runs",
+            Unit::Seconds,
+            m.job_duration.clone(),
+        );
+        registry.register_with_unit(
+            "job_last_success_timestamp",
+            "Unix time of the job's last successful run",
+            Unit::Seconds,
+            m.job_last_success.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 on the instance holding the leader advisory lock (runs DDL and upgrades), 0 elsewhere",
+            m.leader.clone(),
+        );
+        registry.register(
+            "upgrade_step",
+            "Step number (1-12) of the upgrade in progress, 0 when none",
+            m.upgrade_step.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus/OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Sets the upgrade step gauge: `Some(n)` while step n (1-12) runs, `None` when idle.
+    pub fn set_upgrade_step(&self, step: Option<u32>) {
+        self.upgrade_step.set(step.map_or(0, i64::from));
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// A job run ended: count it, time it, and stamp success or count the failure.
+    pub fn record_job(&self, job: &'static str, seconds: f64, error: Option<&'static str>) {
+        let l = JobLabels { job };
+        self.job_runs.get_or_create(&l).inc();
+        self.job_duration.get_or_create(&l).observe(seconds);
+        match error {
+            None => {
+                let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+                self.job_last_success.get_or_create(&l).set(now);
+            }
+            Some(error) => {
+                self.job_failures
+                    .get_or_create(&JobErrorLabels { job, error })
+                    .inc();
+            }
+        }
+    }
+
+    pub fn record_lag(&self, report: &LagReport) {
+        let p = &report.primary;
+        self.primary_up.set(i64::from(p.healthy()));
+        let pnode = NodeLabels {
+            node: p.node.clone(),
+            role: "primary",
+        };
+        match &p.observation {
+            Some(o) => {
+                self.connections.get_or_create(&pnode).set(o.connections);
+                self.max_connections
+                    .get_or_create(&pnode)
+                    .set(o.max_connections);
+            }
+            None => {
+                self.connections.remove(&pnode);
+                self.max_connections.remove(&pnode);
+            }
+        }
+        for r in &report.replicas {
+            let l = ReplicaLabels {
+                replica: r.replica.clone(),
+            };
+            let v = &r.verdict;
+            let up = v.state != ReplicaState::Unreachable;
+            self.replica_up.get_or_create(&l).set(i64::from(up));
+            self.replica_streaming
+                .get_or_create(&l)
+                .set(i64::from(v.state == ReplicaState::Streaming));
+            self.replica_writable
+                .get_or_create(&l)
+                .set(i64::from(v.state == ReplicaState::Writable));
+            self.replica_replay_paused
+                .get_or_create(&l)
+                .set(i64::from(v.replay_paused));
+            match v.bytes_behind {
+                Some(b) => {
+                    self.replica_lag_bytes
+                        .get_or_create(&l)
+                        .set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
+                None => {
+                    self.replica_lag_bytes.remove(&l);
+                }
+            }
+            match v.seconds_behind {
+                Some(s) => {
+                    self.replica_lag_seconds.get_or_create(&l).set(s);
+                }
+                None => {
+                    self.replica_lag_seconds.remove(&l);
+                }
+            }
+            let node = NodeLabels {
+                node: r.replica.clone(),
+                role: "replica",
+            };
+            match &r.observation {
+                Some(o) => {
+                    self.connections.get_or_create(&node).set(o.connections);
+                    self.max_connections
+                        .get_or_create(&node)
+                        .set(o.max_connections);
+                }
+                None => {
+                    self.connections.remove(&node);
+                    self.max_connections.remove(&node);
+                }
+            }
+        }
+    }
+
+    /// The primary could not be read at all (e.g. the check failed early).
+    pub fn record_primary_down(&self) {
+        self.primary_up.set(0);
+    }
+
+    pub fn record_partitions(&self, report: &PassReport) {
+        if report.skipped.is_some() {
+            return;
+        }
+        for t in &report.tables {
+            let l = TableLabels {
+                table: t.table.to_string(),
+            };
+            if t.created > 0 {
+                self.partitions_created
+                    .get_or_create(&l)
+                    .inc_by(u64::from(t.created));
+            }
+            if t.retired > 0 {
+                self.partitions_retired
+                    .get_or_create(&l)
+                    .inc_by(u64::from(t.retired));
+            }
+            if t.rows_moved > 0 {
+                self.partitions_rows_moved
+                    .get_or_create(&l)
+                    .inc_by(t.rows_moved);
+            }
+            // A table that failed or was left to another pass has no trustworthy coverage figure.
+            if t.error.is_some() || t.skipped.is_some() {
+                continue;
+            }
+            self.partitions_future
+                .get_or_create(&l)
+                .set(i64::from(t.future_partitions));
+            self.partitions_default_rows
+                .get_or_create(&l)
+                .set(i64::try_from(t.default_rows).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.record_job("lag", 0.02, None);
+        m.record_job("partitions", 1.5, Some("postgres"));
+        m.set_leader(true);
+        m.set_upgrade_step(Some(5));
+        let l = ReplicaLabels {
+            replica: "steward@db:5432/app".into(),
+        };
+        m.replica_lag_bytes.get_or_create(&l).set(42);
+        m.replica_lag_seconds.get_or_create(&l).set(1.5);
+        let text = m.encode();
+        for line in [
+            "pgsteward_replica_lag_bytes{replica=\"steward@db:5432/app\"} 42",
+            "pgsteward_replica_lag_seconds{replica=\"steward@db:5432/app\"} 1.5",
+            "pgsteward_job_runs_total{job=\"lag\"} 1",
+            "pgsteward_job_failures_total{job=\"partitions\",error=\"postgres\"} 1",
+            "pgsteward_job_duration_seconds_count{job=\"partitions\"} 1",
+            "pgsteward_leader 1",
+            "pgsteward_upgrade_step 5",
+            "# TYPE pgsteward_job_last_success_timestamp_seconds gauge",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .all(|l| l.starts_with("pgsteward_")),
+            "{text}"
+        );
+    }
+}

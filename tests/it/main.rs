@@ -5,7 +5,11 @@
 mod harness;
 
 mod cli_config;
+mod deploy;
+mod lag;
 mod moto;
+mod partitions;
 mod rds;
+mod service;
 mod tls;
 mod upgrade;

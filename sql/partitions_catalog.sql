@@ -1,0 +1,62 @@
+-- Everything a maintenance pass needs about every managed table, in one round
+-- trip: $1 and $2 are parallel arrays of schema and table names. One row per
+-- requested table, in request order; a missing table has a NULL oid.
+-- Bounds are printed by pg_get_expr, so the session must run with
+-- TimeZone=UTC and DateStyle=ISO (set at connect time).
+WITH req AS (
+    SELECT r.ord, r.schema_name, r.table_name
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema_name, table_name, ord)
+), parent AS (
+    SELECT req.ord, c.oid, c.relkind, c.relowner, c.relacl
+    FROM req
+    JOIN pg_namespace n ON n.nspname = req.schema_name
+    JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = req.table_name
+), fk_referenced AS (
+    -- pg_constraint has no index on confrelid: read it once, hash-join below.
+    SELECT DISTINCT confrelid FROM pg_constraint WHERE contype = 'f'
+), parts AS (
+    SELECT i.inhparent,
+           json_agg(json_build_object(
+               'schema', pn.nspname,
+               'name', p.relname,
+               'bound', pg_get_expr(p.relpartbound, p.oid),
+               'is_default', p.oid = pt.partdefid,
+               'detach_pending', i.inhdetachpending,
+               'fk_referenced', fk.confrelid IS NOT NULL,
+               'reltuples', p.reltuples,
+               'checks', CASE WHEN p.oid = pt.partdefid THEN (
+                   SELECT coalesce(json_agg(k.conname::text), '[]'::json)
+                   FROM pg_constraint k
+                   WHERE k.conrelid = p.oid AND k.contype = 'c'
+                     AND k.conname::text LIKE 'pgsteward\_excl\_%') END
+           ) ORDER BY p.relname) AS partitions
+    FROM parent
+    JOIN pg_partitioned_table pt ON pt.partrelid = parent.oid
+    JOIN pg_inherits i ON i.inhparent = parent.oid
+    JOIN pg_class p ON p.oid = i.inhrelid
+    JOIN pg_namespace pn ON pn.oid = p.relnamespace
+    LEFT JOIN fk_referenced fk ON fk.confrelid = p.oid
+    GROUP BY i.inhparent
+)
+SELECT req.ord::int8 AS ord,
+       pg_is_in_recovery() AS in_recovery,
+       current_user::text AS current_user_name,
+       parent.oid::int8 AS oid,
+       parent.relkind::text AS relkind,
+       pt.partstrat::text AS strategy,
+       pt.partnatts::int4 AS key_count,
+       ka.attname::text AS key_column,
+       format_type(ka.atttypid, NULL) AS key_type,
+       pg_get_userbyid(parent.relowner)::text AS owner,
+       (SELECT coalesce(json_agg(json_build_object(
+                   'grantee', CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(x.grantee)::text END,
+                   'privilege', x.privilege_type,
+                   'grantable', x.is_grantable)), '[]'::json)
+        FROM aclexplode(parent.relacl) x) AS grants,
+       coalesce(parts.partitions, '[]'::json) AS partitions
+FROM req
+LEFT JOIN parent ON parent.ord = req.ord
+LEFT JOIN pg_partitioned_table pt ON pt.partrelid = parent.oid
+LEFT JOIN pg_attribute ka ON ka.attrelid = parent.oid AND ka.attnum = pt.partattrs[0]
+LEFT JOIN parts ON parts.inhparent = parent.oid
+ORDER BY req.ord

@@ -1,0 +1,260 @@
+//! Replica lag: `observe` reads the primary and every replica on pooled
+//! connections with timeouts; `evaluate` turns the observations into a verdict
+//! per replica (pure, unit-tested); this file assembles the report that
+//! `pgsteward lag` prints and the service turns into metrics.
+//!
+//! An unreachable node is a state in the report, never an error of the check.
+
+pub mod evaluate;
+pub mod observe;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::OutputFormat;
+use crate::config::Config;
+use crate::output;
+use crate::Outcome;
+pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
+pub use observe::{LagPools, Lsn, PrimaryObservation, ReplicaObservation, SenderObservation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LagError {
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error("lag check cancelled")]
+    Cancelled,
+}
+
+/// One check of every replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct LagReport {
+    /// Every replica reachable, streaming, in recovery and within thresholds.
+    pub healthy: bool,
+    pub checked_at: DateTime<Utc>,
+    pub max_bytes: u64,
+    pub max_delay_seconds: f64,
+    pub primary: PrimaryReport,
+    pub replicas: Vec<ReplicaReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrimaryReport {
+    /// `user@host:port/db`, never a password.
+    pub node: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub observation: Option<PrimaryObservation>,
+}
+
+impl PrimaryReport {
+    /// Reachable and not in recovery.
+    pub fn healthy(&self) -> bool {
+        self.observation
+            .as_ref()
+            .is_some_and(|o| !o.in_recovery && o.current_lsn.is_some())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaReport {
+    pub replica: String,
+    pub healthy: bool,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub observation: Option<ReplicaObservation>,
+    /// Its row in the primary's `pg_stat_replication`, when it could be matched.
+    pub sender: Option<SenderObservation>,
+}
+
+impl LagReport {
+    pub fn outcome(&self) -> Outcome {
+        if self.healthy {
+            Outcome::Healthy
+        } else {
+            Outcome::Problem
+        }
+    }
+}
+
+/// One lag check on existing pools. The primary is read first so that a
+/// caught-up replica reads at or past the primary's LSN (never "behind" by
+/// WAL written between two reads); replicas are then read concurrently.
+pub async fn check(
+    cfg: &Config,
+    pools: &LagPools,
+    cancel: &CancellationToken,
+) -> Result<LagReport, LagError> {
+    let thresholds = Thresholds {
+        max_bytes: cfg.lag.max_bytes.0,
+        max_delay: cfg.lag.max_delay.0,
+    };
+    let work = async {
+        let primary = pools.observe_primary().await;
+        let target = primary.as_ref().ok().and_then(|p| p.current_lsn);
+        let replicas = futures::future::join_all(
+            pools
+                .replicas
+                .iter()
+                .map(|n| pools.observe_replica(n, target, cancel)),
+        )
+        .await;
+        (primary, replicas)
+    };
+    let (primary, replicas) = tokio::select! {
+        r = work => r,
+        _ = cancel.cancelled() => return Err(LagError::Cancelled),
+    };
+    if let Err(e) = &primary {
+        tracing::warn!(node = %pools.primary.name, error = %e, "primary unreachable");
+    }
+    let replicas: Vec<ReplicaReport> = pools
+        .replicas
+        .iter()
+        .zip(replicas)
+        .map(|(node, obs)| {
+            let sender = match (&primary, &obs) {
+                (Ok(p), Ok(r)) => match_sender(&p.senders, r.sender_name.as_deref()),
+                _ => None,
+            };
+            let verdict = evaluate(
+                primary.as_ref().map_err(String::as_str),
+                obs.as_ref().map_err(String::as_str),
+                sender.as_ref(),
+                &thresholds,
+            );
+            log_verdict(&node.name, &verdict);
+            ReplicaReport {
+                replica: node.name.clone(),
+                healthy: verdict.healthy(),
+                verdict,
+                observation: obs.ok(),
+                sender,
+            }
+        })
+        .collect();
+    let primary = match primary {
+        Ok(o) => PrimaryReport {
+            node: pools.primary.name.clone(),
+            reachable: true,
+            error: o
+                .in_recovery
+                .then(|| "in recovery: database.primary names a replica".to_string()),
+            observation: Some(o),
+        },
+        Err(e) => PrimaryReport {
+            node: pools.primary.name.clone(),
+            reachable: false,
+            error: Some(e),
+            observation: None,
+        },
+    };
+    Ok(LagReport {
+        healthy: primary.healthy() && replicas.iter().all(|r| r.healthy),
+        checked_at: Utc::now(),
+        max_bytes: thresholds.max_bytes,
+        max_delay_seconds: thresholds.max_delay.as_secs_f64(),
+        primary,
+        replicas,
+    })
+}
+
+/// One check with pools made for it (the CLI, the demo).
+pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
+    let pools = LagPools::new(cfg)?;
+    check(cfg, &pools, &CancellationToken::new()).await
+}
+
+/// The replica's `pg_stat_replication` row: only when exactly one sender has
+/// its name (replicas that all call themselves `walreceiver` stay unmatched).
+fn match_sender(senders: &[SenderObservation], name: Option<&str>) -> Option<SenderObservation> {
+    let name = name?;
+    let mut it = senders.iter().filter(|s| s.application_name == name);
+    match (it.next(), it.next()) {
+        (Some(s), None) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn log_verdict(replica: &str, v: &Verdict) {
+    for p in &v.problems {
+        match p {
+            Problem::SecondWritableNode => tracing::error!(
+                replica,
+                "SECOND WRITABLE NODE: replica is not in recovery; fence it before clients write to it"
+            ),
+            // Logged once for the primary, not once per replica.
+            Problem::LagUnknown { .. } => {}
+            _ => tracing::warn!(replica, problem = %p, "replica unhealthy"),
+        }
+    }
+}
+
+pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, LagError> {
+    let report = check_once(cfg).await?;
+    match format {
+        OutputFormat::Json => output::print_json(&report),
+        OutputFormat::Text => print!("{}", render_text(&report)),
+    }
+    Ok(report.outcome())
+}
+
+fn render_text(report: &LagReport) -> String {
+    let mut out = String::new();
+    match (&report.primary.observation, &report.primary.error) {
+        (Some(o), None) => out.push_str(&format!(
+            "primary {}: current LSN {}, {} WAL senders\n",
+            report.primary.node,
+            o.current_lsn.map(|l| l.to_string()).unwrap_or_default(),
+            o.senders.len()
+        )),
+        (_, Some(e)) => out.push_str(&format!("primary {}: PROBLEM: {e}\n", report.primary.node)),
+        (None, None) => {}
+    }
+    let rows: Vec<Vec<String>> = report
+        .replicas
+        .iter()
+        .map(|r| {
+            let v = &r.verdict;
+            vec![
+                r.replica.clone(),
+                v.state.as_str().to_string(),
+                v.bytes_behind
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                v.seconds_behind
+                    .map(|s| format!("{s:.1}s"))
+                    .unwrap_or_else(|| "?".into()),
+                if v.replay_paused { "yes" } else { "no" }.to_string(),
+                if v.problems.is_empty() {
+                    "ok".to_string()
+                } else {
+                    v.problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&output::table(
+        &[
+            "REPLICA",
+            "STATE",
+            "BYTES_BEHIND",
+            "TIME_BEHIND",
+            "PAUSED",
+            "VERDICT",
+        ],
+        &rows,
+    ));
+    out.push_str(&format!(
+        "thresholds: {} bytes, {}s; {}\n",
+        report.max_bytes,
+        report.max_delay_seconds,
+        if report.healthy { "healthy" } else { "PROBLEM" }
+    ));
+    out
+}

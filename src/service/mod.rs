@@ -1,0 +1,225 @@
+//! `pgsteward run`: the partition pass and the lag check on their cron
+//! schedules, plus the HTTP endpoints, until SIGTERM or SIGINT.
+//!
+//! * `scheduler`: one loop per job; no overlap, failures counted and retried next tick.
+//! * `leader`: the advisory lock on the primary; only the leader runs DDL.
+//! * `shutdown`: the signal, and the named task tracker drained with a deadline.
+//!
+//! Shutdown order: stop taking new work (cancel: sleeping jobs return, a
+//! running pass stops before its next statement and a statement in flight
+//! finishes or is cancelled by the pass), drain tasks with a deadline, then
+//! release the leader lock, so the lock is held for as long as our DDL can run.
+//!
+//! The database going away is an ordinary state: every job reconnects through
+//! its pool at its next tick, `/readyz` reports 503 meanwhile, and leadership
+//! is re-established by whichever instance gets the lock first.
+
+pub mod leader;
+pub mod scheduler;
+pub mod shutdown;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, HttpState, PrimaryProbe};
+use crate::lag::{self, LagPools};
+use crate::metrics::Metrics;
+use crate::partitions::{self, PartitionError};
+use crate::Outcome;
+use leader::Leader;
+use scheduler::{run_job, JobRun};
+use shutdown::Tasks;
+
+/// How long running work gets to finish after a signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Bounds the leader session's queries and the readiness probe.
+const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}: {source} (set http.listen to a free address)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+}
+
+pub async fn run_until_signal(cfg: Config) -> Result<Outcome, ServiceError> {
+    let signal = shutdown::signal().map_err(ServiceError::Signal)?;
+    run(cfg, async {
+        let name = signal.await;
+        tracing::info!(signal = name, "shutting down");
+    })
+    .await
+}
+
+/// The service until `shutdown` resolves. Tests pass their own trigger.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outcome, ServiceError> {
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::new());
+    let timeout = cfg.database.connect_timeout.0.min(PROBE_TIMEOUT_MAX);
+    let primary = cfg.database.primary.spec()?;
+    let leader = Arc::new(Leader::new(primary.clone(), timeout, metrics.clone()));
+    let pools = Arc::new(LagPools::new(&cfg)?);
+    let probe = Arc::new(PrimaryProbe::new(primary.pool(1, timeout), timeout));
+    let cancel = CancellationToken::new();
+    let tasks = Tasks::new();
+
+    let server = http::bind(
+        cfg.http.listen,
+        HttpState {
+            metrics: metrics.clone(),
+            probe,
+        },
+        cancel.clone(),
+    )
+    .await
+    .map_err(|source| ServiceError::Listen {
+        addr: cfg.http.listen,
+        source,
+    })?;
+    tasks.spawn("http", async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+
+    tasks.spawn("lag", {
+        let (cfg, cancel, metrics, leader) =
+            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+        let schedule = cfg.lag.schedule.clone();
+        run_job(
+            "lag",
+            schedule,
+            cancel.clone(),
+            metrics.clone(),
+            move || {
+                let (cfg, cancel, metrics, leader, pools) = (
+                    cfg.clone(),
+                    cancel.clone(),
+                    metrics.clone(),
+                    leader.clone(),
+                    pools.clone(),
+                );
+                async move { lag_job(&cfg, &pools, &leader, &metrics, &cancel).await }
+            },
+        )
+    });
+
+    tasks.spawn("partitions", {
+        let (cfg, cancel, metrics, leader) =
+            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+        let schedule = cfg.partitions.schedule.clone();
+        run_job(
+            "partitions",
+            schedule,
+            cancel.clone(),
+            metrics.clone(),
+            move || {
+                let (cfg, cancel, metrics, leader) =
+                    (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+                async move { partitions_job(&cfg, &leader, &metrics, &cancel).await }
+            },
+        )
+    });
+
+    tracing::info!(listen = %cfg.http.listen, "service started");
+    shutdown.await;
+    cancel.cancel();
+    let stuck = tasks.drain(DRAIN_DEADLINE).await;
+    if !stuck.is_empty() {
+        tracing::warn!(tasks = ?stuck, deadline = ?DRAIN_DEADLINE, "tasks still running at the drain deadline; abandoned");
+    }
+    leader.release().await;
+    tracing::info!("service stopped");
+    Ok(Outcome::Healthy)
+}
+
+/// The lag check. It also refreshes leadership, so the leader gauge stays
+/// current and a follower takes over at the lag cadence too. Replica problems
+/// are findings, not job failures; the job fails when the primary cannot be read.
+async fn lag_job(
+    cfg: &Config,
+    pools: &LagPools,
+    leader: &Leader,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> JobRun {
+    leader.refresh().await;
+    match lag::check(cfg, pools, cancel).await {
+        Ok(report) => {
+            metrics.record_lag(&report);
+            match (&report.primary.reachable, &report.primary.error) {
+                (false, Some(e)) => JobRun::Failed {
+                    error: "primary_unreachable",
+                    message: e.clone(),
+                },
+                (true, Some(e)) => JobRun::Failed {
+                    error: "primary_in_recovery",
+                    message: e.clone(),
+                },
+                _ => JobRun::Done,
+            }
+        }
+        Err(lag::LagError::Cancelled) => JobRun::Cancelled,
+        Err(e) => {
+            metrics.record_primary_down();
+            JobRun::Failed {
+                error: "lag",
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+/// The partition pass, on the leader only.
+async fn partitions_job(
+    cfg: &Config,
+    leader: &Leader,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> JobRun {
+    if !leader.refresh().await {
+        return JobRun::Skipped("not leader");
+    }
+    if cancel.is_cancelled() {
+        return JobRun::Cancelled;
+    }
+    match partitions::run_pass(cfg, cancel).await {
+        Ok(report) => {
+            metrics.record_partitions(&report);
+            if let Some(reason) = &report.skipped {
+                tracing::info!(reason = %reason, "partition pass skipped");
+            }
+            let failed: Vec<String> = report
+                .tables
+                .iter()
+                .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.table)))
+                .collect();
+            if failed.is_empty() {
+                JobRun::Done
+            } else {
+                JobRun::Failed {
+                    error: "table",
+                    message: failed.join("; "),
+                }
+            }
+        }
+        Err(PartitionError::Cancelled) => JobRun::Cancelled,
+        Err(e) => {
+            let message = e.to_string();
+            JobRun::Failed {
+                error: crate::Error::from(e).metric_label(),
+                message,
+            }
+        }
+    }
+}

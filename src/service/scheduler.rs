@@ -1,0 +1,142 @@
+//! One loop per scheduled job: sleep until the next cron time (cancellable),
+//! run the job to completion, record it, repeat. A job is awaited before the
+//! next time is computed, so it never overlaps itself, and ticks missed while it
+//! ran are skipped rather than run in a burst.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::Schedule;
+use crate::metrics::Metrics;
+
+/// How one run of a job ended.
+#[derive(Debug)]
+pub enum JobRun {
+    Done,
+    /// Not run on purpose (not the leader); not counted as a run.
+    Skipped(&'static str),
+    /// Logged, counted under `error`, retried at the next tick.
+    Failed {
+        error: &'static str,
+        message: String,
+    },
+    /// Stopped by shutdown; not counted as a failure.
+    Cancelled,
+}
+
+pub async fn run_job<F, Fut>(
+    name: &'static str,
+    schedule: Schedule,
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+    mut job: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = JobRun>,
+{
+    tracing::info!(job = name, schedule = %schedule, "job scheduled");
+    loop {
+        let now = Utc::now();
+        let Some(next) = schedule.next_after(now) else {
+            tracing::warn!(job = name, schedule = %schedule, "schedule never fires again; job idle");
+            cancel.cancelled().await;
+            return;
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let started = Instant::now();
+        let run = job()
+            .instrument(tracing::info_span!("job", job = name))
+            .await;
+        let seconds = started.elapsed().as_secs_f64();
+        match run {
+            JobRun::Done => {
+                tracing::debug!(job = name, seconds, "job done");
+                metrics.record_job(name, seconds, None);
+            }
+            JobRun::Skipped(reason) => tracing::debug!(job = name, reason, "job skipped"),
+            JobRun::Failed { error, message } => {
+                tracing::error!(job = name, error, seconds, detail = %message, "job failed; retried next tick");
+                metrics.record_job(name, seconds, Some(error));
+            }
+            JobRun::Cancelled => {
+                tracing::info!(job = name, "job cancelled");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn slow_job_never_overlaps_and_failures_are_counted_then_retried() {
+        let metrics = Arc::new(Metrics::new());
+        let cancel = CancellationToken::new();
+        let running = Arc::new(AtomicUsize::new(0));
+        let max_running = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let schedule: Schedule = "* * * * * *".parse().unwrap();
+        let job = {
+            let (running, max_running, calls) =
+                (running.clone(), max_running.clone(), calls.clone());
+            move || {
+                let (running, max_running, calls) =
+                    (running.clone(), max_running.clone(), calls.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_running.fetch_max(now, Ordering::SeqCst);
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    // Longer than the 1 s period: the next ticks fall inside the run.
+                    tokio::time::sleep(Duration::from_millis(1300)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    if n == 0 {
+                        JobRun::Failed {
+                            error: "postgres",
+                            message: "server closed the connection".into(),
+                        }
+                    } else {
+                        JobRun::Done
+                    }
+                }
+            }
+        };
+        let handle = tokio::spawn(run_job(
+            "test",
+            schedule,
+            cancel.clone(),
+            metrics.clone(),
+            job,
+        ));
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(3), handle)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(max_running.load(Ordering::SeqCst), 1);
+        let n = calls.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&n), "{n} runs in 4.5 s of a 1.3 s job");
+        let text = metrics.encode();
+        assert!(
+            text.contains("pgsteward_job_failures_total{job=\"test\",error=\"postgres\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgsteward_job_last_success_timestamp_seconds{job=\"test\"}"),
+            "retried and succeeded: {text}"
+        );
+    }
+}
