@@ -320,9 +320,22 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     }
     replica.stop(StopMode::Fast)?;
     primary.stop(StopMode::Fast)?;
+    let kept = dir.keep();
     if args.keep {
-        let kept = dir.keep();
         println!("kept {}", kept.display());
+    } else {
+        // Deleting a few hundred MB of data directories takes seconds on a
+        // discard-mounted disk; a detached `rm` does it without holding the prompt.
+        let spawned = std::process::Command::new("rm")
+            .arg("-rf")
+            .arg(&kept)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Err(e) = spawned {
+            println!("could not remove {}: {e}", kept.display());
+        }
     }
     println!("demo finished in {:.1}s", t0.elapsed().as_secs_f64());
     let ok = found == log.acked.len() && log.errors.is_empty();

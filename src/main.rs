@@ -48,6 +48,17 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?)
         }
         Command::Partitions(PartitionsCommand::Apply(o)) => {
+            // DDL waits out an upgrade's cutover, then refuses a primary that moved.
+            let never = tokio_util::sync::CancellationToken::new();
+            pgsteward::upgrade::wait_for_cutover(&cfg, std::time::Duration::from_secs(600), &never)
+                .await?;
+            // Only a primary moved by an upgrade is refused here; a replica or an
+            // unreachable server is the pass's own business (it skips or reports).
+            if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
+                pgsteward::upgrade::ensure_primary_current(&cfg).await
+            {
+                return Err(e.into());
+            }
             Ok(pgsteward::partitions::apply_command(&cfg, o.output).await?)
         }
         Command::Partitions(PartitionsCommand::Status(o)) => {

@@ -138,7 +138,11 @@ impl Poolers {
                 simple(Self::ctl(e)?, &e.admin, &format!("RESUME {db}")).await?;
             }
             let Some(c) = e.pause_conn.as_ref() else {
-                continue;
+                return Err(PoolerError::Command {
+                    target: e.admin.to_string(),
+                    command: cmd.clone(),
+                    detail: "not connected".into(),
+                });
             };
             let admin = e.admin.clone();
             let cmd = cmd.clone();

@@ -403,6 +403,9 @@ fn print_status(rec: &UpgradeRecord) {
     );
 }
 
+const WRITABLE: &str =
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
+
 /// For other commands: fails when `database.primary` no longer answers as a
 /// writable primary, naming the node an upgrade made primary.
 pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
@@ -423,10 +426,7 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
         Err(e) => return Err(moved().unwrap_or(e)),
     };
     let row = client
-        .query_one(
-            "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')",
-            &[],
-        )
+        .query_one(WRITABLE, &[])
         .await
         .map_err(|e| steps::q(&cfg.database.primary, e))?;
     let writable = !row.get::<_, bool>(0) && row.get::<_, String>(1) == "off";
@@ -443,6 +443,35 @@ pub fn cutover_in_progress(cfg: &Config) -> bool {
         return false;
     };
     journal::read(&path).is_ok_and(|r| r.in_cutover())
+}
+
+/// Waits while an upgrade is between `pause_writes` and `verify` (partition
+/// DDL must not run on a node that is being fenced or promoted), polling the
+/// journal every second; gives up after `limit`.
+pub async fn wait_for_cutover(
+    cfg: &Config,
+    limit: Duration,
+    cancel: &CancellationToken,
+) -> Result<(), UpgradeError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut said = false;
+    while cutover_in_progress(cfg) {
+        if !said {
+            tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
+            said = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(UpgradeError::Timeout {
+                what: "the upgrade cutover to finish (see `pgsteward upgrade status`)".into(),
+                after: limit,
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
+        }
+    }
+    Ok(())
 }
 
 /// Summary helpers for the demo and the benchmark: step name, duration.

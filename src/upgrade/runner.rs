@@ -105,6 +105,8 @@ pub struct Saga {
     /// Shared by steps 5–7, set when PAUSE is sent.
     pub(crate) deadline: Option<tokio::time::Instant>,
     pub(crate) window_start: Option<Instant>,
+    /// This process wrote the fence into postgresql.auto.conf before PAUSE.
+    pub(crate) fence_staged: bool,
     /// PAUSE sent → RESUME returned, when this process ran the whole window.
     pub pause_window: Option<Duration>,
     step_started: Option<Instant>,
@@ -131,6 +133,7 @@ impl Saga {
             new_endpoint: None,
             deadline: None,
             window_start: None,
+            fence_staged: false,
             pause_window: None,
             step_started: None,
         }
@@ -340,7 +343,11 @@ impl Saga {
 
     async fn undo(&mut self, step: Step) -> Result<(), UpgradeError> {
         match step {
-            Step::PauseWrites => Ok(self.poolers.resume().await?),
+            // Writes first; then the fence staged before PAUSE comes out of the file.
+            Step::PauseWrites => {
+                self.poolers.resume().await?;
+                self.unfence().await
+            }
             Step::FenceOldPrimary => self.unfence().await,
             // The new replica is kept for a retry; `upgrade abort` deletes it.
             _ => Ok(()),

@@ -31,13 +31,24 @@ const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
 const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
+/// Whether postgresql.auto.conf already holds the fence (staged before PAUSE).
+const FENCE_STAGED: &str = "SELECT count(*)::bigint FROM pg_file_settings \
+     WHERE name = 'default_transaction_read_only' AND setting = 'on' AND applied IS NOT NULL \
+     AND sourcefile LIKE '%postgresql.auto.conf'";
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
 const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
+/// Makes the session follow the server's (reloaded) default again.
+const FOLLOW_SERVER_DEFAULT: &str = "RESET default_transaction_read_only";
 const READ_ONLY_SETTING: &str = "SELECT current_setting('default_transaction_read_only')";
-const TERMINATE_CLIENTS: &str =
-    "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
-     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+/// One round trip per poll: follow the server default again; once it reads
+/// `on` the postmaster has reloaded (it signals its children after it rereads
+/// the files), so sessions forked from now on start read-only, and every
+/// client session is ended. NULL while the reload has not arrived yet.
+const FENCE_CHECK_AND_TERMINATE: &str = "RESET default_transaction_read_only; \
+     SELECT CASE WHEN current_setting('default_transaction_read_only') = 'on' THEN \
+     (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) END";
 /// Through the pooler, in one statement (transaction pooling: the next
 /// statement may run on another server connection).
 const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
@@ -458,6 +469,7 @@ impl Saga {
         self.new_client().await?;
         let id = self.replica()?;
         self.provider.prepare_promote(&id).await?;
+        self.stage_fence().await?;
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.poolers.connect().await?;
         }
@@ -491,6 +503,10 @@ impl Saga {
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
         let method = self.provider.fence_method();
+        let t0 = std::time::Instant::now();
+        let mut polls = 0u32;
+        let mut reloaded_at = Duration::ZERO;
+        let staged_here = self.fence_staged;
         let old = self.old_client().await?;
         if method == FenceMethod::AlterDatabase {
             let work = async {
@@ -511,24 +527,33 @@ impl Saga {
             };
         }
         let work = async {
-            old.batch_execute(SESSION_WRITABLE).await?;
-            old.batch_execute(FENCE).await?;
+            if !staged_here {
+                // Run again after a crash or on a retry: make sure the file holds the fence.
+                old.batch_execute(SESSION_WRITABLE).await?;
+                let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
+                if staged == 0 {
+                    old.batch_execute(FENCE).await?;
+                }
+            }
             old.query_one(RELOAD_CONF, &[]).await?;
+            reloaded_at = t0.elapsed();
             loop {
-                // A fresh RESET makes the session follow the reloaded server default.
-                old.batch_execute("RESET default_transaction_read_only")
-                    .await?;
-                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
-                if v == "on" {
-                    break;
+                polls += 1;
+                let msgs = old.simple_query(FENCE_CHECK_AND_TERMINATE).await?;
+                let ended = msgs.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some(r.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                });
+                if let Some(Some(n)) = ended {
+                    return Ok(Some(n));
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     _ = cancel.cancelled() => return Ok(None),
                 }
             }
-            let n: i64 = old.query_one(TERMINATE_CLIENTS, &[]).await?.get(0);
-            Ok::<_, tokio_postgres::Error>(Some(n))
         };
         let left = remaining(deadline, "fence")?;
         match tokio::time::timeout(left, work).await {
@@ -537,8 +562,33 @@ impl Saga {
             }),
             Ok(Err(e)) => Err(q(&primary, e)),
             Ok(Ok(None)) => Err(UpgradeError::Cancelled),
-            Ok(Ok(Some(n))) => Ok(Output::note(format!("read-only, {n} sessions ended"))),
+            Ok(Ok(Some(n))) => Ok(Output::note(format!(
+                "read-only after {:.1} ms ({:.1} ms to reload, {polls} polls), {n} sessions ended",
+                t0.elapsed().as_secs_f64() * 1000.0,
+                reloaded_at.as_secs_f64() * 1000.0
+            ))),
         }
+    }
+
+    /// Writes the fence into postgresql.auto.conf without reloading, just
+    /// before PAUSE: ALTER SYSTEM syncs a file, which is then not paid for
+    /// inside the pause. It has no effect until `fence` reloads the
+    /// configuration; the undo of `pause_writes` removes it again.
+    /// Only for the `ALTER SYSTEM` fence; the per-database fence is replicated
+    /// and cannot be written ahead.
+    async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterSystem {
+            return Ok(());
+        }
+        let primary = self.cfg.database.primary.clone();
+        let old = self.old_client().await?;
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(FENCE).await
+        };
+        work.await.map_err(|e| q(&primary, e))?;
+        self.fence_staged = true;
+        Ok(())
     }
 
     pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
@@ -550,10 +600,21 @@ impl Saga {
                 .await
                 .map_err(|e| q(&primary, e));
         }
+        // Wait until our own session sees the default back at off: only then
+        // has the postmaster reloaded, so PgBouncer's new server connections
+        // (the fence ended the old ones) start writable after RESUME.
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(UNFENCE).await?;
             old.query_one(RELOAD_CONF, &[]).await?;
+            for _ in 0..5000 {
+                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
+                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
+                if v == "off" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
             Ok::<_, tokio_postgres::Error>(())
         };
         work.await.map_err(|e| q(&primary, e))

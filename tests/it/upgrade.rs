@@ -42,7 +42,11 @@ impl Load {
     pub fn start(url: &str, workers: usize, pace: Duration, max_run: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let next = Arc::new(AtomicI64::new(1));
+        // Ids unique across every load of this process: a second load on the
+        // same table must not collide with the first one's rows.
+        static BASE: AtomicI64 = AtomicI64::new(0);
+        let base = BASE.fetch_add(100_000_000, Ordering::SeqCst);
+        let next = Arc::new(AtomicI64::new(base + 1));
         let handles = (0..workers)
             .map(|_| {
                 let (stop, ledger, next, url) =
@@ -459,6 +463,21 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
         "{err}"
     );
     assert!(!pgsteward::upgrade::cutover_in_progress(&cfg));
+
+    // Through the binary: partition DDL against the moved primary is refused, naming the new one.
+    let new = t.primary_url.clone();
+    t.primary_url = old.clone();
+    t.write_config();
+    let out = t.pgsteward(&["partitions", "apply"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("moved the primary to") && stderr.contains(&new),
+        "{}",
+        text(&out)
+    );
+    t.primary_url = new;
+    t.write_config();
 }
 
 /// Every step run twice in a row (PGSTEWARD_FAILPOINT_REPEAT=1) still upgrades
@@ -621,6 +640,27 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
             t.new_nodes()
         );
     }
+    // A crash in the middle of the roll back: resume finishes it.
+    let fp = "final_sync-done=error,fence_old_primary-undo=kill";
+    let out = t.upgrade(Some(fp));
+    assert!(killed(&out), "{fp}\n{}", text(&out));
+    let out = t.pgsteward(&["upgrade", "resume"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    load.wait_progress(10).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let abort = t.pgsteward(&["upgrade", "abort"], None);
+    assert!(abort.status.success(), "{}", text(&abort));
+    assert!(
+        t.new_nodes().is_empty(),
+        "servers left: {:?}",
+        t.new_nodes()
+    );
+
     let ledger = load.stop().await;
     assert!(
         ledger.errors.is_empty(),
