@@ -275,7 +275,16 @@ impl ConnSpec {
     /// Opens one connection, bounded by `timeout`; the connection's I/O runs on
     /// its own task and ends when the client is dropped.
     pub async fn connect(&self, timeout: Duration) -> Result<Client, PgError> {
-        let mut config = self.config.clone();
+        self.connect_with(self.config.clone(), timeout).await
+    }
+
+    /// [`ConnSpec::connect`] with a driver configuration the caller adjusted
+    /// (startup `options`, ...): same TLS, IAM and error handling.
+    pub async fn connect_with(
+        &self,
+        mut config: tokio_postgres::Config,
+        timeout: Duration,
+    ) -> Result<Client, PgError> {
         config.connect_timeout(timeout);
         let connector = self.connector();
         if self.ssl_mode != SslMode::Disable {
@@ -378,9 +387,26 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Server notices (e.g. DEBUG1 "... is implied by existing constraints"
+    // when the operator sets client_min_messages) become debug logs.
     let io = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "connection closed");
+        let mut conn = conn;
+        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = futures::StreamExt::next(&mut messages).await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                    tracing::debug!(
+                        severity = n.severity(),
+                        message = n.message(),
+                        "server notice"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection closed");
+                    break;
+                }
+            }
         }
     });
     (client, io)

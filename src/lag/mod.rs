@@ -25,6 +25,10 @@ pub enum LagError {
     Pg(#[from] crate::pg::PgError),
     #[error("lag check cancelled")]
     Cancelled,
+    /// `provider = "rds"` without `database.replicas`: listing the source's
+    /// read replicas failed.
+    #[error("replica discovery: {0}")]
+    Discovery(#[from] crate::provider::ProviderError),
 }
 
 /// One check of every replica.
@@ -162,6 +166,23 @@ pub async fn check(
 
 /// One check with pools made for it (the CLI, the demo).
 pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
+    // With provider = "rds" and no replica list, the replicas are the
+    // source instance's read replicas as RDS lists them.
+    let discovered;
+    let cfg = if cfg.upgrade.provider == crate::config::ProviderKind::Rds
+        && cfg.database.replicas.is_empty()
+    {
+        let mut with_replicas = cfg.clone();
+        with_replicas.database.replicas = crate::provider::rds::discover_replicas(cfg)
+            .await?
+            .into_iter()
+            .map(|(_, endpoint)| endpoint)
+            .collect();
+        discovered = with_replicas;
+        &discovered
+    } else {
+        cfg
+    };
     let pools = LagPools::new(cfg)?;
     check(cfg, &pools, &CancellationToken::new()).await
 }

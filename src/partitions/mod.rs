@@ -9,14 +9,13 @@ pub mod plan;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Serialize;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::{Config, TableConfig};
-use crate::pg::{server_message, PgError, QualifiedName, SslMode};
+use crate::pg::{server_message, QualifiedName};
 use crate::Outcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,9 +105,6 @@ const RECOVERY_SKIP: &str =
 /// UTC/ISO make `pg_get_expr` print bounds the way `plan::parse_bound` reads them.
 pub async fn connect(cfg: &Config) -> Result<Client, PartitionError> {
     let spec = cfg.database.primary.spec()?;
-    if !matches!(spec.ssl_mode, SslMode::Disable | SslMode::Prefer) {
-        return Err(PgError::UnsupportedTls(format!("{:?}", spec.ssl_mode)).into());
-    }
     let timeout = cfg.database.connect_timeout.0;
     let mut config = spec.config.clone();
     let mut options = config.get_options().unwrap_or_default().to_string();
@@ -118,47 +114,9 @@ pub async fn connect(cfg: &Config) -> Result<Client, PartitionError> {
         cfg.partitions.lock_timeout.0.as_millis().max(1)
     ));
     config.options(options.trim());
-    config.connect_timeout(timeout);
-    let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
-    let (client, mut conn) = match connected {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(source)) => {
-            return Err(PgError::Connect {
-                target: spec.display.clone(),
-                source,
-            }
-            .into())
-        }
-        Err(_) => {
-            return Err(PgError::ConnectTimeout {
-                target: spec.display.clone(),
-                timeout,
-            }
-            .into())
-        }
-    };
-    // Server notices (e.g. DEBUG1 "... is implied by existing constraints"
-    // when the operator sets client_min_messages) become debug logs.
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notice(n)) => {
-                    tracing::debug!(
-                        severity = n.severity(),
-                        message = n.message(),
-                        "server notice"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "maintenance connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    Ok(client)
+    // TLS (sslmode, sslrootcert), IAM tokens and server notices as debug logs:
+    // all in ConnSpec.
+    Ok(spec.connect_with(config, timeout).await?)
 }
 
 /// One maintenance pass over every managed table. Cancelling stops before the

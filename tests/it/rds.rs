@@ -1100,3 +1100,49 @@ async fn moto_upgrade_plan_through_the_binary() {
     assert_eq!(code, Some(2), "a configuration error: {text}");
     assert!(text.contains("upgrade.rds.source_instance"), "{text}");
 }
+
+/// `pgsteward lag` with `provider = "rds"` and no `database.replicas`: the
+/// replicas are the source's `ReadReplicaDBInstanceIdentifiers`.
+#[tokio::test]
+async fn moto_lag_discovers_replicas_from_rds() {
+    let moto = Moto::start();
+    let client = moto.client().await;
+    create_source(&client, SOURCE, "postgres", 7).await;
+    client
+        .create_db_instance_read_replica()
+        .db_instance_identifier("reporting")
+        .source_db_instance_identifier(SOURCE)
+        .send()
+        .await
+        .unwrap();
+    let cluster = crate::harness::TestCluster::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config(
+        dir.path(),
+        &format!(
+            "[database]\nprimary = \"{primary}\"\n[upgrade]\nprovider = \"rds\"\n[upgrade.rds]\nsource_instance = \"{SOURCE}\"\nendpoint_url = \"{url}\"\n[upgrade.rds.endpoint_override]\n\"reporting\" = \"127.0.0.1:{port}\"\n",
+            primary = cluster.primary.url("postgres"),
+            url = moto.url(),
+            port = cluster.replicas[0].port,
+        ),
+    );
+    let out = crate::harness::pgsteward()
+        .arg("--config")
+        .arg(&config)
+        .args(["lag", "--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", crate::moto::REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", cluster.replicas[0].port)),
+        "the discovered replica is checked: {text}"
+    );
+}
