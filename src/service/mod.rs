@@ -205,6 +205,20 @@ async fn partitions_job(
     if cancel.is_cancelled() {
         return JobRun::Cancelled;
     }
+    // No DDL while an upgrade fences and promotes; the next tick runs the pass.
+    if crate::upgrade::cutover_in_progress(cfg) {
+        return JobRun::Skipped("upgrade cutover in progress");
+    }
+    // A primary an upgrade has moved must not get DDL meant for the new one.
+    if let Err(e @ crate::upgrade::UpgradeError::PrimaryMoved { .. }) =
+        crate::upgrade::ensure_primary_current(cfg).await
+    {
+        let message = e.to_string();
+        return JobRun::Failed {
+            error: crate::Error::from(e).metric_label(),
+            message,
+        };
+    }
     match partitions::run_pass(cfg, cancel).await {
         Ok(report) => {
             metrics.record_partitions(&report);
