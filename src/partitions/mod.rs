@@ -128,12 +128,9 @@ pub async fn run_pass(
     run_pass_at(cfg, Utc::now(), cancel).await
 }
 
-/// [`run_pass`] with the clock given: periods and retention are computed from `now`.
-pub async fn run_pass_at(
-    cfg: &Config,
-    now: DateTime<Utc>,
-    cancel: &CancellationToken,
-) -> Result<PassReport, PartitionError> {
+/// Connects to the primary and reads the catalog of every managed table in
+/// one query: the shared start of a pass, `plan` and `status`.
+async fn connect_and_read(cfg: &Config) -> Result<(Client, catalog::Catalog), PartitionError> {
     let client = connect(cfg).await?;
     let names: Vec<QualifiedName> = cfg
         .partitions
@@ -142,6 +139,16 @@ pub async fn run_pass_at(
         .map(|t| t.table.clone())
         .collect();
     let catalog = catalog::read(&client, &names).await?;
+    Ok((client, catalog))
+}
+
+/// [`run_pass`] with the clock given: periods and retention are computed from `now`.
+pub async fn run_pass_at(
+    cfg: &Config,
+    now: DateTime<Utc>,
+    cancel: &CancellationToken,
+) -> Result<PassReport, PartitionError> {
+    let (client, catalog) = connect_and_read(cfg).await?;
     if catalog.in_recovery {
         tracing::info!(reason = RECOVERY_SKIP, "partition pass skipped");
         return Ok(PassReport {
@@ -149,7 +156,7 @@ pub async fn run_pass_at(
             tables: Vec::new(),
         });
     }
-    let mut reports: Vec<Option<TableReport>> = vec![None; names.len()];
+    let mut reports: Vec<Option<TableReport>> = vec![None; cfg.partitions.tables.len()];
     let mut work = Vec::new();
     for (i, (tcfg, (name, lookup))) in cfg.partitions.tables.iter().zip(catalog.tables).enumerate()
     {
@@ -254,14 +261,7 @@ struct ActionOutput {
 
 /// `partitions plan`: the DDL the next pass would run, changing nothing.
 pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
-    let client = connect(cfg).await?;
-    let names: Vec<QualifiedName> = cfg
-        .partitions
-        .tables
-        .iter()
-        .map(|t| t.table.clone())
-        .collect();
-    let catalog = catalog::read(&client, &names).await?;
+    let (_client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let mut out = PlanOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
@@ -420,14 +420,7 @@ struct TableStatus {
 /// `partitions status`: per table, partitions, covered range, coverage ahead,
 /// gaps and rows in DEFAULT (counted exactly, in one query for all tables).
 pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
-    let client = connect(cfg).await?;
-    let names: Vec<QualifiedName> = cfg
-        .partitions
-        .tables
-        .iter()
-        .map(|t| t.table.clone())
-        .collect();
-    let catalog = catalog::read(&client, &names).await?;
+    let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let mut outcome = Outcome::Healthy;
     let mut tables = Vec::new();
