@@ -8,6 +8,7 @@ mod cli_config;
 mod deploy;
 mod lag;
 mod moto;
+mod partition_safety;
 mod partitions;
 mod rds;
 mod service;

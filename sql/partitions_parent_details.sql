@@ -1,0 +1,9 @@
+-- What a new partition copies from its parent beyond the pass's catalog:
+-- row-level security, replica identity and tablespace. $1: the parent's oid.
+SELECT c.relrowsecurity AS row_security,
+       c.relforcerowsecurity AS force_row_security,
+       c.relreplident::text AS replica_identity,
+       t.spcname::text AS tablespace
+FROM pg_class c
+LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+WHERE c.oid = $1::int8::oid
