@@ -413,4 +413,24 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn partition_holes_are_counted_per_table_even_when_the_pass_failed() {
+        use crate::partitions::TableReport;
+        let m = Metrics::new();
+        let name: crate::pg::QualifiedName = "public.events".parse().unwrap();
+        let mut t = TableReport::new(&name);
+        t.holes = vec!["a .. b".into(), "c .. d".into()];
+        t.current_covered = false;
+        t.error = Some("refused".into());
+        m.record_partitions(&PassReport {
+            skipped: None,
+            tables: vec![t],
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("pgsteward_partitions_holes{table=\"public.events\"} 2"),
+            "{text}"
+        );
+    }
 }

@@ -1372,6 +1372,56 @@ mod bench {
             let stall = load.finish().await;
             row(out, n, label, Some(secs), Some(stall));
         }
+
+        // (d) rows of a coming month already in DEFAULT: moved in the
+        // transaction that attaches their partition, under application load
+        // (the inserts wait for that transaction, the SELECTs for the ATTACH's
+        // scan of DEFAULT; a SELECT alone scans the 200k rows: its baseline).
+        let rows: u64 = std::env::var("PGSTEWARD_BENCH_MOVE_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200_000);
+        c.batch_execute(&init_sql("m_0")).await.unwrap();
+        c.batch_execute(&format!(
+            "INSERT INTO m_0 (created_at, payload) SELECT '{} 00:00:00+00'::timestamptz + (i % 10000) * interval '1 minute', \
+             md5(i::text) FROM generate_series(1, {rows}) i; ANALYZE m_0",
+            month_start(5)
+        ))
+        .await
+        .unwrap();
+        let load = Load::start(&url, vec!["m_0".to_string()]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = load.finish().await;
+        row(
+            out,
+            n,
+            &format!("(d) baseline: the same load, no pass ({rows} rows in DEFAULT)"),
+            None,
+            Some(idle),
+        );
+        let load = Load::start(&url, vec!["m_0".to_string()]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cfg = config(
+            &url,
+            &format!(
+                "default_move_batch = {}\nmax_default_scan = \"1GB\"\nlock_timeout = \"1s\"",
+                rows + 1000
+            ),
+            &table("m_0", "premake = 5"),
+        );
+        let t0 = Instant::now();
+        let r = pass(&cfg).await;
+        let secs = t0.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stall = load.finish().await;
+        assert_eq!(r.tables[0].rows_moved, rows, "{:?}", r.tables[0].error);
+        row(
+            out,
+            n,
+            &format!("(d) DEFAULT move of {rows} rows: pgsteward, one txn (move + ATTACH)"),
+            Some(secs),
+            Some(stall),
+        );
     }
 }
 
@@ -1398,8 +1448,13 @@ async fn bench_partitions_vs_partman() {
     println!("settings: fsync=off (harness), max_locks_per_transaction=1024, shared_buffers=256MB, lock_timeout 200ms for pgsteward");
     println!("| N     | scenario | seconds | worst stall ms INSERT / SELECT |");
     let mut out = Vec::new();
+    // Above this N only (a) runs (the full scenarios take minutes per N).
+    let full_max: usize = std::env::var("PGSTEWARD_BENCH_FULL_MAX_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
     for (k, n) in ns.iter().enumerate() {
-        bench::run(&server, *n, noop_only, k == 0, &mut out).await;
+        bench::run(&server, *n, noop_only || *n > full_max, k == 0, &mut out).await;
     }
     println!("\nsummary:\n{}", out.join("\n"));
     let _ = server.stop(pgsteward::localpg::StopMode::Fast);
