@@ -84,7 +84,7 @@ impl StepError {
 
 impl StepError {
     /// The statement (its first line) appended to a server error.
-    fn context(self, what: &str) -> StepError {
+    pub(super) fn context(self, what: &str) -> StepError {
         match self {
             StepError::Sql { code, message } => StepError::Sql {
                 code,

@@ -43,6 +43,11 @@ const COLUMNS_SQL: &str = "SELECT attname::text FROM pg_attribute \
      WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
      ORDER BY attnum";
 
+const OID_SQL: &str = "SELECT to_regclass($1)::oid::int8";
+const BEGIN: &str = "BEGIN";
+const COMMIT: &str = "COMMIT";
+const ROLLBACK: &str = "ROLLBACK";
+
 /// What the probe of DEFAULT found before anything is locked.
 struct Probe {
     rows: u64,
@@ -152,7 +157,7 @@ impl Exec<'_> {
             Some(d) => {
                 let row = self
                     .client
-                    .query_one("SELECT to_regclass($1)::oid::int8", &[&d.name.quoted()])
+                    .query_one(OID_SQL, &[&d.name.quoted()])
                     .await
                     .map_err(|e| server_message(&e))?;
                 row.get::<_, Option<i64>>(0).unwrap_or(0)
@@ -295,7 +300,7 @@ impl Exec<'_> {
                     let what = format!("attach {child}");
                     return Err(self.gave_up(e, attempt, seen, &what, &relations).await);
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.context(&format!("attach {child}"))),
             }
         }
     }
@@ -313,11 +318,11 @@ impl Exec<'_> {
         columns: &[String],
         report: &mut TableReport,
     ) -> Result<u64, StepError> {
-        self.once("BEGIN", self.cancel, report).await?;
+        self.once(BEGIN, self.cancel, report).await?;
         let res = self
             .attach_steps(state, tcfg, child, range, fks, columns, report)
             .await;
-        let end = if res.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let end = if res.is_ok() { COMMIT } else { ROLLBACK };
         // COMMIT/ROLLBACK are never cancelled: the transaction must end.
         let never = CancellationToken::new();
         let mut ended = self.once(end, &never, report).await;

@@ -846,7 +846,7 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
     exec(&url, EVENTS).await;
     exec(
         &url,
-        "CREATE TABLE events_default PARTITION OF events DEFAULT",
+        "CREATE TABLE events_default PARTITION OF events DEFAULT; CREATE INDEX events_at ON events (created_at)",
     )
     .await;
     // SHARE on the parent alone (ONLY: partitions stay unlocked) lets every
@@ -886,6 +886,17 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
     )
     .await;
     assert_eq!(checks[0].get::<_, i64>(0), 0, "nothing on DEFAULT");
+    // The partition made before the failed ATTACH already has the parent's
+    // index: an ATTACH never builds one under its lock.
+    let built = query(
+        &url,
+        &format!(
+            "SELECT count(*) FROM pg_index WHERE indrelid = '{}'::regclass",
+            month_name("events", 0)
+        ),
+    )
+    .await;
+    assert_eq!(built[0].get::<_, i64>(0), 1);
     // Inserts into DEFAULT keep working for the very range being attached.
     // (Directly into DEFAULT: the parent itself is locked by the blocker.)
     exec(
