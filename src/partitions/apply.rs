@@ -413,7 +413,9 @@ impl Exec<'_> {
                 return Err(StepError::Cancelled);
             }
             let last = attempt >= retries;
-            let (res, seen) = if last && cancellable {
+            // Watch only once a lock race was lost: an observer session per
+            // statement would cost a connection each.
+            let (res, seen) = if last && cancellable && attempt > 1 {
                 blockers::watching(self.cfg, self.pid, self.once(sql, cancel, report)).await
             } else {
                 (self.once(sql, cancel, report).await, Vec::new())

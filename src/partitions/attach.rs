@@ -272,7 +272,7 @@ impl Exec<'_> {
             }
             let last = attempt >= retries;
             let tx = self.attach_once(state, tcfg, child, range, fks, &columns, report);
-            let (res, seen) = if last {
+            let (res, seen) = if last && attempt > 1 {
                 super::blockers::watching(self.cfg, self.pid, tx).await
             } else {
                 (tx.await, Vec::new())
