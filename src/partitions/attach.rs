@@ -33,6 +33,7 @@ use crate::pg::{server_message, QualifiedName};
 
 const PARENT_DETAILS_SQL: &str = include_str!("../../sql/partitions_parent_details.sql");
 const REFERENCING_FKS_SQL: &str = include_str!("../../sql/partitions_referencing_fks.sql");
+const DELETE_TRIGGERS_SQL: &str = include_str!("../../sql/partitions_delete_triggers.sql");
 /// Whether a name is taken, and if so whether it is a standalone table that an
 /// interrupted pass of ours created (it carries our bounds CHECK).
 const RELATION_SQL: &str = "SELECT c.relkind::text, c.relispartition, \
@@ -103,6 +104,9 @@ impl Exec<'_> {
             self.within_bounds(state, &d.name, child, &probe)?;
             fks = self.referencing_fks(state).await?;
             // Before anything is created or locked; repeated under the locks.
+            if probe.rows > 0 {
+                self.refuse_triggers(&d.name, child).await?;
+            }
             if probe.rows > 0 && !fks.is_empty() {
                 self.refuse_referenced(
                     state,
@@ -360,6 +364,8 @@ impl Exec<'_> {
             self.once(&ddl::sql_lock_parent(parent), c, report).await?;
             self.once(&ddl::sql_lock_default(&d.name), c, report)
                 .await?;
+            // No trigger can be added under EXCLUSIVE: this answer holds to COMMIT.
+            self.refuse_triggers(&d.name, child).await?;
             if !fks.is_empty() {
                 let tables: Vec<&QualifiedName> = fks.iter().map(|f| &f.table).collect();
                 self.once(&ddl::sql_lock_referencing(&tables), c, report)
@@ -438,6 +444,35 @@ impl Exec<'_> {
              delete or re-point the referencing rows, or move the rows yourself in one transaction \
              with SET LOCAL session_replication_role = replica",
             found.join("; ")
+        )))
+    }
+
+    /// Refuses a move that would fire DELETE triggers on DEFAULT (an audit
+    /// trigger, say, would record rows as deleted in another table).
+    async fn refuse_triggers(
+        &self,
+        default: &QualifiedName,
+        child: &QualifiedName,
+    ) -> Result<(), StepError> {
+        let rows = self
+            .client
+            .query(DELETE_TRIGGERS_SQL, &[&default.quoted()])
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot read the triggers of {default}: {}",
+                    server_message(&e)
+                )
+            })?;
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(StepError::Refused(format!(
+            "{default}: moving rows of {child}'s range out of it would fire its DELETE triggers {}, \
+             which may change other tables; nothing is moved and {child} is not created. Disable them \
+             around the move (ALTER TABLE {default} DISABLE TRIGGER ...), or move the rows yourself",
+            names.join(", ")
         )))
     }
 }

@@ -115,6 +115,45 @@ async fn foreign_key_actions_never_fire_and_referenced_rows_stay() {
     assert_eq!(total[0].get::<_, i64>(0), 0);
 }
 
+#[tokio::test]
+async fn delete_triggers_on_default_never_fire() {
+    let url = fresh_db("safe_trigger");
+    exec(&url, KEYED).await;
+    exec(
+        &url,
+        &format!(
+            "CREATE TABLE audit (what text); \
+             CREATE FUNCTION audit_delete() RETURNS trigger LANGUAGE plpgsql AS \
+               'BEGIN INSERT INTO audit VALUES (TG_OP); RETURN OLD; END'; \
+             CREATE TRIGGER events_audit AFTER DELETE ON events FOR EACH ROW EXECUTE FUNCTION audit_delete(); \
+             INSERT INTO events (created_at, payload) SELECT '{}'::timestamptz + i * interval '1 hour', 'x' \
+             FROM generate_series(1, 3) i",
+            month_start(1)
+        ),
+    )
+    .await;
+    let cfg = config(&url, "", &table("events", "premake = 1"));
+    let r = pass(&cfg).await;
+    let err = r.tables[0].error.as_deref().unwrap_or_default();
+    assert!(err.contains("DELETE triggers events_audit"), "{r:#?}");
+    let audit = query(&url, "SELECT count(*) FROM audit").await;
+    assert_eq!(audit[0].get::<_, i64>(0), 0, "the trigger never fired");
+    // The operator disables it for the move: the rows move, nothing is audited.
+    exec(
+        &url,
+        "ALTER TABLE events_default DISABLE TRIGGER events_audit",
+    )
+    .await;
+    let r = pass(&cfg).await;
+    assert_eq!(
+        (r.outcome(), r.tables[0].rows_moved),
+        (pgsteward::Outcome::Healthy, 3),
+        "{r:#?}"
+    );
+    let audit = query(&url, "SELECT count(*) FROM audit").await;
+    assert_eq!(audit[0].get::<_, i64>(0), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     let url = fresh_db("safe_clients");
