@@ -1,0 +1,573 @@
+//! The container image, built and run the way Kubernetes runs it.
+//!
+//! deploy/Dockerfile's runtime stage is built around the binary this test
+//! build made, on a Debian 12 base made from Debian's packages (no registry
+//! is reachable; see `engine`), in a Docker daemon of the test's own. Each
+//! workload then runs with the docker flags its manifest's pod spec
+//! translates to: user and group, read-only root, no capabilities, no
+//! privilege escalation, its memory and CPU limits, the ConfigMap mounted
+//! read-only where the manifest puts it, the Secret's keys as the
+//! environment, an emptyDir as a tmpfs, claims as host directories, and the
+//! host network only, against a harness primary, replica and PgBouncer on
+//! loopback (and moto for the RDS API of the upgrade Job).
+//!
+//! Run alone: `cargo test --features failpoints --test it docker:: -- --nocapture`
+//! (prints the image size and the time from container start to /readyz).
+
+mod engine;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_yaml_ng::Value;
+
+use crate::harness::{self, must};
+use engine::{Engine, NONROOT};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A single-document manifest under deploy/kubernetes.
+fn kube(rel: &str) -> Value {
+    let path = repo().join("deploy/kubernetes").join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn pod_spec(obj: &Value) -> &Value {
+    match obj["kind"].as_str() {
+        Some("CronJob") => &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+        _ => &obj["spec"]["template"]["spec"],
+    }
+}
+
+fn seq(v: &Value) -> Vec<Value> {
+    v.as_sequence().cloned().unwrap_or_default()
+}
+
+fn text(v: &Value, what: &str) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v:?}"))
+        .to_string()
+}
+
+/// Host directories standing in for the pod's volumes.
+struct Volumes {
+    config: PathBuf,
+    rds_ca: PathBuf,
+    state: PathBuf,
+    pgbouncer: PathBuf,
+}
+
+/// What `docker create`/`run` needs to run a pod's only container as the kubelet would.
+struct Workload {
+    flags: Vec<String>,
+    args: Vec<String>,
+    mounts: Vec<String>,
+    grace: u64,
+}
+
+/// Kubernetes quantities as docker takes them: "64Mi" -> "64m", "250m" CPU -> "0.25".
+fn mebibytes(q: &str) -> String {
+    let n = q
+        .strip_suffix("Mi")
+        .unwrap_or_else(|| panic!("{q}: this test reads Mi quantities"));
+    format!("{n}m")
+}
+
+fn cpus(q: &str) -> String {
+    match q.strip_suffix('m') {
+        Some(milli) => format!("{}", milli.parse::<f64>().expect("millicores") / 1000.0),
+        None => q.to_string(),
+    }
+}
+
+fn workload(obj: &Value, vols: &Volumes, env_file: &Path) -> Workload {
+    let pod = pod_spec(obj);
+    let containers = seq(&pod["containers"]);
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let (psc, csc) = (&pod["securityContext"], &c["securityContext"]);
+    let id = |k: &str| {
+        csc[k]
+            .as_u64()
+            .or(psc[k].as_u64())
+            .unwrap_or_else(|| panic!("{k} is set"))
+    };
+    let (uid, gid) = (id("runAsUser"), id("runAsGroup"));
+    assert!(uid != 0 && psc["runAsNonRoot"].as_bool() == Some(true));
+    let mut flags = vec![
+        "--user".to_string(),
+        format!("{uid}:{gid}"),
+        "--network".into(),
+        "host".into(),
+    ];
+    if let Some(fs_group) = psc["fsGroup"].as_u64() {
+        flags.extend(["--group-add".into(), fs_group.to_string()]);
+    }
+    // RuntimeDefault is docker's default seccomp profile too: nothing to add.
+    assert_eq!(
+        psc["seccompProfile"]["type"].as_str(),
+        Some("RuntimeDefault")
+    );
+    if csc["readOnlyRootFilesystem"].as_bool() == Some(true) {
+        flags.push("--read-only".into());
+    }
+    if csc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        flags.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    for cap in seq(&csc["capabilities"]["drop"]) {
+        flags.extend(["--cap-drop".into(), text(&cap, "drop")]);
+    }
+    assert!(csc["capabilities"]["add"].is_null());
+    let limits = &c["resources"]["limits"];
+    flags.extend([
+        "--memory".into(),
+        mebibytes(&text(&limits["memory"], "memory")),
+    ]);
+    flags.extend(["--cpus".into(), cpus(&text(&limits["cpu"], "cpu"))]);
+    for from in seq(&c["envFrom"]) {
+        assert_eq!(
+            from["secretRef"]["name"].as_str(),
+            Some("pgsteward-database")
+        );
+        flags.push(format!("--env-file={}", env_file.display()));
+    }
+    let volumes = seq(&pod["volumes"]);
+    let mut mounts = Vec::new();
+    for m in seq(&c["volumeMounts"]) {
+        let name = text(&m["name"], "volumeMounts.name");
+        let path = text(&m["mountPath"], "mountPath");
+        let v = volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(&name))
+            .unwrap_or_else(|| panic!("volume {name}"));
+        let ro = if m["readOnly"].as_bool() == Some(true) {
+            ":ro"
+        } else {
+            ""
+        };
+        let host = match (
+            v["configMap"]["name"].as_str(),
+            v["persistentVolumeClaim"]["claimName"].as_str(),
+        ) {
+            (Some("pgsteward-config"), _) => &vols.config,
+            // Optional and absent here: the kubelet mounts it empty.
+            (Some("rds-ca-bundle"), _) => &vols.rds_ca,
+            (_, Some("pgsteward-upgrade-state")) => &vols.state,
+            (_, Some("pgbouncer-config")) => &vols.pgbouncer,
+            _ if v["emptyDir"].is_mapping() => {
+                let size = mebibytes(&text(&v["emptyDir"]["sizeLimit"], "sizeLimit"));
+                flags.push(format!(
+                    "--tmpfs={path}:rw,nosuid,nodev,size={size},mode=1777"
+                ));
+                mounts.push(path);
+                continue;
+            }
+            _ => panic!("volume {name}: this test does not know how to provide {v:?}"),
+        };
+        flags.push(format!("--volume={}:{path}{ro}", host.display()));
+        mounts.push(path);
+    }
+    Workload {
+        flags,
+        args: seq(&c["args"]).iter().map(|a| text(a, "args")).collect(),
+        mounts,
+        grace: pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
+    }
+}
+
+/// GET over a plain TCP stream: status and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+/// The value of the first sample of `name` whose labels contain `label`.
+fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// `docker diff` entries that are neither a mount point nor a directory above one.
+fn written_outside_mounts(engine: &Engine, name: &str, mounts: &[String]) -> Vec<String> {
+    engine
+        .ok(&["diff", name])
+        .lines()
+        .filter(|l| {
+            let path = l.get(2..).unwrap_or("");
+            !mounts
+                .iter()
+                .any(|m| m == path || m.starts_with(&format!("{path}/")))
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// The container's main process as the host sees it: ids, capabilities, flags.
+fn process_status(engine: &Engine, name: &str) -> (String, Vec<String>) {
+    let pid = engine.ok(&["inspect", "--format", "{{.State.Pid}}", name]);
+    let pid = pid.trim();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let root_opts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+        .and_then(|l| l.split_whitespace().nth(5).map(String::from))
+        .unwrap_or_default();
+    let fields = [
+        "Uid:",
+        "Gid:",
+        "CapEff:",
+        "CapBnd:",
+        "NoNewPrivs:",
+        "Seccomp:",
+    ]
+    .iter()
+    .filter_map(|f| status.lines().find(|l| l.starts_with(f)))
+    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    .collect();
+    (root_opts, fields)
+}
+
+fn dir_for(parent: &Path, name: &str, owner: Option<u32>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = parent.join(name);
+    must(std::fs::create_dir_all(&p));
+    must(std::fs::set_permissions(
+        &p,
+        std::fs::Permissions::from_mode(0o755),
+    ));
+    if let Some(id) = owner {
+        must(std::os::unix::fs::chown(&p, Some(id), Some(id)));
+    }
+    p
+}
+
+#[tokio::test]
+async fn image_runs_the_way_kubernetes_runs_it() {
+    let t0 = Instant::now();
+    let engine = Engine::start();
+    let t_daemon = t0.elapsed();
+    let deployment = kube("service/deployment.yaml");
+    let image = text(
+        &seq(&pod_spec(&deployment)["containers"])[0]["image"],
+        "image",
+    );
+    let base = engine.build_runtime_image(
+        &repo().join("deploy/Dockerfile"),
+        Path::new(env!("CARGO_BIN_EXE_pgsteward")),
+        &image,
+    );
+    let t_image = t0.elapsed();
+    assert_eq!(
+        engine
+            .ok(&["image", "inspect", "--format", "{{.Config.User}}", &image])
+            .trim(),
+        format!("{NONROOT}:{NONROOT}"),
+        "the image runs as distroless's nonroot without any runAsUser"
+    );
+
+    // The databases: a primary with one streaming replica, PgBouncer in front.
+    let cluster = harness::TestCluster::start(1);
+    must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
+    // The ConfigMap's managed table.
+    let work = harness::server_tempdir();
+    let vols = Volumes {
+        config: dir_for(work.path(), "config", None),
+        rds_ca: dir_for(work.path(), "rds-ca", None),
+        state: dir_for(work.path(), "state", Some(NONROOT)),
+        pgbouncer: dir_for(work.path(), "pgbouncer-config", Some(NONROOT)),
+    };
+    let configmap = repo().join("deploy/kubernetes/base/pgsteward.toml");
+    must(std::fs::copy(
+        &configmap,
+        vols.config.join("pgsteward.toml"),
+    ));
+    let cfg = must(pgsteward::config::load(&configmap));
+    let table = cfg.partitions.tables[0].table.to_string();
+    must(cluster.primary.psql(
+        "app",
+        &format!(
+            "CREATE TABLE {table} (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)"
+        ),
+    ));
+    cluster.wait_replicas_caught_up();
+    let pooler = harness::pooler(work.path(), &cluster.primary, "app", &[]);
+    // The shared pgbouncer.ini claim: the upgrade Job reads the PgBouncer config here.
+    let ini = vols.pgbouncer.join("pgbouncer.ini");
+    must(std::fs::copy(&pooler.ini, &ini));
+    must(std::os::unix::fs::chown(&ini, Some(NONROOT), Some(NONROOT)));
+
+    // The Secret: its keys, with this test's servers and passwords.
+    let secret = kube("secret.example.yaml");
+    let mut env = String::new();
+    for (k, _) in secret["stringData"].as_mapping().expect("stringData") {
+        let key = text(k, "Secret key");
+        let value = match key.as_str() {
+            "PGSTEWARD_DATABASE__PRIMARY" => cluster.primary.url("app"),
+            "PGSTEWARD_DATABASE__REPLICAS" => format!("[\"{}\"]", cluster.replicas[0].url("app")),
+            "PGSTEWARD_CUTOVER__ADMIN" => format!("[\"{}\"]", pooler.admin_url()),
+            other => panic!("Secret key {other}: give this test a value for it"),
+        };
+        env.push_str(&format!("{key}={value}\n"));
+    }
+    let env_file = work.path().join("secret.env");
+    must(std::fs::write(&env_file, env));
+
+    // --- the Deployment: `pgsteward run` ---
+    let service = workload(&deployment, &vols, &env_file);
+    let c = &seq(&pod_spec(&deployment)["containers"])[0];
+    let port_number = seq(&c["ports"])[0]["containerPort"]
+        .as_u64()
+        .expect("containerPort") as u16;
+    let probe_path = |probe: &str| text(&c[probe]["httpGet"]["path"], probe);
+    let metrics_path = text(
+        &seq(&kube("service/servicemonitor.yaml")["spec"]["endpoints"])[0]["path"],
+        "ServiceMonitor path",
+    );
+    // Host network: the manifest's port unless something here already has it.
+    let port = if std::net::TcpListener::bind(("127.0.0.1", port_number)).is_ok() {
+        port_number
+    } else {
+        must(pgsteward::localpg::free_port())
+    };
+    engine.ok(&[
+        &["create", "--name", "service"][..],
+        &service.flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        // Loopback only on the host network (the ConfigMap binds 0.0.0.0 in its pod).
+        &[
+            "--env",
+            &format!("PGSTEWARD_HTTP__LISTEN=127.0.0.1:{port}"),
+            &image,
+        ],
+        &service.args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ]
+    .concat());
+    let started = Instant::now();
+    engine.ok(&["start", "service"]);
+    let readyz = probe_path("readinessProbe");
+    let mut ready_after = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Some((200, _)) = http_get(port, &readyz) {
+            ready_after = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let logs = || engine.logs("service");
+    let Some(ready_after) = ready_after else {
+        panic!("{readyz} not 200 within 30s: {}", logs());
+    };
+    assert_eq!(
+        http_get(port, &probe_path("livenessProbe")).map(|r| r.0),
+        Some(200)
+    );
+    let (root_opts, status) = process_status(&engine, "service");
+    assert!(
+        root_opts.split(',').any(|o| o == "ro"),
+        "root is read-only: {root_opts}"
+    );
+    for want in [
+        format!("Uid: {NONROOT} {NONROOT} {NONROOT} {NONROOT}"),
+        format!("Gid: {NONROOT} {NONROOT} {NONROOT} {NONROOT}"),
+        "CapEff: 0000000000000000".into(),
+        "CapBnd: 0000000000000000".into(),
+        "NoNewPrivs: 1".into(),
+        "Seccomp: 2".into(),
+    ] {
+        assert!(status.contains(&want), "{want}: {status:?}");
+    }
+    // The first partition pass and lag check run at start; wait for both to succeed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = |m: &str, job: &str| {
+        sample(
+            m,
+            "pgsteward_job_last_success_timestamp_seconds",
+            &format!("job=\"{job}\""),
+        )
+        .is_some_and(|t| t > 0.0)
+    };
+    let metrics = loop {
+        let (code, body) = http_get(port, &metrics_path).unwrap_or_default();
+        if code == 200 && done(&body, "partitions") && done(&body, "lag") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful pass and lag check within 30s:\n{body}\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let premake = f64::from(cfg.partitions.tables[0].premake);
+    let table_label = format!("table=\"{table}\"");
+    assert!(
+        sample(&metrics, "pgsteward_partitions_future", &table_label).is_some_and(|n| n >= premake),
+        "{premake} future partitions of {table}:\n{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "pgsteward_replica_up", "replica="),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "pgsteward_replica_lag_bytes", "replica=").is_some(),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "pgsteward_primary_up", ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "pgsteward_leader", ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("pgsteward_job_failures_total{")),
+        "no failed job:\n{metrics}"
+    );
+
+    // SIGTERM, then the grace period: the service drains and exits 0 at once.
+    let stopping = Instant::now();
+    engine.ok(&["stop", "--time", &service.grace.to_string(), "service"]);
+    let stopped_after = stopping.elapsed();
+    let exit = engine.ok(&["inspect", "--format", "{{.State.ExitCode}}", "service"]);
+    let all_logs = logs();
+    assert_eq!(exit.trim(), "0", "{all_logs}");
+    assert!(
+        all_logs.contains("service stopped"),
+        "a clean shutdown: {all_logs}"
+    );
+    assert!(
+        stopped_after < Duration::from_secs(1),
+        "docker stop took {stopped_after:?}: {all_logs}"
+    );
+    let written = written_outside_mounts(&engine, "service", &service.mounts);
+    assert!(
+        written.is_empty(),
+        "written outside the mounts: {written:?}"
+    );
+    let service_size = engine.image_size(&image);
+
+    // --- the CronJob: `pgsteward partitions apply` once ---
+    let cronjob = workload(&kube("cronjob/cronjob.yaml"), &vols, &env_file);
+    let job_started = Instant::now();
+    let out = engine::output(
+        engine
+            .docker()
+            .args(["run", "--name", "cronjob"])
+            .args(&cronjob.flags)
+            .arg(&image)
+            .args(&cronjob.args),
+        "docker run (cronjob)",
+    );
+    let cronjob_took = job_started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("--output json prints one JSON document: {e}: {stdout}"));
+    assert!(report.is_object(), "{report}");
+    let written = written_outside_mounts(&engine, "cronjob", &cronjob.mounts);
+    assert!(
+        written.is_empty(),
+        "written outside the mounts: {written:?}"
+    );
+
+    // --- the upgrade Job: `upgrade plan`, the RDS API from moto ---
+    let moto = crate::moto::Moto::start();
+    let rds = cfg.upgrade.rds.as_ref().expect("[upgrade.rds]");
+    must(
+        moto.client()
+            .await
+            .create_db_instance()
+            .db_instance_identifier(&rds.source_instance)
+            .engine("postgres")
+            .db_instance_class("db.r5.xlarge")
+            .allocated_storage(100)
+            .master_username("steward")
+            .master_user_password("not-a-secret-1")
+            .backup_retention_period(7)
+            .send()
+            .await,
+    );
+    let plan = workload(&kube("upgrade/plan/job.yaml"), &vols, &env_file);
+    let aws = [
+        // IRSA's web identity in EKS; moto takes any static key.
+        "AWS_ACCESS_KEY_ID=testing".to_string(),
+        "AWS_SECRET_ACCESS_KEY=testing".into(),
+        "AWS_EC2_METADATA_DISABLED=true".into(),
+        format!("PGSTEWARD_UPGRADE__RDS__ENDPOINT_URL={}", moto.url()),
+    ];
+    let mut cmd = engine.docker();
+    cmd.args(["run", "--name", "upgrade-plan"])
+        .args(&plan.flags);
+    for e in &aws {
+        cmd.arg("--env").arg(e);
+    }
+    let out = engine::output(
+        cmd.arg(&image).args(&plan.args),
+        "docker run (upgrade plan)",
+    );
+    let text_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "every precheck passes: {text_out}"
+    );
+    assert!(
+        text_out.contains(&format!("upgrade plan: {}", rds.source_instance)),
+        "{text_out}"
+    );
+    let written = written_outside_mounts(&engine, "upgrade-plan", &plan.mounts);
+    assert!(
+        written.is_empty(),
+        "written outside the mounts: {written:?}"
+    );
+
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "image {image}: {:.1} MiB (base {base}: {:.1} MiB, binary {:.1} MiB, storage driver {}); \
+         daemon up in {:.1}s, image built in {:.1}s; container start -> {readyz} 200 in {} ms; \
+         docker stop -> exit 0 in {} ms; partitions apply {} ms; whole test {:.1}s",
+        mib(service_size),
+        mib(engine.image_size(&base)),
+        mib(must(std::fs::metadata(env!("CARGO_BIN_EXE_pgsteward"))).len()),
+        engine.storage_driver(),
+        t_daemon.as_secs_f64(),
+        (t_image - t_daemon).as_secs_f64(),
+        ready_after.as_millis(),
+        stopped_after.as_millis(),
+        cronjob_took.as_millis(),
+        t0.elapsed().as_secs_f64()
+    );
+}
