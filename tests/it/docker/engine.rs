@@ -127,7 +127,13 @@ impl Engine {
         let d = dir.path();
         std::fs::write(d.join("daemon.json"), "{}\n").expect("write daemon.json");
         let log = std::fs::File::create(d.join("dockerd.log")).expect("create dockerd.log");
-        let child = Command::new(dockerd)
+        let mut cmd = Command::new(dockerd);
+        // The daemon picks the first driver that works (overlay2, else vfs...);
+        // TEST_DOCKER_STORAGE_DRIVER forces one (not PGSTEWARD_: the config loader owns that prefix).
+        if let Ok(driver) = std::env::var("TEST_DOCKER_STORAGE_DRIVER") {
+            cmd.arg(format!("--storage-driver={driver}"));
+        }
+        let child = cmd
             .arg("--config-file")
             .arg(d.join("daemon.json"))
             .arg("--data-root")
