@@ -76,6 +76,7 @@ impl Exec<'_> {
             force_row_security: row.get(1),
             replica_identity: row.get(2),
             tablespace: row.get(3),
+            server_version: row.get(4),
         })
     }
 

@@ -21,7 +21,11 @@ pub const DEFAULT_CHECK_PREFIX: &str = "pgsteward_excl";
 /// instead of building one under its lock. Not copied, as `PARTITION OF` does
 /// not: identity (it stays on the parent), comments and extended statistics.
 const LIKE_OPTIONS: &str = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED \
-                            INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING INDEXES";
+                            INCLUDING STORAGE INCLUDING INDEXES";
+/// Column compression (PostgreSQL 14+; 13 does not know the clause).
+const LIKE_COMPRESSION: &str = " INCLUDING COMPRESSION";
+/// The first `server_version_num` with `INCLUDING COMPRESSION`.
+const COMPRESSION_SINCE: i32 = 140_000;
 
 fn range_predicate(key: &str, kt: KeyType, tz: Tz, r: Range) -> String {
     range_predicate_on("", key, kt, tz, r)
@@ -44,13 +48,19 @@ fn range_predicate_on(alias: &str, key: &str, kt: KeyType, tz: Tz, r: Range) -> 
 pub fn sql_create_child(
     parent: &QualifiedName,
     child: &QualifiedName,
-    tablespace: Option<&str>,
+    details: Option<&ParentDetails>,
 ) -> String {
-    let ts = tablespace
+    let ts = details
+        .and_then(|d| d.tablespace.as_deref())
         .map(|t| format!(" TABLESPACE {}", quote_ident(t)))
         .unwrap_or_default();
+    // Without details (`partitions plan`) the clause is shown: servers before 14 are rare.
+    let compression = match details {
+        Some(d) if d.server_version < COMPRESSION_SINCE => "",
+        _ => LIKE_COMPRESSION,
+    };
     format!(
-        "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS}){ts}",
+        "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS}{compression}){ts}",
         child.quoted(),
         parent.quoted()
     )
@@ -96,7 +106,7 @@ pub fn create_statements(
 ) -> Vec<String> {
     let (parent, key, kt) = (&state.table, state.key_column.as_str(), state.key_type);
     let mut v = vec![
-        sql_create_child(parent, child, details.and_then(|d| d.tablespace.as_deref())),
+        sql_create_child(parent, child, details),
         sql_add_bounds_check(child, key, kt, tz, range),
     ];
     match details {
@@ -408,5 +418,54 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains(r#"TO "app""role""#), "{sql}");
+    }
+
+    #[test]
+    fn new_partitions_take_row_security_replica_identity_and_version_from_the_parent() {
+        let mut s = state(KeyType::Date);
+        s.grants = vec![Grant {
+            grantee: "app".into(),
+            privilege: "SELECT".into(),
+            grantable: false,
+        }];
+        let child = QualifiedName::new("public", "audit_log_2025_05");
+        let r = Range { lo: 0, hi: 1 };
+        let plain = ParentDetails {
+            replica_identity: "d".into(),
+            server_version: 150_000,
+            ..ParentDetails::default()
+        };
+        let sql = create_statements(&s, Some(&plain), Tz::UTC, &child, r).join(";\n");
+        assert!(
+            sql.contains("INCLUDING INDEXES INCLUDING COMPRESSION)"),
+            "{sql}"
+        );
+        assert!(sql.contains("GRANT SELECT"), "{sql}");
+        assert!(
+            !sql.contains("ROW LEVEL SECURITY") && !sql.contains("REPLICA"),
+            "{sql}"
+        );
+        let rls = ParentDetails {
+            row_security: true,
+            force_row_security: true,
+            replica_identity: "f".into(),
+            tablespace: Some("fast ssd".into()),
+            server_version: 130_000,
+        };
+        let sql = create_statements(&s, Some(&rls), Tz::UTC, &child, r).join(";\n");
+        assert!(
+            !sql.contains("GRANT"),
+            "direct access stays the owner's: {sql}"
+        );
+        assert!(
+            sql.contains("ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
+            "{sql}"
+        );
+        assert!(sql.contains("REPLICA IDENTITY FULL"), "{sql}");
+        assert!(sql.contains(") TABLESPACE \"fast ssd\""), "{sql}");
+        assert!(
+            !sql.contains("COMPRESSION"),
+            "PostgreSQL 13 has no such clause: {sql}"
+        );
     }
 }

@@ -179,6 +179,8 @@ pub struct ParentDetails {
     pub replica_identity: String,
     /// `None` for the database's default tablespace.
     pub tablespace: Option<String>,
+    /// `server_version_num`: which `LIKE` clauses the server knows.
+    pub server_version: i32,
 }
 
 /// A foreign key of another table that references the parent (or its DEFAULT).

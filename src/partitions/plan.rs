@@ -38,6 +38,8 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
                 kind: NoteKind::OffGrid,
                 message: "bound is not a single-column range; left alone".into(),
             }),
+            // Our own fills of a hole beside a hand-made partition.
+            Some(r) if is_fill(&state.table.name, &p.name.name, interval, kt, tz, r) => {}
             Some(r) if !on_grid(interval, kt, tz, r) => notes.push(Note {
                 partition: p.name.to_string(),
                 kind: NoteKind::OffGrid,
@@ -230,6 +232,13 @@ pub fn uncovered(range: Range, covered: &[Range]) -> Vec<Range> {
         pieces.push(Range { lo, hi: range.hi });
     }
     pieces
+}
+
+/// Whether `name` is what the plan calls a fill of the period `r` starts in.
+fn is_fill(table: &str, name: &str, interval: Interval, kt: KeyType, tz: Tz, r: Range) -> bool {
+    let start = period_start(interval, key_day(kt, tz, r.lo));
+    let sfx = suffix(interval, start);
+    (1..=16).any(|n| partition_name(table, &format!("{sfx}_fill{n}")) == name)
 }
 
 fn on_grid(interval: Interval, kt: KeyType, tz: Tz, r: Range) -> bool {
