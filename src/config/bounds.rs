@@ -105,7 +105,7 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
         Duration::ZERO,
         365 * DAY,
     )?;
-    duration("upgrade.step_timeout", u.step_timeout, secs(1), 30 * DAY)?;
+    duration("upgrade.step_timeout", u.step_timeout, MS, 30 * DAY)?;
     if let Some(rds) = &u.rds {
         duration("upgrade.rds.poll_interval", rds.poll_interval, MS, HOUR)?;
     }
