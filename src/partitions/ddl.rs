@@ -327,7 +327,12 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
         Action::Create {
             partition, range, ..
         } => {
-            let mut v = vec!["BEGIN".to_string()];
+            let mut v = Vec::new();
+            if let Some(d) = &state.default {
+                // Before anything is created: the move's bounds are checked first.
+                v.push(sql_probe_default(&d.name, key, kt, tz, *range));
+            }
+            v.push("BEGIN".to_string());
             v.extend(create_statements(state, None, tz, partition, *range));
             v.push(sql_owner(partition, &state.owner));
             v.push("COMMIT".into());
@@ -336,7 +341,6 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             );
             v.push("BEGIN".into());
             if let Some(d) = &state.default {
-                v.push(sql_probe_default(&d.name, key, kt, tz, *range));
                 v.push(sql_lock_parent(parent));
                 v.push(sql_lock_default(&d.name));
                 v.push(format!(
