@@ -10,8 +10,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
+pub mod conninfo;
 pub mod iam;
+pub mod libpq;
 mod tls;
+use conninfo::ConnParams;
+pub use libpq::{PasswordLookup, PgEnv};
 pub use tls::TlsSetupError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,8 @@ pub enum PgError {
         target: String,
         source: tokio_postgres::Error,
     },
+    #[error("cannot connect to {target}: the server asks for a password and none was found; looked in: {looked}")]
+    PasswordMissing { target: String, looked: String },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
     #[error("cannot connect to {target}: {reason}")]
@@ -89,6 +95,13 @@ pub struct ConnSpec {
     pub aws_iam: Option<IamAuth>,
     /// `user@host:port/dbname`, no password: for logs, errors and metric labels.
     pub display: String,
+    /// `connect_timeout` of the string or `PGCONNECT_TIMEOUT`: overrides
+    /// `database.connect_timeout` for this connection.
+    pub connect_timeout: Option<Duration>,
+    /// Where the password came from; `None` when there is none.
+    pub password_source: Option<String>,
+    /// Every place looked in for a password, when none was found.
+    pub password_looked: Vec<String>,
 }
 
 impl fmt::Debug for ConnSpec {
@@ -98,52 +111,67 @@ impl fmt::Debug for ConnSpec {
 }
 
 impl ConnSpec {
-    /// Parses a `postgres://` URL or a `key=value` string. `sslmode` and
-    /// `sslrootcert` are taken out before the rest goes to tokio-postgres.
+    /// Parses a `postgres://` URL or a `key=value` string, filling what it
+    /// leaves out the way libpq does (see [`libpq`]) from this process's
+    /// environment. `sslmode`, `sslrootcert`, `passfile`, `connect_timeout`
+    /// and the `aws_*` keys are taken out before the rest goes to tokio-postgres.
     pub fn parse(s: &str) -> Result<ConnSpec, PgError> {
+        ConnSpec::parse_with(s, &PgEnv::from_process())
+    }
+
+    /// [`ConnSpec::parse`] with the libpq environment given.
+    pub fn parse_with(s: &str, env: &PgEnv) -> Result<ConnSpec, PgError> {
         let invalid = |reason: String| PgError::InvalidConnString {
             redacted: redact(s),
             reason,
         };
-        let mut ssl_mode = None;
-        let mut ssl_root_cert = None;
-        let mut aws_iam = None;
-        let mut aws_region = None;
-        let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            let mut url = url::Url::parse(s).map_err(|e| invalid(e.to_string()))?;
-            let mut kept = Vec::new();
-            for (k, v) in url.query_pairs() {
-                match k.as_ref() {
-                    "sslmode" => ssl_mode = Some(v.to_string()),
-                    "sslrootcert" => ssl_root_cert = Some(v.to_string()),
-                    "aws_iam" => aws_iam = Some(v.to_string()),
-                    "aws_region" => aws_region = Some(v.to_string()),
-                    _ => kept.push((k.to_string(), v.to_string())),
+        let mut params = ConnParams::parse(s).map_err(|e| invalid(e.to_string()))?;
+        libpq::apply_env_defaults(&mut params, env);
+        let ssl_mode = params.take("sslmode");
+        let ssl_root_cert = params.take("sslrootcert");
+        let aws_iam = params.take("aws_iam");
+        let aws_region = params.take("aws_region");
+        let passfile = params.take("passfile");
+        let fallback_app = params.take("fallback_application_name");
+        let connect_timeout = match params.take("connect_timeout") {
+            None => None,
+            Some(t) => match t.trim().parse::<i64>() {
+                // libpq: zero or negative waits forever, and less than 2 s is 2 s.
+                Ok(n) if n <= 0 => None,
+                Ok(n) => Some(Duration::from_secs(n.max(2) as u64)),
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "connect_timeout={t} is not a number of seconds"
+                    )))
                 }
-            }
-            if kept.is_empty() {
-                url.set_query(None);
-            } else {
-                url.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            url.to_string()
-        } else {
-            let mut kept = Vec::new();
-            for pair in s.split_whitespace() {
-                match pair.split_once('=') {
-                    Some(("sslmode", v)) => ssl_mode = Some(v.to_string()),
-                    Some(("sslrootcert", v)) => ssl_root_cert = Some(v.to_string()),
-                    Some(("aws_iam", v)) => aws_iam = Some(v.to_string()),
-                    Some(("aws_region", v)) => aws_region = Some(v.to_string()),
-                    _ => kept.push(pair),
-                }
-            }
-            kept.join(" ")
+            },
         };
-        let mut config =
-            tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
-        if config.get_hosts().is_empty() {
-            return Err(invalid("no host given".into()));
+        if params.get("host").is_none() && params.get("hostaddr").is_none() {
+            return Err(invalid(
+                "no host given (set host in the connection string, or PGHOST)".into(),
+            ));
+        }
+        if params.get("user").is_none() {
+            match env.os_user_name() {
+                Some(u) => params.set("user", u),
+                None => {
+                    return Err(invalid(
+                        "no user given (set user in the connection string, or PGUSER)".into(),
+                    ))
+                }
+            }
+        }
+        let user = params.get("user").unwrap_or_default().to_string();
+        if params.get("dbname").is_none() {
+            params.set("dbname", user.clone());
+        }
+        if params
+            .get("dbname")
+            .is_some_and(|d| d.contains('=') || conninfo::is_url(d))
+        {
+            return Err(invalid(
+                "dbname holds a connection string; give its parameters directly".into(),
+            ));
         }
         let ssl_mode = match ssl_mode.as_deref() {
             None | Some("prefer") => SslMode::Prefer,
@@ -162,21 +190,52 @@ impl ConnSpec {
             Some("true") | Some("1") | Some("on") => Some(IamAuth { region: aws_region }),
             Some(other) => return Err(invalid(format!("aws_iam={other} is not true or false"))),
         };
-        if aws_iam.is_some() {
-            if matches!(ssl_mode, SslMode::Disable | SslMode::Prefer) {
-                return Err(invalid(
-                    "aws_iam=true sends a login token, a credential: set sslmode=verify-full (or require, verify-ca)".into(),
-                ));
-            }
-            if config.get_user().is_none() {
-                return Err(invalid(
-                    "aws_iam=true needs a user: the token is made for one database user".into(),
-                ));
-            }
+        if aws_iam.is_some() && !matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+            return Err(invalid(format!(
+                "aws_iam=true sends a login token, a credential, which sslmode={ssl_mode} would hand to \
+                 anyone on the path: set sslmode=verify-full and sslrootcert=/path/to/global-bundle.pem \
+                 (AWS's RDS CA bundle)"
+            )));
         }
-        if config.get_application_name().is_none() {
-            config.application_name("pgsteward");
+        let explicit = params.take("password");
+        let (password_source, password_looked) = if aws_iam.is_some() {
+            (Some("an RDS IAM auth token".to_string()), Vec::new())
+        } else {
+            let first = |key: &str| {
+                params
+                    .get(key)
+                    .and_then(|v| v.split(',').next())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let host = match first("host") {
+                h if h.is_empty() => first("hostaddr"),
+                h => h,
+            };
+            match libpq::find_password(
+                explicit.as_deref(),
+                passfile.as_deref(),
+                &host,
+                &first("port"),
+                params.get("dbname").unwrap_or_default(),
+                &user,
+                env,
+            ) {
+                PasswordLookup::Found { password, source } => {
+                    params.set("password", password);
+                    (Some(source), Vec::new())
+                }
+                PasswordLookup::NotFound { looked } => (None, looked),
+            }
+        };
+        if params.get("application_name").is_none() {
+            params.set(
+                "application_name",
+                fallback_app.unwrap_or_else(|| "pgsteward".into()),
+            );
         }
+        let config = tokio_postgres::Config::from_str(&params.to_key_value())
+            .map_err(|e| invalid(error_chain(&e)))?;
         let display = describe(&config);
         Ok(ConnSpec {
             config,
@@ -184,7 +243,18 @@ impl ConnSpec {
             ssl_root_cert: ssl_root_cert.map(Into::into),
             aws_iam,
             display,
+            connect_timeout,
+            password_source,
+            password_looked,
         })
+    }
+
+    /// The password this connection logs in with, wherever it came from
+    /// (for handing to a child process through a password file, never its arguments).
+    pub fn password(&self) -> Option<&str> {
+        self.config
+            .get_password()
+            .and_then(|p| std::str::from_utf8(p).ok())
     }
 
     pub fn dbname(&self) -> &str {
@@ -256,6 +326,14 @@ impl ConnSpec {
         }
     }
 
+    /// The error for a server that asked for a password this spec does not have.
+    pub fn password_missing(&self) -> PgError {
+        PgError::PasswordMissing {
+            target: self.display.clone(),
+            looked: self.password_looked.join("; "),
+        }
+    }
+
     /// A fresh IAM token when `aws_iam` is set.
     async fn iam_token(&self) -> Result<Option<String>, PgError> {
         let Some(iam) = self.aws_iam.as_ref() else {
@@ -285,6 +363,7 @@ impl ConnSpec {
         mut config: tokio_postgres::Config,
         timeout: Duration,
     ) -> Result<Client, PgError> {
+        let timeout = self.connect_timeout.unwrap_or(timeout);
         config.connect_timeout(timeout);
         let connector = self.connector();
         if self.ssl_mode != SslMode::Disable {
@@ -305,6 +384,7 @@ impl ConnSpec {
                     reason: tls_error.to_string(),
                     hint: tls::verify_hint(tls_error),
                 }),
+                None if is_password_missing(&source) => Err(self.password_missing()),
                 None => Err(PgError::Connect {
                     target: self.display.clone(),
                     source,
@@ -320,6 +400,7 @@ impl ConnSpec {
     /// A deadpool pool of connections made like [`ConnSpec::connect`]. A TLS
     /// setup problem (unreadable `sslrootcert`) surfaces on the first `get()`.
     pub fn pool(&self, max_size: usize, timeout: Duration) -> deadpool_postgres::Pool {
+        let timeout = self.connect_timeout.unwrap_or(timeout);
         let mut config = self.config.clone();
         config.connect_timeout(timeout);
         let manager = deadpool_postgres::Manager::from_connect(
@@ -372,9 +453,16 @@ impl deadpool_postgres::Connect for PoolConnect {
                     None
                 }
             };
-            self.spec
+            let result = self
+                .spec
                 .establish(&pg_config, &self.connector, token)
-                .await
+                .await;
+            if let Err(e) = &result {
+                if is_password_missing(e) {
+                    tracing::warn!(error = %self.spec.password_missing(), "pool connection refused");
+                }
+            }
+            result
         })
     }
 }
@@ -428,39 +516,24 @@ fn describe(config: &tokio_postgres::Config) -> String {
     format!("{user}{host}:{port}/{db}")
 }
 
-/// Replaces the password in a URL or `key=value` connection string with `***`.
+/// The connection string with its password (and any other secret) masked;
+/// parsed, so no quoting, escaping or encoding can hide a password from it.
 pub fn redact(s: &str) -> String {
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        if let Ok(mut url) = url::Url::parse(s) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "password" {
-                        "***".to_string()
-                    } else {
-                        v.to_string()
-                    };
-                    (k.to_string(), v)
-                })
-                .collect();
-            if !pairs.is_empty() {
-                url.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            return url.to_string();
+    conninfo::redact(s)
+}
+
+/// The connection string without its password (and other secrets), for
+/// records kept on disk: what is left logs in with the password found by
+/// libpq's rules (`PGPASSWORD`, the password file) when it is used again.
+pub fn without_password(s: &str) -> String {
+    match ConnParams::parse(s) {
+        Ok(mut p) => {
+            p.take("password");
+            p.take("sslpassword");
+            p.render_redacted()
         }
-        // Unparseable URL: keep the scheme and nothing that might be a secret.
-        return "postgres://(unparseable)".to_string();
+        Err(_) => redact(s),
     }
-    s.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=***".to_string(),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.
@@ -635,6 +708,22 @@ pub fn server_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether the server asked for a password the client did not have
+/// (tokio-postgres reports it as a configuration error).
+fn is_password_missing(err: &tokio_postgres::Error) -> bool {
+    err.as_db_error().is_none() && error_chain(err).contains("password missing")
+}
+
+impl PgError {
+    /// Whether the operator must fix the configuration or environment (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PgError::InvalidConnString { .. } | PgError::PasswordMissing { .. }
+        )
+    }
+}
+
 /// `outer: inner: innermost`.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
@@ -653,6 +742,18 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_keep_no_password() {
+        assert_eq!(
+            without_password("postgres://u:s3cret@h:5432/db?sslmode=require"),
+            "postgres://u@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            without_password("host=h password='s 3' user=u"),
+            "host=h user=u"
+        );
+    }
 
     #[test]
     fn redacts_passwords() {
@@ -703,16 +804,69 @@ mod tests {
             "postgres://steward@db/app?aws_iam=true",
             "postgres://steward@db/app?aws_iam=true&sslmode=disable",
             "host=db dbname=app sslmode=require aws_iam=true",
-            "postgres://steward@db/app?aws_iam=maybe&sslmode=require",
+            "postgres://steward@db/app?aws_iam=true&sslmode=require",
+            "postgres://steward@db/app?aws_iam=maybe&sslmode=verify-full",
         ] {
             assert!(ConnSpec::parse(bad).is_err(), "{bad} must be refused");
         }
+        let err = ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sslmode=verify-full"), "{err}");
         assert!(
-            ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+            ConnSpec::parse("host=db user=s sslmode=verify-ca aws_iam=true")
                 .unwrap()
                 .aws_iam
                 .is_some()
         );
+    }
+
+    #[test]
+    fn libpq_environment_fills_the_gaps() {
+        let env = PgEnv::with_vars([
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "envuser"),
+            ("PGDATABASE", "envdb"),
+            ("PGSSLMODE", "require"),
+            ("PGCONNECT_TIMEOUT", "1"),
+            ("PGAPPNAME", "envapp"),
+            ("PGPASSWORD", "envpw"),
+        ]);
+        let spec = ConnSpec::parse_with("dbname=own", &env).unwrap();
+        assert_eq!(spec.display, "envuser@envhost:6543/own");
+        assert_eq!(spec.ssl_mode, SslMode::Require);
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(spec.config.get_application_name(), Some("envapp"));
+        assert_eq!(spec.password(), Some("envpw"));
+        assert_eq!(spec.password_source.as_deref(), Some("PGPASSWORD"));
+        // Explicit settings win over the environment, in both forms.
+        let spec = ConnSpec::parse_with(
+            "postgres://u:p%20w@h:1/d?sslmode=disable&application_name=mine&connect_timeout=9",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(spec.display, "u@h:1/d");
+        assert_eq!(spec.ssl_mode, SslMode::Disable);
+        assert_eq!(spec.password(), Some("p w"));
+        assert_eq!(spec.config.get_application_name(), Some("mine"));
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(9)));
+        let spec = ConnSpec::parse_with("host=h user=u password='a \\'' b'", &PgEnv::with_vars([]))
+            .unwrap_err();
+        assert!(!spec.to_string().contains(" b"), "{spec}");
+        let spec =
+            ConnSpec::parse_with(r"host=h user=u password='a \\ \' b'", &PgEnv::with_vars([]))
+                .unwrap();
+        assert_eq!(spec.password(), Some(r"a \ ' b"));
+        // Without a password anywhere, every place is named; dbname defaults to the user.
+        let spec = ConnSpec::parse_with("host=h user=u", &PgEnv::with_vars([])).unwrap();
+        assert_eq!(spec.dbname(), "u");
+        let e = spec.password_missing().to_string();
+        assert!(
+            e.contains("PGPASSWORD: not set") && e.contains("u@h:5432/u"),
+            "{e}"
+        );
+        assert!(spec.password_missing().is_usage());
     }
 
     #[test]
