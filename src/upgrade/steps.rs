@@ -414,7 +414,7 @@ impl Saga {
                 detail: format!("{id} is not in recovery before promote; delete it (`upgrade abort`) and start again"),
             });
         }
-        Ok(Output::note(endpoint.to_string()))
+        Ok(Output::note(endpoint.without_password()))
     }
 
     pub(crate) async fn wait_catchup(&mut self) -> Result<Output, UpgradeError> {
