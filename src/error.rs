@@ -52,6 +52,9 @@ impl Error {
             | Error::Service(crate::service::ServiceError::Pg(e))
             | Error::Demo(crate::demo::DemoError::Pg(e))
             | Error::Upgrade(crate::upgrade::UpgradeError::Pg(e))
+            | Error::Upgrade(crate::upgrade::UpgradeError::Pooler(
+                crate::pooler::PoolerError::Pg(e),
+            ))
             | Error::Upgrade(crate::upgrade::UpgradeError::Provider(ProviderError::Pg(e))) => {
                 Some(e)
             }
