@@ -436,3 +436,47 @@ async fn bench_scram_login() {
         scram.as_secs_f64() * 1000.0
     );
 }
+
+/// Issue 10's reproduction: key/value passwords with spaces, quotes and
+/// escapes were printed by `upgrade plan`, `check` and configuration errors.
+#[test]
+fn key_value_passwords_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pw, tail) = secret("two words 'quoted' \\ x");
+    let secrets = Secrets {
+        tails: vec![("the password", tail)],
+    };
+    let kv = format!(
+        "host=127.0.0.1 port=1 user=steward dbname=app password={}",
+        pgsteward::pg::conninfo::quote_value(&pw)
+    );
+    let config = harness::write_config(
+        dir.path(),
+        "[database]\nprimary = \"postgres://x@127.0.0.1:1/app\"\nconnect_timeout = \"1s\"\n\
+         [upgrade.local.classes.large]\nshared_buffers = \"64MB\"\n",
+    );
+    let mut leaks = Vec::new();
+    for (primary, args) in [
+        (
+            kv.clone(),
+            vec!["upgrade", "plan", "--target-class", "large"],
+        ),
+        (kv.clone(), vec!["check", "--output", "json"]),
+        (kv.clone(), vec!["partitions", "status"]),
+        // Invalid: an unknown sslmode, and an unterminated quote.
+        (format!("{kv} sslmode=sometimes"), vec!["check"]),
+        (format!("{kv} application_name='x"), vec!["check"]),
+    ] {
+        let out = harness::pgsteward()
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-level", "debug"])
+            .args(&args)
+            .env("PGSTEWARD_DATABASE__PRIMARY", &primary)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+        leaks.extend(secrets.find_in(&args.join(" "), &[out.stdout, out.stderr].concat()));
+    }
+    assert!(leaks.is_empty(), "{leaks:?}");
+}
