@@ -406,6 +406,20 @@ fn a_missing_password_names_every_place_looked_in() {
     ] {
         assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
     }
+    // `lag` too: a configuration problem, not lag.
+    let out = harness::pgsteward()
+        .arg("--config")
+        .arg(&config)
+        .arg("lag")
+        .env("PGPASSFILE", &passfile)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("group or world access"),
+        "{}",
+        text(&out)
+    );
     // With the file fixed (0600), libpq's rules find the password.
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = harness::pgsteward()
