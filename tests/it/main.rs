@@ -12,6 +12,7 @@ mod moto;
 mod partition_safety;
 mod partitions;
 mod rds;
+mod secrets;
 mod service;
 mod tls;
 mod upgrade;
