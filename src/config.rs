@@ -133,6 +133,9 @@ pub struct PartitionsConfig {
     /// is still handled by one session, in order).
     #[serde(default = "default_parallelism")]
     pub parallelism: u32,
+    /// Sessions one table's concurrent index builds use (one partition each), 1..=16.
+    #[serde(default = "default_index_parallelism")]
+    pub index_parallelism: u32,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
 }
@@ -145,6 +148,7 @@ impl Default for PartitionsConfig {
             lock_retries: default_lock_retries(),
             default_move_batch: default_move_batch(),
             parallelism: default_parallelism(),
+            index_parallelism: default_index_parallelism(),
             tables: Vec::new(),
         }
     }
@@ -164,6 +168,9 @@ fn default_move_batch() -> u32 {
 }
 fn default_parallelism() -> u32 {
     4
+}
+fn default_index_parallelism() -> u32 {
+    2
 }
 
 /// Parses a compile-time constant; a failure is a bug in this file.
@@ -215,6 +222,9 @@ pub struct TableConfig {
     /// Where period boundaries fall for `timestamptz` keys (and the zone "now" is read in).
     #[serde(default = "default_tz", deserialize_with = "deserialize_tz")]
     pub timezone: Tz,
+    /// Indexes the parent must have, built online by the pass (`partitions::indexes`).
+    #[serde(default)]
+    pub indexes: Vec<crate::partitions::indexes::IndexSpec>,
 }
 
 fn default_interval() -> Interval {
@@ -623,6 +633,7 @@ impl Config {
                 ));
             }
         }
+        crate::partitions::indexes::validate(&self.partitions)?;
         if self.partitions.lock_timeout.0.is_zero() {
             return Err("key `partitions.lock_timeout`: 0 would wait forever for locks; expected e.g. \"200ms\"".into());
         }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod indexes;
 pub mod plan;
 
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub enum PartitionError {
     Pg(#[from] crate::pg::PgError),
     #[error("cannot {what}: {message}")]
     Query { what: &'static str, message: String },
+    #[error(transparent)]
+    Index(Box<indexes::IndexError>),
     #[error("cancelled")]
     Cancelled,
 }
@@ -44,6 +47,8 @@ pub struct PassReport {
     /// Set when the pass did nothing on purpose (server in recovery, another pass holds the lock).
     pub skipped: Option<String>,
     pub tables: Vec<TableReport>,
+    /// The index part of the pass, per managed table (`indexes::run_pass`).
+    pub indexes: Vec<indexes::TableIndexReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,7 +90,12 @@ impl TableReport {
 
 impl PassReport {
     pub fn outcome(&self) -> Outcome {
-        if self.tables.iter().any(|t| t.error.is_some()) {
+        if self.tables.iter().any(|t| t.error.is_some())
+            || self
+                .indexes
+                .iter()
+                .any(|t| t.error.is_some() || !t.drift.is_empty())
+        {
             Outcome::Problem
         } else {
             Outcome::Healthy
@@ -154,8 +164,10 @@ pub async fn run_pass_at(
         return Ok(PassReport {
             skipped: Some(RECOVERY_SKIP.into()),
             tables: Vec::new(),
+            indexes: Vec::new(),
         });
     }
+    let managed = indexes::managed(&catalog);
     let mut reports: Vec<Option<TableReport>> = vec![None; cfg.partitions.tables.len()];
     let mut work = Vec::new();
     for (i, (tcfg, (name, lookup))) in cfg.partitions.tables.iter().zip(catalog.tables).enumerate()
@@ -192,9 +204,15 @@ pub async fn run_pass_at(
         return Err(PartitionError::Cancelled);
     }
     let tables: Vec<TableReport> = reports.into_iter().flatten().collect();
+    // After partitions are made, so new ones are covered by the drift check.
+    let indexes = indexes::run_pass(cfg, &managed, cancel).await;
+    if cancel.is_cancelled() {
+        return Err(PartitionError::Cancelled);
+    }
     Ok(PassReport {
         skipped: None,
         tables,
+        indexes,
     })
 }
 
@@ -242,6 +260,7 @@ pub(crate) fn coverage_of(
 struct PlanOutput {
     skipped: Option<String>,
     tables: Vec<TablePlanOutput>,
+    indexes: Vec<indexes::TableIndexStatus>,
 }
 
 #[derive(Serialize)]
@@ -261,11 +280,13 @@ struct ActionOutput {
 
 /// `partitions plan`: the DDL the next pass would run, changing nothing.
 pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
-    let (_client, catalog) = connect_and_read(cfg).await?;
+    let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
+    let managed = indexes::managed(&catalog);
     let mut out = PlanOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
+        indexes: Vec::new(),
     };
     let mut outcome = Outcome::Healthy;
     if !catalog.in_recovery {
@@ -298,6 +319,12 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                     });
                 }
             }
+        }
+    }
+    if !catalog.in_recovery {
+        match indexes::inspect(&client, cfg, &managed).await {
+            Ok(ix) => out.indexes = ix,
+            Err(e) => return Err(PartitionError::Index(Box::new(e))),
         }
     }
     match output {
@@ -352,6 +379,13 @@ fn plan_text(out: &PlanOutput) -> String {
             s.push_str(&format!("-- {}: note: {}\n", t.table, note_text(n)));
         }
     }
+    for t in out.indexes.iter().filter(|t| !t.sql.is_empty()) {
+        s.push_str(&format!("-- {}: indexes, built online\n", t.table));
+        for stmt in &t.sql {
+            let end = if stmt.starts_with("--") { "" } else { ";" };
+            s.push_str(&format!("{stmt}{end}\n"));
+        }
+    }
     s
 }
 
@@ -396,6 +430,7 @@ fn apply_text(r: &PassReport) -> String {
             s.push_str(&format!("{}: note: {n}\n", t.table));
         }
     }
+    s.push_str(&indexes::apply_text(&r.indexes));
     s
 }
 
@@ -403,6 +438,7 @@ fn apply_text(r: &PassReport) -> String {
 struct StatusOutput {
     skipped: Option<String>,
     tables: Vec<TableStatus>,
+    indexes: Vec<indexes::TableIndexStatus>,
 }
 
 #[derive(Serialize)]
@@ -423,6 +459,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let mut outcome = Outcome::Healthy;
+    let managed = indexes::managed(&catalog);
     let mut tables = Vec::new();
     let mut defaults = Vec::new();
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
@@ -483,9 +520,17 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             }
         }
     }
+    // Every index of every managed parent, declared or made by hand.
+    let index_status = indexes::inspect(&client, cfg, &managed)
+        .await
+        .map_err(|e| PartitionError::Index(Box::new(e)))?;
+    if index_status.iter().any(|t| !t.drift.is_empty()) {
+        outcome = Outcome::Problem;
+    }
     let out = StatusOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables,
+        indexes: index_status,
     };
     match output {
         OutputFormat::Json => crate::output::print_json(&out),
@@ -539,6 +584,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     &rows
                 )
             );
+            print!("{}", indexes::status_text(&out.indexes));
         }
     }
     Ok(outcome)

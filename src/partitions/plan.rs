@@ -1019,6 +1019,7 @@ mod tests {
             retention: None,
             retention_mode: RetentionMode::Detach,
             timezone: Tz::UTC,
+            indexes: Vec::new(),
         }
     }
     fn state(kt: KeyType) -> TableState {
