@@ -224,10 +224,12 @@ pub async fn create_index_concurrently(
             tracing::info!(table = %table, index = name, "resuming: dropping the invalid index an interrupted build left");
             drop_invalid_leftover(s, table, name, log).await;
         }
-        Some((false, _)) => return Err(IndexError::Conflict(format!(
+        Some((false, _)) => {
+            return Err(IndexError::Conflict(format!(
             "{} already exists and is not an index on {table}; rename it so the index can be built",
             QualifiedName::new(&table.schema, name)
-        ))),
+        )))
+        }
     }
     let sql = def.create_sql(name, table, false, true);
     let retries = s.lock_retries.max(1);
