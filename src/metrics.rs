@@ -386,6 +386,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn index_drift_is_a_gauge_per_table() {
+        let m = Metrics::new();
+        let table = crate::pg::QualifiedName::new("public", "t");
+        let report = PassReport {
+            skipped: None,
+            tables: Vec::new(),
+            indexes: vec![crate::partitions::indexes::TableIndexReport {
+                table,
+                built: 0,
+                attached: 0,
+                reindexed: 0,
+                dropped: 0,
+                drift: vec![crate::partitions::indexes::Problem::DeclaredMissing {
+                    index: "t_idx".into(),
+                }],
+                notes: Vec::new(),
+                error: Some("duplicate".into()),
+                skipped: None,
+                statements: Vec::new(),
+            }],
+        };
+        m.record_partitions(&report);
+        let text = m.encode();
+        assert!(
+            text.contains("pgsteward_partitions_index_drift{table=\"public.t\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new();
         m.record_job("lag", 0.02, None);

@@ -393,26 +393,53 @@ async fn run_job(
     }
 }
 
-async fn report_progress(monitor: &Client, pids: &[i32], progress: &Progress) {
-    let what = progress.snapshot();
-    let rows = match monitor.query(PROGRESS_SQL, &[&pids]).await {
+/// One row of `pg_stat_progress_create_index`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuildProgress {
+    pub pid: i32,
+    pub phase: String,
+    pub blocks_done: i64,
+    pub blocks_total: i64,
+    pub tuples_done: i64,
+    pub tuples_total: i64,
+}
+
+/// The progress of the index builds running in the server processes `pids`.
+pub async fn progress(client: &Client, pids: &[i32]) -> Result<Vec<BuildProgress>, IndexError> {
+    let rows = client
+        .query(PROGRESS_SQL, &[&pids])
+        .await
+        .map_err(|e| IndexError::query("read pg_stat_progress_create_index", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| BuildProgress {
+            pid: r.get(0),
+            phase: r.get(1),
+            blocks_done: r.get(2),
+            blocks_total: r.get(3),
+            tuples_done: r.get(4),
+            tuples_total: r.get(5),
+        })
+        .collect())
+}
+
+async fn report_progress(monitor: &Client, pids: &[i32], building: &Progress) {
+    let what = building.snapshot();
+    let rows = match progress(monitor, pids).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(error = %server_message(&e), "index build progress not read");
+            tracing::debug!(error = %e, "index build progress not read");
             return;
         }
     };
-    for r in rows {
-        let pid: i32 = r.get(0);
-        let phase: String = r.get(1);
-        let (bd, bt, td, tt): (i64, i64, i64, i64) = (r.get(2), r.get(3), r.get(4), r.get(5));
+    for p in rows {
         tracing::info!(
-            building = what.get(&pid).map(String::as_str).unwrap_or("?"),
-            phase = %phase,
-            blocks_done = bd,
-            blocks_total = bt,
-            tuples_done = td,
-            tuples_total = tt,
+            building = what.get(&p.pid).map(String::as_str).unwrap_or("?"),
+            phase = %p.phase,
+            blocks_done = p.blocks_done,
+            blocks_total = p.blocks_total,
+            tuples_done = p.tuples_done,
+            tuples_total = p.tuples_total,
             "index build progress"
         );
     }
