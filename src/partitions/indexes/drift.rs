@@ -307,6 +307,15 @@ fn plan_existing(t: &TableIndexes, pi: &ParentIndex, r: &mut Repair) {
             index: pi.name.clone(),
             partitions_missing: missing,
         });
+        if missing == 0 && jobs.is_empty() {
+            // The server re-checks a parent index only when an index is
+            // attached to it: one left invalid by a partition detached before
+            // its attach stays so with every remaining partition complete.
+            r.problems.push(Problem::NotRepairable {
+                index: pi.name.clone(),
+                reason: "invalid although every partition has it attached; drop it (a declared index is then rebuilt by the next pass)".into(),
+            });
+        }
         if let Some(c) = &pi.constraint {
             // Attaching to a constraint's index needs the partition's index to
             // back a matching constraint: not done online here.

@@ -477,6 +477,9 @@ pub async fn inspect(
 pub fn status_text(tables: &[TableIndexStatus]) -> String {
     let mut s = String::new();
     for t in tables {
+        if t.indexes.is_empty() && t.drift.is_empty() && t.notes.is_empty() {
+            continue;
+        }
         let valid = t.indexes.iter().filter(|i| i.valid).count();
         s.push_str(&format!(
             "{}: indexes {valid}/{} valid{}\n",
