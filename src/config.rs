@@ -136,6 +136,11 @@ pub struct PartitionsConfig {
     /// Sessions one table's concurrent index builds use (one partition each), 1..=16.
     #[serde(default = "default_index_parallelism")]
     pub index_parallelism: u32,
+    /// How long a concurrent index build may wait for older transactions (its
+    /// waits block no client statement, so this may exceed `lock_timeout`; a
+    /// long report query would otherwise fail every build after its scan).
+    #[serde(default = "default_index_build_wait")]
+    pub index_build_wait: HumanDuration,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
 }
@@ -149,6 +154,7 @@ impl Default for PartitionsConfig {
             default_move_batch: default_move_batch(),
             parallelism: default_parallelism(),
             index_parallelism: default_index_parallelism(),
+            index_build_wait: default_index_build_wait(),
             tables: Vec::new(),
         }
     }
@@ -171,6 +177,9 @@ fn default_parallelism() -> u32 {
 }
 fn default_index_parallelism() -> u32 {
     2
+}
+fn default_index_build_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 
 /// Parses a compile-time constant; a failure is a bug in this file.

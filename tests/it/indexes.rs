@@ -449,6 +449,40 @@ async fn a_cancelled_build_is_cleaned_up_and_resumed() {
 }
 
 #[tokio::test]
+async fn a_long_reader_makes_the_build_wait_not_fail() {
+    let url = fresh_db("idx_reader");
+    events(&url, 1, 1_000).await;
+    exec(&url, "CREATE TABLE other (x int)").await;
+    // A report query's snapshot: every concurrent build waits for it at its end,
+    // far longer than lock_timeout; no client statement waits for the build.
+    let reader = connect(&url).await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM other")
+        .await
+        .unwrap();
+    let cfg = config(
+        &url,
+        "lock_timeout = \"100ms\"\nlock_retries = 2\nindex_build_wait = \"30s\"",
+        &format!("premake = 1\n{USER_IDX}"),
+    );
+    let running = tokio::spawn(async move { pass(&cfg).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let inserted = tokio::time::timeout(
+        Duration::from_secs(2),
+        exec(
+            &url,
+            &format!("INSERT INTO events VALUES (1, '{}', 1, 'x')", month(0).1),
+        ),
+    )
+    .await;
+    assert!(inserted.is_ok(), "writes do not wait for the waiting build");
+    reader.batch_execute("COMMIT").await.unwrap();
+    let r = running.await.unwrap();
+    assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
+    assert_complete(&index_state(&url, "events_user_idx").await);
+}
+
+#[tokio::test]
 async fn a_unique_index_over_duplicates_names_them_and_leaves_nothing_invalid() {
     let url = fresh_db("idx_unique");
     let parts = events(&url, 1, 1_000).await;

@@ -46,21 +46,39 @@ const PROGRESS_SQL: &str =
 pub struct Session<'a> {
     pub client: &'a Client,
     pub lock_retries: u32,
+    /// The session's `lock_timeout`, restored after a build.
+    pub lock_timeout: Duration,
+    /// `lock_timeout` while a concurrent build runs: it holds only SHARE
+    /// UPDATE EXCLUSIVE (no write waits for it) and then waits for older
+    /// transactions, so it may wait longer than DDL that blocks writes.
+    pub build_wait: Duration,
     /// The server process, for progress reports (0 when unknown).
     pub pid: i32,
 }
 
 impl<'a> Session<'a> {
-    pub async fn new(client: &'a Client, lock_retries: u32) -> Session<'a> {
+    /// A session on `client` (from `partitions::connect`) with the pass's settings.
+    pub async fn new(client: &'a Client, p: &crate::config::PartitionsConfig) -> Session<'a> {
         let pid = match client.query_one("SELECT pg_backend_pid()", &[]).await {
             Ok(r) => r.get(0),
             Err(_) => 0,
         };
         Session {
             client,
-            lock_retries,
+            lock_retries: p.lock_retries,
+            lock_timeout: p.lock_timeout.0,
+            build_wait: p.index_build_wait.0.max(p.lock_timeout.0),
             pid,
         }
+    }
+
+    /// `SET lock_timeout` for the statements that wait without blocking writes.
+    async fn set_lock_timeout(&self, d: Duration) -> Result<(), IndexError> {
+        let sql = format!("SET lock_timeout = '{}ms'", d.as_millis().max(1));
+        self.client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| IndexError::query("set lock_timeout", e))
     }
 }
 
@@ -236,7 +254,14 @@ pub async fn create_index_concurrently(
     let mut n = 0;
     loop {
         n += 1;
+        s.set_lock_timeout(s.build_wait).await?;
         let res = attempt(s.client, &sql, cancel).await;
+        // Back to the pass's bound before anything that could block writes
+        // (the clean-up, the ATTACH); a session that cannot is not used again.
+        if s.set_lock_timeout(s.lock_timeout).await.is_err() {
+            // A cancel request that arrived after the build ended hits the SET.
+            s.set_lock_timeout(s.lock_timeout).await?;
+        }
         let err = match res {
             Ok(()) => {
                 log.push(&sql);
@@ -385,7 +410,13 @@ async fn run_job(
         ChildAction::Attach => {
             run_sql(s, &sql_attach(&parent_index, &child), Some(cancel), log).await
         }
-        ChildAction::Reindex => run_sql(s, &sql_reindex(&child), Some(cancel), log).await,
+        ChildAction::Reindex => {
+            // Waits like a concurrent build, without blocking writes.
+            s.set_lock_timeout(s.build_wait).await?;
+            let r = run_sql(s, &sql_reindex(&child), Some(cancel), log).await;
+            s.set_lock_timeout(s.lock_timeout).await?;
+            r
+        }
         ChildAction::Build => {
             create_index_concurrently(s, &job.partition, &job.child, &job.def, cancel, log).await?;
             run_sql(s, &sql_attach(&parent_index, &child), Some(cancel), log).await

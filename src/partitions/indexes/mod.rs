@@ -244,8 +244,7 @@ async fn repair_table(
     report: &mut TableIndexReport,
 ) {
     let log = Log::default();
-    let retries = cfg.partitions.lock_retries;
-    let main_s = Session::new(main, retries).await;
+    let main_s = Session::new(main, &cfg.partitions).await;
     let read_plan = || async {
         let t = catalog::read(main, &[(table.clone(), oid)]).await?;
         let t = t
@@ -351,7 +350,7 @@ async fn build_jobs(
     }
     let mut sessions = Vec::new();
     for c in &clients {
-        sessions.push(Session::new(c, cfg.partitions.lock_retries).await);
+        sessions.push(Session::new(c, &cfg.partitions).await);
     }
     for (index, jobs) in groups {
         if cancel.is_cancelled() {
