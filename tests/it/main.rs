@@ -6,6 +6,7 @@ mod harness;
 
 mod cli_config;
 mod deploy;
+mod docker;
 mod indexes;
 mod lag;
 mod moto;
