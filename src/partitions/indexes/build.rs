@@ -353,7 +353,7 @@ pub async fn run_jobs(
                 );
                 tracing::info!(index = %job.index, partition = %job.partition, k = k + 1, n = total, action = ?job.action, "partition index");
                 progress.set(s.pid, Some(what));
-                let r = run_job(s, parent, &job, abort, log).await;
+                let r = run_job(s, parent, &job, abort, cancel, log).await;
                 progress.set(s.pid, None);
                 if matches!(r, Err(IndexError::Duplicate { .. })) {
                     abort.cancel();
@@ -397,11 +397,14 @@ pub async fn run_jobs(
     done
 }
 
+/// `cancel` stops this index's jobs (the pass's token, or a duplicate key
+/// elsewhere); `outer` is the pass's token alone.
 async fn run_job(
     s: &Session<'_>,
     parent: &QualifiedName,
     job: &Job,
     cancel: &CancellationToken,
+    outer: &CancellationToken,
     log: &Log,
 ) -> Result<(), IndexError> {
     let parent_index = QualifiedName::new(&parent.schema, &job.index);
@@ -418,8 +421,24 @@ async fn run_job(
             r
         }
         ChildAction::Build => {
-            create_index_concurrently(s, &job.partition, &job.child, &job.def, cancel, log).await?;
-            run_sql(s, &sql_attach(&parent_index, &child), Some(cancel), log).await
+            let built =
+                create_index_concurrently(s, &job.partition, &job.child, &job.def, cancel, log)
+                    .await;
+            let ours = !matches!(built, Ok(Created::Existing));
+            let r = match built {
+                Ok(_) => run_sql(s, &sql_attach(&parent_index, &child), Some(cancel), log).await,
+                Err(e) => Err(e),
+            };
+            // Stopped by a duplicate key elsewhere: the parent index is about
+            // to be dropped, taking only attached indexes with it. One this
+            // job built (a build can finish just as the cancel arrives) is
+            // dropped here. A cancelled pass keeps it: the next attaches it.
+            if matches!(r, Err(IndexError::Cancelled)) && ours && !outer.is_cancelled() {
+                if let Err(e) = run_sql(s, &sql_drop_concurrently(&child), None, log).await {
+                    tracing::warn!(index = %child, error = %e, "index of a stopped unique build not dropped");
+                }
+            }
+            r
         }
     }
 }
