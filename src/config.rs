@@ -148,6 +148,14 @@ pub struct PartitionsConfig {
     /// is still handled by one session, in order).
     #[serde(default = "default_parallelism")]
     pub parallelism: u32,
+    /// Sessions one table's concurrent index builds use (one partition each), 1..=16.
+    #[serde(default = "default_index_parallelism")]
+    pub index_parallelism: u32,
+    /// How long a concurrent index build may wait for older transactions (its
+    /// waits block no client statement, so this may exceed `lock_timeout`; a
+    /// long report query would otherwise fail every build after its scan).
+    #[serde(default = "default_index_build_wait")]
+    pub index_build_wait: HumanDuration,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
 }
@@ -161,6 +169,8 @@ impl Default for PartitionsConfig {
             default_move_batch: default_move_batch(),
             max_default_scan: default_max_default_scan(),
             parallelism: default_parallelism(),
+            index_parallelism: default_index_parallelism(),
+            index_build_wait: default_index_build_wait(),
             tables: Vec::new(),
         }
     }
@@ -183,6 +193,12 @@ fn default_max_default_scan() -> ByteSize {
 }
 fn default_parallelism() -> u32 {
     4
+}
+fn default_index_parallelism() -> u32 {
+    2
+}
+fn default_index_build_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 
 /// Parses a compile-time constant; a failure is a bug in this file.
@@ -234,6 +250,9 @@ pub struct TableConfig {
     /// Where period boundaries fall for `timestamptz` keys (and the zone "now" is read in).
     #[serde(default = "default_tz", deserialize_with = "deserialize_tz")]
     pub timezone: Tz,
+    /// Indexes the parent must have, built online by the pass (`partitions::indexes`).
+    #[serde(default)]
+    pub indexes: Vec<crate::partitions::indexes::IndexSpec>,
 }
 
 fn default_interval() -> Interval {
@@ -636,6 +655,7 @@ impl Config {
                 ));
             }
         }
+        crate::partitions::indexes::validate(&self.partitions)?;
         bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());

@@ -9,7 +9,7 @@
 //!   the password file), connecting with a deadline, identifier quoting.
 //! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests),
 //!   scram-sha-256 on TCP, children with a minimal environment and passwords in private files.
-//! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL.
+//! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL; `indexes` builds declared indexes online and repairs index drift.
 //! * `lag`: replica observations and a pure verdict per replica.
 //! * `metrics`, `http`: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! * `service`: `pgsteward run`: cron scheduling, leadership, graceful shutdown.

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use super::model::{Action, Note};
 use super::plan::{coverage_of, note_text, Coverage};
 use super::report::PassReport;
-use super::{connect_and_read, ddl, plan, run_pass, PartitionError, RECOVERY_SKIP};
+use super::{connect_and_read, ddl, indexes, plan, run_pass, PartitionError, RECOVERY_SKIP};
 use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::pg::{server_message, QualifiedName};
@@ -17,6 +17,7 @@ use crate::Outcome;
 struct PlanOutput {
     skipped: Option<String>,
     tables: Vec<TablePlanOutput>,
+    indexes: Vec<indexes::TableIndexStatus>,
 }
 
 #[derive(Serialize)]
@@ -36,11 +37,13 @@ struct ActionOutput {
 
 /// `partitions plan`: the DDL the next pass would run, changing nothing.
 pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
-    let (_client, catalog) = connect_and_read(cfg).await?;
+    let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
+    let managed = indexes::managed(&catalog);
     let mut out = PlanOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
+        indexes: Vec::new(),
     };
     let mut outcome = Outcome::Healthy;
     if !catalog.in_recovery {
@@ -74,6 +77,11 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                 }
             }
         }
+    }
+    if !catalog.in_recovery {
+        out.indexes = indexes::inspect(&client, cfg, &managed)
+            .await
+            .map_err(|e| PartitionError::Index(Box::new(e)))?;
     }
     match output {
         OutputFormat::Json => crate::output::print_json(&out),
@@ -127,6 +135,13 @@ fn plan_text(out: &PlanOutput) -> String {
             s.push_str(&format!("-- {}: note: {}\n", t.table, note_text(n)));
         }
     }
+    for t in out.indexes.iter().filter(|t| !t.sql.is_empty()) {
+        s.push_str(&format!("-- {}: indexes, built online\n", t.table));
+        for stmt in &t.sql {
+            let end = if stmt.starts_with("--") { "" } else { ";" };
+            s.push_str(&format!("{stmt}{end}\n"));
+        }
+    }
     s
 }
 
@@ -175,6 +190,7 @@ fn apply_text(r: &PassReport) -> String {
             s.push_str(&format!("{}: hole: {h} has no partition\n", t.table));
         }
     }
+    s.push_str(&indexes::apply_text(&r.indexes));
     s
 }
 
@@ -182,6 +198,7 @@ fn apply_text(r: &PassReport) -> String {
 struct StatusOutput {
     skipped: Option<String>,
     tables: Vec<TableStatus>,
+    indexes: Vec<indexes::TableIndexStatus>,
 }
 
 #[derive(Serialize)]
@@ -202,6 +219,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let mut outcome = Outcome::Healthy;
+    let managed = indexes::managed(&catalog);
     let mut tables = Vec::new();
     let mut defaults = Vec::new();
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
@@ -258,9 +276,17 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             }
         }
     }
+    // Every index of every managed parent, declared or made by hand.
+    let index_status = indexes::inspect(&client, cfg, &managed)
+        .await
+        .map_err(|e| PartitionError::Index(Box::new(e)))?;
+    if index_status.iter().any(|t| !t.drift.is_empty()) {
+        outcome = Outcome::Problem;
+    }
     let out = StatusOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables,
+        indexes: index_status,
     };
     match output {
         OutputFormat::Json => crate::output::print_json(&out),
@@ -322,6 +348,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     &rows
                 )
             );
+            print!("{}", indexes::status_text(&out.indexes));
         }
     }
     Ok(outcome)

@@ -8,6 +8,8 @@ pub enum PartitionError {
     Pg(#[from] crate::pg::PgError),
     #[error("cannot {what}: {message}")]
     Query { what: &'static str, message: String },
+    #[error(transparent)]
+    Index(Box<super::indexes::IndexError>),
     #[error("cancelled")]
     Cancelled,
 }

@@ -11,6 +11,7 @@ pub mod catalog;
 mod commands;
 pub mod ddl;
 mod error;
+pub mod indexes;
 pub mod model;
 pub mod period;
 pub mod plan;
@@ -69,8 +70,10 @@ pub async fn run_pass_at(
         return Ok(PassReport {
             skipped: Some(RECOVERY_SKIP.into()),
             tables: Vec::new(),
+            indexes: Vec::new(),
         });
     }
+    let managed = indexes::managed(&catalog);
     let mut reports: Vec<Option<TableReport>> = vec![None; cfg.partitions.tables.len()];
     let mut work = Vec::new();
     for (i, (tcfg, (name, lookup))) in cfg.partitions.tables.iter().zip(catalog.tables).enumerate()
@@ -107,9 +110,15 @@ pub async fn run_pass_at(
         return Err(PartitionError::Cancelled);
     }
     let tables: Vec<TableReport> = reports.into_iter().flatten().collect();
+    // After partitions are made, so new ones are covered by the drift check.
+    let indexes = indexes::run_pass(cfg, &managed, cancel).await;
+    if cancel.is_cancelled() {
+        return Err(PartitionError::Cancelled);
+    }
     Ok(PassReport {
         skipped: None,
         tables,
+        indexes,
     })
 }
 

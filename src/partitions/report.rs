@@ -13,6 +13,8 @@ pub struct PassReport {
     /// Set when the pass did nothing on purpose (server in recovery, another pass holds the lock).
     pub skipped: Option<String>,
     pub tables: Vec<TableReport>,
+    /// The index part of the pass, per managed table (`indexes::run_pass`).
+    pub indexes: Vec<super::indexes::TableIndexReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +68,10 @@ impl PassReport {
             .tables
             .iter()
             .any(|t| t.error.is_some() || !t.current_covered)
+            || self
+                .indexes
+                .iter()
+                .any(|t| t.error.is_some() || !t.drift.is_empty())
         {
             Outcome::Problem
         } else {

@@ -21,6 +21,7 @@ pub fn cfg(interval: Interval, premake: u32) -> TableConfig {
         retention: None,
         retention_mode: RetentionMode::Detach,
         timezone: Tz::UTC,
+        indexes: Vec::new(),
     }
 }
 pub fn state(kt: KeyType) -> TableState {

@@ -229,6 +229,11 @@ async fn partitions_job(
                 .tables
                 .iter()
                 .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.table)))
+                .chain(report.indexes.iter().filter_map(|t| {
+                    t.error
+                        .as_ref()
+                        .map(|e| format!("{} indexes: {e}", t.table))
+                }))
                 .collect();
             if failed.is_empty() {
                 JobRun::Done

@@ -7,6 +7,7 @@ mod harness;
 mod cli_config;
 mod deploy;
 mod docker;
+mod indexes;
 mod lag;
 mod moto;
 mod partition_safety;
