@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error(transparent)]
+    Convert(#[from] crate::convert::ConvertError),
+    #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error("{0}")]
     Other(String),
@@ -37,6 +39,7 @@ impl Error {
             Error::Config(_) | Error::Usage(_) => 2,
             Error::Pg(PgError::InvalidConnString { .. }) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
+            Error::Convert(e) if e.is_usage() => 2,
             _ => 1,
         }
     }
@@ -52,6 +55,7 @@ impl Error {
             Error::Lag(_) => "lag",
             Error::Service(_) => "service",
             Error::Upgrade(_) => "upgrade",
+            Error::Convert(_) => "convert",
             Error::Demo(_) => "demo",
             Error::Other(_) => "other",
         }

@@ -8,6 +8,7 @@
 //! * `pg`: connection strings (parsed, redacted), connecting with a deadline, identifier quoting.
 //! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
 //! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL.
+//! * `convert`: online conversion of a plain table into a partitioned one, without copying rows.
 //! * `lag`: replica observations and a pure verdict per replica.
 //! * `metrics`, `http`: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! * `service`: `pgsteward run`: cron scheduling, leadership, graceful shutdown.
@@ -20,6 +21,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod http;
