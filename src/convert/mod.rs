@@ -9,6 +9,7 @@
 //!
 //! * `inspect`: one catalog read of the table (JSON), used by `plan` and under the swap's locks.
 //! * `plan`: pure: boundary, names, changes, refusals.
+//! * `refuse`: pure: what cannot be carried, with the fix.
 //! * `sql`: pure: the statements of each step, the swap's in order.
 //! * `journal`: `pgsteward.conversions`, written in the same transaction as each step's DDL.
 //! * `steps`: the observe-then-act steps, failpoints, abort.
@@ -18,6 +19,7 @@ pub mod index;
 pub mod inspect;
 pub mod journal;
 pub mod plan;
+pub mod refuse;
 pub mod sql;
 pub mod steps;
 
@@ -83,6 +85,7 @@ const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
 const HOLDER_SQL: &str = "SELECT a.pid, coalesce(a.client_addr::text, 'local'), a.application_name, a.backend_start::text \
      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
      WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int4::oid \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
        AND l.objid = hashtext($2)::oid AND l.objsubid = 2";
 
 /// A session for conversion: the partition session's settings (lock_timeout,

@@ -123,12 +123,14 @@ async fn validate_check(
             "SET LOCAL lock_timeout = 0".to_string(),
             sql::validate_check(&rec.plan),
         ],
-        None => return Err(ConvertError::Step {
-            step: "check_validated",
-            message: format!(
+        None => {
+            return Err(ConvertError::Step {
+                step: "check_validated",
+                message: format!(
                 "the CHECK {CHECK_NAME} is missing; run `pgsteward convert abort` and start again"
             ),
-        }),
+            })
+        }
     };
     let started = Instant::now();
     let ticker = async {

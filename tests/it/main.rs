@@ -5,6 +5,7 @@
 mod harness;
 
 mod cli_config;
+mod convert;
 mod deploy;
 mod lag;
 mod moto;
