@@ -39,7 +39,7 @@ struct Run {
     stderr: String,
 }
 
-fn run(cfg: &PathBuf, args: &[&str], failpoint: Option<&str>) -> Run {
+fn run(cfg: &std::path::Path, args: &[&str], failpoint: Option<&str>) -> Run {
     let mut cmd = pgsteward();
     cmd.arg("--config").arg(cfg).args(args);
     if let Some(fp) = failpoint {
@@ -172,8 +172,8 @@ async fn load(url: &str, writer_role: &str, reader_role: &str) -> Load {
     }
 }
 
-async fn plan_json(cfg: &PathBuf) -> serde_json::Value {
-    let cfg = cfg.clone();
+async fn plan_json(cfg: &std::path::Path) -> serde_json::Value {
+    let cfg = cfg.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         run(
             &cfg,
@@ -428,7 +428,7 @@ async fn killed_at_every_step_boundary_then_resumed() {
         assert_eq!(out.code, None, "{point}: not killed: {}", out.stderr);
         // Converted or cleanly not converted, never in between.
         let kind = relkind(&url, "public.events").await;
-        let swapped = POINTS[..i].iter().any(|p| *p == "convert-swapped-done");
+        let swapped = POINTS[..i].contains(&"convert-swapped-done");
         assert_eq!(kind, if swapped { "p" } else { "r" }, "{point}");
         assert_eq!(checksum(&url, 500).await, before, "{point}");
         if !swapped {
