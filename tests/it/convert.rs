@@ -13,14 +13,14 @@ fn db_name(url: &str) -> String {
     tail.split('?').next().unwrap_or_default().to_string()
 }
 
-async fn exec(url: &str, sql: &str) {
+pub(crate) async fn exec(url: &str, sql: &str) {
     let client = connect(url).await;
     if let Err(e) = client.batch_execute(sql).await {
         panic!("{sql}: {}", pgsteward::pg::server_message(&e));
     }
 }
 
-fn config(dir: &std::path::Path, url: &str, tables: &[&str]) -> PathBuf {
+pub(crate) fn config(dir: &std::path::Path, url: &str, tables: &[&str]) -> PathBuf {
     let blocks: String = tables
         .iter()
         .map(|t| format!("[[partitions.tables]]\ntable = '{t}'\ninterval = 'daily'\npremake = 2\n"))
@@ -33,13 +33,13 @@ fn config(dir: &std::path::Path, url: &str, tables: &[&str]) -> PathBuf {
     )
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn run(cfg: &std::path::Path, args: &[&str], failpoint: Option<&str>) -> Run {
+pub(crate) fn run(cfg: &std::path::Path, args: &[&str], failpoint: Option<&str>) -> Run {
     let mut cmd = pgsteward();
     cmd.arg("--config").arg(cfg).args(args);
     if let Some(fp) = failpoint {
@@ -56,7 +56,7 @@ fn run(cfg: &std::path::Path, args: &[&str], failpoint: Option<&str>) -> Run {
 /// The test table: identity PK, a secondary index, an FK to another table, a
 /// trigger, RLS with policies, a view granted to another role, and rows over
 /// the last 20 days. Roles are cluster-wide, so they carry the database's name.
-async fn setup(url: &str, rows: i64) -> (String, String) {
+pub(crate) async fn setup(url: &str, rows: i64) -> (String, String) {
     let db = db_name(url);
     let (writer, reader) = (format!("{db}_writer"), format!("{db}_reader"));
     exec(
@@ -95,27 +95,27 @@ async fn setup(url: &str, rows: i64) -> (String, String) {
 const CHECKSUM: &str = "SELECT count(*), md5(string_agg(id::text || created_at::text || payload || other_id, ',' ORDER BY id)) \
      FROM public.events WHERE id <= $1";
 
-async fn checksum(url: &str, upto: i64) -> (i64, String) {
+pub(crate) async fn checksum(url: &str, upto: i64) -> (i64, String) {
     let client = connect(url).await;
     let r = client.query_one(CHECKSUM, &[&upto]).await.unwrap();
     (r.get(0), r.get(1))
 }
 
-async fn relkind(url: &str, name: &str) -> String {
+pub(crate) async fn relkind(url: &str, name: &str) -> String {
     query(url, &format!("SELECT coalesce((SELECT relkind::text FROM pg_class WHERE oid = to_regclass('{name}')), '-')"))
         .await[0]
         .get(0)
 }
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    writer: tokio::task::JoinHandle<(Vec<i64>, Vec<String>, Duration)>,
-    reader: tokio::task::JoinHandle<(u64, Vec<String>, Duration)>,
+pub(crate) struct Load {
+    pub stop: Arc<AtomicBool>,
+    pub writer: tokio::task::JoinHandle<(Vec<i64>, Vec<String>, Duration)>,
+    pub reader: tokio::task::JoinHandle<(u64, Vec<String>, Duration)>,
 }
 
 /// A writer inserting through the parent as an application role and a reader
 /// querying the view as its grantee, until stopped (bounded in count).
-async fn load(url: &str, writer_role: &str, reader_role: &str) -> Load {
+pub(crate) async fn load(url: &str, writer_role: &str, reader_role: &str) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let w = connect(url).await;
     w.batch_execute(&format!("SET ROLE {writer_role}"))

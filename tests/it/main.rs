@@ -6,6 +6,7 @@ mod harness;
 
 mod cli_config;
 mod convert;
+mod convert_bench;
 mod deploy;
 mod lag;
 mod moto;
