@@ -3,7 +3,7 @@
 //! row into a partitioned twin with the same keys.
 //!
 //! `cargo test --features failpoints --test it -- --ignored convert_bench --nocapture`
-//! (`PGSTEWARD_BENCH_ROWS` sets the row count, 3 000 000 by default).
+//! (`PGSTEWARD_BENCH_ROWS` sets the row count, 2 000 000 by default).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ async fn convert_bench_versus_copy_floor() {
     let rows: i64 = std::env::var("PGSTEWARD_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3_000_000);
+        .unwrap_or(2_000_000);
     let url = fresh_db("convert_bench");
     let (writer, reader) = setup(&url, 1).await;
     let t = Instant::now();
@@ -32,11 +32,11 @@ async fn convert_bench_versus_copy_floor() {
              INSERT INTO events (created_at, payload, other_id)
                SELECT now() - (i::bigint * 1728000 / {rows}) * interval '1 second', md5(i::text), 1 + i % 2
                FROM generate_series(1, {rows}) i;
-             ALTER TABLE events ENABLE TRIGGER events_fill;
-             VACUUM ANALYZE events;"
+             ALTER TABLE events ENABLE TRIGGER events_fill;"
         ),
     )
     .await;
+    exec(&url, "VACUUM ANALYZE events").await;
     let table_bytes = one(&url, "SELECT pg_total_relation_size('public.events')::int8").await;
     println!(
         "setup: {rows} rows, {} MB with indexes, in {:?}",
