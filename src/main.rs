@@ -76,27 +76,48 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
             UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,
         }),
-        Command::Convert(cmd) => Ok(match cmd {
-            ConvertCommand::Plan { table, key, output } => {
-                pgsteward::convert::plan_command(
+        Command::Convert(cmd) => Ok({
+            if !matches!(
+                cmd,
+                ConvertCommand::Plan { .. } | ConvertCommand::Status { .. }
+            ) {
+                // DDL waits out an upgrade's cutover and refuses a primary that moved, as a pass does.
+                let never = tokio_util::sync::CancellationToken::new();
+                pgsteward::upgrade::wait_for_cutover(
                     &cfg,
-                    &table.table,
-                    key.key.as_deref(),
-                    output.output,
+                    std::time::Duration::from_secs(600),
+                    &never,
                 )
-                .await?
+                .await?;
+                if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
+                    pgsteward::upgrade::ensure_primary_current(&cfg).await
+                {
+                    return Err(e.into());
+                }
             }
-            ConvertCommand::Start { table, key } => {
-                pgsteward::convert::start_command(&cfg, &table.table, key.key.as_deref()).await?
-            }
-            ConvertCommand::Status { table, output } => {
-                pgsteward::convert::status_command(&cfg, &table.table, output.output).await?
-            }
-            ConvertCommand::Resume { table } => {
-                pgsteward::convert::resume_command(&cfg, &table.table).await?
-            }
-            ConvertCommand::Abort { table } => {
-                pgsteward::convert::abort_command(&cfg, &table.table).await?
+            match cmd {
+                ConvertCommand::Plan { table, key, output } => {
+                    pgsteward::convert::plan_command(
+                        &cfg,
+                        &table.table,
+                        key.key.as_deref(),
+                        output.output,
+                    )
+                    .await?
+                }
+                ConvertCommand::Start { table, key } => {
+                    pgsteward::convert::start_command(&cfg, &table.table, key.key.as_deref())
+                        .await?
+                }
+                ConvertCommand::Status { table, output } => {
+                    pgsteward::convert::status_command(&cfg, &table.table, output.output).await?
+                }
+                ConvertCommand::Resume { table } => {
+                    pgsteward::convert::resume_command(&cfg, &table.table).await?
+                }
+                ConvertCommand::Abort { table } => {
+                    pgsteward::convert::abort_command(&cfg, &table.table).await?
+                }
             }
         }),
         Command::Demo(_) | Command::Check(_) => unreachable!("handled above"),

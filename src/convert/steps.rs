@@ -325,9 +325,12 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
         .into());
     }
     let seqs = sequence_states(&tx, &info).await?;
-    for s in sql::swap(plan, &info, &seqs) {
-        tx.batch_execute(&s).await.map_err(|e| classify(&s, e))?;
-    }
+    // One round trip for the whole swap: the lock is held for the server's
+    // work only, not for ~40 network round trips.
+    let batch = sql::swap(plan, &info, &seqs).join(";\n");
+    tx.batch_execute(&batch)
+        .await
+        .map_err(|e| classify("the swap", e))?;
     journal::advance(&tx, rec.id, Step::Swapped, None).await?;
     point("convert-swapped-done")?;
     tx.commit()
