@@ -510,6 +510,16 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
                 kind: NoteKind::OffGrid,
                 message: "bound is not a single-column range; left alone".into(),
             }),
+            // A converted table's first partition (`pgsteward convert`): everything
+            // before a period start; retention retires it once that start is past.
+            Some(r) if r.lo == KEY_MIN && r.hi != KEY_MAX => notes.push(Note {
+                partition: p.name.to_string(),
+                kind: NoteKind::OffGrid,
+                message: format!(
+                    "holds every row before {} (first partition of a converted table); retired when that is past retention",
+                    key_text(kt, tz, r.hi)
+                ),
+            }),
             Some(r) if !on_grid(interval, kt, tz, r) => notes.push(Note {
                 partition: p.name.to_string(),
                 kind: NoteKind::OffGrid,
@@ -617,7 +627,11 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             CreateReason::Premake
         };
         let expired = cutoff.is_some_and(|c| range.hi <= c);
-        let covered = attached.iter().any(|p| p.range == Some(range));
+        // A first partition from MINVALUE covers every period before its bound.
+        let covered = attached.iter().any(|p| {
+            p.range
+                .is_some_and(|r| r == range || (r.lo == KEY_MIN && range.hi <= r.hi))
+        });
         if !expired && !covered {
             let name = partition_name(&state.table.name, &suffix(interval, period));
             if let Some(other) = attached
