@@ -20,6 +20,8 @@ SELECT json_build_object(
   'quoted_name', quote_ident(t.relname),
   'owner', pg_get_userbyid(t.relowner)::text,
   'current_user', current_user::text,
+  'owner_member', pg_has_role(current_user, t.relowner, 'MEMBER'),
+  'schema_create', has_schema_privilege(current_user, t.relnamespace, 'CREATE'),
   'in_recovery', pg_is_in_recovery(),
   'server_version_num', current_setting('server_version_num')::int4,
   'row_security', t.relrowsecurity,

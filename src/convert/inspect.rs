@@ -29,6 +29,9 @@ pub struct TableInfo {
     pub quoted_name: String,
     pub owner: String,
     pub current_user: String,
+    /// The steward may act as the owner (renaming, creating the parent).
+    pub owner_member: bool,
+    pub schema_create: bool,
     pub in_recovery: bool,
     pub server_version_num: i32,
     pub row_security: bool,

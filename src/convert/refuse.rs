@@ -19,6 +19,24 @@ pub fn refusals(info: &TableInfo, key: &str) -> Vec<Refusal> {
             "point database.primary at the primary",
         );
     }
+    if !info.owner_member {
+        refuse(
+            format!(
+                "{} is not the table's owner {} nor a member of it",
+                info.current_user, info.owner
+            ),
+            "run as the owner, or GRANT the owner role to the steward",
+        );
+    }
+    if !info.schema_create {
+        refuse(
+            format!(
+                "{} may not create tables in the table's schema",
+                info.current_user
+            ),
+            "GRANT CREATE ON SCHEMA to the steward",
+        );
+    }
     match info.relkind.as_str() {
         "r" => {}
         "p" => refuse(
