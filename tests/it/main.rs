@@ -7,6 +7,7 @@ mod harness;
 mod cli_config;
 mod convert;
 mod convert_bench;
+mod convert_cases;
 mod deploy;
 mod lag;
 mod moto;
