@@ -61,6 +61,8 @@ pub enum ConvertError {
     PastSwap { table: String },
     #[error("the boundary {boundary} is too close for the swap; the conversion was undone, start it again to pick a later boundary")]
     BoundaryTooClose { boundary: String },
+    #[error("some rows have {key} NULL or at/after {boundary}: they cannot go in the first partition; the conversion was undone: fix or move those rows and start again")]
+    RowsOutside { key: String, boundary: String },
     #[error("step {step}: {message}")]
     Step { step: &'static str, message: String },
     #[error("{0}")]
@@ -207,10 +209,10 @@ async fn make_plan(
     }
     if info.key_indexed && refusals.is_empty() {
         let q = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} >= {} LIMIT 1) x",
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {k} >= {} OR {k} IS NULL LIMIT 1) x",
             table.quoted(),
-            crate::pg::quote_ident(&key),
-            p.boundary_literal
+            p.boundary_literal,
+            k = crate::pg::quote_ident(&key)
         );
         let n: i64 = client
             .query_one(&q, &[])
@@ -219,7 +221,7 @@ async fn make_plan(
             .get(0);
         if n > 0 {
             refusals.push(plan::Refusal {
-                reason: format!("rows with {key} at or after the boundary {} exist", p.boundary_text),
+                reason: format!("rows with {key} NULL or at or after the boundary {} exist", p.boundary_text),
                 fix: "they could not stay in the first partition: move or delete them, or convert by hand".into(),
             });
         }

@@ -317,6 +317,12 @@ pub fn describe(plan: &mut ConvertPlan, info: &TableInfo) {
         }
     }
     if let Some(c) = info.column(&key) {
+        if !c.not_null {
+            plan.changes.push(format!(
+                "rows with {key} NULL are refused from the CHECK's addition on (no partition can hold them); \
+                 if the application writes such rows, give them a value or do not convert"
+            ));
+        }
         if !c.not_null && plan.unique_builds.iter().any(|b| b.kind == "p") {
             plan.changes.push(format!(
                 "column {key} becomes NOT NULL (the primary key includes it)"

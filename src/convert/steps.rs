@@ -58,6 +58,10 @@ pub async fn drive(
         };
         if let Err(e) = res {
             journal::note(&*client, rec.id, step, "failed", &e.to_string()).await;
+            if matches!(e, ConvertError::RowsOutside { .. }) {
+                // The CHECK would keep refusing such rows from writers: undo now.
+                undo(cfg, client, rec).await?;
+            }
             return Err(e);
         }
         tracing::info!(
@@ -149,13 +153,9 @@ async fn validate_check(
     };
     match r {
         Err(ConvertError::Sql { message, .. }) if message.contains("(23514)") => {
-            Err(ConvertError::Step {
-                step: "check_validated",
-                message: format!(
-                "some rows have {} NULL or at/after {}: they cannot go in the first partition; \
-                 run `pgsteward convert abort`, fix or move those rows, and start again",
-                rec.plan.key, rec.plan.boundary_text
-            ),
+            Err(ConvertError::RowsOutside {
+                key: rec.plan.key.clone(),
+                boundary: rec.plan.boundary_text.clone(),
             })
         }
         r => r,

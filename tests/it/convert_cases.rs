@@ -50,7 +50,7 @@ async fn plan_refuses_what_cannot_be_carried_with_the_reason_and_the_fix() {
             "several columns could be the partition key: a, b",
         ),
         ("public.r_partitioned", "the table is partitioned already"),
-        ("public.r_future", "at or after the boundary"),
+        ("public.r_future", "NULL or at or after the boundary"),
         (
             "public.r_rowtype",
             "r_rowtype_fn(public.r_rowtype) depends on the table or its row type",
@@ -242,4 +242,51 @@ async fn carries_serials_keys_unique_indexes_publications_and_settings() {
     .await[0]
         .get(0);
     assert_eq!(attached, 0, "{report:#?}");
+}
+
+#[tokio::test]
+async fn rows_outside_the_first_partition_stop_the_conversion_cleanly() {
+    let url = fresh_db("convert_nulls");
+    exec(
+        &url,
+        "CREATE TABLE n (id int PRIMARY KEY, t timestamptz);
+         INSERT INTO n SELECT i, CASE WHEN i = 7 THEN NULL ELSE now() END FROM generate_series(1, 50) i;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &url, &["public.n"]);
+    let c = cfg.clone();
+    let plan = tokio::task::spawn_blocking(move || {
+        run(&c, &["convert", "plan", "--table", "public.n"], None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        plan.stdout.contains("rows with t NULL are refused"),
+        "{}",
+        plan.stdout
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        run(&cfg, &["convert", "start", "--table", "public.n"], None)
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("the conversion was undone"),
+        "{}",
+        out.stderr
+    );
+    let left: i64 = query(
+        &url,
+        "SELECT (SELECT count(*) FROM pg_constraint WHERE conrelid = 'public.n'::regclass AND conname LIKE 'pgsteward%') \
+              + (SELECT count(*) FROM pg_class WHERE relname LIKE 'pgsteward_cv_%')",
+    )
+    .await[0]
+    .get(0);
+    assert_eq!(left, 0);
+    let state: String = query(&url, "SELECT state FROM pgsteward.conversions").await[0].get(0);
+    assert_eq!(state, "aborted");
+    // Writers of NULL keys are not refused any more.
+    exec(&url, "INSERT INTO n VALUES (51, NULL)").await;
 }
