@@ -437,6 +437,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     let mut outcome = Outcome::Healthy;
     let mut tables = Vec::new();
     let mut defaults = Vec::new();
+    let mut firsts = Vec::new();
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
         match lookup {
             Err(msg) => {
@@ -459,6 +460,12 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
+                }
+                // A converted table's first partition (MINVALUE .. boundary): its size is reported.
+                for p in &state.partitions {
+                    if p.range.is_some_and(|r| r.lo == plan::KEY_MIN) {
+                        firsts.push((tables.len(), p.name.clone()));
+                    }
                 }
                 tables.push(TableStatus {
                     table: name,
@@ -492,6 +499,20 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             // a busy one leaves the planner's estimate in place.
             Err(e) => {
                 tracing::warn!(error = %server_message(&e), "default partitions not counted; showing estimates")
+            }
+        }
+    }
+    for (i, name) in &firsts {
+        // Sizes come from the catalog: no lock on the partition.
+        if let Ok(row) = client
+            .query_one(
+                "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))",
+                &[&name.quoted()],
+            )
+            .await
+        {
+            if let (Some(t), Some(size)) = (tables.get_mut(*i), row.get::<_, Option<String>>(0)) {
+                t.notes.push(format!("{name}: first partition, {size}"));
             }
         }
     }

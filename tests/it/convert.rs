@@ -390,6 +390,18 @@ async fn converts_online_under_a_writer_and_a_reader() {
     assert_eq!(pass.code, Some(0), "{}{}", pass.stdout, pass.stderr);
     let pass: serde_json::Value = serde_json::from_str(&pass.stdout).unwrap();
     assert_eq!(pass["tables"][0]["created"], 0, "{pass:#}");
+    let c = cfg.clone();
+    let st = tokio::task::spawn_blocking(move || {
+        run(&c, &["partitions", "status", "--output", "json"], None)
+    })
+    .await
+    .unwrap();
+    assert!(
+        st.stdout.contains(&format!("{first}: first partition, "))
+            && st.stdout.contains("holds every row before"),
+        "{}",
+        st.stdout
+    );
     let notes = pass["tables"][0]["notes"].to_string();
     assert!(
         notes.contains("holds every row before") && !notes.contains("overlaps"),
