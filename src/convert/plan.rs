@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use super::inspect::TableInfo;
 use crate::config::{Interval, TableConfig};
-pub use crate::partitions::plan::KeyType;
-use crate::partitions::plan::{
+use crate::partitions::model::Key;
+pub use crate::partitions::model::KeyType;
+use crate::partitions::period::{
     day_start_key, key_day, key_literal, key_text, next_period, partition_name, period_start,
-    suffix, Key,
+    suffix,
 };
 use crate::pg::QualifiedName;
 

@@ -9,6 +9,7 @@ mod convert;
 mod convert_bench;
 mod convert_cases;
 mod deploy;
+mod docker;
 mod lag;
 mod moto;
 mod partitions;
