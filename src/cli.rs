@@ -12,6 +12,7 @@ Examples:
   pgsteward partitions apply                # one maintenance pass (CronJob)
   pgsteward lag --output json               # exit 1 when any replica is over threshold
   pgsteward upgrade plan --target-class large
+  pgsteward convert plan --table public.events   # partition a live table without copying it
   pgsteward run                             # the service: schedules, /metrics, /healthz, /readyz
   pgsteward demo                            # the whole cycle on a throwaway local cluster
 
@@ -95,6 +96,9 @@ pub enum Command {
     /// Zero-downtime move of the primary to a larger machine.
     #[command(subcommand)]
     Upgrade(UpgradeCommand),
+    /// Turn a plain table into a partitioned one online, without copying rows.
+    #[command(subcommand)]
+    Convert(ConvertCommand),
     /// Validate the configuration and reach every endpoint it names.
     #[command(
         after_help = "Example:\n  pgsteward --config config/pgsteward.example.toml check --output json"
@@ -159,6 +163,70 @@ pub enum UpgradeCommand {
     /// Roll back an upgrade that has not promoted yet and delete its new replica.
     #[command(after_help = "Example:\n  pgsteward upgrade abort")]
     Abort,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConvertTable {
+    /// The table, SCHEMA.TABLE; it needs a [[partitions.tables]] entry (what it becomes).
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    pub table: crate::pg::QualifiedName,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConvertKey {
+    /// The partition key column (default: the table's only timestamptz, timestamp or date column).
+    #[arg(long, value_name = "COLUMN")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConvertCommand {
+    /// What would change, every step with its SQL, or why the table cannot be converted; changes nothing.
+    #[command(
+        after_help = "Example:\n  pgsteward convert plan --table public.events\n\n\
+        Exit 1 when the table cannot be converted (each reason with what to do)."
+    )]
+    Plan {
+        #[command(flatten)]
+        table: ConvertTable,
+        #[command(flatten)]
+        key: ConvertKey,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Convert: build keys and the CHECK online, then swap in one short transaction.
+    #[command(
+        after_help = "Example:\n  pgsteward convert start --table public.events\n\n\
+        Safe to interrupt: `pgsteward convert resume` continues from the journal (pgsteward.conversions)."
+    )]
+    Start {
+        #[command(flatten)]
+        table: ConvertTable,
+        #[command(flatten)]
+        key: ConvertKey,
+    },
+    /// The table's conversion step by step, who drives it, progress, the first partition.
+    #[command(
+        after_help = "Example:\n  pgsteward convert status --table public.events --output json"
+    )]
+    Status {
+        #[command(flatten)]
+        table: ConvertTable,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Continue an interrupted conversion from its journal.
+    #[command(after_help = "Example:\n  pgsteward convert resume --table public.events")]
+    Resume {
+        #[command(flatten)]
+        table: ConvertTable,
+    },
+    /// Before the swap: remove everything the conversion built.
+    #[command(after_help = "Example:\n  pgsteward convert abort --table public.events")]
+    Abort {
+        #[command(flatten)]
+        table: ConvertTable,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error(transparent)]
+    Convert(#[from] crate::convert::ConvertError),
+    #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error("{0}")]
     Other(String),
@@ -36,6 +38,7 @@ impl Error {
         match self {
             Error::Config(_) | Error::Usage(_) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
+            Error::Convert(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,
         }
@@ -52,6 +55,10 @@ impl Error {
             | Error::Service(crate::service::ServiceError::Pg(e))
             | Error::Demo(crate::demo::DemoError::Pg(e))
             | Error::Upgrade(crate::upgrade::UpgradeError::Pg(e))
+            | Error::Convert(crate::convert::ConvertError::Pg(e))
+            | Error::Convert(crate::convert::ConvertError::Partitions(
+                crate::partitions::PartitionError::Pg(e),
+            ))
             | Error::Upgrade(crate::upgrade::UpgradeError::Pooler(
                 crate::pooler::PoolerError::Pg(e),
             ))
@@ -73,6 +80,7 @@ impl Error {
             Error::Lag(_) => "lag",
             Error::Service(_) => "service",
             Error::Upgrade(_) => "upgrade",
+            Error::Convert(_) => "convert",
             Error::Demo(_) => "demo",
             Error::Other(_) => "other",
         }

@@ -10,6 +10,7 @@
 //! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests),
 //!   scram-sha-256 on TCP, children with a minimal environment and passwords in private files.
 //! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL; `indexes` builds declared indexes online and repairs index drift.
+//! * `convert`: online conversion of a plain table into a partitioned one, without copying rows.
 //! * `lag`: replica observations and a pure verdict per replica.
 //! * `metrics`, `http`: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoints.
 //! * `service`: `pgsteward run`: cron scheduling, leadership, graceful shutdown.
@@ -22,6 +23,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod http;

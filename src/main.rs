@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use pgsteward::cli::{Cli, Command, PartitionsCommand, UpgradeCommand};
+use pgsteward::cli::{Cli, Command, ConvertCommand, PartitionsCommand, UpgradeCommand};
 use pgsteward::config::{self, Config};
 use pgsteward::{Error, Outcome};
 
@@ -75,6 +75,50 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             UpgradeCommand::Status(o) => pgsteward::upgrade::status_command(&cfg, o.output).await?,
             UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
             UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,
+        }),
+        Command::Convert(cmd) => Ok({
+            if !matches!(
+                cmd,
+                ConvertCommand::Plan { .. } | ConvertCommand::Status { .. }
+            ) {
+                // DDL waits out an upgrade's cutover and refuses a primary that moved, as a pass does.
+                let never = tokio_util::sync::CancellationToken::new();
+                pgsteward::upgrade::wait_for_cutover(
+                    &cfg,
+                    std::time::Duration::from_secs(600),
+                    &never,
+                )
+                .await?;
+                if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
+                    pgsteward::upgrade::ensure_primary_current(&cfg).await
+                {
+                    return Err(e.into());
+                }
+            }
+            match cmd {
+                ConvertCommand::Plan { table, key, output } => {
+                    pgsteward::convert::plan_command(
+                        &cfg,
+                        &table.table,
+                        key.key.as_deref(),
+                        output.output,
+                    )
+                    .await?
+                }
+                ConvertCommand::Start { table, key } => {
+                    pgsteward::convert::start_command(&cfg, &table.table, key.key.as_deref())
+                        .await?
+                }
+                ConvertCommand::Status { table, output } => {
+                    pgsteward::convert::status_command(&cfg, &table.table, output.output).await?
+                }
+                ConvertCommand::Resume { table } => {
+                    pgsteward::convert::resume_command(&cfg, &table.table).await?
+                }
+                ConvertCommand::Abort { table } => {
+                    pgsteward::convert::abort_command(&cfg, &table.table).await?
+                }
+            }
         }),
         Command::Demo(_) | Command::Check(_) => unreachable!("handled above"),
     }

@@ -115,7 +115,7 @@ fn table_state_inner(
     let strategy: Option<String> = row.get("strategy");
     if relkind.as_deref() != Some("p") {
         return Err(format!(
-            "{table} is not a partitioned table; recreate it with PARTITION BY RANGE (column)"
+            "{table} is not a partitioned table; convert it online with `pgsteward convert plan --table {table}`, or recreate it with PARTITION BY RANGE (column)"
         ));
     }
     if strategy.as_deref() != Some("r") {

@@ -4,7 +4,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::model::{Action, Note};
+use super::model::{Action, Note, KEY_MIN};
 use super::plan::{coverage_of, note_text, Coverage};
 use super::report::PassReport;
 use super::{connect_and_read, ddl, indexes, plan, run_pass, PartitionError, RECOVERY_SKIP};
@@ -221,6 +221,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     let mut outcome = Outcome::Healthy;
     let managed = indexes::managed(&catalog);
     let mut tables = Vec::new();
+    let mut firsts = Vec::new();
     let mut defaults = Vec::new();
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
         match lookup {
@@ -244,6 +245,12 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
+                }
+                // A converted table's first partition (MINVALUE .. boundary): its size is reported.
+                for p in &state.partitions {
+                    if p.range.is_some_and(|r| r.lo == KEY_MIN) {
+                        firsts.push((tables.len(), p.name.clone()));
+                    }
                 }
                 tables.push(TableStatus {
                     table: name,
@@ -273,6 +280,20 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             // a busy one leaves the planner's estimate in place.
             Err(e) => {
                 tracing::warn!(error = %server_message(&e), "default partitions not counted; showing estimates")
+            }
+        }
+    }
+    for (i, name) in &firsts {
+        // Sizes come from the catalog: no lock on the partition.
+        if let Ok(row) = client
+            .query_one(
+                "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))",
+                &[&name.quoted()],
+            )
+            .await
+        {
+            if let (Some(t), Some(size)) = (tables.get_mut(*i), row.get::<_, Option<String>>(0)) {
+                t.notes.push(format!("{name}: first partition, {size}"));
             }
         }
     }

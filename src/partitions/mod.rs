@@ -32,6 +32,9 @@ pub use error::PartitionError;
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
 
+const CONVERTING_SKIP: &str =
+    "being converted to a partitioned table (pgsteward convert); maintained once its swap is done";
+
 const RECOVERY_SKIP: &str =
     "the server is in recovery (a replica): partition DDL runs on the primary only";
 
@@ -76,8 +79,17 @@ pub async fn run_pass_at(
     let managed = indexes::managed(&catalog);
     let mut reports: Vec<Option<TableReport>> = vec![None; cfg.partitions.tables.len()];
     let mut work = Vec::new();
+    // Read after the catalog: a table seen plain is never planned, and one seen
+    // partitioned before its conversion finished the swap is listed here.
+    let converting = crate::convert::tables_converting(&client).await;
     for (i, (tcfg, (name, lookup))) in cfg.partitions.tables.iter().zip(catalog.tables).enumerate()
     {
+        if converting.contains(&name) {
+            let mut r = TableReport::new(&name);
+            r.skipped = Some(CONVERTING_SKIP.into());
+            reports[i] = Some(r);
+            continue;
+        }
         match lookup {
             Err(msg) => {
                 tracing::warn!(table = %name, error = %msg, "table cannot be maintained");

@@ -40,6 +40,16 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             }),
             // Our own fills of a hole beside a hand-made partition.
             Some(r) if is_fill(&state.table.name, &p.name.name, interval, kt, tz, r) => {}
+            // A converted table's first partition (`pgsteward convert`): everything
+            // before a period start; retention retires it once that start is past.
+            Some(r) if r.lo == KEY_MIN && r.hi != KEY_MAX => notes.push(Note {
+                partition: p.name.to_string(),
+                kind: NoteKind::OffGrid,
+                message: format!(
+                    "holds every row before {} (first partition of a converted table); retired when that is past retention",
+                    key_text(kt, tz, r.hi)
+                ),
+            }),
             Some(r) if !on_grid(interval, kt, tz, r) => notes.push(Note {
                 partition: p.name.to_string(),
                 kind: NoteKind::OffGrid,

@@ -5,6 +5,9 @@
 mod harness;
 
 mod cli_config;
+mod convert;
+mod convert_bench;
+mod convert_cases;
 mod deploy;
 mod docker;
 mod indexes;

@@ -1,0 +1,218 @@
+//! The conversion journal: a row per conversion in `pgsteward.conversions`,
+//! in the database being converted.
+//!
+//! Why in the database and not in `state_dir` like the upgrade: a step's DDL
+//! and the record that it happened commit in the same transaction (the CHECK,
+//! its validation, the swap), so after a crash the journal can never say a
+//! step happened that did not, or miss one that did. The two steps that cannot
+//! run in a transaction (`CREATE INDEX CONCURRENTLY`) are recorded right
+//! after, and observed on resume (is the index there and valid?). Any host
+//! that reaches the database sees the same journal, and the partial unique
+//! index allows one active conversion per table.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use super::plan::ConvertPlan;
+use super::ConvertError;
+use crate::pg::QualifiedName;
+
+const SETUP_SQL: &str = include_str!("../../sql/convert_journal.sql");
+
+/// The steps, in order; the journal's `step` is the last one completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Prepared,
+    UniqueIndexes,
+    CheckAdded,
+    CheckValidated,
+    /// The point of no return.
+    Swapped,
+    PartitionsMade,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Prepared,
+        Step::UniqueIndexes,
+        Step::CheckAdded,
+        Step::CheckValidated,
+        Step::Swapped,
+        Step::PartitionsMade,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Prepared => "prepared",
+            Step::UniqueIndexes => "unique_indexes",
+            Step::CheckAdded => "check_added",
+            Step::CheckValidated => "check_validated",
+            Step::Swapped => "swapped",
+            Step::PartitionsMade => "partitions_made",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+    pub fn next(self) -> Option<Step> {
+        let i = Step::ALL.iter().position(|x| *x == self)?;
+        Step::ALL.get(i + 1).copied()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub id: i64,
+    pub state: String,
+    pub step: Step,
+    pub plan: ConvertPlan,
+    pub events: serde_json::Value,
+    pub started_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Creates the journal table if needed. Run under the conversion's advisory
+/// lock, so two first runs do not race on `CREATE ... IF NOT EXISTS`.
+pub async fn ensure(client: &impl GenericClient) -> Result<(), ConvertError> {
+    client
+        .batch_execute(SETUP_SQL)
+        .await
+        .map_err(|e| ConvertError::query("create the journal table pgsteward.conversions", e))
+}
+
+async fn exists(client: &impl GenericClient) -> Result<bool, ConvertError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('pgsteward.conversions') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| ConvertError::query("look for the journal", e))?;
+    Ok(row.get(0))
+}
+
+const COLUMNS: &str = "id, state, step, plan::text, events, started_at, updated_at";
+
+fn record(row: &tokio_postgres::Row) -> Result<Record, ConvertError> {
+    let step: String = row.get(2);
+    let plan: String = row.get(3);
+    Ok(Record {
+        id: row.get(0),
+        state: row.get(1),
+        step: Step::parse(&step)
+            .ok_or_else(|| ConvertError::Catalog(format!("journal: unknown step {step:?}")))?,
+        plan: serde_json::from_str(&plan)
+            .map_err(|e| ConvertError::Catalog(format!("journal: plan unreadable: {e}")))?,
+        events: row.get(4),
+        started_at: row.get(5),
+        updated_at: row.get(6),
+    })
+}
+
+/// The active conversion of `table`, or else its latest one.
+pub async fn latest(
+    client: &impl GenericClient,
+    table: &QualifiedName,
+) -> Result<Option<Record>, ConvertError> {
+    if !exists(client).await? {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT {COLUMNS} FROM pgsteward.conversions WHERE table_schema = $1 AND table_name = $2 \
+         ORDER BY (state = 'active') DESC, id DESC LIMIT 1"
+    );
+    let row = client
+        .query_opt(&sql, &[&table.schema, &table.name])
+        .await
+        .map_err(|e| ConvertError::query("read the journal", e))?;
+    row.as_ref().map(record).transpose()
+}
+
+/// Starts a conversion: its first entry, `prepared`.
+pub async fn create(
+    client: &impl GenericClient,
+    plan: &ConvertPlan,
+) -> Result<Record, ConvertError> {
+    let plan_json = serde_json::to_value(plan).map_err(|e| ConvertError::Catalog(e.to_string()))?;
+    let events = serde_json::json!([event(Step::Prepared, "done", None)]);
+    let sql = format!(
+        "INSERT INTO pgsteward.conversions (table_schema, table_name, state, step, plan, events) \
+         VALUES ($1, $2, 'active', 'prepared', $3, $4) RETURNING {COLUMNS}"
+    );
+    let row = client
+        .query_one(&sql, &[&plan.schema, &plan.table, &plan_json, &events])
+        .await
+        .map_err(|e| ConvertError::query("write the journal", e))?;
+    record(&row)
+}
+
+fn event(step: Step, what: &str, detail: Option<&str>) -> serde_json::Value {
+    serde_json::json!({ "at": Utc::now(), "step": step.as_str(), "event": what, "detail": detail })
+}
+
+/// Records that `step` completed; in the caller's transaction when it has one.
+pub async fn advance(
+    client: &impl GenericClient,
+    id: i64,
+    step: Step,
+    detail: Option<&str>,
+) -> Result<(), ConvertError> {
+    let ev = serde_json::json!([event(step, "done", detail)]);
+    client
+        .execute(
+            "UPDATE pgsteward.conversions SET step = $2, events = events || $3::jsonb, updated_at = now() \
+             WHERE id = $1 AND state = 'active'",
+            &[&id, &step.as_str(), &ev],
+        )
+        .await
+        .map_err(|e| ConvertError::query("write the journal", e))?;
+    Ok(())
+}
+
+/// Appends an event without changing the step (a failure, a retry).
+pub async fn note(client: &impl GenericClient, id: i64, step: Step, what: &str, detail: &str) {
+    let ev = serde_json::json!([event(step, what, Some(detail))]);
+    if let Err(e) = client
+        .execute(
+            "UPDATE pgsteward.conversions SET events = events || $2::jsonb, updated_at = now() WHERE id = $1",
+            &[&id, &ev],
+        )
+        .await
+    {
+        tracing::warn!(error = %crate::pg::server_message(&e), "journal note not written");
+    }
+}
+
+/// Ends a conversion: `done` or `aborted`.
+pub async fn finish(client: &impl GenericClient, id: i64, state: &str) -> Result<(), ConvertError> {
+    let ev = serde_json::json!([{ "at": Utc::now(), "event": state }]);
+    client
+        .execute(
+            "UPDATE pgsteward.conversions SET state = $2, events = events || $3::jsonb, updated_at = now() WHERE id = $1",
+            &[&id, &state, &ev],
+        )
+        .await
+        .map_err(|e| ConvertError::query("write the journal", e))?;
+    Ok(())
+}
+
+/// Tables whose conversion has not reached the swap: the partition pass
+/// leaves them alone. Empty when the journal does not exist.
+pub async fn converting(client: &impl GenericClient) -> Result<Vec<QualifiedName>, ConvertError> {
+    if !exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT table_schema, table_name FROM pgsteward.conversions \
+             WHERE state = 'active' AND step NOT IN ('swapped', 'partitions_made')",
+            &[],
+        )
+        .await
+        .map_err(|e| ConvertError::query("read the journal", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}

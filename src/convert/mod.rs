@@ -1,0 +1,562 @@
+//! Online conversion of a plain table into a partitioned one, without copying
+//! rows: `pgsteward convert plan|start|status|resume|abort --table T`.
+//!
+//! The table becomes the first partition (FROM MINVALUE TO a coming period
+//! boundary) of a new parent that takes its name; a CHECK validated
+//! beforehand (without blocking writes) lets ATTACH skip the scan; keys that
+//! must include the partition key get their unique index built concurrently
+//! first. Everything else is carried over in one short swap transaction.
+//!
+//! * `inspect`: one catalog read of the table (JSON), used by `plan` and under the swap's locks.
+//! * `plan`: pure: boundary, names, changes, refusals.
+//! * `refuse`: pure: what cannot be carried, with the fix.
+//! * `sql`: pure: the statements of each step, the swap's in order.
+//! * `journal`: `pgsteward.conversions`, written in the same transaction as each step's DDL.
+//! * `steps`: the observe-then-act steps, failpoints, abort.
+//! * `index`: the one concurrent index build (to be switched to the shared online-index module).
+
+pub mod index;
+pub mod inspect;
+pub mod journal;
+pub mod plan;
+pub mod refuse;
+pub mod sql;
+pub mod steps;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::cli::OutputFormat;
+use crate::config::{Config, TableConfig};
+use crate::pg::{server_message, QualifiedName};
+use crate::Outcome;
+use journal::Step;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+    #[error(transparent)]
+    Partitions(#[from] crate::partitions::PartitionError),
+    #[error("cannot {what}: {message}")]
+    Query { what: &'static str, message: String },
+    #[error("{message} [{statement}]")]
+    Sql { statement: String, message: String },
+    #[error("unexpected catalog data: {0}")]
+    Catalog(String),
+    #[error("{0} has no [[partitions.tables]] entry; add one (interval, premake, retention, timezone) for what it becomes")]
+    NotConfigured(String),
+    #[error("table {0} does not exist")]
+    NoTable(String),
+    #[error("{table} cannot be converted:\n  {}", reasons.join("\n  "))]
+    Refused { table: String, reasons: Vec<String> },
+    #[error("another pgsteward is converting {table} ({holder}); wait for it or stop it")]
+    Busy { table: String, holder: String },
+    #[error("a conversion of {table} is in flight (last step: {step}); run `pgsteward convert resume --table {table}` or `abort`")]
+    InFlight { table: String, step: String },
+    #[error("no conversion of {0} is in flight")]
+    NoConversion(String),
+    #[error("the conversion of {table} has passed the swap (the point of no return); run `pgsteward convert resume --table {table}` to finish it")]
+    PastSwap { table: String },
+    #[error("the boundary {boundary} is too close for the swap; the conversion was undone, start it again to pick a later boundary")]
+    BoundaryTooClose { boundary: String },
+    #[error("some rows have {key} NULL or at/after {boundary}: they cannot go in the first partition; the conversion was undone: fix or move those rows and start again")]
+    RowsOutside { key: String, boundary: String },
+    #[error("step {step}: {message}")]
+    Step { step: &'static str, message: String },
+    #[error("{0}")]
+    Failpoint(String),
+}
+
+impl ConvertError {
+    pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
+        ConvertError::Query {
+            what,
+            message: server_message(&e),
+        }
+    }
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ConvertError::NotConfigured(_))
+    }
+}
+
+/// Namespace of the per-table conversion lock: "pgcv" (the partition pass uses "pgst").
+pub const ADVISORY_NAMESPACE: i32 = 0x7067_6376;
+const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
+const HOLDER_SQL: &str = "SELECT a.pid, coalesce(a.client_addr::text, 'local'), a.application_name, a.backend_start::text \
+     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int4::oid \
+       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+       AND l.objid = hashtext($2)::oid AND l.objsubid = 2";
+
+/// A session for conversion: the partition session's settings (lock_timeout,
+/// UTC, ISO) plus an empty search_path, so every definition the catalog
+/// prints is schema-qualified and every name we write is resolved exactly.
+pub async fn connect(cfg: &Config) -> Result<Client, ConvertError> {
+    let client = crate::partitions::connect(cfg).await?;
+    client
+        .batch_execute("SET search_path = ''; SET application_name = 'pgsteward convert'")
+        .await
+        .map_err(|e| ConvertError::query("set up the session", e))?;
+    Ok(client)
+}
+
+fn table_config<'a>(
+    cfg: &'a Config,
+    table: &QualifiedName,
+) -> Result<&'a TableConfig, ConvertError> {
+    cfg.partitions
+        .tables
+        .iter()
+        .find(|t| &t.table == table)
+        .ok_or_else(|| ConvertError::NotConfigured(table.to_string()))
+}
+
+/// Takes the table's conversion lock for this session (held until it ends),
+/// or names the session holding it.
+async fn lock(client: &Client, table: &QualifiedName) -> Result<(), ConvertError> {
+    let key = table.to_string();
+    let got: bool = client
+        .query_one(TRY_LOCK_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .await
+        .map_err(|e| ConvertError::query("take the conversion lock", e))?
+        .get(0);
+    if got {
+        return Ok(());
+    }
+    let holder = match client
+        .query_opt(HOLDER_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .await
+    {
+        Ok(Some(r)) => format!(
+            "backend pid {} from {} ({}), connected since {}",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(3)
+        ),
+        _ => "a session holding its advisory lock".into(),
+    };
+    Err(ConvertError::Busy { table: key, holder })
+}
+
+/// Tables the partition pass must leave alone: converting, before their swap.
+/// Errors (no privilege on the journal, say) are logged and mean "none".
+pub async fn tables_converting(client: &Client) -> Vec<QualifiedName> {
+    match journal::converting(client).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "conversion journal not read; no table skipped");
+            Vec::new()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PlanOutput {
+    table: String,
+    plan: Option<plan::ConvertPlan>,
+    refusals: Vec<plan::Refusal>,
+    steps: Vec<StepOutput>,
+}
+
+#[derive(Serialize)]
+struct StepOutput {
+    step: Step,
+    what: String,
+    sql: Vec<String>,
+}
+
+/// Reads the table and builds the plan, with every refusal (names taken,
+/// rows past the boundary included).
+async fn make_plan(
+    client: &Client,
+    tcfg: &TableConfig,
+    key: Option<&str>,
+) -> Result<(plan::ConvertPlan, inspect::TableInfo, Vec<plan::Refusal>), ConvertError> {
+    let table = &tcfg.table;
+    // The key is needed only for `key_indexed`: read once to pick it.
+    let probe = inspect::read(client, table, key.unwrap_or(""))
+        .await?
+        .ok_or_else(|| ConvertError::NoTable(table.to_string()))?;
+    let (key, kt) = match plan::pick_key(&probe, key) {
+        Ok(k) => k,
+        Err(r) => {
+            return Ok((
+                plan::build(tcfg, &probe, "", plan::KeyType::Timestamptz, Utc::now()).0,
+                probe,
+                vec![r],
+            ))
+        }
+    };
+    let info = inspect::read(client, table, &key)
+        .await?
+        .ok_or_else(|| ConvertError::NoTable(table.to_string()))?;
+    let (p, mut refusals) = plan::build(tcfg, &info, &key, kt, Utc::now());
+    let mut names = vec![p.first_partition.clone()];
+    names.extend(info.indexes.iter().map(|i| p.child_index_name(&i.name)));
+    for b in &p.unique_builds {
+        names.push(p.child_index_name(&b.replaces));
+    }
+    let taken = inspect::taken(client, &p.schema, &names).await?;
+    let ours: Vec<&str> = p.unique_builds.iter().map(|b| b.index.as_str()).collect();
+    for t in taken.iter().filter(|t| !ours.contains(&t.as_str())) {
+        refusals.push(plan::Refusal {
+            reason: format!("the name {t} that the conversion needs is taken"),
+            fix: "rename or drop that relation".into(),
+        });
+    }
+    if info.key_indexed && refusals.is_empty() {
+        let q = format!(
+            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {k} >= {} OR {k} IS NULL LIMIT 1) x",
+            table.quoted(),
+            p.boundary_literal,
+            k = crate::pg::quote_ident(&key)
+        );
+        let n: i64 = client
+            .query_one(&q, &[])
+            .await
+            .map_err(|e| ConvertError::query("look for rows past the boundary", e))?
+            .get(0);
+        if n > 0 {
+            refusals.push(plan::Refusal {
+                reason: format!("rows with {key} NULL or at or after the boundary {} exist", p.boundary_text),
+                fix: "they could not stay in the first partition: move or delete them, or convert by hand".into(),
+            });
+        }
+    }
+    Ok((p, info, refusals))
+}
+
+fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput> {
+    let idx: Vec<String> = p
+        .unique_builds
+        .iter()
+        .map(|b| {
+            format!(
+                "CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})",
+                crate::pg::quote_ident(&b.index),
+                p.name().quoted(),
+                b.columns.join(", ")
+            )
+        })
+        .collect();
+    let seqs: Vec<sql::SequenceState> = Vec::new();
+    let mut swap = vec![format!(
+        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE -- views first, then the table; lock_timeout, retried",
+        info.views
+            .iter()
+            .map(|v| v.quoted.clone())
+            .chain(std::iter::once(p.name().quoted()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    swap.extend(sql::swap(p, info, &seqs));
+    if info.columns.iter().any(|c| c.sequence.is_some()) {
+        swap.push("-- identity/serial sequences: recreated or re-owned with the value read under the lock".into());
+    }
+    vec![
+        StepOutput {
+            step: Step::UniqueIndexes,
+            what: "build unique indexes that include the key (no lock on writers)".into(),
+            sql: idx,
+        },
+        StepOutput {
+            step: Step::CheckAdded,
+            what: "add the CHECK NOT VALID (brief lock, lock_timeout, retried)".into(),
+            sql: vec![sql::add_check(p)],
+        },
+        StepOutput {
+            step: Step::CheckValidated,
+            what: "validate it: a scan under SHARE UPDATE EXCLUSIVE, reads and writes go on".into(),
+            sql: vec![sql::validate_check(p)],
+        },
+        StepOutput {
+            step: Step::Swapped,
+            what: "the swap, one transaction: THE POINT OF NO RETURN".into(),
+            sql: swap,
+        },
+        StepOutput {
+            step: Step::PartitionsMade,
+            what: "a partition pass for the table: periods from the boundary on (premake)".into(),
+            sql: vec![],
+        },
+    ]
+}
+
+/// `convert plan`: what would change, the steps and their SQL, or why not.
+pub async fn plan_command(
+    cfg: &Config,
+    table: &QualifiedName,
+    key: Option<&str>,
+    output: OutputFormat,
+) -> Result<Outcome, ConvertError> {
+    let tcfg = table_config(cfg, table)?;
+    let client = connect(cfg).await?;
+    let (p, info, refusals) = make_plan(&client, tcfg, key).await?;
+    let steps = if refusals.is_empty() {
+        steps_of(&p, &info)
+    } else {
+        vec![]
+    };
+    let out = PlanOutput {
+        table: table.to_string(),
+        plan: Some(p),
+        refusals,
+        steps,
+    };
+    match output {
+        OutputFormat::Json => crate::output::print_json(&out),
+        OutputFormat::Text => print!("{}", plan_text(&out)),
+    }
+    Ok(if out.refusals.is_empty() {
+        Outcome::Healthy
+    } else {
+        Outcome::Problem
+    })
+}
+
+fn plan_text(out: &PlanOutput) -> String {
+    let mut s = String::new();
+    if !out.refusals.is_empty() {
+        s.push_str(&format!("{}: cannot be converted\n", out.table));
+        for r in &out.refusals {
+            s.push_str(&format!(
+                "  refused: {}\n    what to do: {}\n",
+                r.reason, r.fix
+            ));
+        }
+        return s;
+    }
+    let Some(p) = &out.plan else { return s };
+    s.push_str(&format!(
+        "{}: PARTITION BY RANGE ({}), {:?} in {}, boundary {}\n",
+        out.table, p.key, p.interval, p.timezone, p.boundary_text
+    ));
+    s.push_str("changes:\n");
+    for c in &p.changes {
+        s.push_str(&format!("  - {c}\n"));
+    }
+    s.push_str("carried over:\n");
+    for c in &p.carried {
+        s.push_str(&format!("  - {c}\n"));
+    }
+    for n in &p.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
+    for (i, st) in out.steps.iter().enumerate() {
+        s.push_str(&format!(
+            "step {} {}: {}\n",
+            i + 1,
+            st.step.as_str(),
+            st.what
+        ));
+        if st.sql.is_empty() {
+            continue;
+        }
+        for q in &st.sql {
+            s.push_str(&format!("    {q}\n"));
+        }
+    }
+    s
+}
+
+/// `convert start`: plan, journal, drive to the end.
+pub async fn start_command(
+    cfg: &Config,
+    table: &QualifiedName,
+    key: Option<&str>,
+) -> Result<Outcome, ConvertError> {
+    let tcfg = table_config(cfg, table)?;
+    let mut client = connect(cfg).await?;
+    lock(&client, table).await?;
+    journal::ensure(&client).await?;
+    if let Some(r) = journal::latest(&client, table).await? {
+        if r.state == "active" {
+            return Err(ConvertError::InFlight {
+                table: table.to_string(),
+                step: r.step.as_str().into(),
+            });
+        }
+    }
+    let (p, _info, refusals) = make_plan(&client, tcfg, key).await?;
+    if !refusals.is_empty() {
+        return Err(ConvertError::Refused {
+            table: table.to_string(),
+            reasons: refusals
+                .iter()
+                .map(|r| format!("{} ({})", r.reason, r.fix))
+                .collect(),
+        });
+    }
+    let mut rec = journal::create(&client, &p).await?;
+    tracing::info!(table = %table, boundary = %p.boundary_text, id = rec.id, "conversion started");
+    steps::drive(cfg, tcfg, &mut client, &mut rec).await?;
+    println!(
+        "{table}: converted; first partition {} holds every row before {}",
+        p.first(),
+        p.boundary_text
+    );
+    Ok(Outcome::Healthy)
+}
+
+/// `convert resume`: continue the table's active conversion from its journal.
+pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+    let tcfg = table_config(cfg, table)?;
+    let mut client = connect(cfg).await?;
+    lock(&client, table).await?;
+    let mut rec = match journal::latest(&client, table).await? {
+        Some(r) if r.state == "active" => r,
+        _ => return Err(ConvertError::NoConversion(table.to_string())),
+    };
+    tracing::info!(table = %table, step = rec.step.as_str(), "resuming conversion");
+    steps::drive(cfg, tcfg, &mut client, &mut rec).await?;
+    println!("{table}: converted; first partition {}", rec.plan.first());
+    Ok(Outcome::Healthy)
+}
+
+/// `convert abort`: before the swap, remove everything the conversion built.
+pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+    table_config(cfg, table)?;
+    let mut client = connect(cfg).await?;
+    lock(&client, table).await?;
+    let mut rec = match journal::latest(&client, table).await? {
+        Some(r) if r.state == "active" => r,
+        _ => return Err(ConvertError::NoConversion(table.to_string())),
+    };
+    steps::undo(cfg, &mut client, &mut rec).await?;
+    println!("{table}: conversion aborted; the table is as it was");
+    Ok(Outcome::Healthy)
+}
+
+#[derive(Serialize)]
+struct StatusOutput {
+    table: String,
+    conversion: Option<journal::Record>,
+    /// The session driving it now, if any.
+    driver: Option<String>,
+    progress: Option<String>,
+    first_partition: Option<FirstPartition>,
+}
+
+#[derive(Serialize)]
+struct FirstPartition {
+    name: String,
+    range: String,
+    bytes: i64,
+}
+
+/// `convert status`: the table's conversion step by step, who drives it,
+/// live index-build progress, and afterwards the first partition's range and size.
+pub async fn status_command(
+    cfg: &Config,
+    table: &QualifiedName,
+    output: OutputFormat,
+) -> Result<Outcome, ConvertError> {
+    table_config(cfg, table)?;
+    let client = connect(cfg).await?;
+    let rec = journal::latest(&client, table).await?;
+    let key = table.to_string();
+    let holder = client
+        .query_opt(HOLDER_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .await
+        .ok()
+        .flatten();
+    let driver = holder.as_ref().map(|r| {
+        format!(
+            "backend pid {} ({})",
+            r.get::<_, i32>(0),
+            r.get::<_, String>(2)
+        )
+    });
+    let progress = match &holder {
+        Some(r) => index::progress_of(&client, r.get(0)).await,
+        None => None,
+    };
+    let mut first = None;
+    if let Some(r) = &rec {
+        if r.step >= Step::Swapped {
+            let name = r.plan.first();
+            if let Ok(Some(row)) = client
+                .query_opt(
+                    "SELECT pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid)::int8 FROM pg_class c WHERE c.oid = to_regclass($1)",
+                    &[&name.quoted()],
+                )
+                .await
+            {
+                first = Some(FirstPartition {
+                    name: name.to_string(),
+                    range: row.get::<_, Option<String>>(0).unwrap_or_else(|| "detached".into()),
+                    bytes: row.get(1),
+                });
+            }
+        }
+    }
+    let outcome = match &rec {
+        Some(r) if r.state == "active" && driver.is_none() => Outcome::Problem,
+        _ => Outcome::Healthy,
+    };
+    let out = StatusOutput {
+        table: key,
+        conversion: rec,
+        driver,
+        progress,
+        first_partition: first,
+    };
+    match output {
+        OutputFormat::Json => crate::output::print_json(&out),
+        OutputFormat::Text => print!("{}", status_text(&out)),
+    }
+    Ok(outcome)
+}
+
+fn status_text(out: &StatusOutput) -> String {
+    let mut s = String::new();
+    let Some(r) = &out.conversion else {
+        return format!("{}: never converted\n", out.table);
+    };
+    s.push_str(&format!(
+        "{}: conversion {} {} (started {}, updated {}), boundary {}, first partition {}\n",
+        out.table,
+        r.id,
+        r.state,
+        r.started_at,
+        r.updated_at,
+        r.plan.boundary_text,
+        r.plan.first()
+    ));
+    for st in Step::ALL.iter().skip(1) {
+        let mark = if *st <= r.step {
+            "done"
+        } else if r.state == "active" {
+            "pending"
+        } else {
+            "-"
+        };
+        let nr = if *st == Step::Swapped {
+            "  (point of no return)"
+        } else {
+            ""
+        };
+        s.push_str(&format!("  {:<16} {mark}{nr}\n", st.as_str()));
+    }
+    match (&out.driver, r.state.as_str()) {
+        (Some(d), _) => s.push_str(&format!("driven by {d}\n")),
+        (None, "active") => s.push_str(&format!(
+            "not running: run `pgsteward convert resume --table {}` (or `abort` before the swap) before {}\n",
+            out.table, r.plan.boundary_text
+        )),
+        _ => {}
+    }
+    if let Some(p) = &out.progress {
+        s.push_str(&format!("progress: {p}\n"));
+    }
+    if let Some(f) = &out.first_partition {
+        s.push_str(&format!(
+            "first partition {} {} ({} bytes)\n",
+            f.name, f.range, f.bytes
+        ));
+    }
+    s
+}

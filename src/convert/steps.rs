@@ -1,0 +1,472 @@
+//! Driving a conversion: one observe-then-act function per step, each ending
+//! with the journal entry that says it is done.
+//!
+//! Crash safety: the CHECK, its validation and the swap commit in the same
+//! transaction as their journal entry, so a kill -9 anywhere leaves either
+//! both or neither. The concurrent index builds cannot run in a transaction;
+//! they are journaled right after, and on resume the step observes the index
+//! (valid: kept; invalid: dropped and rebuilt). Failpoints
+//! `convert-<step>-start` (before the step acts) and `convert-<step>-done`
+//! (after it acted, before its journal entry commits) sit at every boundary.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::journal::{self, Record, Step};
+use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
+use super::sql::{self, SequenceState};
+use super::{inspect, ConvertError};
+use crate::config::{Config, TableConfig};
+use crate::pg::{is_transient_lock_error, server_message};
+use crate::upgrade::failpoint;
+
+const CHECK_STATE_SQL: &str = "SELECT convalidated FROM pg_constraint \
+     WHERE conrelid = to_regclass($1) AND conname = $2";
+
+/// Runs the remaining steps of `rec` to the end (`done`).
+pub async fn drive(
+    cfg: &Config,
+    tcfg: &TableConfig,
+    client: &mut Client,
+    rec: &mut Record,
+) -> Result<(), ConvertError> {
+    while let Some(step) = rec.step.next() {
+        if step <= Step::Swapped {
+            let lead = rec.plan.lead(Utc::now());
+            if lead.num_seconds() < SWAP_GUARD.as_secs() as i64 {
+                tracing::warn!(boundary = %rec.plan.boundary_text, "boundary too close for the swap; undoing the conversion");
+                undo(cfg, client, rec).await?;
+                return Err(ConvertError::BoundaryTooClose {
+                    boundary: rec.plan.boundary_text.clone(),
+                });
+            }
+        }
+        point(&format!("convert-{}-start", step.as_str()))?;
+        tracing::info!(step = step.as_str(), "conversion step");
+        let started = Instant::now();
+        let res = match step {
+            Step::Prepared => Ok(()),
+            Step::UniqueIndexes => unique_indexes(cfg, client, rec).await,
+            Step::CheckAdded => add_check(cfg, client, rec).await,
+            Step::CheckValidated => validate_check(cfg, client, rec).await,
+            Step::Swapped => swap(cfg, client, rec).await,
+            Step::PartitionsMade => make_partitions(cfg, tcfg, client, rec).await,
+        };
+        if let Err(e) = res {
+            journal::note(&*client, rec.id, step, "failed", &e.to_string()).await;
+            if matches!(e, ConvertError::RowsOutside { .. }) {
+                // The CHECK would keep refusing such rows from writers: undo now.
+                undo(cfg, client, rec).await?;
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            step = step.as_str(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "conversion step done"
+        );
+        rec.step = step;
+    }
+    journal::finish(&*client, rec.id, "done").await?;
+    rec.state = "done".into();
+    Ok(())
+}
+
+fn point(name: &str) -> Result<(), ConvertError> {
+    failpoint::hit(name).map_err(ConvertError::Failpoint)
+}
+
+async fn unique_indexes(cfg: &Config, client: &Client, rec: &Record) -> Result<(), ConvertError> {
+    for b in &rec.plan.unique_builds {
+        super::index::build_unique_concurrently(
+            cfg,
+            client,
+            &rec.plan.name(),
+            &b.index,
+            &b.columns,
+        )
+        .await?;
+    }
+    point("convert-unique_indexes-done")?;
+    journal::advance(client, rec.id, Step::UniqueIndexes, None).await
+}
+
+async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>, ConvertError> {
+    let row = client
+        .query_opt(CHECK_STATE_SQL, &[&plan.name().quoted(), &CHECK_NAME])
+        .await
+        .map_err(|e| ConvertError::query("look up the conversion CHECK", e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), ConvertError> {
+    let already = check_state(client, &rec.plan).await?.is_some();
+    // NOT VALID: a brief ACCESS EXCLUSIVE, under lock_timeout, retried.
+    let stmts = if already {
+        vec![]
+    } else {
+        vec![sql::add_check(&rec.plan)]
+    };
+    in_tx(cfg, client, rec.id, Step::CheckAdded, &stmts).await
+}
+
+async fn validate_check(
+    cfg: &Config,
+    client: &mut Client,
+    rec: &Record,
+) -> Result<(), ConvertError> {
+    let stmts = match check_state(client, &rec.plan).await? {
+        Some(true) => vec![],
+        Some(false) => vec![
+            // SHARE UPDATE EXCLUSIVE blocks no reads or writes: waiting for it
+            // queues no traffic, and a timeout would waste the scan.
+            "SET LOCAL lock_timeout = 0".to_string(),
+            sql::validate_check(&rec.plan),
+        ],
+        None => {
+            return Err(ConvertError::Step {
+                step: "check_validated",
+                message: format!(
+                "the CHECK {CHECK_NAME} is missing; run `pgsteward convert abort` and start again"
+            ),
+            })
+        }
+    };
+    let started = Instant::now();
+    let ticker = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::info!(
+                phase = "validating check",
+                elapsed_s = started.elapsed().as_secs(),
+                "conversion progress"
+            );
+        }
+    };
+    let r = tokio::select! {
+        r = in_tx(cfg, client, rec.id, Step::CheckValidated, &stmts) => r,
+        _ = ticker => Ok(()),
+    };
+    match r {
+        Err(ConvertError::Sql { message, .. }) if message.contains("(23514)") => {
+            Err(ConvertError::RowsOutside {
+                key: rec.plan.key.clone(),
+                boundary: rec.plan.boundary_text.clone(),
+            })
+        }
+        r => r,
+    }
+}
+
+/// Runs `stmts` and the journal entry for `step` in one transaction, retried
+/// from the start on a lost lock race (each statement waits at most lock_timeout).
+async fn in_tx(
+    cfg: &Config,
+    client: &mut Client,
+    id: i64,
+    step: Step,
+    stmts: &[String],
+) -> Result<(), ConvertError> {
+    let retries = cfg.partitions.lock_retries.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| ConvertError::query("begin a transaction", e))?;
+        let mut failed = None;
+        for s in stmts {
+            if let Err(e) = tx.batch_execute(s).await {
+                failed = Some((s.clone(), e));
+                break;
+            }
+        }
+        match failed {
+            None => {
+                journal::advance(&tx, id, step, None).await?;
+                point(&format!("convert-{}-done", step.as_str()))?;
+                return tx
+                    .commit()
+                    .await
+                    .map_err(|e| ConvertError::query("commit a conversion step", e));
+            }
+            Some((s, e)) => {
+                drop(tx);
+                if is_transient_lock_error(&e) && attempt < retries {
+                    let wait = crate::partitions::backoff(attempt);
+                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                return Err(ConvertError::Sql {
+                    statement: s.lines().next().unwrap_or_default().to_string(),
+                    message: format!(
+                        "{}{}",
+                        server_message(&e),
+                        if is_transient_lock_error(&e) {
+                            format!(" after {attempt} attempts: a long transaction holds a conflicting lock (see pg_locks); `pgsteward convert resume` retries")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// The swap: the point of no return. Locks the views that read the table,
+/// then the table (readers lock view before table, so this order cannot
+/// deadlock with them), re-reads the catalog under the locks, refuses if
+/// anything changed into something it cannot carry, and runs the whole swap
+/// with its journal entry in one transaction.
+async fn swap(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), ConvertError> {
+    let plan = &rec.plan;
+    match check_state(client, plan).await? {
+        Some(true) => {}
+        _ => {
+            return Err(ConvertError::Step {
+                step: "swapped",
+                message: format!("the CHECK {CHECK_NAME} is missing or not validated; run `pgsteward convert abort` and start again"),
+            })
+        }
+    }
+    let before = inspect::read(&*client, &plan.name(), &plan.key)
+        .await?
+        .ok_or_else(|| ConvertError::Step {
+            step: "swapped",
+            message: format!("{} no longer exists", plan.name()),
+        })?;
+    let mut locked: Vec<String> = before.views.iter().map(|v| v.quoted.clone()).collect();
+    locked.push(plan.name().quoted());
+    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", locked.join(", "));
+    let retries = cfg.partitions.lock_retries.max(1) * 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match swap_once(client, rec, &lock).await {
+            Ok(()) => return Ok(()),
+            Err(SwapError::Lock(e)) if attempt < retries => {
+                let wait = crate::partitions::backoff(attempt);
+                tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "swap: lock not granted; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(SwapError::Lock(e)) => {
+                return Err(ConvertError::Step {
+                    step: "swapped",
+                    message: format!("{e} after {attempt} attempts: a long transaction holds the table (see pg_locks); `pgsteward convert resume` retries"),
+                })
+            }
+            Err(SwapError::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum SwapError {
+    Lock(String),
+    Other(ConvertError),
+}
+
+impl From<ConvertError> for SwapError {
+    fn from(e: ConvertError) -> Self {
+        SwapError::Other(e)
+    }
+}
+
+async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), SwapError> {
+    let plan = &rec.plan;
+    let started = Instant::now();
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| ConvertError::query("begin the swap", e))?;
+    let classify = |s: &str, e: tokio_postgres::Error| {
+        if is_transient_lock_error(&e) {
+            SwapError::Lock(server_message(&e))
+        } else {
+            SwapError::Other(ConvertError::Sql {
+                statement: s.lines().next().unwrap_or_default().to_string(),
+                message: server_message(&e),
+            })
+        }
+    };
+    tx.batch_execute(lock)
+        .await
+        .map_err(|e| classify(lock, e))?;
+    let info = inspect::read(&tx, &plan.name(), &plan.key)
+        .await?
+        .ok_or_else(|| ConvertError::Step {
+            step: "swapped",
+            message: format!("{} no longer exists", plan.name()),
+        })?;
+    let refused = plan::refusals(&info, &plan.key);
+    if !refused.is_empty() {
+        return Err(ConvertError::Refused {
+            table: plan.name().to_string(),
+            reasons: refused
+                .iter()
+                .map(|r| format!("{} ({})", r.reason, r.fix))
+                .collect(),
+        }
+        .into());
+    }
+    let mut fresh = plan.clone();
+    plan::describe(&mut fresh, &info);
+    if fresh.unique_builds != plan.unique_builds {
+        return Err(ConvertError::Step {
+            step: "swapped",
+            message: "the table's keys changed since the conversion started; run `pgsteward convert abort` and start again".into(),
+        }
+        .into());
+    }
+    let seqs = sequence_states(&tx, &info).await?;
+    // One round trip for the whole swap: the lock is held for the server's
+    // work only, not for ~40 network round trips.
+    let batch = sql::swap(plan, &info, &seqs).join(";\n");
+    tx.batch_execute(&batch)
+        .await
+        .map_err(|e| classify("the swap", e))?;
+    journal::advance(&tx, rec.id, Step::Swapped, None).await?;
+    point("convert-swapped-done")?;
+    tx.commit()
+        .await
+        .map_err(|e| ConvertError::query("commit the swap", e))?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "swap committed"
+    );
+    Ok(())
+}
+
+/// The state of every identity and owned sequence of the table, read under
+/// the swap's ACCESS EXCLUSIVE lock (no insert can take a value meanwhile).
+pub async fn sequence_states(
+    client: &impl tokio_postgres::GenericClient,
+    info: &inspect::TableInfo,
+) -> Result<Vec<SequenceState>, ConvertError> {
+    let mut out = Vec::new();
+    for c in &info.columns {
+        let Some(seq) = &c.sequence else { continue };
+        let p = client
+            .query_one(sql::SEQUENCE_STATE_SQL, &[seq])
+            .await
+            .map_err(|e| ConvertError::query("read a sequence", e))?;
+        let v = client
+            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+            .await
+            .map_err(|e| ConvertError::query("read a sequence", e))?;
+        out.push(SequenceState {
+            column: c.name.clone(),
+            sequence: seq.clone(),
+            type_name: p.get(0),
+            start: p.get(1),
+            increment: p.get(2),
+            min: p.get(3),
+            max: p.get(4),
+            cache: p.get(5),
+            cycle: p.get(6),
+            last_value: v.get(0),
+            is_called: v.get(1),
+        });
+    }
+    Ok(out)
+}
+
+/// After the swap the table is an ordinary managed partitioned table: one
+/// partition pass for it creates the periods from the boundary on (premake).
+async fn make_partitions(
+    cfg: &Config,
+    tcfg: &TableConfig,
+    client: &Client,
+    rec: &Record,
+) -> Result<(), ConvertError> {
+    let mut one = cfg.clone();
+    one.partitions.tables = vec![tcfg.clone()];
+    let report = crate::partitions::run_pass(&one, &CancellationToken::new())
+        .await
+        .map_err(|e| ConvertError::Step {
+            step: "partitions_made",
+            message: e.to_string(),
+        })?;
+    if let Some(t) = report.tables.first() {
+        if let Some(e) = &t.error {
+            return Err(ConvertError::Step {
+                step: "partitions_made",
+                message: format!(
+                    "{e}; `pgsteward convert resume` (or the next partition pass) retries"
+                ),
+            });
+        }
+    }
+    point("convert-partitions_made-done")?;
+    journal::advance(client, rec.id, Step::PartitionsMade, None).await
+}
+
+/// Removes everything a conversion built before its swap and ends it as
+/// `aborted`. Each part is idempotent, so an interrupted abort is run again.
+pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result<(), ConvertError> {
+    if rec.step >= Step::Swapped {
+        return Err(ConvertError::PastSwap {
+            table: rec.plan.name().to_string(),
+        });
+    }
+    let plan = rec.plan.clone();
+    // The CHECK first, with the step reset in the same transaction: from here
+    // a resume starts over and observes what is left.
+    let drop_check = sql::drop_check(&plan.name());
+    let retries = cfg.partitions.lock_retries.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| ConvertError::query("begin a transaction", e))?;
+        let r = tx.batch_execute(&drop_check).await;
+        match r {
+            Ok(()) => {
+                tx.execute(
+                    "UPDATE pgsteward.conversions SET step = 'prepared', updated_at = now() WHERE id = $1",
+                    &[&rec.id],
+                )
+                .await
+                .map_err(|e| ConvertError::query("write the journal", e))?;
+                tx.commit()
+                    .await
+                    .map_err(|e| ConvertError::query("commit the abort", e))?;
+                break;
+            }
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => break,
+            Err(e) if is_transient_lock_error(&e) && attempt < retries => {
+                drop(tx);
+                tokio::time::sleep(crate::partitions::backoff(attempt)).await;
+            }
+            Err(e) => {
+                return Err(ConvertError::Sql {
+                    statement: drop_check.clone(),
+                    message: server_message(&e),
+                })
+            }
+        }
+    }
+    rec.step = Step::Prepared;
+    point("convert-abort-check_dropped")?;
+    for b in &plan.unique_builds {
+        let s = sql::drop_index_concurrently(&plan.schema, &b.index);
+        client
+            .batch_execute(&s)
+            .await
+            .map_err(|e| ConvertError::Sql {
+                statement: s.clone(),
+                message: server_message(&e),
+            })?;
+    }
+    journal::finish(&*client, rec.id, "aborted").await?;
+    rec.state = "aborted".into();
+    Ok(())
+}
