@@ -218,7 +218,7 @@ impl Exec<'_> {
             Some((_, Err(msg))) => return Err(msg.into()),
             None => return Err("table vanished from the catalog".to_string().into()),
         };
-        let p = plan::plan(&w.cfg, &state, now);
+        let p = catalog::fit(fresh.server_version_num, plan::plan(&w.cfg, &state, now));
         report.notes = p.notes.iter().map(super::note_text).collect();
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();

@@ -26,6 +26,8 @@ pub enum PartitionError {
     Query { what: &'static str, message: String },
     #[error("cancelled")]
     Cancelled,
+    #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
+    Unsupported { version: i32 },
 }
 
 impl PartitionError {
@@ -168,7 +170,7 @@ pub async fn run_pass_at(
                 reports[i] = Some(r);
             }
             Ok(state) => {
-                let p = plan::plan(tcfg, &state, now);
+                let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 if p.actions.is_empty() {
                     reports[i] = Some(unchanged_report(tcfg, &state, &p, now));
                 } else {
@@ -281,7 +283,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                     });
                 }
                 Ok(state) => {
-                    let p = plan::plan(tcfg, &state, now);
+                    let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                     let actions = p
                         .actions
                         .iter()
@@ -440,7 +442,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 });
             }
             Ok(state) => {
-                let p = plan::plan(tcfg, &state, now);
+                let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 let cov = coverage_of(tcfg, &state, &[], now);
                 if cov.periods_ahead < tcfg.premake {
                     outcome = Outcome::Problem;
