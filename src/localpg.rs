@@ -22,11 +22,11 @@ pub use majors::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
-    #[error(
-        "{program} not found on PATH or under /usr/lib/postgresql/*/bin; install it: {install}"
-    )]
+    #[error("{program} not found {looked}; install it: {install}")]
     MissingBinary {
         program: String,
+        /// Where it was looked for.
+        looked: String,
         install: &'static str,
     },
     #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
@@ -93,6 +93,10 @@ pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, Lo
     };
     let missing = || LocalPgError::MissingBinary {
         program: program.into(),
+        looked: match bin_dir {
+            Some(d) => format!("in {}", d.display()),
+            None => "on PATH or under /usr/lib/postgresql/*/bin".into(),
+        },
         install,
     };
     if let Some(dir) = bin_dir {

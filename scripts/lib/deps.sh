@@ -3,6 +3,10 @@
 # Debian/Ubuntu only: apt-get for system packages, pip for moto, npm/pip for
 # the server binaries of PostgreSQL majors Debian does not ship.
 
+# First build of each profile, measured on the 2-core machine (README "Quick start").
+FIRST_BUILD_DEBUG_MIN=11
+FIRST_BUILD_RELEASE_MIN=11
+
 say() { printf '==> %s\n' "$*" >&2; }
 
 # Where fetched PostgreSQL majors live: <cache>/<major>/bin/{initdb,pg_ctl,postgres,...}.
@@ -151,4 +155,26 @@ PY
   rm -rf "$work"
   "$dest/bin/postgres" --version >&2
   echo "$dest/bin"
+}
+
+require_cargo() {
+  command -v cargo >/dev/null 2>&1 && return 0
+  echo "missing: cargo. Install the Rust toolchain (https://rustup.rs), then run this again." >&2
+  exit 2
+}
+
+# announce_build PROFILE ARTIFACT WHAT: says what the next cargo step does,
+# and how long a first build takes (measured on 2 cores, README "Quick start").
+announce_build() {
+  local profile="$1" artifact="$2" what="$3" dir minutes
+  dir="${CARGO_TARGET_DIR:-target}/$profile"
+  case "$profile" in
+    release) minutes="$FIRST_BUILD_RELEASE_MIN" ;;
+    *) minutes="$FIRST_BUILD_DEBUG_MIN" ;;
+  esac
+  if ls "$dir/$artifact" "$dir"/deps/"$artifact"-* >/dev/null 2>&1; then
+    say "building $what ($profile; only what changed)"
+  else
+    say "building $what ($profile): the first build takes ~$minutes minutes on 2 cores, later ones seconds"
+  fi
 }

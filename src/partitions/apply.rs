@@ -295,6 +295,18 @@ impl Exec<'_> {
         }
         report.future_partitions = super::coverage_of(&w.cfg, &after, &created, now).periods_ahead;
         report.default_rows = report.default_rows.saturating_sub(report.rows_moved);
+        if let Some(d) = &state.default {
+            // The planner's estimate lags a move by an ANALYZE: say what is there.
+            let count = format!("SELECT count(*)::int8 FROM {}", d.name.quoted());
+            match self.client.query_one(&count, &[]).await {
+                Ok(row) => report.default_rows = row.get::<_, i64>(0).max(0) as u64,
+                Err(e) => tracing::warn!(
+                    default = %d.name,
+                    error = %server_message(&e),
+                    "default partition not counted; reporting the estimate"
+                ),
+            }
+        }
         result
     }
 

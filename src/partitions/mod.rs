@@ -289,7 +289,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         .iter()
                         .map(|a| ActionOutput {
                             action: a.clone(),
-                            sql: plan::action_sql(&state, tcfg.timezone, a),
+                            sql: planned_sql(&state, tcfg.timezone, a, &catalog.current_user),
                         })
                         .collect();
                     out.tables.push(TablePlanOutput {
@@ -307,6 +307,24 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         OutputFormat::Text => print!("{}", plan_text(&out)),
     }
     Ok(outcome)
+}
+
+/// The statements `apply` will run for `action`: it changes a new
+/// partition's owner only when the parent's owner is not the role DDL runs as.
+fn planned_sql(
+    state: &plan::TableState,
+    tz: chrono_tz::Tz,
+    action: &plan::Action,
+    current_user: &str,
+) -> Vec<String> {
+    let mut sql = plan::action_sql(state, tz, action);
+    if let plan::Action::Create { partition, .. } = action {
+        if state.owner == current_user {
+            let owner = plan::sql_owner(partition, &state.owner);
+            sql.retain(|s| *s != owner);
+        }
+    }
+    sql
 }
 
 fn plan_text(out: &PlanOutput) -> String {
@@ -417,6 +435,8 @@ struct TableStatus {
     default_rows: Option<u64>,
     notes: Vec<String>,
     error: Option<String>,
+    /// Why this table makes `status` exit 1, when it does.
+    problem: Option<String>,
 }
 
 /// `partitions status`: per table, partitions, covered range, coverage ahead,
@@ -438,14 +458,21 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     default_partition: None,
                     default_rows: None,
                     notes: vec![],
+                    problem: Some(msg.clone()),
                     error: Some(msg),
                 });
             }
             Ok(state) => {
                 let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 let cov = coverage_of(tcfg, &state, &[], now);
+                let mut problem = None;
                 if cov.periods_ahead < tcfg.premake {
                     outcome = Outcome::Problem;
+                    problem = Some(format!(
+                        "{} of premake = {} periods covered ahead of the current one; \
+                         `pgsteward partitions apply` creates the rest",
+                        cov.periods_ahead, tcfg.premake
+                    ));
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
@@ -458,6 +485,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     default_rows: state.default.as_ref().map(|d| d.rows_estimate),
                     notes: p.notes.iter().map(note_text).collect(),
                     error: None,
+                    problem,
                 });
             }
         }
@@ -541,6 +569,11 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     &rows
                 )
             );
+            for t in &out.tables {
+                if let Some(why) = &t.problem {
+                    println!("PROBLEM {}: {why}", t.table);
+                }
+            }
         }
     }
     Ok(outcome)

@@ -312,10 +312,14 @@ pub fn shared() -> &'static Cluster {
 }
 
 /// Removes `dir` once this process is gone and its servers had time to stop.
-fn remove_when_gone(dir: &Path) {
+pub fn remove_when_gone(dir: &Path) {
+    remove_when_process_gone(dir, std::process::id());
+}
+
+/// Removes `dir` once process `pid` is gone and its servers had time to stop.
+pub fn remove_when_process_gone(dir: &Path, pid: u32) {
     let script = format!(
-        "while [ -d /proc/{} ]; do sleep 1; done; sleep 3; rm -rf '{}'",
-        std::process::id(),
+        "while [ -d /proc/{pid} ]; do sleep 1; done; sleep 3; rm -rf '{}'",
         dir.display()
     );
     let _ = std::process::Command::new("/bin/sh")

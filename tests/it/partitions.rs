@@ -250,6 +250,13 @@ async fn default_rows_are_moved_without_loss_and_attach_skips_the_default_scan()
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tables"][0]["rows_moved"], 2500, "{report:#}");
     assert_eq!(report["tables"][0]["created"], 3);
+    // Counted, not the planner's estimate (which knows nothing before an ANALYZE).
+    assert_eq!(report["tables"][0]["default_rows"], 300, "{report:#}");
+    // Text logs into a pipe carry no colour codes.
+    assert!(
+        stderr.contains("rows moved") && !stderr.contains('\u{1b}'),
+        "{stderr}"
+    );
     let implied = stderr
         .lines()
         .filter(|l| {
