@@ -13,8 +13,8 @@ say() { printf '==> %s\n' "$*" >&2; }
 # Root's home is closed to the `postgres` user the servers run as, so root
 # uses a system directory. localpg::pg_cache_dir() in src/localpg.rs agrees.
 pg_cache_dir() {
-  if [ -n "${PGSTEWARD_PG_CACHE:-}" ]; then
-    printf '%s\n' "$PGSTEWARD_PG_CACHE"
+  if [ -n "${STEWARD_PG_CACHE:-}" ]; then
+    printf '%s\n' "$STEWARD_PG_CACHE"
   elif [ "$(id -u)" = 0 ]; then
     printf '%s\n' /var/cache/pgsteward/postgresql
   else

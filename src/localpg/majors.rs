@@ -16,11 +16,11 @@ pub const MIN_MAJOR: u32 = 13;
 pub const MAX_MAJOR: u32 = 18;
 
 /// Where `scripts/test` puts the PostgreSQL majors it fetches:
-/// `<cache>/<major>/bin`. `$PGSTEWARD_PG_CACHE`, else a system directory
+/// `<cache>/<major>/bin`. `$STEWARD_PG_CACHE`, else a system directory
 /// for root (root's home is closed to the `postgres` user the servers run
 /// as), else `~/.cache/pgsteward/postgresql`. `scripts/lib/deps.sh` agrees.
 pub fn pg_cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PGSTEWARD_PG_CACHE") {
+    if let Some(dir) = std::env::var_os("STEWARD_PG_CACHE") {
         return PathBuf::from(dir);
     }
     if nix::unistd::Uid::effective().is_root() {

@@ -124,16 +124,17 @@ pub fn new_replica(dir: &Path, name: &str, primary: &Cluster) -> Cluster {
     replica
 }
 
-/// The major under test: `PGSTEWARD_TEST_PG=13..18`, else the newest
+/// The major under test: `STEWARD_TEST_PG=13..18` (not `PGSTEWARD_`: those
+/// variables are configuration overrides), else the newest
 /// Debian installs (`/usr/lib/postgresql/*/bin`).
 pub fn test_major() -> Option<u32> {
     static MAJOR: OnceLock<Option<u32>> = OnceLock::new();
     *MAJOR.get_or_init(|| {
-        let v = std::env::var("PGSTEWARD_TEST_PG").ok()?;
+        let v = std::env::var("STEWARD_TEST_PG").ok()?;
         let major: u32 = match v.trim().parse() {
             Ok(m) if (localpg::MIN_MAJOR..=localpg::MAX_MAJOR).contains(&m) => m,
             _ => panic!(
-                "test harness: PGSTEWARD_TEST_PG={v:?}: expected a major from {} to {}",
+                "test harness: STEWARD_TEST_PG={v:?}: expected a major from {} to {}",
                 localpg::MIN_MAJOR,
                 localpg::MAX_MAJOR
             ),
@@ -152,7 +153,7 @@ pub fn bin_dir() -> Option<&'static Path> {
             Some(dir) => Some(dir),
             None => panic!(
                 "test harness: PostgreSQL {major} is not installed (looked in /usr/lib/postgresql/{major}/bin \
-                 and {}); fetch it: PGSTEWARD_TEST_PG={major} scripts/test --no-run",
+                 and {}); fetch it: STEWARD_TEST_PG={major} scripts/test --no-run",
                 localpg::pg_cache_dir().join(major.to_string()).join("bin").display()
             ),
         }
