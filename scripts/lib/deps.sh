@@ -172,7 +172,7 @@ announce_build() {
     release) minutes="$FIRST_BUILD_RELEASE_MIN" ;;
     *) minutes="$FIRST_BUILD_DEBUG_MIN" ;;
   esac
-  if ls "$dir/$artifact" "$dir"/deps/"$artifact"-* >/dev/null 2>&1; then
+  if [ -e "$dir/$artifact" ] || compgen -G "$dir/deps/$artifact-*" >/dev/null; then
     say "building $what ($profile; only what changed)"
   else
     say "building $what ($profile): the first build takes ~$minutes minutes on 2 cores, later ones seconds"
