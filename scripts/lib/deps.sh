@@ -32,6 +32,7 @@ apt_package_for() {
     pip) echo python3-pip ;;
     npm) echo npm ;;
     unzip) echo unzip ;;
+    dockerd) echo docker.io ;;
   esac
 }
 
@@ -40,6 +41,7 @@ have() {
     pgbouncer) command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] ;;
     postgres) ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 ;;
     pip) python3 -m pip --version >/dev/null 2>&1 ;;
+    dockerd) [ -x /usr/sbin/dockerd ] || command -v dockerd >/dev/null 2>&1 ;;
     *) command -v "$1" >/dev/null 2>&1 ;;
   esac
 }
@@ -58,7 +60,8 @@ ensure_apt() {
   fi
   say "installing ${missing[*]} (apt-get)"
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null </dev/null
+  # No recommends: docker.io's (apparmor, git, needrestart) are not needed here.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null </dev/null
   # Debian's postinst may start a default cluster or PgBouncer on the standard
   # ports; pgsteward's tests and demo use their own servers on free ports.
 }

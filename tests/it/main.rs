@@ -6,6 +6,7 @@ mod harness;
 
 mod cli_config;
 mod deploy;
+mod docker;
 mod first_user;
 mod lag;
 mod moto;
