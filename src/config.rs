@@ -52,6 +52,12 @@ impl ConnString {
     pub fn spec(&self) -> Result<ConnSpec, crate::pg::PgError> {
         ConnSpec::parse(&self.0)
     }
+    /// The string with no password at all, for records kept on disk (the
+    /// upgrade journal): used again, it logs in with the password libpq's
+    /// rules find (`PGPASSWORD`, the password file).
+    pub fn without_password(&self) -> String {
+        crate::pg::without_password(&self.0)
+    }
 }
 
 impl fmt::Display for ConnString {

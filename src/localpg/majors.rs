@@ -83,6 +83,22 @@ pub fn check_supported(server_version: &str) -> Result<u32, LocalPgError> {
     Ok(major)
 }
 
+/// A `primary_conninfo` to stream from `source` as its superuser: only
+/// options every supported major's libpq knows.
+pub fn plain_conninfo(source: &Cluster) -> String {
+    match crate::pg::conninfo::ConnParams::parse("host=127.0.0.1 user=postgres") {
+        Ok(mut p) => {
+            p.set("port", source.port.to_string());
+            if let Some(pw) = &source.superuser_password {
+                p.set("password", pw.clone());
+            }
+            p.to_key_value()
+        }
+        // A constant that parses: unreachable, but never a panic.
+        Err(_) => format!("host=127.0.0.1 user=postgres port={}", source.port),
+    }
+}
+
 /// SQL of the low-level (non-exclusive) base backup API, which was renamed in 15.
 fn backup_api(major: u32) -> (&'static str, &'static str) {
     if major >= 15 {
@@ -131,12 +147,8 @@ impl Cluster {
         // A script file: `-c` takes one command, not SQL and backslash commands.
         let script_file = data_dir.with_extension("backup.sql");
         fs::write(&script_file, &script).map_err(io(format!("write {}", script_file.display())))?;
-        let mut cmd = Command::new(source.program("psql")?);
-        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
-            .args(["-p", &source.port.to_string()])
-            .arg("-f")
-            .arg(&script_file);
+        let mut cmd = source.psql_command("postgres")?;
+        cmd.arg("-f").arg(&script_file);
         let copied = run(cmd, "file-copy base backup");
         let _ = fs::remove_file(&script_file);
         copied?;
@@ -158,11 +170,10 @@ impl Cluster {
         give_to(&signal, cluster.user)?;
         give_to(&label, cluster.user)?;
         let mut all = settings.to_vec();
-        all.push((
-            "primary_conninfo".into(),
-            format!("host=127.0.0.1 port={} user=postgres", source.port),
-        ));
+        all.push(("primary_conninfo".into(), plain_conninfo(source)));
         cluster.write_settings(&all)?;
+        let mut cluster = cluster;
+        cluster.superuser_password = source.superuser_password.clone();
         Ok(cluster)
     }
 }

@@ -12,7 +12,8 @@
 //! loopback (and moto for the RDS API of the upgrade Job).
 //!
 //! Run alone: `cargo test --features failpoints --test it docker:: -- --nocapture`
-//! (prints the image size and the time from container start to /readyz).
+//! (prints the image size and the time from container start to /readyz);
+//! `TEST_DOCKER_BINARY=target/release/pgsteward` builds the image around a release build.
 
 mod engine;
 mod pod;
@@ -443,7 +444,11 @@ async fn image_runs_the_way_kubernetes_runs_it() {
         &seq(&pod_spec(&deployment)["containers"])[0]["image"],
         "image",
     );
-    let binary = Path::new(env!("CARGO_BIN_EXE_pgsteward"));
+    // TEST_DOCKER_BINARY: another build of the binary (a release build, for the README's figures).
+    let binary = std::env::var_os("TEST_DOCKER_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pgsteward")));
+    let binary = binary.as_path();
     let base = engine.build_runtime_image(&repo().join("deploy/Dockerfile"), binary, &image);
     let t_image = t0.elapsed() - t_daemon;
     assert_eq!(

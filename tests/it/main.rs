@@ -12,6 +12,7 @@ mod lag;
 mod moto;
 mod partitions;
 mod rds;
+mod secrets;
 mod service;
 mod tls;
 mod upgrade;

@@ -300,7 +300,7 @@ database = "app"
             if writable.contains(url) {
                 continue;
             }
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse(url) else {
+            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
             let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
@@ -434,7 +434,7 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
     t.check_nothing_lost(&ledger.acked).await;
 
     // The old primary was retired: it accepts no connection, let alone a write.
-    let spec = pgsteward::pg::ConnSpec::parse(&old).unwrap();
+    let spec = pgsteward::pg::ConnSpec::parse_with(&old, &harness::pg_env()).unwrap();
     assert!(
         spec.connect(Duration::from_secs(2)).await.is_err(),
         "old primary still up"
@@ -584,7 +584,7 @@ impl Topology {
         urls.sort();
         urls.dedup();
         for url in &urls {
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse(url) else {
+            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
             let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
@@ -941,15 +941,21 @@ async fn hand_cutover(
         .join("clusters")
         .join(format!("hand{run}{}", if poll { "p" } else { "w" }));
     let port = pgsteward::localpg::free_port().unwrap();
-    let replica = must(Cluster::basebackup_from(
+    let login = must(pgsteward::localpg::ChildLogin::new(
         "127.0.0.1",
         old_port,
-        "postgres",
+        harness::STEWARD_USER,
+        Some(harness::STEWARD_PASSWORD),
+        must(pgsteward::localpg::ServerUser::detect()),
+    ));
+    let replica = must(Cluster::basebackup_as(
+        &login,
         &dir,
         port,
         harness::bin_dir(),
         &settings,
-    ));
+    ))
+    .with_superuser_password(harness::STEWARD_PASSWORD);
     must(replica.start());
     must(pgsteward::localpg::stop_when_gone(
         &replica,
