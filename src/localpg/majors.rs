@@ -83,9 +83,14 @@ pub fn check_supported(server_version: &str) -> Result<u32, LocalPgError> {
     Ok(major)
 }
 
-/// A `primary_conninfo` to stream from `source` as its superuser: only
-/// options every supported major's libpq knows.
+/// A `primary_conninfo` setting (quoted for postgresql.conf, backslashes
+/// included) to stream from `source` as its superuser: only options every
+/// supported major's libpq knows.
 pub fn plain_conninfo(source: &Cluster) -> String {
+    super::conf_string(&plain_conninfo_text(source))
+}
+
+fn plain_conninfo_text(source: &Cluster) -> String {
     match crate::pg::conninfo::ConnParams::parse("host=127.0.0.1 user=postgres") {
         Ok(mut p) => {
             p.set("port", source.port.to_string());
