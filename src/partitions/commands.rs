@@ -161,6 +161,7 @@ fn apply_text(r: &PassReport) -> String {
         let state = match (&t.error, &t.skipped) {
             (Some(e), _) => format!("error: {e}"),
             (None, Some(why)) => format!("skipped: {why}"),
+            (None, None) if !t.current_covered => "error: the current period is not covered".into(),
             (None, None) => "ok".into(),
         };
         s.push_str(&format!(
@@ -169,6 +170,9 @@ fn apply_text(r: &PassReport) -> String {
         ));
         for n in &t.notes {
             s.push_str(&format!("{}: note: {n}\n", t.table));
+        }
+        for h in &t.holes {
+            s.push_str(&format!("{}: hole: {h} has no partition\n", t.table));
         }
     }
     s
@@ -239,13 +243,17 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 let cov = coverage_of(tcfg, &state, &[], now);
                 let mut problem = None;
-                if cov.periods_ahead < tcfg.premake {
+                if cov.periods_ahead < tcfg.premake || !cov.holes.is_empty() {
                     outcome = Outcome::Problem;
-                    problem = Some(format!(
-                        "{} of premake = {} periods covered ahead of the current one; \
-                         `pgsteward partitions apply` creates the rest",
-                        cov.periods_ahead, tcfg.premake
-                    ));
+                    problem = Some(if cov.holes.is_empty() {
+                        format!(
+                            "{} of premake = {} periods covered ahead of the current one; \
+                             `pgsteward partitions apply` creates the rest",
+                            cov.periods_ahead, tcfg.premake
+                        )
+                    } else {
+                        format!("holes in the coverage: {}", cov.holes.join(", "))
+                    });
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
@@ -310,6 +318,13 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                         }),
                         c.map_or("-".into(), |c| c.periods_ahead.to_string()),
                         c.map_or("-".into(), |c| {
+                            if c.holes.is_empty() {
+                                "none".into()
+                            } else {
+                                c.holes.join(", ")
+                            }
+                        }),
+                        c.map_or("-".into(), |c| {
                             if c.gaps.is_empty() {
                                 "none".into()
                             } else {
@@ -331,6 +346,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                         "PARTITIONS",
                         "COVERED",
                         "AHEAD",
+                        "HOLES",
                         "GAPS",
                         "DEFAULT ROWS",
                         "NOTES"

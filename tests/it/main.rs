@@ -10,6 +10,7 @@ mod docker;
 mod first_user;
 mod lag;
 mod moto;
+mod partition_safety;
 mod partitions;
 mod rds;
 mod secrets;
