@@ -170,7 +170,14 @@ async fn plan_prints_exactly_the_statements_apply_runs() {
         !planned.iter().any(|s| s.contains("OWNER TO")),
         "{planned:#?}"
     );
-    assert_eq!(planned, ran);
+    // Transaction brackets and comments are how each side shows batches, not statements.
+    let statements = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|s| !matches!(s.as_str(), "BEGIN" | "COMMIT") && !s.starts_with("--"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(statements(&planned), statements(&ran));
 }
 
 #[tokio::test]
@@ -190,7 +197,7 @@ async fn partitions_status_says_why_it_exits_1() {
     let (code, stdout, stderr) = run(&config, &["partitions", "status"]);
     assert_eq!(code, Some(1), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("PROBLEM public.events: 0 of premake = 2 periods covered ahead"),
+        stdout.contains("PROBLEM public.events: holes in the coverage: "),
         "{stdout}"
     );
     assert!(
@@ -202,7 +209,7 @@ async fn partitions_status_says_why_it_exits_1() {
     assert!(v["tables"][0]["problem"]
         .as_str()
         .unwrap()
-        .contains("premake"));
+        .contains("holes"));
 }
 
 #[test]
