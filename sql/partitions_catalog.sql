@@ -22,7 +22,9 @@ WITH req AS (
            -- The stored node text, decoded in Rust: pg_get_expr costs more
            -- than the rest of this query together at thousands of partitions.
            array_agg(p.relpartbound::text) AS bounds,
-           array_agg(i.inhdetachpending) AS pending,
+           -- inhdetachpending is 14+ (DETACH CONCURRENTLY); read through
+           -- to_jsonb so one text serves 13 too, where no detach is pending.
+           array_agg(coalesce((to_jsonb(i) ->> 'inhdetachpending')::bool, false)) AS pending,
            array_agg(fk.confrelid IS NOT NULL) AS fk
     FROM parent
     JOIN pg_partitioned_table pt ON pt.partrelid = parent.oid
@@ -36,6 +38,7 @@ WITH req AS (
 SELECT req.ord::int8 AS ord,
        pg_is_in_recovery() AS in_recovery,
        current_user::text AS current_user_name,
+       current_setting('server_version_num')::int4 AS server_version_num,
        parent.oid::int8 AS oid,
        parent.relkind::text AS relkind,
        pt.partstrat::text AS strategy,

@@ -1,5 +1,6 @@
 //! `pgsteward check`: the configuration loaded (or the caller would not be
-//! here), now reach every endpoint it names and say what each one is.
+//! here), now reach every endpoint it names and say what each one is, and
+//! read every managed table as `partitions plan` would.
 
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ async fn probe_server(
             .map_err(|e| crate::pg::server_message(&e))?;
         let version: String = row.get(0);
         let in_recovery: bool = row.get(1);
+        crate::localpg::check_supported(&version).map_err(|e| e.to_string())?;
         match (want_primary, in_recovery) {
             (true, true) => Err(format!(
                 "PostgreSQL {version}, but in recovery: this is a replica, not the primary"
@@ -100,6 +102,61 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
     }
 }
 
+/// Every managed table read as `partitions plan` reads it: one that does not
+/// exist or cannot be managed is a problem here too.
+async fn probe_tables(cfg: &Config) -> Vec<Probe> {
+    if cfg.partitions.tables.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<crate::pg::QualifiedName> = cfg
+        .partitions
+        .tables
+        .iter()
+        .map(|t| t.table.clone())
+        .collect();
+    let read = async {
+        let client = crate::partitions::connect(cfg).await?;
+        crate::partitions::catalog::read(&client, &names).await
+    }
+    .await;
+    match read {
+        Err(e) => vec![Probe {
+            role: "tables",
+            endpoint: cfg.database.primary.to_string(),
+            ok: false,
+            detail: e.to_string(),
+        }],
+        Ok(catalog) => catalog
+            .tables
+            .into_iter()
+            .map(|(name, lookup)| match lookup {
+                Ok(state) => Probe {
+                    role: "table",
+                    endpoint: name.to_string(),
+                    ok: true,
+                    detail: format!(
+                        "partitioned by range on {} ({}), {} partitions{}",
+                        state.key_column,
+                        format!("{:?}", state.key_type).to_lowercase(),
+                        state.partitions.len(),
+                        if state.default.is_some() {
+                            " and a DEFAULT"
+                        } else {
+                            ""
+                        }
+                    ),
+                },
+                Err(msg) => Probe {
+                    role: "table",
+                    endpoint: name.to_string(),
+                    ok: false,
+                    detail: msg,
+                },
+            })
+            .collect(),
+    }
+}
+
 /// Probes every endpoint concurrently and prints the result.
 pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
     let timeout = cfg.database.connect_timeout.0;
@@ -122,7 +179,10 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
         }
     }
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
-    let probes: Vec<Probe> = futures::future::join_all(futures).await;
+    let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
+    if probes.first().is_some_and(|p| p.ok) {
+        probes.extend(probe_tables(cfg).await);
+    }
     let outcome = if probes.iter().all(|p| p.ok) {
         Outcome::Healthy
     } else {

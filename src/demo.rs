@@ -4,7 +4,8 @@
 //! through PgBouncer. Prints the step timeline, the write pause the client saw
 //! and how many acknowledged commits the new primary has (all of them).
 //!
-//! Every server is stopped by a watchdog when this process ends, however it ends.
+//! Every server is stopped when the demo returns, fails or panics, and by a
+//! watchdog when this process is killed.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -171,6 +172,47 @@ fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every server the demo started, stopped when it is dropped: on an error
+/// (`?`), a panic or the normal end alike. Declared after the demo's
+/// directory, so it is dropped first: the servers stop before their data
+/// directories are removed (a watchdog's `pg_ctl stop` cannot find a server
+/// whose directory is gone).
+struct Servers {
+    clusters: Vec<Cluster>,
+    /// Where the local provider makes the upgrade's new primary.
+    data_root: std::path::PathBuf,
+    pooler: Option<Pooler>,
+}
+
+impl Servers {
+    fn stop(&mut self, mode: StopMode) -> Result<(), DemoError> {
+        if let Some(mut p) = self.pooler.take() {
+            p.stop();
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.data_root) {
+            for e in entries.flatten() {
+                if e.path().join("postmaster.pid").exists() {
+                    let _ = Cluster::at(&e.path(), 0, None).map(|c| c.stop(mode));
+                }
+            }
+        }
+        let mut first_error = None;
+        // Replicas before the primary: nothing reconnects to a stopped primary.
+        while let Some(c) = self.clusters.pop() {
+            if let Err(e) = c.stop(mode) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let _ = self.stop(StopMode::Immediate);
+    }
+}
+
 pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     let t0 = Instant::now();
     let user = localpg::ServerUser::detect()?;
@@ -179,6 +221,11 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         .tempdir()
         .map_err(|e| DemoError::Other(format!("temporary directory: {e}")))?;
     localpg::make_server_dir(dir.path(), user)?;
+    let mut servers = Servers {
+        clusters: Vec::new(),
+        data_root: dir.path().join("clusters"),
+        pooler: None,
+    };
     let me = std::process::id();
     // The local provider registers its servers with the same watchdog.
     std::env::set_var(crate::provider::local::OWNER_PID_ENV, me.to_string());
@@ -202,6 +249,8 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         &small,
         Some(&steward_pw),
     )?;
+    // Registered before it starts: a start that times out may leave it running.
+    servers.clusters.push(primary.clone());
     primary.start()?;
     localpg::stop_when_gone(&primary, me)?;
     primary.psql("postgres", "CREATE DATABASE app")?;
@@ -219,9 +268,10 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         localpg::free_port()?,
         &small,
     )?;
+    servers.clusters.push(replica.clone());
     replica.start()?;
     localpg::stop_when_gone(&replica, me)?;
-    let mut pooler = Pooler::start(
+    let pooler = Pooler::start(
         &dir.path().join("pgbouncer"),
         localpg::free_port()?,
         &[PoolerDatabase {
@@ -247,6 +297,8 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         t0.elapsed().as_secs_f64()
     );
     let cfg = demo_config(dir.path(), &primary, &replica, &pooler)?;
+    let pooler_url = pooler.url("app", "postgres");
+    servers.pooler = Some(pooler);
 
     println!("\n== partition pass (public.events, daily, 3 ahead)");
     let parts = crate::partitions::apply_command(&cfg, OutputFormat::Text)
@@ -259,7 +311,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
 
     println!("\n== upgrade to class \"large\" while a client writes through PgBouncer");
     let writer = Writer::start(
-        &pooler.url("app", "app"),
+        &pooler_url,
         4,
         Duration::from_millis(2),
         Duration::from_secs(120),
@@ -331,17 +383,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
 
     // Clean up: the new primary (made by the provider), the replica, PgBouncer.
     drop(client);
-    pooler.stop();
-    let root = dir.path().join("clusters");
-    if let Ok(entries) = std::fs::read_dir(&root) {
-        for e in entries.flatten() {
-            if e.path().join("postmaster.pid").exists() {
-                let _ = Cluster::at(&e.path(), 0, None).map(|c| c.stop(StopMode::Fast));
-            }
-        }
-    }
-    replica.stop(StopMode::Fast)?;
-    primary.stop(StopMode::Fast)?;
+    servers.stop(StopMode::Fast)?;
     let kept = dir.keep();
     if args.keep {
         println!("kept {}", kept.display());

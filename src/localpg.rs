@@ -14,13 +14,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod majors;
+pub use majors::{
+    check_supported, major_bin_dir, major_of_version_num, parse_major, pg_cache_dir,
+    plain_conninfo, program_major, MAX_MAJOR, MIN_MAJOR,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
-    #[error(
-        "{program} not found on PATH or under /usr/lib/postgresql/*/bin; install it: {install}"
-    )]
+    #[error("{program} not found {looked}; install it: {install}")]
     MissingBinary {
         program: String,
+        /// Where it was looked for.
+        looked: String,
         install: &'static str,
     },
     #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
@@ -34,6 +40,14 @@ pub enum LocalPgError {
     },
     #[error("no free loopback port: {0}")]
     NoPort(std::io::Error),
+    #[error("PostgreSQL {version} is not supported: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
+    Unsupported { version: String },
+    #[error("{program} is PostgreSQL {found}, but the server is PostgreSQL {server}; set upgrade.local.bin_dir to the bin directory of PostgreSQL {server} (Debian: /usr/lib/postgresql/{server}/bin, package postgresql-{server})")]
+    WrongMajor {
+        program: String,
+        found: u32,
+        server: u32,
+    },
     #[error("{what} did not happen within {timeout:?}")]
     Timeout { what: String, timeout: Duration },
 }
@@ -84,11 +98,19 @@ pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, Lo
     };
     let missing = || LocalPgError::MissingBinary {
         program: program.into(),
+        looked: match bin_dir {
+            Some(d) => format!("in {}", d.display()),
+            None => "on PATH or under /usr/lib/postgresql/*/bin".into(),
+        },
         install,
     };
     if let Some(dir) = bin_dir {
         let p = dir.join(program);
-        return if p.is_file() { Ok(p) } else { Err(missing()) };
+        // psql of any major talks to every supported server, and the
+        // server-only packages of other majors ship none: look further.
+        if p.is_file() || program != "psql" {
+            return if p.is_file() { Ok(p) } else { Err(missing()) };
+        }
     }
     // Debian's /usr/lib/postgresql/N/bin is preferred to PATH so initdb,
     // postgres and pg_basebackup come from one version.

@@ -256,7 +256,13 @@ fn render_text(report: &LagReport) -> String {
                 v.seconds_behind
                     .map(|s| format!("{s:.1}s"))
                     .unwrap_or_else(|| "?".into()),
-                if v.replay_paused { "yes" } else { "no" }.to_string(),
+                // Unreachable: whether replay is paused is not known, not "no".
+                match (&r.observation, v.replay_paused) {
+                    (None, _) => "?",
+                    (Some(_), true) => "yes",
+                    (Some(_), false) => "no",
+                }
+                .to_string(),
                 if v.problems.is_empty() {
                     "ok".to_string()
                 } else {
@@ -280,6 +286,11 @@ fn render_text(report: &LagReport) -> String {
         ],
         &rows,
     ));
+    if report.replicas.is_empty() {
+        out.push_str(
+            "note: no replicas configured (database.replicas is empty): no replica lag to check\n",
+        );
+    }
     out.push_str(&format!(
         "thresholds: {} bytes, {}s; {}\n",
         report.max_bytes,

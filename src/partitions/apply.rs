@@ -238,7 +238,7 @@ impl Exec<'_> {
             Some((_, Err(msg))) => return Err(msg.into()),
             None => return Err("table vanished from the catalog".to_string().into()),
         };
-        let p = plan::plan(&w.cfg, &state, now);
+        let p = catalog::fit(fresh.server_version_num, plan::plan(&w.cfg, &state, now));
         report.notes = p.notes.iter().map(plan::note_text).collect();
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();
@@ -333,6 +333,18 @@ impl Exec<'_> {
         report.current_covered = cov.current_covered;
         report.holes = cov.holes;
         report.default_rows = report.default_rows.saturating_sub(report.rows_moved);
+        if let Some(d) = &state.default {
+            // The planner's estimate lags a move by an ANALYZE: say what is there.
+            let count = format!("SELECT count(*)::int8 FROM {}", d.name.quoted());
+            match self.client.query_one(&count, &[]).await {
+                Ok(row) => report.default_rows = row.get::<_, i64>(0).max(0) as u64,
+                Err(e) => tracing::warn!(
+                    default = %d.name,
+                    error = %server_message(&e),
+                    "default partition not counted; reporting the estimate"
+                ),
+            }
+        }
         if !refused.is_empty() {
             let mut all = refused;
             if let Err(e) = result {

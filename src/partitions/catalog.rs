@@ -8,7 +8,8 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 
 use super::error::PartitionError;
 use super::model::{
-    DefaultPartition, ExistingPartition, Grant, Key, KeyType, Range, TableState, KEY_MAX, KEY_MIN,
+    Action, DefaultPartition, DetachHow, ExistingPartition, Grant, Key, KeyType, Range, TablePlan,
+    TableState, KEY_MAX, KEY_MIN,
 };
 use crate::pg::QualifiedName;
 
@@ -16,7 +17,8 @@ const CATALOG_SQL: &str = include_str!("../../sql/partitions_catalog.sql");
 const BOUND_EXPRS_SQL: &str = include_str!("../../sql/partitions_bound_exprs.sql");
 /// With no table configured the catalog query returns no row: still learn
 /// whether this is a replica and who we are.
-const RECOVERY_SQL: &str = "SELECT pg_is_in_recovery(), current_user::text";
+const RECOVERY_SQL: &str = "SELECT pg_is_in_recovery(), current_user::text, \
+     current_setting('server_version_num')::int4";
 
 /// What the catalog says about one configured table: its state, or why it
 /// cannot be managed (the operator's fix is in the message).
@@ -28,6 +30,27 @@ pub struct Catalog {
     pub current_user: String,
     /// In the order of the request.
     pub tables: Vec<(QualifiedName, TableLookup)>,
+    /// `server_version_num`: what the server can do (13 has no DETACH CONCURRENTLY).
+    pub server_version_num: i32,
+}
+
+/// The first major with `DETACH PARTITION ... CONCURRENTLY`.
+const CONCURRENT_DETACH_VERSION: i32 = 140000;
+
+/// The plan as a server of `server_version_num` can run it: before 14
+/// retention detaches plainly (ACCESS EXCLUSIVE on the parent for a moment,
+/// under `lock_timeout` and retried like every statement of the pass).
+pub fn fit(server_version_num: i32, mut plan: TablePlan) -> TablePlan {
+    if server_version_num < CONCURRENT_DETACH_VERSION {
+        for action in &mut plan.actions {
+            if let Action::Retire { how, .. } = action {
+                if *how == DetachHow::Concurrently {
+                    *how = DetachHow::Plain;
+                }
+            }
+        }
+    }
+    plan
 }
 
 pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, PartitionError> {
@@ -39,12 +62,14 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
         .map_err(|e| PartitionError::query("read the catalog", e))?;
     let mut in_recovery = false;
     let mut current_user = String::new();
+    let mut server_version_num = 0;
     let mut out = Vec::with_capacity(tables.len());
     // (table, partition) positions whose bound node text was not understood.
     let mut unparsed: Vec<(usize, usize, i64)> = Vec::new();
     for (t, (row, table)) in rows.iter().zip(tables).enumerate() {
         in_recovery = row.get("in_recovery");
         current_user = row.get("current_user_name");
+        server_version_num = row.get("server_version_num");
         let (lookup, missing) = table_state(table, row);
         unparsed.extend(missing.into_iter().map(|(p, oid)| (t, p, oid)));
         out.push((table.clone(), lookup));
@@ -82,11 +107,18 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
             .map_err(|e| PartitionError::query("read the catalog", e))?;
         in_recovery = r.get(0);
         current_user = r.get(1);
+        server_version_num = r.get(2);
+    }
+    if server_version_num < crate::localpg::MIN_MAJOR as i32 * 10000 {
+        return Err(PartitionError::Unsupported {
+            version: server_version_num,
+        });
     }
     Ok(Catalog {
         in_recovery,
         current_user,
         tables: out,
+        server_version_num,
     })
 }
 

@@ -7,7 +7,9 @@ use tokio_util::sync::CancellationToken;
 use super::model::{Action, Note, KEY_MIN};
 use super::plan::{coverage_of, note_text, Coverage};
 use super::report::PassReport;
-use super::{connect_and_read, ddl, indexes, plan, run_pass, PartitionError, RECOVERY_SKIP};
+use super::{
+    catalog, connect_and_read, ddl, indexes, plan, run_pass, PartitionError, RECOVERY_SKIP,
+};
 use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::pg::{server_message, QualifiedName};
@@ -59,13 +61,13 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                     });
                 }
                 Ok(state) => {
-                    let p = plan::plan(tcfg, &state, now);
+                    let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                     let actions = p
                         .actions
                         .iter()
                         .map(|a| ActionOutput {
                             action: a.clone(),
-                            sql: ddl::action_sql(&state, tcfg.timezone, a),
+                            sql: planned_sql(&state, tcfg.timezone, a, &catalog.current_user),
                         })
                         .collect();
                     out.tables.push(TablePlanOutput {
@@ -211,6 +213,26 @@ struct TableStatus {
     default_rows: Option<u64>,
     notes: Vec<String>,
     error: Option<String>,
+    /// Why this table makes `status` exit 1, when it does.
+    problem: Option<String>,
+}
+
+/// The statements `apply` will run for `action`: it changes a new
+/// partition's owner only when the parent's owner is not the role DDL runs as.
+fn planned_sql(
+    state: &crate::partitions::model::TableState,
+    tz: chrono_tz::Tz,
+    action: &Action,
+    current_user: &str,
+) -> Vec<String> {
+    let mut sql = ddl::action_sql(state, tz, action);
+    if let Action::Create { partition, .. } = action {
+        if state.owner == current_user {
+            let owner = ddl::sql_owner(partition, &state.owner);
+            sql.retain(|s| *s != owner);
+        }
+    }
+    sql
 }
 
 /// `partitions status`: per table, partitions, covered range, coverage ahead,
@@ -234,14 +256,25 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     default_partition: None,
                     default_rows: None,
                     notes: vec![],
+                    problem: Some(msg.clone()),
                     error: Some(msg),
                 });
             }
             Ok(state) => {
-                let p = plan::plan(tcfg, &state, now);
+                let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 let cov = coverage_of(tcfg, &state, &[], now);
+                let mut problem = None;
                 if cov.periods_ahead < tcfg.premake || !cov.holes.is_empty() {
                     outcome = Outcome::Problem;
+                    problem = Some(if cov.holes.is_empty() {
+                        format!(
+                            "{} of premake = {} periods covered ahead of the current one; \
+                             `pgsteward partitions apply` creates the rest",
+                            cov.periods_ahead, tcfg.premake
+                        )
+                    } else {
+                        format!("holes in the coverage: {}", cov.holes.join(", "))
+                    });
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
@@ -260,6 +293,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     default_rows: state.default.as_ref().map(|d| d.rows_estimate),
                     notes: p.notes.iter().map(note_text).collect(),
                     error: None,
+                    problem,
                 });
             }
         }
@@ -369,6 +403,11 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     &rows
                 )
             );
+            for t in &out.tables {
+                if let Some(why) = &t.problem {
+                    println!("PROBLEM {}: {why}", t.table);
+                }
+            }
             print!("{}", indexes::status_text(&out.indexes));
         }
     }

@@ -12,6 +12,8 @@ pub enum PartitionError {
     Index(Box<super::indexes::IndexError>),
     #[error("cancelled")]
     Cancelled,
+    #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
+    Unsupported { version: i32 },
 }
 
 impl PartitionError {

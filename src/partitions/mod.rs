@@ -98,7 +98,7 @@ pub async fn run_pass_at(
                 reports[i] = Some(r);
             }
             Ok(state) => {
-                let p = plan::plan(tcfg, &state, now);
+                let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 if p.actions.is_empty() {
                     reports[i] = Some(unchanged_report(tcfg, &state, &p, now));
                 } else {

@@ -18,7 +18,8 @@ use crate::provider::{
     SourceFacts,
 };
 
-const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery()";
+const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
+     current_setting('server_version_num')::int4";
 const CLASS_SETTING: &str =
     "SELECT setting, unit, current_setting(name) FROM pg_settings WHERE name = $1";
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
@@ -133,6 +134,20 @@ pub fn source_name(data_directory: &Path) -> String {
 }
 
 /// Whether `current` (as `current_setting` shows it) already equals `wanted`.
+/// `program` is of the server's major, or the error says which it is and how to fix it.
+fn same_major(program: &Path, server: u32) -> Result<(), localpg::LocalPgError> {
+    let found = localpg::program_major(program)?;
+    if found == server {
+        Ok(())
+    } else {
+        Err(localpg::LocalPgError::WrongMajor {
+            program: program.display().to_string(),
+            found,
+            server,
+        })
+    }
+}
+
 fn same_setting(current: &str, wanted: &str) -> bool {
     let norm = |s: &str| {
         s.trim()
@@ -164,6 +179,7 @@ impl Provider for LocalProvider {
             .await
             .map_err(|e| pg_err(&self.primary, e))?;
         let data_directory = PathBuf::from(row.get::<_, String>(0));
+        let server_major = localpg::major_of_version_num(row.get(2));
         let mut checks = Vec::new();
         let mut differing = Vec::new();
         for (name, wanted) in &settings {
@@ -207,10 +223,14 @@ impl Provider for LocalProvider {
                 )
             },
         ));
-        for program in ["pg_basebackup", "pg_ctl"] {
-            let found = localpg::find_program(program, self.cfg.bin_dir.as_deref());
+        // The copy is made and run by the source's major: pg_basebackup
+        // refuses newer servers, and a data directory runs only under its own
+        // major's postgres.
+        for program in ["pg_basebackup", "pg_ctl", "postgres"] {
+            let found = localpg::find_program(program, self.cfg.bin_dir.as_deref())
+                .and_then(|p| same_major(&p, server_major).map(|()| p));
             checks.push(Check::new(
-                format!("{program} installed"),
+                format!("{program} of PostgreSQL {server_major} installed"),
                 found.is_ok(),
                 match found {
                     Ok(p) => p.display().to_string(),

@@ -57,7 +57,7 @@ fn server_user() -> Option<ServerUser> {
 fn template() -> &'static PathBuf {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let initdb = must(localpg::find_program("initdb", None));
+        let initdb = must(localpg::find_program("initdb", bin_dir()));
         let version = must(
             Command::new(&initdb)
                 .arg("--version")
@@ -81,7 +81,7 @@ fn template() -> &'static PathBuf {
         must(Cluster::init_with_password(
             &building.join("data"),
             1,
-            None,
+            bin_dir(),
             &[],
             Some(STEWARD_PASSWORD),
         ));
@@ -132,7 +132,8 @@ pub fn new_primary(dir: &Path, name: &str) -> Cluster {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = must(localpg::free_port());
-    let cluster = must(Cluster::at(&data, port, None)).with_superuser_password(STEWARD_PASSWORD);
+    let cluster =
+        must(Cluster::at(&data, port, bin_dir())).with_superuser_password(STEWARD_PASSWORD);
     must(cluster.write_settings(&test_settings()));
     must(cluster.start());
     must(localpg::stop_when_gone(&cluster, std::process::id()));
@@ -142,7 +143,7 @@ pub fn new_primary(dir: &Path, name: &str) -> Cluster {
 /// Makes and starts a streaming replica of `primary` in `dir/name`.
 pub fn new_replica(dir: &Path, name: &str, primary: &Cluster) -> Cluster {
     let port = must(localpg::free_port());
-    let replica = must(Cluster::basebackup(
+    let replica = must(make_replica(
         primary,
         &dir.join(name),
         port,
@@ -151,6 +152,107 @@ pub fn new_replica(dir: &Path, name: &str, primary: &Cluster) -> Cluster {
     must(replica.start());
     must(localpg::stop_when_gone(&replica, std::process::id()));
     replica
+}
+
+/// The major under test: `STEWARD_TEST_PG=13..18` (not `PGSTEWARD_`: those
+/// variables are configuration overrides), else the newest
+/// Debian installs (`/usr/lib/postgresql/*/bin`).
+pub fn test_major() -> Option<u32> {
+    static MAJOR: OnceLock<Option<u32>> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let v = std::env::var("STEWARD_TEST_PG").ok()?;
+        let major: u32 = match v.trim().parse() {
+            Ok(m) if (localpg::MIN_MAJOR..=localpg::MAX_MAJOR).contains(&m) => m,
+            _ => panic!(
+                "test harness: STEWARD_TEST_PG={v:?}: expected a major from {} to {}",
+                localpg::MIN_MAJOR,
+                localpg::MAX_MAJOR
+            ),
+        };
+        Some(major)
+    })
+}
+
+/// The server programs of [`test_major`]: Debian's, or the copy `scripts/test`
+/// fetched. `None`: found as the program itself finds them.
+pub fn bin_dir() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let major = test_major()?;
+        match localpg::major_bin_dir(major) {
+            Some(dir) => Some(dir),
+            None => panic!(
+                "test harness: PostgreSQL {major} is not installed (looked in /usr/lib/postgresql/{major}/bin \
+                 and {}); fetch it: STEWARD_TEST_PG={major} scripts/test --no-run",
+                localpg::pg_cache_dir().join(major.to_string()).join("bin").display()
+            ),
+        }
+    })
+    .as_deref()
+}
+
+/// The major of the servers the harness starts.
+pub fn server_major() -> u32 {
+    static MAJOR: OnceLock<u32> = OnceLock::new();
+    *MAJOR.get_or_init(|| {
+        let postgres = must(localpg::find_program("postgres", bin_dir()));
+        must(localpg::program_major(&postgres))
+    })
+}
+
+/// A streaming replica of `primary`, made the best way its major allows:
+/// its own `pg_basebackup`; else Debian's PostgreSQL 15 `pg_basebackup`,
+/// which reads older servers (not newer ones); else a file copy under the
+/// low-level backup API (the fetched server-only packages have no
+/// `pg_basebackup`).
+pub fn make_replica(
+    primary: &Cluster,
+    data: &Path,
+    port: u16,
+    settings: &[(String, String)],
+) -> Result<Cluster, localpg::LocalPgError> {
+    let own = primary
+        .bin_dir
+        .as_deref()
+        .map_or(true, |d| d.join("pg_basebackup").is_file());
+    if own {
+        return Cluster::basebackup(primary, data, port, settings);
+    }
+    let debian15 = Path::new("/usr/lib/postgresql/15/bin");
+    if server_major() < 15 && debian15.join("pg_basebackup").is_file() {
+        let login = localpg::ChildLogin::new(
+            "127.0.0.1",
+            primary.port,
+            "postgres",
+            primary.superuser_password.as_deref(),
+            primary.user,
+        )?;
+        let mut replica = Cluster::basebackup_as(&login, data, port, Some(debian15), settings)?;
+        replica.superuser_password = primary.superuser_password.clone();
+        // Only the backup came from 15: the replica runs the primary's major,
+        // whose libpq may not know every option 15 writes into primary_conninfo
+        // (13 has no `sslsni`): a plain one replaces it.
+        replica.bin_dir = primary.bin_dir.clone();
+        let auto = data.join("postgresql.auto.conf");
+        let text = std::fs::read_to_string(&auto).map_err(|source| localpg::LocalPgError::Io {
+            what: format!("read {}", auto.display()),
+            source,
+        })?;
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&auto, kept).map_err(|source| localpg::LocalPgError::Io {
+            what: format!("write {}", auto.display()),
+            source,
+        })?;
+        let mut all = settings.to_vec();
+        all.push(("primary_conninfo".into(), localpg::plain_conninfo(primary)));
+        replica.write_settings(&all)?;
+        return Ok(replica);
+    }
+    Cluster::file_copy_replica(primary, data, port, settings)
 }
 
 /// A primary with `n` streaming replicas; everything stops on drop.
@@ -238,10 +340,14 @@ pub fn shared() -> &'static Cluster {
 }
 
 /// Removes `dir` once this process is gone and its servers had time to stop.
-fn remove_when_gone(dir: &Path) {
+pub fn remove_when_gone(dir: &Path) {
+    remove_when_process_gone(dir, std::process::id());
+}
+
+/// Removes `dir` once process `pid` is gone and its servers had time to stop.
+pub fn remove_when_process_gone(dir: &Path, pid: u32) {
     let script = format!(
-        "while [ -d /proc/{} ]; do sleep 1; done; sleep 3; rm -rf '{}'",
-        std::process::id(),
+        "while [ -d /proc/{pid} ]; do sleep 1; done; sleep 3; rm -rf '{}'",
         dir.display()
     );
     let _ = std::process::Command::new("/bin/sh")

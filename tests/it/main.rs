@@ -10,6 +10,7 @@ mod convert_bench;
 mod convert_cases;
 mod deploy;
 mod docker;
+mod first_user;
 mod indexes;
 mod lag;
 mod moto;

@@ -127,6 +127,8 @@ fn tls_server() -> &'static (Cluster, Pki) {
         let dir = std::env::temp_dir().join(format!("pgsteward-tls-{}", std::process::id()));
         let user = must(ServerUser::detect());
         must(localpg::make_server_dir(&dir, user));
+        // A static is never dropped: the directory (tens of MB) goes when this process does.
+        crate::harness::remove_when_gone(&dir);
         let pki_dir = dir.join("pki");
         must(localpg::make_server_dir(&pki_dir, user));
         let pki = make_pki(&pki_dir);
@@ -450,4 +452,24 @@ async fn iam_token_is_a_signed_rds_connect_url() {
     ] {
         assert!(token.contains(part), "{part} missing in {token}");
     }
+}
+
+/// The per-process directory of the TLS server (tens of MB) is removed by a
+/// watchdog once the process that made it is gone: here for a child process.
+#[test]
+fn a_per_process_server_directory_goes_with_its_process() {
+    let dir = tempfile::Builder::new()
+        .prefix("pgsteward-tls-test-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    std::fs::write(dir.join("data"), vec![0u8; 1 << 20]).unwrap();
+    let mut child = Command::new("sleep").arg("0.2").spawn().unwrap();
+    crate::harness::remove_when_process_gone(&dir, child.id());
+    child.wait().unwrap();
+    let t0 = std::time::Instant::now();
+    while dir.exists() && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

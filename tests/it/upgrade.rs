@@ -218,6 +218,7 @@ step_timeout = "60s"
 
 [upgrade.local]
 data_root = "{root}"
+{bin_dir}
 
 [upgrade.local.classes.large]
 shared_buffers = "40MB"
@@ -246,6 +247,9 @@ database = "app"
             root = dir.join("clusters").display(),
             admin = self.pooler.admin_url(),
             ini = self.pooler.ini.display(),
+            bin_dir = harness::bin_dir()
+                .map(|d| format!("bin_dir = \"{}\"", d.display()))
+                .unwrap_or_default(),
         );
         self.config = harness::write_config(&dir, &toml);
     }
@@ -368,7 +372,7 @@ impl Drop for Topology {
         if let Ok(entries) = std::fs::read_dir(&root) {
             for e in entries.flatten() {
                 if e.path().join("postmaster.pid").exists() {
-                    if let Ok(c) = Cluster::at(&e.path(), 0, None) {
+                    if let Ok(c) = Cluster::at(&e.path(), 0, harness::bin_dir()) {
                         let _ = c.stop(StopMode::Immediate);
                     }
                 }
@@ -944,8 +948,14 @@ async fn hand_cutover(
         Some(harness::STEWARD_PASSWORD),
         must(pgsteward::localpg::ServerUser::detect()),
     ));
-    let replica = must(Cluster::basebackup_as(&login, &dir, port, None, &settings))
-        .with_superuser_password(harness::STEWARD_PASSWORD);
+    let replica = must(Cluster::basebackup_as(
+        &login,
+        &dir,
+        port,
+        harness::bin_dir(),
+        &settings,
+    ))
+    .with_superuser_password(harness::STEWARD_PASSWORD);
     must(replica.start());
     must(pgsteward::localpg::stop_when_gone(
         &replica,
@@ -1048,7 +1058,7 @@ async fn hand_cutover(
     // Fence after the window, as the reference does (stop the old primary after 1 s).
     drop(old);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let old_cluster = Cluster::at(Path::new(&old_dir), old_port, None).unwrap();
+    let old_cluster = Cluster::at(Path::new(&old_dir), old_port, harness::bin_dir()).unwrap();
     must(old_cluster.stop(StopMode::Fast));
     t.primary_url = new_url.clone();
     t.nodes.push(new_url);
