@@ -57,6 +57,8 @@ impl Saga {
                 self.forward(step).await?;
             }
         }
+        // From promote on the window only goes forward: no pause deadline.
+        self.set_pause_deadline(None);
         self.forward_from_promote().await
     }
 

@@ -6,7 +6,7 @@
 //! `<step>-start` (after `step_started` is durable, before the step acts),
 //! `<step>-done` (after it acted, before `step_succeeded` is written) or
 //! `<step>-undo` (before its undo), and the action is
-//! `error` (the step fails), `panic`, `exit` (exit code 99) or `kill`
+//! `error` (the step fails), `sleep:MS` (the step waits there), `panic`, `exit` (exit code 99) or `kill`
 //! (the process SIGKILLs itself: a real crash, no destructors, no flush).
 //! `PGSTEWARD_FAILPOINT_REPEAT=1` runs every step's action twice (idempotence).
 
@@ -34,6 +34,12 @@ mod imp {
         tracing::warn!(failpoint = name, action = %action, "failpoint hit");
         match action.as_str() {
             "error" => Err(format!("failpoint {name} injected an error")),
+            // `sleep:MS`: hold the step here (a test acts on the servers meanwhile).
+            a if a.starts_with("sleep:") => {
+                let ms: u64 = a["sleep:".len()..].parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            }
             "panic" => panic!("failpoint {name}"),
             "exit" => std::process::exit(99),
             "kill" => {

@@ -13,3 +13,4 @@ mod rds;
 mod service;
 mod tls;
 mod upgrade;
+mod upgrade_safety;

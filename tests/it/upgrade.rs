@@ -154,6 +154,8 @@ pub struct Topology {
     pub config: PathBuf,
     pub classes_used: usize,
     pub pause_timeout: &'static str,
+    pub retire_after: &'static str,
+    pub step_timeout: &'static str,
 }
 
 pub const CLASSES: [&str; 2] = ["large", "larger"];
@@ -182,6 +184,8 @@ impl Topology {
             pooler,
             classes_used: 0,
             pause_timeout: "5s",
+            retire_after: "0s",
+            step_timeout: "60s",
         };
         t.write_config();
         t
@@ -213,8 +217,8 @@ provider = "local"
 state_dir = "{state}"
 catchup_max_bytes = "1MB"
 pause_timeout = "{pause}"
-retire_after = "0s"
-step_timeout = "60s"
+retire_after = "{retire}"
+step_timeout = "{step}"
 
 [upgrade.local]
 data_root = "{root}"
@@ -243,6 +247,8 @@ database = "app"
             replica = self.cluster.replicas[0].url("app"),
             state = self.state_dir().display(),
             pause = self.pause_timeout,
+            retire = self.retire_after,
+            step = self.step_timeout,
             root = dir.join("clusters").display(),
             admin = self.pooler.admin_url(),
             ini = self.pooler.ini.display(),
@@ -448,7 +454,11 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(seen, "the replica did not follow the new primary");
+    assert!(
+        seen,
+        "the replica did not follow the new primary; its log:\n{}",
+        std::fs::read_to_string(&t.cluster.replicas[0].log_file).unwrap_or_default()
+    );
 
     // Status renders the journal; other commands notice the moved primary.
     let status = t.pgsteward(&["upgrade", "status", "--output", "json"], None);
