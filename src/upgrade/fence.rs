@@ -55,9 +55,15 @@ const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
 const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
-/// Makes the session follow the server's (reloaded) default again.
-const FOLLOW_SERVER_DEFAULT: &str = "RESET default_transaction_read_only";
-const READ_ONLY_SETTING: &str = "SELECT current_setting('default_transaction_read_only')";
+/// When this backend last processed a reload. It advancing past the value
+/// read before `pg_reload_conf()` proves the postmaster has reloaded: it
+/// signals its children, then loads pg_hba.conf, before it forks another
+/// backend. (Not the session's view of default_transaction_read_only: a
+/// database or role setting overrides the server's, so it proves nothing.)
+const CONF_LOAD_TIME: &str = "SELECT pg_conf_load_time()::text";
+/// The server-level fence setting as the files hold it.
+const FILE_FENCE: &str = "SELECT count(*)::bigint FROM pg_file_settings \
+     WHERE name = 'default_transaction_read_only' AND setting = 'on'";
 const HBA_FILE: &str = "SELECT current_setting('hba_file')";
 /// Every role that can log in and is not a superuser: each gets a reject line.
 const APPLICATION_ROLES: &str =
@@ -268,16 +274,13 @@ impl Saga {
                     plan.path.display()
                 )));
             }
+            let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
             old.query_one(RELOAD_CONF, &[]).await?;
             reloaded_at = t0.elapsed();
-            // Our session seeing the new default proves the postmaster has
-            // processed the reload (it signals its children, then loads
-            // pg_hba.conf, before it forks another backend).
             loop {
                 polls += 1;
-                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
-                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
-                if v == "on" {
+                let now: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+                if now != before {
                     break;
                 }
                 tokio::select! {
@@ -330,31 +333,32 @@ impl Saga {
             write_atomic(&path, &clean)?;
         }
         let old = self.old_client().await?;
-        // Wait until our own session sees the default back at off: only then
-        // has the postmaster reloaded (and loaded pg_hba.conf), so PgBouncer's
-        // new server connections start writable after RESUME.
+        // Wait until the postmaster has reloaded (see CONF_LOAD_TIME), so
+        // PgBouncer's new server connections are let in and start writable
+        // after RESUME.
         let work = async {
             old.batch_execute(SESSION_WRITABLE).await?;
             old.batch_execute(UNFENCE).await?;
+            let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
             old.query_one(RELOAD_CONF, &[]).await?;
             loop {
-                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
-                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
-                if v == "off" {
+                let now: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+                if now != before {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            old.query_one(HBA_RULES, &[]).await
+            let rules = old.query_one(HBA_RULES, &[]).await?;
+            let file: i64 = old.query_one(FILE_FENCE, &[]).await?.get(0);
+            Ok((rules.get::<_, i64>(0), rules.get::<_, i64>(1), file))
         };
-        let rules = limit.run(&primary, work).await?;
-        let (errors, rejects): (i64, i64) = (rules.get(0), rules.get(1));
+        let (errors, rejects, file) = limit.run(&primary, work).await?;
         let reread = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
-        if errors > 0 || reread.contains(BLOCK_BEGIN) {
+        if errors > 0 || file > 0 || reread.contains(BLOCK_BEGIN) {
             return Err(UpgradeError::Step {
                 step: Step::FenceOldPrimary,
                 detail: format!(
-                    "unfence not verified: {} still fenced or unparsable ({errors} errors, {rejects} reject lines)",
+                    "unfence not verified: {} still fenced or unparsable ({errors} errors, {rejects} reject lines), {file} read-only settings left in the configuration files",
                     path.display()
                 ),
             });

@@ -641,6 +641,9 @@ impl Saga {
     pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
         self.deadline = deadline;
         self.poolers.set_deadline(deadline);
+        if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+        }
     }
 
     pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
