@@ -211,13 +211,16 @@ fn copy_journal(from: &std::path::Path, to: &std::path::Path, id: &str) {
 /// Writers with `synchronous_commit = off` (acknowledged before their WAL is
 /// written) and the WAL writer slowed to 1 s: the final sync waits for the
 /// old primary's position *flushed*, so every acknowledged commit reaches
-/// the new primary.
+/// the new primary. Also: the target class's settings win over the source's
+/// postgresql.auto.conf that pg_basebackup copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asynchronous_commits_are_not_lost() {
     let mut t = Topology::new();
     let p = &t.cluster.primary;
     must(p.psql("postgres", "ALTER SYSTEM SET wal_writer_delay = '1s'"));
     must(p.psql("postgres", "ALTER SYSTEM SET wal_writer_flush_after = 0"));
+    // Copied by pg_basebackup; the class's shared_buffers must still win.
+    must(p.psql("postgres", "ALTER SYSTEM SET shared_buffers = '33MB'"));
     must(p.psql("postgres", "SELECT pg_reload_conf()"));
     must(p.psql(
         "postgres",
@@ -261,6 +264,9 @@ async fn asynchronous_commits_are_not_lost() {
         .clone()
         .unwrap_or_default();
     assert!(note.contains("flushed"), "{note}");
+    // The class's settings win over the copied postgresql.auto.conf.
+    let rows = harness::query(&t.primary_url, "SHOW shared_buffers").await;
+    assert_eq!(rows[0].get::<_, String>(0), "40MB");
 }
 
 async fn app_connect(port: u16, options: Option<&str>) -> Result<tokio_postgres::Client, String> {
