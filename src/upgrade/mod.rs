@@ -58,6 +58,8 @@ pub enum UpgradeError {
     Cancelled,
     #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]
     RolledBack { id: String, reason: String },
+    #[error("upgrade {id}: the journal could not be written ({reason}); the write pause was undone without it: PgBouncer resumed, the old primary unfenced and serving writes. Free the disk and run `pgsteward upgrade resume` to record the roll back")]
+    JournalFault { id: String, reason: String },
     #[error("undo of {step} failed: {reason}; fix the cause and run `pgsteward upgrade resume` to finish the roll back")]
     UndoFailed { step: Step, reason: String },
     #[error("upgrade {id} failed after promote ({reason}); the new primary holds every commit. Fix the cause and run `pgsteward upgrade resume`")]

@@ -322,12 +322,13 @@ impl Saga {
                 return Err(err);
             }
             let msg = format!("{failed}: {err}");
-            // A failure before the step started (its guard check) has no step to fail.
+            // A failure before the step started (its guard check, its journal
+            // entry) has no step to fail.
             if self.record().status(failed) == StepStatus::Running {
-                self.log(&[Event::StepFailed {
+                self.log_soft(&[Event::StepFailed {
                     step: failed,
                     error: err.to_string(),
-                }])?;
+                }]);
             }
             self.progress.say(failed, &format!("failed: {err}"));
             if self.record().promote_started() {
@@ -343,6 +344,18 @@ impl Saga {
         self.log(&[Event::Completed])?;
         self.guard_end("completed", true).await;
         Ok(())
+    }
+
+    /// Appends `events` when the journal can still be written; after a write
+    /// failure the roll back goes on without it (the file then says where
+    /// `upgrade resume` continues: it finishes the roll back, idempotently).
+    fn log_soft(&mut self, events: &[Event]) {
+        if self.journal.is_broken() {
+            return;
+        }
+        if let Err(e) = self.journal.append(events) {
+            tracing::error!(error = %e, "journal write failed; undoing the write pause without it");
+        }
     }
 
     fn rolled_back_error(&self, reason: String) -> UpgradeError {
@@ -371,24 +384,32 @@ impl Saga {
             })
             .collect();
         for step in steps {
-            self.log(&[Event::UndoStarted { step }])?;
+            self.log_soft(&[Event::UndoStarted { step }]);
             failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
             match self.undo(step).await {
                 Ok(()) => {
-                    self.log(&[Event::UndoFinished { step }])?;
+                    self.log_soft(&[Event::UndoFinished { step }]);
                     self.progress.say(step, "undone");
                 }
                 Err(e) => {
-                    self.log(&[Event::UndoFailed {
+                    self.log_soft(&[Event::UndoFailed {
                         step,
                         error: e.to_string(),
-                    }])?;
+                    }]);
                     return Err(UpgradeError::UndoFailed {
                         step,
                         reason: e.to_string(),
                     });
                 }
             }
+        }
+        if self.journal.is_broken() {
+            self.guard_end("rolled_back (journal unwritable)", false)
+                .await;
+            return Err(UpgradeError::JournalFault {
+                id: self.record().id.clone(),
+                reason: reason.to_string(),
+            });
         }
         self.log(&[Event::RolledBack {
             reason: reason.to_string(),
@@ -401,6 +422,20 @@ impl Saga {
     /// already points at the new, writable primary; otherwise clients stay
     /// paused (and wait) until `upgrade resume` repoints it.
     async fn after_promote_failure(&mut self, reason: &str) {
+        if self.journal.is_broken() && self.record().status(Step::Repoint) != StepStatus::Done {
+            // No journal, but repoint and RESUME are idempotent forward steps
+            // that `upgrade resume` runs again anyway: do them now, so clients
+            // reach the new primary instead of waiting in the pause.
+            match self.repoint().await {
+                Ok(_) => {
+                    if let Err(e) = self.poolers.resume().await {
+                        tracing::error!(error = %e, "resume after a journal failure failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "repoint after a journal failure failed"),
+            }
+            return;
+        }
         let repointed = self.record().status(Step::Repoint) == StepStatus::Done;
         if repointed && self.record().status(Step::ResumeWrites) != StepStatus::Done {
             if let Err(e) = self.poolers.resume().await {

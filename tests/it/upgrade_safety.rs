@@ -131,8 +131,7 @@ async fn two_runners_one_upgrade() {
     assert_eq!(journals, 0, "the refused runner wrote a journal");
     // Follow whichever state_dir completed.
     if lost_state == t.state_dir() {
-        let rec = latest_record(&state_b);
-        copy_journal(&state_b, &t.state_dir(), &rec.id);
+        copy_journal(&state_b, &t.state_dir());
     }
     t.follow_upgrade();
     load.wait_progress(20).await;
@@ -202,10 +201,15 @@ async fn two_runners_one_upgrade() {
     );
 }
 
-fn copy_journal(from: &std::path::Path, to: &std::path::Path, id: &str) {
+fn copy_journal(from: &std::path::Path, to: &std::path::Path) {
     must(std::fs::create_dir_all(to).map_err(|e| e.to_string()));
-    let name = format!("{id}.jsonl");
-    must(std::fs::copy(from.join(&name), to.join(&name)).map_err(|e| e.to_string()));
+    let path = pgsteward::upgrade::journal::latest(from)
+        .unwrap()
+        .expect("a journal");
+    let name = path.file_name().unwrap();
+    // Numbered above everything in `to`, so it is the newest there.
+    let dest = to.join(format!("999999-{}", name.to_string_lossy()));
+    must(std::fs::copy(&path, dest).map_err(|e| e.to_string()));
 }
 
 /// Writers with `synchronous_commit = off` (acknowledged before their WAL is
@@ -415,5 +419,94 @@ async fn hard_fence_holds_and_rolls_back_completely() {
         ledger.errors
     );
     ledger.acked.extend([-1, -3]);
+    t.check_nothing_lost(&ledger.acked).await;
+}
+
+/// A tmpfs of `size` mounted at `dir` for the test's lifetime.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        must(std::fs::create_dir_all(dir).map_err(|e| e.to_string()));
+        let out = must(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir)
+                .output()
+                .map_err(|e| e.to_string()),
+        );
+        assert!(
+            out.status.success(),
+            "mount tmpfs (the test runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The journal on a small filesystem that fills up inside the write pause
+/// (after the fence): the pause is undone without the journal (PgBouncer
+/// resumed, the old primary unfenced and writable), file and memory agree,
+/// and once the disk is freed `upgrade resume` records the roll back and a
+/// second one completes the upgrade. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_inside_the_pause_rolls_back() {
+    let mut t = Topology::new();
+    let _disk = SmallDisk::mount(&t.state_dir(), "256k");
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+    let fp = format!("fence_old_primary-done=fill:{}", t.state_dir().display());
+    let out = t.upgrade(Some(&fp));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("journal could not be written") && stderr.contains("upgrade resume"),
+        "{}",
+        text(&out)
+    );
+    // Writes go on, on the old primary, unfenced.
+    load.wait_progress(20).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let hba = std::fs::read_to_string(t.cluster.primary.data_dir.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("pgsteward fence"), "{hba}");
+    // The file replays (torn tail cut back, padding skipped).
+    let rec = latest_record(&t.state_dir());
+    assert!(!rec.promote_started());
+
+    must(std::fs::remove_file(t.state_dir().join("fill")).map_err(|e| e.to_string()));
+    let out = t.pgsteward(&["upgrade", "resume"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    let out = t.pgsteward(&["upgrade", "resume"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    t.follow_upgrade();
+    load.wait_progress(20).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
     t.check_nothing_lost(&ledger.acked).await;
 }
