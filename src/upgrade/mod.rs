@@ -212,7 +212,8 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
     let id = new_upgrade_id();
     // Before anything changes: one upgrade per primary, wherever it runs.
     let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
-    let provider = crate::provider::from_config(cfg)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
     let mut poolers = Poolers::from_config(cfg);
     let pre = match steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id)).await {
         Ok(p) => p,
@@ -250,7 +251,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
     if !quiet {
         println!("upgrade {id}: journal {}", journal.path().display());
     }
-    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
     saga.guard = Some(guard);
     let r = saga.drive().await;
     finish(saga, r).await
@@ -324,7 +325,8 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
     let path = journal::latest(&cfg.upgrade.state_dir)?
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
-    let provider = crate::provider::from_config(cfg)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
     let guard = if journal.record().in_flight() {
         Some(take_guard_for(cfg, journal.record(), provider.as_ref()).await?)
     } else {
@@ -337,7 +339,7 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
             journal.record().phase
         );
     }
-    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
     saga.guard = guard;
     let r = saga.drive().await;
     finish(saga, r).await
@@ -388,7 +390,8 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
     let rec = journal.record().clone();
-    let provider = crate::provider::from_config(cfg)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
     let mut guard = if rec.in_flight() {
         Some(take_guard_for(cfg, &rec, provider.as_ref()).await?)
     } else {
@@ -413,7 +416,7 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
         }
         Phase::Running => {
             // Interrupted before promote: undo what it did first.
-            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), false);
+            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, false);
             saga.guard = guard;
             saga.rollback("aborted by the operator").await?;
             let guard = saga.guard.take();

@@ -827,7 +827,12 @@ impl Saga {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_err = String::new();
         while tokio::time::Instant::now() < deadline {
-            match self.verify_once(&url, endpoint).await {
+            let limit = self.query_limit();
+            let once = limit.wrap(
+                "a write through the pooler",
+                self.verify_once(&url, endpoint),
+            );
+            match once.await {
                 Ok(true) => {
                     let servers = self.poolers.servers().await.unwrap_or_default();
                     return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
@@ -881,30 +886,48 @@ impl Saga {
         let (host, port) = endpoint.spec()?.host_port();
         let mut n = 0;
         for replica in self.cfg.database.replicas.clone() {
-            let client = match connect(&replica, &self.cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.progress.say(
-                        Step::Verify,
-                        &format!("replica {replica} unreachable, not repointed: {e}"),
-                    );
-                    continue;
-                }
-            };
+            let limit = self.query_limit();
+            let once = limit.wrap(
+                "a replica's answer",
+                Self::repoint_one(&self.cfg, &replica, &host, port),
+            );
+            match once.await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                // One replica that does not answer does not hold up the upgrade.
+                Err(e) => self.progress.say(
+                    Step::Verify,
+                    &format!("replica {replica} unreachable, not repointed: {e}"),
+                ),
+            }
+        }
+        Ok(n)
+    }
+
+    /// One replica of [`Saga::repoint_replicas`]: `Ok(false)` when it is no replica.
+    async fn repoint_one(
+        cfg: &Config,
+        replica: &ConnString,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, UpgradeError> {
+        {
+            let replica = replica.clone();
+            let client = connect(&replica, cfg).await?;
             let in_recovery: bool = client
                 .query_one(IN_RECOVERY, &[])
                 .await
                 .map_err(|e| q(&replica, e))?
                 .get(0);
             if !in_recovery {
-                continue;
+                return Ok(false);
             }
             let conninfo: String = client
                 .query_one(PRIMARY_CONNINFO, &[])
                 .await
                 .map_err(|e| q(&replica, e))?
                 .get(0);
-            let wanted = retarget_conninfo(&conninfo, &host, port);
+            let wanted = retarget_conninfo(&conninfo, host, port);
             if wanted != conninfo {
                 let sql = format!(
                     "ALTER SYSTEM SET primary_conninfo = {}",
@@ -919,9 +942,8 @@ impl Saga {
                     .await
                     .map_err(|e| q(&replica, e))?;
             }
-            n += 1;
+            Ok(true)
         }
-        Ok(n)
     }
 
     pub(crate) async fn retire_old(&mut self) -> Result<Output, UpgradeError> {
