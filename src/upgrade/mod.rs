@@ -160,11 +160,25 @@ pub async fn plan_command(
                 );
             }
             println!("steps:");
-            for (i, s) in record::STEPS.iter().enumerate() {
-                println!("  {:>2}. {}", i + 1, step_description(*s));
-            }
+            let rows: Vec<Vec<String>> = record::SAGA
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    vec![
+                        format!("{}", i + 1),
+                        s.name.to_string(),
+                        format!("{:?}", s.region).to_lowercase(),
+                        s.does.to_string(),
+                        s.undo.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(&["#", "step", "region", "does", "undo"], &rows)
+            );
             println!(
-                "write pause (steps 5-10) bounded by {:?}; before promote any failure rolls back",
+                "pause deadline {:?} (steps 5-7, from PAUSE); before promote any failure rolls back",
                 cfg.upgrade.pause_timeout.0
             );
             if !ok {
@@ -177,25 +191,6 @@ pub async fn plan_command(
     } else {
         Outcome::Problem
     })
-}
-
-fn step_description(s: Step) -> &'static str {
-    match s {
-        Step::Precheck => "precheck: source is a primary, class differs, nothing else in flight",
-        Step::CreateReplica => "create_replica: new server <source>-<id> on the target class",
-        Step::WaitAvailable => "wait_available: the new server accepts connections, in recovery",
-        Step::WaitCatchup => "wait_catchup: replay lag below upgrade.catchup_max_bytes, steadily",
-        Step::PauseWrites => "pause_writes: PgBouncer PAUSE (in-flight transactions finish)",
-        Step::FenceOldPrimary => "fence_old_primary: old primary read-only, client sessions ended",
-        Step::FinalSync => "final_sync: new server replayed the old primary's last LSN",
-        Step::Promote => "promote: point of no return",
-        Step::Repoint => "repoint: PgBouncer [databases] rewritten, RELOAD",
-        Step::ResumeWrites => "resume_writes: PgBouncer RESUME",
-        Step::Verify => {
-            "verify: a write through PgBouncer lands on the new primary; replicas follow it"
-        }
-        Step::RetireOld => "retire_old: after upgrade.retire_after, the old primary is retired",
-    }
 }
 
 /// What `start` and `resume` return to their callers (the demo and the benchmark use it).

@@ -58,8 +58,9 @@ pub fn recovery(rec: &UpgradeRecord) -> Recovery {
     if undoing {
         return Recovery::FinishRollback("a roll back was interrupted".into());
     }
-    let in_window = [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync]
+    let in_window = STEPS
         .iter()
+        .filter(|s| s.under_pause_deadline())
         .any(|s| rec.status(*s) != StepStatus::Pending);
     if in_window {
         return Recovery::FinishRollback(
@@ -295,14 +296,13 @@ impl Saga {
             Recovery::Forward => {}
         }
         while let Some(step) = self.record().next_step() {
-            let result =
-                if step == Step::PauseWrites || (step.in_pause_window() && step.before_promote()) {
-                    self.cutover().await
-                } else if step.in_pause_window() {
-                    self.forward_from_promote().await
-                } else {
-                    self.forward(step).await
-                };
+            let result = if step.under_pause_deadline() {
+                self.cutover().await
+            } else if step.in_pause_window() {
+                self.forward_from_promote().await
+            } else {
+                self.forward(step).await
+            };
             let Err(err) = result else { continue };
             if matches!(err, UpgradeError::Guard(GuardError::Lost { .. })) {
                 // Another runner may own the upgrade now: touch nothing more.

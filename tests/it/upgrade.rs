@@ -521,20 +521,13 @@ async fn every_step_is_idempotent() {
     t.check_nothing_lost(&ledger.acked).await;
 }
 
-pub const STEP_NAMES: [&str; 12] = [
-    "precheck",
-    "create_replica",
-    "wait_available",
-    "wait_catchup",
-    "pause_writes",
-    "fence_old_primary",
-    "final_sync",
-    "promote",
-    "repoint",
-    "resume_writes",
-    "verify",
-    "retire_old",
-];
+/// The steps' names, from the saga's one table.
+pub fn step_names() -> Vec<&'static str> {
+    pgsteward::upgrade::record::SAGA
+        .iter()
+        .map(|s| s.name)
+        .collect()
+}
 
 /// kill -9 of `pgsteward upgrade start` at every step boundary, then
 /// `upgrade resume` (twice when the first resume rolls back a crashed write
@@ -549,7 +542,7 @@ async fn kill_at_every_step_boundary_then_resume() {
         Duration::from_secs(600),
     );
     load.wait_progress(20).await;
-    for step in STEP_NAMES {
+    for step in step_names() {
         for at in ["start", "done"] {
             let fp = format!("{step}-{at}=kill");
             let out = t.upgrade(Some(&fp));
@@ -624,7 +617,12 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
         Duration::from_secs(600),
     );
     load.wait_progress(20).await;
-    for step in &STEP_NAMES[..7] {
+    let before_promote: Vec<&str> = pgsteward::upgrade::record::SAGA
+        .iter()
+        .filter(|s| s.step.before_promote())
+        .map(|s| s.name)
+        .collect();
+    for step in &before_promote {
         let fp = format!("{step}-done=error");
         let out = t.upgrade(Some(&fp));
         assert_eq!(out.status.code(), Some(1), "{fp}\n{}", text(&out));
