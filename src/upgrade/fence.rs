@@ -49,7 +49,7 @@ use super::runner::Saga;
 use super::steps::q;
 use super::UpgradeError;
 use crate::config::ConnString;
-use crate::provider::{rds, FenceMethod};
+use crate::provider::FenceMethod;
 
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
@@ -167,6 +167,73 @@ pub(crate) fn terminate_sql(ours: &[i32]) -> String {
     )
 }
 
+// ---- RDS (`AlterDatabase`) ----
+
+/// Databases fenced on RDS: every one that takes connections, except
+/// templates and the one RDS keeps for itself.
+pub const FENCEABLE_DATABASES: &str = "SELECT datname FROM pg_database \
+     WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' ORDER BY datname";
+/// Application sessions, i.e. everything but superusers' (on RDS: `rdsadmin`,
+/// whose backends an `rds_superuser` may not signal; one refusal would fail
+/// the whole statement).
+pub const TERMINATE_APPLICATION_SESSIONS: &str =
+    "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
+     JOIN pg_roles r ON r.oid = a.usesysid \
+     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
+
+/// Fencing without `ALTER SYSTEM` (refused on RDS): every fenceable database
+/// defaults new transactions to read-only. Needs ownership of each database
+/// (or membership in its owner role). Returns the databases fenced.
+///
+/// The setting lives in `pg_db_role_setting`, a shared catalog that streams
+/// to replicas: the new primary inherits the fence and must be unfenced with
+/// [`unfence_databases`] after promotion, before writes resume.
+pub async fn fence_databases(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    client.batch_execute(SESSION_WRITABLE).await?;
+    let mut fenced = Vec::new();
+    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
+        let db: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                crate::pg::quote_ident(&db)
+            ))
+            .await?;
+        fenced.push(db);
+    }
+    Ok(fenced)
+}
+
+/// Undoes [`fence_databases`]: on the old primary when rolling back, on the
+/// new primary after promotion. Idempotent.
+pub async fn unfence_databases(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SESSION_WRITABLE).await?;
+    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
+        let db: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RESET default_transaction_read_only",
+                crate::pg::quote_ident(&db)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends every application session (see [`TERMINATE_APPLICATION_SESSIONS`]).
+pub async fn terminate_application_sessions(
+    client: &tokio_postgres::Client,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(TERMINATE_APPLICATION_SESSIONS, &[])
+        .await?
+        .get(0))
+}
+
 impl Saga {
     /// Our sessions on the old primary the fence must spare.
     pub(crate) fn own_pids(&self) -> Vec<i32> {
@@ -228,8 +295,8 @@ impl Saga {
         if method == FenceMethod::AlterDatabase {
             let old = self.old_client().await?;
             let work = async {
-                let dbs = rds::fence_databases(old).await?;
-                let n = rds::terminate_application_sessions(old).await?;
+                let dbs = fence_databases(old).await?;
+                let n = terminate_application_sessions(old).await?;
                 Ok::<_, tokio_postgres::Error>((dbs, n))
             };
             let left = remaining(deadline, "fence")?;
@@ -319,7 +386,7 @@ impl Saga {
         let limit = self.query_limit();
         if method == FenceMethod::AlterDatabase {
             let old = self.old_client().await?;
-            return limit.run(&primary, rds::unfence_databases(old)).await;
+            return limit.run(&primary, unfence_databases(old)).await;
         }
         let old = self.old_client().await?;
         let path: String = limit
@@ -374,7 +441,7 @@ impl Saga {
         }
         let limit = self.query_limit();
         let new = self.new_client().await?;
-        limit.run(endpoint, rds::unfence_databases(new)).await
+        limit.run(endpoint, unfence_databases(new)).await
     }
 }
 
