@@ -21,8 +21,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{self, Action, DetachHow, Range, TableState};
-use super::{catalog, TableReport, ADVISORY_NAMESPACE};
+use super::catalog;
+use super::ddl;
+use super::model::{Action, DetachHow, Range, TableState};
+use super::plan;
+use super::report::TableReport;
+use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
 use crate::pg::{is_transient_lock_error, server_message, QualifiedName};
 
@@ -117,7 +121,7 @@ pub async fn execute(
     let sessions = work.len().min(cfg.partitions.parallelism.max(1) as usize);
     let mut clients = vec![first];
     for _ in 1..sessions {
-        match super::connect(cfg).await {
+        match session::connect(cfg).await {
             Ok(c) => clients.push(c),
             Err(e) => {
                 tracing::warn!(error = %e, sessions = clients.len(), "fewer maintenance sessions than configured");
@@ -219,7 +223,7 @@ impl Exec<'_> {
             None => return Err("table vanished from the catalog".to_string().into()),
         };
         let p = plan::plan(&w.cfg, &state, now);
-        report.notes = p.notes.iter().map(super::note_text).collect();
+        report.notes = p.notes.iter().map(plan::note_text).collect();
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();
         let mut default_checks: Vec<String> = Vec::new();
@@ -276,7 +280,7 @@ impl Exec<'_> {
         // One statement for every exclusion CHECK of this pass and any stale
         // ones: a failure is harmless for attached ranges and the next pass retries.
         if let (Some(d), false) = (&state.default, default_checks.is_empty()) {
-            let sql = plan::sql_drop_constraints(&d.name, &default_checks);
+            let sql = ddl::sql_drop_constraints(&d.name, &default_checks);
             if let Err(e) = self.run(&sql, report).await {
                 tracing::warn!(partition = %d.name, error = %e.text(), "default exclusion checks not dropped; next pass drops them");
             }
@@ -293,7 +297,7 @@ impl Exec<'_> {
         if report.retired > 0 {
             after.partitions.retain(|e| !retired.contains(&&e.name));
         }
-        report.future_partitions = super::coverage_of(&w.cfg, &after, &created, now).periods_ahead;
+        report.future_partitions = plan::coverage_of(&w.cfg, &after, &created, now).periods_ahead;
         report.default_rows = report.default_rows.saturating_sub(report.rows_moved);
         result
     }
@@ -323,19 +327,19 @@ impl Exec<'_> {
         // CHECK and GRANTs share one short transaction (the only lock on a
         // shared object is ACCESS SHARE on the parent, then on DEFAULT for the probe).
         let mut stmts = vec![
-            plan::sql_create_child(parent, child),
-            plan::sql_add_bounds_check(child, key, kt, tz, range),
+            ddl::sql_create_child(parent, child),
+            ddl::sql_add_bounds_check(child, key, kt, tz, range),
         ];
-        stmts.extend(state.grants.iter().map(|g| plan::sql_grant(child, g)));
+        stmts.extend(state.grants.iter().map(|g| ddl::sql_grant(child, g)));
         if let Some(d) = &state.default {
-            stmts.push(plan::sql_probe_default(&d.name, key, kt, tz, range));
+            stmts.push(ddl::sql_probe_default(&d.name, key, kt, tz, range));
         }
         let mut probe = None;
         match self.run(&stmts.join(";\n"), report).await {
             Ok(done) => {
                 probe = done.probe();
                 if state.owner != self.current_user {
-                    let sql = plan::sql_owner(child, &state.owner);
+                    let sql = ddl::sql_owner(child, &state.owner);
                     if let Err(e) = self.run(&sql, report).await {
                         report.notes.push(format!(
                             "{child}: owned by {} instead of the parent's owner {}: {}; grant {} membership in {} to fix",
@@ -347,7 +351,7 @@ impl Exec<'_> {
             Err(e) if e.is(&SqlState::DUPLICATE_TABLE) => {
                 let existing = self
                     .client
-                    .query_opt(RELATION_SQL, &[&child.quoted(), &plan::BOUNDS_CHECK])
+                    .query_opt(RELATION_SQL, &[&child.quoted(), &ddl::BOUNDS_CHECK])
                     .await
                     .map_err(|e| format!("cannot look up {child}: {}", server_message(&e)))?;
                 let ours = existing.is_some_and(|row| {
@@ -371,10 +375,7 @@ impl Exec<'_> {
             let (in_range, size) = match probe {
                 Some(p) => p,
                 None => self
-                    .run(
-                        &plan::sql_probe_default(&d.name, key, kt, tz, range),
-                        report,
-                    )
+                    .run(&ddl::sql_probe_default(&d.name, key, kt, tz, range), report)
                     .await?
                     .probe()
                     .unwrap_or((1, u64::MAX)),
@@ -383,14 +384,14 @@ impl Exec<'_> {
                 self.move_default_rows(state, tcfg, &d.name, child, range, report)
                     .await?;
             }
-            let c = plan::default_check_name(child);
+            let c = ddl::default_check_name(child);
             default_check = Some((d.name.clone(), c.clone()));
             let mut validated = false;
             if in_range == 0 && size <= SMALL_DEFAULT_BYTES {
                 // One statement: the scan of a DEFAULT this small is instant.
                 match self
                     .run(
-                        &plan::sql_add_default_check_valid(&d.name, &c, key, kt, tz, range),
+                        &ddl::sql_add_default_check_valid(&d.name, &c, key, kt, tz, range),
                         report,
                     )
                     .await
@@ -418,7 +419,7 @@ impl Exec<'_> {
         }
 
         if let Err(e) = self
-            .run(&plan::sql_attach(parent, child, kt, tz, range), report)
+            .run(&ddl::sql_attach(parent, child, kt, tz, range), report)
             .await
         {
             if let Some((d, c)) = &default_check {
@@ -432,10 +433,7 @@ impl Exec<'_> {
         // Redundant now that the partition constraint holds; a failure leaves
         // a harmless constraint behind.
         if let Err(e) = self
-            .run(
-                &plan::sql_drop_constraint(child, plan::BOUNDS_CHECK),
-                report,
-            )
+            .run(&ddl::sql_drop_constraint(child, ddl::BOUNDS_CHECK), report)
             .await
         {
             tracing::warn!(partition = %child, error = %e.text(), "bounds check not dropped");
@@ -461,7 +459,7 @@ impl Exec<'_> {
         let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
         match self
             .run(
-                &plan::sql_add_default_check(default, c, key, kt, tz, range),
+                &ddl::sql_add_default_check(default, c, key, kt, tz, range),
                 report,
             )
             .await
@@ -471,7 +469,7 @@ impl Exec<'_> {
             Err(e) => return Err(e),
         }
         for _ in 0..3 {
-            match self.run(&plan::sql_validate(default, c), report).await {
+            match self.run(&ddl::sql_validate(default, c), report).await {
                 Ok(_) => return Ok(true),
                 Err(e) if e.is(&SqlState::CHECK_VIOLATION) => {
                     self.move_default_rows(state, tcfg, default, child, range, report)
@@ -491,7 +489,7 @@ impl Exec<'_> {
     /// Runs even after cancellation (a few bounded attempts): leaving the CHECK
     /// would turn the application's inserts into errors.
     async fn undo_default_check(&self, d: &QualifiedName, c: &str, report: &mut TableReport) {
-        let sql = plan::sql_drop_constraint(d, c);
+        let sql = ddl::sql_drop_constraint(d, c);
         if let Err(e) = self.run_with(&sql, report, false).await {
             tracing::warn!(partition = %d, error = %e.text(), "default exclusion check left; next pass drops it");
         }
@@ -525,7 +523,7 @@ impl Exec<'_> {
             .map(|r| r.get(0))
             .collect();
         let batch = self.cfg.partitions.default_move_batch.max(1);
-        let sql = plan::sql_move_batch(default, child, &cols, key, kt, tz, range)
+        let sql = ddl::sql_move_batch(default, child, &cols, key, kt, tz, range)
             .replace("LIMIT $1", &format!("LIMIT {batch}"));
         let mut moved_here = 0u64;
         // Bounded: rows beyond what the probe saw (concurrent inserts) get
@@ -552,7 +550,7 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let parent = &state.table;
         match self
-            .run(&plan::sql_detach(parent, partition, how), report)
+            .run(&ddl::sql_detach(parent, partition, how), report)
             .await
         {
             Ok(_) => {}
@@ -571,7 +569,7 @@ impl Exec<'_> {
                     return Err(e);
                 }
                 self.run(
-                    &plan::sql_detach(parent, partition, DetachHow::Finalize),
+                    &ddl::sql_detach(parent, partition, DetachHow::Finalize),
                     report,
                 )
                 .await?;
@@ -579,7 +577,7 @@ impl Exec<'_> {
             Err(e) => return Err(e),
         }
         if drop {
-            self.run(&plan::sql_drop_table(partition), report).await?;
+            self.run(&ddl::sql_drop_table(partition), report).await?;
         }
         Ok(())
     }
@@ -638,7 +636,7 @@ impl Exec<'_> {
                     return Ok(done);
                 }
                 Err(e) if is_transient_lock_error(&e) && attempt < retries => {
-                    let wait = super::backoff(attempt);
+                    let wait = session::backoff(attempt);
                     tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

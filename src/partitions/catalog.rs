@@ -4,14 +4,19 @@
 use serde::Deserialize;
 use tokio_postgres::Client;
 
-use super::plan::{
-    parse_bound, parse_bound_node, DefaultPartition, ExistingPartition, Grant, KeyType, TableState,
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
+
+use super::error::PartitionError;
+use super::model::{
+    DefaultPartition, ExistingPartition, Grant, Key, KeyType, Range, TableState, KEY_MAX, KEY_MIN,
 };
-use super::PartitionError;
 use crate::pg::QualifiedName;
 
 const CATALOG_SQL: &str = include_str!("../../sql/partitions_catalog.sql");
 const BOUND_EXPRS_SQL: &str = include_str!("../../sql/partitions_bound_exprs.sql");
+/// With no table configured the catalog query returns no row: still learn
+/// whether this is a replica and who we are.
+const RECOVERY_SQL: &str = "SELECT pg_is_in_recovery(), current_user::text";
 
 /// What the catalog says about one configured table: its state, or why it
 /// cannot be managed (the operator's fix is in the message).
@@ -72,7 +77,7 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     if rows.is_empty() {
         // No tables configured: still learn whether this is a replica.
         let r = client
-            .query_one("SELECT pg_is_in_recovery(), current_user::text", &[])
+            .query_one(RECOVERY_SQL, &[])
             .await
             .map_err(|e| PartitionError::query("read the catalog", e))?;
         in_recovery = r.get(0);
@@ -210,4 +215,193 @@ struct GrantRow {
     grantee: String,
     privilege: String,
     grantable: bool,
+}
+
+// ---------------------------------------------------------------------------
+// Decoding partition bounds
+
+/// Parses `pg_get_expr(relpartbound)` of a single-column range partition, as a
+/// session with `TimeZone=UTC, DateStyle=ISO` prints it. `None` for DEFAULT or
+/// anything else (list bounds, multi-column bounds).
+pub fn parse_bound(key_type: KeyType, expr: &str) -> Option<Range> {
+    let rest = expr.strip_prefix("FOR VALUES FROM (")?;
+    let (lo, hi) = rest.split_once(") TO (")?;
+    let hi = hi.strip_suffix(')')?;
+    Some(Range {
+        lo: parse_value(key_type, lo)?,
+        hi: parse_value(key_type, hi)?,
+    })
+}
+
+/// Decodes a range bound from its stored node text (`relpartbound::text`),
+/// which needs no catalog lookups on the server, unlike `pg_get_expr`.
+/// Understands one-column bounds whose constants are a `timestamptz`
+/// (OID 1184), `timestamp` (1114) or `date` (1082) printed little-endian, as
+/// on every x86-64 and ARM server; anything else returns `None` and the
+/// caller falls back to `pg_get_expr` + [`parse_bound`].
+pub fn parse_bound_node(key_type: KeyType, node: &str) -> Option<Range> {
+    if !node.starts_with("{PARTITIONBOUNDSPEC :strategy r ") {
+        return None;
+    }
+    let lower = node.split(":lowerdatums (").nth(1)?;
+    let upper = lower.split(":upperdatums (").nth(1)?;
+    let lower = lower.split(":upperdatums (").next()?;
+    Some(Range {
+        lo: datum_node(key_type, lower)?,
+        hi: datum_node(key_type, upper)?,
+    })
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's 2000-01-01.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+fn datum_node(key_type: KeyType, list: &str) -> Option<Key> {
+    // Exactly one column: one PARTITIONRANGEDATUM before the list closes.
+    if list.matches("{PARTITIONRANGEDATUM").count() < 1 {
+        return None;
+    }
+    let first = list.split("{PARTITIONRANGEDATUM").nth(1)?;
+    if list.split("{PARTITIONRANGEDATUM").count() > 2 {
+        // A second datum could belong to the other list only if ours closed first.
+        let ours = list.split(")").next()?;
+        if ours.matches("{PARTITIONRANGEDATUM").count() != 1 {
+            return None;
+        }
+    }
+    let kind = first.strip_prefix(" :kind ")?.split(' ').next()?;
+    match kind {
+        "-1" => return Some(KEY_MIN),
+        "1" => return Some(KEY_MAX),
+        "0" => {}
+        _ => return None,
+    }
+    let (type_oid, len) = match key_type {
+        KeyType::Timestamptz => ("1184", 8),
+        KeyType::Timestamp => ("1114", 8),
+        KeyType::Date => ("1082", 4),
+    };
+    if !first.contains(&format!(":consttype {type_oid} ")) || !first.contains(":constisnull false ")
+    {
+        return None;
+    }
+    let bytes = first.split(&format!(":constvalue {len} [ ")).nth(1)?;
+    let bytes = bytes.split(" ]").next()?;
+    let mut raw = [0u8; 8];
+    let mut n = 0;
+    for b in bytes.split(' ') {
+        if n == 8 {
+            return None;
+        }
+        // Printed as C chars: signed on x86, unsigned on ARM; the byte is the same.
+        raw[n] = b.parse::<i32>().ok()? as u8;
+        n += 1;
+    }
+    if n != 8 {
+        return None;
+    }
+    let micros = match key_type {
+        KeyType::Timestamptz | KeyType::Timestamp => match i64::from_le_bytes(raw) {
+            i64::MIN => return Some(KEY_MIN),
+            i64::MAX => return Some(KEY_MAX),
+            v => v.checked_add(PG_EPOCH_MICROS)?,
+        },
+        KeyType::Date => {
+            let days = i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            match days {
+                i32::MIN => return Some(KEY_MIN),
+                i32::MAX => return Some(KEY_MAX),
+                d => i64::from(d) * 86_400_000_000 + PG_EPOCH_MICROS,
+            }
+        }
+    };
+    // A value from a big-endian server decodes to nonsense: let pg_get_expr read it.
+    let year = DateTime::<Utc>::from_timestamp_micros(micros)?.year();
+    (1800..=2500).contains(&year).then_some(micros)
+}
+
+fn parse_value(key_type: KeyType, v: &str) -> Option<Key> {
+    match v {
+        "MINVALUE" | "'-infinity'" => return Some(KEY_MIN),
+        "MAXVALUE" | "'infinity'" => return Some(KEY_MAX),
+        _ => {}
+    }
+    let s = v.strip_prefix('\'')?.strip_suffix('\'')?;
+    match key_type {
+        KeyType::Timestamptz => DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .ok()
+            .map(|t| t.timestamp_micros()),
+        KeyType::Timestamp => NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .ok()
+            .map(|t| t.and_utc().timestamp_micros()),
+        KeyType::Date => NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp_micros()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_fixtures::*;
+    use super::*;
+
+    #[test]
+    fn parses_bounds_as_printed_by_postgres() {
+        let r = parse_bound(
+            KeyType::Timestamptz,
+            "FOR VALUES FROM ('2025-01-01 00:00:00+00') TO ('2025-02-01 00:00:00+00')",
+        )
+        .unwrap();
+        assert_eq!(r.lo, utc(2025, 1, 1, 0).timestamp_micros());
+        assert_eq!(
+            parse_bound(
+                KeyType::Date,
+                "FOR VALUES FROM (MINVALUE) TO ('2025-02-01')"
+            )
+            .unwrap()
+            .lo,
+            KEY_MIN
+        );
+        assert!(parse_bound(KeyType::Date, "DEFAULT").is_none());
+        assert!(parse_bound(KeyType::Date, "FOR VALUES IN ('2025-02-01')").is_none());
+        let r = parse_bound(
+            KeyType::Timestamp,
+            "FOR VALUES FROM ('2025-01-01 00:00:00') TO ('2025-01-01 12:30:00.5')",
+        )
+        .unwrap();
+        assert_eq!(r.hi - r.lo, 45_000_500_000);
+    }
+
+    #[test]
+    fn decodes_stored_bound_nodes_like_pg_get_expr() {
+        let tz_node = "{PARTITIONBOUNDSPEC :strategy r :is_default false :modulus 0 :remainder 0 :listdatums <> :lowerdatums ({PARTITIONRANGEDATUM :kind 0 :value {CONST :consttype 1184 :consttypmod -1 :constcollid 0 :constlen 8 :constbyval true :constisnull false :location 59 :constvalue 8 [ 0 96 -86 122 42 2 3 0 ]} :location 59}) :upperdatums ({PARTITIONRANGEDATUM :kind 0 :value {CONST :consttype 1184 :consttypmod -1 :constcollid 0 :constlen 8 :constbyval true :constisnull false :location 89 :constvalue 8 [ 0 -96 -25 -7 -123 4 3 0 ]} :location 89}) :location 53}";
+        let r = parse_bound_node(KeyType::Timestamptz, tz_node).unwrap();
+        assert_eq!(r.lo, utc(2026, 11, 1, 0).timestamp_micros());
+        assert_eq!(r.hi, utc(2026, 12, 1, 0).timestamp_micros());
+        // The key type must match the constant's type.
+        assert!(parse_bound_node(KeyType::Date, tz_node).is_none());
+        let min_node = "{PARTITIONBOUNDSPEC :strategy r :is_default false :modulus 0 :remainder 0 :listdatums <> :lowerdatums ({PARTITIONRANGEDATUM :kind -1 :value <> :location 99}) :upperdatums ({PARTITIONRANGEDATUM :kind 0 :value {CONST :consttype 1082 :consttypmod -1 :constcollid 0 :constlen 4 :constbyval true :constisnull false :location 113 :constvalue 4 [ -25 35 0 0 0 0 0 0 ]} :location 113}) :location 93}";
+        let r = parse_bound_node(KeyType::Date, min_node).unwrap();
+        assert_eq!(r.lo, KEY_MIN);
+        assert_eq!(r.hi, utc(2025, 3, 1, 0).timestamp_micros());
+        let inf_node = "{PARTITIONBOUNDSPEC :strategy r :is_default false :modulus 0 :remainder 0 :listdatums <> :lowerdatums ({PARTITIONRANGEDATUM :kind 0 :value {CONST :consttype 1082 :consttypmod -1 :constcollid 0 :constlen 4 :constbyval true :constisnull false :location 178 :constvalue 4 [ -25 35 0 0 0 0 0 0 ]} :location 178}) :upperdatums ({PARTITIONRANGEDATUM :kind 0 :value {CONST :consttype 1082 :consttypmod -1 :constcollid 0 :constlen 4 :constbyval true :constisnull false :location 196 :constvalue 4 [ -1 -1 -1 127 0 0 0 0 ]} :location 196}) :location 172}";
+        assert_eq!(
+            parse_bound_node(KeyType::Date, inf_node).unwrap().hi,
+            KEY_MAX
+        );
+        // Big-endian bytes decode to nonsense years and are refused.
+        let be = tz_node.replace("[ 0 96 -86 122 42 2 3 0 ]", "[ 0 3 2 42 122 -86 96 0 ]");
+        assert!(parse_bound_node(KeyType::Timestamptz, &be).is_none());
+        // Two-column bounds are not ours.
+        let two = tz_node.replace(
+            ":location 59}) :upperdatums",
+            ":location 59} {PARTITIONRANGEDATUM :kind 1 :value <> :location 1}) :upperdatums",
+        );
+        assert!(parse_bound_node(KeyType::Timestamptz, &two).is_none());
+        assert!(parse_bound_node(
+            KeyType::Timestamptz,
+            "{PARTITIONBOUNDSPEC :strategy l :is_default false}"
+        )
+        .is_none());
+    }
 }

@@ -6,6 +6,7 @@ mod harness;
 
 mod cli_config;
 mod deploy;
+mod docker;
 mod lag;
 mod moto;
 mod partitions;

@@ -1,0 +1,316 @@
+//! The three commands: `partitions plan`, `apply` and `status`, and their text output.
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::model::{Action, Note};
+use super::plan::{coverage_of, note_text, Coverage};
+use super::report::PassReport;
+use super::{connect_and_read, ddl, plan, run_pass, PartitionError, RECOVERY_SKIP};
+use crate::cli::OutputFormat;
+use crate::config::Config;
+use crate::pg::{server_message, QualifiedName};
+use crate::Outcome;
+
+#[derive(Serialize)]
+struct PlanOutput {
+    skipped: Option<String>,
+    tables: Vec<TablePlanOutput>,
+}
+
+#[derive(Serialize)]
+struct TablePlanOutput {
+    table: QualifiedName,
+    actions: Vec<ActionOutput>,
+    notes: Vec<Note>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ActionOutput {
+    #[serde(flatten)]
+    action: Action,
+    sql: Vec<String>,
+}
+
+/// `partitions plan`: the DDL the next pass would run, changing nothing.
+pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+    let (_client, catalog) = connect_and_read(cfg).await?;
+    let now = Utc::now();
+    let mut out = PlanOutput {
+        skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
+        tables: Vec::new(),
+    };
+    let mut outcome = Outcome::Healthy;
+    if !catalog.in_recovery {
+        for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
+            match lookup {
+                Err(msg) => {
+                    outcome = Outcome::Problem;
+                    out.tables.push(TablePlanOutput {
+                        table: name,
+                        actions: vec![],
+                        notes: vec![],
+                        error: Some(msg),
+                    });
+                }
+                Ok(state) => {
+                    let p = plan::plan(tcfg, &state, now);
+                    let actions = p
+                        .actions
+                        .iter()
+                        .map(|a| ActionOutput {
+                            action: a.clone(),
+                            sql: ddl::action_sql(&state, tcfg.timezone, a),
+                        })
+                        .collect();
+                    out.tables.push(TablePlanOutput {
+                        table: name,
+                        actions,
+                        notes: p.notes,
+                        error: None,
+                    });
+                }
+            }
+        }
+    }
+    match output {
+        OutputFormat::Json => crate::output::print_json(&out),
+        OutputFormat::Text => print!("{}", plan_text(&out)),
+    }
+    Ok(outcome)
+}
+
+fn plan_text(out: &PlanOutput) -> String {
+    let mut s = String::new();
+    if let Some(why) = &out.skipped {
+        s.push_str(&format!("-- skipped: {why}\n"));
+    }
+    for t in &out.tables {
+        if let Some(e) = &t.error {
+            s.push_str(&format!("-- {}: error: {e}\n", t.table));
+            continue;
+        }
+        if t.actions.is_empty() {
+            s.push_str(&format!("-- {}: nothing to do\n", t.table));
+        }
+        for a in &t.actions {
+            let what = match &a.action {
+                Action::Create {
+                    partition, reason, ..
+                } => format!("create {partition} ({reason:?})").to_lowercase(),
+                Action::Retire {
+                    partition,
+                    how,
+                    drop,
+                    reason,
+                } => format!(
+                    "retire {partition}: detach {how:?}{}; {reason}",
+                    if *drop { " and drop" } else { "" }
+                )
+                .to_lowercase(),
+                Action::DropDefaultCheck { constraint } => {
+                    format!("drop leftover check {constraint} on the default partition")
+                }
+            };
+            s.push_str(&format!("-- {}: {what}\n", t.table));
+            for stmt in &a.sql {
+                if stmt.starts_with("--") {
+                    s.push_str(&format!("{stmt}\n"));
+                } else {
+                    s.push_str(&format!("{stmt};\n"));
+                }
+            }
+        }
+        for n in &t.notes {
+            s.push_str(&format!("-- {}: note: {}\n", t.table, note_text(n)));
+        }
+    }
+    s
+}
+
+/// `partitions apply`: one maintenance pass; Ctrl-C stops before the next statement.
+pub async fn apply_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    let signal = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let report = run_pass(cfg, &cancel).await;
+    signal.abort();
+    let report = report?;
+    match output {
+        OutputFormat::Json => crate::output::print_json(&report),
+        OutputFormat::Text => print!("{}", apply_text(&report)),
+    }
+    Ok(report.outcome())
+}
+
+fn apply_text(r: &PassReport) -> String {
+    let mut s = String::new();
+    if let Some(why) = &r.skipped {
+        s.push_str(&format!("skipped: {why}\n"));
+    }
+    for t in &r.tables {
+        for stmt in &t.statements {
+            s.push_str(&format!("{}: {stmt}\n", t.table));
+        }
+        let state = match (&t.error, &t.skipped) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, Some(why)) => format!("skipped: {why}"),
+            (None, None) => "ok".into(),
+        };
+        s.push_str(&format!(
+            "{}: created {}, retired {}, moved {} rows from default, {} periods ahead, {} rows in default: {state}\n",
+            t.table, t.created, t.retired, t.rows_moved, t.future_partitions, t.default_rows
+        ));
+        for n in &t.notes {
+            s.push_str(&format!("{}: note: {n}\n", t.table));
+        }
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct StatusOutput {
+    skipped: Option<String>,
+    tables: Vec<TableStatus>,
+}
+
+#[derive(Serialize)]
+struct TableStatus {
+    table: QualifiedName,
+    interval: crate::config::Interval,
+    #[serde(flatten)]
+    coverage: Option<Coverage>,
+    default_partition: Option<String>,
+    default_rows: Option<u64>,
+    notes: Vec<String>,
+    error: Option<String>,
+}
+
+/// `partitions status`: per table, partitions, covered range, coverage ahead,
+/// gaps and rows in DEFAULT (counted exactly, in one query for all tables).
+pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+    let (client, catalog) = connect_and_read(cfg).await?;
+    let now = Utc::now();
+    let mut outcome = Outcome::Healthy;
+    let mut tables = Vec::new();
+    let mut defaults = Vec::new();
+    for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
+        match lookup {
+            Err(msg) => {
+                outcome = Outcome::Problem;
+                tables.push(TableStatus {
+                    table: name,
+                    interval: tcfg.interval,
+                    coverage: None,
+                    default_partition: None,
+                    default_rows: None,
+                    notes: vec![],
+                    error: Some(msg),
+                });
+            }
+            Ok(state) => {
+                let p = plan::plan(tcfg, &state, now);
+                let cov = coverage_of(tcfg, &state, &[], now);
+                if cov.periods_ahead < tcfg.premake {
+                    outcome = Outcome::Problem;
+                }
+                if let Some(d) = &state.default {
+                    defaults.push((tables.len(), d.name.clone()));
+                }
+                tables.push(TableStatus {
+                    table: name,
+                    interval: tcfg.interval,
+                    coverage: Some(cov),
+                    default_partition: state.default.as_ref().map(|d| d.name.to_string()),
+                    default_rows: state.default.as_ref().map(|d| d.rows_estimate),
+                    notes: p.notes.iter().map(note_text).collect(),
+                    error: None,
+                });
+            }
+        }
+    }
+    if !defaults.is_empty() {
+        let sql = ddl::sql_count_defaults(&defaults);
+        match client.query(&sql, &[]).await {
+            Ok(rows) => {
+                for row in rows {
+                    let i: i64 = row.get(0);
+                    let n: i64 = row.get(1);
+                    if let Some(t) = tables.get_mut(i as usize) {
+                        t.default_rows = Some(n.max(0) as u64);
+                    }
+                }
+            }
+            // Counting needs ACCESS SHARE on every DEFAULT: under lock_timeout
+            // a busy one leaves the planner's estimate in place.
+            Err(e) => {
+                tracing::warn!(error = %server_message(&e), "default partitions not counted; showing estimates")
+            }
+        }
+    }
+    let out = StatusOutput {
+        skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
+        tables,
+    };
+    match output {
+        OutputFormat::Json => crate::output::print_json(&out),
+        OutputFormat::Text => {
+            if let Some(why) = &out.skipped {
+                println!("note: {why}");
+            }
+            let rows: Vec<Vec<String>> = out
+                .tables
+                .iter()
+                .map(|t| {
+                    let c = t.coverage.as_ref();
+                    vec![
+                        t.table.to_string(),
+                        format!("{:?}", t.interval).to_lowercase(),
+                        c.map_or("-".into(), |c| c.partitions.to_string()),
+                        c.map_or("-".into(), |c| {
+                            format!(
+                                "{} .. {}",
+                                c.covered_from.as_deref().unwrap_or("-"),
+                                c.covered_to.as_deref().unwrap_or("-")
+                            )
+                        }),
+                        c.map_or("-".into(), |c| c.periods_ahead.to_string()),
+                        c.map_or("-".into(), |c| {
+                            if c.gaps.is_empty() {
+                                "none".into()
+                            } else {
+                                c.gaps.join(", ")
+                            }
+                        }),
+                        t.default_rows
+                            .map_or("no default".into(), |n| n.to_string()),
+                        t.error.clone().unwrap_or_else(|| t.notes.join("; ")),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(
+                    &[
+                        "TABLE",
+                        "INTERVAL",
+                        "PARTITIONS",
+                        "COVERED",
+                        "AHEAD",
+                        "GAPS",
+                        "DEFAULT ROWS",
+                        "NOTES"
+                    ],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(outcome)
+}

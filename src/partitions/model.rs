@@ -1,0 +1,170 @@
+//! The vocabulary of partition maintenance: key values, what the catalog says
+//! about a table, and the actions a plan is made of. No logic beyond accessors.
+//!
+//! Key values are `i64` microseconds: UTC instants for `timestamptz` keys and
+//! wall-clock values read as if UTC for `timestamp`/`date` keys. One ordering
+//! serves every key type, and MINVALUE/MAXVALUE are `i64::MIN`/`i64::MAX`.
+
+use serde::Serialize;
+
+use crate::pg::QualifiedName;
+
+pub type Key = i64;
+pub const KEY_MIN: Key = i64::MIN;
+pub const KEY_MAX: Key = i64::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Timestamptz,
+    Timestamp,
+    Date,
+}
+
+impl KeyType {
+    /// From `format_type`/`regtype` output; `None` for key types we do not manage.
+    pub fn from_sql(name: &str) -> Option<KeyType> {
+        match name {
+            "timestamp with time zone" | "timestamptz" => Some(KeyType::Timestamptz),
+            "timestamp without time zone" | "timestamp" => Some(KeyType::Timestamp),
+            "date" => Some(KeyType::Date),
+            _ => None,
+        }
+    }
+    pub(crate) fn sql_type(self) -> &'static str {
+        match self {
+            KeyType::Timestamptz => "timestamp with time zone",
+            KeyType::Timestamp => "timestamp without time zone",
+            KeyType::Date => "date",
+        }
+    }
+}
+
+/// A half-open key range `[lo, hi)`, as a range partition's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Range {
+    pub lo: Key,
+    pub hi: Key,
+}
+
+impl Range {
+    pub fn overlaps(&self, other: &Range) -> bool {
+        self.lo < other.hi && other.lo < self.hi
+    }
+}
+
+/// One attached partition as the catalog shows it.
+#[derive(Debug, Clone)]
+pub struct ExistingPartition {
+    pub name: QualifiedName,
+    /// `None` when the bound expression could not be read (reported, never touched).
+    pub range: Option<Range>,
+    /// Left by an interrupted `DETACH ... CONCURRENTLY`.
+    pub detach_pending: bool,
+    /// Some foreign key references this partition: retention leaves it alone.
+    pub fk_referenced: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DefaultPartition {
+    pub name: QualifiedName,
+    /// Exact 0 when the relation is empty on disk, else the planner's estimate.
+    pub rows_estimate: u64,
+    /// Our exclusion CHECKs left behind by an interrupted attach.
+    pub pgsteward_checks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Grant {
+    /// A role name, or `PUBLIC`.
+    pub grantee: String,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+/// What the catalog says about one managed, validly partitioned table.
+#[derive(Debug, Clone)]
+pub struct TableState {
+    pub table: QualifiedName,
+    pub oid: u32,
+    pub key_column: String,
+    pub key_type: KeyType,
+    pub owner: String,
+    pub grants: Vec<Grant>,
+    pub partitions: Vec<ExistingPartition>,
+    pub default: Option<DefaultPartition>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreateReason {
+    /// The period "now" falls in.
+    Current,
+    /// Ahead of the current period, up to `premake`.
+    Premake,
+    /// Between existing partitions and now: left by downtime.
+    Gap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetachHow {
+    /// PG14+, no DEFAULT partition: never takes ACCESS EXCLUSIVE on the parent.
+    Concurrently,
+    /// A DEFAULT partition exists, which forbids CONCURRENTLY.
+    Plain,
+    /// An interrupted concurrent detach is completed.
+    Finalize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    Create {
+        #[serde(serialize_with = "ser_name")]
+        partition: QualifiedName,
+        period: String,
+        #[serde(skip)]
+        range: Range,
+        reason: CreateReason,
+    },
+    Retire {
+        #[serde(serialize_with = "ser_name")]
+        partition: QualifiedName,
+        how: DetachHow,
+        /// Drop after detaching (`retention_mode = "drop"`).
+        drop: bool,
+        reason: String,
+    },
+    /// An exclusion CHECK on the DEFAULT left by an interrupted attach; it
+    /// would make inserts of that range fail.
+    DropDefaultCheck { constraint: String },
+}
+
+fn ser_name<S: serde::Serializer>(n: &QualifiedName, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(n)
+}
+
+/// Something the plan will not touch but the operator should know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub partition: String,
+    pub kind: NoteKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteKind {
+    OffGrid,
+    Overlap,
+    FkReferenced,
+    NameTaken,
+    GapTruncated,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TablePlan {
+    pub actions: Vec<Action>,
+    pub notes: Vec<Note>,
+}

@@ -1,0 +1,259 @@
+//! Planner tests: every rule of the plan, without a server.
+
+use super::*;
+use crate::config::CalendarSpan;
+use crate::partitions::test_fixtures::*;
+use chrono_tz::Tz;
+
+#[test]
+fn now_is_read_in_the_tables_zone() {
+    // 23:30 UTC on Jan 31 is already February in Berlin.
+    let mut c = cfg(Interval::Monthly, 0);
+    c.timezone = "Europe/Berlin".parse().unwrap();
+    let p = plan(&c, &state(KeyType::Timestamptz), utc(2025, 1, 31, 23));
+    assert_eq!(created(&p), vec!["audit_log_2025_02"]);
+}
+
+#[test]
+fn first_pass_creates_current_and_premake_then_nothing() {
+    for (interval, expected) in [
+        (
+            Interval::Monthly,
+            vec![
+                "audit_log_2025_05",
+                "audit_log_2025_06",
+                "audit_log_2025_07",
+            ],
+        ),
+        (
+            Interval::Daily,
+            vec![
+                "audit_log_2025_05_14",
+                "audit_log_2025_05_15",
+                "audit_log_2025_05_16",
+            ],
+        ),
+        (
+            Interval::Weekly,
+            vec![
+                "audit_log_2025w20",
+                "audit_log_2025w21",
+                "audit_log_2025w22",
+            ],
+        ),
+        (
+            Interval::Quarterly,
+            vec!["audit_log_2025q2", "audit_log_2025q3", "audit_log_2025q4"],
+        ),
+        (
+            Interval::Yearly,
+            vec!["audit_log_2025", "audit_log_2026", "audit_log_2027"],
+        ),
+    ] {
+        let c = cfg(interval, 2);
+        let s = state(KeyType::Date);
+        let now = utc(2025, 5, 14, 12);
+        let p = plan(&c, &s, now);
+        assert_eq!(created(&p), expected, "{interval:?}");
+        assert!(matches!(
+            p.actions[0],
+            Action::Create {
+                reason: CreateReason::Current,
+                ..
+            }
+        ));
+        let again = plan(&c, &applied(s, &p), now);
+        assert!(
+            again.actions.is_empty(),
+            "{interval:?}: {:?}",
+            again.actions
+        );
+        assert!(again.notes.is_empty());
+    }
+}
+
+#[test]
+fn gaps_after_downtime_are_filled_and_on_grid_partitions_adopted() {
+    let c = cfg(Interval::Monthly, 1);
+    let mut s = state(KeyType::Timestamptz);
+    let tz = Tz::UTC;
+    // An on-grid partition with a foreign name is adopted as January.
+    s.partitions.push(ExistingPartition {
+        name: QualifiedName::new("public", "legacy_jan"),
+        range: Some(period_range(
+            Interval::Monthly,
+            KeyType::Timestamptz,
+            tz,
+            d(2025, 1, 1),
+        )),
+        detach_pending: false,
+        fk_referenced: false,
+    });
+    let p = plan(&c, &s, utc(2025, 4, 10, 0));
+    assert_eq!(
+        created(&p),
+        vec![
+            "audit_log_2025_04",
+            "audit_log_2025_02",
+            "audit_log_2025_03",
+            "audit_log_2025_05"
+        ]
+    );
+    assert!(p
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Create { reason: CreateReason::Gap, period, .. } if period == "2025_02")));
+    assert!(plan(&c, &applied(s, &p), utc(2025, 4, 10, 0))
+        .actions
+        .is_empty());
+}
+
+#[test]
+fn off_grid_and_overlapping_partitions_are_reported_not_touched() {
+    let c = cfg(Interval::Monthly, 2);
+    let mut s = state(KeyType::Date);
+    let tz = Tz::UTC;
+    // May 15 .. June 15: off the monthly grid, overlapping May and June.
+    s.partitions.push(ExistingPartition {
+        name: QualifiedName::new("public", "odd"),
+        range: Some(Range {
+            lo: day_start_key(KeyType::Date, tz, d(2025, 5, 15)),
+            hi: day_start_key(KeyType::Date, tz, d(2025, 6, 15)),
+        }),
+        detach_pending: false,
+        fk_referenced: false,
+    });
+    let p = plan(&c, &s, utc(2025, 5, 20, 0));
+    assert_eq!(created(&p), vec!["audit_log_2025_07"]);
+    let kinds: Vec<NoteKind> = p.notes.iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![NoteKind::OffGrid, NoteKind::Overlap, NoteKind::Overlap]
+    );
+    assert!(!p.actions.iter().any(|a| matches!(a, Action::Retire { .. })));
+    let again = plan(&c, &applied(s, &p), utc(2025, 5, 20, 0));
+    assert!(again.actions.is_empty());
+    assert_eq!(again.notes.len(), 3, "still reported, still untouched");
+}
+
+#[test]
+fn name_taken_by_another_partition_is_reported() {
+    let c = cfg(Interval::Monthly, 0);
+    let mut s = state(KeyType::Date);
+    s.partitions.push(ExistingPartition {
+        name: QualifiedName::new("public", "audit_log_2025_05"),
+        range: Some(period_range(
+            Interval::Monthly,
+            KeyType::Date,
+            Tz::UTC,
+            d(2024, 5, 1),
+        )),
+        detach_pending: false,
+        fk_referenced: false,
+    });
+    let p = plan(&c, &s, utc(2025, 5, 20, 0));
+    // 2024-05 is adopted; the gap months are created; May 2025 cannot be.
+    assert!(!created(&p).contains(&"audit_log_2025_05".to_string()));
+    assert!(p.notes.iter().any(|n| n.kind == NoteKind::NameTaken));
+}
+
+#[test]
+fn retention_cutoffs() {
+    let mut c = cfg(Interval::Monthly, 1);
+    c.retention = Some(CalendarSpan { months: 3, days: 0 });
+    c.retention_mode = RetentionMode::Drop;
+    let mut s = state(KeyType::Timestamptz);
+    for (i, m) in [1u32, 2, 3, 4, 5].iter().enumerate() {
+        s.partitions.push(ExistingPartition {
+            name: QualifiedName::new("public", format!("p{m}")),
+            range: Some(period_range(
+                Interval::Monthly,
+                KeyType::Timestamptz,
+                Tz::UTC,
+                d(2025, *m, 1),
+            )),
+            detach_pending: false,
+            fk_referenced: i == 0,
+        });
+    }
+    // Now 2025-05-10: cut-off 2025-02-10; Jan ends before it, Feb does not.
+    let p = plan(&c, &s, utc(2025, 5, 10, 0));
+    let retired: Vec<_> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Retire {
+                partition,
+                how,
+                drop,
+                ..
+            } => Some((partition.name.clone(), *how, *drop)),
+            _ => None,
+        })
+        .collect();
+    assert!(retired.is_empty(), "Jan is FK-referenced: {retired:?}");
+    assert_eq!(p.notes[0].kind, NoteKind::FkReferenced);
+    // A month later Feb is past the cut-off too, and there is no DEFAULT.
+    let p = plan(&c, &s, utc(2025, 6, 10, 0));
+    assert!(p.actions.contains(&Action::Retire {
+        partition: QualifiedName::new("public", "p2"),
+        how: DetachHow::Concurrently,
+        drop: true,
+        reason: "whole range ends before the retention cut-off 2025-03-10 00:00:00+00:00".into(),
+    }));
+    // With a DEFAULT partition CONCURRENTLY is not allowed.
+    s.default = Some(DefaultPartition {
+        name: QualifiedName::new("public", "audit_log_default"),
+        rows_estimate: 0,
+        pgsteward_checks: vec![],
+    });
+    let p = plan(&c, &s, utc(2025, 6, 10, 0));
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::Retire {
+            how: DetachHow::Plain,
+            ..
+        }
+    )));
+    // A pending detach is finalized whatever its age.
+    s.partitions[4].detach_pending = true;
+    let p = plan(&c, &s, utc(2025, 6, 10, 0));
+    assert!(p.actions.iter().any(|a| matches!(a, Action::Retire { how: DetachHow::Finalize, drop: false, partition, .. } if partition.name == "p5")));
+    // Gaps are never filled below the cut-off.
+    let s1 = applied(s, &p);
+    let p = plan(&c, &s1, utc(2025, 6, 10, 0));
+    assert!(!created(&p)
+        .iter()
+        .any(|n| n.contains("2025_01") || n.contains("2025_02")));
+    let s2 = applied(s1, &p);
+    assert!(plan(&c, &s2, utc(2025, 6, 10, 0)).actions.is_empty());
+}
+
+#[test]
+fn stale_default_checks_are_dropped() {
+    let c = cfg(Interval::Monthly, 0);
+    let mut s = state(KeyType::Date);
+    s.partitions.push(ExistingPartition {
+        name: QualifiedName::new("public", "audit_log_2025_05"),
+        range: Some(period_range(
+            Interval::Monthly,
+            KeyType::Date,
+            Tz::UTC,
+            d(2025, 5, 1),
+        )),
+        detach_pending: false,
+        fk_referenced: false,
+    });
+    s.default = Some(DefaultPartition {
+        name: QualifiedName::new("public", "audit_log_default"),
+        rows_estimate: 0,
+        pgsteward_checks: vec!["pgsteward_excl_1234abcd".into()],
+    });
+    let p = plan(&c, &s, utc(2025, 5, 20, 0));
+    assert_eq!(
+        p.actions,
+        vec![Action::DropDefaultCheck {
+            constraint: "pgsteward_excl_1234abcd".into()
+        }]
+    );
+}

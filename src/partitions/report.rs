@@ -1,0 +1,63 @@
+//! What a pass did, per table: printed by `partitions apply`, turned into
+//! metrics by the service.
+
+use serde::Serialize;
+
+use crate::pg::QualifiedName;
+use crate::Outcome;
+
+/// What one maintenance pass did, per managed table. The service turns it
+/// into metrics; `partitions apply` prints it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    /// Set when the pass did nothing on purpose (server in recovery, another pass holds the lock).
+    pub skipped: Option<String>,
+    pub tables: Vec<TableReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: QualifiedName,
+    /// Whole periods covered by partitions after the current one.
+    pub future_partitions: u32,
+    /// Rows in the DEFAULT partition after the pass (0 when there is none).
+    pub default_rows: u64,
+    pub created: u32,
+    pub retired: u32,
+    pub rows_moved: u64,
+    /// Why the table could not be brought up to date; it is retried next pass.
+    pub error: Option<String>,
+    /// Set when the table was left alone on purpose (another pass holds its lock).
+    pub skipped: Option<String>,
+    /// Partitions reported but not touched (off the grid, overlapping, FK-referenced) and warnings.
+    pub notes: Vec<String>,
+    /// The DDL this pass ran for the table, in order.
+    pub statements: Vec<String>,
+}
+
+impl TableReport {
+    pub fn new(table: &QualifiedName) -> TableReport {
+        TableReport {
+            table: table.clone(),
+            future_partitions: 0,
+            default_rows: 0,
+            created: 0,
+            retired: 0,
+            rows_moved: 0,
+            error: None,
+            skipped: None,
+            notes: Vec::new(),
+            statements: Vec::new(),
+        }
+    }
+}
+
+impl PassReport {
+    pub fn outcome(&self) -> Outcome {
+        if self.tables.iter().any(|t| t.error.is_some()) {
+            Outcome::Problem
+        } else {
+            Outcome::Healthy
+        }
+    }
+}
