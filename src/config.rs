@@ -2,6 +2,9 @@
 //! variables (`__` between nested keys). Unknown keys are errors. Every error
 //! names where the value came from, the key, and what was expected.
 
+mod bounds;
+#[cfg(test)]
+mod fuzz;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -51,6 +54,12 @@ impl ConnString {
     }
     pub fn spec(&self) -> Result<ConnSpec, crate::pg::PgError> {
         ConnSpec::parse(&self.0)
+    }
+    /// The string with no password at all, for records kept on disk (the
+    /// upgrade journal): used again, it logs in with the password libpq's
+    /// rules find (`PGPASSWORD`, the password file).
+    pub fn without_password(&self) -> String {
+        crate::pg::without_password(&self.0)
     }
 }
 
@@ -126,9 +135,15 @@ pub struct PartitionsConfig {
     /// is left for the next pass.
     #[serde(default = "default_lock_retries")]
     pub lock_retries: u32,
-    /// Rows moved per transaction out of a DEFAULT partition.
+    /// Most rows of a new partition's range moved out of DEFAULT: they move
+    /// in the transaction that attaches the partition, while writers of the
+    /// table wait. A move of more rows is refused with the figures.
     #[serde(default = "default_move_batch")]
     pub default_move_batch: u32,
+    /// Largest DEFAULT partition (on disk) an ATTACH may scan: readers of the
+    /// table wait for that scan. A larger DEFAULT makes the pass refuse.
+    #[serde(default = "default_max_default_scan")]
+    pub max_default_scan: ByteSize,
     /// Sessions a pass uses to maintain different tables at once (each table
     /// is still handled by one session, in order).
     #[serde(default = "default_parallelism")]
@@ -144,6 +159,7 @@ impl Default for PartitionsConfig {
             lock_timeout: default_lock_timeout(),
             lock_retries: default_lock_retries(),
             default_move_batch: default_move_batch(),
+            max_default_scan: default_max_default_scan(),
             parallelism: default_parallelism(),
             tables: Vec::new(),
         }
@@ -161,6 +177,9 @@ fn default_lock_retries() -> u32 {
 }
 fn default_move_batch() -> u32 {
     10_000
+}
+fn default_max_default_scan() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn default_parallelism() -> u32 {
     4
@@ -616,16 +635,8 @@ impl Config {
                     t.table
                 ));
             }
-            if t.premake > 500 {
-                return Err(format!(
-                    "key `partitions.tables[{i}].premake`: {} is more than 500 periods ahead; expected 0..=500",
-                    t.premake
-                ));
-            }
         }
-        if self.partitions.lock_timeout.0.is_zero() {
-            return Err("key `partitions.lock_timeout`: 0 would wait forever for locks; expected e.g. \"200ms\"".into());
-        }
+        bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
         }

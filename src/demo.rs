@@ -190,16 +190,29 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         ("wal_receiver_status_interval", "1s"),
         ("log_min_messages", "warning"),
     ]);
-    let primary = Cluster::init(
+    // Authentication as deployed: scram-sha-256 on every TCP login, and
+    // distinct users and passwords (made for this run, never shown) for the
+    // steward (the superuser here), the application and the PgBouncer admin.
+    let steward_pw = new_password();
+    let app_pw = new_password();
+    let primary = Cluster::init_with_password(
         &dir.path().join("primary"),
         localpg::free_port()?,
         None,
         &small,
+        Some(&steward_pw),
     )?;
     primary.start()?;
     localpg::stop_when_gone(&primary, me)?;
     primary.psql("postgres", "CREATE DATABASE app")?;
     primary.psql("app", DEMO_SCHEMA)?;
+    primary.psql_secret(
+        "app",
+        &format!(
+            "CREATE ROLE app LOGIN NOSUPERUSER PASSWORD {}; GRANT SELECT, INSERT ON ledger TO app;",
+            crate::pg::quote_literal(&app_pw)
+        ),
+    )?;
     let replica = Cluster::basebackup(
         &primary,
         &dir.path().join("replica"),
@@ -217,6 +230,13 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
             port: primary.port,
             dbname: "app".into(),
         }],
+        &localpg::PoolerAuth {
+            admin: localpg::PoolerUser::new("pgbouncer", Some(&new_password())),
+            users: vec![
+                localpg::PoolerUser::new("postgres", Some(&steward_pw)),
+                localpg::PoolerUser::new("app", Some(&app_pw)),
+            ],
+        },
         &[("query_wait_timeout", "30")],
     )?;
     println!(
@@ -239,7 +259,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
 
     println!("\n== upgrade to class \"large\" while a client writes through PgBouncer");
     let writer = Writer::start(
-        &pooler.url("app", "postgres"),
+        &pooler.url("app", "app"),
         4,
         Duration::from_millis(2),
         Duration::from_secs(120),
@@ -258,7 +278,9 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         .replica_endpoint()
         .ok_or_else(|| DemoError::Other("the upgrade recorded no new endpoint".into()))?
         .to_string();
-    let new_spec = crate::pg::ConnSpec::parse(&new_url)?;
+    // The journal keeps no password: the steward's own login, at the new address.
+    let (host, port) = crate::pg::ConnSpec::parse(&new_url)?.host_port();
+    let new_spec = crate::provider::endpoint_like(&cfg.database.primary, &host, port).spec()?;
     let client = new_spec.connect(Duration::from_secs(5)).await?;
     let rows = client
         .query("SELECT id FROM ledger", &[])
@@ -340,6 +362,13 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     println!("demo finished in {:.1}s", t0.elapsed().as_secs_f64());
     let ok = found == log.acked.len() && log.errors.is_empty();
     Ok(if ok { parts.and(lag) } else { Outcome::Problem })
+}
+
+/// A random password for one demo run.
+fn new_password() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect()
 }
 
 fn demo_config(

@@ -35,9 +35,30 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) | Error::Usage(_) => 2,
-            Error::Pg(PgError::InvalidConnString { .. }) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
+            _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,
+        }
+    }
+
+    /// The PostgreSQL error inside, when a subsystem passed one on as it was
+    /// (an invalid connection string, a missing password: exit 2 wherever found).
+    fn pg_error(&self) -> Option<&PgError> {
+        use crate::provider::ProviderError;
+        match self {
+            Error::Pg(e)
+            | Error::Partitions(crate::partitions::PartitionError::Pg(e))
+            | Error::Lag(crate::lag::LagError::Pg(e))
+            | Error::Service(crate::service::ServiceError::Pg(e))
+            | Error::Demo(crate::demo::DemoError::Pg(e))
+            | Error::Upgrade(crate::upgrade::UpgradeError::Pg(e))
+            | Error::Upgrade(crate::upgrade::UpgradeError::Pooler(
+                crate::pooler::PoolerError::Pg(e),
+            ))
+            | Error::Upgrade(crate::upgrade::UpgradeError::Provider(ProviderError::Pg(e))) => {
+                Some(e)
+            }
+            _ => None,
         }
     }
 

@@ -5,8 +5,10 @@
 //! * `cli`: the command line (clap), parsing only.
 //! * `config`: figment-loaded configuration with human units (`config::units`); rejects unknown keys.
 //! * `error`: the top-level [`Error`], which knows its exit code and metric label.
-//! * `pg`: connection strings (parsed, redacted), connecting with a deadline, identifier quoting.
-//! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
+//! * `pg`: connection strings (parsed and redacted like libpq parses them, `PG*` defaults and
+//!   the password file), connecting with a deadline, identifier quoting.
+//! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests),
+//!   scram-sha-256 on TCP, children with a minimal environment and passwords in private files.
 //! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL.
 //! * `lag`: replica observations and a pure verdict per replica.
 //! * `metrics`, `http`: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoints.

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,10 +38,15 @@ pub enum LocalPgError {
     Timeout { what: String, timeout: Duration },
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
     let what = what.into();
     move |source| LocalPgError::Io { what, source }
 }
+
+mod bouncer;
+mod child;
+pub use bouncer::{Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
+pub use child::{is_passed_to_children, minimal_env, ChildLogin};
 
 pub const INSTALL_POSTGRES: &str = "apt-get install -y postgresql";
 pub const INSTALL_PGBOUNCER: &str = "apt-get install -y pgbouncer";
@@ -143,14 +148,15 @@ pub fn give_to(path: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError
     Ok(())
 }
 
-fn command(program: &Path, user: Option<ServerUser>) -> Command {
+pub(crate) fn command(program: &Path, user: Option<ServerUser>) -> Command {
     let mut cmd = Command::new(program);
     if let Some(u) = user {
         cmd.uid(u.uid).gid(u.gid);
         // A server started from root's cwd may be unable to stat it.
         cmd.current_dir("/");
     }
-    cmd.env_remove("PGDATA").env("LC_ALL", "C.UTF-8");
+    minimal_env(&mut cmd, user);
+    cmd.env("LC_ALL", "C.UTF-8");
     cmd
 }
 
@@ -189,10 +195,52 @@ fn base_settings(port: u16, socket_dir: &Path) -> Vec<(String, String)> {
         ("hot_standby", "on".into()),
         ("wal_keep_size", "'256MB'".into()),
         ("logging_collector", "off".into()),
+        // The default from 14 on; 13 would store md5 hashes.
+        ("password_encryption", "'scram-sha-256'".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A postgresql.conf string literal: `'` doubled and `\` escaped, as
+/// pg_basebackup writes them.
+fn conf_string(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The inverse of [`conf_string`] for the inside of the quotes.
+fn unescape_conf(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    out.push(n);
+                }
+            }
+            '\'' if chars.peek() == Some(&'\'') => {
+                chars.next();
+                out.push('\'');
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Quotes a setting value for postgresql.conf unless it is a plain number or word.
@@ -216,6 +264,8 @@ pub struct Cluster {
     pub user: Option<ServerUser>,
     /// The server's log, outside the data directory so a base backup does not copy it.
     pub log_file: PathBuf,
+    /// The `postgres` superuser's password, when known: [`Cluster::url`] carries it.
+    pub superuser_password: Option<String>,
 }
 
 impl Cluster {
@@ -227,7 +277,14 @@ impl Cluster {
             bin_dir: bin_dir.map(Path::to_path_buf),
             user: ServerUser::detect()?,
             log_file: data_dir.with_extension("log"),
+            superuser_password: None,
         })
+    }
+
+    /// The same cluster, its superuser logging in with `password`.
+    pub fn with_superuser_password(mut self, password: &str) -> Cluster {
+        self.superuser_password = Some(password.to_string());
+        self
     }
 
     fn program(&self, name: &str) -> Result<PathBuf, LocalPgError> {
@@ -238,26 +295,60 @@ impl Cluster {
         self.data_dir.with_extension("sock")
     }
 
-    /// `initdb` a new cluster (trust authentication on loopback, superuser
-    /// `postgres`) with `settings` appended to postgresql.conf.
+    /// `initdb` a new cluster (superuser `postgres` without a password; see
+    /// [`Cluster::init_with_password`]) with `settings` appended to postgresql.conf.
     pub fn init(
         data_dir: &Path,
         port: u16,
         bin_dir: Option<&Path>,
         settings: &[(String, String)],
     ) -> Result<Cluster, LocalPgError> {
-        let cluster = Cluster::at(data_dir, port, bin_dir)?;
+        Cluster::init_with_password(data_dir, port, bin_dir, settings, None)
+    }
+
+    /// `initdb` a new cluster whose superuser `postgres` has `password`
+    /// (given to initdb in a private password file). TCP logins use
+    /// scram-sha-256 (see [`Cluster::write_hba`]).
+    pub fn init_with_password(
+        data_dir: &Path,
+        port: u16,
+        bin_dir: Option<&Path>,
+        settings: &[(String, String)],
+        password: Option<&str>,
+    ) -> Result<Cluster, LocalPgError> {
+        let mut cluster = Cluster::at(data_dir, port, bin_dir)?;
         make_server_dir(data_dir, cluster.user)?;
         let mut cmd = command(&cluster.program("initdb")?, cluster.user);
         cmd.arg("-D").arg(data_dir).args([
             "-U",
             "postgres",
-            "--auth=trust",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
             "-N",
             "-E",
             "UTF8",
             "--locale=C",
         ]);
+        // --pwfile reads the first line of a file: the password never is an argument.
+        let pwdir;
+        if let Some(pw) = password {
+            pwdir = tempfile::Builder::new()
+                .prefix("pgsteward-initdb-")
+                .tempdir()
+                .map_err(io("create a private directory for initdb"))?;
+            let file = pwdir.path().join("pw");
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pw}\n").as_bytes()))
+                .map_err(io(format!("write {}", file.display())))?;
+            give_to(pwdir.path(), cluster.user)?;
+            give_to(&file, cluster.user)?;
+            cmd.arg(format!("--pwfile={}", file.display()));
+            cluster.superuser_password = Some(pw.to_string());
+        }
         run(cmd, "initdb")?;
         cluster.write_hba()?;
         cluster.write_settings(settings)?;
@@ -265,25 +356,28 @@ impl Cluster {
     }
 
     /// `pg_basebackup -R` from `source` into a new data directory: a streaming
-    /// replica of `source` once started.
+    /// replica of `source` once started, its superuser password the same.
     pub fn basebackup(
         source: &Cluster,
         data_dir: &Path,
         port: u16,
         settings: &[(String, String)],
     ) -> Result<Cluster, LocalPgError> {
-        Cluster::basebackup_from(
+        let login = ChildLogin::new(
             "127.0.0.1",
             source.port,
             "postgres",
-            data_dir,
-            port,
-            source.bin_dir.as_deref(),
-            settings,
-        )
+            source.superuser_password.as_deref(),
+            source.user,
+        )?;
+        let mut cluster =
+            Cluster::basebackup_as(&login, data_dir, port, source.bin_dir.as_deref(), settings)?;
+        cluster.superuser_password = source.superuser_password.clone();
+        Ok(cluster)
     }
 
-    /// `pg_basebackup -R` from any server reachable as `user@host:port`.
+    /// `pg_basebackup -R` from any server reachable as `user@host:port`
+    /// without a password (trust); see [`Cluster::basebackup_as`].
     pub fn basebackup_from(
         host: &str,
         source_port: u16,
@@ -293,21 +387,83 @@ impl Cluster {
         bin_dir: Option<&Path>,
         settings: &[(String, String)],
     ) -> Result<Cluster, LocalPgError> {
+        let login = ChildLogin::new(host, source_port, user, None, None)?;
+        Cluster::basebackup_as(&login, data_dir, port, bin_dir, settings)
+    }
+
+    /// `pg_basebackup -R` logging in as `login`. pg_basebackup reads the
+    /// password from the login's password file; the replica then needs it to
+    /// stream, so `primary_conninfo` (in the new data directory's
+    /// postgresql.auto.conf, 0600, as pg_basebackup itself writes it when given
+    /// a password) carries the password instead of the path of that file.
+    pub fn basebackup_as(
+        login: &ChildLogin,
+        data_dir: &Path,
+        port: u16,
+        bin_dir: Option<&Path>,
+        settings: &[(String, String)],
+    ) -> Result<Cluster, LocalPgError> {
         let cluster = Cluster::at(data_dir, port, bin_dir)?;
         make_server_dir(data_dir, cluster.user)?;
         let mut cmd = command(&cluster.program("pg_basebackup")?, cluster.user);
+        login.apply(&mut cmd);
         cmd.arg("-D")
             .arg(data_dir)
-            .args(["-h", host, "-p", &source_port.to_string(), "-U", user])
+            .args([
+                "-h",
+                &login.host,
+                "-p",
+                &login.port.to_string(),
+                "-U",
+                &login.user,
+            ])
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
         run(cmd, "pg_basebackup")?;
+        cluster.fix_primary_conninfo(login.password.as_deref())?;
         cluster.write_settings(settings)?;
         Ok(cluster)
     }
 
+    /// Replaces `passfile=...` (the temporary file pg_basebackup was given)
+    /// in the `primary_conninfo` it wrote with the password itself.
+    fn fix_primary_conninfo(&self, password: Option<&str>) -> Result<(), LocalPgError> {
+        let path = self.data_dir.join("postgresql.auto.conf");
+        let text = fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
+        let mut out = String::new();
+        for line in text.lines() {
+            let fixed = line
+                .strip_prefix("primary_conninfo = '")
+                .and_then(|v| v.strip_suffix('\''))
+                .and_then(|v| {
+                    let conninfo = unescape_conf(v);
+                    let mut p = crate::pg::conninfo::ConnParams::parse(&conninfo).ok()?;
+                    p.take("passfile");
+                    if let Some(pw) = password {
+                        p.set("password", pw);
+                    }
+                    Some(format!(
+                        "primary_conninfo = {}",
+                        conf_string(&p.to_key_value())
+                    ))
+                });
+            out.push_str(fixed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        fs::write(&path, out).map_err(io(format!("write {}", path.display())))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("chmod {}", path.display())))?;
+        give_to(&path, self.user)
+    }
+
+    /// Every TCP login, replication included, authenticates with
+    /// scram-sha-256, as in production. The Unix socket stays `trust`: it is
+    /// how the demo and the test harness bootstrap their own clusters (psql
+    /// sets passwords and makes roles), and it lives in a directory of mode
+    /// 0700 that only the server's user (and root) can enter.
     fn write_hba(&self) -> Result<(), LocalPgError> {
         let hba = "local all all trust\nlocal replication all trust\n\
-                   host all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n";
+                   host all all 127.0.0.1/32 scram-sha-256\n\
+                   host replication all 127.0.0.1/32 scram-sha-256\n";
         let path = self.data_dir.join("pg_hba.conf");
         fs::write(&path, hba).map_err(io(format!("write {}", path.display())))?;
         give_to(&path, self.user)
@@ -391,31 +547,62 @@ impl Cluster {
         text.lines().next()?.trim().parse().ok()
     }
 
-    /// A `postgres://` URL for `dbname` as the superuser.
+    /// A `postgres://` URL for `dbname` as the superuser, with its password when known.
     pub fn url(&self, dbname: &str) -> String {
+        let login = match &self.superuser_password {
+            Some(pw) => format!("postgres:{}", url_encode(pw)),
+            None => "postgres".into(),
+        };
         format!(
-            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            "postgres://{login}@127.0.0.1:{}/{dbname}?sslmode=disable",
             self.port
         )
     }
 
-    /// Runs SQL through `psql` (for setup scripts; the program itself uses tokio-postgres).
+    /// Runs SQL through `psql` (for setup scripts; the program itself uses
+    /// tokio-postgres), as the superuser over the Unix socket.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, LocalPgError> {
-        let mut cmd = command(&self.program("psql")?, None);
-        cmd.args([
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-        ])
-        .args(["-p", &self.port.to_string(), "-d", dbname, "-c", sql]);
+        let mut cmd = self.psql_command(dbname)?;
+        cmd.args(["-c", sql]);
         run(cmd, "psql")
+    }
+
+    /// [`Cluster::psql`] with the SQL on standard input rather than the
+    /// command line: for statements that carry a password.
+    pub fn psql_secret(&self, dbname: &str, sql: &str) -> Result<String, LocalPgError> {
+        let mut cmd = self.psql_command(dbname)?;
+        cmd.args(["-f", "-"]);
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("psql"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, sql.as_bytes()).map_err(io("psql stdin"))?;
+        }
+        let out = child.wait_with_output().map_err(io("psql"))?;
+        if !out.status.success() {
+            return Err(LocalPgError::Command {
+                what: "psql".into(),
+                detail: format!(
+                    "{} ({})",
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                    out.status
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn psql_command(&self, dbname: &str) -> Result<Command, LocalPgError> {
+        let mut cmd = command(&self.program("psql")?, None);
+        let socket_dir = self.socket_dir();
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&socket_dir)
+            .args(["-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", dbname]);
+        Ok(cmd)
     }
 
     /// Waits until the server answers `SELECT 1`.
@@ -485,8 +672,9 @@ pub fn stop_when_gone(cluster: &Cluster, owner: u32) -> Result<(), LocalPgError>
     spawn_watchdog(&script, cluster.user)
 }
 
-fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+pub(crate) fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgError> {
     let mut cmd = Command::new("/bin/sh");
+    minimal_env(&mut cmd, user);
     cmd.args(["-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -498,142 +686,4 @@ fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgE
     cmd.process_group(0);
     cmd.spawn().map_err(io("spawn watchdog"))?;
     Ok(())
-}
-
-/// PgBouncer on this host, in transaction pooling mode with trust logins.
-#[derive(Debug)]
-pub struct Pooler {
-    pub dir: PathBuf,
-    pub port: u16,
-    pub ini: PathBuf,
-    pub user: Option<ServerUser>,
-    child: Option<std::process::Child>,
-}
-
-/// One `[databases]` entry.
-#[derive(Debug, Clone)]
-pub struct PoolerDatabase {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub dbname: String,
-}
-
-impl PoolerDatabase {
-    pub fn ini_line(&self) -> String {
-        format!(
-            "{} = host={} port={} dbname={}",
-            self.name, self.host, self.port, self.dbname
-        )
-    }
-}
-
-impl Pooler {
-    /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
-    /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
-    pub fn start(
-        dir: &Path,
-        port: u16,
-        databases: &[PoolerDatabase],
-        extra: &[(&str, &str)],
-    ) -> Result<Pooler, LocalPgError> {
-        let user = ServerUser::detect()?;
-        make_server_dir(dir, user)?;
-        let program = find_program("pgbouncer", None)?;
-        let ini = dir.join("pgbouncer.ini");
-        let users = dir.join("userlist.txt");
-        fs::write(&users, "\"postgres\" \"\"\n\"app\" \"\"\n").map_err(io("write userlist"))?;
-        give_to(&users, user)?;
-        let mut text = String::from("[databases]\n");
-        for db in databases {
-            let _ = writeln!(text, "{}", db.ini_line());
-        }
-        let _ = write!(
-            text,
-            "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
-             auth_type = trust\nauth_file = {users}\nadmin_users = postgres\npool_mode = transaction\n\
-             max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
-             server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
-            sock = dir.display(),
-            users = users.display(),
-            log = dir.join("pgbouncer.log").display(),
-            pid = dir.join("pgbouncer.pid").display(),
-        );
-        for (k, v) in extra {
-            let _ = writeln!(text, "{k} = {v}");
-        }
-        fs::write(&ini, text).map_err(io("write pgbouncer.ini"))?;
-        give_to(&ini, user)?;
-        let mut cmd = command(&program, user);
-        cmd.arg(&ini)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd.spawn().map_err(io("start pgbouncer"))?;
-        let pooler = Pooler {
-            dir: dir.to_path_buf(),
-            port,
-            ini,
-            user,
-            child: Some(child),
-        };
-        let owner = std::process::id();
-        spawn_watchdog(
-            &format!(
-                "while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null",
-                pooler.pid()
-            ),
-            None,
-        )?;
-        pooler.wait_listening(Duration::from_secs(10))?;
-        Ok(pooler)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    fn wait_listening(&self, timeout: Duration) -> Result<(), LocalPgError> {
-        let deadline = Instant::now() + timeout;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if Instant::now() >= deadline {
-                let log = fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
-                return Err(LocalPgError::Timeout {
-                    what: format!("pgbouncer listening on port {} (log: {log})", self.port),
-                    timeout,
-                });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        Ok(())
-    }
-
-    /// Admin console URL.
-    pub fn admin_url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/pgbouncer?sslmode=disable",
-            self.port
-        )
-    }
-
-    /// URL clients use for database `name`.
-    pub fn url(&self, name: &str, user: &str) -> String {
-        format!(
-            "postgres://{user}@127.0.0.1:{}/{name}?sslmode=disable",
-            self.port
-        )
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Pooler {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

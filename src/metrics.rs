@@ -62,6 +62,7 @@ pub struct Metrics {
     pub connections: Family<NodeLabels, Gauge>,
     pub max_connections: Family<NodeLabels, Gauge>,
     pub partitions_future: Family<TableLabels, Gauge>,
+    pub partitions_holes: Family<TableLabels, Gauge>,
     pub partitions_default_rows: Family<TableLabels, Gauge>,
     pub partitions_created: Family<TableLabels, Counter>,
     pub partitions_retired: Family<TableLabels, Counter>,
@@ -100,6 +101,7 @@ impl Metrics {
             connections: Family::default(),
             max_connections: Family::default(),
             partitions_future: Family::default(),
+            partitions_holes: Family::default(),
             partitions_default_rows: Family::default(),
             partitions_created: Family::default(),
             partitions_retired: Family::default(),
@@ -162,6 +164,11 @@ impl Metrics {
             "partitions_future",
             "Whole periods covered by partitions after the current one, per managed table",
             m.partitions_future.clone(),
+        );
+        registry.register(
+            "partitions_holes",
+            "Uncovered parts of the current period and the premake periods after it, per managed table",
+            m.partitions_holes.clone(),
         );
         registry.register(
             "partitions_default_rows",
@@ -349,6 +356,13 @@ impl Metrics {
                     .get_or_create(&l)
                     .inc_by(t.rows_moved);
             }
+            // Holes are known after a failed pass too (from the catalog and
+            // what the pass created); a skipped or unread table has none to report.
+            if t.skipped.is_none() && (t.error.is_none() || !t.holes.is_empty()) {
+                self.partitions_holes
+                    .get_or_create(&l)
+                    .set(i64::try_from(t.holes.len()).unwrap_or(i64::MAX));
+            }
             // A table that failed or was left to another pass has no trustworthy coverage figure.
             if t.error.is_some() || t.skipped.is_some() {
                 continue;
@@ -396,6 +410,26 @@ mod tests {
             text.lines()
                 .filter(|l| !l.starts_with('#') && !l.is_empty())
                 .all(|l| l.starts_with("pgsteward_")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn partition_holes_are_counted_per_table_even_when_the_pass_failed() {
+        use crate::partitions::TableReport;
+        let m = Metrics::new();
+        let name: crate::pg::QualifiedName = "public.events".parse().unwrap();
+        let mut t = TableReport::new(&name);
+        t.holes = vec!["a .. b".into(), "c .. d".into()];
+        t.current_covered = false;
+        t.error = Some("refused".into());
+        m.record_partitions(&PassReport {
+            skipped: None,
+            tables: vec![t],
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("pgsteward_partitions_holes{table=\"public.events\"} 2"),
             "{text}"
         );
     }

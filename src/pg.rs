@@ -8,10 +8,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
+pub mod conninfo;
 pub mod iam;
+pub mod libpq;
+mod spec;
 mod tls;
+use conninfo::ConnParams;
+pub use libpq::{PasswordLookup, PgEnv};
+pub use spec::{ConnSpec, IamAuth, SslMode};
 pub use tls::TlsSetupError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,8 @@ pub enum PgError {
         target: String,
         source: tokio_postgres::Error,
     },
+    #[error("cannot connect to {target}: the server asks for a password and none was found; looked in: {looked}")]
+    PasswordMissing { target: String, looked: String },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
     #[error("cannot connect to {target}: {reason}")]
@@ -48,419 +55,24 @@ pub enum PgError {
     },
 }
 
-/// How TLS is negotiated, as libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl fmt::Display for SslMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        })
-    }
-}
-
-/// RDS IAM authentication settings of a connection string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IamAuth {
-    pub region: Option<String>,
-}
-
-/// A parsed connection string: the driver config plus the TLS settings
-/// tokio-postgres does not understand itself.
-#[derive(Clone)]
-pub struct ConnSpec {
-    pub config: tokio_postgres::Config,
-    pub ssl_mode: SslMode,
-    pub ssl_root_cert: Option<std::path::PathBuf>,
-    /// `aws_iam=true`: log in with an RDS IAM auth token made per connection
-    /// (`aws_region=...` overrides the region of the AWS configuration).
-    pub aws_iam: Option<IamAuth>,
-    /// `user@host:port/dbname`, no password: for logs, errors and metric labels.
-    pub display: String,
-}
-
-impl fmt::Debug for ConnSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnSpec({})", self.display)
-    }
-}
-
-impl ConnSpec {
-    /// Parses a `postgres://` URL or a `key=value` string. `sslmode` and
-    /// `sslrootcert` are taken out before the rest goes to tokio-postgres.
-    pub fn parse(s: &str) -> Result<ConnSpec, PgError> {
-        let invalid = |reason: String| PgError::InvalidConnString {
-            redacted: redact(s),
-            reason,
-        };
-        let mut ssl_mode = None;
-        let mut ssl_root_cert = None;
-        let mut aws_iam = None;
-        let mut aws_region = None;
-        let rest = if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            let mut url = url::Url::parse(s).map_err(|e| invalid(e.to_string()))?;
-            let mut kept = Vec::new();
-            for (k, v) in url.query_pairs() {
-                match k.as_ref() {
-                    "sslmode" => ssl_mode = Some(v.to_string()),
-                    "sslrootcert" => ssl_root_cert = Some(v.to_string()),
-                    "aws_iam" => aws_iam = Some(v.to_string()),
-                    "aws_region" => aws_region = Some(v.to_string()),
-                    _ => kept.push((k.to_string(), v.to_string())),
-                }
-            }
-            if kept.is_empty() {
-                url.set_query(None);
-            } else {
-                url.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            url.to_string()
-        } else {
-            let mut kept = Vec::new();
-            for pair in s.split_whitespace() {
-                match pair.split_once('=') {
-                    Some(("sslmode", v)) => ssl_mode = Some(v.to_string()),
-                    Some(("sslrootcert", v)) => ssl_root_cert = Some(v.to_string()),
-                    Some(("aws_iam", v)) => aws_iam = Some(v.to_string()),
-                    Some(("aws_region", v)) => aws_region = Some(v.to_string()),
-                    _ => kept.push(pair),
-                }
-            }
-            kept.join(" ")
-        };
-        let mut config =
-            tokio_postgres::Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?;
-        if config.get_hosts().is_empty() {
-            return Err(invalid("no host given".into()));
-        }
-        let ssl_mode = match ssl_mode.as_deref() {
-            None | Some("prefer") => SslMode::Prefer,
-            Some("disable") => SslMode::Disable,
-            Some("require") => SslMode::Require,
-            Some("verify-ca") => SslMode::VerifyCa,
-            Some("verify-full") => SslMode::VerifyFull,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                )))
-            }
-        };
-        let aws_iam = match aws_iam.as_deref() {
-            None | Some("false") | Some("0") | Some("off") => None,
-            Some("true") | Some("1") | Some("on") => Some(IamAuth { region: aws_region }),
-            Some(other) => return Err(invalid(format!("aws_iam={other} is not true or false"))),
-        };
-        if aws_iam.is_some() {
-            if matches!(ssl_mode, SslMode::Disable | SslMode::Prefer) {
-                return Err(invalid(
-                    "aws_iam=true sends a login token, a credential: set sslmode=verify-full (or require, verify-ca)".into(),
-                ));
-            }
-            if config.get_user().is_none() {
-                return Err(invalid(
-                    "aws_iam=true needs a user: the token is made for one database user".into(),
-                ));
-            }
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("pgsteward");
-        }
-        let display = describe(&config);
-        Ok(ConnSpec {
-            config,
-            ssl_mode,
-            ssl_root_cert: ssl_root_cert.map(Into::into),
-            aws_iam,
-            display,
-        })
-    }
-
-    pub fn dbname(&self) -> &str {
-        self.config.get_dbname().unwrap_or("postgres")
-    }
-
-    pub fn user(&self) -> Option<&str> {
-        self.config.get_user()
-    }
-
-    /// The first host and port, as `host:port`.
-    pub fn host_port(&self) -> (String, u16) {
-        let host = match self.config.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        (host, port)
-    }
-
-    /// The TLS connector for this spec's `sslmode` and `sslrootcert`. Built
-    /// per connection or per pool, so a rotated CA bundle is picked up.
-    fn connector(&self) -> tls::Connector {
-        tls::Connector::new(self.ssl_mode, self.ssl_root_cert.as_deref())
-    }
-
-    /// One connection attempt under the `sslmode` rules; the connection's I/O
-    /// runs on its own task, which ends when the client is dropped.
-    async fn establish(
-        &self,
-        config: &tokio_postgres::Config,
-        connector: &tls::Connector,
-        iam_token: Option<String>,
-    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
-        use tokio_postgres::config::SslMode as Wire;
-        let mut config = config.clone();
-        if let Some(token) = iam_token {
-            config.password(token);
-        }
-        match self.ssl_mode {
-            SslMode::Disable => {
-                config.ssl_mode(Wire::Disable);
-                Ok(drive(config.connect(NoTls).await?))
-            }
-            SslMode::Prefer => {
-                // tokio-postgres itself continues in plaintext when the server
-                // refuses TLS; a failed handshake is retried in plaintext here,
-                // as libpq does.
-                config.ssl_mode(Wire::Prefer);
-                match config.connect(connector.clone()).await {
-                    Ok(conn) => Ok(drive(conn)),
-                    Err(e) => match tls::handshake_error(&e) {
-                        Some(tls_error) => {
-                            tracing::warn!(target = %self.display, error = %tls_error,
-                                "tls handshake failed; sslmode=prefer continues without encryption");
-                            config.ssl_mode(Wire::Disable);
-                            Ok(drive(config.connect(NoTls).await?))
-                        }
-                        None => Err(e),
-                    },
-                }
-            }
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
-                config.ssl_mode(Wire::Require);
-                Ok(drive(config.connect(connector.clone()).await?))
-            }
-        }
-    }
-
-    /// A fresh IAM token when `aws_iam` is set.
-    async fn iam_token(&self) -> Result<Option<String>, PgError> {
-        let Some(iam) = self.aws_iam.as_ref() else {
-            return Ok(None);
-        };
-        let (host, port) = self.host_port();
-        let user = self.user().unwrap_or_default();
-        iam::auth_token(&host, port, user, iam.region.as_deref())
-            .await
-            .map(Some)
-            .map_err(|reason| PgError::IamToken {
-                target: self.display.clone(),
-                reason,
-            })
-    }
-
-    /// Opens one connection, bounded by `timeout`; the connection's I/O runs on
-    /// its own task and ends when the client is dropped.
-    pub async fn connect(&self, timeout: Duration) -> Result<Client, PgError> {
-        self.connect_with(self.config.clone(), timeout).await
-    }
-
-    /// [`ConnSpec::connect`] with a driver configuration the caller adjusted
-    /// (startup `options`, ...): same TLS, IAM and error handling.
-    pub async fn connect_with(
-        &self,
-        mut config: tokio_postgres::Config,
-        timeout: Duration,
-    ) -> Result<Client, PgError> {
-        config.connect_timeout(timeout);
-        let connector = self.connector();
-        if self.ssl_mode != SslMode::Disable {
-            if let Some(e) = connector.setup_error() {
-                return Err(PgError::TlsSetup {
-                    target: self.display.clone(),
-                    source: e.clone(),
-                });
-            }
-        }
-        let token = self.iam_token().await?;
-        match tokio::time::timeout(timeout, self.establish(&config, &connector, token)).await {
-            Ok(Ok((client, _io))) => Ok(client),
-            Ok(Err(source)) => match tls::handshake_error(&source) {
-                Some(tls_error) => Err(PgError::TlsVerify {
-                    target: self.display.clone(),
-                    mode: self.ssl_mode,
-                    reason: tls_error.to_string(),
-                    hint: tls::verify_hint(tls_error),
-                }),
-                None => Err(PgError::Connect {
-                    target: self.display.clone(),
-                    source,
-                }),
-            },
-            Err(_) => Err(PgError::ConnectTimeout {
-                target: self.display.clone(),
-                timeout,
-            }),
-        }
-    }
-
-    /// A deadpool pool of connections made like [`ConnSpec::connect`]. A TLS
-    /// setup problem (unreadable `sslrootcert`) surfaces on the first `get()`.
-    pub fn pool(&self, max_size: usize, timeout: Duration) -> deadpool_postgres::Pool {
-        let mut config = self.config.clone();
-        config.connect_timeout(timeout);
-        let manager = deadpool_postgres::Manager::from_connect(
-            config,
-            PoolConnect {
-                spec: self.clone(),
-                connector: self.connector(),
-            },
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        match deadpool_postgres::Pool::builder(manager)
-            .max_size(max_size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .create_timeout(Some(timeout))
-            .wait_timeout(Some(timeout))
-            .build()
-        {
-            Ok(p) => p,
-            // build() fails only when a timeout is set without a runtime, which is set above.
-            Err(e) => panic!("pool configuration is inconsistent: {e}"),
-        }
-    }
-}
-
-/// Pool connections go through [`ConnSpec::establish`], so they follow the
-/// same `sslmode` rules (and fallback) as single connections.
-struct PoolConnect {
-    spec: ConnSpec,
-    connector: tls::Connector,
-}
-
-impl deadpool_postgres::Connect for PoolConnect {
-    fn connect(
-        &self,
-        pg_config: &tokio_postgres::Config,
-    ) -> futures::future::BoxFuture<
-        '_,
-        Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-    > {
-        let pg_config = pg_config.clone();
-        Box::pin(async move {
-            // A pool cannot report a token failure in its own terms: it is
-            // logged, and the login then fails with the server's refusal.
-            let token = match self.spec.iam_token().await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no rds iam token for a pool connection");
-                    None
-                }
-            };
-            self.spec
-                .establish(&pg_config, &self.connector, token)
-                .await
-        })
-    }
-}
-
-/// Spawns the connection's I/O task.
-fn drive<S, T>(
-    (client, conn): (Client, tokio_postgres::Connection<S, T>),
-) -> (Client, tokio::task::JoinHandle<()>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    // Server notices (e.g. DEBUG1 "... is implied by existing constraints"
-    // when the operator sets client_min_messages) become debug logs.
-    let io = tokio::spawn(async move {
-        let mut conn = conn;
-        let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = futures::StreamExt::next(&mut messages).await {
-            match m {
-                Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
-                    tracing::debug!(
-                        severity = n.severity(),
-                        message = n.message(),
-                        "server notice"
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection closed");
-                    break;
-                }
-            }
-        }
-    });
-    (client, io)
-}
-
-fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "?".into(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let user = config
-        .get_user()
-        .map(|u| format!("{u}@"))
-        .unwrap_or_default();
-    let db = config.get_dbname().unwrap_or("");
-    format!("{user}{host}:{port}/{db}")
-}
-
-/// Replaces the password in a URL or `key=value` connection string with `***`.
+/// The connection string with its password (and any other secret) masked;
+/// parsed, so no quoting, escaping or encoding can hide a password from it.
 pub fn redact(s: &str) -> String {
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        if let Ok(mut url) = url::Url::parse(s) {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
-            }
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if k == "password" {
-                        "***".to_string()
-                    } else {
-                        v.to_string()
-                    };
-                    (k.to_string(), v)
-                })
-                .collect();
-            if !pairs.is_empty() {
-                url.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            return url.to_string();
+    conninfo::redact(s)
+}
+
+/// The connection string without its password (and other secrets), for
+/// records kept on disk: what is left logs in with the password found by
+/// libpq's rules (`PGPASSWORD`, the password file) when it is used again.
+pub fn without_password(s: &str) -> String {
+    match ConnParams::parse(s) {
+        Ok(mut p) => {
+            p.take("password");
+            p.take("sslpassword");
+            p.render_redacted()
         }
-        // Unparseable URL: keep the scheme and nothing that might be a secret.
-        return "postgres://(unparseable)".to_string();
+        Err(_) => redact(s),
     }
-    s.split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=***".to_string(),
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `"name"` with embedded quotes doubled: safe for any identifier.
@@ -635,6 +247,16 @@ pub fn server_message(err: &tokio_postgres::Error) -> String {
     }
 }
 
+impl PgError {
+    /// Whether the operator must fix the configuration or environment (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            PgError::InvalidConnString { .. } | PgError::PasswordMissing { .. }
+        )
+    }
+}
+
 /// `outer: inner: innermost`.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
@@ -653,6 +275,18 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_keep_no_password() {
+        assert_eq!(
+            without_password("postgres://u:s3cret@h:5432/db?sslmode=require"),
+            "postgres://u@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            without_password("host=h password='s 3' user=u"),
+            "host=h user=u"
+        );
+    }
 
     #[test]
     fn redacts_passwords() {
@@ -703,16 +337,69 @@ mod tests {
             "postgres://steward@db/app?aws_iam=true",
             "postgres://steward@db/app?aws_iam=true&sslmode=disable",
             "host=db dbname=app sslmode=require aws_iam=true",
-            "postgres://steward@db/app?aws_iam=maybe&sslmode=require",
+            "postgres://steward@db/app?aws_iam=true&sslmode=require",
+            "postgres://steward@db/app?aws_iam=maybe&sslmode=verify-full",
         ] {
             assert!(ConnSpec::parse(bad).is_err(), "{bad} must be refused");
         }
+        let err = ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sslmode=verify-full"), "{err}");
         assert!(
-            ConnSpec::parse("host=db user=s sslmode=require aws_iam=true")
+            ConnSpec::parse("host=db user=s sslmode=verify-ca aws_iam=true")
                 .unwrap()
                 .aws_iam
                 .is_some()
         );
+    }
+
+    #[test]
+    fn libpq_environment_fills_the_gaps() {
+        let env = PgEnv::with_vars([
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "envuser"),
+            ("PGDATABASE", "envdb"),
+            ("PGSSLMODE", "require"),
+            ("PGCONNECT_TIMEOUT", "1"),
+            ("PGAPPNAME", "envapp"),
+            ("PGPASSWORD", "envpw"),
+        ]);
+        let spec = ConnSpec::parse_with("dbname=own", &env).unwrap();
+        assert_eq!(spec.display, "envuser@envhost:6543/own");
+        assert_eq!(spec.ssl_mode, SslMode::Require);
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(spec.config.get_application_name(), Some("envapp"));
+        assert_eq!(spec.password(), Some("envpw"));
+        assert_eq!(spec.password_source.as_deref(), Some("PGPASSWORD"));
+        // Explicit settings win over the environment, in both forms.
+        let spec = ConnSpec::parse_with(
+            "postgres://u:p%20w@h:1/d?sslmode=disable&application_name=mine&connect_timeout=9",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(spec.display, "u@h:1/d");
+        assert_eq!(spec.ssl_mode, SslMode::Disable);
+        assert_eq!(spec.password(), Some("p w"));
+        assert_eq!(spec.config.get_application_name(), Some("mine"));
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(9)));
+        let spec = ConnSpec::parse_with("host=h user=u password='a \\'' b'", &PgEnv::with_vars([]))
+            .unwrap_err();
+        assert!(!spec.to_string().contains(" b"), "{spec}");
+        let spec =
+            ConnSpec::parse_with(r"host=h user=u password='a \\ \' b'", &PgEnv::with_vars([]))
+                .unwrap();
+        assert_eq!(spec.password(), Some(r"a \ ' b"));
+        // Without a password anywhere, every place is named; dbname defaults to the user.
+        let spec = ConnSpec::parse_with("host=h user=u", &PgEnv::with_vars([])).unwrap();
+        assert_eq!(spec.dbname(), "u");
+        let e = spec.password_missing().to_string();
+        assert!(
+            e.contains("PGPASSWORD: not set") && e.contains("u@h:5432/u"),
+            "{e}"
+        );
+        assert!(spec.password_missing().is_usage());
     }
 
     #[test]

@@ -343,13 +343,29 @@ impl Poolers {
         Ok(out)
     }
 
-    /// Client URL of the cutover database on the first endpoint, as `user`.
-    pub fn client_url(&self, user: &str) -> Option<ConnString> {
+    /// The cutover database on the first endpoint as the steward: the
+    /// pooler's address and TLS settings from `cutover.admin`, the user and
+    /// password of `database.primary` (the admin's credentials are for the
+    /// console only; they may not log in to the application database at all).
+    pub fn client_url(&self, steward: &crate::pg::ConnSpec) -> Option<ConnString> {
         let admin = self.endpoints.first()?.admin.expose();
-        let mut url = url::Url::parse(admin).ok()?;
-        url.set_path(&format!("/{}", self.database));
-        url.set_username(user).ok()?;
-        Some(ConnString::new(url.to_string()))
+        let mut p = crate::pg::conninfo::ConnParams::parse(admin).ok()?;
+        for key in [
+            "user",
+            "password",
+            "passfile",
+            "dbname",
+            "aws_iam",
+            "aws_region",
+        ] {
+            p.take(key);
+        }
+        p.set("user", steward.user()?);
+        if let Some(password) = steward.password() {
+            p.set("password", password);
+        }
+        p.set("dbname", self.database.as_str());
+        Some(ConnString::new(p.to_key_value()))
     }
 }
 

@@ -28,25 +28,33 @@ fn split_number(input: &str) -> Option<(u64, String)> {
     Some((number, unit))
 }
 
-/// A wall-clock duration: `"200ms"`, `"5s"`, `"10m"`, `"2h"`, `"1d"`, combinations such as `"1m30s"` are not accepted
-/// (write `"90s"`). A bare integer is seconds.
+/// A wall-clock duration: `"200ms"`, `"5s"`, `"10m"`, `"2h"`, `"1d"`. Combinations
+/// such as `"1m30s"` are not accepted (write `"90s"`), nor is a number without
+/// a unit: `200` could mean milliseconds as well as seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
 pub const DURATION_EXPECTED: &str =
-    "a duration such as \"200ms\", \"30s\", \"5m\", \"2h\" or \"1d\"";
+    "a duration with a unit such as \"200ms\", \"30s\", \"5m\", \"2h\" or \"1d\"";
 
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (n, unit) =
             split_number(s).ok_or_else(|| format!("{s:?} is not {DURATION_EXPECTED}"))?;
+        let too_large = || format!("{s:?} is too large; expected {DURATION_EXPECTED}");
+        let secs = |mult: u64| {
+            n.checked_mul(mult)
+                .map(Duration::from_secs)
+                .ok_or_else(too_large)
+        };
         let d = match unit.as_str() {
+            "" => return Err(format!("{s:?} has no unit; expected {DURATION_EXPECTED}")),
             "ms" | "msec" | "millisecond" | "milliseconds" => Duration::from_millis(n),
-            "" | "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(n),
-            "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(n * 60),
-            "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
-            "d" | "day" | "days" => Duration::from_secs(n * 86_400),
+            "s" | "sec" | "secs" | "second" | "seconds" => secs(1)?,
+            "m" | "min" | "mins" | "minute" | "minutes" => secs(60)?,
+            "h" | "hour" | "hours" => secs(3600)?,
+            "d" | "day" | "days" => secs(86_400)?,
             _ => return Err(format!("{s:?} is not {DURATION_EXPECTED}")),
         };
         Ok(HumanDuration(d))
@@ -54,13 +62,20 @@ impl FromStr for HumanDuration {
 }
 
 impl fmt::Display for HumanDuration {
+    /// In the largest unit that shows the value exactly: `1m`, `90s`, `200ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
-            write!(f, "{ms}ms")
-        } else {
-            write!(f, "{}s", ms / 1000)
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms >= size && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
         }
+        write!(f, "{ms}ms")
     }
 }
 
@@ -227,8 +242,8 @@ impl PartialEq for Schedule {
     }
 }
 
-/// Deserializes any of the types above from a string (or, for durations and
-/// sizes, an integer).
+/// Deserializes any of the types above from a string (or, for sizes, an
+/// integer; for durations an integer is refused with the expected form).
 macro_rules! string_serde {
     ($ty:ty, $expected:expr, $allow_int:expr) => {
         impl<'de> Deserialize<'de> for $ty {
@@ -245,6 +260,11 @@ macro_rules! string_serde {
                     fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
                         if $allow_int {
                             v.to_string().parse().map_err(E::custom)
+                        } else if $expected == DURATION_EXPECTED {
+                            Err(E::custom(format!(
+                                "{v} has no unit; expected {}",
+                                $expected
+                            )))
                         } else {
                             Err(E::invalid_type(de::Unexpected::Unsigned(v), &self))
                         }
@@ -267,7 +287,7 @@ macro_rules! string_serde {
     };
 }
 
-string_serde!(HumanDuration, DURATION_EXPECTED, true);
+string_serde!(HumanDuration, DURATION_EXPECTED, false);
 string_serde!(CalendarSpan, SPAN_EXPECTED, false);
 string_serde!(ByteSize, SIZE_EXPECTED, true);
 string_serde!(Schedule, SCHEDULE_EXPECTED, false);
@@ -296,6 +316,20 @@ mod tests {
             Duration::from_secs(7200)
         );
         assert!("fast".parse::<HumanDuration>().is_err());
+        assert!("200"
+            .parse::<HumanDuration>()
+            .unwrap_err()
+            .contains("no unit"));
+        assert!("999999999999999999d"
+            .parse::<HumanDuration>()
+            .unwrap_err()
+            .contains("too large"));
+        assert_eq!(HumanDuration(Duration::from_secs(60)).to_string(), "1m");
+        assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(
+            HumanDuration(Duration::from_secs(30 * 86_400)).to_string(),
+            "30d"
+        );
         assert!("10 fortnights".parse::<HumanDuration>().is_err());
         assert_eq!(
             HumanDuration(Duration::from_millis(200)).to_string(),

@@ -218,6 +218,15 @@ pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, 
         OutputFormat::Json => output::print_json(&report),
         OutputFormat::Text => print!("{}", render_text(&report)),
     }
+    // No password for the primary is the operator's to fix (exit 2), not lag.
+    if report
+        .primary
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("password missing"))
+    {
+        return Err(cfg.database.primary.spec()?.password_missing().into());
+    }
     Ok(report.outcome())
 }
 

@@ -8,6 +8,9 @@
 //!   `partitions.lock_retries` times, and every wait is cancellable.
 //! - Statements that lock more than one relation lock them parent → DEFAULT →
 //!   child (the order ATTACH itself uses), so two passes cannot deadlock.
+//! - A new partition is created in one transaction and attached in another
+//!   that also moves its rows out of DEFAULT (`attach.rs`): readers never
+//!   miss a row, writers wait at most for that transaction.
 //! - A table's DDL runs only while this session holds the table's advisory
 //!   lock; the table is re-read and re-planned under it, so a pass that
 //!   started from a stale catalog snapshot never repeats another's work.
@@ -21,6 +24,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
+use super::blockers;
 use super::catalog;
 use super::ddl;
 use super::model::{Action, DetachHow, Range, TableState};
@@ -28,22 +32,12 @@ use super::plan;
 use super::report::TableReport;
 use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
-use crate::pg::{is_transient_lock_error, server_message, QualifiedName};
+use crate::pg::{server_message, QualifiedName};
 
-const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, $2)";
+const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()";
 const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1, $2)";
-/// Whether a name is taken, and if so whether it is a standalone table that an
-/// interrupted pass of ours created (it carries our bounds CHECK).
-const RELATION_SQL: &str = "SELECT c.relkind::text, c.relispartition, \
-       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conname = $2) \
-     FROM pg_class c WHERE c.oid = to_regclass($1)";
 const DETACH_PENDING_SQL: &str =
     "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass($1)";
-/// Columns the move copies: every stored, non-dropped column of the parent.
-const COLUMNS_SQL: &str = "SELECT attname::text FROM pg_attribute \
-     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
-     ORDER BY attnum";
-
 /// A table with something to do.
 pub struct Work {
     pub index: usize,
@@ -54,7 +48,7 @@ pub struct Work {
 
 /// Why a step failed; becomes the table's error text.
 #[derive(Debug)]
-enum StepError {
+pub(super) enum StepError {
     Cancelled,
     /// The server refused a statement (after retries, for lock races).
     Sql {
@@ -62,16 +56,41 @@ enum StepError {
         message: String,
     },
     Failed(String),
+    /// A partition the pass will not make as things are (data would move
+    /// that must not, or past the configured bounds); the table's other
+    /// actions still run.
+    Refused(String),
 }
 
 impl StepError {
-    fn is(&self, code: &SqlState) -> bool {
+    pub(super) fn is(&self, code: &SqlState) -> bool {
         matches!(self, StepError::Sql { code: c, .. } if c == code)
     }
-    fn text(&self) -> String {
+    /// A lost lock race (lock_timeout, deadlock): worth another attempt.
+    pub(super) fn is_lock_race(&self) -> bool {
+        self.is(&SqlState::LOCK_NOT_AVAILABLE)
+            || self.is(&SqlState::T_R_DEADLOCK_DETECTED)
+            || self.is(&SqlState::T_R_SERIALIZATION_FAILURE)
+    }
+    pub(super) fn text(&self) -> String {
         match self {
             StepError::Cancelled => "cancelled".into(),
-            StepError::Sql { message, .. } | StepError::Failed(message) => message.clone(),
+            StepError::Sql { message, .. }
+            | StepError::Failed(message)
+            | StepError::Refused(message) => message.clone(),
+        }
+    }
+}
+
+impl StepError {
+    /// The statement (its first line) appended to a server error.
+    pub(super) fn context(self, what: &str) -> StepError {
+        match self {
+            StepError::Sql { code, message } => StepError::Sql {
+                code,
+                message: format!("{message} [{what}]"),
+            },
+            other => other,
         }
     }
 }
@@ -84,14 +103,14 @@ impl From<String> for StepError {
 
 /// What a statement batch returned: rows affected by the last command, and
 /// the first row of the last result (as text) if it had one.
-struct Done {
-    count: u64,
-    row: Vec<Option<String>>,
+pub(super) struct Done {
+    pub(super) count: u64,
+    pub(super) row: Vec<Option<String>>,
 }
 
 impl Done {
     /// `(rows of the range in DEFAULT, DEFAULT's bytes)` from `sql_probe_default`.
-    fn probe(&self) -> Option<(u64, u64)> {
+    pub(super) fn probe(&self) -> Option<(u64, u64)> {
         match self.row.as_slice() {
             [Some(n), Some(size)] => Some((n.parse().ok()?, size.parse().ok()?)),
             _ => None,
@@ -99,14 +118,8 @@ impl Done {
     }
 }
 
-/// Below this size on disk (8 pages) the DEFAULT's exclusion CHECK is added
-/// valid in one statement: its scan is shorter than a round trip.
-const SMALL_DEFAULT_BYTES: u64 = 64 * 1024;
 /// Attempts of a clean-up statement that must run even after cancellation.
-const UNCANCELLABLE_ATTEMPTS: u32 = 5;
-/// Upper bound on move batches per partition and attempt.
-const MAX_MOVE_BATCHES: usize = 100_000;
-
+pub(super) const UNCANCELLABLE_ATTEMPTS: u32 = 5;
 /// Runs every table's work on up to `partitions.parallelism` sessions (the
 /// catalog session is the first). Tables are independent, so sessions never
 /// contend for the same table's locks.
@@ -147,6 +160,7 @@ pub async fn execute(
                     cfg,
                     cancel,
                     current_user,
+                    pid: 0,
                 };
                 ex.table(&w, now, &mut report).await;
             }
@@ -159,15 +173,17 @@ pub async fn execute(
     results.into_inner().unwrap_or_default()
 }
 
-struct Exec<'a> {
-    client: &'a Client,
-    cfg: &'a Config,
-    cancel: &'a CancellationToken,
-    current_user: &'a str,
+pub(super) struct Exec<'a> {
+    pub(super) client: &'a Client,
+    pub(super) cfg: &'a Config,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) current_user: &'a str,
+    /// This session's backend pid, for naming who blocks it.
+    pub(super) pid: i32,
 }
 
 impl Exec<'_> {
-    async fn table(&self, w: &Work, now: DateTime<Utc>, report: &mut TableReport) {
+    async fn table(mut self, w: &Work, now: DateTime<Utc>, report: &mut TableReport) {
         // Same bit pattern as the server's oid::int4: the lock key is the oid.
         let key = w.oid as i32;
         let locked = self
@@ -175,7 +191,7 @@ impl Exec<'_> {
             .query_one(TRY_LOCK_SQL, &[&ADVISORY_NAMESPACE, &key])
             .await;
         match locked {
-            Ok(row) if row.get::<_, bool>(0) => {}
+            Ok(row) if row.get::<_, bool>(0) => self.pid = row.get(1),
             Ok(_) => {
                 tracing::info!(table = %w.table, "another pass is maintaining the table; skipped");
                 report.skipped = Some("another pass holds this table's advisory lock".into());
@@ -227,6 +243,8 @@ impl Exec<'_> {
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();
         let mut default_checks: Vec<String> = Vec::new();
+        let mut details = None;
+        let mut refused: Vec<String> = Vec::new();
         let mut result = Ok(());
         for action in &p.actions {
             let step = match action {
@@ -236,16 +254,22 @@ impl Exec<'_> {
                     reason,
                     ..
                 } => {
-                    let r = self
-                        .create(
-                            &state,
-                            &w.cfg,
-                            partition,
-                            *range,
-                            &mut default_checks,
-                            report,
-                        )
-                        .await;
+                    let r = match &details {
+                        Some(d) => {
+                            self.create(&state, d, &w.cfg, partition, *range, report)
+                                .await
+                        }
+                        None => match self.parent_details(&state).await {
+                            Ok(d) => {
+                                let r = self
+                                    .create(&state, &d, &w.cfg, partition, *range, report)
+                                    .await;
+                                details = Some(d);
+                                r
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
                     if r.is_ok() {
                         tracing::info!(partition = %partition, reason = ?reason, "partition created");
                         report.created += 1;
@@ -271,14 +295,21 @@ impl Exec<'_> {
                     Ok(())
                 }
             };
-            if let Err(e) = step {
-                // Later actions of this table would wait on the same locks.
-                result = Err(e);
-                break;
+            match step {
+                Ok(()) => {}
+                Err(StepError::Refused(msg)) => {
+                    tracing::warn!(table = %w.table, error = %msg, "partition refused");
+                    refused.push(msg);
+                }
+                Err(e) => {
+                    // Later actions of this table would wait on the same locks.
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        // One statement for every exclusion CHECK of this pass and any stale
-        // ones: a failure is harmless for attached ranges and the next pass retries.
+        // Exclusion CHECKs an earlier version left on DEFAULT, in one statement:
+        // a failure is harmless for attached ranges and the next pass retries.
         if let (Some(d), false) = (&state.default, default_checks.is_empty()) {
             let sql = ddl::sql_drop_constraints(&d.name, &default_checks);
             if let Err(e) = self.run(&sql, report).await {
@@ -297,247 +328,19 @@ impl Exec<'_> {
         if report.retired > 0 {
             after.partitions.retain(|e| !retired.contains(&&e.name));
         }
-        report.future_partitions = plan::coverage_of(&w.cfg, &after, &created, now).periods_ahead;
+        let cov = plan::coverage_of(&w.cfg, &after, &created, now);
+        report.future_partitions = cov.periods_ahead;
+        report.current_covered = cov.current_covered;
+        report.holes = cov.holes;
         report.default_rows = report.default_rows.saturating_sub(report.rows_moved);
+        if !refused.is_empty() {
+            let mut all = refused;
+            if let Err(e) = result {
+                all.push(e.text());
+            }
+            return Err(StepError::Failed(all.join("; ")));
+        }
         result
-    }
-
-    /// Creates one partition the lock-safe way; see the module invariants.
-    /// Exclusion CHECKs left on DEFAULT are pushed to `default_checks` and
-    /// dropped once per table: while the range is attached they are harmless.
-    /// Crash safety: an interruption before ATTACH leaves a standalone table
-    /// with our bounds CHECK (and possibly rows moved out of DEFAULT); the next
-    /// pass finds it by name and carries on from there.
-    async fn create(
-        &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        child: &QualifiedName,
-        range: Range,
-        default_checks: &mut Vec<String>,
-        report: &mut TableReport,
-    ) -> Result<(), StepError> {
-        let (parent, key, kt, tz) = (
-            &state.table,
-            state.key_column.as_str(),
-            state.key_type,
-            tcfg.timezone,
-        );
-        // The new table is invisible to others until commit, so its CREATE,
-        // CHECK and GRANTs share one short transaction (the only lock on a
-        // shared object is ACCESS SHARE on the parent, then on DEFAULT for the probe).
-        let mut stmts = vec![
-            ddl::sql_create_child(parent, child),
-            ddl::sql_add_bounds_check(child, key, kt, tz, range),
-        ];
-        stmts.extend(state.grants.iter().map(|g| ddl::sql_grant(child, g)));
-        if let Some(d) = &state.default {
-            stmts.push(ddl::sql_probe_default(&d.name, key, kt, tz, range));
-        }
-        let mut probe = None;
-        match self.run(&stmts.join(";\n"), report).await {
-            Ok(done) => {
-                probe = done.probe();
-                if state.owner != self.current_user {
-                    let sql = ddl::sql_owner(child, &state.owner);
-                    if let Err(e) = self.run(&sql, report).await {
-                        report.notes.push(format!(
-                            "{child}: owned by {} instead of the parent's owner {}: {}; grant {} membership in {} to fix",
-                            self.current_user, state.owner, e.text(), self.current_user, state.owner
-                        ));
-                    }
-                }
-            }
-            Err(e) if e.is(&SqlState::DUPLICATE_TABLE) => {
-                let existing = self
-                    .client
-                    .query_opt(RELATION_SQL, &[&child.quoted(), &ddl::BOUNDS_CHECK])
-                    .await
-                    .map_err(|e| format!("cannot look up {child}: {}", server_message(&e)))?;
-                let ours = existing.is_some_and(|row| {
-                    row.get::<_, String>(0) == "r"
-                        && !row.get::<_, bool>(1)
-                        && row.get::<_, bool>(2)
-                });
-                if !ours {
-                    return Err(format!(
-                        "{child} already exists and was not made by pgsteward; rename or drop it so the period can be created"
-                    )
-                    .into());
-                }
-                tracing::info!(partition = %child, "resuming a partition an interrupted pass created");
-            }
-            Err(e) => return Err(e),
-        }
-
-        let mut default_check = None;
-        if let Some(d) = &state.default {
-            let (in_range, size) = match probe {
-                Some(p) => p,
-                None => self
-                    .run(&ddl::sql_probe_default(&d.name, key, kt, tz, range), report)
-                    .await?
-                    .probe()
-                    .unwrap_or((1, u64::MAX)),
-            };
-            if in_range > 0 {
-                self.move_default_rows(state, tcfg, &d.name, child, range, report)
-                    .await?;
-            }
-            let c = ddl::default_check_name(child);
-            default_check = Some((d.name.clone(), c.clone()));
-            let mut validated = false;
-            if in_range == 0 && size <= SMALL_DEFAULT_BYTES {
-                // One statement: the scan of a DEFAULT this small is instant.
-                match self
-                    .run(
-                        &ddl::sql_add_default_check_valid(&d.name, &c, key, kt, tz, range),
-                        report,
-                    )
-                    .await
-                {
-                    Ok(_) => validated = true,
-                    Err(e)
-                        if e.is(&SqlState::CHECK_VIOLATION)
-                            || e.is(&SqlState::DUPLICATE_OBJECT) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if !validated {
-                validated = self
-                    .add_default_check_not_valid(state, tcfg, &d.name, &c, child, range, report)
-                    .await?;
-            }
-            if !validated {
-                self.undo_default_check(&d.name, &c, report).await;
-                return Err(format!(
-                    "{}: rows of {child}'s range keep arriving in the DEFAULT partition",
-                    d.name
-                )
-                .into());
-            }
-        }
-
-        if let Err(e) = self
-            .run(&ddl::sql_attach(parent, child, kt, tz, range), report)
-            .await
-        {
-            if let Some((d, c)) = &default_check {
-                self.undo_default_check(d, c, report).await;
-            }
-            return Err(e);
-        }
-        if let Some((_, c)) = default_check {
-            default_checks.push(c);
-        }
-        // Redundant now that the partition constraint holds; a failure leaves
-        // a harmless constraint behind.
-        if let Err(e) = self
-            .run(&ddl::sql_drop_constraint(child, ddl::BOUNDS_CHECK), report)
-            .await
-        {
-            tracing::warn!(partition = %child, error = %e.text(), "bounds check not dropped");
-        }
-        Ok(())
-    }
-
-    /// NOT VALID (instant, brief ACCESS EXCLUSIVE), then VALIDATE (a scan under
-    /// SHARE UPDATE EXCLUSIVE, which blocks neither reads nor writes). Rows of
-    /// the range inserted between the move and the CHECK make VALIDATE fail;
-    /// the CHECK refuses new ones from then on, so move again and retry.
-    #[allow(clippy::too_many_arguments)]
-    async fn add_default_check_not_valid(
-        &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        default: &QualifiedName,
-        c: &str,
-        child: &QualifiedName,
-        range: Range,
-        report: &mut TableReport,
-    ) -> Result<bool, StepError> {
-        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
-        match self
-            .run(
-                &ddl::sql_add_default_check(default, c, key, kt, tz, range),
-                report,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => {}
-            Err(e) => return Err(e),
-        }
-        for _ in 0..3 {
-            match self.run(&ddl::sql_validate(default, c), report).await {
-                Ok(_) => return Ok(true),
-                Err(e) if e.is(&SqlState::CHECK_VIOLATION) => {
-                    self.move_default_rows(state, tcfg, default, child, range, report)
-                        .await?;
-                }
-                Err(e) => {
-                    self.undo_default_check(default, c, report).await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(false)
-    }
-
-    /// The exclusion CHECK refuses inserts of the range into DEFAULT; once the
-    /// attach is abandoned it must go, or the application would get errors.
-    /// Runs even after cancellation (a few bounded attempts): leaving the CHECK
-    /// would turn the application's inserts into errors.
-    async fn undo_default_check(&self, d: &QualifiedName, c: &str, report: &mut TableReport) {
-        let sql = ddl::sql_drop_constraint(d, c);
-        if let Err(e) = self.run_with(&sql, report, false).await {
-            tracing::warn!(partition = %d, error = %e.text(), "default exclusion check left; next pass drops it");
-        }
-    }
-
-    /// Moves rows of `range` out of DEFAULT into the (not yet attached) child,
-    /// `default_move_batch` rows per transaction. Until the attach the moved
-    /// rows are visible only in the child table, not through the parent.
-    async fn move_default_rows(
-        &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        default: &QualifiedName,
-        child: &QualifiedName,
-        range: Range,
-        report: &mut TableReport,
-    ) -> Result<(), StepError> {
-        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
-        let cols: Vec<String> = self
-            .client
-            .query(COLUMNS_SQL, &[&state.table.quoted()])
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot read the columns of {}: {}",
-                    state.table,
-                    server_message(&e)
-                )
-            })?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let batch = self.cfg.partitions.default_move_batch.max(1);
-        let sql = ddl::sql_move_batch(default, child, &cols, key, kt, tz, range)
-            .replace("LIMIT $1", &format!("LIMIT {batch}"));
-        let mut moved_here = 0u64;
-        // Bounded: rows beyond what the probe saw (concurrent inserts) get
-        // a generous allowance; the exclusion CHECK stops them for good.
-        for _ in 0..MAX_MOVE_BATCHES {
-            let n = self.run(&sql, report).await?.count;
-            moved_here += n;
-            if n < u64::from(batch) {
-                break;
-            }
-        }
-        tracing::info!(from = %default, into = %child, rows = moved_here, "rows moved out of the default partition");
-        report.rows_moved += moved_here;
-        Ok(())
     }
 
     async fn retire(
@@ -584,7 +387,7 @@ impl Exec<'_> {
 
     /// Runs one statement, or one batch that is a single implicit
     /// transaction, with lock-race retries.
-    async fn run(&self, sql: &str, report: &mut TableReport) -> Result<Done, StepError> {
+    pub(super) async fn run(&self, sql: &str, report: &mut TableReport) -> Result<Done, StepError> {
         self.run_with(sql, report, true).await
     }
 
@@ -609,59 +412,99 @@ impl Exec<'_> {
             if cancel.is_cancelled() {
                 return Err(StepError::Cancelled);
             }
-            let res = tokio::select! {
-                r = self.client.simple_query(sql) => r,
-                _ = cancel.cancelled() => {
-                    let _ = self.client.cancel_token().cancel_query(NoTls).await;
-                    return Err(StepError::Cancelled);
-                }
+            let last = attempt >= retries;
+            // Watch only once a lock race was lost: an observer session per
+            // statement would cost a connection each.
+            let (res, seen) = if last && cancellable && attempt > 1 {
+                blockers::watching(self.cfg, self.pid, self.once(sql, cancel, report)).await
+            } else {
+                (self.once(sql, cancel, report).await, Vec::new())
             };
             match res {
-                Ok(msgs) => {
-                    report.statements.push(sql.to_string());
-                    let mut done = Done {
-                        count: 0,
-                        row: Vec::new(),
-                    };
-                    for m in &msgs {
-                        match m {
-                            SimpleQueryMessage::CommandComplete(n) => done.count = *n,
-                            SimpleQueryMessage::Row(r) => {
-                                done.row =
-                                    (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()
-                            }
-                            _ => {}
-                        }
-                    }
-                    return Ok(done);
-                }
-                Err(e) if is_transient_lock_error(&e) && attempt < retries => {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_lock_race() && !last => {
                     let wait = session::backoff(attempt);
-                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
+                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %e.text(), "lock not granted; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = cancel.cancelled() => return Err(StepError::Cancelled),
                     }
                 }
                 Err(e) => {
-                    let hint = if is_transient_lock_error(&e) {
-                        format!(
-                            " after {attempt} attempts; a long transaction holds a conflicting lock (see pg_locks), the next pass retries"
-                        )
-                    } else {
-                        String::new()
-                    };
                     let first_line = sql.lines().next().unwrap_or_default();
-                    let message = format!("{}{hint} [{first_line}]", server_message(&e));
-                    return Err(match e.code() {
-                        Some(code) => StepError::Sql {
-                            code: code.clone(),
-                            message,
-                        },
-                        None => StepError::Failed(message),
+                    return Err(if e.is_lock_race() {
+                        self.gave_up(e, attempt, seen, first_line, &[]).await
+                    } else {
+                        e.context(first_line)
                     });
                 }
             }
         }
+    }
+
+    /// The error of a statement that lost its lock race `attempts` times,
+    /// naming who blocked it (seen while it waited, else the lock holders of
+    /// `relations`); also logged.
+    pub(super) async fn gave_up(
+        &self,
+        e: StepError,
+        attempts: u32,
+        mut seen: Vec<blockers::Blocker>,
+        what: &str,
+        relations: &[String],
+    ) -> StepError {
+        if seen.is_empty() && !relations.is_empty() {
+            seen = blockers::holders(self.client, relations).await;
+        }
+        let who = blockers::describe(&seen);
+        tracing::warn!(attempts, statement = what, blockers = %who, "lock not granted; giving up until the next pass");
+        match e {
+            StepError::Sql { code, message } => StepError::Sql {
+                code,
+                message: format!(
+                    "{message} after {attempts} attempts; {who}; the next pass retries [{what}]"
+                ),
+            },
+            other => other,
+        }
+    }
+
+    /// One attempt of a statement (or a batch that is one implicit
+    /// transaction): no retry; the server's message as the error.
+    pub(super) async fn once(
+        &self,
+        sql: &str,
+        cancel: &CancellationToken,
+        report: &mut TableReport,
+    ) -> Result<Done, StepError> {
+        let res = tokio::select! {
+            r = self.client.simple_query(sql) => r,
+            _ = cancel.cancelled() => {
+                let _ = self.client.cancel_token().cancel_query(NoTls).await;
+                return Err(StepError::Cancelled);
+            }
+        };
+        let msgs = res.map_err(|e| match e.code() {
+            Some(code) => StepError::Sql {
+                code: code.clone(),
+                message: server_message(&e),
+            },
+            None => StepError::Failed(server_message(&e)),
+        })?;
+        report.statements.push(sql.to_string());
+        let mut done = Done {
+            count: 0,
+            row: Vec::new(),
+        };
+        for m in &msgs {
+            match m {
+                SimpleQueryMessage::CommandComplete(n) => done.count = *n,
+                SimpleQueryMessage::Row(r) => {
+                    done.row = (0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()
+                }
+                _ => {}
+            }
+        }
+        Ok(done)
     }
 }

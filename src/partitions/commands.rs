@@ -161,6 +161,7 @@ fn apply_text(r: &PassReport) -> String {
         let state = match (&t.error, &t.skipped) {
             (Some(e), _) => format!("error: {e}"),
             (None, Some(why)) => format!("skipped: {why}"),
+            (None, None) if !t.current_covered => "error: the current period is not covered".into(),
             (None, None) => "ok".into(),
         };
         s.push_str(&format!(
@@ -169,6 +170,9 @@ fn apply_text(r: &PassReport) -> String {
         ));
         for n in &t.notes {
             s.push_str(&format!("{}: note: {n}\n", t.table));
+        }
+        for h in &t.holes {
+            s.push_str(&format!("{}: hole: {h} has no partition\n", t.table));
         }
     }
     s
@@ -217,7 +221,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             Ok(state) => {
                 let p = plan::plan(tcfg, &state, now);
                 let cov = coverage_of(tcfg, &state, &[], now);
-                if cov.periods_ahead < tcfg.premake {
+                if cov.periods_ahead < tcfg.premake || !cov.holes.is_empty() {
                     outcome = Outcome::Problem;
                 }
                 if let Some(d) = &state.default {
@@ -282,6 +286,13 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                         }),
                         c.map_or("-".into(), |c| c.periods_ahead.to_string()),
                         c.map_or("-".into(), |c| {
+                            if c.holes.is_empty() {
+                                "none".into()
+                            } else {
+                                c.holes.join(", ")
+                            }
+                        }),
+                        c.map_or("-".into(), |c| {
                             if c.gaps.is_empty() {
                                 "none".into()
                             } else {
@@ -303,6 +314,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                         "PARTITIONS",
                         "COVERED",
                         "AHEAD",
+                        "HOLES",
                         "GAPS",
                         "DEFAULT ROWS",
                         "NOTES"

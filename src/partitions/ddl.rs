@@ -3,35 +3,179 @@
 
 use chrono_tz::Tz;
 
-use super::model::{Action, DetachHow, Grant, KeyType, Range, TableState};
-use super::period::{fnv1a, key_literal};
+use super::model::{
+    Action, DetachHow, Grant, KeyType, ParentDetails, Range, ReferencingFk, TableState,
+};
+use super::period::key_literal;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 
 /// The CHECK on a new partition that lets ATTACH skip scanning it.
 pub const BOUNDS_CHECK: &str = "pgsteward_bounds";
-/// Prefix of the CHECK on the DEFAULT partition that excludes a range being attached.
+/// Prefix of the exclusion CHECKs on DEFAULT that earlier versions added
+/// before an attach; a pass drops any it finds.
 pub const DEFAULT_CHECK_PREFIX: &str = "pgsteward_excl";
 
-/// Clauses of `CREATE TABLE child (LIKE parent ...)`: what an attached
-/// partition must share with its parent. Indexes are left to ATTACH, which
-/// creates (empty, instant) matching ones; identity stays on the parent.
+/// Clauses of `CREATE TABLE child (LIKE parent ...)`: what `PARTITION OF`
+/// would give the partition. Indexes are copied so the ATTACH finds every
+/// parent index already built (on an empty table: instant) and attaches it
+/// instead of building one under its lock. Not copied, as `PARTITION OF` does
+/// not: identity (it stays on the parent), comments and extended statistics.
 const LIKE_OPTIONS: &str = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED \
-                            INCLUDING STORAGE INCLUDING COMMENTS";
+                            INCLUDING STORAGE INCLUDING INDEXES";
+/// Column compression (PostgreSQL 14+; 13 does not know the clause).
+const LIKE_COMPRESSION: &str = " INCLUDING COMPRESSION";
+/// The first `server_version_num` with `INCLUDING COMPRESSION`.
+const COMPRESSION_SINCE: i32 = 140_000;
 
 fn range_predicate(key: &str, kt: KeyType, tz: Tz, r: Range) -> String {
+    range_predicate_on("", key, kt, tz, r)
+}
+
+/// The range as a predicate on `alias.key` (no alias when empty).
+fn range_predicate_on(alias: &str, key: &str, kt: KeyType, tz: Tz, r: Range) -> String {
+    let k = if alias.is_empty() {
+        quote_ident(key)
+    } else {
+        format!("{alias}.{}", quote_ident(key))
+    };
     format!(
         "{k} IS NOT NULL AND {k} >= {lo} AND {k} < {hi}",
-        k = quote_ident(key),
         lo = key_literal(kt, tz, r.lo),
         hi = key_literal(kt, tz, r.hi)
     )
 }
 
-pub fn sql_create_child(parent: &QualifiedName, child: &QualifiedName) -> String {
+pub fn sql_create_child(
+    parent: &QualifiedName,
+    child: &QualifiedName,
+    details: Option<&ParentDetails>,
+) -> String {
+    let ts = details
+        .and_then(|d| d.tablespace.as_deref())
+        .map(|t| format!(" TABLESPACE {}", quote_ident(t)))
+        .unwrap_or_default();
+    // Without details (`partitions plan`) the clause is shown: servers before 14 are rare.
+    let compression = match details {
+        Some(d) if d.server_version < COMPRESSION_SINCE => "",
+        _ => LIKE_COMPRESSION,
+    };
     format!(
-        "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS})",
+        "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS}{compression}){ts}",
         child.quoted(),
         parent.quoted()
+    )
+}
+
+/// Row-level security on a partition of a parent that has it: with no
+/// policy of its own the partition denies every role it applies to, so
+/// nothing the parent's policies deny can be reached through it.
+pub fn sql_row_security(child: &QualifiedName, force: bool) -> String {
+    format!(
+        "ALTER TABLE {} ENABLE ROW LEVEL SECURITY{}",
+        child.quoted(),
+        if force {
+            ", FORCE ROW LEVEL SECURITY"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `FULL` or `NOTHING` from the parent; `None` for the default (and for
+/// `USING INDEX`, whose index has another name on the partition).
+pub fn sql_replica_identity(child: &QualifiedName, relreplident: &str) -> Option<String> {
+    let what = match relreplident {
+        "f" => "FULL",
+        "n" => "NOTHING",
+        _ => return None,
+    };
+    Some(format!(
+        "ALTER TABLE {} REPLICA IDENTITY {what}",
+        child.quoted()
+    ))
+}
+
+/// The statements of the transaction that creates a new partition: the
+/// table, its bounds CHECK, then what it takes from the parent.
+pub fn create_statements(
+    state: &TableState,
+    details: Option<&ParentDetails>,
+    tz: Tz,
+    child: &QualifiedName,
+    range: Range,
+) -> Vec<String> {
+    let (parent, key, kt) = (&state.table, state.key_column.as_str(), state.key_type);
+    let mut v = vec![
+        sql_create_child(parent, child, details),
+        sql_add_bounds_check(child, key, kt, tz, range),
+    ];
+    match details {
+        // Direct access stays with the owner, as for a `PARTITION OF` partition.
+        Some(d) if d.row_security => v.push(sql_row_security(child, d.force_row_security)),
+        _ => v.extend(state.grants.iter().map(|g| sql_grant(child, g))),
+    }
+    if let Some(ri) = details.and_then(|d| sql_replica_identity(child, &d.replica_identity)) {
+        v.push(ri);
+    }
+    v
+}
+
+/// Writers of the partitioned table wait from here to COMMIT (readers do
+/// not): none can route a row with a partition list older than the ATTACH,
+/// which would fail on the DEFAULT's new partition constraint.
+pub fn sql_lock_parent(parent: &QualifiedName) -> String {
+    format!("LOCK TABLE ONLY {} IN SHARE MODE", parent.quoted())
+}
+
+/// Taken after rows moved, just before the ATTACH: a reader that planned
+/// with the partition list before the ATTACH and ran after its COMMIT would
+/// scan DEFAULT without the moved rows and skip the partition that has them.
+/// Readers wait from here to COMMIT (the ATTACH's scan of DEFAULT), as they
+/// would for the ATTACH's lock on DEFAULT anyway.
+pub fn sql_lock_parent_exclusive(parent: &QualifiedName) -> String {
+    format!(
+        "LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE",
+        parent.quoted()
+    )
+}
+
+/// Nothing writes to DEFAULT directly while its rows move; readers go on.
+pub fn sql_lock_default(default: &QualifiedName) -> String {
+    format!("LOCK TABLE ONLY {} IN EXCLUSIVE MODE", default.quoted())
+}
+
+/// No referencing row can be written while the move runs, so the count of
+/// referencing rows read under it stays true until COMMIT.
+pub fn sql_lock_referencing(tables: &[&QualifiedName]) -> String {
+    let list = tables
+        .iter()
+        .map(|t| t.quoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("LOCK TABLE {list} IN SHARE ROW EXCLUSIVE MODE")
+}
+
+/// Rows of `fk.table` that reference a row of `range` in DEFAULT.
+pub fn sql_count_referencing(
+    fk: &ReferencingFk,
+    default: &QualifiedName,
+    key: &str,
+    kt: KeyType,
+    tz: Tz,
+    range: Range,
+) -> String {
+    let join = fk
+        .columns
+        .iter()
+        .zip(&fk.referenced)
+        .map(|(c, p)| format!("r.{} = d.{}", quote_ident(c), quote_ident(p)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT count(*) FROM {} r JOIN ONLY {} d ON {join} WHERE {}",
+        fk.table.quoted(),
+        default.quoted(),
+        range_predicate_on("d", key, kt, tz, range)
     )
 }
 
@@ -81,47 +225,6 @@ pub fn sql_owner(child: &QualifiedName, owner: &str) -> String {
     )
 }
 
-pub fn default_check_name(child: &QualifiedName) -> String {
-    // The child's name is unique per parent; hashing keeps it within 63 bytes.
-    format!(
-        "{DEFAULT_CHECK_PREFIX}_{:08x}",
-        fnv1a(child.name.as_bytes()) as u32
-    )
-}
-
-pub fn sql_add_default_check(
-    default: &QualifiedName,
-    constraint: &str,
-    key: &str,
-    kt: KeyType,
-    tz: Tz,
-    r: Range,
-) -> String {
-    // The exact negation of the new partition's constraint, so the planner's
-    // implication proof in ATTACH recognises it and skips scanning DEFAULT.
-    format!(
-        "ALTER TABLE {} ADD CONSTRAINT {} CHECK (NOT ({})) NOT VALID",
-        default.quoted(),
-        quote_ident(constraint),
-        range_predicate(key, kt, tz, r)
-    )
-}
-
-/// The same CHECK added valid in one statement: it scans DEFAULT under ACCESS
-/// EXCLUSIVE, so it is used only when DEFAULT is known to be tiny.
-pub fn sql_add_default_check_valid(
-    default: &QualifiedName,
-    constraint: &str,
-    key: &str,
-    kt: KeyType,
-    tz: Tz,
-    r: Range,
-) -> String {
-    sql_add_default_check(default, constraint, key, kt, tz, r)
-        .trim_end_matches(" NOT VALID")
-        .to_string()
-}
-
 /// Rows of the range in DEFAULT, and DEFAULT's size on disk in bytes.
 pub fn sql_probe_default(
     default: &QualifiedName,
@@ -148,14 +251,6 @@ pub fn sql_drop_constraints(table: &QualifiedName, constraints: &[String]) -> St
     format!("ALTER TABLE {} {drops}", table.quoted())
 }
 
-pub fn sql_validate(table: &QualifiedName, constraint: &str) -> String {
-    format!(
-        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-        table.quoted(),
-        quote_ident(constraint)
-    )
-}
-
 pub fn sql_drop_constraint(table: &QualifiedName, constraint: &str) -> String {
     format!(
         "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}",
@@ -180,10 +275,11 @@ pub fn sql_attach(
     )
 }
 
-/// Moves up to `$1` rows of range `r` from DEFAULT into the standalone child
-/// in one statement: the DELETE and the INSERT commit together, so a row is
-/// never lost or in both places.
-pub fn sql_move_batch(
+/// Moves every row of range `r` from DEFAULT into the standalone child in
+/// one statement. It runs in the transaction that attaches the child, under
+/// the locks of [`sql_lock_parent`] and [`sql_lock_default`]: readers see
+/// the rows in DEFAULT until COMMIT and in the partition after it.
+pub fn sql_move_rows(
     default: &QualifiedName,
     child: &QualifiedName,
     columns: &[String],
@@ -198,7 +294,7 @@ pub fn sql_move_batch(
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "WITH moved AS (DELETE FROM {d} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {d} WHERE {pred} LIMIT $1)) RETURNING {cols}) \
+        "WITH moved AS (DELETE FROM ONLY {d} WHERE {pred} RETURNING {cols}) \
          INSERT INTO {c} ({cols}) SELECT {cols} FROM moved",
         d = default.quoted(),
         c = child.quoted(),
@@ -231,29 +327,41 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
         Action::Create {
             partition, range, ..
         } => {
-            let mut v = vec![
-                sql_create_child(parent, partition),
-                sql_add_bounds_check(partition, key, kt, tz, *range),
-            ];
-            v.extend(state.grants.iter().map(|g| sql_grant(partition, g)));
-            v.push(sql_owner(partition, &state.owner));
+            let mut v = Vec::new();
             if let Some(d) = &state.default {
-                let c = default_check_name(partition);
+                // Before anything is created: the move's bounds are checked first.
                 v.push(sql_probe_default(&d.name, key, kt, tz, *range));
-                v.push(format!(
-                    "-- rows of this range in {} are moved into {} in batches; \
-                     when DEFAULT is tiny the CHECK below is added valid in one statement",
-                    d.name, partition
-                ));
-                v.push(sql_add_default_check(&d.name, &c, key, kt, tz, *range));
-                v.push(sql_validate(&d.name, &c));
-                v.push(sql_attach(parent, partition, kt, tz, *range));
-                v.push(sql_drop_constraint(partition, BOUNDS_CHECK));
-                v.push(sql_drop_constraint(&d.name, &c));
-            } else {
-                v.push(sql_attach(parent, partition, kt, tz, *range));
-                v.push(sql_drop_constraint(partition, BOUNDS_CHECK));
             }
+            v.push("BEGIN".to_string());
+            v.extend(create_statements(state, None, tz, partition, *range));
+            v.push(sql_owner(partition, &state.owner));
+            v.push("COMMIT".into());
+            v.push(
+                "-- row-level security, replica identity and tablespace follow the parent's".into(),
+            );
+            v.push("BEGIN".into());
+            if let Some(d) = &state.default {
+                v.push(sql_lock_parent(parent));
+                v.push(sql_lock_default(&d.name));
+                v.push(format!(
+                    "-- when {} holds rows of this range: tables whose foreign keys reference \
+                     them are locked and checked (a referenced row is never moved), then",
+                    d.name
+                ));
+                v.push(sql_move_rows(
+                    &d.name,
+                    partition,
+                    &["...".to_string()],
+                    key,
+                    kt,
+                    tz,
+                    *range,
+                ));
+                v.push(sql_lock_parent_exclusive(parent));
+            }
+            v.push(sql_attach(parent, partition, kt, tz, *range));
+            v.push(sql_drop_constraint(partition, BOUNDS_CHECK));
+            v.push("COMMIT".into());
             v
         }
         Action::Retire {
@@ -314,5 +422,54 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains(r#"TO "app""role""#), "{sql}");
+    }
+
+    #[test]
+    fn new_partitions_take_row_security_replica_identity_and_version_from_the_parent() {
+        let mut s = state(KeyType::Date);
+        s.grants = vec![Grant {
+            grantee: "app".into(),
+            privilege: "SELECT".into(),
+            grantable: false,
+        }];
+        let child = QualifiedName::new("public", "audit_log_2025_05");
+        let r = Range { lo: 0, hi: 1 };
+        let plain = ParentDetails {
+            replica_identity: "d".into(),
+            server_version: 150_000,
+            ..ParentDetails::default()
+        };
+        let sql = create_statements(&s, Some(&plain), Tz::UTC, &child, r).join(";\n");
+        assert!(
+            sql.contains("INCLUDING INDEXES INCLUDING COMPRESSION)"),
+            "{sql}"
+        );
+        assert!(sql.contains("GRANT SELECT"), "{sql}");
+        assert!(
+            !sql.contains("ROW LEVEL SECURITY") && !sql.contains("REPLICA"),
+            "{sql}"
+        );
+        let rls = ParentDetails {
+            row_security: true,
+            force_row_security: true,
+            replica_identity: "f".into(),
+            tablespace: Some("fast ssd".into()),
+            server_version: 130_000,
+        };
+        let sql = create_statements(&s, Some(&rls), Tz::UTC, &child, r).join(";\n");
+        assert!(
+            !sql.contains("GRANT"),
+            "direct access stays the owner's: {sql}"
+        );
+        assert!(
+            sql.contains("ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
+            "{sql}"
+        );
+        assert!(sql.contains("REPLICA IDENTITY FULL"), "{sql}");
+        assert!(sql.contains(") TABLESPACE \"fast ssd\""), "{sql}");
+        assert!(
+            !sql.contains("COMPRESSION"),
+            "PostgreSQL 13 has no such clause: {sql}"
+        );
     }
 }

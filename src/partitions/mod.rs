@@ -5,6 +5,8 @@
 //! the three CLI commands.
 
 pub mod apply;
+mod attach;
+pub mod blockers;
 pub mod catalog;
 mod commands;
 pub mod ddl;
@@ -131,7 +133,10 @@ fn unchanged_report(
     now: DateTime<Utc>,
 ) -> TableReport {
     let mut r = TableReport::new(&state.table);
-    r.future_partitions = plan::coverage_of(tcfg, state, &[], now).periods_ahead;
+    let cov = plan::coverage_of(tcfg, state, &[], now);
+    r.future_partitions = cov.periods_ahead;
+    r.current_covered = cov.current_covered;
+    r.holes = cov.holes;
     r.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
     r.notes = p.notes.iter().map(plan::note_text).collect();
     r

@@ -168,3 +168,30 @@ pub struct TablePlan {
     pub actions: Vec<Action>,
     pub notes: Vec<Note>,
 }
+
+/// What a new partition copies from its parent beyond the pass's catalog
+/// (read only for tables with a partition to create).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParentDetails {
+    pub row_security: bool,
+    pub force_row_security: bool,
+    /// `relreplident`: `d`efault, `f`ull, `n`othing or `i`ndex.
+    pub replica_identity: String,
+    /// `None` for the database's default tablespace.
+    pub tablespace: Option<String>,
+    /// `server_version_num`: which `LIKE` clauses the server knows.
+    pub server_version: i32,
+}
+
+/// A foreign key of another table that references the parent (or its DEFAULT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferencingFk {
+    pub constraint: String,
+    pub table: QualifiedName,
+    /// Referencing columns, in the constraint's order.
+    pub columns: Vec<String>,
+    /// The referenced columns of the parent, same order.
+    pub referenced: Vec<String>,
+    /// `ON DELETE` action as SQL words (`CASCADE`, `SET NULL`, ...).
+    pub on_delete: String,
+}

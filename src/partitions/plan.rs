@@ -38,6 +38,8 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
                 kind: NoteKind::OffGrid,
                 message: "bound is not a single-column range; left alone".into(),
             }),
+            // Our own fills of a hole beside a hand-made partition.
+            Some(r) if is_fill(&state.table.name, &p.name.name, interval, kt, tz, r) => {}
             Some(r) if !on_grid(interval, kt, tz, r) => notes.push(Note {
                 partition: p.name.to_string(),
                 kind: NoteKind::OffGrid,
@@ -123,6 +125,7 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
         .map(|p| p.name.name.as_str())
         .chain(state.default.iter().map(|d| d.name.name.as_str()))
         .collect();
+    let ranges: Vec<Range> = attached.iter().filter_map(|p| p.range).collect();
     let mut period = start;
     let mut count = 0;
     let mut planned: Vec<Action> = Vec::new();
@@ -145,35 +148,44 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             CreateReason::Premake
         };
         let expired = cutoff.is_some_and(|c| range.hi <= c);
-        let covered = attached.iter().any(|p| p.range == Some(range));
-        if !expired && !covered {
-            let name = partition_name(&state.table.name, &suffix(interval, period));
-            if let Some(other) = attached
-                .iter()
-                .find(|p| p.range.is_some_and(|r| r.overlaps(&range)))
-            {
-                notes.push(Note {
-                    partition: other.name.to_string(),
-                    kind: NoteKind::Overlap,
-                    message: format!(
-                        "period {} overlaps it; {name} is not created",
-                        period_label(interval, period)
-                    ),
-                });
-            } else if taken.contains(&name.as_str()) {
-                notes.push(Note {
-                    partition: name.clone(),
-                    kind: NoteKind::NameTaken,
-                    message: format!(
-                        "the name is used by another partition; period {} is not created",
-                        period_label(interval, period)
-                    ),
-                });
-            } else {
+        let pieces = uncovered(range, &ranges);
+        if !expired && !pieces.is_empty() {
+            let label = period_label(interval, period);
+            let whole = pieces == [range];
+            for (n, piece) in pieces.iter().enumerate() {
+                // A hole beside a hand-made partition is filled with exactly
+                // the uncovered bounds, so nothing overlaps.
+                let sfx = if whole {
+                    suffix(interval, period)
+                } else {
+                    format!("{}_fill{}", suffix(interval, period), n + 1)
+                };
+                let name = partition_name(&state.table.name, &sfx);
+                if taken.contains(&name.as_str()) {
+                    notes.push(Note {
+                        partition: name.clone(),
+                        kind: NoteKind::NameTaken,
+                        message: format!(
+                            "the name is used by another partition; period {label} is not covered"
+                        ),
+                    });
+                    continue;
+                }
+                if !whole {
+                    notes.push(Note {
+                        partition: name.clone(),
+                        kind: NoteKind::Overlap,
+                        message: format!(
+                            "period {label} is partly covered by other partitions; this fills {} .. {}",
+                            key_text(kt, tz, piece.lo),
+                            key_text(kt, tz, piece.hi)
+                        ),
+                    });
+                }
                 planned.push(Action::Create {
                     partition: QualifiedName::new(state.table.schema.clone(), name),
-                    period: period_label(interval, period),
-                    range,
+                    period: label.clone(),
+                    range: *piece,
                     reason,
                 });
             }
@@ -197,6 +209,38 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
     TablePlan { actions, notes }
 }
 
+/// The parts of `range` no range in `covered` covers, in key order.
+pub fn uncovered(range: Range, covered: &[Range]) -> Vec<Range> {
+    let mut over: Vec<Range> = covered
+        .iter()
+        .copied()
+        .filter(|r| r.overlaps(&range))
+        .collect();
+    over.sort();
+    let mut pieces = Vec::new();
+    let mut lo = range.lo;
+    for r in over {
+        if r.lo > lo {
+            pieces.push(Range { lo, hi: r.lo });
+        }
+        lo = lo.max(r.hi);
+        if lo >= range.hi {
+            return pieces;
+        }
+    }
+    if lo < range.hi {
+        pieces.push(Range { lo, hi: range.hi });
+    }
+    pieces
+}
+
+/// Whether `name` is what the plan calls a fill of the period `r` starts in.
+fn is_fill(table: &str, name: &str, interval: Interval, kt: KeyType, tz: Tz, r: Range) -> bool {
+    let start = period_start(interval, key_day(kt, tz, r.lo));
+    let sfx = suffix(interval, start);
+    (1..=16).any(|n| partition_name(table, &format!("{sfx}_fill{n}")) == name)
+}
+
 fn on_grid(interval: Interval, kt: KeyType, tz: Tz, r: Range) -> bool {
     if r.lo == KEY_MIN || r.hi == KEY_MAX {
         return false;
@@ -216,6 +260,11 @@ pub struct Coverage {
     pub periods_ahead: u32,
     /// Holes between the lowest and highest bound, as `from .. to`.
     pub gaps: Vec<String>,
+    /// Uncovered parts of the current period and the `premake` periods after
+    /// it, as `from .. to`: inserts there fail (or land in DEFAULT).
+    pub holes: Vec<String>,
+    /// The current period has no hole.
+    pub current_covered: bool,
 }
 
 pub fn coverage(
@@ -224,6 +273,7 @@ pub fn coverage(
     tz: Tz,
     ranges: &[Range],
     now: DateTime<Utc>,
+    premake: u32,
 ) -> Coverage {
     let mut sorted: Vec<Range> = ranges.to_vec();
     sorted.sort();
@@ -248,6 +298,21 @@ pub fn coverage(
         ahead += 1;
         p = next_period(interval, p);
     }
+    let current = period_start(interval, now_day);
+    let mut holes = Vec::new();
+    let mut current_covered = true;
+    let mut q = current;
+    for i in 0..=premake.min(1000) {
+        for h in uncovered(period_range(interval, kt, tz, q), &sorted) {
+            current_covered &= i != 0;
+            holes.push(format!(
+                "{} .. {}",
+                key_text(kt, tz, h.lo),
+                key_text(kt, tz, h.hi)
+            ));
+        }
+        q = next_period(interval, q);
+    }
     Coverage {
         partitions: ranges.len(),
         covered_from: sorted.first().map(|r| key_text(kt, tz, r.lo)),
@@ -258,6 +323,8 @@ pub fn coverage(
             .map(|k| key_text(kt, tz, k)),
         periods_ahead: ahead,
         gaps,
+        holes,
+        current_covered,
     }
 }
 
@@ -283,7 +350,14 @@ pub(crate) fn coverage_of(
         .filter_map(|p| p.range)
         .chain(extra.iter().copied())
         .collect();
-    coverage(tcfg.interval, state.key_type, tcfg.timezone, &ranges, now)
+    coverage(
+        tcfg.interval,
+        state.key_type,
+        tcfg.timezone,
+        &ranges,
+        now,
+        tcfg.premake,
+    )
 }
 
 #[cfg(test)]

@@ -109,31 +109,89 @@ fn gaps_after_downtime_are_filled_and_on_grid_partitions_adopted() {
 }
 
 #[test]
-fn off_grid_and_overlapping_partitions_are_reported_not_touched() {
+fn off_grid_partitions_are_left_alone_and_the_holes_beside_them_filled() {
     let c = cfg(Interval::Monthly, 2);
     let mut s = state(KeyType::Date);
     let tz = Tz::UTC;
-    // May 15 .. June 15: off the monthly grid, overlapping May and June.
+    let day = |m, dd| day_start_key(KeyType::Date, tz, d(2025, m, dd));
+    // May 15 .. June 15: off the monthly grid, half of May (the current
+    // period) and half of June.
     s.partitions.push(ExistingPartition {
         name: QualifiedName::new("public", "odd"),
         range: Some(Range {
-            lo: day_start_key(KeyType::Date, tz, d(2025, 5, 15)),
-            hi: day_start_key(KeyType::Date, tz, d(2025, 6, 15)),
+            lo: day(5, 15),
+            hi: day(6, 15),
         }),
         detach_pending: false,
         fk_referenced: false,
     });
-    let p = plan(&c, &s, utc(2025, 5, 20, 0));
-    assert_eq!(created(&p), vec!["audit_log_2025_07"]);
+    let now = utc(2025, 5, 20, 0);
+    let before = coverage_of(&c, &s, &[], now);
+    assert!(!before.current_covered);
+    assert_eq!(
+        before.holes,
+        vec![
+            "2025-05-01 .. 2025-05-15",
+            "2025-06-15 .. 2025-07-01",
+            "2025-07-01 .. 2025-08-01"
+        ]
+    );
+    let p = plan(&c, &s, now);
+    assert_eq!(
+        created(&p),
+        vec![
+            "audit_log_2025_05_fill1",
+            "audit_log_2025_06_fill1",
+            "audit_log_2025_07"
+        ]
+    );
+    let ranges: Vec<Range> = p
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Create { range, .. } => Some(*range),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ranges[0],
+        Range {
+            lo: day(5, 1),
+            hi: day(5, 15)
+        }
+    );
+    assert_eq!(
+        ranges[1],
+        Range {
+            lo: day(6, 15),
+            hi: day(7, 1)
+        }
+    );
     let kinds: Vec<NoteKind> = p.notes.iter().map(|n| n.kind).collect();
     assert_eq!(
         kinds,
         vec![NoteKind::OffGrid, NoteKind::Overlap, NoteKind::Overlap]
     );
     assert!(!p.actions.iter().any(|a| matches!(a, Action::Retire { .. })));
-    let again = plan(&c, &applied(s, &p), utc(2025, 5, 20, 0));
-    assert!(again.actions.is_empty());
-    assert_eq!(again.notes.len(), 3, "still reported, still untouched");
+    let s = applied(s, &p);
+    let again = plan(&c, &s, now);
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+    // odd is off the grid: still reported, still untouched; the fills are ours.
+    assert_eq!(again.notes.len(), 1, "{:?}", again.notes);
+    let after = coverage_of(&c, &s, &[], now);
+    assert!(after.current_covered && after.holes.is_empty(), "{after:?}");
+}
+
+#[test]
+fn uncovered_pieces() {
+    let r = |lo, hi| Range { lo, hi };
+    assert_eq!(uncovered(r(0, 10), &[]), vec![r(0, 10)]);
+    assert_eq!(uncovered(r(0, 10), &[r(-5, 20)]), vec![]);
+    assert_eq!(
+        uncovered(r(0, 10), &[r(2, 4), r(3, 5), r(8, 12)]),
+        vec![r(0, 2), r(5, 8)]
+    );
+    assert_eq!(uncovered(r(0, 10), &[r(10, 20), r(-3, 0)]), vec![r(0, 10)]);
 }
 
 #[test]

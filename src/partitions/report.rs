@@ -20,6 +20,12 @@ pub struct TableReport {
     pub table: QualifiedName,
     /// Whole periods covered by partitions after the current one.
     pub future_partitions: u32,
+    /// Uncovered parts of the current period and the `premake` periods
+    /// after it, after the pass (`from .. to`).
+    pub holes: Vec<String>,
+    /// The current period had no hole after the pass; when false the pass
+    /// is a problem whatever else it did.
+    pub current_covered: bool,
     /// Rows in the DEFAULT partition after the pass (0 when there is none).
     pub default_rows: u64,
     pub created: u32,
@@ -40,6 +46,8 @@ impl TableReport {
         TableReport {
             table: table.clone(),
             future_partitions: 0,
+            holes: Vec::new(),
+            current_covered: true,
             default_rows: 0,
             created: 0,
             retired: 0,
@@ -54,7 +62,11 @@ impl TableReport {
 
 impl PassReport {
     pub fn outcome(&self) -> Outcome {
-        if self.tables.iter().any(|t| t.error.is_some()) {
+        if self
+            .tables
+            .iter()
+            .any(|t| t.error.is_some() || !t.current_covered)
+        {
             Outcome::Problem
         } else {
             Outcome::Healthy

@@ -295,6 +295,10 @@ impl Provider for LocalProvider {
         let spec = self.primary.spec()?;
         let (host, source_port) = spec.host_port();
         let user = spec.user().unwrap_or("postgres").to_string();
+        // database.primary's own password, wherever libpq's rules found it
+        // (string, PGPASSWORD, password file): handed to pg_basebackup in a
+        // private password file, never on its command line.
+        let password = spec.password().map(str::to_string);
         let bin_dir = self.cfg.bin_dir.clone();
         let cluster = tokio::task::spawn_blocking(move || -> Result<Cluster, ProviderError> {
             let cluster = match LocalProvider::recorded_port(&dir) {
@@ -305,15 +309,15 @@ impl Provider for LocalProvider {
                         remove_cluster_files(&dir)?;
                     }
                     let port = localpg::free_port()?;
-                    let cluster = Cluster::basebackup_from(
+                    let login = localpg::ChildLogin::new(
                         &host,
                         source_port,
                         &user,
-                        &dir,
-                        port,
-                        bin_dir.as_deref(),
-                        &settings,
+                        password.as_deref(),
+                        localpg::ServerUser::detect()?,
                     )?;
+                    let cluster =
+                        Cluster::basebackup_as(&login, &dir, port, bin_dir.as_deref(), &settings)?;
                     class_wins(&dir, &settings)?;
                     cluster
                 }

@@ -260,16 +260,19 @@ pub fn endpoint_like(primary: &ConnString, host: &str, port: u16) -> ConnString 
             }
         }
     }
-    let mut parts: Vec<String> = s
-        .split_whitespace()
-        .filter(|p| {
-            !p.starts_with("host=") && !p.starts_with("port=") && !p.starts_with("hostaddr=")
-        })
-        .map(str::to_string)
-        .collect();
-    parts.push(format!("host={host}"));
-    parts.push(format!("port={port}"));
-    ConnString::new(parts.join(" "))
+    // Key/value: parsed (values may be quoted, with spaces and escapes), so
+    // only the address changes.
+    match crate::pg::conninfo::ConnParams::parse(s) {
+        Ok(mut p) => {
+            p.take("host");
+            p.take("hostaddr");
+            p.take("port");
+            p.set("host", host);
+            p.set("port", port.to_string());
+            ConnString::new(p.to_key_value())
+        }
+        Err(_) => ConnString::new(format!("{s} host={host} port={port}")),
+    }
 }
 
 #[cfg(test)]
@@ -297,5 +300,10 @@ mod tests {
             endpoint_like(&kv, "127.0.0.1", 7000).expose(),
             "user=steward dbname=app host=127.0.0.1 port=7000"
         );
+        let quoted = ConnString::new("host=db password='a b\\'c' user=steward");
+        let e = endpoint_like(&quoted, "127.0.0.1", 7000);
+        let spec = e.spec().unwrap();
+        assert_eq!(spec.password(), Some("a b'c"));
+        assert_eq!(spec.host_port(), ("127.0.0.1".to_string(), 7000));
     }
 }

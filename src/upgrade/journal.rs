@@ -24,6 +24,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -96,11 +97,12 @@ impl Journal {
                 reason: "a journal starts with `created`".into(),
             });
         };
-        fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+        secure_state_dir(state_dir)?;
         let path = Journal::path_for(state_dir, id);
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io(&path))?;
         let entry = Entry {
@@ -351,6 +353,46 @@ pub fn read(path: &Path) -> Result<UpgradeRecord, JournalError> {
     Ok(replay_text(path, &text)?.record)
 }
 
+/// Makes `state_dir` (mode 0700) if missing, and repairs what others could
+/// read: the directory to 0700, every file in it to 0600. The journal names
+/// servers and users; nobody but pgsteward's user has business reading it.
+pub fn secure_state_dir(state_dir: &Path) -> Result<(), JournalError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io(state_dir))?;
+    secure_existing(state_dir)
+}
+
+/// [`secure_state_dir`] for a directory that may not exist (then nothing happens).
+fn secure_existing(state_dir: &Path) -> Result<(), JournalError> {
+    let repair = |path: &Path, wanted: u32| -> Result<(), JournalError> {
+        let mode = fs::symlink_metadata(path)
+            .map_err(io(path))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                wanted = format!("{wanted:o}"), "state_dir: access for others removed");
+            fs::set_permissions(path, fs::Permissions::from_mode(wanted)).map_err(io(path))?;
+        }
+        Ok(())
+    };
+    let entries = match fs::read_dir(state_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(state_dir)(e)),
+    };
+    repair(state_dir, 0o700)?;
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            repair(&e.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every journal in `state_dir` with its number (0 for files from before
 /// numbering, which then sort by name).
 fn journals(state_dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
@@ -380,6 +422,7 @@ fn journals(state_dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
 /// `upgrade start`) started nothing: it is renamed `*.jsonl.torn`, reported,
 /// and passed over.
 pub fn latest(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+    secure_existing(state_dir)?;
     let mut all = journals(state_dir)?;
     all.sort();
     while let Some((_, path)) = all.pop() {
@@ -402,12 +445,13 @@ pub struct RunLock {
 }
 
 pub fn lock(state_dir: &Path) -> Result<RunLock, JournalError> {
-    fs::create_dir_all(state_dir).map_err(io(state_dir))?;
+    secure_state_dir(state_dir)?;
     let path = state_dir.join("upgrade.lock");
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(io(&path))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -422,6 +466,22 @@ pub fn lock(state_dir: &Path) -> Result<RunLock, JournalError> {
 mod tests {
     use super::super::record::{Output, Step};
     use super::*;
+
+    #[test]
+    fn state_dir_is_private_and_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let j = Journal::create(&state, created("u1")).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(j.path()), 0o600);
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(j.path(), fs::Permissions::from_mode(0o644)).unwrap();
+        drop(lock(&state).unwrap());
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(j.path()), 0o600);
+        assert_eq!(mode(&state.join("upgrade.lock")), 0o600);
+    }
 
     fn created(id: &str) -> Event {
         Event::Created {

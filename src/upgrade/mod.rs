@@ -234,7 +234,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
             id: id.clone(),
             target_class: class.to_string(),
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
-            source_primary: cfg.database.primary.to_string(),
+            source_primary: cfg.database.primary.without_password(),
         },
     ) {
         Ok(j) => j,

@@ -510,7 +510,7 @@ impl Saga {
         };
         Ok(Output {
             replica_id: Some(info.id.clone()),
-            replica_endpoint: info.endpoint.as_ref().map(|e| e.to_string()),
+            replica_endpoint: info.endpoint.as_ref().map(|e| e.without_password()),
             ..Output::default()
         })
     }
@@ -557,7 +557,7 @@ impl Saga {
                 detail: format!("{id} is not in recovery before promote; delete it (`upgrade abort`) and start again"),
             });
         }
-        Ok(Output::note(endpoint.to_string()))
+        Ok(Output::note(endpoint.without_password()))
     }
 
     pub(crate) async fn wait_catchup(&mut self) -> Result<Output, UpgradeError> {
@@ -817,8 +817,9 @@ impl Saga {
         &mut self,
         endpoint: &ConnString,
     ) -> Result<String, UpgradeError> {
-        let user = endpoint.spec()?.user().unwrap_or("postgres").to_string();
-        let Some(url) = self.poolers.client_url(&user) else {
+        // The steward's own login, against the pooler's application database.
+        let steward = self.cfg.database.primary.spec()?;
+        let Some(url) = self.poolers.client_url(&steward) else {
             return Err(UpgradeError::Step {
                 step: Step::Verify,
                 detail: "no pooler endpoint".into(),

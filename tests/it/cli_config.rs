@@ -71,6 +71,27 @@ fn bad_values_name_key_and_expectation() {
             "upgrade.pause_timeout",
             "duration",
         ),
+        // Out of range: the value and the allowed range are named.
+        (
+            "[partitions]\nlock_timeout = \"30d\"\n",
+            "partitions.lock_timeout",
+            "\"30d\" is out of range; expected between 1ms and 1m",
+        ),
+        (
+            "[partitions]\nlock_timeout = 200\n",
+            "partitions.lock_timeout",
+            "200 has no unit",
+        ),
+        (
+            "[[partitions.tables]]\ntable = \"a\"\npremake = 0\n",
+            "partitions.tables[0].premake",
+            "0 is out of range; expected 1..=500",
+        ),
+        (
+            "[lag]\nmax_delay = \"999999999999999999d\"\n",
+            "lag.max_delay",
+            "too large",
+        ),
     ];
     for (snippet, key, expected) in cases {
         let (code, _, err) = run(&["check"], &format!("{MINIMAL}\n{snippet}"));

@@ -5,6 +5,15 @@
 //!
 //! A missing server binary fails the test with the install command; nothing
 //! is skipped silently.
+//!
+//! Authentication is as deployed: every TCP login (replication included) uses
+//! scram-sha-256, with distinct users and passwords for the steward (the
+//! `postgres` superuser), the application (`app`, not a superuser) and the
+//! PgBouncer admin (`pgbouncer`). URLs the harness hands out carry their
+//! password; `pgsteward()` children also get a password file (`PGPASSFILE`)
+//! with every harness login, so a URL a test writes by hand authenticates too.
+//! Only the Unix socket is `trust`, for the harness's own psql (see
+//! `localpg::Cluster::write_hba`).
 
 #![allow(dead_code)]
 
@@ -13,8 +22,22 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use pgsteward::localpg::{self, Cluster, Pooler, PoolerDatabase, ServerUser, StopMode};
+use pgsteward::localpg::{
+    self, Cluster, Pooler, PoolerAuth, PoolerDatabase, PoolerUser, ServerUser, StopMode,
+};
 use tempfile::TempDir;
+
+/// The steward's login: the `postgres` superuser of every harness server.
+/// The passwords have characters that need encoding or escaping in every
+/// place a password goes (URL, key/value, password file, pgbouncer's userlist).
+pub const STEWARD_USER: &str = "postgres";
+pub const STEWARD_PASSWORD: &str = "steward p@ss:w/rd'1";
+/// The application's role: LOGIN, not a superuser.
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app p@ss:2";
+/// PgBouncer's admin: exists in PgBouncer only, for the console.
+pub const ADMIN_USER: &str = "pgbouncer";
+pub const ADMIN_PASSWORD: &str = "pgbouncer admin:3@";
 
 /// Fails the test with a message that names the fix.
 #[track_caller]
@@ -47,7 +70,7 @@ fn template() -> &'static PathBuf {
             .collect();
         // Kept across runs; built under a private name and renamed into place so a
         // concurrent run never sees half a template.
-        let root = std::env::temp_dir().join(format!("pgsteward-template-{tag}"));
+        let root = std::env::temp_dir().join(format!("pgsteward-template-{tag}-scram"));
         if root.join("data").join("PG_VERSION").exists() {
             return root;
         }
@@ -55,7 +78,13 @@ fn template() -> &'static PathBuf {
             std::env::temp_dir().join(format!("pgsteward-template-{tag}.{}", std::process::id()));
         let user = server_user();
         must(localpg::make_server_dir(&building, user));
-        must(Cluster::init(&building.join("data"), 1, None, &[]));
+        must(Cluster::init_with_password(
+            &building.join("data"),
+            1,
+            None,
+            &[],
+            Some(STEWARD_PASSWORD),
+        ));
         if std::fs::rename(&building, &root).is_err() {
             let _ = std::fs::remove_dir_all(&building);
         }
@@ -103,7 +132,7 @@ pub fn new_primary(dir: &Path, name: &str) -> Cluster {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = must(localpg::free_port());
-    let cluster = must(Cluster::at(&data, port, None));
+    let cluster = must(Cluster::at(&data, port, None)).with_superuser_password(STEWARD_PASSWORD);
     must(cluster.write_settings(&test_settings()));
     must(cluster.start());
     must(localpg::stop_when_gone(&cluster, std::process::id()));
@@ -239,8 +268,119 @@ pub fn fresh_db(prefix: &str) -> String {
     cluster.url(&name)
 }
 
-/// PgBouncer in front of `cluster`, database `app` → `dbname`.
+/// Who logs in through a harness PgBouncer.
+pub fn pooler_auth() -> PoolerAuth {
+    PoolerAuth {
+        admin: PoolerUser::new(ADMIN_USER, Some(ADMIN_PASSWORD)),
+        users: vec![
+            PoolerUser::new(STEWARD_USER, Some(STEWARD_PASSWORD)),
+            PoolerUser::new(APP_USER, Some(APP_PASSWORD)),
+        ],
+    }
+}
+
+/// Makes the application role on `cluster` if it is not there yet (the
+/// password travels on psql's standard input, not its command line).
+pub fn create_app_role(cluster: &Cluster) {
+    must(cluster.psql_secret(
+        "postgres",
+        &format!(
+            "SELECT 'CREATE ROLE {APP_USER} LOGIN NOSUPERUSER PASSWORD ' || quote_literal({})
+               WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_USER}') \\gexec\n",
+            pgsteward::pg::quote_literal(APP_PASSWORD)
+        ),
+    ));
+}
+
+/// Lets the application role read and write every table (and use every
+/// sequence) in `dbname`'s public schema, as an application owner would grant.
+pub fn grant_app(cluster: &Cluster, dbname: &str) {
+    create_app_role(cluster);
+    must(cluster.psql(
+        dbname,
+        &format!(
+            "GRANT USAGE ON SCHEMA public TO {APP_USER}; \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP_USER}; \
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {APP_USER}"
+        ),
+    ));
+}
+
+/// The application's URL for `dbname` directly on `cluster` (see [`create_app_role`]).
+pub fn app_url(cluster: &Cluster, dbname: &str) -> String {
+    with_password(&cluster.url(dbname), APP_USER, APP_PASSWORD)
+}
+
+/// The application's URL through `pooler` for its database `name`.
+pub fn app_pooler_url(pooler: &Pooler, name: &str) -> String {
+    pooler.url(name, APP_USER)
+}
+
+/// The PgBouncer admin console's URL (the admin's password included).
+pub fn admin_url(pooler: &Pooler) -> String {
+    pooler.admin_url()
+}
+
+/// `url` logging in as `user` with `password` (percent-encoded).
+pub fn with_password(url: &str, user: &str, password: &str) -> String {
+    let mut u = must(url::Url::parse(url).map_err(|e| e.to_string()));
+    must(u.set_username(user).map_err(|_| "cannot set the user"));
+    must(
+        u.set_password(Some(password))
+            .map_err(|_| "cannot set the password"),
+    );
+    u.to_string()
+}
+
+/// A URL without a password (as the upgrade journal keeps them) made to log
+/// in: the steward's password for `postgres`, the application's for `app`.
+pub fn authed(url: &str) -> String {
+    let u = must(url::Url::parse(url).map_err(|e| e.to_string()));
+    if u.password().is_some() {
+        return url.to_string();
+    }
+    match u.username() {
+        APP_USER => with_password(url, APP_USER, APP_PASSWORD),
+        "" | STEWARD_USER => with_password(url, STEWARD_USER, STEWARD_PASSWORD),
+        _ => url.to_string(),
+    }
+}
+
+/// A password file (0600) with every harness login, written once per test process.
+pub fn passfile() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pgsteward-pgpass-{}", std::process::id()));
+        must(std::fs::create_dir_all(&dir).map_err(|e| e.to_string()));
+        let path = dir.join("pgpass");
+        let text: String = [
+            (STEWARD_USER, STEWARD_PASSWORD),
+            (APP_USER, APP_PASSWORD),
+            (ADMIN_USER, ADMIN_PASSWORD),
+        ]
+        .iter()
+        .map(|(u, p)| pgsteward::pg::libpq::passfile_line("*", "*", "*", u, p))
+        .collect();
+        must(std::fs::write(&path, text).map_err(|e| e.to_string()));
+        must(
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| e.to_string()),
+        );
+        remove_when_gone(&dir);
+        path
+    })
+}
+
+/// The libpq environment of the harness's own connections: this process's,
+/// plus the harness password file.
+pub fn pg_env() -> pgsteward::pg::PgEnv {
+    pgsteward::pg::PgEnv::from_process().set("PGPASSFILE", &passfile().display().to_string())
+}
+
+/// PgBouncer in front of `cluster`, database `app` → `dbname`, with
+/// scram-sha-256 logins for the steward, the application and the admin.
 pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> Pooler {
+    create_app_role(cluster);
     let port = must(localpg::free_port());
     let db = PoolerDatabase {
         name: "app".into(),
@@ -248,19 +388,27 @@ pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)
         port: cluster.port,
         dbname: dbname.into(),
     };
-    must(Pooler::start(&dir.join("pgbouncer"), port, &[db], extra))
+    must(Pooler::start(
+        &dir.join("pgbouncer"),
+        port,
+        &[db],
+        &pooler_auth(),
+        extra,
+    ))
 }
 
 /// The pgsteward binary built for these tests.
 pub fn pgsteward() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsteward"));
-    // The environment of the developer must not leak into tests.
+    // The environment of the developer must not leak into tests: no
+    // PGSTEWARD_* settings, no PG* connection defaults or passwords.
     for (k, _) in std::env::vars() {
-        if k.starts_with("PGSTEWARD_") {
+        if k.starts_with("PGSTEWARD_") || k.starts_with("PG") {
             cmd.env_remove(k);
         }
     }
     cmd.env("PGSTEWARD_LOG_LEVEL", "warn");
+    cmd.env("PGPASSFILE", passfile());
     cmd
 }
 
@@ -273,12 +421,12 @@ pub fn write_config(dir: &Path, toml: &str) -> PathBuf {
 
 /// Runs a SQL statement with tokio-postgres and returns the rows.
 pub async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
-    let spec = must(pgsteward::pg::ConnSpec::parse(url));
+    let spec = must(pgsteward::pg::ConnSpec::parse_with(url, &pg_env()));
     let client = must(spec.connect(Duration::from_secs(10)).await);
     must(client.query(sql, &[]).await)
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let spec = must(pgsteward::pg::ConnSpec::parse(url));
+    let spec = must(pgsteward::pg::ConnSpec::parse_with(url, &pg_env()));
     must(spec.connect(Duration::from_secs(10)).await)
 }

@@ -971,10 +971,16 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
     };
     let cluster = crate::harness::TestCluster::start(1);
     let p = &cluster.primary;
-    crate::harness::must(p.psql("postgres", "CREATE ROLE app LOGIN"));
+    crate::harness::create_app_role(p);
     crate::harness::must(p.psql("postgres", "CREATE DATABASE app OWNER app"));
     crate::harness::must(p.psql("app", "CREATE TABLE t (id int); ALTER TABLE t OWNER TO app"));
-    let app_url = |port: u16| format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable");
+    let app_url = |port: u16| {
+        crate::harness::with_password(
+            &format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable"),
+            crate::harness::APP_USER,
+            crate::harness::APP_PASSWORD,
+        )
+    };
     let app = crate::harness::connect(&app_url(p.port)).await;
     app.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
 

@@ -355,6 +355,7 @@ fn service_sigterm_cancels_ddl_waiting_for_a_lock() {
     // An application transaction holds the parent: the pass's DDL waits on it.
     let psql = must(localpg::find_program("psql", None));
     let mut holder = std::process::Command::new(psql)
+        .env("PGPASSFILE", crate::harness::passfile())
         .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
         .args(["-p", &tc.primary.port.to_string()])
         .args([

@@ -176,7 +176,11 @@ fn tls_server() -> &'static (Cluster, Pki) {
 }
 
 fn url(host: &str, port: u16, params: &str) -> String {
-    format!("postgres://postgres@{host}:{port}/postgres?{params}")
+    crate::harness::with_password(
+        &format!("postgres://postgres@{host}:{port}/postgres?{params}"),
+        crate::harness::STEWARD_USER,
+        crate::harness::STEWARD_PASSWORD,
+    )
 }
 
 /// Whether the session the client holds is encrypted, as the server sees it.

@@ -302,7 +302,7 @@ database = "app"
             if writable.contains(url) {
                 continue;
             }
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse(url) else {
+            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
             let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
@@ -436,7 +436,7 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
     t.check_nothing_lost(&ledger.acked).await;
 
     // The old primary was retired: it accepts no connection, let alone a write.
-    let spec = pgsteward::pg::ConnSpec::parse(&old).unwrap();
+    let spec = pgsteward::pg::ConnSpec::parse_with(&old, &harness::pg_env()).unwrap();
     assert!(
         spec.connect(Duration::from_secs(2)).await.is_err(),
         "old primary still up"
@@ -583,7 +583,7 @@ impl Topology {
         urls.sort();
         urls.dedup();
         for url in &urls {
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse(url) else {
+            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
             let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
@@ -945,15 +945,15 @@ async fn hand_cutover(
         .join("clusters")
         .join(format!("hand{run}{}", if poll { "p" } else { "w" }));
     let port = pgsteward::localpg::free_port().unwrap();
-    let replica = must(Cluster::basebackup_from(
+    let login = must(pgsteward::localpg::ChildLogin::new(
         "127.0.0.1",
         old_port,
-        "postgres",
-        &dir,
-        port,
-        None,
-        &settings,
+        harness::STEWARD_USER,
+        Some(harness::STEWARD_PASSWORD),
+        must(pgsteward::localpg::ServerUser::detect()),
     ));
+    let replica = must(Cluster::basebackup_as(&login, &dir, port, None, &settings))
+        .with_superuser_password(harness::STEWARD_PASSWORD);
     must(replica.start());
     must(pgsteward::localpg::stop_when_gone(
         &replica,

@@ -274,7 +274,11 @@ async fn asynchronous_commits_are_not_lost() {
 }
 
 async fn app_connect(port: u16, options: Option<&str>) -> Result<tokio_postgres::Client, String> {
-    let mut url = format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable");
+    let mut url = harness::with_password(
+        &format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable"),
+        harness::APP_USER,
+        harness::APP_PASSWORD,
+    );
     if let Some(o) = options {
         url.push_str(&format!("&options={}", o.replace(' ', "%20")));
     }
@@ -315,7 +319,12 @@ async fn assert_fenced(port: u16, label: &str) {
 async fn hard_fence_holds_and_rolls_back_completely() {
     let mut t = Topology::new();
     let p = &t.cluster.primary;
-    must(p.psql("postgres", "CREATE ROLE app LOGIN"));
+    // The harness's application role (scram, not a superuser), made if missing.
+    must(p.psql(
+        "postgres",
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') \
+         THEN CREATE ROLE app LOGIN; END IF; END$$",
+    ));
     must(p.psql("app", "GRANT SELECT, INSERT ON ledger TO app"));
     // Settings that soften a default_transaction_read_only fence.
     must(p.psql(

@@ -1,0 +1,10 @@
+-- Enabled user triggers that fire on DELETE from the relation $1 (regclass
+-- text), row- or statement-level: a move out of DEFAULT would fire them,
+-- and they may write to other tables. TRIGGER_TYPE_DELETE is bit 3.
+SELECT t.tgname::text
+FROM pg_trigger t
+WHERE t.tgrelid = to_regclass($1)
+  AND NOT t.tgisinternal
+  AND t.tgenabled <> 'D'
+  AND (t.tgtype & 8) <> 0
+ORDER BY 1

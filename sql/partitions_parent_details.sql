@@ -1,0 +1,11 @@
+-- What a new partition copies from its parent beyond the pass's catalog:
+-- row-level security, replica identity and tablespace, and the server
+-- version (for the LIKE clauses it knows). $1: the parent's oid.
+SELECT c.relrowsecurity AS row_security,
+       c.relforcerowsecurity AS force_row_security,
+       c.relreplident::text AS replica_identity,
+       t.spcname::text AS tablespace,
+       current_setting('server_version_num')::int4 AS server_version
+FROM pg_class c
+LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+WHERE c.oid = $1::int8::oid

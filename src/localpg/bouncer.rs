@@ -1,0 +1,223 @@
+//! PgBouncer on this host for the demo and the tests.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{
+    command, find_program, give_to, io, make_server_dir, spawn_watchdog, url_encode, LocalPgError,
+    ServerUser,
+};
+
+/// PgBouncer on this host, in transaction pooling mode. Clients log in with
+/// scram-sha-256 against the passwords of [`PoolerAuth`] (PgBouncer logs in
+/// to the server with the same), `trust` only when a user has no password.
+#[derive(Debug)]
+pub struct Pooler {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub ini: PathBuf,
+    pub user: Option<ServerUser>,
+    pub auth: PoolerAuth,
+    child: Option<std::process::Child>,
+}
+
+/// A user PgBouncer knows.
+#[derive(Clone)]
+pub struct PoolerUser {
+    pub name: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PoolerUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PoolerUser({})", self.name)
+    }
+}
+
+impl PoolerUser {
+    pub fn new(name: &str, password: Option<&str>) -> PoolerUser {
+        PoolerUser {
+            name: name.to_string(),
+            password: password.map(str::to_string),
+        }
+    }
+}
+
+/// Who may log in through PgBouncer: the admin (console only) and the users
+/// that reach the databases.
+#[derive(Debug, Clone)]
+pub struct PoolerAuth {
+    pub admin: PoolerUser,
+    pub users: Vec<PoolerUser>,
+}
+
+impl PoolerAuth {
+    /// `auth_file` lines: `"name" "password"`, `"` doubled inside quotes.
+    fn userlist(&self) -> String {
+        let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        std::iter::once(&self.admin)
+            .chain(&self.users)
+            .map(|u| {
+                format!(
+                    "{} {}\n",
+                    q(&u.name),
+                    q(u.password.as_deref().unwrap_or(""))
+                )
+            })
+            .collect()
+    }
+
+    fn auth_type(&self) -> &'static str {
+        let all = std::iter::once(&self.admin).chain(&self.users);
+        if all.into_iter().all(|u| u.password.is_some()) {
+            "scram-sha-256"
+        } else {
+            "trust"
+        }
+    }
+
+    fn password_of(&self, user: &str) -> Option<&str> {
+        std::iter::once(&self.admin)
+            .chain(&self.users)
+            .find(|u| u.name == user)
+            .and_then(|u| u.password.as_deref())
+    }
+}
+
+/// One `[databases]` entry.
+#[derive(Debug, Clone)]
+pub struct PoolerDatabase {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+}
+
+impl PoolerDatabase {
+    pub fn ini_line(&self) -> String {
+        format!(
+            "{} = host={} port={} dbname={}",
+            self.name, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl Pooler {
+    /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
+    /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
+    pub fn start(
+        dir: &Path,
+        port: u16,
+        databases: &[PoolerDatabase],
+        auth: &PoolerAuth,
+        extra: &[(&str, &str)],
+    ) -> Result<Pooler, LocalPgError> {
+        let user = ServerUser::detect()?;
+        make_server_dir(dir, user)?;
+        let program = find_program("pgbouncer", None)?;
+        let ini = dir.join("pgbouncer.ini");
+        let users = dir.join("userlist.txt");
+        fs::write(&users, auth.userlist()).map_err(io("write userlist"))?;
+        fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io("chmod userlist"))?;
+        give_to(&users, user)?;
+        let mut text = String::from("[databases]\n");
+        for db in databases {
+            let _ = writeln!(text, "{}", db.ini_line());
+        }
+        let _ = write!(
+            text,
+            "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
+             auth_type = {auth_type}\nauth_file = {users}\nadmin_users = {admin}\npool_mode = transaction\n\
+             max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
+             server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
+            sock = dir.display(),
+            users = users.display(),
+            auth_type = auth.auth_type(),
+            admin = auth.admin.name,
+            log = dir.join("pgbouncer.log").display(),
+            pid = dir.join("pgbouncer.pid").display(),
+        );
+        for (k, v) in extra {
+            let _ = writeln!(text, "{k} = {v}");
+        }
+        fs::write(&ini, text).map_err(io("write pgbouncer.ini"))?;
+        give_to(&ini, user)?;
+        let mut cmd = command(&program, user);
+        cmd.arg(&ini)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().map_err(io("start pgbouncer"))?;
+        let pooler = Pooler {
+            dir: dir.to_path_buf(),
+            port,
+            ini,
+            user,
+            auth: auth.clone(),
+            child: Some(child),
+        };
+        let owner = std::process::id();
+        spawn_watchdog(
+            &format!(
+                "while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null",
+                pooler.pid()
+            ),
+            None,
+        )?;
+        pooler.wait_listening(Duration::from_secs(10))?;
+        Ok(pooler)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn wait_listening(&self, timeout: Duration) -> Result<(), LocalPgError> {
+        let deadline = Instant::now() + timeout;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() >= deadline {
+                let log = fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
+                return Err(LocalPgError::Timeout {
+                    what: format!("pgbouncer listening on port {} (log: {log})", self.port),
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    }
+
+    /// Admin console URL, with the admin's password.
+    pub fn admin_url(&self) -> String {
+        self.url("pgbouncer", &self.auth.admin.name)
+    }
+
+    /// URL clients use for database `name` as `user`, with its password when PgBouncer has one.
+    pub fn url(&self, name: &str, user: &str) -> String {
+        let login = match self.auth.password_of(user) {
+            Some(pw) => format!("{}:{}", url_encode(user), url_encode(pw)),
+            None => url_encode(user),
+        };
+        format!(
+            "postgres://{login}@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
