@@ -29,6 +29,14 @@ pub enum PoolerError {
     },
     #[error("pgbouncer {target} did not finish PAUSE within {timeout:?}: a transaction is still open through it (see SHOW CLIENTS); writes were resumed")]
     PauseTimeout { target: String, timeout: Duration },
+    #[error("pgbouncer {target}: database {database} is already paused, and not by this upgrade; refusing to lift someone else's PAUSE (RESUME it by hand once its owner is done)")]
+    PausedByOther { target: String, database: String },
+    #[error("pgbouncer {target}: no answer to {command} within {after:?}")]
+    Timeout {
+        target: String,
+        command: String,
+        after: Duration,
+    },
     #[error("pgbouncer config {path}: {detail}")]
     Ini { path: PathBuf, detail: String },
     #[error(
@@ -54,12 +62,18 @@ struct Endpoint {
     pause_conn: Option<Client>,
     /// Everything else.
     ctl_conn: Option<Client>,
+    /// This process's PAUSE on this endpoint returned (drained) and no RESUME followed.
+    paused_here: bool,
 }
 
 /// All configured PgBouncers, driven as one.
 pub struct Poolers {
     endpoints: Vec<Endpoint>,
     connect_timeout: Duration,
+    /// Bound of every admin command but PAUSE (which has its own).
+    query_timeout: Duration,
+    /// Inside the pause window: no command outlives the pause deadline.
+    deadline: Option<tokio::time::Instant>,
     pub database: String,
 }
 
@@ -76,10 +90,27 @@ impl Poolers {
                     ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
                     pause_conn: None,
                     ctl_conn: None,
+                    paused_here: false,
                 })
                 .collect(),
             connect_timeout: cfg.database.connect_timeout.0,
+            query_timeout: crate::upgrade::steps::query_timeout(cfg),
+            deadline: None,
             database: cfg.cutover.database.clone(),
+        }
+    }
+
+    pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// How long the next admin command may take.
+    fn limit(&self) -> Duration {
+        match self.deadline {
+            Some(d) => self
+                .query_timeout
+                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.query_timeout,
         }
     }
 
@@ -99,13 +130,21 @@ impl Poolers {
     /// Opens the admin connections that are not open yet (before the write
     /// pause, so logins do not count against it).
     pub async fn connect(&mut self) -> Result<(), PoolerError> {
+        let timeout = self
+            .connect_timeout
+            .min(self.limit().max(Duration::from_millis(1)));
         for e in &mut self.endpoints {
-            let spec = e.admin.spec()?;
+            let mut spec = e.admin.spec()?;
+            // A PgBouncer that vanished (host down, cable cut) is noticed in seconds.
+            spec.config.keepalives(true);
+            spec.config.keepalives_idle(Duration::from_secs(5));
+            spec.config.keepalives_interval(Duration::from_secs(2));
+            spec.config.keepalives_retries(3);
             if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.ctl_conn = Some(spec.connect(self.connect_timeout).await?);
+                e.ctl_conn = Some(spec.connect(timeout).await?);
             }
             if e.pause_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.pause_conn = Some(spec.connect(self.connect_timeout).await?);
+                e.pause_conn = Some(spec.connect(timeout).await?);
             }
         }
         Ok(())
@@ -121,22 +160,32 @@ impl Poolers {
 
     /// `PAUSE db` on every endpoint; returns when all finished pausing.
     /// Past `timeout` (or on any error) RESUME is sent everywhere and the error returned.
+    ///
+    /// A PAUSE already in force is never lifted unless this process made it
+    /// (then it has drained already and is kept): a PAUSE of another upgrade
+    /// or of an operator is theirs to RESUME.
     pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
         self.connect().await?;
         let db = self.database.clone();
         let cmd = format!("PAUSE {db}");
         let mut futs = Vec::new();
-        for e in &self.endpoints {
-            // A PAUSE already in force (this step run again) may not have finished:
-            // lift it and pause again so the return of PAUSE means "drained".
+        let mut mine = Vec::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
             let paused = self
                 .show_databases_of(e)
                 .await?
                 .iter()
                 .any(|d| d.name == db && d.paused);
-            if paused {
-                simple(Self::ctl(e)?, &e.admin, &format!("RESUME {db}")).await?;
+            if paused && e.paused_here {
+                continue;
             }
+            if paused {
+                return Err(PoolerError::PausedByOther {
+                    target: e.admin.to_string(),
+                    database: db,
+                });
+            }
+            mine.push(i);
             let Some(c) = e.pause_conn.as_ref() else {
                 return Err(PoolerError::Command {
                     target: e.admin.to_string(),
@@ -146,11 +195,16 @@ impl Poolers {
             };
             let admin = e.admin.clone();
             let cmd = cmd.clone();
-            futs.push(async move { simple(c, &admin, &cmd).await });
+            futs.push(async move { simple(c, &admin, &cmd, timeout).await });
         }
         let all = futures::future::try_join_all(futs);
         let result = match tokio::time::timeout(timeout, all).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(_)) => {
+                for i in mine {
+                    self.endpoints[i].paused_here = true;
+                }
+                return Ok(());
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(PoolerError::PauseTimeout {
                 target: self
@@ -162,25 +216,34 @@ impl Poolers {
             }),
         };
         // The pausing connections are still waiting for their answer; drop them.
-        for e in &mut self.endpoints {
-            e.pause_conn = None;
+        // The PAUSEs sent are ours (a PAUSE pending counts as one): lift them.
+        for &i in &mine {
+            self.endpoints[i].pause_conn = None;
+            self.endpoints[i].paused_here = true;
         }
+        // The way back is not bound by the deadline that was just missed.
+        self.deadline = None;
         if let Err(e) = self.resume().await {
             tracing::error!(error = %e, "resume after a failed pause failed");
         }
         result
     }
 
-    /// `RESUME db` everywhere; a database that is not paused is fine.
+    /// `RESUME db` everywhere; a database that is not paused is fine. Only
+    /// called for a PAUSE of this upgrade (this process's, or one its journal
+    /// proves it sent before a crash).
     pub async fn resume(&mut self) -> Result<(), PoolerError> {
         self.connect().await?;
         let cmd = format!("RESUME {}", self.database);
-        for e in &self.endpoints {
-            match simple(Self::ctl(e)?, &e.admin, &cmd).await {
+        // The way back gets its full time even after a missed pause deadline.
+        let limit = self.query_timeout;
+        for e in &mut self.endpoints {
+            match simple(Self::ctl(e)?, &e.admin, &cmd, limit).await {
                 Ok(_) => {}
                 Err(PoolerError::Command { detail, .. }) if detail.contains("not paused") => {}
                 Err(err) => return Err(err),
             }
+            e.paused_here = false;
         }
         Ok(())
     }
@@ -189,7 +252,7 @@ impl Poolers {
     pub async fn reload(&mut self) -> Result<(), PoolerError> {
         self.connect().await?;
         for e in &self.endpoints {
-            simple(Self::ctl(e)?, &e.admin, "RELOAD").await?;
+            simple(Self::ctl(e)?, &e.admin, "RELOAD", self.limit()).await?;
         }
         Ok(())
     }
@@ -212,7 +275,7 @@ impl Poolers {
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
-        let rows = simple(Self::ctl(e)?, &e.admin, "SHOW DATABASES").await?;
+        let rows = simple(Self::ctl(e)?, &e.admin, "SHOW DATABASES", self.limit()).await?;
         Ok(rows
             .iter()
             .map(|r| DatabaseEntry {
@@ -245,7 +308,7 @@ impl Poolers {
         self.connect().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            for r in simple(Self::ctl(e)?, &e.admin, "SHOW SERVERS").await? {
+            for r in simple(Self::ctl(e)?, &e.admin, "SHOW SERVERS", self.limit()).await? {
                 if r.get("database") == Some(self.database.as_str()) {
                     out.push(format!(
                         "{}:{}",
@@ -265,7 +328,7 @@ impl Poolers {
         self.connect().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            let rows = simple(Self::ctl(e)?, &e.admin, "SHOW CONFIG").await?;
+            let rows = simple(Self::ctl(e)?, &e.admin, "SHOW CONFIG", self.limit()).await?;
             let map = rows
                 .iter()
                 .filter_map(|r| {
@@ -316,10 +379,19 @@ impl Row {
     }
 }
 
-async fn simple(c: &Client, target: &ConnString, cmd: &str) -> Result<Vec<Row>, PoolerError> {
-    let msgs = c
-        .simple_query(cmd)
+async fn simple(
+    c: &Client,
+    target: &ConnString,
+    cmd: &str,
+    after: Duration,
+) -> Result<Vec<Row>, PoolerError> {
+    let msgs = tokio::time::timeout(after, c.simple_query(cmd))
         .await
+        .map_err(|_| PoolerError::Timeout {
+            target: target.to_string(),
+            command: cmd.to_string(),
+            after,
+        })?
         .map_err(|e| PoolerError::Command {
             target: target.to_string(),
             command: cmd.to_string(),

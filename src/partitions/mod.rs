@@ -68,6 +68,19 @@ pub async fn run_pass_at(
     cancel: &CancellationToken,
 ) -> Result<PassReport, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
+    // The upgrade guard, read from the database (every caller gets it).
+    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(&client, cfg)
+        .await
+        .map_err(|message| PartitionError::Query {
+            what: "run partition DDL",
+            message,
+        })?
+    {
+        return Ok(PassReport {
+            skipped: Some(skip),
+            tables: Vec::new(),
+        });
+    }
     if catalog.in_recovery {
         tracing::info!(reason = RECOVERY_SKIP, "partition pass skipped");
         return Ok(PassReport {

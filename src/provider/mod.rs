@@ -237,6 +237,18 @@ pub fn from_config(cfg: &Config) -> Result<Box<dyn Provider>, ProviderError> {
     }
 }
 
+/// [`from_config`] whose waits (RDS polling and backoff) end when `cancel`
+/// fires (SIGTERM/SIGINT of an upgrade run).
+pub fn from_config_cancellable(
+    cfg: &Config,
+    cancel: tokio_util::sync::CancellationToken,
+) -> Result<Box<dyn Provider>, ProviderError> {
+    match cfg.upgrade.provider {
+        ProviderKind::Local => Ok(Box::new(local::LocalProvider::new(cfg)?)),
+        ProviderKind::Rds => Ok(Box::new(rds::RdsProvider::new(cfg)?.with_cancel(cancel))),
+    }
+}
+
 /// `database.primary` with its host and port replaced: the SQL endpoint of a
 /// new server, keeping user, password, database and options (sslmode...).
 pub fn endpoint_like(primary: &ConnString, host: &str, port: u16) -> ConnString {

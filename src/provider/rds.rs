@@ -299,72 +299,12 @@ pub fn replica_tags(
     tags
 }
 
-/// Databases fenced on RDS: every one that takes connections, except
-/// templates and the one RDS keeps for itself.
-pub const FENCEABLE_DATABASES: &str = "SELECT datname FROM pg_database \
-     WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' ORDER BY datname";
-/// Our own session must be able to write even where the fence applies.
-const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
-/// Application sessions, i.e. everything but superusers' (on RDS: `rdsadmin`,
-/// whose backends an `rds_superuser` may not signal; one refusal would fail
-/// the whole statement).
-pub const TERMINATE_APPLICATION_SESSIONS: &str =
-    "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
-     JOIN pg_roles r ON r.oid = a.usesysid \
-     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
-
-/// Fencing without `ALTER SYSTEM` (refused on RDS): every fenceable database
-/// defaults new transactions to read-only. Needs ownership of each database
-/// (or membership in its owner role). Returns the databases fenced.
-///
-/// The setting lives in `pg_db_role_setting`, a shared catalog that streams
-/// to replicas: the new primary inherits the fence and must be unfenced with
-/// [`unfence_databases`] after promotion, before writes resume.
-pub async fn fence_databases(
-    client: &tokio_postgres::Client,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    client.batch_execute(SESSION_WRITABLE).await?;
-    let mut fenced = Vec::new();
-    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
-        let db: String = row.get(0);
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
-        fenced.push(db);
-    }
-    Ok(fenced)
-}
-
-/// Undoes [`fence_databases`]: on the old primary when rolling back, on the
-/// new primary after promotion. Idempotent.
-pub async fn unfence_databases(
-    client: &tokio_postgres::Client,
-) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(SESSION_WRITABLE).await?;
-    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
-        let db: String = row.get(0);
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RESET default_transaction_read_only",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
-    }
-    Ok(())
-}
-
-/// Ends every application session (see [`TERMINATE_APPLICATION_SESSIONS`]).
-pub async fn terminate_application_sessions(
-    client: &tokio_postgres::Client,
-) -> Result<i64, tokio_postgres::Error> {
-    Ok(client
-        .query_one(TERMINATE_APPLICATION_SESSIONS, &[])
-        .await?
-        .get(0))
-}
+// The RDS fence lives with the local one in `upgrade::fence` (both methods
+// in one module); re-exported here for callers of the provider.
+pub use crate::upgrade::fence::{
+    fence_databases, terminate_application_sessions, unfence_databases, FENCEABLE_DATABASES,
+    TERMINATE_APPLICATION_SESSIONS,
+};
 
 pub struct RdsProvider {
     api: Arc<dyn RdsApi>,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::record::{Step, StepStatus};
+use super::record::{StepStatus, STEPS};
 use super::runner::Saga;
 use super::UpgradeError;
 
@@ -52,18 +52,24 @@ impl Saga {
     /// `pause_writes` opens every connection the window needs before it sends
     /// PAUSE and starts the deadline the next two steps share.
     pub(crate) async fn cutover(&mut self) -> Result<(), UpgradeError> {
-        for step in [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync] {
+        for step in STEPS.iter().copied().filter(|s| s.under_pause_deadline()) {
             if self.journal.record().status(step) != StepStatus::Done {
                 self.forward(step).await?;
             }
         }
+        // From promote on the window only goes forward: no pause deadline.
+        self.set_pause_deadline(None);
         self.forward_from_promote().await
     }
 
     /// Steps 8–10; also the way a resumed upgrade finishes a window that
     /// crashed after promote had started.
     pub(crate) async fn forward_from_promote(&mut self) -> Result<(), UpgradeError> {
-        for step in [Step::Promote, Step::Repoint, Step::ResumeWrites] {
+        let rest = STEPS
+            .iter()
+            .copied()
+            .filter(|s| !s.before_promote() && s.in_pause_window());
+        for step in rest {
             if self.journal.record().status(step) != StepStatus::Done {
                 self.forward(step).await?;
             }

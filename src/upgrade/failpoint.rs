@@ -6,7 +6,7 @@
 //! `<step>-start` (after `step_started` is durable, before the step acts),
 //! `<step>-done` (after it acted, before `step_succeeded` is written) or
 //! `<step>-undo` (before its undo), and the action is
-//! `error` (the step fails), `panic`, `exit` (exit code 99) or `kill`
+//! `error` (the step fails), `sleep:MS` (the step waits there), `panic`, `exit` (exit code 99) or `kill`
 //! (the process SIGKILLs itself: a real crash, no destructors, no flush).
 //! `PGSTEWARD_FAILPOINT_REPEAT=1` runs every step's action twice (idempotence).
 
@@ -34,6 +34,19 @@ mod imp {
         tracing::warn!(failpoint = name, action = %action, "failpoint hit");
         match action.as_str() {
             "error" => Err(format!("failpoint {name} injected an error")),
+            // `fill:DIR`: a full disk under DIR from here on: the newest journal
+            // in DIR padded with blank lines to a page boundary (replay skips
+            // them), then one file takes every free block left.
+            a if a.starts_with("fill:") => {
+                fill(std::path::Path::new(&a["fill:".len()..]));
+                Ok(())
+            }
+            // `sleep:MS`: hold the step here (a test acts on the servers meanwhile).
+            a if a.starts_with("sleep:") => {
+                let ms: u64 = a["sleep:".len()..].parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                Ok(())
+            }
             "panic" => panic!("failpoint {name}"),
             "exit" => std::process::exit(99),
             "kill" => {
@@ -42,6 +55,23 @@ mod imp {
                 std::process::exit(137)
             }
             other => Err(format!("failpoint {name}: unknown action {other:?}")),
+        }
+    }
+
+    fn fill(dir: &std::path::Path) {
+        use std::io::Write;
+        if let Ok(Some(j)) = crate::upgrade::journal::latest(dir) {
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&j) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let pad = (4096 - len % 4096) % 4096;
+                let _ = f.write_all(&vec![b'\n'; pad as usize]);
+                let _ = f.sync_all();
+            }
+        }
+        if let Ok(mut f) = std::fs::File::create(dir.join("fill")) {
+            let block = vec![0u8; 4096];
+            while f.write_all(&block).is_ok() {}
+            let _ = f.sync_all();
         }
     }
 
@@ -57,6 +87,23 @@ mod imp {
         Ok(())
     }
     #[inline(always)]
+    fn fill(dir: &std::path::Path) {
+        use std::io::Write;
+        if let Ok(Some(j)) = crate::upgrade::journal::latest(dir) {
+            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&j) {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let pad = (4096 - len % 4096) % 4096;
+                let _ = f.write_all(&vec![b'\n'; pad as usize]);
+                let _ = f.sync_all();
+            }
+        }
+        if let Ok(mut f) = std::fs::File::create(dir.join("fill")) {
+            let block = vec![0u8; 4096];
+            while f.write_all(&block).is_ok() {}
+            let _ = f.sync_all();
+        }
+    }
+
     pub fn repeat_steps() -> bool {
         false
     }

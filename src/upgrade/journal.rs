@@ -6,6 +6,21 @@
 //! the runner never acts on a step before its `step_started` is durable. A
 //! crash while writing leaves at most one torn last line; its event was never
 //! acted on, so replay drops it (and the next append truncates it away).
+//!
+//! Faults: a failed write or sync (full disk, I/O error) truncates the file
+//! back to its last durable length, puts back what was staged, and marks the
+//! journal broken: nothing more is written by this process, and the record in
+//! memory is exactly the file plus what is staged (they never drift apart).
+//! The runner then undoes the write pause without a journal (runner.rs) and
+//! `upgrade resume` finishes from the file. A torn or garbled line anywhere
+//! is reported with its number and skipped when the sequence numbers around
+//! it show nothing was lost (an append that failed half way and was written
+//! again); the file is then rewritten without it. A journal whose `created`
+//! line never became durable is no upgrade at all and is set aside.
+//!
+//! Order: files are named `<number>-<id>.jsonl` with a number one above the
+//! highest in `state_dir`, so the newest is found without trusting the wall
+//! clock (ids carry a timestamp for humans and RDS names, nothing else).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -36,6 +51,8 @@ pub enum JournalError {
     },
     #[error("another pgsteward process is driving an upgrade in {dir} (lock file {dir}/upgrade.lock); wait for it or stop it")]
     Locked { dir: PathBuf },
+    #[error("upgrade journal {path} cannot be written since an earlier failure ({reason}); free the disk and run `pgsteward upgrade resume`")]
+    Broken { path: PathBuf, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
@@ -51,11 +68,24 @@ pub struct Journal {
     /// Applied to `record`, not yet on disk: written with the next append.
     staged: String,
     record: UpgradeRecord,
+    /// Length of the file up to its last durable line.
+    durable_len: u64,
+    /// Set by a failed write or sync: no more writes from this process.
+    broken: Option<String>,
 }
 
 impl Journal {
+    /// The path of a new journal for `id`: numbered one above every
+    /// journal already in `state_dir`.
     pub fn path_for(state_dir: &Path, id: &str) -> PathBuf {
-        state_dir.join(format!("{id}.jsonl"))
+        let next = journals(state_dir)
+            .unwrap_or_default()
+            .iter()
+            .map(|(n, _)| *n)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        state_dir.join(format!("{next:06}-{id}.jsonl"))
     }
 
     /// Creates the journal of a new upgrade with its `created` entry, durably.
@@ -86,17 +116,23 @@ impl Journal {
                 source,
             })?;
         let line = to_line(&entry);
-        file.write_all(line.as_bytes()).map_err(io(&path))?;
-        file.sync_all().map_err(io(&path))?;
-        // The new directory entry must be durable too, or a crash could lose the whole file.
-        File::open(state_dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(state_dir))?;
+        let written = file
+            .write_all(line.as_bytes())
+            .and_then(|_| file.sync_all())
+            // The new directory entry must be durable too, or a crash could lose the whole file.
+            .and_then(|_| File::open(state_dir).and_then(|d| d.sync_all()));
+        if let Err(e) = written {
+            // Nothing happened yet: leave no half journal behind.
+            let _ = fs::remove_file(&path);
+            return Err(io(&path)(e));
+        }
         Ok(Journal {
             path,
             file,
             staged: String::new(),
             record,
+            durable_len: line.len() as u64,
+            broken: None,
         })
     }
 
@@ -109,10 +145,29 @@ impl Journal {
             .map_err(io(path))?;
         let mut text = String::new();
         file.read_to_string(&mut text).map_err(io(path))?;
-        let (record, valid_len) = replay_text(path, &text)?;
-        if valid_len < text.len() {
+        let replay = replay_text(path, &text)?;
+        let mut durable_len = replay.valid_len as u64;
+        if !replay.skipped.is_empty() {
+            // Rewrite without the garbled lines, atomically, so the file
+            // replays cleanly from now on.
+            let tmp = path.with_extension("jsonl.repair");
+            let kept = replay.kept.as_bytes();
+            let rewritten = File::create(&tmp)
+                .and_then(|mut f| f.write_all(kept).and_then(|_| f.sync_all()))
+                .and_then(|_| fs::rename(&tmp, path))
+                .and_then(|_| {
+                    File::open(path.parent().unwrap_or(Path::new("."))).and_then(|d| d.sync_all())
+                });
+            rewritten.map_err(io(path))?;
+            file = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(io(path))?;
+            durable_len = kept.len() as u64;
+        } else if replay.valid_len < text.len() {
             // A torn last line: its event was never acted on (see the module doc).
-            file.set_len(valid_len as u64).map_err(io(path))?;
+            file.set_len(durable_len).map_err(io(path))?;
             file.seek(SeekFrom::End(0)).map_err(io(path))?;
             file.sync_all().map_err(io(path))?;
         }
@@ -120,7 +175,9 @@ impl Journal {
             path: path.to_path_buf(),
             file,
             staged: String::new(),
-            record,
+            record: replay.record,
+            durable_len,
+            broken: None,
         })
     }
 
@@ -135,18 +192,51 @@ impl Journal {
     /// Validates `events` against the record, writes them (after anything
     /// staged) in one write and syncs before returning. Nothing is applied
     /// when one is illegal.
+    ///
+    /// On a failed write or sync the file is cut back to its last durable
+    /// line, the staged events are kept staged, `events` are not applied, and
+    /// the journal is broken (see the module doc).
     pub fn append(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        if let Some(reason) = &self.broken {
+            return Err(JournalError::Broken {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            });
+        }
         let (next, text) = self.validate(events)?;
-        let mut all = std::mem::take(&mut self.staged);
+        let mut all = self.staged.clone();
         all.push_str(&text);
         if !all.is_empty() {
-            self.file
+            super::failpoint::hit("journal-append").map_err(|e| JournalError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            let start = self
+                .file
+                .metadata()
+                .map(|m| m.len())
+                .unwrap_or(self.durable_len);
+            let written = self
+                .file
                 .write_all(all.as_bytes())
-                .map_err(io(&self.path))?;
-            self.file.sync_data().map_err(io(&self.path))?;
+                .and_then(|_| self.file.sync_data());
+            if let Err(e) = written {
+                // After a failed sync the page cache cannot be trusted either:
+                // cut back to what was durable and write no more.
+                let _ = self.file.set_len(start).and_then(|_| self.file.sync_all());
+                self.broken = Some(e.to_string());
+                return Err(io(&self.path)(e));
+            }
+            self.durable_len = start + all.len() as u64;
         }
+        self.staged.clear();
         self.record = next;
         Ok(())
+    }
+
+    /// Whether an earlier write failed (nothing more is written).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     /// Applies `events` to the record now and writes them with the next
@@ -186,26 +276,50 @@ fn to_line(entry: &Entry) -> String {
     s
 }
 
-/// Replays a journal's text; returns the record and the length of the valid prefix.
-fn replay_text(path: &Path, text: &str) -> Result<(UpgradeRecord, usize), JournalError> {
+/// What replaying a journal's text found.
+struct Replay {
+    record: UpgradeRecord,
+    /// Length of the text up to the last complete line (a torn last line excluded).
+    valid_len: usize,
+    /// Line numbers (1-based) skipped as garbled.
+    skipped: Vec<usize>,
+    /// The text without the skipped lines and without a torn last line.
+    kept: String,
+}
+
+/// Replays a journal's text (see the module doc for torn and garbled lines).
+fn replay_text(path: &Path, text: &str) -> Result<Replay, JournalError> {
     let mut record: Option<UpgradeRecord> = None;
     let mut valid = 0;
-    let mut lines = text.split_inclusive('\n').enumerate().peekable();
-    while let Some((i, line)) = lines.next() {
-        let last = lines.peek().is_none();
-        let parsed = serde_json::from_str::<Entry>(line.trim_end());
-        let entry = match parsed {
+    let mut skipped = Vec::new();
+    let mut kept = String::with_capacity(text.len());
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        if line.trim().is_empty() {
+            valid += line.len();
+            kept.push_str(line);
+            continue;
+        }
+        let entry = match serde_json::from_str::<Entry>(line.trim_end()) {
             Ok(e) if line.ends_with('\n') => e,
-            // Only the last line may be torn; anything else is corruption.
-            _ if last && i > 0 => break,
-            Ok(_) => break,
-            Err(e) => {
-                return Err(JournalError::Corrupt {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    reason: e.to_string(),
-                })
+            // A torn last line: never acted on, dropped.
+            _ if last && record.is_some() => break,
+            Err(e) if record.is_some() => {
+                // A garbled line in the middle: skipped if the next entry
+                // continues the sequence (checked by apply below), reported.
+                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping a garbled journal line");
+                skipped.push(i + 1);
+                valid += line.len();
+                continue;
             }
+            Ok(_) | Err(_) => return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                line: i + 1,
+                reason:
+                    "the `created` line is torn or garbled: this journal never started an upgrade"
+                        .into(),
+            }),
         };
         let transition = |source| JournalError::Transition {
             path: path.to_path_buf(),
@@ -216,9 +330,15 @@ fn replay_text(path: &Path, text: &str) -> Result<(UpgradeRecord, usize), Journa
             Some(r) => r.apply(&entry).map_err(transition)?,
         }
         valid += line.len();
+        kept.push_str(line);
     }
     match record {
-        Some(r) => Ok((r, valid)),
+        Some(record) => Ok(Replay {
+            record,
+            valid_len: valid,
+            skipped,
+            kept,
+        }),
         None => Err(JournalError::Corrupt {
             path: path.to_path_buf(),
             line: 1,
@@ -230,7 +350,7 @@ fn replay_text(path: &Path, text: &str) -> Result<(UpgradeRecord, usize), Journa
 /// Reads a journal without opening it for writing (`upgrade status`).
 pub fn read(path: &Path) -> Result<UpgradeRecord, JournalError> {
     let text = fs::read_to_string(path).map_err(io(path))?;
-    Ok(replay_text(path, &text)?.0)
+    Ok(replay_text(path, &text)?.record)
 }
 
 /// Makes `state_dir` (mode 0700) if missing, and repairs what others could
@@ -273,21 +393,50 @@ fn secure_existing(state_dir: &Path) -> Result<(), JournalError> {
     Ok(())
 }
 
-/// The newest journal in `state_dir` (ids sort by creation time), if any.
-pub fn latest(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
-    secure_existing(state_dir)?;
+/// Every journal in `state_dir` with its number (0 for files from before
+/// numbering, which then sort by name).
+fn journals(state_dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let entries = match fs::read_dir(state_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(state_dir)(e)),
     };
-    let mut journals: Vec<PathBuf> = entries
+    Ok(entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    journals.sort();
-    Ok(journals.pop())
+        .map(|p| {
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(n, _)| n.parse().ok())
+                .unwrap_or(0);
+            (n, p)
+        })
+        .collect())
+}
+
+/// The newest journal in `state_dir` (highest number), if any. A journal
+/// whose `created` line never became durable (a crash or a full disk at
+/// `upgrade start`) started nothing: it is renamed `*.jsonl.torn`, reported,
+/// and passed over.
+pub fn latest(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+    secure_existing(state_dir)?;
+    let mut all = journals(state_dir)?;
+    all.sort();
+    while let Some((_, path)) = all.pop() {
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        let first = text.split_inclusive('\n').next().unwrap_or_default();
+        let started =
+            first.ends_with('\n') && serde_json::from_str::<Entry>(first.trim_end()).is_ok();
+        if started {
+            return Ok(Some(path));
+        }
+        tracing::warn!(path = %path.display(), "journal without a durable `created` line set aside");
+        let _ = fs::rename(&path, path.with_extension("jsonl.torn"));
+    }
+    Ok(None)
 }
 
 /// Exclusive lock on `state_dir` for as long as the guard lives: one runner at a time.
@@ -394,17 +543,95 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_middle_line_is_an_error() {
+    fn a_garbled_middle_line_is_skipped_when_nothing_is_lost() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::create(dir.path(), created("u1")).unwrap();
         let path = j.path().to_path_buf();
         drop(j);
+        let started = to_line(&Entry {
+            seq: 2,
+            at: Utc::now(),
+            event: Event::StepStarted {
+                step: Step::Precheck,
+            },
+        });
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"garbage\n{\"seq\":2}\n").unwrap();
+        // A half-written line (an append that failed), then the same entry again.
+        f.write_all(&started.as_bytes()[..10]).unwrap();
+        f.write_all(b"\n").unwrap();
+        f.write_all(started.as_bytes()).unwrap();
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.record().last_seq, 2);
+        // Repaired: the file replays without the garbled line now.
+        assert_eq!(fs::read_to_string(&path).unwrap().lines().count(), 2);
+        // A garbled line that hides an entry is a gap in seq: refused.
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"garbage\n").unwrap();
+        let lost = to_line(&Entry {
+            seq: 4,
+            at: Utc::now(),
+            event: Event::StepSucceeded {
+                step: Step::Precheck,
+                output: Output::default(),
+            },
+        });
+        f.write_all(lost.as_bytes()).unwrap();
         assert!(matches!(
             Journal::open(&path),
-            Err(JournalError::Corrupt { line: 2, .. })
+            Err(JournalError::Transition { .. })
         ));
+    }
+
+    #[test]
+    fn a_torn_created_line_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::create(dir.path(), created("u1")).unwrap();
+        let first = j.path().to_path_buf();
+        drop(j);
+        let torn = dir.path().join("000002-u2.jsonl");
+        fs::write(&torn, b"{\"seq\":1,\"at").unwrap();
+        assert_eq!(latest(dir.path()).unwrap(), Some(first));
+        assert!(!torn.exists());
+    }
+
+    #[test]
+    fn newest_by_number_not_by_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        // The clock went back: the second id sorts before the first.
+        let a = Journal::create(dir.path(), created("u9")).unwrap();
+        let b = Journal::create(dir.path(), created("u1")).unwrap();
+        assert_ne!(a.path(), b.path());
+        assert_eq!(latest(dir.path()).unwrap().unwrap(), b.path());
+    }
+
+    #[test]
+    fn a_failed_write_keeps_file_and_memory_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path(), created("u1")).unwrap();
+        j.append(&[Event::StepStarted {
+            step: Step::Precheck,
+        }])
+        .unwrap();
+        j.stage(&[Event::StepSucceeded {
+            step: Step::Precheck,
+            output: Output::default(),
+        }])
+        .unwrap();
+        let before = j.record().clone();
+        // A write that cannot happen: the file is read-only underneath.
+        let len = fs::metadata(j.path()).unwrap().len();
+        j.file = OpenOptions::new().read(true).open(j.path()).unwrap();
+        let e = j.append(&[Event::StepStarted {
+            step: Step::CreateReplica,
+        }]);
+        assert!(e.is_err());
+        assert_eq!(j.record(), &before, "memory = file + staged");
+        assert!(j.is_broken());
+        assert_eq!(fs::metadata(j.path()).unwrap().len(), len);
+        assert!(matches!(j.append(&[]), Err(JournalError::Broken { .. })));
+        // The file replays to what was durable.
+        assert_eq!(read(j.path()).unwrap().last_seq, 2);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 
 pub mod cutover;
 pub mod failpoint;
+pub mod fence;
+pub mod guard;
 pub mod journal;
 pub mod record;
 pub mod runner;
@@ -39,6 +41,8 @@ pub enum UpgradeError {
     #[error(transparent)]
     Pooler(#[from] PoolerError),
     #[error(transparent)]
+    Guard(#[from] guard::GuardError),
+    #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
     #[error("prechecks failed:\n  {}", .0.join("\n  "))]
     PrecheckFailed(Vec<String>),
@@ -54,6 +58,8 @@ pub enum UpgradeError {
     Cancelled,
     #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]
     RolledBack { id: String, reason: String },
+    #[error("upgrade {id}: the journal could not be written ({reason}); the write pause was undone without it: PgBouncer resumed, the old primary unfenced and serving writes. Free the disk and run `pgsteward upgrade resume` to record the roll back")]
+    JournalFault { id: String, reason: String },
     #[error("undo of {step} failed: {reason}; fix the cause and run `pgsteward upgrade resume` to finish the roll back")]
     UndoFailed { step: Step, reason: String },
     #[error("upgrade {id} failed after promote ({reason}); the new primary holds every commit. Fix the cause and run `pgsteward upgrade resume`")]
@@ -154,11 +160,25 @@ pub async fn plan_command(
                 );
             }
             println!("steps:");
-            for (i, s) in record::STEPS.iter().enumerate() {
-                println!("  {:>2}. {}", i + 1, step_description(*s));
-            }
+            let rows: Vec<Vec<String>> = record::SAGA
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    vec![
+                        format!("{}", i + 1),
+                        s.name.to_string(),
+                        format!("{:?}", s.region).to_lowercase(),
+                        s.does.to_string(),
+                        s.undo.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(&["#", "step", "region", "does", "undo"], &rows)
+            );
             println!(
-                "write pause (steps 5-10) bounded by {:?}; before promote any failure rolls back",
+                "pause deadline {:?} (steps 5-7, from PAUSE); before promote any failure rolls back",
                 cfg.upgrade.pause_timeout.0
             );
             if !ok {
@@ -173,25 +193,6 @@ pub async fn plan_command(
     })
 }
 
-fn step_description(s: Step) -> &'static str {
-    match s {
-        Step::Precheck => "precheck: source is a primary, class differs, nothing else in flight",
-        Step::CreateReplica => "create_replica: new server <source>-<id> on the target class",
-        Step::WaitAvailable => "wait_available: the new server accepts connections, in recovery",
-        Step::WaitCatchup => "wait_catchup: replay lag below upgrade.catchup_max_bytes, steadily",
-        Step::PauseWrites => "pause_writes: PgBouncer PAUSE (in-flight transactions finish)",
-        Step::FenceOldPrimary => "fence_old_primary: old primary read-only, client sessions ended",
-        Step::FinalSync => "final_sync: new server replayed the old primary's last LSN",
-        Step::Promote => "promote: point of no return",
-        Step::Repoint => "repoint: PgBouncer [databases] rewritten, RELOAD",
-        Step::ResumeWrites => "resume_writes: PgBouncer RESUME",
-        Step::Verify => {
-            "verify: a write through PgBouncer lands on the new primary; replicas follow it"
-        }
-        Step::RetireOld => "retire_old: after upgrade.retire_after, the old primary is retired",
-    }
-}
-
 /// What `start` and `resume` return to their callers (the demo and the benchmark use it).
 #[derive(Debug, Clone)]
 pub struct RunSummary {
@@ -203,9 +204,19 @@ pub struct RunSummary {
 /// Starts a new upgrade to `class` and drives it to the end.
 pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
     let _lock = journal::lock(&cfg.upgrade.state_dir)?;
-    let provider = crate::provider::from_config(cfg)?;
+    let id = new_upgrade_id();
+    // Before anything changes: one upgrade per primary, wherever it runs.
+    let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
     let mut poolers = Poolers::from_config(cfg);
-    let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
+    let pre = match steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id)).await {
+        Ok(p) => p,
+        Err(e) => {
+            guard.give_up().await;
+            return Err(e);
+        }
+    };
     let failed: Vec<String> = pre
         .checks
         .iter()
@@ -213,10 +224,11 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
         .map(|c| format!("{}: {}", c.name, c.detail))
         .collect();
     if !failed.is_empty() {
+        guard.give_up().await;
+        guard.release_all().await;
         return Err(UpgradeError::PrecheckFailed(failed));
     }
-    let id = new_upgrade_id();
-    let journal = journal::Journal::create(
+    let journal = match journal::Journal::create(
         &cfg.upgrade.state_dir,
         Event::Created {
             id: id.clone(),
@@ -224,13 +236,82 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
             source_primary: cfg.database.primary.without_password(),
         },
-    )?;
+    ) {
+        Ok(j) => j,
+        Err(e) => {
+            guard.give_up().await;
+            return Err(e.into());
+        }
+    };
     if !quiet {
         println!("upgrade {id}: journal {}", journal.path().display());
     }
-    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
+    saga.guard = Some(guard);
     let r = saga.drive().await;
-    finish(saga, r)
+    finish(saga, r).await
+}
+
+/// Takes the upgrade lock on `target` for upgrade `id` (see `guard`).
+async fn lock_guard(
+    cfg: &Config,
+    target: &crate::config::ConnString,
+    id: &str,
+) -> Result<guard::Guard, UpgradeError> {
+    Ok(guard::Guard::acquire(
+        target,
+        id,
+        &cfg.upgrade.state_dir.display().to_string(),
+        cfg.database.connect_timeout.0,
+        steps::query_timeout(cfg),
+    )
+    .await?)
+}
+
+/// The lock and the row, for continuing upgrade `id`.
+async fn take_guard(
+    cfg: &Config,
+    target: &crate::config::ConnString,
+    id: &str,
+) -> Result<guard::Guard, UpgradeError> {
+    let mut g = lock_guard(cfg, target, id).await?;
+    g.claim().await?;
+    Ok(g)
+}
+
+/// The guard for continuing upgrade `rec`: on `database.primary`; once
+/// promote has started, the new primary is where the guard is written (the
+/// old one is only held, and not at all when it no longer answers).
+async fn take_guard_for(
+    cfg: &Config,
+    rec: &UpgradeRecord,
+    provider: &dyn crate::provider::Provider,
+) -> Result<guard::Guard, UpgradeError> {
+    if !rec.promote_started() {
+        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
+    }
+    let endpoint = match rec.source() {
+        Some(source) => {
+            let id = crate::provider::replica_id(&source.id, &rec.id);
+            provider.describe(&id).await?.endpoint
+        }
+        None => None,
+    };
+    let Some(endpoint) = endpoint else {
+        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
+    };
+    match lock_guard(cfg, &cfg.database.primary, &rec.id).await {
+        Ok(mut g) => {
+            g.freeze(&cfg.database.primary.to_string());
+            g.extend_to(&endpoint).await?;
+            Ok(g)
+        }
+        Err(UpgradeError::Guard(guard::GuardError::Pg(e))) => {
+            tracing::info!(error = %e, "old primary unreachable after promote; the guard is on the new one");
+            take_guard(cfg, &endpoint, &rec.id).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Continues the newest upgrade from its journal.
@@ -239,7 +320,13 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
     let path = journal::latest(&cfg.upgrade.state_dir)?
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
-    let provider = crate::provider::from_config(cfg)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let guard = if journal.record().in_flight() {
+        Some(take_guard_for(cfg, journal.record(), provider.as_ref()).await?)
+    } else {
+        None
+    };
     if !quiet {
         println!(
             "resuming upgrade {} ({:?})",
@@ -247,12 +334,16 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
             journal.record().phase
         );
     }
-    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), quiet);
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
+    saga.guard = guard;
     let r = saga.drive().await;
-    finish(saga, r)
+    finish(saga, r).await
 }
 
-fn finish(saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummary, UpgradeError> {
+async fn finish(mut saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummary, UpgradeError> {
+    if let Some(g) = saga.guard.take() {
+        g.release_all().await;
+    }
     r?;
     let record = saga.record().clone();
     if !saga.progress.quiet {
@@ -292,9 +383,15 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
     let _lock = journal::lock(&cfg.upgrade.state_dir)?;
     let path = journal::latest(&cfg.upgrade.state_dir)?
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
-    let mut journal = journal::Journal::open(&path)?;
+    let journal = journal::Journal::open(&path)?;
     let rec = journal.record().clone();
-    let provider = crate::provider::from_config(cfg)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let mut guard = if rec.in_flight() {
+        Some(take_guard_for(cfg, &rec, provider.as_ref()).await?)
+    } else {
+        None
+    };
     match &rec.phase {
         Phase::Aborted => {
             println!("upgrade {} is already aborted", rec.id);
@@ -314,23 +411,23 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
         }
         Phase::Running => {
             // Interrupted before promote: undo what it did first.
-            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel_on_signal(), false);
+            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, false);
+            saga.guard = guard;
             saga.rollback("aborted by the operator").await?;
-            return Box::pin(abort_rolled_back(cfg, &path)).await;
+            let guard = saga.guard.take();
+            return Box::pin(abort_rolled_back(cfg, &path, guard)).await;
         }
         Phase::RolledBack(_) => {}
     }
-    if let Some(source) = rec.source() {
-        let id = crate::provider::replica_id(&source.id, &rec.id);
-        provider.delete_replica(&id).await?;
-        println!("deleted {id}");
-    }
-    journal.append(&[Event::Aborted])?;
-    println!("upgrade {} aborted", rec.id);
-    Ok(())
+    drop(journal);
+    abort_rolled_back(cfg, &path, guard.take()).await
 }
 
-async fn abort_rolled_back(cfg: &Config, path: &std::path::Path) -> Result<(), UpgradeError> {
+async fn abort_rolled_back(
+    cfg: &Config,
+    path: &std::path::Path,
+    guard: Option<guard::Guard>,
+) -> Result<(), UpgradeError> {
     let mut journal = journal::Journal::open(path)?;
     let rec = journal.record().clone();
     let provider = crate::provider::from_config(cfg)?;
@@ -340,6 +437,18 @@ async fn abort_rolled_back(cfg: &Config, path: &std::path::Path) -> Result<(), U
         println!("deleted {id}");
     }
     journal.append(&[Event::Aborted])?;
+    if let Some(mut g) = guard {
+        g.step(
+            "aborted",
+            guard::StepUpdate {
+                cutover: Some(false),
+                finished: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+        g.release_all().await;
+    }
     println!("upgrade {} aborted", rec.id);
     Ok(())
 }
@@ -425,10 +534,26 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
         Ok(c) => c,
         Err(e) => return Err(moved().unwrap_or(e)),
     };
-    let row = client
-        .query_one(WRITABLE, &[])
-        .await
-        .map_err(|e| steps::q(&cfg.database.primary, e))?;
+    let after = steps::query_timeout(cfg);
+    // The primary's own guard row names where an upgrade run anywhere moved it.
+    if let Ok(Some(row)) = guard::read(&client, &cfg.database.primary.to_string(), after).await {
+        if let Some(new) = row.new_primary {
+            return Err(UpgradeError::PrimaryMoved {
+                old: cfg.database.primary.to_string(),
+                id: row.upgrade_id,
+                new,
+            });
+        }
+    }
+    let row = match tokio::time::timeout(after, client.query_one(WRITABLE, &[])).await {
+        Ok(r) => r.map_err(|e| steps::q(&cfg.database.primary, e))?,
+        Err(_) => {
+            return Err(UpgradeError::Timeout {
+                what: format!("an answer from {}", cfg.database.primary),
+                after,
+            })
+        }
+    };
     let writable = !row.get::<_, bool>(0) && row.get::<_, String>(1) == "off";
     if writable {
         return Ok(());
@@ -436,8 +561,21 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
     Err(moved().unwrap_or_else(|| UpgradeError::NotPrimary(cfg.database.primary.to_string())))
 }
 
-/// Whether an upgrade is between `pause_writes` and `verify` (journal-based):
-/// partition DDL waits while this is true.
+/// Whether the primary's guard row says a cutover is in progress (an
+/// upgrade run from any host); unreachable or unreadable counts as no.
+async fn cutover_in_database(cfg: &Config) -> bool {
+    let Ok(client) = steps::connect(&cfg.database.primary, cfg).await else {
+        return false;
+    };
+    matches!(
+        guard::ddl_guard(&client, steps::query_timeout(cfg)).await,
+        Ok(guard::DdlGuard::Cutover { .. })
+    )
+}
+
+/// Whether an upgrade of this state_dir is between `pause_writes` and
+/// `verify` (journal-based; the database's guard row covers runners
+/// elsewhere, see `guard::hold_partition_ddl`).
 pub fn cutover_in_progress(cfg: &Config) -> bool {
     let Ok(Some(path)) = journal::latest(&cfg.upgrade.state_dir) else {
         return false;
@@ -455,7 +593,7 @@ pub async fn wait_for_cutover(
 ) -> Result<(), UpgradeError> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut said = false;
-    while cutover_in_progress(cfg) {
+    while cutover_in_progress(cfg) || cutover_in_database(cfg).await {
         if !said {
             tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
             said = true;

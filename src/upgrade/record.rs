@@ -45,22 +45,72 @@ pub const STEPS: [Step; 12] = [
     Step::RetireOld,
 ];
 
+/// Where a step runs. The **pause window** is PAUSE sent → RESUME returned
+/// (steps 5–10: what clients feel). The **pause deadline** is
+/// `upgrade.pause_timeout` counted from PAUSE: steps 5–7 must finish before
+/// it or the upgrade rolls back; promote (step 8) is the point of no return,
+/// after which the window only goes forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    /// Before the pause: bounded by `step_timeout`, cancellable at step boundaries.
+    Prepare,
+    /// Under the pause deadline; any failure or a missed deadline rolls back.
+    PauseDeadline,
+    /// From promote on: nothing is undone, a failure leaves needs_resume.
+    AfterPromote,
+}
+
+/// One row of the saga.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepSpec {
+    pub step: Step,
+    pub name: &'static str,
+    /// What the step does (`upgrade plan` prints it).
+    pub does: &'static str,
+    pub region: Region,
+    /// What its undo does ("" when it has none).
+    pub undo: &'static str,
+}
+
+/// The saga as one table: the runner (regions, undo), `upgrade plan`'s text
+/// and the tests read it. The step bodies are in steps.rs and fence.rs, the
+/// undo bodies in `Saga::undo` (runner.rs).
+pub const SAGA: [StepSpec; 12] = [
+    StepSpec { step: Step::Precheck, name: "precheck", region: Region::Prepare, undo: "",
+        does: "source is a primary, class differs, no upgrade in flight here or on the primary (guard row), the pooler is ready" },
+    StepSpec { step: Step::CreateReplica, name: "create_replica", region: Region::Prepare, undo: "kept for a retry; `upgrade abort` deletes it",
+        does: "new server <source>-<id> on the target class (the class's settings win over the copied postgresql.auto.conf)" },
+    StepSpec { step: Step::WaitAvailable, name: "wait_available", region: Region::Prepare, undo: "",
+        does: "the new server accepts connections, in recovery" },
+    StepSpec { step: Step::WaitCatchup, name: "wait_catchup", region: Region::Prepare, undo: "",
+        does: "replay lag below upgrade.catchup_max_bytes, steadily" },
+    StepSpec { step: Step::PauseWrites, name: "pause_writes", region: Region::PauseDeadline, undo: "RESUME (only a PAUSE this upgrade made), remove the staged fence",
+        does: "fence staged, PgBouncer PAUSE (in-flight transactions finish); the pause deadline starts" },
+    StepSpec { step: Step::FenceOldPrimary, name: "fence_old_primary", region: Region::PauseDeadline, undo: "remove the pg_hba.conf block and the setting, reload, verify",
+        does: "hard fence: pg_hba.conf rejects every non-superuser role, reload, application sessions ended" },
+    StepSpec { step: Step::FinalSync, name: "final_sync", region: Region::PauseDeadline, undo: "",
+        does: "old primary's WAL flushed (async commits included); the new server replayed it" },
+    StepSpec { step: Step::Promote, name: "promote", region: Region::AfterPromote, undo: "",
+        does: "point of no return: the new server leaves recovery" },
+    StepSpec { step: Step::Repoint, name: "repoint", region: Region::AfterPromote, undo: "",
+        does: "PgBouncer [databases] rewritten, RELOAD" },
+    StepSpec { step: Step::ResumeWrites, name: "resume_writes", region: Region::AfterPromote, undo: "",
+        does: "PgBouncer RESUME: the pause window ends" },
+    StepSpec { step: Step::Verify, name: "verify", region: Region::AfterPromote, undo: "",
+        does: "a write through PgBouncer lands on the new primary; replicas follow it" },
+    StepSpec { step: Step::RetireOld, name: "retire_old", region: Region::AfterPromote, undo: "",
+        does: "after upgrade.retire_after, the old primary (fenced until then) is retired" },
+];
+
 impl Step {
+    /// This step's row of [`SAGA`].
+    pub fn spec(self) -> &'static StepSpec {
+        &SAGA[self.index()]
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Step::Precheck => "precheck",
-            Step::CreateReplica => "create_replica",
-            Step::WaitAvailable => "wait_available",
-            Step::WaitCatchup => "wait_catchup",
-            Step::PauseWrites => "pause_writes",
-            Step::FenceOldPrimary => "fence_old_primary",
-            Step::FinalSync => "final_sync",
-            Step::Promote => "promote",
-            Step::Repoint => "repoint",
-            Step::ResumeWrites => "resume_writes",
-            Step::Verify => "verify",
-            Step::RetireOld => "retire_old",
-        }
+        self.spec().name
     }
 
     pub fn index(self) -> usize {
@@ -73,10 +123,15 @@ impl Step {
 
     /// Steps before the point of no return can be undone.
     pub fn before_promote(self) -> bool {
-        self < Step::Promote
+        self.spec().region != Region::AfterPromote
     }
 
-    /// Steps 5–7 and the rest of the write pause up to RESUME.
+    /// Under the pause deadline (steps 5–7).
+    pub fn under_pause_deadline(self) -> bool {
+        self.spec().region == Region::PauseDeadline
+    }
+
+    /// In the pause window (PAUSE sent → RESUME returned, steps 5–10).
     pub fn in_pause_window(self) -> bool {
         (Step::PauseWrites..=Step::ResumeWrites).contains(&self)
     }
@@ -532,6 +587,24 @@ mod tests {
                 ]
             })
             .collect()
+    }
+
+    #[test]
+    fn the_saga_table_is_in_step_order() {
+        for (i, spec) in SAGA.iter().enumerate() {
+            assert_eq!(spec.step, STEPS[i]);
+            assert_eq!(spec.step.index(), i);
+        }
+        let under: Vec<Step> = STEPS
+            .iter()
+            .copied()
+            .filter(|s| s.under_pause_deadline())
+            .collect();
+        assert_eq!(
+            under,
+            [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync]
+        );
+        assert!(!Step::Promote.before_promote() && Step::FinalSync.before_promote());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::failpoint;
+use super::guard::{Guard, GuardError, StepUpdate};
 use super::journal::Journal;
 use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
 use super::UpgradeError;
@@ -57,8 +58,9 @@ pub fn recovery(rec: &UpgradeRecord) -> Recovery {
     if undoing {
         return Recovery::FinishRollback("a roll back was interrupted".into());
     }
-    let in_window = [Step::PauseWrites, Step::FenceOldPrimary, Step::FinalSync]
+    let in_window = STEPS
         .iter()
+        .filter(|s| s.under_pause_deadline())
         .any(|s| rec.status(*s) != StepStatus::Pending);
     if in_window {
         return Recovery::FinishRollback(
@@ -99,6 +101,8 @@ pub struct Saga {
     pub poolers: Poolers,
     pub cancel: CancellationToken,
     pub progress: Progress,
+    /// One upgrade per primary (guard.rs): checked before every acting step.
+    pub guard: Option<Guard>,
     pub(crate) old: Option<Client>,
     pub(crate) new: Option<Client>,
     pub(crate) new_endpoint: Option<ConnString>,
@@ -107,6 +111,10 @@ pub struct Saga {
     pub(crate) window_start: Option<Instant>,
     /// This process wrote the fence into postgresql.auto.conf before PAUSE.
     pub(crate) fence_staged: bool,
+    /// What the pg_hba.conf fence needs, read before PAUSE (fence.rs).
+    pub(crate) hba: Option<super::fence::HbaPlan>,
+    /// Backend pid of `old`: the fence spares it.
+    pub(crate) old_pid: Option<i32>,
     /// PAUSE sent → RESUME returned, when this process ran the whole window.
     pub pause_window: Option<Duration>,
     step_started: Option<Instant>,
@@ -128,12 +136,15 @@ impl Saga {
             poolers,
             cancel,
             progress: Progress::new(quiet),
+            guard: None,
             old: None,
             new: None,
             new_endpoint: None,
             deadline: None,
             window_start: None,
             fence_staged: false,
+            hba: None,
+            old_pid: None,
             pause_window: None,
             step_started: None,
         }
@@ -186,6 +197,7 @@ impl Saga {
     /// One step: started (durable) → failpoint → action (twice under the
     /// repeat switch) → failpoint → succeeded (written with the next start).
     pub(crate) async fn forward(&mut self, step: Step) -> Result<(), UpgradeError> {
+        self.guard_step(step).await?;
         self.begin(step)?;
         let name = step.name();
         failpoint::hit(&format!("{name}-start")).map_err(UpgradeError::Injected)?;
@@ -196,6 +208,74 @@ impl Saga {
         }
         failpoint::hit(&format!("{name}-done")).map_err(UpgradeError::Injected)?;
         self.finish(step, output)
+    }
+
+    /// Proves this runner still owns the upgrade (lock held, epoch current)
+    /// and records the step in the guard row, before the step acts. After
+    /// the write pause the guard follows the primary to the new server and
+    /// the old one's row names where the primary went.
+    async fn guard_step(&mut self, step: Step) -> Result<(), UpgradeError> {
+        if self.guard.is_none() {
+            return Ok(());
+        }
+        let old = self.cfg.database.primary.to_string();
+        if step > Step::FinalSync {
+            // Past the final flush the old primary's WAL must not move: its
+            // replicas follow the new primary only from the switch point.
+            if let Some(g) = self.guard.as_mut() {
+                g.freeze(&old);
+            }
+        }
+        if step > Step::ResumeWrites {
+            let endpoint = self.new_endpoint_for_guard().await?;
+            // An identifier swap (RDS) gives the new server the old address:
+            // the session held there already follows the primary.
+            if let (Some(g), false) = (self.guard.as_mut(), endpoint.to_string() == old) {
+                g.extend_to(&endpoint).await?;
+                let local =
+                    self.provider.fence_method() == crate::provider::FenceMethod::AlterSystem;
+                if step == Step::RetireOld && local {
+                    // verify has repointed the replicas: the old node may
+                    // now say where the primary went.
+                    g.mark_moved(&old, &endpoint.to_string()).await?;
+                }
+            }
+        }
+        let in_pause = matches!(step, Step::FenceOldPrimary | Step::FinalSync);
+        let deadline = if in_pause { self.deadline } else { None };
+        if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+        }
+        let update = match step {
+            Step::PauseWrites => StepUpdate {
+                cutover: Some(true),
+                ..Default::default()
+            },
+            Step::RetireOld => StepUpdate {
+                cutover: Some(false),
+                ..Default::default()
+            },
+            _ => StepUpdate::default(),
+        };
+        if let Some(g) = self.guard.as_mut() {
+            g.step(step.name(), update).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the end of the upgrade (or of its roll back) in the guard row;
+    /// a failure is logged: the journal already holds the outcome.
+    async fn guard_end(&mut self, what: &str, finished: bool) {
+        if let Some(g) = self.guard.as_mut() {
+            let update = StepUpdate {
+                cutover: Some(false),
+                finished: Some(finished),
+                ..Default::default()
+            };
+            if let Err(e) = g.step(what, update).await {
+                tracing::error!(error = %e, "cannot record the end of the upgrade in the guard row");
+            }
+        }
     }
 
     /// Runs the upgrade from wherever its journal stands to the end.
@@ -216,15 +296,19 @@ impl Saga {
             Recovery::Forward => {}
         }
         while let Some(step) = self.record().next_step() {
-            let result =
-                if step == Step::PauseWrites || (step.in_pause_window() && step.before_promote()) {
-                    self.cutover().await
-                } else if step.in_pause_window() {
-                    self.forward_from_promote().await
-                } else {
-                    self.forward(step).await
-                };
+            let result = if step.under_pause_deadline() {
+                self.cutover().await
+            } else if step.in_pause_window() {
+                self.forward_from_promote().await
+            } else {
+                self.forward(step).await
+            };
             let Err(err) = result else { continue };
+            if matches!(err, UpgradeError::Guard(GuardError::Lost { .. })) {
+                // Another runner may own the upgrade now: touch nothing more.
+                let _ = self.flush();
+                return Err(err);
+            }
             let failed = self
                 .record()
                 .steps
@@ -238,10 +322,14 @@ impl Saga {
                 return Err(err);
             }
             let msg = format!("{failed}: {err}");
-            self.log(&[Event::StepFailed {
-                step: failed,
-                error: err.to_string(),
-            }])?;
+            // A failure before the step started (its guard check, its journal
+            // entry) has no step to fail.
+            if self.record().status(failed) == StepStatus::Running {
+                self.log_soft(&[Event::StepFailed {
+                    step: failed,
+                    error: err.to_string(),
+                }]);
+            }
             self.progress.say(failed, &format!("failed: {err}"));
             if self.record().promote_started() {
                 self.after_promote_failure(&msg).await;
@@ -254,7 +342,20 @@ impl Saga {
             return Err(self.rolled_back_error(msg));
         }
         self.log(&[Event::Completed])?;
+        self.guard_end("completed", true).await;
         Ok(())
+    }
+
+    /// Appends `events` when the journal can still be written; after a write
+    /// failure the roll back goes on without it (the file then says where
+    /// `upgrade resume` continues: it finishes the roll back, idempotently).
+    fn log_soft(&mut self, events: &[Event]) {
+        if self.journal.is_broken() {
+            return;
+        }
+        if let Err(e) = self.journal.append(events) {
+            tracing::error!(error = %e, "journal write failed; undoing the write pause without it");
+        }
     }
 
     fn rolled_back_error(&self, reason: String) -> UpgradeError {
@@ -268,6 +369,8 @@ impl Saga {
     /// the roll back. Crash safety: each undo is journaled before it runs and
     /// is idempotent; a crash here is finished by `upgrade resume`.
     pub(crate) async fn rollback(&mut self, reason: &str) -> Result<(), UpgradeError> {
+        // The undo gets its own time: the pause deadline may be what failed.
+        self.set_pause_deadline(None);
         let steps: Vec<Step> = STEPS
             .iter()
             .rev()
@@ -281,18 +384,18 @@ impl Saga {
             })
             .collect();
         for step in steps {
-            self.log(&[Event::UndoStarted { step }])?;
+            self.log_soft(&[Event::UndoStarted { step }]);
             failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
             match self.undo(step).await {
                 Ok(()) => {
-                    self.log(&[Event::UndoFinished { step }])?;
+                    self.log_soft(&[Event::UndoFinished { step }]);
                     self.progress.say(step, "undone");
                 }
                 Err(e) => {
-                    self.log(&[Event::UndoFailed {
+                    self.log_soft(&[Event::UndoFailed {
                         step,
                         error: e.to_string(),
-                    }])?;
+                    }]);
                     return Err(UpgradeError::UndoFailed {
                         step,
                         reason: e.to_string(),
@@ -300,9 +403,18 @@ impl Saga {
                 }
             }
         }
+        if self.journal.is_broken() {
+            self.guard_end("rolled_back (journal unwritable)", false)
+                .await;
+            return Err(UpgradeError::JournalFault {
+                id: self.record().id.clone(),
+                reason: reason.to_string(),
+            });
+        }
         self.log(&[Event::RolledBack {
             reason: reason.to_string(),
         }])?;
+        self.guard_end("rolled_back", false).await;
         Ok(())
     }
 
@@ -310,6 +422,20 @@ impl Saga {
     /// already points at the new, writable primary; otherwise clients stay
     /// paused (and wait) until `upgrade resume` repoints it.
     async fn after_promote_failure(&mut self, reason: &str) {
+        if self.journal.is_broken() && self.record().status(Step::Repoint) != StepStatus::Done {
+            // No journal, but repoint and RESUME are idempotent forward steps
+            // that `upgrade resume` runs again anyway: do them now, so clients
+            // reach the new primary instead of waiting in the pause.
+            match self.repoint().await {
+                Ok(_) => {
+                    if let Err(e) = self.poolers.resume().await {
+                        tracing::error!(error = %e, "resume after a journal failure failed");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "repoint after a journal failure failed"),
+            }
+            return;
+        }
         let repointed = self.record().status(Step::Repoint) == StepStatus::Done;
         if repointed && self.record().status(Step::ResumeWrites) != StepStatus::Done {
             if let Err(e) = self.poolers.resume().await {

@@ -12,9 +12,7 @@ use super::runner::Saga;
 use super::{journal, UpgradeError};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::pooler::Poolers;
-use crate::provider::{
-    rds, replica_id, Check, FenceMethod, Precheck, Provider, ReplicaState, RepointBy,
-};
+use crate::provider::{replica_id, Check, Precheck, Provider, ReplicaState, RepointBy};
 
 const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
      current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
@@ -30,25 +28,7 @@ const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
 const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
-const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
-/// Whether postgresql.auto.conf already holds the fence (staged before PAUSE).
-const FENCE_STAGED: &str = "SELECT count(*)::bigint FROM pg_file_settings \
-     WHERE name = 'default_transaction_read_only' AND setting = 'on' AND applied IS NOT NULL \
-     AND sourcefile LIKE '%postgresql.auto.conf'";
-const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
 const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
-const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
-/// Makes the session follow the server's (reloaded) default again.
-const FOLLOW_SERVER_DEFAULT: &str = "RESET default_transaction_read_only";
-const READ_ONLY_SETTING: &str = "SELECT current_setting('default_transaction_read_only')";
-/// One round trip per poll: follow the server default again; once it reads
-/// `on` the postmaster has reloaded (it signals its children after it rereads
-/// the files), so sessions forked from now on start read-only, and every
-/// client session is ended. NULL while the reload has not arrived yet.
-const FENCE_CHECK_AND_TERMINATE: &str = "RESET default_transaction_read_only; \
-     SELECT CASE WHEN current_setting('default_transaction_read_only') = 'on' THEN \
-     (SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) END";
 /// Through the pooler, in one statement (transaction pooling: the next
 /// statement may run on another server connection).
 const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
@@ -61,6 +41,24 @@ const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
 /// Every precheck: the provider's, then the source's and the pooler's.
 /// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
 pub async fn prechecks(
+    cfg: &Config,
+    provider: &dyn Provider,
+    poolers: &mut Poolers,
+    target_class: &str,
+    own_id: Option<&str>,
+) -> Result<Precheck, UpgradeError> {
+    // Reads only, each bounded by the servers' own timeouts and this one.
+    let after = query_timeout(cfg) * 3;
+    match tokio::time::timeout(after, observe(cfg, provider, poolers, target_class, own_id)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpgradeError::Timeout {
+            what: "the prechecks' answers".into(),
+            after,
+        }),
+    }
+}
+
+async fn observe(
     cfg: &Config,
     provider: &dyn Provider,
     poolers: &mut Poolers,
@@ -145,6 +143,42 @@ pub async fn prechecks(
             ));
         }
         None => checks.push(Check::new("no other upgrade in flight", true, "none yet")),
+    }
+    // The same question asked of the primary itself: runners elsewhere.
+    match super::guard::read(
+        &primary,
+        &cfg.database.primary.to_string(),
+        query_timeout(cfg),
+    )
+    .await?
+    {
+        Some(row)
+            if row.upgrade_id != own_id.unwrap_or_default()
+                && (!row.finished || row.new_primary.is_some()) =>
+        {
+            let detail = match &row.new_primary {
+                Some(new) => format!("upgrade {} moved the primary to {new}", row.upgrade_id),
+                None => format!(
+                    "upgrade {} on {} (state_dir {}) is at {} since {}",
+                    row.upgrade_id, row.host, row.state_dir, row.step, row.since
+                ),
+            };
+            checks.push(Check::new(
+                "no upgrade in flight on the primary",
+                false,
+                detail,
+            ));
+        }
+        Some(row) => checks.push(Check::new(
+            "no upgrade in flight on the primary",
+            true,
+            format!("last upgrade {} {}", row.upgrade_id, row.step),
+        )),
+        None => checks.push(Check::new(
+            "no upgrade in flight on the primary",
+            true,
+            "none yet",
+        )),
     }
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         pooler_checks(cfg, poolers, checks).await;
@@ -246,11 +280,81 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     }
 }
 
+/// The longest any one query of the saga may take outside the write pause
+/// (inside it, the pause deadline is the bound): a hung server fails the step
+/// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
+/// most `upgrade.step_timeout`.
+pub fn query_timeout(cfg: &Config) -> Duration {
+    (cfg.database.connect_timeout.0 * 2)
+        .max(Duration::from_secs(10))
+        .min(cfg.upgrade.step_timeout.0)
+}
+
+/// A client-side deadline for one query (or a short exchange of them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limit {
+    pub until: tokio::time::Instant,
+    /// The pause deadline is what binds: missing it is a pause timeout.
+    pub pause: bool,
+    pub after: Duration,
+}
+
+impl Limit {
+    fn expired(&self, what: String) -> UpgradeError {
+        if self.pause {
+            UpgradeError::PauseTimeout { what }
+        } else {
+            UpgradeError::Timeout {
+                what,
+                after: self.after,
+            }
+        }
+    }
+
+    /// `f` against `target`, or a timeout error at the deadline.
+    pub async fn run<T>(
+        self,
+        target: &ConnString,
+        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, UpgradeError> {
+        match tokio::time::timeout_at(self.until, f).await {
+            Ok(r) => r.map_err(|e| q(target, e)),
+            Err(_) => Err(self.expired(format!("an answer from {target}"))),
+        }
+    }
+
+    /// Any other wait (provider, pooler, connect) under the same deadline.
+    pub async fn wrap<T, E: Into<UpgradeError>>(
+        self,
+        what: &str,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, UpgradeError> {
+        match tokio::time::timeout_at(self.until, f).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(self.expired(what.to_string())),
+        }
+    }
+}
+
+/// A saga session: TCP keepalives (a peer that vanished is noticed in
+/// seconds, not hours) and a server-side `statement_timeout` matching the
+/// client-side bound, both in the startup packet (no extra round trip).
 pub(crate) async fn connect(target: &ConnString, cfg: &Config) -> Result<Client, UpgradeError> {
-    Ok(target
-        .spec()?
-        .connect(cfg.database.connect_timeout.0)
-        .await?)
+    let spec = target.spec()?;
+    let mut config = spec.config.clone();
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(5));
+    config.keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(3);
+    let mut options = config.get_options().unwrap_or_default().to_string();
+    options.push_str(&format!(
+        " -c statement_timeout={}ms",
+        query_timeout(cfg).as_millis()
+    ));
+    config.options(options.trim());
+    let timeout = cfg.database.connect_timeout.0;
+    // The connect timeout of ConnSpec covers TCP and the startup exchange.
+    Ok(spec.connect_with(config, timeout).await?)
 }
 
 pub(crate) fn q(target: &ConnString, e: tokio_postgres::Error) -> UpgradeError {
@@ -286,6 +390,10 @@ impl Saga {
 
     /// The new server's SQL endpoint, from the provider (never from the journal,
     /// which holds no passwords).
+    pub(crate) async fn new_endpoint_for_guard(&mut self) -> Result<ConnString, UpgradeError> {
+        self.new_endpoint().await
+    }
+
     async fn new_endpoint(&mut self) -> Result<ConnString, UpgradeError> {
         if let Some(e) = &self.new_endpoint {
             return Ok(e.clone());
@@ -300,14 +408,46 @@ impl Saga {
         Ok(endpoint)
     }
 
-    async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
+    /// The deadline of the next query: `query_timeout` from now, or the
+    /// pause deadline inside the pause when that comes first.
+    pub(crate) fn query_limit(&self) -> Limit {
+        let after = query_timeout(&self.cfg);
+        let plain = tokio::time::Instant::now() + after;
+        match self.deadline {
+            Some(d) if d < plain => Limit {
+                until: d,
+                pause: true,
+                after,
+            },
+            _ => Limit {
+                until: plain,
+                pause: false,
+                after,
+            },
+        }
+    }
+
+    pub(crate) async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
         if self.old.as_ref().map_or(true, |c| c.is_closed()) {
-            self.old = Some(connect(&self.cfg.database.primary, &self.cfg).await?);
+            let limit = self.query_limit();
+            let primary = self.cfg.database.primary.clone();
+            let client = limit
+                .wrap(
+                    "a connection to the old primary",
+                    connect(&primary, &self.cfg),
+                )
+                .await?;
+            let pid: i32 = limit
+                .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
+                .await?
+                .get(0);
+            self.old_pid = Some(pid);
+            self.old = Some(client);
         }
         self.old.as_ref().ok_or(UpgradeError::Cancelled)
     }
 
-    async fn new_client(&mut self) -> Result<&Client, UpgradeError> {
+    pub(crate) async fn new_client(&mut self) -> Result<&Client, UpgradeError> {
         if self.new.as_ref().map_or(true, |c| c.is_closed()) {
             let endpoint = self.new_endpoint().await?;
             self.new = Some(connect(&endpoint, &self.cfg).await?);
@@ -379,7 +519,10 @@ impl Saga {
         let id = self.replica()?;
         let deadline = tokio::time::Instant::now() + self.cfg.upgrade.step_timeout.0;
         loop {
-            let info = self.provider.describe(&id).await?;
+            let limit = self.query_limit();
+            let info = limit
+                .wrap("the provider's description", self.provider.describe(&id))
+                .await?;
             match info.state {
                 ReplicaState::Available => break,
                 ReplicaState::Creating => {}
@@ -400,11 +543,11 @@ impl Saga {
         }
         self.new_endpoint = None;
         let endpoint = self.new_endpoint().await?;
+        let limit = self.query_limit();
         let client = self.new_client().await?;
-        let in_recovery: bool = client
-            .query_one(IN_RECOVERY, &[])
-            .await
-            .map_err(|e| q(&endpoint, e))?
+        let in_recovery: bool = limit
+            .run(&endpoint, client.query_one(IN_RECOVERY, &[]))
+            .await?
             .get(0);
         if !in_recovery {
             // Before promote the new server must be a replica: a writable one now
@@ -424,20 +567,17 @@ impl Saga {
         let mut last_print = std::time::Instant::now() - Duration::from_secs(10);
         loop {
             let primary = self.cfg.database.primary.clone();
-            let lsn: String = self
-                .old_client()
+            let limit = self.query_limit();
+            let old = self.old_client().await?;
+            let lsn: String = limit
+                .run(&primary, old.query_one(LAG_SOURCE, &[]))
                 .await?
-                .query_one(LAG_SOURCE, &[])
-                .await
-                .map_err(|e| q(&primary, e))?
                 .get(0);
             let endpoint = self.new_endpoint().await?;
-            let lag: f64 = self
-                .new_client()
+            let new = self.new_client().await?;
+            let lag: f64 = limit
+                .run(&endpoint, new.query_one(REPLAYED_ENOUGH, &[&lsn]))
                 .await?
-                .query_one(REPLAYED_ENOUGH, &[&lsn])
-                .await
-                .map_err(|e| q(&endpoint, e))?
                 .get(0);
             let lag = lag.max(0.0) as u64;
             match ready(lag, &history, max) {
@@ -468,13 +608,21 @@ impl Saga {
         self.old_client().await?;
         self.new_client().await?;
         let id = self.replica()?;
-        self.provider.prepare_promote(&id).await?;
+        let limit = self.query_limit();
+        limit
+            .wrap(
+                "the provider's promote preparation",
+                self.provider.prepare_promote(&id),
+            )
+            .await?;
         self.stage_fence().await?;
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
-            self.poolers.connect().await?;
+            limit
+                .wrap("the pooler's connections", self.poolers.connect())
+                .await?;
         }
         let deadline = tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0;
-        self.deadline = Some(deadline);
+        self.set_pause_deadline(Some(deadline));
         self.window_start = Some(std::time::Instant::now());
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             let left = remaining(deadline, "PAUSE")?;
@@ -488,159 +636,53 @@ impl Saga {
         Ok(Output::default())
     }
 
-    fn window_deadline(&self) -> tokio::time::Instant {
+    /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
+    /// every wait of steps 5–7 shares, the pooler's included.
+    pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+        self.poolers.set_deadline(deadline);
+        if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+        }
+    }
+
+    pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
         // Resumed after a crash (forward only happens past promote): no deadline left to keep.
         self.deadline
             .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
     }
 
-    /// Default read-only for every new transaction, then every client session
-    /// ended: from here no application session can write to the old primary.
-    /// Our own session seeing the new value proves the postmaster reloaded,
-    /// so sessions it forks later start read-only too.
-    pub(crate) async fn fence(&mut self) -> Result<Output, UpgradeError> {
-        let deadline = self.window_deadline();
-        let primary = self.cfg.database.primary.clone();
-        let cancel = self.cancel.clone();
-        let method = self.provider.fence_method();
-        let t0 = std::time::Instant::now();
-        let mut polls = 0u32;
-        let mut reloaded_at = Duration::ZERO;
-        let staged_here = self.fence_staged;
-        let old = self.old_client().await?;
-        if method == FenceMethod::AlterDatabase {
-            let work = async {
-                let dbs = rds::fence_databases(old).await?;
-                let n = rds::terminate_application_sessions(old).await?;
-                Ok::<_, tokio_postgres::Error>((dbs, n))
-            };
-            let left = remaining(deadline, "fence")?;
-            return match tokio::time::timeout(left, work).await {
-                Err(_) => Err(UpgradeError::PauseTimeout {
-                    what: "fencing the old primary".into(),
-                }),
-                Ok(Err(e)) => Err(q(&primary, e)),
-                Ok(Ok((dbs, n))) => Ok(Output::note(format!(
-                    "databases {} read-only, {n} sessions ended",
-                    dbs.join(", ")
-                ))),
-            };
-        }
-        let work = async {
-            if !staged_here {
-                // Run again after a crash or on a retry: make sure the file holds the fence.
-                old.batch_execute(SESSION_WRITABLE).await?;
-                let staged: i64 = old.query_one(FENCE_STAGED, &[]).await?.get(0);
-                if staged == 0 {
-                    old.batch_execute(FENCE).await?;
-                }
-            }
-            old.query_one(RELOAD_CONF, &[]).await?;
-            reloaded_at = t0.elapsed();
-            loop {
-                polls += 1;
-                let msgs = old.simple_query(FENCE_CHECK_AND_TERMINATE).await?;
-                let ended = msgs.iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                        Some(r.get(0).map(str::to_string))
-                    }
-                    _ => None,
-                });
-                if let Some(Some(n)) = ended {
-                    return Ok(Some(n));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
-                    _ = cancel.cancelled() => return Ok(None),
-                }
-            }
-        };
-        let left = remaining(deadline, "fence")?;
-        match tokio::time::timeout(left, work).await {
-            Err(_) => Err(UpgradeError::PauseTimeout {
-                what: "fencing the old primary".into(),
-            }),
-            Ok(Err(e)) => Err(q(&primary, e)),
-            Ok(Ok(None)) => Err(UpgradeError::Cancelled),
-            Ok(Ok(Some(n))) => Ok(Output::note(format!(
-                "read-only after {:.1} ms ({:.1} ms to reload, {polls} polls), {n} sessions ended",
-                t0.elapsed().as_secs_f64() * 1000.0,
-                reloaded_at.as_secs_f64() * 1000.0
-            ))),
-        }
-    }
-
-    /// Writes the fence into postgresql.auto.conf without reloading, just
-    /// before PAUSE: ALTER SYSTEM syncs a file, which is then not paid for
-    /// inside the pause. It has no effect until `fence` reloads the
-    /// configuration; the undo of `pause_writes` removes it again.
-    /// Only for the `ALTER SYSTEM` fence; the per-database fence is replicated
-    /// and cannot be written ahead.
-    async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
-        if self.provider.fence_method() != FenceMethod::AlterSystem {
-            return Ok(());
-        }
-        let primary = self.cfg.database.primary.clone();
-        let old = self.old_client().await?;
-        let work = async {
-            old.batch_execute(SESSION_WRITABLE).await?;
-            old.batch_execute(FENCE).await
-        };
-        work.await.map_err(|e| q(&primary, e))?;
-        self.fence_staged = true;
-        Ok(())
-    }
-
-    pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
-        let primary = self.cfg.database.primary.clone();
-        let method = self.provider.fence_method();
-        let old = self.old_client().await?;
-        if method == FenceMethod::AlterDatabase {
-            return rds::unfence_databases(old)
-                .await
-                .map_err(|e| q(&primary, e));
-        }
-        // Wait until our own session sees the default back at off: only then
-        // has the postmaster reloaded, so PgBouncer's new server connections
-        // (the fence ended the old ones) start writable after RESUME.
-        let work = async {
-            old.batch_execute(SESSION_WRITABLE).await?;
-            old.batch_execute(UNFENCE).await?;
-            old.query_one(RELOAD_CONF, &[]).await?;
-            for _ in 0..5000 {
-                old.batch_execute(FOLLOW_SERVER_DEFAULT).await?;
-                let v: String = old.query_one(READ_ONLY_SETTING, &[]).await?.get(0);
-                if v == "off" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Ok::<_, tokio_postgres::Error>(())
-        };
-        work.await.map_err(|e| q(&primary, e))
-    }
-
-    /// Waits until the new server replayed the fenced old primary's last LSN.
+    /// Waits until the new server replayed the fenced old primary's final
+    /// position *flushed*: an asynchronous commit is acknowledged once it is
+    /// in the WAL buffers, before it is written, and the walsender streams
+    /// only what is flushed; so the old primary first flushes everything
+    /// (fence.rs `flushed_position`), and its flush position is the target.
     pub(crate) async fn final_sync(&mut self) -> Result<Output, UpgradeError> {
         let deadline = self.window_deadline();
         let primary = self.cfg.database.primary.clone();
-        let lsn: String = self
-            .old_client()
+        let ours = self.own_pids();
+        let t0 = std::time::Instant::now();
+        let id = self.record().id.clone();
+        let limit = self.query_limit();
+        let old = self.old_client().await?;
+        let (lsn, ended) = limit
+            .run(&primary, super::fence::flushed_position(old, &ours, &id))
             .await?
-            .query_one(LAG_SOURCE, &[])
-            .await
-            .map_err(|e| q(&primary, e))?
-            .get(0);
+            .map_err(|detail| UpgradeError::Step {
+                step: Step::FinalSync,
+                detail,
+            })?;
+        let flushed_in = t0.elapsed();
         let endpoint = self.new_endpoint().await?;
         let cancel = self.cancel.clone();
+        let limit = self.query_limit();
         let new = self.new_client().await?;
         let mut polls = 0u32;
         loop {
             polls += 1;
-            let behind: f64 = new
-                .query_one(REPLAYED_ENOUGH, &[&lsn])
-                .await
-                .map_err(|e| q(&endpoint, e))?
+            let behind: f64 = limit
+                .run(&endpoint, new.query_one(REPLAYED_ENOUGH, &[&lsn]))
+                .await?
                 .get(0);
             if behind <= 0.0 {
                 break;
@@ -653,7 +695,10 @@ impl Saga {
         }
         Ok(Output {
             final_lsn: Some(lsn.clone()),
-            note: Some(format!("replayed {lsn} after {polls} polls")),
+            note: Some(format!(
+                "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
+                flushed_in.as_secs_f64() * 1000.0
+            )),
             ..Output::default()
         })
     }
@@ -662,32 +707,35 @@ impl Saga {
     pub(crate) async fn promote(&mut self) -> Result<Output, UpgradeError> {
         let id = self.replica()?;
         let endpoint = self.new_endpoint().await?;
-        let in_recovery: bool = self
-            .new_client()
+        let limit = self.query_limit();
+        let new = self.new_client().await?;
+        let in_recovery: bool = limit
+            .run(&endpoint, new.query_one(IN_RECOVERY, &[]))
             .await?
-            .query_one(IN_RECOVERY, &[])
-            .await
-            .map_err(|e| q(&endpoint, e))?
             .get(0);
         if !in_recovery {
             self.unfence_new(&endpoint).await?;
             return Ok(Output::note("already promoted"));
         }
-        self.provider.promote(&id).await?;
-        let limit = tokio::time::Instant::now() + self.cfg.upgrade.step_timeout.0;
+        limit
+            .wrap("the provider's promote", self.provider.promote(&id))
+            .await?;
+        let after = query_timeout(&self.cfg);
+        let limit = tokio::time::Instant::now() + after;
         let mut polls = 0u32;
         loop {
             polls += 1;
             let client = self.new_client().await?;
-            match client.query_one(IN_RECOVERY, &[]).await {
-                Ok(row) if !row.get::<_, bool>(0) => break,
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "promote poll"),
+            match tokio::time::timeout_at(limit, client.query_one(IN_RECOVERY, &[])).await {
+                Ok(Ok(row)) if !row.get::<_, bool>(0) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "promote poll"),
+                Err(_) => {}
             }
             if tokio::time::Instant::now() >= limit {
                 return Err(UpgradeError::Timeout {
                     what: format!("{id} promoted"),
-                    after: self.cfg.upgrade.step_timeout.0,
+                    after,
                 });
             }
             // No cancellation here: past the point of no return the window runs to the end.
@@ -695,18 +743,6 @@ impl Saga {
         }
         self.unfence_new(&endpoint).await?;
         Ok(Output::note(format!("writable after {polls} polls")))
-    }
-
-    /// A database-level fence streamed to the new server with the rest of the
-    /// catalog: lift it there before writes resume. Idempotent.
-    async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
-        if self.provider.fence_method() != FenceMethod::AlterDatabase {
-            return Ok(());
-        }
-        let new = self.new_client().await?;
-        rds::unfence_databases(new)
-            .await
-            .map_err(|e| q(endpoint, e))
     }
 
     pub(crate) async fn repoint(&mut self) -> Result<Output, UpgradeError> {
@@ -792,7 +828,12 @@ impl Saga {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_err = String::new();
         while tokio::time::Instant::now() < deadline {
-            match self.verify_once(&url, endpoint).await {
+            let limit = self.query_limit();
+            let once = limit.wrap(
+                "a write through the pooler",
+                self.verify_once(&url, endpoint),
+            );
+            match once.await {
                 Ok(true) => {
                     let servers = self.poolers.servers().await.unwrap_or_default();
                     return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
@@ -846,30 +887,48 @@ impl Saga {
         let (host, port) = endpoint.spec()?.host_port();
         let mut n = 0;
         for replica in self.cfg.database.replicas.clone() {
-            let client = match connect(&replica, &self.cfg).await {
-                Ok(c) => c,
-                Err(e) => {
-                    self.progress.say(
-                        Step::Verify,
-                        &format!("replica {replica} unreachable, not repointed: {e}"),
-                    );
-                    continue;
-                }
-            };
+            let limit = self.query_limit();
+            let once = limit.wrap(
+                "a replica's answer",
+                Self::repoint_one(&self.cfg, &replica, &host, port),
+            );
+            match once.await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                // One replica that does not answer does not hold up the upgrade.
+                Err(e) => self.progress.say(
+                    Step::Verify,
+                    &format!("replica {replica} unreachable, not repointed: {e}"),
+                ),
+            }
+        }
+        Ok(n)
+    }
+
+    /// One replica of [`Saga::repoint_replicas`]: `Ok(false)` when it is no replica.
+    async fn repoint_one(
+        cfg: &Config,
+        replica: &ConnString,
+        host: &str,
+        port: u16,
+    ) -> Result<bool, UpgradeError> {
+        {
+            let replica = replica.clone();
+            let client = connect(&replica, cfg).await?;
             let in_recovery: bool = client
                 .query_one(IN_RECOVERY, &[])
                 .await
                 .map_err(|e| q(&replica, e))?
                 .get(0);
             if !in_recovery {
-                continue;
+                return Ok(false);
             }
             let conninfo: String = client
                 .query_one(PRIMARY_CONNINFO, &[])
                 .await
                 .map_err(|e| q(&replica, e))?
                 .get(0);
-            let wanted = retarget_conninfo(&conninfo, &host, port);
+            let wanted = retarget_conninfo(&conninfo, host, port);
             if wanted != conninfo {
                 let sql = format!(
                     "ALTER SYSTEM SET primary_conninfo = {}",
@@ -884,9 +943,8 @@ impl Saga {
                     .await
                     .map_err(|e| q(&replica, e))?;
             }
-            n += 1;
+            Ok(true)
         }
-        Ok(n)
     }
 
     pub(crate) async fn retire_old(&mut self) -> Result<Output, UpgradeError> {
@@ -910,6 +968,10 @@ impl Saga {
         }
         self.old = None;
         let source = self.source()?;
+        if let Some(g) = self.guard.as_mut() {
+            // The old primary goes away now; its row already names the new one.
+            g.release(&self.cfg.database.primary.to_string());
+        }
         self.provider.retire_old(&source).await?;
         Ok(Output::note(format!("{} retired", source.id)))
     }

@@ -21,3 +21,4 @@ mod secrets;
 mod service;
 mod tls;
 mod upgrade;
+mod upgrade_safety;

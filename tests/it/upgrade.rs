@@ -154,6 +154,8 @@ pub struct Topology {
     pub config: PathBuf,
     pub classes_used: usize,
     pub pause_timeout: &'static str,
+    pub retire_after: &'static str,
+    pub step_timeout: &'static str,
 }
 
 pub const CLASSES: [&str; 2] = ["large", "larger"];
@@ -182,6 +184,8 @@ impl Topology {
             pooler,
             classes_used: 0,
             pause_timeout: "5s",
+            retire_after: "0s",
+            step_timeout: "60s",
         };
         t.write_config();
         t
@@ -213,8 +217,8 @@ provider = "local"
 state_dir = "{state}"
 catchup_max_bytes = "1MB"
 pause_timeout = "{pause}"
-retire_after = "0s"
-step_timeout = "60s"
+retire_after = "{retire}"
+step_timeout = "{step}"
 
 [upgrade.local]
 data_root = "{root}"
@@ -244,6 +248,8 @@ database = "app"
             replica = self.cluster.replicas[0].url("app"),
             state = self.state_dir().display(),
             pause = self.pause_timeout,
+            retire = self.retire_after,
+            step = self.step_timeout,
             root = dir.join("clusters").display(),
             admin = self.pooler.admin_url(),
             ini = self.pooler.ini.display(),
@@ -452,7 +458,11 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(seen, "the replica did not follow the new primary");
+    assert!(
+        seen,
+        "the replica did not follow the new primary; its log:\n{}",
+        std::fs::read_to_string(&t.cluster.replicas[0].log_file).unwrap_or_default()
+    );
 
     // Status renders the journal; other commands notice the moved primary.
     let status = t.pgsteward(&["upgrade", "status", "--output", "json"], None);
@@ -515,20 +525,13 @@ async fn every_step_is_idempotent() {
     t.check_nothing_lost(&ledger.acked).await;
 }
 
-pub const STEP_NAMES: [&str; 12] = [
-    "precheck",
-    "create_replica",
-    "wait_available",
-    "wait_catchup",
-    "pause_writes",
-    "fence_old_primary",
-    "final_sync",
-    "promote",
-    "repoint",
-    "resume_writes",
-    "verify",
-    "retire_old",
-];
+/// The steps' names, from the saga's one table.
+pub fn step_names() -> Vec<&'static str> {
+    pgsteward::upgrade::record::SAGA
+        .iter()
+        .map(|s| s.name)
+        .collect()
+}
 
 /// kill -9 of `pgsteward upgrade start` at every step boundary, then
 /// `upgrade resume` (twice when the first resume rolls back a crashed write
@@ -543,7 +546,7 @@ async fn kill_at_every_step_boundary_then_resume() {
         Duration::from_secs(600),
     );
     load.wait_progress(20).await;
-    for step in STEP_NAMES {
+    for step in step_names() {
         for at in ["start", "done"] {
             let fp = format!("{step}-{at}=kill");
             let out = t.upgrade(Some(&fp));
@@ -618,7 +621,12 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
         Duration::from_secs(600),
     );
     load.wait_progress(20).await;
-    for step in &STEP_NAMES[..7] {
+    let before_promote: Vec<&str> = pgsteward::upgrade::record::SAGA
+        .iter()
+        .filter(|s| s.step.before_promote())
+        .map(|s| s.name)
+        .collect();
+    for step in &before_promote {
         let fp = format!("{step}-done=error");
         let out = t.upgrade(Some(&fp));
         assert_eq!(out.status.code(), Some(1), "{fp}\n{}", text(&out));

@@ -1,0 +1,530 @@
+//! Fencing the old primary (step 6) and lifting the fence (its undo), for
+//! both methods a provider can ask for ([`FenceMethod`]).
+//!
+//! **Local (`AlterSystem`): a hard fence.** From the fence on no session of a
+//! role that is not a superuser can commit on the old primary, whatever it
+//! sets for itself:
+//! * `pg_hba.conf` gets a marked block at its top with a `reject` line for
+//!   every login role that is not a superuser, and the configuration is
+//!   reloaded: new application connections are refused (so `PGOPTIONS`,
+//!   role and database settings never get a session to act in);
+//! * every client session but ours is terminated (after the reload, and once
+//!   more in `final_sync` right before the final flush, for a backend that
+//!   was still authenticating under the old rules);
+//! * `default_transaction_read_only = on` via `ALTER SYSTEM` (staged before
+//!   the pause, applied by the same reload), for superuser sessions that are
+//!   not ours: a soft second line, as before.
+//!
+//! Both files are on the old node only (neither is replicated), so the new
+//! primary is not affected, and both survive a restart of the old node.
+//! Cost inside the pause: one file write + fsync, one reload, one terminate
+//! sweep (measured per run: the step's note and `upgrade status`).
+//! The undo removes the block and the setting, reloads, and verifies both
+//! (the file has no block, `pg_hba_file_rules` has no error, our session
+//! reads the default back at `off`) or fails.
+//!
+//! **RDS (`AlterDatabase`).** RDS has no `ALTER SYSTEM`, no `pg_hba.conf` and
+//! no superuser. Every database gets `default_transaction_read_only = on`
+//! and every application session is terminated. What remains, and why: a
+//! role with its own `ALTER ROLE ... SET default_transaction_read_only = off`
+//! (role settings win over database settings), or a client that sends
+//! `SET default_transaction_read_only = off` / `BEGIN READ WRITE` on a *new*
+//! connection, can still commit on the old instance until it is retired;
+//! revoking CONNECT or `CONNECTION LIMIT 0` would lock out the steward
+//! itself (rds_superuser is no superuser) and are replicated to the new
+//! primary. Mitigation: PgBouncer is the only way clients reach the
+//! database, and it points at the new primary before RESUME;
+//! `retire_after = "0s"` deletes the old instance right after verify.
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use super::cutover::remaining;
+use super::record::{Output, Step};
+use super::runner::Saga;
+use super::steps::q;
+use super::UpgradeError;
+use crate::config::ConnString;
+use crate::provider::FenceMethod;
+
+const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
+const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
+const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
+const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
+/// When this backend last processed a reload. It advancing past the value
+/// read before `pg_reload_conf()` proves the postmaster has reloaded: it
+/// signals its children, then loads pg_hba.conf, before it forks another
+/// backend. (Not the session's view of default_transaction_read_only: a
+/// database or role setting overrides the server's, so it proves nothing.)
+const CONF_LOAD_TIME: &str = "SELECT pg_conf_load_time()::text";
+/// The server-level fence setting as the files hold it.
+const FILE_FENCE: &str = "SELECT count(*)::bigint FROM pg_file_settings \
+     WHERE name = 'default_transaction_read_only' AND setting = 'on'";
+const HBA_FILE: &str = "SELECT current_setting('hba_file')";
+/// Every role that can log in and is not a superuser: each gets a reject line.
+const APPLICATION_ROLES: &str =
+    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND NOT rolsuper ORDER BY rolname";
+/// The file as the server parses it: errors, and our reject lines.
+const HBA_RULES: &str = "SELECT count(*) FILTER (WHERE error IS NOT NULL)::bigint, \
+     count(*) FILTER (WHERE auth_method = 'reject')::bigint FROM pg_hba_file_rules";
+
+const BLOCK_BEGIN: &str = "# pgsteward fence begin";
+const BLOCK_END: &str = "# pgsteward fence end";
+
+/// What the fence needs that can be read before the pause.
+#[derive(Debug, Clone)]
+pub(crate) struct HbaPlan {
+    pub path: PathBuf,
+    pub roles: Vec<String>,
+}
+
+/// `text` with our block (if any) removed.
+pub fn without_block(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with(BLOCK_BEGIN) {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if t.starts_with(BLOCK_END) {
+                inside = false;
+            }
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// `text` with the fence block for `roles` at its top (first match wins in
+/// pg_hba.conf). `None` when a role name cannot be written as an hba token.
+pub fn with_block(text: &str, id: &str, roles: &[String]) -> Result<String, String> {
+    let mut block = format!(
+        "{BLOCK_BEGIN} (upgrade {id}): roles that are not superusers are refused; \
+         `pgsteward upgrade resume`/`abort` removes this block\n"
+    );
+    for r in roles {
+        if r.contains('"') || r.chars().any(char::is_control) {
+            return Err(format!(
+                "role {r:?} cannot be named in pg_hba.conf; rename it or make it NOLOGIN before the upgrade"
+            ));
+        }
+        block.push_str(&format!(
+            "local all \"{r}\" reject\nhost all \"{r}\" all reject\n"
+        ));
+    }
+    block.push_str(BLOCK_END);
+    block.push('\n');
+    Ok(block + &without_block(text))
+}
+
+fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
+    UpgradeError::Step {
+        step: Step::FenceOldPrimary,
+        detail: format!("{}: {e}", path.display()),
+    }
+}
+
+/// Replaces `path` atomically (same mode and owner), durably.
+fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> {
+    let meta = std::fs::metadata(path).map_err(|e| hba_err(path, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".pg_hba.conf.pgsteward-tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| hba_err(&tmp, e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| hba_err(&tmp, e))?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(|e| hba_err(&tmp, e))?;
+    if nix::unistd::Uid::effective().is_root() {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| hba_err(&tmp, e))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| hba_err(path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| hba_err(dir, e))
+}
+
+/// Terminates every client session on the old primary but `ours`.
+pub(crate) fn terminate_sql(ours: &[i32]) -> String {
+    // Integers only: nothing from outside goes into this text.
+    let list: Vec<String> = ours.iter().map(|p| p.to_string()).collect();
+    format!(
+        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+         AND pid <> ALL ('{{{}}}'::int[])",
+        list.join(",")
+    )
+}
+
+// ---- RDS (`AlterDatabase`) ----
+
+/// Databases fenced on RDS: every one that takes connections, except
+/// templates and the one RDS keeps for itself.
+pub const FENCEABLE_DATABASES: &str = "SELECT datname FROM pg_database \
+     WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' ORDER BY datname";
+/// Application sessions, i.e. everything but superusers' (on RDS: `rdsadmin`,
+/// whose backends an `rds_superuser` may not signal; one refusal would fail
+/// the whole statement).
+pub const TERMINATE_APPLICATION_SESSIONS: &str =
+    "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
+     JOIN pg_roles r ON r.oid = a.usesysid \
+     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
+
+/// Fencing without `ALTER SYSTEM` (refused on RDS): every fenceable database
+/// defaults new transactions to read-only. Needs ownership of each database
+/// (or membership in its owner role). Returns the databases fenced.
+///
+/// The setting lives in `pg_db_role_setting`, a shared catalog that streams
+/// to replicas: the new primary inherits the fence and must be unfenced with
+/// [`unfence_databases`] after promotion, before writes resume.
+pub async fn fence_databases(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    client.batch_execute(SESSION_WRITABLE).await?;
+    let mut fenced = Vec::new();
+    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
+        let db: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = on",
+                crate::pg::quote_ident(&db)
+            ))
+            .await?;
+        fenced.push(db);
+    }
+    Ok(fenced)
+}
+
+/// Undoes [`fence_databases`]: on the old primary when rolling back, on the
+/// new primary after promotion. Idempotent.
+pub async fn unfence_databases(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(SESSION_WRITABLE).await?;
+    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
+        let db: String = row.get(0);
+        client
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RESET default_transaction_read_only",
+                crate::pg::quote_ident(&db)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends every application session (see [`TERMINATE_APPLICATION_SESSIONS`]).
+pub async fn terminate_application_sessions(
+    client: &tokio_postgres::Client,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(TERMINATE_APPLICATION_SESSIONS, &[])
+        .await?
+        .get(0))
+}
+
+impl Saga {
+    /// Our sessions on the old primary the fence must spare.
+    pub(crate) fn own_pids(&self) -> Vec<i32> {
+        let mut v = self
+            .guard
+            .as_ref()
+            .map(|g| g.pids_on(&self.cfg.database.primary.to_string()))
+            .unwrap_or_default();
+        v.extend(self.old_pid);
+        v
+    }
+
+    /// Before PAUSE: writes the read-only default into postgresql.auto.conf
+    /// without reloading (ALTER SYSTEM syncs a file, which is then not paid
+    /// for inside the pause), and reads what the hba fence needs. Nothing takes
+    /// effect until `fence` reloads; the undo of `pause_writes` removes it.
+    /// Only for the local fence: the per-database fence is replicated and
+    /// cannot be written ahead.
+    pub(crate) async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterSystem {
+            return Ok(());
+        }
+        let primary = self.cfg.database.primary.clone();
+        let limit = self.query_limit();
+        let old = self.old_client().await?;
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(FENCE).await?;
+            let path: String = old.query_one(HBA_FILE, &[]).await?.get(0);
+            let roles: Vec<String> = old
+                .query(APPLICATION_ROLES, &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok::<_, tokio_postgres::Error>(HbaPlan {
+                path: PathBuf::from(path),
+                roles,
+            })
+        };
+        let plan = limit.run(&primary, work).await?;
+        // Refuse before the pause what the fence could not express.
+        with_block("", "check", &plan.roles).map_err(|detail| UpgradeError::Step {
+            step: Step::PauseWrites,
+            detail,
+        })?;
+        self.hba = Some(plan);
+        self.fence_staged = true;
+        Ok(())
+    }
+
+    /// Step 6 (see the module doc).
+    pub(crate) async fn fence(&mut self) -> Result<Output, UpgradeError> {
+        let deadline = self.window_deadline();
+        let primary = self.cfg.database.primary.clone();
+        let cancel = self.cancel.clone();
+        let method = self.provider.fence_method();
+        let t0 = std::time::Instant::now();
+        if method == FenceMethod::AlterDatabase {
+            let old = self.old_client().await?;
+            let work = async {
+                let dbs = fence_databases(old).await?;
+                let n = terminate_application_sessions(old).await?;
+                Ok::<_, tokio_postgres::Error>((dbs, n))
+            };
+            let left = remaining(deadline, "fence")?;
+            return match tokio::time::timeout(left, work).await {
+                Err(_) => Err(UpgradeError::PauseTimeout {
+                    what: "fencing the old primary".into(),
+                }),
+                Ok(Err(e)) => Err(q(&primary, e)),
+                Ok(Ok((dbs, n))) => Ok(Output::note(format!(
+                    "databases {} read-only, {n} sessions ended",
+                    dbs.join(", ")
+                ))),
+            };
+        }
+        if !self.fence_staged || self.hba.is_none() {
+            // Run again after a crash or on a retry: stage (idempotent) first.
+            self.stage_fence().await?;
+        }
+        let plan = self.hba.clone().ok_or_else(|| UpgradeError::Step {
+            step: Step::FenceOldPrimary,
+            detail: "no pg_hba.conf plan".into(),
+        })?;
+        let id = self.record().id.clone();
+        let text = std::fs::read_to_string(&plan.path).map_err(|e| hba_err(&plan.path, e))?;
+        let fenced = with_block(&text, &id, &plan.roles).map_err(|detail| UpgradeError::Step {
+            step: Step::FenceOldPrimary,
+            detail,
+        })?;
+        write_atomic(&plan.path, &fenced)?;
+        let written_at = t0.elapsed();
+        let terminate = terminate_sql(&self.own_pids());
+        let expected_rejects = 2 * plan.roles.len() as i64;
+        let mut polls = 0u32;
+        let mut reloaded_at = Duration::ZERO;
+        let old = self.old_client().await?;
+        let work = async {
+            let rules = old.query_one(HBA_RULES, &[]).await?;
+            let (errors, rejects): (i64, i64) = (rules.get(0), rules.get(1));
+            if errors > 0 || rejects < expected_rejects {
+                return Ok(Err(format!(
+                    "{} does not parse as fenced ({errors} errors, {rejects} reject lines, expected {expected_rejects})",
+                    plan.path.display()
+                )));
+            }
+            let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+            old.query_one(RELOAD_CONF, &[]).await?;
+            reloaded_at = t0.elapsed();
+            loop {
+                polls += 1;
+                let now: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+                if now != before {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    _ = cancel.cancelled() => return Ok(Err("cancelled".into())),
+                }
+            }
+            let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
+            Ok::<_, tokio_postgres::Error>(Ok(n))
+        };
+        let left = remaining(deadline, "fence")?;
+        match tokio::time::timeout(left, work).await {
+            Err(_) => Err(UpgradeError::PauseTimeout {
+                what: "fencing the old primary".into(),
+            }),
+            Ok(Err(e)) => Err(q(&primary, e)),
+            Ok(Ok(Err(detail))) if detail == "cancelled" => Err(UpgradeError::Cancelled),
+            Ok(Ok(Err(detail))) => Err(UpgradeError::Step {
+                step: Step::FenceOldPrimary,
+                detail,
+            }),
+            Ok(Ok(Ok(n))) => Ok(Output::note(format!(
+                "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls): {} roles refused, {n} sessions ended",
+                t0.elapsed().as_secs_f64() * 1000.0,
+                written_at.as_secs_f64() * 1000.0,
+                reloaded_at.as_secs_f64() * 1000.0,
+                plan.roles.len()
+            ))),
+        }
+    }
+
+    /// Lifts the fence completely and proves it, or fails. Idempotent.
+    pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
+        let primary = self.cfg.database.primary.clone();
+        let method = self.provider.fence_method();
+        let limit = self.query_limit();
+        if method == FenceMethod::AlterDatabase {
+            let old = self.old_client().await?;
+            return limit.run(&primary, unfence_databases(old)).await;
+        }
+        let old = self.old_client().await?;
+        let path: String = limit
+            .run(&primary, old.query_one(HBA_FILE, &[]))
+            .await?
+            .get(0);
+        let path = PathBuf::from(path);
+        let text = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
+        let clean = without_block(&text);
+        if clean != text {
+            write_atomic(&path, &clean)?;
+        }
+        let old = self.old_client().await?;
+        // Wait until the postmaster has reloaded (see CONF_LOAD_TIME), so
+        // PgBouncer's new server connections are let in and start writable
+        // after RESUME.
+        let work = async {
+            old.batch_execute(SESSION_WRITABLE).await?;
+            old.batch_execute(UNFENCE).await?;
+            let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+            old.query_one(RELOAD_CONF, &[]).await?;
+            loop {
+                let now: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
+                if now != before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let rules = old.query_one(HBA_RULES, &[]).await?;
+            let file: i64 = old.query_one(FILE_FENCE, &[]).await?.get(0);
+            Ok((rules.get::<_, i64>(0), rules.get::<_, i64>(1), file))
+        };
+        let (errors, rejects, file) = limit.run(&primary, work).await?;
+        let reread = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
+        if errors > 0 || file > 0 || reread.contains(BLOCK_BEGIN) {
+            return Err(UpgradeError::Step {
+                step: Step::FenceOldPrimary,
+                detail: format!(
+                    "unfence not verified: {} still fenced or unparsable ({errors} errors, {rejects} reject lines), {file} read-only settings left in the configuration files",
+                    path.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A database-level fence streamed to the new server with the rest of the
+    /// catalog: lift it there before writes resume. Idempotent.
+    pub(crate) async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterDatabase {
+            return Ok(());
+        }
+        let limit = self.query_limit();
+        let new = self.new_client().await?;
+        limit.run(endpoint, unfence_databases(new)).await
+    }
+}
+
+/// The final position of the fenced old primary, flushed: terminates what
+/// is left (a backend still authenticating at the fence), then commits one
+/// transaction that writes WAL (the guard row's step) with
+/// `synchronous_commit = local`: its commit flushes all WAL before it,
+/// asynchronous commits included. (A transaction that writes no WAL, say
+/// `SELECT txid_current()`, commits without a flush.) Then reads the flush
+/// and insert positions. One round trip.
+pub(crate) async fn flushed_position(
+    old: &Client,
+    ours: &[i32],
+    upgrade_id: &str,
+) -> Result<Result<(String, i64), String>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT pg_current_wal_insert_lsn()::text; COMMIT; \
+         BEGIN READ WRITE; SET LOCAL synchronous_commit = local; {}; \
+         UPDATE pgsteward.upgrade_guard SET step = 'final_sync flush', since = now() \
+         WHERE upgrade_id = {}; COMMIT; \
+         SELECT pg_current_wal_flush_lsn()::text",
+        terminate_sql(ours),
+        crate::pg::quote_literal(upgrade_id)
+    );
+    let msgs = old.simple_query(&sql).await?;
+    let rows: Vec<Option<&str>> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0)),
+            _ => None,
+        })
+        .collect();
+    let [Some(before), Some(ended), Some(flush)] = rows[..] else {
+        return Ok(Err(format!(
+            "unexpected answer to the final flush: {rows:?}"
+        )));
+    };
+    // Everything inserted before (the last acknowledged commit included) must
+    // be flushed, or the guard row was not there to write.
+    match (parse_lsn(before), parse_lsn(flush)) {
+        (Some(b), Some(f)) if f >= b => Ok(Ok((flush.to_string(), ended.parse().unwrap_or(0)))),
+        _ => Ok(Err(format!(
+            "the old primary's flush position {flush} is behind its insert position {before} after the final commit"
+        ))),
+    }
+}
+
+/// `X/Y` (hex) as a number.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_goes_on_top_and_comes_out_again() {
+        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+        let roles = vec!["app".to_string(), "odd name".to_string()];
+        let fenced = with_block(hba, "u1", &roles).unwrap();
+        assert!(fenced.starts_with(BLOCK_BEGIN));
+        assert!(fenced.contains("local all \"app\" reject\nhost all \"app\" all reject\n"));
+        assert!(fenced.contains("host all \"odd name\" all reject\n"));
+        assert!(fenced.ends_with(hba));
+        assert_eq!(without_block(&fenced), hba);
+        // Idempotent: fencing twice leaves one block.
+        let twice = with_block(&fenced, "u1", &roles).unwrap();
+        assert_eq!(twice, fenced);
+        assert!(with_block(hba, "u1", &["a\"b".to_string()]).is_err());
+    }
+
+    #[test]
+    fn lsns_compare_as_numbers() {
+        assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
+        assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
+        assert_eq!(parse_lsn("bad"), None);
+    }
+
+    #[test]
+    fn terminate_spares_our_sessions() {
+        assert!(terminate_sql(&[12, 34]).contains("'{12,34}'::int[]"));
+        assert!(terminate_sql(&[]).contains("'{}'::int[]"));
+    }
+}

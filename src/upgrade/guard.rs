@@ -1,0 +1,716 @@
+//! One upgrade per primary, wherever its runner runs.
+//!
+//! Two things on the primary itself, not in the runner's `state_dir` (two
+//! pods or hosts do not share one):
+//!
+//! * **A session advisory lock** (`pg_try_advisory_lock(GUARD_NS, 1)`) held
+//!   on a connection of its own, with TCP keepalives, for the whole run. A
+//!   second `upgrade start/resume/abort` anywhere finds it taken and refuses
+//!   at once, naming the upgrade in flight. The lock dies with the session, so
+//!   a crashed runner never blocks its own `upgrade resume`.
+//! * **A guard row** in `pgsteward.upgrade_guard` (a one-row table, readable by
+//!   every role): which upgrade owns the primary (id, host, state_dir, step,
+//!   since), whether a cutover is in progress (partition DDL waits), which
+//!   node an upgrade made primary, and an **epoch** bumped by every runner
+//!   that takes over. Every acting step first runs one `UPDATE ... WHERE epoch
+//!   = mine AND I hold the lock`: a runner that lost its session (and maybe
+//!   its lock to another runner) finds no row to update and stops before it
+//!   acts. A table rather than a comment or a shared object: it is
+//!   transactional, replicated to the new server with everything else (so the
+//!   new primary knows the upgrade too), and readable with a plain SELECT by
+//!   the service and the CronJob.
+//!
+//! The lock and the row live in `database.primary`'s database (advisory locks
+//! are per database). After promote the runner takes the lock on the new
+//! primary too and keeps the old one until the old primary is retired.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::ConnString;
+
+/// Advisory-lock namespace of the upgrade guard ("pgup"): the two-int form,
+/// distinct from the partition pass's namespace ("pgst") and the leader's
+/// one-bigint key.
+pub const GUARD_NS: i32 = 0x7067_7570;
+pub const GUARD_KEY: i32 = 1;
+
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()";
+const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS pgsteward; \
+     CREATE TABLE IF NOT EXISTS pgsteward.upgrade_guard ( \
+       singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), \
+       epoch bigint NOT NULL, \
+       upgrade_id text NOT NULL, \
+       host text NOT NULL, \
+       state_dir text NOT NULL, \
+       started timestamptz NOT NULL, \
+       step text NOT NULL, \
+       since timestamptz NOT NULL, \
+       cutover boolean NOT NULL DEFAULT false, \
+       finished boolean NOT NULL DEFAULT false, \
+       new_primary text); \
+     GRANT USAGE ON SCHEMA pgsteward TO PUBLIC; \
+     GRANT SELECT ON pgsteward.upgrade_guard TO PUBLIC";
+const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
+const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
+     finished, new_primary FROM pgsteward.upgrade_guard";
+/// Takes the row over: a new epoch, our id, host and step.
+const CLAIM: &str = "INSERT INTO pgsteward.upgrade_guard AS g \
+     (epoch, upgrade_id, host, state_dir, started, step, since) \
+     VALUES (1, $1, $2, $3, now(), $4, now()) \
+     ON CONFLICT (singleton) DO UPDATE SET epoch = g.epoch + 1, upgrade_id = $1, host = $2, \
+       state_dir = $3, started = CASE WHEN g.upgrade_id = $1 THEN g.started ELSE now() END, \
+       step = $4, since = now(), finished = false, \
+       cutover = CASE WHEN g.upgrade_id = $1 THEN g.cutover ELSE false END, \
+       new_primary = CASE WHEN g.upgrade_id = $1 THEN g.new_primary END \
+     RETURNING epoch";
+/// The check before every acting step and the record of the step, in one
+/// round trip: no row is updated unless our epoch is current and this session
+/// holds the lock.
+const STEP: &str = "UPDATE pgsteward.upgrade_guard SET step = $3, since = now(), \
+       cutover = coalesce($4, cutover), finished = coalesce($5, finished), \
+       new_primary = coalesce($6, new_primary) \
+     WHERE epoch = $1 AND upgrade_id = $2 AND EXISTS (SELECT 1 FROM pg_locks \
+       WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
+       AND classid = $7::int::oid AND objid = $8::int::oid AND objsubid = 2) \
+     RETURNING epoch";
+/// The check on a node whose WAL must not move any more (the old primary
+/// after the final sync: a write there would be streamed to its replicas
+/// and keep them from following the new primary): lock and owner only.
+const CHECK_ONLY: &str = "SELECT 1 FROM pgsteward.upgrade_guard WHERE upgrade_id = $1 \
+     AND EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() \
+       AND granted AND classid = $2::int::oid AND objid = $3::int::oid AND objsubid = 2)";
+/// Our sessions write even on a fenced node (the fence is for applications).
+const SESSION_SETUP: &str = "SET default_transaction_read_only = off";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("upgrade {id} is in flight on this primary ({detail}); wait for it, or `pgsteward upgrade resume`/`abort` it where it runs")]
+    InFlight { id: String, detail: String },
+    #[error("another pgsteward upgrade runner holds the upgrade lock on {target}; wait for it to finish")]
+    LockedUnknown { target: String },
+    #[error("this runner no longer owns upgrade {id} on {target} (its lock session ended and epoch {epoch} is not current): another runner may have taken over; stopping before the next action")]
+    Lost {
+        id: String,
+        target: String,
+        epoch: i64,
+    },
+    #[error("this node is no longer the primary: upgrade {id} moved the primary to {new_primary}; point database.primary at it")]
+    Moved { id: String, new_primary: String },
+    #[error("upgrade guard on {target}: {message}")]
+    Query { target: String, message: String },
+    #[error("upgrade guard on {target}: no answer within {after:?}")]
+    Timeout { target: String, after: Duration },
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
+}
+
+/// The guard row as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardRow {
+    pub epoch: i64,
+    pub upgrade_id: String,
+    pub host: String,
+    pub state_dir: String,
+    pub started: DateTime<Utc>,
+    pub step: String,
+    pub since: DateTime<Utc>,
+    pub cutover: bool,
+    pub finished: bool,
+    pub new_primary: Option<String>,
+}
+
+impl GuardRow {
+    fn in_flight(&self, lock: &'static str) -> GuardError {
+        GuardError::InFlight {
+            id: self.upgrade_id.clone(),
+            detail: format!(
+                "host {}, state_dir {}, step {} since {}, started {}{lock}",
+                self.host,
+                self.state_dir,
+                self.step,
+                self.since.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                self.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
+        }
+    }
+}
+
+/// What partition DDL must do on this primary (see [`ddl_guard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DdlGuard {
+    Clear,
+    /// Between pause_writes and verify: wait.
+    Cutover {
+        id: String,
+        step: String,
+    },
+    /// An upgrade promoted another node: this one must not get DDL.
+    Moved {
+        id: String,
+        new_primary: String,
+    },
+}
+
+fn query_err(target: &str, e: tokio_postgres::Error) -> GuardError {
+    GuardError::Query {
+        target: target.to_string(),
+        message: crate::pg::server_message(&e),
+    }
+}
+
+async fn bounded<T>(
+    target: &str,
+    after: Duration,
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, GuardError> {
+    match tokio::time::timeout(after, f).await {
+        Ok(r) => r.map_err(|e| query_err(target, e)),
+        Err(_) => Err(GuardError::Timeout {
+            target: target.to_string(),
+            after,
+        }),
+    }
+}
+
+/// Where an upgrade moved the primary, on the old node: a setting in its
+/// postgresql.auto.conf, not a row, because a write to the old primary after
+/// the final sync would reach its replicas and keep them from following the
+/// new primary. `(upgrade id, new primary)`.
+pub async fn moved_marker(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<(String, String)>, GuardError> {
+    let v: Option<String> = bounded(target, after, client.query_one(MOVED_MARK, &[]))
+        .await?
+        .get(0);
+    Ok(v.as_deref()
+        .and_then(|v| v.split_once(' '))
+        .map(|(id, new)| (id.to_string(), new.to_string())))
+}
+
+/// The guard row, `None` when no upgrade ever ran here (no table yet);
+/// `new_primary` from [`moved_marker`].
+pub async fn read(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<GuardRow>, GuardError> {
+    let moved = moved_marker(client, target, after).await?;
+    let mut row = read_row(client, target, after).await?;
+    if let Some((id, new)) = moved {
+        let r = row.get_or_insert_with(|| GuardRow {
+            epoch: 0,
+            upgrade_id: id.clone(),
+            host: String::new(),
+            state_dir: String::new(),
+            started: Utc::now(),
+            step: "moved".into(),
+            since: Utc::now(),
+            cutover: false,
+            finished: true,
+            new_primary: None,
+        });
+        r.upgrade_id = id;
+        r.new_primary = Some(new);
+    }
+    Ok(row)
+}
+
+async fn read_row(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<GuardRow>, GuardError> {
+    let rows = match tokio::time::timeout(after, client.query(READ, &[])).await {
+        Err(_) => {
+            return Err(GuardError::Timeout {
+                target: target.to_string(),
+                after,
+            })
+        }
+        Ok(Err(e))
+            if e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
+        {
+            return Ok(None)
+        }
+        Ok(Err(e)) => return Err(query_err(target, e)),
+        Ok(Ok(rows)) => rows,
+    };
+    Ok(rows.first().map(|r| GuardRow {
+        epoch: r.get(0),
+        upgrade_id: r.get(1),
+        host: r.get(2),
+        state_dir: r.get(3),
+        started: r.get(4),
+        step: r.get(5),
+        since: r.get(6),
+        cutover: r.get(7),
+        finished: r.get(8),
+        new_primary: r.get(9),
+    }))
+}
+
+/// The one guard every caller of the partition pass goes through (service,
+/// CronJob, CLI, demo): read from the database, so it holds wherever the
+/// upgrade runs. A node that cannot be read is the pass's own business.
+pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, GuardError> {
+    let Some(row) = read(client, "database.primary", after).await? else {
+        return Ok(DdlGuard::Clear);
+    };
+    if let Some(new) = row.new_primary.clone() {
+        return Ok(DdlGuard::Moved {
+            id: row.upgrade_id,
+            new_primary: new,
+        });
+    }
+    if row.cutover && !row.finished {
+        return Ok(DdlGuard::Cutover {
+            id: row.upgrade_id,
+            step: row.step,
+        });
+    }
+    Ok(DdlGuard::Clear)
+}
+
+/// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
+/// cutover runs (the pass is skipped; the next one runs), `Err` when an
+/// upgrade moved the primary away from this node (no DDL meant for the new
+/// primary may land here).
+pub async fn hold_partition_ddl(
+    client: &Client,
+    cfg: &crate::config::Config,
+) -> Result<Option<String>, String> {
+    let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
+    match ddl_guard(client, after).await.map_err(|e| e.to_string())? {
+        DdlGuard::Clear => Ok(None),
+        DdlGuard::Cutover { id, step } => Ok(Some(format!(
+            "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
+        ))),
+        DdlGuard::Moved { id, new_primary } => Err(format!(
+            "database.primary is no longer the primary: upgrade {id} moved the primary to {new_primary}; set database.primary to it"
+        )),
+    }
+}
+
+/// One held lock session.
+struct Held {
+    conn: ConnString,
+    target: String,
+    client: Client,
+    pid: i32,
+    /// False once this node's WAL must not move (see [`CHECK_ONLY`]).
+    writable: bool,
+}
+
+/// The guard a runner holds for its whole run. Dropping it closes the
+/// sessions, which releases the locks.
+pub struct Guard {
+    id: String,
+    state_dir: String,
+    epoch: i64,
+    held: Vec<Held>,
+    connect_timeout: Duration,
+    timeout: Duration,
+    /// Inside the pause window: no guard query outlives the pause deadline.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Identity of this runner for the row: `hostname` (pod name in Kubernetes).
+pub fn runner_host() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host} pid {}", std::process::id())
+}
+
+/// A new lock session on `target`: (client, lock taken, backend pid).
+async fn lock_session(
+    target: &ConnString,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<(Client, bool, i32), GuardError> {
+    let mut spec = target.spec()?;
+    spec.config.keepalives(true);
+    spec.config.keepalives_idle(Duration::from_secs(5));
+    spec.config.keepalives_interval(Duration::from_secs(2));
+    spec.config.keepalives_retries(3);
+    spec.config.application_name("pgsteward-upgrade-guard");
+    let client = spec.connect(connect_timeout).await?;
+    let t = target.to_string();
+    bounded(&t, timeout, client.batch_execute(SESSION_SETUP)).await?;
+    let row = bounded(
+        &t,
+        timeout,
+        client.query_one(TRY_LOCK, &[&GUARD_NS, &GUARD_KEY]),
+    )
+    .await?;
+    Ok((client, row.get(0), row.get(1)))
+}
+
+impl Guard {
+    /// Takes the lock on `target` and claims the row for upgrade `id`, before
+    /// anything changes. Refuses at once when another runner holds the lock or
+    /// another upgrade owns the row.
+    pub async fn acquire(
+        target: &ConnString,
+        id: &str,
+        state_dir: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Guard, GuardError> {
+        let t = target.to_string();
+        let (client, mut got, pid) = lock_session(target, connect_timeout, timeout).await?;
+        let mut row = read(&client, &t, timeout).await?;
+        // Taken by a runner in flight: refuse at once, naming it. Taken with
+        // no upgrade in flight: either a holder that has not claimed the row
+        // yet (it does right after locking) or one whose session is just
+        // ending; a second decides.
+        for _ in 0..10 {
+            if got {
+                break;
+            }
+            if let Some(r) = row.as_ref().filter(|r| !r.finished) {
+                return Err(r.in_flight(", its runner holds the upgrade lock"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            got = bounded(
+                &t,
+                timeout,
+                client.query_one(TRY_LOCK, &[&GUARD_NS, &GUARD_KEY]),
+            )
+            .await?
+            .get(0);
+            row = read(&client, &t, timeout).await?;
+        }
+        if !got {
+            return Err(match row {
+                Some(r) if !r.finished => r.in_flight(", its runner holds the upgrade lock"),
+                _ => GuardError::LockedUnknown { target: t },
+            });
+        }
+        if let Some(r) = &row {
+            if r.upgrade_id != id {
+                if let Some(new) = &r.new_primary {
+                    return Err(GuardError::Moved {
+                        id: r.upgrade_id.clone(),
+                        new_primary: new.clone(),
+                    });
+                }
+                // An unfinished upgrade owns the primary until it completes or
+                // is aborted; only its own resume/abort may take over.
+                if !r.finished {
+                    return Err(r.in_flight(""));
+                }
+            }
+        }
+        Ok(Guard {
+            id: id.to_string(),
+            state_dir: state_dir.to_string(),
+            epoch: 0,
+            held: vec![Held {
+                conn: target.clone(),
+                target: t,
+                client,
+                pid,
+                writable: true,
+            }],
+            connect_timeout,
+            timeout,
+            deadline: None,
+        })
+    }
+
+    /// Bounds every later guard query by `deadline` too (the pause deadline).
+    pub fn set_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+    }
+
+    fn limit(&self) -> Duration {
+        match self.deadline {
+            Some(d) => self
+                .timeout
+                .min(d.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.timeout,
+        }
+    }
+
+    /// Takes the row over with a new epoch (after the prechecks passed, or at
+    /// once for resume and abort): from here a runner with an older epoch
+    /// cannot pass [`Guard::step`].
+    pub async fn claim(&mut self) -> Result<(), GuardError> {
+        let Some(h) = self.held.iter().find(|h| h.writable) else {
+            return Ok(());
+        };
+        bounded(&h.target, self.timeout, h.client.batch_execute(SETUP)).await?;
+        self.epoch = bounded(
+            &h.target,
+            self.timeout,
+            h.client.query_one(
+                CLAIM,
+                &[&self.id, &runner_host(), &self.state_dir, &"claimed"],
+            ),
+        )
+        .await?
+        .get(0);
+        Ok(())
+    }
+
+    /// A claimed upgrade that never got a journal: free the row again.
+    pub async fn give_up(&mut self) {
+        let done = StepUpdate {
+            cutover: Some(false),
+            finished: Some(true),
+            ..Default::default()
+        };
+        if let Err(e) = self.step("gave_up", done).await {
+            tracing::warn!(error = %e, "cannot free the upgrade guard row");
+        }
+    }
+
+    /// The row as it stands now, on the first held session.
+    pub async fn row(&self) -> Result<Option<GuardRow>, GuardError> {
+        let Some(h) = self.held.first() else {
+            return Ok(None);
+        };
+        read(&h.client, &h.target, self.timeout).await
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Whether this guard holds a session on `target`.
+    pub fn holds(&self, target: &str) -> bool {
+        self.held.iter().any(|h| h.target == target)
+    }
+
+    /// The backend pids of our lock sessions on `target`: the fence spares them.
+    pub fn pids_on(&self, target: &str) -> Vec<i32> {
+        self.held
+            .iter()
+            .filter(|h| h.target == target)
+            .map(|h| h.pid)
+            .collect()
+    }
+
+    /// A held session that ended (network, restart of the node) is taken
+    /// again, but only when nobody moved the epoch in between: then no other
+    /// runner has acted, and this one may go on.
+    async fn reconnect(&mut self, i: usize) -> Result<(), GuardError> {
+        let h = &self.held[i];
+        let lost = || GuardError::Lost {
+            id: self.id.clone(),
+            target: h.target.clone(),
+            epoch: self.epoch,
+        };
+        let (client, got, pid) =
+            match lock_session(&h.conn, self.connect_timeout, self.timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "upgrade guard session lost and not taken again");
+                    return Err(lost());
+                }
+            };
+        let row = read(&client, &h.target, self.timeout).await?;
+        let ours = row.is_some_and(|r| {
+            r.upgrade_id == self.id && (r.epoch == self.epoch || !self.held[i].writable)
+        });
+        if !got || !ours {
+            return Err(lost());
+        }
+        tracing::warn!(target = %h.target, "upgrade guard session taken again");
+        let h = &mut self.held[i];
+        h.client = client;
+        h.pid = pid;
+        Ok(())
+    }
+
+    /// Before every acting step: proves this runner still owns the upgrade on
+    /// every node it holds, and records the step there.
+    pub async fn step(&mut self, step: &str, update: StepUpdate) -> Result<(), GuardError> {
+        for i in 0..self.held.len() {
+            if self.held[i].client.is_closed() {
+                self.reconnect(i).await?;
+            }
+            let h = &self.held[i];
+            if !h.writable {
+                let rows = bounded(
+                    &h.target,
+                    self.limit(),
+                    h.client
+                        .query(CHECK_ONLY, &[&self.id, &GUARD_NS, &GUARD_KEY]),
+                )
+                .await?;
+                if rows.is_empty() {
+                    return Err(GuardError::Lost {
+                        id: self.id.clone(),
+                        target: h.target.clone(),
+                        epoch: self.epoch,
+                    });
+                }
+                continue;
+            }
+            let rows = bounded(
+                &h.target,
+                self.limit(),
+                h.client.query(
+                    STEP,
+                    &[
+                        &self.epoch,
+                        &self.id,
+                        &step,
+                        &update.cutover,
+                        &update.finished,
+                        &update.new_primary,
+                        &GUARD_NS,
+                        &GUARD_KEY,
+                    ],
+                ),
+            )
+            .await?;
+            if rows.is_empty() {
+                return Err(GuardError::Lost {
+                    id: self.id.clone(),
+                    target: h.target.clone(),
+                    epoch: self.epoch,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// On the old primary only: the upgrade made `new_primary` the primary.
+    /// Every later reader of this node's guard (partition DDL, other
+    /// commands, a second runner) is told where the primary went.
+    /// Needs ALTER SYSTEM (the local provider); not WAL, see [`moved_marker`].
+    pub async fn mark_moved(&self, old: &str, new_primary: &str) -> Result<(), GuardError> {
+        let mark = format!(
+            "ALTER SYSTEM SET pgsteward.moved_to = {}",
+            crate::pg::quote_literal(&format!("{} {new_primary}", self.id))
+        );
+        for h in self.held.iter().filter(|h| h.target == old) {
+            // A session placeholder first: before 17, ALTER SYSTEM refuses a
+            // custom setting the session has never seen.
+            bounded(
+                &h.target,
+                self.timeout,
+                h.client.batch_execute("SET pgsteward.moved_to = ''"),
+            )
+            .await?;
+            bounded(&h.target, self.timeout, h.client.batch_execute(&mark)).await?;
+            bounded(
+                &h.target,
+                self.timeout,
+                h.client.query_one("SELECT pg_reload_conf()", &[]),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// After promote: take the lock on the new primary too (its guard row came
+    /// with the replicated data at our epoch). Idempotent.
+    pub async fn extend_to(&mut self, target: &ConnString) -> Result<(), GuardError> {
+        let t = target.to_string();
+        if self.holds(&t) {
+            return Ok(());
+        }
+        let (client, got, pid) = lock_session(target, self.connect_timeout, self.timeout).await?;
+        let in_recovery: bool = bounded(
+            &t,
+            self.timeout,
+            client.query_one("SELECT pg_is_in_recovery()", &[]),
+        )
+        .await?
+        .get(0);
+        if in_recovery {
+            // Not promoted yet (a resume before promote acted): nothing can
+            // be written there; the next step tries again.
+            return Ok(());
+        }
+        if !got {
+            return Err(GuardError::LockedUnknown { target: t });
+        }
+        bounded(&t, self.timeout, client.batch_execute(SETUP)).await?;
+        // The replicated row carries our epoch unless a runner elsewhere bumped it.
+        let epoch: i64 = bounded(
+            &t,
+            self.timeout,
+            client.query_one(
+                CLAIM,
+                &[&self.id, &runner_host(), &self.state_dir, &"promote"],
+            ),
+        )
+        .await?
+        .get(0);
+        self.epoch = self.epoch.max(epoch);
+        // Both rows at the same epoch from here on.
+        self.held.push(Held {
+            conn: target.clone(),
+            target: t,
+            client,
+            pid,
+            writable: true,
+        });
+        let bump = "UPDATE pgsteward.upgrade_guard SET epoch = $1 WHERE upgrade_id = $2";
+        for h in &self.held {
+            if h.writable && !h.client.is_closed() {
+                bounded(
+                    &h.target,
+                    self.timeout,
+                    h.client.execute(bump, &[&self.epoch, &self.id]),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// From now on `target` is only checked, never written (see [`CHECK_ONLY`]).
+    pub fn freeze(&mut self, target: &str) {
+        for h in self.held.iter_mut().filter(|h| h.target == target) {
+            h.writable = false;
+        }
+    }
+
+    /// Gives every lock back now (the end of a run): closing the sessions
+    /// would too, but the server notices that only a moment later, and an
+    /// `upgrade start` right after an `abort` must not find it still taken.
+    pub async fn release_all(self) {
+        for h in &self.held {
+            let unlock = h.client.query_one(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&GUARD_NS, &GUARD_KEY],
+            );
+            if let Err(e) = bounded(&h.target, self.timeout, unlock).await {
+                tracing::debug!(error = %e, "upgrade guard not unlocked; the session end frees it");
+            }
+        }
+    }
+
+    /// The old primary is about to be retired: stop holding it.
+    pub fn release(&mut self, target: &str) {
+        self.held.retain(|h| h.target != target);
+    }
+}
+
+/// Optional changes recorded with a step (see [`Guard::step`]).
+#[derive(Debug, Clone, Default)]
+pub struct StepUpdate {
+    pub cutover: Option<bool>,
+    pub finished: Option<bool>,
+    pub new_primary: Option<String>,
+}
