@@ -42,7 +42,7 @@ SELECT json_build_object(
         'not_null', a.attnotnull,
         'identity', a.attidentity::text,
         'generated', a.attgenerated::text,
-        'stattarget', a.attstattarget::int4,
+        'stattarget', COALESCE(a.attstattarget::int4, -1),
         'column_acl', a.attacl IS NOT NULL,
         'default', pg_get_expr(d.adbin, d.adrelid),
         'sequence', pg_get_serial_sequence(format('%I.%I', t.nspname, t.relname), a.attname)

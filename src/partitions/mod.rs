@@ -79,6 +79,7 @@ pub async fn run_pass_at(
         return Ok(PassReport {
             skipped: Some(skip),
             tables: Vec::new(),
+            indexes: Vec::new(),
         });
     }
     if catalog.in_recovery {
