@@ -178,8 +178,13 @@ pub fn swap(plan: &ConvertPlan, info: &TableInfo, seqs: &[SequenceState]) -> Vec
             if st.cycle { " CYCLE" } else { " NO CYCLE" }
         );
         if modern {
+            // An identity's sequence takes the column's type: `AS type` here is a
+            // "conflicting or redundant options" error.
+            let identity_params = params
+                .strip_prefix(&format!("AS {} ", st.type_name))
+                .unwrap_or(&params);
             v.push(format!(
-                "ALTER TABLE {parent} ALTER COLUMN {col} ADD GENERATED {} AS IDENTITY (SEQUENCE NAME {} {params})",
+                "ALTER TABLE {parent} ALTER COLUMN {col} ADD GENERATED {} AS IDENTITY (SEQUENCE NAME {} {identity_params})",
                 if identity == "a" { "ALWAYS" } else { "BY DEFAULT" },
                 st.sequence
             ));
