@@ -8,8 +8,11 @@ use pgsteward::{Error, Outcome};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
+    // Debug builds hold deep async state on the stack; 2 MiB worker stacks are
+    // not enough for the upgrade saga there.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,

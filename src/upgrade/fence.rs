@@ -452,21 +452,37 @@ impl Saga {
 /// asynchronous commits included. (A transaction that writes no WAL, say
 /// `SELECT txid_current()`, commits without a flush.) Then reads the flush
 /// and insert positions. One round trip.
+/// Without a guard row (a saga driven without the database guard), a
+/// temporary table's catalog rows are the WAL the commit must flush.
 pub(crate) async fn flushed_position(
     old: &Client,
     ours: &[i32],
-    upgrade_id: &str,
+    guarded_upgrade: Option<&str>,
 ) -> Result<Result<(String, i64), String>, tokio_postgres::Error> {
+    let wal_write = match guarded_upgrade {
+        Some(id) => format!(
+            "UPDATE pgsteward.upgrade_guard SET step = 'final_sync flush', since = now() \
+             WHERE upgrade_id = {}",
+            crate::pg::quote_literal(id)
+        ),
+        None => "CREATE TEMPORARY TABLE pgsteward_final_flush () ON COMMIT DROP".to_string(),
+    };
     let sql = format!(
         "SELECT pg_current_wal_insert_lsn()::text; COMMIT; \
          BEGIN READ WRITE; SET LOCAL synchronous_commit = local; {}; \
-         UPDATE pgsteward.upgrade_guard SET step = 'final_sync flush', since = now() \
-         WHERE upgrade_id = {}; COMMIT; \
+         {wal_write}; COMMIT; \
          SELECT pg_current_wal_flush_lsn()::text",
         terminate_sql(ours),
-        crate::pg::quote_literal(upgrade_id)
     );
-    let msgs = old.simple_query(&sql).await?;
+    let msgs = match old.simple_query(&sql).await {
+        Ok(msgs) => msgs,
+        Err(e) => {
+            // A failure inside the explicit transaction leaves the session in
+            // an aborted block; the roll back reuses this session to unfence.
+            let _ = old.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
     let rows: Vec<Option<&str>> = msgs
         .iter()
         .filter_map(|m| match m {

@@ -663,10 +663,14 @@ impl Saga {
         let ours = self.own_pids();
         let t0 = std::time::Instant::now();
         let id = self.record().id.clone();
+        let guarded = self.guard.is_some();
         let limit = self.query_limit();
         let old = self.old_client().await?;
         let (lsn, ended) = limit
-            .run(&primary, super::fence::flushed_position(old, &ours, &id))
+            .run(
+                &primary,
+                super::fence::flushed_position(old, &ours, guarded.then_some(id.as_str())),
+            )
             .await?
             .map_err(|detail| UpgradeError::Step {
                 step: Step::FinalSync,
