@@ -37,7 +37,8 @@ use crate::pg::{server_message, QualifiedName};
 const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()";
 const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1, $2)";
 const DETACH_PENDING_SQL: &str =
-    "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass($1)";
+    "SELECT coalesce((to_jsonb(i) ->> 'inhdetachpending')::bool, false) \
+     FROM pg_inherits i WHERE inhrelid = to_regclass($1)";
 /// A table with something to do.
 pub struct Work {
     pub index: usize,
