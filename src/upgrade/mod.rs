@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod fence;
 pub mod guard;
 pub mod journal;
+pub mod precheck;
 pub mod record;
 pub mod runner;
 pub mod steps;

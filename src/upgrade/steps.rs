@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::cutover::{ready, remaining, Readiness};
+use super::precheck::{judge, Facts, LocalUpgrade};
 use super::record::{Output, Step};
 use super::runner::Saga;
 use super::{journal, UpgradeError};
@@ -66,120 +67,55 @@ async fn observe(
     own_id: Option<&str>,
 ) -> Result<Precheck, UpgradeError> {
     let mut pre = provider.precheck(target_class).await?;
-    let checks = &mut pre.checks;
     let primary = connect(&cfg.database.primary, cfg).await?;
     let row = primary
         .query_one(PRIMARY_FACTS, &[])
         .await
         .map_err(|e| q(&cfg.database.primary, e))?;
-    let in_recovery: bool = row.get(0);
-    let free_senders: i32 = row.get(1);
-    let free_slots: i32 = row.get(2);
-    let version: i32 = row.get(3);
-    checks.push(Check::new(
-        "source is a primary",
-        !in_recovery,
-        if in_recovery {
-            format!(
-                "{} is in recovery; point database.primary at the primary",
-                cfg.database.primary
-            )
-        } else {
-            cfg.database.primary.to_string()
-        },
-    ));
-    checks.push(Check::new(
-        "source can feed a new replica",
-        free_senders >= 2 && free_slots >= 1,
-        format!("{free_senders} free wal senders (need 2), {free_slots} free replication slots (need 1); raise max_wal_senders / max_replication_slots"),
-    ));
-    checks.push(Check::new(
-        "PostgreSQL 13 or newer",
-        version >= 130000,
-        format!("server_version_num {version}; replicas are repointed by reloading primary_conninfo (13+)"),
-    ));
-    let pause = cfg.upgrade.pause_timeout.0.as_secs_f64();
-    let row = primary
-        .query_one(LONG_TRANSACTIONS, &[&pause])
+    let pause_seconds = cfg.upgrade.pause_timeout.0.as_secs_f64();
+    let long = primary
+        .query_one(LONG_TRANSACTIONS, &[&pause_seconds])
         .await
         .map_err(|e| q(&cfg.database.primary, e))?;
-    let (long, oldest): (i64, f64) = (row.get(0), row.get(1));
-    checks.push(Check::new(
-        "no long transactions",
-        long == 0,
-        if long == 0 {
-            format!("none open longer than pause_timeout ({pause}s)")
-        } else {
-            format!("{long} transactions open longer than pause_timeout, oldest {oldest:.0}s: PAUSE would wait for them; end them first (pg_stat_activity)")
-        },
-    ));
-    let ddl: i64 = primary
+    let access_exclusive_locks: i64 = primary
         .query_one(DDL_LOCKS, &[])
         .await
         .map_err(|e| q(&cfg.database.primary, e))?
         .get(0);
-    checks.push(Check::new(
-        "no DDL in progress",
-        ddl == 0,
-        format!("{ddl} ACCESS EXCLUSIVE relation locks held; wait for the DDL to finish"),
-    ));
-    match journal::latest(&cfg.upgrade.state_dir)? {
+    let local = match journal::latest(&cfg.upgrade.state_dir)? {
         Some(path) => {
             let rec = journal::read(&path)?;
-            let other = rec.in_flight() && Some(rec.id.as_str()) != own_id;
-            checks.push(Check::new(
-                "no other upgrade in flight",
-                !other,
-                if other {
-                    format!(
-                        "upgrade {} is {:?} ({}): `upgrade resume` or `upgrade abort` it first",
-                        rec.id,
-                        rec.phase,
-                        path.display()
-                    )
-                } else {
-                    format!("last upgrade {} is {:?}", rec.id, rec.phase)
-                },
-            ));
+            Some(LocalUpgrade {
+                in_flight: rec.in_flight(),
+                phase: format!("{:?}", rec.phase),
+                id: rec.id,
+                path: path.display().to_string(),
+            })
         }
-        None => checks.push(Check::new("no other upgrade in flight", true, "none yet")),
-    }
+        None => None,
+    };
     // The same question asked of the primary itself: runners elsewhere.
-    match super::guard::read(
+    let guard = super::guard::read(
         &primary,
         &cfg.database.primary.to_string(),
         query_timeout(cfg),
     )
-    .await?
-    {
-        Some(row)
-            if row.upgrade_id != own_id.unwrap_or_default()
-                && (!row.finished || row.new_primary.is_some()) =>
-        {
-            let detail = match &row.new_primary {
-                Some(new) => format!("upgrade {} moved the primary to {new}", row.upgrade_id),
-                None => format!(
-                    "upgrade {} on {} (state_dir {}) is at {} since {}",
-                    row.upgrade_id, row.host, row.state_dir, row.step, row.since
-                ),
-            };
-            checks.push(Check::new(
-                "no upgrade in flight on the primary",
-                false,
-                detail,
-            ));
-        }
-        Some(row) => checks.push(Check::new(
-            "no upgrade in flight on the primary",
-            true,
-            format!("last upgrade {} {}", row.upgrade_id, row.step),
-        )),
-        None => checks.push(Check::new(
-            "no upgrade in flight on the primary",
-            true,
-            "none yet",
-        )),
-    }
+    .await?;
+    let facts = Facts {
+        primary: cfg.database.primary.to_string(),
+        in_recovery: row.get(0),
+        free_senders: row.get(1),
+        free_slots: row.get(2),
+        server_version_num: row.get(3),
+        pause_seconds,
+        long_transactions: long.get(0),
+        oldest_transaction_seconds: long.get(1),
+        access_exclusive_locks,
+        local,
+        guard,
+    };
+    pre.checks.extend(judge(&facts, own_id));
+    let checks = &mut pre.checks;
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         pooler_checks(cfg, poolers, checks).await;
     }
