@@ -517,7 +517,8 @@ mod tests {
 
     #[test]
     fn the_block_goes_on_top_and_comes_out_again() {
-        let hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n";
+        // An operator's file as deployed; the block must sit above whatever it holds.
+        let hba = "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
         let roles = vec!["app".to_string(), "odd name".to_string()];
         let fenced = with_block(hba, "u1", &roles).unwrap();
         assert!(fenced.starts_with(BLOCK_BEGIN));
