@@ -148,9 +148,9 @@ pub(crate) fn read_quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) 
 
 /// FNV-1a, 64-bit: stable across builds and platforms (unlike
 /// `DefaultHasher`), so a name shortened with it is the same on every run.
-pub fn fnv1a_64(bytes: impl AsRef<[u8]>) -> u64 {
+pub fn fnv1a_64(name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes.as_ref() {
+    for b in name.as_bytes() {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -159,9 +159,9 @@ pub fn fnv1a_64(bytes: impl AsRef<[u8]>) -> u64 {
 
 /// FNV-1a, 32-bit: the same idea in 32 bits. Both widths stay, because the
 /// names already made with each (partitions, RDS instances) must not change.
-pub fn fnv1a_32(bytes: impl AsRef<[u8]>) -> u32 {
+pub fn fnv1a_32(name: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in bytes.as_ref() {
+    for b in name.as_bytes() {
         h ^= u32::from(*b);
         h = h.wrapping_mul(0x0100_0193);
     }
