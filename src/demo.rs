@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DemoArgs, OutputFormat};
 use crate::config::Config;
 use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
-use crate::Outcome;
+use crate::outcome::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {

@@ -29,8 +29,8 @@ use tokio_postgres::Client;
 
 use crate::cli::OutputFormat;
 use crate::config::{Config, TableConfig};
+use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
-use crate::Outcome;
 use journal::Step;
 
 #[derive(Debug, thiserror::Error)]

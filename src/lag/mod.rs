@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::output;
-use crate::Outcome;
 pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
 pub use observe::{LagPools, Lsn, PrimaryObservation, ReplicaObservation, SenderObservation};
 

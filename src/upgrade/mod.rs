@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::pooler::{PoolerError, Poolers};
 use crate::provider::ProviderError;
-use crate::Outcome;
 use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use runner::Saga;
 
