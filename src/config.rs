@@ -5,6 +5,7 @@
 mod bounds;
 #[cfg(test)]
 mod fuzz;
+pub mod indexes;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -252,7 +253,7 @@ pub struct TableConfig {
     pub timezone: Tz,
     /// Indexes the parent must have, built online by the pass (`partitions::indexes`).
     #[serde(default)]
-    pub indexes: Vec<crate::partitions::indexes::IndexSpec>,
+    pub indexes: Vec<indexes::IndexSpec>,
 }
 
 fn default_interval() -> Interval {
@@ -655,7 +656,7 @@ impl Config {
                 ));
             }
         }
-        crate::partitions::indexes::validate(&self.partitions)?;
+        indexes::validate(&self.partitions)?;
         bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());

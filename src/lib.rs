@@ -26,6 +26,7 @@
 //! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types.
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
 //!   * `config::bounds`: the allowed range of every duration, size and count.
+//!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
@@ -53,7 +54,7 @@
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
 //!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition).
 //!   * [`partitions::report`]: what a pass did, per table.
-//!   * [`partitions::indexes`]: declared indexes: `spec`, `catalog`, `drift` (pure), `build` (online).
+//!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
 //! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
 //!   * `convert::plan`, `convert::refuse`, `convert::sql`: the pure half: boundary, names, refusals, SQL.
 //!   * `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: reading, journaling, driving.
