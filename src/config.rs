@@ -40,6 +40,13 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+impl ConfigError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
+}
+
 /// A PostgreSQL connection string. Its `Display` and `Debug` never show the
 /// password, so it can be logged and put in errors.
 #[derive(Clone, PartialEq, Eq)]

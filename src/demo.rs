@@ -35,6 +35,13 @@ pub enum DemoError {
     Other(String),
 }
 
+impl DemoError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Demo
+    }
+}
+
 const DEMO_SCHEMA: &str = "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at);";
 

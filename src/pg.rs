@@ -55,6 +55,13 @@ pub enum PgError {
     },
 }
 
+impl PgError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Postgres
+    }
+}
+
 /// The connection string with its password (and any other secret) masked;
 /// parsed, so no quoting, escaping or encoding can hide a password from it.
 pub fn redact(s: &str) -> String {

@@ -70,6 +70,13 @@ pub enum ConvertError {
 }
 
 impl ConvertError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Convert
+    }
+}
+
+impl ConvertError {
     pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
         ConvertError::Query {
             what,

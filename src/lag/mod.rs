@@ -31,6 +31,13 @@ pub enum LagError {
     Discovery(#[from] crate::provider::ProviderError),
 }
 
+impl LagError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Lag
+    }
+}
+
 /// One check of every replica.
 #[derive(Debug, Clone, Serialize)]
 pub struct LagReport {

@@ -21,6 +21,13 @@ pub enum PartitionError {
 }
 
 impl PartitionError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Partitions
+    }
+}
+
+impl PartitionError {
     pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
         PartitionError::Query {
             what,

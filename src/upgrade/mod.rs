@@ -78,6 +78,13 @@ pub enum UpgradeError {
 }
 
 impl UpgradeError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Upgrade
+    }
+}
+
+impl UpgradeError {
     /// Errors the operator fixes in the invocation or configuration (exit 2).
     pub fn is_usage(&self) -> bool {
         match self {
