@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{DemoArgs, OutputFormat};
 use crate::config::Config;
 use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
-use crate::Outcome;
+use crate::outcome::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -33,6 +33,13 @@ pub enum DemoError {
     Upgrade(#[from] crate::upgrade::UpgradeError),
     #[error("demo: {0}")]
     Other(String),
+}
+
+impl DemoError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Demo
+    }
 }
 
 const DEMO_SCHEMA: &str = "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
