@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod bench;
 mod cli_config;
 mod convert;
 mod convert_bench;
