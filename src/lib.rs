@@ -18,6 +18,7 @@
 //! * `pooler`: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * `check`: `pgsteward check`: configuration and reachability.
 //! * `demo`: the whole cycle on a throwaway local cluster.
+//! * `workload`: client load with a ledger of every acknowledged commit (the demo, the tests).
 //! * `output`: text and JSON rendering for status-like commands.
 
 pub mod check;
@@ -38,6 +39,7 @@ pub mod provider;
 pub mod service;
 pub mod telemetry;
 pub mod upgrade;
+pub mod workload;
 
 pub use error::Error;
 

@@ -9,137 +9,46 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{Cluster, Pooler, StopMode};
 use pgsteward::upgrade::journal;
+use pgsteward::workload::{Plan, Workload, LEDGER_TABLE};
 
 use crate::harness::{self, must, TestCluster};
 
-/// Every acknowledged id, every error, and per-transaction latencies.
-#[derive(Default)]
-pub struct Ledger {
-    pub acked: Vec<i64>,
-    pub errors: Vec<String>,
-    /// (when the commit was acknowledged, how long the transaction took)
-    pub latencies: Vec<(Instant, Duration)>,
-    /// Wall-clock time of each acknowledgement (same order as `latencies`).
-    pub wall: Vec<std::time::SystemTime>,
-}
+pub use pgsteward::workload::Ledger;
 
-/// Writers through PgBouncer: `BEGIN; INSERT; COMMIT` as one simple-protocol
-/// statement (transaction pooling), ids from a shared counter. Bounded: they
-/// stop when told or after `max_run`.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    pub ledger: Arc<Mutex<Ledger>>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
-}
+/// Writers through PgBouncer (the library's [`pgsteward::workload`]): one
+/// ledger id per transaction, every acknowledged id and every error recorded.
+/// Bounded: they stop when told or after `max_run`.
+pub struct Load(Workload);
 
 impl Load {
     pub fn start(url: &str, workers: usize, pace: Duration, max_run: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
-        // Ids unique across every load of this process: a second load on the
-        // same table must not collide with the first one's rows.
-        static BASE: AtomicI64 = AtomicI64::new(0);
-        let base = BASE.fetch_add(100_000_000, Ordering::SeqCst);
-        let next = Arc::new(AtomicI64::new(base + 1));
-        let handles = (0..workers)
-            .map(|_| {
-                let (stop, ledger, next, url) =
-                    (stop.clone(), ledger.clone(), next.clone(), url.to_string());
-                tokio::spawn(async move {
-                    let began = Instant::now();
-                    let mut client = None;
-                    while !stop.load(Ordering::SeqCst) && began.elapsed() < max_run {
-                        if client.is_none() {
-                            let spec = must(pgsteward::pg::ConnSpec::parse(&url));
-                            match spec.connect(Duration::from_secs(10)).await {
-                                Ok(c) => client = Some(c),
-                                Err(e) => {
-                                    ledger.lock().unwrap().errors.push(e.to_string());
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            }
-                        }
-                        let c = client.as_ref().unwrap();
-                        let id = next.fetch_add(1, Ordering::SeqCst);
-                        let t0 = Instant::now();
-                        let r = c
-                            .simple_query(&format!("INSERT INTO ledger (id) VALUES ({id})"))
-                            .await;
-                        let failed = {
-                            let mut l = ledger.lock().unwrap();
-                            match r {
-                                Ok(_) => {
-                                    l.acked.push(id);
-                                    l.latencies.push((Instant::now(), t0.elapsed()));
-                                    l.wall.push(std::time::SystemTime::now());
-                                    false
-                                }
-                                Err(e) => {
-                                    l.errors.push(format!(
-                                        "id {id}: {}",
-                                        pgsteward::pg::server_message(&e)
-                                    ));
-                                    true
-                                }
-                            }
-                        };
-                        if failed {
-                            client = None;
-                        }
-                        tokio::time::sleep(pace).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ledger,
-            handles,
-        }
+        let spec = must(pgsteward::pg::ConnSpec::parse(url));
+        Load(
+            Plan::ledger_writers(workers)
+                .pace(pace)
+                .max_run(max_run)
+                .connect_timeout(Duration::from_secs(10))
+                .start(&spec),
+        )
     }
 
-    pub fn acked(&self) -> usize {
-        self.ledger.lock().unwrap().acked.len()
+    /// Every id acknowledged so far (the writers go on).
+    pub fn acked_ids(&self) -> Vec<i64> {
+        self.0.snapshot().acked
     }
 
-    /// Waits until `n` more commits were acknowledged (writes go on).
+    /// Waits until `n` more commits were acknowledged (writes go on), or
+    /// fails with what the writers saw.
     pub async fn wait_progress(&self, n: usize) {
-        let start = self.acked();
-        let t0 = Instant::now();
-        while self.acked() < start + n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "writes through PgBouncer stopped: {} acked, errors {:?}",
-                self.acked(),
-                self.ledger
-                    .lock()
-                    .unwrap()
-                    .errors
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        must(self.0.wait_acked(n, Duration::from_secs(30)).await);
     }
 
     pub async fn stop(self) -> Ledger {
-        self.stop.store(true, Ordering::SeqCst);
-        for h in self.handles {
-            let _ = h.await;
-        }
-        Arc::try_unwrap(self.ledger)
-            .ok()
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_default()
+        self.0.stop().await
     }
 }
 
@@ -164,10 +73,7 @@ impl Topology {
     pub fn new() -> Topology {
         let cluster = TestCluster::start(1);
         must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
-        must(cluster.primary.psql(
-            "app",
-            "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
-        ));
+        must(cluster.primary.psql("app", LEDGER_TABLE));
         cluster.wait_replicas_caught_up();
         let pooler = harness::pooler(
             cluster.path(),
@@ -564,9 +470,11 @@ async fn kill_at_every_step_boundary_then_resume() {
                 let out = t.pgsteward(&["upgrade", "resume"], None);
                 assert!(out.status.success(), "{fp}: retry failed\n{}", text(&out));
             }
+            t.check_one_writable_or_paused(&format!("{fp}, after resume"))
+                .await;
             t.follow_upgrade();
             load.wait_progress(10).await;
-            let acked = load.ledger.lock().unwrap().acked.clone();
+            let acked = load.acked_ids();
             t.check_nothing_lost(&acked).await;
         }
     }

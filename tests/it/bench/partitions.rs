@@ -2,12 +2,12 @@
 //! side on one server. Prints figures; asserts only correctness. See README
 //! "Partition maintenance" for the command.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgsteward::config::Config;
 use pgsteward::partitions;
+use pgsteward::workload::{Plan, Turn, Workload};
 
 use crate::harness::{self, connect, must, pgsteward, write_config};
 use crate::partitions::{config, config_toml, month_name, month_start, pass, table};
@@ -68,58 +68,53 @@ fn partof_sql(t: &str, from: i32, to: i32) -> String {
 }
 
 /// Application load on some parents: inserters and point SELECTs (which
-/// cannot prune DEFAULT), each statement timed. Bounded in count and time.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<(bool, Duration, u64)>>,
-}
+/// cannot prune DEFAULT), each statement timed (the library's
+/// [`pgsteward::workload`]). Bounded in count and time.
+struct Load(Workload);
 
 impl Load {
     fn start(url: &str, tables: Vec<String>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        for (k, insert) in [true, true, false, false].into_iter().enumerate() {
-            let (url, tables, stop) = (url.to_string(), tables.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                let c = connect(&url).await;
-                let start = Instant::now();
-                let (mut worst, mut n) = (Duration::ZERO, 0u64);
-                while !stop.load(Ordering::Relaxed)
-                    && n < 2_000_000
-                    && start.elapsed() < Duration::from_secs(900)
-                {
-                    let t = &tables[(n as usize + k) % tables.len()];
-                    let sql = if insert {
-                        format!("INSERT INTO {t} (created_at, payload) VALUES (now(), 'x')")
-                    } else {
-                        format!("SELECT payload FROM {t} WHERE id = 42")
-                    };
-                    let t0 = Instant::now();
-                    c.simple_query(&sql).await.unwrap();
-                    worst = worst.max(t0.elapsed());
-                    n += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                (insert, worst, n)
-            }));
+        let tables = Arc::new(tables);
+        let at = |tables: &Arc<Vec<String>>, t: &Turn| {
+            tables[(t.n as usize + t.worker) % tables.len()].clone()
+        };
+        let mut plan = Plan::default()
+            .pace(Duration::from_millis(5))
+            .max_ops(2_000_000)
+            .max_run(Duration::from_secs(900))
+            .connect_timeout(Duration::from_secs(10));
+        for _ in 0..2 {
+            let tables = tables.clone();
+            plan = plan.writer(move |t| {
+                format!(
+                    "INSERT INTO {} (created_at, payload) VALUES (now(), 'x')",
+                    at(&tables, t)
+                )
+            });
         }
-        Load { stop, tasks }
+        for _ in 0..2 {
+            let tables = tables.clone();
+            plan = plan
+                .reader(move |t| format!("SELECT payload FROM {} WHERE id = 42", at(&tables, t)));
+        }
+        Load(plan.start(&must(pgsteward::pg::ConnSpec::parse_with(
+            url,
+            &harness::pg_env(),
+        ))))
     }
 
-    /// Worst INSERT and SELECT latency seen, in ms.
+    /// Worst INSERT and SELECT latency seen, in ms; every statement succeeded.
     async fn finish(self) -> (f64, f64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (mut ins, mut sel) = (0f64, 0f64);
-        for t in self.tasks {
-            let (insert, worst, _) = t.await.unwrap();
-            let ms = worst.as_secs_f64() * 1000.0;
-            if insert {
-                ins = ins.max(ms);
-            } else {
-                sel = sel.max(ms);
-            }
-        }
-        (ins, sel)
+        let l = self.0.stop().await;
+        assert!(
+            l.errors.is_empty(),
+            "application load failed: {:?}",
+            l.errors
+        );
+        (
+            l.max_latency().as_secs_f64() * 1000.0,
+            l.read_max.as_secs_f64() * 1000.0,
+        )
     }
 }
 

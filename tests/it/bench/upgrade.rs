@@ -139,11 +139,10 @@ impl RunFigures {
         let hi = to + Duration::from_millis(1000);
         let mut acks: Vec<std::time::SystemTime> = Vec::new();
         let mut max_latency = Duration::ZERO;
-        for (i, (_, lat)) in l.latencies.iter().enumerate() {
-            let at = l.wall[i];
-            if at >= lo && at <= hi {
-                acks.push(at);
-                max_latency = max_latency.max(*lat);
+        for c in &l.commits {
+            if c.wall >= lo && c.wall <= hi {
+                acks.push(c.wall);
+                max_latency = max_latency.max(c.latency);
             }
         }
         acks.sort();
