@@ -65,6 +65,7 @@
 //!   * [`service::scheduler`]: one loop per job, no overlap.
 //!   * [`service::leader`]: the advisory lock on the primary; only the leader runs DDL.
 //!   * [`service::shutdown`]: the signal, and named tasks drained with a deadline.
+//! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`demo`]: the whole cycle on a throwaway local primary, replica and PgBouncer.
 //! * [`error`]: [`Error`], every subsystem's error, which decides the process exit code.
 //!
@@ -91,6 +92,7 @@ pub mod provider;
 pub mod service;
 pub mod telemetry;
 pub mod upgrade;
+pub mod workload;
 
 pub use error::Error;
 pub use outcome::Outcome;
