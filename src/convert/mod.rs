@@ -10,17 +10,17 @@
 //! * `inspect`: one catalog read of the table (JSON), used by `plan` and under the swap's locks.
 //! * `plan`: pure: boundary, names, changes, refusals.
 //! * `refuse`: pure: what cannot be carried, with the fix.
-//! * `sql`: pure: the statements of each step, the swap's in order.
+//! * `ddl`: pure: the statements of each step, the swap's in order (tests in `ddl_tests.rs`).
 //! * `journal`: `pgsteward.conversions`, written in the same transaction as each step's DDL.
 //! * `steps`: the observe-then-act steps, failpoints, abort.
 //! * `index`: the one concurrent index build (to be switched to the shared online-index module).
 
+pub mod ddl;
 pub mod index;
 pub mod inspect;
 pub mod journal;
 pub mod plan;
 pub mod refuse;
-pub mod sql;
 pub mod steps;
 
 use chrono::Utc;
@@ -242,7 +242,7 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
             )
         })
         .collect();
-    let seqs: Vec<sql::SequenceState> = Vec::new();
+    let seqs: Vec<ddl::SequenceState> = Vec::new();
     let mut swap = vec![format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE -- views first, then the table; lock_timeout, retried",
         info.views
@@ -252,7 +252,7 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
             .collect::<Vec<_>>()
             .join(", ")
     )];
-    swap.extend(sql::swap(p, info, &seqs));
+    swap.extend(ddl::swap(p, info, &seqs));
     if info.columns.iter().any(|c| c.sequence.is_some()) {
         swap.push("-- identity/serial sequences: recreated or re-owned with the value read under the lock".into());
     }
@@ -265,12 +265,12 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
         StepOutput {
             step: Step::CheckAdded,
             what: "add the CHECK NOT VALID (brief lock, lock_timeout, retried)".into(),
-            sql: vec![sql::add_check(p)],
+            sql: vec![ddl::add_check(p)],
         },
         StepOutput {
             step: Step::CheckValidated,
             what: "validate it: a scan under SHARE UPDATE EXCLUSIVE, reads and writes go on".into(),
-            sql: vec![sql::validate_check(p)],
+            sql: vec![ddl::validate_check(p)],
         },
         StepOutput {
             step: Step::Swapped,

@@ -16,9 +16,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::ddl::{self, SequenceState};
 use super::journal::{self, Record, Step};
 use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
-use super::sql::{self, SequenceState};
 use super::{inspect, ConvertError};
 use crate::config::{Config, TableConfig};
 use crate::pg::{is_transient_lock_error, server_message};
@@ -109,7 +109,7 @@ async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<()
     let stmts = if already {
         vec![]
     } else {
-        vec![sql::add_check(&rec.plan)]
+        vec![ddl::add_check(&rec.plan)]
     };
     in_tx(cfg, client, rec.id, Step::CheckAdded, &stmts).await
 }
@@ -125,7 +125,7 @@ async fn validate_check(
             // SHARE UPDATE EXCLUSIVE blocks no reads or writes: waiting for it
             // queues no traffic, and a timeout would waste the scan.
             "SET LOCAL lock_timeout = 0".to_string(),
-            sql::validate_check(&rec.plan),
+            ddl::validate_check(&rec.plan),
         ],
         None => {
             return Err(ConvertError::Step {
@@ -327,7 +327,7 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
     let seqs = sequence_states(&tx, &info).await?;
     // One round trip for the whole swap: the lock is held for the server's
     // work only, not for ~40 network round trips.
-    let batch = sql::swap(plan, &info, &seqs).join(";\n");
+    let batch = ddl::swap(plan, &info, &seqs).join(";\n");
     tx.batch_execute(&batch)
         .await
         .map_err(|e| classify("the swap", e))?;
@@ -353,7 +353,7 @@ pub async fn sequence_states(
     for c in &info.columns {
         let Some(seq) = &c.sequence else { continue };
         let p = client
-            .query_one(sql::SEQUENCE_STATE_SQL, &[seq])
+            .query_one(ddl::SEQUENCE_STATE_SQL, &[seq])
             .await
             .map_err(|e| ConvertError::query("read a sequence", e))?;
         let v = client
@@ -418,7 +418,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
     let plan = rec.plan.clone();
     // The CHECK first, with the step reset in the same transaction: from here
     // a resume starts over and observes what is left.
-    let drop_check = sql::drop_check(&plan.name());
+    let drop_check = ddl::drop_check(&plan.name());
     let retries = cfg.partitions.lock_retries.max(1);
     let mut attempt = 0;
     loop {
@@ -457,7 +457,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
     rec.step = Step::Prepared;
     point("convert-abort-check_dropped")?;
     for b in &plan.unique_builds {
-        let s = sql::drop_index_concurrently(&plan.schema, &b.index);
+        let s = ddl::drop_index_concurrently(&plan.schema, &b.index);
         client
             .batch_execute(&s)
             .await
