@@ -27,9 +27,6 @@ pub struct SequenceState {
     pub is_called: bool,
 }
 
-pub const SEQUENCE_STATE_SQL: &str = "SELECT format_type(s.seqtypid, NULL), s.seqstart, s.seqincrement, \
-     s.seqmin, s.seqmax, s.seqcache, s.seqcycle FROM pg_sequence s WHERE s.seqrelid = $1::text::regclass";
-
 fn q(schema: &str, name: &str) -> String {
     QualifiedName::new(schema, name).quoted()
 }
@@ -58,6 +55,24 @@ pub fn drop_check(table: &QualifiedName) -> String {
         table.quoted(),
         quote_ident(CHECK_NAME)
     )
+}
+
+/// A query counting (0 or 1) rows that could not stay in the first
+/// partition: key NULL or at/after the boundary. Cheap only when an index
+/// leads with the key (`TableInfo::key_indexed`).
+pub fn rows_outside_probe(plan: &ConvertPlan) -> String {
+    format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {k} >= {} OR {k} IS NULL LIMIT 1) x",
+        plan.name().quoted(),
+        plan.boundary_literal,
+        k = quote_ident(&plan.key)
+    )
+}
+
+/// Reads a sequence's `last_value, is_called`; `seq` as
+/// `pg_get_serial_sequence` prints it (schema-qualified, quoted as needed).
+pub fn sequence_value_query(seq: &str) -> String {
+    format!("SELECT last_value, is_called FROM {seq}")
 }
 
 pub fn drop_index_concurrently(schema: &str, index: &str) -> String {

@@ -19,13 +19,11 @@ use tokio_util::sync::CancellationToken;
 use super::ddl::{self, SequenceState};
 use super::journal::{self, Record, Step};
 use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
+use super::sql;
 use super::{inspect, ConvertError};
 use crate::config::{Config, TableConfig};
 use crate::pg::{is_transient_lock_error, server_message};
 use crate::upgrade::failpoint;
-
-const CHECK_STATE_SQL: &str = "SELECT convalidated FROM pg_constraint \
-     WHERE conrelid = to_regclass($1) AND conname = $2";
 
 /// Runs the remaining steps of `rec` to the end (`done`).
 pub async fn drive(
@@ -97,7 +95,7 @@ async fn unique_indexes(cfg: &Config, client: &Client, rec: &Record) -> Result<(
 
 async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>, ConvertError> {
     let row = client
-        .query_opt(CHECK_STATE_SQL, &[&plan.name().quoted(), &CHECK_NAME])
+        .query_opt(sql::CHECK_VALIDATED, &[&plan.name().quoted(), &CHECK_NAME])
         .await
         .map_err(|e| ConvertError::query("look up the conversion CHECK", e))?;
     Ok(row.map(|r| r.get(0)))
@@ -124,7 +122,7 @@ async fn validate_check(
         Some(false) => vec![
             // SHARE UPDATE EXCLUSIVE blocks no reads or writes: waiting for it
             // queues no traffic, and a timeout would waste the scan.
-            "SET LOCAL lock_timeout = 0".to_string(),
+            sql::NO_LOCK_TIMEOUT_IN_TX.to_string(),
             ddl::validate_check(&rec.plan),
         ],
         None => {
@@ -353,11 +351,11 @@ pub async fn sequence_states(
     for c in &info.columns {
         let Some(seq) = &c.sequence else { continue };
         let p = client
-            .query_one(ddl::SEQUENCE_STATE_SQL, &[seq])
+            .query_one(sql::SEQUENCE_PARAMETERS, &[seq])
             .await
             .map_err(|e| ConvertError::query("read a sequence", e))?;
         let v = client
-            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+            .query_one(&ddl::sequence_value_query(seq), &[])
             .await
             .map_err(|e| ConvertError::query("read a sequence", e))?;
         out.push(SequenceState {
@@ -430,12 +428,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
         let r = tx.batch_execute(&drop_check).await;
         match r {
             Ok(()) => {
-                tx.execute(
-                    "UPDATE pgsteward.conversions SET step = 'prepared', updated_at = now() WHERE id = $1",
-                    &[&rec.id],
-                )
-                .await
-                .map_err(|e| ConvertError::query("write the journal", e))?;
+                journal::reset(&tx, rec.id).await?;
                 tx.commit()
                     .await
                     .map_err(|e| ConvertError::query("commit the abort", e))?;
