@@ -382,6 +382,31 @@ async fn partition_commands_report_a_table_being_converted() {
         st["tables"][0]["partitions"].as_u64().unwrap_or(0) >= 2,
         "{st:#}"
     );
+    // The identity on the parent: kept as such from PostgreSQL 17, an owned
+    // sequence default before (identity columns on partitioned tables need 17).
+    let r = &query(
+        &url,
+        "SELECT a.attidentity::text, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a \
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+         WHERE a.attrelid = 'public.events'::regclass AND a.attname = 'id'",
+    )
+    .await[0];
+    let (identity, default): (String, Option<String>) = (r.get(0), r.get(1));
+    if crate::harness::server_major() >= 17 {
+        assert_eq!(identity, "a", "{default:?}");
+    } else {
+        assert!(
+            identity.is_empty() && default.as_deref().is_some_and(|d| d.contains("nextval")),
+            "{identity:?} {default:?}"
+        );
+    }
+    let id: i64 = query(
+        &url,
+        "INSERT INTO public.events (other_id) VALUES (1) RETURNING id",
+    )
+    .await[0]
+        .get(0);
+    assert!(id > 200, "the identity did not continue: {id}");
 }
 
 /// Writers with `synchronous_commit = off` (acknowledged before their WAL is
