@@ -19,6 +19,7 @@
 //! everything is bounded by `upgrade.step_timeout` and cancellable.
 
 pub mod api;
+mod readers;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -30,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
 use crate::provider::{
-    endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReplicaInfo,
-    ReplicaState, RepointBy, SourceFacts,
+    endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReaderFacts, ReplicaInfo,
+    RepointBy, ServerState, SourceFacts,
 };
 pub use api::{ApiError, ApiErrorKind, CreateReplica, Instance, RdsApi, SdkRds, SdkSettings};
 
@@ -171,12 +172,12 @@ pub fn classify(status: &str) -> StatusClass {
 }
 
 /// The provider's view of an instance's status.
-pub fn replica_state(inst: &Instance) -> ReplicaState {
+pub fn replica_state(inst: &Instance) -> ServerState {
     match classify(&inst.status) {
-        StatusClass::Available => ReplicaState::Available,
-        StatusClass::Transitional => ReplicaState::Creating,
-        StatusClass::Deleting => ReplicaState::Deleting,
-        StatusClass::Terminal(hint) => ReplicaState::Failed(format!("{}: {hint}", inst.status)),
+        StatusClass::Available => ServerState::Available,
+        StatusClass::Transitional => ServerState::Creating,
+        StatusClass::Deleting => ServerState::Deleting,
+        StatusClass::Terminal(hint) => ServerState::Failed(format!("{}: {hint}", inst.status)),
     }
 }
 
@@ -270,6 +271,16 @@ pub fn rds_old_id(source: &str, upgrade_id: &str) -> String {
 /// The final snapshot taken when `instance` is deleted.
 pub fn final_snapshot_id(instance: &str) -> String {
     rds_identifier(instance, "final", MAX_SNAPSHOT_ID_LEN)
+}
+
+/// Whether `inst` is the new server `new_id` of an upgrade, renamed to
+/// `name` (its tags say which instance it replaces and which upgrade made it).
+pub fn is_renamed(inst: &Instance, name: &str, new_id: &str) -> bool {
+    inst.tags.get(SOURCE_TAG).map(String::as_str) == Some(name)
+        && inst
+            .tags
+            .get(UPGRADE_TAG)
+            .is_some_and(|u| rds_replica_id(name, u) == new_id)
 }
 
 /// Whether `id` is a valid RDS DB instance identifier.
@@ -737,20 +748,9 @@ impl Provider for RdsProvider {
                 format!("{} -> {target_class}", src.class)
             },
         ));
-        let others: Vec<&String> = src.read_replicas.iter().collect();
-        checks.push(Check::new(
-            "rds other read replicas",
-            true,
-            if others.is_empty() {
-                "none".to_string()
-            } else {
-                format!(
-                    "{} stay attached to the old primary; retire_old stops until they are recreated from the new primary and deleted: {}",
-                    others.len(),
-                    others.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                )
-            },
-        ));
+        let (readers, reader_checks) = self.readers_of(STEP, &src).await?;
+        facts.readers = readers;
+        checks.extend(reader_checks);
         Ok(Precheck {
             source: facts,
             checks,
@@ -803,7 +803,7 @@ impl Provider for RdsProvider {
             // Listed a moment later; the saga's wait polls describe.
             None => Ok(ReplicaInfo {
                 id,
-                state: ReplicaState::Creating,
+                state: ServerState::Creating,
                 endpoint: None,
                 class: Some(target_class.to_string()),
             }),
@@ -819,7 +819,7 @@ impl Provider for RdsProvider {
                 Some(holder) => Ok(self.info(&holder)),
                 None => Ok(ReplicaInfo {
                     id: id.to_string(),
-                    state: ReplicaState::Missing,
+                    state: ServerState::Missing,
                     endpoint: None,
                     class: None,
                 }),
@@ -860,54 +860,82 @@ impl Provider for RdsProvider {
     }
 
     async fn repoint(&self, source: &SourceFacts, id: &str) -> Result<(), ProviderError> {
-        const STEP: &str = "repoint";
-        let name = source.id.as_str();
         // With the pooler the saga repoints; the names stay.
-        if self.cfg.repoint != RdsRepoint::IdentifierSwap || id == name {
+        if self.cfg.repoint != RdsRepoint::IdentifierSwap || id == source.id {
             return Ok(());
         }
-        let deadline = self.deadline();
-        let new = self.describe_raw(STEP, id, deadline).await?;
-        let current = self.describe_raw(STEP, name, deadline).await?;
-        // The instance that holds the name is the new one of THIS upgrade when
-        // its upgrade tag maps to `id` (an earlier upgrade's instance carries
-        // an older tag).
-        let holder_upgrade = current.as_ref().and_then(|c| {
-            let u = c.tags.get(UPGRADE_TAG)?;
-            (rds_replica_id(name, u) == id).then(|| u.clone())
-        });
-        let upgrade_id = match (&new, &holder_upgrade) {
-            (_, Some(u)) => u.clone(),
-            (Some(n), None) => match n.tags.get(UPGRADE_TAG) {
-                Some(u) if rds_replica_id(name, u) == id => u.clone(),
-                _ => {
-                    return Err(RdsError::refused(
-                        STEP,
-                        format!("{id} does not carry the {UPGRADE_TAG} tag of an upgrade of {name}; rename the instances by hand"),
-                    )
-                    .into())
-                }
-            },
-            (None, None) => {
-                return Err(RdsError::refused(
-                    STEP,
-                    format!("{id} does not exist and {name} is not the new instance; nothing to swap"),
-                )
-                .into())
-            }
-        };
-        let old = rds_old_id(name, &upgrade_id);
-        if holder_upgrade.is_some() {
-            self.wait_available(STEP, name).await?;
-            tracing::info!(name, old = %old, "identifier swap already done");
-            return Ok(());
-        }
-        if current.is_some() {
-            // Old primary out of the way first: the name must be free.
-            self.rename(STEP, name, &old).await?;
-        }
-        self.rename(STEP, id, name).await?;
+        let upgrade_id = self.upgrade_of("repoint", &source.id, id).await?;
+        self.swap_aside("repoint", &source.id, &upgrade_id, id)
+            .await?;
+        self.swap_in("repoint", id, &source.id).await?;
         Ok(())
+    }
+
+    fn swaps_identifiers(&self) -> bool {
+        self.cfg.repoint == RdsRepoint::IdentifierSwap
+    }
+
+    async fn rename_aside(
+        &self,
+        name: &str,
+        upgrade_id: &str,
+        new_id: &str,
+    ) -> Result<String, ProviderError> {
+        Ok(self
+            .swap_aside("rename_old_aside", name, upgrade_id, new_id)
+            .await?)
+    }
+
+    async fn rename_in(&self, new_id: &str, name: &str) -> Result<String, ProviderError> {
+        Ok(self.swap_in("rename_new_in", new_id, name).await?)
+    }
+
+    fn reader_id(&self, old_reader: &str, upgrade_id: &str) -> String {
+        rds_replica_id(old_reader, upgrade_id)
+    }
+
+    async fn create_reader(
+        &self,
+        source: &SourceFacts,
+        upgrade_id: &str,
+        new_primary: &str,
+        reader: &ReaderFacts,
+    ) -> Result<ReplicaInfo, ProviderError> {
+        Ok(self
+            .make_reader(source, upgrade_id, new_primary, reader)
+            .await?)
+    }
+
+    async fn describe_reader(&self, reader: &ReaderFacts) -> Result<ReplicaInfo, ProviderError> {
+        const STEP: &str = "describe";
+        match self
+            .describe_raw(STEP, &reader.new_id, self.deadline())
+            .await?
+        {
+            Some(inst) => Ok(self.info(&inst)),
+            None => match self.renamed_to(&reader.new_id, &reader.id).await? {
+                Some(holder) => Ok(self.info(&holder)),
+                None => Ok(ReplicaInfo {
+                    id: reader.new_id.clone(),
+                    state: ServerState::Missing,
+                    endpoint: None,
+                    class: None,
+                }),
+            },
+        }
+    }
+
+    async fn retire_reader(
+        &self,
+        source: &SourceFacts,
+        upgrade_id: &str,
+        reader: &ReaderFacts,
+    ) -> Result<String, ProviderError> {
+        Ok(self.drop_reader(source, upgrade_id, reader).await?)
+    }
+
+    async fn delete_reader(&self, reader: &ReaderFacts) -> Result<(), ProviderError> {
+        self.delete_replica(&reader.new_id).await
     }
 
     async fn retire_old(&self, source: &SourceFacts) -> Result<(), ProviderError> {
@@ -959,6 +987,8 @@ impl Provider for RdsProvider {
         for r in &old.read_replicas {
             match self.describe_raw(STEP, r, deadline).await? {
                 Some(i) if i.tags.get(SOURCE_TAG).map(String::as_str) == Some(name) => {}
+                // Old readers retire_reader already deleted (RDS lists them while deleting).
+                Some(i) if classify(&i.status) == StatusClass::Deleting => {}
                 Some(i) if i.replica_source.as_deref() != Some(old_id.as_str()) => {}
                 Some(_) => others.push(r.clone()),
                 None => {}
@@ -1020,17 +1050,18 @@ impl RdsProvider {
     /// With `identifier-swap`: the instance now named like the source when it
     /// is the replica `id` of an upgrade, renamed.
     async fn renamed_to_source(&self, id: &str) -> Result<Option<Instance>, RdsError> {
+        let name = self.cfg.source_instance.clone();
+        self.renamed_to(id, &name).await
+    }
+
+    /// With `identifier-swap`: the instance holding `name` when it is the new
+    /// server `id` of an upgrade, renamed into that name.
+    async fn renamed_to(&self, id: &str, name: &str) -> Result<Option<Instance>, RdsError> {
         if self.cfg.repoint != RdsRepoint::IdentifierSwap {
             return Ok(None);
         }
-        let name = &self.cfg.source_instance;
         let holder = self.describe_raw("describe", name, self.deadline()).await?;
-        Ok(holder.filter(|h| {
-            h.tags.get(SOURCE_TAG) == Some(name)
-                && h.tags
-                    .get(UPGRADE_TAG)
-                    .is_some_and(|u| rds_replica_id(name, u) == id)
-        }))
+        Ok(holder.filter(|h| is_renamed(h, name, id)))
     }
 
     /// An instance already carries the new server's name: adopt it when this

@@ -1,11 +1,12 @@
-//! The vertical-upgrade saga: a persisted, resumable sequence of twelve steps
-//! with a point of no return at promote (design: "Vertical upgrade").
+//! The vertical-upgrade saga: a persisted, resumable sequence of eighteen
+//! steps with a point of no return at promote (design: "Vertical upgrade").
 //!
 //! * `record`: steps, statuses, legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
 //! * `runner`: record → run → record; undo before promote, forward after.
 //! * `steps`: each step's body (observe, then act).
-//! * `cutover`: the write pause (steps 5–10) and the pure catch-up gate.
+//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
+//! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
 
 pub mod cutover;
@@ -17,6 +18,7 @@ pub mod precheck;
 pub mod record;
 pub mod runner;
 pub mod steps;
+pub mod swap;
 
 use std::time::Duration;
 
@@ -236,6 +238,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
             target_class: class.to_string(),
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
             source_primary: cfg.database.primary.without_password(),
+            saga: record::SAGA_VERSION,
         },
     ) {
         Ok(j) => j,
@@ -433,6 +436,11 @@ async fn abort_rolled_back(
     let rec = journal.record().clone();
     let provider = crate::provider::from_config(cfg)?;
     if let Some(source) = rec.source() {
+        // Readers first: they replicate from the new server.
+        for r in &source.readers {
+            provider.delete_reader(r).await?;
+            println!("deleted {}", r.new_id);
+        }
         let id = crate::provider::replica_id(&source.id, &rec.id);
         provider.delete_replica(&id).await?;
         println!("deleted {id}");
