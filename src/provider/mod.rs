@@ -304,6 +304,16 @@ pub trait Provider: Send + Sync {
         reader_id(old_reader, upgrade_id)
     }
 
+    /// The name an identifier swap gives the old holder of `name`.
+    fn aside_id(&self, name: &str, upgrade_id: &str) -> String {
+        format!("{name}-old-{upgrade_id}")
+    }
+
+    /// How server `id` is retired (`upgrade plan`): `reader` for an old reader.
+    fn retire_detail(&self, _id: &str, _reader: bool) -> String {
+        "stopped (its data directory is kept unless upgrade.local.keep_old_data = false)".into()
+    }
+
     /// The provider's view of the new reader of `reader` (found under the old
     /// reader's name once an identifier swap gave it that name).
     async fn describe_reader(&self, reader: &ReaderFacts) -> Result<ReplicaInfo, ProviderError> {

@@ -894,6 +894,21 @@ impl Provider for RdsProvider {
         rds_replica_id(old_reader, upgrade_id)
     }
 
+    fn aside_id(&self, name: &str, upgrade_id: &str) -> String {
+        rds_old_id(name, upgrade_id)
+    }
+
+    fn retire_detail(&self, id: &str, reader: bool) -> String {
+        if reader {
+            "DeleteDBInstance, SkipFinalSnapshot (RDS takes no snapshot of a read replica)".into()
+        } else {
+            format!(
+                "DeleteDBInstance with final snapshot {}",
+                final_snapshot_id(id)
+            )
+        }
+    }
+
     async fn create_reader(
         &self,
         source: &SourceFacts,

@@ -128,12 +128,17 @@ pub async fn plan_command(
     let mut poolers = Poolers::from_config(cfg);
     let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
     let ok = pre.checks.iter().all(|c| c.ok);
-    let replica = crate::provider::replica_id(&pre.source.id, "<upgrade id>");
+    // RDS identifiers take lower-case letters, digits and hyphens only.
+    let placeholder = "uid";
+    let replica = crate::provider::replica_id(&pre.source.id, placeholder);
+    let servers = swap::server_changes(provider.as_ref(), &pre.source, placeholder, class);
     #[derive(Serialize)]
     struct Plan<'a> {
         target_class: &'a str,
         source: &'a crate::provider::SourceFacts,
         new_server: &'a str,
+        /// Every server created, promoted, renamed and deleted, in order.
+        servers: &'a [swap::ServerChange],
         checks: &'a [crate::provider::Check],
         steps: Vec<&'static str>,
         ready: bool,
@@ -142,6 +147,7 @@ pub async fn plan_command(
         target_class: class,
         source: &pre.source,
         new_server: &replica,
+        servers: &servers,
         checks: &pre.checks,
         steps: record::STEPS.iter().map(|s| s.name()).collect(),
         ready: ok,
@@ -162,6 +168,25 @@ pub async fn plan_command(
                     c.detail
                 );
             }
+            println!("servers (in order; `uid` stands for the upgrade id):");
+            let rows: Vec<Vec<String>> = servers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    vec![
+                        format!("{}", i + 1),
+                        c.step.to_string(),
+                        c.action.to_string(),
+                        c.server.clone(),
+                        c.class.clone().unwrap_or_default(),
+                        c.detail.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(&["#", "step", "action", "server", "class", "detail"], &rows)
+            );
             println!("steps:");
             let rows: Vec<Vec<String>> = record::SAGA
                 .iter()
@@ -181,7 +206,7 @@ pub async fn plan_command(
                 crate::output::table(&["#", "step", "region", "does", "undo"], &rows)
             );
             println!(
-                "pause deadline {:?} (steps 5-7, from PAUSE); before promote any failure rolls back",
+                "pause deadline {:?} (pause_writes to final_sync, from PAUSE); before promote any failure rolls back",
                 cfg.upgrade.pause_timeout.0
             );
             if !ok {

@@ -779,6 +779,48 @@ mod tests {
     }
 
     #[test]
+    fn a_twelve_step_journal_replays_and_completes() {
+        // Written by a pgsteward before readers and the swap steps existed.
+        let line = r#"{"seq":1,"at":"2026-01-01T00:00:00Z","event":"created","id":"u0","target_class":"large","provider":"local","source_primary":"p"}"#;
+        let first: Entry = serde_json::from_str(line).unwrap();
+        let mut r = UpgradeRecord::from_created(&first).unwrap();
+        assert_eq!(r.status(Step::CreateReaders), StepStatus::Done);
+        assert_eq!(r.status(Step::WaitCatchup), StepStatus::Pending);
+        let v1 = [
+            Step::Precheck,
+            Step::CreateReplica,
+            Step::WaitAvailable,
+            Step::WaitCatchup,
+            Step::PauseWrites,
+            Step::FenceOldPrimary,
+            Step::FinalSync,
+            Step::Promote,
+            Step::Repoint,
+            Step::ResumeWrites,
+            Step::Verify,
+            Step::RetireOld,
+        ];
+        let events: Vec<Event> = v1
+            .iter()
+            .flat_map(|&step| {
+                [
+                    Event::StepStarted { step },
+                    Event::StepSucceeded {
+                        step,
+                        output: Output::default(),
+                    },
+                ]
+            })
+            .chain([Event::Completed])
+            .collect();
+        run(&mut r, events).unwrap();
+        assert_eq!(r.phase, Phase::Completed);
+        // A new journal has every step to run.
+        let new = created();
+        assert_eq!(new.status(Step::CreateReaders), StepStatus::Pending);
+    }
+
+    #[test]
     fn replay_rejects_gaps_in_seq() {
         let mut r = created();
         let e = r

@@ -24,7 +24,7 @@ use super::runner::Saga;
 use super::steps::{connect, REPLAYED_ENOUGH};
 use super::UpgradeError;
 use crate::config::{ConnString, CutoverKind};
-use crate::provider::{ReaderFacts, ServerState};
+use crate::provider::{Provider, ReaderFacts, ServerState, SourceFacts};
 
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
@@ -276,6 +276,139 @@ impl Saga {
         }
         Ok(moved)
     }
+}
+
+/// One server change `upgrade plan` announces, in the order the upgrade makes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServerChange {
+    pub step: &'static str,
+    pub action: &'static str,
+    pub server: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub detail: String,
+}
+
+/// Every server the upgrade will create, promote, rename and delete, in
+/// order, with classes. Pure: from the precheck's facts and the provider's naming.
+pub fn server_changes(
+    provider: &dyn Provider,
+    source: &SourceFacts,
+    upgrade_id: &str,
+    target_class: &str,
+) -> Vec<ServerChange> {
+    let change =
+        |step, action, server: String, class: Option<String>, detail: String| ServerChange {
+            step,
+            action,
+            server,
+            class,
+            detail,
+        };
+    let new = crate::provider::replica_id(&source.id, upgrade_id);
+    let readers: Vec<ReaderFacts> = source
+        .readers
+        .iter()
+        .map(|r| ReaderFacts {
+            new_id: provider.reader_id(&r.id, upgrade_id),
+            ..r.clone()
+        })
+        .collect();
+    let swaps = provider.swaps_identifiers();
+    let mut out = vec![change(
+        "create_replica",
+        "create",
+        new.clone(),
+        Some(target_class.to_string()),
+        format!(
+            "replica of {}{}",
+            source.id,
+            source
+                .extra
+                .get("class")
+                .map(|c| format!(" (on {c})"))
+                .unwrap_or_default()
+        ),
+    )];
+    for r in &readers {
+        out.push(change(
+            "create_readers",
+            "create",
+            r.new_id.clone(),
+            Some(r.new_class.clone()),
+            format!(
+                "replica of {new} (cascading; automated backups turned on there first), replaces {} ({})",
+                r.id, r.class
+            ),
+        ));
+    }
+    out.push(change(
+        "promote",
+        "promote",
+        new.clone(),
+        Some(target_class.to_string()),
+        "point of no return, inside the write pause; PgBouncer to its own endpoint".into(),
+    ));
+    let old_primary = if swaps {
+        let aside = provider.aside_id(&source.id, upgrade_id);
+        out.push(change(
+            "rename_old_aside",
+            "rename",
+            source.id.clone(),
+            None,
+            format!("-> {aside} (after RESUME)"),
+        ));
+        out.push(change(
+            "rename_new_in",
+            "rename",
+            new.clone(),
+            None,
+            format!("-> {} (PgBouncer back on it: plain RELOAD)", source.id),
+        ));
+        aside
+    } else {
+        source.id.clone()
+    };
+    let mut old_readers = Vec::new();
+    for r in &readers {
+        if swaps {
+            let aside = provider.aside_id(&r.id, upgrade_id);
+            out.push(change(
+                "move_reads",
+                "rename",
+                r.id.clone(),
+                None,
+                format!("-> {aside}"),
+            ));
+            out.push(change(
+                "move_reads",
+                "rename",
+                r.new_id.clone(),
+                None,
+                format!("-> {}", r.id),
+            ));
+            old_readers.push(aside);
+        } else {
+            out.push(change(
+                "move_reads",
+                "repoint",
+                r.new_id.clone(),
+                None,
+                format!(
+                    "PgBouncer entries at {} now point here",
+                    r.address.as_deref().unwrap_or("the old reader")
+                ),
+            ));
+            old_readers.push(r.id.clone());
+        }
+    }
+    for id in old_readers {
+        let detail = provider.retire_detail(&id, true);
+        out.push(change("retire_old", "delete", id, None, detail));
+    }
+    let detail = provider.retire_detail(&old_primary, false);
+    out.push(change("retire_old", "delete", old_primary, None, detail));
+    out
 }
 
 /// Names of the `[databases]` entries of a pgbouncer.ini pointing at

@@ -213,6 +213,15 @@ database = "app"
     }
 }
 
+/// One statement, failing with the server's own message.
+async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let client = harness::connect(url).await;
+    match client.query(sql, &[]).await {
+        Ok(rows) => rows,
+        Err(e) => panic!("{sql}: {}", pgsteward::pg::server_message(&e)),
+    }
+}
+
 /// Reads through PgBouncer's read entries until stopped: answers and errors.
 struct Reads {
     stop: Arc<AtomicBool>,
@@ -311,7 +320,7 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
 
     // Nothing acknowledged is lost; writes never failed, they waited.
     let new_primary = &s.cluster.replicas[0];
-    let rows = harness::query(&new_primary.url("app"), "SELECT id FROM ledger").await;
+    let rows = query(&new_primary.url("app"), "SELECT id FROM ledger").await;
     let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     let missing: Vec<&i64> = ledger.acked.iter().filter(|i| !have.contains(i)).collect();
     assert!(
@@ -329,7 +338,7 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
 
     // Reads now reach the new readers, which follow the new primary.
     let marker = *ledger.acked.last().unwrap() + 1;
-    harness::query(
+    query(
         &s.pooler.url("app", "postgres"),
         &format!("INSERT INTO ledger (id) VALUES ({marker})"),
     )
@@ -338,7 +347,7 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
         let url = s.pooler.url(db, "postgres");
         let mut seen = false;
         for _ in 0..200 {
-            let rows = harness::query(
+            let rows = query(
                 &url,
                 &format!("SELECT inet_server_port(), count(*) FROM ledger WHERE id = {marker}"),
             )
@@ -495,10 +504,86 @@ async fn scripted_crash_after_every_rename_then_resume() {
         }
     }
     // The readers still answer through PgBouncer, from the new readers.
-    let rows = harness::query(
+    let rows = query(
         &s.pooler.url("app_ro1", "postgres"),
         "SELECT inet_server_port()",
     )
     .await;
     assert_eq!(rows[0].get::<_, i32>(0) as u16, s.new_readers[0].port);
+}
+
+/// `upgrade plan`'s list: every instance created, promoted, renamed and
+/// deleted, in order, with classes.
+#[test]
+fn plan_lists_every_server_change_in_order() {
+    use pgsteward::provider::{ReaderFacts, SourceFacts};
+    let cfg = |repoint: &str| {
+        let toml = format!(
+            "[database]\nprimary = \"postgres://s@h/app\"\n[upgrade]\nprovider = \"rds\"\n[upgrade.rds]\nsource_instance = \"{SOURCE}\"\nrepoint = \"{repoint}\"\n"
+        );
+        must(pgsteward::config::from_figment(
+            figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(&toml),
+            ),
+            None,
+        ))
+    };
+    let source = SourceFacts {
+        id: SOURCE.into(),
+        readers: vec![ReaderFacts {
+            id: READERS[0].into(),
+            class: "db.r5.large".into(),
+            new_class: "db.r5.xlarge".into(),
+            address: Some("10.0.0.2:5432".into()),
+            ..ReaderFacts::default()
+        }],
+        ..SourceFacts::default()
+    };
+    let swap = must(RdsProvider::with_api(
+        &cfg("identifier-swap"),
+        Scripted::with_source(),
+    ));
+    let list: Vec<(String, String, Option<String>)> =
+        pgsteward::upgrade::swap::server_changes(&swap, &source, "u9", "db.r5.2xlarge")
+            .into_iter()
+            .map(|c| (c.action.to_string(), c.server, c.class))
+            .collect();
+    let s =
+        |a: &str, b: &str, c: Option<&str>| (a.to_string(), b.to_string(), c.map(str::to_string));
+    assert_eq!(
+        list,
+        vec![
+            s("create", "platform-postgres-u9", Some("db.r5.2xlarge")),
+            s("create", "platform-postgres-ro-1-u9", Some("db.r5.xlarge")),
+            s("promote", "platform-postgres-u9", Some("db.r5.2xlarge")),
+            s("rename", SOURCE, None),
+            s("rename", "platform-postgres-u9", None),
+            s("rename", READERS[0], None),
+            s("rename", "platform-postgres-ro-1-u9", None),
+            s("delete", "platform-postgres-ro-1-old-u9", None),
+            s("delete", "platform-postgres-old-u9", None),
+        ]
+    );
+    let pooler = must(RdsProvider::with_api(
+        &cfg("pgbouncer"),
+        Scripted::with_source(),
+    ));
+    let changes = pgsteward::upgrade::swap::server_changes(&pooler, &source, "u9", "db.r5.2xlarge");
+    let actions: Vec<&str> = changes.iter().map(|c| c.action).collect();
+    assert_eq!(
+        actions,
+        ["create", "create", "promote", "repoint", "delete", "delete"]
+    );
+    assert!(
+        changes[5]
+            .detail
+            .contains("final snapshot platform-postgres-final"),
+        "{:?}",
+        changes[5]
+    );
+    assert!(
+        changes[4].detail.contains("SkipFinalSnapshot"),
+        "{:?}",
+        changes[4]
+    );
 }
