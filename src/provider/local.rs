@@ -166,7 +166,7 @@ pub fn class_wins(dir: &Path, settings: &[(String, String)]) -> Result<(), Provi
     }
     let hba = dir.join("pg_hba.conf");
     if let Ok(text) = std::fs::read_to_string(&hba) {
-        let clean = crate::upgrade::fence::without_block(&text);
+        let clean = crate::provider::fence::without_block(&text);
         if clean != text {
             std::fs::write(&hba, clean).map_err(|e| err(&hba, e))?;
         }

@@ -31,6 +31,7 @@
 //! to follow the new primary over SQL ([`Provider::follow_new_primary`]:
 //! local yes, RDS never: it refuses `ALTER SYSTEM`).
 
+pub mod fence;
 pub mod local;
 pub mod rds;
 

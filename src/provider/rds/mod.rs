@@ -310,9 +310,9 @@ pub fn replica_tags(
     tags
 }
 
-// The RDS fence lives with the local one in `upgrade::fence` (both methods
-// in one module); re-exported here for callers of the provider.
-pub use crate::upgrade::fence::{
+// The RDS fence lives with the local one in `provider::fence`; re-exported
+// here for callers of the provider.
+pub use crate::provider::fence::{
     fence_databases, terminate_application_sessions, unfence_databases, FENCEABLE_DATABASES,
     TERMINATE_APPLICATION_SESSIONS,
 };
