@@ -18,6 +18,7 @@
 //!   refuses a final snapshot of a read replica (its data is the primary's,
 //!   whose final snapshot is taken).
 
+use crate::config::RdsRepoint;
 use crate::provider::{Check, ReaderFacts, ReplicaInfo, SourceFacts};
 
 use super::{
@@ -342,6 +343,60 @@ impl RdsProvider {
             "{} deleted (no snapshot: RDS keeps none of a replica)",
             old.id
         ))
+    }
+}
+
+impl RdsProvider {
+    /// With `identifier-swap`: the instance now named like the source when it
+    /// is the replica `id` of an upgrade, renamed.
+    pub(super) async fn renamed_to_source(&self, id: &str) -> Result<Option<Instance>, RdsError> {
+        let name = self.cfg.source_instance.clone();
+        self.renamed_to(id, &name).await
+    }
+
+    /// With `identifier-swap`: the instance holding `name` when it is the new
+    /// server `id` of an upgrade, renamed into that name.
+    pub(super) async fn renamed_to(
+        &self,
+        id: &str,
+        name: &str,
+    ) -> Result<Option<Instance>, RdsError> {
+        if self.cfg.repoint != RdsRepoint::IdentifierSwap {
+            return Ok(None);
+        }
+        let holder = self.describe_raw("describe", name, self.deadline()).await?;
+        Ok(holder.filter(|h| is_renamed(h, name, id)))
+    }
+
+    /// An instance already carries the new server's name: adopt it when this
+    /// upgrade made it, refuse otherwise.
+    pub(super) fn adopt(
+        &self,
+        step: &'static str,
+        inst: Instance,
+        upgrade_id: &str,
+        target_class: &str,
+    ) -> Result<ReplicaInfo, RdsError> {
+        if inst.tags.get(UPGRADE_TAG).map(String::as_str) != Some(upgrade_id) {
+            return Err(RdsError::refused(
+                step,
+                format!(
+                    "an instance named {} exists without tag {UPGRADE_TAG}={upgrade_id}; pgsteward will not adopt it (rename or delete it)",
+                    inst.id
+                ),
+            ));
+        }
+        if inst.class != target_class && inst.status != "modifying" {
+            return Err(RdsError::refused(
+                step,
+                format!(
+                    "{} of this upgrade runs on {}, not {target_class}; abort the upgrade to delete it",
+                    inst.id, inst.class
+                ),
+            ));
+        }
+        tracing::info!(id = %inst.id, status = %inst.status, "adopting the replica of this upgrade");
+        Ok(self.info(&inst))
     }
 }
 
