@@ -77,6 +77,15 @@ pub enum UpgradeError {
     NotPrimary(String),
     #[error("no upgrade found in {0} (upgrade.state_dir)")]
     NoUpgrade(String),
+    /// A later step needs a fact an earlier one journals, and it is not there.
+    #[error(
+        "{journal}: {what} is not recorded; the journal was not written by a finished `{step}`"
+    )]
+    MissingFact {
+        journal: std::path::PathBuf,
+        what: &'static str,
+        step: Step,
+    },
 }
 
 impl UpgradeError {

@@ -333,8 +333,18 @@ pub struct TransitionError {
     pub what: String,
 }
 
+/// An event a step's status does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step {step} is {from:?}; {event} is not allowed{}", if *.past_promote { " (past promote nothing is undone)" } else { "" })]
+pub struct IllegalStep {
+    pub step: Step,
+    pub from: StepStatus,
+    pub event: &'static str,
+    pub past_promote: bool,
+}
+
 /// The status a step moves to on `event`, or why it cannot.
-pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepStatus, String> {
+pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepStatus, IllegalStep> {
     use StepStatus::*;
     let undoable = step.before_promote();
     let next = match (event, cur) {
@@ -349,15 +359,12 @@ pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepSta
         (Event::UndoFinished { .. }, Undoing) => Undone,
         (Event::UndoFailed { .. }, Undoing) => UndoFailed,
         (e, s) => {
-            return Err(format!(
-                "step {step} is {s:?}; {} is not allowed{}",
-                event_name(e),
-                if undoable {
-                    ""
-                } else {
-                    " (past promote nothing is undone)"
-                }
-            ))
+            return Err(IllegalStep {
+                step,
+                from: s,
+                event: event_name(e),
+                past_promote: !undoable,
+            })
         }
     };
     Ok(next)
@@ -482,7 +489,7 @@ impl UpgradeRecord {
                     }
                 }
                 let cur = self.status(step);
-                let next = next_status(step, cur, &entry.event).map_err(err)?;
+                let next = next_status(step, cur, &entry.event).map_err(|e| err(e.to_string()))?;
                 let s = &mut self.steps[step.index()];
                 s.status = next;
                 match &entry.event {

@@ -308,13 +308,14 @@ impl Saga {
     }
 
     pub(crate) fn source(&self) -> Result<crate::provider::SourceFacts, UpgradeError> {
-        self.record().source().cloned().ok_or_else(|| {
-            UpgradeError::Journal(journal::JournalError::Corrupt {
-                path: self.journal.path().to_path_buf(),
-                line: 0,
-                reason: "precheck finished without recording the source".into(),
+        self.record()
+            .source()
+            .cloned()
+            .ok_or_else(|| UpgradeError::MissingFact {
+                journal: self.journal.path().to_path_buf(),
+                what: "the source",
+                step: Step::Precheck,
             })
-        })
     }
 
     pub(crate) fn replica(&self) -> Result<String, UpgradeError> {
@@ -361,32 +362,41 @@ impl Saga {
         }
     }
 
+    /// The session on the old primary (the fence spares it), opened when
+    /// there is none or it closed.
     pub(crate) async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
-        if self.old.as_ref().map_or(true, |c| c.is_closed()) {
-            let limit = self.query_limit();
-            let primary = self.cfg.database.primary.clone();
-            let client = limit
-                .wrap(
-                    "a connection to the old primary",
-                    connect(&primary, &self.cfg),
-                )
-                .await?;
-            let pid: i32 = limit
-                .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
-                .await?
-                .get(0);
-            self.old_pid = Some(pid);
-            self.old = Some(client);
-        }
-        self.old.as_ref().ok_or(UpgradeError::Cancelled)
+        let client = match self.old.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let limit = self.query_limit();
+                let primary = self.cfg.database.primary.clone();
+                let client = limit
+                    .wrap(
+                        "a connection to the old primary",
+                        connect(&primary, &self.cfg),
+                    )
+                    .await?;
+                let pid: i32 = limit
+                    .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
+                    .await?
+                    .get(0);
+                self.old_pid = Some(pid);
+                client
+            }
+        };
+        Ok(self.old.insert(client))
     }
 
+    /// The session on the new server, opened when there is none or it closed.
     pub(crate) async fn new_client(&mut self) -> Result<&Client, UpgradeError> {
-        if self.new.as_ref().map_or(true, |c| c.is_closed()) {
-            let endpoint = self.new_endpoint().await?;
-            self.new = Some(connect(&endpoint, &self.cfg).await?);
-        }
-        self.new.as_ref().ok_or(UpgradeError::Cancelled)
+        let client = match self.new.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let endpoint = self.new_endpoint().await?;
+                connect(&endpoint, &self.cfg).await?
+            }
+        };
+        Ok(self.new.insert(client))
     }
 
     pub(crate) async fn precheck_step(&mut self) -> Result<Output, UpgradeError> {
