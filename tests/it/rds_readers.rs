@@ -337,7 +337,8 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
     assert!(read_errors.is_empty(), "read errors: {read_errors:?}");
 
     // Reads now reach the new readers, which follow the new primary.
-    let marker = *ledger.acked.last().unwrap() + 1;
+    // Above every id any writer was given: writers draw from separate ranges.
+    let marker = ledger.acked.iter().max().copied().unwrap_or_default() + 1;
     query(
         &s.pooler.url("app", "postgres"),
         &format!("INSERT INTO ledger (id) VALUES ({marker})"),
