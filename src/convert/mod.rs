@@ -31,8 +31,8 @@ use tokio_postgres::Client;
 
 use crate::cli::OutputFormat;
 use crate::config::{Config, TableConfig};
+use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
-use crate::Outcome;
 use journal::Step;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,13 @@ pub enum ConvertError {
     Step { step: &'static str, message: String },
     #[error("{0}")]
     Failpoint(String),
+}
+
+impl ConvertError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Convert
+    }
 }
 
 impl ConvertError {

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
-use crate::Outcome;
 
 /// A converted table's first partition's size, from the catalog (no lock on it).
 const PARTITION_SIZE_SQL: &str = "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))";
