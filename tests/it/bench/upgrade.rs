@@ -1,5 +1,5 @@
 //! The vertical upgrade: `pgsteward upgrade` against the hand-scripted
-//! cutover, on the topology and load of `upgrade.rs`.
+//! cutover, on the topology and load of the `upgrade` suite.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
