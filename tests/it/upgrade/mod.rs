@@ -19,6 +19,7 @@ use crate::harness::{self, must, TestCluster};
 
 pub use pgsteward::workload::Ledger;
 
+mod after_promote;
 mod completes;
 mod crashes;
 mod rolls_back;
