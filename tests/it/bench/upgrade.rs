@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{Cluster, StopMode};
 
-use crate::harness::{self, must};
-use crate::upgrade::{latest_record, text, Ledger, Load, Topology};
+use crate::harness::{self, must, text};
+use crate::upgrade::{latest_record, Ledger, Load, Topology};
 
 /// Benchmark: `pgsteward upgrade` against the hand-scripted cutover of
 /// `shared/reference/switchover/` (PAUSE → LSN → replay wait → promote →

@@ -15,7 +15,7 @@ use pgsteward::localpg::{Cluster, Pooler, StopMode};
 use pgsteward::upgrade::journal;
 use pgsteward::workload::{Plan, Workload, LEDGER_TABLE};
 
-use crate::harness::{self, must, TestCluster};
+use crate::harness::{self, must, text, TestCluster};
 
 pub use pgsteward::workload::Ledger;
 
@@ -305,15 +305,6 @@ fn journal_phase_completed() -> pgsteward::upgrade::record::Phase {
 pub fn latest_record(state_dir: &Path) -> pgsteward::upgrade::record::UpgradeRecord {
     let path = journal::latest(state_dir).unwrap().expect("a journal");
     journal::read(&path).unwrap()
-}
-
-pub(crate) fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn killed(o: &Output) -> bool {

@@ -7,22 +7,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, must};
+use crate::harness::{self, must, text};
 use crate::upgrade::{latest_record, Load, Topology};
 
 mod durability;
 mod fence;
 mod hangs;
 mod two_runners;
-
-pub fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The topology's config with another `state_dir` (another pod or host).
 pub fn config_with_state_dir(t: &Topology, name: &str) -> (PathBuf, PathBuf) {
