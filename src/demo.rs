@@ -16,8 +16,8 @@ use figment::Figment;
 use crate::cli::{DemoArgs, OutputFormat};
 use crate::config::Config;
 use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
+use crate::outcome::Outcome;
 use crate::workload::{Plan, LEDGER_TABLE};
-use crate::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -37,6 +37,13 @@ pub enum DemoError {
     TempDir(#[source] std::io::Error),
     #[error("demo: the upgrade recorded no new endpoint")]
     NoNewEndpoint,
+}
+
+impl DemoError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Demo
+    }
 }
 
 /// The partitioned table of the demo's partition pass ([`LEDGER_TABLE`] is

@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
+use crate::pg::fnv1a_32 as fnv1a;
 use crate::provider::{
     endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReplicaInfo,
     ReplicaState, RepointBy, SourceFacts,
@@ -178,17 +179,6 @@ pub fn replica_state(inst: &Instance) -> ReplicaState {
         StatusClass::Deleting => ReplicaState::Deleting,
         StatusClass::Terminal(hint) => ReplicaState::Failed(format!("{}: {hint}", inst.status)),
     }
-}
-
-/// FNV-1a: a stable short hash for shortened identifiers (the std hasher is
-/// not guaranteed stable across Rust versions, and these names must be).
-fn fnv1a(s: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
 }
 
 /// Lower case letters, digits and single hyphens, as RDS identifiers allow.

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::config::Schedule;
 use crate::metrics::Metrics;
+use crate::outcome::ErrorLabel;
 
 /// How one run of a job ended.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub enum JobRun {
     Skipped(&'static str),
     /// Logged, counted under `error`, retried at the next tick.
     Failed {
-        error: &'static str,
+        error: ErrorLabel,
         message: String,
     },
     /// Stopped by shutdown; not counted as a failure.
@@ -73,7 +74,7 @@ pub async fn run_job<F, Fut>(
             }
             JobRun::Skipped(reason) => tracing::debug!(job = name, reason, "job skipped"),
             JobRun::Failed { error, message } => {
-                tracing::error!(job = name, error, seconds, detail = %message, "job failed; retried next tick");
+                tracing::error!(job = name, error = error.as_str(), seconds, detail = %message, "job failed; retried next tick");
                 metrics.record_job(name, seconds, Some(error));
             }
             JobRun::Cancelled => {
@@ -122,7 +123,7 @@ mod tests {
                     running.fetch_sub(1, Ordering::SeqCst);
                     if n == 0 {
                         JobRun::Failed {
-                            error: "postgres",
+                            error: ErrorLabel::Postgres,
                             message: "server closed the connection".into(),
                         }
                     } else {

@@ -216,15 +216,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     }
 }
 
-/// The longest any one query of the saga may take outside the write pause
-/// (inside it, the pause deadline is the bound): a hung server fails the step
-/// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
-/// most `upgrade.step_timeout`.
-pub fn query_timeout(cfg: &Config) -> Duration {
-    (cfg.database.connect_timeout.0 * 2)
-        .max(Duration::from_secs(10))
-        .min(cfg.upgrade.step_timeout.0)
-}
+pub use crate::pooler::query_timeout;
 
 /// A client-side deadline for one query (or a short exchange of them).
 #[derive(Debug, Clone, Copy)]

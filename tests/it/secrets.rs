@@ -204,6 +204,7 @@ retire_after = "0s"
 
 [upgrade.local]
 data_root = "{root}"
+{bin_dir}
 [upgrade.local.classes.large]
 shared_buffers = "40MB"
 fsync = "off"
@@ -222,6 +223,9 @@ listen = "127.0.0.1:{http_port}"
             state = state.display(),
             root = dir.join("clusters").display(),
             ini = pooler.ini.display(),
+            bin_dir = harness::bin_dir()
+                .map(|d| format!("bin_dir = \"{}\"", d.display()))
+                .unwrap_or_default(),
         ),
     );
     let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
