@@ -89,15 +89,31 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
         Duration::from_secs(120),
     );
     load.wait_progress(20).await;
+    // The precheck refuses a transaction older than pause_timeout, so the
+    // transaction opens once the precheck has passed (opened before the
+    // upgrade, a slow start on a busy machine made it too old already at
+    // precheck): the runner holds 2 s after wait_catchup, so it is old at PAUSE.
+    let t0 = Instant::now();
+    let mut runner = must(
+        crate::upgrade_safety::upgrade_cmd(
+            &t.config,
+            t.next_class(),
+            Some("wait_catchup-done=sleep:2000"),
+        )
+        .spawn()
+        .map_err(|e| e.to_string()),
+    );
+    crate::upgrade_safety::wait_for_step(
+        &t.state_dir(),
+        pgsteward::upgrade::record::Step::WaitCatchup,
+        &mut runner,
+    );
     let holder = harness::connect(&t.pooler_url()).await;
     holder
         .simple_query("BEGIN; INSERT INTO ledger (id) VALUES (-100)")
         .await
         .unwrap();
-    // The upgrade's precheck would refuse a transaction older than pause_timeout:
-    // start right away so the transaction is young at precheck and old at PAUSE.
-    let t0 = Instant::now();
-    let out = t.upgrade(None);
+    let out = must(runner.wait_with_output().map_err(|e| e.to_string()));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
