@@ -19,6 +19,8 @@ mod moto;
 mod partition_safety;
 mod partitions;
 mod rds;
+mod rds_readers;
+mod rds_scripted;
 mod secrets;
 mod service;
 mod tls;
