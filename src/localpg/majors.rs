@@ -83,14 +83,10 @@ pub fn check_supported(server_version: &str) -> Result<u32, LocalPgError> {
     Ok(major)
 }
 
-/// A `primary_conninfo` setting (quoted for postgresql.conf, backslashes
-/// included) to stream from `source` as its superuser: only options every
-/// supported major's libpq knows.
+/// A `primary_conninfo` value to stream from `source` (a server on this
+/// host) as its superuser: only options every supported major's libpq knows.
+/// [`Cluster::write_settings`] quotes it for postgresql.conf.
 pub fn plain_conninfo(source: &Cluster) -> String {
-    super::conf_string(&plain_conninfo_text(source))
-}
-
-fn plain_conninfo_text(source: &Cluster) -> String {
     match crate::pg::conninfo::ConnParams::parse("host=127.0.0.1 user=postgres") {
         Ok(mut p) => {
             p.set("port", source.port.to_string());
