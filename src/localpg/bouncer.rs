@@ -1,4 +1,6 @@
-//! PgBouncer on this host for the demo and the tests.
+//! PgBouncer on this host for the demo and the tests: the process and the
+//! files it reads. Talking to a PgBouncer's admin console (PAUSE, RESUME,
+//! RELOAD) is `pooler::Poolers`, for any PgBouncer, here or elsewhere.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
@@ -14,34 +16,34 @@ use super::{
 };
 
 /// PgBouncer on this host, in transaction pooling mode. Clients log in with
-/// scram-sha-256 against the passwords of [`PoolerAuth`] (PgBouncer logs in
+/// scram-sha-256 against the passwords of [`PgBouncerAuth`] (PgBouncer logs in
 /// to the server with the same), `trust` only when a user has no password.
 #[derive(Debug)]
-pub struct Pooler {
+pub struct LocalPgBouncer {
     pub dir: PathBuf,
     pub port: u16,
     pub ini: PathBuf,
     pub user: Option<ServerUser>,
-    pub auth: PoolerAuth,
+    pub auth: PgBouncerAuth,
     child: Option<std::process::Child>,
 }
 
 /// A user PgBouncer knows.
 #[derive(Clone)]
-pub struct PoolerUser {
+pub struct PgBouncerUser {
     pub name: String,
     pub password: Option<String>,
 }
 
-impl std::fmt::Debug for PoolerUser {
+impl std::fmt::Debug for PgBouncerUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PoolerUser({})", self.name)
+        write!(f, "PgBouncerUser({})", self.name)
     }
 }
 
-impl PoolerUser {
-    pub fn new(name: &str, password: Option<&str>) -> PoolerUser {
-        PoolerUser {
+impl PgBouncerUser {
+    pub fn new(name: &str, password: Option<&str>) -> PgBouncerUser {
+        PgBouncerUser {
             name: name.to_string(),
             password: password.map(str::to_string),
         }
@@ -51,12 +53,12 @@ impl PoolerUser {
 /// Who may log in through PgBouncer: the admin (console only) and the users
 /// that reach the databases.
 #[derive(Debug, Clone)]
-pub struct PoolerAuth {
-    pub admin: PoolerUser,
-    pub users: Vec<PoolerUser>,
+pub struct PgBouncerAuth {
+    pub admin: PgBouncerUser,
+    pub users: Vec<PgBouncerUser>,
 }
 
-impl PoolerAuth {
+impl PgBouncerAuth {
     /// `auth_file` lines: `"name" "password"`, `"` doubled inside quotes; a
     /// line break in either is refused (it would start another entry).
     fn userlist(&self) -> Result<String, LocalPgError> {
@@ -98,14 +100,14 @@ impl PoolerAuth {
 
 /// One `[databases]` entry.
 #[derive(Debug, Clone)]
-pub struct PoolerDatabase {
+pub struct PgBouncerDatabase {
     pub name: String,
     pub host: String,
     pub port: u16,
     pub dbname: String,
 }
 
-impl PoolerDatabase {
+impl PgBouncerDatabase {
     /// The `[databases]` line, or why a name cannot be written bare (the
     /// admin console and the connection string both take them so).
     pub fn ini_line(&self) -> Result<String, LocalPgError> {
@@ -119,16 +121,16 @@ impl PoolerDatabase {
     }
 }
 
-impl Pooler {
+impl LocalPgBouncer {
     /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
     /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
     pub fn start(
         dir: &Path,
         port: u16,
-        databases: &[PoolerDatabase],
-        auth: &PoolerAuth,
+        databases: &[PgBouncerDatabase],
+        auth: &PgBouncerAuth,
         extra: &[(&str, &str)],
-    ) -> Result<Pooler, LocalPgError> {
+    ) -> Result<LocalPgBouncer, LocalPgError> {
         let user = ServerUser::detect()?;
         make_server_dir(dir, user)?;
         let program = find_program("pgbouncer", None)?;
@@ -171,7 +173,7 @@ impl Pooler {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(io("start pgbouncer"))?;
-        let pooler = Pooler {
+        let pooler = LocalPgBouncer {
             dir: dir.to_path_buf(),
             port,
             ini,
@@ -231,7 +233,7 @@ impl Pooler {
     }
 }
 
-impl Drop for Pooler {
+impl Drop for LocalPgBouncer {
     fn drop(&mut self) {
         self.stop();
     }
@@ -243,7 +245,7 @@ mod tests {
 
     #[test]
     fn databases_and_users_that_would_break_the_files_are_refused() {
-        let db = |name: &str, dbname: &str| PoolerDatabase {
+        let db = |name: &str, dbname: &str| PgBouncerDatabase {
             name: name.into(),
             host: "127.0.0.1".into(),
             port: 5432,
@@ -255,9 +257,9 @@ mod tests {
         );
         assert!(db("app\nauth_type = trust", "app").ini_line().is_err());
         assert!(db("app", "app port=1").ini_line().is_err());
-        let auth = |pw: &str| PoolerAuth {
-            admin: PoolerUser::new("pgbouncer", Some("admin pw")),
-            users: vec![PoolerUser::new("app\"user", Some(pw))],
+        let auth = |pw: &str| PgBouncerAuth {
+            admin: PgBouncerUser::new("pgbouncer", Some("admin pw")),
+            users: vec![PgBouncerUser::new("app\"user", Some(pw))],
         };
         assert_eq!(
             auth("p\"w").userlist().unwrap(),

@@ -71,7 +71,7 @@ mod cluster;
 mod conf;
 mod watchdog;
 pub use crate::pg::conninfo::url_encode;
-pub use bouncer::{Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
+pub use bouncer::{LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser};
 pub use child::{is_passed_to_children, minimal_env, ChildLogin};
 pub use cluster::{Cluster, StopMode};
 pub use conf::{conf_line, conf_value, ini_line};

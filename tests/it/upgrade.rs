@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgsteward::localpg::{Cluster, Pooler, StopMode};
+use pgsteward::localpg::{Cluster, LocalPgBouncer, StopMode};
 use pgsteward::upgrade::journal;
 
 use crate::harness::{self, must, TestCluster};
@@ -147,7 +147,7 @@ impl Load {
 /// a state dir and a data root; `primary_url` follows the upgrades.
 pub struct Topology {
     pub cluster: TestCluster,
-    pub pooler: Pooler,
+    pub pooler: LocalPgBouncer,
     pub primary_url: String,
     /// Every node that was primary at some point.
     pub nodes: Vec<String>,
