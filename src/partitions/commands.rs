@@ -1,5 +1,6 @@
 //! The three commands: `partitions plan`, `apply` and `status`, and their text output.
 
+use crate::partitions::sql;
 use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -14,9 +15,6 @@ use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::pg::{server_message, QualifiedName};
 use crate::Outcome;
-
-/// A converted table's first partition's size, from the catalog (no lock on it).
-const PARTITION_SIZE_SQL: &str = "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))";
 
 #[derive(Serialize)]
 struct PlanOutput {
@@ -323,7 +321,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     for (i, name) in &firsts {
         // Sizes come from the catalog: no lock on the partition.
         if let Ok(row) = client
-            .query_one(PARTITION_SIZE_SQL, &[&name.quoted()])
+            .query_one(sql::PARTITION_SIZE_PRETTY, &[&name.quoted()])
             .await
         {
             if let (Some(t), Some(size)) = (tables.get_mut(*i), row.get::<_, Option<String>>(0)) {
