@@ -380,7 +380,7 @@ impl Cluster {
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), LocalPgError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.psql("postgres", "SELECT 1").is_ok() {
+            if self.psql("postgres", super::sql::READY).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::sql;
 use super::{give_to, io, make_server_dir, run, Cluster, LocalPgError};
 
 /// The oldest major pgsteward supports (`DETACH ... CONCURRENTLY` is 14+,
@@ -103,14 +104,11 @@ pub fn plain_conninfo(source: &Cluster) -> String {
 /// SQL of the low-level (non-exclusive) base backup API, which was renamed in 15.
 fn backup_api(major: u32) -> (&'static str, &'static str) {
     if major >= 15 {
-        (
-            "SELECT pg_backup_start('pgsteward', true);",
-            "SELECT labelfile FROM pg_backup_stop(false);",
-        )
+        (sql::BACKUP_START, sql::BACKUP_STOP_LABEL)
     } else {
         (
-            "SELECT pg_start_backup('pgsteward', true, false);",
-            "SELECT labelfile FROM pg_stop_backup(false, false);",
+            sql::BACKUP_START_BEFORE_15,
+            sql::BACKUP_STOP_LABEL_BEFORE_15,
         )
     }
 }

@@ -69,6 +69,7 @@ mod bouncer;
 mod child;
 mod cluster;
 mod conf;
+mod sql;
 mod watchdog;
 pub use crate::pg::conninfo::url_encode;
 pub use bouncer::{LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser};
