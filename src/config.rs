@@ -5,6 +5,7 @@
 mod bounds;
 #[cfg(test)]
 mod fuzz;
+pub mod indexes;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,13 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl ConfigError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
 }
 
 /// A PostgreSQL connection string. Its `Display` and `Debug` never show the
@@ -252,7 +260,7 @@ pub struct TableConfig {
     pub timezone: Tz,
     /// Indexes the parent must have, built online by the pass (`partitions::indexes`).
     #[serde(default)]
-    pub indexes: Vec<crate::partitions::indexes::IndexSpec>,
+    pub indexes: Vec<indexes::IndexSpec>,
 }
 
 fn default_interval() -> Interval {
@@ -468,6 +476,10 @@ pub struct RdsProviderConfig {
     /// endpoints are fictitious. A key ending in `*` matches ids by prefix.
     #[serde(default)]
     pub endpoint_override: BTreeMap<String, String>,
+    /// Instance class of the new readers that replace the source's read
+    /// replicas (`db.r5.xlarge`); default: each old reader's own class.
+    #[serde(default)]
+    pub reader_class: Option<String>,
 }
 
 fn default_rds_poll_interval() -> HumanDuration {
@@ -643,6 +655,18 @@ fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
     lines.join("\n")
 }
 
+/// `db.<family>.<size>`: lower-case letters and digits, as RDS names classes.
+fn is_rds_instance_class(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts[0] == "db"
+        && parts[1..].iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 impl Config {
     /// Checks that need more than one field at a time.
     fn validate(&self) -> Result<(), String> {
@@ -655,10 +679,22 @@ impl Config {
                 ));
             }
         }
-        crate::partitions::indexes::validate(&self.partitions)?;
+        indexes::validate(&self.partitions)?;
         bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
+        }
+        if let Some(class) = self
+            .upgrade
+            .rds
+            .as_ref()
+            .and_then(|r| r.reader_class.as_ref())
+        {
+            if !is_rds_instance_class(class) {
+                return Err(format!(
+                    "key `upgrade.rds.reader_class`: {class:?} is not an RDS instance class; expected db.<family>.<size> (e.g. \"db.r5.xlarge\")"
+                ));
+            }
         }
         let files = self.cutover.config_file.len();
         if self.cutover.kind == CutoverKind::Pgbouncer

@@ -60,6 +60,13 @@ pub enum LocalPgError {
     Timeout { what: String, timeout: Duration },
 }
 
+impl LocalPgError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::LocalServer
+    }
+}
+
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
     let what = what.into();
     move |source| LocalPgError::Io { what, source }

@@ -225,6 +225,6 @@ where
 }
 /// Whether the server asked for a password the client did not have
 /// (tokio-postgres reports it as a configuration error).
-fn is_password_missing(err: &tokio_postgres::Error) -> bool {
+pub fn is_password_missing(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_none() && error_chain(err).contains("password missing")
 }

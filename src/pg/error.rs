@@ -44,6 +44,13 @@ pub enum PgError {
     },
 }
 
+impl PgError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Postgres
+    }
+}
+
 /// Whether a failed statement is worth retrying after a pause: it lost a lock
 /// race (lock_timeout, deadlock, serialization) rather than being wrong.
 pub fn is_transient_lock_error(err: &tokio_postgres::Error) -> bool {

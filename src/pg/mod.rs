@@ -19,6 +19,7 @@ pub mod spec;
 pub mod sql;
 pub mod tls;
 
+pub use connect::is_password_missing;
 pub use conninfo::{redact, without_password};
 pub use error::{
     error_chain, is_connection_error, is_transient_lock_error, server_message, PgError,

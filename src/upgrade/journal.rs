@@ -489,6 +489,7 @@ mod tests {
             target_class: "large".into(),
             provider: "local".into(),
             source_primary: "postgres://x@h:1/app".into(),
+            saga: crate::upgrade::record::SAGA_VERSION,
         }
     }
 
