@@ -35,6 +35,24 @@ struct TablePlanOutput {
     converting: Option<converting::Converting>,
 }
 
+impl TableStatus {
+    /// A table the catalog gave no coverage for (missing, refused, or being
+    /// converted): nothing but its name and interval yet.
+    fn uncovered(table: QualifiedName, interval: crate::config::Interval) -> TableStatus {
+        TableStatus {
+            table,
+            interval,
+            coverage: None,
+            default_partition: None,
+            default_rows: None,
+            notes: vec![],
+            error: None,
+            problem: None,
+            converting: None,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct ActionOutput {
     #[serde(flatten)]
@@ -277,15 +295,9 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
         if let Some(c) = converting::of(&in_flight, &name) {
             tables.push(TableStatus {
-                table: name,
-                interval: tcfg.interval,
-                coverage: None,
-                default_partition: None,
-                default_rows: None,
                 notes: vec![c.describe()],
-                error: None,
-                problem: None,
                 converting: Some(c.clone()),
+                ..TableStatus::uncovered(name, tcfg.interval)
             });
             continue;
         }
@@ -293,15 +305,9 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             Err(msg) => {
                 outcome = Outcome::Problem;
                 tables.push(TableStatus {
-                    table: name,
-                    interval: tcfg.interval,
-                    coverage: None,
-                    default_partition: None,
-                    default_rows: None,
-                    notes: vec![],
                     problem: Some(msg.clone()),
                     error: Some(msg),
-                    converting: None,
+                    ..TableStatus::uncovered(name, tcfg.interval)
                 });
             }
             Ok(state) => {

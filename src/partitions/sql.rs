@@ -75,3 +75,10 @@ pub const INDEX_BUILD_PROGRESS: &str =
      FROM pg_stat_progress_create_index WHERE pid = ANY ($1)";
 /// This session's backend pid.
 pub const BACKEND_PID: &str = "SELECT pg_backend_pid()";
+
+/// Whether convert's journal `pgsteward.conversions` exists (made by the
+/// first `convert start`).
+pub const JOURNAL_EXISTS: &str = "SELECT to_regclass('pgsteward.conversions') IS NOT NULL";
+/// Tables `pgsteward convert` is converting that have not reached the swap:
+/// schema, table, last step, when it was done, when the conversion started.
+pub const TABLES_CONVERTING: &str = include_str!("../../sql/partitions_tables_converting.sql");
