@@ -19,7 +19,7 @@ pub struct Probe {
     pub detail: String,
 }
 
-const SERVER_PROBE: &str = "SELECT current_setting('server_version'), pg_is_in_recovery()";
+use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
 
 async fn probe_server(
     role: &'static str,

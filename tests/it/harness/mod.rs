@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{
-    self, Cluster, Pooler, PoolerAuth, PoolerDatabase, PoolerUser, ServerUser, StopMode,
+    self, Cluster, LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser, ServerUser, StopMode,
 };
 use tempfile::TempDir;
 
@@ -115,12 +115,12 @@ pub fn fresh_db(prefix: &str) -> String {
 }
 
 /// Who logs in through a harness PgBouncer.
-pub fn pooler_auth() -> PoolerAuth {
-    PoolerAuth {
-        admin: PoolerUser::new(ADMIN_USER, Some(ADMIN_PASSWORD)),
+pub fn pooler_auth() -> PgBouncerAuth {
+    PgBouncerAuth {
+        admin: PgBouncerUser::new(ADMIN_USER, Some(ADMIN_PASSWORD)),
         users: vec![
-            PoolerUser::new(STEWARD_USER, Some(STEWARD_PASSWORD)),
-            PoolerUser::new(APP_USER, Some(APP_PASSWORD)),
+            PgBouncerUser::new(STEWARD_USER, Some(STEWARD_PASSWORD)),
+            PgBouncerUser::new(APP_USER, Some(APP_PASSWORD)),
         ],
     }
 }
@@ -158,12 +158,12 @@ pub fn app_url(cluster: &Cluster, dbname: &str) -> String {
 }
 
 /// The application's URL through `pooler` for its database `name`.
-pub fn app_pooler_url(pooler: &Pooler, name: &str) -> String {
+pub fn app_pooler_url(pooler: &LocalPgBouncer, name: &str) -> String {
     pooler.url(name, APP_USER)
 }
 
 /// The PgBouncer admin console's URL (the admin's password included).
-pub fn admin_url(pooler: &Pooler) -> String {
+pub fn admin_url(pooler: &LocalPgBouncer) -> String {
     pooler.admin_url()
 }
 
@@ -225,16 +225,16 @@ pub fn pg_env() -> pgsteward::pg::PgEnv {
 
 /// PgBouncer in front of `cluster`, database `app` → `dbname`, with
 /// scram-sha-256 logins for the steward, the application and the admin.
-pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> Pooler {
+pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> LocalPgBouncer {
     create_app_role(cluster);
     let port = must(localpg::free_port());
-    let db = PoolerDatabase {
+    let db = PgBouncerDatabase {
         name: "app".into(),
         host: "127.0.0.1".into(),
         port: cluster.port,
         dbname: dbname.into(),
     };
-    must(Pooler::start(
+    must(LocalPgBouncer::start(
         &dir.join("pgbouncer"),
         port,
         &[db],

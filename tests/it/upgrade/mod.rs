@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use pgsteward::localpg::{Cluster, Pooler, StopMode};
+use pgsteward::localpg::{Cluster, LocalPgBouncer, StopMode};
 use pgsteward::upgrade::journal;
 use pgsteward::workload::{Plan, Workload, LEDGER_TABLE};
 
@@ -61,7 +61,7 @@ impl Load {
 /// a state dir and a data root; `primary_url` follows the upgrades.
 pub struct Topology {
     pub cluster: TestCluster,
-    pub pooler: Pooler,
+    pub pooler: LocalPgBouncer,
     pub primary_url: String,
     /// Every node that was primary at some point.
     pub nodes: Vec<String>,
