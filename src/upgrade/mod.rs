@@ -19,6 +19,7 @@ pub mod observe;
 pub mod precheck;
 pub mod record;
 pub mod runner;
+pub mod step;
 pub mod steps;
 pub mod swap;
 
