@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::cli::OutputFormat;
 use crate::config::{Config, ConnString, CutoverKind};
+use crate::outcome::Outcome;
 use crate::output;
-use crate::Outcome;
 
 #[derive(Debug, Serialize)]
 pub struct Probe {

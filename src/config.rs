@@ -5,6 +5,7 @@
 mod bounds;
 #[cfg(test)]
 mod fuzz;
+pub mod indexes;
 pub mod units;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,13 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl ConfigError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
 }
 
 /// A PostgreSQL connection string. Its `Display` and `Debug` never show the
@@ -252,7 +260,7 @@ pub struct TableConfig {
     pub timezone: Tz,
     /// Indexes the parent must have, built online by the pass (`partitions::indexes`).
     #[serde(default)]
-    pub indexes: Vec<crate::partitions::indexes::IndexSpec>,
+    pub indexes: Vec<indexes::IndexSpec>,
 }
 
 fn default_interval() -> Interval {
@@ -671,7 +679,7 @@ impl Config {
                 ));
             }
         }
-        crate::partitions::indexes::validate(&self.partitions)?;
+        indexes::validate(&self.partitions)?;
         bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());

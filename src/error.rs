@@ -1,16 +1,16 @@
 //! The top-level error: every subsystem's error converts into it, and it
-//! decides the process exit code and the metric label.
+//! decides the process exit code. It stands above every subsystem; none of
+//! them uses it (each labels its own error for metrics, [`ErrorLabel`]).
 
 use crate::config::ConfigError;
 use crate::localpg::LocalPgError;
+use crate::outcome::ErrorLabel;
 use crate::pg::PgError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
-    Usage(String),
     #[error(transparent)]
     Pg(#[from] PgError),
     #[error(transparent)]
@@ -27,8 +27,6 @@ pub enum Error {
     Convert(#[from] crate::convert::ConvertError),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {
@@ -36,7 +34,7 @@ impl Error {
     /// configuration; 1 for everything that failed while doing the work.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Usage(_) => 2,
+            Error::Config(_) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
@@ -69,20 +67,18 @@ impl Error {
         }
     }
 
-    /// A short, fixed label for metrics: bounded cardinality.
-    pub fn metric_label(&self) -> &'static str {
+    /// The failure kind for metrics: each subsystem's error names its own.
+    pub fn metric_label(&self) -> ErrorLabel {
         match self {
-            Error::Config(_) => "config",
-            Error::Usage(_) => "usage",
-            Error::Pg(_) => "postgres",
-            Error::LocalPg(_) => "local_server",
-            Error::Partitions(_) => "partitions",
-            Error::Lag(_) => "lag",
-            Error::Service(_) => "service",
-            Error::Upgrade(_) => "upgrade",
-            Error::Convert(_) => "convert",
-            Error::Demo(_) => "demo",
-            Error::Other(_) => "other",
+            Error::Config(e) => e.metric_label(),
+            Error::Pg(e) => e.metric_label(),
+            Error::LocalPg(e) => e.metric_label(),
+            Error::Partitions(e) => e.metric_label(),
+            Error::Lag(e) => e.metric_label(),
+            Error::Service(e) => e.metric_label(),
+            Error::Upgrade(e) => e.metric_label(),
+            Error::Convert(e) => e.metric_label(),
+            Error::Demo(e) => e.metric_label(),
         }
     }
 }

@@ -1,25 +1,78 @@
-//! pgsteward keeps a PostgreSQL cluster in shape while it grows.
+//! pgsteward keeps a PostgreSQL cluster in shape while it grows: partition
+//! maintenance, replica lag, online conversion to partitions, and zero-downtime
+//! vertical upgrades behind PgBouncer.
 //!
-//! The major components are:
+//! # The map
 //!
-//! * `cli`: the command line (clap), parsing only.
-//! * `config`: figment-loaded configuration with human units (`config::units`); rejects unknown keys.
-//! * `error`: the top-level [`Error`], which knows its exit code and metric label.
-//! * `pg`: connection strings (parsed and redacted like libpq parses them, `PG*` defaults and
-//!   the password file), connecting with a deadline, identifier quoting.
-//! * `localpg`: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests),
-//!   scram-sha-256 on TCP, children with a minimal environment and passwords in private files.
-//! * `partitions`: partition maintenance: `catalog` reads, `plan` decides (pure), `apply` executes lock-safe DDL; `indexes` builds declared indexes online and repairs index drift.
-//! * `convert`: online conversion of a plain table into a partitioned one, without copying rows.
-//! * `lag`: replica observations and a pure verdict per replica.
-//! * `metrics`, `http`: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz` endpoints.
-//! * `service`: `pgsteward run`: cron scheduling, leadership, graceful shutdown.
-//! * `upgrade`: the persisted, resumable vertical-upgrade saga; `provider` creates/promotes/retires servers.
-//! * `pooler`: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
-//! * `check`: `pgsteward check`: configuration and reachability.
-//! * `demo`: the whole cycle on a throwaway local cluster.
-//! * `output`: text and JSON rendering for status-like commands.
+//! Every module, ordered by layer from the ground up: a module may import only
+//! modules listed ABOVE it (its own children included), never one listed below.
+//! Two knots still break that rule and are being untied under issue 13: `pooler`,
+//! `provider` and `upgrade` import each other, and so do `partitions` and `convert`.
+//!
+//! * [`outcome`]: [`Outcome`], how a command that ran to completion judged what it saw (exit 0 or 1).
+//! * [`output`]: text tables and JSON documents for status-like commands.
+//! * [`pg`]: PostgreSQL plumbing: the error and its classification, connecting with a deadline, quoting.
+//!   * [`pg::conninfo`]: connection strings parsed (both forms) and redacted the way libpq does.
+//!   * [`pg::libpq`]: what a connection string leaves out: `PG*` environment defaults and the password file.
+//!   * `pg::spec`: [`pg::ConnSpec`], a parsed connection string: defaults, TLS, IAM, connections and pools.
+//!   * `pg::tls`: rustls for PostgreSQL, following libpq's `sslmode` semantics.
+//!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
+//! * [`cli`]: the command line (clap), parsing only.
+//! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
+//! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
+//!   * `localpg::bouncer`: a PgBouncer process for the demo and the tests.
+//!   * `localpg::child`: a child's minimal environment; passwords only through private files.
+//!   * `localpg::majors`: which PostgreSQL majors are installed, and a replica made across majors.
+//! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types.
+//!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
+//!   * `config::bounds`: the allowed range of every duration, size and count.
+//!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
+//! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
+//! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
+//!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
+//!   * [`provider::rds`]: RDS read replicas, promoted; [`provider::rds::api`] the few SDK calls behind a trait.
+//! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.
+//!   * [`upgrade::record`]: the twelve steps, their statuses and facts, the legal transitions.
+//!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
+//!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
+//!   * [`upgrade::guard`]: one upgrade per primary: the guard row, its lock and keepalive.
+//!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
+//!   * [`upgrade::cutover`]: the write pause and the decision to start it.
+//!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
+//!   * [`upgrade::steps`]: the body of each step, observe before act.
+//!   * [`upgrade::runner`]: drives the steps: record, run, record.
+//! * [`lag`]: replica lag, `pgsteward lag`.
+//!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.
+//!   * [`lag::evaluate`](mod@lag::evaluate): the pure verdict on one replica.
+//! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
+//!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
+//!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
+//!   * [`partitions::catalog`]: every managed table read in one query.
+//!   * [`partitions::plan`]: the pure planner: desired vs. existing partitions.
+//!   * [`partitions::ddl`]: the DDL text, identifiers quoted.
+//!   * [`partitions::session`]: the session a pass talks through and its retry pacing.
+//!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
+//!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition).
+//!   * [`partitions::report`]: what a pass did, per table.
+//!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
+//! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
+//!   * `convert::plan`, `convert::refuse`, `convert::sql`: the pure half: boundary, names, refusals, SQL.
+//!   * `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: reading, journaling, driving.
+//! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
+//! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
+//! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! * [`service`]: `pgsteward run`: the jobs on their cron schedules until a signal.
+//!   * [`service::scheduler`]: one loop per job, no overlap.
+//!   * [`service::leader`]: the advisory lock on the primary; only the leader runs DDL.
+//!   * [`service::shutdown`]: the signal, and named tasks drained with a deadline.
+//! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
+//! * [`demo`]: the whole cycle on a throwaway local primary, replica and PgBouncer.
+//! * [`error`]: [`Error`], every subsystem's error, which decides the process exit code.
+//!
+//! The binary (`main.rs`) parses the command line, loads the configuration and
+//! dispatches to these modules.
 
+// rustfmt keeps these sorted; the layer order is the map above.
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -30,6 +83,7 @@ pub mod http;
 pub mod lag;
 pub mod localpg;
 pub mod metrics;
+pub mod outcome;
 pub mod output;
 pub mod partitions;
 pub mod pg;
@@ -38,31 +92,7 @@ pub mod provider;
 pub mod service;
 pub mod telemetry;
 pub mod upgrade;
+pub mod workload;
 
 pub use error::Error;
-
-/// How a command that ran to completion judged what it saw: exit 0 or 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Healthy,
-    /// The command worked but found a problem (lag over threshold, a table
-    /// that could not be brought up to date, an unreachable endpoint).
-    Problem,
-}
-
-impl Outcome {
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Outcome::Healthy => 0,
-            Outcome::Problem => 1,
-        }
-    }
-
-    pub fn and(self, other: Outcome) -> Outcome {
-        if self == Outcome::Healthy && other == Outcome::Healthy {
-            Outcome::Healthy
-        } else {
-            Outcome::Problem
-        }
-    }
-}
+pub use outcome::Outcome;

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,6 +14,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::lag::{LagReport, ReplicaState};
+use crate::outcome::ErrorLabel;
 use crate::partitions::PassReport;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -42,8 +43,14 @@ pub struct JobLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobErrorLabels {
     pub job: &'static str,
-    /// `Error::metric_label()`-style fixed kinds.
-    pub error: &'static str,
+    /// A fixed kind: each subsystem error's `metric_label()`.
+    pub error: ErrorLabel,
+}
+
+impl EncodeLabelValue for ErrorLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -246,7 +253,7 @@ impl Metrics {
     }
 
     /// A job run ended: count it, time it, and stamp success or count the failure.
-    pub fn record_job(&self, job: &'static str, seconds: f64, error: Option<&'static str>) {
+    pub fn record_job(&self, job: &'static str, seconds: f64, error: Option<ErrorLabel>) {
         let l = JobLabels { job };
         self.job_runs.get_or_create(&l).inc();
         self.job_duration.get_or_create(&l).observe(seconds);
@@ -433,7 +440,7 @@ mod tests {
     fn names_follow_prometheus_conventions() {
         let m = Metrics::new();
         m.record_job("lag", 0.02, None);
-        m.record_job("partitions", 1.5, Some("postgres"));
+        m.record_job("partitions", 1.5, Some(ErrorLabel::Postgres));
         m.set_leader(true);
         m.set_upgrade_step(Some(5));
         let l = ReplicaLabels {

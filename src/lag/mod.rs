@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::output;
-use crate::Outcome;
 pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
 pub use observe::{LagPools, Lsn, PrimaryObservation, ReplicaObservation, SenderObservation};
 
@@ -29,6 +29,13 @@ pub enum LagError {
     /// read replicas failed.
     #[error("replica discovery: {0}")]
     Discovery(#[from] crate::provider::ProviderError),
+}
+
+impl LagError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Lag
+    }
 }
 
 /// One check of every replica.

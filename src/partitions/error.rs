@@ -1,6 +1,10 @@
-//! The partition subsystem's error.
+//! The partition subsystem's errors: [`PartitionError`] for the pass and its
+//! index part [`IndexError`]. They wrap each other (an index session that
+//! cannot connect), so they live together, below everything that returns them.
 
-use crate::pg::server_message;
+use tokio_postgres::error::SqlState;
+
+use crate::pg::{server_message, QualifiedName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
@@ -9,7 +13,7 @@ pub enum PartitionError {
     #[error("cannot {what}: {message}")]
     Query { what: &'static str, message: String },
     #[error(transparent)]
-    Index(Box<super::indexes::IndexError>),
+    Index(Box<IndexError>),
     #[error("cancelled")]
     Cancelled,
     #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
@@ -17,10 +21,65 @@ pub enum PartitionError {
 }
 
 impl PartitionError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Partitions
+    }
+}
+
+impl PartitionError {
     pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
         PartitionError::Query {
             what,
             message: server_message(&e),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot open a session: {0}")]
+    Connect(#[source] PartitionError),
+    #[error("cannot {what}: {message}")]
+    Query { what: &'static str, message: String },
+    /// The server refused a statement (after retries, for lock races).
+    #[error("{message}")]
+    Sql {
+        code: Option<SqlState>,
+        message: String,
+    },
+    #[error("unique index {index} cannot be built on {partition}: {sample} Remove the duplicates; the next pass builds it again")]
+    Duplicate {
+        partition: QualifiedName,
+        index: String,
+        sample: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl IndexError {
+    pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
+        IndexError::Query {
+            what,
+            message: server_message(&e),
+        }
+    }
+    pub(super) fn sql(sql: &str, attempts: u32, e: &tokio_postgres::Error) -> Self {
+        let hint = if crate::pg::is_transient_lock_error(e) {
+            format!(" after {attempts} attempts; a long transaction holds a conflicting lock (see pg_locks), the next pass retries")
+        } else {
+            String::new()
+        };
+        IndexError::Sql {
+            code: e.code().cloned(),
+            message: format!(
+                "{}{hint} [{}]",
+                server_message(e),
+                sql.lines().next().unwrap_or_default()
+            ),
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
+use crate::outcome::Outcome;
 use crate::pg::QualifiedName;
-use crate::Outcome;
 
 /// What one maintenance pass did, per managed table. The service turns it
 /// into metrics; `partitions apply` prints it.

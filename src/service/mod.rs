@@ -30,8 +30,8 @@ use crate::config::Config;
 use crate::http::{self, HttpState, PrimaryProbe};
 use crate::lag::{self, LagPools};
 use crate::metrics::Metrics;
+use crate::outcome::{ErrorLabel, Outcome};
 use crate::partitions::{self, PartitionError};
-use crate::Outcome;
 use leader::Leader;
 use scheduler::{run_job, JobRun};
 use shutdown::Tasks;
@@ -52,6 +52,13 @@ pub enum ServiceError {
     Signal(std::io::Error),
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
+}
+
+impl ServiceError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Service
+    }
 }
 
 pub async fn run_until_signal(cfg: Config) -> Result<Outcome, ServiceError> {
@@ -167,11 +174,11 @@ async fn lag_job(
             metrics.record_lag(&report);
             match (&report.primary.reachable, &report.primary.error) {
                 (false, Some(e)) => JobRun::Failed {
-                    error: "primary_unreachable",
+                    error: ErrorLabel::PrimaryUnreachable,
                     message: e.clone(),
                 },
                 (true, Some(e)) => JobRun::Failed {
-                    error: "primary_in_recovery",
+                    error: ErrorLabel::PrimaryInRecovery,
                     message: e.clone(),
                 },
                 _ => JobRun::Done,
@@ -181,7 +188,7 @@ async fn lag_job(
         Err(e) => {
             metrics.record_primary_down();
             JobRun::Failed {
-                error: "lag",
+                error: e.metric_label(),
                 message: e.to_string(),
             }
         }
@@ -215,7 +222,7 @@ async fn partitions_job(
     {
         let message = e.to_string();
         return JobRun::Failed {
-            error: crate::Error::from(e).metric_label(),
+            error: e.metric_label(),
             message,
         };
     }
@@ -239,7 +246,7 @@ async fn partitions_job(
                 JobRun::Done
             } else {
                 JobRun::Failed {
-                    error: "table",
+                    error: ErrorLabel::Table,
                     message: failed.join("; "),
                 }
             }
@@ -248,7 +255,7 @@ async fn partitions_job(
         Err(e) => {
             let message = e.to_string();
             JobRun::Failed {
-                error: crate::Error::from(e).metric_label(),
+                error: e.metric_label(),
                 message,
             }
         }

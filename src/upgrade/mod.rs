@@ -30,9 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
 use crate::config::Config;
+use crate::outcome::Outcome;
 use crate::pooler::{PoolerError, Poolers};
 use crate::provider::ProviderError;
-use crate::Outcome;
 use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use runner::Saga;
 
@@ -89,6 +89,13 @@ pub enum UpgradeError {
         what: &'static str,
         step: Step,
     },
+}
+
+impl UpgradeError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Upgrade
+    }
 }
 
 impl UpgradeError {

@@ -23,15 +23,7 @@ const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
 pub(crate) const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
 
-/// The longest any one query of the saga may take outside the write pause
-/// (inside it, the pause deadline is the bound): a hung server fails the step
-/// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
-/// most `upgrade.step_timeout`.
-pub fn query_timeout(cfg: &Config) -> Duration {
-    (cfg.database.connect_timeout.0 * 2)
-        .max(Duration::from_secs(10))
-        .min(cfg.upgrade.step_timeout.0)
-}
+pub use crate::pooler::query_timeout;
 
 /// A client-side deadline for one query (or a short exchange of them).
 #[derive(Debug, Clone, Copy)]

@@ -4,10 +4,12 @@
 
 mod harness;
 
+mod bench;
 mod cli_config;
 mod convert;
 mod convert_bench;
 mod convert_cases;
+mod demo;
 mod deploy;
 mod docker;
 mod first_user;
@@ -25,3 +27,4 @@ mod service;
 mod tls;
 mod upgrade;
 mod upgrade_safety;
+mod workload;

@@ -15,68 +15,23 @@
 pub mod build;
 pub mod catalog;
 pub mod drift;
-pub mod spec;
 
 use serde::Serialize;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 pub use build::{create_index_concurrently, Created, Log, Session};
 pub use drift::Problem;
+// The declared side lives with the configuration it is read from (a lower
+// layer); `spec` keeps its old path.
+pub use crate::config::indexes as spec;
+pub use crate::config::indexes::validate;
 pub use spec::{IndexDef, IndexSpec};
 
-use super::{PartitionError, ADVISORY_NAMESPACE};
+pub use super::error::IndexError;
+use super::ADVISORY_NAMESPACE;
 use crate::config::Config;
 use crate::pg::{server_message, QualifiedName};
-
-#[derive(Debug, thiserror::Error)]
-pub enum IndexError {
-    #[error("cannot open a session: {0}")]
-    Connect(#[source] PartitionError),
-    #[error("cannot {what}: {message}")]
-    Query { what: &'static str, message: String },
-    /// The server refused a statement (after retries, for lock races).
-    #[error("{message}")]
-    Sql {
-        code: Option<SqlState>,
-        message: String,
-    },
-    #[error("unique index {index} cannot be built on {partition}: {sample} Remove the duplicates; the next pass builds it again")]
-    Duplicate {
-        partition: QualifiedName,
-        index: String,
-        sample: String,
-    },
-    #[error("{0}")]
-    Conflict(String),
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl IndexError {
-    pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
-        IndexError::Query {
-            what,
-            message: server_message(&e),
-        }
-    }
-    fn sql(sql: &str, attempts: u32, e: &tokio_postgres::Error) -> Self {
-        let hint = if crate::pg::is_transient_lock_error(e) {
-            format!(" after {attempts} attempts; a long transaction holds a conflicting lock (see pg_locks), the next pass retries")
-        } else {
-            String::new()
-        };
-        IndexError::Sql {
-            code: e.code().cloned(),
-            message: format!(
-                "{}{hint} [{}]",
-                server_message(e),
-                sql.lines().next().unwrap_or_default()
-            ),
-        }
-    }
-}
 
 /// What the index part of a pass did for one table, and what is still wrong.
 #[derive(Debug, Clone, Serialize)]
@@ -501,31 +456,6 @@ pub fn status_text(tables: &[TableIndexStatus]) -> String {
         }
     }
     s
-}
-
-/// Validates every declared index of table `i` (`indexes` key) and that
-/// names do not repeat within a schema (indexes share it with tables).
-pub fn validate(cfg: &crate::config::PartitionsConfig) -> Result<(), String> {
-    let mut seen = std::collections::HashSet::new();
-    for (i, t) in cfg.tables.iter().enumerate() {
-        for (k, spec) in t.indexes.iter().enumerate() {
-            let at = format!("partitions.tables[{i}].indexes[{k}]");
-            spec.validate(&at)?;
-            if !seen.insert((t.table.schema.clone(), spec.name.clone())) {
-                return Err(format!(
-                    "key `{at}.name`: {:?} is declared twice in schema {:?}; index names are unique per schema",
-                    spec.name, t.table.schema
-                ));
-            }
-        }
-    }
-    let p = cfg.index_parallelism;
-    if p == 0 || p > 16 {
-        return Err(format!(
-            "key `partitions.index_parallelism`: {p}; expected 1..=16 sessions for concurrent index builds"
-        ));
-    }
-    Ok(())
 }
 
 /// Text lines for `partitions apply`: statements, then one summary per

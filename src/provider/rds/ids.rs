@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::Instance;
+use crate::pg::fnv1a_32 as fnv1a;
 
 /// Tag on every instance pgsteward creates: the upgrade that made it.
 pub const UPGRADE_TAG: &str = "pgsteward:upgrade-id";
@@ -14,17 +15,6 @@ pub const SOURCE_TAG: &str = "pgsteward:source";
 pub(super) const MAX_ID_LEN: usize = 63;
 /// Longest RDS DB snapshot identifier.
 const MAX_SNAPSHOT_ID_LEN: usize = 255;
-/// FNV-1a: a stable short hash for shortened identifiers (the std hasher is
-/// not guaranteed stable across Rust versions, and these names must be).
-fn fnv1a(s: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in s.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h
-}
-
 /// Lower case letters, digits and single hyphens, as RDS identifiers allow.
 fn sanitize(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

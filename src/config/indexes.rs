@@ -1,5 +1,6 @@
 //! Declared indexes: the `indexes = [...]` key of a managed table, validated
-//! at load time, and the (pure) SQL made from it.
+//! at load time, and the (pure) SQL made from it. Built and repaired by
+//! `partitions::indexes`, which re-exports this module as its `spec`.
 //!
 //! A column entry is either a string, strictly a column name with optional
 //! opclass and ordering (`"created_at DESC"`, `"email text_pattern_ops"`,
@@ -290,18 +291,7 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
             chars.next();
         } else if c == '"' {
             chars.next();
-            let mut part = String::new();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => part.push(c),
-                    None => return Err("unterminated quote".into()),
-                }
-            }
+            let part = crate::pg::ident::read_quoted(&mut chars).ok_or("unterminated quote")?;
             out.push(Token::Quoted(part));
         } else if c.is_alphanumeric() || c == '_' {
             let mut w = String::new();
@@ -447,6 +437,31 @@ pub fn child_index_name(parent: &str, partition: &str, index: &str) -> String {
         cut -= 1;
     }
     format!("{}{suffix}", &full[..cut])
+}
+
+/// Validates every declared index of table `i` (`indexes` key) and that
+/// names do not repeat within a schema (indexes share it with tables).
+pub fn validate(cfg: &super::PartitionsConfig) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, t) in cfg.tables.iter().enumerate() {
+        for (k, spec) in t.indexes.iter().enumerate() {
+            let at = format!("partitions.tables[{i}].indexes[{k}]");
+            spec.validate(&at)?;
+            if !seen.insert((t.table.schema.clone(), spec.name.clone())) {
+                return Err(format!(
+                    "key `{at}.name`: {:?} is declared twice in schema {:?}; index names are unique per schema",
+                    spec.name, t.table.schema
+                ));
+            }
+        }
+    }
+    let p = cfg.index_parallelism;
+    if p == 0 || p > 16 {
+        return Err(format!(
+            "key `partitions.index_parallelism`: {p}; expected 1..=16 sessions for concurrent index builds"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
