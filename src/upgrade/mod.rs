@@ -12,11 +12,14 @@
 pub mod cutover;
 pub mod failpoint;
 pub mod fence;
+pub mod finish;
 pub mod guard;
 pub mod journal;
+pub mod observe;
 pub mod precheck;
 pub mod record;
 pub mod runner;
+pub mod step;
 pub mod steps;
 pub mod swap;
 

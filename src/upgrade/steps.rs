@@ -1,218 +1,27 @@
 //! The body of each step. Every body observes before it acts and does
 //! nothing when its effect is already there, because a step found `running`
 //! after a crash runs again (runner.rs).
+//!
+//! The prechecks' observations are in `observe`, verify and retire_old in
+//! `finish`, the readers and the identifier swap in `swap`.
 
 use std::time::Duration;
 
 use tokio_postgres::Client;
 
 use super::cutover::{ready, remaining, Readiness};
-use super::precheck::{judge, Facts, LocalUpgrade};
 use super::record::{Output, Step};
 use super::runner::Saga;
-use super::{journal, UpgradeError};
+use super::UpgradeError;
 use crate::config::{Config, ConnString, CutoverKind};
-use crate::pooler::Poolers;
-use crate::provider::{replica_id, Check, Follow, Precheck, Provider, ServerState};
+use crate::provider::{replica_id, ServerState};
 
-const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
-     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
-     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
-     current_setting('server_version_num')::int";
-const LONG_TRANSACTIONS: &str =
-    "SELECT count(*)::bigint, coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
-     FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => $1) \
-     AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
-const DDL_LOCKS: &str = "SELECT count(*)::bigint FROM pg_locks \
-     WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation' AND granted AND pid <> pg_backend_pid()";
-const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
+pub use super::observe::prechecks;
+
+pub(crate) const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
 pub(crate) const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
-/// Through the pooler, in one statement (transaction pooling: the next
-/// statement may run on another server connection).
-const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
-     current_setting('transaction_read_only'), txid_current()::text \
-     FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()";
-const SESSION_EXISTS: &str =
-    "SELECT count(*)::bigint FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2";
-
-/// Every precheck: the provider's, then the source's and the pooler's.
-/// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
-pub async fn prechecks(
-    cfg: &Config,
-    provider: &dyn Provider,
-    poolers: &mut Poolers,
-    target_class: &str,
-    own_id: Option<&str>,
-) -> Result<Precheck, UpgradeError> {
-    // Reads only, each bounded by the servers' own timeouts and this one.
-    let after = query_timeout(cfg) * 3;
-    match tokio::time::timeout(after, observe(cfg, provider, poolers, target_class, own_id)).await {
-        Ok(r) => r,
-        Err(_) => Err(UpgradeError::Timeout {
-            what: "the prechecks' answers".into(),
-            after,
-        }),
-    }
-}
-
-async fn observe(
-    cfg: &Config,
-    provider: &dyn Provider,
-    poolers: &mut Poolers,
-    target_class: &str,
-    own_id: Option<&str>,
-) -> Result<Precheck, UpgradeError> {
-    let mut pre = provider.precheck(target_class).await?;
-    let primary = connect(&cfg.database.primary, cfg).await?;
-    let row = primary
-        .query_one(PRIMARY_FACTS, &[])
-        .await
-        .map_err(|e| q(&cfg.database.primary, e))?;
-    let pause_seconds = cfg.upgrade.pause_timeout.0.as_secs_f64();
-    let long = primary
-        .query_one(LONG_TRANSACTIONS, &[&pause_seconds])
-        .await
-        .map_err(|e| q(&cfg.database.primary, e))?;
-    let access_exclusive_locks: i64 = primary
-        .query_one(DDL_LOCKS, &[])
-        .await
-        .map_err(|e| q(&cfg.database.primary, e))?
-        .get(0);
-    let local = match journal::latest(&cfg.upgrade.state_dir)? {
-        Some(path) => {
-            let rec = journal::read(&path)?;
-            Some(LocalUpgrade {
-                in_flight: rec.in_flight(),
-                phase: format!("{:?}", rec.phase),
-                id: rec.id,
-                path: path.display().to_string(),
-            })
-        }
-        None => None,
-    };
-    // The same question asked of the primary itself: runners elsewhere.
-    let guard = super::guard::read(
-        &primary,
-        &cfg.database.primary.to_string(),
-        query_timeout(cfg),
-    )
-    .await?;
-    let facts = Facts {
-        primary: cfg.database.primary.to_string(),
-        in_recovery: row.get(0),
-        free_senders: row.get(1),
-        free_slots: row.get(2),
-        server_version_num: row.get(3),
-        pause_seconds,
-        long_transactions: long.get(0),
-        oldest_transaction_seconds: long.get(1),
-        access_exclusive_locks,
-        local,
-        guard,
-    };
-    pre.checks.extend(judge(&facts, own_id));
-    let checks = &mut pre.checks;
-    if cfg.cutover.kind == CutoverKind::Pgbouncer {
-        pooler_checks(cfg, poolers, checks).await;
-    }
-    Ok(pre)
-}
-
-async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Check>) {
-    if poolers.is_empty() {
-        checks.push(Check::new(
-            "pooler configured",
-            false,
-            "cutover.admin is empty; list the PgBouncer admin consoles (or set cutover.kind = \"none\")",
-        ));
-        return;
-    }
-    if !Poolers::valid_database_name(&poolers.database) {
-        checks.push(Check::new(
-            "pooler database name",
-            false,
-            format!(
-                "cutover.database {:?}: PgBouncer's console takes letters, digits and _ only",
-                poolers.database
-            ),
-        ));
-    }
-    let configs = match poolers.configs().await {
-        Ok(c) => c,
-        Err(e) => {
-            checks.push(Check::new("pooler reachable", false, e.to_string()));
-            return;
-        }
-    };
-    checks.push(Check::new(
-        "pooler reachable",
-        true,
-        format!("{} admin endpoint(s)", configs.len()),
-    ));
-    let pause = cfg.upgrade.pause_timeout.0;
-    for (admin, conf) in configs {
-        let mode = conf.get("pool_mode").cloned().unwrap_or_default();
-        checks.push(Check::new(
-            format!("pooler {admin} in transaction mode"),
-            mode == "transaction",
-            format!("pool_mode = {mode}; session pooling keeps server connections, so PAUSE would wait for every client to disconnect"),
-        ));
-        let wait: f64 = conf
-            .get("query_wait_timeout")
-            .and_then(|v| v.trim_end_matches('s').parse().ok())
-            .unwrap_or(120.0);
-        let ok = wait == 0.0 || Duration::from_secs_f64(wait) > pause;
-        checks.push(Check::new(
-            format!("pooler {admin} query_wait_timeout > pause_timeout"),
-            ok,
-            format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
-        ));
-    }
-    match poolers.entries().await {
-        Ok(entries) => {
-            for (admin, entry) in entries {
-                checks.push(Check::new(
-                    format!("pooler {admin} has database {}", poolers.database),
-                    entry.is_some(),
-                    match entry {
-                        Some(e) => format!("{} -> {}:{}/{}", e.name, e.host, e.port, e.database),
-                        None => "no such [databases] entry; fix cutover.database".into(),
-                    },
-                ));
-            }
-        }
-        Err(e) => checks.push(Check::new("pooler databases", false, e.to_string())),
-    }
-    for i in 0..cfg.cutover.admin.len() {
-        let (ok, detail) = match cfg.pooler_config_file(i) {
-            None => (
-                false,
-                "no cutover.config_file for this endpoint".to_string(),
-            ),
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(text) => match crate::pooler::ini_target(&text, &poolers.database) {
-                    Some(_) => (true, p.display().to_string()),
-                    None => (
-                        false,
-                        format!(
-                            "{}: no `{} =` entry under [databases]",
-                            p.display(),
-                            poolers.database
-                        ),
-                    ),
-                },
-                Err(e) => (false, format!("{}: {e}", p.display())),
-            },
-        };
-        checks.push(Check::new(
-            format!("pooler config file {i} writable"),
-            ok,
-            detail,
-        ));
-    }
-}
 
 pub use crate::pooler::query_timeout;
 
@@ -321,7 +130,7 @@ impl Saga {
         self.new_endpoint().await
     }
 
-    async fn new_endpoint(&mut self) -> Result<ConnString, UpgradeError> {
+    pub(crate) async fn new_endpoint(&mut self) -> Result<ConnString, UpgradeError> {
         if let Some(e) = &self.new_endpoint {
             return Ok(e.clone());
         }
@@ -734,162 +543,6 @@ impl Saga {
             self.poolers.resume().await?;
         }
         Ok(Output::default())
-    }
-
-    /// A write through the pooler lands on the new primary; then the other
-    /// replicas are told to follow it.
-    pub(crate) async fn verify(&mut self) -> Result<Output, UpgradeError> {
-        let endpoint = self.new_endpoint().await?;
-        let mut notes = Vec::new();
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
-            notes.push(self.verify_through_pooler(&endpoint).await?);
-        } else {
-            let writable: bool = !self
-                .new_client()
-                .await?
-                .query_one(IN_RECOVERY, &[])
-                .await
-                .map_err(|e| q(&endpoint, e))?
-                .get::<_, bool>(0);
-            if !writable {
-                return Err(UpgradeError::Step {
-                    step: Step::Verify,
-                    detail: "the new server is still in recovery".into(),
-                });
-            }
-        }
-        let repointed = self.repoint_replicas(&endpoint).await?;
-        notes.push(format!("{repointed} replica(s) follow the new primary"));
-        Ok(Output::note(notes.join("; ")))
-    }
-
-    pub(crate) async fn verify_through_pooler(
-        &mut self,
-        endpoint: &ConnString,
-    ) -> Result<String, UpgradeError> {
-        // The steward's own login, against the pooler's application database.
-        let steward = self.cfg.database.primary.spec()?;
-        let Some(url) = self.poolers.client_url(&steward) else {
-            return Err(UpgradeError::Step {
-                step: Step::Verify,
-                detail: "no pooler endpoint".into(),
-            });
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let mut last_err = String::new();
-        while tokio::time::Instant::now() < deadline {
-            let limit = self.query_limit();
-            let once = limit.wrap(
-                "a write through the pooler",
-                self.verify_once(&url, endpoint),
-            );
-            match once.await {
-                Ok(true) => {
-                    let servers = self.poolers.servers().await.unwrap_or_default();
-                    return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
-                }
-                Ok(false) => last_err = "the pooler's session is not on the new primary".into(),
-                Err(e) => last_err = e.to_string(),
-            }
-            self.tick(Duration::from_millis(100)).await?;
-        }
-        Err(UpgradeError::Step {
-            step: Step::Verify,
-            detail: last_err,
-        })
-    }
-
-    async fn verify_once(
-        &mut self,
-        url: &ConnString,
-        endpoint: &ConnString,
-    ) -> Result<bool, UpgradeError> {
-        let client = connect(url, &self.cfg).await?;
-        let msgs = client
-            .simple_query(VERIFY_THROUGH_POOLER)
-            .await
-            .map_err(|e| q(url, e))?;
-        let Some(row) = msgs.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        }) else {
-            return Ok(false);
-        };
-        let pid: i32 = row.get(0).and_then(|p| p.parse().ok()).unwrap_or(0);
-        let started = row.get(1).unwrap_or_default().to_string();
-        let writable = row.get(2) == Some("f") && row.get(3) == Some("off");
-        if !writable {
-            return Ok(false);
-        }
-        let n: i64 = self
-            .new_client()
-            .await?
-            .query_one(SESSION_EXISTS, &[&pid, &started])
-            .await
-            .map_err(|e| q(endpoint, e))?
-            .get(0);
-        Ok(n == 1)
-    }
-
-    /// `database.replicas` follow the new primary where the provider lets
-    /// SQL do it (local: `primary_conninfo`); RDS replicas are never changed
-    /// over SQL (RDS refuses ALTER SYSTEM): they are replaced by new readers.
-    async fn repoint_replicas(&mut self, endpoint: &ConnString) -> Result<usize, UpgradeError> {
-        let outcomes = self
-            .provider
-            .follow_new_primary(&self.cfg.database.replicas, endpoint)
-            .await;
-        let mut n = 0;
-        for (replica, outcome) in outcomes {
-            match outcome {
-                Follow::Repointed => n += 1,
-                Follow::NotAReplica | Follow::Managed => {}
-                Follow::Unreachable(e) => self.progress.say(
-                    Step::Verify,
-                    &format!("replica {replica} unreachable, not repointed: {e}"),
-                ),
-            }
-        }
-        Ok(n)
-    }
-
-    pub(crate) async fn retire_old(&mut self) -> Result<Output, UpgradeError> {
-        let wait = self.cfg.upgrade.retire_after.0;
-        if !wait.is_zero() {
-            self.flush()?;
-            self.progress.say(
-                Step::RetireOld,
-                &format!("waiting {wait:?} (upgrade.retire_after)"),
-            );
-            // Measured from the end of verify, so a resume does not wait the whole grace again.
-            let since = self
-                .record()
-                .step(Step::Verify)
-                .finished_at
-                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
-                .unwrap_or_default();
-            if since < wait {
-                self.tick(wait - since).await?;
-            }
-        }
-        self.old = None;
-        let source = self.source()?;
-        if let Some(g) = self.guard.as_mut() {
-            // The old primary goes away now; its row already names the new one.
-            g.release(&self.cfg.database.primary.to_string());
-        }
-        // Readers before their primary: deleting a primary that still feeds
-        // replicas would turn them into writable instances.
-        let upgrade_id = self.record().id.clone();
-        let mut notes = Vec::new();
-        for r in &source.readers {
-            let note = self.provider.retire_reader(&source, &upgrade_id, r).await?;
-            self.progress.say(Step::RetireOld, &note);
-            notes.push(note);
-        }
-        self.provider.retire_old(&source).await?;
-        notes.push(format!("{} retired", source.id));
-        Ok(Output::note(notes.join("; ")))
     }
 }
 

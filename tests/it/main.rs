@@ -19,6 +19,7 @@ mod moto;
 mod partition_safety;
 mod partitions;
 mod rds;
+mod rds_moto_upgrade;
 mod rds_readers;
 mod rds_scripted;
 mod secrets;

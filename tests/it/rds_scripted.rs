@@ -39,6 +39,8 @@ pub struct ScriptState {
     pub hidden: HashMap<String, usize>,
     errors: HashMap<&'static str, VecDeque<ApiError>>,
     pub calls: Vec<String>,
+    /// When each rename was called (wall clock): none may fall in the write pause.
+    pub renamed_at: Vec<chrono::DateTime<chrono::Utc>>,
     /// Simulated seconds since the start.
     pub now: u64,
     /// Simulated seconds each describe takes.
@@ -234,6 +236,7 @@ impl RdsApi for Scripted {
     }
     async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError> {
         let mut st = self.enter("rename", id)?;
+        st.renamed_at.push(chrono::Utc::now());
         if st.instances.contains_key(new_id) {
             return Err(ApiError::new(
                 ApiErrorKind::AlreadyExists,

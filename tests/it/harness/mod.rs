@@ -23,7 +23,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{
-    self, Cluster, LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser, ServerUser, StopMode,
+    self, Cluster, LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser, ServerUser,
+    StopMode,
 };
 use tempfile::TempDir;
 
@@ -225,7 +226,12 @@ pub fn pg_env() -> pgsteward::pg::PgEnv {
 
 /// PgBouncer in front of `cluster`, database `app` → `dbname`, with
 /// scram-sha-256 logins for the steward, the application and the admin.
-pub fn pooler(dir: &Path, cluster: &Cluster, dbname: &str, extra: &[(&str, &str)]) -> LocalPgBouncer {
+pub fn pooler(
+    dir: &Path,
+    cluster: &Cluster,
+    dbname: &str,
+    extra: &[(&str, &str)],
+) -> LocalPgBouncer {
     create_app_role(cluster);
     let port = must(localpg::free_port());
     let db = PgBouncerDatabase {

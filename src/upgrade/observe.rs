@@ -1,0 +1,199 @@
+//! What the prechecks read: the provider's checks, the source's facts
+//! (judged by the pure `precheck::judge`) and the pooler's settings.
+//! Reads only.
+
+use std::time::Duration;
+
+use super::precheck::{judge, Facts, LocalUpgrade};
+use super::steps::{connect, q, query_timeout};
+use super::{journal, UpgradeError};
+use crate::config::{Config, CutoverKind};
+use crate::pooler::Poolers;
+use crate::provider::{Check, Precheck, Provider};
+
+const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
+     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
+     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
+     current_setting('server_version_num')::int";
+const LONG_TRANSACTIONS: &str =
+    "SELECT count(*)::bigint, coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
+     FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => $1) \
+     AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
+const DDL_LOCKS: &str = "SELECT count(*)::bigint FROM pg_locks \
+     WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation' AND granted AND pid <> pg_backend_pid()";
+/// Every precheck: the provider's, then the source's and the pooler's.
+/// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
+pub async fn prechecks(
+    cfg: &Config,
+    provider: &dyn Provider,
+    poolers: &mut Poolers,
+    target_class: &str,
+    own_id: Option<&str>,
+) -> Result<Precheck, UpgradeError> {
+    // Reads only, each bounded by the servers' own timeouts and this one.
+    let after = query_timeout(cfg) * 3;
+    match tokio::time::timeout(after, observe(cfg, provider, poolers, target_class, own_id)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpgradeError::Timeout {
+            what: "the prechecks' answers".into(),
+            after,
+        }),
+    }
+}
+
+async fn observe(
+    cfg: &Config,
+    provider: &dyn Provider,
+    poolers: &mut Poolers,
+    target_class: &str,
+    own_id: Option<&str>,
+) -> Result<Precheck, UpgradeError> {
+    let mut pre = provider.precheck(target_class).await?;
+    let primary = connect(&cfg.database.primary, cfg).await?;
+    let row = primary
+        .query_one(PRIMARY_FACTS, &[])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?;
+    let pause_seconds = cfg.upgrade.pause_timeout.0.as_secs_f64();
+    let long = primary
+        .query_one(LONG_TRANSACTIONS, &[&pause_seconds])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?;
+    let access_exclusive_locks: i64 = primary
+        .query_one(DDL_LOCKS, &[])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?
+        .get(0);
+    let local = match journal::latest(&cfg.upgrade.state_dir)? {
+        Some(path) => {
+            let rec = journal::read(&path)?;
+            Some(LocalUpgrade {
+                in_flight: rec.in_flight(),
+                phase: format!("{:?}", rec.phase),
+                id: rec.id,
+                path: path.display().to_string(),
+            })
+        }
+        None => None,
+    };
+    // The same question asked of the primary itself: runners elsewhere.
+    let guard = super::guard::read(
+        &primary,
+        &cfg.database.primary.to_string(),
+        query_timeout(cfg),
+    )
+    .await?;
+    let facts = Facts {
+        primary: cfg.database.primary.to_string(),
+        in_recovery: row.get(0),
+        free_senders: row.get(1),
+        free_slots: row.get(2),
+        server_version_num: row.get(3),
+        pause_seconds,
+        long_transactions: long.get(0),
+        oldest_transaction_seconds: long.get(1),
+        access_exclusive_locks,
+        local,
+        guard,
+    };
+    pre.checks.extend(judge(&facts, own_id));
+    let checks = &mut pre.checks;
+    if cfg.cutover.kind == CutoverKind::Pgbouncer {
+        pooler_checks(cfg, poolers, checks).await;
+    }
+    Ok(pre)
+}
+
+async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Check>) {
+    if poolers.is_empty() {
+        checks.push(Check::new(
+            "pooler configured",
+            false,
+            "cutover.admin is empty; list the PgBouncer admin consoles (or set cutover.kind = \"none\")",
+        ));
+        return;
+    }
+    if !Poolers::valid_database_name(&poolers.database) {
+        checks.push(Check::new(
+            "pooler database name",
+            false,
+            format!(
+                "cutover.database {:?}: PgBouncer's console takes letters, digits and _ only",
+                poolers.database
+            ),
+        ));
+    }
+    let configs = match poolers.configs().await {
+        Ok(c) => c,
+        Err(e) => {
+            checks.push(Check::new("pooler reachable", false, e.to_string()));
+            return;
+        }
+    };
+    checks.push(Check::new(
+        "pooler reachable",
+        true,
+        format!("{} admin endpoint(s)", configs.len()),
+    ));
+    let pause = cfg.upgrade.pause_timeout.0;
+    for (admin, conf) in configs {
+        let mode = conf.get("pool_mode").cloned().unwrap_or_default();
+        checks.push(Check::new(
+            format!("pooler {admin} in transaction mode"),
+            mode == "transaction",
+            format!("pool_mode = {mode}; session pooling keeps server connections, so PAUSE would wait for every client to disconnect"),
+        ));
+        let wait: f64 = conf
+            .get("query_wait_timeout")
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or(120.0);
+        let ok = wait == 0.0 || Duration::from_secs_f64(wait) > pause;
+        checks.push(Check::new(
+            format!("pooler {admin} query_wait_timeout > pause_timeout"),
+            ok,
+            format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
+        ));
+    }
+    match poolers.entries().await {
+        Ok(entries) => {
+            for (admin, entry) in entries {
+                checks.push(Check::new(
+                    format!("pooler {admin} has database {}", poolers.database),
+                    entry.is_some(),
+                    match entry {
+                        Some(e) => format!("{} -> {}:{}/{}", e.name, e.host, e.port, e.database),
+                        None => "no such [databases] entry; fix cutover.database".into(),
+                    },
+                ));
+            }
+        }
+        Err(e) => checks.push(Check::new("pooler databases", false, e.to_string())),
+    }
+    for i in 0..cfg.cutover.admin.len() {
+        let (ok, detail) = match cfg.pooler_config_file(i) {
+            None => (
+                false,
+                "no cutover.config_file for this endpoint".to_string(),
+            ),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(text) => match crate::pooler::ini_target(&text, &poolers.database) {
+                    Some(_) => (true, p.display().to_string()),
+                    None => (
+                        false,
+                        format!(
+                            "{}: no `{} =` entry under [databases]",
+                            p.display(),
+                            poolers.database
+                        ),
+                    ),
+                },
+                Err(e) => (false, format!("{}: {e}", p.display())),
+            },
+        };
+        checks.push(Check::new(
+            format!("pooler config file {i} writable"),
+            ok,
+            detail,
+        ));
+    }
+}
