@@ -16,7 +16,7 @@ mod spec;
 mod tls;
 use conninfo::ConnParams;
 pub use libpq::{PasswordLookup, PgEnv};
-pub use spec::{ConnSpec, IamAuth, SslMode};
+pub use spec::{is_password_missing, ConnSpec, IamAuth, SslMode};
 pub use tls::TlsSetupError;
 
 #[derive(Debug, thiserror::Error)]

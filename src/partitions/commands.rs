@@ -60,7 +60,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         table: name,
                         actions: vec![],
                         notes: vec![],
-                        error: Some(msg),
+                        error: Some(msg.to_string()),
                     });
                 }
                 Ok(state) => {
@@ -259,8 +259,8 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     default_partition: None,
                     default_rows: None,
                     notes: vec![],
-                    problem: Some(msg.clone()),
-                    error: Some(msg),
+                    problem: Some(msg.to_string()),
+                    error: Some(msg.to_string()),
                 });
             }
             Ok(state) => {

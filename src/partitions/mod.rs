@@ -28,7 +28,7 @@ use crate::config::{Config, TableConfig};
 use crate::pg::QualifiedName;
 
 pub use commands::{apply_command, plan_command, status_command};
-pub use error::PartitionError;
+pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
 
@@ -108,7 +108,7 @@ pub async fn run_pass_at(
             Err(msg) => {
                 tracing::warn!(table = %name, error = %msg, "table cannot be maintained");
                 let mut r = TableReport::new(&name);
-                r.error = Some(msg);
+                r.error = Some(msg.to_string());
                 reports[i] = Some(r);
             }
             Ok(state) => {

@@ -477,6 +477,6 @@ fn describe(config: &tokio_postgres::Config) -> String {
 
 /// Whether the server asked for a password the client did not have
 /// (tokio-postgres reports it as a configuration error).
-fn is_password_missing(err: &tokio_postgres::Error) -> bool {
+pub fn is_password_missing(err: &tokio_postgres::Error) -> bool {
     err.as_db_error().is_none() && error_chain(err).contains("password missing")
 }

@@ -311,10 +311,10 @@ impl Saga {
 
     fn source(&self) -> Result<crate::provider::SourceFacts, UpgradeError> {
         self.record().source().cloned().ok_or_else(|| {
-            UpgradeError::Journal(journal::JournalError::Corrupt {
+            UpgradeError::Journal(journal::JournalError::MissingOutput {
                 path: self.journal.path().to_path_buf(),
-                line: 0,
-                reason: "precheck finished without recording the source".into(),
+                step: "precheck",
+                what: "the source",
             })
         })
     }
