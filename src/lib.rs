@@ -25,6 +25,7 @@
 //!   * `localpg::majors`: which PostgreSQL majors are installed, and a replica made across majors.
 //! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types.
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
+//!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
