@@ -36,7 +36,8 @@
 //!   * [`upgrade::record`]: the twelve steps, their statuses and facts, the legal transitions.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
-//!   * [`upgrade::guard`]: one upgrade per primary: the guard row, its lock and keepalive.
+//!   * [`upgrade::guard`]: one upgrade per primary: the runner's lock sessions and keepalive;
+//!     `guard::read` the guard row as the service, the CronJob and the pass read it.
 //!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
 //!   * [`upgrade::cutover`]: the write pause and the decision to start it.
 //!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
