@@ -15,6 +15,10 @@ pub enum PartitionError {
     Query { what: &'static str, message: String },
     #[error(transparent)]
     Index(Box<IndexError>),
+    /// The upgrade guard holds DDL off this node (an upgrade moved the
+    /// primary), or could not be read.
+    #[error("cannot run partition DDL: {0}")]
+    Guard(crate::upgrade::guard::GuardError),
     #[error("cancelled")]
     Cancelled,
     #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]

@@ -71,10 +71,7 @@ pub async fn run_pass_at(
     // The upgrade guard, read from the database (every caller gets it).
     if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(&client, cfg)
         .await
-        .map_err(|message| PartitionError::Query {
-            what: "run partition DDL",
-            message,
-        })?
+        .map_err(PartitionError::Guard)?
     {
         return Ok(PassReport {
             skipped: Some(skip),

@@ -169,19 +169,17 @@ pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, Gua
 /// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
 /// cutover runs (the pass is skipped; the next one runs), `Err` when an
 /// upgrade moved the primary away from this node (no DDL meant for the new
-/// primary may land here).
+/// primary may land here) or the row cannot be read.
 pub async fn hold_partition_ddl(
     client: &Client,
     cfg: &crate::config::Config,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, GuardError> {
     let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
-    match ddl_guard(client, after).await.map_err(|e| e.to_string())? {
+    match ddl_guard(client, after).await? {
         DdlGuard::Clear => Ok(None),
         DdlGuard::Cutover { id, step } => Ok(Some(format!(
             "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
         ))),
-        DdlGuard::Moved { id, new_primary } => Err(format!(
-            "database.primary is no longer the primary: upgrade {id} moved the primary to {new_primary}; set database.primary to it"
-        )),
+        DdlGuard::Moved { id, new_primary } => Err(GuardError::Moved { id, new_primary }),
     }
 }
