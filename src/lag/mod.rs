@@ -244,13 +244,12 @@ pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, 
         OutputFormat::Json => output::print_json(&report),
         OutputFormat::Text => print!("{}", render_text(&report)),
     }
-    // No password for the primary is the operator's to fix (exit 2), not lag.
-    if let Some(e) = report
-        .primary
-        .read_error
-        .as_ref()
-        .and_then(ObserveError::password_missing)
-    {
+    // No password for a node (the primary first, then each replica) is the
+    // operator's to fix (exit 2), not lag: the error names the connection
+    // and every place looked in.
+    let nodes = std::iter::once(&report.primary.read_error)
+        .chain(report.replicas.iter().map(|r| &r.read_error));
+    if let Some(e) = nodes.flatten().find_map(ObserveError::password_missing) {
         return Err(e.into());
     }
     Ok(report.outcome())
