@@ -4,19 +4,20 @@
 //!
 //! # The map
 //!
-//! Every module, ordered by layer from the ground up: a module may import only
-//! modules listed ABOVE it (its own children included), never one listed below.
-//! Two knots still break that rule and are being untied under issue 13: `pooler`,
-//! `provider` and `upgrade` import each other, and so do `partitions` and `convert`.
+//! Every module, ordered by layer from the ground up: a top-level module may
+//! import only modules listed ABOVE it (and its own children), never one listed
+//! below. Two knots still break that rule and are being untied under issue 13:
+//! `pooler`, `provider` and `upgrade` import each other, and so do `partitions`
+//! and `convert`. A module's children are listed in reading order.
 //!
 //! * [`outcome`]: [`Outcome`], how a command that ran to completion judged what it saw (exit 0 or 1).
 //! * [`output`]: text tables and JSON documents for status-like commands.
 //! * [`pg`]: PostgreSQL plumbing: the error and its classification, connecting with a deadline, quoting.
 //!   * [`pg::conninfo`]: connection strings parsed (both forms) and redacted the way libpq does.
 //!   * [`pg::libpq`]: what a connection string leaves out: `PG*` environment defaults and the password file.
-//!   * `pg::spec`: [`pg::ConnSpec`], a parsed connection string: defaults, TLS, IAM, connections and pools.
 //!   * `pg::tls`: rustls for PostgreSQL, following libpq's `sslmode` semantics.
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
+//!   * `pg::spec`: [`pg::ConnSpec`], a parsed connection string: defaults, TLS, IAM, connections and pools.
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
 //! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).

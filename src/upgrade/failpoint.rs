@@ -43,8 +43,8 @@ mod imp {
         tracing::warn!(failpoint = name, action = %action, "failpoint hit");
         match action.as_str() {
             "error" => Err(FailpointError::Injected(name.to_string())),
-            // `fill:DIR`: a full disk under DIR from here on: the newest journal
-            // in DIR padded with blank lines to a page boundary (replay skips
+            // `fill:DIR`: a full disk under DIR from here on: every journal in
+            // DIR padded with blank lines to a page boundary (replay skips
             // them), then one file takes every free block left.
             a if a.starts_with("fill:") => {
                 fill(std::path::Path::new(&a["fill:".len()..]));
@@ -72,7 +72,15 @@ mod imp {
 
     fn fill(dir: &std::path::Path) {
         use std::io::Write;
-        if let Ok(Some(j)) = crate::upgrade::journal::latest(dir) {
+        // Every `*.jsonl`, not just the newest: padding is harmless to any
+        // journal, and this module then needs nothing of the journal's.
+        let journals = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        for j in journals {
             if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&j) {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 let pad = (4096 - len % 4096) % 4096;
