@@ -8,18 +8,16 @@
 //! watchdog when this process is killed.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DemoArgs, OutputFormat};
 use crate::config::Config;
 use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
 use crate::outcome::Outcome;
+use crate::workload::{Plan, LEDGER_TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -31,8 +29,14 @@ pub enum DemoError {
     Pg(#[from] crate::pg::PgError),
     #[error(transparent)]
     Upgrade(#[from] crate::upgrade::UpgradeError),
-    #[error("demo: {0}")]
-    Other(String),
+    #[error("demo: partition pass: {0}")]
+    Partitions(#[from] crate::partitions::PartitionError),
+    #[error("demo: lag check: {0}")]
+    Lag(#[from] crate::lag::LagError),
+    #[error("demo: temporary directory: {0}")]
+    TempDir(#[source] std::io::Error),
+    #[error("demo: the upgrade recorded no new endpoint")]
+    NoNewEndpoint,
 }
 
 impl DemoError {
@@ -42,135 +46,12 @@ impl DemoError {
     }
 }
 
-const DEMO_SCHEMA: &str = "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at);";
+/// The partitioned table of the demo's partition pass ([`LEDGER_TABLE`] is
+/// what its client writes to).
+const EVENTS_TABLE: &str = "CREATE TABLE events (id bigint NOT NULL, at timestamptz NOT NULL, body text) PARTITION BY RANGE (at)";
 
-/// What the writer saw: acknowledged ids and when each commit returned.
-#[derive(Debug, Default)]
-pub struct WriteLog {
-    pub acked: Vec<i64>,
-    pub errors: Vec<String>,
-    /// (acknowledged at, transaction latency)
-    pub commits: Vec<(Instant, Duration)>,
-}
-
-impl WriteLog {
-    /// The longest transaction.
-    pub fn max_latency(&self) -> Duration {
-        self.commits.iter().map(|c| c.1).max().unwrap_or_default()
-    }
-    /// The largest gap between two consecutive acknowledgements (any worker).
-    pub fn max_gap(&self) -> Duration {
-        let mut at: Vec<Instant> = self.commits.iter().map(|c| c.0).collect();
-        at.sort();
-        at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
-    }
-}
-
-/// A client writing through PgBouncer, one `INSERT` per transaction (simple
-/// protocol: transaction pooling), recording every acknowledged id. Bounded by
-/// `max_run`; stops on [`Writer::stop`].
-pub struct Writer {
-    cancel: CancellationToken,
-    log: Arc<Mutex<WriteLog>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl Writer {
-    pub fn start(
-        url: &str,
-        workers: usize,
-        pace: Duration,
-        max_run: Duration,
-    ) -> Result<Writer, DemoError> {
-        let spec = crate::pg::ConnSpec::parse(url)?;
-        let cancel = CancellationToken::new();
-        let log = Arc::new(Mutex::new(WriteLog::default()));
-        let next = Arc::new(AtomicI64::new(1));
-        let stopped = Arc::new(AtomicBool::new(false));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (spec, cancel, log, next) =
-                    (spec.clone(), cancel.clone(), log.clone(), next.clone());
-                tokio::spawn(async move {
-                    let until = Instant::now() + max_run;
-                    let mut client = None;
-                    while Instant::now() < until && !cancel.is_cancelled() {
-                        if client.is_none() {
-                            match spec.connect(Duration::from_secs(5)).await {
-                                Ok(c) => client = Some(c),
-                                Err(e) => {
-                                    record(&log, |l| l.errors.push(e.to_string()));
-                                    pause(&cancel, Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            }
-                        }
-                        let Some(c) = client.as_ref() else { continue };
-                        let id = next.fetch_add(1, Ordering::SeqCst);
-                        let t0 = Instant::now();
-                        match c
-                            .simple_query(&format!("INSERT INTO ledger (id) VALUES ({id})"))
-                            .await
-                        {
-                            Ok(_) => record(&log, |l| {
-                                l.acked.push(id);
-                                l.commits.push((Instant::now(), t0.elapsed()));
-                            }),
-                            Err(e) => {
-                                record(&log, |l| {
-                                    l.errors
-                                        .push(format!("id {id}: {}", crate::pg::server_message(&e)))
-                                });
-                                client = None;
-                            }
-                        }
-                        pause(&cancel, pace).await;
-                    }
-                })
-            })
-            .collect();
-        Ok(Writer {
-            cancel,
-            log,
-            tasks,
-            stopped,
-        })
-    }
-
-    pub fn acked(&self) -> usize {
-        self.log.lock().map(|l| l.acked.len()).unwrap_or(0)
-    }
-
-    pub async fn stop(mut self) -> WriteLog {
-        self.cancel.cancel();
-        self.stopped.store(true, Ordering::SeqCst);
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-        let mut log = self
-            .log
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default();
-        log.acked.sort();
-        log
-    }
-}
-
-fn record(log: &Mutex<WriteLog>, f: impl FnOnce(&mut WriteLog)) {
-    if let Ok(mut l) = log.lock() {
-        f(&mut l);
-    }
-}
-
-async fn pause(cancel: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => {}
-        _ = cancel.cancelled() => {}
-    }
-}
+/// Every id the client wrote, on whichever node it is read.
+const LEDGER_IDS: &str = "SELECT id FROM ledger";
 
 fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -226,7 +107,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     let dir = tempfile::Builder::new()
         .prefix("pgsteward-demo-")
         .tempdir()
-        .map_err(|e| DemoError::Other(format!("temporary directory: {e}")))?;
+        .map_err(DemoError::TempDir)?;
     localpg::make_server_dir(dir.path(), user)?;
     let mut servers = Servers {
         clusters: Vec::new(),
@@ -261,7 +142,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     primary.start()?;
     localpg::stop_when_gone(&primary, me)?;
     primary.psql("postgres", "CREATE DATABASE app")?;
-    primary.psql("app", DEMO_SCHEMA)?;
+    primary.psql("app", &format!("{LEDGER_TABLE}; {EVENTS_TABLE};"))?;
     primary.psql_secret(
         "app",
         &format!(
@@ -308,24 +189,18 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     servers.pooler = Some(pooler);
 
     println!("\n== partition pass (public.events, daily, 3 ahead)");
-    let parts = crate::partitions::apply_command(&cfg, OutputFormat::Text)
-        .await
-        .map_err(|e| DemoError::Other(format!("partition pass: {e}")))?;
+    let parts = crate::partitions::apply_command(&cfg, OutputFormat::Text).await?;
     println!("\n== lag check");
-    let lag = crate::lag::lag_command(&cfg, OutputFormat::Text)
-        .await
-        .map_err(|e| DemoError::Other(format!("lag check: {e}")))?;
+    let lag = crate::lag::lag_command(&cfg, OutputFormat::Text).await?;
 
     println!("\n== upgrade to class \"large\" while a client writes through PgBouncer");
-    let writer = Writer::start(
-        &pooler_url,
-        4,
-        Duration::from_millis(2),
-        Duration::from_secs(120),
-    )?;
-    let warm = Instant::now();
-    while writer.acked() < 100 && warm.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let writer = Plan::ledger_writers(4)
+        .pace(Duration::from_millis(2))
+        .max_run(Duration::from_secs(120))
+        .start(&crate::pg::ConnSpec::parse(&pooler_url)?);
+    // Warm up; a slow start only makes the timeline shorter, so go on anyway.
+    if let Err(e) = writer.wait_acked(100, Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "the demo's client is slow to start");
     }
     let result = crate::upgrade::start(&cfg, "large", false).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -335,16 +210,19 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     let new_url = summary
         .record
         .replica_endpoint()
-        .ok_or_else(|| DemoError::Other("the upgrade recorded no new endpoint".into()))?
+        .ok_or(DemoError::NoNewEndpoint)?
         .to_string();
     // The journal keeps no password: the steward's own login, at the new address.
     let (host, port) = crate::pg::ConnSpec::parse(&new_url)?.host_port();
-    let new_spec = crate::provider::endpoint_like(&cfg.database.primary, &host, port).spec()?;
-    let client = new_spec.connect(Duration::from_secs(5)).await?;
+    let new_endpoint = crate::provider::endpoint_like(&cfg.database.primary, &host, port);
+    let client = new_endpoint.spec()?.connect(Duration::from_secs(5)).await?;
     let rows = client
-        .query("SELECT id FROM ledger", &[])
+        .query(LEDGER_IDS, &[])
         .await
-        .map_err(|e| DemoError::Other(e.to_string()))?;
+        .map_err(|source| crate::pg::PgError::Query {
+            target: new_endpoint.to_string(),
+            source,
+        })?;
     let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
     let found = log.acked.iter().filter(|id| have.contains(id)).count();
 

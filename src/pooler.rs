@@ -66,6 +66,17 @@ struct Endpoint {
     paused_here: bool,
 }
 
+/// The longest any one query of the upgrade (an admin command here, or a
+/// statement of a saga step) may take outside the write pause
+/// (inside it, the pause deadline is the bound): a hung server fails the step
+/// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
+/// most `upgrade.step_timeout`.
+pub fn query_timeout(cfg: &Config) -> Duration {
+    (cfg.database.connect_timeout.0 * 2)
+        .max(Duration::from_secs(10))
+        .min(cfg.upgrade.step_timeout.0)
+}
+
 /// All configured PgBouncers, driven as one.
 pub struct Poolers {
     endpoints: Vec<Endpoint>,
@@ -94,7 +105,7 @@ impl Poolers {
                 })
                 .collect(),
             connect_timeout: cfg.database.connect_timeout.0,
-            query_timeout: crate::upgrade::steps::query_timeout(cfg),
+            query_timeout: query_timeout(cfg),
             deadline: None,
             database: cfg.cutover.database.clone(),
         }

@@ -291,18 +291,7 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
             chars.next();
         } else if c == '"' {
             chars.next();
-            let mut part = String::new();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        part.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => part.push(c),
-                    None => return Err("unterminated quote".into()),
-                }
-            }
+            let part = crate::pg::ident::read_quoted(&mut chars).ok_or("unterminated quote")?;
             out.push(Token::Quoted(part));
         } else if c.is_alphanumeric() || c == '_' {
             let mut w = String::new();

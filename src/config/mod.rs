@@ -438,6 +438,18 @@ fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
     lines.join("\n")
 }
 
+/// `db.<family>.<size>`: lower-case letters and digits, as RDS names classes.
+fn is_rds_instance_class(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts[0] == "db"
+        && parts[1..].iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 impl Config {
     /// Checks that need more than one field at a time.
     fn validate(&self) -> Result<(), String> {
@@ -454,6 +466,18 @@ impl Config {
         bounds::check(self)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
+        }
+        if let Some(class) = self
+            .upgrade
+            .rds
+            .as_ref()
+            .and_then(|r| r.reader_class.as_ref())
+        {
+            if !is_rds_instance_class(class) {
+                return Err(format!(
+                    "key `upgrade.rds.reader_class`: {class:?} is not an RDS instance class; expected db.<family>.<size> (e.g. \"db.r5.xlarge\")"
+                ));
+            }
         }
         let files = self.cutover.config_file.len();
         if self.cutover.kind == CutoverKind::Pgbouncer

@@ -167,6 +167,10 @@ pub struct RdsProviderConfig {
     /// endpoints are fictitious. A key ending in `*` matches ids by prefix.
     #[serde(default)]
     pub endpoint_override: BTreeMap<String, String>,
+    /// Instance class of the new readers that replace the source's read
+    /// replicas (`db.r5.xlarge`); default: each old reader's own class.
+    #[serde(default)]
+    pub reader_class: Option<String>,
 }
 
 fn default_rds_poll_interval() -> HumanDuration {

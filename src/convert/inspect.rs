@@ -1,4 +1,4 @@
-//! Reading what a table has: one query (`sql/convert_inspect.sql`) returning
+//! Reading what a table has: one query (`sql/convert_table_info.sql`) returning
 //! one JSON document, decoded into [`TableInfo`]. The same read serves
 //! `convert plan` and, under the swap's locks, the swap itself, so the swap
 //! acts on what it observed, not on what the plan saw minutes earlier.
@@ -6,13 +6,8 @@
 use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 
-use super::ConvertError;
+use super::{sql, ConvertError};
 use crate::pg::QualifiedName;
-
-const INSPECT_SQL: &str = include_str!("../../sql/convert_inspect.sql");
-const TAKEN_SQL: &str =
-    "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE n.nspname = $1 AND c.relname = ANY($2::text[])";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TableInfo {
@@ -162,7 +157,7 @@ pub async fn read(
     key: &str,
 ) -> Result<Option<TableInfo>, ConvertError> {
     let row = client
-        .query_opt(INSPECT_SQL, &[&table.schema, &table.name, &key])
+        .query_opt(sql::TABLE_INFO, &[&table.schema, &table.name, &key])
         .await
         .map_err(|e| ConvertError::query("read the table's catalog", e))?;
     let Some(row) = row else { return Ok(None) };
@@ -179,7 +174,7 @@ pub async fn taken(
     names: &[String],
 ) -> Result<Vec<String>, ConvertError> {
     let rows = client
-        .query(TAKEN_SQL, &[&schema, &names])
+        .query(sql::RELATIONS_TAKEN, &[&schema, &names])
         .await
         .map_err(|e| ConvertError::query("look up relation names", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())

@@ -15,10 +15,8 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 
 use super::plan::ConvertPlan;
-use super::ConvertError;
+use super::{sql, ConvertError};
 use crate::pg::QualifiedName;
-
-const SETUP_SQL: &str = include_str!("../../sql/convert_journal.sql");
 
 /// The steps, in order; the journal's `step` is the last one completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -76,23 +74,18 @@ pub struct Record {
 /// lock, so two first runs do not race on `CREATE ... IF NOT EXISTS`.
 pub async fn ensure(client: &impl GenericClient) -> Result<(), ConvertError> {
     client
-        .batch_execute(SETUP_SQL)
+        .batch_execute(sql::JOURNAL_TABLE)
         .await
         .map_err(|e| ConvertError::query("create the journal table pgsteward.conversions", e))
 }
 
 async fn exists(client: &impl GenericClient) -> Result<bool, ConvertError> {
     let row = client
-        .query_one(
-            "SELECT to_regclass('pgsteward.conversions') IS NOT NULL",
-            &[],
-        )
+        .query_one(sql::JOURNAL_EXISTS, &[])
         .await
         .map_err(|e| ConvertError::query("look for the journal", e))?;
     Ok(row.get(0))
 }
-
-const COLUMNS: &str = "id, state, step, plan::text, events, started_at, updated_at";
 
 fn record(row: &tokio_postgres::Row) -> Result<Record, ConvertError> {
     let step: String = row.get(2);
@@ -118,12 +111,8 @@ pub async fn latest(
     if !exists(client).await? {
         return Ok(None);
     }
-    let sql = format!(
-        "SELECT {COLUMNS} FROM pgsteward.conversions WHERE table_schema = $1 AND table_name = $2 \
-         ORDER BY (state = 'active') DESC, id DESC LIMIT 1"
-    );
     let row = client
-        .query_opt(&sql, &[&table.schema, &table.name])
+        .query_opt(sql::JOURNAL_LATEST, &[&table.schema, &table.name])
         .await
         .map_err(|e| ConvertError::query("read the journal", e))?;
     row.as_ref().map(record).transpose()
@@ -136,12 +125,11 @@ pub async fn create(
 ) -> Result<Record, ConvertError> {
     let plan_json = serde_json::to_value(plan).map_err(|e| ConvertError::Catalog(e.to_string()))?;
     let events = serde_json::json!([event(Step::Prepared, "done", None)]);
-    let sql = format!(
-        "INSERT INTO pgsteward.conversions (table_schema, table_name, state, step, plan, events) \
-         VALUES ($1, $2, 'active', 'prepared', $3, $4) RETURNING {COLUMNS}"
-    );
     let row = client
-        .query_one(&sql, &[&plan.schema, &plan.table, &plan_json, &events])
+        .query_one(
+            sql::JOURNAL_CREATED,
+            &[&plan.schema, &plan.table, &plan_json, &events],
+        )
         .await
         .map_err(|e| ConvertError::query("write the journal", e))?;
     record(&row)
@@ -160,11 +148,7 @@ pub async fn advance(
 ) -> Result<(), ConvertError> {
     let ev = serde_json::json!([event(step, "done", detail)]);
     client
-        .execute(
-            "UPDATE pgsteward.conversions SET step = $2, events = events || $3::jsonb, updated_at = now() \
-             WHERE id = $1 AND state = 'active'",
-            &[&id, &step.as_str(), &ev],
-        )
+        .execute(sql::JOURNAL_ADVANCED, &[&id, &step.as_str(), &ev])
         .await
         .map_err(|e| ConvertError::query("write the journal", e))?;
     Ok(())
@@ -173,13 +157,7 @@ pub async fn advance(
 /// Appends an event without changing the step (a failure, a retry).
 pub async fn note(client: &impl GenericClient, id: i64, step: Step, what: &str, detail: &str) {
     let ev = serde_json::json!([event(step, what, Some(detail))]);
-    if let Err(e) = client
-        .execute(
-            "UPDATE pgsteward.conversions SET events = events || $2::jsonb, updated_at = now() WHERE id = $1",
-            &[&id, &ev],
-        )
-        .await
-    {
+    if let Err(e) = client.execute(sql::JOURNAL_NOTED, &[&id, &ev]).await {
         tracing::warn!(error = %crate::pg::server_message(&e), "journal note not written");
     }
 }
@@ -188,31 +166,17 @@ pub async fn note(client: &impl GenericClient, id: i64, step: Step, what: &str, 
 pub async fn finish(client: &impl GenericClient, id: i64, state: &str) -> Result<(), ConvertError> {
     let ev = serde_json::json!([{ "at": Utc::now(), "event": state }]);
     client
-        .execute(
-            "UPDATE pgsteward.conversions SET state = $2, events = events || $3::jsonb, updated_at = now() WHERE id = $1",
-            &[&id, &state, &ev],
-        )
+        .execute(sql::JOURNAL_FINISHED, &[&id, &state, &ev])
         .await
         .map_err(|e| ConvertError::query("write the journal", e))?;
     Ok(())
 }
 
-/// Tables whose conversion has not reached the swap: the partition pass
-/// leaves them alone. Empty when the journal does not exist.
-pub async fn converting(client: &impl GenericClient) -> Result<Vec<QualifiedName>, ConvertError> {
-    if !exists(client).await? {
-        return Ok(Vec::new());
-    }
-    let rows = client
-        .query(
-            "SELECT table_schema, table_name FROM pgsteward.conversions \
-             WHERE state = 'active' AND step NOT IN ('swapped', 'partitions_made')",
-            &[],
-        )
+/// Back to `prepared`, in the abort's transaction that dropped the CHECK.
+pub async fn reset(client: &impl GenericClient, id: i64) -> Result<(), ConvertError> {
+    client
+        .execute(sql::JOURNAL_RESET, &[&id])
         .await
-        .map_err(|e| ConvertError::query("read the journal", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
-        .collect())
+        .map_err(|e| ConvertError::query("write the journal", e))?;
+    Ok(())
 }

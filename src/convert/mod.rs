@@ -10,11 +10,13 @@
 //! * `inspect`: one catalog read of the table (JSON), used by `plan` and under the swap's locks.
 //! * `plan`: pure: boundary, names, changes, refusals.
 //! * `refuse`: pure: what cannot be carried, with the fix.
-//! * `sql`: pure: the statements of each step, the swap's in order.
+//! * `ddl`: pure: the statements of each step, the swap's in order (tests in `ddl_tests.rs`).
 //! * `journal`: `pgsteward.conversions`, written in the same transaction as each step's DDL.
+//! * `sql`: the static queries, named for what they return.
 //! * `steps`: the observe-then-act steps, failpoints, abort.
-//! * `index`: the one concurrent index build (to be switched to the shared online-index module).
+//! * `index`: the concurrent unique index builds, through the shared `partitions::indexes` builder.
 
+pub mod ddl;
 pub mod index;
 pub mod inspect;
 pub mod journal;
@@ -39,6 +41,8 @@ pub enum ConvertError {
     Pg(#[from] crate::pg::PgError),
     #[error(transparent)]
     Partitions(#[from] crate::partitions::PartitionError),
+    #[error(transparent)]
+    Index(#[from] crate::partitions::indexes::IndexError),
     #[error("cannot {what}: {message}")]
     Query { what: &'static str, message: String },
     #[error("{message} [{statement}]")]
@@ -90,20 +94,13 @@ impl ConvertError {
 
 /// Namespace of the per-table conversion lock: "pgcv" (the partition pass uses "pgst").
 pub const ADVISORY_NAMESPACE: i32 = 0x7067_6376;
-const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
-const HOLDER_SQL: &str = "SELECT a.pid, coalesce(a.client_addr::text, 'local'), a.application_name, a.backend_start::text \
-     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-     WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::int4::oid \
-       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-       AND l.objid = hashtext($2)::oid AND l.objsubid = 2";
-
 /// A session for conversion: the partition session's settings (lock_timeout,
 /// UTC, ISO) plus an empty search_path, so every definition the catalog
 /// prints is schema-qualified and every name we write is resolved exactly.
 pub async fn connect(cfg: &Config) -> Result<Client, ConvertError> {
     let client = crate::partitions::connect(cfg).await?;
     client
-        .batch_execute("SET search_path = ''; SET application_name = 'pgsteward convert'")
+        .batch_execute(sql::SESSION_SETTINGS)
         .await
         .map_err(|e| ConvertError::query("set up the session", e))?;
     Ok(client)
@@ -125,7 +122,7 @@ fn table_config<'a>(
 async fn lock(client: &Client, table: &QualifiedName) -> Result<(), ConvertError> {
     let key = table.to_string();
     let got: bool = client
-        .query_one(TRY_LOCK_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .query_one(sql::LOCK_TAKEN, &[&ADVISORY_NAMESPACE, &key])
         .await
         .map_err(|e| ConvertError::query("take the conversion lock", e))?
         .get(0);
@@ -133,7 +130,7 @@ async fn lock(client: &Client, table: &QualifiedName) -> Result<(), ConvertError
         return Ok(());
     }
     let holder = match client
-        .query_opt(HOLDER_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .query_opt(sql::LOCK_HOLDER, &[&ADVISORY_NAMESPACE, &key])
         .await
     {
         Ok(Some(r)) => format!(
@@ -149,15 +146,14 @@ async fn lock(client: &Client, table: &QualifiedName) -> Result<(), ConvertError
 }
 
 /// Tables the partition pass must leave alone: converting, before their swap.
-/// Errors (no privilege on the journal, say) are logged and mean "none".
+/// The pass reads them itself (`partitions::converting`, which stands below
+/// this module); kept here for callers of the old path.
 pub async fn tables_converting(client: &Client) -> Vec<QualifiedName> {
-    match journal::converting(client).await {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "conversion journal not read; no table skipped");
-            Vec::new()
-        }
-    }
+    crate::partitions::converting::read(client)
+        .await
+        .into_iter()
+        .map(|c| c.table)
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -215,12 +211,7 @@ async fn make_plan(
         });
     }
     if info.key_indexed && refusals.is_empty() {
-        let q = format!(
-            "SELECT count(*) FROM (SELECT 1 FROM {} WHERE {k} >= {} OR {k} IS NULL LIMIT 1) x",
-            table.quoted(),
-            p.boundary_literal,
-            k = crate::pg::quote_ident(&key)
-        );
+        let q = ddl::rows_outside_probe(&p);
         let n: i64 = client
             .query_one(&q, &[])
             .await
@@ -240,16 +231,9 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
     let idx: Vec<String> = p
         .unique_builds
         .iter()
-        .map(|b| {
-            format!(
-                "CREATE UNIQUE INDEX CONCURRENTLY {} ON {} ({})",
-                crate::pg::quote_ident(&b.index),
-                p.name().quoted(),
-                b.columns.join(", ")
-            )
-        })
+        .map(|b| index::unique_def(&b.columns).create_sql(&b.index, &p.name(), false, true))
         .collect();
-    let seqs: Vec<sql::SequenceState> = Vec::new();
+    let seqs: Vec<ddl::SequenceState> = Vec::new();
     let mut swap = vec![format!(
         "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE -- views first, then the table; lock_timeout, retried",
         info.views
@@ -259,7 +243,7 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
             .collect::<Vec<_>>()
             .join(", ")
     )];
-    swap.extend(sql::swap(p, info, &seqs));
+    swap.extend(ddl::swap(p, info, &seqs));
     if info.columns.iter().any(|c| c.sequence.is_some()) {
         swap.push("-- identity/serial sequences: recreated or re-owned with the value read under the lock".into());
     }
@@ -272,12 +256,12 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
         StepOutput {
             step: Step::CheckAdded,
             what: "add the CHECK NOT VALID (brief lock, lock_timeout, retried)".into(),
-            sql: vec![sql::add_check(p)],
+            sql: vec![ddl::add_check(p)],
         },
         StepOutput {
             step: Step::CheckValidated,
             what: "validate it: a scan under SHARE UPDATE EXCLUSIVE, reads and writes go on".into(),
-            sql: vec![sql::validate_check(p)],
+            sql: vec![ddl::validate_check(p)],
         },
         StepOutput {
             step: Step::Swapped,
@@ -466,7 +450,7 @@ pub async fn status_command(
     let rec = journal::latest(&client, table).await?;
     let key = table.to_string();
     let holder = client
-        .query_opt(HOLDER_SQL, &[&ADVISORY_NAMESPACE, &key])
+        .query_opt(sql::LOCK_HOLDER, &[&ADVISORY_NAMESPACE, &key])
         .await
         .ok()
         .flatten();
@@ -486,15 +470,14 @@ pub async fn status_command(
         if r.step >= Step::Swapped {
             let name = r.plan.first();
             if let Ok(Some(row)) = client
-                .query_opt(
-                    "SELECT pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid)::int8 FROM pg_class c WHERE c.oid = to_regclass($1)",
-                    &[&name.quoted()],
-                )
+                .query_opt(sql::PARTITION_BOUND_AND_SIZE, &[&name.quoted()])
                 .await
             {
                 first = Some(FirstPartition {
                     name: name.to_string(),
-                    range: row.get::<_, Option<String>>(0).unwrap_or_else(|| "detached".into()),
+                    range: row
+                        .get::<_, Option<String>>(0)
+                        .unwrap_or_else(|| "detached".into()),
                     bytes: row.get(1),
                 });
             }

@@ -105,9 +105,19 @@ pub fn refusals(info: &TableInfo, key: &str) -> Vec<Refusal> {
     }
     for v in &info.views {
         if v.kind == "m" {
+            // Not carried, on purpose: PostgreSQL cannot redefine a
+            // materialized view in place (no CREATE OR REPLACE, no ALTER ...
+            // AS), so reading the new parent means running its query again.
+            // Inside the swap that holds the table's ACCESS EXCLUSIVE lock for
+            // the whole query; WITH NO DATA makes its readers fail; rebuilt
+            // after the swap it would silently change its data (a refresh)
+            // and keep reading the first partition until then.
             refuse(
-                format!("materialized view {} reads the table", v.quoted),
-                "drop it before converting and recreate it afterwards (its data would have to be rebuilt inside the swap)",
+                format!(
+                    "materialized view {} reads the table: it cannot be redefined in place, and rebuilding it (running its query) inside the swap would block the table's writers for as long as the query runs",
+                    v.quoted
+                ),
+                "make it read the table through a plain view first, without blocking its readers: CREATE VIEW x AS SELECT * FROM the table; CREATE MATERIALIZED VIEW a copy reading x, with its indexes and grants; then in one short transaction DROP the old one and RENAME the copy to its name. Views are carried by the swap, so afterwards it reads the new parent through x",
             );
         } else if v.kind != "v" {
             refuse(

@@ -16,16 +16,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::ddl::{self, SequenceState};
 use super::journal::{self, Record, Step};
 use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
-use super::sql::{self, SequenceState};
+use super::sql;
 use super::{inspect, ConvertError};
 use crate::config::{Config, TableConfig};
 use crate::pg::{is_transient_lock_error, server_message};
 use crate::upgrade::failpoint;
-
-const CHECK_STATE_SQL: &str = "SELECT convalidated FROM pg_constraint \
-     WHERE conrelid = to_regclass($1) AND conname = $2";
 
 /// Runs the remaining steps of `rec` to the end (`done`).
 pub async fn drive(
@@ -97,7 +95,7 @@ async fn unique_indexes(cfg: &Config, client: &Client, rec: &Record) -> Result<(
 
 async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>, ConvertError> {
     let row = client
-        .query_opt(CHECK_STATE_SQL, &[&plan.name().quoted(), &CHECK_NAME])
+        .query_opt(sql::CHECK_VALIDATED, &[&plan.name().quoted(), &CHECK_NAME])
         .await
         .map_err(|e| ConvertError::query("look up the conversion CHECK", e))?;
     Ok(row.map(|r| r.get(0)))
@@ -109,7 +107,7 @@ async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<()
     let stmts = if already {
         vec![]
     } else {
-        vec![sql::add_check(&rec.plan)]
+        vec![ddl::add_check(&rec.plan)]
     };
     in_tx(cfg, client, rec.id, Step::CheckAdded, &stmts).await
 }
@@ -124,8 +122,8 @@ async fn validate_check(
         Some(false) => vec![
             // SHARE UPDATE EXCLUSIVE blocks no reads or writes: waiting for it
             // queues no traffic, and a timeout would waste the scan.
-            "SET LOCAL lock_timeout = 0".to_string(),
-            sql::validate_check(&rec.plan),
+            sql::NO_LOCK_TIMEOUT_IN_TX.to_string(),
+            ddl::validate_check(&rec.plan),
         ],
         None => {
             return Err(ConvertError::Step {
@@ -327,7 +325,7 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
     let seqs = sequence_states(&tx, &info).await?;
     // One round trip for the whole swap: the lock is held for the server's
     // work only, not for ~40 network round trips.
-    let batch = sql::swap(plan, &info, &seqs).join(";\n");
+    let batch = ddl::swap(plan, &info, &seqs).join(";\n");
     tx.batch_execute(&batch)
         .await
         .map_err(|e| classify("the swap", e))?;
@@ -353,11 +351,11 @@ pub async fn sequence_states(
     for c in &info.columns {
         let Some(seq) = &c.sequence else { continue };
         let p = client
-            .query_one(sql::SEQUENCE_STATE_SQL, &[seq])
+            .query_one(sql::SEQUENCE_PARAMETERS, &[seq])
             .await
             .map_err(|e| ConvertError::query("read a sequence", e))?;
         let v = client
-            .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
+            .query_one(&ddl::sequence_value_query(seq), &[])
             .await
             .map_err(|e| ConvertError::query("read a sequence", e))?;
         out.push(SequenceState {
@@ -418,7 +416,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
     let plan = rec.plan.clone();
     // The CHECK first, with the step reset in the same transaction: from here
     // a resume starts over and observes what is left.
-    let drop_check = sql::drop_check(&plan.name());
+    let drop_check = ddl::drop_check(&plan.name());
     let retries = cfg.partitions.lock_retries.max(1);
     let mut attempt = 0;
     loop {
@@ -430,12 +428,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
         let r = tx.batch_execute(&drop_check).await;
         match r {
             Ok(()) => {
-                tx.execute(
-                    "UPDATE pgsteward.conversions SET step = 'prepared', updated_at = now() WHERE id = $1",
-                    &[&rec.id],
-                )
-                .await
-                .map_err(|e| ConvertError::query("write the journal", e))?;
+                journal::reset(&tx, rec.id).await?;
                 tx.commit()
                     .await
                     .map_err(|e| ConvertError::query("commit the abort", e))?;
@@ -457,7 +450,7 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
     rec.step = Step::Prepared;
     point("convert-abort-check_dropped")?;
     for b in &plan.unique_builds {
-        let s = sql::drop_index_concurrently(&plan.schema, &b.index);
+        let s = ddl::drop_index_concurrently(&plan.schema, &b.index);
         client
             .batch_execute(&s)
             .await

@@ -8,7 +8,8 @@ use super::model::{Action, Note, KEY_MIN};
 use super::plan::{coverage_of, note_text, Coverage};
 use super::report::PassReport;
 use super::{
-    catalog, connect_and_read, ddl, indexes, plan, run_pass, PartitionError, RECOVERY_SKIP,
+    catalog, connect_and_read, converting, ddl, indexes, plan, run_pass, PartitionError,
+    RECOVERY_SKIP,
 };
 use crate::cli::OutputFormat;
 use crate::config::Config;
@@ -31,6 +32,9 @@ struct TablePlanOutput {
     actions: Vec<ActionOutput>,
     notes: Vec<Note>,
     error: Option<String>,
+    /// Left alone on purpose: a conversion has not swapped it yet.
+    skipped: Option<String>,
+    converting: Option<converting::Converting>,
 }
 
 #[derive(Serialize)]
@@ -51,8 +55,20 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         indexes: Vec::new(),
     };
     let mut outcome = Outcome::Healthy;
+    let in_flight = converting::read(&client).await;
     if !catalog.in_recovery {
         for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
+            if let Some(c) = converting::of(&in_flight, &name) {
+                out.tables.push(TablePlanOutput {
+                    table: name,
+                    actions: vec![],
+                    notes: vec![],
+                    error: None,
+                    skipped: Some(c.describe()),
+                    converting: Some(c.clone()),
+                });
+                continue;
+            }
             match lookup {
                 Err(msg) => {
                     outcome = Outcome::Problem;
@@ -61,6 +77,8 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         actions: vec![],
                         notes: vec![],
                         error: Some(msg.to_string()),
+                        skipped: None,
+                        converting: None,
                     });
                 }
                 Ok(state) => {
@@ -78,6 +96,8 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         actions,
                         notes: p.notes,
                         error: None,
+                        skipped: None,
+                        converting: None,
                     });
                 }
             }
@@ -103,6 +123,10 @@ fn plan_text(out: &PlanOutput) -> String {
     for t in &out.tables {
         if let Some(e) = &t.error {
             s.push_str(&format!("-- {}: error: {e}\n", t.table));
+            continue;
+        }
+        if let Some(why) = &t.skipped {
+            s.push_str(&format!("-- {}: skipped: {why}\n", t.table));
             continue;
         }
         if t.actions.is_empty() {
@@ -218,6 +242,9 @@ struct TableStatus {
     error: Option<String>,
     /// Why this table makes `status` exit 1, when it does.
     problem: Option<String>,
+    /// A conversion in flight before its swap: the table is not maintained yet
+    /// (not a problem here; `convert status` says whether anyone drives it).
+    converting: Option<converting::Converting>,
 }
 
 /// The statements `apply` will run for `action`: it changes a new
@@ -248,7 +275,22 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     let mut tables = Vec::new();
     let mut firsts = Vec::new();
     let mut defaults = Vec::new();
+    let in_flight = converting::read(&client).await;
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
+        if let Some(c) = converting::of(&in_flight, &name) {
+            tables.push(TableStatus {
+                table: name,
+                interval: tcfg.interval,
+                coverage: None,
+                default_partition: None,
+                default_rows: None,
+                notes: vec![c.describe()],
+                error: None,
+                problem: None,
+                converting: Some(c.clone()),
+            });
+            continue;
+        }
         match lookup {
             Err(msg) => {
                 outcome = Outcome::Problem;
@@ -261,6 +303,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     notes: vec![],
                     problem: Some(msg.to_string()),
                     error: Some(msg.to_string()),
+                    converting: None,
                 });
             }
             Ok(state) => {
@@ -297,6 +340,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     notes: p.notes.iter().map(note_text).collect(),
                     error: None,
                     problem,
+                    converting: None,
                 });
             }
         }

@@ -2,13 +2,15 @@
 //! `plan` decides (pure, over the types of `model` and the calendar of
 //! `period`), `ddl` writes the statements and `apply` executes them
 //! lock-safely through the `session`. This file holds the pass; `commands`
-//! the three CLI commands.
+//! the three CLI commands; `converting`
+//! the tables a conversion has not swapped yet, which every pass leaves alone.
 
 pub mod apply;
 mod attach;
 pub mod blockers;
 pub mod catalog;
 mod commands;
+pub mod converting;
 pub mod ddl;
 mod error;
 pub mod indexes;
@@ -31,9 +33,6 @@ pub use commands::{apply_command, plan_command, status_command};
 pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
-
-const CONVERTING_SKIP: &str =
-    "being converted to a partitioned table (pgsteward convert); maintained once its swap is done";
 
 const RECOVERY_SKIP: &str =
     "the server is in recovery (a replica): partition DDL runs on the primary only";
@@ -90,14 +89,13 @@ pub async fn run_pass_at(
     let managed = indexes::managed(&catalog);
     let mut reports: Vec<Option<TableReport>> = vec![None; cfg.partitions.tables.len()];
     let mut work = Vec::new();
-    // Read after the catalog: a table seen plain is never planned, and one seen
-    // partitioned before its conversion finished the swap is listed here.
-    let converting = crate::convert::tables_converting(&client).await;
+    // Read after the catalog (see `converting::read`).
+    let in_flight = converting::read(&client).await;
     for (i, (tcfg, (name, lookup))) in cfg.partitions.tables.iter().zip(catalog.tables).enumerate()
     {
-        if converting.contains(&name) {
+        if let Some(c) = converting::of(&in_flight, &name) {
             let mut r = TableReport::new(&name);
-            r.skipped = Some(CONVERTING_SKIP.into());
+            r.skipped = Some(c.describe());
             reports[i] = Some(r);
             continue;
         }

@@ -65,23 +65,12 @@ pub fn partition_name(parent: &str, suffix: &str) -> String {
     if parent.len() + suffix.len() <= MAX_IDENT_BYTES {
         return format!("{parent}{suffix}");
     }
-    let hash = format!("_{:08x}", fnv1a(parent.as_bytes()) as u32);
+    let hash = format!("_{:08x}", crate::pg::fnv1a_64(parent) as u32);
     let mut keep = MAX_IDENT_BYTES.saturating_sub(suffix.len() + hash.len());
     while keep > 0 && !parent.is_char_boundary(keep) {
         keep -= 1;
     }
     format!("{}{hash}{suffix}", &parent[..keep])
-}
-
-/// FNV-1a: stable across builds and platforms (unlike `DefaultHasher`), so a
-/// shortened name is the same on every pass.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// The key value at which the local day `d` starts. For `timestamptz` keys

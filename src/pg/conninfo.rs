@@ -133,7 +133,7 @@ impl ConnParams {
                 let user = self.get("user");
                 let password = self.get("password");
                 if let Some(u) = user {
-                    out.push_str(&encode(u));
+                    out.push_str(&url_encode(u));
                 }
                 if password.is_some() {
                     out.push(':');
@@ -156,7 +156,7 @@ impl ConnParams {
                         if h.contains(':') {
                             let _ = write!(out, "[{h}]");
                         } else {
-                            out.push_str(&encode(h));
+                            out.push_str(&url_encode(h));
                         }
                     }
                     if let Some(p) = ports.get(i).filter(|p| !p.is_empty()) {
@@ -165,7 +165,7 @@ impl ConnParams {
                 }
                 if let Some(db) = self.get("dbname") {
                     out.push('/');
-                    out.push_str(&encode(&shown("dbname", db)));
+                    out.push_str(&url_encode(&shown("dbname", db)));
                 }
                 let mut sep = '?';
                 for (k, v) in &self.params {
@@ -173,8 +173,8 @@ impl ConnParams {
                         continue;
                     }
                     let v = shown(k, v);
-                    let v = if v == MASK { v } else { encode(&v) };
-                    let _ = write!(out, "{sep}{}={v}", encode(k));
+                    let v = if v == MASK { v } else { url_encode(&v) };
+                    let _ = write!(out, "{sep}{}={v}", url_encode(k));
                     sep = '&';
                 }
                 out
@@ -190,6 +190,20 @@ pub fn redact(s: &str) -> String {
         Ok(p) => p.render_redacted(),
         Err(_) if is_url(s) => "postgres://(unparseable connection string)".to_string(),
         Err(_) => "(unparseable connection string)".to_string(),
+    }
+}
+
+/// The connection string without its password (and other secrets), for
+/// records kept on disk: what is left logs in with the password found by
+/// libpq's rules (`PGPASSWORD`, the password file) when it is used again.
+pub fn without_password(s: &str) -> String {
+    match ConnParams::parse(s) {
+        Ok(mut p) => {
+            p.take("password");
+            p.take("sslpassword");
+            p.render_redacted()
+        }
+        Err(_) => redact(s),
     }
 }
 
@@ -220,7 +234,7 @@ fn quote_if_needed(v: &str) -> String {
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
-fn encode(s: &str) -> String {
+pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -441,6 +455,31 @@ fn parse_key_value(s: &str) -> Result<ConnParams, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_keep_no_password() {
+        assert_eq!(
+            without_password("postgres://u:s3cret@h:5432/db?sslmode=require"),
+            "postgres://u@h:5432/db?sslmode=require"
+        );
+        assert_eq!(
+            without_password("host=h password='s 3' user=u"),
+            "host=h user=u"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:s3cret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact("host=h password=s3cret user=u"),
+            "host=h password=*** user=u"
+        );
+        assert!(!redact("postgres://u@h/db?password=s3cret").contains("s3cret"));
+    }
 
     /// Every secret in `s` is absent from its redaction.
     fn hides(s: &str, secret: &str) -> String {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::{
-    endpoint_like, replica_id, Check, Precheck, Provider, ProviderError, ReplicaInfo, ReplicaState,
-    SourceFacts,
+    endpoint_like, replica_id, with_address, Check, Follow, Precheck, Provider, ProviderError,
+    ReplicaInfo, ServerState, SourceFacts,
 };
 
 const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
@@ -24,6 +24,10 @@ const CLASS_SETTING: &str =
     "SELECT setting, unit, current_setting(name) FROM pg_settings WHERE name = $1";
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 const PROMOTE: &str = "SELECT pg_promote(wait => false)";
+const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
+const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
+/// How long one replica may take to answer while it is repointed.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Set by tests and the demo: every server this provider starts is stopped
 /// once that process is gone (see `localpg::stop_when_gone`). Never set in production.
@@ -162,7 +166,7 @@ pub fn class_wins(dir: &Path, settings: &[(String, String)]) -> Result<(), Provi
     }
     let hba = dir.join("pg_hba.conf");
     if let Ok(text) = std::fs::read_to_string(&hba) {
-        let clean = crate::upgrade::fence::without_block(&text);
+        let clean = crate::provider::fence::without_block(&text);
         if clean != text {
             std::fs::write(&hba, clean).map_err(|e| err(&hba, e))?;
         }
@@ -295,6 +299,8 @@ impl Provider for LocalProvider {
                 id: source_name(&data_directory),
                 data_directory: Some(data_directory),
                 extra: Default::default(),
+                // Local replicas are repointed (follow_new_primary), not replaced.
+                readers: Vec::new(),
             },
             checks,
         })
@@ -352,7 +358,7 @@ impl Provider for LocalProvider {
         LocalProvider::watch(&cluster);
         Ok(ReplicaInfo {
             id,
-            state: ReplicaState::Available,
+            state: ServerState::Available,
             endpoint: Some(self.endpoint(cluster.port)),
             class: Some(target_class.to_string()),
         })
@@ -361,16 +367,16 @@ impl Provider for LocalProvider {
     async fn describe(&self, id: &str) -> Result<ReplicaInfo, ProviderError> {
         let dir = self.dir(id);
         let (state, endpoint) = if !dir.exists() {
-            (ReplicaState::Missing, None)
+            (ServerState::Missing, None)
         } else {
             match LocalProvider::recorded_port(&dir) {
-                None => (ReplicaState::Creating, None),
+                None => (ServerState::Creating, None),
                 Some(port) => {
                     let cluster = self.cluster(&dir, port)?;
                     let state = if cluster.is_running() {
-                        ReplicaState::Available
+                        ServerState::Available
                     } else {
-                        ReplicaState::Failed(format!(
+                        ServerState::Failed(format!(
                             "not running (log: {}); `upgrade resume` starts it",
                             cluster.log_file.display()
                         ))
@@ -447,6 +453,34 @@ impl Provider for LocalProvider {
         .map_err(blocking_err)?
     }
 
+    /// Rewrites host and port in each replica's `primary_conninfo`
+    /// (reloadable since PostgreSQL 13) with `ALTER SYSTEM`: self-managed
+    /// servers allow it. One that does not answer does not hold up the upgrade.
+    async fn follow_new_primary(
+        &self,
+        replicas: &[ConnString],
+        new_primary: &ConnString,
+    ) -> Vec<(ConnString, Follow)> {
+        let Ok(spec) = new_primary.spec() else {
+            return Vec::new();
+        };
+        let (host, port) = spec.host_port();
+        let mut out = Vec::new();
+        for r in replicas {
+            let once = tokio::time::timeout(
+                FOLLOW_TIMEOUT + self.connect_timeout,
+                self.follow_one(r, &host, port),
+            );
+            let outcome = match once.await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => Follow::Unreachable(e.to_string()),
+                Err(_) => Follow::Unreachable(format!("no answer within {FOLLOW_TIMEOUT:?}")),
+            };
+            out.push((r.clone(), outcome));
+        }
+        out
+    }
+
     async fn delete_replica(&self, id: &str) -> Result<(), ProviderError> {
         let dir = self.dir(id);
         let bin_dir = self.cfg.bin_dir.clone();
@@ -464,10 +498,45 @@ impl Provider for LocalProvider {
 }
 
 impl LocalProvider {
+    /// One replica of [`Provider::follow_new_primary`].
+    async fn follow_one(
+        &self,
+        replica: &ConnString,
+        host: &str,
+        port: u16,
+    ) -> Result<Follow, ProviderError> {
+        let client = self.connect(replica).await?;
+        let in_recovery: bool = client
+            .query_one(IN_RECOVERY, &[])
+            .await
+            .map_err(|e| pg_err(replica, e))?
+            .get(0);
+        if !in_recovery {
+            return Ok(Follow::NotAReplica);
+        }
+        let conninfo: String = client
+            .query_one(PRIMARY_CONNINFO, &[])
+            .await
+            .map_err(|e| pg_err(replica, e))?
+            .get(0);
+        let wanted = with_address(&conninfo, host, port);
+        if wanted != conninfo {
+            client
+                .batch_execute(&alter_primary_conninfo(&wanted))
+                .await
+                .map_err(|e| pg_err(replica, e))?;
+            client
+                .query_one(RELOAD_CONF, &[])
+                .await
+                .map_err(|e| pg_err(replica, e))?;
+        }
+        Ok(Follow::Repointed)
+    }
+
     async fn running_endpoint(&self, id: &str) -> Result<ConnString, ProviderError> {
         let info = self.describe(id).await?;
         match info.endpoint {
-            Some(e) if info.state == ReplicaState::Available => Ok(e),
+            Some(e) if info.state == ServerState::Available => Ok(e),
             _ => Err(ProviderError::WrongState {
                 id: id.to_string(),
                 state: format!("{:?}", info.state),
@@ -482,6 +551,14 @@ fn api(op: &'static str, target: String, e: tokio_postgres::Error) -> ProviderEr
         op,
         detail: format!("{target}: {}", crate::pg::server_message(&e)),
     }
+}
+
+/// `ALTER SYSTEM SET primary_conninfo = '<conninfo>'` (ALTER SYSTEM takes no parameters).
+fn alter_primary_conninfo(conninfo: &str) -> String {
+    format!(
+        "ALTER SYSTEM SET primary_conninfo = {}",
+        crate::pg::quote_literal(conninfo)
+    )
 }
 
 /// Removes a data directory and the log and socket directory `Cluster` keeps beside it.

@@ -20,8 +20,18 @@
 //!   saga polls `describe` under its own deadline and cancellation token.
 //!
 //! Implementations: [`local`] (clusters on this host, `pg_basebackup`,
-//! `pg_ctl`, `pg_promote()`), and `rds` (aws-sdk-rds; built on its own branch).
+//! `pg_ctl`, `pg_promote()`), and [`rds`] (aws-sdk-rds, behind the `RdsApi`
+//! seam so tests can play RDS's slow statuses).
+//!
+//! Where providers differ the saga asks the trait, never the provider kind:
+//! how the old primary is fenced ([`Provider::fence_method`]), whether names
+//! move after the cutover ([`Provider::swaps_identifiers`]), what the
+//! source's readers are and how they are replaced ([`ReaderFacts`],
+//! [`Provider::create_reader`]), and whether `database.replicas` can be told
+//! to follow the new primary over SQL ([`Provider::follow_new_primary`]:
+//! local yes, RDS never: it refuses `ALTER SYSTEM`).
 
+pub mod fence;
 pub mod local;
 pub mod rds;
 
@@ -74,10 +84,11 @@ pub fn replica_id(source_id: &str, upgrade_id: &str) -> String {
     }
 }
 
-/// Lifecycle of the new server as the provider sees it.
+/// Lifecycle of a new server as the provider sees it. (Not the lag check's
+/// `lag::ReplicaState`, which is about replication, not provisioning.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "reason")]
-pub enum ReplicaState {
+pub enum ServerState {
     /// Nothing with this id exists.
     Missing,
     /// Being created (RDS `creating`, `backing-up`, `modifying`...; local: base backup running).
@@ -94,13 +105,16 @@ pub enum ReplicaState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaInfo {
     pub id: String,
-    pub state: ReplicaState,
+    pub state: ServerState,
     /// Where SQL reaches the server: same user, database and options as
     /// `database.primary`, other host and port. `None` until it has an address.
     pub endpoint: Option<ConnString>,
     /// The class the provider reports (RDS instance class; local: the class name given at create).
     pub class: Option<String>,
 }
+
+/// The old name of [`ServerState`], kept for callers written before the rename.
+pub type ReplicaState = ServerState;
 
 /// Who moves client traffic to the new primary in the `repoint` step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,6 +141,46 @@ pub struct SourceFacts {
     /// Anything else a provider wants back later (e.g. the source's instance class).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
+    /// The source's readers the upgrade replaces, fixed at precheck so every
+    /// later step (and `upgrade abort`) works on the same list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<ReaderFacts>,
+}
+
+/// One reader (read replica) of the source and the new reader that replaces it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReaderFacts {
+    /// The old reader's stable name (RDS instance identifier).
+    pub id: String,
+    /// The old reader's class.
+    pub class: String,
+    /// The new reader: a replica of the new server, deterministic (see [`reader_id`]).
+    pub new_id: String,
+    /// The class of the new reader (the old one's, or `upgrade.rds.reader_class`).
+    pub new_class: String,
+    /// `host:port` the old reader answered at, at precheck: PgBouncer
+    /// entries pointing there are read entries and move to the new reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// The new reader that replaces `old_reader` in upgrade `upgrade_id`.
+pub fn reader_id(old_reader: &str, upgrade_id: &str) -> String {
+    replica_id(old_reader, upgrade_id)
+}
+
+/// What [`Provider::follow_new_primary`] did with one `database.replicas` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Follow {
+    /// Told to stream from the new primary.
+    Repointed,
+    /// Not a replica (or already following): nothing to do.
+    NotAReplica,
+    /// The provider does not let SQL change it (RDS): its readers are
+    /// replaced instead (create_readers, move_reads, retire_old).
+    Managed,
+    /// Did not answer; the upgrade goes on, the operator is told.
+    Unreachable(String),
 }
 
 /// One precheck result. `ok = false` stops `upgrade start` before any change.
@@ -214,9 +268,108 @@ pub trait Provider: Send + Sync {
     async fn promote(&self, id: &str) -> Result<(), ProviderError>;
 
     /// Only for [`RepointBy::Provider`]: make the source's address reach server
-    /// `id`. Idempotent. The default does nothing.
+    /// `id` (both renames of an identifier swap, waited for). Idempotent. The
+    /// default does nothing. The saga itself runs the two renames as separate
+    /// steps ([`Provider::rename_aside`], [`Provider::rename_in`]).
     async fn repoint(&self, _source: &SourceFacts, _id: &str) -> Result<(), ProviderError> {
         Ok(())
+    }
+
+    /// Whether the new servers take the old ones' names after the cutover
+    /// (RDS `identifier-swap`). The renames run after RESUME, never in the pause.
+    fn swaps_identifiers(&self) -> bool {
+        false
+    }
+
+    /// Identifier swap, first half: the server holding `name` is renamed
+    /// aside (RDS: `<name>-old-<upgrade id>`), unless `name` is free or
+    /// already held by `new_id`'s server. Waits (bounded) until the rename is
+    /// done. Idempotent; returns what it did.
+    async fn rename_aside(
+        &self,
+        name: &str,
+        _upgrade_id: &str,
+        _new_id: &str,
+    ) -> Result<String, ProviderError> {
+        Ok(format!("{name}: this provider renames nothing"))
+    }
+
+    /// Identifier swap, second half: server `new_id` takes `name`, waited for.
+    /// Idempotent; returns what it did.
+    async fn rename_in(&self, new_id: &str, name: &str) -> Result<String, ProviderError> {
+        Ok(format!("{new_id}: this provider renames nothing ({name})"))
+    }
+
+    /// The new reader that replaces `old_reader` in upgrade `upgrade_id`.
+    fn reader_id(&self, old_reader: &str, upgrade_id: &str) -> String {
+        reader_id(old_reader, upgrade_id)
+    }
+
+    /// The name an identifier swap gives the old holder of `name`.
+    fn aside_id(&self, name: &str, upgrade_id: &str) -> String {
+        format!("{name}-old-{upgrade_id}")
+    }
+
+    /// How server `id` is retired (`upgrade plan`): `reader` for an old reader.
+    fn retire_detail(&self, _id: &str, _reader: bool) -> String {
+        "stopped (its data directory is kept unless upgrade.local.keep_old_data = false)".into()
+    }
+
+    /// The provider's view of the new reader of `reader` (found under the old
+    /// reader's name once an identifier swap gave it that name).
+    async fn describe_reader(&self, reader: &ReaderFacts) -> Result<ReplicaInfo, ProviderError> {
+        self.describe(&reader.new_id).await
+    }
+
+    /// Removes the new reader of `reader` (`upgrade abort`, before promote).
+    /// Idempotent: a missing server is success.
+    async fn delete_reader(&self, reader: &ReaderFacts) -> Result<(), ProviderError> {
+        self.delete_replica(&reader.new_id).await
+    }
+
+    /// Starts creating `reader.new_id`, a replica of the new server
+    /// `new_primary` (so it follows it through promotion), on
+    /// `reader.new_class`. Adopts an existing one; returns without waiting.
+    async fn create_reader(
+        &self,
+        _source: &SourceFacts,
+        _upgrade_id: &str,
+        _new_primary: &str,
+        reader: &ReaderFacts,
+    ) -> Result<ReplicaInfo, ProviderError> {
+        Err(ProviderError::Usage(format!(
+            "this provider does not replace readers ({})",
+            reader.id
+        )))
+    }
+
+    /// Takes the old reader of `reader` (under its own name or renamed
+    /// aside) out of service for good, only while it is a replica of the old
+    /// primary. Waits until it is gone. Idempotent; returns what it did.
+    async fn retire_reader(
+        &self,
+        _source: &SourceFacts,
+        _upgrade_id: &str,
+        reader: &ReaderFacts,
+    ) -> Result<String, ProviderError> {
+        Err(ProviderError::Usage(format!(
+            "this provider does not retire readers ({})",
+            reader.id
+        )))
+    }
+
+    /// After promotion: makes each `database.replicas` entry stream from
+    /// `new_primary` where the provider lets SQL do it. The default (RDS)
+    /// changes nothing: managed replicas are replaced, not reconfigured.
+    async fn follow_new_primary(
+        &self,
+        replicas: &[ConnString],
+        _new_primary: &ConnString,
+    ) -> Vec<(ConnString, Follow)> {
+        replicas
+            .iter()
+            .map(|r| (r.clone(), Follow::Managed))
+            .collect()
     }
 
     /// Takes the old primary out of service for good (local: stop it, keep its
@@ -260,18 +413,26 @@ pub fn endpoint_like(primary: &ConnString, host: &str, port: u16) -> ConnString 
             }
         }
     }
-    // Key/value: parsed (values may be quoted, with spaces and escapes), so
-    // only the address changes.
-    match crate::pg::conninfo::ConnParams::parse(s) {
+    ConnString::new(with_address(s, host, port))
+}
+
+/// A key/value connection string (`primary_conninfo`, a libpq string) with
+/// its host and port replaced. Parsed, so quoted values with spaces and
+/// escapes survive and only the address changes.
+pub fn with_address(conninfo: &str, host: &str, port: u16) -> String {
+    match crate::pg::conninfo::ConnParams::parse(conninfo) {
         Ok(mut p) => {
             p.take("host");
             p.take("hostaddr");
             p.take("port");
             p.set("host", host);
             p.set("port", port.to_string());
-            ConnString::new(p.to_key_value())
+            p.to_key_value()
         }
-        Err(_) => ConnString::new(format!("{s} host={host} port={port}")),
+        Err(_) => format!(
+            "{conninfo} host={} port={port}",
+            crate::pg::conninfo::quote_value(host)
+        ),
     }
 }
 
@@ -305,5 +466,16 @@ mod tests {
         let spec = e.spec().unwrap();
         assert_eq!(spec.password(), Some("a b'c"));
         assert_eq!(spec.host_port(), ("127.0.0.1".to_string(), 7000));
+    }
+
+    #[test]
+    fn conninfo_with_quoted_spaces_keeps_them() {
+        let c = "user=postgres passfile='/var/lib/my dir/pass' host=10.0.0.1 port=5000 application_name='a b'";
+        let out = with_address(c, "127.0.0.1", 6000);
+        let p = crate::pg::conninfo::ConnParams::parse(&out).unwrap();
+        assert_eq!(p.get("passfile"), Some("/var/lib/my dir/pass"));
+        assert_eq!(p.get("application_name"), Some("a b"));
+        assert_eq!(p.get("host"), Some("127.0.0.1"));
+        assert_eq!(p.get("port"), Some("6000"));
     }
 }

@@ -89,26 +89,35 @@ pub async fn run_job<F, Fut>(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
     use std::time::Duration;
 
-    #[tokio::test]
+    /// On tokio's paused clock: the test's 4.5 s and the job's 1.3 s runs take
+    /// no wall-clock time (the clock jumps to the next timer whenever every
+    /// task waits). The cron ticks still come from the wall clock, which does
+    /// not move meanwhile, so each wait for the next tick is at most 1 s.
+    #[tokio::test(start_paused = true)]
     async fn slow_job_never_overlaps_and_failures_are_counted_then_retried() {
         let metrics = Arc::new(Metrics::new());
         let cancel = CancellationToken::new();
         let running = Arc::new(AtomicUsize::new(0));
         let max_running = Arc::new(AtomicUsize::new(0));
-        let calls = Arc::new(AtomicUsize::new(0));
+        let starts = Arc::new(Mutex::new(Vec::new()));
         let schedule: Schedule = "* * * * * *".parse().unwrap();
         let job = {
-            let (running, max_running, calls) =
-                (running.clone(), max_running.clone(), calls.clone());
+            let (running, max_running, starts) =
+                (running.clone(), max_running.clone(), starts.clone());
             move || {
-                let (running, max_running, calls) =
-                    (running.clone(), max_running.clone(), calls.clone());
+                let (running, max_running, starts) =
+                    (running.clone(), max_running.clone(), starts.clone());
                 async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     max_running.fetch_max(now, Ordering::SeqCst);
-                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    let n = {
+                        let mut s = starts.lock().unwrap();
+                        s.push(tokio::time::Instant::now());
+                        s.len() - 1
+                    };
                     // Longer than the 1 s period: the next ticks fall inside the run.
                     tokio::time::sleep(Duration::from_millis(1300)).await;
                     running.fetch_sub(1, Ordering::SeqCst);
@@ -131,6 +140,7 @@ mod tests {
             metrics.clone(),
             job,
         ));
+        let t0 = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(4500)).await;
         cancel.cancel();
         tokio::time::timeout(Duration::from_secs(3), handle)
@@ -138,8 +148,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(max_running.load(Ordering::SeqCst), 1);
-        let n = calls.load(Ordering::SeqCst);
-        assert!((2..=3).contains(&n), "{n} runs in 4.5 s of a 1.3 s job");
+        let starts = starts.lock().unwrap().clone();
+        assert!(starts.len() >= 2, "{} runs in 4.5 s", starts.len());
+        assert!(starts[0] - t0 <= Duration::from_secs(1), "first tick late");
+        // Each run starts at the first tick after the previous one ended:
+        // never inside it (>= 1.3 s), and the missed ticks are skipped, not
+        // waited for or run in a burst (<= 1.3 s + one period).
+        for w in starts.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap >= Duration::from_millis(1300) && gap <= Duration::from_millis(2350),
+                "runs {gap:?} apart"
+            );
+        }
         let text = metrics.encode();
         assert!(
             text.contains("pgsteward_job_failures_total{job=\"test\",error=\"postgres\"} 1"),

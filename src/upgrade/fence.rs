@@ -50,6 +50,13 @@ use super::steps::q;
 use super::UpgradeError;
 use crate::config::ConnString;
 use crate::provider::FenceMethod;
+// The SQL and file fences themselves are the provider layer's (local uses
+// the pg_hba.conf block, rds the per-database setting); re-exported here
+// under their old paths.
+pub use crate::provider::fence::{
+    fence_databases, terminate_application_sessions, unfence_databases, with_block, without_block,
+    BLOCK_BEGIN, FENCEABLE_DATABASES, TERMINATE_APPLICATION_SESSIONS,
+};
 
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
 const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
@@ -72,57 +79,11 @@ const APPLICATION_ROLES: &str =
 const HBA_RULES: &str = "SELECT count(*) FILTER (WHERE error IS NOT NULL)::bigint, \
      count(*) FILTER (WHERE auth_method = 'reject')::bigint FROM pg_hba_file_rules";
 
-const BLOCK_BEGIN: &str = "# pgsteward fence begin";
-const BLOCK_END: &str = "# pgsteward fence end";
-
 /// What the fence needs that can be read before the pause.
 #[derive(Debug, Clone)]
 pub(crate) struct HbaPlan {
     pub path: PathBuf,
     pub roles: Vec<String>,
-}
-
-/// `text` with our block (if any) removed.
-pub fn without_block(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut inside = false;
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with(BLOCK_BEGIN) {
-            inside = true;
-            continue;
-        }
-        if inside {
-            if t.starts_with(BLOCK_END) {
-                inside = false;
-            }
-            continue;
-        }
-        out.push_str(line);
-    }
-    out
-}
-
-/// `text` with the fence block for `roles` at its top (first match wins in
-/// pg_hba.conf). `None` when a role name cannot be written as an hba token.
-pub fn with_block(text: &str, id: &str, roles: &[String]) -> Result<String, String> {
-    let mut block = format!(
-        "{BLOCK_BEGIN} (upgrade {id}): roles that are not superusers are refused; \
-         `pgsteward upgrade resume`/`abort` removes this block\n"
-    );
-    for r in roles {
-        if r.contains('"') || r.chars().any(char::is_control) {
-            return Err(format!(
-                "role {r:?} cannot be named in pg_hba.conf; rename it or make it NOLOGIN before the upgrade"
-            ));
-        }
-        block.push_str(&format!(
-            "local all \"{r}\" reject\nhost all \"{r}\" all reject\n"
-        ));
-    }
-    block.push_str(BLOCK_END);
-    block.push('\n');
-    Ok(block + &without_block(text))
 }
 
 fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
@@ -165,73 +126,6 @@ pub(crate) fn terminate_sql(ours: &[i32]) -> String {
          AND pid <> ALL ('{{{}}}'::int[])",
         list.join(",")
     )
-}
-
-// ---- RDS (`AlterDatabase`) ----
-
-/// Databases fenced on RDS: every one that takes connections, except
-/// templates and the one RDS keeps for itself.
-pub const FENCEABLE_DATABASES: &str = "SELECT datname FROM pg_database \
-     WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' ORDER BY datname";
-/// Application sessions, i.e. everything but superusers' (on RDS: `rdsadmin`,
-/// whose backends an `rds_superuser` may not signal; one refusal would fail
-/// the whole statement).
-pub const TERMINATE_APPLICATION_SESSIONS: &str =
-    "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
-     JOIN pg_roles r ON r.oid = a.usesysid \
-     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
-
-/// Fencing without `ALTER SYSTEM` (refused on RDS): every fenceable database
-/// defaults new transactions to read-only. Needs ownership of each database
-/// (or membership in its owner role). Returns the databases fenced.
-///
-/// The setting lives in `pg_db_role_setting`, a shared catalog that streams
-/// to replicas: the new primary inherits the fence and must be unfenced with
-/// [`unfence_databases`] after promotion, before writes resume.
-pub async fn fence_databases(
-    client: &tokio_postgres::Client,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    client.batch_execute(SESSION_WRITABLE).await?;
-    let mut fenced = Vec::new();
-    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
-        let db: String = row.get(0);
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
-        fenced.push(db);
-    }
-    Ok(fenced)
-}
-
-/// Undoes [`fence_databases`]: on the old primary when rolling back, on the
-/// new primary after promotion. Idempotent.
-pub async fn unfence_databases(
-    client: &tokio_postgres::Client,
-) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(SESSION_WRITABLE).await?;
-    for row in client.query(FENCEABLE_DATABASES, &[]).await? {
-        let db: String = row.get(0);
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RESET default_transaction_read_only",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
-    }
-    Ok(())
-}
-
-/// Ends every application session (see [`TERMINATE_APPLICATION_SESSIONS`]).
-pub async fn terminate_application_sessions(
-    client: &tokio_postgres::Client,
-) -> Result<i64, tokio_postgres::Error> {
-    Ok(client
-        .query_one(TERMINATE_APPLICATION_SESSIONS, &[])
-        .await?
-        .get(0))
 }
 
 impl Saga {

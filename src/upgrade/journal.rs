@@ -49,14 +49,6 @@ pub enum JournalError {
         path: PathBuf,
         source: TransitionError,
     },
-    /// A step ran on a fact an earlier step should have recorded: the
-    /// journal replays, but lacks an output (an older or edited file).
-    #[error("upgrade journal {path}: {step} finished without recording {what}; the file was not written by this pgsteward or was edited")]
-    MissingOutput {
-        path: PathBuf,
-        step: &'static str,
-        what: &'static str,
-    },
     #[error("another pgsteward process is driving an upgrade in {dir} (lock file {dir}/upgrade.lock); wait for it or stop it")]
     Locked { dir: PathBuf },
     #[error("upgrade journal {path} cannot be written since an earlier failure ({reason}); free the disk and run `pgsteward upgrade resume`")]

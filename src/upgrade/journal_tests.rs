@@ -26,6 +26,7 @@ fn created(id: &str) -> Event {
         target_class: "large".into(),
         provider: "local".into(),
         source_primary: "postgres://x@h:1/app".into(),
+        saga: crate::upgrade::record::SAGA_VERSION,
     }
 }
 

@@ -1,11 +1,12 @@
-//! The vertical-upgrade saga: a persisted, resumable sequence of twelve steps
-//! with a point of no return at promote (design: "Vertical upgrade").
+//! The vertical-upgrade saga: a persisted, resumable sequence of eighteen
+//! steps with a point of no return at promote (design: "Vertical upgrade").
 //!
 //! * `record`: steps, statuses, legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
 //! * `runner`: record → run → record; undo before promote, forward after.
 //! * `steps`: each step's body (observe, then act).
-//! * `cutover`: the write pause (steps 5–10) and the pure catch-up gate.
+//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
+//! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
 
 pub mod cutover;
@@ -17,6 +18,7 @@ pub mod precheck;
 pub mod record;
 pub mod runner;
 pub mod steps;
+pub mod swap;
 
 use std::time::Duration;
 
@@ -75,6 +77,15 @@ pub enum UpgradeError {
     NotPrimary(String),
     #[error("no upgrade found in {0} (upgrade.state_dir)")]
     NoUpgrade(String),
+    /// A later step needs a fact an earlier one journals, and it is not there.
+    #[error(
+        "{journal}: {what} is not recorded; the journal was not written by a finished `{step}`"
+    )]
+    MissingFact {
+        journal: std::path::PathBuf,
+        what: &'static str,
+        step: Step,
+    },
 }
 
 impl UpgradeError {
@@ -133,12 +144,17 @@ pub async fn plan_command(
     let mut poolers = Poolers::from_config(cfg);
     let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
     let ok = pre.checks.iter().all(|c| c.ok);
-    let replica = crate::provider::replica_id(&pre.source.id, "<upgrade id>");
+    // RDS identifiers take lower-case letters, digits and hyphens only.
+    let placeholder = "uid";
+    let replica = crate::provider::replica_id(&pre.source.id, placeholder);
+    let servers = swap::server_changes(provider.as_ref(), &pre.source, placeholder, class);
     #[derive(Serialize)]
     struct Plan<'a> {
         target_class: &'a str,
         source: &'a crate::provider::SourceFacts,
         new_server: &'a str,
+        /// Every server created, promoted, renamed and deleted, in order.
+        servers: &'a [swap::ServerChange],
         checks: &'a [crate::provider::Check],
         steps: Vec<&'static str>,
         ready: bool,
@@ -147,6 +163,7 @@ pub async fn plan_command(
         target_class: class,
         source: &pre.source,
         new_server: &replica,
+        servers: &servers,
         checks: &pre.checks,
         steps: record::STEPS.iter().map(|s| s.name()).collect(),
         ready: ok,
@@ -167,6 +184,25 @@ pub async fn plan_command(
                     c.detail
                 );
             }
+            println!("servers (in order; `uid` stands for the upgrade id):");
+            let rows: Vec<Vec<String>> = servers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    vec![
+                        format!("{}", i + 1),
+                        c.step.to_string(),
+                        c.action.to_string(),
+                        c.server.clone(),
+                        c.class.clone().unwrap_or_default(),
+                        c.detail.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::output::table(&["#", "step", "action", "server", "class", "detail"], &rows)
+            );
             println!("steps:");
             let rows: Vec<Vec<String>> = record::SAGA
                 .iter()
@@ -186,7 +222,7 @@ pub async fn plan_command(
                 crate::output::table(&["#", "step", "region", "does", "undo"], &rows)
             );
             println!(
-                "pause deadline {:?} (steps 5-7, from PAUSE); before promote any failure rolls back",
+                "pause deadline {:?} (pause_writes to final_sync, from PAUSE); before promote any failure rolls back",
                 cfg.upgrade.pause_timeout.0
             );
             if !ok {
@@ -243,6 +279,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
             target_class: class.to_string(),
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
             source_primary: cfg.database.primary.without_password(),
+            saga: record::SAGA_VERSION,
         },
     ) {
         Ok(j) => j,
@@ -440,6 +477,11 @@ async fn abort_rolled_back(
     let rec = journal.record().clone();
     let provider = crate::provider::from_config(cfg)?;
     if let Some(source) = rec.source() {
+        // Readers first: they replicate from the new server.
+        for r in &source.readers {
+            provider.delete_reader(r).await?;
+            println!("deleted {}", r.new_id);
+        }
         let id = crate::provider::replica_id(&source.id, &rec.id);
         provider.delete_replica(&id).await?;
         println!("deleted {id}");

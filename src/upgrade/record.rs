@@ -1,4 +1,4 @@
-//! The upgrade's state, rebuilt from its journal: the twelve steps, each
+//! The upgrade's state, rebuilt from its journal: the eighteen steps, each
 //! step's status, the facts steps produced, and the legal transitions.
 //!
 //! Every event goes through [`UpgradeRecord::apply`], both when it is
@@ -19,6 +19,8 @@ pub enum Step {
     Precheck,
     CreateReplica,
     WaitAvailable,
+    CreateReaders,
+    WaitReaders,
     WaitCatchup,
     PauseWrites,
     FenceOldPrimary,
@@ -27,13 +29,19 @@ pub enum Step {
     Repoint,
     ResumeWrites,
     Verify,
+    RenameOldAside,
+    RenameNewIn,
+    RepointStable,
+    MoveReads,
     RetireOld,
 }
 
-pub const STEPS: [Step; 12] = [
+pub const STEPS: [Step; 18] = [
     Step::Precheck,
     Step::CreateReplica,
     Step::WaitAvailable,
+    Step::CreateReaders,
+    Step::WaitReaders,
     Step::WaitCatchup,
     Step::PauseWrites,
     Step::FenceOldPrimary,
@@ -42,14 +50,38 @@ pub const STEPS: [Step; 12] = [
     Step::Repoint,
     Step::ResumeWrites,
     Step::Verify,
+    Step::RenameOldAside,
+    Step::RenameNewIn,
+    Step::RepointStable,
+    Step::MoveReads,
     Step::RetireOld,
 ];
 
+/// The saga a new journal follows. Version 1 (journals without `saga`) had
+/// twelve steps; replaying one marks the steps it did not have as done, so
+/// an upgrade started by an older pgsteward finishes as it began.
+pub const SAGA_VERSION: u32 = 2;
+
+/// Steps that version 1 of the saga did not have.
+const NOT_IN_V1: [Step; 6] = [
+    Step::CreateReaders,
+    Step::WaitReaders,
+    Step::RenameOldAside,
+    Step::RenameNewIn,
+    Step::RepointStable,
+    Step::MoveReads,
+];
+
+fn v1() -> u32 {
+    1
+}
+
 /// Where a step runs. The **pause window** is PAUSE sent → RESUME returned
-/// (steps 5–10: what clients feel). The **pause deadline** is
-/// `upgrade.pause_timeout` counted from PAUSE: steps 5–7 must finish before
-/// it or the upgrade rolls back; promote (step 8) is the point of no return,
-/// after which the window only goes forward.
+/// (pause_writes to resume_writes: what clients feel). The **pause deadline**
+/// is `upgrade.pause_timeout` counted from PAUSE: pause_writes, fence and
+/// final_sync must finish before it or the upgrade rolls back; promote is the
+/// point of no return, after which the window only goes forward. Nothing
+/// slow runs in the window: readers are made before it, RDS renames after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Region {
@@ -76,13 +108,17 @@ pub struct StepSpec {
 /// The saga as one table: the runner (regions, undo), `upgrade plan`'s text
 /// and the tests read it. The step bodies are in steps.rs and fence.rs, the
 /// undo bodies in `Saga::undo` (runner.rs).
-pub const SAGA: [StepSpec; 12] = [
+pub const SAGA: [StepSpec; 18] = [
     StepSpec { step: Step::Precheck, name: "precheck", region: Region::Prepare, undo: "",
-        does: "source is a primary, class differs, no upgrade in flight here or on the primary (guard row), the pooler is ready" },
+        does: "source is a primary, class differs, no upgrade in flight here or on the primary (guard row), the pooler is ready; the source's readers are recorded" },
     StepSpec { step: Step::CreateReplica, name: "create_replica", region: Region::Prepare, undo: "kept for a retry; `upgrade abort` deletes it",
         does: "new server <source>-<id> on the target class (the class's settings win over the copied postgresql.auto.conf)" },
     StepSpec { step: Step::WaitAvailable, name: "wait_available", region: Region::Prepare, undo: "",
         does: "the new server accepts connections, in recovery" },
+    StepSpec { step: Step::CreateReaders, name: "create_readers", region: Region::Prepare, undo: "kept for a retry; `upgrade abort` deletes them",
+        does: "RDS: one new reader per reader of the source, a replica of the new server (cascading), on the reader class" },
+    StepSpec { step: Step::WaitReaders, name: "wait_readers", region: Region::Prepare, undo: "",
+        does: "the new readers accept connections, in recovery, lag below upgrade.catchup_max_bytes" },
     StepSpec { step: Step::WaitCatchup, name: "wait_catchup", region: Region::Prepare, undo: "",
         does: "replay lag below upgrade.catchup_max_bytes, steadily" },
     StepSpec { step: Step::PauseWrites, name: "pause_writes", region: Region::PauseDeadline, undo: "RESUME (only a PAUSE this upgrade made), remove the staged fence",
@@ -92,15 +128,23 @@ pub const SAGA: [StepSpec; 12] = [
     StepSpec { step: Step::FinalSync, name: "final_sync", region: Region::PauseDeadline, undo: "",
         does: "old primary's WAL flushed (async commits included); the new server replayed it" },
     StepSpec { step: Step::Promote, name: "promote", region: Region::AfterPromote, undo: "",
-        does: "point of no return: the new server leaves recovery" },
+        does: "point of no return: the new server leaves recovery (its readers follow it)" },
     StepSpec { step: Step::Repoint, name: "repoint", region: Region::AfterPromote, undo: "",
-        does: "PgBouncer [databases] rewritten, RELOAD" },
+        does: "PgBouncer [databases] rewritten to the new server's own endpoint, RELOAD" },
     StepSpec { step: Step::ResumeWrites, name: "resume_writes", region: Region::AfterPromote, undo: "",
         does: "PgBouncer RESUME: the pause window ends" },
     StepSpec { step: Step::Verify, name: "verify", region: Region::AfterPromote, undo: "",
-        does: "a write through PgBouncer lands on the new primary; replicas follow it" },
+        does: "a write through PgBouncer lands on the new primary; local replicas follow it" },
+    StepSpec { step: Step::RenameOldAside, name: "rename_old_aside", region: Region::AfterPromote, undo: "",
+        does: "identifier-swap: the old primary renamed <source>-old-<id>, waited for (writes keep flowing)" },
+    StepSpec { step: Step::RenameNewIn, name: "rename_new_in", region: Region::AfterPromote, undo: "",
+        does: "identifier-swap: the new primary takes the source's name, waited for" },
+    StepSpec { step: Step::RepointStable, name: "repoint_stable", region: Region::AfterPromote, undo: "",
+        does: "identifier-swap: PgBouncer back on the stable name, plain RELOAD (no PAUSE), write verified" },
+    StepSpec { step: Step::MoveReads, name: "move_reads", region: Region::AfterPromote, undo: "",
+        does: "reads move to the new readers: renamed into the old names (identifier-swap) or PgBouncer read entries repointed" },
     StepSpec { step: Step::RetireOld, name: "retire_old", region: Region::AfterPromote, undo: "",
-        does: "after upgrade.retire_after, the old primary (fenced until then) is retired" },
+        does: "after upgrade.retire_after: the old readers deleted (RDS: no snapshot of a replica exists), then the old primary (fenced until then; RDS: final snapshot)" },
 ];
 
 impl Step {
@@ -126,12 +170,12 @@ impl Step {
         self.spec().region != Region::AfterPromote
     }
 
-    /// Under the pause deadline (steps 5–7).
+    /// Under the pause deadline (pause_writes, fence, final_sync).
     pub fn under_pause_deadline(self) -> bool {
         self.spec().region == Region::PauseDeadline
     }
 
-    /// In the pause window (PAUSE sent → RESUME returned, steps 5–10).
+    /// In the pause window (PAUSE sent → RESUME returned).
     pub fn in_pause_window(self) -> bool {
         (Step::PauseWrites..=Step::ResumeWrites).contains(&self)
     }
@@ -181,6 +225,9 @@ pub enum Event {
         provider: String,
         /// `database.primary` at the start, password redacted.
         source_primary: String,
+        /// The saga version the journal follows ([`SAGA_VERSION`]; 1 when absent).
+        #[serde(default = "v1")]
+        saga: u32,
     },
     StepStarted {
         step: Step,
@@ -286,8 +333,18 @@ pub struct TransitionError {
     pub what: String,
 }
 
+/// An event a step's status does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("step {step} is {from:?}; {event} is not allowed{}", if *.past_promote { " (past promote nothing is undone)" } else { "" })]
+pub struct IllegalStep {
+    pub step: Step,
+    pub from: StepStatus,
+    pub event: &'static str,
+    pub past_promote: bool,
+}
+
 /// The status a step moves to on `event`, or why it cannot.
-pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepStatus, String> {
+pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepStatus, IllegalStep> {
     use StepStatus::*;
     let undoable = step.before_promote();
     let next = match (event, cur) {
@@ -302,15 +359,12 @@ pub fn next_status(step: Step, cur: StepStatus, event: &Event) -> Result<StepSta
         (Event::UndoFinished { .. }, Undoing) => Undone,
         (Event::UndoFailed { .. }, Undoing) => UndoFailed,
         (e, s) => {
-            return Err(format!(
-                "step {step} is {s:?}; {} is not allowed{}",
-                event_name(e),
-                if undoable {
-                    ""
-                } else {
-                    " (past promote nothing is undone)"
-                }
-            ))
+            return Err(IllegalStep {
+                step,
+                from: s,
+                event: event_name(e),
+                past_promote: !undoable,
+            })
         }
     };
     Ok(next)
@@ -341,6 +395,7 @@ impl UpgradeRecord {
             target_class,
             provider,
             source_primary,
+            saga,
         } = &entry.event
         else {
             return Err(TransitionError {
@@ -357,14 +412,25 @@ impl UpgradeRecord {
             phase: Phase::Running,
             steps: STEPS
                 .iter()
-                .map(|&step| StepState {
-                    step,
-                    status: StepStatus::Pending,
-                    started_at: None,
-                    finished_at: None,
-                    error: None,
-                    output: Output::default(),
-                    attempts: 0,
+                .map(|&step| {
+                    let absent = *saga < 2 && NOT_IN_V1.contains(&step);
+                    StepState {
+                        step,
+                        status: if absent {
+                            StepStatus::Done
+                        } else {
+                            StepStatus::Pending
+                        },
+                        started_at: None,
+                        finished_at: None,
+                        error: None,
+                        output: if absent {
+                            Output::note("not a step of this journal's saga (version 1)")
+                        } else {
+                            Output::default()
+                        },
+                        attempts: 0,
+                    }
                 })
                 .collect(),
             last_seq: entry.seq,
@@ -423,7 +489,7 @@ impl UpgradeRecord {
                     }
                 }
                 let cur = self.status(step);
-                let next = next_status(step, cur, &entry.event).map_err(err)?;
+                let next = next_status(step, cur, &entry.event).map_err(|e| err(e.to_string()))?;
                 let s = &mut self.steps[step.index()];
                 s.status = next;
                 match &entry.event {
@@ -560,6 +626,7 @@ mod tests {
                 target_class: "large".into(),
                 provider: "local".into(),
                 source_primary: "postgres://x@h:1/app".into(),
+                saga: SAGA_VERSION,
             },
         ))
         .unwrap()
@@ -716,6 +783,48 @@ mod tests {
         .unwrap();
         assert!(r.in_cutover());
         assert!(run(&mut r, vec![Event::Aborted]).is_err());
+    }
+
+    #[test]
+    fn a_twelve_step_journal_replays_and_completes() {
+        // Written by a pgsteward before readers and the swap steps existed.
+        let line = r#"{"seq":1,"at":"2026-01-01T00:00:00Z","event":"created","id":"u0","target_class":"large","provider":"local","source_primary":"p"}"#;
+        let first: Entry = serde_json::from_str(line).unwrap();
+        let mut r = UpgradeRecord::from_created(&first).unwrap();
+        assert_eq!(r.status(Step::CreateReaders), StepStatus::Done);
+        assert_eq!(r.status(Step::WaitCatchup), StepStatus::Pending);
+        let v1 = [
+            Step::Precheck,
+            Step::CreateReplica,
+            Step::WaitAvailable,
+            Step::WaitCatchup,
+            Step::PauseWrites,
+            Step::FenceOldPrimary,
+            Step::FinalSync,
+            Step::Promote,
+            Step::Repoint,
+            Step::ResumeWrites,
+            Step::Verify,
+            Step::RetireOld,
+        ];
+        let events: Vec<Event> = v1
+            .iter()
+            .flat_map(|&step| {
+                [
+                    Event::StepStarted { step },
+                    Event::StepSucceeded {
+                        step,
+                        output: Output::default(),
+                    },
+                ]
+            })
+            .chain([Event::Completed])
+            .collect();
+        run(&mut r, events).unwrap();
+        assert_eq!(r.phase, Phase::Completed);
+        // A new journal has every step to run.
+        let new = created();
+        assert_eq!(new.status(Step::CreateReaders), StepStatus::Pending);
     }
 
     #[test]

@@ -219,9 +219,11 @@ impl Saga {
             return Ok(());
         }
         let old = self.cfg.database.primary.to_string();
-        if step > Step::FinalSync {
+        if step > Step::FinalSync && step <= Step::RenameOldAside {
             // Past the final flush the old primary's WAL must not move: its
             // replicas follow the new primary only from the switch point.
+            // (From rename_old_aside on it is not held at all: after an
+            // identifier swap its address reaches the new primary.)
             if let Some(g) = self.guard.as_mut() {
                 g.freeze(&old);
             }
@@ -455,6 +457,8 @@ impl Saga {
             Step::Precheck => self.precheck_step().await,
             Step::CreateReplica => self.create_replica().await,
             Step::WaitAvailable => self.wait_available().await,
+            Step::CreateReaders => self.create_readers().await,
+            Step::WaitReaders => self.wait_readers().await,
             Step::WaitCatchup => self.wait_catchup().await,
             Step::PauseWrites => self.pause_writes().await,
             Step::FenceOldPrimary => self.fence().await,
@@ -463,6 +467,10 @@ impl Saga {
             Step::Repoint => self.repoint().await,
             Step::ResumeWrites => self.resume_writes().await,
             Step::Verify => self.verify().await,
+            Step::RenameOldAside => self.rename_old_aside().await,
+            Step::RenameNewIn => self.rename_new_in().await,
+            Step::RepointStable => self.repoint_stable().await,
+            Step::MoveReads => self.move_reads().await,
             Step::RetireOld => self.retire_old().await,
         }
     }
@@ -496,6 +504,7 @@ mod tests {
                 target_class: "c".into(),
                 provider: "local".into(),
                 source_primary: "p".into(),
+                saga: crate::upgrade::record::SAGA_VERSION,
             },
         })
         .unwrap();

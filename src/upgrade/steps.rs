@@ -13,7 +13,7 @@ use super::runner::Saga;
 use super::{journal, UpgradeError};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::pooler::Poolers;
-use crate::provider::{replica_id, Check, Precheck, Provider, ReplicaState, RepointBy};
+use crate::provider::{replica_id, Check, Follow, Precheck, Provider, ServerState};
 
 const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
      current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
@@ -27,9 +27,8 @@ const DDL_LOCKS: &str = "SELECT count(*)::bigint FROM pg_locks \
      WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation' AND granted AND pid <> pg_backend_pid()";
 const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
 const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
-const REPLAYED_ENOUGH: &str =
+pub(crate) const REPLAYED_ENOUGH: &str =
     "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
-const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 /// Through the pooler, in one statement (transaction pooling: the next
 /// statement may run on another server connection).
 const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
@@ -37,7 +36,6 @@ const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_
      FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()";
 const SESSION_EXISTS: &str =
     "SELECT count(*)::bigint FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2";
-const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
 
 /// Every precheck: the provider's, then the source's and the pooler's.
 /// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
@@ -216,15 +214,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     }
 }
 
-/// The longest any one query of the saga may take outside the write pause
-/// (inside it, the pause deadline is the bound): a hung server fails the step
-/// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
-/// most `upgrade.step_timeout`.
-pub fn query_timeout(cfg: &Config) -> Duration {
-    (cfg.database.connect_timeout.0 * 2)
-        .max(Duration::from_secs(10))
-        .min(cfg.upgrade.step_timeout.0)
-}
+pub use crate::pooler::query_timeout;
 
 /// A client-side deadline for one query (or a short exchange of them).
 #[derive(Debug, Clone, Copy)]
@@ -302,24 +292,25 @@ pub(crate) fn q(target: &ConnString, e: tokio_postgres::Error) -> UpgradeError {
 
 impl Saga {
     /// Sleeps `d` unless cancelled first.
-    async fn tick(&self, d: Duration) -> Result<(), UpgradeError> {
+    pub(crate) async fn tick(&self, d: Duration) -> Result<(), UpgradeError> {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = self.cancel.cancelled() => Err(UpgradeError::Cancelled),
         }
     }
 
-    fn source(&self) -> Result<crate::provider::SourceFacts, UpgradeError> {
-        self.record().source().cloned().ok_or_else(|| {
-            UpgradeError::Journal(journal::JournalError::MissingOutput {
-                path: self.journal.path().to_path_buf(),
-                step: "precheck",
+    pub(crate) fn source(&self) -> Result<crate::provider::SourceFacts, UpgradeError> {
+        self.record()
+            .source()
+            .cloned()
+            .ok_or_else(|| UpgradeError::MissingFact {
+                journal: self.journal.path().to_path_buf(),
                 what: "the source",
+                step: Step::Precheck,
             })
-        })
     }
 
-    fn replica(&self) -> Result<String, UpgradeError> {
+    pub(crate) fn replica(&self) -> Result<String, UpgradeError> {
         let source = self.source()?;
         Ok(replica_id(&source.id, &self.record().id))
     }
@@ -363,32 +354,41 @@ impl Saga {
         }
     }
 
+    /// The session on the old primary (the fence spares it), opened when
+    /// there is none or it closed.
     pub(crate) async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
-        if self.old.as_ref().map_or(true, |c| c.is_closed()) {
-            let limit = self.query_limit();
-            let primary = self.cfg.database.primary.clone();
-            let client = limit
-                .wrap(
-                    "a connection to the old primary",
-                    connect(&primary, &self.cfg),
-                )
-                .await?;
-            let pid: i32 = limit
-                .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
-                .await?
-                .get(0);
-            self.old_pid = Some(pid);
-            self.old = Some(client);
-        }
-        self.old.as_ref().ok_or(UpgradeError::Cancelled)
+        let client = match self.old.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let limit = self.query_limit();
+                let primary = self.cfg.database.primary.clone();
+                let client = limit
+                    .wrap(
+                        "a connection to the old primary",
+                        connect(&primary, &self.cfg),
+                    )
+                    .await?;
+                let pid: i32 = limit
+                    .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
+                    .await?
+                    .get(0);
+                self.old_pid = Some(pid);
+                client
+            }
+        };
+        Ok(self.old.insert(client))
     }
 
+    /// The session on the new server, opened when there is none or it closed.
     pub(crate) async fn new_client(&mut self) -> Result<&Client, UpgradeError> {
-        if self.new.as_ref().map_or(true, |c| c.is_closed()) {
-            let endpoint = self.new_endpoint().await?;
-            self.new = Some(connect(&endpoint, &self.cfg).await?);
-        }
-        self.new.as_ref().ok_or(UpgradeError::Cancelled)
+        let client = match self.new.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => {
+                let endpoint = self.new_endpoint().await?;
+                connect(&endpoint, &self.cfg).await?
+            }
+        };
+        Ok(self.new.insert(client))
     }
 
     pub(crate) async fn precheck_step(&mut self) -> Result<Output, UpgradeError> {
@@ -411,8 +411,13 @@ impl Saga {
         if !failed.is_empty() {
             return Err(UpgradeError::PrecheckFailed(failed));
         }
+        let mut source = pre.source;
+        // The new readers' names depend on this upgrade: fixed here, journaled.
+        for r in &mut source.readers {
+            r.new_id = self.provider.reader_id(&r.id, &id);
+        }
         Ok(Output {
-            source: Some(pre.source),
+            source: Some(source),
             ..Output::default()
         })
     }
@@ -423,18 +428,18 @@ impl Saga {
         let class = self.record().target_class.clone();
         let seen = self.provider.describe(&id).await?;
         let info = match seen.state {
-            ReplicaState::Creating | ReplicaState::Available => {
+            ServerState::Creating | ServerState::Available => {
                 self.progress
                     .say(Step::CreateReplica, &format!("adopting existing {id}"));
                 seen
             }
-            ReplicaState::Deleting => {
+            ServerState::Deleting => {
                 return Err(UpgradeError::Step {
                     step: Step::CreateReplica,
                     detail: format!("{id} is being deleted; wait and resume"),
                 })
             }
-            ReplicaState::Missing | ReplicaState::Failed(_) => {
+            ServerState::Missing | ServerState::Failed(_) => {
                 self.progress.say(
                     Step::CreateReplica,
                     &format!("creating {id} on class {class}"),
@@ -460,8 +465,8 @@ impl Saga {
                 .wrap("the provider's description", self.provider.describe(&id))
                 .await?;
             match info.state {
-                ReplicaState::Available => break,
-                ReplicaState::Creating => {}
+                ServerState::Available => break,
+                ServerState::Creating => {}
                 other => {
                     return Err(UpgradeError::Step {
                         step: Step::WaitAvailable,
@@ -685,6 +690,9 @@ impl Saga {
         Ok(Output::note(format!("writable after {polls} polls")))
     }
 
+    /// Inside the pause: PgBouncer to the new server's own endpoint, for
+    /// every provider. An identifier swap (minutes per rename on RDS) runs
+    /// only after RESUME (rename_old_aside, rename_new_in, repoint_stable).
     pub(crate) async fn repoint(&mut self) -> Result<Output, UpgradeError> {
         if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
             return Ok(Output::note(
@@ -692,31 +700,33 @@ impl Saga {
             ));
         }
         let endpoint = self.new_endpoint().await?;
-        if self.provider.repoint_by() == RepointBy::Provider {
-            let source = self.source()?;
-            let id = self.replica()?;
-            self.provider.repoint(&source, &id).await?;
-            // The new server now answers at the source's address: forget the old one.
-            self.new_endpoint = None;
-            self.new = None;
-            self.poolers.reload().await?;
-            return Ok(Output::note("provider moved the address; pooler reloaded"));
-        }
         let (host, port) = endpoint.spec()?.host_port();
-        self.poolers.rewrite(&host, port)?;
+        self.point_pooler_at(Step::Repoint, &host, port).await?;
+        Ok(Output::note(format!("pooler -> {host}:{port}")))
+    }
+
+    /// Rewrites the cutover database's entry to `host:port`, RELOADs, and
+    /// checks every PgBouncer shows it.
+    pub(crate) async fn point_pooler_at(
+        &mut self,
+        step: Step,
+        host: &str,
+        port: u16,
+    ) -> Result<(), UpgradeError> {
+        self.poolers.rewrite(host, port)?;
         self.poolers.reload().await?;
         for (admin, entry) in self.poolers.entries().await? {
             match entry {
                 Some(e) if e.host == host && e.port == port => {}
                 other => {
                     return Err(UpgradeError::Step {
-                        step: Step::Repoint,
+                        step,
                         detail: format!("pgbouncer {admin} still shows {other:?} after RELOAD, expected {host}:{port}"),
                     })
                 }
             }
         }
-        Ok(Output::note(format!("pooler -> {host}:{port}")))
+        Ok(())
     }
 
     pub(crate) async fn resume_writes(&mut self) -> Result<Output, UpgradeError> {
@@ -753,7 +763,7 @@ impl Saga {
         Ok(Output::note(notes.join("; ")))
     }
 
-    async fn verify_through_pooler(
+    pub(crate) async fn verify_through_pooler(
         &mut self,
         endpoint: &ConnString,
     ) -> Result<String, UpgradeError> {
@@ -821,70 +831,26 @@ impl Saga {
         Ok(n == 1)
     }
 
-    /// Points `database.replicas` (those still in recovery) at the new primary
-    /// by rewriting host and port in their `primary_conninfo` (reloadable since 13).
+    /// `database.replicas` follow the new primary where the provider lets
+    /// SQL do it (local: `primary_conninfo`); RDS replicas are never changed
+    /// over SQL (RDS refuses ALTER SYSTEM): they are replaced by new readers.
     async fn repoint_replicas(&mut self, endpoint: &ConnString) -> Result<usize, UpgradeError> {
-        let (host, port) = endpoint.spec()?.host_port();
+        let outcomes = self
+            .provider
+            .follow_new_primary(&self.cfg.database.replicas, endpoint)
+            .await;
         let mut n = 0;
-        for replica in self.cfg.database.replicas.clone() {
-            let limit = self.query_limit();
-            let once = limit.wrap(
-                "a replica's answer",
-                Self::repoint_one(&self.cfg, &replica, &host, port),
-            );
-            match once.await {
-                Ok(true) => n += 1,
-                Ok(false) => {}
-                // One replica that does not answer does not hold up the upgrade.
-                Err(e) => self.progress.say(
+        for (replica, outcome) in outcomes {
+            match outcome {
+                Follow::Repointed => n += 1,
+                Follow::NotAReplica | Follow::Managed => {}
+                Follow::Unreachable(e) => self.progress.say(
                     Step::Verify,
                     &format!("replica {replica} unreachable, not repointed: {e}"),
                 ),
             }
         }
         Ok(n)
-    }
-
-    /// One replica of [`Saga::repoint_replicas`]: `Ok(false)` when it is no replica.
-    async fn repoint_one(
-        cfg: &Config,
-        replica: &ConnString,
-        host: &str,
-        port: u16,
-    ) -> Result<bool, UpgradeError> {
-        {
-            let replica = replica.clone();
-            let client = connect(&replica, cfg).await?;
-            let in_recovery: bool = client
-                .query_one(IN_RECOVERY, &[])
-                .await
-                .map_err(|e| q(&replica, e))?
-                .get(0);
-            if !in_recovery {
-                return Ok(false);
-            }
-            let conninfo: String = client
-                .query_one(PRIMARY_CONNINFO, &[])
-                .await
-                .map_err(|e| q(&replica, e))?
-                .get(0);
-            let wanted = retarget_conninfo(&conninfo, host, port);
-            if wanted != conninfo {
-                let sql = format!(
-                    "ALTER SYSTEM SET primary_conninfo = {}",
-                    crate::pg::quote_literal(&wanted)
-                );
-                client
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| q(&replica, e))?;
-                client
-                    .query_one(RELOAD_CONF, &[])
-                    .await
-                    .map_err(|e| q(&replica, e))?;
-            }
-            Ok(true)
-        }
     }
 
     pub(crate) async fn retire_old(&mut self) -> Result<Output, UpgradeError> {
@@ -912,23 +878,25 @@ impl Saga {
             // The old primary goes away now; its row already names the new one.
             g.release(&self.cfg.database.primary.to_string());
         }
+        // Readers before their primary: deleting a primary that still feeds
+        // replicas would turn them into writable instances.
+        let upgrade_id = self.record().id.clone();
+        let mut notes = Vec::new();
+        for r in &source.readers {
+            let note = self.provider.retire_reader(&source, &upgrade_id, r).await?;
+            self.progress.say(Step::RetireOld, &note);
+            notes.push(note);
+        }
         self.provider.retire_old(&source).await?;
-        Ok(Output::note(format!("{} retired", source.id)))
+        notes.push(format!("{} retired", source.id));
+        Ok(Output::note(notes.join("; ")))
     }
 }
 
-/// `conninfo` (key=value form) with host and port replaced.
+/// `conninfo` (key=value form) with host and port replaced: the one parser
+/// of `pg::conninfo` ([`crate::provider::with_address`]), kept here by name.
 pub fn retarget_conninfo(conninfo: &str, host: &str, port: u16) -> String {
-    let mut parts: Vec<String> = conninfo
-        .split_whitespace()
-        .filter(|p| {
-            !p.starts_with("host=") && !p.starts_with("port=") && !p.starts_with("hostaddr=")
-        })
-        .map(str::to_string)
-        .collect();
-    parts.push(format!("host={host}"));
-    parts.push(format!("port={port}"));
-    parts.join(" ")
+    crate::provider::with_address(conninfo, host, port)
 }
 
 #[cfg(test)]
@@ -937,13 +905,14 @@ mod tests {
 
     #[test]
     fn conninfo_keeps_user_and_options() {
-        assert_eq!(
-            retarget_conninfo(
-                "user=postgres passfile='/x' host=127.0.0.1 port=5000 sslmode=prefer",
-                "127.0.0.1",
-                6000
-            ),
-            "user=postgres passfile='/x' sslmode=prefer host=127.0.0.1 port=6000"
+        let out = retarget_conninfo(
+            "user=postgres passfile='/x y' host=127.0.0.1 port=5000 sslmode=prefer",
+            "127.0.0.1",
+            6000,
         );
+        let p = crate::pg::conninfo::ConnParams::parse(&out).unwrap();
+        assert_eq!(p.get("passfile"), Some("/x y"));
+        assert_eq!(p.get("sslmode"), Some("prefer"));
+        assert_eq!(p.get("port"), Some("6000"));
     }
 }

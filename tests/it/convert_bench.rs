@@ -53,7 +53,18 @@ async fn convert_bench_versus_copy_floor() {
     let c = cfg.clone();
     let t = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
-        run(&c, &["convert", "start", "--table", "public.events"], None)
+        run(
+            &c,
+            &[
+                "--log-level",
+                "info",
+                "convert",
+                "start",
+                "--table",
+                "public.events",
+            ],
+            None,
+        )
     })
     .await
     .unwrap();
@@ -139,4 +150,32 @@ async fn convert_bench_versus_copy_floor() {
         "speed-up over the floor",
         floor_time.as_secs_f64() / convert_time.as_secs_f64()
     );
+    // Where the conversion's time went, from its own step log.
+    println!();
+    let mut in_steps = 0u64;
+    for (step, elapsed) in step_times(&out.stderr) {
+        in_steps += elapsed;
+        println!("{:<44} {:>12}ms", format!("  step {step}"), elapsed);
+    }
+    println!(
+        "{:<44} {:>12.0}ms",
+        "  outside the steps (start, plan, journal, exit)",
+        ms(convert_time) - in_steps as f64
+    );
+}
+
+/// `(step, elapsed ms)` of each "conversion step done" log line.
+fn step_times(log: &str) -> Vec<(String, u64)> {
+    log.lines()
+        .filter(|l| l.contains("conversion step done"))
+        .filter_map(|l| {
+            let field = |name: &str| {
+                let at = l.find(&format!("{name}="))? + name.len() + 1;
+                let rest = &l[at..];
+                let end = rest.find(' ').unwrap_or(rest.len());
+                Some(rest[..end].trim_matches('"').to_string())
+            };
+            Some((field("step")?, field("elapsed_ms")?.parse().ok()?))
+        })
+        .collect()
 }

@@ -493,7 +493,7 @@ fn iam_policy_grants_exactly_what_the_rds_provider_calls() {
 }
 
 /// GET over a plain TCP stream: status line and body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -591,81 +591,6 @@ fn service_serves_the_probe_paths_and_every_alerted_metric() {
             "{name} is used by an alert or the dashboard but not exported; exported: {exported:?}"
         );
     }
-}
-
-/// Benchmark, prints figures: the memory footprint the Deployment's resources
-/// are set from. `pgsteward run` against a primary with one streaming replica,
-/// lag checks every second and a partition pass every 10 seconds over one
-/// monthly table, for 60 seconds. Run with
-/// `cargo test --features failpoints --test it deploy::bench_ -- --ignored --nocapture`
-/// (add `--release` for the image's figures).
-#[test]
-#[ignore = "benchmark: prints the service's RSS"]
-fn bench_service_memory_footprint() {
-    let cluster = harness::TestCluster::start(1);
-    let primary = cluster.primary.url("postgres");
-    let replica = cluster.replicas[0].url("postgres");
-    harness::must(cluster.primary.psql(
-        "postgres",
-        "CREATE TABLE public.audit_log (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)",
-    ));
-    let port = pgsteward::localpg::free_port().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        &format!(
-            "[database]\nprimary = \"{primary}\"\nreplicas = [\"{replica}\"]\n\
-             [http]\nlisten = \"127.0.0.1:{port}\"\n\
-             [lag]\nschedule = \"* * * * * *\"\n\
-             [partitions]\nschedule = \"*/10 * * * * *\"\n\
-             [[partitions.tables]]\ntable = \"public.audit_log\"\ninterval = \"monthly\"\npremake = 3\n"
-        ),
-    );
-    let mut child = pgsteward()
-        .arg("--config")
-        .arg(&path)
-        .arg("run")
-        .spawn()
-        .unwrap();
-    let status = |field: &str| -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
-        let line = s.lines().find(|l| l.starts_with(field))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    let start = Instant::now();
-    let mut samples = Vec::new();
-    let mut scrapes = 0;
-    while start.elapsed() < Duration::from_secs(60) {
-        if http_get(port, "/metrics").is_some_and(|(s, _)| s == 200) {
-            scrapes += 1;
-        }
-        if let Some(kb) = status("VmRSS:") {
-            samples.push(kb);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let hwm = status("VmHWM:");
-    let threads = status("Threads:");
-    // utime + stime, in clock ticks (100 per second on Linux).
-    let cpu_ticks: Option<u64> = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
-            Some(after.get(11)?.parse::<u64>().ok()? + after.get(12)?.parse::<u64>().ok()?)
-        });
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(!samples.is_empty(), "the service stayed up");
-    samples.sort_unstable();
-    println!(
-        "pgsteward run, 60 s, {scrapes} scrapes: RSS median {} KiB, max {} KiB, peak (VmHWM) {:?} KiB, threads {:?}, CPU {:?} ticks of 10 ms, build {}",
-        samples[samples.len() / 2],
-        samples[samples.len() - 1],
-        hwm,
-        threads,
-        cpu_ticks,
-        if cfg!(debug_assertions) { "debug" } else { "release" }
-    );
 }
 
 #[test]

@@ -20,7 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{
     self, Cluster, Pooler, PoolerAuth, PoolerDatabase, PoolerUser, ServerUser, StopMode,
@@ -283,13 +283,20 @@ impl TestCluster {
         self.dir.path()
     }
 
-    /// Waits until every replica has replayed everything the primary has written.
+    /// Waits until every replica has replayed everything the primary has
+    /// written; fails after [`CATCH_UP_WAIT`] with each replica's replay
+    /// position, the primary's and the time waited.
     pub fn wait_replicas_caught_up(&self) {
+        self.wait_replicas_caught_up_within(CATCH_UP_WAIT)
+    }
+
+    pub fn wait_replicas_caught_up_within(&self, wait: Duration) {
         let lsn = must(self.primary.psql("postgres", "SELECT pg_current_wal_lsn()"))
             .trim()
             .to_string();
+        let t0 = Instant::now();
         for r in &self.replicas {
-            for _ in 0..400 {
+            loop {
                 let caught = must(r.psql(
                     "postgres",
                     &format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"),
@@ -297,9 +304,37 @@ impl TestCluster {
                 if caught.trim() == "t" {
                     break;
                 }
+                if t0.elapsed() > wait {
+                    let seen: Vec<String> = self
+                        .replicas
+                        .iter()
+                        .map(|r| format!("replica :{} replayed {}", r.port, replay_position(r)))
+                        .collect();
+                    panic!(
+                        "replicas not caught up with the primary (:{}) at {lsn} after {:?}: {}",
+                        self.primary.port,
+                        t0.elapsed(),
+                        seen.join("; ")
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(25));
             }
         }
+    }
+}
+
+/// How long [`TestCluster::wait_replicas_caught_up`] waits: generous, since
+/// a test that goes on with a lagging replica fails later and obscurely.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+
+/// A replica's replay position as it reports it, or why it could not.
+fn replay_position(r: &Cluster) -> String {
+    match r.psql(
+        "postgres",
+        "SELECT coalesce(pg_last_wal_replay_lsn()::text, 'nothing') || CASE WHEN pg_is_in_recovery() THEN '' ELSE ' (not in recovery)' END",
+    ) {
+        Ok(out) => out.trim().to_string(),
+        Err(e) => format!("unknown ({e})"),
     }
 }
 
@@ -535,4 +570,31 @@ pub async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let spec = must(pgsteward::pg::ConnSpec::parse_with(url, &pg_env()));
     must(spec.connect(Duration::from_secs(10)).await)
+}
+
+/// A replica that stops replaying is reported with what was seen, not
+/// waited out in silence.
+#[test]
+fn a_replica_that_does_not_catch_up_is_reported() {
+    let tc = TestCluster::start(1);
+    must(tc.replicas[0].psql("postgres", "SELECT pg_wal_replay_pause()"));
+    must(
+        tc.primary
+            .psql("postgres", "CREATE TABLE moved_on (id int)"),
+    );
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tc.wait_replicas_caught_up_within(Duration::from_secs(1))
+    }));
+    let message = match failed {
+        Ok(()) => panic!("a paused replica was reported caught up"),
+        Err(p) => p.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(
+        message.contains("not caught up")
+            && message.contains(&format!("replica :{} replayed", tc.replicas[0].port))
+            && message.contains("after 1."),
+        "{message}"
+    );
+    must(tc.replicas[0].psql("postgres", "SELECT pg_wal_replay_resume()"));
+    tc.wait_replicas_caught_up();
 }

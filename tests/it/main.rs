@@ -4,10 +4,12 @@
 
 mod harness;
 
+mod bench;
 mod cli_config;
 mod convert;
 mod convert_bench;
 mod convert_cases;
+mod demo;
 mod deploy;
 mod docker;
 mod first_user;
@@ -17,8 +19,11 @@ mod moto;
 mod partition_safety;
 mod partitions;
 mod rds;
+mod rds_readers;
+mod rds_scripted;
 mod secrets;
 mod service;
 mod tls;
 mod upgrade;
 mod upgrade_safety;
+mod workload;

@@ -4,8 +4,8 @@
 //! provider's own `RdsApi` seam. Each scripted test says which real RDS
 //! behaviour it stands for.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_rds::types::Tag;
@@ -15,9 +15,10 @@ use pgsteward::provider::rds::{
     final_snapshot_id, rds_old_id, rds_replica_id, ApiError, ApiErrorKind, CreateReplica, Instance,
     RdsApi, RdsProvider, SdkRds, UPGRADE_TAG,
 };
-use pgsteward::provider::{Provider, ProviderError, ReplicaState, SourceFacts};
+use pgsteward::provider::{Provider, ProviderError, ServerState, SourceFacts};
 
 use crate::moto::Moto;
+use crate::rds_scripted::Scripted;
 
 const SOURCE: &str = "platform-postgres";
 
@@ -150,13 +151,10 @@ async fn moto_upgrade_through_the_pooler_creates_promotes_and_retires_with_a_fin
     assert_eq!(again.id, id);
     let all = client.describe_db_instances().send().await.unwrap();
     assert_eq!(all.db_instances().len(), 2);
-    assert_eq!(
-        p.describe(&id).await.unwrap().state,
-        ReplicaState::Available
-    );
+    assert_eq!(p.describe(&id).await.unwrap().state, ServerState::Available);
     assert_eq!(
         p.describe("nope").await.unwrap().state,
-        ReplicaState::Missing
+        ServerState::Missing
     );
 
     // moto accepts PromoteReadReplica but keeps listing the instance as a
@@ -224,7 +222,7 @@ async fn moto_identifier_swap_moves_the_name_to_the_new_primary() {
     // under the source's name, with that name's endpoint.
     let seen = p.describe(&id).await.unwrap();
     assert_eq!(seen.id, SOURCE);
-    assert_eq!(seen.state, ReplicaState::Available);
+    assert_eq!(seen.state, ServerState::Available);
     assert!(seen.endpoint.unwrap().expose().contains("127.0.0.1:15432"));
 
     // A resumed saga repeats the step: nothing more happens.
@@ -361,190 +359,6 @@ async fn moto_api_errors_reach_the_operator_with_the_api_message() {
 
 // ---------------------------------------------------------------- scripted RDS
 
-/// An in-memory RDS whose statuses follow a script: each describe of an id
-/// takes the next scripted status (the last one stays). Calls are logged and
-/// errors can be queued per operation.
-#[derive(Default)]
-struct Scripted {
-    state: Mutex<ScriptState>,
-}
-
-#[derive(Default)]
-struct ScriptState {
-    instances: BTreeMap<String, Instance>,
-    statuses: HashMap<String, VecDeque<String>>,
-    /// Describes of an id that answer "not found" before it is listed.
-    hidden: HashMap<String, usize>,
-    errors: HashMap<&'static str, VecDeque<ApiError>>,
-    calls: Vec<String>,
-}
-
-impl Scripted {
-    fn with_source() -> Arc<Scripted> {
-        let s = Scripted::default();
-        s.put(Instance {
-            id: SOURCE.into(),
-            status: "available".into(),
-            class: "db.r5.xlarge".into(),
-            engine: "postgres".into(),
-            backup_retention: 7,
-            endpoint: Some(("src.rds.example".into(), 5432)),
-            ..Instance::default()
-        });
-        Arc::new(s)
-    }
-    fn put(&self, i: Instance) {
-        self.state.lock().unwrap().instances.insert(i.id.clone(), i);
-    }
-    fn script(&self, id: &str, statuses: &[&str]) {
-        self.state
-            .lock()
-            .unwrap()
-            .statuses
-            .insert(id.into(), statuses.iter().map(|s| s.to_string()).collect());
-    }
-    fn fail(&self, op: &'static str, kind: ApiErrorKind, code: &str, times: usize) {
-        let mut st = self.state.lock().unwrap();
-        let q = st.errors.entry(op).or_default();
-        for _ in 0..times {
-            q.push_back(ApiError::new(kind, code, &format!("scripted {code}")));
-        }
-    }
-    fn calls(&self, op: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .calls
-            .iter()
-            .filter(|c| c.starts_with(op))
-            .count()
-    }
-    fn enter(
-        &self,
-        op: &'static str,
-        id: &str,
-    ) -> Result<std::sync::MutexGuard<'_, ScriptState>, ApiError> {
-        let mut st = self.state.lock().unwrap();
-        st.calls.push(format!("{op} {id}"));
-        if let Some(e) = st.errors.get_mut(op).and_then(VecDeque::pop_front) {
-            return Err(e);
-        }
-        Ok(st)
-    }
-}
-
-#[async_trait::async_trait]
-impl RdsApi for Scripted {
-    async fn describe_instance(&self, id: &str) -> Result<Option<Instance>, ApiError> {
-        let mut st = self.enter("describe", id)?;
-        if let Some(n) = st.hidden.get_mut(id) {
-            if *n > 0 {
-                *n -= 1;
-                return Ok(None);
-            }
-        }
-        let next = st.statuses.get_mut(id).and_then(|q| {
-            if q.len() > 1 {
-                q.pop_front()
-            } else {
-                q.front().cloned()
-            }
-        });
-        if let (Some(s), Some(i)) = (next, st.instances.get_mut(id)) {
-            i.status = s;
-        }
-        Ok(st.instances.get(id).cloned())
-    }
-    async fn create_read_replica(&self, req: &CreateReplica) -> Result<(), ApiError> {
-        let mut st = self.enter("create", &req.id)?;
-        if st.instances.contains_key(&req.id) {
-            return Err(ApiError::new(
-                ApiErrorKind::AlreadyExists,
-                "DBInstanceAlreadyExists",
-                "exists",
-            ));
-        }
-        let i = Instance {
-            id: req.id.clone(),
-            status: "creating".into(),
-            class: req.class.clone(),
-            engine: "postgres".into(),
-            backup_retention: 0,
-            tags: req.tags.clone(),
-            replica_source: Some(req.source.clone()),
-            ..Instance::default()
-        };
-        st.instances.insert(req.id.clone(), i);
-        if let Some(src) = st.instances.get_mut(&req.source) {
-            src.read_replicas.push(req.id.clone());
-        }
-        Ok(())
-    }
-    async fn promote_read_replica(&self, id: &str) -> Result<(), ApiError> {
-        let mut st = self.enter("promote", id)?;
-        let Some(i) = st.instances.get_mut(id) else {
-            return Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                "DBInstanceNotFound",
-                id,
-            ));
-        };
-        if i.status != "available" {
-            return Err(ApiError::new(
-                ApiErrorKind::InvalidState,
-                "InvalidDBInstanceState",
-                "busy",
-            ));
-        }
-        let src = i.replica_source.take();
-        if let Some(s) = src.and_then(|s| st.instances.get_mut(&s)) {
-            s.read_replicas.retain(|r| r != id);
-        }
-        Ok(())
-    }
-    async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError> {
-        let mut st = self.enter("rename", id)?;
-        let Some(mut i) = st.instances.remove(id) else {
-            return Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                "DBInstanceNotFound",
-                id,
-            ));
-        };
-        i.id = new_id.into();
-        st.instances.insert(new_id.into(), i);
-        Ok(())
-    }
-    async fn delete_instance(
-        &self,
-        id: &str,
-        final_snapshot: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let mut st = self.enter("delete", id)?;
-        st.calls
-            .push(format!("snapshot {}", final_snapshot.unwrap_or("SKIP")));
-        match st.instances.get_mut(id) {
-            Some(i) if i.status == "deleting" => Err(ApiError::new(
-                ApiErrorKind::InvalidState,
-                "InvalidDBInstanceState",
-                "already deleting",
-            )),
-            Some(i) => {
-                i.status = "deleting".into();
-                Ok(())
-            }
-            None => Err(ApiError::new(
-                ApiErrorKind::NotFound,
-                "DBInstanceNotFound",
-                id,
-            )),
-        }
-    }
-    async fn snapshot_status(&self, _snapshot_id: &str) -> Result<Option<String>, ApiError> {
-        Ok(None)
-    }
-}
-
 fn scripted(api: &Arc<Scripted>, repoint: &str, step_timeout: &str) -> RdsProvider {
     let cfg = config("http://127.0.0.1:9", repoint, step_timeout);
     RdsProvider::with_api(&cfg, api.clone()).unwrap()
@@ -573,7 +387,7 @@ async fn scripted_slow_create_waits_through_every_transitional_status() {
         .create_replica(&facts(), "u1", "db.r5.2xlarge")
         .await
         .unwrap();
-    assert_eq!(info.state, ReplicaState::Creating);
+    assert_eq!(info.state, ServerState::Creating);
     let inst = p.wait_available("wait_available", &id).await.unwrap();
     assert_eq!(inst.status, "available");
     assert_eq!(api.calls("create"), 1);
@@ -626,7 +440,7 @@ async fn scripted_failed_replica_ends_the_wait_with_what_to_do() {
         "{err}"
     );
     match p.describe(&id).await.unwrap().state {
-        ReplicaState::Failed(reason) => assert!(reason.contains("failed"), "{reason}"),
+        ServerState::Failed(reason) => assert!(reason.contains("failed"), "{reason}"),
         other => panic!("expected Failed, got {other:?}"),
     }
     api.script(&id, &["incompatible-parameters"]);
@@ -828,6 +642,9 @@ impl RdsApi for LocalStandIn {
     async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError> {
         self.inner.rename_instance(id, new_id).await
     }
+    async fn set_backup_retention(&self, id: &str, days: i32) -> Result<(), ApiError> {
+        self.inner.set_backup_retention(id, days).await
+    }
     async fn delete_instance(&self, id: &str, snap: Option<&str>) -> Result<(), ApiError> {
         self.inner.delete_instance(id, snap).await
     }
@@ -912,6 +729,7 @@ database = "app"
             target_class: "db.r5.2xlarge".into(),
             provider: "rds".into(),
             source_primary: cfg.database.primary.to_string(),
+            saga: record::SAGA_VERSION,
         },
     )
     .unwrap();

@@ -204,6 +204,7 @@ retire_after = "0s"
 
 [upgrade.local]
 data_root = "{root}"
+{bin_dir}
 [upgrade.local.classes.large]
 shared_buffers = "40MB"
 fsync = "off"
@@ -222,6 +223,9 @@ listen = "127.0.0.1:{http_port}"
             state = state.display(),
             root = dir.join("clusters").display(),
             ini = pooler.ini.display(),
+            bin_dir = harness::bin_dir()
+                .map(|d| format!("bin_dir = \"{}\"", d.display()))
+                .unwrap_or_default(),
         ),
     );
     let mut outputs: Vec<(String, Vec<u8>)> = Vec::new();
@@ -457,25 +461,6 @@ fn a_missing_password_names_every_place_looked_in() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-}
-
-/// Figures: the client-side cost of a SCRAM login (4096 HMAC rounds) in this
-/// build. `cargo test --features failpoints --test it secrets::bench_scram_login -- --ignored --nocapture`
-#[tokio::test]
-#[ignore = "benchmark: prints figures"]
-async fn bench_scram_login() {
-    let url = harness::shared().url("postgres");
-    let spec = must(pgsteward::pg::ConnSpec::parse(&url));
-    let n = 20;
-    let t = Instant::now();
-    for _ in 0..n {
-        must(spec.connect(Duration::from_secs(10)).await);
-    }
-    let scram = t.elapsed() / n;
-    println!(
-        "scram-sha-256 login: {:.1} ms each ({n} logins)",
-        scram.as_secs_f64() * 1000.0
-    );
 }
 
 /// Issue 10's reproduction: key/value passwords with spaces, quotes and

@@ -9,137 +9,46 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{Cluster, Pooler, StopMode};
 use pgsteward::upgrade::journal;
+use pgsteward::workload::{Plan, Workload, LEDGER_TABLE};
 
 use crate::harness::{self, must, TestCluster};
 
-/// Every acknowledged id, every error, and per-transaction latencies.
-#[derive(Default)]
-pub struct Ledger {
-    pub acked: Vec<i64>,
-    pub errors: Vec<String>,
-    /// (when the commit was acknowledged, how long the transaction took)
-    pub latencies: Vec<(Instant, Duration)>,
-    /// Wall-clock time of each acknowledgement (same order as `latencies`).
-    pub wall: Vec<std::time::SystemTime>,
-}
+pub use pgsteward::workload::Ledger;
 
-/// Writers through PgBouncer: `BEGIN; INSERT; COMMIT` as one simple-protocol
-/// statement (transaction pooling), ids from a shared counter. Bounded: they
-/// stop when told or after `max_run`.
-pub struct Load {
-    stop: Arc<AtomicBool>,
-    pub ledger: Arc<Mutex<Ledger>>,
-    handles: Vec<tokio::task::JoinHandle<()>>,
-}
+/// Writers through PgBouncer (the library's [`pgsteward::workload`]): one
+/// ledger id per transaction, every acknowledged id and every error recorded.
+/// Bounded: they stop when told or after `max_run`.
+pub struct Load(Workload);
 
 impl Load {
     pub fn start(url: &str, workers: usize, pace: Duration, max_run: Duration) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
-        // Ids unique across every load of this process: a second load on the
-        // same table must not collide with the first one's rows.
-        static BASE: AtomicI64 = AtomicI64::new(0);
-        let base = BASE.fetch_add(100_000_000, Ordering::SeqCst);
-        let next = Arc::new(AtomicI64::new(base + 1));
-        let handles = (0..workers)
-            .map(|_| {
-                let (stop, ledger, next, url) =
-                    (stop.clone(), ledger.clone(), next.clone(), url.to_string());
-                tokio::spawn(async move {
-                    let began = Instant::now();
-                    let mut client = None;
-                    while !stop.load(Ordering::SeqCst) && began.elapsed() < max_run {
-                        if client.is_none() {
-                            let spec = must(pgsteward::pg::ConnSpec::parse(&url));
-                            match spec.connect(Duration::from_secs(10)).await {
-                                Ok(c) => client = Some(c),
-                                Err(e) => {
-                                    ledger.lock().unwrap().errors.push(e.to_string());
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            }
-                        }
-                        let c = client.as_ref().unwrap();
-                        let id = next.fetch_add(1, Ordering::SeqCst);
-                        let t0 = Instant::now();
-                        let r = c
-                            .simple_query(&format!("INSERT INTO ledger (id) VALUES ({id})"))
-                            .await;
-                        let failed = {
-                            let mut l = ledger.lock().unwrap();
-                            match r {
-                                Ok(_) => {
-                                    l.acked.push(id);
-                                    l.latencies.push((Instant::now(), t0.elapsed()));
-                                    l.wall.push(std::time::SystemTime::now());
-                                    false
-                                }
-                                Err(e) => {
-                                    l.errors.push(format!(
-                                        "id {id}: {}",
-                                        pgsteward::pg::server_message(&e)
-                                    ));
-                                    true
-                                }
-                            }
-                        };
-                        if failed {
-                            client = None;
-                        }
-                        tokio::time::sleep(pace).await;
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            ledger,
-            handles,
-        }
+        let spec = must(pgsteward::pg::ConnSpec::parse(url));
+        Load(
+            Plan::ledger_writers(workers)
+                .pace(pace)
+                .max_run(max_run)
+                .connect_timeout(Duration::from_secs(10))
+                .start(&spec),
+        )
     }
 
-    pub fn acked(&self) -> usize {
-        self.ledger.lock().unwrap().acked.len()
+    /// Every id acknowledged so far (the writers go on).
+    pub fn acked_ids(&self) -> Vec<i64> {
+        self.0.snapshot().acked
     }
 
-    /// Waits until `n` more commits were acknowledged (writes go on).
+    /// Waits until `n` more commits were acknowledged (writes go on), or
+    /// fails with what the writers saw.
     pub async fn wait_progress(&self, n: usize) {
-        let start = self.acked();
-        let t0 = Instant::now();
-        while self.acked() < start + n {
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "writes through PgBouncer stopped: {} acked, errors {:?}",
-                self.acked(),
-                self.ledger
-                    .lock()
-                    .unwrap()
-                    .errors
-                    .iter()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        must(self.0.wait_acked(n, Duration::from_secs(30)).await);
     }
 
     pub async fn stop(self) -> Ledger {
-        self.stop.store(true, Ordering::SeqCst);
-        for h in self.handles {
-            let _ = h.await;
-        }
-        Arc::try_unwrap(self.ledger)
-            .ok()
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_default()
+        self.0.stop().await
     }
 }
 
@@ -164,10 +73,7 @@ impl Topology {
     pub fn new() -> Topology {
         let cluster = TestCluster::start(1);
         must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
-        must(cluster.primary.psql(
-            "app",
-            "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
-        ));
+        must(cluster.primary.psql("app", LEDGER_TABLE));
         cluster.wait_replicas_caught_up();
         let pooler = harness::pooler(
             cluster.path(),
@@ -396,7 +302,7 @@ pub fn latest_record(state_dir: &Path) -> pgsteward::upgrade::record::UpgradeRec
     journal::read(&path).unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status,
@@ -564,9 +470,11 @@ async fn kill_at_every_step_boundary_then_resume() {
                 let out = t.pgsteward(&["upgrade", "resume"], None);
                 assert!(out.status.success(), "{fp}: retry failed\n{}", text(&out));
             }
+            t.check_one_writable_or_paused(&format!("{fp}, after resume"))
+                .await;
             t.follow_upgrade();
             load.wait_progress(10).await;
-            let acked = load.ledger.lock().unwrap().acked.clone();
+            let acked = load.acked_ids();
             t.check_nothing_lost(&acked).await;
         }
     }
@@ -726,351 +634,4 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
     );
     ledger.acked.push(-100);
     t.check_nothing_lost(&ledger.acked).await;
-}
-
-/// Benchmark: `pgsteward upgrade` against the hand-scripted cutover of
-/// `shared/reference/switchover/` (PAUSE → LSN → replay wait → promote →
-/// rewrite ini → RELOAD → RESUME, then stop the old primary), reimplemented
-/// here, both promote variants, alternating on one topology under ~300 write
-/// tx/s through PgBouncer. Prints figures; asserts only correctness.
-///
-/// `cargo test --release --features failpoints --test it upgrade::bench_ -- --ignored --nocapture`
-/// (`BENCH_RUNS`, default 5 per variant).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn bench_upgrade_vs_hand_scripted_cutover() {
-    let runs: usize = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let mut t = Topology::new();
-    let mut results: std::collections::BTreeMap<&str, Vec<RunFigures>> = Default::default();
-    for run in 0..runs {
-        for variant in ["pgsteward", "hand_wait", "hand_poll"] {
-            let load = Load::start(
-                &t.pooler_url(),
-                8,
-                Duration::from_millis(25),
-                Duration::from_secs(300),
-            );
-            load.wait_progress(200).await;
-            let (window, steps, from, to) = match variant {
-                "pgsteward" => {
-                    let out = t.upgrade(None);
-                    assert!(out.status.success(), "{}", text(&out));
-                    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-                    let window = stdout
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("write pause (PAUSE sent -> RESUME returned): ")
-                        })
-                        .and_then(|v| v.trim_end_matches(" ms").parse::<f64>().ok())
-                        .unwrap_or(f64::NAN);
-                    let rec = latest_record(&t.state_dir());
-                    let steps: Vec<(String, f64)> = pgsteward::upgrade::step_timings(&rec)
-                        .into_iter()
-                        .map(|(s, d, _)| {
-                            (
-                                s.name().to_string(),
-                                d.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN),
-                            )
-                        })
-                        .collect();
-                    let from: std::time::SystemTime = rec
-                        .step(pgsteward::upgrade::record::Step::PauseWrites)
-                        .started_at
-                        .unwrap()
-                        .into();
-                    let to: std::time::SystemTime = rec
-                        .step(pgsteward::upgrade::record::Step::ResumeWrites)
-                        .finished_at
-                        .unwrap()
-                        .into();
-                    t.follow_upgrade();
-                    (window, steps, from, to)
-                }
-                v => hand_cutover(&mut t, v == "hand_poll", run).await,
-            };
-            load.wait_progress(200).await;
-            let ledger = load.stop().await;
-            let lost = {
-                let primary = t.check_one_writable().await;
-                let rows = harness::query(&primary, "SELECT id FROM ledger").await;
-                let have: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-                ledger.acked.iter().filter(|id| !have.contains(id)).count()
-            };
-            let figures = RunFigures::new(&ledger, window, steps, from, to, lost);
-            println!("run {run} {variant:<10} {figures}");
-            results.entry(variant).or_default().push(figures);
-        }
-    }
-    println!("\n| variant | client max tx latency (ms) min/median/max | largest commit gap (ms) min/median/max | server window (ms) median | errors | lost |");
-    println!("|---|---|---|---|---|---|");
-    for (variant, runs) in &results {
-        let lat: Vec<f64> = runs.iter().map(|r| r.max_latency).collect();
-        let gap: Vec<f64> = runs.iter().map(|r| r.max_gap).collect();
-        let win: Vec<f64> = runs.iter().map(|r| r.window).collect();
-        println!(
-            "| {variant} | {} | {} | {:.1} | {} | {} |",
-            mmm(&lat),
-            mmm(&gap),
-            median(&win),
-            runs.iter().map(|r| r.errors).sum::<usize>(),
-            runs.iter().map(|r| r.lost).sum::<usize>()
-        );
-    }
-    for (variant, runs) in &results {
-        let names: Vec<String> = runs[0].steps.iter().map(|s| s.0.clone()).collect();
-        let medians: Vec<String> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                format!(
-                    "{n} {:.1}",
-                    median(&runs.iter().map(|r| r.steps[i].1).collect::<Vec<_>>())
-                )
-            })
-            .collect();
-        println!("step medians (ms) {variant}: {}", medians.join(", "));
-    }
-}
-
-struct RunFigures {
-    max_latency: f64,
-    max_gap: f64,
-    window: f64,
-    errors: usize,
-    lost: usize,
-    steps: Vec<(String, f64)>,
-}
-
-impl RunFigures {
-    /// Latency and gaps of the commits acknowledged around the cutover window.
-    fn new(
-        l: &Ledger,
-        window: f64,
-        steps: Vec<(String, f64)>,
-        from: std::time::SystemTime,
-        to: std::time::SystemTime,
-        lost: usize,
-    ) -> RunFigures {
-        let lo = from - Duration::from_millis(200);
-        let hi = to + Duration::from_millis(1000);
-        let mut acks: Vec<std::time::SystemTime> = Vec::new();
-        let mut max_latency = Duration::ZERO;
-        for (i, (_, lat)) in l.latencies.iter().enumerate() {
-            let at = l.wall[i];
-            if at >= lo && at <= hi {
-                acks.push(at);
-                max_latency = max_latency.max(*lat);
-            }
-        }
-        acks.sort();
-        let max_gap = acks
-            .windows(2)
-            .map(|w| w[1].duration_since(w[0]).unwrap_or_default())
-            .max()
-            .unwrap_or_default();
-        RunFigures {
-            max_latency: max_latency.as_secs_f64() * 1000.0,
-            max_gap: max_gap.as_secs_f64() * 1000.0,
-            window,
-            errors: l.errors.len(),
-            lost,
-            steps,
-        }
-    }
-}
-
-impl std::fmt::Display for RunFigures {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "max tx latency {:.1} ms, largest gap {:.1} ms, window {:.1} ms, errors {}, lost {}; steps {}",
-            self.max_latency,
-            self.max_gap,
-            self.window,
-            self.errors,
-            self.lost,
-            self.steps.iter().map(|(n, d)| format!("{n} {d:.1}")).collect::<Vec<_>>().join(", ")
-        )
-    }
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn mmm(v: &[f64]) -> String {
-    let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    format!("{min:.1} / {:.1} / {max:.1}", median(v))
-}
-
-/// The reference's sequence, by hand: returns (window ms, step timings, window start, end).
-async fn hand_cutover(
-    t: &mut Topology,
-    poll: bool,
-    run: usize,
-) -> (
-    f64,
-    Vec<(String, f64)>,
-    std::time::SystemTime,
-    std::time::SystemTime,
-) {
-    let class = t.next_class();
-    let sb = if class == "large" { "40MB" } else { "48MB" };
-    let settings: Vec<(String, String)> = [
-        ("shared_buffers", sb),
-        ("fsync", "off"),
-        ("full_page_writes", "off"),
-        ("wal_receiver_status_interval", "1s"),
-        ("log_min_messages", "warning"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let old_spec = pgsteward::pg::ConnSpec::parse(&t.primary_url).unwrap();
-    let old_port = old_spec.host_port().1;
-    let old = harness::connect(&t.primary_url).await;
-    let old_dir: String = old
-        .query_one("SHOW data_directory", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let dir = t
-        .dir()
-        .join("clusters")
-        .join(format!("hand{run}{}", if poll { "p" } else { "w" }));
-    let port = pgsteward::localpg::free_port().unwrap();
-    let login = must(pgsteward::localpg::ChildLogin::new(
-        "127.0.0.1",
-        old_port,
-        harness::STEWARD_USER,
-        Some(harness::STEWARD_PASSWORD),
-        must(pgsteward::localpg::ServerUser::detect()),
-    ));
-    let replica = must(Cluster::basebackup_as(
-        &login,
-        &dir,
-        port,
-        harness::bin_dir(),
-        &settings,
-    ))
-    .with_superuser_password(harness::STEWARD_PASSWORD);
-    must(replica.start());
-    must(pgsteward::localpg::stop_when_gone(
-        &replica,
-        std::process::id(),
-    ));
-    let new_url = replica.url("app");
-    let new = harness::connect(&new_url).await;
-    // Caught up before the cutover, as pgsteward's wait_catchup does.
-    loop {
-        let lsn: String = old
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let ok: bool = new
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if ok {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let admin = harness::connect(&t.pooler.admin_url()).await;
-    let ini = t.pooler.ini.clone();
-    let ini_text = std::fs::read_to_string(&ini).unwrap();
-    let mut steps = Vec::new();
-    let mut mark = Instant::now();
-    let mut lap = |name: &str, steps: &mut Vec<(String, f64)>| {
-        steps.push((name.to_string(), mark.elapsed().as_secs_f64() * 1000.0));
-        mark = Instant::now();
-    };
-    let from = std::time::SystemTime::now();
-    let t0 = Instant::now();
-    admin.simple_query("PAUSE app").await.unwrap();
-    lap("pause", &mut steps);
-    let lsn: String = old
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    lap("read_lsn", &mut steps);
-    loop {
-        let ok: bool = new
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if ok {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    lap("wait_replay", &mut steps);
-    if poll {
-        new.query_one("SELECT pg_promote(wait => false)", &[])
-            .await
-            .unwrap();
-        loop {
-            let r: bool = new
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .unwrap()
-                .get(0);
-            if !r {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    } else {
-        let r: bool = new
-            .query_one("SELECT pg_promote(wait => true, wait_seconds => 60)", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(r);
-    }
-    lap("promote", &mut steps);
-    let txt = pgsteward::pooler::retarget_ini(&ini_text, "app", "127.0.0.1", port).unwrap();
-    let tmp = ini.with_extension("tmp");
-    std::fs::write(&tmp, txt).unwrap();
-    if let Some(u) = t.pooler.user {
-        std::os::unix::fs::chown(&tmp, Some(u.uid), Some(u.gid)).unwrap();
-    }
-    std::fs::rename(&tmp, &ini).unwrap();
-    lap("rewrite_ini", &mut steps);
-    admin.simple_query("RELOAD").await.unwrap();
-    lap("reload", &mut steps);
-    admin.simple_query("RESUME app").await.unwrap();
-    lap("resume", &mut steps);
-    let window = t0.elapsed().as_secs_f64() * 1000.0;
-    let to = std::time::SystemTime::now();
-    // Fence after the window, as the reference does (stop the old primary after 1 s).
-    drop(old);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let old_cluster = Cluster::at(Path::new(&old_dir), old_port, harness::bin_dir()).unwrap();
-    must(old_cluster.stop(StopMode::Fast));
-    t.primary_url = new_url.clone();
-    t.nodes.push(new_url);
-    t.classes_used += 1;
-    t.write_config();
-    (window, steps, from, to)
 }

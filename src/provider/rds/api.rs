@@ -17,6 +17,8 @@ pub struct Instance {
     pub status: String,
     pub class: String,
     pub engine: String,
+    /// `EngineVersion`, e.g. `15.4` (cascading replicas need 14.1 or later).
+    pub engine_version: String,
     pub backup_retention: i32,
     /// `Endpoint.Address` and `Endpoint.Port`; absent while creating.
     pub endpoint: Option<(String, u16)>,
@@ -119,6 +121,9 @@ pub trait RdsApi: Send + Sync {
     async fn promote_read_replica(&self, id: &str) -> Result<(), ApiError>;
     /// `ModifyDBInstance NewDBInstanceIdentifier` with `ApplyImmediately`.
     async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError>;
+    /// `ModifyDBInstance BackupRetentionPeriod` with `ApplyImmediately`: a
+    /// read replica needs automated backups before it can feed replicas.
+    async fn set_backup_retention(&self, id: &str, days: i32) -> Result<(), ApiError>;
     /// `DeleteDBInstance`: with `FinalDBSnapshotIdentifier` when given, else
     /// `SkipFinalSnapshot` (only ever for a replica that never took writes).
     async fn delete_instance(&self, id: &str, final_snapshot: Option<&str>)
@@ -215,6 +220,7 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> Instance {
         status: db.db_instance_status().unwrap_or_default().to_string(),
         class: db.db_instance_class().unwrap_or_default().to_string(),
         engine: db.engine().unwrap_or_default().to_string(),
+        engine_version: db.engine_version().unwrap_or_default().to_string(),
         backup_retention: db.backup_retention_period().unwrap_or(0),
         endpoint: db.endpoint().and_then(|e| {
             let port = u16::try_from(e.port()?).ok()?;
@@ -313,6 +319,19 @@ impl RdsApi for SdkRds {
             .modify_db_instance()
             .db_instance_identifier(id)
             .new_db_instance_identifier(new_id)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error)
+    }
+
+    async fn set_backup_retention(&self, id: &str, days: i32) -> Result<(), ApiError> {
+        self.client()
+            .await
+            .modify_db_instance()
+            .db_instance_identifier(id)
+            .backup_retention_period(days)
             .apply_immediately(true)
             .send()
             .await

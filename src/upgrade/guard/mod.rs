@@ -533,6 +533,26 @@ impl Guard {
         }
     }
 
+    /// The server held at `from` now answers at `to` (an RDS rename moved its
+    /// name): the held session is kept under the new address when it is
+    /// still open, else the lock is taken again there. Nothing when `from`
+    /// is not held (a resumed run took the guard at the new address).
+    pub async fn readdress(&mut self, from: &str, to: &ConnString) -> Result<(), GuardError> {
+        let t = to.to_string();
+        let Some(i) = self.held.iter().position(|h| h.target == from) else {
+            return Ok(());
+        };
+        if !self.held[i].client.is_closed() {
+            let h = &mut self.held[i];
+            h.target = t;
+            h.conn = to.clone();
+            return Ok(());
+        }
+        // The rename rebooted the server: a fresh session at the new address.
+        self.held.remove(i);
+        self.extend_to(to).await
+    }
+
     /// The old primary is about to be retired: stop holding it.
     pub fn release(&mut self, target: &str) {
         self.held.retain(|h| h.target != target);

@@ -1,287 +1,18 @@
-//! PostgreSQL servers and PgBouncer on this host: find the binaries, create a
-//! cluster with `initdb` or `pg_basebackup`, start, stop, promote. Used by the
-//! local upgrade provider, `pgsteward demo` and the test harness.
-//!
-//! PostgreSQL refuses to run as root, so when this process is root every server
-//! program runs as the `postgres` user, and every directory made for it is
-//! handed to that user.
+//! One PostgreSQL cluster on this host: create it (`initdb`, `pg_basebackup`),
+//! configure it, start and stop it, and run setup SQL through `psql`.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod majors;
-pub use majors::{
-    check_supported, major_bin_dir, major_of_version_num, parse_major, pg_cache_dir,
-    plain_conninfo, program_major, MAX_MAJOR, MIN_MAJOR,
+use super::conf::{base_settings, conf_string, conf_value, unescape_conf};
+use super::{
+    command, find_program, give_to, io, make_server_dir, run, url_encode, ChildLogin, LocalPgError,
+    ServerUser,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum LocalPgError {
-    #[error("{program} not found {looked}; install it: {install}")]
-    MissingBinary {
-        program: String,
-        /// Where it was looked for.
-        looked: String,
-        install: &'static str,
-    },
-    #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
-    NoServerUser,
-    #[error("{what} failed: {detail}")]
-    Command { what: String, detail: String },
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
-    #[error("no free loopback port: {0}")]
-    NoPort(std::io::Error),
-    #[error("PostgreSQL {version} is not supported: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
-    Unsupported { version: String },
-    #[error("{program} is PostgreSQL {found}, but the server is PostgreSQL {server}; set upgrade.local.bin_dir to the bin directory of PostgreSQL {server} (Debian: /usr/lib/postgresql/{server}/bin, package postgresql-{server})")]
-    WrongMajor {
-        program: String,
-        found: u32,
-        server: u32,
-    },
-    #[error("{what} did not happen within {timeout:?}")]
-    Timeout { what: String, timeout: Duration },
-}
-
-impl LocalPgError {
-    /// The failure kind for metrics: one per subsystem.
-    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
-        crate::outcome::ErrorLabel::LocalServer
-    }
-}
-
-pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
-    let what = what.into();
-    move |source| LocalPgError::Io { what, source }
-}
-
-mod bouncer;
-mod child;
-pub use bouncer::{Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
-pub use child::{is_passed_to_children, minimal_env, ChildLogin};
-
-pub const INSTALL_POSTGRES: &str = "apt-get install -y postgresql";
-pub const INSTALL_PGBOUNCER: &str = "apt-get install -y pgbouncer";
-
-/// The user server processes run as: `None` means "as this process".
-#[derive(Debug, Clone, Copy)]
-pub struct ServerUser {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl ServerUser {
-    /// `postgres` when running as root, otherwise nobody in particular.
-    pub fn detect() -> Result<Option<ServerUser>, LocalPgError> {
-        if !nix::unistd::Uid::effective().is_root() {
-            return Ok(None);
-        }
-        match nix::unistd::User::from_name("postgres") {
-            Ok(Some(u)) => Ok(Some(ServerUser {
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-            })),
-            _ => Err(LocalPgError::NoServerUser),
-        }
-    }
-}
-
-/// Finds a PostgreSQL program: `bin_dir` if given, then PATH, then the newest
-/// `/usr/lib/postgresql/*/bin` (Debian keeps server programs off PATH).
-pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, LocalPgError> {
-    let install = if program == "pgbouncer" {
-        INSTALL_PGBOUNCER
-    } else {
-        INSTALL_POSTGRES
-    };
-    let missing = || LocalPgError::MissingBinary {
-        program: program.into(),
-        looked: match bin_dir {
-            Some(d) => format!("in {}", d.display()),
-            None => "on PATH or under /usr/lib/postgresql/*/bin".into(),
-        },
-        install,
-    };
-    if let Some(dir) = bin_dir {
-        let p = dir.join(program);
-        // psql of any major talks to every supported server, and the
-        // server-only packages of other majors ship none: look further.
-        if p.is_file() || program != "psql" {
-            return if p.is_file() { Ok(p) } else { Err(missing()) };
-        }
-    }
-    // Debian's /usr/lib/postgresql/N/bin is preferred to PATH so initdb,
-    // postgres and pg_basebackup come from one version.
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v: u32 = e.file_name().to_str()?.parse().ok()?;
-            Some((v, e.path().join("bin")))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, dir)) = versions
-        .iter()
-        .rev()
-        .find(|(_, d)| d.join(program).is_file())
-    {
-        return Ok(dir.join(program));
-    }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-        let p = dir.join(program);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    for dir in ["/usr/sbin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(program);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    Err(missing())
-}
-
-/// A port on 127.0.0.1 nobody listens on right now.
-pub fn free_port() -> Result<u16, LocalPgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(LocalPgError::NoPort)?;
-    let port = l.local_addr().map_err(LocalPgError::NoPort)?.port();
-    Ok(port)
-}
-
-/// Makes `dir` (and its parents) and hands it to the server user with mode 0700.
-pub fn make_server_dir(dir: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
-    fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-    give_to(dir, user)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(io(format!("chmod {}", dir.display())))
-}
-
-/// Hands a path to the server user (no-op when not root).
-pub fn give_to(path: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
-    if let Some(u) = user {
-        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
-            .map_err(io(format!("chown {}", path.display())))?;
-    }
-    Ok(())
-}
-
-pub(crate) fn command(program: &Path, user: Option<ServerUser>) -> Command {
-    let mut cmd = Command::new(program);
-    if let Some(u) = user {
-        cmd.uid(u.uid).gid(u.gid);
-        // A server started from root's cwd may be unable to stat it.
-        cmd.current_dir("/");
-    }
-    minimal_env(&mut cmd, user);
-    cmd.env("LC_ALL", "C.UTF-8");
-    cmd
-}
-
-fn run(mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io(what.to_string()))?;
-    if !out.status.success() {
-        let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if detail.is_empty() {
-            detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        }
-        let _ = write!(detail, " ({})", out.status);
-        return Err(LocalPgError::Command {
-            what: what.to_string(),
-            detail,
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Settings every cluster made here gets: loopback only, able to feed
-/// streaming replicas, with its socket inside its own directory.
-fn base_settings(port: u16, socket_dir: &Path) -> Vec<(String, String)> {
-    [
-        ("listen_addresses", "'127.0.0.1'".to_string()),
-        ("port", port.to_string()),
-        (
-            "unix_socket_directories",
-            format!("'{}'", socket_dir.display()),
-        ),
-        ("wal_level", "replica".into()),
-        ("max_wal_senders", "10".into()),
-        ("max_replication_slots", "10".into()),
-        ("hot_standby", "on".into()),
-        ("wal_keep_size", "'256MB'".into()),
-        ("logging_collector", "off".into()),
-        // The default from 14 on; 13 would store md5 hashes.
-        ("password_encryption", "'scram-sha-256'".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-pub fn url_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-/// A postgresql.conf string literal: `'` doubled and `\` escaped, as
-/// pg_basebackup writes them.
-fn conf_string(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-/// The inverse of [`conf_string`] for the inside of the quotes.
-fn unescape_conf(v: &str) -> String {
-    let mut out = String::new();
-    let mut chars = v.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    out.push(n);
-                }
-            }
-            '\'' if chars.peek() == Some(&'\'') => {
-                chars.next();
-                out.push('\'');
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Quotes a setting value for postgresql.conf unless it is a plain number or word.
-pub fn conf_value(v: &str) -> String {
-    if v.starts_with('\'')
-        || (!v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
-    {
-        v.to_string()
-    } else {
-        format!("'{}'", v.replace('\'', "''"))
-    }
-}
 
 /// One PostgreSQL cluster on this host. Dropping it does not stop the server:
 /// call [`Cluster::stop`] (the test harness wraps it in a guard that does).
@@ -316,7 +47,7 @@ impl Cluster {
         self
     }
 
-    fn program(&self, name: &str) -> Result<PathBuf, LocalPgError> {
+    pub(super) fn program(&self, name: &str) -> Result<PathBuf, LocalPgError> {
         find_program(name, self.bin_dir.as_deref())
     }
 
@@ -624,7 +355,7 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn psql_command(&self, dbname: &str) -> Result<Command, LocalPgError> {
+    pub(super) fn psql_command(&self, dbname: &str) -> Result<Command, LocalPgError> {
         let mut cmd = command(&self.program("psql")?, None);
         let socket_dir = self.socket_dir();
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
@@ -685,34 +416,4 @@ impl StopMode {
             StopMode::Immediate => "immediate",
         }
     }
-}
-
-/// Starts a watchdog that stops the server with `pg_ctl -m immediate` once
-/// process `owner` is gone, so servers made by a test or the demo never outlive
-/// it, even after a kill -9.
-pub fn stop_when_gone(cluster: &Cluster, owner: u32) -> Result<(), LocalPgError> {
-    let pg_ctl = cluster.program("pg_ctl")?;
-    let script = format!(
-        "while [ -d /proc/{owner} ]; do sleep 1; done; \
-         '{}' -D '{}' -m immediate stop >/dev/null 2>&1",
-        pg_ctl.display(),
-        cluster.data_dir.display()
-    );
-    spawn_watchdog(&script, cluster.user)
-}
-
-pub(crate) fn spawn_watchdog(script: &str, user: Option<ServerUser>) -> Result<(), LocalPgError> {
-    let mut cmd = Command::new("/bin/sh");
-    minimal_env(&mut cmd, user);
-    cmd.args(["-c", script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(u) = user {
-        cmd.uid(u.uid).gid(u.gid).current_dir("/");
-    }
-    // Its own process group, so a test runner's Ctrl-C does not kill it before it cleans up.
-    cmd.process_group(0);
-    cmd.spawn().map_err(io("spawn watchdog"))?;
-    Ok(())
 }

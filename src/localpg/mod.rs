@@ -1,0 +1,218 @@
+//! PostgreSQL servers and PgBouncer on this host: find the binaries, create a
+//! cluster with `initdb` or `pg_basebackup`, start, stop, promote. Used by the
+//! local upgrade provider, `pgsteward demo` and the test harness.
+//!
+//! PostgreSQL refuses to run as root, so when this process is root every server
+//! program runs as the `postgres` user, and every directory made for it is
+//! handed to that user.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+mod majors;
+pub use majors::{
+    check_supported, major_bin_dir, major_of_version_num, parse_major, pg_cache_dir,
+    plain_conninfo, program_major, MAX_MAJOR, MIN_MAJOR,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPgError {
+    #[error("{program} not found {looked}; install it: {install}")]
+    MissingBinary {
+        program: String,
+        /// Where it was looked for.
+        looked: String,
+        install: &'static str,
+    },
+    #[error("running as root, but there is no `postgres` user to run the server as (create it: useradd --system postgres)")]
+    NoServerUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("no free loopback port: {0}")]
+    NoPort(std::io::Error),
+    #[error("PostgreSQL {version} is not supported: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
+    Unsupported { version: String },
+    #[error("{program} is PostgreSQL {found}, but the server is PostgreSQL {server}; set upgrade.local.bin_dir to the bin directory of PostgreSQL {server} (Debian: /usr/lib/postgresql/{server}/bin, package postgresql-{server})")]
+    WrongMajor {
+        program: String,
+        found: u32,
+        server: u32,
+    },
+    #[error("{what} did not happen within {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+}
+
+impl LocalPgError {
+    /// The failure kind for metrics: one per subsystem.
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::LocalServer
+    }
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalPgError {
+    let what = what.into();
+    move |source| LocalPgError::Io { what, source }
+}
+
+mod bouncer;
+mod child;
+mod cluster;
+mod conf;
+mod watchdog;
+pub use crate::pg::conninfo::url_encode;
+pub use bouncer::{Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
+pub use child::{is_passed_to_children, minimal_env, ChildLogin};
+pub use cluster::{Cluster, StopMode};
+pub(crate) use conf::conf_string;
+pub use conf::conf_value;
+pub(crate) use watchdog::spawn_watchdog;
+pub use watchdog::stop_when_gone;
+
+pub const INSTALL_POSTGRES: &str = "apt-get install -y postgresql";
+pub const INSTALL_PGBOUNCER: &str = "apt-get install -y pgbouncer";
+
+/// The user server processes run as: `None` means "as this process".
+#[derive(Debug, Clone, Copy)]
+pub struct ServerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl ServerUser {
+    /// `postgres` when running as root, otherwise nobody in particular.
+    pub fn detect() -> Result<Option<ServerUser>, LocalPgError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Ok(None);
+        }
+        match nix::unistd::User::from_name("postgres") {
+            Ok(Some(u)) => Ok(Some(ServerUser {
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            })),
+            _ => Err(LocalPgError::NoServerUser),
+        }
+    }
+}
+
+/// Finds a PostgreSQL program: `bin_dir` if given, then PATH, then the newest
+/// `/usr/lib/postgresql/*/bin` (Debian keeps server programs off PATH).
+pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, LocalPgError> {
+    let install = if program == "pgbouncer" {
+        INSTALL_PGBOUNCER
+    } else {
+        INSTALL_POSTGRES
+    };
+    let missing = || LocalPgError::MissingBinary {
+        program: program.into(),
+        looked: match bin_dir {
+            Some(d) => format!("in {}", d.display()),
+            None => "on PATH or under /usr/lib/postgresql/*/bin".into(),
+        },
+        install,
+    };
+    if let Some(dir) = bin_dir {
+        let p = dir.join(program);
+        // psql of any major talks to every supported server, and the
+        // server-only packages of other majors ship none: look further.
+        if p.is_file() || program != "psql" {
+            return if p.is_file() { Ok(p) } else { Err(missing()) };
+        }
+    }
+    // Debian's /usr/lib/postgresql/N/bin is preferred to PATH so initdb,
+    // postgres and pg_basebackup come from one version.
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions
+        .iter()
+        .rev()
+        .find(|(_, d)| d.join(program).is_file())
+    {
+        return Ok(dir.join(program));
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    for dir in ["/usr/sbin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(missing())
+}
+
+/// A port on 127.0.0.1 nobody listens on right now.
+pub fn free_port() -> Result<u16, LocalPgError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(LocalPgError::NoPort)?;
+    let port = l.local_addr().map_err(LocalPgError::NoPort)?.port();
+    Ok(port)
+}
+
+/// Makes `dir` (and its parents) and hands it to the server user with mode 0700.
+pub fn make_server_dir(dir: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+    fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    give_to(dir, user)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod {}", dir.display())))
+}
+
+/// Hands a path to the server user (no-op when not root).
+pub fn give_to(path: &Path, user: Option<ServerUser>) -> Result<(), LocalPgError> {
+    if let Some(u) = user {
+        std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
+            .map_err(io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn command(program: &Path, user: Option<ServerUser>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some(u) = user {
+        cmd.uid(u.uid).gid(u.gid);
+        // A server started from root's cwd may be unable to stat it.
+        cmd.current_dir("/");
+    }
+    minimal_env(&mut cmd, user);
+    cmd.env("LC_ALL", "C.UTF-8");
+    cmd
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io(what.to_string()))?;
+    if !out.status.success() {
+        let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if detail.is_empty() {
+            detail = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        let _ = write!(detail, " ({})", out.status);
+        return Err(LocalPgError::Command {
+            what: what.to_string(),
+            detail,
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
