@@ -36,7 +36,7 @@ enum ProbeError {
     SecondWritable(String),
 }
 
-const SERVER_PROBE: &str = "SELECT current_setting('server_version'), pg_is_in_recovery()";
+use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
 
 async fn probe_server(
     role: &'static str,

@@ -15,7 +15,7 @@ use figment::Figment;
 
 use crate::cli::{DemoArgs, OutputFormat};
 use crate::config::Config;
-use crate::localpg::{self, Cluster, Pooler, PoolerDatabase, StopMode};
+use crate::localpg::{self, Cluster, LocalPgBouncer, PgBouncerDatabase, StopMode};
 use crate::outcome::Outcome;
 use crate::workload::{Plan, LEDGER_TABLE};
 
@@ -69,7 +69,7 @@ struct Servers {
     clusters: Vec<Cluster>,
     /// Where the local provider makes the upgrade's new primary.
     data_root: std::path::PathBuf,
-    pooler: Option<Pooler>,
+    pooler: Option<LocalPgBouncer>,
 }
 
 impl Servers {
@@ -159,20 +159,20 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     servers.clusters.push(replica.clone());
     replica.start()?;
     localpg::stop_when_gone(&replica, me)?;
-    let pooler = Pooler::start(
+    let pooler = LocalPgBouncer::start(
         &dir.path().join("pgbouncer"),
         localpg::free_port()?,
-        &[PoolerDatabase {
+        &[PgBouncerDatabase {
             name: "app".into(),
             host: "127.0.0.1".into(),
             port: primary.port,
             dbname: "app".into(),
         }],
-        &localpg::PoolerAuth {
-            admin: localpg::PoolerUser::new("pgbouncer", Some(&new_password())),
+        &localpg::PgBouncerAuth {
+            admin: localpg::PgBouncerUser::new("pgbouncer", Some(&new_password())),
             users: vec![
-                localpg::PoolerUser::new("postgres", Some(&steward_pw)),
-                localpg::PoolerUser::new("app", Some(&app_pw)),
+                localpg::PgBouncerUser::new("postgres", Some(&steward_pw)),
+                localpg::PgBouncerUser::new("app", Some(&app_pw)),
             ],
         },
         &[("query_wait_timeout", "30")],
@@ -302,7 +302,7 @@ fn demo_config(
     dir: &Path,
     primary: &Cluster,
     replica: &Cluster,
-    pooler: &Pooler,
+    pooler: &LocalPgBouncer,
 ) -> Result<Config, DemoError> {
     let toml = format!(
         r#"

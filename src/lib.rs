@@ -54,9 +54,11 @@
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
 //! * [`lag`]: replica lag, `pgsteward lag`.
+//!   * `lag::sql`: the lag queries, one named constant each.
 //!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.
 //!   * [`lag::evaluate`](mod@lag::evaluate): the pure verdict on one replica.
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
+//!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.

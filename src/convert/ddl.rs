@@ -57,6 +57,18 @@ pub fn drop_check(table: &QualifiedName) -> String {
     )
 }
 
+/// The swap's first statement: the views that read the table, then the
+/// table (readers lock in that order too, so this cannot deadlock with them).
+pub fn swap_lock(plan: &ConvertPlan, info: &TableInfo) -> String {
+    let locked: Vec<String> = info
+        .views
+        .iter()
+        .map(|v| v.quoted.clone())
+        .chain(std::iter::once(plan.name().quoted()))
+        .collect();
+    format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", locked.join(", "))
+}
+
 /// A query counting (0 or 1) rows that could not stay in the first
 /// partition: key NULL or at/after the boundary. Cheap only when an index
 /// leads with the key (`TableInfo::key_indexed`).

@@ -235,13 +235,8 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
         .collect();
     let seqs: Vec<ddl::SequenceState> = Vec::new();
     let mut swap = vec![format!(
-        "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE -- views first, then the table; lock_timeout, retried",
-        info.views
-            .iter()
-            .map(|v| v.quoted.clone())
-            .chain(std::iter::once(p.name().quoted()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "{} -- views first, then the table; lock_timeout, retried",
+        ddl::swap_lock(p, info)
     )];
     swap.extend(ddl::swap(p, info, &seqs));
     if info.columns.iter().any(|c| c.sequence.is_some()) {

@@ -240,9 +240,7 @@ async fn swap(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), Con
             step: "swapped",
             message: format!("{} no longer exists", plan.name()),
         })?;
-    let mut locked: Vec<String> = before.views.iter().map(|v| v.quoted.clone()).collect();
-    locked.push(plan.name().quoted());
-    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", locked.join(", "));
+    let lock = ddl::swap_lock(plan, &before);
     let retries = cfg.partitions.lock_retries.max(1) * 3;
     let mut attempt = 0;
     loop {

@@ -7,6 +7,7 @@
 
 pub mod evaluate;
 pub mod observe;
+pub mod sql;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

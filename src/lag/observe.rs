@@ -14,10 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConnString};
 use crate::pg::{ConnSpec, PgError};
 
-const PRIMARY_SQL: &str = include_str!("../../sql/lag_primary.sql");
-const REPLICATION_SQL: &str = include_str!("../../sql/lag_replication.sql");
-const REPLICA_SQL: &str = include_str!("../../sql/lag_replica.sql");
-const REPLAY_LSN_SQL: &str = include_str!("../../sql/lag_replay_lsn.sql");
+use super::sql;
 
 /// How long a streaming replica that is a little behind is watched to see it
 /// reach the primary's LSN; see `evaluate` rule 5.
@@ -203,14 +200,14 @@ impl LagPools {
         self.bounded(async {
             let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
             let row = client
-                .query_one(PRIMARY_SQL, &[])
+                .query_one(sql::PRIMARY_WAL_POSITION, &[])
                 .await
                 .map_err(|e| query_error(&node.name, e))?;
             let senders = if row.try_get::<_, bool>("in_recovery").unwrap_or(true) {
                 Vec::new()
             } else {
                 client
-                    .query(REPLICATION_SQL, &[])
+                    .query(sql::WAL_SENDERS, &[])
                     .await
                     .map_err(|e| query_error(&node.name, e))?
                     .iter()
@@ -235,7 +232,7 @@ impl LagPools {
             .bounded(async {
                 let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
                 let row = client
-                    .query_one(REPLICA_SQL, &[])
+                    .query_one(sql::REPLICA_STATE, &[])
                     .await
                     .map_err(|e| query_error(&node.name, e))?;
                 replica_from_row(&row)
@@ -262,7 +259,7 @@ impl LagPools {
                 .bounded(async {
                     let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
                     let row = client
-                        .query_one(REPLAY_LSN_SQL, &[])
+                        .query_one(sql::REPLAY_LSN, &[])
                         .await
                         .map_err(|e| query_error(&node.name, e))?;
                     opt_lsn(&row, "replay_lsn")

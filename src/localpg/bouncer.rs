@@ -1,45 +1,49 @@
-//! PgBouncer on this host for the demo and the tests.
+//! PgBouncer on this host for the demo and the tests: the process and the
+//! files it reads. Talking to a PgBouncer's admin console (PAUSE, RESUME,
+//! RELOAD) is `pooler::Poolers`, for any PgBouncer, here or elsewhere.
 
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use super::conf::{ini_line, ini_value, ini_word};
 use super::{
     command, find_program, give_to, io, make_server_dir, spawn_watchdog, url_encode, LocalPgError,
     ServerUser,
 };
 
 /// PgBouncer on this host, in transaction pooling mode. Clients log in with
-/// scram-sha-256 against the passwords of [`PoolerAuth`] (PgBouncer logs in
+/// scram-sha-256 against the passwords of [`PgBouncerAuth`] (PgBouncer logs in
 /// to the server with the same), `trust` only when a user has no password.
 #[derive(Debug)]
-pub struct Pooler {
+pub struct LocalPgBouncer {
     pub dir: PathBuf,
     pub port: u16,
     pub ini: PathBuf,
     pub user: Option<ServerUser>,
-    pub auth: PoolerAuth,
+    pub auth: PgBouncerAuth,
     child: Option<std::process::Child>,
 }
 
 /// A user PgBouncer knows.
 #[derive(Clone)]
-pub struct PoolerUser {
+pub struct PgBouncerUser {
     pub name: String,
     pub password: Option<String>,
 }
 
-impl std::fmt::Debug for PoolerUser {
+impl std::fmt::Debug for PgBouncerUser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PoolerUser({})", self.name)
+        write!(f, "PgBouncerUser({})", self.name)
     }
 }
 
-impl PoolerUser {
-    pub fn new(name: &str, password: Option<&str>) -> PoolerUser {
-        PoolerUser {
+impl PgBouncerUser {
+    pub fn new(name: &str, password: Option<&str>) -> PgBouncerUser {
+        PgBouncerUser {
             name: name.to_string(),
             password: password.map(str::to_string),
         }
@@ -49,25 +53,32 @@ impl PoolerUser {
 /// Who may log in through PgBouncer: the admin (console only) and the users
 /// that reach the databases.
 #[derive(Debug, Clone)]
-pub struct PoolerAuth {
-    pub admin: PoolerUser,
-    pub users: Vec<PoolerUser>,
+pub struct PgBouncerAuth {
+    pub admin: PgBouncerUser,
+    pub users: Vec<PgBouncerUser>,
 }
 
-impl PoolerAuth {
-    /// `auth_file` lines: `"name" "password"`, `"` doubled inside quotes.
-    fn userlist(&self) -> String {
+impl PgBouncerAuth {
+    /// `auth_file` lines: `"name" "password"`, `"` doubled inside quotes; a
+    /// line break in either is refused (it would start another entry).
+    fn userlist(&self) -> Result<String, LocalPgError> {
         let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        std::iter::once(&self.admin)
-            .chain(&self.users)
-            .map(|u| {
-                format!(
-                    "{} {}\n",
-                    q(&u.name),
-                    q(u.password.as_deref().unwrap_or(""))
-                )
-            })
-            .collect()
+        let mut out = String::new();
+        for u in std::iter::once(&self.admin).chain(&self.users) {
+            let password = u.password.as_deref().unwrap_or("");
+            if [&u.name[..], password]
+                .iter()
+                .any(|s| s.contains(['\n', '\r', '\0']))
+            {
+                return Err(LocalPgError::InvalidSetting {
+                    file: "userlist.txt",
+                    key: u.name.clone(),
+                    reason: "a user name or password holds a line break or NUL",
+                });
+            }
+            let _ = writeln!(out, "{} {}", q(&u.name), q(password));
+        }
+        Ok(out)
     }
 
     fn auth_type(&self) -> &'static str {
@@ -89,60 +100,70 @@ impl PoolerAuth {
 
 /// One `[databases]` entry.
 #[derive(Debug, Clone)]
-pub struct PoolerDatabase {
+pub struct PgBouncerDatabase {
     pub name: String,
     pub host: String,
     pub port: u16,
     pub dbname: String,
 }
 
-impl PoolerDatabase {
-    pub fn ini_line(&self) -> String {
-        format!(
+impl PgBouncerDatabase {
+    /// The `[databases]` line, or why a name cannot be written bare (the
+    /// admin console and the connection string both take them so).
+    pub fn ini_line(&self) -> Result<String, LocalPgError> {
+        Ok(format!(
             "{} = host={} port={} dbname={}",
-            self.name, self.host, self.port, self.dbname
-        )
+            ini_word("database name", &self.name)?,
+            ini_word("host", &self.host)?,
+            self.port,
+            ini_word("dbname", &self.dbname)?
+        ))
     }
 }
 
-impl Pooler {
+impl LocalPgBouncer {
     /// Writes a pgbouncer.ini into `dir` and starts PgBouncer on `port`.
     /// `extra` lines go into `[pgbouncer]` (e.g. `query_wait_timeout = 10`).
     pub fn start(
         dir: &Path,
         port: u16,
-        databases: &[PoolerDatabase],
-        auth: &PoolerAuth,
+        databases: &[PgBouncerDatabase],
+        auth: &PgBouncerAuth,
         extra: &[(&str, &str)],
-    ) -> Result<Pooler, LocalPgError> {
+    ) -> Result<LocalPgBouncer, LocalPgError> {
         let user = ServerUser::detect()?;
         make_server_dir(dir, user)?;
         let program = find_program("pgbouncer", None)?;
         let ini = dir.join("pgbouncer.ini");
         let users = dir.join("userlist.txt");
-        fs::write(&users, auth.userlist()).map_err(io("write userlist"))?;
+        fs::write(&users, auth.userlist()?).map_err(io("write userlist"))?;
         fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io("chmod userlist"))?;
         give_to(&users, user)?;
         let mut text = String::from("[databases]\n");
         for db in databases {
-            let _ = writeln!(text, "{}", db.ini_line());
+            let _ = writeln!(text, "{}", db.ini_line()?);
         }
+        let path = |key: &str, p: &Path| -> Result<String, LocalPgError> {
+            let shown = p.display().to_string();
+            ini_value(key, &shown)?;
+            Ok(shown)
+        };
         let _ = write!(
             text,
             "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
              auth_type = {auth_type}\nauth_file = {users}\nadmin_users = {admin}\npool_mode = transaction\n\
              max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
              server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
-            sock = dir.display(),
-            users = users.display(),
+            sock = path("unix_socket_dir", dir)?,
+            users = path("auth_file", &users)?,
             auth_type = auth.auth_type(),
-            admin = auth.admin.name,
-            log = dir.join("pgbouncer.log").display(),
-            pid = dir.join("pgbouncer.pid").display(),
+            admin = ini_word("admin_users", &auth.admin.name)?,
+            log = path("logfile", &dir.join("pgbouncer.log"))?,
+            pid = path("pidfile", &dir.join("pgbouncer.pid"))?,
         );
         for (k, v) in extra {
-            let _ = writeln!(text, "{k} = {v}");
+            let _ = writeln!(text, "{}", ini_line(k, v)?);
         }
         fs::write(&ini, text).map_err(io("write pgbouncer.ini"))?;
         give_to(&ini, user)?;
@@ -152,7 +173,7 @@ impl Pooler {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd.spawn().map_err(io("start pgbouncer"))?;
-        let pooler = Pooler {
+        let pooler = LocalPgBouncer {
             dir: dir.to_path_buf(),
             port,
             ini,
@@ -161,13 +182,9 @@ impl Pooler {
             child: Some(child),
         };
         let owner = std::process::id();
-        spawn_watchdog(
-            &format!(
-                "while [ -d /proc/{owner} ]; do sleep 1; done; kill -9 {} 2>/dev/null",
-                pooler.pid()
-            ),
-            None,
-        )?;
+        let pid = pooler.pid().to_string();
+        let kill = [OsStr::new("kill"), OsStr::new("-9"), OsStr::new(&pid)];
+        spawn_watchdog(owner, &kill, None)?;
         pooler.wait_listening(Duration::from_secs(10))?;
         Ok(pooler)
     }
@@ -216,8 +233,39 @@ impl Pooler {
     }
 }
 
-impl Drop for Pooler {
+impl Drop for LocalPgBouncer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn databases_and_users_that_would_break_the_files_are_refused() {
+        let db = |name: &str, dbname: &str| PgBouncerDatabase {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: dbname.into(),
+        };
+        assert_eq!(
+            db("app", "app").ini_line().unwrap(),
+            "app = host=127.0.0.1 port=5432 dbname=app"
+        );
+        assert!(db("app\nauth_type = trust", "app").ini_line().is_err());
+        assert!(db("app", "app port=1").ini_line().is_err());
+        let auth = |pw: &str| PgBouncerAuth {
+            admin: PgBouncerUser::new("pgbouncer", Some("admin pw")),
+            users: vec![PgBouncerUser::new("app\"user", Some(pw))],
+        };
+        assert_eq!(
+            auth("p\"w").userlist().unwrap(),
+            "\"pgbouncer\" \"admin pw\"\n\"app\"\"user\" \"p\"\"w\"\n"
+        );
+        let e = auth("pw\n\"x\" \"\"").userlist().unwrap_err().to_string();
+        assert!(e.contains("userlist.txt") && !e.contains("pw"), "{e}");
     }
 }

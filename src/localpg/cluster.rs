@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::conf::{base_settings, conf_string, conf_value, unescape_conf};
+use super::conf::{base_settings, conf_line, conf_string, unescape_conf};
 use super::{
     command, find_program, give_to, io, make_server_dir, run, url_encode, ChildLogin, LocalPgError,
     ServerUser,
@@ -235,7 +235,7 @@ impl Cluster {
         make_server_dir(&socket_dir, self.user)?;
         let mut text = String::from("# written by pgsteward\n");
         for (k, v) in base_settings(self.port, &socket_dir).iter().chain(extra) {
-            let _ = writeln!(text, "{k} = {}", conf_value(v));
+            let _ = writeln!(text, "{}", conf_line(k, v)?);
         }
         let conf = self.data_dir.join("pgsteward.conf");
         fs::write(&conf, text).map_err(io(format!("write {}", conf.display())))?;
@@ -254,6 +254,17 @@ impl Cluster {
 
     /// Starts the server and waits until it accepts connections.
     pub fn start(&self) -> Result<(), LocalPgError> {
+        // pg_ctl runs the server through `sh -c` with the paths in double
+        // quotes: these characters would change that command line.
+        for path in [&self.data_dir, &self.log_file] {
+            let shown = path.display().to_string();
+            if shown.contains(['"', '$', '`', '\\']) {
+                return Err(LocalPgError::UnsafePath {
+                    path: shown,
+                    reason: "pg_ctl cannot start a server whose data directory or log path holds \" $ ` or \\",
+                });
+            }
+        }
         if let Some(parent) = self.log_file.parent() {
             fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
         }
@@ -369,7 +380,7 @@ impl Cluster {
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), LocalPgError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.psql("postgres", "SELECT 1").is_ok() {
+            if self.psql("postgres", super::sql::READY).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::sql;
 use super::{give_to, io, make_server_dir, run, Cluster, LocalPgError};
 
 /// The oldest major pgsteward supports (`DETACH ... CONCURRENTLY` is 14+,
@@ -83,14 +84,10 @@ pub fn check_supported(server_version: &str) -> Result<u32, LocalPgError> {
     Ok(major)
 }
 
-/// A `primary_conninfo` setting (quoted for postgresql.conf, backslashes
-/// included) to stream from `source` as its superuser: only options every
-/// supported major's libpq knows.
+/// A `primary_conninfo` value to stream from `source` (a server on this
+/// host) as its superuser: only options every supported major's libpq knows.
+/// [`Cluster::write_settings`] quotes it for postgresql.conf.
 pub fn plain_conninfo(source: &Cluster) -> String {
-    super::conf_string(&plain_conninfo_text(source))
-}
-
-fn plain_conninfo_text(source: &Cluster) -> String {
     match crate::pg::conninfo::ConnParams::parse("host=127.0.0.1 user=postgres") {
         Ok(mut p) => {
             p.set("port", source.port.to_string());
@@ -107,14 +104,11 @@ fn plain_conninfo_text(source: &Cluster) -> String {
 /// SQL of the low-level (non-exclusive) base backup API, which was renamed in 15.
 fn backup_api(major: u32) -> (&'static str, &'static str) {
     if major >= 15 {
-        (
-            "SELECT pg_backup_start('pgsteward', true);",
-            "SELECT labelfile FROM pg_backup_stop(false);",
-        )
+        (sql::BACKUP_START, sql::BACKUP_STOP_LABEL)
     } else {
         (
-            "SELECT pg_start_backup('pgsteward', true, false);",
-            "SELECT labelfile FROM pg_stop_backup(false, false);",
+            sql::BACKUP_START_BEFORE_15,
+            sql::BACKUP_STOP_LABEL_BEFORE_15,
         )
     }
 }

@@ -48,6 +48,14 @@ pub enum LocalPgError {
         found: u32,
         server: u32,
     },
+    #[error("{file}: cannot write setting {key:?}: {reason}")]
+    InvalidSetting {
+        file: &'static str,
+        key: String,
+        reason: &'static str,
+    },
+    #[error("{path}: {reason}")]
+    UnsafePath { path: String, reason: &'static str },
     #[error("{what} did not happen within {timeout:?}")]
     Timeout { what: String, timeout: Duration },
 }
@@ -68,13 +76,13 @@ mod bouncer;
 mod child;
 mod cluster;
 mod conf;
+mod sql;
 mod watchdog;
 pub use crate::pg::conninfo::url_encode;
-pub use bouncer::{Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
+pub use bouncer::{LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser};
 pub use child::{is_passed_to_children, minimal_env, ChildLogin};
 pub use cluster::{Cluster, StopMode};
-pub(crate) use conf::conf_string;
-pub use conf::conf_value;
+pub use conf::{conf_line, conf_value, ini_line};
 pub(crate) use watchdog::spawn_watchdog;
 pub use watchdog::stop_when_gone;
 

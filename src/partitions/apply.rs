@@ -16,6 +16,7 @@
 //!   started from a stale catalog snapshot never repeats another's work.
 //! - One table failing never stops the others: its error goes into its report.
 
+use crate::partitions::sql;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -35,11 +36,6 @@ use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
 use crate::pg::{server_message, QualifiedName};
 
-const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()";
-const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1, $2)";
-const DETACH_PENDING_SQL: &str =
-    "SELECT coalesce((to_jsonb(i) ->> 'inhdetachpending')::bool, false) \
-     FROM pg_inherits i WHERE inhrelid = to_regclass($1)";
 /// A table with something to do.
 pub struct Work {
     pub index: usize,
@@ -226,7 +222,7 @@ impl Exec<'_> {
         let key = w.oid as i32;
         let locked = self
             .client
-            .query_one(TRY_LOCK_SQL, &[&ADVISORY_NAMESPACE, &key])
+            .query_one(sql::TRY_TABLE_LOCK_AND_PID, &[&ADVISORY_NAMESPACE, &key])
             .await;
         match locked {
             Ok(row) if row.get::<_, bool>(0) => self.pid = row.get(1),
@@ -254,7 +250,7 @@ impl Exec<'_> {
         }
         if let Err(e) = self
             .client
-            .query_one(UNLOCK_SQL, &[&ADVISORY_NAMESPACE, &key])
+            .query_one(sql::UNLOCK_TABLE, &[&ADVISORY_NAMESPACE, &key])
             .await
         {
             // The lock goes with the session; a broken session releases it.
@@ -412,7 +408,7 @@ impl Exec<'_> {
                 // FINALIZE completes it.
                 let pending = self
                     .client
-                    .query_opt(DETACH_PENDING_SQL, &[&partition.quoted()])
+                    .query_opt(sql::DETACH_PENDING, &[&partition.quoted()])
                     .await
                     .ok()
                     .flatten()

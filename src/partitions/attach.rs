@@ -20,6 +20,7 @@
 //! unreferenced rows fires CASCADE, SET NULL, SET DEFAULT, NO ACTION and
 //! RESTRICT on nothing.
 
+use crate::partitions::sql;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
@@ -30,24 +31,6 @@ use super::report::TableReport;
 use super::session;
 use crate::config::{ByteSize, TableConfig};
 use crate::pg::QualifiedName;
-
-const PARENT_DETAILS_SQL: &str = include_str!("../../sql/partitions_parent_details.sql");
-const REFERENCING_FKS_SQL: &str = include_str!("../../sql/partitions_referencing_fks.sql");
-const DELETE_TRIGGERS_SQL: &str = include_str!("../../sql/partitions_delete_triggers.sql");
-/// Whether a name is taken, and if so whether it is a standalone table that an
-/// interrupted pass of ours created (it carries our bounds CHECK).
-const RELATION_SQL: &str = "SELECT c.relkind::text, c.relispartition, \
-       EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid AND k.conname = $2) \
-     FROM pg_class c WHERE c.oid = to_regclass($1)";
-/// Columns the move copies: every stored, non-dropped column of the parent.
-const COLUMNS_SQL: &str = "SELECT attname::text FROM pg_attribute \
-     WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
-     ORDER BY attnum";
-
-const OID_SQL: &str = "SELECT to_regclass($1)::oid::int8";
-const BEGIN: &str = "BEGIN";
-const COMMIT: &str = "COMMIT";
-const ROLLBACK: &str = "ROLLBACK";
 
 /// What the probe of DEFAULT found before anything is locked.
 struct Probe {
@@ -62,7 +45,7 @@ impl Exec<'_> {
     ) -> Result<ParentDetails, StepError> {
         let row = self
             .client
-            .query_one(PARENT_DETAILS_SQL, &[&i64::from(state.oid)])
+            .query_one(sql::PARENT_DETAILS, &[&i64::from(state.oid)])
             .await
             .map_err(|source| StepError::Read {
                 what: "row security and replica identity of",
@@ -160,7 +143,7 @@ impl Exec<'_> {
             Some(d) => {
                 let row = self
                     .client
-                    .query_one(OID_SQL, &[&d.name.quoted()])
+                    .query_one(sql::RELATION_OID, &[&d.name.quoted()])
                     .await
                     .map_err(StepError::Client)?;
                 row.get::<_, Option<i64>>(0).unwrap_or(0)
@@ -169,7 +152,7 @@ impl Exec<'_> {
         };
         let rows = self
             .client
-            .query(REFERENCING_FKS_SQL, &[&i64::from(state.oid), &default_oid])
+            .query(sql::REFERENCING_FKS, &[&i64::from(state.oid), &default_oid])
             .await
             .map_err(|source| StepError::Read {
                 what: "the foreign keys referencing",
@@ -216,7 +199,10 @@ impl Exec<'_> {
             Err(e) if e.is(&SqlState::DUPLICATE_TABLE) => {
                 let existing = self
                     .client
-                    .query_opt(RELATION_SQL, &[&child.quoted(), &ddl::BOUNDS_CHECK])
+                    .query_opt(
+                        sql::RELATION_KIND_PARTITION_CHECK,
+                        &[&child.quoted(), &ddl::BOUNDS_CHECK],
+                    )
                     .await
                     .map_err(|source| StepError::LookUp {
                         child: child.clone(),
@@ -249,7 +235,7 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let columns: Vec<String> = if state.default.is_some() {
             self.client
-                .query(COLUMNS_SQL, &[&state.table.quoted()])
+                .query(sql::STORED_COLUMNS, &[&state.table.quoted()])
                 .await
                 .map_err(|source| StepError::Read {
                     what: "the columns of",
@@ -317,11 +303,15 @@ impl Exec<'_> {
         columns: &[String],
         report: &mut TableReport,
     ) -> Result<u64, StepError> {
-        self.once(BEGIN, self.cancel, report).await?;
+        self.once(sql::BEGIN, self.cancel, report).await?;
         let res = self
             .attach_steps(state, tcfg, child, range, fks, columns, report)
             .await;
-        let end = if res.is_ok() { COMMIT } else { ROLLBACK };
+        let end = if res.is_ok() {
+            sql::COMMIT
+        } else {
+            sql::ROLLBACK
+        };
         // COMMIT/ROLLBACK are never cancelled: the transaction must end.
         let never = CancellationToken::new();
         let mut ended = self.once(end, &never, report).await;
@@ -451,7 +441,7 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let rows = self
             .client
-            .query(DELETE_TRIGGERS_SQL, &[&default.quoted()])
+            .query(sql::DELETE_TRIGGERS, &[&default.quoted()])
             .await
             .map_err(|source| StepError::Read {
                 what: "the triggers of",

@@ -6,6 +6,7 @@
 //! wait was too short to be seen, the holders of locks on the relations the
 //! statement needed are named instead.
 
+use crate::partitions::sql;
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -14,9 +15,6 @@ use tokio_postgres::{Client, Row};
 
 use super::session;
 use crate::config::Config;
-
-const BLOCKERS_SQL: &str = include_str!("../../sql/partitions_blockers.sql");
-const HOLDERS_SQL: &str = include_str!("../../sql/partitions_lock_holders.sql");
 
 /// A session holding (or queued ahead for) a lock the pass needed.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +96,7 @@ pub async fn watching<T>(
         tokio::select! {
             out = &mut fut => return (out, seen),
             _ = tick.tick() => {
-                if let Ok(rows) = observer.query(BLOCKERS_SQL, &[&pid]).await {
+                if let Ok(rows) = observer.query(sql::BLOCKERS, &[&pid]).await {
                     if !rows.is_empty() {
                         seen = rows.iter().map(Blocker::from_row).collect();
                     }
@@ -110,7 +108,7 @@ pub async fn watching<T>(
 
 /// Other sessions holding any lock on `relations` (regclass texts).
 pub async fn holders(client: &Client, relations: &[String]) -> Vec<Blocker> {
-    match client.query(HOLDERS_SQL, &[&relations]).await {
+    match client.query(sql::LOCK_HOLDERS, &[&relations]).await {
         Ok(rows) => rows.iter().map(Blocker::from_row).collect(),
         Err(_) => Vec::new(),
     }

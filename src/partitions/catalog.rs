@@ -1,6 +1,7 @@
 //! Reading the catalog: one query for every managed table (no per-table round
 //! trips, so a pass with nothing to do stays fast at thousands of tables).
 
+use crate::partitions::sql;
 use serde::Deserialize;
 use tokio_postgres::Client;
 
@@ -12,13 +13,6 @@ use super::model::{
     TableState, KEY_MAX, KEY_MIN,
 };
 use crate::pg::QualifiedName;
-
-const CATALOG_SQL: &str = include_str!("../../sql/partitions_catalog.sql");
-const BOUND_EXPRS_SQL: &str = include_str!("../../sql/partitions_bound_exprs.sql");
-/// With no table configured the catalog query returns no row: still learn
-/// whether this is a replica and who we are.
-const RECOVERY_SQL: &str = "SELECT pg_is_in_recovery(), current_user::text, \
-     current_setting('server_version_num')::int4";
 
 /// What the catalog says about one configured table: its state, or why it
 /// cannot be managed (the operator's fix is in the message).
@@ -57,7 +51,7 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     let schemas: Vec<&str> = tables.iter().map(|t| t.schema.as_str()).collect();
     let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
     let rows = client
-        .query(CATALOG_SQL, &[&schemas, &names])
+        .query(sql::MANAGED_TABLES, &[&schemas, &names])
         .await
         .map_err(|e| PartitionError::query("read the catalog", e))?;
     let mut in_recovery = false;
@@ -77,7 +71,7 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     if !unparsed.is_empty() {
         let oids: Vec<i64> = unparsed.iter().map(|u| u.2).collect();
         let exprs = client
-            .query(BOUND_EXPRS_SQL, &[&oids])
+            .query(sql::BOUND_EXPRS, &[&oids])
             .await
             .map_err(|e| PartitionError::query("read partition bounds", e))?;
         let by_oid: std::collections::HashMap<i64, String> = exprs
@@ -102,7 +96,7 @@ pub async fn read(client: &Client, tables: &[QualifiedName]) -> Result<Catalog, 
     if rows.is_empty() {
         // No tables configured: still learn whether this is a replica.
         let r = client
-            .query_one(RECOVERY_SQL, &[])
+            .query_one(sql::RECOVERY_USER_VERSION, &[])
             .await
             .map_err(|e| PartitionError::query("read the catalog", e))?;
         in_recovery = r.get(0);

@@ -1,5 +1,6 @@
 //! The three commands: `partitions plan`, `apply` and `status`, and their text output.
 
+use crate::partitions::sql;
 use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -15,9 +16,6 @@ use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
-
-/// A converted table's first partition's size, from the catalog (no lock on it).
-const PARTITION_SIZE_SQL: &str = "SELECT pg_size_pretty(pg_total_relation_size(to_regclass($1)))";
 
 #[derive(Serialize)]
 struct PlanOutput {
@@ -35,6 +33,24 @@ struct TablePlanOutput {
     /// Left alone on purpose: a conversion has not swapped it yet.
     skipped: Option<String>,
     converting: Option<converting::Converting>,
+}
+
+impl TableStatus {
+    /// A table the catalog gave no coverage for (missing, refused, or being
+    /// converted): nothing but its name and interval yet.
+    fn uncovered(table: QualifiedName, interval: crate::config::Interval) -> TableStatus {
+        TableStatus {
+            table,
+            interval,
+            coverage: None,
+            default_partition: None,
+            default_rows: None,
+            notes: vec![],
+            error: None,
+            problem: None,
+            converting: None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -279,15 +295,9 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
         if let Some(c) = converting::of(&in_flight, &name) {
             tables.push(TableStatus {
-                table: name,
-                interval: tcfg.interval,
-                coverage: None,
-                default_partition: None,
-                default_rows: None,
                 notes: vec![c.describe()],
-                error: None,
-                problem: None,
                 converting: Some(c.clone()),
+                ..TableStatus::uncovered(name, tcfg.interval)
             });
             continue;
         }
@@ -295,15 +305,9 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             Err(msg) => {
                 outcome = Outcome::Problem;
                 tables.push(TableStatus {
-                    table: name,
-                    interval: tcfg.interval,
-                    coverage: None,
-                    default_partition: None,
-                    default_rows: None,
-                    notes: vec![],
                     problem: Some(msg.to_string()),
                     error: Some(msg.to_string()),
-                    converting: None,
+                    ..TableStatus::uncovered(name, tcfg.interval)
                 });
             }
             Ok(state) => {
@@ -367,7 +371,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     for (i, name) in &firsts {
         // Sizes come from the catalog: no lock on the partition.
         if let Ok(row) = client
-            .query_one(PARTITION_SIZE_SQL, &[&name.quoted()])
+            .query_one(sql::PARTITION_SIZE_PRETTY, &[&name.quoted()])
             .await
         {
             if let (Some(t), Some(size)) = (tables.get_mut(*i), row.get::<_, Option<String>>(0)) {

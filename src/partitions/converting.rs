@@ -12,11 +12,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use super::sql;
 use crate::pg::{server_message, QualifiedName};
-
-/// Whether the conversion journal exists (it is made by the first `convert start`).
-const JOURNAL_EXISTS: &str = "SELECT to_regclass('pgsteward.conversions') IS NOT NULL";
-const TABLES_CONVERTING: &str = include_str!("../../sql/partitions_tables_converting.sql");
 
 /// A conversion in flight, before its swap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,11 +55,11 @@ pub async fn read(client: &Client) -> Vec<Converting> {
 }
 
 async fn try_read(client: &Client) -> Result<Vec<Converting>, tokio_postgres::Error> {
-    let exists: bool = client.query_one(JOURNAL_EXISTS, &[]).await?.get(0);
+    let exists: bool = client.query_one(sql::JOURNAL_EXISTS, &[]).await?.get(0);
     if !exists {
         return Ok(Vec::new());
     }
-    let rows = client.query(TABLES_CONVERTING, &[]).await?;
+    let rows = client.query(sql::TABLES_CONVERTING, &[]).await?;
     Ok(rows
         .iter()
         .map(|r| Converting {

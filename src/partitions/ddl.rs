@@ -7,6 +7,7 @@ use super::model::{
     Action, DetachHow, Grant, KeyType, ParentDetails, Range, ReferencingFk, TableState,
 };
 use super::period::key_literal;
+use super::sql;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 
 /// The CHECK on a new partition that lets ATTACH skip scanning it.
@@ -332,14 +333,14 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
                 // Before anything is created: the move's bounds are checked first.
                 v.push(sql_probe_default(&d.name, key, kt, tz, *range));
             }
-            v.push("BEGIN".to_string());
+            v.push(sql::BEGIN.to_string());
             v.extend(create_statements(state, None, tz, partition, *range));
             v.push(sql_owner(partition, &state.owner));
-            v.push("COMMIT".into());
+            v.push(sql::COMMIT.into());
             v.push(
                 "-- row-level security, replica identity and tablespace follow the parent's".into(),
             );
-            v.push("BEGIN".into());
+            v.push(sql::BEGIN.into());
             if let Some(d) = &state.default {
                 v.push(sql_lock_parent(parent));
                 v.push(sql_lock_default(&d.name));
@@ -361,7 +362,7 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             }
             v.push(sql_attach(parent, partition, kt, tz, *range));
             v.push(sql_drop_constraint(partition, BOUNDS_CHECK));
-            v.push("COMMIT".into());
+            v.push(sql::COMMIT.into());
             v
         }
         Action::Retire {

@@ -19,6 +19,7 @@ pub mod period;
 pub mod plan;
 pub mod report;
 pub mod session;
+pub mod sql;
 #[cfg(test)]
 mod test_fixtures;
 

@@ -25,9 +25,9 @@ use crate::pg::ConnSpec;
 /// pass's per-table keys (which use the two-int form with class 0x70677374).
 pub const LEADER_LOCK_KEY: i64 = 0x7067_7374_6577_6172;
 
-const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1)";
-const UNLOCK_SQL: &str = "SELECT pg_advisory_unlock($1)";
-const ALIVE_SQL: &str = "SELECT 1";
+use super::sql::{
+    ALIVE as ALIVE_SQL, TRY_LEADER_LOCK as TRY_LOCK_SQL, UNLOCK_LEADER as UNLOCK_SQL,
+};
 
 /// Why the lock could not be tried; logged, and this instance follows.
 #[derive(Debug, thiserror::Error)]

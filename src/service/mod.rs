@@ -19,6 +19,7 @@
 pub mod leader;
 pub mod scheduler;
 pub mod shutdown;
+pub mod sql;
 
 use std::future::Future;
 use std::sync::Arc;

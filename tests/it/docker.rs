@@ -124,7 +124,7 @@ struct Setup {
     engine: Engine,
     image: String,
     _cluster: harness::TestCluster,
-    _pooler: pgsteward::localpg::Pooler,
+    _pooler: pgsteward::localpg::LocalPgBouncer,
     vols: Volumes,
     env_file: PathBuf,
     cfg: pgsteward::config::Config,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgsteward::config::Config;
-use pgsteward::localpg::{Cluster, Pooler, PoolerDatabase};
+use pgsteward::localpg::{Cluster, LocalPgBouncer, PgBouncerDatabase};
 use pgsteward::provider::rds::{
     final_snapshot_id, rds_old_id, rds_replica_id, Instance, RdsProvider, UPGRADE_TAG,
 };
@@ -38,7 +38,7 @@ const RENAME_MINUTES: u64 = 4;
 struct Stage {
     cluster: TestCluster,
     new_readers: Vec<Cluster>,
-    pooler: Pooler,
+    pooler: LocalPgBouncer,
     api: Arc<Scripted>,
     cfg: Config,
 }
@@ -70,13 +70,13 @@ impl Stage {
                 )
             })
             .collect();
-        let entry = |name: &str, port: u16| PoolerDatabase {
+        let entry = |name: &str, port: u16| PgBouncerDatabase {
             name: name.into(),
             host: "127.0.0.1".into(),
             port,
             dbname: "app".into(),
         };
-        let pooler = must(Pooler::start(
+        let pooler = must(LocalPgBouncer::start(
             &cluster.path().join("pgbouncer"),
             must(pgsteward::localpg::free_port()),
             &[
@@ -231,7 +231,7 @@ struct Reads {
 }
 
 impl Reads {
-    fn start(pooler: &Pooler) -> Reads {
+    fn start(pooler: &LocalPgBouncer) -> Reads {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -337,7 +337,8 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
     assert!(read_errors.is_empty(), "read errors: {read_errors:?}");
 
     // Reads now reach the new readers, which follow the new primary.
-    let marker = *ledger.acked.last().unwrap() + 1;
+    // Above every id any writer was given: writers draw from separate ranges.
+    let marker = ledger.acked.iter().max().copied().unwrap_or_default() + 1;
     query(
         &s.pooler.url("app", "postgres"),
         &format!("INSERT INTO ledger (id) VALUES ({marker})"),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pgsteward::localpg::{self, Pooler, PoolerAuth, PoolerDatabase, PoolerUser};
+use pgsteward::localpg::{self, LocalPgBouncer, PgBouncerAuth, PgBouncerDatabase, PgBouncerUser};
 
 use crate::harness::{self, must, TestCluster};
 use crate::service::{http_get, Service};
@@ -138,18 +138,18 @@ async fn no_password_anywhere_but_where_the_operator_put_it() {
         ),
     ));
     tc.wait_replicas_caught_up();
-    let pooler = must(Pooler::start(
+    let pooler = must(LocalPgBouncer::start(
         &dir.join("pgbouncer"),
         must(localpg::free_port()),
-        &[PoolerDatabase {
+        &[PgBouncerDatabase {
             name: "app".into(),
             host: "127.0.0.1".into(),
             port: tc.primary.port,
             dbname: "app".into(),
         }],
-        &PoolerAuth {
-            admin: PoolerUser::new("s_admin", Some(&admin_pw)),
-            users: vec![PoolerUser::new("s_steward", Some(&steward_pw))],
+        &PgBouncerAuth {
+            admin: PgBouncerUser::new("s_admin", Some(&admin_pw)),
+            users: vec![PgBouncerUser::new("s_steward", Some(&steward_pw))],
         },
         &[("query_wait_timeout", "60")],
     ));

@@ -17,6 +17,7 @@
 //!   index, drops what they left, and drops a declared parent index it made,
 //!   so nothing invalid stays behind; the error names the partition and the key.
 
+use crate::partitions::sql;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,12 +35,6 @@ use crate::pg::{is_transient_lock_error, server_message, QualifiedName};
 const CLEANUP_ATTEMPTS: u32 = 5;
 /// How often a long build logs its progress.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
-const LOOKUP_SQL: &str = "SELECT c.relkind::text, i.indisvalid, i.indrelid = to_regclass($2) \
-     FROM pg_class c LEFT JOIN pg_index i ON i.indexrelid = c.oid WHERE c.oid = to_regclass($1)";
-const PROGRESS_SQL: &str =
-    "SELECT pid, phase, blocks_done, blocks_total, tuples_done, tuples_total \
-     FROM pg_stat_progress_create_index WHERE pid = ANY ($1)";
 
 /// A session that runs DDL: opened by `partitions::connect` (so under
 /// `lock_timeout`), with the attempts a statement gets on lost lock races.
@@ -59,7 +54,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// A session on `client` (from `partitions::connect`) with the pass's settings.
     pub async fn new(client: &'a Client, p: &crate::config::PartitionsConfig) -> Session<'a> {
-        let pid = match client.query_one("SELECT pg_backend_pid()", &[]).await {
+        let pid = match client.query_one(sql::BACKEND_PID, &[]).await {
             Ok(r) => r.get(0),
             Err(_) => 0,
         };
@@ -183,7 +178,10 @@ async fn lookup(
     let index = QualifiedName::new(&table.schema, name);
     let row = s
         .client
-        .query_opt(LOOKUP_SQL, &[&index.quoted(), &table.quoted()])
+        .query_opt(
+            sql::INDEX_KIND_VALID_ON,
+            &[&index.quoted(), &table.quoted()],
+        )
         .await
         .map_err(|e| IndexError::query("look up an index", e))?;
     Ok(row.map(|r| {
@@ -457,7 +455,7 @@ pub struct BuildProgress {
 /// The progress of the index builds running in the server processes `pids`.
 pub async fn progress(client: &Client, pids: &[i32]) -> Result<Vec<BuildProgress>, IndexError> {
     let rows = client
-        .query(PROGRESS_SQL, &[&pids])
+        .query(sql::INDEX_BUILD_PROGRESS, &[&pids])
         .await
         .map_err(|e| IndexError::query("read pg_stat_progress_create_index", e))?;
     Ok(rows

@@ -1,15 +1,13 @@
 //! Reading the indexes of managed parents and of their partitions: two
 //! queries for all tables, whatever their number.
 
+use crate::partitions::sql;
 use std::collections::HashMap;
 
 use tokio_postgres::Client;
 
 use super::IndexError;
 use crate::pg::QualifiedName;
-
-const PARENT_SQL: &str = include_str!("../../../sql/partitions_indexes_parent.sql");
-const CHILDREN_SQL: &str = include_str!("../../../sql/partitions_indexes_children.sql");
 
 /// An index of a partitioned parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +72,7 @@ pub async fn read(
     }
     let at: HashMap<i64, usize> = oids.iter().enumerate().map(|(i, o)| (*o, i)).collect();
     let parents = client
-        .query(PARENT_SQL, &[&oids])
+        .query(sql::PARENT_INDEXES, &[&oids])
         .await
         .map_err(|e| IndexError::query("read the indexes of managed tables", e))?;
     for r in parents {
@@ -91,7 +89,7 @@ pub async fn read(
         });
     }
     let children = client
-        .query(CHILDREN_SQL, &[&oids])
+        .query(sql::CHILD_INDEXES, &[&oids])
         .await
         .map_err(|e| IndexError::query("read the indexes of partitions", e))?;
     for r in children {

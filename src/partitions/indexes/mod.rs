@@ -16,6 +16,7 @@ pub mod build;
 pub mod catalog;
 pub mod drift;
 
+use crate::partitions::sql;
 use serde::Serialize;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -156,10 +157,7 @@ async fn locked_repair(
 ) {
     let key = m.2 as i32;
     match main
-        .query_one(
-            "SELECT pg_try_advisory_lock($1, $2)",
-            &[&ADVISORY_NAMESPACE, &key],
-        )
+        .query_one(sql::TRY_TABLE_LOCK, &[&ADVISORY_NAMESPACE, &key])
         .await
     {
         Ok(r) if r.get::<_, bool>(0) => {}
@@ -174,10 +172,7 @@ async fn locked_repair(
     }
     repair_table(cfg, main, &m.1, m.2, decl, None, cancel, report).await;
     if let Err(e) = main
-        .query_one(
-            "SELECT pg_advisory_unlock($1, $2)",
-            &[&ADVISORY_NAMESPACE, &key],
-        )
+        .query_one(sql::UNLOCK_TABLE, &[&ADVISORY_NAMESPACE, &key])
         .await
     {
         tracing::warn!(table = %m.1, error = %server_message(&e), "advisory unlock failed");
@@ -346,7 +341,7 @@ pub async fn build_online(
     cancel: &CancellationToken,
 ) -> Result<TableIndexReport, IndexError> {
     let row = main
-        .query_one("SELECT to_regclass($1)::oid::int8", &[&parent.quoted()])
+        .query_one(sql::RELATION_OID, &[&parent.quoted()])
         .await
         .map_err(|e| IndexError::query("look up the table", e))?;
     let oid: Option<i64> = row.get(0);

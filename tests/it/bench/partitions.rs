@@ -1,6 +1,7 @@
 //! Partition maintenance: pgsteward vs pg_partman 4.7 vs plain SQL, side by
-//! side on one server. Prints figures; asserts only correctness. See README
-//! "Partition maintenance" for the command.
+//! side on one server. Prints figures; asserts only correctness.
+//! `cargo test --release --features failpoints --test it bench::partitions::bench_partitions_vs_partman -- --ignored --nocapture`
+//! (`PGSTEWARD_BENCH_N`, default `100,1000`; docs/benchmarks.md has the figures).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

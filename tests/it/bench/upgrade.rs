@@ -1,13 +1,13 @@
 //! The vertical upgrade: `pgsteward upgrade` against the hand-scripted
-//! cutover, on the topology and load of `upgrade.rs`.
+//! cutover, on the topology and load of the `upgrade` suite.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgsteward::localpg::{Cluster, StopMode};
 
-use crate::harness::{self, must};
-use crate::upgrade::{latest_record, text, Ledger, Load, Topology};
+use crate::harness::{self, must, text};
+use crate::upgrade::{latest_record, Ledger, Load, Topology};
 
 /// Benchmark: `pgsteward upgrade` against the hand-scripted cutover of
 /// `shared/reference/switchover/` (PAUSE → LSN → replay wait → promote →

@@ -6,6 +6,8 @@
 //! connections: PAUSE blocks its connection until in-flight transactions end,
 //! so RESUME (the way back after a missed deadline) needs the other one.
 
+pub mod sql;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -178,7 +180,7 @@ impl Poolers {
     pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
         self.connect().await?;
         let db = self.database.clone();
-        let cmd = format!("PAUSE {db}");
+        let cmd = sql::pause(&db);
         let mut futs = Vec::new();
         let mut mine = Vec::new();
         for (i, e) in self.endpoints.iter().enumerate() {
@@ -245,7 +247,7 @@ impl Poolers {
     /// proves it sent before a crash).
     pub async fn resume(&mut self) -> Result<(), PoolerError> {
         self.connect().await?;
-        let cmd = format!("RESUME {}", self.database);
+        let cmd = sql::resume(&self.database);
         // The way back gets its full time even after a missed pause deadline.
         let limit = self.query_timeout;
         for e in &mut self.endpoints {
@@ -263,7 +265,7 @@ impl Poolers {
     pub async fn reload(&mut self) -> Result<(), PoolerError> {
         self.connect().await?;
         for e in &self.endpoints {
-            simple(Self::ctl(e)?, &e.admin, "RELOAD", self.limit()).await?;
+            simple(Self::ctl(e)?, &e.admin, sql::RELOAD, self.limit()).await?;
         }
         Ok(())
     }
@@ -286,7 +288,7 @@ impl Poolers {
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
-        let rows = simple(Self::ctl(e)?, &e.admin, "SHOW DATABASES", self.limit()).await?;
+        let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_DATABASES, self.limit()).await?;
         Ok(rows
             .iter()
             .map(|r| DatabaseEntry {
@@ -319,7 +321,7 @@ impl Poolers {
         self.connect().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            for r in simple(Self::ctl(e)?, &e.admin, "SHOW SERVERS", self.limit()).await? {
+            for r in simple(Self::ctl(e)?, &e.admin, sql::SHOW_SERVERS, self.limit()).await? {
                 if r.get("database") == Some(self.database.as_str()) {
                     out.push(format!(
                         "{}:{}",
@@ -339,7 +341,7 @@ impl Poolers {
         self.connect().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            let rows = simple(Self::ctl(e)?, &e.admin, "SHOW CONFIG", self.limit()).await?;
+            let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_CONFIG, self.limit()).await?;
             let map = rows
                 .iter()
                 .filter_map(|r| {

@@ -11,13 +11,18 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use pgsteward::localpg::{Cluster, Pooler, StopMode};
+use pgsteward::localpg::{Cluster, LocalPgBouncer, StopMode};
 use pgsteward::upgrade::journal;
 use pgsteward::workload::{Plan, Workload, LEDGER_TABLE};
 
-use crate::harness::{self, must, TestCluster};
+use crate::harness::{self, must, text, TestCluster};
 
 pub use pgsteward::workload::Ledger;
+
+mod after_promote;
+mod completes;
+mod crashes;
+mod rolls_back;
 
 /// Writers through PgBouncer (the library's [`pgsteward::workload`]): one
 /// ledger id per transaction, every acknowledged id and every error recorded.
@@ -56,7 +61,7 @@ impl Load {
 /// a state dir and a data root; `primary_url` follows the upgrades.
 pub struct Topology {
     pub cluster: TestCluster,
-    pub pooler: Pooler,
+    pub pooler: LocalPgBouncer,
     pub primary_url: String,
     /// Every node that was primary at some point.
     pub nodes: Vec<String>,
@@ -302,133 +307,9 @@ pub fn latest_record(state_dir: &Path) -> pgsteward::upgrade::record::UpgradeRec
     journal::read(&path).unwrap()
 }
 
-pub(crate) fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn killed(o: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal() == Some(9)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
-    let mut t = Topology::new();
-    let load = Load::start(
-        &t.pooler_url(),
-        4,
-        Duration::from_millis(3),
-        Duration::from_secs(120),
-    );
-    load.wait_progress(50).await;
-    let old = t.primary_url.clone();
-
-    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
-    assert!(plan.status.success(), "{}", text(&plan));
-    let same = t.pgsteward(&["upgrade", "plan", "--target-class", "nope"], None);
-    assert_eq!(same.status.code(), Some(2), "{}", text(&same));
-
-    let out = t.upgrade(None);
-    assert!(out.status.success(), "{}", text(&out));
-    load.wait_progress(50).await;
-    t.follow_upgrade();
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
-
-    // The old primary was retired: it accepts no connection, let alone a write.
-    let spec = pgsteward::pg::ConnSpec::parse_with(&old, &harness::pg_env()).unwrap();
-    assert!(
-        spec.connect(Duration::from_secs(2)).await.is_err(),
-        "old primary still up"
-    );
-
-    // The other replica follows the new primary.
-    harness::query(&t.primary_url, "INSERT INTO ledger (id) VALUES (-1)").await;
-    let replica = t.cluster.replicas[0].url("app");
-    let mut seen = false;
-    for _ in 0..200 {
-        let rows = harness::query(&replica, "SELECT count(*) FROM ledger WHERE id = -1").await;
-        if rows[0].get::<_, i64>(0) == 1 {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        seen,
-        "the replica did not follow the new primary; its log:\n{}",
-        std::fs::read_to_string(&t.cluster.replicas[0].log_file).unwrap_or_default()
-    );
-
-    // Status renders the journal; other commands notice the moved primary.
-    let status = t.pgsteward(&["upgrade", "status", "--output", "json"], None);
-    assert!(status.status.success(), "{}", text(&status));
-    let mut cfg = pgsteward::config::load(&t.config).unwrap();
-    cfg.database.primary = pgsteward::config::ConnString::new(old.clone());
-    let err = pgsteward::upgrade::ensure_primary_current(&cfg)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }),
-        "{err}"
-    );
-    assert!(!pgsteward::upgrade::cutover_in_progress(&cfg));
-
-    // Through the binary: partition DDL against the moved primary is refused, naming the new one.
-    let new = t.primary_url.clone();
-    t.primary_url = old.clone();
-    t.write_config();
-    let out = t.pgsteward(&["partitions", "apply"], None);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("moved the primary to") && stderr.contains(&new),
-        "{}",
-        text(&out)
-    );
-    t.primary_url = new;
-    t.write_config();
-}
-
-/// Every step run twice in a row (PGSTEWARD_FAILPOINT_REPEAT=1) still upgrades
-/// cleanly: each step observes before it acts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_step_is_idempotent() {
-    let mut t = Topology::new();
-    let load = Load::start(
-        &t.pooler_url(),
-        3,
-        Duration::from_millis(3),
-        Duration::from_secs(120),
-    );
-    load.wait_progress(30).await;
-    let mut cmd = harness::pgsteward();
-    cmd.arg("--config")
-        .arg(&t.config)
-        .args(["upgrade", "start", "--target-class", t.next_class()])
-        .env("PGSTEWARD_LOCAL_OWNER_PID", std::process::id().to_string())
-        .env("PGSTEWARD_FAILPOINT_REPEAT", "1");
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    t.follow_upgrade();
-    load.wait_progress(30).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
 }
 
 /// The steps' names, from the saga's one table.
@@ -437,54 +318,6 @@ pub fn step_names() -> Vec<&'static str> {
         .iter()
         .map(|s| s.name)
         .collect()
-}
-
-/// kill -9 of `pgsteward upgrade start` at every step boundary, then
-/// `upgrade resume` (twice when the first resume rolls back a crashed write
-/// pause): nothing acknowledged is lost and exactly one node is writable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_at_every_step_boundary_then_resume() {
-    let mut t = Topology::new();
-    let load = Load::start(
-        &t.pooler_url(),
-        3,
-        Duration::from_millis(4),
-        Duration::from_secs(600),
-    );
-    load.wait_progress(20).await;
-    for step in step_names() {
-        for at in ["start", "done"] {
-            let fp = format!("{step}-{at}=kill");
-            let out = t.upgrade(Some(&fp));
-            assert!(killed(&out), "{fp}: expected SIGKILL\n{}", text(&out));
-            let rec = latest_record(&t.state_dir());
-            // Between the crash and the resume: never two writable nodes.
-            t.check_one_writable_or_paused(&fp).await;
-            let out = t.pgsteward(&["upgrade", "resume"], None);
-            if !out.status.success() {
-                let rolled_back = String::from_utf8_lossy(&out.stderr).contains("rolled back");
-                assert!(rolled_back, "{fp}: resume failed\n{}", text(&out));
-                assert!(!rec.promote_started(), "{fp}: rolled back after promote");
-                load.wait_progress(10).await;
-                t.check_one_writable().await;
-                let out = t.pgsteward(&["upgrade", "resume"], None);
-                assert!(out.status.success(), "{fp}: retry failed\n{}", text(&out));
-            }
-            t.check_one_writable_or_paused(&format!("{fp}, after resume"))
-                .await;
-            t.follow_upgrade();
-            load.wait_progress(10).await;
-            let acked = load.acked_ids();
-            t.check_nothing_lost(&acked).await;
-        }
-    }
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
 }
 
 impl Topology {
@@ -515,123 +348,4 @@ impl Topology {
         }
         assert!(writable <= 1, "{label}: {writable} writable nodes");
     }
-}
-
-/// An error injected at each step before promote rolls back: the old primary
-/// serves writes, nothing is lost; `upgrade abort` then removes the replica.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
-    let t = Topology::new();
-    let load = Load::start(
-        &t.pooler_url(),
-        3,
-        Duration::from_millis(4),
-        Duration::from_secs(600),
-    );
-    load.wait_progress(20).await;
-    let before_promote: Vec<&str> = pgsteward::upgrade::record::SAGA
-        .iter()
-        .filter(|s| s.step.before_promote())
-        .map(|s| s.name)
-        .collect();
-    for step in &before_promote {
-        let fp = format!("{step}-done=error");
-        let out = t.upgrade(Some(&fp));
-        assert_eq!(out.status.code(), Some(1), "{fp}\n{}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("rolled back"),
-            "{fp}\n{}",
-            text(&out)
-        );
-        load.wait_progress(10).await;
-        assert_eq!(t.check_one_writable().await, t.primary_url, "{fp}");
-        let rec = latest_record(&t.state_dir());
-        let abort = t.pgsteward(&["upgrade", "abort"], None);
-        assert!(abort.status.success(), "{fp}\n{}", text(&abort));
-        if let Some(id) = rec.replica_id() {
-            assert!(
-                !t.dir().join("clusters").join(id).exists(),
-                "{fp}: replica not removed"
-            );
-        }
-        assert!(
-            t.new_nodes().is_empty(),
-            "{fp}: servers left: {:?}",
-            t.new_nodes()
-        );
-    }
-    // A crash in the middle of the roll back: resume finishes it.
-    let fp = "final_sync-done=error,fence_old_primary-undo=kill";
-    let out = t.upgrade(Some(fp));
-    assert!(killed(&out), "{fp}\n{}", text(&out));
-    let out = t.pgsteward(&["upgrade", "resume"], None);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
-        "{}",
-        text(&out)
-    );
-    load.wait_progress(10).await;
-    assert_eq!(t.check_one_writable().await, t.primary_url);
-    let abort = t.pgsteward(&["upgrade", "abort"], None);
-    assert!(abort.status.success(), "{}", text(&abort));
-    assert!(
-        t.new_nodes().is_empty(),
-        "servers left: {:?}",
-        t.new_nodes()
-    );
-
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
-}
-
-/// A transaction held open through PgBouncer keeps PAUSE from finishing:
-/// past pause_timeout the upgrade rolls back and writes go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pause_timeout_rolls_back_and_writes_continue() {
-    let mut t = Topology::new();
-    t.pause_timeout = "1s";
-    t.write_config();
-    let load = Load::start(
-        &t.pooler_url(),
-        3,
-        Duration::from_millis(4),
-        Duration::from_secs(120),
-    );
-    load.wait_progress(20).await;
-    let holder = harness::connect(&t.pooler_url()).await;
-    holder
-        .simple_query("BEGIN; INSERT INTO ledger (id) VALUES (-100)")
-        .await
-        .unwrap();
-    // The upgrade's precheck would refuse a transaction older than pause_timeout:
-    // start right away so the transaction is young at precheck and old at PAUSE.
-    let t0 = Instant::now();
-    let out = t.upgrade(None);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("rolled back") && stderr.contains("pause"),
-        "{}",
-        text(&out)
-    );
-    assert!(t0.elapsed() < Duration::from_secs(60));
-    holder.simple_query("COMMIT").await.unwrap();
-    load.wait_progress(20).await;
-    assert_eq!(t.check_one_writable().await, t.primary_url);
-    let abort = t.pgsteward(&["upgrade", "abort"], None);
-    assert!(abort.status.success(), "{}", text(&abort));
-    let mut ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    ledger.acked.push(-100);
-    t.check_nothing_lost(&ledger.acked).await;
 }

@@ -1,0 +1,161 @@
+//! The hard fence on the old primary: no application role commits there.
+
+use super::*;
+
+async fn app_connect(port: u16, options: Option<&str>) -> Result<tokio_postgres::Client, String> {
+    let mut url = harness::with_password(
+        &format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable"),
+        harness::APP_USER,
+        harness::APP_PASSWORD,
+    );
+    if let Some(o) = options {
+        url.push_str(&format!("&options={}", o.replace(' ', "%20")));
+    }
+    let spec = pgsteward::pg::ConnSpec::parse(&url).map_err(|e| e.to_string())?;
+    spec.connect(Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Every way an application role could try to commit on the fenced old
+/// primary, while it waits out retire_after, and after a restart of it.
+async fn assert_fenced(port: u16, label: &str) {
+    for options in [None, Some("-c default_transaction_read_only=off")] {
+        match app_connect(port, options).await {
+            Err(e) => assert!(
+                e.contains("pg_hba.conf rejects") || e.contains("reject"),
+                "{label}: refused for another reason: {e}"
+            ),
+            Ok(c) => {
+                let r = c
+                    .batch_execute(
+                        "SET default_transaction_read_only = off; BEGIN READ WRITE; \
+                         INSERT INTO ledger (id) VALUES (-7); COMMIT",
+                    )
+                    .await;
+                panic!("{label}: an application session got in ({options:?}): {r:?}");
+            }
+        }
+    }
+}
+
+/// The hard fence (fence.rs): from the fence on no application role commits
+/// on the old primary whatever it sets (session SET, BEGIN READ WRITE,
+/// startup options, role and database settings), its sessions are ended,
+/// new ones refused, also after a restart of the old node; a roll back
+/// lifts it completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_fence_holds_and_rolls_back_completely() {
+    let mut t = Topology::new();
+    let p = &t.cluster.primary;
+    // The harness's application role (scram, not a superuser), made if missing.
+    must(p.psql(
+        "postgres",
+        "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') \
+         THEN CREATE ROLE app LOGIN; END IF; END$$",
+    ));
+    must(p.psql("app", "GRANT SELECT, INSERT ON ledger TO app"));
+    // Settings that soften a default_transaction_read_only fence.
+    must(p.psql(
+        "postgres",
+        "ALTER ROLE app SET default_transaction_read_only = off",
+    ));
+    must(p.psql(
+        "postgres",
+        "ALTER DATABASE app SET default_transaction_read_only = off",
+    ));
+    t.cluster.wait_replicas_caught_up();
+    let old_port = p.port;
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+
+    // Roll back: fenced, then lifted completely.
+    let out = t.upgrade(Some("final_sync-done=error"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let app = app_connect(old_port, None)
+        .await
+        .expect("app connects after the roll back");
+    app.batch_execute("INSERT INTO ledger (id) VALUES (-1)")
+        .await
+        .expect("app writes after the roll back");
+    let hba = std::fs::read_to_string(t.cluster.primary.data_dir.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("pgsteward fence"), "{hba}");
+    let abort = t.pgsteward(&["upgrade", "abort"], None);
+    assert!(abort.status.success(), "{}", text(&abort));
+
+    // Complete, with the old primary kept for retire_after.
+    t.retire_after = "6s";
+    t.write_config();
+    let held = app_connect(old_port, None).await.expect("app connects");
+    let mut runner = spawn(upgrade_cmd(&t.config, t.next_class(), None));
+    wait_for_step(
+        &t.state_dir(),
+        pgsteward::upgrade::record::Step::RetireOld,
+        &mut runner,
+    );
+    let err = held
+        .batch_execute(
+            "SET default_transaction_read_only = off; INSERT INTO ledger (id) VALUES (-2)",
+        )
+        .await;
+    assert!(err.is_err(), "an application session survived the fence");
+    assert_fenced(old_port, "fenced").await;
+    // A superuser session that is not ours starts read-only (where no
+    // database setting overrides the server's: the second, soft line).
+    let su = harness::connect(&t.cluster.primary.url("postgres")).await;
+    let ro: String = su
+        .query_one("SHOW default_transaction_read_only", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ro, "on");
+    drop(su);
+    // The fence survives a restart of the old node.
+    must(t.cluster.primary.stop(pgsteward::localpg::StopMode::Fast));
+    must(t.cluster.primary.start());
+    assert_fenced(old_port, "after restart").await;
+    let out = wait(runner);
+    assert!(out.status.success(), "{}", text(&out));
+    let rec = latest_record(&t.state_dir());
+    let fence = rec.step(pgsteward::upgrade::record::Step::FenceOldPrimary);
+    let sync = rec.step(pgsteward::upgrade::record::Step::FinalSync);
+    let ms = |s: &pgsteward::upgrade::record::StepState| {
+        (s.finished_at.unwrap() - s.started_at.unwrap())
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "fence_old_primary {:.1} ms ({}); final_sync {:.1} ms ({})",
+        ms(fence),
+        fence.output.note.clone().unwrap_or_default(),
+        ms(sync),
+        sync.output.note.clone().unwrap_or_default()
+    );
+    t.follow_upgrade();
+    load.wait_progress(20).await;
+    // The new primary is not fenced: the application role writes there.
+    let new_port = pgsteward::pg::ConnSpec::parse(&t.primary_url)
+        .unwrap()
+        .host_port()
+        .1;
+    let app = app_connect(new_port, None)
+        .await
+        .expect("app on the new primary");
+    app.batch_execute("INSERT INTO ledger (id) VALUES (-3)")
+        .await
+        .expect("app writes on the new primary");
+    let mut ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    ledger.acked.extend([-1, -3]);
+    t.check_nothing_lost(&ledger.acked).await;
+}

@@ -1,0 +1,130 @@
+//! Two runners, one upgrade: exactly one acts, the other refuses at once.
+
+use super::*;
+
+/// Two `upgrade start` against one primary from two state_dirs: started
+/// together, exactly one completes and the other refuses at once (exit 1,
+/// naming the upgrade in flight); started two seconds apart, the second one
+/// refuses while the first is mid-way and again while the first waits out
+/// retire_after. Never two writable nodes, nothing lost, no client error,
+/// and the refused runner leaves no journal behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_one_upgrade() {
+    let mut t = Topology::new();
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+
+    // Together.
+    let (config_b, state_b) = config_with_state_dir(&t, "state-b");
+    let class = t.next_class();
+    let a = spawn(upgrade_cmd(&t.config, class, None));
+    let b = spawn(upgrade_cmd(&config_b, class, None));
+    let (a, b) = (wait(a), wait(b));
+    let (won, lost, lost_state) = if a.status.success() {
+        (a, b, state_b.clone())
+    } else {
+        (b, a, t.state_dir())
+    };
+    assert!(won.status.success(), "no runner completed:\n{}", text(&won));
+    assert_eq!(lost.status.code(), Some(1), "{}", text(&lost));
+    let stderr = String::from_utf8_lossy(&lost.stderr);
+    assert!(
+        stderr.contains("in flight") || stderr.contains("holds the upgrade lock"),
+        "{}",
+        text(&lost)
+    );
+    let journals = std::fs::read_dir(&lost_state)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(journals, 0, "the refused runner wrote a journal");
+    // Follow whichever state_dir completed.
+    if lost_state == t.state_dir() {
+        copy_journal(&state_b, &t.state_dir());
+    }
+    t.follow_upgrade();
+    load.wait_progress(20).await;
+    t.check_one_writable().await;
+
+    // Staggered: A starts, B two seconds later (A is past create by then).
+    t.write_config();
+    t.retire_after = "3s";
+    t.write_config();
+    let (config_b, _) = config_with_state_dir(&t, "state-b2");
+    let class = t.next_class();
+    let mut a = spawn(upgrade_cmd(&t.config, class, None));
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let b = wait(spawn(upgrade_cmd(&config_b, class, None)));
+    assert_eq!(b.status.code(), Some(1), "{}", text(&b));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "refusal not at once: {:?}",
+        t0.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&b.stderr);
+    let rec_a = {
+        let p = pgsteward::upgrade::journal::latest(&t.state_dir())
+            .unwrap()
+            .expect("A's journal");
+        pgsteward::upgrade::journal::read(&p).unwrap()
+    };
+    assert!(
+        stderr.contains(&rec_a.id) && stderr.contains("step") && stderr.contains("since"),
+        "the refusal names the upgrade in flight (id, host, step, since):\n{}",
+        text(&b)
+    );
+    // While A waits out retire_after (old primary fenced, still up).
+    wait_for_step(
+        &t.state_dir(),
+        pgsteward::upgrade::record::Step::RetireOld,
+        &mut a,
+    );
+    let b = wait(spawn(upgrade_cmd(&config_b, class, None)));
+    assert_eq!(b.status.code(), Some(1), "{}", text(&b));
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains(&rec_a.id),
+        "{}",
+        text(&b)
+    );
+    t.check_one_writable_or_paused("during retire_after").await;
+    let a = wait(a);
+    assert!(a.status.success(), "{}", text(&a));
+    t.follow_upgrade();
+    load.wait_progress(20).await;
+
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+    // The new primary's guard row is finished: partition DDL may run there.
+    let client = harness::connect(&t.primary_url).await;
+    assert_eq!(
+        pgsteward::upgrade::guard::ddl_guard(&client, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        pgsteward::upgrade::guard::DdlGuard::Clear
+    );
+}
+
+fn copy_journal(from: &std::path::Path, to: &std::path::Path) {
+    must(std::fs::create_dir_all(to).map_err(|e| e.to_string()));
+    let path = pgsteward::upgrade::journal::latest(from)
+        .unwrap()
+        .expect("a journal");
+    let name = path.file_name().unwrap();
+    // Numbered above everything in `to`, so it is the newest there.
+    let dest = to.join(format!("999999-{}", name.to_string_lossy()));
+    must(std::fs::copy(&path, dest).map_err(|e| e.to_string()));
+}
