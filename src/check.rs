@@ -8,8 +8,10 @@ use serde::Serialize;
 
 use crate::cli::OutputFormat;
 use crate::config::{Config, ConnString, CutoverKind};
+use crate::localpg::LocalPgError;
 use crate::outcome::Outcome;
 use crate::output;
+use crate::pg::{server_message, PgError};
 
 #[derive(Debug, Serialize)]
 pub struct Probe {
@@ -17,6 +19,21 @@ pub struct Probe {
     pub endpoint: String,
     pub ok: bool,
     pub detail: String,
+}
+
+/// Why an endpoint failed its probe; its text is the probe's detail.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error("{}", server_message(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Unsupported(#[from] LocalPgError),
+    #[error("PostgreSQL {0}, but in recovery: this is a replica, not the primary")]
+    NotPrimary(String),
+    #[error("PostgreSQL {0}, but NOT in recovery: a second writable node")]
+    SecondWritable(String),
 }
 
 use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
@@ -29,22 +46,15 @@ async fn probe_server(
 ) -> Probe {
     let endpoint = conn.to_string();
     let result = async {
-        let spec = conn.spec().map_err(|e| e.to_string())?;
-        let client = spec.connect(timeout).await.map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(SERVER_PROBE, &[])
-            .await
-            .map_err(|e| crate::pg::server_message(&e))?;
+        let spec = conn.spec()?;
+        let client = spec.connect(timeout).await?;
+        let row = client.query_one(SERVER_PROBE, &[]).await?;
         let version: String = row.get(0);
         let in_recovery: bool = row.get(1);
-        crate::localpg::check_supported(&version).map_err(|e| e.to_string())?;
+        crate::localpg::check_supported(&version)?;
         match (want_primary, in_recovery) {
-            (true, true) => Err(format!(
-                "PostgreSQL {version}, but in recovery: this is a replica, not the primary"
-            )),
-            (false, false) => Err(format!(
-                "PostgreSQL {version}, but NOT in recovery: a second writable node"
-            )),
+            (true, true) => Err(ProbeError::NotPrimary(version)),
+            (false, false) => Err(ProbeError::SecondWritable(version)),
             (true, false) => Ok(format!("PostgreSQL {version}, primary")),
             (false, true) => Ok(format!("PostgreSQL {version}, in recovery")),
         }
@@ -57,11 +67,11 @@ async fn probe_server(
             ok: true,
             detail,
         },
-        Err(detail) => Probe {
+        Err(e) => Probe {
             role,
             endpoint,
             ok: false,
-            detail,
+            detail: e.to_string(),
         },
     }
 }
@@ -69,13 +79,10 @@ async fn probe_server(
 async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
     let endpoint = conn.to_string();
     let result = async {
-        let spec = conn.spec().map_err(|e| e.to_string())?;
-        let client = spec.connect(timeout).await.map_err(|e| e.to_string())?;
+        let spec = conn.spec()?;
+        let client = spec.connect(timeout).await?;
         // The admin console speaks only the simple query protocol.
-        let msgs = client
-            .simple_query("SHOW VERSION")
-            .await
-            .map_err(|e| crate::pg::server_message(&e))?;
+        let msgs = client.simple_query("SHOW VERSION").await?;
         let version = msgs
             .iter()
             .find_map(|m| match m {
@@ -83,7 +90,7 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
                 _ => None,
             })
             .unwrap_or_else(|| "PgBouncer".into());
-        Ok::<_, String>(version)
+        Ok::<_, ProbeError>(version)
     }
     .await;
     match result {
@@ -93,11 +100,11 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             ok: true,
             detail,
         },
-        Err(detail) => Probe {
+        Err(e) => Probe {
             role: "pooler",
             endpoint,
             ok: false,
-            detail,
+            detail: e.to_string(),
         },
     }
 }
@@ -150,7 +157,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                     role: "table",
                     endpoint: name.to_string(),
                     ok: false,
-                    detail: msg,
+                    detail: msg.to_string(),
                 },
             })
             .collect(),

@@ -23,11 +23,23 @@ use crate::metrics::Metrics;
 const PROBE_SQL: &str = "SELECT 1";
 const PROBE_CACHE: Duration = Duration::from_secs(1);
 
+/// Why the primary did not answer the readiness probe. Shared (`Arc`) so a
+/// cached answer is handed to every request of the next second.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    Connect(Arc<deadpool_postgres::PoolError>),
+    #[error("{}", crate::pg::server_message(.0))]
+    Query(Arc<tokio_postgres::Error>),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// Whether the primary answers, probed lazily and cached briefly.
 pub struct PrimaryProbe {
     pool: deadpool_postgres::Pool,
     timeout: Duration,
-    last: Mutex<Option<(Instant, Result<(), String>)>>,
+    last: Mutex<Option<(Instant, Result<(), ProbeError>)>>,
 }
 
 impl PrimaryProbe {
@@ -39,7 +51,7 @@ impl PrimaryProbe {
         }
     }
 
-    pub async fn check(&self) -> Result<(), String> {
+    pub async fn check(&self) -> Result<(), ProbeError> {
         // Holding the lock across the probe makes concurrent requests share it.
         let mut last = self.last.lock().await;
         if let Some((at, r)) = last.as_ref() {
@@ -48,17 +60,21 @@ impl PrimaryProbe {
             }
         }
         let r = match tokio::time::timeout(self.timeout, async {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ProbeError::Connect(Arc::new(e)))?;
             client
                 .simple_query(PROBE_SQL)
                 .await
                 .map(|_| ())
-                .map_err(|e| crate::pg::server_message(&e))
+                .map_err(|e| ProbeError::Query(Arc::new(e)))
         })
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Err(_) => Err(ProbeError::Timeout(self.timeout)),
         };
         *last = Some((Instant::now(), r.clone()));
         r

@@ -4,47 +4,61 @@
 //!
 //! # The map
 //!
-//! Every module, ordered by layer from the ground up: a module may import only
-//! modules listed ABOVE it (its own children included), never one listed below.
-//! Two knots still break that rule and are being untied under issue 13: `pooler`,
-//! `provider` and `upgrade` import each other, and so do `partitions` and `convert`.
+//! Every module, ordered by layer from the ground up: a top-level module may
+//! import only modules listed ABOVE it (and its own children), never one listed
+//! below. A module's children are listed in reading order.
 //!
 //! * [`outcome`]: [`Outcome`], how a command that ran to completion judged what it saw (exit 0 or 1).
 //! * [`output`]: text tables and JSON documents for status-like commands.
-//! * [`pg`]: PostgreSQL plumbing: the error and its classification, connecting with a deadline, quoting.
+//! * [`pg`]: PostgreSQL plumbing shared by every subsystem.
+//!   * [`pg::error`]: [`pg::PgError`] and the classification of server errors callers decide on.
+//!   * [`pg::ident`]: identifier quoting, qualified names, literals.
+//!   * [`pg::sql`]: the statements the plumbing itself runs.
 //!   * [`pg::conninfo`]: connection strings parsed (both forms) and redacted the way libpq does.
 //!   * [`pg::libpq`]: what a connection string leaves out: `PG*` environment defaults and the password file.
-//!   * `pg::spec`: [`pg::ConnSpec`], a parsed connection string: defaults, TLS, IAM, connections and pools.
-//!   * `pg::tls`: rustls for PostgreSQL, following libpq's `sslmode` semantics.
+//!   * [`pg::tls`]: rustls for PostgreSQL, following libpq's `sslmode` semantics.
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
+//!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
+//!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
 //! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
-//!   * `localpg::bouncer`: a PgBouncer process for the demo and the tests.
 //!   * `localpg::child`: a child's minimal environment; passwords only through private files.
+//!   * `localpg::conf`: the postgresql.conf settings written here, quoted as the server reads them.
+//!   * `localpg::watchdog`: `sh` loops that clean up servers once their maker is gone.
 //!   * `localpg::majors`: which PostgreSQL majors are installed, and a replica made across majors.
+//!   * `localpg::cluster`: one cluster: create, configure, start, stop, setup SQL.
+//!   * `localpg::bouncer`: a PgBouncer process for the demo and the tests.
 //! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types.
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
+//!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
+//!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
 //!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
-//!   * [`provider::rds`]: RDS read replicas, promoted; [`provider::rds::api`] the few SDK calls behind a trait.
+//!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
+//!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
 //! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.
 //!   * [`upgrade::record`]: the twelve steps, their statuses and facts, the legal transitions.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
-//!   * [`upgrade::guard`]: one upgrade per primary: the guard row, its lock and keepalive.
+//!   * [`upgrade::guard`]: one upgrade per primary: the runner's lock sessions and keepalive;
+//!     `guard::read` the guard row as the service, the CronJob and the pass read it.
 //!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
 //!   * [`upgrade::cutover`]: the write pause and the decision to start it.
 //!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
 //!   * [`upgrade::steps`]: the body of each step, observe before act.
+//!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
 //! * [`lag`]: replica lag, `pgsteward lag`.
+//!   * `lag::sql`: the lag queries, one named constant each.
 //!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.
 //!   * [`lag::evaluate`](mod@lag::evaluate): the pure verdict on one replica.
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
+//!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.
@@ -54,10 +68,12 @@
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
 //!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition).
 //!   * [`partitions::report`]: what a pass did, per table.
+//!   * `partitions::converting`: tables `convert` is working on, which the pass leaves alone.
 //!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
 //! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
-//!   * `convert::plan`, `convert::refuse`, `convert::sql`: the pure half: boundary, names, refusals, SQL.
-//!   * `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: reading, journaling, driving.
+//!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
+//!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
+//!     queries, reading, journaling, driving.
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -65,7 +81,6 @@
 //!   * [`service::scheduler`]: one loop per job, no overlap.
 //!   * [`service::leader`]: the advisory lock on the primary; only the leader runs DDL.
 //!   * [`service::shutdown`]: the signal, and named tasks drained with a deadline.
-//! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`demo`]: the whole cycle on a throwaway local primary, replica and PgBouncer.
 //! * [`error`]: [`Error`], every subsystem's error, which decides the process exit code.
 //!

@@ -69,8 +69,8 @@ pub enum ConvertError {
     RowsOutside { key: String, boundary: String },
     #[error("step {step}: {message}")]
     Step { step: &'static str, message: String },
-    #[error("{0}")]
-    Failpoint(String),
+    #[error(transparent)]
+    Failpoint(#[from] crate::upgrade::failpoint::FailpointError),
 }
 
 impl ConvertError {

@@ -18,7 +18,10 @@ use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::output;
 pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
-pub use observe::{LagPools, Lsn, PrimaryObservation, ReplicaObservation, SenderObservation};
+pub use observe::{
+    LagPools, Lsn, LsnError, ObserveError, PrimaryObservation, ReplicaObservation,
+    SenderObservation,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LagError {
@@ -58,6 +61,9 @@ pub struct PrimaryReport {
     pub reachable: bool,
     pub error: Option<String>,
     pub observation: Option<PrimaryObservation>,
+    /// Why it could not be read, typed; `error` is its text.
+    #[serde(skip)]
+    pub read_error: Option<ObserveError>,
 }
 
 impl PrimaryReport {
@@ -78,6 +84,9 @@ pub struct ReplicaReport {
     pub observation: Option<ReplicaObservation>,
     /// Its row in the primary's `pg_stat_replication`, when it could be matched.
     pub sender: Option<SenderObservation>,
+    /// Why it could not be read, typed; the verdict says it in words.
+    #[serde(skip)]
+    pub read_error: Option<ObserveError>,
 }
 
 impl LagReport {
@@ -121,6 +130,8 @@ pub async fn check(
     if let Err(e) = &primary {
         tracing::warn!(node = %pools.primary.name, error = %e, "primary unreachable");
     }
+    // The verdict is pure and speaks of a node it could not read in words.
+    let primary_text = primary.as_ref().map_err(ToString::to_string);
     let replicas: Vec<ReplicaReport> = pools
         .replicas
         .iter()
@@ -130,19 +141,25 @@ pub async fn check(
                 (Ok(p), Ok(r)) => match_sender(&p.senders, r.sender_name.as_deref()),
                 _ => None,
             };
+            let obs_text = obs.as_ref().map_err(ToString::to_string);
             let verdict = evaluate(
-                primary.as_ref().map_err(String::as_str),
-                obs.as_ref().map_err(String::as_str),
+                primary_text.as_ref().copied().map_err(String::as_str),
+                obs_text.as_ref().copied().map_err(String::as_str),
                 sender.as_ref(),
                 &thresholds,
             );
             log_verdict(&node.name, &verdict);
+            let (observation, read_error) = match obs {
+                Ok(o) => (Some(o), None),
+                Err(e) => (None, Some(e)),
+            };
             ReplicaReport {
                 replica: node.name.clone(),
                 healthy: verdict.healthy(),
                 verdict,
-                observation: obs.ok(),
+                observation,
                 sender,
+                read_error,
             }
         })
         .collect();
@@ -154,12 +171,14 @@ pub async fn check(
                 .in_recovery
                 .then(|| "in recovery: database.primary names a replica".to_string()),
             observation: Some(o),
+            read_error: None,
         },
         Err(e) => PrimaryReport {
             node: pools.primary.name.clone(),
             reachable: false,
-            error: Some(e),
+            error: Some(e.to_string()),
             observation: None,
+            read_error: Some(e),
         },
     };
     Ok(LagReport {
@@ -226,14 +245,13 @@ pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, 
         OutputFormat::Json => output::print_json(&report),
         OutputFormat::Text => print!("{}", render_text(&report)),
     }
-    // No password for the primary is the operator's to fix (exit 2), not lag.
-    if report
-        .primary
-        .error
-        .as_deref()
-        .is_some_and(|e| e.contains("password missing"))
-    {
-        return Err(cfg.database.primary.spec()?.password_missing().into());
+    // No password for a node (the primary first, then each replica) is the
+    // operator's to fix (exit 2), not lag: the error names the connection
+    // and every place looked in.
+    let nodes = std::iter::once(&report.primary.read_error)
+        .chain(report.replicas.iter().map(|r| &r.read_error));
+    if let Some(e) = nodes.flatten().find_map(ObserveError::password_missing) {
+        return Err(e.into());
     }
     Ok(report.outcome())
 }

@@ -21,18 +21,62 @@ use super::sql;
 const SETTLE_WINDOW: Duration = Duration::from_secs(1);
 const SETTLE_POLL: Duration = Duration::from_millis(50);
 
+/// Why a node could not be read. In the report it is a state of that node
+/// (its text), never an error of the check; only a missing password is the
+/// operator's to fix ([`ObserveError::password_missing`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ObserveError {
+    #[error("cannot connect to {node}: {message}")]
+    Connect { node: String, message: String },
+    #[error("cannot connect to {target}: the server asks for a password and none was found; looked in: {looked}")]
+    PasswordMissing { target: String, looked: String },
+    #[error("query failed on {node}: {message}")]
+    Query { node: String, message: String },
+    #[error("unexpected result column {column}: {message}")]
+    Column { column: String, message: String },
+    #[error(transparent)]
+    Lsn(#[from] LsnError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ObserveError {
+    /// The configuration error inside: a node the server asks a password for
+    /// and none was configured (exit 2, naming where it looked).
+    pub fn password_missing(&self) -> Option<PgError> {
+        match self {
+            ObserveError::PasswordMissing { target, looked } => Some(PgError::PasswordMissing {
+                target: target.clone(),
+                looked: looked.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// A WAL position (`pg_lsn`), as the 64-bit byte offset it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Lsn(pub u64);
 
+/// A text that is not a `pg_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LsnError {
+    #[error("{0:?} is not an LSN like 0/3000148")]
+    NoSlash(String),
+    #[error("{0:?}: bad high half")]
+    High(String),
+    #[error("{0:?}: bad low half")]
+    Low(String),
+}
+
 impl FromStr for Lsn {
-    type Err = String;
+    type Err = LsnError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (hi, lo) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not an LSN like 0/3000148"))?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("{s:?}: bad high half"))?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("{s:?}: bad low half"))?;
+            .ok_or_else(|| LsnError::NoSlash(s.to_string()))?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| LsnError::High(s.to_string()))?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| LsnError::Low(s.to_string()))?;
         Ok(Lsn((u64::from(hi) << 32) | u64::from(lo)))
     }
 }
@@ -114,6 +158,8 @@ pub struct ReplicaObservation {
 pub struct Node {
     pub name: String,
     pool: deadpool_postgres::Pool,
+    /// Kept to say where a missing password was looked for.
+    spec: ConnSpec,
 }
 
 /// Pools for the primary and every replica, made once per process (the
@@ -134,6 +180,7 @@ impl LagPools {
             Ok(Node {
                 name: spec.display.clone(),
                 pool: spec.pool(2, connect_timeout),
+                spec,
             })
         };
         Ok(LagPools {
@@ -148,14 +195,10 @@ impl LagPools {
         })
     }
 
-    pub async fn observe_primary(&self) -> Result<PrimaryObservation, String> {
+    pub async fn observe_primary(&self) -> Result<PrimaryObservation, ObserveError> {
         let node = &self.primary;
         self.bounded(async {
-            let client = node
-                .pool
-                .get()
-                .await
-                .map_err(|e| pool_error(&node.name, e))?;
+            let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
             let row = client
                 .query_one(sql::PRIMARY_WAL_POSITION, &[])
                 .await
@@ -184,14 +227,10 @@ impl LagPools {
         node: &Node,
         target: Option<Lsn>,
         cancel: &CancellationToken,
-    ) -> Result<ReplicaObservation, String> {
+    ) -> Result<ReplicaObservation, ObserveError> {
         let mut obs = self
             .bounded(async {
-                let client = node
-                    .pool
-                    .get()
-                    .await
-                    .map_err(|e| pool_error(&node.name, e))?;
+                let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
                 let row = client
                     .query_one(sql::REPLICA_STATE, &[])
                     .await
@@ -218,11 +257,7 @@ impl LagPools {
             }
             let lsn = self
                 .bounded(async {
-                    let client = node
-                        .pool
-                        .get()
-                        .await
-                        .map_err(|e| pool_error(&node.name, e))?;
+                    let client = node.pool.get().await.map_err(|e| pool_error(node, e))?;
                     let row = client
                         .query_one(sql::REPLAY_LSN, &[])
                         .await
@@ -245,11 +280,11 @@ impl LagPools {
 
     async fn bounded<T>(
         &self,
-        fut: impl std::future::Future<Output = Result<T, String>>,
-    ) -> Result<T, String> {
+        fut: impl std::future::Future<Output = Result<T, ObserveError>>,
+    ) -> Result<T, ObserveError> {
         match tokio::time::timeout(self.query_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.query_timeout)),
+            Err(_) => Err(ObserveError::Timeout(self.query_timeout)),
         }
     }
 }
@@ -265,40 +300,54 @@ fn with_statement_timeout(spec: &mut ConnSpec, timeout: Duration) {
     spec.config.options(&options);
 }
 
-fn pool_error(node: &str, e: deadpool_postgres::PoolError) -> String {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => {
-            format!(
-                "cannot connect to {node}: {}",
-                crate::pg::server_message(&e)
-            )
+fn pool_error(node: &Node, e: deadpool_postgres::PoolError) -> ObserveError {
+    let message = match e {
+        // Where the password was looked for is the spec's to say.
+        deadpool_postgres::PoolError::Backend(e) if crate::pg::is_password_missing(&e) => {
+            match node.spec.password_missing() {
+                PgError::PasswordMissing { target, looked } => {
+                    return ObserveError::PasswordMissing { target, looked }
+                }
+                other => other.to_string(),
+            }
         }
-        deadpool_postgres::PoolError::Timeout(_) => {
-            format!("cannot connect to {node}: timed out")
-        }
-        other => format!("cannot connect to {node}: {other}"),
+        deadpool_postgres::PoolError::Backend(e) => crate::pg::server_message(&e),
+        deadpool_postgres::PoolError::Timeout(_) => "timed out".to_string(),
+        other => other.to_string(),
+    };
+    ObserveError::Connect {
+        node: node.name.clone(),
+        message,
     }
 }
 
-fn query_error(node: &str, e: tokio_postgres::Error) -> String {
-    format!("query failed on {node}: {}", crate::pg::server_message(&e))
+fn query_error(node: &str, e: tokio_postgres::Error) -> ObserveError {
+    ObserveError::Query {
+        node: node.to_string(),
+        message: crate::pg::server_message(&e),
+    }
 }
 
-fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, String> {
-    row.try_get(name)
-        .map_err(|e| format!("unexpected result column {name}: {e}"))
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    name: &str,
+) -> Result<T, ObserveError> {
+    row.try_get(name).map_err(|e| ObserveError::Column {
+        column: name.to_string(),
+        message: e.to_string(),
+    })
 }
 
-fn opt_lsn(row: &Row, name: &str) -> Result<Option<Lsn>, String> {
-    col::<Option<String>>(row, name)?
+fn opt_lsn(row: &Row, name: &str) -> Result<Option<Lsn>, ObserveError> {
+    Ok(col::<Option<String>>(row, name)?
         .map(|s| s.parse())
-        .transpose()
+        .transpose()?)
 }
 
 fn primary_from_row(
     row: &Row,
     senders: Vec<SenderObservation>,
-) -> Result<PrimaryObservation, String> {
+) -> Result<PrimaryObservation, ObserveError> {
     Ok(PrimaryObservation {
         in_recovery: col(row, "in_recovery")?,
         current_lsn: opt_lsn(row, "current_lsn")?,
@@ -309,7 +358,7 @@ fn primary_from_row(
     })
 }
 
-fn sender_from_row(row: &Row) -> Result<SenderObservation, String> {
+fn sender_from_row(row: &Row) -> Result<SenderObservation, ObserveError> {
     Ok(SenderObservation {
         application_name: col(row, "application_name")?,
         client_addr: col(row, "client_addr")?,
@@ -325,7 +374,7 @@ fn sender_from_row(row: &Row) -> Result<SenderObservation, String> {
     })
 }
 
-fn replica_from_row(row: &Row) -> Result<ReplicaObservation, String> {
+fn replica_from_row(row: &Row) -> Result<ReplicaObservation, ObserveError> {
     Ok(ReplicaObservation {
         in_recovery: col(row, "in_recovery")?,
         receive_lsn: opt_lsn(row, "receive_lsn")?,

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::blockers;
 use super::catalog;
 use super::ddl;
+use super::error::{PartitionError, TableError};
 use super::model::{Action, DetachHow, Range, TableState};
 use super::plan;
 use super::report::TableReport;
@@ -43,20 +44,67 @@ pub struct Work {
     pub oid: u32,
 }
 
-/// Why a step failed; becomes the table's error text.
-#[derive(Debug)]
+/// Why a step failed; its text becomes the table's error.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum StepError {
+    #[error("cancelled")]
     Cancelled,
     /// The server refused a statement (after retries, for lock races).
-    Sql {
-        code: SqlState,
-        message: String,
+    #[error("{message}")]
+    Sql { code: SqlState, message: String },
+    /// A statement failed without a server error (the connection broke).
+    #[error("{}", server_message(.0))]
+    Client(tokio_postgres::Error),
+    /// Reading the table's catalog again, under its lock, failed.
+    #[error(transparent)]
+    Reread(PartitionError),
+    /// The table, read again, can no longer be maintained.
+    #[error(transparent)]
+    Table(TableError),
+    #[error("table vanished from the catalog")]
+    Vanished,
+    #[error("cannot look up {child}: {}", server_message(.source))]
+    LookUp {
+        child: QualifiedName,
+        source: tokio_postgres::Error,
     },
-    Failed(String),
+    #[error("{0} already exists and was not made by pgsteward; rename or drop it so the period can be created")]
+    NotOurs(QualifiedName),
+    #[error("{default} received {moved} rows of {child}'s range since the probe, more than partitions.default_move_batch = {batch}; nothing moved, the next pass retries")]
+    RowsArrived {
+        default: QualifiedName,
+        child: QualifiedName,
+        moved: u64,
+        batch: u32,
+    },
+    /// A catalog read about `table` failed: `what` says what, ending in a
+    /// preposition ("the triggers of").
+    #[error("cannot read {what} {table}: {}", server_message(.source))]
+    Read {
+        what: &'static str,
+        table: QualifiedName,
+        source: tokio_postgres::Error,
+    },
+    #[error("cannot read the size of {0}")]
+    NoSize(QualifiedName),
     /// A partition the pass will not make as things are (data would move
     /// that must not, or past the configured bounds); the table's other
     /// actions still run.
+    #[error("{0}")]
     Refused(String),
+    /// Partitions were refused, and maybe a later step failed too: all of it
+    /// is the table's error.
+    #[error("{}", refused_text(.refused, .then.as_deref()))]
+    SomeRefused {
+        refused: Vec<String>,
+        then: Option<Box<StepError>>,
+    },
+}
+
+fn refused_text(refused: &[String], then: Option<&StepError>) -> String {
+    let mut all = refused.to_vec();
+    all.extend(then.map(StepError::to_string));
+    all.join("; ")
 }
 
 impl StepError {
@@ -70,12 +118,7 @@ impl StepError {
             || self.is(&SqlState::T_R_SERIALIZATION_FAILURE)
     }
     pub(super) fn text(&self) -> String {
-        match self {
-            StepError::Cancelled => "cancelled".into(),
-            StepError::Sql { message, .. }
-            | StepError::Failed(message)
-            | StepError::Refused(message) => message.clone(),
-        }
+        self.to_string()
     }
 }
 
@@ -89,12 +132,6 @@ impl StepError {
             },
             other => other,
         }
-    }
-}
-
-impl From<String> for StepError {
-    fn from(s: String) -> Self {
-        StepError::Failed(s)
     }
 }
 
@@ -229,11 +266,11 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let fresh = catalog::read(self.client, std::slice::from_ref(&w.table))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(StepError::Reread)?;
         let state = match fresh.tables.into_iter().next() {
             Some((_, Ok(s))) => s,
-            Some((_, Err(msg))) => return Err(msg.into()),
-            None => return Err("table vanished from the catalog".to_string().into()),
+            Some((_, Err(e))) => return Err(StepError::Table(e)),
+            None => return Err(StepError::Vanished),
         };
         let p = catalog::fit(fresh.server_version_num, plan::plan(&w.cfg, &state, now));
         report.notes = p.notes.iter().map(plan::note_text).collect();
@@ -343,11 +380,10 @@ impl Exec<'_> {
             }
         }
         if !refused.is_empty() {
-            let mut all = refused;
-            if let Err(e) = result {
-                all.push(e.text());
-            }
-            return Err(StepError::Failed(all.join("; ")));
+            return Err(StepError::SomeRefused {
+                refused,
+                then: result.err().map(Box::new),
+            });
         }
         result
     }
@@ -498,7 +534,7 @@ impl Exec<'_> {
                 code: code.clone(),
                 message: server_message(&e),
             },
-            None => StepError::Failed(server_message(&e)),
+            None => StepError::Client(e),
         })?;
         report.statements.push(sql.to_string());
         let mut done = Done {

@@ -30,7 +30,7 @@ use super::model::{ParentDetails, Range, ReferencingFk, TableState};
 use super::report::TableReport;
 use super::session;
 use crate::config::{ByteSize, TableConfig};
-use crate::pg::{server_message, QualifiedName};
+use crate::pg::QualifiedName;
 
 /// What the probe of DEFAULT found before anything is locked.
 struct Probe {
@@ -47,12 +47,10 @@ impl Exec<'_> {
             .client
             .query_one(sql::PARENT_DETAILS, &[&i64::from(state.oid)])
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot read row security and replica identity of {}: {}",
-                    state.table,
-                    server_message(&e)
-                )
+            .map_err(|source| StepError::Read {
+                what: "row security and replica identity of",
+                table: state.table.clone(),
+                source,
             })?;
         Ok(ParentDetails {
             row_security: row.get(0),
@@ -84,7 +82,7 @@ impl Exec<'_> {
                 .await?
                 .probe()
                 .map(|(rows, bytes)| Probe { rows, bytes })
-                .ok_or_else(|| format!("cannot read the size of {}", d.name))?;
+                .ok_or_else(|| StepError::NoSize(d.name.clone()))?;
             self.within_bounds(state, &d.name, child, &probe)?;
             fks = self.referencing_fks(state).await?;
             // Before anything is created or locked; repeated under the locks.
@@ -147,7 +145,7 @@ impl Exec<'_> {
                     .client
                     .query_one(sql::RELATION_OID, &[&d.name.quoted()])
                     .await
-                    .map_err(|e| server_message(&e))?;
+                    .map_err(StepError::Client)?;
                 row.get::<_, Option<i64>>(0).unwrap_or(0)
             }
             None => 0,
@@ -156,12 +154,10 @@ impl Exec<'_> {
             .client
             .query(sql::REFERENCING_FKS, &[&i64::from(state.oid), &default_oid])
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot read the foreign keys referencing {}: {}",
-                    state.table,
-                    server_message(&e)
-                )
+            .map_err(|source| StepError::Read {
+                what: "the foreign keys referencing",
+                table: state.table.clone(),
+                source,
             })?;
         Ok(rows
             .iter()
@@ -208,17 +204,17 @@ impl Exec<'_> {
                         &[&child.quoted(), &ddl::BOUNDS_CHECK],
                     )
                     .await
-                    .map_err(|e| format!("cannot look up {child}: {}", server_message(&e)))?;
+                    .map_err(|source| StepError::LookUp {
+                        child: child.clone(),
+                        source,
+                    })?;
                 let ours = existing.is_some_and(|row| {
                     row.get::<_, String>(0) == "r"
                         && !row.get::<_, bool>(1)
                         && row.get::<_, bool>(2)
                 });
                 if !ours {
-                    return Err(format!(
-                        "{child} already exists and was not made by pgsteward; rename or drop it so the period can be created"
-                    )
-                    .into());
+                    return Err(StepError::NotOurs(child.clone()));
                 }
                 tracing::info!(partition = %child, "resuming a partition an interrupted pass created");
                 Ok(())
@@ -241,12 +237,10 @@ impl Exec<'_> {
             self.client
                 .query(sql::STORED_COLUMNS, &[&state.table.quoted()])
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot read the columns of {}: {}",
-                        state.table,
-                        server_message(&e)
-                    )
+                .map_err(|source| StepError::Read {
+                    what: "the columns of",
+                    table: state.table.clone(),
+                    source,
                 })?
                 .iter()
                 .map(|r| r.get(0))
@@ -368,12 +362,12 @@ impl Exec<'_> {
             moved = self.once(&sql, c, report).await?.count;
             let batch = self.cfg.partitions.default_move_batch;
             if moved > u64::from(batch) {
-                return Err(format!(
-                    "{} received {moved} rows of {child}'s range since the probe, more than \
-                     partitions.default_move_batch = {batch}; nothing moved, the next pass retries",
-                    d.name
-                )
-                .into());
+                return Err(StepError::RowsArrived {
+                    default: d.name.clone(),
+                    child: child.clone(),
+                    moved,
+                    batch,
+                });
             }
             if moved > 0 {
                 self.once(&ddl::sql_lock_parent_exclusive(parent), c, report)
@@ -449,11 +443,10 @@ impl Exec<'_> {
             .client
             .query(sql::DELETE_TRIGGERS, &[&default.quoted()])
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot read the triggers of {default}: {}",
-                    server_message(&e)
-                )
+            .map_err(|source| StepError::Read {
+                what: "the triggers of",
+                table: default.clone(),
+                source,
             })?;
         let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
         if names.is_empty() {

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 
-use super::error::PartitionError;
+use super::error::{PartitionError, TableError};
 use super::model::{
     Action, DefaultPartition, DetachHow, ExistingPartition, Grant, Key, KeyType, Range, TablePlan,
     TableState, KEY_MAX, KEY_MIN,
@@ -16,7 +16,7 @@ use crate::pg::QualifiedName;
 
 /// What the catalog says about one configured table: its state, or why it
 /// cannot be managed (the operator's fix is in the message).
-pub type TableLookup = Result<TableState, String>;
+pub type TableLookup = Result<TableState, TableError>;
 
 pub struct Catalog {
     pub in_recovery: bool,
@@ -133,42 +133,37 @@ fn table_state_inner(
 ) -> TableLookup {
     let oid: Option<i64> = row.get("oid");
     let Some(oid) = oid else {
-        return Err(format!(
-            "table {table} does not exist; create it PARTITION BY RANGE on a timestamptz, timestamp or date column, or remove it from partitions.tables"
-        ));
+        return Err(TableError::Missing(table.clone()));
     };
     let relkind: Option<String> = row.get("relkind");
     let strategy: Option<String> = row.get("strategy");
     if relkind.as_deref() != Some("p") {
-        return Err(format!(
-            "{table} is not a partitioned table; convert it online with `pgsteward convert plan --table {table}`, or recreate it with PARTITION BY RANGE (column)"
-        ));
+        return Err(TableError::NotPartitioned(table.clone()));
     }
     if strategy.as_deref() != Some("r") {
-        return Err(format!(
-            "{table} is not partitioned BY RANGE; only range partitioning on one column is managed"
-        ));
+        return Err(TableError::NotRange(table.clone()));
     }
     let key_count: Option<i32> = row.get("key_count");
     let key_column: Option<String> = row.get("key_column");
     let key_column = match (key_count, key_column) {
         (Some(1), Some(c)) => c,
-        _ => {
-            return Err(format!(
-                "{table} is partitioned on more than one column or an expression; only one plain column is managed"
-            ))
-        }
+        _ => return Err(TableError::NotOneColumn(table.clone())),
     };
     let key_type_name: Option<String> = row.get("key_type");
     let key_type_name = key_type_name.unwrap_or_default();
     let Some(key_type) = KeyType::from_sql(&key_type_name) else {
-        return Err(format!(
-            "{table} is partitioned on {key_column:?} of type {key_type_name}; only timestamptz, timestamp and date keys are managed"
-        ));
+        return Err(TableError::KeyType {
+            table: table.clone(),
+            column: key_column,
+            type_name: key_type_name,
+        });
     };
     let grants: serde_json::Value = row.get("grants");
     let grants: Vec<Grant> = serde_json::from_value::<Vec<GrantRow>>(grants)
-        .map_err(|e| format!("{table}: unexpected privileges in the catalog: {e}"))?
+        .map_err(|e| TableError::Grants {
+            table: table.clone(),
+            message: e.to_string(),
+        })?
         .into_iter()
         .map(|g| Grant {
             grantee: g.grantee,

@@ -92,7 +92,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         table: name,
                         actions: vec![],
                         notes: vec![],
-                        error: Some(msg),
+                        error: Some(msg.to_string()),
                         skipped: None,
                         converting: None,
                     });
@@ -305,8 +305,8 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             Err(msg) => {
                 outcome = Outcome::Problem;
                 tables.push(TableStatus {
-                    problem: Some(msg.clone()),
-                    error: Some(msg),
+                    problem: Some(msg.to_string()),
+                    error: Some(msg.to_string()),
                     ..TableStatus::uncovered(name, tcfg.interval)
                 });
             }

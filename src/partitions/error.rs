@@ -1,5 +1,6 @@
 //! The partition subsystem's errors: [`PartitionError`] for the pass and its
-//! index part [`IndexError`]. They wrap each other (an index session that
+//! index part [`IndexError`], and [`TableError`] for one configured table
+//! the catalog shows cannot be maintained. They wrap each other (an index session that
 //! cannot connect), so they live together, below everything that returns them.
 
 use tokio_postgres::error::SqlState;
@@ -14,6 +15,10 @@ pub enum PartitionError {
     Query { what: &'static str, message: String },
     #[error(transparent)]
     Index(Box<IndexError>),
+    /// The upgrade guard holds DDL off this node (an upgrade moved the
+    /// primary), or could not be read.
+    #[error("cannot run partition DDL: {0}")]
+    Guard(crate::upgrade::guard::GuardError),
     #[error("cancelled")]
     Cancelled,
     #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
@@ -34,6 +39,31 @@ impl PartitionError {
             message: server_message(&e),
         }
     }
+}
+
+/// Why one configured table cannot be maintained, as the catalog shows it:
+/// a finding of the pass for that table, not a failure of the pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("table {0} does not exist; create it PARTITION BY RANGE on a timestamptz, timestamp or date column, or remove it from partitions.tables")]
+    Missing(QualifiedName),
+    #[error("{0} is not a partitioned table; convert it online with `pgsteward convert plan --table {0}`, or recreate it with PARTITION BY RANGE (column)")]
+    NotPartitioned(QualifiedName),
+    #[error("{0} is not partitioned BY RANGE; only range partitioning on one column is managed")]
+    NotRange(QualifiedName),
+    #[error("{0} is partitioned on more than one column or an expression; only one plain column is managed")]
+    NotOneColumn(QualifiedName),
+    #[error("{table} is partitioned on {column:?} of type {type_name}; only timestamptz, timestamp and date keys are managed")]
+    KeyType {
+        table: QualifiedName,
+        column: String,
+        type_name: String,
+    },
+    #[error("{table}: unexpected privileges in the catalog: {message}")]
+    Grants {
+        table: QualifiedName,
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use crate::config::{Config, TableConfig};
 use crate::pg::QualifiedName;
 
 pub use commands::{apply_command, plan_command, status_command};
-pub use error::PartitionError;
+pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
 
@@ -71,10 +71,7 @@ pub async fn run_pass_at(
     // The upgrade guard, read from the database (every caller gets it).
     if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(&client, cfg)
         .await
-        .map_err(|message| PartitionError::Query {
-            what: "run partition DDL",
-            message,
-        })?
+        .map_err(PartitionError::Guard)?
     {
         return Ok(PassReport {
             skipped: Some(skip),
@@ -107,7 +104,7 @@ pub async fn run_pass_at(
             Err(msg) => {
                 tracing::warn!(table = %name, error = %msg, "table cannot be maintained");
                 let mut r = TableReport::new(&name);
-                r.error = Some(msg);
+                r.error = Some(msg.to_string());
                 reports[i] = Some(r);
             }
             Ok(state) => {

@@ -29,6 +29,15 @@ use super::sql::{
     ALIVE as ALIVE_SQL, TRY_LEADER_LOCK as TRY_LOCK_SQL, UNLOCK_LEADER as UNLOCK_SQL,
 };
 
+/// Why the lock could not be tried; logged, and this instance follows.
+#[derive(Debug, thiserror::Error)]
+enum LockError {
+    #[error(transparent)]
+    Connect(#[from] crate::pg::PgError),
+    #[error("{}", crate::pg::server_message(.0))]
+    Query(#[from] tokio_postgres::Error),
+}
+
 pub struct Leader {
     spec: ConnSpec,
     timeout: Duration,
@@ -98,17 +107,10 @@ impl Leader {
         }
     }
 
-    async fn try_acquire(&self) -> Result<Option<Client>, String> {
-        let client = self
-            .spec
-            .connect(self.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let row = client
-            .query_one(TRY_LOCK_SQL, &[&LEADER_LOCK_KEY])
-            .await
-            .map_err(|e| crate::pg::server_message(&e))?;
-        let got: bool = row.try_get(0).map_err(|e| e.to_string())?;
+    async fn try_acquire(&self) -> Result<Option<Client>, LockError> {
+        let client = self.spec.connect(self.timeout).await?;
+        let row = client.query_one(TRY_LOCK_SQL, &[&LEADER_LOCK_KEY]).await?;
+        let got: bool = row.try_get(0)?;
         // Not taken: the client drops here and its session ends.
         Ok(got.then_some(client))
     }

@@ -14,6 +14,15 @@
 pub const FAILPOINT_ENV: &str = "PGSTEWARD_FAILPOINT";
 pub const REPEAT_ENV: &str = "PGSTEWARD_FAILPOINT_REPEAT";
 
+/// What a failpoint injected. Tests match on the text of the error it ends in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailpointError {
+    #[error("failpoint {0} injected an error")]
+    Injected(String),
+    #[error("failpoint {name}: unknown action {action:?}")]
+    UnknownAction { name: String, action: String },
+}
+
 #[cfg(any(test, feature = "failpoints"))]
 mod imp {
     use super::*;
@@ -27,15 +36,15 @@ mod imp {
     }
 
     /// Runs the action configured for failpoint `name`, if any.
-    pub fn hit(name: &str) -> Result<(), String> {
+    pub fn hit(name: &str) -> Result<(), FailpointError> {
         let Some(action) = action(name) else {
             return Ok(());
         };
         tracing::warn!(failpoint = name, action = %action, "failpoint hit");
         match action.as_str() {
-            "error" => Err(format!("failpoint {name} injected an error")),
-            // `fill:DIR`: a full disk under DIR from here on: the newest journal
-            // in DIR padded with blank lines to a page boundary (replay skips
+            "error" => Err(FailpointError::Injected(name.to_string())),
+            // `fill:DIR`: a full disk under DIR from here on: every journal in
+            // DIR padded with blank lines to a page boundary (replay skips
             // them), then one file takes every free block left.
             a if a.starts_with("fill:") => {
                 fill(std::path::Path::new(&a["fill:".len()..]));
@@ -54,13 +63,24 @@ mod imp {
                 // SIGKILL cannot be caught; this line is not reached.
                 std::process::exit(137)
             }
-            other => Err(format!("failpoint {name}: unknown action {other:?}")),
+            other => Err(FailpointError::UnknownAction {
+                name: name.to_string(),
+                action: other.to_string(),
+            }),
         }
     }
 
     fn fill(dir: &std::path::Path) {
         use std::io::Write;
-        if let Ok(Some(j)) = crate::upgrade::journal::latest(dir) {
+        // Every `*.jsonl`, not just the newest: padding is harmless to any
+        // journal, and this module then needs nothing of the journal's.
+        let journals = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"));
+        for j in journals {
             if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&j) {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 let pad = (4096 - len % 4096) % 4096;
@@ -82,26 +102,11 @@ mod imp {
 
 #[cfg(not(any(test, feature = "failpoints")))]
 mod imp {
+    use super::FailpointError;
+
     #[inline(always)]
-    pub fn hit(_name: &str) -> Result<(), String> {
+    pub fn hit(_name: &str) -> Result<(), FailpointError> {
         Ok(())
-    }
-    #[inline(always)]
-    fn fill(dir: &std::path::Path) {
-        use std::io::Write;
-        if let Ok(Some(j)) = crate::upgrade::journal::latest(dir) {
-            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&j) {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                let pad = (4096 - len % 4096) % 4096;
-                let _ = f.write_all(&vec![b'\n'; pad as usize]);
-                let _ = f.sync_all();
-            }
-        }
-        if let Ok(mut f) = std::fs::File::create(dir.join("fill")) {
-            let block = vec![0u8; 4096];
-            while f.write_all(&block).is_ok() {}
-            let _ = f.sync_all();
-        }
     }
 
     pub fn repeat_steps() -> bool {

@@ -58,8 +58,8 @@ pub enum UpgradeError {
     Timeout { what: String, after: Duration },
     #[error("the write pause exceeded upgrade.pause_timeout during {what}")]
     PauseTimeout { what: String },
-    #[error("{0}")]
-    Injected(String),
+    #[error(transparent)]
+    Injected(#[from] failpoint::FailpointError),
     #[error("cancelled; `pgsteward upgrade resume` continues from the current step")]
     Cancelled,
     #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]

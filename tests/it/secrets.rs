@@ -424,6 +424,33 @@ fn a_missing_password_names_every_place_looked_in() {
         "{}",
         text(&out)
     );
+    // A replica with no password anywhere (the primary has one) is a
+    // configuration problem too, not an unreachable replica.
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir(&replica_dir).unwrap();
+    let replica_config = harness::write_config(
+        &replica_dir,
+        &format!(
+            "[database]\nprimary = {:?}\nreplicas = [\"host=127.0.0.1 port={} user=postgres dbname=template1 sslmode=disable\"]\n",
+            server.url("postgres"),
+            server.port
+        ),
+    );
+    let out = harness::pgsteward()
+        .arg("--config")
+        .arg(&replica_config)
+        .arg("lag")
+        .env("PGPASSFILE", &passfile)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    for expected in [
+        format!("postgres@127.0.0.1:{}/template1", server.port),
+        "group or world access".into(),
+    ] {
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+    }
     // With the file fixed (0600), libpq's rules find the password.
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o600)).unwrap();
     let out = harness::pgsteward()

@@ -23,15 +23,19 @@
 //! The lock and the row live in `database.primary`'s database (advisory locks
 //! are per database). After promote the runner takes the lock on the new
 //! primary too and keeps the old one until the old primary is retired.
+//!
+//! This module is the runner's side: the lock sessions and their keepalive,
+//! claiming the row and checking it before every step. `read` is the
+//! readers' side: the row as the service, the CronJob and the pass see it.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::config::ConnString;
+
+mod read;
+pub use read::{ddl_guard, hold_partition_ddl, moved_marker, read, DdlGuard, GuardRow};
 
 /// Advisory-lock namespace of the upgrade guard ("pgup"): the two-int form,
 /// distinct from the partition pass's namespace ("pgst") and the leader's
@@ -55,9 +59,6 @@ const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS pgsteward; \
        new_primary text); \
      GRANT USAGE ON SCHEMA pgsteward TO PUBLIC; \
      GRANT SELECT ON pgsteward.upgrade_guard TO PUBLIC";
-const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
-const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
-     finished, new_primary FROM pgsteward.upgrade_guard";
 /// Takes the row over: a new epoch, our id, host and step.
 const CLAIM: &str = "INSERT INTO pgsteward.upgrade_guard AS g \
      (epoch, upgrade_id, host, state_dir, started, step, since) \
@@ -109,61 +110,14 @@ pub enum GuardError {
     Pg(#[from] crate::pg::PgError),
 }
 
-/// The guard row as read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct GuardRow {
-    pub epoch: i64,
-    pub upgrade_id: String,
-    pub host: String,
-    pub state_dir: String,
-    pub started: DateTime<Utc>,
-    pub step: String,
-    pub since: DateTime<Utc>,
-    pub cutover: bool,
-    pub finished: bool,
-    pub new_primary: Option<String>,
-}
-
-impl GuardRow {
-    fn in_flight(&self, lock: &'static str) -> GuardError {
-        GuardError::InFlight {
-            id: self.upgrade_id.clone(),
-            detail: format!(
-                "host {}, state_dir {}, step {} since {}, started {}{lock}",
-                self.host,
-                self.state_dir,
-                self.step,
-                self.since.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
-                self.started.format("%Y-%m-%d %H:%M:%S UTC"),
-            ),
-        }
-    }
-}
-
-/// What partition DDL must do on this primary (see [`ddl_guard`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DdlGuard {
-    Clear,
-    /// Between pause_writes and verify: wait.
-    Cutover {
-        id: String,
-        step: String,
-    },
-    /// An upgrade promoted another node: this one must not get DDL.
-    Moved {
-        id: String,
-        new_primary: String,
-    },
-}
-
-fn query_err(target: &str, e: tokio_postgres::Error) -> GuardError {
+pub(super) fn query_err(target: &str, e: tokio_postgres::Error) -> GuardError {
     GuardError::Query {
         target: target.to_string(),
         message: crate::pg::server_message(&e),
     }
 }
 
-async fn bounded<T>(
+pub(super) async fn bounded<T>(
     target: &str,
     after: Duration,
     f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
@@ -174,128 +128,6 @@ async fn bounded<T>(
             target: target.to_string(),
             after,
         }),
-    }
-}
-
-/// Where an upgrade moved the primary, on the old node: a setting in its
-/// postgresql.auto.conf, not a row, because a write to the old primary after
-/// the final sync would reach its replicas and keep them from following the
-/// new primary. `(upgrade id, new primary)`.
-pub async fn moved_marker(
-    client: &Client,
-    target: &str,
-    after: Duration,
-) -> Result<Option<(String, String)>, GuardError> {
-    let v: Option<String> = bounded(target, after, client.query_one(MOVED_MARK, &[]))
-        .await?
-        .get(0);
-    Ok(v.as_deref()
-        .and_then(|v| v.split_once(' '))
-        .map(|(id, new)| (id.to_string(), new.to_string())))
-}
-
-/// The guard row, `None` when no upgrade ever ran here (no table yet);
-/// `new_primary` from [`moved_marker`].
-pub async fn read(
-    client: &Client,
-    target: &str,
-    after: Duration,
-) -> Result<Option<GuardRow>, GuardError> {
-    let moved = moved_marker(client, target, after).await?;
-    let mut row = read_row(client, target, after).await?;
-    if let Some((id, new)) = moved {
-        let r = row.get_or_insert_with(|| GuardRow {
-            epoch: 0,
-            upgrade_id: id.clone(),
-            host: String::new(),
-            state_dir: String::new(),
-            started: Utc::now(),
-            step: "moved".into(),
-            since: Utc::now(),
-            cutover: false,
-            finished: true,
-            new_primary: None,
-        });
-        r.upgrade_id = id;
-        r.new_primary = Some(new);
-    }
-    Ok(row)
-}
-
-async fn read_row(
-    client: &Client,
-    target: &str,
-    after: Duration,
-) -> Result<Option<GuardRow>, GuardError> {
-    let rows = match tokio::time::timeout(after, client.query(READ, &[])).await {
-        Err(_) => {
-            return Err(GuardError::Timeout {
-                target: target.to_string(),
-                after,
-            })
-        }
-        Ok(Err(e))
-            if e.code() == Some(&SqlState::UNDEFINED_TABLE)
-                || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
-        {
-            return Ok(None)
-        }
-        Ok(Err(e)) => return Err(query_err(target, e)),
-        Ok(Ok(rows)) => rows,
-    };
-    Ok(rows.first().map(|r| GuardRow {
-        epoch: r.get(0),
-        upgrade_id: r.get(1),
-        host: r.get(2),
-        state_dir: r.get(3),
-        started: r.get(4),
-        step: r.get(5),
-        since: r.get(6),
-        cutover: r.get(7),
-        finished: r.get(8),
-        new_primary: r.get(9),
-    }))
-}
-
-/// The one guard every caller of the partition pass goes through (service,
-/// CronJob, CLI, demo): read from the database, so it holds wherever the
-/// upgrade runs. A node that cannot be read is the pass's own business.
-pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, GuardError> {
-    let Some(row) = read(client, "database.primary", after).await? else {
-        return Ok(DdlGuard::Clear);
-    };
-    if let Some(new) = row.new_primary.clone() {
-        return Ok(DdlGuard::Moved {
-            id: row.upgrade_id,
-            new_primary: new,
-        });
-    }
-    if row.cutover && !row.finished {
-        return Ok(DdlGuard::Cutover {
-            id: row.upgrade_id,
-            step: row.step,
-        });
-    }
-    Ok(DdlGuard::Clear)
-}
-
-/// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
-/// cutover runs (the pass is skipped; the next one runs), `Err` when an
-/// upgrade moved the primary away from this node (no DDL meant for the new
-/// primary may land here).
-pub async fn hold_partition_ddl(
-    client: &Client,
-    cfg: &crate::config::Config,
-) -> Result<Option<String>, String> {
-    let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
-    match ddl_guard(client, after).await.map_err(|e| e.to_string())? {
-        DdlGuard::Clear => Ok(None),
-        DdlGuard::Cutover { id, step } => Ok(Some(format!(
-            "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
-        ))),
-        DdlGuard::Moved { id, new_primary } => Err(format!(
-            "database.primary is no longer the primary: upgrade {id} moved the primary to {new_primary}; set database.primary to it"
-        )),
     }
 }
 

@@ -1,0 +1,185 @@
+//! The readers' side of the guard: the guard row and the moved-primary
+//! marker as the service, the CronJob and the partition pass read them, and
+//! what partition DDL must do about them. Plain SELECTs any role may run;
+//! the runner's side (lock sessions, claiming and updating the row) is the
+//! parent module.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use super::{bounded, query_err, GuardError};
+
+const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
+const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
+     finished, new_primary FROM pgsteward.upgrade_guard";
+
+/// The guard row as read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuardRow {
+    pub epoch: i64,
+    pub upgrade_id: String,
+    pub host: String,
+    pub state_dir: String,
+    pub started: DateTime<Utc>,
+    pub step: String,
+    pub since: DateTime<Utc>,
+    pub cutover: bool,
+    pub finished: bool,
+    pub new_primary: Option<String>,
+}
+
+impl GuardRow {
+    pub(super) fn in_flight(&self, lock: &'static str) -> GuardError {
+        GuardError::InFlight {
+            id: self.upgrade_id.clone(),
+            detail: format!(
+                "host {}, state_dir {}, step {} since {}, started {}{lock}",
+                self.host,
+                self.state_dir,
+                self.step,
+                self.since.format("%Y-%m-%d %H:%M:%S%.3f UTC"),
+                self.started.format("%Y-%m-%d %H:%M:%S UTC"),
+            ),
+        }
+    }
+}
+
+/// What partition DDL must do on this primary (see [`ddl_guard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DdlGuard {
+    Clear,
+    /// Between pause_writes and verify: wait.
+    Cutover {
+        id: String,
+        step: String,
+    },
+    /// An upgrade promoted another node: this one must not get DDL.
+    Moved {
+        id: String,
+        new_primary: String,
+    },
+}
+
+/// Where an upgrade moved the primary, on the old node: a setting in its
+/// postgresql.auto.conf, not a row, because a write to the old primary after
+/// the final sync would reach its replicas and keep them from following the
+/// new primary. `(upgrade id, new primary)`.
+pub async fn moved_marker(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<(String, String)>, GuardError> {
+    let v: Option<String> = bounded(target, after, client.query_one(MOVED_MARK, &[]))
+        .await?
+        .get(0);
+    Ok(v.as_deref()
+        .and_then(|v| v.split_once(' '))
+        .map(|(id, new)| (id.to_string(), new.to_string())))
+}
+
+/// The guard row, `None` when no upgrade ever ran here (no table yet);
+/// `new_primary` from [`moved_marker`].
+pub async fn read(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<GuardRow>, GuardError> {
+    let moved = moved_marker(client, target, after).await?;
+    let mut row = read_row(client, target, after).await?;
+    if let Some((id, new)) = moved {
+        let r = row.get_or_insert_with(|| GuardRow {
+            epoch: 0,
+            upgrade_id: id.clone(),
+            host: String::new(),
+            state_dir: String::new(),
+            started: Utc::now(),
+            step: "moved".into(),
+            since: Utc::now(),
+            cutover: false,
+            finished: true,
+            new_primary: None,
+        });
+        r.upgrade_id = id;
+        r.new_primary = Some(new);
+    }
+    Ok(row)
+}
+
+async fn read_row(
+    client: &Client,
+    target: &str,
+    after: Duration,
+) -> Result<Option<GuardRow>, GuardError> {
+    let rows = match tokio::time::timeout(after, client.query(READ, &[])).await {
+        Err(_) => {
+            return Err(GuardError::Timeout {
+                target: target.to_string(),
+                after,
+            })
+        }
+        Ok(Err(e))
+            if e.code() == Some(&SqlState::UNDEFINED_TABLE)
+                || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
+        {
+            return Ok(None)
+        }
+        Ok(Err(e)) => return Err(query_err(target, e)),
+        Ok(Ok(rows)) => rows,
+    };
+    Ok(rows.first().map(|r| GuardRow {
+        epoch: r.get(0),
+        upgrade_id: r.get(1),
+        host: r.get(2),
+        state_dir: r.get(3),
+        started: r.get(4),
+        step: r.get(5),
+        since: r.get(6),
+        cutover: r.get(7),
+        finished: r.get(8),
+        new_primary: r.get(9),
+    }))
+}
+
+/// The one guard every caller of the partition pass goes through (service,
+/// CronJob, CLI, demo): read from the database, so it holds wherever the
+/// upgrade runs. A node that cannot be read is the pass's own business.
+pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, GuardError> {
+    let Some(row) = read(client, "database.primary", after).await? else {
+        return Ok(DdlGuard::Clear);
+    };
+    if let Some(new) = row.new_primary.clone() {
+        return Ok(DdlGuard::Moved {
+            id: row.upgrade_id,
+            new_primary: new,
+        });
+    }
+    if row.cutover && !row.finished {
+        return Ok(DdlGuard::Cutover {
+            id: row.upgrade_id,
+            step: row.step,
+        });
+    }
+    Ok(DdlGuard::Clear)
+}
+
+/// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
+/// cutover runs (the pass is skipped; the next one runs), `Err` when an
+/// upgrade moved the primary away from this node (no DDL meant for the new
+/// primary may land here) or the row cannot be read.
+pub async fn hold_partition_ddl(
+    client: &Client,
+    cfg: &crate::config::Config,
+) -> Result<Option<String>, GuardError> {
+    let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
+    match ddl_guard(client, after).await? {
+        DdlGuard::Clear => Ok(None),
+        DdlGuard::Cutover { id, step } => Ok(Some(format!(
+            "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
+        ))),
+        DdlGuard::Moved { id, new_primary } => Err(GuardError::Moved { id, new_primary }),
+    }
+}
