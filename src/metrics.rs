@@ -229,7 +229,7 @@ impl Metrics {
         );
         registry.register(
             "upgrade_step",
-            "Step number (1-12) of the upgrade in progress, 0 when none",
+            "Step (its position in the upgrade saga) of the upgrade in progress on the primary, 0 when none",
             m.upgrade_step.clone(),
         );
         Metrics { registry, ..m }
@@ -243,9 +243,10 @@ impl Metrics {
         out
     }
 
-    /// Sets the upgrade step gauge: `Some(n)` while step n (1-12) runs, `None` when idle.
-    pub fn set_upgrade_step(&self, step: Option<u32>) {
-        self.upgrade_step.set(step.map_or(0, i64::from));
+    /// Sets the upgrade step gauge: n (1-based position in the upgrade saga)
+    /// while that step runs, 0 when no upgrade is in flight.
+    pub fn set_upgrade_step(&self, step: u32) {
+        self.upgrade_step.set(i64::from(step));
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -442,7 +443,7 @@ mod tests {
         m.record_job("lag", 0.02, None);
         m.record_job("partitions", 1.5, Some(ErrorLabel::Postgres));
         m.set_leader(true);
-        m.set_upgrade_step(Some(5));
+        m.set_upgrade_step(5);
         let l = ReplicaLabels {
             replica: "steward@db:5432/app".into(),
         };

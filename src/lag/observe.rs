@@ -162,6 +162,14 @@ pub struct Node {
     spec: ConnSpec,
 }
 
+impl Node {
+    /// A pooled session on this node, for the service's other reads of it
+    /// (the upgrade guard row); its statements carry the lag query timeout.
+    pub async fn client(&self) -> Result<deadpool_postgres::Object, ObserveError> {
+        self.pool.get().await.map_err(|e| pool_error(self, e))
+    }
+}
+
 /// Pools for the primary and every replica, made once per process (the
 /// service reuses them on every check).
 pub struct LagPools {

@@ -33,6 +33,7 @@ use crate::lag::{self, LagPools};
 use crate::metrics::Metrics;
 use crate::outcome::{ErrorLabel, Outcome};
 use crate::partitions::{self, PartitionError};
+use crate::upgrade;
 use leader::Leader;
 use scheduler::{run_job, JobRun};
 use shutdown::Tasks;
@@ -173,6 +174,9 @@ async fn lag_job(
     match lag::check(cfg, pools, cancel).await {
         Ok(report) => {
             metrics.record_lag(&report);
+            if report.primary.reachable {
+                record_upgrade_step(pools, metrics, cfg.lag.query_timeout.0).await;
+            }
             match (&report.primary.reachable, &report.primary.error) {
                 (false, Some(e)) => JobRun::Failed {
                     error: ErrorLabel::PrimaryUnreachable,
@@ -193,6 +197,24 @@ async fn lag_job(
                 message: e.to_string(),
             }
         }
+    }
+}
+
+/// `pgsteward_upgrade_step` from the primary's upgrade guard row: the upgrade
+/// runs as its own process (CLI, Job), and the row is where every runner
+/// records its step before acting, on whichever node is the primary. A read
+/// that fails leaves the gauge as it was.
+async fn record_upgrade_step(pools: &LagPools, metrics: &Metrics, timeout: Duration) {
+    let row = match pools.primary.client().await {
+        Ok(client) => upgrade::guard::read(&client, &pools.primary.name, timeout).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade guard not read");
+            return;
+        }
+    };
+    match row {
+        Ok(row) => metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref())),
+        Err(e) => tracing::debug!(error = %e, "upgrade guard not read"),
     }
 }
 

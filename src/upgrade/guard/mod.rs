@@ -35,7 +35,12 @@ use tokio_postgres::Client;
 use crate::config::ConnString;
 
 mod read;
-pub use read::{ddl_guard, hold_partition_ddl, moved_marker, read, DdlGuard, GuardRow};
+pub use read::{
+    ddl_guard, hold_partition_ddl, moved_marker, read, step_number, DdlGuard, GuardRow,
+};
+
+/// The row's step from a claim until the first step is recorded.
+pub const CLAIMED_STEP: &str = "claimed";
 
 /// Advisory-lock namespace of the upgrade guard ("pgup"): the two-int form,
 /// distinct from the partition pass's namespace ("pgst") and the leader's
@@ -292,7 +297,7 @@ impl Guard {
             self.timeout,
             h.client.query_one(
                 CLAIM,
-                &[&self.id, &runner_host(), &self.state_dir, &"claimed"],
+                &[&self.id, &runner_host(), &self.state_dir, &CLAIMED_STEP],
             ),
         )
         .await?

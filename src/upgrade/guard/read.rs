@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::{bounded, query_err, GuardError};
+use super::{bounded, query_err, GuardError, CLAIMED_STEP};
 
 const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
 const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
@@ -46,6 +46,26 @@ impl GuardRow {
             ),
         }
     }
+}
+
+/// The value of `pgsteward_upgrade_step` for what the primary's guard row
+/// says: the 1-based position in [`SAGA`](crate::upgrade::step::SAGA) of the
+/// step an unfinished upgrade is in (a claimed row is at the prechecks), 0
+/// when no upgrade is in flight. A runner that died leaves its step here, so
+/// the stuck-upgrade alert sees it.
+pub fn step_number(row: Option<&GuardRow>) -> u32 {
+    let Some(row) = row.filter(|r| !r.finished) else {
+        return 0;
+    };
+    let name = if row.step == CLAIMED_STEP {
+        crate::upgrade::step::SAGA[0].name
+    } else {
+        row.step.as_str()
+    };
+    crate::upgrade::step::SAGA
+        .iter()
+        .position(|s| s.name == name)
+        .map_or(0, |i| i as u32 + 1)
 }
 
 /// What partition DDL must do on this primary (see [`ddl_guard`]).
@@ -181,5 +201,41 @@ pub async fn hold_partition_ddl(
             "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
         ))),
         DdlGuard::Moved { id, new_primary } => Err(GuardError::Moved { id, new_primary }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(step: &str, finished: bool) -> GuardRow {
+        GuardRow {
+            epoch: 1,
+            upgrade_id: "u1".into(),
+            host: "pod".into(),
+            state_dir: "/state".into(),
+            started: Utc::now(),
+            step: step.into(),
+            since: Utc::now(),
+            cutover: false,
+            finished,
+            new_primary: None,
+        }
+    }
+
+    #[test]
+    fn the_gauge_is_the_saga_position_of_an_unfinished_upgrade() {
+        use crate::upgrade::step::SAGA;
+        assert_eq!(step_number(None), 0);
+        assert_eq!(step_number(Some(&row(CLAIMED_STEP, false))), 1);
+        assert_eq!(step_number(Some(&row("precheck", false))), 1);
+        assert_eq!(step_number(Some(&row("pause_writes", false))), 7);
+        assert_eq!(step_number(Some(&row("resume_writes", false))), 12);
+        let last = SAGA[SAGA.len() - 1].name;
+        assert_eq!(step_number(Some(&row(last, false))), SAGA.len() as u32);
+        // Finished (also a claim given up, or a node the primary moved away from).
+        assert_eq!(step_number(Some(&row(last, true))), 0);
+        assert_eq!(step_number(Some(&row("gave_up", true))), 0);
+        assert_eq!(step_number(Some(&row("moved", true))), 0);
     }
 }

@@ -22,6 +22,7 @@ pub use pgsteward::workload::Ledger;
 mod after_promote;
 mod completes;
 mod crashes;
+mod metric;
 mod rolls_back;
 
 /// Writers through PgBouncer (the library's [`pgsteward::workload`]): one
