@@ -42,15 +42,18 @@
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
 //! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.
-//!   * [`upgrade::record`]: the twelve steps, their statuses and facts, the legal transitions.
+//!   * [`upgrade::step`]: the saga table: every step, its region and undo ([`upgrade::step::SAGA`]).
+//!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
 //!   * [`upgrade::guard`]: one upgrade per primary: the runner's lock sessions and keepalive;
 //!     `guard::read` the guard row as the service, the CronJob and the pass read it.
 //!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
+//!   * [`upgrade::current`]: for other commands: is `database.primary` still the primary; waiting out a cutover.
 //!   * [`upgrade::cutover`]: the write pause and the decision to start it.
 //!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
-//!   * [`upgrade::steps`]: the body of each step, observe before act.
+//!   * [`upgrade::observe`]: what the prechecks read from the servers (the facts `precheck` judges).
+//!   * [`upgrade::steps`]: the body of each step, observe before act; [`upgrade::finish`]: verify and retire_old.
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
 //! * [`lag`]: replica lag, `pgsteward lag`.

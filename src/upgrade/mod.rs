@@ -5,10 +5,12 @@
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
 //! * `runner`: record → run → record; undo before promote, forward after.
 //! * `steps`: each step's body (observe, then act).
+//! * `current`: whether `database.primary` is still the primary, and waiting out a cutover (other commands).
 //! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
 //! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
 
+pub mod current;
 pub mod cutover;
 pub mod failpoint;
 pub mod fence;
@@ -35,6 +37,8 @@ use crate::pooler::{PoolerError, Poolers};
 use crate::provider::ProviderError;
 use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use runner::Saga;
+
+pub use current::{cutover_in_progress, ensure_primary_current, wait_for_cutover};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -563,106 +567,6 @@ fn print_status(rec: &UpgradeRecord) {
         "{}",
         crate::output::table(&["step", "status", "started", "took", "detail"], &rows)
     );
-}
-
-const WRITABLE: &str =
-    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
-
-/// For other commands: fails when `database.primary` no longer answers as a
-/// writable primary, naming the node an upgrade made primary.
-pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
-    let moved = || -> Option<UpgradeError> {
-        let path = journal::latest(&cfg.upgrade.state_dir).ok()??;
-        let rec = journal::read(&path).ok()?;
-        rec.promote_started().then(|| UpgradeError::PrimaryMoved {
-            old: cfg.database.primary.to_string(),
-            id: rec.id.clone(),
-            new: rec
-                .replica_endpoint()
-                .unwrap_or("(see `upgrade status`)")
-                .to_string(),
-        })
-    };
-    let client = match steps::connect(&cfg.database.primary, cfg).await {
-        Ok(c) => c,
-        Err(e) => return Err(moved().unwrap_or(e)),
-    };
-    let after = steps::query_timeout(cfg);
-    // The primary's own guard row names where an upgrade run anywhere moved it.
-    if let Ok(Some(row)) = guard::read(&client, &cfg.database.primary.to_string(), after).await {
-        if let Some(new) = row.new_primary {
-            return Err(UpgradeError::PrimaryMoved {
-                old: cfg.database.primary.to_string(),
-                id: row.upgrade_id,
-                new,
-            });
-        }
-    }
-    let row = match tokio::time::timeout(after, client.query_one(WRITABLE, &[])).await {
-        Ok(r) => r.map_err(|e| steps::q(&cfg.database.primary, e))?,
-        Err(_) => {
-            return Err(UpgradeError::Timeout {
-                what: format!("an answer from {}", cfg.database.primary),
-                after,
-            })
-        }
-    };
-    let writable = !row.get::<_, bool>(0) && row.get::<_, String>(1) == "off";
-    if writable {
-        return Ok(());
-    }
-    Err(moved().unwrap_or_else(|| UpgradeError::NotPrimary(cfg.database.primary.to_string())))
-}
-
-/// Whether the primary's guard row says a cutover is in progress (an
-/// upgrade run from any host); unreachable or unreadable counts as no.
-async fn cutover_in_database(cfg: &Config) -> bool {
-    let Ok(client) = steps::connect(&cfg.database.primary, cfg).await else {
-        return false;
-    };
-    matches!(
-        guard::ddl_guard(&client, steps::query_timeout(cfg)).await,
-        Ok(guard::DdlGuard::Cutover { .. })
-    )
-}
-
-/// Whether an upgrade of this state_dir is between `pause_writes` and
-/// `verify` (journal-based; the database's guard row covers runners
-/// elsewhere, see `guard::hold_partition_ddl`).
-pub fn cutover_in_progress(cfg: &Config) -> bool {
-    let Ok(Some(path)) = journal::latest(&cfg.upgrade.state_dir) else {
-        return false;
-    };
-    journal::read(&path).is_ok_and(|r| r.in_cutover())
-}
-
-/// Waits while an upgrade is between `pause_writes` and `verify` (partition
-/// DDL must not run on a node that is being fenced or promoted), polling the
-/// journal every second; gives up after `limit`.
-pub async fn wait_for_cutover(
-    cfg: &Config,
-    limit: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), UpgradeError> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut said = false;
-    while cutover_in_progress(cfg) || cutover_in_database(cfg).await {
-        if !said {
-            tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
-            said = true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(UpgradeError::Timeout {
-                what: "the upgrade cutover to finish (see `pgsteward upgrade status`)".into(),
-                after: limit,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
-        }
-    }
-    Ok(())
 }
 
 /// Summary helpers for the demo and the benchmark: step name, duration.

@@ -40,7 +40,9 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         // The watchdogs (sh loops waiting for this process) name it too; they end on their own.
-        .filter(|c| c.contains(needle) && !c.starts_with("/bin/sh -c while"))
+        .filter(|c| {
+            c.contains(needle) && !(c.starts_with("/bin/sh -c ") && c.contains(" watchdog "))
+        })
         .collect()
 }
 
