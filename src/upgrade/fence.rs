@@ -45,8 +45,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::cutover::remaining;
 use super::record::{Output, Step};
-use super::runner::Saga;
-use super::steps::q;
+use super::saga::{q, HbaPlan, Saga};
 use super::UpgradeError;
 use crate::config::ConnString;
 use crate::provider::FenceMethod;
@@ -78,13 +77,6 @@ const APPLICATION_ROLES: &str =
 /// The file as the server parses it: errors, and our reject lines.
 const HBA_RULES: &str = "SELECT count(*) FILTER (WHERE error IS NOT NULL)::bigint, \
      count(*) FILTER (WHERE auth_method = 'reject')::bigint FROM pg_hba_file_rules";
-
-/// What the fence needs that can be read before the pause.
-#[derive(Debug, Clone)]
-pub(crate) struct HbaPlan {
-    pub path: PathBuf,
-    pub roles: Vec<String>,
-}
 
 fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
     UpgradeError::Step {

@@ -3,6 +3,7 @@
 //!
 //! * `record`: steps, statuses, legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
+//! * `saga`: the context every step runs with, and its progress lines.
 //! * `runner`: record → run → record; undo before promote, forward after.
 //! * `steps`: each step's body (observe, then act).
 //! * `current`: whether `database.primary` is still the primary, and waiting out a cutover (other commands).
@@ -21,6 +22,7 @@ pub mod observe;
 pub mod precheck;
 pub mod record;
 pub mod runner;
+pub mod saga;
 pub mod step;
 pub mod steps;
 pub mod swap;

@@ -6,7 +6,7 @@
 //! decided by the pure [`recovery`]:
 //! * promote has started → only forward (the old primary is fenced and the
 //!   new one has everything; going back could lose commits made on it);
-//! * a write-pause step (5–7) had started, or an undo was in progress → finish
+//! * a write-pause step (pause_writes to final_sync) had started, or an undo was in progress → finish
 //!   the roll back: the pause deadline has certainly passed while we were dead;
 //! * otherwise → forward from the first step that is not done.
 //!
@@ -14,19 +14,13 @@
 //! `step_started` (one fsync instead of two inside the write pause). Losing it
 //! in a crash only makes the finished step run again, which is harmless.
 
-use std::time::{Duration, Instant};
-
-use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
+use std::time::Instant;
 
 use super::failpoint;
-use super::guard::{Guard, GuardError, StepUpdate};
-use super::journal::Journal;
+use super::guard::{GuardError, StepUpdate};
 use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
+pub use super::saga::{Progress, Saga};
 use super::UpgradeError;
-use crate::config::{Config, ConnString};
-use crate::pooler::Poolers;
-use crate::provider::Provider;
 
 /// What a runner does with a journal it did not write itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,90 +64,7 @@ pub fn recovery(rec: &UpgradeRecord) -> Recovery {
     Recovery::Forward
 }
 
-/// Prints progress lines: elapsed time, step, detail.
-pub struct Progress {
-    pub quiet: bool,
-    start: Instant,
-}
-
-impl Progress {
-    pub fn new(quiet: bool) -> Progress {
-        Progress {
-            quiet,
-            start: Instant::now(),
-        }
-    }
-    pub fn say(&self, step: Step, msg: &str) {
-        if !self.quiet {
-            println!(
-                "{:>8.3}s  {:<18} {msg}",
-                self.start.elapsed().as_secs_f64(),
-                step.name()
-            );
-        }
-    }
-}
-
-pub struct Saga {
-    pub cfg: Config,
-    pub journal: Journal,
-    pub provider: Box<dyn Provider>,
-    pub poolers: Poolers,
-    pub cancel: CancellationToken,
-    pub progress: Progress,
-    /// One upgrade per primary (guard.rs): checked before every acting step.
-    pub guard: Option<Guard>,
-    pub(crate) old: Option<Client>,
-    pub(crate) new: Option<Client>,
-    pub(crate) new_endpoint: Option<ConnString>,
-    /// Shared by steps 5–7, set when PAUSE is sent.
-    pub(crate) deadline: Option<tokio::time::Instant>,
-    pub(crate) window_start: Option<Instant>,
-    /// This process wrote the fence into postgresql.auto.conf before PAUSE.
-    pub(crate) fence_staged: bool,
-    /// What the pg_hba.conf fence needs, read before PAUSE (fence.rs).
-    pub(crate) hba: Option<super::fence::HbaPlan>,
-    /// Backend pid of `old`: the fence spares it.
-    pub(crate) old_pid: Option<i32>,
-    /// PAUSE sent → RESUME returned, when this process ran the whole window.
-    pub pause_window: Option<Duration>,
-    step_started: Option<Instant>,
-}
-
 impl Saga {
-    pub fn new(
-        cfg: Config,
-        journal: Journal,
-        provider: Box<dyn Provider>,
-        cancel: CancellationToken,
-        quiet: bool,
-    ) -> Saga {
-        let poolers = Poolers::from_config(&cfg);
-        Saga {
-            cfg,
-            journal,
-            provider,
-            poolers,
-            cancel,
-            progress: Progress::new(quiet),
-            guard: None,
-            old: None,
-            new: None,
-            new_endpoint: None,
-            deadline: None,
-            window_start: None,
-            fence_staged: false,
-            hba: None,
-            old_pid: None,
-            pause_window: None,
-            step_started: None,
-        }
-    }
-
-    pub fn record(&self) -> &UpgradeRecord {
-        self.journal.record()
-    }
-
     /// Appends `events` after any pending ones, durably.
     fn log(&mut self, events: &[Event]) -> Result<(), UpgradeError> {
         self.journal.append(events)?;

@@ -92,12 +92,7 @@ pub(crate) async fn connect(target: &ConnString, cfg: &Config) -> Result<Client,
     Ok(spec.connect_with(config, timeout).await?)
 }
 
-pub(crate) fn q(target: &ConnString, e: tokio_postgres::Error) -> UpgradeError {
-    UpgradeError::Pg(crate::pg::PgError::Query {
-        target: target.to_string(),
-        source: e,
-    })
-}
+pub(crate) use super::saga::q;
 
 impl Saga {
     /// Sleeps `d` unless cancelled first.

@@ -1,0 +1,118 @@
+//! What a step runs with: the saga's context (configuration, journal,
+//! provider, poolers, guard, the sessions and facts the steps share) and
+//! its progress lines. The runner drives it (runner.rs); the steps act
+//! through it (steps.rs, cutover.rs, fence.rs, swap.rs, finish.rs).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::guard::Guard;
+use super::journal::Journal;
+use super::record::{Step, UpgradeRecord};
+use super::UpgradeError;
+use crate::config::{Config, ConnString};
+use crate::pooler::Poolers;
+use crate::provider::Provider;
+
+/// Prints progress lines: elapsed time, step, detail.
+pub struct Progress {
+    pub quiet: bool,
+    start: Instant,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            quiet,
+            start: Instant::now(),
+        }
+    }
+    pub fn say(&self, step: Step, msg: &str) {
+        if !self.quiet {
+            println!(
+                "{:>8.3}s  {:<18} {msg}",
+                self.start.elapsed().as_secs_f64(),
+                step.name()
+            );
+        }
+    }
+}
+
+pub struct Saga {
+    pub cfg: Config,
+    pub journal: Journal,
+    pub provider: Box<dyn Provider>,
+    pub poolers: Poolers,
+    pub cancel: CancellationToken,
+    pub progress: Progress,
+    /// One upgrade per primary (guard.rs): checked before every acting step.
+    pub guard: Option<Guard>,
+    pub(crate) old: Option<Client>,
+    pub(crate) new: Option<Client>,
+    pub(crate) new_endpoint: Option<ConnString>,
+    /// Shared by the pause-deadline steps (pause_writes to final_sync), set when PAUSE is sent.
+    pub(crate) deadline: Option<tokio::time::Instant>,
+    pub(crate) window_start: Option<Instant>,
+    /// This process wrote the fence into postgresql.auto.conf before PAUSE.
+    pub(crate) fence_staged: bool,
+    /// What the pg_hba.conf fence needs, read before PAUSE (fence.rs).
+    pub(crate) hba: Option<HbaPlan>,
+    /// Backend pid of `old`: the fence spares it.
+    pub(crate) old_pid: Option<i32>,
+    /// PAUSE sent → RESUME returned, when this process ran the whole window.
+    pub pause_window: Option<Duration>,
+    pub(super) step_started: Option<Instant>,
+}
+
+impl Saga {
+    pub fn new(
+        cfg: Config,
+        journal: Journal,
+        provider: Box<dyn Provider>,
+        cancel: CancellationToken,
+        quiet: bool,
+    ) -> Saga {
+        let poolers = Poolers::from_config(&cfg);
+        Saga {
+            cfg,
+            journal,
+            provider,
+            poolers,
+            cancel,
+            progress: Progress::new(quiet),
+            guard: None,
+            old: None,
+            new: None,
+            new_endpoint: None,
+            deadline: None,
+            window_start: None,
+            fence_staged: false,
+            hba: None,
+            old_pid: None,
+            pause_window: None,
+            step_started: None,
+        }
+    }
+
+    pub fn record(&self) -> &UpgradeRecord {
+        self.journal.record()
+    }
+}
+
+/// What the fence needs that can be read before the pause.
+#[derive(Debug, Clone)]
+pub(crate) struct HbaPlan {
+    pub path: PathBuf,
+    pub roles: Vec<String>,
+}
+
+/// A query error on `target`, as the steps report it.
+pub(crate) fn q(target: &ConnString, e: tokio_postgres::Error) -> UpgradeError {
+    UpgradeError::Pg(crate::pg::PgError::Query {
+        target: target.to_string(),
+        source: e,
+    })
+}
