@@ -55,6 +55,7 @@
 //!   * [`upgrade::observe`]: what the prechecks read from the servers (the facts `precheck` judges).
 //!   * [`upgrade::steps`]: the body of each step, observe before act; [`upgrade::finish`]: verify and retire_old.
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
+//!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions).
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
 //! * [`lag`]: replica lag, `pgsteward lag`.
 //!   * `lag::sql`: the lag queries, one named constant each.

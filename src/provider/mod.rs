@@ -210,7 +210,18 @@ pub struct Precheck {
     pub checks: Vec<Check>,
 }
 
-/// How the saga fences the old primary (step 6).
+impl Precheck {
+    /// Every failed check as "name: detail", in order.
+    pub fn failures(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .collect()
+    }
+}
+
+/// How the saga fences the old primary (fence_old_primary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FenceMethod {

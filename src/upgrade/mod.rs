@@ -270,12 +270,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
             return Err(e);
         }
     };
-    let failed: Vec<String> = pre
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
+    let failed = pre.failures();
     if !failed.is_empty() {
         guard.give_up().await;
         guard.release_all().await;

@@ -206,12 +206,7 @@ impl Saga {
             Some(&id),
         )
         .await?;
-        let failed: Vec<String> = pre
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect();
+        let failed = pre.failures();
         if !failed.is_empty() {
             return Err(UpgradeError::PrecheckFailed(failed));
         }
