@@ -170,11 +170,80 @@ pub fn find_program(program: &str, bin_dir: Option<&Path>) -> Result<PathBuf, Lo
     Err(missing())
 }
 
-/// A port on 127.0.0.1 nobody listens on right now.
+/// A port on 127.0.0.1 nobody listens on right now, and that no other caller
+/// of this function (in this process or another one on the host) has been
+/// given. `bind(0)` only says the port is free now: the server binds it
+/// later, and in between the kernel may hand the same port to the next
+/// caller, whose server then answers for ours. So a port is handed out once
+/// per process and held, for the process's lifetime, by an exclusive lock on
+/// a file named after it (released by the kernel when the process ends,
+/// kill -9 included).
 pub fn free_port() -> Result<u16, LocalPgError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(LocalPgError::NoPort)?;
-    let port = l.local_addr().map_err(LocalPgError::NoPort)?.port();
-    Ok(port)
+    static HANDED_OUT: std::sync::Mutex<Vec<PortClaim>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = None;
+    for _ in 0..FREE_PORT_ATTEMPTS {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(LocalPgError::NoPort)?;
+        let port = l.local_addr().map_err(LocalPgError::NoPort)?.port();
+        if handed_out.iter().any(|c| c.port == port) {
+            continue;
+        }
+        match PortClaim::take(port) {
+            Some(claim) => {
+                handed_out.push(claim);
+                return Ok(port);
+            }
+            None => last = Some(port),
+        }
+    }
+    Err(LocalPgError::NoPort(std::io::Error::other(format!(
+        "{FREE_PORT_ATTEMPTS} free ports were all claimed by other processes (last {last:?}); \
+         lock files in {}",
+        port_lock_dir().display()
+    ))))
+}
+
+const FREE_PORT_ATTEMPTS: usize = 64;
+
+fn port_lock_dir() -> PathBuf {
+    std::env::temp_dir().join("pgsteward-ports")
+}
+
+/// A port this process was given, and the lock that keeps it ours.
+struct PortClaim {
+    port: u16,
+    _lock: Option<nix::fcntl::Flock<fs::File>>,
+}
+
+impl PortClaim {
+    /// `None` when another process holds the port's lock. Where no lock file
+    /// can be made (read-only temp dir), the port is still ours in-process.
+    fn take(port: u16) -> Option<PortClaim> {
+        let dir = port_lock_dir();
+        let file = fs::create_dir_all(&dir)
+            .and_then(|()| {
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777));
+                let path = dir.join(port.to_string());
+                // Another user's lock file: reading is enough to lock it.
+                fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .or_else(|_| fs::File::open(&path))
+            })
+            .ok();
+        let Some(file) = file else {
+            return Some(PortClaim { port, _lock: None });
+        };
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Some(PortClaim {
+                port,
+                _lock: Some(lock),
+            }),
+            Err(_) => None,
+        }
+    }
 }
 
 /// Makes `dir` (and its parents) and hands it to the server user with mode 0700.
@@ -223,4 +292,25 @@ fn run(mut cmd: Command, what: &str) -> Result<String, LocalPgError> {
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port is handed out once, and its lock keeps every other holder of
+    /// the lock file (another process; here another open of the file) away.
+    #[test]
+    fn a_free_port_is_handed_out_once_and_locked() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(
+            PortClaim::take(ports[0]).is_none(),
+            "port {} not locked",
+            ports[0]
+        );
+    }
 }
