@@ -92,13 +92,13 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
     // The precheck refuses a transaction older than pause_timeout, so the
     // transaction opens once the precheck has passed (opened before the
     // upgrade, a slow start on a busy machine made it too old already at
-    // precheck): the runner holds 2 s after wait_catchup, so it is old at PAUSE.
+    // precheck): the runner holds 5 s after wait_catchup (room for a starved poller), so it is old at PAUSE.
     let t0 = Instant::now();
     let mut runner = must(
         crate::upgrade_safety::upgrade_cmd(
             &t.config,
             t.next_class(),
-            Some("wait_catchup-done=sleep:2000"),
+            Some("wait_catchup-done=sleep:5000"),
         )
         .spawn()
         .map_err(|e| e.to_string()),
