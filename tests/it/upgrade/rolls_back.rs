@@ -92,7 +92,8 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
     // The precheck refuses a transaction older than pause_timeout, so the
     // transaction opens once the precheck has passed (opened before the
     // upgrade, a slow start on a busy machine made it too old already at
-    // precheck): the runner holds 5 s after wait_catchup (room for a starved poller), so it is old at PAUSE.
+    // precheck): the runner holds 5 s after wait_catchup (room for a poller
+    // starved of CPU), so it is old at PAUSE.
     let t0 = Instant::now();
     let mut runner = must(
         crate::upgrade_safety::upgrade_cmd(
