@@ -99,12 +99,18 @@ impl Journal {
         };
         secure_state_dir(state_dir)?;
         let path = Journal::path_for(state_dir, id);
+        // Written under a name no reader lists, and linked into place only
+        // once its first line is durable: a reader (`upgrade status`, a
+        // second runner) that found a journal without its `created` line
+        // would set it aside as torn while this runner keeps writing to it.
+        let creating = path.with_extension("jsonl.creating");
+        let _ = fs::remove_file(&creating);
         let mut file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .mode(0o600)
-            .open(&path)
-            .map_err(io(&path))?;
+            .open(&creating)
+            .map_err(io(&creating))?;
         let entry = Entry {
             seq: 1,
             at: Utc::now(),
@@ -116,14 +122,24 @@ impl Journal {
                 source,
             })?;
         let line = to_line(&entry);
+        let mut linked = false;
         let written = file
             .write_all(line.as_bytes())
             .and_then(|_| file.sync_all())
+            // A link, not a rename: it refuses to replace a journal of that name.
+            .and_then(|_| fs::hard_link(&creating, &path))
+            .and_then(|_| {
+                linked = true;
+                fs::remove_file(&creating)
+            })
             // The new directory entry must be durable too, or a crash could lose the whole file.
             .and_then(|_| File::open(state_dir).and_then(|d| d.sync_all()));
         if let Err(e) = written {
             // Nothing happened yet: leave no half journal behind.
-            let _ = fs::remove_file(&path);
+            let _ = fs::remove_file(&creating);
+            if linked {
+                let _ = fs::remove_file(&path);
+            }
             return Err(io(&path)(e));
         }
         Ok(Journal {

@@ -178,3 +178,36 @@ fn one_runner_at_a_time() {
     let _held = lock(dir.path()).unwrap();
     assert!(matches!(lock(dir.path()), Err(JournalError::Locked { .. })));
 }
+
+/// A journal appears only with its `created` line durable: a reader never
+/// finds a live runner's journal empty and sets it aside as torn, and a file
+/// still being made is not a journal.
+#[test]
+fn a_journal_appears_whole_and_a_half_made_one_is_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let half = dir.path().join("000001-u0.jsonl.creating");
+    fs::write(&half, "").unwrap();
+    assert_eq!(latest(dir.path()).unwrap(), None);
+    assert!(half.exists(), "a file being made is left to its writer");
+    let mut j = Journal::create(dir.path(), created("u1")).unwrap();
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("u1"))
+        .collect();
+    assert_eq!(
+        names,
+        vec![j.path().file_name().unwrap().to_string_lossy().into_owned()]
+    );
+    assert_eq!(latest(dir.path()).unwrap().as_deref(), Some(j.path()));
+    // The runner's handle still writes to the listed file.
+    j.append(&[Event::StepStarted {
+        step: Step::Precheck,
+    }])
+    .unwrap();
+    assert_eq!(
+        read(j.path()).unwrap().status(Step::Precheck),
+        crate::upgrade::record::StepStatus::Running
+    );
+}
