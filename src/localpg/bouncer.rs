@@ -17,7 +17,7 @@ use super::{
 
 /// PgBouncer on this host, in transaction pooling mode. Clients log in with
 /// scram-sha-256 against the passwords of [`PgBouncerAuth`] (PgBouncer logs in
-/// to the server with the same), `trust` only when a user has no password.
+/// to the server with the same); every user must have a password (no `trust`).
 #[derive(Debug)]
 pub struct LocalPgBouncer {
     pub dir: PathBuf,
@@ -65,7 +65,14 @@ impl PgBouncerAuth {
         let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let mut out = String::new();
         for u in std::iter::once(&self.admin).chain(&self.users) {
-            let password = u.password.as_deref().unwrap_or("");
+            // scram-sha-256 only, as deployed: a user without a password is refused.
+            let Some(password) = u.password.as_deref().filter(|p| !p.is_empty()) else {
+                return Err(LocalPgError::InvalidSetting {
+                    file: "userlist.txt",
+                    key: u.name.clone(),
+                    reason: "every PgBouncer user needs a password (scram-sha-256; no trust)",
+                });
+            };
             if [&u.name[..], password]
                 .iter()
                 .any(|s| s.contains(['\n', '\r', '\0']))
@@ -79,15 +86,6 @@ impl PgBouncerAuth {
             let _ = writeln!(out, "{} {}", q(&u.name), q(password));
         }
         Ok(out)
-    }
-
-    fn auth_type(&self) -> &'static str {
-        let all = std::iter::once(&self.admin).chain(&self.users);
-        if all.into_iter().all(|u| u.password.is_some()) {
-            "scram-sha-256"
-        } else {
-            "trust"
-        }
     }
 
     fn password_of(&self, user: &str) -> Option<&str> {
@@ -152,12 +150,11 @@ impl LocalPgBouncer {
         let _ = write!(
             text,
             "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
-             auth_type = {auth_type}\nauth_file = {users}\nadmin_users = {admin}\npool_mode = transaction\n\
+             auth_type = scram-sha-256\nauth_file = {users}\nadmin_users = {admin}\npool_mode = transaction\n\
              max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
              server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
             sock = path("unix_socket_dir", dir)?,
             users = path("auth_file", &users)?,
-            auth_type = auth.auth_type(),
             admin = ini_word("admin_users", &auth.admin.name)?,
             log = path("logfile", &dir.join("pgbouncer.log"))?,
             pid = path("pidfile", &dir.join("pgbouncer.pid"))?,
@@ -267,5 +264,12 @@ mod tests {
         );
         let e = auth("pw\n\"x\" \"\"").userlist().unwrap_err().to_string();
         assert!(e.contains("userlist.txt") && !e.contains("pw"), "{e}");
+        // No trust: a user without a password is refused, never let in.
+        let no_password = PgBouncerAuth {
+            admin: PgBouncerUser::new("pgbouncer", Some("admin pw")),
+            users: vec![PgBouncerUser::new("app", None)],
+        };
+        let e = no_password.userlist().unwrap_err().to_string();
+        assert!(e.contains("needs a password"), "{e}");
     }
 }
