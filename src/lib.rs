@@ -20,6 +20,7 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
@@ -78,6 +79,15 @@
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
 //!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
 //!     queries, reading, journaling, driving.
+//! * [`capacity`]: capacity planning, `pgsteward capacity`: when storage, XIDs, sequences, partitions, connections run out.
+//!   * [`capacity::forecast`]: the model, pure: rates from increments, trend, weekly term, dates.
+//!   * `capacity::model`, `capacity::sql`, [`capacity::observe`]: what a run reads from the primary.
+//!   * [`capacity::samples`]: the run's samples in `pgsteward.capacity_samples`; the history read back.
+//!   * [`capacity::aws`]: RDS allocated/maximum storage and CloudWatch `FreeStorageSpace`.
+//!   * [`capacity::evaluate`] (growth, storage) and [`capacity::limits`] (XIDs, sequences,
+//!     connections, coverage): the verdicts, pure.
+//!   * [`capacity::report`] (the JSON contract), [`capacity::assemble`] (pure), [`capacity::render`]
+//!     (text, sparklines), [`capacity::plot`] (`--plot FILE.svg`).
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -92,6 +102,7 @@
 //! dispatches to these modules.
 
 // rustfmt keeps these sorted; the layer order is the map above.
+pub mod capacity;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -108,6 +119,7 @@ pub mod partitions;
 pub mod pg;
 pub mod pooler;
 pub mod provider;
+pub mod schema;
 pub mod service;
 pub mod telemetry;
 pub mod upgrade;
