@@ -11,6 +11,7 @@ FROM pg_sequences s
 JOIN pg_namespace n ON n.nspname = s.schemaname
 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.sequencename AND c.relkind = 'S'
 LEFT JOIN LATERAL (
+  SELECT u.name, u.type_name FROM (
     SELECT format('%I.%I.%I', tn.nspname, t.relname, a.attname) AS name,
            format_type(a.atttypid, NULL) AS type_name
     FROM pg_depend d
@@ -28,8 +29,9 @@ LEFT JOIN LATERAL (
     JOIN pg_namespace tn ON tn.oid = t.relnamespace
     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-    ORDER BY 2 = 'smallint' DESC, 2 = 'integer' DESC
-    LIMIT 1
+  ) u
+  ORDER BY u.type_name = 'smallint' DESC, u.type_name = 'integer' DESC
+  LIMIT 1
 ) col ON true
 WHERE s.schemaname NOT IN ('pg_catalog', 'information_schema', 'pgsteward')
 ORDER BY 1

@@ -69,12 +69,23 @@ fn panel(
         ))?;
         return Ok(());
     }
+    let data_max = c
+        .history
+        .iter()
+        .map(|p| p.1)
+        .chain(c.forecast.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max);
+    // The limit is drawn when the forecast reaches it or it is near the
+    // data; a far limit would flatten the history into the axis.
+    let limit = c
+        .limit
+        .filter(|l| c.crossing.is_some() || *l <= data_max * 2.0);
     let y_max = c
         .history
         .iter()
         .map(|p| p.1)
-        .chain(c.forecast.iter().map(|p| p.3))
-        .chain(c.limit)
+        .chain(c.forecast.iter().map(|p| p.3.min(data_max * 1.5)))
+        .chain(limit)
         .fold(0.0_f64, f64::max)
         * 1.1;
     let y_max = if y_max > 0.0 { y_max } else { 1.0 };
@@ -122,7 +133,7 @@ fn panel(
             .label("history")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.stroke_width(2)));
     }
-    if let Some(l) = c.limit {
+    if let Some(l) = limit {
         chart
             .draw_series(LineSeries::new(vec![(x0, l), (x1, l)], RED.stroke_width(2)))?
             .label(format!("limit {}", human(l, unit)))

@@ -65,6 +65,7 @@ fn days(d: Option<f64>, now: DateTime<Utc>) -> String {
 
 fn state(s: State, detail: Option<&str>) -> String {
     match detail {
+        Some(d) if d.starts_with(s.as_str()) => d.to_string(),
         Some(d) if s != State::Ok => format!("{}: {d}", s.as_str()),
         _ => s.as_str().to_string(),
     }
