@@ -125,10 +125,16 @@ impl CapacityMetrics {
             any_known.then_some(min)
         };
         let s = &r.storage;
-        let storage_known = !matches!(s.state, State::NotEnoughHistory | State::Unknown | State::NoLimit);
+        let storage_known = !matches!(
+            s.state,
+            State::NotEnoughHistory | State::Unknown | State::NoLimit
+        );
         let rds = s.rds.as_ref();
         let values: [(&str, Option<f64>); 9] = [
-            ("storage_full", storage_known.then(|| s.days_until_full.unwrap_or(f64::INFINITY))),
+            (
+                "storage_full",
+                storage_known.then(|| s.days_until_full.unwrap_or(f64::INFINITY)),
+            ),
             (
                 "storage_autoscale",
                 rds.filter(|_| storage_known)
@@ -149,24 +155,45 @@ impl CapacityMetrics {
             ),
             (
                 "mxid_wraparound",
-                soonest(&mut r.xid.iter().filter(|x| x.mxids_per_day.is_some()).map(|x| (x.mxid_days_until_wraparound, x.state))),
+                soonest(
+                    &mut r
+                        .xid
+                        .iter()
+                        .filter(|x| x.mxids_per_day.is_some())
+                        .map(|x| (x.mxid_days_until_wraparound, x.state)),
+                ),
             ),
             (
                 "sequence_exhausted",
-                soonest(&mut r.sequences.iter().map(|q| (q.days_until_exhausted, q.state))),
+                soonest(
+                    &mut r
+                        .sequences
+                        .iter()
+                        .map(|q| (q.days_until_exhausted, q.state)),
+                ),
             ),
             (
                 "connections_exhausted",
-                soonest(&mut std::iter::once((r.connections.days_until_exhausted, r.connections.state))),
+                soonest(&mut std::iter::once((
+                    r.connections.days_until_exhausted,
+                    r.connections.state,
+                ))),
             ),
             (
                 "partitions_exhausted",
-                soonest(&mut r.partitions.iter().map(|p| (Some(p.days_covered_ahead), p.state))),
+                soonest(
+                    &mut r
+                        .partitions
+                        .iter()
+                        .map(|p| (Some(p.days_covered_ahead), p.state)),
+                ),
             ),
         ];
         for (resource, v) in values {
             if let Some(v) = v {
-                self.days_until.get_or_create(&ResourceLabels { resource }).set(v);
+                self.days_until
+                    .get_or_create(&ResourceLabels { resource })
+                    .set(v);
             }
         }
         self.table_growth.clear();
@@ -181,8 +208,16 @@ impl CapacityMetrics {
             }
         }
         self.sequence_used_ratio.clear();
-        let mut seqs: Vec<_> = r.sequences.iter().filter(|q| q.used_ratio.is_some()).collect();
-        seqs.sort_by(|a, b| b.used_ratio.unwrap_or(0.0).total_cmp(&a.used_ratio.unwrap_or(0.0)));
+        let mut seqs: Vec<_> = r
+            .sequences
+            .iter()
+            .filter(|q| q.used_ratio.is_some())
+            .collect();
+        seqs.sort_by(|a, b| {
+            b.used_ratio
+                .unwrap_or(0.0)
+                .total_cmp(&a.used_ratio.unwrap_or(0.0))
+        });
         for q in seqs.into_iter().take(SEQUENCES_EXPORTED) {
             self.sequence_used_ratio
                 .get_or_create(&SequenceLabels {
@@ -201,7 +236,9 @@ impl CapacityMetrics {
         self.storage_bytes.clear();
         let put = |kind, v: Option<f64>| {
             if let Some(v) = v {
-                self.storage_bytes.get_or_create(&StorageLabels { kind }).set(v);
+                self.storage_bytes
+                    .get_or_create(&StorageLabels { kind })
+                    .set(v);
             }
         };
         put("used", s.used_bytes);

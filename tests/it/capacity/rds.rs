@@ -108,22 +108,34 @@ async fn rds_three_dates_from_allocated_storage_and_cloudwatch() {
     let s = &r["storage"];
     assert_eq!(s["source"], "rds", "{r:#}");
     assert_eq!(s["allocated_bytes"].as_f64(), Some(500.0 * GIB), "{s:#}");
-    assert_eq!(s["max_allocated_bytes"].as_f64(), Some(600.0 * GIB), "{s:#}");
+    assert_eq!(
+        s["max_allocated_bytes"].as_f64(),
+        Some(600.0 * GIB),
+        "{s:#}"
+    );
     assert_eq!(s["limit_bytes"].as_f64(), Some(600.0 * GIB), "{s:#}");
     let used = s["used_bytes"].as_f64().unwrap() / GIB;
     assert!((used - 350.0).abs() < 0.5, "used {used} GiB: {s:#}");
     let growth = s["growth_bytes_per_day"].as_f64().unwrap() / GIB;
     assert!((growth - 5.0).abs() < 0.1, "growth {growth} GiB/day: {s:#}");
     let near = |key: &str, want: f64| {
-        let d = s[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {s:#}"));
-        assert!((d - want).abs() < 0.5, "{key} = {d}, want about {want}: {s:#}");
+        let d = s[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {s:#}"));
+        assert!(
+            (d - want).abs() < 0.5,
+            "{key} = {d}, want about {want}: {s:#}"
+        );
     };
     near("days_until_autoscale", 20.0);
     assert!((s["autoscale_step_bytes"].as_f64().unwrap() / GIB - 50.0).abs() < 1e-6);
     near("days_until_max_allocated", 29.0);
     near("days_until_full", 50.0);
     assert_eq!(s["state"], "warning", "{s:#}");
-    assert_eq!(code, 1, "max_allocated_storage within 30 days is a problem: {r:#}");
+    assert_eq!(
+        code, 1,
+        "max_allocated_storage within 30 days is a problem: {r:#}"
+    );
 }
 
 /// No data points yet (a new instance): storage is unknown, said so, exit 1;
