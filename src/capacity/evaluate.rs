@@ -266,6 +266,10 @@ pub fn storage_local(
         (Some(m), Some(u), Some(l)) => m.days_until(u, l, search),
         _ => None,
     };
+    let earliest = match (m, used, limit) {
+        (Some(m), Some(u), Some(l)) => m.days_until_upper(u, l, search),
+        _ => None,
+    };
     let (state, detail) = match (used, limit) {
         (None, _) => (
             State::Unknown,
@@ -275,10 +279,8 @@ pub fn storage_local(
             State::NoLimit,
             Some("no storage limit: set capacity.storage_limit to the volume's size".to_string()),
         ),
-        _ => match days {
-            Some(d) if d <= STORAGE_WARN_DAYS => {
-                (State::Warning, Some(format!("storage full in {d:.1} days")))
-            }
+        _ => match earliest {
+            Some(e) if e <= STORAGE_WARN_DAYS => (State::Warning, Some(full_in(days, e))),
             _ => (g.state, g.detail),
         },
     };
@@ -287,6 +289,7 @@ pub fn storage_local(
         used_bytes: used,
         limit_bytes: limit,
         days_until_full: days,
+        days_until_full_earliest: earliest,
         growth_bytes_per_day: m.map(RateModel::rate_now),
         confidence: m.map(RateModel::confidence),
         state,
@@ -305,6 +308,13 @@ pub fn storage_local(
         search,
     );
     (report, c)
+}
+
+fn full_in(days: Option<f64>, earliest: f64) -> String {
+    match days {
+        Some(d) => format!("storage full in {d:.1} days (possibly in {earliest:.1}: the 95 % band)"),
+        None => format!("storage possibly full in {earliest:.1} days (the 95 % band)"),
+    }
 }
 
 /// Used bytes over time from `FreeStorageSpace` and today's allocation.
@@ -427,6 +437,11 @@ pub fn storage_rds(rds: &RdsStorage, now: f64, horizon: f64) -> (StorageReport, 
         .max_allocated_bytes
         .filter(|m| *m > rds.allocated_bytes)
         .unwrap_or(rds.allocated_bytes);
+    // Full happens at the final allocation whatever the steps before it.
+    let earliest = match (m, used) {
+        (Some(m), Some(u)) => m.days_until_upper(u, limit, search),
+        _ => None,
+    };
     let (state, detail) = if used.is_none() {
         (
             State::Unknown,
@@ -435,8 +450,8 @@ pub fn storage_rds(rds: &RdsStorage, now: f64, horizon: f64) -> (StorageReport, 
                 rds.instance
             )),
         )
-    } else if let Some(d) = full.filter(|d| *d <= STORAGE_WARN_DAYS) {
-        (State::Warning, Some(format!("storage full in {d:.1} days")))
+    } else if let Some(e) = earliest.filter(|e| *e <= STORAGE_WARN_DAYS) {
+        (State::Warning, Some(full_in(full, e)))
     } else if let Some(d) = dates
         .days_until_max_allocated
         .filter(|d| *d <= RDS_MAX_ALLOCATED_WARN_DAYS)
@@ -455,6 +470,7 @@ pub fn storage_rds(rds: &RdsStorage, now: f64, horizon: f64) -> (StorageReport, 
         used_bytes: used,
         limit_bytes: Some(limit),
         days_until_full: full,
+        days_until_full_earliest: earliest,
         growth_bytes_per_day: m.map(RateModel::rate_now),
         confidence: m.map(RateModel::confidence),
         state,

@@ -358,6 +358,29 @@ impl RateModel {
     }
 }
 
+impl RateModel {
+    /// Like [`RateModel::days_until`], on the upper edge of the 95 % band:
+    /// the earliest the limit may plausibly be reached. Storage warns on it,
+    /// so an alert comes early rather than late when growth is noisy.
+    pub fn days_until_upper(&self, current: f64, limit: f64, max_days: f64) -> Option<f64> {
+        if current >= limit {
+            return Some(0.0);
+        }
+        let reach = |h: f64| current + self.grown(h) + self.band(h);
+        let mut day = 0.0;
+        while day < max_days {
+            let next = (day + 1.0).min(max_days);
+            let (lo, hi) = (reach(day), reach(next));
+            if hi >= limit {
+                let frac = if hi > lo { (limit - lo) / (hi - lo) } else { 0.0 };
+                return Some(day + (next - day) * frac.clamp(0.0, 1.0));
+            }
+            day = next;
+        }
+        None
+    }
+}
+
 /// A straight line through level observations (daily peaks): value at
 /// `t_ref` and slope per day.
 #[derive(Debug, Clone, Copy, PartialEq)]

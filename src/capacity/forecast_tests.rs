@@ -205,3 +205,18 @@ fn level_trend_reaches_its_limit() {
     let f = fit_level(&flat, MONDAY + 9.0, 3).unwrap();
     assert_eq!(f.days_until(50.0, 100.0, 365.0), None);
 }
+
+#[test]
+fn the_upper_band_is_reached_first() {
+    let noisy = fit_rate(
+        &daily(30, |t| if (t as i64) % 2 == 0 { 0.5 * GB } else { 1.5 * GB }),
+        MONDAY + 30.0,
+        3,
+    )
+    .unwrap();
+    let central = noisy.days_until(0.0, 20.0 * GB, 365.0).unwrap();
+    let early = noisy.days_until_upper(0.0, 20.0 * GB, 365.0).unwrap();
+    assert!(early < central, "{early} < {central}");
+    assert!(early > 0.0);
+    assert_eq!(noisy.days_until_upper(30.0 * GB, 20.0 * GB, 365.0), Some(0.0));
+}

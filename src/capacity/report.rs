@@ -112,6 +112,9 @@ pub struct StorageReport {
     pub used_bytes: Option<f64>,
     pub limit_bytes: Option<f64>,
     pub days_until_full: Option<f64>,
+    /// The earliest the disk may be full: the upper edge of the 95 % band.
+    /// The warning (and `storage_full` alert) is judged on this date.
+    pub days_until_full_earliest: Option<f64>,
     pub growth_bytes_per_day: Option<f64>,
     pub confidence: Option<f64>,
     pub state: State,
