@@ -90,6 +90,7 @@
 //!     (text, sparklines), [`capacity::plot`] (`--plot FILE.svg`).
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
+//!   * [`metrics::capacity`]: the `pgsteward_capacity_*` metrics from a capacity report.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! * [`service`]: `pgsteward run`: the jobs on their cron schedules until a signal.
 //!   * [`service::scheduler`]: one loop per job, no overlap.

@@ -312,7 +312,9 @@ pub fn storage_local(
 
 fn full_in(days: Option<f64>, earliest: f64) -> String {
     match days {
-        Some(d) => format!("storage full in {d:.1} days (possibly in {earliest:.1}: the 95 % band)"),
+        Some(d) => {
+            format!("storage full in {d:.1} days (possibly in {earliest:.1}: the 95 % band)")
+        }
         None => format!("storage possibly full in {earliest:.1} days (the 95 % band)"),
     }
 }

@@ -37,6 +37,13 @@ const TREND_MIN: usize = 4;
 const WEEKLY_MIN_DAYS: f64 = 21.0;
 /// Observations at which the history factor of [`RateModel::confidence`] is 1.
 const FULL_CONFIDENCE_N: f64 = 8.0;
+/// Older observations weigh less: half as much every this many days before
+/// now (or every four observation intervals, when they are longer, so
+/// monthly partitions keep a trend through several months). Growth that
+/// accelerates (compounding) is then trended from what it is lately, not
+/// from a straight line through a year of it.
+const HALF_LIFE_DAYS: f64 = 21.0;
+const HALF_LIFE_INTERVALS: f64 = 4.0;
 /// z for the two-sided 95 % band.
 const Z95: f64 = 1.96;
 
@@ -85,8 +92,11 @@ pub struct RateModel {
     pub t_ref: f64,
     /// Rate per day at `t_ref` (weekly term averaged out).
     pub a: f64,
-    /// Change of the rate per day, per day (0 without a trend).
+    /// Change of the rate per day, per day, at `t_ref` (0 without a trend).
     pub b: f64,
+    /// `Some(g)` when growth compounds: the rate grows by the factor
+    /// `e^(g·days)` (chosen when it fits better than a straight trend).
+    pub compound: Option<f64>,
     var_a: f64,
     var_b: f64,
     cov_ab: f64,
@@ -174,10 +184,21 @@ pub fn fit_rate(incs: &[Increment], t_ref: f64, need: usize) -> Result<RateModel
         });
     }
     let n = incs.len();
-    // Weights: interval lengths, normalised to sum to n, so the residual
-    // variance keeps the units of a single observation.
-    let total: f64 = incs.iter().map(|i| i.days()).sum();
-    let w: Vec<f64> = incs.iter().map(|i| i.days() * n as f64 / total).collect();
+    // Weights: interval lengths, halved every HALF_LIFE_DAYS back from now,
+    // normalised to sum to n so the residual variance keeps the units of a
+    // single observation.
+    let mut lengths: Vec<f64> = incs.iter().map(|i| i.days()).collect();
+    lengths.sort_by(f64::total_cmp);
+    let half_life = HALF_LIFE_DAYS.max(HALF_LIFE_INTERVALS * lengths[lengths.len() / 2]);
+    let raw: Vec<f64> = incs
+        .iter()
+        .map(|i| {
+            let age = (t_ref - (i.t0 + i.t1) / 2.0).max(0.0);
+            i.days() * 0.5f64.powf(age / half_life)
+        })
+        .collect();
+    let total: f64 = raw.iter().sum();
+    let w: Vec<f64> = raw.iter().map(|r| r * n as f64 / total).collect();
     let x: Vec<f64> = incs.iter().map(|i| (i.t0 + i.t1) / 2.0 - t_ref).collect();
     let y: Vec<f64> = incs.iter().map(|i| i.rate()).collect();
 
@@ -222,10 +243,42 @@ pub fn fit_rate(incs: &[Increment], t_ref: f64, need: usize) -> Result<RateModel
             weekly = Some(s);
         }
     }
+    // Compounding: the log of the (deseasonalised) rate on a straight line,
+    // kept when it explains the rates better than the straight trend does.
+    // Growth of a database is often a share of its size (10× a year); a
+    // straight trend through a curve runs below it at the end, and an alert
+    // drawn from it comes late.
+    let adjusted: Vec<f64> = incs
+        .iter()
+        .enumerate()
+        .map(|(k, i)| y[k] - weekly.map_or(0.0, |s| s[weekday(i.t0 + 0.5 * i.days())]))
+        .collect();
+    let mut compound = None;
+    if trend && adjusted.iter().all(|r| *r > 0.0) {
+        let logs: Vec<f64> = adjusted.iter().map(|r| r.ln()).collect();
+        let (la, lb, lva, lvb, lcov) = wls(&x, &logs, &w, true);
+        let sse = |f: &dyn Fn(f64) -> f64| -> f64 {
+            x.iter()
+                .zip(&adjusted)
+                .zip(&w)
+                .map(|((x, y), w)| w * (y - f(*x)).powi(2))
+                .sum()
+        };
+        let linear = sse(&|x| a + b * x);
+        let exp = sse(&|x| (la + lb * x).exp());
+        if lb > 0.0 && exp < linear {
+            let r0 = la.exp();
+            // The delta method: the log's variances scaled by the rate².
+            (a, b, var_a, var_b, cov_ab) =
+                (r0, r0 * lb, r0 * r0 * lva, r0 * r0 * lvb, r0 * r0 * lcov);
+            compound = Some(lb);
+        }
+    }
     Ok(RateModel {
         t_ref,
         a,
         b,
+        compound,
         var_a,
         var_b,
         cov_ab,
@@ -280,7 +333,11 @@ impl RateModel {
     /// not that data will delete itself).
     pub fn rate_at(&self, t: f64) -> f64 {
         let s = self.weekly.map_or(0.0, |w| w[weekday(t)]);
-        let r = self.a + self.b * (t - self.t_ref) + s;
+        let trend = match self.compound {
+            Some(g) => self.a * (g * (t - self.t_ref)).exp(),
+            None => self.a + self.b * (t - self.t_ref),
+        };
+        let r = trend + s;
         if t > self.t_ref && self.a > 0.0 {
             r.max(0.0)
         } else {
@@ -312,7 +369,10 @@ impl RateModel {
     pub fn band(&self, h: f64) -> f64 {
         let m = h / 2.0;
         let var = self.var_a + m * m * self.var_b + 2.0 * m * self.cov_ab;
-        Z95 * var.max(0.0).sqrt() * h.max(0.0)
+        // Compounding: the variances are of the log's line (scaled by the
+        // rate now); the mean rate over [0, h] is larger by the growth.
+        let scale = self.compound.map_or(1.0, |g| (g * m).exp());
+        Z95 * var.max(0.0).sqrt() * scale * h.max(0.0)
     }
 
     /// A measure in [0, 1]: 1 − the relative standard error of today's rate,
@@ -372,7 +432,11 @@ impl RateModel {
             let next = (day + 1.0).min(max_days);
             let (lo, hi) = (reach(day), reach(next));
             if hi >= limit {
-                let frac = if hi > lo { (limit - lo) / (hi - lo) } else { 0.0 };
+                let frac = if hi > lo {
+                    (limit - lo) / (hi - lo)
+                } else {
+                    0.0
+                };
                 return Some(day + (next - day) * frac.clamp(0.0, 1.0));
             }
             day = next;

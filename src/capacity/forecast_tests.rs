@@ -209,7 +209,13 @@ fn level_trend_reaches_its_limit() {
 #[test]
 fn the_upper_band_is_reached_first() {
     let noisy = fit_rate(
-        &daily(30, |t| if (t as i64) % 2 == 0 { 0.5 * GB } else { 1.5 * GB }),
+        &daily(30, |t| {
+            if (t as i64) % 2 == 0 {
+                0.5 * GB
+            } else {
+                1.5 * GB
+            }
+        }),
         MONDAY + 30.0,
         3,
     )
@@ -218,5 +224,26 @@ fn the_upper_band_is_reached_first() {
     let early = noisy.days_until_upper(0.0, 20.0 * GB, 365.0).unwrap();
     assert!(early < central, "{early} < {central}");
     assert!(early > 0.0);
-    assert_eq!(noisy.days_until_upper(30.0 * GB, 20.0 * GB, 365.0), Some(0.0));
+    assert_eq!(
+        noisy.days_until_upper(30.0 * GB, 20.0 * GB, 365.0),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn compounding_growth_is_recognised() {
+    // 1 GB/day growing 1 % a day (a share of the size): the straight trend
+    // through it runs low at the end; the compounding fit does not.
+    let incs = daily(60, |t| GB * (0.01 * (t - MONDAY + 0.5)).exp());
+    let now = MONDAY + 60.0;
+    let m = fit_rate(&incs, now, 3).unwrap();
+    assert!(m.compound.is_some_and(|g| (g - 0.01).abs() < 1e-6), "{m:?}");
+    assert!((m.rate_now() / GB - (0.6f64).exp()).abs() < 1e-3, "{m:?}");
+    let truth: f64 = (0..30)
+        .map(|d| GB * (0.01 * (60.0 + d as f64 + 0.5)).exp())
+        .sum();
+    assert!((m.grown(30.0) / truth - 1.0).abs() < 1e-3);
+    // A straight rising rate stays a straight trend.
+    let lin = fit_rate(&daily(60, |t| GB * (1.0 + 0.01 * (t - MONDAY))), now, 3).unwrap();
+    assert!(lin.compound.is_none(), "{lin:?}");
 }

@@ -231,6 +231,63 @@ async fn migrate(client: &mut Client, target: &str, known: i32) -> Result<i32, S
     Ok(known)
 }
 
+/// What `check` reports: the version found, and whether this role could
+/// bring the schema up to date (CREATE on the database to make it, or on
+/// the schema to migrate it). Reads only.
+const READINESS: &str = "SELECT current_user::text, current_database()::text, \
+     to_regnamespace('pgsteward') IS NOT NULL, \
+     has_database_privilege(current_database(), 'CREATE'), \
+     CASE WHEN to_regnamespace('pgsteward') IS NOT NULL \
+          THEN has_schema_privilege('pgsteward', 'USAGE, CREATE') END";
+
+/// `check`'s probe: `Ok(detail)` when the schema is current or this role can
+/// make it so, else the error `ensure` would return (the GRANT named).
+pub async fn readiness(client: &Client, target: &str) -> Result<String, SchemaError> {
+    let q = |what| {
+        move |source| SchemaError::Query {
+            target: target.to_string(),
+            what,
+            source,
+        }
+    };
+    let r = client
+        .query_one(READINESS, &[])
+        .await
+        .map_err(q("read the steward's privileges"))?;
+    let (user, db): (String, String) = (r.get(0), r.get(1));
+    let (has_schema, db_create, schema_create): (bool, bool, Option<bool>) =
+        (r.get(2), r.get(3), r.get(4));
+    let found = read_version(client, target).await?;
+    let known = latest();
+    match decide(found, known) {
+        Decision::Newer { found } => Err(SchemaError::Newer {
+            target: target.to_string(),
+            found,
+            known,
+        }),
+        Decision::Current => Ok(format!("pgsteward schema at version {known}")),
+        Decision::Apply { from } => {
+            let refused = if has_schema {
+                (schema_create != Some(true)).then(|| "permission denied for schema pgsteward")
+            } else {
+                (!db_create).then(|| "permission denied for database")
+            };
+            match refused {
+                Some(msg) => Err(SchemaError::Privilege {
+                    target: target.to_string(),
+                    detail: format!(
+                        "{msg} (the schema is at version {from}, this release needs {known})"
+                    ),
+                    grant: grant_for(msg, &user, &db),
+                }),
+                None => Ok(format!(
+                    "pgsteward schema at version {from}; the first run migrates it to {known}"
+                )),
+            }
+        }
+    }
+}
+
 /// A failed migration in the operator's terms: which GRANT is missing, or
 /// that the server is read-only.
 async fn classify(

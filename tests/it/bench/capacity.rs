@@ -32,7 +32,11 @@ fn trace() -> Vec<Point> {
     let mut out = Vec::with_capacity(steps);
     for k in 0..steps {
         let t = 20_089.0 + k as f64 * STEP_DAYS; // from a Monday
-        let week = if pgsteward::capacity::forecast::weekday(t) < 5 { 1.2 } else { 0.5 };
+        let week = if pgsteward::capacity::forecast::weekday(t) < 5 {
+            1.2
+        } else {
+            0.5
+        };
         let day = 1.0 + 0.6 * (2.0 * std::f64::consts::PI * (t.fract() - 0.35)).cos();
         let noise = 1.0 + 0.3 * (rng.f64() * 2.0 - 1.0);
         size += size * g * week / 1.0143 * day * noise * STEP_DAYS;
@@ -44,8 +48,16 @@ fn trace() -> Vec<Point> {
 
 /// Our forecast `h` days after `end` from the samples up to `end`, the way a
 /// run sees them: the last sample of each past day, and now.
-fn ours(daily: &[Point], now: Point, h: f64) -> Option<(f64, pgsteward::capacity::forecast::RateModel)> {
-    let mut pts: Vec<Point> = daily.iter().copied().filter(|p| p.t < now.t.floor()).collect();
+fn ours(
+    daily: &[Point],
+    now: Point,
+    h: f64,
+) -> Option<(f64, pgsteward::capacity::forecast::RateModel)> {
+    let mut pts: Vec<Point> = daily
+        .iter()
+        .copied()
+        .filter(|p| p.t < now.t.floor())
+        .collect();
     pts.push(now);
     let incs = increments_from_samples(&daily_last(&pts));
     let m = fit_rate(&incs, now.t, 2).ok()?;
@@ -82,20 +94,29 @@ fn bench_capacity_accuracy_vs_predict_linear() {
         let now = tr[i];
         let truth = tr[i + 30 * per_day].v;
         let err = |p: f64| (p - truth).abs() / truth;
-        let hist = &tr[..=i];
+        // The last day of samples is all either window reads.
+        let hist = &tr[i.saturating_sub(per_day + 1)..=i];
         e_ours.push(err(ours(&daily, now, 30.0).unwrap().0));
         e_1h.push(err(predict_linear(hist, now.t, 1.0 / 24.0, 30.0).unwrap()));
         e_1d.push(err(predict_linear(hist, now.t, 1.0, 30.0).unwrap()));
     }
     let rows = [
-        ("pgsteward (daily increments, trend, weekly term)", summary(&mut e_ours)),
+        (
+            "pgsteward (daily increments, trend, weekly term)",
+            summary(&mut e_ours),
+        ),
         ("predict_linear(disk[1h], 30d)", summary(&mut e_1h)),
         ("predict_linear(disk[1d], 30d)", summary(&mut e_1d)),
     ];
     println!("\n30-day forecast error over {} origins:", e_ours.len());
     println!("{:<52} {:>8} {:>8} {:>8}", "method", "mean", "p95", "max");
     for (name, (mean, p95, max)) in rows {
-        println!("{name:<52} {:>8} {:>8} {:>8}", pct(mean), pct(p95), pct(max));
+        println!(
+            "{name:<52} {:>8} {:>8} {:>8}",
+            pct(mean),
+            pct(p95),
+            pct(max)
+        );
     }
 
     // The storage alert: a 900 GB volume, checked hourly as the service
@@ -111,13 +132,17 @@ fn bench_capacity_accuracy_vs_predict_linear() {
         if now.t >= cross {
             break;
         }
-        let hist = &tr[..=i];
+        let hist = &tr[i.saturating_sub(per_day + 1)..=i];
         let a_ours = ours(&daily, now, 0.0)
             .and_then(|(_, m)| m.days_until_upper(now.v, limit, 14.0))
             .is_some();
         let a_1h = predict_linear(hist, now.t, 1.0 / 24.0, 14.0).is_some_and(|v| v > limit);
         let a_1d = predict_linear(hist, now.t, 1.0, 14.0).is_some_and(|v| v > limit);
-        for (a, first) in [(a_ours, &mut first_ours), (a_1h, &mut first_1h), (a_1d, &mut first_1d)] {
+        for (a, first) in [
+            (a_ours, &mut first_ours),
+            (a_1h, &mut first_1h),
+            (a_1d, &mut first_1d),
+        ] {
             if a && first.is_none() {
                 *first = Some(now.t);
             }
@@ -129,10 +154,20 @@ fn bench_capacity_accuracy_vs_predict_linear() {
             on_1d += i32::from(a_1d);
         }
     }
-    println!("\nstorage alert, 900 GB limit reached on day {:.1}:", cross - tr[0].t);
-    println!("{:<52} {:>16} {:>26}", "rule", "first fired", "on in the last 14 days");
+    println!(
+        "\nstorage alert, 900 GB limit reached on day {:.1}:",
+        cross - tr[0].t
+    );
+    println!(
+        "{:<52} {:>16} {:>26}",
+        "rule", "first fired", "on in the last 14 days"
+    );
     for (name, first, on) in [
-        ("pgsteward days_until_full_earliest <= 14", first_ours, on_ours),
+        (
+            "pgsteward days_until_full_earliest <= 14",
+            first_ours,
+            on_ours,
+        ),
         ("predict_linear(disk[1h], 14d) > limit", first_1h, on_1h),
         ("predict_linear(disk[1d], 14d) > limit", first_1d, on_1d),
     ] {
@@ -143,8 +178,14 @@ fn bench_capacity_accuracy_vs_predict_linear() {
         );
     }
     let lead = cross - first_ours.unwrap();
-    assert!(summary(&mut e_ours).2 <= 0.10, "pgsteward's 30-day error stays within 10 %");
-    assert!(lead >= 14.0, "the storage alert fires at least 14 days ahead ({lead:.1})");
+    assert!(
+        summary(&mut e_ours).2 <= 0.10,
+        "pgsteward's 30-day error stays within 10 %"
+    );
+    assert!(
+        lead >= 14.0,
+        "the storage alert fires at least 14 days ahead ({lead:.1})"
+    );
 }
 
 /// Monthly partitions of `table`: `rows(k)` rows of ~260 bytes in the month
@@ -194,7 +235,9 @@ fn bench_capacity_real_server_accuracy() {
     let rate_at = |x: f64| per_row * (2000.0 + 400.0 * (x - 0.5)) / month_len;
     let truth_growth = rate_at(x_now);
     // A limit 90 days of growth away, for this table alone.
-    let free = (0..90).map(|d| rate_at(x_now + (f64::from(d) + 0.5) / month_len)).sum::<f64>();
+    let free = (0..90)
+        .map(|d| rate_at(x_now + (f64::from(d) + 0.5) / month_len))
+        .sum::<f64>();
     let dir = tempfile::tempdir().unwrap();
     let cfg = crate::capacity::config(
         dir.path(),
@@ -216,7 +259,10 @@ fn bench_capacity_real_server_accuracy() {
     let growth = t["growth_bytes_per_day"].as_f64().unwrap();
     let days = t["days_until_full"].as_f64().unwrap();
     println!("24 monthly partitions, {total_rows} rows, {per_row:.0} bytes per row (heap + index)");
-    println!("{:<28} {:>16} {:>16} {:>8}", "", "reported", "truth", "error");
+    println!(
+        "{:<28} {:>16} {:>16} {:>8}",
+        "", "reported", "truth", "error"
+    );
     println!(
         "{:<28} {:>16.0} {:>16.0} {:>8}",
         "growth, bytes per day",
@@ -291,14 +337,20 @@ fn bench_capacity_cost_at_10000_partitions() {
     let run = |label: &str| {
         let watch = LockWatch::start(&db);
         let started = Instant::now();
-        let (report, _) = rt.block_on(pgsteward::capacity::run(&cfg, 90.0, None)).unwrap();
+        let (report, _) = rt
+            .block_on(pgsteward::capacity::run(&cfg, 90.0, None))
+            .unwrap();
         let took = started.elapsed();
         let (strongest, waits) = watch.stop();
         println!(
             "{label:<44} {:>8.0?}  strongest lock on application relations: {strongest:<16} lock waits seen: {waits}  ({})",
             took, report.size_method
         );
-        assert_eq!(report.tables[0].observations as i32, n - 30, "closed periods");
+        assert_eq!(
+            report.tables[0].observations as i32,
+            n - 30,
+            "closed periods"
+        );
         took
     };
     run("never analysed (size functions throughout)");

@@ -275,6 +275,24 @@ fn missing_privileges_are_named_with_the_grant() {
         problems.contains("GRANT SELECT ON SEQUENCE public.secret_seq TO \\\"steward\\\""),
         "{problems}"
     );
+    // `check` names the same GRANT before any run.
+    let out = pgsteward()
+        .arg("--config")
+        .arg(config(dir.path(), db, ""))
+        .args(["check", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schema = find(&v, "endpoints", "role", "schema");
+    assert_eq!(schema["ok"], false, "{v:#}");
+    assert!(
+        schema["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("GRANT CREATE ON DATABASE \"{db}\" TO \"steward\"")),
+        "{schema:#}"
+    );
 }
 
 /// A wrong storage limit unit, a misspelt key and a bad horizon exit 2 and
