@@ -238,7 +238,10 @@ fn compounding_growth_is_recognised() {
     let now = MONDAY + 60.0;
     let m = fit_rate(&incs, now, 3).unwrap();
     assert!(m.compound.is_some_and(|g| (g - 0.01).abs() < 1e-4), "{m:?}");
-    assert!((m.rate_now() / GB / (0.6f64).exp() - 1.0).abs() < 0.01, "{m:?}");
+    assert!(
+        (m.rate_now() / GB / (0.6f64).exp() - 1.0).abs() < 0.01,
+        "{m:?}"
+    );
     let truth: f64 = (0..30)
         .map(|d| GB * (0.01 * (60.0 + d as f64 + 0.5)).exp())
         .sum();

@@ -96,7 +96,14 @@ fn xid_wraparound_from_the_consumption_rate() {
             v: 1e9 + 1e7 * d as f64,
         })
         .collect();
-    let r = &xid(&[db.clone()], &settings, &pts, &[], T0 + 3.0, 90.0)[0];
+    let r = &xid(
+        std::slice::from_ref(&db),
+        &settings,
+        &pts,
+        &[],
+        T0 + 3.0,
+        90.0,
+    )[0];
     let stop = stop_age(150_000, false) as f64;
     let want = (stop - 2e9) / 1e7;
     assert!((r.days_until_wraparound.unwrap() - want).abs() < 0.01);

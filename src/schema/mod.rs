@@ -268,9 +268,9 @@ pub async fn readiness(client: &Client, target: &str) -> Result<String, SchemaEr
         Decision::Current => Ok(format!("pgsteward schema at version {known}")),
         Decision::Apply { from } => {
             let refused = if has_schema {
-                (schema_create != Some(true)).then(|| "permission denied for schema pgsteward")
+                (schema_create != Some(true)).then_some("permission denied for schema pgsteward")
             } else {
-                (!db_create).then(|| "permission denied for database")
+                (!db_create).then_some("permission denied for database")
             };
             match refused {
                 Some(msg) => Err(SchemaError::Privilege {
