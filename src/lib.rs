@@ -22,6 +22,7 @@
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
+//! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
 //! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
 //!   * `localpg::child`: a child's minimal environment; passwords only through private files.
@@ -110,6 +111,7 @@ pub mod pooler;
 pub mod provider;
 pub mod service;
 pub mod telemetry;
+pub mod tooling;
 pub mod upgrade;
 pub mod workload;
 
