@@ -64,13 +64,7 @@ mod tests {
             let mut out = Vec::new();
             completions(shell, &mut out).unwrap();
             let text = String::from_utf8(out).unwrap();
-            for word in [
-                "partitions",
-                "upgrade",
-                "convert",
-                "--target-class",
-                "--output",
-            ] {
+            for word in ["partitions", "upgrade", "convert", "target-class", "output"] {
                 assert!(text.contains(word), "{shell:?} lacks {word}");
             }
         }
