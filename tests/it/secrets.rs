@@ -382,7 +382,7 @@ fn a_missing_password_names_every_place_looked_in() {
     let dir = harness::server_tempdir();
     let passfile = dir.path().join("pgpass");
     let mut f = std::fs::File::create(&passfile).unwrap();
-    writeln!(f, "*:*:*:postgres:{}", harness::STEWARD_PASSWORD).unwrap();
+    writeln!(f, "*:*:*:postgres:{}", harness::SUPER_PASSWORD).unwrap();
     std::fs::set_permissions(&passfile, std::fs::Permissions::from_mode(0o644)).unwrap();
     let server = harness::shared();
     let config = harness::write_config(

@@ -232,8 +232,8 @@ async fn hand_cutover(
     let login = must(pgsteward::localpg::ChildLogin::new(
         "127.0.0.1",
         old_port,
-        harness::STEWARD_USER,
-        Some(harness::STEWARD_PASSWORD),
+        harness::SUPER_USER,
+        Some(harness::SUPER_PASSWORD),
         must(pgsteward::localpg::ServerUser::detect()),
     ));
     let replica = must(Cluster::basebackup_as(
@@ -243,7 +243,7 @@ async fn hand_cutover(
         harness::bin_dir(),
         &settings,
     ))
-    .with_superuser_password(harness::STEWARD_PASSWORD);
+    .with_superuser_password(harness::SUPER_PASSWORD);
     must(replica.start());
     must(pgsteward::localpg::stop_when_gone(
         &replica,

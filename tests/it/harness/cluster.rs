@@ -22,7 +22,7 @@ fn template() -> &'static PathBuf {
             .collect();
         // Kept across runs; built under a private name and renamed into place so a
         // concurrent run never sees half a template.
-        let root = std::env::temp_dir().join(format!("pgsteward-template-{tag}-scram"));
+        let root = std::env::temp_dir().join(format!("pgsteward-template-{tag}-scram2"));
         if root.join("data").join("PG_VERSION").exists() {
             return root;
         }
@@ -35,7 +35,7 @@ fn template() -> &'static PathBuf {
             1,
             bin_dir(),
             &[],
-            Some(STEWARD_PASSWORD),
+            Some(SUPER_PASSWORD),
         ));
         if std::fs::rename(&building, &root).is_err() {
             let _ = std::fs::remove_dir_all(&building);
@@ -84,11 +84,11 @@ pub fn new_primary(dir: &Path, name: &str) -> Cluster {
         String::from_utf8_lossy(&out.stderr)
     );
     let port = must(localpg::free_port());
-    let cluster =
-        must(Cluster::at(&data, port, bin_dir())).with_superuser_password(STEWARD_PASSWORD);
+    let cluster = must(Cluster::at(&data, port, bin_dir())).with_superuser_password(SUPER_PASSWORD);
     must(cluster.write_settings(&test_settings()));
     must(cluster.start());
     must(localpg::stop_when_gone(&cluster, std::process::id()));
+    make_roles(&cluster, Grants::Base);
     cluster
 }
 

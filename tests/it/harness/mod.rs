@@ -29,14 +29,11 @@ use pgsteward::localpg::{
 use tempfile::TempDir;
 
 mod cluster;
+mod roles;
 
 pub use cluster::*;
+pub use roles::*;
 
-/// The steward's login: the `postgres` superuser of every harness server.
-/// The passwords have characters that need encoding or escaping in every
-/// place a password goes (URL, key/value, password file, pgbouncer's userlist).
-pub const STEWARD_USER: &str = "postgres";
-pub const STEWARD_PASSWORD: &str = "steward p@ss:w/rd'1";
 /// The application's role: LOGIN, not a superuser.
 pub const APP_USER: &str = "app";
 pub const APP_PASSWORD: &str = "app p@ss:2";
@@ -112,6 +109,7 @@ pub fn fresh_db(prefix: &str) -> String {
     );
     let cluster = shared();
     must(cluster.psql("postgres", &format!("CREATE DATABASE \"{name}\"")));
+    prepare_db(cluster, &name);
     cluster.url(&name)
 }
 
@@ -120,7 +118,9 @@ pub fn pooler_auth() -> PgBouncerAuth {
     PgBouncerAuth {
         admin: PgBouncerUser::new(ADMIN_USER, Some(ADMIN_PASSWORD)),
         users: vec![
+            PgBouncerUser::new(SUPER_USER, Some(SUPER_PASSWORD)),
             PgBouncerUser::new(STEWARD_USER, Some(STEWARD_PASSWORD)),
+            PgBouncerUser::new(OWNER_USER, Some(OWNER_PASSWORD)),
             PgBouncerUser::new(APP_USER, Some(APP_PASSWORD)),
         ],
     }
@@ -188,7 +188,9 @@ pub fn authed(url: &str) -> String {
     }
     match u.username() {
         APP_USER => with_password(url, APP_USER, APP_PASSWORD),
-        "" | STEWARD_USER => with_password(url, STEWARD_USER, STEWARD_PASSWORD),
+        STEWARD_USER => with_password(url, STEWARD_USER, STEWARD_PASSWORD),
+        OWNER_USER => with_password(url, OWNER_USER, OWNER_PASSWORD),
+        "" | SUPER_USER => with_password(url, SUPER_USER, SUPER_PASSWORD),
         _ => url.to_string(),
     }
 }
@@ -201,7 +203,9 @@ pub fn passfile() -> &'static Path {
         must(std::fs::create_dir_all(&dir).map_err(|e| e.to_string()));
         let path = dir.join("pgpass");
         let text: String = [
+            (SUPER_USER, SUPER_PASSWORD),
             (STEWARD_USER, STEWARD_PASSWORD),
+            (OWNER_USER, OWNER_PASSWORD),
             (APP_USER, APP_PASSWORD),
             (ADMIN_USER, ADMIN_PASSWORD),
         ]
