@@ -35,6 +35,7 @@
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
 //!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
+//!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.

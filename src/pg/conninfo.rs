@@ -292,6 +292,15 @@ fn parse_url(s: &str) -> Result<ConnParams, ParseError> {
         .ok_or_else(|| err("not a postgres:// URL"))?;
     let mut params = Vec::new();
     // As libpq: the user info ends at the first `@` before any `/`.
+    // An `@` the user info did not take (a second one, or one after a `/`)
+    // is almost always an unencoded `@` or `/` in the password.
+    let stray_at = match rest.find(['@', '/']) {
+        Some(i) if rest.as_bytes()[i] == b'@' => rest[i + 1..]
+            .split('?')
+            .next()
+            .is_some_and(|a| a.contains('@')),
+        _ => rest.split('?').next().is_some_and(|a| a.contains('@')),
+    };
     let rest = match rest.find(['@', '/']) {
         Some(i) if rest.as_bytes()[i] == b'@' => {
             let (info, after) = (&rest[..i], &rest[i + 1..]);
@@ -333,11 +342,17 @@ fn parse_url(s: &str) -> Result<ConnParams, ParseError> {
                     None => (decode(part, "host")?, ""),
                 }
             };
+            // An `@`, `/` or `:` left unencoded in a password is the usual cause.
+            let hint = if stray_at {
+                "; an `@` in the user name or password must be percent-encoded as %40 (`/` as %2F, `:` as %3A)"
+            } else {
+                ""
+            };
             if !host.is_empty() && !valid_host(&host) {
-                return Err(err("invalid characters in the host"));
+                return Err(err(format!("invalid characters in the host{hint}")));
             }
             if !port.chars().all(|c| c.is_ascii_digit()) {
-                return Err(err("the port is not a number"));
+                return Err(err(format!("the port is not a number{hint}")));
             }
             hosts.push(host);
             ports.push(port.to_string());
@@ -455,6 +470,26 @@ fn parse_key_value(s: &str) -> Result<ConnParams, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unencoded_at_or_slash_in_a_password_is_explained() {
+        for url in [
+            "postgres://steward:p@ss@db:5432/app",
+            "postgres://steward:pa/ss@db:5432/app",
+        ] {
+            let e = ConnParams::parse(url).unwrap_err().to_string();
+            assert!(e.contains("percent-encoded as %40"), "{url}: {e}");
+            assert!(
+                !e.contains("ss@") && !e.contains("pa/"),
+                "no part of the password in {e}"
+            );
+        }
+        let e = ConnParams::parse("postgres://steward@db:x/app")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("%40"), "{e}");
+        assert!(ConnParams::parse("postgres://steward:p%40ss@db:5432/app").is_ok());
+    }
 
     #[test]
     fn records_keep_no_password() {
