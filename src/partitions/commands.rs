@@ -152,7 +152,7 @@ fn plan_text(out: &PlanOutput) -> String {
             let what = match &a.action {
                 Action::Create {
                     partition, reason, ..
-                } => format!("create {partition} ({reason:?})").to_lowercase(),
+                } => format!("create {partition} ({})", reason.as_str()),
                 Action::Retire {
                     partition,
                     how,
@@ -397,61 +397,17 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             if let Some(why) = &out.skipped {
                 println!("note: {why}");
             }
-            let rows: Vec<Vec<String>> = out
-                .tables
-                .iter()
-                .map(|t| {
-                    let c = t.coverage.as_ref();
-                    vec![
-                        t.table.to_string(),
-                        format!("{:?}", t.interval).to_lowercase(),
-                        c.map_or("-".into(), |c| c.partitions.to_string()),
-                        c.map_or("-".into(), |c| {
-                            format!(
-                                "{} .. {}",
-                                c.covered_from.as_deref().unwrap_or("-"),
-                                c.covered_to.as_deref().unwrap_or("-")
-                            )
-                        }),
-                        c.map_or("-".into(), |c| c.periods_ahead.to_string()),
-                        c.map_or("-".into(), |c| {
-                            if c.holes.is_empty() {
-                                "none".into()
-                            } else {
-                                c.holes.join(", ")
-                            }
-                        }),
-                        c.map_or("-".into(), |c| {
-                            if c.gaps.is_empty() {
-                                "none".into()
-                            } else {
-                                c.gaps.join(", ")
-                            }
-                        }),
-                        t.default_rows
-                            .map_or("no default".into(), |n| n.to_string()),
-                        t.error.clone().unwrap_or_else(|| t.notes.join("; ")),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(
-                    &[
-                        "TABLE",
-                        "INTERVAL",
-                        "PARTITIONS",
-                        "COVERED",
-                        "AHEAD",
-                        "HOLES",
-                        "GAPS",
-                        "DEFAULT ROWS",
-                        "NOTES"
-                    ],
-                    &rows
-                )
-            );
+            print!("{}", status_table(&out.tables));
+            // Details too long for a 120-column table, one line each.
             for t in &out.tables {
+                let c = t.coverage.as_ref();
+                if let Some(gaps) = c.filter(|c| !c.gaps.is_empty()) {
+                    println!("gaps {}: {}", t.table, gaps.gaps.join(", "));
+                }
+                let notes = t.error.clone().unwrap_or_else(|| t.notes.join("; "));
+                if !notes.is_empty() {
+                    println!("note {}: {notes}", t.table);
+                }
                 if let Some(why) = &t.problem {
                     println!("PROBLEM {}: {why}", t.table);
                 }
@@ -460,4 +416,60 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
         }
     }
     Ok(outcome)
+}
+
+/// The status table, one row per table, within 120 columns for common names:
+/// bounds as dates when they fall on midnight, holes and gaps as counts (the
+/// lines below the table list them).
+fn status_table(tables: &[TableStatus]) -> String {
+    let count = |v: &Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.len().to_string()
+        }
+    };
+    let rows: Vec<Vec<String>> = tables
+        .iter()
+        .map(|t| {
+            let c = t.coverage.as_ref();
+            vec![
+                t.table.to_string(),
+                format!("{:?}", t.interval).to_lowercase(),
+                c.map_or("-".into(), |c| c.partitions.to_string()),
+                c.map_or("-".into(), |c| {
+                    format!(
+                        "{} .. {}",
+                        c.covered_from.as_deref().map_or("-", short_bound),
+                        c.covered_to.as_deref().map_or("-", short_bound)
+                    )
+                }),
+                c.map_or("-".into(), |c| c.periods_ahead.to_string()),
+                c.map_or("-".into(), |c| count(&c.holes)),
+                c.map_or("-".into(), |c| count(&c.gaps)),
+                t.default_rows.map_or("none".into(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "TABLE",
+            "INTERVAL",
+            "PARTITIONS",
+            "COVERED",
+            "AHEAD",
+            "HOLES",
+            "GAPS",
+            "DEFAULT_ROWS",
+        ],
+        &rows,
+    )
+}
+
+/// `2025-01-01 00:00:00+00` → `2025-01-01`; any other bound as it is.
+fn short_bound(bound: &str) -> &str {
+    match bound.split_once(' ') {
+        Some((date, time)) if time.starts_with("00:00:00") && !time.contains('.') => date,
+        _ => bound,
+    }
 }
