@@ -19,6 +19,25 @@ pub struct Probe {
     pub endpoint: String,
     pub ok: bool,
     pub detail: String,
+    /// The failure is the operator's to fix in the configuration or the
+    /// environment (no password anywhere): `check` exits 2, as every command does.
+    #[serde(skip)]
+    pub usage: bool,
+}
+
+/// Why `check` exits 2 after printing its table.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(
+        "{count} endpoint(s) cannot log in for want of a configuration or environment fix (above)"
+    )]
+    Usage { count: usize },
+}
+
+impl CheckError {
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
 }
 
 /// Why an endpoint failed its probe; its text is the probe's detail.
@@ -34,6 +53,12 @@ enum ProbeError {
     NotPrimary(String),
     #[error("PostgreSQL {0}, but NOT in recovery: a second writable node")]
     SecondWritable(String),
+}
+
+impl ProbeError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ProbeError::Pg(e) if e.is_usage())
+    }
 }
 
 use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
@@ -66,11 +91,13 @@ async fn probe_server(
             endpoint,
             ok: true,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role,
             endpoint,
             ok: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -99,11 +126,13 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             endpoint,
             ok: true,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role: "pooler",
             endpoint,
             ok: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -132,6 +161,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             endpoint: cfg.database.primary.to_string(),
             ok: false,
             detail: e.to_string(),
+            usage: false,
         }],
         Ok(catalog) => catalog
             .tables
@@ -141,6 +171,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                     role: "table",
                     endpoint: name.to_string(),
                     ok: true,
+                    usage: false,
                     detail: format!(
                         "partitioned by range on {} ({}), {} partitions{}",
                         state.key_column,
@@ -158,14 +189,17 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                     endpoint: name.to_string(),
                     ok: false,
                     detail: msg.to_string(),
+                    usage: false,
                 },
             })
             .collect(),
     }
 }
 
-/// Probes every endpoint concurrently and prints the result.
-pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
+/// Probes every endpoint concurrently and prints the result; an endpoint
+/// that cannot log in for want of a password is a usage error (exit 2),
+/// reported after the table.
+pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckError> {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
     futures.push(Box::pin(probe_server(
@@ -223,5 +257,8 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
             );
         }
     }
-    outcome
+    match probes.iter().filter(|p| p.usage).count() {
+        0 => Ok(outcome),
+        count => Err(CheckError::Usage { count }),
+    }
 }

@@ -86,7 +86,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         Command::Demo(args) => return Ok(pgsteward::demo::run(args).await?),
         Command::Check(out) => {
             let cfg = load_config(&cli)?;
-            return Ok(pgsteward::check::run(&cfg, out.output).await);
+            return Ok(pgsteward::check::run(&cfg, out.output).await?);
         }
         _ => {}
     }

@@ -70,7 +70,12 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         tables: Vec::new(),
         indexes: Vec::new(),
     };
-    let mut outcome = Outcome::Healthy;
+    // A replica has nothing to plan: a problem, so a script notices (RECOVERY_SKIP).
+    let mut outcome = if catalog.in_recovery {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    };
     let in_flight = converting::read(&client).await;
     if !catalog.in_recovery {
         for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
@@ -206,7 +211,13 @@ pub async fn apply_command(cfg: &Config, output: OutputFormat) -> Result<Outcome
         OutputFormat::Json => crate::output::print_json(&report),
         OutputFormat::Text => print!("{}", apply_text(&report)),
     }
-    Ok(report.outcome())
+    // The service skips a replica quietly; a command pointed at one failed its job.
+    let recovery = report.skipped.as_deref() == Some(RECOVERY_SKIP);
+    Ok(report.outcome().and(if recovery {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    }))
 }
 
 fn apply_text(r: &PassReport) -> String {
@@ -286,7 +297,12 @@ fn planned_sql(
 pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
-    let mut outcome = Outcome::Healthy;
+    // Coverage can be read on a replica, but the command was pointed at the wrong host.
+    let mut outcome = if catalog.in_recovery {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    };
     let managed = indexes::managed(&catalog);
     let mut tables = Vec::new();
     let mut firsts = Vec::new();
@@ -395,7 +411,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
         OutputFormat::Json => crate::output::print_json(&out),
         OutputFormat::Text => {
             if let Some(why) = &out.skipped {
-                println!("note: {why}");
+                println!("PROBLEM: {why}");
             }
             print!("{}", status_table(&out.tables));
             // Details too long for a 120-column table, one line each.
