@@ -254,6 +254,17 @@ async fn partitions_job(
             metrics.record_partitions(&report);
             if let Some(reason) = &report.skipped {
                 tracing::info!(reason = %reason, "partition pass skipped");
+            } else {
+                let sum = |f: fn(&partitions::TableReport) -> u64| -> u64 {
+                    report.tables.iter().map(f).sum()
+                };
+                tracing::info!(
+                    tables = report.tables.len(),
+                    created = sum(|t| t.created as u64),
+                    retired = sum(|t| t.retired as u64),
+                    rows_moved = sum(|t| t.rows_moved as u64),
+                    "partition pass"
+                );
             }
             let failed: Vec<String> = report
                 .tables
