@@ -152,7 +152,11 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
         .collect();
     let read = async {
         let client = crate::partitions::connect(cfg).await?;
-        crate::partitions::catalog::read(&client, &names).await
+        let catalog = crate::partitions::catalog::read(&client, &names).await?;
+        // Read after the catalog, as the pass reads it: a table `convert` is
+        // working on is plain until its swap, and that is no problem.
+        let converting = crate::partitions::converting::read(&client).await;
+        Ok::<_, crate::partitions::PartitionError>((catalog, converting))
     }
     .await;
     match read {
@@ -163,34 +167,46 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             detail: e.to_string(),
             usage: false,
         }],
-        Ok(catalog) => catalog
+        Ok((catalog, converting)) => catalog
             .tables
             .into_iter()
-            .map(|(name, lookup)| match lookup {
-                Ok(state) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: true,
-                    usage: false,
-                    detail: format!(
-                        "partitioned by range on {} ({}), {} partitions{}",
-                        state.key_column,
-                        format!("{:?}", state.key_type).to_lowercase(),
-                        state.partitions.len(),
-                        if state.default.is_some() {
-                            " and a DEFAULT"
-                        } else {
-                            ""
-                        }
-                    ),
-                },
-                Err(msg) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: false,
-                    detail: msg.to_string(),
-                    usage: false,
-                },
+            .map(|(name, lookup)| {
+                match (
+                    crate::partitions::converting::of(&converting, &name),
+                    lookup,
+                ) {
+                    (Some(c), _) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        detail: c.describe(),
+                    },
+                    (None, Ok(state)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        detail: format!(
+                            "partitioned by range on {} ({}), {} partitions{}",
+                            state.key_column,
+                            format!("{:?}", state.key_type).to_lowercase(),
+                            state.partitions.len(),
+                            if state.default.is_some() {
+                                " and a DEFAULT"
+                            } else {
+                                ""
+                            }
+                        ),
+                    },
+                    (None, Err(msg)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: false,
+                        detail: msg.to_string(),
+                        usage: false,
+                    },
+                }
             })
             .collect(),
     }
