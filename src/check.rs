@@ -212,6 +212,47 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
     }
 }
 
+/// The steward's privileges for what the configuration asks of it: partition
+/// maintenance for every managed table, and `pg_monitor` for lag checks and
+/// server statistics. Each missing one is a failed probe naming its GRANT.
+/// Upgrade privileges are `upgrade plan`'s to check (they depend on the provider).
+async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
+    let mut needs = vec![crate::privileges::Required::new(
+        crate::privileges::Need::RoleMember {
+            role: "pg_monitor".into(),
+        },
+        "lag checks and server statistics",
+    )];
+    needs.extend(crate::partitions::needs::needs(cfg));
+    let checked = async {
+        let client = crate::partitions::connect(cfg).await?;
+        Ok::<_, crate::partitions::PartitionError>(crate::privileges::check(&client, &needs).await?)
+    }
+    .await;
+    match checked {
+        Err(e) => vec![Probe {
+            role: "privileges",
+            endpoint: cfg.database.primary.to_string(),
+            ok: false,
+            detail: e.to_string(),
+            usage: false,
+        }],
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .map(|v| Probe {
+                role: "privilege",
+                endpoint: v.required.purpose.clone(),
+                ok: v.ok,
+                detail: match &v.fix {
+                    None => v.detail.clone(),
+                    Some(fix) => format!("{}; run: {fix}", v.detail),
+                },
+                usage: false,
+            })
+            .collect(),
+    }
+}
+
 /// Probes every endpoint concurrently and prints the result; an endpoint
 /// that cannot log in for want of a password is a usage error (exit 2),
 /// reported after the table.
@@ -239,6 +280,7 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
     let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
     if probes.first().is_some_and(|p| p.ok) {
         probes.extend(probe_tables(cfg).await);
+        probes.extend(probe_privileges(cfg).await);
     }
     let outcome = if probes.iter().all(|p| p.ok) {
         Outcome::Healthy

@@ -20,6 +20,7 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
@@ -66,6 +67,7 @@
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
 //!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
+//!   * [`partitions::needs`]: the privileges a pass needs, for [`privileges::check`].
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.
 //!   * [`partitions::plan`]: the pure planner: desired vs. existing partitions.
@@ -109,6 +111,7 @@ pub mod output;
 pub mod partitions;
 pub mod pg;
 pub mod pooler;
+pub mod privileges;
 pub mod provider;
 pub mod service;
 pub mod telemetry;

@@ -20,6 +20,8 @@ use crate::pg::{server_message, QualifiedName};
 #[derive(Serialize)]
 struct PlanOutput {
     skipped: Option<String>,
+    /// Privileges the steward lacks for this plan, each with its GRANT: `apply` would fail on them.
+    missing_privileges: Vec<crate::privileges::Verdict>,
     tables: Vec<TablePlanOutput>,
     indexes: Vec<indexes::TableIndexStatus>,
 }
@@ -65,13 +67,24 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let managed = indexes::managed(&catalog);
+    // Checked before anything else is planned, so plan fails where apply would.
+    let missing_privileges: Vec<_> = if catalog.in_recovery {
+        Vec::new()
+    } else {
+        crate::privileges::check(&client, &super::needs::needs(cfg))
+            .await?
+            .into_iter()
+            .filter(|v| !v.ok)
+            .collect()
+    };
     let mut out = PlanOutput {
+        missing_privileges,
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
         indexes: Vec::new(),
     };
     // A replica has nothing to plan: a problem, so a script notices (RECOVERY_SKIP).
-    let mut outcome = if catalog.in_recovery {
+    let mut outcome = if catalog.in_recovery || !out.missing_privileges.is_empty() {
         Outcome::Problem
     } else {
         Outcome::Healthy
@@ -140,6 +153,9 @@ fn plan_text(out: &PlanOutput) -> String {
     let mut s = String::new();
     if let Some(why) = &out.skipped {
         s.push_str(&format!("-- skipped: {why}\n"));
+    }
+    for v in &out.missing_privileges {
+        s.push_str(&format!("-- PROBLEM: {}\n", v.line()));
     }
     for t in &out.tables {
         if let Some(e) = &t.error {

@@ -15,6 +15,7 @@ pub mod ddl;
 mod error;
 pub mod indexes;
 pub mod model;
+pub mod needs;
 pub mod period;
 pub mod plan;
 pub mod report;
