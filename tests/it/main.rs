@@ -12,6 +12,7 @@ mod convert_cases;
 mod demo;
 mod deploy;
 mod docker;
+mod first_hour;
 mod first_user;
 mod indexes;
 mod lag;
