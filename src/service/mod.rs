@@ -260,9 +260,9 @@ async fn partitions_job(
                 };
                 tracing::info!(
                     tables = report.tables.len(),
-                    created = sum(|t| t.created as u64),
-                    retired = sum(|t| t.retired as u64),
-                    rows_moved = sum(|t| t.rows_moved as u64),
+                    created = sum(|t| u64::from(t.created)),
+                    retired = sum(|t| u64::from(t.retired)),
+                    rows_moved = sum(|t| t.rows_moved),
                     "partition pass"
                 );
             }
