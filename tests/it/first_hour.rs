@@ -140,6 +140,22 @@ fn each_revoked_privilege_is_named_with_its_grant_and_a_replica_exits_1() {
     }
     let out = run(&config, &["check", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "all regranted: {}", text(&out));
+    // Holes everywhere (no partition yet): the table still fits 120 columns,
+    // the holes are listed below it.
+    let out = run(&config, &["partitions", "status"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status = stdout(&out);
+    let table: Vec<&str> = status
+        .lines()
+        .skip_while(|l| !l.starts_with("TABLE"))
+        .take(3)
+        .collect();
+    assert_eq!(table.len(), 3, "{status}");
+    assert!(table.iter().all(|l| l.len() <= 120), "{status}");
+    assert!(
+        status.contains("PROBLEM public.audit_log: holes in the coverage"),
+        "{status}"
+    );
 
     // The same configuration pointed at the replica: a CronJob there must not stay green.
     tc.wait_replicas_caught_up();
