@@ -5,18 +5,21 @@
 //! the three CLI commands; `converting`
 //! the tables a conversion has not swapped yet, which every pass leaves alone.
 
+pub mod access;
 pub mod apply;
 mod attach;
 pub mod blockers;
 pub mod catalog;
 mod commands;
 pub mod converting;
+mod guards;
 pub mod ddl;
 mod error;
 pub mod indexes;
 pub mod model;
 pub mod period;
 pub mod plan;
+pub mod probe;
 pub mod report;
 pub mod session;
 pub mod sql;

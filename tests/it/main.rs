@@ -15,6 +15,7 @@ mod docker;
 mod first_user;
 mod indexes;
 mod lag;
+mod logical;
 mod moto;
 mod partition_safety;
 mod partitions;

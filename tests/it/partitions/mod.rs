@@ -13,6 +13,7 @@ use crate::harness::{self, connect, fresh_db, must, pgsteward, query, write_conf
 mod cli;
 mod creation;
 mod locking;
+mod logical;
 mod retention;
 
 /// A config for `url` with the given `[[partitions.tables]]` blocks.
