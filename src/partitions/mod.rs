@@ -160,5 +160,10 @@ fn unchanged_report(
     r.holes = cov.holes;
     r.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
     r.notes = p.notes.iter().map(plan::note_text).collect();
+    // Nothing to run, but what is left to the operator is still a problem.
+    if !p.problems.is_empty() {
+        r.access_problems = p.problems.len() as u32;
+        r.error = Some(p.problems.join("; "));
+    }
     r
 }

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{self, connect, fresh_db, must, pgsteward, query, write_config};
 
+mod access;
 mod cli;
 mod creation;
 mod locking;
