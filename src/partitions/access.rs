@@ -79,8 +79,7 @@ pub fn repairs(state: &TableState, p: &PartitionAccess) -> Result<Vec<AccessRepa
     let have = entries(&p.grants, &p.owner);
     for (grantee, privilege, grantable) in have.difference(&want) {
         // Granted without the option on the parent: only the option goes.
-        let option_only =
-            *grantable && want.contains(&(grantee.clone(), privilege.clone(), false));
+        let option_only = *grantable && want.contains(&(grantee.clone(), privilege.clone(), false));
         out.push(AccessRepair::Revoke {
             grantee: grantee.clone(),
             privilege: privilege.clone(),
@@ -214,12 +213,21 @@ pub fn describe(r: &AccessRepair) -> String {
         AccessRepair::Grant {
             grantee, privilege, ..
         } => format!("{grantee} gets {privilege}, as on the parent"),
-        AccessRepair::RowSecurity { enable: true } => "row-level security enabled, as on the parent".into(),
-        AccessRepair::RowSecurity { enable: false } => "row-level security disabled, as on the parent".into(),
-        AccessRepair::ForceRowSecurity { force } => {
-            format!("row-level security {}forced, as on the parent", if *force { "" } else { "no longer " })
+        AccessRepair::RowSecurity { enable: true } => {
+            "row-level security enabled, as on the parent".into()
         }
-        AccessRepair::ReplicaIdentity { what } => format!("replica identity {what}, as the parent's"),
+        AccessRepair::RowSecurity { enable: false } => {
+            "row-level security disabled, as on the parent".into()
+        }
+        AccessRepair::ForceRowSecurity { force } => {
+            format!(
+                "row-level security {}forced, as on the parent",
+                if *force { "" } else { "no longer " }
+            )
+        }
+        AccessRepair::ReplicaIdentity { what } => {
+            format!("replica identity {what}, as the parent's")
+        }
     }
 }
 
@@ -259,7 +267,11 @@ mod tests {
         s.grants = vec![g("app_owner", "SELECT"), g("bob", "SELECT")];
         let p = part(
             "app_owner",
-            vec![g("app_owner", "SELECT"), g("alice", "SELECT"), g("alice", "INSERT")],
+            vec![
+                g("app_owner", "SELECT"),
+                g("alice", "SELECT"),
+                g("alice", "INSERT"),
+            ],
         );
         let r = repairs(&s, &p).unwrap();
         assert!(r.contains(&AccessRepair::Revoke {
@@ -273,7 +285,10 @@ mod tests {
             grantable: false
         }));
         let sql = sql(&QualifiedName::new("public", "p"), &r).join(";\n");
-        assert!(sql.contains("REVOKE INSERT ON TABLE \"public\".\"p\" FROM \"alice\" CASCADE"), "{sql}");
+        assert!(
+            sql.contains("REVOKE INSERT ON TABLE \"public\".\"p\" FROM \"alice\" CASCADE"),
+            "{sql}"
+        );
     }
 
     #[test]
@@ -316,7 +331,12 @@ mod tests {
         let mut p = part("someone", vec![]);
         p.identity_index = Some("\"p_id_idx\"".into());
         let r = repairs(&s, &p).unwrap();
-        assert_eq!(r[0], AccessRepair::Owner { to: "app_owner".into() });
+        assert_eq!(
+            r[0],
+            AccessRepair::Owner {
+                to: "app_owner".into()
+            }
+        );
         assert!(r.contains(&AccessRepair::ReplicaIdentity {
             what: "USING INDEX \"p_id_idx\"".into()
         }));

@@ -140,7 +140,6 @@ pub(super) struct Done {
     pub(super) row: Vec<Option<String>>,
 }
 
-
 /// Attempts of a clean-up statement that must run even after cancellation.
 pub(super) const UNCANCELLABLE_ATTEMPTS: u32 = 5;
 /// Runs every table's work on up to `partitions.parallelism` sessions (the

@@ -86,13 +86,21 @@ impl Exec<'_> {
         let mut path = AttachPath::Plain;
         let mut found = DefaultProbe::default();
         if let Some(d) = &state.default {
-            found = probe::read(self.client, &self.cfg.partitions, &d.name, key, kt, tz, range)
-                .await
-                .map_err(|source| StepError::Read {
-                    what: "the rows of the new range in",
-                    table: d.name.clone(),
-                    source,
-                })?;
+            found = probe::read(
+                self.client,
+                &self.cfg.partitions,
+                &d.name,
+                key,
+                kt,
+                tz,
+                range,
+            )
+            .await
+            .map_err(|source| StepError::Read {
+                what: "the rows of the new range in",
+                table: d.name.clone(),
+                source,
+            })?;
             path = probe::decide(&found, &self.cfg.partitions, &state.table, &d.name, child)
                 .map_err(StepError::Refused)?;
             fks = self.referencing_fks(state).await?;
@@ -178,12 +186,20 @@ impl Exec<'_> {
             Err(e) => return Err(e),
         }
         let p = &self.cfg.partitions;
-        let wait = p.index_build_wait.0.max(p.lock_timeout.0).as_millis().max(1);
+        let wait = p
+            .index_build_wait
+            .0
+            .max(p.lock_timeout.0)
+            .as_millis()
+            .max(1);
         let validate = format!(
             "SET lock_timeout = '{wait}ms'; {}",
             ddl::sql_validate_constraint(default, name)
         );
-        let restore = format!("SET lock_timeout = '{}ms'", p.lock_timeout.0.as_millis().max(1));
+        let restore = format!(
+            "SET lock_timeout = '{}ms'",
+            p.lock_timeout.0.as_millis().max(1)
+        );
         let started = std::time::Instant::now();
         let r = self.run(&validate, report).await;
         let _ = self.run_with(&restore, report, false).await;

@@ -219,7 +219,8 @@ fn table_state_inner(
             .get::<_, Option<Vec<String>>>("default_checks")
             .unwrap_or_default(),
     });
-    let access_drift: Vec<PartitionAccess> = match row.get::<_, Option<serde_json::Value>>("drift") {
+    let access_drift: Vec<PartitionAccess> = match row.get::<_, Option<serde_json::Value>>("drift")
+    {
         Some(v) => serde_json::from_value(v).map_err(|e| TableError::Grants {
             table: table.clone(),
             message: e.to_string(),
@@ -242,7 +243,9 @@ fn table_state_inner(
         replica_identity: row
             .get::<_, Option<String>>("replica_identity")
             .unwrap_or_else(|| "d".into()),
-        owner_can_create: row.get::<_, Option<bool>>("owner_can_create").unwrap_or(true),
+        owner_can_create: row
+            .get::<_, Option<bool>>("owner_can_create")
+            .unwrap_or(true),
         access_drift,
     })
 }

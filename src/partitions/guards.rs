@@ -21,7 +21,10 @@ use crate::config::TableConfig;
 use crate::pg::QualifiedName;
 
 impl Exec<'_> {
-    pub(super) async fn referencing_fks(&self, state: &TableState) -> Result<Vec<ReferencingFk>, StepError> {
+    pub(super) async fn referencing_fks(
+        &self,
+        state: &TableState,
+    ) -> Result<Vec<ReferencingFk>, StepError> {
         let default_oid: i64 = match &state.default {
             Some(d) => {
                 let row = self

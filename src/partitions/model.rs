@@ -132,13 +132,29 @@ pub struct PartitionAccess {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "repair", rename_all = "snake_case")]
 pub enum AccessRepair {
-    Owner { to: String },
-    Revoke { grantee: String, privilege: String, grant_option_only: bool },
-    Grant { grantee: String, privilege: String, grantable: bool },
-    RowSecurity { enable: bool },
-    ForceRowSecurity { force: bool },
+    Owner {
+        to: String,
+    },
+    Revoke {
+        grantee: String,
+        privilege: String,
+        grant_option_only: bool,
+    },
+    Grant {
+        grantee: String,
+        privilege: String,
+        grantable: bool,
+    },
+    RowSecurity {
+        enable: bool,
+    },
+    ForceRowSecurity {
+        force: bool,
+    },
     /// `FULL`, `NOTHING`, `DEFAULT`, or `USING INDEX` with the quoted index.
-    ReplicaIdentity { what: String },
+    ReplicaIdentity {
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -152,7 +152,17 @@ pub async fn refusals(
         else {
             continue;
         };
-        match read(client, cfg, &d.name, &state.key_column, state.key_type, tz, *range).await {
+        match read(
+            client,
+            cfg,
+            &d.name,
+            &state.key_column,
+            state.key_type,
+            tz,
+            *range,
+        )
+        .await
+        {
             Ok(p) => {
                 if let Err(why) = decide(&p, cfg, &state.table, &d.name, partition) {
                     out.push(why);
@@ -232,17 +242,33 @@ mod tests {
             bytes: 1 << 30,
             ..DefaultProbe::default()
         };
-        assert_eq!(decide(&big, &cfg, &p, &d, &c), Ok(AttachPath::ExclusionCheck));
+        assert_eq!(
+            decide(&big, &cfg, &p, &d, &c),
+            Ok(AttachPath::ExclusionCheck)
+        );
         let some = DefaultProbe {
             rows: 7,
             bytes: 1000,
             ..DefaultProbe::default()
         };
-        assert_eq!(decide(&some, &cfg, &p, &d, &c), Ok(AttachPath::Move { rows: 7 }));
-        let too_many = DefaultProbe { rows: 101, ..some.clone() };
-        assert!(decide(&too_many, &cfg, &p, &d, &c).unwrap_err().contains("more than 100"));
-        let in_big = DefaultProbe { bytes: 1 << 30, ..some.clone() };
-        assert!(decide(&in_big, &cfg, &p, &d, &c).unwrap_err().contains("max_default_scan"));
+        assert_eq!(
+            decide(&some, &cfg, &p, &d, &c),
+            Ok(AttachPath::Move { rows: 7 })
+        );
+        let too_many = DefaultProbe {
+            rows: 101,
+            ..some.clone()
+        };
+        assert!(decide(&too_many, &cfg, &p, &d, &c)
+            .unwrap_err()
+            .contains("more than 100"));
+        let in_big = DefaultProbe {
+            bytes: 1 << 30,
+            ..some.clone()
+        };
+        assert!(decide(&in_big, &cfg, &p, &d, &c)
+            .unwrap_err()
+            .contains("max_default_scan"));
         let published = DefaultProbe {
             own_name_publications: vec!["my pub".into()],
             ..some.clone()
@@ -252,7 +278,12 @@ mod tests {
             e.contains("ALTER PUBLICATION \"my pub\" SET (publish_via_partition_root = true)"),
             "{e}"
         );
-        let forced = DefaultProbe { forced_rls: true, ..some };
-        assert!(decide(&forced, &cfg, &p, &d, &c).unwrap_err().contains("NO FORCE"));
+        let forced = DefaultProbe {
+            forced_rls: true,
+            ..some
+        };
+        assert!(decide(&forced, &cfg, &p, &d, &c)
+            .unwrap_err()
+            .contains("NO FORCE"));
     }
 }

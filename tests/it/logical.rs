@@ -28,8 +28,12 @@ pub fn subscriber_server() -> &'static Cluster {
     static SERVER: OnceLock<(Cluster, PathBuf)> = OnceLock::new();
     &SERVER
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("pgsteward-subscriber-{}", std::process::id()));
-            must(localpg::make_server_dir(&dir, must(localpg::ServerUser::detect())));
+            let dir =
+                std::env::temp_dir().join(format!("pgsteward-subscriber-{}", std::process::id()));
+            must(localpg::make_server_dir(
+                &dir,
+                must(localpg::ServerUser::detect()),
+            ));
             let cluster = harness::new_primary(&dir, "subscriber");
             harness::remove_when_gone(&dir);
             // One apply worker per subscription; several tests subscribe at once.
@@ -79,16 +83,13 @@ impl Subscriber {
         must(server.psql("postgres", &format!("CREATE DATABASE {db}")));
         must(server.psql(&db, ddl));
         let (pub_db, port) = db_and_port(pub_url);
+        // A conninfo value: quoted, with `\` and `'` escaped by a backslash.
+        let password = harness::SUPER_PASSWORD
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
         let conn = format!(
-            "host=127.0.0.1 port={port} dbname={pub_db} user={} password={}",
-            harness::SUPER_USER,
-            // A conninfo value: quoted, with `\` and `'` escaped by a backslash.
-            format!(
-                "'{}'",
-                harness::SUPER_PASSWORD
-                    .replace('\\', "\\\\")
-                    .replace('\'', "\\'")
-            )
+            "host=127.0.0.1 port={port} dbname={pub_db} user={} password='{password}'",
+            harness::SUPER_USER
         );
         must(server.psql_secret(
             &db,
@@ -125,8 +126,14 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let server = subscriber_server();
         // Drops the publisher's slot too; a failure only leaves a test fixture.
-        let _ = server.psql(&self.db, &format!("DROP SUBSCRIPTION IF EXISTS {}", self.name));
-        let _ = server.psql("postgres", &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+        let _ = server.psql(
+            &self.db,
+            &format!("DROP SUBSCRIPTION IF EXISTS {}", self.name),
+        );
+        let _ = server.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
+        );
     }
 }
 
@@ -171,7 +178,10 @@ impl Cdc {
             Command::new(recvlogical())
                 .args([
                     "-d",
-                    &format!("host=127.0.0.1 port={port} dbname={db} user={}", harness::SUPER_USER),
+                    &format!(
+                        "host=127.0.0.1 port={port} dbname={db} user={}",
+                        harness::SUPER_USER
+                    ),
                     "-S",
                     &slot,
                     "--start",
@@ -331,8 +341,18 @@ pub async fn assert_subscriber_matches(
 
 /// The CDC consumer's rows of tables named `prefix*` equal the publisher's
 /// ids (`pub_sql` returns one bigint id per row).
-pub async fn assert_cdc_matches(cdc: &mut Cdc, prefix: &str, pub_url: &str, pub_sql: &str, what: &str) {
-    let want: Vec<i64> = query(pub_url, pub_sql).await.iter().map(|r| r.get(0)).collect();
+pub async fn assert_cdc_matches(
+    cdc: &mut Cdc,
+    prefix: &str,
+    pub_url: &str,
+    pub_sql: &str,
+    what: &str,
+) {
+    let want: Vec<i64> = query(pub_url, pub_sql)
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let got: Vec<i64> = cdc.rows(prefix).await.into_keys().collect();
     if got != want {
         let missing: Vec<&i64> = want.iter().filter(|w| !got.contains(w)).take(5).collect();

@@ -45,7 +45,11 @@ async fn a_later_revoke_or_row_security_reaches_existing_partitions() {
     .await;
     let cfg = config(&url, "", &table("events", "premake = 1"));
     assert_eq!(pass(&cfg).await.outcome(), pgsteward::Outcome::Healthy);
-    exec(&url, "INSERT INTO events (created_at, payload) VALUES (now(), 'x')").await;
+    exec(
+        &url,
+        "INSERT INTO events (created_at, payload) VALUES (now(), 'x')",
+    )
+    .await;
     let part = month_name("events", 0);
     assert!(can_read(&url, &alice, &part).await, "copied grant");
     // The application revokes alice on the parent; the partition still lets her in.
@@ -60,7 +64,10 @@ async fn a_later_revoke_or_row_security_reaches_existing_partitions() {
     let r = pass(&cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
     assert!(r.tables[0].access_repaired >= 1, "{r:#?}");
-    assert!(!can_read(&url, &alice, &part).await, "revoked on the partition too");
+    assert!(
+        !can_read(&url, &alice, &part).await,
+        "revoked on the partition too"
+    );
     // Row-level security enabled later, alice granted on the parent again.
     exec(
         &url,
@@ -72,14 +79,19 @@ async fn a_later_revoke_or_row_security_reaches_existing_partitions() {
     .await;
     let r = pass(&cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
-    assert!(!can_read(&url, &alice, "events").await, "the parent's policy");
+    assert!(
+        !can_read(&url, &alice, "events").await,
+        "the parent's policy"
+    );
     assert!(
         !can_read(&url, &alice, &part).await,
         "nothing through the partition either"
     );
     let flags = query(
         &url,
-        &format!("SELECT relrowsecurity, relacl::text FROM pg_class WHERE oid = '{part}'::regclass"),
+        &format!(
+            "SELECT relrowsecurity, relacl::text FROM pg_class WHERE oid = '{part}'::regclass"
+        ),
     )
     .await;
     assert!(flags[0].get::<_, bool>(0));
@@ -96,10 +108,18 @@ async fn a_later_revoke_or_row_security_reaches_existing_partitions() {
     let r = pass(&cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Problem, "{r:#?}");
     assert!(
-        r.tables[0].error.as_deref().unwrap_or_default().contains("DROP POLICY"),
+        r.tables[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("DROP POLICY"),
         "{r:#?}"
     );
-    exec_super(&url, &format!("DROP OWNED BY {alice} CASCADE; DROP ROLE {alice}")).await;
+    exec_super(
+        &url,
+        &format!("DROP OWNED BY {alice} CASCADE; DROP ROLE {alice}"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -126,7 +146,11 @@ async fn forced_row_security_with_rows_in_default_gets_its_partition() {
     assert_eq!(t.rows_moved, 10, "{t:#?}");
     let part = month_name("events", 1);
     let rows = query(&url, &format!("SELECT count(*) FROM {part}")).await;
-    assert_eq!(rows[0].get::<_, i64>(0), 10, "every row moved, hidden ones too");
+    assert_eq!(
+        rows[0].get::<_, i64>(0),
+        10,
+        "every row moved, hidden ones too"
+    );
     let flags = query(
         &url,
         &format!(

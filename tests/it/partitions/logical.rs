@@ -87,7 +87,10 @@ async fn a_default_move_reaches_every_subscriber_and_cdc_consumer_once() {
             sub_rows: "SELECT id::text || ' ' || created_at FROM events ORDER BY id",
         },
     ];
-    for case in cases.iter().filter(|c| harness::server_major() >= c.min_major) {
+    for case in cases
+        .iter()
+        .filter(|c| harness::server_major() >= c.min_major)
+    {
         let url = fresh_db("logical_move");
         exec(&url, KEYED).await;
         exec_super(&url, case.publication).await;
@@ -97,7 +100,12 @@ async fn a_default_move_reaches_every_subscriber_and_cdc_consumer_once() {
         let cfg = config(&url, "", &table("events", "premake = 2"));
         let r = pass(&cfg).await;
         let t = &r.tables[0];
-        assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{}: {r:#?}", case.what);
+        assert_eq!(
+            r.outcome(),
+            pgsteward::Outcome::Healthy,
+            "{}: {r:#?}",
+            case.what
+        );
         assert_eq!((t.created, t.rows_moved), (3, 90), "{}: {t:#?}", case.what);
         // Rows written after the pass land in the new partitions.
         exec(&url, &rows_sql("after")).await;
@@ -135,7 +143,10 @@ async fn a_move_a_publication_would_publish_under_a_new_name_is_refused_before_a
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(dir.path(), &config_toml(&url, "", &table("events", "premake = 2")));
+    let path = write_config(
+        dir.path(),
+        &config_toml(&url, "", &table("events", "premake = 2")),
+    );
     let plan = pgsteward()
         .arg("--config")
         .arg(&path)
@@ -176,7 +187,11 @@ async fn a_move_a_publication_would_publish_under_a_new_name_is_refused_before_a
     )
     .await;
     // With the fix, the next pass moves them.
-    exec(&url, "ALTER PUBLICATION p SET (publish_via_partition_root = true)").await;
+    exec(
+        &url,
+        "ALTER PUBLICATION p SET (publish_via_partition_root = true)",
+    )
+    .await;
     let r = pass(&cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
     assert_eq!(r.tables[0].rows_moved, 10);
