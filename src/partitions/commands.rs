@@ -435,6 +435,29 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
             }
         }
     }
+    // Tables a pass made and could not attach (a lost lock race, a kill):
+    // the next pass attaches them; until then the period has no partition.
+    if let Ok(rows) = client.query(sql::UNATTACHED, &[]).await {
+        for row in rows {
+            let left = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let prefix = |t: &QualifiedName| t.name.chars().take(40).collect::<String>();
+            if let Some(t) = tables
+                .iter_mut()
+                .find(|t| t.table.schema == left.schema && left.name.starts_with(&prefix(&t.table)))
+            {
+                let what = format!(
+                    "{left} was made by a pass and is not attached yet (a lost lock race or an interrupted pass); \
+                     the next `pgsteward partitions apply` attaches it"
+                );
+                t.notes.push(what.clone());
+                outcome = Outcome::Problem;
+                t.problem = Some(match t.problem.take() {
+                    Some(p) => format!("{p}; {what}"),
+                    None => what,
+                });
+            }
+        }
+    }
     // Every index of every managed parent, declared or made by hand.
     let index_status = indexes::inspect(&client, cfg, &managed)
         .await

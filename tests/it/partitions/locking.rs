@@ -222,6 +222,31 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
         "INSERT INTO events_default (id, created_at) OVERRIDING SYSTEM VALUE VALUES (1, now())",
     )
     .await;
+    // `status` names the table the pass made and could not attach.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config_toml(
+            &url,
+            "lock_timeout = \"50ms\"",
+            &table("events", "premake = 1"),
+        ),
+    );
+    let status = pgsteward()
+        .arg("--config")
+        .arg(&path)
+        .args(["partitions", "status"])
+        .output()
+        .unwrap();
+    let text = harness::text(&status);
+    assert_eq!(status.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} was made by a pass and is not attached yet",
+            month_name("public.events", 0)
+        )),
+        "{text}"
+    );
     blocker.batch_execute("COMMIT").await.unwrap();
     let r = pass(&cfg).await;
     assert_eq!(

@@ -196,3 +196,74 @@ async fn a_move_a_publication_would_publish_under_a_new_name_is_refused_before_a
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
     assert_eq!(r.tables[0].rows_moved, 10);
 }
+
+/// A DEFAULT over `max_default_scan` full of rows of other periods never
+/// stops the premake: each period is proven absent from it by a validated
+/// CHECK, so the ATTACH does not scan it (issue 22, point 7); a period with
+/// rows in it is refused with the figures, in `plan` too.
+#[tokio::test]
+async fn a_large_default_is_proven_free_of_a_range_instead_of_scanned() {
+    let url = fresh_db("logical_large_default");
+    exec(&url, KEYED).await;
+    exec(
+        &url,
+        "CREATE PUBLICATION p FOR TABLE events WITH (publish_via_partition_root = true)",
+    )
+    .await;
+    let sub = Subscriber::create(&url, "p", SUB_TABLE);
+    exec(
+        &url,
+        &format!(
+            "INSERT INTO events (created_at, payload) SELECT '{}'::timestamptz + i * interval '1 second', repeat('x', 200) \
+             FROM generate_series(1, 20000) i; \
+             INSERT INTO events (created_at, payload) SELECT '{}'::timestamptz + i * interval '1 hour', 'next' FROM generate_series(1, 5) i",
+            month_start(10),
+            month_start(2)
+        ),
+    )
+    .await;
+    let extra = "max_default_scan = \"1MB\"";
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config_toml(&url, extra, &table("events", "premake = 2")),
+    );
+    let plan = pgsteward()
+        .arg("--config")
+        .arg(&path)
+        .args(["partitions", "plan"])
+        .output()
+        .unwrap();
+    let text = harness::text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{text}");
+    assert!(text.contains("max_default_scan"), "{text}");
+    let cfg = config(&url, extra, &table("events", "premake = 2"));
+    let r = pass(&cfg).await;
+    let t = &r.tables[0];
+    // This month and next are made through the CHECK; the month with rows is refused.
+    assert_eq!((t.created, t.rows_moved), (2, 0), "{t:#?}");
+    let err = t.error.as_deref().unwrap_or_default();
+    assert!(
+        err.contains("max_default_scan") && err.contains("5 rows"),
+        "{err}"
+    );
+    let ddl = t.statements.join("\n");
+    assert!(
+        ddl.contains("NOT VALID") && ddl.contains("VALIDATE CONSTRAINT"),
+        "{ddl}"
+    );
+    let left = query(
+        &url,
+        "SELECT count(*) FROM pg_constraint WHERE conname LIKE 'pgsteward%'",
+    )
+    .await;
+    assert_eq!(left[0].get::<_, i64>(0), 0, "no CHECK left on DEFAULT");
+    let rows = query(&url, "SELECT count(*) FROM ONLY events_default").await;
+    assert_eq!(rows[0].get::<_, i64>(0), 20005);
+    exec(
+        &url,
+        "INSERT INTO events (created_at, payload) VALUES (now(), 'after')",
+    )
+    .await;
+    assert_subscriber_matches(&url, ALL_ROWS, &sub, ALL_ROWS, "large default").await;
+}
