@@ -37,16 +37,9 @@ pub(crate) fn config_toml(url: &str, extra: &str, tables: &str) -> String {
     format!("[database]\nprimary = \"{url}\"\n\n[partitions]\n{lock_timeout}{extra}\n{tables}")
 }
 
-/// `url` (any harness URL) logging in as the least-privilege steward: what
-/// every pgsteward config a test writes names.
-pub(crate) fn as_steward(url: &str) -> String {
-    harness::with_password(url, harness::STEWARD_USER, harness::STEWARD_PASSWORD)
-}
-
-/// `url` logging in as `app_owner`, which owns the application's tables.
-pub(crate) fn as_owner(url: &str) -> String {
-    harness::with_password(url, harness::OWNER_USER, harness::OWNER_PASSWORD)
-}
+/// What every pgsteward config a test writes names (the steward), and who
+/// owns the application's tables (`app_owner`).
+pub(crate) use crate::harness::{as_owner, as_steward};
 
 /// `url` logging in as the superuser: fixtures only (roles, subscriptions).
 pub(crate) fn as_super(url: &str) -> String {
