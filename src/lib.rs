@@ -71,10 +71,15 @@
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.
 //!   * [`partitions::plan`]: the pure planner: desired vs. existing partitions.
+//!   * [`partitions::access`]: pure: what each partition's owner, grants, row-level security and
+//!     replica identity must be given the parent's now, and the repairs.
 //!   * [`partitions::ddl`]: the DDL text, identifiers quoted.
 //!   * [`partitions::session`]: the session a pass talks through and its retry pacing.
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
-//!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition).
+//!   * [`partitions::probe`]: what DEFAULT holds of a new range and who publishes it; the pure
+//!     decision how the partition is attached, or the refusal (`plan` and `apply`).
+//!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition;
+//!     `guards`: the foreign keys and triggers a move must not fire).
 //!   * [`partitions::report`]: what a pass did, per table.
 //!   * `partitions::converting`: tables `convert` is working on, which the pass leaves alone.
 //!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).

@@ -35,6 +35,8 @@ struct TablePlanOutput {
     /// Left alone on purpose: a conversion has not swapped it yet.
     skipped: Option<String>,
     converting: Option<converting::Converting>,
+    /// What `apply` would refuse or leave to the operator, each with its fix.
+    problems: Vec<String>,
 }
 
 impl TableStatus {
@@ -100,6 +102,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                     error: None,
                     skipped: Some(c.describe()),
                     converting: Some(c.clone()),
+                    problems: vec![],
                 });
                 continue;
             }
@@ -113,10 +116,26 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         error: Some(msg.to_string()),
                         skipped: None,
                         converting: None,
+                        problems: vec![],
                     });
                 }
                 Ok(state) => {
                     let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
+                    // What `apply` would refuse shows here, with exit 1.
+                    let mut problems = p.problems.clone();
+                    problems.extend(
+                        super::probe::refusals(
+                            &client,
+                            &cfg.partitions,
+                            &state,
+                            tcfg.timezone,
+                            &p.actions,
+                        )
+                        .await,
+                    );
+                    if !problems.is_empty() {
+                        outcome = Outcome::Problem;
+                    }
                     let actions = p
                         .actions
                         .iter()
@@ -132,6 +151,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         error: None,
                         skipped: None,
                         converting: None,
+                        problems,
                     });
                 }
             }
@@ -187,6 +207,14 @@ fn plan_text(out: &PlanOutput) -> String {
                 Action::DropDefaultCheck { constraint } => {
                     format!("drop leftover check {constraint} on the default partition")
                 }
+                Action::RepairAccess { partition, repairs } => format!(
+                    "make {partition}'s access follow the parent's: {}",
+                    repairs
+                        .iter()
+                        .map(super::access::describe)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
             };
             s.push_str(&format!("-- {}: {what}\n", t.table));
             for stmt in &a.sql {
@@ -199,6 +227,9 @@ fn plan_text(out: &PlanOutput) -> String {
         }
         for n in &t.notes {
             s.push_str(&format!("-- {}: note: {}\n", t.table, note_text(n)));
+        }
+        for p in &t.problems {
+            s.push_str(&format!("-- {}: PROBLEM: {p}\n", t.table));
         }
     }
     for t in out.indexes.iter().filter(|t| !t.sql.is_empty()) {
@@ -346,8 +377,30 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 let p = catalog::fit(catalog.server_version_num, plan::plan(tcfg, &state, now));
                 let cov = coverage_of(tcfg, &state, &[], now);
                 let mut problem = None;
+                // Access drift: repairable (the next apply does it) or not.
+                let drift: Vec<String> = p
+                    .actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        Action::RepairAccess { partition, repairs } => Some(format!(
+                            "{partition}: access differs from the parent's ({}); `pgsteward partitions apply` repairs it",
+                            repairs
+                                .iter()
+                                .map(super::access::describe)
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        )),
+                        _ => None,
+                    })
+                    .chain(p.problems.iter().cloned())
+                    .collect();
+                if !drift.is_empty() {
+                    outcome = Outcome::Problem;
+                    problem = Some(drift.join("; "));
+                }
                 if cov.periods_ahead < tcfg.premake || !cov.holes.is_empty() {
                     outcome = Outcome::Problem;
+                    let before = problem.take();
                     problem = Some(if cov.holes.is_empty() {
                         format!(
                             "{} of premake = {} periods covered ahead of the current one; \
@@ -357,6 +410,9 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                     } else {
                         format!("holes in the coverage: {}", cov.holes.join(", "))
                     });
+                    if let (Some(b), Some(p)) = (before, problem.as_mut()) {
+                        *p = format!("{p}; {b}");
+                    }
                 }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
@@ -408,6 +464,29 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
         {
             if let (Some(t), Some(size)) = (tables.get_mut(*i), row.get::<_, Option<String>>(0)) {
                 t.notes.push(format!("{name}: first partition, {size}"));
+            }
+        }
+    }
+    // Tables a pass made and could not attach (a lost lock race, a kill):
+    // the next pass attaches them; until then the period has no partition.
+    if let Ok(rows) = client.query(sql::UNATTACHED, &[]).await {
+        for row in rows {
+            let left = QualifiedName::new(row.get::<_, String>(0), row.get::<_, String>(1));
+            let prefix = |t: &QualifiedName| t.name.chars().take(40).collect::<String>();
+            if let Some(t) = tables
+                .iter_mut()
+                .find(|t| t.table.schema == left.schema && left.name.starts_with(&prefix(&t.table)))
+            {
+                let what = format!(
+                    "{left} was made by a pass and is not attached yet (a lost lock race or an interrupted pass); \
+                     the next `pgsteward partitions apply` attaches it"
+                );
+                t.notes.push(what.clone());
+                outcome = Outcome::Problem;
+                t.problem = Some(match t.problem.take() {
+                    Some(p) => format!("{p}; {what}"),
+                    None => what,
+                });
             }
         }
     }

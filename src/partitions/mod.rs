@@ -5,6 +5,7 @@
 //! the three CLI commands; `converting`
 //! the tables a conversion has not swapped yet, which every pass leaves alone.
 
+pub mod access;
 pub mod apply;
 mod attach;
 pub mod blockers;
@@ -13,11 +14,13 @@ mod commands;
 pub mod converting;
 pub mod ddl;
 mod error;
+mod guards;
 pub mod indexes;
 pub mod model;
 pub mod needs;
 pub mod period;
 pub mod plan;
+pub mod probe;
 pub mod report;
 pub mod session;
 pub mod sql;
@@ -162,5 +165,10 @@ fn unchanged_report(
     r.holes = cov.holes;
     r.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
     r.notes = p.notes.iter().map(plan::note_text).collect();
+    // Nothing to run, but what is left to the operator is still a problem.
+    if !p.problems.is_empty() {
+        r.access_problems = p.problems.len() as u32;
+        r.error = Some(p.problems.join("; "));
+    }
     r
 }
