@@ -233,9 +233,37 @@ def differences(a, b, path=""):
             else:
                 out.extend(differences(a[k], b[k], f"{path}.{k}"))
         return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) == len(b):
+            return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+        return [f"{path}: {len(a)} items in the kustomization, {len(b)} in the chart"]
     return [] if a == b else [f"{path}: kustomize {a!r}, chart {b!r}"]
+
+
+# The chart's copies of files the kustomizations and deploy/grafana own
+# (Helm reads only files inside the chart): `validate.py --sync` refreshes them.
+def chart_copies():
+    rule = (KUBE / "service" / "prometheusrule.yaml").read_text()
+    groups = rule[rule.index("  groups:"):]
+    alerts = "\n".join(l[2:] if l.startswith("  ") else l for l in groups.splitlines())
+    return {
+        CHART / "files" / "pgsteward.toml": (KUBE / "base" / "pgsteward.toml").read_text(),
+        CHART / "files" / "pgsteward-dashboard.json": (DEPLOY / "grafana" / "pgsteward-dashboard.json").read_text(),
+        CHART / "files" / "alerts.yaml": (
+            "# The PrometheusRule's spec, the same as deploy/kubernetes/service/prometheusrule.yaml's\n"
+            "# (deploy/validate.py compares the rendered objects; `validate.py --sync` refreshes this copy).\n"
+            "# Not a template: {{ $labels }} is Prometheus'.\n" + alerts + "\n"
+        ),
+    }
+
+
+def check_chart_copies():
+    for path, text in chart_copies().items():
+        if not path.exists() or path.read_text() != text:
+            problem(
+                str(path.relative_to(DEPLOY)),
+                "out of date with the file it copies: run `python3 deploy/validate.py --sync`",
+            )
 
 
 def check_helm(k8s_version):
@@ -283,6 +311,11 @@ def check_helm(k8s_version):
 
 
 def main():
+    if sys.argv[1:] == ["--sync"]:
+        for path, text in chart_copies().items():
+            path.write_text(text)
+            print(f"wrote {path.relative_to(DEPLOY)}")
+        return
     k8s_version = sys.argv[1] if len(sys.argv) > 1 else kubernetes_validate.latest_version()
     print(f"validating against Kubernetes {k8s_version} (kubernetes-validate {importlib.metadata.version('kubernetes-validate')})")
     kinds = 0
@@ -300,6 +333,7 @@ def main():
     queries = check_dashboard(DEPLOY / "grafana" / "pgsteward-dashboard.json")
     for p in sorted((DEPLOY / "iam").glob("*.json")):
         check_iam(p)
+    check_chart_copies()
     helm_objects = check_helm(k8s_version)
     print(
         f"{kinds} objects in {len(ENTRY_POINTS)} kustomizations, {helm_objects} from the Helm chart "
