@@ -101,6 +101,19 @@ pub enum ServerState {
     Failed(String),
 }
 
+/// For people: `failed: <reason>`, never the enum's debug form.
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerState::Missing => f.write_str("missing"),
+            ServerState::Creating => f.write_str("being created"),
+            ServerState::Available => f.write_str("available"),
+            ServerState::Deleting => f.write_str("being deleted"),
+            ServerState::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
 /// What `describe` observed about a server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaInfo {

@@ -13,6 +13,7 @@ mod convert_logical;
 mod demo;
 mod deploy;
 mod docker;
+mod first_hour;
 mod first_user;
 mod indexes;
 mod lag;
