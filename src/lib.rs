@@ -41,6 +41,7 @@
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
+//!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
 //!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).

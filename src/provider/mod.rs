@@ -34,6 +34,7 @@
 pub mod fence;
 pub mod local;
 pub mod rds;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
