@@ -104,7 +104,7 @@ fn rds_target(cfg: &Config) -> Option<aws::RdsTarget> {
 pub fn horizon_days(text: &str) -> Result<f64, CapacityError> {
     let d: crate::config::HumanDuration = text
         .parse()
-        .map_err(|e: String| CapacityError::Horizon(format!("{text:?}: {e}")))?;
+        .map_err(|e| CapacityError::Horizon(format!("{text:?}: {e}")))?;
     let days = d.0.as_secs_f64() / forecast::DAY_SECONDS;
     if !(1.0..=3653.0).contains(&days) {
         return Err(CapacityError::Horizon(format!(
