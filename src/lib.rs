@@ -20,6 +20,7 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first.
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
@@ -88,8 +89,18 @@
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
 //!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
 //!     queries, reading, journaling, driving.
+//! * [`capacity`]: capacity planning, `pgsteward capacity`: when storage, XIDs, sequences, partitions, connections run out.
+//!   * [`capacity::forecast`]: the model, pure: rates from increments, trend, weekly term, dates.
+//!   * `capacity::model`, `capacity::sql`, [`capacity::observe`]: what a run reads from the primary.
+//!   * [`capacity::samples`]: the run's samples in `pgsteward.capacity_samples`; the history read back.
+//!   * [`capacity::aws`]: RDS allocated/maximum storage and CloudWatch `FreeStorageSpace`.
+//!   * [`capacity::evaluate`] (growth, storage) and [`capacity::limits`] (XIDs, sequences,
+//!     connections, coverage): the verdicts, pure.
+//!   * [`capacity::report`] (the JSON contract), [`capacity::assemble`] (pure), [`capacity::render`]
+//!     (text, sparklines), [`capacity::plot`] (`--plot FILE.svg`).
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
+//!   * [`metrics::capacity`]: the `pgsteward_capacity_*` metrics from a capacity report.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! * [`service`]: `pgsteward run`: the jobs on their cron schedules until a signal.
 //!   * [`service::scheduler`]: one loop per job, no overlap.
@@ -102,6 +113,7 @@
 //! dispatches to these modules.
 
 // rustfmt keeps these sorted; the layer order is the map above.
+pub mod capacity;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -119,6 +131,7 @@ pub mod pg;
 pub mod pooler;
 pub mod privileges;
 pub mod provider;
+pub mod schema;
 pub mod service;
 pub mod telemetry;
 pub mod tooling;

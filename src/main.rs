@@ -114,6 +114,13 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             Ok(pgsteward::partitions::status_command(&cfg, o.output).await?)
         }
         Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),
+        Command::Capacity(a) => Ok(pgsteward::capacity::capacity_command(
+            &cfg,
+            a.output.output,
+            &a.horizon,
+            a.plot.as_deref(),
+        )
+        .await?),
         Command::Upgrade(cmd) => Ok(match cmd {
             UpgradeCommand::Plan { target, output } => {
                 pgsteward::upgrade::plan_command(&cfg, &target.target_class, output.output).await?

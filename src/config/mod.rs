@@ -3,6 +3,7 @@
 //! names where the value came from, the key, and what was expected.
 
 mod bounds;
+mod capacity;
 #[cfg(test)]
 mod fuzz;
 pub mod indexes;
@@ -21,6 +22,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pg::{ConnSpec, QualifiedName};
+pub use capacity::CapacityConfig;
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
     CutoverConfig, CutoverKind, LocalProviderConfig, ProviderKind, RdsProviderConfig, RdsRepoint,
@@ -107,6 +109,8 @@ pub struct Config {
     pub partitions: PartitionsConfig,
     #[serde(default)]
     pub lag: LagConfig,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
     #[serde(default)]
     pub upgrade: UpgradeConfig,
     #[serde(default)]
@@ -526,6 +530,7 @@ impl Config {
         }
         indexes::validate(&self.partitions)?;
         bounds::check(self)?;
+        capacity::check(&self.capacity)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
         }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod bench;
+mod capacity;
 mod cli_config;
 mod convert;
 mod convert_bench;
