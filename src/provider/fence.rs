@@ -118,3 +118,62 @@ pub async fn terminate_application_sessions(
         .await?
         .get(0))
 }
+
+// ---- the pg_hba.conf fence, verified without privileges ----
+
+/// What the server answered a login that carries no password (see
+/// [`probe_login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginProbe {
+    /// Refused before any authentication exchange (SQLSTATE 28000,
+    /// `invalid_authorization_specification`): a `reject` line, or no line
+    /// at all, matched in the rules the postmaster has loaded.
+    Refused,
+    /// Anything else (asked for a password, let in, another error): the
+    /// loaded rules do not refuse this role here.
+    NotRefused(String),
+}
+
+/// Tries to log in as `role` at `primary`'s address without any password
+/// (none from the string, the environment or a password file), and
+/// classifies the answer by SQLSTATE only (server messages may be
+/// translated). A fenced role is refused before authentication; an unfenced
+/// one is asked for its password, which this probe does not have. Nothing
+/// logs in, so the probe needs no privilege at all, and it tests what the
+/// postmaster enforces, not what a file says: this is how the fence is
+/// verified without `pg_hba_file_rules` (superuser-only by default).
+pub async fn probe_login(
+    primary: &crate::config::ConnString,
+    role: &str,
+    timeout: std::time::Duration,
+) -> Result<LoginProbe, crate::pg::PgError> {
+    use crate::pg::conninfo::ConnParams;
+    let invalid = |reason: String| crate::pg::PgError::InvalidConnString {
+        redacted: primary.to_string(),
+        reason,
+    };
+    let mut p = ConnParams::parse(primary.expose()).map_err(|e| invalid(e.to_string()))?;
+    for key in ["password", "passfile", "aws_iam", "aws_region", "options"] {
+        p.take(key);
+    }
+    p.set("user", role);
+    p.set("passfile", "/dev/null");
+    p.set("application_name", "pgsteward-fence-probe");
+    // The process's libpq defaults (host, sslmode...) but never its password.
+    let vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("PG") && k != "PGPASSWORD" && k != "PGPASSFILE")
+        .collect();
+    let env = crate::pg::PgEnv::with_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let spec = crate::pg::ConnSpec::parse_with(&p.to_key_value(), &env)?;
+    match spec.connect(timeout).await {
+        Ok(_) => Ok(LoginProbe::NotRefused("logged in".into())),
+        Err(crate::pg::PgError::Connect { source, .. })
+            if source.code()
+                == Some(&tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION) =>
+        {
+            Ok(LoginProbe::Refused)
+        }
+        Err(e @ crate::pg::PgError::ConnectTimeout { .. }) => Err(e),
+        Err(e) => Ok(LoginProbe::NotRefused(e.to_string())),
+    }
+}

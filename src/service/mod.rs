@@ -175,7 +175,7 @@ async fn lag_job(
         Ok(report) => {
             metrics.record_lag(&report);
             if report.primary.reachable {
-                record_upgrade_step(pools, metrics, cfg.lag.query_timeout.0).await;
+                record_upgrade_step(cfg, metrics).await;
             }
             match (&report.primary.reachable, &report.primary.error) {
                 (false, Some(e)) => JobRun::Failed {
@@ -204,14 +204,13 @@ async fn lag_job(
 /// runs as its own process (CLI, Job), and the row is where every runner
 /// records its step before acting, on whichever node is the primary. A read
 /// that fails leaves the gauge as it was.
-async fn record_upgrade_step(pools: &LagPools, metrics: &Metrics, timeout: Duration) {
-    let row = match pools.primary.client().await {
-        Ok(client) => upgrade::guard::read(&client, &pools.primary.name, timeout).await,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade guard not read");
-            return;
-        }
-    };
+async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
+    let row = upgrade::guard::read_cluster(
+        &cfg.database.primary,
+        cfg.database.connect_timeout.0,
+        cfg.lag.query_timeout.0,
+    )
+    .await;
     match row {
         Ok(row) => metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref())),
         Err(e) => tracing::debug!(error = %e, "upgrade guard not read"),

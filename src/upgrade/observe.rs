@@ -77,9 +77,9 @@ async fn observe(
         None => None,
     };
     // The same question asked of the primary itself: runners elsewhere.
-    let guard = super::guard::read(
-        &primary,
-        &cfg.database.primary.to_string(),
+    let guard = super::guard::read_cluster(
+        &cfg.database.primary,
+        cfg.database.connect_timeout.0,
         query_timeout(cfg),
     )
     .await?;

@@ -107,6 +107,9 @@ impl Saga {
 pub(crate) struct HbaPlan {
     pub path: PathBuf,
     pub roles: Vec<String>,
+    /// A fenced role the loaded rules did not refuse before the fence: the
+    /// probe login that proves the fence took effect (fence.rs).
+    pub probe: Option<String>,
 }
 
 /// A query error on `target`, as the steps report it.

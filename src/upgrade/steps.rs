@@ -405,11 +405,33 @@ impl Saga {
         let id = self.record().id.clone();
         let guarded = self.guard.is_some();
         let limit = self.query_limit();
-        let old = self.old_client().await?;
+        // The flushing commit updates the guard row: on the guard's own
+        // session (the row is in the guard database, WAL is the server's);
+        // without a guard, a temporary table on the old-primary session.
+        let target = primary.to_string();
+        let on_guard = guarded
+            && self
+                .guard
+                .as_ref()
+                .and_then(|g| g.writable_session(&target))
+                .is_some();
+        if !on_guard {
+            self.old_client().await?;
+        }
+        let session = match (on_guard, self.guard.as_ref(), self.old.as_ref()) {
+            (true, Some(g), _) => g.writable_session(&target),
+            (_, _, old) => old,
+        };
+        let Some(session) = session else {
+            return Err(UpgradeError::Step {
+                step: Step::FinalSync,
+                detail: "no session on the old primary".into(),
+            });
+        };
         let (lsn, ended) = limit
             .run(
                 &primary,
-                super::fence::flushed_position(old, &ours, guarded.then_some(id.as_str())),
+                super::fence::flushed_position(session, &ours, on_guard.then_some(id.as_str())),
             )
             .await?
             .map_err(|detail| UpgradeError::Step {

@@ -78,8 +78,20 @@ pub const CLASSES: [&str; 2] = ["large", "larger"];
 impl Topology {
     pub fn new() -> Topology {
         let cluster = TestCluster::start(1);
+        // As an operator following docs/privileges.md sets an upgrade up: the
+        // steward with exactly the upgrade grants, the application's tables
+        // owned by app_owner, the application role writing them.
+        harness::make_roles(&cluster.primary, harness::Grants::UpgradeLocal);
         must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
-        must(cluster.primary.psql("app", LEDGER_TABLE));
+        harness::prepare_db_with(&cluster.primary, "app", harness::Grants::UpgradeLocal);
+        must(cluster.primary.psql(
+            "app",
+            &format!(
+                "{LEDGER_TABLE}; ALTER TABLE ledger OWNER TO {}",
+                harness::OWNER_USER
+            ),
+        ));
+        harness::grant_app(&cluster.primary, "app");
         cluster.wait_replicas_caught_up();
         let pooler = harness::pooler(
             cluster.path(),
@@ -87,7 +99,7 @@ impl Topology {
             "app",
             &[("query_wait_timeout", "60")],
         );
-        let primary_url = cluster.primary.url("app");
+        let primary_url = harness::steward_url(&cluster.primary, "app");
         let mut t = Topology {
             nodes: vec![primary_url.clone()],
             primary_url,
@@ -157,7 +169,7 @@ config_file = "{ini}"
 database = "app"
 "#,
             primary = self.primary_url,
-            replica = self.cluster.replicas[0].url("app"),
+            replica = harness::steward_url(&self.cluster.replicas[0], "app"),
             state = self.state_dir().display(),
             pause = self.pause_timeout,
             retire = self.retire_after,
@@ -207,17 +219,16 @@ database = "app"
         self.write_config();
     }
 
+    /// The application's URL through PgBouncer (the `app` role, not a superuser).
     pub fn pooler_url(&self) -> String {
-        self.pooler.url("app", "postgres")
+        harness::app_pooler_url(&self.pooler, "app")
     }
 
     /// Exactly one node accepts writes and PgBouncer points at it; returns its URL.
     pub async fn check_one_writable(&self) -> String {
         let mut writable = Vec::new();
-        for url in self.nodes.iter().chain(self.new_nodes().iter()) {
-            if writable.contains(url) {
-                continue;
-            }
+        for url in self.all_nodes() {
+            let url = &url;
             let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
@@ -248,6 +259,22 @@ database = "app"
         writable.pop().unwrap()
     }
 
+    /// Every node that was or may be primary, one URL per server (port).
+    pub fn all_nodes(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.nodes
+            .iter()
+            .cloned()
+            .chain(self.new_nodes())
+            .filter(|u| {
+                let port = pgsteward::pg::ConnSpec::parse_with(u, &harness::pg_env())
+                    .map(|s| s.host_port().1)
+                    .unwrap_or(0);
+                seen.insert(port)
+            })
+            .collect()
+    }
+
     /// URLs of the servers the local provider made under data_root.
     pub fn new_nodes(&self) -> Vec<String> {
         let root = self.dir().join("clusters");
@@ -263,7 +290,8 @@ database = "app"
                     (k.trim() == "port").then(|| v.trim().parse::<u16>().ok())?
                 })?;
                 Some(format!(
-                    "postgres://postgres@127.0.0.1:{port}/app?sslmode=disable"
+                    "postgres://{}@127.0.0.1:{port}/app?sslmode=disable",
+                    harness::STEWARD_USER
                 ))
             })
             .collect()
@@ -325,10 +353,7 @@ impl Topology {
     /// Right after a crash the pooler may be paused; still at most one node may accept writes.
     pub async fn check_one_writable_or_paused(&self, label: &str) {
         let mut writable = 0;
-        let mut urls: Vec<String> = self.nodes.iter().cloned().chain(self.new_nodes()).collect();
-        urls.sort();
-        urls.dedup();
-        for url in &urls {
+        for url in &self.all_nodes() {
             let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
