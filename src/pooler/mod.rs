@@ -79,6 +79,38 @@ pub fn query_timeout(cfg: &Config) -> Duration {
         .min(cfg.upgrade.step_timeout.0)
 }
 
+/// The spec of a connection through PgBouncer (its admin console or a
+/// pooled database): `conn` without any startup `options`. A stock
+/// PgBouncer refuses a startup parameter it neither tracks nor ignores
+/// (1.18: `options` at all; 1.20+: a `-c` of an untracked setting such as
+/// `statement_timeout`), and in transaction pooling a session setting
+/// would leak to other clients' server connections anyway: whatever a
+/// pooled statement needs it sets with `SET LOCAL` inside its own
+/// transaction. Every connection pgsteward makes to a PgBouncer is made
+/// from this spec.
+pub fn pooler_spec(conn: &ConnString) -> Result<crate::pg::ConnSpec, crate::pg::PgError> {
+    let raw = conn.expose();
+    match crate::pg::conninfo::ConnParams::parse(raw) {
+        Ok(mut p) => {
+            p.take("options");
+            crate::pg::ConnSpec::parse(&p.to_key_value())
+        }
+        // Unparseable: the spec's own error names why.
+        Err(_) => crate::pg::ConnSpec::parse(raw),
+    }
+}
+
+/// A session through PgBouncer on `conn` (see [`pooler_spec`]), with TCP
+/// keepalives so a PgBouncer that vanished is noticed in seconds.
+pub async fn pooled_session(conn: &ConnString, timeout: Duration) -> Result<Client, PoolerError> {
+    let mut spec = pooler_spec(conn)?;
+    spec.config.keepalives(true);
+    spec.config.keepalives_idle(Duration::from_secs(5));
+    spec.config.keepalives_interval(Duration::from_secs(2));
+    spec.config.keepalives_retries(3);
+    Ok(spec.connect(timeout).await?)
+}
+
 /// All configured PgBouncers, driven as one.
 pub struct Poolers {
     endpoints: Vec<Endpoint>,
@@ -147,17 +179,11 @@ impl Poolers {
             .connect_timeout
             .min(self.limit().max(Duration::from_millis(1)));
         for e in &mut self.endpoints {
-            let mut spec = e.admin.spec()?;
-            // A PgBouncer that vanished (host down, cable cut) is noticed in seconds.
-            spec.config.keepalives(true);
-            spec.config.keepalives_idle(Duration::from_secs(5));
-            spec.config.keepalives_interval(Duration::from_secs(2));
-            spec.config.keepalives_retries(3);
             if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.ctl_conn = Some(spec.connect(timeout).await?);
+                e.ctl_conn = Some(pooled_session(&e.admin, timeout).await?);
             }
             if e.pause_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.pause_conn = Some(spec.connect(timeout).await?);
+                e.pause_conn = Some(pooled_session(&e.admin, timeout).await?);
             }
         }
         Ok(())
@@ -370,6 +396,7 @@ impl Poolers {
             "dbname",
             "aws_iam",
             "aws_region",
+            "options",
         ] {
             p.take(key);
         }
@@ -539,6 +566,44 @@ pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing pgsteward sends through a PgBouncer carries startup
+    /// `options`, whatever the configured strings hold: the admin console's
+    /// sessions and the verify write's both come from [`pooler_spec`].
+    #[test]
+    fn no_pooler_connection_carries_startup_options() {
+        let admin = ConnString::new(
+            "postgres://pgbouncer:pw@127.0.0.1:6432/pgbouncer?options=-c%20statement_timeout%3D5000",
+        );
+        let spec = pooler_spec(&admin).unwrap();
+        assert_eq!(spec.config.get_options(), None);
+        assert_eq!(spec.config.get_dbname(), Some("pgbouncer"));
+        let kv = ConnString::new("host=pooler port=6432 user=pgbouncer dbname=pgbouncer options='-c work_mem=1MB'");
+        assert_eq!(pooler_spec(&kv).unwrap().config.get_options(), None);
+        let poolers = Poolers {
+            endpoints: vec![Endpoint {
+                admin,
+                ini: None,
+                pause_conn: None,
+                ctl_conn: None,
+                paused_here: false,
+            }],
+            connect_timeout: Duration::from_secs(1),
+            query_timeout: Duration::from_secs(1),
+            deadline: None,
+            database: "app".into(),
+        };
+        let steward = crate::pg::ConnSpec::parse(
+            "postgres://steward:pw@db:5432/app?options=-c%20statement_timeout%3D5000",
+        )
+        .unwrap();
+        let client = poolers.client_url(&steward).unwrap();
+        let spec = pooler_spec(&client).unwrap();
+        assert_eq!(spec.config.get_options(), None);
+        assert_eq!(spec.config.get_user(), Some("steward"));
+        assert_eq!(spec.config.get_dbname(), Some("app"));
+        assert!(!client.expose().contains("options"));
+    }
 
     const INI: &str = "[databases]\n; app = host=old\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\nother = host=10.0.0.9\n\n[pgbouncer]\nlisten_port = 6432\n";
 
