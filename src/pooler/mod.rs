@@ -1,23 +1,31 @@
 //! The PgBouncer admin console (simple query protocol only: the console does
-//! not speak the extended protocol) and the `[databases]` rewrite.
+//! not speak the extended protocol) and the `[databases]` rewrite (`ini`).
 //!
-//! Every configured admin endpoint is driven together: PAUSE waits until all
-//! of them have paused, RELOAD and RESUME go to all. Each endpoint has two
-//! connections: PAUSE blocks its connection until in-flight transactions end,
-//! so RESUME (the way back after a missed deadline) needs the other one.
+//! Every configured admin endpoint (instance) is driven together, and on
+//! each every `[databases]` entry that reaches the primary (see
+//! [`Poolers::discover`]), not only `cutover.database`: PAUSE waits until all
+//! of them have paused, RELOAD and RESUME go to all. PAUSE blocks its
+//! connection until in-flight transactions end, so each paused database has
+//! a connection of its own and everything else (RESUME, the way back after a
+//! missed deadline) goes over another.
+//!
+//! **RESUME reaches every instance independently**: each over its own
+//! connection (opened then if it is not open), under its own timeout, all
+//! at once; a hung instance delays nobody else's RESUME, and the error says
+//! which instances and databases were not resumed.
 
+pub mod ini;
 pub mod sql;
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
+pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
@@ -39,6 +47,8 @@ pub enum PoolerError {
         command: String,
         after: Duration,
     },
+    #[error("RESUME reached {resumed} PgBouncer database(s) but not: {}", .failed.join("; "))]
+    NotResumed { resumed: usize, failed: Vec<String> },
     #[error("pgbouncer config {path}: {detail}")]
     Ini { path: PathBuf, detail: String },
     #[error(
@@ -55,17 +65,21 @@ pub struct DatabaseEntry {
     pub port: u16,
     pub database: String,
     pub paused: bool,
+    /// The entry's own `pool_mode`, `None` when it uses the instance's.
+    pub pool_mode: Option<String>,
 }
 
 struct Endpoint {
     admin: ConnString,
     ini: Option<PathBuf>,
-    /// Runs PAUSE (which blocks it).
-    pause_conn: Option<Client>,
+    /// One per paused database: PAUSE blocks it.
+    pause_conns: BTreeMap<String, Client>,
     /// Everything else.
     ctl_conn: Option<Client>,
-    /// This process's PAUSE on this endpoint returned (drained) and no RESUME followed.
-    paused_here: bool,
+    /// The databases cut over here (see [`Poolers::discover`]); empty until then.
+    dbs: Vec<String>,
+    /// Databases whose PAUSE this process sent and no RESUME followed.
+    paused_here: BTreeSet<String>,
 }
 
 /// The longest any one query of the upgrade (an admin command here, or a
@@ -111,6 +125,58 @@ pub async fn pooled_session(conn: &ConnString, timeout: Duration) -> Result<Clie
     Ok(spec.connect(timeout).await?)
 }
 
+/// The addresses (IPs) `host` resolves to; a literal address or a socket
+/// directory stands for itself. Bounded: a name that does not resolve in
+/// time resolves to nothing.
+async fn resolve(host: &str, port: u16) -> HashSet<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return HashSet::from([ip]);
+    }
+    if host.is_empty() || host.starts_with('/') {
+        return HashSet::new();
+    }
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        _ => HashSet::new(),
+    }
+}
+
+/// The servers whose entries are cut over, each as written and resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Servers(Vec<(String, u16, HashSet<IpAddr>)>);
+
+impl Servers {
+    pub async fn resolve(addresses: &[(String, u16)]) -> Servers {
+        let mut out = Vec::new();
+        for (h, p) in addresses {
+            out.push((h.clone(), *p, resolve(h, *p).await));
+        }
+        Servers(out)
+    }
+
+    /// Whether an entry at `host:port` reaches one of these servers: same
+    /// port, and the same name or an address in common.
+    pub async fn reaches(&self, host: &str, port: u16) -> bool {
+        let mut ips: Option<HashSet<IpAddr>> = None;
+        for (h, p, addrs) in &self.0 {
+            if *p != port {
+                continue;
+            }
+            if h.eq_ignore_ascii_case(host) {
+                return true;
+            }
+            if ips.is_none() {
+                ips = Some(resolve(host, port).await);
+            }
+            if ips.as_ref().is_some_and(|i| !i.is_disjoint(addrs)) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// All configured PgBouncers, driven as one.
 pub struct Poolers {
     endpoints: Vec<Endpoint>,
@@ -119,11 +185,22 @@ pub struct Poolers {
     query_timeout: Duration,
     /// Inside the pause window: no command outlives the pause deadline.
     deadline: Option<tokio::time::Instant>,
+    /// `cutover.database`: the entry clients use, always cut over, and the
+    /// one the verify write goes through.
     pub database: String,
+    /// The servers whose entries are cut over (the old primary; the new one
+    /// once known, so a resumed run finds entries already repointed).
+    servers: Vec<(String, u16)>,
 }
 
 impl Poolers {
     pub fn from_config(cfg: &Config) -> Poolers {
+        let servers = cfg
+            .database
+            .primary
+            .spec()
+            .map(|s| vec![s.host_port()])
+            .unwrap_or_default();
         Poolers {
             endpoints: cfg
                 .cutover
@@ -133,15 +210,29 @@ impl Poolers {
                 .map(|(i, admin)| Endpoint {
                     admin: admin.clone(),
                     ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
-                    pause_conn: None,
+                    pause_conns: BTreeMap::new(),
                     ctl_conn: None,
-                    paused_here: false,
+                    dbs: Vec::new(),
+                    paused_here: BTreeSet::new(),
                 })
                 .collect(),
             connect_timeout: cfg.database.connect_timeout.0,
             query_timeout: query_timeout(cfg),
             deadline: None,
             database: cfg.cutover.database.clone(),
+            servers,
+        }
+    }
+
+    /// Entries pointing at `host:port` are cut over too (the new server,
+    /// once known). Forgets what was discovered.
+    pub fn add_server(&mut self, host: &str, port: u16) {
+        let s = (host.to_string(), port);
+        if !self.servers.contains(&s) {
+            self.servers.push(s);
+            for e in &mut self.endpoints {
+                e.dbs.clear();
+            }
         }
     }
 
@@ -172,9 +263,16 @@ impl Poolers {
         self.endpoints.iter().map(|e| &e.admin)
     }
 
-    /// Opens the admin connections that are not open yet (before the write
-    /// pause, so logins do not count against it).
-    pub async fn connect(&mut self) -> Result<(), PoolerError> {
+    /// Every database cut over, per instance (after [`Poolers::discover`]).
+    pub fn targets(&self) -> Vec<(String, Vec<String>)> {
+        self.endpoints
+            .iter()
+            .map(|e| (e.admin.to_string(), e.dbs.clone()))
+            .collect()
+    }
+
+    /// Opens the control connections that are not open yet.
+    async fn connect_ctl(&mut self) -> Result<(), PoolerError> {
         let timeout = self
             .connect_timeout
             .min(self.limit().max(Duration::from_millis(1)));
@@ -182,8 +280,49 @@ impl Poolers {
             if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
                 e.ctl_conn = Some(pooled_session(&e.admin, timeout).await?);
             }
-            if e.pause_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.pause_conn = Some(pooled_session(&e.admin, timeout).await?);
+        }
+        Ok(())
+    }
+
+    /// Which databases each instance cuts over: `cutover.database` and every
+    /// entry `SHOW DATABASES` shows reaching one of the servers (the admin
+    /// console's own `pgbouncer` entry aside). Idempotent; kept until
+    /// [`Poolers::add_server`].
+    pub async fn discover(&mut self) -> Result<(), PoolerError> {
+        if self.endpoints.iter().all(|e| !e.dbs.is_empty()) {
+            return Ok(());
+        }
+        self.connect_ctl().await?;
+        let servers = Servers::resolve(&self.servers).await;
+        for i in 0..self.endpoints.len() {
+            let shown = self.show_databases_of(&self.endpoints[i]).await?;
+            let mut dbs = vec![self.database.clone()];
+            for d in shown {
+                if d.name != "pgbouncer"
+                    && !dbs.contains(&d.name)
+                    && servers.reaches(&d.host, d.port).await
+                {
+                    dbs.push(d.name);
+                }
+            }
+            self.endpoints[i].dbs = dbs;
+        }
+        Ok(())
+    }
+
+    /// Opens every connection the window needs (before the write pause, so
+    /// logins do not count against it): control, and one per database to pause.
+    pub async fn connect(&mut self) -> Result<(), PoolerError> {
+        self.discover().await?;
+        let timeout = self
+            .connect_timeout
+            .min(self.limit().max(Duration::from_millis(1)));
+        for e in &mut self.endpoints {
+            for db in e.dbs.clone() {
+                if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
+                    let c = pooled_session(&e.admin, timeout).await?;
+                    e.pause_conns.insert(db, c);
+                }
             }
         }
         Ok(())
@@ -197,50 +336,54 @@ impl Poolers {
         })
     }
 
-    /// `PAUSE db` on every endpoint; returns when all finished pausing.
-    /// Past `timeout` (or on any error) RESUME is sent everywhere and the error returned.
+    /// `PAUSE db` of every cut-over database on every instance, all at once;
+    /// returns when all finished pausing. Past `timeout` (or on any error)
+    /// RESUME is sent everywhere and the error returned.
     ///
     /// A PAUSE already in force is never lifted unless this process made it
     /// (then it has drained already and is kept): a PAUSE of another upgrade
     /// or of an operator is theirs to RESUME.
     pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
         self.connect().await?;
-        let db = self.database.clone();
-        let cmd = sql::pause(&db);
+        let shown =
+            futures::future::join_all(self.endpoints.iter().map(|e| self.show_databases_of(e)))
+                .await;
+        let mut sends = Vec::new();
+        for (i, (e, shown)) in self.endpoints.iter().zip(shown).enumerate() {
+            let shown = shown?;
+            for db in &e.dbs {
+                let paused = shown.iter().any(|d| &d.name == db && d.paused);
+                if paused && e.paused_here.contains(db) {
+                    continue;
+                }
+                if paused {
+                    return Err(PoolerError::PausedByOther {
+                        target: e.admin.to_string(),
+                        database: db.clone(),
+                    });
+                }
+                sends.push((i, db.clone()));
+            }
+        }
         let mut futs = Vec::new();
-        let mut mine = Vec::new();
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let paused = self
-                .show_databases_of(e)
-                .await?
-                .iter()
-                .any(|d| d.name == db && d.paused);
-            if paused && e.paused_here {
-                continue;
-            }
-            if paused {
-                return Err(PoolerError::PausedByOther {
-                    target: e.admin.to_string(),
-                    database: db,
-                });
-            }
-            mine.push(i);
-            let Some(c) = e.pause_conn.as_ref() else {
+        for (i, db) in &sends {
+            let e = &self.endpoints[*i];
+            let cmd = sql::pause(db);
+            let Some(c) = e.pause_conns.get(db) else {
                 return Err(PoolerError::Command {
                     target: e.admin.to_string(),
-                    command: cmd.clone(),
+                    command: cmd,
                     detail: "not connected".into(),
                 });
             };
             let admin = e.admin.clone();
-            let cmd = cmd.clone();
             futs.push(async move { simple(c, &admin, &cmd, timeout).await });
         }
         let all = futures::future::try_join_all(futs);
         let result = match tokio::time::timeout(timeout, all).await {
             Ok(Ok(_)) => {
-                for i in mine {
-                    self.endpoints[i].paused_here = true;
+                for (i, db) in sends {
+                    self.endpoints[i].paused_here.insert(db);
                 }
                 return Ok(());
             }
@@ -256,9 +399,9 @@ impl Poolers {
         };
         // The pausing connections are still waiting for their answer; drop them.
         // The PAUSEs sent are ours (a PAUSE pending counts as one): lift them.
-        for &i in &mine {
-            self.endpoints[i].pause_conn = None;
-            self.endpoints[i].paused_here = true;
+        for (i, db) in sends {
+            self.endpoints[i].pause_conns.remove(&db);
+            self.endpoints[i].paused_here.insert(db);
         }
         // The way back is not bound by the deadline that was just missed.
         self.deadline = None;
@@ -268,36 +411,93 @@ impl Poolers {
         result
     }
 
-    /// `RESUME db` everywhere; a database that is not paused is fine. Only
-    /// called for a PAUSE of this upgrade (this process's, or one its journal
-    /// proves it sent before a crash).
+    /// `RESUME db` of every cut-over database on every instance; a database
+    /// that is not paused is fine. Only called for a PAUSE of this upgrade
+    /// (this process's, or one its journal proves it sent before a crash).
+    ///
+    /// Every instance independently and at once (see the module doc): its
+    /// own control connection, opened now when it is not open, its own
+    /// timeout (the full query timeout: the way back gets its time even
+    /// after a missed pause deadline). Fails naming every instance and
+    /// database not resumed, after all the others were.
     pub async fn resume(&mut self) -> Result<(), PoolerError> {
-        self.connect().await?;
-        let cmd = sql::resume(&self.database);
-        // The way back gets its full time even after a missed pause deadline.
-        let limit = self.query_timeout;
-        for e in &mut self.endpoints {
-            match simple(Self::ctl(e)?, &e.admin, &cmd, limit).await {
-                Ok(_) => {}
-                Err(PoolerError::Command { detail, .. }) if detail.contains("not paused") => {}
-                Err(err) => return Err(err),
-            }
-            e.paused_here = false;
+        // Best effort: an instance that cannot be read still gets RESUME of cutover.database.
+        if let Err(e) = self.discover().await {
+            tracing::warn!(error = %e, "pooler databases not read before RESUME");
         }
-        Ok(())
+        let timeout = self.query_timeout;
+        let connect_timeout = self.connect_timeout.min(timeout);
+        let cutover_db = self.database.clone();
+        let runs = self.endpoints.iter_mut().map(|e| {
+            let dbs = if e.dbs.is_empty() {
+                vec![cutover_db.clone()]
+            } else {
+                e.dbs.clone()
+            };
+            async move {
+                let mut failed = Vec::new();
+                let mut resumed = 0;
+                let admin = e.admin.clone();
+                let reach = async {
+                    if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
+                        e.ctl_conn = Some(pooled_session(&admin, connect_timeout).await?);
+                    }
+                    Ok::<_, PoolerError>(())
+                };
+                let connected = match tokio::time::timeout(timeout, reach).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PoolerError::Timeout {
+                        target: admin.to_string(),
+                        command: "connect".into(),
+                        after: timeout,
+                    }),
+                };
+                if let Err(err) = connected {
+                    e.ctl_conn = None;
+                    failed.push(format!("{admin} ({}): {err}", dbs.join(", ")));
+                    return (resumed, failed);
+                }
+                for db in dbs {
+                    let Some(c) = e.ctl_conn.as_ref() else { break };
+                    match simple(c, &admin, &sql::resume(&db), timeout).await {
+                        Ok(_) => {}
+                        Err(PoolerError::Command { detail, .. })
+                            if detail.contains("not paused") => {}
+                        Err(err) => {
+                            // A hung console: the next RESUME opens a fresh session.
+                            e.ctl_conn = None;
+                            failed.push(format!("{admin} database {db}: {err}"));
+                            continue;
+                        }
+                    }
+                    e.paused_here.remove(&db);
+                    resumed += 1;
+                }
+                (resumed, failed)
+            }
+        });
+        let outcomes = futures::future::join_all(runs).await;
+        let resumed = outcomes.iter().map(|o| o.0).sum();
+        let failed: Vec<String> = outcomes.into_iter().flat_map(|o| o.1).collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(PoolerError::NotResumed { resumed, failed })
+        }
     }
 
     /// `RELOAD` everywhere: PgBouncer rereads its file and reconnects changed databases.
     pub async fn reload(&mut self) -> Result<(), PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         for e in &self.endpoints {
             simple(Self::ctl(e)?, &e.admin, sql::RELOAD, self.limit()).await?;
         }
         Ok(())
     }
 
-    /// Rewrites the `[databases]` entry in every config file to `host:port`.
-    pub fn rewrite(&self, host: &str, port: u16) -> Result<(), PoolerError> {
+    /// Rewrites every cut-over `[databases]` entry in every config file to `host:port`.
+    pub async fn rewrite(&mut self, host: &str, port: u16) -> Result<(), PoolerError> {
+        self.discover().await?;
         let mut done = std::collections::HashSet::new();
         for e in &self.endpoints {
             let Some(ini) = &e.ini else {
@@ -306,8 +506,10 @@ impl Poolers {
                     detail: format!("no config file for {}; set cutover.config_file", e.admin),
                 });
             };
-            if done.insert(ini.clone()) {
-                rewrite_ini(ini, &self.database, host, port)?;
+            for db in &e.dbs {
+                if done.insert((ini.clone(), db.clone())) {
+                    rewrite_ini(ini, db, host, port)?;
+                }
             }
         }
         Ok(())
@@ -323,28 +525,44 @@ impl Poolers {
                 port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
                 database: r.get("database").unwrap_or_default().to_string(),
                 paused: r.get("paused").is_some_and(|p| p == "1"),
+                pool_mode: r
+                    .get("pool_mode")
+                    .filter(|m| !m.is_empty())
+                    .map(str::to_string),
             })
             .collect())
     }
 
-    /// The cutover database's entry on every endpoint (`None` where it is missing).
-    pub async fn entries(&mut self) -> Result<Vec<(String, Option<DatabaseEntry>)>, PoolerError> {
-        self.connect().await?;
+    /// Every entry of every instance, as `SHOW DATABASES` shows them.
+    pub async fn all_entries(&mut self) -> Result<Vec<(String, Vec<DatabaseEntry>)>, PoolerError> {
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            let entry = self
-                .show_databases_of(e)
-                .await?
-                .into_iter()
-                .find(|d| d.name == self.database);
-            out.push((e.admin.to_string(), entry));
+            out.push((e.admin.to_string(), self.show_databases_of(e).await?));
+        }
+        Ok(out)
+    }
+
+    /// Every cut-over database's entry on every instance: (instance,
+    /// database, the entry, `None` where it is missing).
+    pub async fn entries(
+        &mut self,
+    ) -> Result<Vec<(String, String, Option<DatabaseEntry>)>, PoolerError> {
+        self.discover().await?;
+        let mut out = Vec::new();
+        for e in &self.endpoints {
+            let shown = self.show_databases_of(e).await?;
+            for db in &e.dbs {
+                let entry = shown.iter().find(|d| &d.name == db).cloned();
+                out.push((e.admin.to_string(), db.clone(), entry));
+            }
         }
         Ok(out)
     }
 
     /// Server connections of the cutover database per endpoint, as `host:port` strings.
     pub async fn servers(&mut self) -> Result<Vec<String>, PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
             for r in simple(Self::ctl(e)?, &e.admin, sql::SHOW_SERVERS, self.limit()).await? {
@@ -364,7 +582,7 @@ impl Poolers {
     pub async fn configs(
         &mut self,
     ) -> Result<Vec<(String, BTreeMap<String, String>)>, PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
             let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_CONFIG, self.limit()).await?;
@@ -382,12 +600,17 @@ impl Poolers {
         Ok(out)
     }
 
-    /// The cutover database on the first endpoint as the steward: the
-    /// pooler's address and TLS settings from `cutover.admin`, the user and
-    /// password of `database.primary` (the admin's credentials are for the
-    /// console only; they may not log in to the application database at all).
-    pub fn client_url(&self, steward: &crate::pg::ConnSpec) -> Option<ConnString> {
-        let admin = self.endpoints.first()?.admin.expose();
+    /// Database `db` on instance `i` as the steward: the instance's address
+    /// and TLS settings from `cutover.admin`, the user and password of
+    /// `database.primary` (the admin's credentials are for the console
+    /// only; they may not log in to the application database at all).
+    pub fn client_url_of(
+        &self,
+        i: usize,
+        db: &str,
+        steward: &crate::pg::ConnSpec,
+    ) -> Option<ConnString> {
+        let admin = self.endpoints.get(i)?.admin.expose();
         let mut p = crate::pg::conninfo::ConnParams::parse(admin).ok()?;
         for key in [
             "user",
@@ -404,8 +627,18 @@ impl Poolers {
         if let Some(password) = steward.password() {
             p.set("password", password);
         }
-        p.set("dbname", self.database.as_str());
+        p.set("dbname", db);
         Some(ConnString::new(p.to_key_value()))
+    }
+
+    /// The cutover database on the first instance as the steward (see [`Poolers::client_url_of`]).
+    pub fn client_url(&self, steward: &crate::pg::ConnSpec) -> Option<ConnString> {
+        self.client_url_of(0, &self.database, steward)
+    }
+
+    /// How many instances there are.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
     }
 }
 
@@ -446,123 +679,6 @@ async fn simple(
         .collect())
 }
 
-/// The `host` and `port` the `[databases]` entry `db` of `text` points at.
-pub fn ini_target(text: &str, db: &str) -> Option<(String, u16)> {
-    let mut section = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-            continue;
-        }
-        if section != "[databases]" {
-            continue;
-        }
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
-        };
-        if k.trim() != db {
-            continue;
-        }
-        let mut host = None;
-        let mut port = 5432;
-        for tok in v.split_whitespace() {
-            match tok.split_once('=') {
-                Some(("host", h)) => host = Some(h.to_string()),
-                Some(("port", p)) => port = p.parse().unwrap_or(5432),
-                _ => {}
-            }
-        }
-        return Some((host.unwrap_or_default(), port));
-    }
-    None
-}
-
-/// `text` with the `[databases]` entry `db` pointed at `host:port`; other
-/// parameters of the entry and every other line are kept as they are.
-pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<String> {
-    let mut section = String::new();
-    let mut found = false;
-    let mut out = String::with_capacity(text.len() + 16);
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-        }
-        let entry = (section == "[databases]"
-            && !t.starts_with('[')
-            && !t.starts_with(';')
-            && !t.starts_with('#'))
-        .then(|| t.split_once('='))
-        .flatten()
-        .filter(|(k, _)| k.trim() == db);
-        match entry {
-            Some((k, v)) if !found => {
-                found = true;
-                let mut toks: Vec<String> = v
-                    .split_whitespace()
-                    .filter(|tok| !tok.starts_with("host=") && !tok.starts_with("port="))
-                    .map(str::to_string)
-                    .collect();
-                toks.insert(0, format!("port={port}"));
-                toks.insert(0, format!("host={host}"));
-                out.push_str(&format!("{} = {}\n", k.trim(), toks.join(" ")));
-            }
-            _ => out.push_str(line),
-        }
-    }
-    found.then_some(out)
-}
-
-/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`, atomically:
-/// a temporary file beside it (same mode and owner), fsync, rename, fsync of
-/// the directory. A file already pointing there is left alone.
-pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), PoolerError> {
-    let ini_err = |detail: String| PoolerError::Ini {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let text = fs::read_to_string(path).map_err(|e| ini_err(e.to_string()))?;
-    if ini_target(&text, db) == Some((host.to_string(), port)) {
-        return Ok(());
-    }
-    let new = retarget_ini(&text, db, host, port).ok_or_else(|| {
-        ini_err(format!(
-            "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
-        ))
-    })?;
-    let meta = fs::metadata(path).map_err(|e| ini_err(e.to_string()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pgbouncer.ini".into());
-    let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
-        f.write_all(new.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| ini_err(e.to_string()))?;
-    // Keep the owner so PgBouncer (often another user) can still read it; only root can chown.
-    if nix::unistd::Uid::effective().is_root() {
-        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
-            .map_err(|e| ini_err(e.to_string()))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| ini_err(format!("rename: {e}")))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ini_err(format!("fsync {}: {e}", dir.display())))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +686,16 @@ mod tests {
     /// Nothing pgsteward sends through a PgBouncer carries startup
     /// `options`, whatever the configured strings hold: the admin console's
     /// sessions and the verify write's both come from [`pooler_spec`].
+    #[tokio::test]
+    async fn entries_reach_a_server_by_name_or_address() {
+        let servers = Servers::resolve(&[("127.0.0.1".into(), 5432)]).await;
+        assert!(servers.reaches("127.0.0.1", 5432).await);
+        assert!(servers.reaches("localhost", 5432).await);
+        assert!(!servers.reaches("127.0.0.1", 5433).await);
+        assert!(!servers.reaches("10.255.255.1", 5432).await);
+        assert!(!servers.reaches("", 5432).await);
+    }
+
     #[test]
     fn no_pooler_connection_carries_startup_options() {
         let admin = ConnString::new(
@@ -578,20 +704,24 @@ mod tests {
         let spec = pooler_spec(&admin).unwrap();
         assert_eq!(spec.config.get_options(), None);
         assert_eq!(spec.config.get_dbname(), Some("pgbouncer"));
-        let kv = ConnString::new("host=pooler port=6432 user=pgbouncer dbname=pgbouncer options='-c work_mem=1MB'");
+        let kv = ConnString::new(
+            "host=pooler port=6432 user=pgbouncer dbname=pgbouncer options='-c work_mem=1MB'",
+        );
         assert_eq!(pooler_spec(&kv).unwrap().config.get_options(), None);
         let poolers = Poolers {
             endpoints: vec![Endpoint {
                 admin,
                 ini: None,
-                pause_conn: None,
+                pause_conns: BTreeMap::new(),
                 ctl_conn: None,
-                paused_here: false,
+                dbs: Vec::new(),
+                paused_here: BTreeSet::new(),
             }],
             connect_timeout: Duration::from_secs(1),
             query_timeout: Duration::from_secs(1),
             deadline: None,
             database: "app".into(),
+            servers: Vec::new(),
         };
         let steward = crate::pg::ConnSpec::parse(
             "postgres://steward:pw@db:5432/app?options=-c%20statement_timeout%3D5000",
@@ -603,39 +733,5 @@ mod tests {
         assert_eq!(spec.config.get_user(), Some("steward"));
         assert_eq!(spec.config.get_dbname(), Some("app"));
         assert!(!client.expose().contains("options"));
-    }
-
-    const INI: &str = "[databases]\n; app = host=old\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\nother = host=10.0.0.9\n\n[pgbouncer]\nlisten_port = 6432\n";
-
-    #[test]
-    fn reads_the_target() {
-        assert_eq!(ini_target(INI, "app"), Some(("10.0.0.1".into(), 5432)));
-        assert_eq!(ini_target(INI, "other"), Some(("10.0.0.9".into(), 5432)));
-        assert_eq!(ini_target(INI, "nope"), None);
-    }
-
-    #[test]
-    fn retargets_one_entry_only() {
-        let out = retarget_ini(INI, "app", "127.0.0.1", 7000).unwrap();
-        assert!(out.contains("app = host=127.0.0.1 port=7000 dbname=app pool_size=20\n"));
-        assert!(out.contains("; app = host=old\n"));
-        assert!(out.contains("other = host=10.0.0.9\n"));
-        assert!(out.contains("listen_port = 6432"));
-        assert_eq!(ini_target(&out, "app"), Some(("127.0.0.1".into(), 7000)));
-        assert!(retarget_ini(INI, "missing", "h", 1).is_none());
-    }
-
-    #[test]
-    fn rewrite_is_atomic_and_keeps_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pgbouncer.ini");
-        fs::write(&p, INI).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
-        let text = fs::read_to_string(&p).unwrap();
-        assert_eq!(ini_target(&text, "app"), Some(("127.0.0.1".into(), 7000)));
-        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
     }
 }

@@ -95,7 +95,9 @@ impl Saga {
             crate::pooler::pooled_session(url, self.cfg.database.connect_timeout.0).await?;
         let sql = VERIFY_THROUGH_POOLER.replace(
             "{ms}",
-            &super::steps::query_timeout(&self.cfg).as_millis().to_string(),
+            &super::steps::query_timeout(&self.cfg)
+                .as_millis()
+                .to_string(),
         );
         let msgs = client.simple_query(&sql).await.map_err(|e| q(url, e))?;
         let Some(row) = msgs.iter().find_map(|m| match m {

@@ -136,7 +136,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
         format!("{} admin endpoint(s)", configs.len()),
     ));
     let pause = cfg.upgrade.pause_timeout.0;
-    for (admin, conf) in configs {
+    for (admin, conf) in &configs {
         let mode = conf.get("pool_mode").cloned().unwrap_or_default();
         checks.push(Check::new(
             format!("pooler {admin} in transaction mode"),
@@ -154,21 +154,11 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
             format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
         ));
     }
-    match poolers.entries().await {
-        Ok(entries) => {
-            for (admin, entry) in entries {
-                checks.push(Check::new(
-                    format!("pooler {admin} has database {}", poolers.database),
-                    entry.is_some(),
-                    match entry {
-                        Some(e) => format!("{} -> {}:{}/{}", e.name, e.host, e.port, e.database),
-                        None => "no such [databases] entry; fix cutover.database".into(),
-                    },
-                ));
-            }
-        }
-        Err(e) => checks.push(Check::new("pooler databases", false, e.to_string())),
-    }
+    let modes: std::collections::BTreeMap<String, String> = configs
+        .iter()
+        .map(|(a, c)| (a.clone(), c.get("pool_mode").cloned().unwrap_or_default()))
+        .collect();
+    pooler_entry_checks(cfg, poolers, &modes, checks).await;
     for i in 0..cfg.cutover.admin.len() {
         let (ok, detail) = match cfg.pooler_config_file(i) {
             None => (
@@ -195,5 +185,81 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
             ok,
             detail,
         ));
+    }
+}
+
+/// Every entry that reaches the primary, on every instance: it is paused,
+/// repointed and verified with `cutover.database`, so it must be in the
+/// instance's pgbouncer.ini (or it could not be repointed) and pool in
+/// transaction mode, its own `pool_mode` or the instance's (a session-mode
+/// entry keeps its server connections, and PAUSE would wait for every client
+/// of it to disconnect: the whole pause_timeout, then a roll back).
+async fn pooler_entry_checks(
+    cfg: &Config,
+    poolers: &mut Poolers,
+    modes: &std::collections::BTreeMap<String, String>,
+    checks: &mut Vec<Check>,
+) {
+    if let Err(e) = poolers.discover().await {
+        checks.push(Check::new("pooler databases", false, e.to_string()));
+        return;
+    }
+    let all = match poolers.all_entries().await {
+        Ok(a) => a,
+        Err(e) => {
+            checks.push(Check::new("pooler databases", false, e.to_string()));
+            return;
+        }
+    };
+    for (i, ((admin, dbs), (_, shown))) in poolers.targets().into_iter().zip(all).enumerate() {
+        let ini_text = cfg
+            .pooler_config_file(i)
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let in_ini: Vec<String> = ini_text
+            .as_deref()
+            .map(|t| {
+                crate::pooler::ini_entries(t)
+                    .into_iter()
+                    .map(|e| e.0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let global = modes.get(&admin).cloned().unwrap_or_default();
+        for db in &dbs {
+            let entry = shown.iter().find(|d| &d.name == db);
+            let Some(entry) = entry else {
+                checks.push(Check::new(
+                    format!("pooler {admin} has database {db}"),
+                    false,
+                    "no such [databases] entry; fix cutover.database",
+                ));
+                continue;
+            };
+            let mode = entry.pool_mode.clone().unwrap_or_else(|| global.clone());
+            let ok = mode == "transaction" && in_ini.contains(db);
+            let detail = if mode != "transaction" {
+                format!(
+                    "{db} -> {}:{}/{} pools in {mode} mode: PAUSE would wait for every client of it to disconnect; \
+                     set pool_mode=transaction on the entry (or remove its pool_mode)",
+                    entry.host, entry.port, entry.database
+                )
+            } else if !in_ini.contains(db) {
+                format!(
+                    "{db} -> {}:{}/{} reaches the primary but is not in the [databases] section of \
+                     cutover.config_file {i}, so it could not be repointed: move it there",
+                    entry.host, entry.port, entry.database
+                )
+            } else {
+                format!(
+                    "{db} -> {}:{}/{} ({mode}): paused, repointed and verified with the cutover",
+                    entry.host, entry.port, entry.database
+                )
+            };
+            checks.push(Check::new(
+                format!("pooler {admin} database {db}"),
+                ok,
+                detail,
+            ));
+        }
     }
 }

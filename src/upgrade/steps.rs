@@ -135,6 +135,10 @@ impl Saga {
             step: Step::WaitAvailable,
             detail: format!("{id} has no endpoint yet (state {:?})", info.state),
         })?;
+        // Entries already pointing there (a run that crashed after repoint)
+        // are cut over too: their RESUME and verify are this upgrade's.
+        let (host, port) = endpoint.spec()?.host_port();
+        self.poolers.add_server(&host, port);
         self.new_endpoint = Some(endpoint.clone());
         Ok(endpoint)
     }
@@ -534,15 +538,15 @@ impl Saga {
         host: &str,
         port: u16,
     ) -> Result<(), UpgradeError> {
-        self.poolers.rewrite(host, port)?;
+        self.poolers.rewrite(host, port).await?;
         self.poolers.reload().await?;
-        for (admin, entry) in self.poolers.entries().await? {
+        for (admin, db, entry) in self.poolers.entries().await? {
             match entry {
                 Some(e) if e.host == host && e.port == port => {}
                 other => {
                     return Err(UpgradeError::Step {
                         step,
-                        detail: format!("pgbouncer {admin} still shows {other:?} after RELOAD, expected {host}:{port}"),
+                        detail: format!("pgbouncer {admin} database {db} still shows {other:?} after RELOAD, expected {host}:{port}"),
                     })
                 }
             }
@@ -554,6 +558,7 @@ impl Saga {
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.poolers.resume().await?;
         }
+        self.disarm_keeper();
         Ok(Output::default())
     }
 }

@@ -1,0 +1,306 @@
+//! The pause keeper: what resumes writes when the runner cannot.
+//!
+//! A runner killed inside the write pause (kill -9, OOM, a panic) can undo
+//! nothing itself, and PgBouncer would keep every client waiting until
+//! `query_wait_timeout`. So before it sends PAUSE the runner **arms** a
+//! keeper: a detached child process (`pgsteward upgrade keeper`, its own
+//! process group, so a terminal's Ctrl-C does not reach it) holding the read
+//! end of a pipe whose write end only the runner has.
+//!
+//! * The runner **disarms** it (a line on the pipe) once the window is
+//!   closed cleanly: RESUME reached every PgBouncer (`resume_writes`, or a
+//!   roll back with nothing left). The keeper exits.
+//! * **The runner is gone** (the pipe reads end-of-file without a disarm:
+//!   it died, or it exited with the window not closed, e.g. a roll back that
+//!   could not unfence the old primary): the keeper closes the window in the
+//!   runner's place, as `upgrade resume` would but no further, retrying for
+//!   up to [`PERSIST`]: before promote it finishes the roll back (unfence,
+//!   then RESUME); after promote it runs promote → repoint → RESUME. When it
+//!   cannot take the journal or the guard (the old primary hangs), it
+//!   RESUMEs what is safe to resume at once (see [`resume_safe`]) and retries
+//!   the rest.
+//! * **The runner is alive but stuck** past `pause_timeout` + [`bound`]:
+//!   the keeper RESUMEs what is safe to resume, and keeps watching.
+//!
+//! The promote boundary: a RESUME can never send a write to a node that must
+//! not take one. Before promote the new server is in recovery, and
+//! PgBouncer points at the old primary, the only writable node. From
+//! promote on PgBouncer may still point at the old primary, which is fenced
+//! (no application role can log in); the keeper RESUMEs then only once the
+//! journal shows `repoint` done, i.e. PgBouncer points at the new primary.
+//! Nothing can be lost either way: the fence stays until the roll back
+//! lifts it, and promote follows the final flush.
+//!
+//! The keeper writes to `state_dir/keeper.log`; while it lives
+//! `state_dir/keeper.pid` names it, and `upgrade start/resume/abort` wait
+//! for it (up to [`WAIT_FOR_KEEPER`]) rather than race it for the journal.
+//!
+//! Limits: the keeper lives on the runner's host (in Kubernetes, in its
+//! pod): it covers the runner process dying, not the pod or the host. Then
+//! `pgsteward upgrade resume` does the same, and `query_wait_timeout`
+//! bounds what clients wait.
+
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+
+use super::record::{Step, StepStatus};
+use super::{journal, UpgradeError};
+use crate::config::Config;
+use crate::outcome::Outcome;
+use crate::pooler::Poolers;
+
+/// Set in the keeper's environment: a keeper never arms another.
+pub const KEEPER_ENV: &str = "PGSTEWARD_PAUSE_KEEPER";
+/// How long a keeper whose runner is gone keeps trying to close the window.
+pub const PERSIST: Duration = Duration::from_secs(600);
+/// Between two attempts.
+const RETRY: Duration = Duration::from_secs(2);
+const DISARM: &str = "disarm";
+/// How long `upgrade start/resume/abort` wait for a live keeper.
+pub const WAIT_FOR_KEEPER: Duration = Duration::from_secs(60);
+const PID_FILE: &str = "keeper.pid";
+const LOG_FILE: &str = "keeper.log";
+
+/// The program and configuration file a keeper runs with: set by `main`
+/// for the upgrade commands only, so a saga driven in-process (the tests'
+/// own binaries) never spawns one.
+static PROGRAM: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+
+/// Lets upgrade runs of this process arm keepers (`main`, for `upgrade
+/// start/resume/abort`). Nothing when this process is itself a keeper.
+pub fn enable(program: PathBuf, config: PathBuf) {
+    if std::env::var_os(KEEPER_ENV).is_none() {
+        let _ = PROGRAM.set((program, config));
+    }
+}
+
+/// The longest a runner that is alive may take past `pause_timeout` before
+/// the keeper RESUMEs for it: its own roll back (one unfence and one RESUME,
+/// each bounded by the query timeout) plus 5 s.
+pub fn bound(cfg: &Config) -> Duration {
+    crate::pooler::query_timeout(cfg) * 2 + Duration::from_secs(5)
+}
+
+/// An armed keeper (the runner's side).
+pub struct Keeper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Keeper {
+    /// Starts a keeper for `cfg`'s upgrade; `None` (logged) when keepers are
+    /// not enabled in this process or the child cannot start.
+    pub fn arm(cfg: &Config) -> Option<Keeper> {
+        let (program, config) = PROGRAM.get()?;
+        let after = cfg.upgrade.pause_timeout.0 + bound(cfg);
+        let dir = &cfg.upgrade.state_dir;
+        let log = match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "the pause keeper has no log file; not started");
+                return None;
+            }
+        };
+        let err_log = log.try_clone().ok()?;
+        let mut cmd = Command::new(program);
+        cmd.arg("--config")
+            .arg(config)
+            .args(["upgrade", "keeper", "--after-ms"])
+            .arg(after.as_millis().to_string())
+            .env(KEEPER_ENV, "1")
+            // A keeper acts for the runner; it does not replay its injected faults.
+            .env_remove(super::failpoint::FAILPOINT_ENV)
+            .env_remove(super::failpoint::REPEAT_ENV)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err_log));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let stdin = child.stdin.take();
+                // Written by the runner, so it exists before the runner can die.
+                if let Err(e) = std::fs::write(dir.join(PID_FILE), child.id().to_string()) {
+                    tracing::warn!(error = %e, "keeper.pid not written");
+                }
+                Some(Keeper { child, stdin })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the pause keeper did not start; a crash inside the pause needs `upgrade resume`");
+                None
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The window closed cleanly: the keeper exits.
+    pub fn disarm(mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = std::io::Write::write_all(&mut stdin, format!("{DISARM}\n").as_bytes());
+        }
+        // Reaped when it exits (at once); never waited for here.
+        std::thread::spawn(move || {
+            let _ = self.child.wait();
+        });
+    }
+}
+
+/// `pgsteward upgrade keeper`: waits for the runner's word on standard input
+/// (see the module doc). Exit 0 when disarmed or the window was closed, 1
+/// when it gave up after [`PERSIST`].
+pub async fn run(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
+    let r = watch(cfg, after).await;
+    let pid_file = cfg.upgrade.state_dir.join(PID_FILE);
+    if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string())
+    {
+        let _ = std::fs::remove_file(&pid_file);
+    }
+    r
+}
+
+async fn watch(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let deadline = tokio::time::Instant::now() + after;
+    let mut resumed_for_a_stuck_runner = false;
+    loop {
+        let stuck = tokio::time::sleep_until(deadline);
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(l)) if l.trim() == DISARM => return Ok(Outcome::Healthy),
+                Ok(Some(_)) => continue,
+                // End of file (or a broken pipe): the runner is gone.
+                Ok(None) | Err(_) => break,
+            },
+            _ = stuck, if !resumed_for_a_stuck_runner => {
+                resumed_for_a_stuck_runner = true;
+                tracing::warn!("the upgrade runner did not close the write pause in time; resuming writes for it");
+                if let Err(e) = resume_safe(cfg).await {
+                    tracing::error!(error = %e, "pause keeper: RESUME failed");
+                }
+            }
+        }
+    }
+    close_window(cfg).await
+}
+
+/// The runner is gone: close its window, retrying for up to [`PERSIST`].
+async fn close_window(cfg: &Config) -> Result<Outcome, UpgradeError> {
+    let give_up = tokio::time::Instant::now() + PERSIST;
+    let mut first = true;
+    loop {
+        match recover_once(cfg).await {
+            Ok(()) => return Ok(Outcome::Healthy),
+            Err(e) => {
+                tracing::warn!(error = %e, "pause keeper: the write pause is not closed yet; retrying");
+                if first {
+                    // Whatever else failed, writes go on where that is safe.
+                    if let Err(e) = resume_safe(cfg).await {
+                        tracing::error!(error = %e, "pause keeper: RESUME failed");
+                    }
+                    first = false;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            eprintln!(
+                "pgsteward pause keeper: gave up after {PERSIST:?}; run `pgsteward upgrade resume`"
+            );
+            return Ok(Outcome::Problem);
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One attempt at what `upgrade resume` does, up to the end of the window.
+async fn recover_once(cfg: &Config) -> Result<(), UpgradeError> {
+    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let Some(path) = journal::latest(&cfg.upgrade.state_dir)? else {
+        return Ok(());
+    };
+    let journal = journal::Journal::open(&path)?;
+    if !journal.record().in_flight() {
+        return Ok(());
+    }
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let guard = super::take_guard_for(cfg, journal.record(), provider.as_ref()).await?;
+    let mut saga = super::runner::Saga::new(cfg.clone(), journal, provider, cancel, false);
+    saga.guard = Some(guard);
+    let r = saga.drive_window().await;
+    if let Some(g) = saga.guard.take() {
+        g.release_all().await;
+    }
+    r
+}
+
+/// RESUMEs what may be resumed without the journal's lock or the guard:
+/// every database before promote (PgBouncer points at the old primary, the
+/// only writable node), and from promote on only once `repoint` is done
+/// (see the module doc).
+pub async fn resume_safe(cfg: &Config) -> Result<(), UpgradeError> {
+    let rec = match journal::latest(&cfg.upgrade.state_dir)? {
+        Some(p) => journal::read(&p)?,
+        None => return Ok(()),
+    };
+    if rec.promote_started() && rec.status(Step::Repoint) != StepStatus::Done {
+        tracing::warn!("promote has started and PgBouncer is not repointed yet: writes stay paused until the repoint (`upgrade resume`)");
+        return Ok(());
+    }
+    let mut poolers = Poolers::from_config(cfg);
+    if let Some(endpoint) = rec.replica_endpoint() {
+        if let Ok(spec) = crate::pg::ConnSpec::parse(endpoint) {
+            let (host, port) = spec.host_port();
+            poolers.add_server(&host, port);
+        }
+    }
+    poolers.resume().await?;
+    Ok(())
+}
+
+/// The pid of a keeper still alive in `state_dir` (not this process).
+pub fn live_keeper(state_dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(state_dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let alive = pid != std::process::id()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            // A zombie (state Z) is gone but for its exit status.
+            .is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            });
+    alive.then_some(pid)
+}
+
+/// The state directory's lock for `upgrade start/resume/abort`, after a live
+/// keeper (see the module doc) finished, or after [`WAIT_FOR_KEEPER`].
+pub async fn lock_after_keeper(
+    state_dir: &std::path::Path,
+) -> Result<journal::RunLock, UpgradeError> {
+    let until = tokio::time::Instant::now() + WAIT_FOR_KEEPER;
+    let mut said = false;
+    while let Some(pid) = live_keeper(state_dir) {
+        if tokio::time::Instant::now() >= until {
+            break;
+        }
+        if !said {
+            eprintln!("waiting for the pause keeper (pid {pid}) to close the write pause of the last run ({})", state_dir.join(LOG_FILE).display());
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(journal::lock(state_dir)?)
+}
