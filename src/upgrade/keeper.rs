@@ -53,8 +53,9 @@ use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
 
-/// Set in the keeper's environment: a keeper never arms another.
-pub const KEEPER_ENV: &str = "PGSTEWARD_PAUSE_KEEPER";
+/// Set in the keeper's environment: a keeper never arms another (not
+/// `PGSTEWARD_`: those variables are configuration).
+pub const KEEPER_ENV: &str = "STEWARD_PAUSE_KEEPER";
 /// How long a keeper whose runner is gone keeps trying to close the window.
 pub const PERSIST: Duration = Duration::from_secs(600);
 /// Between two attempts.

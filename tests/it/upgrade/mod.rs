@@ -336,6 +336,22 @@ pub fn latest_record(state_dir: &Path) -> pgsteward::upgrade::record::UpgradeRec
     journal::read(&path).unwrap()
 }
 
+/// Waits (bounded) until no pause keeper of `state_dir` is alive: after a
+/// runner died or stopped inside the write pause, its keeper closes the
+/// window (see `upgrade::keeper`). Returns how long that took.
+pub fn wait_keeper(state_dir: &Path) -> Duration {
+    let t0 = Instant::now();
+    while pgsteward::upgrade::keeper::live_keeper(state_dir).is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pause keeper still runs after 120 s: {}",
+            std::fs::read_to_string(state_dir.join("keeper.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
 fn killed(o: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal() == Some(9)
