@@ -66,20 +66,46 @@ pub const TERMINATE_APPLICATION_SESSIONS: &str =
      JOIN pg_roles r ON r.oid = a.usesysid \
      WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
 
+/// Databases read-only on purpose: a database-level (any role)
+/// `default_transaction_read_only` that is on. The RDS fence leaves them
+/// alone and its undo does not make them writable.
+pub const READ_ONLY_DATABASES: &str = "SELECT d.datname::text FROM pg_db_role_setting s \
+     JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = 0 AND EXISTS ( \
+       SELECT 1 FROM unnest(s.setconfig) c WHERE lower(c) IN ('default_transaction_read_only=on', \
+         'default_transaction_read_only=true', 'default_transaction_read_only=1', \
+         'default_transaction_read_only=yes')) ORDER BY 1";
+
+/// The databases [`READ_ONLY_DATABASES`] names.
+pub async fn read_only_databases(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(READ_ONLY_DATABASES, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Fencing without `ALTER SYSTEM` (refused on RDS): every fenceable database
-/// defaults new transactions to read-only. Needs ownership of each database
-/// (or membership in its owner role). Returns the databases fenced.
+/// but those in `keep` (read-only already, on purpose) defaults new
+/// transactions to read-only. Needs ownership of each database (or
+/// membership in its owner role). Returns the databases fenced.
 ///
 /// The setting lives in `pg_db_role_setting`, a shared catalog that streams
 /// to replicas: the new primary inherits the fence and must be unfenced with
 /// [`unfence_databases`] after promotion, before writes resume.
 pub async fn fence_databases(
     client: &tokio_postgres::Client,
+    keep: &[String],
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     client.batch_execute(SESSION_WRITABLE).await?;
     let mut fenced = Vec::new();
     for row in client.query(FENCEABLE_DATABASES, &[]).await? {
         let db: String = row.get(0);
+        if keep.contains(&db) {
+            continue;
+        }
         client
             .batch_execute(&format!(
                 "ALTER DATABASE {} SET default_transaction_read_only = on",
@@ -92,13 +118,18 @@ pub async fn fence_databases(
 }
 
 /// Undoes [`fence_databases`]: on the old primary when rolling back, on the
-/// new primary after promotion. Idempotent.
+/// new primary after promotion; the databases in `keep` stay read-only.
+/// Idempotent.
 pub async fn unfence_databases(
     client: &tokio_postgres::Client,
+    keep: &[String],
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute(SESSION_WRITABLE).await?;
     for row in client.query(FENCEABLE_DATABASES, &[]).await? {
         let db: String = row.get(0);
+        if keep.contains(&db) {
+            continue;
+        }
         client
             .batch_execute(&format!(
                 "ALTER DATABASE {} RESET default_transaction_read_only",

@@ -66,8 +66,9 @@ use crate::provider::FenceMethod;
 // the pg_hba.conf block, rds the per-database setting); re-exported here
 // under their old paths.
 pub use crate::provider::fence::{
-    fence_databases, probe_login, terminate_application_sessions, unfence_databases, with_block,
-    without_block, LoginProbe, BLOCK_BEGIN, FENCEABLE_DATABASES, TERMINATE_APPLICATION_SESSIONS,
+    fence_databases, probe_login, read_only_databases, terminate_application_sessions,
+    unfence_databases, with_block, without_block, LoginProbe, BLOCK_BEGIN, FENCEABLE_DATABASES,
+    TERMINATE_APPLICATION_SESSIONS,
 };
 
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
@@ -166,6 +167,13 @@ impl Saga {
     /// cannot be written ahead.
     pub(crate) async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
         if self.provider.fence_method() != FenceMethod::AlterSystem {
+            // The per-database fence: which databases are read-only on
+            // purpose (journaled with pause_writes, before any fence).
+            let primary = self.cfg.database.primary.clone();
+            let limit = self.query_limit();
+            let old = self.old_client().await?;
+            let kept = limit.run(&primary, read_only_databases(old)).await?;
+            self.kept_read_only = Some(kept);
             return Ok(());
         }
         let primary = self.cfg.database.primary.clone();
@@ -222,9 +230,10 @@ impl Saga {
         let method = self.provider.fence_method();
         let t0 = std::time::Instant::now();
         if method == FenceMethod::AlterDatabase {
+            let keep = self.kept_read_only().unwrap_or_default();
             let old = self.old_client().await?;
             let work = async {
-                let dbs = fence_databases(old).await?;
+                let dbs = fence_databases(old, &keep).await?;
                 let n = terminate_application_sessions(old).await?;
                 Ok::<_, tokio_postgres::Error>((dbs, n))
             };
@@ -336,8 +345,12 @@ impl Saga {
         let method = self.provider.fence_method();
         let limit = self.query_limit();
         if method == FenceMethod::AlterDatabase {
+            // Not known: pause_writes never finished, so no fence was put up.
+            let Some(keep) = self.kept_read_only() else {
+                return Ok(());
+            };
             let old = self.old_client().await?;
-            return limit.run(&primary, unfence_databases(old)).await;
+            return limit.run(&primary, unfence_databases(old, &keep)).await;
         }
         let old = self.old_client().await?;
         let files = limit.run(&primary, old.query_one(HBA_FILE, &[])).await?;
@@ -408,9 +421,22 @@ impl Saga {
         if self.provider.fence_method() != FenceMethod::AlterDatabase {
             return Ok(());
         }
+        let keep = self.kept_read_only().unwrap_or_default();
         let limit = self.query_limit();
         let new = self.new_client().await?;
-        limit.run(endpoint, unfence_databases(new)).await
+        limit.run(endpoint, unfence_databases(new, &keep)).await
+    }
+
+    /// The databases read-only on purpose (RDS fence): read before PAUSE
+    /// by this run, else journaled with pause_writes.
+    pub(crate) fn kept_read_only(&self) -> Option<Vec<String>> {
+        self.kept_read_only.clone().or_else(|| {
+            self.record()
+                .step(Step::PauseWrites)
+                .output
+                .kept_read_only
+                .clone()
+        })
     }
 }
 

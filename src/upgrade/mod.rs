@@ -21,7 +21,9 @@ pub mod journal;
 pub mod keeper;
 pub mod observe;
 pub mod precheck;
+pub mod privileges;
 pub mod record;
+pub mod rescue;
 pub mod runner;
 pub mod saga;
 pub mod step;
@@ -427,7 +429,7 @@ pub async fn start_command(cfg: &Config, class: &str) -> Result<Outcome, Upgrade
 
 /// `pgsteward upgrade keeper` (hidden; see `keeper`).
 pub async fn keeper_command(cfg: &Config, after_ms: u64) -> Result<Outcome, UpgradeError> {
-    keeper::run(cfg, Duration::from_millis(after_ms)).await
+    rescue::run(cfg, Duration::from_millis(after_ms)).await
 }
 
 pub async fn resume_command(cfg: &Config) -> Result<Outcome, UpgradeError> {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::precheck::{judge, Facts, LocalUpgrade};
+use super::privileges::PrivilegeFacts;
 use super::steps::{connect, q, query_timeout};
 use super::{journal, UpgradeError};
 use crate::config::{Config, CutoverKind};
@@ -76,11 +77,20 @@ async fn observe(
         }
         None => None,
     };
-    // The same question asked of the primary itself: runners elsewhere.
-    let guard = super::guard::read_cluster(
-        &cfg.database.primary,
-        cfg.database.connect_timeout.0,
-        query_timeout(cfg),
+    // The same question asked of the primary itself (its guard database):
+    // runners elsewhere.
+    let target = cfg.database.primary.to_string();
+    let guard_session =
+        super::guard::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await;
+    let guard = match &guard_session {
+        Ok(c) => super::guard::read(c, &target, query_timeout(cfg)).await?,
+        Err(_) => None,
+    };
+    let privileges = read_privileges(
+        cfg,
+        provider,
+        &primary,
+        guard_session.as_ref().map_err(|e| e.to_string()),
     )
     .await?;
     let facts = Facts {
@@ -97,6 +107,10 @@ async fn observe(
         guard,
     };
     pre.checks.extend(judge(&facts, own_id));
+    pre.checks.extend(super::privileges::judge(
+        &privileges,
+        provider.fence_method(),
+    ));
     let checks = &mut pre.checks;
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         pooler_checks(cfg, poolers, checks).await;
@@ -262,4 +276,65 @@ async fn pooler_entry_checks(
             ));
         }
     }
+}
+
+/// The steward's privileges (see `privileges`), read on the primary and in
+/// its guard database (`guard`: the session there, or why there is none).
+async fn read_privileges(
+    cfg: &Config,
+    provider: &dyn Provider,
+    primary: &tokio_postgres::Client,
+    guard: Result<&tokio_postgres::Client, String>,
+) -> Result<PrivilegeFacts, UpgradeError> {
+    use super::privileges as p;
+    let e = |err| q(&cfg.database.primary, err);
+    let row = primary
+        .query_one(p::READ_PRIVILEGES, &[])
+        .await
+        .map_err(e)?;
+    let server_version_num: i32 = row.get(7);
+    let alter_system = if server_version_num >= 150000 {
+        let a = primary
+            .query_one(p::READ_PARAMETER_PRIVILEGES, &[])
+            .await
+            .map_err(e)?;
+        Some([a.get(0), a.get(1), a.get(2)])
+    } else {
+        None
+    };
+    let unfenceable = if provider.fence_method() == crate::provider::FenceMethod::AlterDatabase {
+        primary
+            .query(p::UNFENCEABLE_DATABASES, &[])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let guard = match guard {
+        Ok(c) => match c.query_one(p::READ_GUARD_PRIVILEGES, &[]).await {
+            Ok(g) => Ok(p::GuardPrivileges {
+                create: g.get(0),
+                usable: g.get(1),
+                reload_conf: g.get(2),
+            }),
+            Err(err) => Err(crate::pg::server_message(&err)),
+        },
+        Err(why) => Err(why),
+    };
+    Ok(PrivilegeFacts {
+        role: row.get(0),
+        superuser: row.get(1),
+        replication: row.get(2),
+        pg_monitor: row.get(3),
+        pg_signal_backend: row.get(4),
+        reload_conf: row.get(5),
+        promote: row.get(6),
+        server_version_num,
+        alter_system,
+        guard,
+        unfenceable,
+    })
 }

@@ -70,6 +70,8 @@ pub struct Saga {
     /// The step `forward` was last asked to run (the one that failed when
     /// none is running: its start could not be recorded).
     pub(crate) attempting: Option<Step>,
+    /// RDS fence: the databases read-only on purpose, read before PAUSE.
+    pub(crate) kept_read_only: Option<Vec<String>>,
 }
 
 impl Saga {
@@ -101,6 +103,7 @@ impl Saga {
             step_started: None,
             keeper: None,
             attempting: None,
+            kept_read_only: None,
         }
     }
 

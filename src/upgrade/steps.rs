@@ -377,7 +377,10 @@ impl Saga {
                 other => other.into(),
             })?;
         }
-        Ok(Output::default())
+        Ok(Output {
+            kept_read_only: self.kept_read_only.clone(),
+            ..Output::default()
+        })
     }
 
     /// Sets (at PAUSE) or clears (once promote starts) the pause deadline

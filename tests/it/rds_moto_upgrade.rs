@@ -203,7 +203,7 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
     app.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
 
     let steward = crate::harness::connect(&p.url("postgres")).await;
-    let fenced = fence_databases(&steward).await.unwrap();
+    let fenced = fence_databases(&steward, &[]).await.unwrap();
     assert!(
         fenced.contains(&"app".to_string()) && fenced.contains(&"postgres".to_string()),
         "{fenced:?}"
@@ -238,8 +238,8 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
         "fence replicated: {err}"
     );
     let new_steward = crate::harness::connect(&r.url("postgres")).await;
-    unfence_databases(&new_steward).await.unwrap();
-    unfence_databases(&new_steward).await.unwrap();
+    unfence_databases(&new_steward, &[]).await.unwrap();
+    unfence_databases(&new_steward, &[]).await.unwrap();
     let new_app = crate::harness::connect(&app_url(r.port)).await;
     new_app
         .batch_execute("INSERT INTO t VALUES (5)")

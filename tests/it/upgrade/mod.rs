@@ -63,6 +63,9 @@ impl Load {
 pub struct Topology {
     pub cluster: TestCluster,
     pub pooler: LocalPgBouncer,
+    /// More PgBouncer instances in front of the same primary (the config
+    /// lists them all: `cutover.admin`, `cutover.config_file`).
+    pub more_poolers: Vec<LocalPgBouncer>,
     pub primary_url: String,
     /// Every node that was primary at some point.
     pub nodes: Vec<String>,
@@ -106,11 +109,48 @@ impl Topology {
             config: PathBuf::new(),
             cluster,
             pooler,
+            more_poolers: Vec::new(),
             classes_used: 0,
             pause_timeout: "5s",
             retire_after: "0s",
             step_timeout: "60s",
         };
+        t.write_config();
+        t
+    }
+
+    /// Every PgBouncer instance, the first one first.
+    pub fn poolers(&self) -> impl Iterator<Item = &LocalPgBouncer> {
+        std::iter::once(&self.pooler).chain(self.more_poolers.iter())
+    }
+
+    /// `n` PgBouncer instances in all, each with the entries `app` and
+    /// `batch` on the primary's database `app` (two entries per instance
+    /// that reach the primary).
+    pub fn with_poolers(n: usize) -> Topology {
+        let mut t = Topology::new();
+        let mut all = Vec::new();
+        for i in 0..n {
+            let port = must(pgsteward::localpg::free_port());
+            let db = |name: &str| pgsteward::localpg::PgBouncerDatabase {
+                name: name.into(),
+                host: "127.0.0.1".into(),
+                port: t.cluster.primary.port,
+                dbname: "app".into(),
+            };
+            all.push(must(LocalPgBouncer::start(
+                &t.dir().join(format!("pgbouncer-{i}")),
+                port,
+                &[db("app"), db("batch")],
+                &harness::pooler_auth(),
+                &[("query_wait_timeout", "60")],
+            )));
+        }
+        let mut all = all.into_iter();
+        if let Some(first) = all.next() {
+            t.pooler = first;
+        }
+        t.more_poolers = all.collect();
         t.write_config();
         t
     }
@@ -175,8 +215,16 @@ database = "app"
             retire = self.retire_after,
             step = self.step_timeout,
             root = dir.join("clusters").display(),
-            admin = self.pooler.admin_url(),
-            ini = self.pooler.ini.display(),
+            admin = self
+                .poolers()
+                .map(|p| p.admin_url())
+                .collect::<Vec<_>>()
+                .join("\", \""),
+            ini = self
+                .poolers()
+                .map(|p| p.ini.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\", \""),
             bin_dir = harness::bin_dir()
                 .map(|d| format!("bin_dir = \"{}\"", d.display()))
                 .unwrap_or_default(),
@@ -248,14 +296,18 @@ database = "app"
             }
         }
         assert_eq!(writable.len(), 1, "writable nodes: {writable:?}");
-        let text = std::fs::read_to_string(&self.pooler.ini).unwrap();
-        let (_, port) = pgsteward::pooler::ini_target(&text, "app").unwrap();
         let w = pgsteward::pg::ConnSpec::parse(&writable[0]).unwrap();
-        assert_eq!(
-            w.host_port().1,
-            port,
-            "pgbouncer.ini points elsewhere than the writable node"
-        );
+        for p in self.poolers() {
+            let text = std::fs::read_to_string(&p.ini).unwrap();
+            for (name, _, port) in pgsteward::pooler::ini_entries(&text) {
+                assert_eq!(
+                    w.host_port().1,
+                    port,
+                    "{}: entry {name} points elsewhere than the writable node",
+                    p.ini.display()
+                );
+            }
+        }
         writable.pop().unwrap()
     }
 

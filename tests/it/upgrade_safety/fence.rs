@@ -65,6 +65,34 @@ async fn hard_fence_holds_and_rolls_back_completely() {
         "ALTER DATABASE app SET default_transaction_read_only = off",
     ));
     t.cluster.wait_replicas_caught_up();
+    // `upgrade plan` checks every documented privilege and prints the GRANT
+    // of each one missing (exit 1); with them all, it passes.
+    must(p.psql(
+        "postgres",
+        "REVOKE pg_signal_backend FROM steward; \
+         REVOKE ALTER SYSTEM ON PARAMETER pgsteward.moved_to FROM steward; \
+         REVOKE CREATE ON DATABASE postgres FROM steward",
+    ));
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
+    assert_eq!(plan.status.code(), Some(1), "{}", text(&plan));
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    for grant in [
+        "GRANT pg_signal_backend TO steward;",
+        "GRANT ALTER SYSTEM ON PARAMETER pgsteward.moved_to TO steward;",
+        "GRANT CREATE ON DATABASE postgres TO steward;",
+    ] {
+        assert!(stdout.contains(grant), "plan names {grant}:\n{}", text(&plan));
+    }
+    let out = t.upgrade(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    must(p.psql(
+        "postgres",
+        "GRANT pg_signal_backend TO steward; \
+         GRANT ALTER SYSTEM ON PARAMETER pgsteward.moved_to TO steward; \
+         GRANT CREATE ON DATABASE postgres TO steward",
+    ));
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
+    assert!(plan.status.success(), "{}", text(&plan));
     let old_port = p.port;
     let load = Load::start(
         &t.pooler_url(),
