@@ -205,7 +205,7 @@ log_min_messages = "warning"
 [cutover]
 kind = "pgbouncer"
 admin = ["{admin}"]
-config_file = "{ini}"
+config_file = ["{ini}"]
 database = "app"
 "#,
             primary = self.primary_url,

@@ -81,7 +81,11 @@ async fn hard_fence_holds_and_rolls_back_completely() {
         "GRANT ALTER SYSTEM ON PARAMETER pgsteward.moved_to TO steward;",
         "GRANT CREATE ON DATABASE postgres TO steward;",
     ] {
-        assert!(stdout.contains(grant), "plan names {grant}:\n{}", text(&plan));
+        assert!(
+            stdout.contains(grant),
+            "plan names {grant}:\n{}",
+            text(&plan)
+        );
     }
     let out = t.upgrade(None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

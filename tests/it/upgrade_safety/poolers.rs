@@ -207,6 +207,7 @@ async fn the_old_primary_hung_at_the_fence() {
     let pids = node_pids(&t.cluster.primary.data_dir);
     signal(&pids, "-STOP");
     let t0 = Instant::now();
+    let resumed = all_resumed(&t).await;
     let out = wait(runner);
     let ended = t0.elapsed();
     signal_after(&pids, Duration::from_secs(15).saturating_sub(t0.elapsed()));
@@ -220,11 +221,14 @@ async fn the_old_primary_hung_at_the_fence() {
     wait_keeper(&t.state_dir());
     let took = loads.resumed_within(&[]).await;
     println!(
-        "runner ended {:.1} s after the stop; every client wrote again {:.1} s after the keeper ended",
+        "every PgBouncer resumed {:.1} s after the stop (bound {:?}); runner ended after {:.1} s; \
+         every client wrote again {:.1} s after the keeper ended",
+        resumed.as_secs_f64(),
+        bound(&t),
         ended.as_secs_f64(),
         took.as_secs_f64()
     );
-    assert!(ended < bound(&t), "the runner took {ended:?}");
+    assert!(resumed < bound(&t), "RESUME after {resumed:?}");
     assert_eq!(
         t.check_one_writable().await,
         t.primary_url,
@@ -241,6 +245,44 @@ async fn the_old_primary_hung_at_the_fence() {
     t.check_nothing_lost(&acked).await;
     let abort = t.pgsteward(&["upgrade", "abort"], None);
     assert!(abort.status.success(), "{}", text(&abort));
+}
+
+/// Polls every instance's `SHOW DATABASES` until none shows a paused
+/// entry (bounded: 60 s); how long that took.
+async fn all_resumed(t: &Topology) -> Duration {
+    let t0 = Instant::now();
+    // PAUSE first has to happen: wait until some entry is paused (max 5 s).
+    let mut seen_paused = false;
+    loop {
+        let mut paused = 0;
+        for p in t.poolers() {
+            let Ok(spec) = pgsteward::pg::ConnSpec::parse(&p.admin_url()) else {
+                continue;
+            };
+            let Ok(c) = spec.connect(Duration::from_secs(2)).await else {
+                continue;
+            };
+            if let Ok(rows) = c.simple_query("SHOW DATABASES").await {
+                for m in rows {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let idx = r.columns().iter().position(|c| c.name() == "paused");
+                        if idx.and_then(|i| r.get(i)) == Some("1") {
+                            paused += 1;
+                        }
+                    }
+                }
+            }
+        }
+        seen_paused |= paused > 0;
+        if (seen_paused || t0.elapsed() > Duration::from_secs(5)) && paused == 0 {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "still paused after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn signal_after(pids: &[String], after: Duration) {
