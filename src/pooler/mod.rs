@@ -15,10 +15,10 @@
 //! which instances and databases were not resumed.
 
 pub mod ini;
+pub mod reach;
 pub mod sql;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
 pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
+pub use reach::{pooled_session, pooler_spec, Servers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
@@ -91,90 +92,6 @@ pub fn query_timeout(cfg: &Config) -> Duration {
     (cfg.database.connect_timeout.0 * 2)
         .max(Duration::from_secs(10))
         .min(cfg.upgrade.step_timeout.0)
-}
-
-/// The spec of a connection through PgBouncer (its admin console or a
-/// pooled database): `conn` without any startup `options`. A stock
-/// PgBouncer refuses a startup parameter it neither tracks nor ignores
-/// (1.18: `options` at all; 1.20+: a `-c` of an untracked setting such as
-/// `statement_timeout`), and in transaction pooling a session setting
-/// would leak to other clients' server connections anyway: whatever a
-/// pooled statement needs it sets with `SET LOCAL` inside its own
-/// transaction. Every connection pgsteward makes to a PgBouncer is made
-/// from this spec.
-pub fn pooler_spec(conn: &ConnString) -> Result<crate::pg::ConnSpec, crate::pg::PgError> {
-    let raw = conn.expose();
-    match crate::pg::conninfo::ConnParams::parse(raw) {
-        Ok(mut p) => {
-            p.take("options");
-            crate::pg::ConnSpec::parse(&p.to_key_value())
-        }
-        // Unparseable: the spec's own error names why.
-        Err(_) => crate::pg::ConnSpec::parse(raw),
-    }
-}
-
-/// A session through PgBouncer on `conn` (see [`pooler_spec`]), with TCP
-/// keepalives so a PgBouncer that vanished is noticed in seconds.
-pub async fn pooled_session(conn: &ConnString, timeout: Duration) -> Result<Client, PoolerError> {
-    let mut spec = pooler_spec(conn)?;
-    spec.config.keepalives(true);
-    spec.config.keepalives_idle(Duration::from_secs(5));
-    spec.config.keepalives_interval(Duration::from_secs(2));
-    spec.config.keepalives_retries(3);
-    Ok(spec.connect(timeout).await?)
-}
-
-/// The addresses (IPs) `host` resolves to; a literal address or a socket
-/// directory stands for itself. Bounded: a name that does not resolve in
-/// time resolves to nothing.
-async fn resolve(host: &str, port: u16) -> HashSet<IpAddr> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return HashSet::from([ip]);
-    }
-    if host.is_empty() || host.starts_with('/') {
-        return HashSet::new();
-    }
-    let lookup = tokio::net::lookup_host((host, port));
-    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-        _ => HashSet::new(),
-    }
-}
-
-/// The servers whose entries are cut over, each as written and resolved.
-#[derive(Debug, Clone, Default)]
-pub struct Servers(Vec<(String, u16, HashSet<IpAddr>)>);
-
-impl Servers {
-    pub async fn resolve(addresses: &[(String, u16)]) -> Servers {
-        let mut out = Vec::new();
-        for (h, p) in addresses {
-            out.push((h.clone(), *p, resolve(h, *p).await));
-        }
-        Servers(out)
-    }
-
-    /// Whether an entry at `host:port` reaches one of these servers: same
-    /// port, and the same name or an address in common.
-    pub async fn reaches(&self, host: &str, port: u16) -> bool {
-        let mut ips: Option<HashSet<IpAddr>> = None;
-        for (h, p, addrs) in &self.0 {
-            if *p != port {
-                continue;
-            }
-            if h.eq_ignore_ascii_case(host) {
-                return true;
-            }
-            if ips.is_none() {
-                ips = Some(resolve(host, port).await);
-            }
-            if ips.as_ref().is_some_and(|i| !i.is_disjoint(addrs)) {
-                return true;
-            }
-        }
-        false
-    }
 }
 
 /// All configured PgBouncers, driven as one.
@@ -680,58 +597,5 @@ async fn simple(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Nothing pgsteward sends through a PgBouncer carries startup
-    /// `options`, whatever the configured strings hold: the admin console's
-    /// sessions and the verify write's both come from [`pooler_spec`].
-    #[tokio::test]
-    async fn entries_reach_a_server_by_name_or_address() {
-        let servers = Servers::resolve(&[("127.0.0.1".into(), 5432)]).await;
-        assert!(servers.reaches("127.0.0.1", 5432).await);
-        assert!(servers.reaches("localhost", 5432).await);
-        assert!(!servers.reaches("127.0.0.1", 5433).await);
-        assert!(!servers.reaches("10.255.255.1", 5432).await);
-        assert!(!servers.reaches("", 5432).await);
-    }
-
-    #[test]
-    fn no_pooler_connection_carries_startup_options() {
-        let admin = ConnString::new(
-            "postgres://pgbouncer:pw@127.0.0.1:6432/pgbouncer?options=-c%20statement_timeout%3D5000",
-        );
-        let spec = pooler_spec(&admin).unwrap();
-        assert_eq!(spec.config.get_options(), None);
-        assert_eq!(spec.config.get_dbname(), Some("pgbouncer"));
-        let kv = ConnString::new(
-            "host=pooler port=6432 user=pgbouncer dbname=pgbouncer options='-c work_mem=1MB'",
-        );
-        assert_eq!(pooler_spec(&kv).unwrap().config.get_options(), None);
-        let poolers = Poolers {
-            endpoints: vec![Endpoint {
-                admin,
-                ini: None,
-                pause_conns: BTreeMap::new(),
-                ctl_conn: None,
-                dbs: Vec::new(),
-                paused_here: BTreeSet::new(),
-            }],
-            connect_timeout: Duration::from_secs(1),
-            query_timeout: Duration::from_secs(1),
-            deadline: None,
-            database: "app".into(),
-            servers: Vec::new(),
-        };
-        let steward = crate::pg::ConnSpec::parse(
-            "postgres://steward:pw@db:5432/app?options=-c%20statement_timeout%3D5000",
-        )
-        .unwrap();
-        let client = poolers.client_url(&steward).unwrap();
-        let spec = pooler_spec(&client).unwrap();
-        assert_eq!(spec.config.get_options(), None);
-        assert_eq!(spec.config.get_user(), Some("steward"));
-        assert_eq!(spec.config.get_dbname(), Some("app"));
-        assert!(!client.expose().contains("options"));
-    }
-}
+#[path = "mod_tests.rs"]
+mod tests;

@@ -222,9 +222,12 @@ mod tests {
         assert!(failed(&judge(&granted(), FenceMethod::AlterDatabase)).is_empty());
     }
 
+    /// A change to the granted facts.
+    type Change = Box<dyn Fn(&mut PrivilegeFacts)>;
+
     #[test]
     fn each_missing_privilege_names_its_grant() {
-        let cases: Vec<(Box<dyn Fn(&mut PrivilegeFacts)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|f| f.pg_monitor = false),
                 "GRANT pg_monitor TO steward;",
