@@ -50,40 +50,71 @@ impl Saga {
         Ok(Output::note(notes.join("; ")))
     }
 
+    /// A write through every cut-over entry of every PgBouncer instance
+    /// (`cutover.database` and every other entry that reached the old
+    /// primary) lands on the new primary, as the steward.
     pub(crate) async fn verify_through_pooler(
         &mut self,
         endpoint: &ConnString,
     ) -> Result<String, UpgradeError> {
-        // The steward's own login, against the pooler's application database.
         let steward = self.cfg.database.primary.spec()?;
-        let Some(url) = self.poolers.client_url(&steward) else {
+        self.poolers.discover().await?;
+        let mut verified = Vec::new();
+        for (i, (admin, dbs)) in self.poolers.targets().into_iter().enumerate() {
+            for db in dbs {
+                let Some(url) = self.poolers.client_url_of(i, &db, &steward) else {
+                    return Err(UpgradeError::Step {
+                        step: Step::Verify,
+                        detail: format!("no client address for pgbouncer {admin}"),
+                    });
+                };
+                self.verify_entry(&url, endpoint)
+                    .await
+                    .map_err(|detail| UpgradeError::Step {
+                        step: Step::Verify,
+                        detail: format!("pgbouncer {admin} database {db}: {detail}"),
+                    })?;
+                verified.push(db);
+            }
+        }
+        if verified.is_empty() {
             return Err(UpgradeError::Step {
                 step: Step::Verify,
                 detail: "no pooler endpoint".into(),
             });
-        };
+        }
+        let servers = self.poolers.servers().await.unwrap_or_default();
+        Ok(format!(
+            "writes through {} pooler entries ({}) landed on the new primary; pooler servers {servers:?}",
+            verified.len(),
+            verified.join(", ")
+        ))
+    }
+
+    /// One entry, retried for up to 30 s (PgBouncer reconnects after RELOAD).
+    async fn verify_entry(
+        &mut self,
+        url: &ConnString,
+        endpoint: &ConnString,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_err = String::new();
         while tokio::time::Instant::now() < deadline {
             let limit = self.query_limit();
             let once = limit.wrap(
                 "a write through the pooler",
-                self.verify_once(&url, endpoint),
+                self.verify_once(url, endpoint),
             );
             match once.await {
-                Ok(true) => {
-                    let servers = self.poolers.servers().await.unwrap_or_default();
-                    return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
-                }
+                Ok(true) => return Ok(()),
                 Ok(false) => last_err = "the pooler's session is not on the new primary".into(),
                 Err(e) => last_err = e.to_string(),
             }
-            self.tick(Duration::from_millis(100)).await?;
+            self.tick(Duration::from_millis(100))
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        Err(UpgradeError::Step {
-            step: Step::Verify,
-            detail: last_err,
-        })
+        Err(last_err)
     }
 
     async fn verify_once(
