@@ -231,10 +231,14 @@ impl Saga {
         let t0 = std::time::Instant::now();
         if method == FenceMethod::AlterDatabase {
             let keep = self.kept_read_only().unwrap_or_default();
+            // Our sessions (the guard's and this one) are spared: the
+            // steward is no superuser, and TERMINATE_APPLICATION_SESSIONS
+            // spares only those.
+            let terminate = terminate_sql(&self.own_pids());
             let old = self.old_client().await?;
             let work = async {
                 let dbs = fence_databases(old, &keep).await?;
-                let n = terminate_application_sessions(old).await?;
+                let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
                 Ok::<_, tokio_postgres::Error>((dbs, n))
             };
             let left = remaining(deadline, "fence")?;

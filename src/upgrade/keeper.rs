@@ -94,10 +94,12 @@ impl Keeper {
         let (program, config) = PROGRAM.get()?;
         let after = cfg.upgrade.pause_timeout.0 + bound(cfg);
         let dir = &cfg.upgrade.state_dir;
-        let log = match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(LOG_FILE))
+        // Private, like everything in the state directory.
+        let log = match std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(dir.join(LOG_FILE))
         {
             Ok(f) => f,
             Err(e) => {
@@ -123,7 +125,18 @@ impl Keeper {
             Ok(mut child) => {
                 let stdin = child.stdin.take();
                 // Written by the runner, so it exists before the runner can die.
-                if let Err(e) = std::fs::write(dir.join(PID_FILE), child.id().to_string()) {
+                let written = std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(true),
+                    0o600,
+                )
+                .open(dir.join(PID_FILE))
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, child.id().to_string().as_bytes())
+                });
+                if let Err(e) = written {
                     tracing::warn!(error = %e, "keeper.pid not written");
                 }
                 Some(Keeper { child, stdin })
