@@ -205,25 +205,23 @@ impl Poolers {
     /// entry `SHOW DATABASES` shows reaching one of the servers (the admin
     /// console's own `pgbouncer` entry aside). Idempotent; kept until
     /// [`Poolers::add_server`].
+    ///
+    /// Every instance on its own, at once: one that does not answer within
+    /// the command bound is read from its pgbouncer.ini instead (the
+    /// entries RESUME must reach), and holds up no other.
     pub async fn discover(&mut self) -> Result<(), PoolerError> {
         if self.endpoints.iter().all(|e| !e.dbs.is_empty()) {
             return Ok(());
         }
-        self.connect_ctl().await?;
         let servers = Servers::resolve(&self.servers).await;
-        for i in 0..self.endpoints.len() {
-            let shown = self.show_databases_of(&self.endpoints[i]).await?;
-            let mut dbs = vec![self.database.clone()];
-            for d in shown {
-                if d.name != "pgbouncer"
-                    && !dbs.contains(&d.name)
-                    && servers.reaches(&d.host, d.port).await
-                {
-                    dbs.push(d.name);
-                }
-            }
-            self.endpoints[i].dbs = dbs;
-        }
+        let (connect_timeout, limit) = (self.connect_timeout, self.limit());
+        let db = self.database.clone();
+        let runs = self
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.dbs.is_empty())
+            .map(|e| discover_one(e, &servers, &db, connect_timeout, limit));
+        futures::future::join_all(runs).await;
         Ok(())
     }
 
@@ -338,20 +336,19 @@ impl Poolers {
     /// after a missed pause deadline). Fails naming every instance and
     /// database not resumed, after all the others were.
     pub async fn resume(&mut self) -> Result<(), PoolerError> {
-        // Best effort: an instance that cannot be read still gets RESUME of cutover.database.
-        if let Err(e) = self.discover().await {
-            tracing::warn!(error = %e, "pooler databases not read before RESUME");
-        }
         let timeout = self.query_timeout;
         let connect_timeout = self.connect_timeout.min(timeout);
         let cutover_db = self.database.clone();
+        let servers = Servers::resolve(&self.servers).await;
+        let servers = &servers;
         let runs = self.endpoints.iter_mut().map(|e| {
-            let dbs = if e.dbs.is_empty() {
-                vec![cutover_db.clone()]
-            } else {
-                e.dbs.clone()
-            };
+            let cutover_db = cutover_db.clone();
             async move {
+                // Which databases, found on this instance's own time.
+                if e.dbs.is_empty() {
+                    discover_one(e, servers, &cutover_db, connect_timeout, timeout).await;
+                }
+                let dbs = e.dbs.clone();
                 let mut failed = Vec::new();
                 let mut resumed = 0;
                 let admin = e.admin.clone();
@@ -433,21 +430,7 @@ impl Poolers {
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
-        let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_DATABASES, self.limit()).await?;
-        Ok(rows
-            .iter()
-            .map(|r| DatabaseEntry {
-                name: r.get("name").unwrap_or_default().to_string(),
-                host: r.get("host").unwrap_or_default().to_string(),
-                port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
-                database: r.get("database").unwrap_or_default().to_string(),
-                paused: r.get("paused").is_some_and(|p| p == "1"),
-                pool_mode: r
-                    .get("pool_mode")
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_string),
-            })
-            .collect())
+        show_databases(Self::ctl(e)?, &e.admin, self.limit()).await
     }
 
     /// Every entry of every instance, as `SHOW DATABASES` shows them.
@@ -557,6 +540,73 @@ impl Poolers {
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
+}
+
+/// `SHOW DATABASES` on `c`.
+async fn show_databases(
+    c: &Client,
+    admin: &ConnString,
+    after: Duration,
+) -> Result<Vec<DatabaseEntry>, PoolerError> {
+    let rows = simple(c, admin, sql::SHOW_DATABASES, after).await?;
+    Ok(rows
+        .iter()
+        .map(|r| DatabaseEntry {
+            name: r.get("name").unwrap_or_default().to_string(),
+            host: r.get("host").unwrap_or_default().to_string(),
+            port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
+            database: r.get("database").unwrap_or_default().to_string(),
+            paused: r.get("paused").is_some_and(|p| p == "1"),
+            pool_mode: r
+                .get("pool_mode")
+                .filter(|m| !m.is_empty())
+                .map(str::to_string),
+        })
+        .collect())
+}
+
+/// [`Poolers::discover`] for one instance: its control session (opened
+/// when needed), `SHOW DATABASES` within `limit`; failing that, the
+/// entries of its pgbouncer.ini; failing that, `cutover_db` alone.
+async fn discover_one(
+    e: &mut Endpoint,
+    servers: &Servers,
+    cutover_db: &str,
+    connect_timeout: Duration,
+    limit: Duration,
+) {
+    let admin = e.admin.clone();
+    let read = async {
+        if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
+            e.ctl_conn = Some(pooled_session(&admin, connect_timeout.min(limit)).await?);
+        }
+        let c = e.ctl_conn.as_ref().ok_or(PoolerError::NotConfigured)?;
+        show_databases(c, &admin, limit).await
+    };
+    let shown: Vec<(String, String, u16)> = match tokio::time::timeout(limit, read).await {
+        Ok(Ok(rows)) => rows.into_iter().map(|d| (d.name, d.host, d.port)).collect(),
+        failed => {
+            let why = match failed {
+                Ok(Err(err)) => err.to_string(),
+                _ => format!("no answer within {limit:?}"),
+            };
+            // A hung console: the next command opens a fresh session.
+            e.ctl_conn = None;
+            tracing::warn!(pooler = %admin, error = %why, "SHOW DATABASES failed; the entries are read from the instance's pgbouncer.ini");
+            e.ini
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|t| ini_entries(&t))
+                .unwrap_or_default()
+        }
+    };
+    let mut dbs = vec![cutover_db.to_string()];
+    for (name, host, port) in shown {
+        if name != "pgbouncer" && !dbs.contains(&name) && servers.reaches(&host, port).await {
+            dbs.push(name);
+        }
+    }
+    e.dbs = dbs;
 }
 
 /// A row of a simple-protocol result by column name.
