@@ -108,6 +108,8 @@ pub struct Poolers {
     /// The servers whose entries are cut over (the old primary; the new one
     /// once known, so a resumed run finds entries already repointed).
     servers: Vec<(String, u16)>,
+    /// Every entry, whatever it points at (see [`Poolers::cut_over_every_entry`]).
+    every_entry: bool,
 }
 
 impl Poolers {
@@ -138,6 +140,17 @@ impl Poolers {
             deadline: None,
             database: cfg.cutover.database.clone(),
             servers,
+            every_entry: false,
+        }
+    }
+
+    /// Every entry of every instance is cut over (the service's rescue of an
+    /// abandoned window, which knows neither server for sure): RESUME of an
+    /// entry that is not paused does nothing.
+    pub fn cut_over_every_entry(&mut self) {
+        self.every_entry = true;
+        for e in &mut self.endpoints {
+            e.dbs.clear();
         }
     }
 
@@ -213,7 +226,7 @@ impl Poolers {
         if self.endpoints.iter().all(|e| !e.dbs.is_empty()) {
             return Ok(());
         }
-        let servers = Servers::resolve(&self.servers).await;
+        let servers = self.servers_to_cut_over().await;
         let (connect_timeout, limit) = (self.connect_timeout, self.limit());
         let db = self.database.clone();
         let runs = self
@@ -223,6 +236,15 @@ impl Poolers {
             .map(|e| discover_one(e, &servers, &db, connect_timeout, limit));
         futures::future::join_all(runs).await;
         Ok(())
+    }
+
+    /// The servers whose entries are cut over, resolved; `None`: every entry.
+    async fn servers_to_cut_over(&self) -> Option<Servers> {
+        if self.every_entry {
+            None
+        } else {
+            Some(Servers::resolve(&self.servers).await)
+        }
     }
 
     /// Opens every connection the window needs (before the write pause, so
@@ -339,7 +361,7 @@ impl Poolers {
         let timeout = self.query_timeout;
         let connect_timeout = self.connect_timeout.min(timeout);
         let cutover_db = self.database.clone();
-        let servers = Servers::resolve(&self.servers).await;
+        let servers = self.servers_to_cut_over().await;
         let servers = &servers;
         let runs = self.endpoints.iter_mut().map(|e| {
             let cutover_db = cutover_db.clone();
@@ -570,7 +592,7 @@ async fn show_databases(
 /// entries of its pgbouncer.ini; failing that, `cutover_db` alone.
 async fn discover_one(
     e: &mut Endpoint,
-    servers: &Servers,
+    servers: &Option<Servers>,
     cutover_db: &str,
     connect_timeout: Duration,
     limit: Duration,
@@ -602,7 +624,11 @@ async fn discover_one(
     };
     let mut dbs = vec![cutover_db.to_string()];
     for (name, host, port) in shown {
-        if name != "pgbouncer" && !dbs.contains(&name) && servers.reaches(&host, port).await {
+        let reaches = match servers {
+            Some(s) => s.reaches(&host, port).await,
+            None => true,
+        };
+        if name != "pgbouncer" && !dbs.contains(&name) && reaches {
             dbs.push(name);
         }
     }

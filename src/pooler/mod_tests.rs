@@ -41,6 +41,7 @@ fn no_pooler_connection_carries_startup_options() {
         deadline: None,
         database: "app".into(),
         servers: Vec::new(),
+        every_entry: false,
     };
     let steward = crate::pg::ConnSpec::parse(
         "postgres://steward:pw@db:5432/app?options=-c%20statement_timeout%3D5000",

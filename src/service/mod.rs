@@ -212,7 +212,16 @@ async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
     )
     .await;
     match row {
-        Ok(row) => metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref())),
+        Ok(row) => {
+            metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref()));
+            // A write pause whose runner and keeper are both gone (a pod or
+            // host lost): resume writes where that is safe (upgrade::rescue).
+            if let Some(row) = row {
+                if let Some(did) = upgrade::rescue::service_rescue(cfg, &row).await {
+                    tracing::warn!(upgrade = %row.upgrade_id, "{did}");
+                }
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "upgrade guard not read"),
     }
 }
