@@ -270,6 +270,8 @@ impl Saga {
         write_atomic(&plan.path, &fenced)?;
         let written_at = t0.elapsed();
         let terminate = terminate_sql(&self.own_pids());
+        let probe_role = plan.probe.as_ref();
+        let probe_bound = remaining(deadline, "fence")?;
         let mut polls = 0u32;
         let mut reloaded_at = Duration::ZERO;
         let old = self.old_client().await?;
@@ -288,11 +290,24 @@ impl Saga {
                     _ = cancel.cancelled() => return Ok(Err("cancelled".into())),
                 }
             }
-            let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
-            Ok::<_, tokio_postgres::Error>(Ok(n))
+            // The postmaster has reloaded (it answers logins only after
+            // that): one fenced role must now be refused before
+            // authentication. The probe (a backend forked and refused) runs
+            // while the sweep ends the sessions: neither waits for the other.
+            let probe = async {
+                let t = std::time::Instant::now();
+                let seen = match probe_role {
+                    Some(role) => Some(probe_login(&primary, role, probe_bound).await),
+                    None => None,
+                };
+                (seen, t.elapsed())
+            };
+            let (n, probed) = tokio::join!(old.query_one(terminate.as_str(), &[]), probe);
+            let n: i64 = n?.get(0);
+            Ok::<_, tokio_postgres::Error>(Ok((n, probed)))
         };
         let left = remaining(deadline, "fence")?;
-        let n = match tokio::time::timeout(left, work).await {
+        let (n, (probed, probe_took)) = match tokio::time::timeout(left, work).await {
             Err(_) => {
                 return Err(UpgradeError::PauseTimeout {
                     what: "fencing the old primary".into(),
@@ -308,20 +323,11 @@ impl Saga {
             }
             Ok(Ok(Ok(n))) => n,
         };
-        // The postmaster has reloaded (it answers logins only after that):
-        // one fenced role must now be refused before authentication.
-        if let Some(role) = &plan.probe {
-            let left = remaining(deadline, "fence")?;
-            let probe = tokio::time::timeout(left, probe_login(&primary, role, left)).await;
-            match probe {
-                Err(_) => {
-                    return Err(UpgradeError::PauseTimeout {
-                        what: "the probe login of the fence".into(),
-                    })
-                }
-                Ok(Err(e)) => return Err(e.into()),
-                Ok(Ok(LoginProbe::Refused)) => {}
-                Ok(Ok(LoginProbe::NotRefused(why))) => {
+        if let (Some(role), Some(seen)) = (&plan.probe, probed) {
+            match seen {
+                Err(e) => return Err(e.into()),
+                Ok(LoginProbe::Refused) => {}
+                Ok(LoginProbe::NotRefused(why)) => {
                     return Err(UpgradeError::Step {
                         step: Step::FenceOldPrimary,
                         detail: format!(
@@ -334,11 +340,12 @@ impl Saga {
             }
         }
         Ok(Output::note(format!(
-            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {}): {} roles refused, {n} sessions ended",
+            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {} {:.1} ms): {} roles refused, {n} sessions ended",
             t0.elapsed().as_secs_f64() * 1000.0,
             written_at.as_secs_f64() * 1000.0,
             reloaded_at.as_secs_f64() * 1000.0,
             plan.probe.as_deref().unwrap_or("none"),
+            probe_took.as_secs_f64() * 1000.0,
             plan.roles.len()
         )))
     }
