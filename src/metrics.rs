@@ -75,6 +75,7 @@ pub struct Metrics {
     pub partitions_retired: Family<TableLabels, Counter>,
     pub partitions_rows_moved: Family<TableLabels, Counter>,
     pub partitions_index_drift: Family<TableLabels, Gauge>,
+    pub partitions_access_drift: Family<TableLabels, Gauge>,
     pub job_runs: Family<JobLabels, Counter>,
     pub job_failures: Family<JobErrorLabels, Counter>,
     pub job_duration: Family<JobLabels, Histogram>,
@@ -115,6 +116,7 @@ impl Metrics {
             partitions_retired: Family::default(),
             partitions_rows_moved: Family::default(),
             partitions_index_drift: Family::default(),
+            partitions_access_drift: Family::default(),
             job_runs: Family::default(),
             job_failures: Family::default(),
             job_duration: Family::new_with_constructor(duration_histogram),
@@ -203,6 +205,11 @@ impl Metrics {
             "partitions_index_drift",
             "Problems with the parent's indexes after the last pass: declared but missing, invalid, missing or unattached on partitions",
             m.partitions_index_drift.clone(),
+        );
+        registry.register(
+            "partitions_access_drift",
+            "Partitions whose owner, privileges, row-level security or replica identity differ from the parent's and that the last pass could not repair",
+            m.partitions_access_drift.clone(),
         );
         registry.register("job_runs", "Scheduled job runs started", m.job_runs.clone());
         registry.register(
@@ -370,6 +377,11 @@ impl Metrics {
                 self.partitions_rows_moved
                     .get_or_create(&l)
                     .inc_by(t.rows_moved);
+            }
+            if t.skipped.is_none() {
+                self.partitions_access_drift
+                    .get_or_create(&l)
+                    .set(i64::from(t.access_problems));
             }
             // Holes are known after a failed pass too (from the catalog and
             // what the pass created); a skipped or unread table has none to report.

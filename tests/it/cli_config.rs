@@ -151,17 +151,19 @@ fn example_config_is_accepted_by_check_against_real_servers() {
     // The example points at hosts that do not exist here; swap in a real primary through the environment.
     let cluster = harness::TestCluster::start(0);
     // check reads every managed table as `partitions plan` does: the example's exist here.
-    harness::must(cluster.primary.psql(
-        "postgres",
+    harness::create_app_db(&cluster.primary, "app");
+    harness::owner_psql(
+        &cluster.primary,
+        "app",
         "CREATE TABLE public.audit_log (at timestamptz NOT NULL) PARTITION BY RANGE (at);
          CREATE TABLE public.workflow_events (at timestamptz NOT NULL) PARTITION BY RANGE (at);",
-    ));
+    );
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsteward.example.toml");
     let out = pgsteward()
         .args(["--config", example, "check", "--output", "json"])
         .env(
             "PGSTEWARD_DATABASE__PRIMARY",
-            cluster.primary.url("postgres"),
+            crate::harness::steward_url(&cluster.primary, "app"),
         )
         .env("PGSTEWARD_DATABASE__REPLICAS", "[]")
         .env("PGSTEWARD_CUTOVER__ADMIN", "[]")

@@ -135,7 +135,7 @@ impl Setup {
     fn new(engine: Engine, image: String) -> Setup {
         // The databases: a primary with one streaming replica, PgBouncer in front.
         let cluster = harness::TestCluster::start(1);
-        must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
+        harness::create_app_db(&cluster.primary, "app");
         let work = harness::server_tempdir();
         let vols = Volumes {
             config: dir_for(work.path(), "config", None),
@@ -150,13 +150,14 @@ impl Setup {
         ));
         let cfg = must(pgsteward::config::load(&configmap));
         // The ConfigMap's managed table.
-        must(cluster.primary.psql(
+        harness::owner_psql(
+            &cluster.primary,
             "app",
             &format!(
                 "CREATE TABLE {} (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)",
                 cfg.partitions.tables[0].table
             ),
-        ));
+        );
         cluster.wait_replicas_caught_up();
         let pooler = harness::pooler(work.path(), &cluster.primary, "app", &[]);
         // The shared pgbouncer.ini claim: the upgrade Jobs read and rewrite it there.
@@ -170,9 +171,12 @@ impl Setup {
         for (k, _) in secret["stringData"].as_mapping().expect("stringData") {
             let key = text(k, "Secret key");
             let value = match key.as_str() {
-                "PGSTEWARD_DATABASE__PRIMARY" => cluster.primary.url("app"),
+                "PGSTEWARD_DATABASE__PRIMARY" => harness::steward_url(&cluster.primary, "app"),
                 "PGSTEWARD_DATABASE__REPLICAS" => {
-                    format!("[\"{}\"]", cluster.replicas[0].url("app"))
+                    format!(
+                        "[\"{}\"]",
+                        harness::steward_url(&cluster.replicas[0], "app")
+                    )
                 }
                 "PGSTEWARD_CUTOVER__ADMIN" => format!("[\"{}\"]", pooler.admin_url()),
                 other => panic!("Secret key {other}: give this test a value for it"),

@@ -18,13 +18,13 @@ pub fn lag_config(tc: &TestCluster, lag_extra: &str) -> (TempDir, PathBuf) {
     let replicas: Vec<String> = tc
         .replicas
         .iter()
-        .map(|r| format!("{:?}", r.url("postgres")))
+        .map(|r| format!("{:?}", crate::harness::steward_url(r, "postgres")))
         .collect();
     let path = write_config(
         dir.path(),
         &format!(
             "[database]\nprimary = {:?}\nreplicas = [{}]\nconnect_timeout = \"2s\"\n\n[lag]\nquery_timeout = \"3s\"\n{lag_extra}\n",
-            tc.primary.url("postgres"),
+            crate::harness::steward_url(&tc.primary, "postgres"),
             replicas.join(", ")
         ),
     );

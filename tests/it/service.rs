@@ -13,10 +13,11 @@ use crate::harness::{must, pgsteward, TestCluster};
 
 /// A config for `run` on `tc` with second-granularity schedules.
 pub fn service_config(dir: &Path, tc: &TestCluster, port: u16, extra: &str) -> PathBuf {
+    ensure_app_db(tc);
     let replicas: Vec<String> = tc
         .replicas
         .iter()
-        .map(|r| format!("{:?}", r.url("postgres")))
+        .map(|r| format!("{:?}", crate::harness::steward_url(r, "postgres")))
         .collect();
     let path = dir.join(format!("pgsteward-{port}.toml"));
     must(std::fs::write(
@@ -26,11 +27,33 @@ pub fn service_config(dir: &Path, tc: &TestCluster, port: u16, extra: &str) -> P
              [partitions]\nschedule = \"*/2 * * * * *\"\n\n\
              [lag]\nschedule = \"*/1 * * * * *\"\nquery_timeout = \"1s\"\n\n\
              [http]\nlisten = \"127.0.0.1:{port}\"\n{extra}\n",
-            tc.primary.url("postgres"),
+            crate::harness::steward_url(&tc.primary, "app"),
             replicas.join(", ")
         ),
     ));
     path
+}
+
+/// The application's database `app` on `tc`, made once (owned by app_owner,
+/// the steward's grants in it), where the service's managed tables live.
+fn ensure_app_db(tc: &TestCluster) {
+    let exists = must(tc.primary.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_database WHERE datname = 'app'",
+    ));
+    if exists.trim() == "0" {
+        crate::harness::create_app_db(&tc.primary, "app");
+    }
+}
+
+/// Makes the service tests' managed table in `app`, owned by the application.
+fn create_events(tc: &TestCluster) {
+    ensure_app_db(tc);
+    crate::harness::owner_psql(
+        &tc.primary,
+        "app",
+        "CREATE TABLE public.events (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts)",
+    );
 }
 
 /// A running `pgsteward run`; killed (SIGKILL) on drop if still running.
@@ -160,10 +183,7 @@ fn advisory_locks(tc: &TestCluster) -> String {
 #[test]
 fn service_one_leader_and_kill_hands_over() {
     let tc = TestCluster::start(1);
-    must(tc.primary.psql(
-        "postgres",
-        "CREATE TABLE public.events (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts)",
-    ));
+    create_events(&tc);
     let table =
         "[[partitions.tables]]\ntable = \"public.events\"\ninterval = \"daily\"\npremake = 3\n";
     let dir = tempfile::tempdir().unwrap();
@@ -348,15 +368,12 @@ fn service_survives_primary_restart_and_stops_on_sigterm() {
 #[test]
 fn service_sigterm_cancels_ddl_waiting_for_a_lock() {
     let tc = TestCluster::start(0);
-    must(tc.primary.psql(
-        "postgres",
-        "CREATE TABLE public.events (ts timestamptz NOT NULL, v int) PARTITION BY RANGE (ts)",
-    ));
+    create_events(&tc);
     // An application transaction holds the parent: the pass's DDL waits on it.
     let psql = must(localpg::find_program("psql", None));
     let mut holder = std::process::Command::new(psql)
         .env("PGPASSFILE", crate::harness::passfile())
-        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"])
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "app"])
         .args(["-p", &tc.primary.port.to_string()])
         .args([
             "-c",

@@ -180,8 +180,8 @@ fn tls_server() -> &'static (Cluster, Pki) {
 fn url(host: &str, port: u16, params: &str) -> String {
     crate::harness::with_password(
         &format!("postgres://postgres@{host}:{port}/postgres?{params}"),
-        crate::harness::SUPER_USER,
-        crate::harness::SUPER_PASSWORD,
+        crate::harness::STEWARD_USER,
+        crate::harness::STEWARD_PASSWORD,
     )
 }
 

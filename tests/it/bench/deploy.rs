@@ -15,12 +15,14 @@ use crate::harness::{self, pgsteward, write_config};
 #[ignore = "benchmark: prints the service's RSS"]
 fn bench_service_memory_footprint() {
     let cluster = harness::TestCluster::start(1);
-    let primary = cluster.primary.url("postgres");
-    let replica = cluster.replicas[0].url("postgres");
-    harness::must(cluster.primary.psql(
-        "postgres",
+    harness::create_app_db(&cluster.primary, "app");
+    harness::owner_psql(
+        &cluster.primary,
+        "app",
         "CREATE TABLE public.audit_log (id bigint, at timestamptz NOT NULL) PARTITION BY RANGE (at)",
-    ));
+    );
+    let primary = harness::steward_url(&cluster.primary, "app");
+    let replica = harness::steward_url(&cluster.replicas[0], "postgres");
     let port = pgsteward::localpg::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(

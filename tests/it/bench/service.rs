@@ -30,9 +30,15 @@ fn bench_service_idle_resources() {
         .lines()
         .map(|l| {
             if l.starts_with("primary = ") {
-                format!("primary = {:?}", tc.primary.url("postgres"))
+                format!(
+                    "primary = {:?}",
+                    crate::harness::steward_url(&tc.primary, "postgres")
+                )
             } else if l.starts_with("replicas = ") {
-                format!("replicas = [{:?}]", tc.replicas[0].url("postgres"))
+                format!(
+                    "replicas = [{:?}]",
+                    crate::harness::steward_url(&tc.replicas[0], "postgres")
+                )
             } else if l.starts_with("schedule = \"*/1 * * * *\"") {
                 // STEWARD_BENCH_LAG_SCHEDULE="* * * * * *" measures a check every second.
                 match std::env::var("STEWARD_BENCH_LAG_SCHEDULE") {

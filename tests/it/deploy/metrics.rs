@@ -35,7 +35,7 @@ fn referenced_metric_names() -> BTreeSet<String> {
 /// a real `pgsteward run` on the shared server.
 #[test]
 fn service_serves_the_probe_paths_and_every_alerted_metric() {
-    let url = harness::fresh_db("deploy");
+    let url = harness::as_steward(&harness::fresh_db("deploy"));
     let port = pgsteward::localpg::free_port().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(

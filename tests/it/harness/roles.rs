@@ -238,3 +238,29 @@ fn privilege_blocks_are_read_from_the_doc() {
         "{sql}"
     );
 }
+
+/// Makes database `dbname` on `cluster` as an operator would for the
+/// application: owned by `app_owner`, the steward's per-database grants in it.
+pub fn create_app_db(cluster: &Cluster, dbname: &str) {
+    must(cluster.psql(
+        "postgres",
+        &format!("CREATE DATABASE {}", pgsteward::pg::quote_ident(dbname)),
+    ));
+    prepare_db(cluster, dbname);
+}
+
+/// Runs `sql` in `dbname` as the application's owner (over the superuser's
+/// socket, then `SET ROLE`): the objects it makes are owned by `app_owner`.
+pub fn owner_psql(cluster: &Cluster, dbname: &str, sql: &str) -> String {
+    must(cluster.psql(dbname, &format!("SET ROLE {OWNER_USER};\n{sql}")))
+}
+
+/// `url` (any harness URL) logging in as the steward instead.
+pub fn as_steward(url: &str) -> String {
+    with_password(url, STEWARD_USER, STEWARD_PASSWORD)
+}
+
+/// `url` (any harness URL) logging in as the application's owner instead.
+pub fn as_owner(url: &str) -> String {
+    with_password(url, OWNER_USER, OWNER_PASSWORD)
+}
