@@ -26,6 +26,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
 pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
+use reach::{discover_one, show_databases};
 pub use reach::{pooled_session, pooler_spec, Servers};
 
 #[derive(Debug, thiserror::Error)]
@@ -562,77 +563,6 @@ impl Poolers {
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
-}
-
-/// `SHOW DATABASES` on `c`.
-async fn show_databases(
-    c: &Client,
-    admin: &ConnString,
-    after: Duration,
-) -> Result<Vec<DatabaseEntry>, PoolerError> {
-    let rows = simple(c, admin, sql::SHOW_DATABASES, after).await?;
-    Ok(rows
-        .iter()
-        .map(|r| DatabaseEntry {
-            name: r.get("name").unwrap_or_default().to_string(),
-            host: r.get("host").unwrap_or_default().to_string(),
-            port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
-            database: r.get("database").unwrap_or_default().to_string(),
-            paused: r.get("paused").is_some_and(|p| p == "1"),
-            pool_mode: r
-                .get("pool_mode")
-                .filter(|m| !m.is_empty())
-                .map(str::to_string),
-        })
-        .collect())
-}
-
-/// [`Poolers::discover`] for one instance: its control session (opened
-/// when needed), `SHOW DATABASES` within `limit`; failing that, the
-/// entries of its pgbouncer.ini; failing that, `cutover_db` alone.
-async fn discover_one(
-    e: &mut Endpoint,
-    servers: &Option<Servers>,
-    cutover_db: &str,
-    connect_timeout: Duration,
-    limit: Duration,
-) {
-    let admin = e.admin.clone();
-    let read = async {
-        if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-            e.ctl_conn = Some(pooled_session(&admin, connect_timeout.min(limit)).await?);
-        }
-        let c = e.ctl_conn.as_ref().ok_or(PoolerError::NotConfigured)?;
-        show_databases(c, &admin, limit).await
-    };
-    let shown: Vec<(String, String, u16)> = match tokio::time::timeout(limit, read).await {
-        Ok(Ok(rows)) => rows.into_iter().map(|d| (d.name, d.host, d.port)).collect(),
-        failed => {
-            let why = match failed {
-                Ok(Err(err)) => err.to_string(),
-                _ => format!("no answer within {limit:?}"),
-            };
-            // A hung console: the next command opens a fresh session.
-            e.ctl_conn = None;
-            tracing::warn!(pooler = %admin, error = %why, "SHOW DATABASES failed; the entries are read from the instance's pgbouncer.ini");
-            e.ini
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .map(|t| ini_entries(&t))
-                .unwrap_or_default()
-        }
-    };
-    let mut dbs = vec![cutover_db.to_string()];
-    for (name, host, port) in shown {
-        let reaches = match servers {
-            Some(s) => s.reaches(&host, port).await,
-            None => true,
-        };
-        if name != "pgbouncer" && !dbs.contains(&name) && reaches {
-            dbs.push(name);
-        }
-    }
-    e.dbs = dbs;
 }
 
 /// A row of a simple-protocol result by column name.
