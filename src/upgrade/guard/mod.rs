@@ -247,8 +247,24 @@ impl Guard {
         timeout: Duration,
     ) -> Result<Guard, GuardError> {
         let t = target.to_string();
-        let (client, mut got, pid) = lock_session(target, connect_timeout, timeout).await?;
-        let mut row = read(&client, &t, timeout).await?;
+        // A session ended by the server (57P01: another upgrade's fence
+        // sweeping this cluster's sessions) is taken once more: the fence
+        // spares the steward's role, so the second one gets to see the
+        // guard and refuse naming the upgrade in flight.
+        let mut again = true;
+        let (client, mut got, pid, mut row) = loop {
+            let once = async {
+                let (client, got, pid) = lock_session(target, connect_timeout, timeout).await?;
+                let row = read(&client, &t, timeout).await?;
+                Ok::<_, GuardError>((client, got, pid, row))
+            };
+            match once.await {
+                Err(GuardError::Query { message, .. }) if again && message.contains("57P01") => {
+                    again = false;
+                }
+                other => break other?,
+            }
+        };
         // Taken by a runner in flight: refuse at once, naming it. Taken with
         // no upgrade in flight: either a holder that has not claimed the row
         // yet (it does right after locking) or one whose session is just
