@@ -206,6 +206,13 @@ pub enum UpgradeCommand {
     /// Roll back an upgrade that has not promoted yet and delete its new replica.
     #[command(after_help = "Example:\n  pgsteward upgrade abort")]
     Abort,
+    /// The pause keeper a runner arms before PAUSE (internal; see docs/upgrade.md).
+    #[command(hide = true)]
+    Keeper {
+        /// Resume writes for a runner that is still alive after this long.
+        #[arg(long)]
+        after_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

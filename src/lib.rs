@@ -39,7 +39,8 @@
 //!   * `config::bounds`: the allowed range of every duration, size and count.
 //!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
-//! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
+//! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME (every instance independently), RELOAD,
+//!   the entries that reach the primary; [`pooler::ini`]: the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
 //!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
@@ -51,9 +52,11 @@
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
-//!   * [`upgrade::guard`]: one upgrade per primary: the runner's lock sessions and keepalive;
+//!   * [`upgrade::keeper`]: the pause keeper, a process that closes the write pause of a runner that died in it.
+//!   * [`upgrade::guard`]: one upgrade per cluster (in the database `postgres`): the runner's lock sessions and keepalive;
 //!     `guard::read` the guard row as the service, the CronJob and the pass read it.
-//!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
+//!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts;
+//!     [`upgrade::privileges`]: the steward's privileges, judged, each missing one with its GRANT.
 //!   * [`upgrade::current`]: for other commands: is `database.primary` still the primary; waiting out a cutover.
 //!   * [`upgrade::cutover`]: the write pause and the decision to start it.
 //!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
@@ -62,6 +65,7 @@
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions).
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
+//!   * [`upgrade::rescue`]: the pause keeper's process: closes the window of a runner gone or stuck.
 //! * [`lag`]: replica lag, `pgsteward lag`.
 //!   * `lag::sql`: the lag queries, one named constant each.
 //!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.

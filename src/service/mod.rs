@@ -194,7 +194,7 @@ async fn lag_job(
         Ok(report) => {
             metrics.record_lag(&report);
             if report.primary.reachable {
-                record_upgrade_step(pools, metrics, cfg.lag.query_timeout.0).await;
+                record_upgrade_step(cfg, metrics).await;
             }
             match (&report.primary.reachable, &report.primary.error) {
                 (false, Some(e)) => JobRun::Failed {
@@ -223,16 +223,24 @@ async fn lag_job(
 /// runs as its own process (CLI, Job), and the row is where every runner
 /// records its step before acting, on whichever node is the primary. A read
 /// that fails leaves the gauge as it was.
-async fn record_upgrade_step(pools: &LagPools, metrics: &Metrics, timeout: Duration) {
-    let row = match pools.primary.client().await {
-        Ok(client) => upgrade::guard::read(&client, &pools.primary.name, timeout).await,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade guard not read");
-            return;
-        }
-    };
+async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
+    let row = upgrade::guard::read_cluster(
+        &cfg.database.primary,
+        cfg.database.connect_timeout.0,
+        cfg.lag.query_timeout.0,
+    )
+    .await;
     match row {
-        Ok(row) => metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref())),
+        Ok(row) => {
+            metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref()));
+            // A write pause whose runner and keeper are both gone (a pod or
+            // host lost): resume writes where that is safe (upgrade::rescue).
+            if let Some(row) = row {
+                if let Some(did) = upgrade::rescue::service_rescue(cfg, &row).await {
+                    tracing::warn!(upgrade = %row.upgrade_id, "{did}");
+                }
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "upgrade guard not read"),
     }
 }
