@@ -74,7 +74,7 @@ fn on_17_failover_slots_are_carried_and_others_name_alter_subscription() {
     assert_eq!(fails.len(), 1, "{fails:?}");
     assert!(fails[0].starts_with("replication slot cdc"), "{fails:?}");
     assert!(fails[0].contains("SET (failover = true)"), "{fails:?}");
-    assert!(fails[0].contains("ALTER_REPLICATION_SLOT cdc (FAILOVER true)"));
+    assert!(fails[0].contains("ALTER_REPLICATION_SLOT \"cdc\" (FAILOVER true)"));
     assert_eq!(carried(&slots, 180_000, LOCAL), vec![logical("sub1", true)]);
 }
 
