@@ -7,7 +7,9 @@
 //! `restart_lsn` at or before where its user stands on the old primary
 //! (`slots::physical_ready`), so the user, repointed after promote, asks the
 //! new primary only for WAL it keeps. Idempotent: a slot already there is
-//! kept (a resumed upgrade runs this again).
+//! kept (a resumed upgrade runs this again). A slot whose user is behind
+//! the new server's first WAL and not streaming refuses at once (the wait
+//! could not end), before the pause.
 
 use std::time::Duration;
 
@@ -22,9 +24,9 @@ const ON_NEW: &str =
 /// Reserves WAL at once (`immediately_reserve`), from the standby's last
 /// restart point: older than anything its user still needs.
 const CREATE: &str = "SELECT pg_create_physical_replication_slot($1, true)";
-/// `None`: the slot is gone or never reserved WAL (its user asks for nothing older).
-const OLD_MINUS_NEW: &str = "SELECT pg_wal_lsn_diff(restart_lsn, $2::text::pg_lsn)::float8 \
-     FROM pg_replication_slots WHERE slot_name = $1 AND restart_lsn IS NOT NULL";
+/// No row: the slot is gone or never reserved WAL (its user asks for nothing older).
+const OLD_MINUS_NEW: &str = "SELECT pg_wal_lsn_diff(restart_lsn, $2::text::pg_lsn)::float8, \
+     restart_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1 AND restart_lsn IS NOT NULL";
 
 impl Saga {
     /// Makes each carried physical slot on the new server and waits (under
@@ -70,15 +72,30 @@ impl Saga {
                 };
                 let limit = self.query_limit();
                 let old = self.old_client().await?;
-                let diff: Option<f64> = limit
+                let row = limit
                     .run(
                         &primary,
                         old.query_opt(OLD_MINUS_NEW, &[name, &new_restart]),
                     )
-                    .await?
-                    .map(|r| r.get(0));
+                    .await?;
+                let diff: Option<f64> = row.as_ref().map(|r| r.get(0));
                 if physical_ready(diff) {
                     break;
+                }
+                // Behind the new server's first WAL and nobody streaming:
+                // waiting cannot help, and the new primary could never
+                // serve that user. Refuse before the pause, naming the fix.
+                if let Some(r) = row.as_ref().filter(|r| !r.get::<_, bool>(2)) {
+                    let at: String = r.get(1);
+                    return Err(UpgradeError::Step {
+                        step: Step::WaitCatchup,
+                        detail: format!(
+                            "physical slot {name} keeps WAL from {at}, before the new server's first WAL \
+                             ({new_restart}), and no one streams from it: the new primary could not serve \
+                             its user. Let its user (a standby, pg_receivewal) catch up, or drop the slot \
+                             on the primary if it is unused, then `pgsteward upgrade resume`"
+                        ),
+                    });
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(UpgradeError::Timeout {

@@ -10,6 +10,9 @@
 //! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
 //! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
+//! * `slots`: the pure judgement of the source's replication slots; `carry`
+//!   makes the physical ones on the new server before the pause.
+//! * `plan`: `upgrade plan`, only the steps this provider and cutover run.
 
 mod carry;
 pub mod current;

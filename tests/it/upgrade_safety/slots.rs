@@ -134,8 +134,56 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
     assert_cdc_matches(&mut cdc, "public.ledger", &super_app, LEDGER_IDS, "CDC").await;
 }
 
-/// A physical slot (another standby's, or pg_receivewal's) is made on the
-/// new server before the pause, so its user finds it on the new primary.
+/// `pg_receivewal` streaming through physical slot `slot` of the server at
+/// `port` (as the superuser, a test fixture), reporting every second.
+struct ReceiveWal(std::process::Child, tempfile::TempDir);
+
+impl ReceiveWal {
+    fn start(port: u16, slot: &str) -> ReceiveWal {
+        let dir = must(tempfile::tempdir().map_err(|e| e.to_string()));
+        let program = harness::bin_dir()
+            .map(|d| d.join("pg_receivewal"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| {
+                must(pgsteward::localpg::find_program(
+                    "pg_receivewal",
+                    harness::bin_dir(),
+                ))
+            });
+        let child = must(
+            Command::new(program)
+                .args([
+                    "-d",
+                    &format!("host=127.0.0.1 port={port} user={}", harness::SUPER_USER),
+                    "-S",
+                    slot,
+                    "-s",
+                    "1",
+                    "-n",
+                    "-D",
+                ])
+                .arg(dir.path())
+                .env("PGPASSFILE", harness::passfile())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("pg_receivewal: {e}")),
+        );
+        ReceiveWal(child, dir)
+    }
+}
+
+impl Drop for ReceiveWal {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A physical slot streamed from by `pg_receivewal` is made on the new
+/// server before the pause, so its user finds it (and the WAL it asks for)
+/// on the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_physical_slot_is_on_the_new_primary() {
     let mut t = Topology::new();
@@ -143,6 +191,23 @@ async fn a_physical_slot_is_on_the_new_primary() {
         "postgres",
         "SELECT pg_create_physical_replication_slot('standby_b', true)",
     ));
+    let _receiver = ReceiveWal::start(t.cluster.primary.port, "standby_b");
+    let super_postgres =
+        crate::partitions::as_super(&harness::steward_url(&t.cluster.primary, "postgres"));
+    let t0 = Instant::now();
+    while harness::query(
+        &super_postgres,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'standby_b' AND active",
+    )
+    .await
+    .is_empty()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pg_receivewal never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let load = Load::start(
         &t.pooler_url(),
         2,
