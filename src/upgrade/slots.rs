@@ -250,7 +250,7 @@ pub fn not_ready(carried: &[ReplicationSlot], on_new: &[Synced]) -> Vec<String> 
 /// `diff` is `old_restart - new_restart` in bytes (`None`: the old slot
 /// never reserved WAL, so its user asks for nothing older).
 pub fn physical_ready(diff: Option<f64>) -> bool {
-    diff.is_none_or(|d| d >= 0.0)
+    diff.map_or(true, |d| d >= 0.0)
 }
 
 /// Pure: where the new primary's copy of a logical slot is set after promote.

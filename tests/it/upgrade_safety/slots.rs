@@ -136,7 +136,11 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
 
 /// `pg_receivewal` streaming through physical slot `slot` of the server at
 /// `port` (as the superuser, a test fixture), reporting every second.
-struct ReceiveWal(std::process::Child, tempfile::TempDir);
+struct ReceiveWal {
+    child: std::process::Child,
+    /// Where it writes the WAL; removed with it.
+    _dir: tempfile::TempDir,
+}
 
 impl ReceiveWal {
     fn start(port: u16, slot: &str) -> ReceiveWal {
@@ -170,14 +174,14 @@ impl ReceiveWal {
                 .spawn()
                 .map_err(|e| format!("pg_receivewal: {e}")),
         );
-        ReceiveWal(child, dir)
+        ReceiveWal { child, _dir: dir }
     }
 }
 
 impl Drop for ReceiveWal {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
