@@ -206,16 +206,18 @@ async fn hand_cutover(
 ) {
     let class = t.next_class();
     let sb = if class == "large" { "40MB" } else { "48MB" };
-    let settings: Vec<(String, String)> = [
-        ("shared_buffers", sb),
-        ("fsync", "off"),
-        ("full_page_writes", "off"),
-        ("wal_receiver_status_interval", "1s"),
-        ("log_min_messages", "warning"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    // The harness's settings (a standby refuses to start below its
+    // primary's max_wal_senders and the like), with the class's buffers.
+    let settings: Vec<(String, String)> = harness::test_settings()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "shared_buffers" {
+                (k, sb.to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
     let old_spec = pgsteward::pg::ConnSpec::parse(&t.primary_url).unwrap();
     let old_port = old_spec.host_port().1;
     let old = harness::connect(&t.primary_url).await;

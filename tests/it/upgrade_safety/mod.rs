@@ -14,6 +14,7 @@ mod durability;
 mod fence;
 mod hangs;
 mod poolers;
+mod slots;
 mod two_runners;
 
 /// The topology's config with another `state_dir` (another pod or host).
