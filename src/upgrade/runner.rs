@@ -155,7 +155,16 @@ impl Saga {
                 }
             }
         }
-        let in_pause = matches!(step, Step::FenceOldPrimary | Step::FinalSync);
+        // Every step between PAUSE and RESUME: a guard check there holds the
+        // writes paused, so it is bounded by the pause deadline too.
+        let in_pause = matches!(
+            step,
+            Step::FenceOldPrimary
+                | Step::FinalSync
+                | Step::Promote
+                | Step::Repoint
+                | Step::ResumeWrites
+        );
         let deadline = if in_pause { self.deadline } else { None };
         if let Some(g) = self.guard.as_mut() {
             g.set_deadline(deadline);

@@ -159,6 +159,9 @@ struct Held {
     pid: i32,
     /// False once this node's WAL must not move (see [`CHECK_ONLY`]).
     writable: bool,
+    /// A frozen (old primary's) session that did not answer a check in
+    /// time: it is not asked again (see [`Guard::step`]).
+    unanswered: bool,
 }
 
 /// The guard a runner holds for its whole run. Dropping it closes the
@@ -317,6 +320,7 @@ impl Guard {
                 client,
                 pid,
                 writable: true,
+                unanswered: false,
             }],
             connect_timeout,
             timeout,
@@ -447,13 +451,31 @@ impl Guard {
             }
             let h = &self.held[i];
             if !h.writable {
-                let rows = bounded(
+                if h.unanswered {
+                    continue;
+                }
+                let checked = bounded(
                     &h.target,
                     self.limit(),
                     h.client
                         .query(CHECK_ONLY, &[&self.id, &GUARD_NS, &GUARD_KEY]),
                 )
-                .await?;
+                .await;
+                // The old primary, fenced and past the final sync, hung
+                // (SIGSTOP, a stalled disk): its session has not ended, so
+                // its advisory lock cannot pass to another runner while the
+                // backend lives, and nothing can act on that node meanwhile.
+                // Waiting for it would only hold the writes paused (these
+                // steps run inside the pause) and fail the upgrade after its
+                // point of no return; the other held nodes are still proved.
+                let rows = match checked {
+                    Err(GuardError::Timeout { target, after }) => {
+                        tracing::warn!(%target, ?after, "the old primary's guard session does not answer; its lock stays ours while the session lives, not asked again");
+                        self.held[i].unanswered = true;
+                        continue;
+                    }
+                    other => other?,
+                };
                 if rows.is_empty() {
                     return Err(GuardError::Lost {
                         id: self.id.clone(),
@@ -564,6 +586,7 @@ impl Guard {
             client,
             pid,
             writable: true,
+            unanswered: false,
         });
         let bump = "UPDATE pgsteward.upgrade_guard SET epoch = $1 WHERE upgrade_id = $2";
         for h in &self.held {
