@@ -37,6 +37,7 @@ impl Error {
             Error::Config(_) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
+            Error::Partitions(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,
         }

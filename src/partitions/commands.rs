@@ -157,10 +157,17 @@ fn plan_text(out: &PlanOutput) -> String {
                     partition,
                     how,
                     drop,
+                    archive,
                     reason,
                 } => format!(
                     "retire {partition}: detach {how:?}{}; {reason}",
-                    if *drop { " and drop" } else { "" }
+                    if *archive {
+                        ", archive to object storage, verify and drop"
+                    } else if *drop {
+                        " and drop"
+                    } else {
+                        ""
+                    }
                 )
                 .to_lowercase(),
                 Action::DropDefaultCheck { constraint } => {

@@ -72,11 +72,13 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             _ => false,
         };
         let drop = expired && cfg.retention_mode == RetentionMode::Drop;
+        let archive = expired && cfg.retention_mode == RetentionMode::Archive;
         if p.detach_pending {
             actions.push(Action::Retire {
                 partition: p.name.clone(),
                 how: DetachHow::Finalize,
                 drop,
+                archive,
                 reason: "an earlier concurrent detach was interrupted".into(),
             });
             continue;
@@ -101,6 +103,7 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
                 DetachHow::Concurrently
             },
             drop,
+            archive,
             reason: format!(
                 "whole range ends before the retention cut-off {}",
                 key_text(kt, tz, cutoff.unwrap_or(KEY_MIN))
