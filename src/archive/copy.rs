@@ -47,7 +47,7 @@ const COLUMNS: &str =
     "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
        CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END \
      FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-     WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
+     WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum";
 
 /// The columns of `table`, in order.
 pub async fn columns(client: &Client, table: &QualifiedName) -> Result<Vec<Column>, ArchiveError> {

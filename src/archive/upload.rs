@@ -122,7 +122,7 @@ async fn stream_inner(
     }
     etags.sort_by_key(|(n, _)| *n);
     store
-        .complete_multipart(key, upload_id, etags, cancel)
+        .complete_multipart(key, upload_id, etags, bytes, cancel)
         .await?;
     let secs = progress.elapsed().as_secs_f64().max(1e-3);
     tracing::info!(

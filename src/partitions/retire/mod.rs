@@ -125,6 +125,7 @@ pub(super) async fn start(
         return Ok(());
     }
     let r = steps::insert_intent(ex, table, partition, range).await?;
+    failpoint("retire-detaching")?;
     finish(ex, r, Some(how), stores, report).await
 }
 
@@ -232,11 +233,17 @@ async fn drive(
             }
             Next::RecordDropped => steps::record_dropped_outside(ex, r).await?,
         }
+        // After each recorded state: `retire-<state>` (kill -9 tests).
+        failpoint(&format!("retire-{}", r.state.as_str()))?;
     }
     Ok(Went::Held(format!(
         "still {} after every step ran; next pass",
         r.state.as_str()
     )))
+}
+
+pub(super) fn failpoint(name: &str) -> Result<(), StepError> {
+    crate::upgrade::failpoint::hit(name).map_err(|e| StepError::Refused(e.to_string()))
 }
 
 fn refused(e: record::RecordError) -> StepError {

@@ -254,6 +254,7 @@ pub(super) async fn upload(
         .await
         .map_err(pg("record the upload id"))?;
     r.upload_id = Some(upload_id.clone());
+    super::failpoint("retire-upload-begun")?;
     let pace = Pace {
         part_size: acfg.part_size.0 as usize,
         in_flight: acfg.uploads_in_flight.max(1) as usize,
