@@ -472,9 +472,16 @@ impl Store {
     /// `check`: the bucket exists and this identity may write, read and
     /// delete under the prefix (a probe object, removed again).
     pub async fn probe(&self, cancel: &CancellationToken) -> Result<String, ArchiveError> {
-        let req = self.client.head_bucket().bucket(&self.bucket).send();
-        self.call("reach the bucket of", &self.bucket, cancel, req)
-            .await?;
+        // A listing under the prefix, not HeadBucket: the least-privilege
+        // policy grants s3:ListBucket only with an s3:prefix condition.
+        let req = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(1)
+            .send();
+        self.call("list", &self.prefix, cancel, req).await?;
         let key = format!("{}.pgsteward-check", self.prefix);
         self.put(&key, Bytes::from_static(b"pgsteward check\n"), cancel)
             .await?;

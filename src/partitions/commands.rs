@@ -251,6 +251,8 @@ struct StatusOutput {
     skipped: Option<String>,
     tables: Vec<TableStatus>,
     indexes: Vec<indexes::TableIndexStatus>,
+    /// Archive retirements not finished (`retention_mode = "archive"`).
+    retirements: Vec<super::retire::record::Retirement>,
 }
 
 #[derive(Serialize)]
@@ -393,10 +395,15 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     if index_status.iter().any(|t| !t.drift.is_empty()) {
         outcome = Outcome::Problem;
     }
+    let retirements = super::retire::commands::in_flight(&client).await;
+    if retirements.iter().any(|r| r.stuck()) {
+        outcome = Outcome::Problem;
+    }
     let out = StatusOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables,
         indexes: index_status,
+        retirements,
     };
     match output {
         OutputFormat::Json => crate::output::print_json(&out),
@@ -464,6 +471,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 }
             }
             print!("{}", indexes::status_text(&out.indexes));
+            print!("{}", super::retire::commands::status_text(&out.retirements));
         }
     }
     Ok(outcome)

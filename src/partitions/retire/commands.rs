@@ -152,6 +152,57 @@ pub async fn archives_command(
     Ok(outcome)
 }
 
+/// Unfinished retirements for `partitions status` (none when unreadable:
+/// logged; the rest of `status` still reports).
+pub async fn in_flight(client: &tokio_postgres::Client) -> Vec<Retirement> {
+    match record::all(client).await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|r| r.state != super::state::State::Dropped)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "retirements not read");
+            Vec::new()
+        }
+    }
+}
+
+/// The retirements section of `partitions status`: one line each, and a
+/// PROBLEM line for every one stuck for more than a day.
+pub fn status_text(open: &[Retirement]) -> String {
+    if open.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = open
+        .iter()
+        .map(|r| {
+            vec![
+                r.partition.to_string(),
+                r.state.as_str().to_string(),
+                format!("{:.0}m", r.idle_s / 60.0),
+                r.attempts.to_string(),
+                r.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut s = format!(
+        "\nretirements in flight (retention_mode = \"archive\"):\n{}",
+        crate::output::table(
+            &["PARTITION", "STATE", "SINCE", "FAILURES", "LAST ERROR"],
+            &rows
+        )
+    );
+    for r in open.iter().filter(|r| r.stuck()) {
+        s.push_str(&format!(
+            "PROBLEM {}: retirement stuck at {} for {:.1} h; see LAST ERROR, `pgsteward partitions apply` retries\n",
+            r.partition,
+            r.state.as_str(),
+            r.idle_s / 3600.0
+        ));
+    }
+    s
+}
+
 fn bound_sql(text: &str, key_type: &str) -> String {
     match text {
         "MINVALUE" | "MAXVALUE" => text.to_string(),
