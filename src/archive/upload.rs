@@ -7,7 +7,7 @@
 //! SHA-256 and the row count (text COPY ends every row with a newline; a
 //! newline inside a value is escaped) are computed as the bytes pass.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{pin_mut, StreamExt};
 use sha2::{Digest, Sha256};
@@ -76,7 +76,9 @@ async fn stream_inner(
     pin_mut!(stream);
     let mut hasher = Sha256::new();
     let (mut rows, mut bytes) = (0u64, 0u64);
-    let mut buf = BytesMut::with_capacity(pace.part_size);
+    // Exactly one part's capacity: a full part is moved out whole, so no
+    // allocation outlives its part or grows past `part_size`.
+    let mut buf: Vec<u8> = Vec::with_capacity(pace.part_size);
     let mut next_part = 1i32;
     let mut etags: Vec<(i32, String)> = Vec::new();
     let mut sending = FuturesUnordered::new();
@@ -98,10 +100,16 @@ async fn stream_inner(
         hasher.update(&chunk);
         rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         bytes += chunk.len() as u64;
-        buf.extend_from_slice(&chunk);
-        while buf.len() >= pace.part_size {
-            let part = buf.split_to(pace.part_size).freeze();
-            sending.push(send(next_part, part));
+        let mut rest: &[u8] = &chunk;
+        while !rest.is_empty() {
+            let take = rest.len().min(pace.part_size - buf.len());
+            buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if buf.len() < pace.part_size {
+                break;
+            }
+            let part = std::mem::replace(&mut buf, Vec::with_capacity(pace.part_size));
+            sending.push(send(next_part, Bytes::from(part)));
             next_part += 1;
             // A free slot before reading on: this is the memory bound.
             while sending.len() >= pace.in_flight {
@@ -115,7 +123,7 @@ async fn stream_inner(
     // The last part may be smaller than 5 MiB; an empty object gets one
     // empty part, which S3 accepts as the only part.
     if !buf.is_empty() || next_part == 1 {
-        sending.push(send(next_part, buf.split().freeze()));
+        sending.push(send(next_part, Bytes::from(std::mem::take(&mut buf))));
     }
     while let Some(done) = sending.next().await {
         etags.push(done?);

@@ -22,7 +22,7 @@ async fn small_table(url: &str) {
         ));
     }
     sql.push_str(&format!(
-        "INSERT INTO audit (at, note) SELECT timestamptz '{}' + g * interval '1 minute', repeat('x', 100) FROM generate_series(1, 5000) g;",
+        "INSERT INTO audit (at, note) SELECT timestamptz '{}' + g * interval '30 seconds', repeat('x', 100) FROM generate_series(1, 60000) g;",
         crate::partitions::month_start(-5)
     ));
     must(
