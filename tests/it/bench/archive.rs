@@ -122,7 +122,7 @@ async fn bench_archive_vs_psql_and_aws_cli() {
     let steward = as_steward(&url);
 
     // Floor: psql | aws s3 cp.
-    let (floor, _, out) = timed(&mut sh(&format!(
+    let (floor, _, out) = timed(sh(&format!(
         "psql \"$PGURL\" -Xq -c 'COPY (SELECT * FROM {part}) TO STDOUT' | aws s3 cp - s3://{BUCKET}/floor/{part}.copy --endpoint-url {endpoint}"
     )).env("PGURL", &steward));
     assert!(out.status.success(), "floor: {}", text(&out));
@@ -193,7 +193,7 @@ async fn bench_archive_vs_psql_and_aws_cli() {
             .await
             .map_err(|e| e.to_string()),
     );
-    let (restore_floor, _, out) = timed(&mut sh(&format!(
+    let (restore_floor, _, out) = timed(sh(&format!(
         "aws s3 cp s3://{BUCKET}/{key} - --endpoint-url {endpoint} | psql \"$PGURL\" -Xq -c 'COPY floor_restore FROM STDIN'"
     )).env("PGURL", as_owner(&url)));
     assert!(out.status.success(), "restore floor: {}", text(&out));
