@@ -9,6 +9,7 @@
 //! - `extra_float_digits = 3`: float4/float8 printed in shortest exact form
 //!   (PostgreSQL 12+ prints round-trip-exact digits for any value >= 1).
 //! - `bytea_output = hex`, `client_encoding = UTF8`.
+//! - `row_security = off`: every row or an error, never a filtered subset.
 //!
 //! numeric, arrays, jsonb, ranges, enums, domains, composite and extension
 //! types go through their own input/output functions, which are inverse by
@@ -22,13 +23,16 @@ use super::ArchiveError;
 use crate::pg::{quote_ident, QualifiedName};
 
 /// The settings both COPY sessions run under, in order.
-pub const COPY_SETTINGS: [(&str, &str); 6] = [
+pub const COPY_SETTINGS: [(&str, &str); 7] = [
     ("DateStyle", "ISO, YMD"),
     ("IntervalStyle", "postgres"),
     ("TimeZone", "UTC"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
     ("client_encoding", "UTF8"),
+    // A policy that would hide rows makes COPY fail instead of archiving a
+    // subset (the drop would lose the rest).
+    ("row_security", "off"),
 ];
 
 /// One column of an archived partition.

@@ -125,8 +125,13 @@ pub(super) async fn insert_intent(
 /// plain DETACH, or right after a concurrent one.
 fn barrier_and_record(r: &Retirement) -> String {
     let p = r.partition.quoted();
+    // NO FORCE ROW LEVEL SECURITY: the owner (whose membership the steward
+    // reads through) must see every row, or COPY and count(*) would agree on
+    // a filtered subset and the rest be dropped unarchived. Only the owner is
+    // affected, and the table is read-only from here on.
     format!(
-        "DROP TRIGGER IF EXISTS {BARRIER} ON {p}; \
+        "ALTER TABLE {p} NO FORCE ROW LEVEL SECURITY; \
+         DROP TRIGGER IF EXISTS {BARRIER} ON {p}; \
          CREATE TRIGGER {BARRIER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {p} \
          FOR EACH STATEMENT EXECUTE FUNCTION pgsteward.refuse_write_to_retiring(); \
          UPDATE pgsteward.retirements SET state = 'detached', updated_at = now() \
@@ -352,12 +357,7 @@ pub(super) async fn verify(
         }
         Err(e) => return Err(archive_err(&p, e)),
     };
-    let count: i64 = ex
-        .client
-        .query_one(&format!("SELECT count(*) FROM {}", p.quoted()), &[])
-        .await
-        .map_err(pg("count the partition's rows"))?
-        .get(0);
+    let count = count_rows(ex, &p).await?;
     if count != rows || manifest.rows != rows as u64 {
         return redo(
             ex,
@@ -376,6 +376,28 @@ pub(super) async fn verify(
     r.state = State::Verified;
     tracing::info!(partition = %p, key = %r.key, rows, bytes, "archive verified");
     Ok(())
+}
+
+/// `count(*)` with `row_security = off`: a policy that would hide rows is an
+/// error, never a smaller count.
+async fn count_rows(ex: &Exec<'_>, p: &QualifiedName) -> Result<i64, StepError> {
+    let sql = format!(
+        "BEGIN; SET LOCAL row_security = off; SELECT count(*) FROM {}; COMMIT",
+        p.quoted()
+    );
+    let msgs = match ex.client.simple_query(&sql).await {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ex.client.batch_execute("ROLLBACK").await;
+            return Err(pg("count the partition's rows")(e));
+        }
+    };
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .ok_or_else(|| StepError::Refused(format!("cannot count the rows of {p}")))
 }
 
 async fn redo(ex: &Exec<'_>, r: &mut Retirement, why: String) -> Result<(), StepError> {
@@ -413,7 +435,7 @@ pub(super) async fn drop(
         n += 1;
     };
     let batch = format!(
-        "LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE; \
+        "SET LOCAL row_security = off; LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE; \
          DO {tag} BEGIN IF (SELECT count(*) FROM {p}) <> {rows} THEN \
            RAISE EXCEPTION 'rows changed since the archive was verified (archive: {rows} rows); not dropped'; \
          END IF; END {tag}; \

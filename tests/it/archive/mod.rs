@@ -209,6 +209,16 @@ pub async fn hostile_table(url: &str, rows_per_month: u32) {
     for i in [-6, -5, -4, -1, 0] {
         sql.push_str(&hostile_rows(i, rows_per_month));
     }
+    // Row-level security forced on the old partitions, as pgsteward makes
+    // partitions of a parent that forces it, with a policy that shows the
+    // owner nothing: an archive must still hold every row.
+    for i in [-6, -5, -4] {
+        let p = crate::partitions::month_name("audit", i);
+        sql.push_str(&format!(
+            "ALTER TABLE {p} ENABLE ROW LEVEL SECURITY; ALTER TABLE {p} FORCE ROW LEVEL SECURITY; \
+             CREATE POLICY nobody ON {p} USING (false);"
+        ));
+    }
     let owner = connect(&as_owner(url)).await;
     if let Err(e) = owner
         .batch_execute(&format!("SET TimeZone = 'UTC'; {sql}"))
