@@ -22,6 +22,8 @@ struct PlanOutput {
     skipped: Option<String>,
     tables: Vec<TablePlanOutput>,
     indexes: Vec<indexes::TableIndexStatus>,
+    /// Archive retirements the next pass resumes.
+    retirements: Vec<super::retire::record::Retirement>,
 }
 
 #[derive(Serialize)]
@@ -69,6 +71,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
         indexes: Vec::new(),
+        retirements: Vec::new(),
     };
     let mut outcome = Outcome::Healthy;
     let in_flight = converting::read(&client).await;
@@ -120,6 +123,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         }
     }
     if !catalog.in_recovery {
+        out.retirements = super::retire::commands::in_flight(&client).await;
         out.indexes = indexes::inspect(&client, cfg, &managed)
             .await
             .map_err(|e| PartitionError::Index(Box::new(e)))?;
@@ -186,6 +190,15 @@ fn plan_text(out: &PlanOutput) -> String {
         for n in &t.notes {
             s.push_str(&format!("-- {}: note: {}\n", t.table, note_text(n)));
         }
+    }
+    for r in &out.retirements {
+        s.push_str(&format!(
+            "-- {}: resume the retirement of {} from {} (archive {}), then verify and drop\n",
+            r.table,
+            r.partition,
+            r.state.as_str(),
+            r.key
+        ));
     }
     for t in out.indexes.iter().filter(|t| !t.sql.is_empty()) {
         s.push_str(&format!("-- {}: indexes, built online\n", t.table));

@@ -56,6 +56,18 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
         );
         if *recorded != "dropped" {
             assert!(exists(&url, &old).await, "{failpoint}: partition kept");
+            let out = run(
+                pgsteward().args(["--config", path.to_str().unwrap(), "partitions", "plan"]),
+                Duration::from_secs(60),
+            );
+            let plan = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                plan.contains(&format!(
+                    "resume the retirement of public.{old} from {recorded}"
+                )),
+                "{failpoint}: {}",
+                text(&out)
+            );
         }
         // The next pass resumes every retirement and finishes them.
         let cfg = config_of(&toml);
