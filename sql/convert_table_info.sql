@@ -101,9 +101,41 @@ SELECT json_build_object(
             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
               AND d.refobjid = t.oid AND r.ev_class <> t.oid) dv
       JOIN pg_class v ON v.oid = dv.ev_class JOIN pg_namespace vn ON vn.oid = v.relnamespace),
+  -- Every publication that publishes the table (listed, FOR ALL TABLES, FOR
+  -- TABLES IN SCHEMA): after the swap its rows live in partitions.
   'publications', (SELECT coalesce(json_agg(json_build_object(
-        'name', pb.pubname::text, 'filtered', pr.prqual IS NOT NULL OR pr.prattrs IS NOT NULL)), '[]'::json)
-      FROM pg_publication_rel pr JOIN pg_publication pb ON pb.oid = pr.prpubid WHERE pr.prrelid = t.oid),
+        'name', pb.pubname::text,
+        'filtered', coalesce((to_jsonb(pr) ->> 'prqual') IS NOT NULL OR (to_jsonb(pr) ->> 'prattrs') IS NOT NULL, false),
+        'listed', pr.prrelid IS NOT NULL,
+        'via_root', pb.pubviaroot,
+        'owner', pg_get_userbyid(pb.pubowner)::text,
+        'owner_member', pg_has_role(current_user, pb.pubowner, 'USAGE')) ORDER BY pb.pubname), '[]'::json)
+      FROM pg_publication pb
+      LEFT JOIN pg_publication_rel pr ON pr.prpubid = pb.oid AND pr.prrelid = t.oid
+      WHERE pr.prrelid IS NOT NULL
+         OR EXISTS (SELECT 1 FROM pg_get_publication_tables(pb.pubname::text) gt WHERE gt.relid = t.oid)),
+  -- What the swap does as the steward beyond the table's ownership.
+  'foreign_needs', (SELECT coalesce(json_agg(x.need ORDER BY x.need), '[]'::json) FROM (
+      SELECT format('CREATE OR REPLACE VIEW %s needs ownership of the view (owned by %s)',
+                    v.oid::regclass, pg_get_userbyid(v.relowner)) AS need
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+      WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+        AND d.refobjid = t.oid AND r.ev_class <> t.oid
+        AND NOT pg_has_role(current_user, v.relowner, 'USAGE')
+      UNION
+      SELECT format('the foreign key %s needs REFERENCES on %s', k.conname, k.confrelid::regclass)
+      FROM pg_constraint k WHERE k.conrelid = t.oid AND k.contype = 'f'
+        AND NOT has_table_privilege(current_user, k.confrelid, 'REFERENCES')
+      UNION
+      SELECT format('trigger %s needs EXECUTE on %s', g.tgname, g.tgfoid::regprocedure)
+      FROM pg_trigger g WHERE g.tgrelid = t.oid AND NOT g.tgisinternal
+        AND NOT has_function_privilege(current_user, g.tgfoid, 'EXECUTE')
+      UNION
+      SELECT format('sequence %s must be re-owned, which needs ownership of it (owned by %s)',
+                    sq.oid::regclass, pg_get_userbyid(sq.relowner))
+      FROM pg_depend d JOIN pg_class sq ON sq.oid = d.objid AND sq.relkind = 'S'
+      WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+        AND d.refobjid = t.oid AND NOT pg_has_role(current_user, sq.relowner, 'USAGE')) x),
   -- Objects that depend on the table or its row type and that conversion does
   -- not carry (functions taking the row type, other tables' columns of it, ...).
   'other_dependents', (SELECT coalesce(json_agg(DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid)), '[]'::json)

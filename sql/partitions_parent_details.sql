@@ -5,7 +5,9 @@ SELECT c.relrowsecurity AS row_security,
        c.relforcerowsecurity AS force_row_security,
        c.relreplident::text AS replica_identity,
        t.spcname::text AS tablespace,
-       current_setting('server_version_num')::int4 AS server_version
+       current_setting('server_version_num')::int4 AS server_version,
+       (SELECT x.indexrelid::int8 FROM pg_index x
+        WHERE x.indrelid = c.oid AND x.indisreplident AND c.relreplident = 'i') AS identity_index
 FROM pg_class c
 LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
 WHERE c.oid = $1::int8::oid

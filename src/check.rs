@@ -19,6 +19,25 @@ pub struct Probe {
     pub endpoint: String,
     pub ok: bool,
     pub detail: String,
+    /// The failure is the operator's to fix in the configuration or the
+    /// environment (no password anywhere): `check` exits 2, as every command does.
+    #[serde(skip)]
+    pub usage: bool,
+}
+
+/// Why `check` exits 2 after printing its table.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(
+        "{count} endpoint(s) cannot log in for want of a configuration or environment fix (above)"
+    )]
+    Usage { count: usize },
+}
+
+impl CheckError {
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
 }
 
 /// Why an endpoint failed its probe; its text is the probe's detail.
@@ -34,6 +53,12 @@ enum ProbeError {
     NotPrimary(String),
     #[error("PostgreSQL {0}, but NOT in recovery: a second writable node")]
     SecondWritable(String),
+}
+
+impl ProbeError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ProbeError::Pg(e) if e.is_usage())
+    }
 }
 
 use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
@@ -66,11 +91,13 @@ async fn probe_server(
             endpoint,
             ok: true,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role,
             endpoint,
             ok: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -99,11 +126,13 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             endpoint,
             ok: true,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role: "pooler",
             endpoint,
             ok: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -123,7 +152,11 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
         .collect();
     let read = async {
         let client = crate::partitions::connect(cfg).await?;
-        crate::partitions::catalog::read(&client, &names).await
+        let catalog = crate::partitions::catalog::read(&client, &names).await?;
+        // Read after the catalog, as the pass reads it: a table `convert` is
+        // working on is plain until its swap, and that is no problem.
+        let converting = crate::partitions::converting::read(&client).await;
+        Ok::<_, crate::partitions::PartitionError>((catalog, converting))
     }
     .await;
     match read {
@@ -132,33 +165,48 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             endpoint: cfg.database.primary.to_string(),
             ok: false,
             detail: e.to_string(),
+            usage: false,
         }],
-        Ok(catalog) => catalog
+        Ok((catalog, converting)) => catalog
             .tables
             .into_iter()
-            .map(|(name, lookup)| match lookup {
-                Ok(state) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: true,
-                    detail: format!(
-                        "partitioned by range on {} ({}), {} partitions{}",
-                        state.key_column,
-                        format!("{:?}", state.key_type).to_lowercase(),
-                        state.partitions.len(),
-                        if state.default.is_some() {
-                            " and a DEFAULT"
-                        } else {
-                            ""
-                        }
-                    ),
-                },
-                Err(msg) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: false,
-                    detail: msg.to_string(),
-                },
+            .map(|(name, lookup)| {
+                match (
+                    crate::partitions::converting::of(&converting, &name),
+                    lookup,
+                ) {
+                    (Some(c), _) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        detail: c.describe(),
+                    },
+                    (None, Ok(state)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        detail: format!(
+                            "partitioned by range on {} ({}), {} partitions{}",
+                            state.key_column,
+                            format!("{:?}", state.key_type).to_lowercase(),
+                            state.partitions.len(),
+                            if state.default.is_some() {
+                                " and a DEFAULT"
+                            } else {
+                                ""
+                            }
+                        ),
+                    },
+                    (None, Err(msg)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: false,
+                        detail: msg.to_string(),
+                        usage: false,
+                    },
+                }
             })
             .collect(),
     }
@@ -175,18 +223,63 @@ async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
             endpoint: store.name().to_string(),
             ok: true,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role: "archive",
             endpoint: store.name().to_string(),
             ok: false,
             detail: e.to_string(),
+            usage: false,
         },
     }
 }
 
-/// Probes every endpoint concurrently and prints the result.
-pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
+/// The steward's privileges for what the configuration asks of it: partition
+/// maintenance for every managed table, and `pg_monitor` for lag checks and
+/// server statistics. Each missing one is a failed probe naming its GRANT.
+/// Upgrade privileges are `upgrade plan`'s to check (they depend on the provider).
+async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
+    let mut needs = vec![crate::privileges::Required::new(
+        crate::privileges::Need::RoleMember {
+            role: "pg_monitor".into(),
+        },
+        "lag checks and server statistics",
+    )];
+    needs.extend(crate::partitions::needs::needs(cfg));
+    let checked = async {
+        let client = crate::partitions::connect(cfg).await?;
+        Ok::<_, crate::partitions::PartitionError>(crate::privileges::check(&client, &needs).await?)
+    }
+    .await;
+    match checked {
+        Err(e) => vec![Probe {
+            role: "privileges",
+            endpoint: cfg.database.primary.to_string(),
+            ok: false,
+            detail: e.to_string(),
+            usage: false,
+        }],
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .map(|v| Probe {
+                role: "privilege",
+                endpoint: v.required.purpose.clone(),
+                ok: v.ok,
+                detail: match &v.fix {
+                    None => v.detail.clone(),
+                    Some(fix) => format!("{}; run: {fix}", v.detail),
+                },
+                usage: false,
+            })
+            .collect(),
+    }
+}
+
+/// Probes every endpoint concurrently and prints the result; an endpoint
+/// that cannot log in for want of a password is a usage error (exit 2),
+/// reported after the table.
+pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckError> {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
     futures.push(Box::pin(probe_server(
@@ -213,6 +306,7 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
     let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
     if probes.first().is_some_and(|p| p.ok) {
         probes.extend(probe_tables(cfg).await);
+        probes.extend(probe_privileges(cfg).await);
     }
     let outcome = if probes.iter().all(|p| p.ok) {
         Outcome::Healthy
@@ -247,5 +341,8 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
             );
         }
     }
-    outcome
+    match probes.iter().filter(|p| p.usage).count() {
+        0 => Ok(outcome),
+        count => Err(CheckError::Usage { count }),
+    }
 }

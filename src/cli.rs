@@ -110,6 +110,27 @@ pub enum Command {
         (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end."
     )]
     Demo(DemoArgs),
+    /// Shell completions on stdout, generated from this command line's definition.
+    #[command(after_help = "Examples:\n  \
+        pgsteward completions bash > /etc/bash_completion.d/pgsteward\n  \
+        pgsteward completions zsh > \"${fpath[1]}/_pgsteward\"\n  \
+        pgsteward completions fish > ~/.config/fish/completions/pgsteward.fish")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, or one page per subcommand with --dir.
+    #[command(after_help = "Examples:\n  pgsteward man | man -l -\n  \
+        pgsteward man --dir /usr/local/share/man/man1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write pgsteward.1 and a page per subcommand (pgsteward-partitions-apply.1, ...) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

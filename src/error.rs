@@ -27,6 +27,8 @@ pub enum Error {
     Convert(#[from] crate::convert::ConvertError),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Check(#[from] crate::check::CheckError),
 }
 
 impl Error {
@@ -34,7 +36,7 @@ impl Error {
     /// configuration; 1 for everything that failed while doing the work.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::Check(crate::check::CheckError::Usage { .. }) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
             Error::Partitions(e) if e.is_usage() => 2,
@@ -80,6 +82,7 @@ impl Error {
             Error::Upgrade(e) => e.metric_label(),
             Error::Convert(e) => e.metric_label(),
             Error::Demo(e) => e.metric_label(),
+            Error::Check(e) => e.metric_label(),
         }
     }
 }

@@ -20,8 +20,10 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
+//! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
 //! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
 //!   * `localpg::child`: a child's minimal environment; passwords only through private files.
@@ -34,10 +36,12 @@
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
 //!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
+//!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
+//!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
 //!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
@@ -67,13 +71,19 @@
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
 //!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
+//!   * [`partitions::needs`]: the privileges a pass needs, for [`privileges::check`].
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.
 //!   * [`partitions::plan`]: the pure planner: desired vs. existing partitions.
+//!   * [`partitions::access`]: pure: what each partition's owner, grants, row-level security and
+//!     replica identity must be given the parent's now, and the repairs.
 //!   * [`partitions::ddl`]: the DDL text, identifiers quoted.
 //!   * [`partitions::session`]: the session a pass talks through and its retry pacing.
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
-//!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition).
+//!   * [`partitions::probe`]: what DEFAULT holds of a new range and who publishes it; the pure
+//!     decision how the partition is attached, or the refusal (`plan` and `apply`).
+//!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition;
+//!     `guards`: the foreign keys and triggers a move must not fire).
 //!   * [`partitions::report`]: what a pass did, per table.
 //!   * `partitions::converting`: tables `convert` is working on, which the pass leaves alone.
 //!   * [`partitions::retire`]: `retention_mode = "archive"`: the persisted retirement
@@ -113,9 +123,11 @@ pub mod output;
 pub mod partitions;
 pub mod pg;
 pub mod pooler;
+pub mod privileges;
 pub mod provider;
 pub mod service;
 pub mod telemetry;
+pub mod tooling;
 pub mod upgrade;
 pub mod workload;
 

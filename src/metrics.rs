@@ -79,6 +79,7 @@ pub struct Metrics {
     pub archive_failures: Family<TableLabels, Counter>,
     pub archive_held_back: Family<TableLabels, Gauge>,
     pub archive_stuck_seconds: Family<TableLabels, FloatGauge>,
+    pub partitions_access_drift: Family<TableLabels, Gauge>,
     pub job_runs: Family<JobLabels, Counter>,
     pub job_failures: Family<JobErrorLabels, Counter>,
     pub job_duration: Family<JobLabels, Histogram>,
@@ -123,6 +124,7 @@ impl Metrics {
             archive_failures: Family::default(),
             archive_held_back: Family::default(),
             archive_stuck_seconds: Family::default(),
+            partitions_access_drift: Family::default(),
             job_runs: Family::default(),
             job_failures: Family::default(),
             job_duration: Family::new_with_constructor(duration_histogram),
@@ -233,6 +235,11 @@ impl Metrics {
             "Time since the oldest unfinished retirement of the table last changed state (0: none)",
             Unit::Seconds,
             m.archive_stuck_seconds.clone(),
+        );
+        registry.register(
+            "partitions_access_drift",
+            "Partitions whose owner, privileges, row-level security or replica identity differ from the parent's and that the last pass could not repair",
+            m.partitions_access_drift.clone(),
         );
         registry.register("job_runs", "Scheduled job runs started", m.job_runs.clone());
         registry.register(
@@ -416,6 +423,11 @@ impl Metrics {
                 self.partitions_rows_moved
                     .get_or_create(&l)
                     .inc_by(t.rows_moved);
+            }
+            if t.skipped.is_none() {
+                self.partitions_access_drift
+                    .get_or_create(&l)
+                    .set(i64::from(t.access_problems));
             }
             // Holes are known after a failed pass too (from the catalog and
             // what the pass created); a skipped or unread table has none to report.

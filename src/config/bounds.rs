@@ -76,6 +76,14 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
         100_000_000,
     )?;
     size("partitions.max_default_scan", p.max_default_scan, 1 << 40)?;
+    // Sent as the build's lock_timeout, an int of milliseconds on the
+    // server (at most 2147483647 ms, 24.8 days): beyond it every build fails.
+    duration(
+        "partitions.index_build_wait",
+        p.index_build_wait,
+        MS,
+        24 * DAY,
+    )?;
     count("partitions.parallelism", u64::from(p.parallelism), 1, 64)?;
     for (i, t) in p.tables.iter().enumerate() {
         count(

@@ -367,6 +367,10 @@ pub fn swap(plan: &ConvertPlan, info: &TableInfo, seqs: &[SequenceState]) -> Vec
         v.push(format!("ALTER TABLE {parent} FORCE ROW LEVEL SECURITY"));
     }
     for p in &info.policies {
+        // The parent's policies govern the first partition's rows now; a
+        // copy left on it would let roles reach directly what a later change
+        // of the parent's denies (it keeps row-level security, with none).
+        v.push(format!("DROP POLICY {} ON {first}", quote_ident(&p.name)));
         let cmd = match p.cmd.as_str() {
             "r" => "SELECT",
             "a" => "INSERT",
@@ -415,10 +419,25 @@ pub fn swap(plan: &ConvertPlan, info: &TableInfo, seqs: &[SequenceState]) -> Vec
             c.stattarget
         ));
     }
-    for p in &info.publications {
+    for p in info.publications.iter().filter(|p| p.listed) {
         v.push(format!(
             "ALTER PUBLICATION {} ADD TABLE {parent}",
             quote_ident(&p.name)
+        ));
+    }
+    // Every row the plain table accepted is still accepted: keys beyond the
+    // premade periods (and NULL keys) land here; the partition pass moves
+    // them into their periods as it makes them. Made after the parent's
+    // indexes, so it gets them all (built on an empty table: instant).
+    v.push(format!(
+        "CREATE TABLE {} PARTITION OF {parent} DEFAULT",
+        q(s, &plan.default_partition())
+    ));
+    if info.owner != info.current_user {
+        v.push(format!(
+            "ALTER TABLE {} OWNER TO {}",
+            q(s, &plan.default_partition()),
+            quote_ident(&info.owner)
         ));
     }
     // Views: CREATE OR REPLACE keeps each view's oid, owner, grants and the

@@ -34,7 +34,7 @@ fn info() -> TableInfo {
         "policies": [], "rules": [], "referencing_fks": [],
         "views": [{"schema": "public", "name": "v", "kind": "v", "quoted": "public.v",
                    "def": " SELECT events.id FROM public.events;", "options": [], "triggers": false, "rules": false}],
-        "publications": [], "other_dependents": [], "key_indexed": false
+        "publications": [], "foreign_needs": [], "other_dependents": [], "key_indexed": false
     });
     serde_json::from_value(j).unwrap()
 }

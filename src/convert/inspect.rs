@@ -47,6 +47,8 @@ pub struct TableInfo {
     pub referencing_fks: Vec<String>,
     pub views: Vec<ViewInfo>,
     pub publications: Vec<PublicationInfo>,
+    /// Privileges and ownerships the swap needs that the steward lacks, in words.
+    pub foreign_needs: Vec<String>,
     pub other_dependents: Vec<String>,
     pub key_indexed: bool,
 }
@@ -137,6 +139,12 @@ pub struct ViewInfo {
 pub struct PublicationInfo {
     pub name: String,
     pub filtered: bool,
+    /// Lists the table by name (`FOR TABLE`): the swap adds the parent.
+    pub listed: bool,
+    pub via_root: bool,
+    pub owner: String,
+    /// The steward acts as the publication's owner (ALTER PUBLICATION).
+    pub owner_member: bool,
 }
 
 impl TableInfo {

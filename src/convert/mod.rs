@@ -197,7 +197,7 @@ async fn make_plan(
         .await?
         .ok_or_else(|| ConvertError::NoTable(table.to_string()))?;
     let (p, mut refusals) = plan::build(tcfg, &info, &key, kt, Utc::now());
-    let mut names = vec![p.first_partition.clone()];
+    let mut names = vec![p.first_partition.clone(), p.default_partition()];
     names.extend(info.indexes.iter().map(|i| p.child_index_name(&i.name)));
     for b in &p.unique_builds {
         names.push(p.child_index_name(&b.replaces));

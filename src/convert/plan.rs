@@ -78,6 +78,11 @@ impl ConvertPlan {
     pub fn first(&self) -> QualifiedName {
         QualifiedName::new(self.schema.clone(), self.first_partition.clone())
     }
+    /// The DEFAULT partition the swap makes, so that every row the plain
+    /// table accepted is still accepted.
+    pub fn default_partition(&self) -> String {
+        partition_name(&self.table, "_default")
+    }
     pub fn kt(&self) -> KeyType {
         KeyType::from_sql(&self.key_type).unwrap_or(KeyType::Timestamptz)
     }
@@ -341,6 +346,14 @@ pub fn describe(plan: &mut ConvertPlan, info: &TableInfo) {
                 .any(|b| b.replaces == i.name || Some(&b.replaces) == i.constraint.as_ref())
         })
         .count();
+    plan.changes.push(format!(
+        "a DEFAULT partition {}.{} takes the rows no partition covers (keys beyond the premade periods, NULL keys \
+         once the conversion is done), as the plain table accepted them; passes move them into their periods as \
+         they make them. With a DEFAULT, retention detaches without CONCURRENTLY (a brief ACCESS EXCLUSIVE on the \
+         parent, under lock_timeout)",
+        plan.schema,
+        plan.default_partition()
+    ));
     if carried_indexes > 0 {
         plan.changes.push(format!(
             "the table's {carried_indexes} index(es) keep working as the first partition's, renamed with the suffix {}; \
@@ -368,7 +381,10 @@ pub fn describe(plan: &mut ConvertPlan, info: &TableInfo) {
             count(info.grants.len(), "table privilege(s)"),
             Some(format!("owner {}", info.owner)),
             info.comment.as_ref().map(|_| "the table's comment".to_string()),
-            count(info.publications.len(), "publication membership(s)"),
+            count(
+                info.publications.iter().filter(|p| p.listed).count(),
+                "publication membership(s) (published through the root)",
+            ),
             (info.replica_identity != "d").then(|| format!("replica identity {}", info.replica_identity)),
             count(
                 info.columns.iter().filter(|c| c.stattarget >= 0).count(),

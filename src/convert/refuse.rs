@@ -229,6 +229,48 @@ pub fn refusals(info: &TableInfo, key: &str) -> Vec<Refusal> {
             "set REPLICA IDENTITY DEFAULT or FULL first",
         );
     }
+    for n in &info.foreign_needs {
+        refuse(
+            format!("the swap cannot run as {}: {n}", info.current_user),
+            "give the table's owner (or the steward) that privilege or ownership first; nothing is changed until then",
+        );
+    }
+    for p in &info.publications {
+        if !p.via_root {
+            // Changes would then be published under the first partition's
+            // name, which no subscriber has: apply stops on "target
+            // relation does not exist" while the slot keeps the WAL.
+            refuse(
+                format!(
+                    "publication {} publishes the table with publish_via_partition_root = false: after the swap its \
+                     changes would be published under the partitions' names, which no subscriber has",
+                    p.name
+                ),
+                &format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true) first (subscribers keep receiving \
+                     the rows as {}; it applies to every partitioned table of the publication)",
+                    crate::pg::quote_ident(&p.name),
+                    info.printed_name()
+                ),
+            );
+        }
+        if p.listed && !p.owner_member {
+            refuse(
+                format!(
+                    "publication {} (owned by {}) lists the table: the swap adds the new parent to it, which needs \
+                     ownership of the publication",
+                    p.name, p.owner
+                ),
+                &format!(
+                    "ALTER PUBLICATION {} OWNER TO {} (the table's owner), or GRANT {} TO {}",
+                    crate::pg::quote_ident(&p.name),
+                    crate::pg::quote_ident(&info.owner),
+                    crate::pg::quote_ident(&p.owner),
+                    crate::pg::quote_ident(&info.current_user)
+                ),
+            );
+        }
+    }
     for p in &info.publications {
         if p.filtered {
             refuse(

@@ -14,8 +14,14 @@ pub const LOCK_HOLDER: &str = include_str!("../../sql/convert_lock_holder.sql");
 pub const LOCK_TAKEN: &str = "SELECT pg_try_advisory_lock($1, hashtext($2))";
 /// Settings of a conversion session on top of the partition session's: an
 /// empty search_path, so every definition the catalog prints is schema-qualified.
+/// On 14+ the server also checks the client is still there every second
+/// during a long statement: a killed pgsteward's backend (a concurrent index
+/// build, say) ends within a second and releases the conversion lock, so
+/// `convert status` does not name an orphan as the driver.
 pub const SESSION_SETTINGS: &str =
-    "SET search_path = ''; SET application_name = 'pgsteward convert'";
+    "SET search_path = ''; SET application_name = 'pgsteward convert'; \
+     SELECT set_config('client_connection_check_interval', '1s', false) \
+     WHERE current_setting('server_version_num')::int >= 140000";
 /// Which of the names $2 are taken by some relation in schema $1.
 pub const RELATIONS_TAKEN: &str =
     "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \

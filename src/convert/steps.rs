@@ -56,8 +56,16 @@ pub async fn drive(
         };
         if let Err(e) = res {
             journal::note(&*client, rec.id, step, "failed", &e.to_string()).await;
-            if matches!(e, ConvertError::RowsOutside { .. }) {
-                // The CHECK would keep refusing such rows from writers: undo now.
+            // The CHECK would keep refusing rows at the boundary from writers:
+            // undo now when resuming cannot help (rows outside the first
+            // partition, or a swap the server refused, which rolled back
+            // whole: a missing privilege, something changed). A swap that
+            // lost its lock race stays, for `resume`.
+            let permanent = matches!(e, ConvertError::RowsOutside { .. })
+                || (step == Step::Swapped
+                    && matches!(e, ConvertError::Sql { .. } | ConvertError::Refused { .. }));
+            if permanent {
+                tracing::warn!(error = %e, "conversion undone: resuming would fail the same way");
                 undo(cfg, client, rec).await?;
             }
             return Err(e);
@@ -109,7 +117,15 @@ async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<()
     } else {
         vec![ddl::add_check(&rec.plan)]
     };
-    in_tx(cfg, client, rec.id, Step::CheckAdded, &stmts).await
+    in_tx(
+        cfg,
+        client,
+        &rec.plan.name(),
+        rec.id,
+        Step::CheckAdded,
+        &stmts,
+    )
+    .await
 }
 
 async fn validate_check(
@@ -145,8 +161,9 @@ async fn validate_check(
             );
         }
     };
+    let table = rec.plan.name();
     let r = tokio::select! {
-        r = in_tx(cfg, client, rec.id, Step::CheckValidated, &stmts) => r,
+        r = in_tx(cfg, client, &table, rec.id, Step::CheckValidated, &stmts) => r,
         _ = ticker => Ok(()),
     };
     match r {
@@ -165,6 +182,7 @@ async fn validate_check(
 async fn in_tx(
     cfg: &Config,
     client: &mut Client,
+    table: &crate::pg::QualifiedName,
     id: i64,
     step: Step,
     stmts: &[String],
@@ -195,6 +213,13 @@ async fn in_tx(
             }
             Some((s, e)) => {
                 drop(tx);
+                let blockers = if is_transient_lock_error(&e) && attempt >= retries {
+                    let held =
+                        crate::partitions::blockers::holders(client, &[table.quoted()]).await;
+                    format!("; {}", crate::partitions::blockers::describe(&held))
+                } else {
+                    String::new()
+                };
                 if is_transient_lock_error(&e) && attempt < retries {
                     let wait = crate::partitions::backoff(attempt);
                     tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
@@ -207,7 +232,7 @@ async fn in_tx(
                         "{}{}",
                         server_message(&e),
                         if is_transient_lock_error(&e) {
-                            format!(" after {attempt} attempts: a long transaction holds a conflicting lock (see pg_locks); `pgsteward convert resume` retries")
+                            format!(" after {attempt} attempts{blockers}; `pgsteward convert resume` retries")
                         } else {
                             String::new()
                         }
@@ -253,10 +278,17 @@ async fn swap(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), Con
                 tokio::time::sleep(wait).await;
             }
             Err(SwapError::Lock(e)) => {
+                let mut relations: Vec<String> =
+                    before.views.iter().map(|v| v.quoted.clone()).collect();
+                relations.push(plan.name().quoted());
+                let held = crate::partitions::blockers::holders(client, &relations).await;
                 return Err(ConvertError::Step {
                     step: "swapped",
-                    message: format!("{e} after {attempt} attempts: a long transaction holds the table (see pg_locks); `pgsteward convert resume` retries"),
-                })
+                    message: format!(
+                        "{e} after {attempt} attempts; {}; `pgsteward convert resume` retries",
+                        crate::partitions::blockers::describe(&held)
+                    ),
+                });
             }
             Err(SwapError::Other(e)) => return Err(e),
         }

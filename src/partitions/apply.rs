@@ -85,8 +85,6 @@ pub(super) enum StepError {
         table: QualifiedName,
         source: tokio_postgres::Error,
     },
-    #[error("cannot read the size of {0}")]
-    NoSize(QualifiedName),
     /// A partition the pass will not make as things are (data would move
     /// that must not, or past the configured bounds); the table's other
     /// actions still run.
@@ -140,16 +138,6 @@ impl StepError {
 pub(super) struct Done {
     pub(super) count: u64,
     pub(super) row: Vec<Option<String>>,
-}
-
-impl Done {
-    /// `(rows of the range in DEFAULT, DEFAULT's bytes)` from `sql_probe_default`.
-    pub(super) fn probe(&self) -> Option<(u64, u64)> {
-        match self.row.as_slice() {
-            [Some(n), Some(size)] => Some((n.parse().ok()?, size.parse().ok()?)),
-            _ => None,
-        }
-    }
 }
 
 /// Attempts of a clean-up statement that must run even after cancellation.
@@ -278,11 +266,15 @@ impl Exec<'_> {
         };
         let p = catalog::fit(fresh.server_version_num, plan::plan(&w.cfg, &state, now));
         report.notes = p.notes.iter().map(plan::note_text).collect();
+        report.access_problems = p.problems.len() as u32;
         report.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
         let mut created: Vec<Range> = Vec::new();
         let mut default_checks: Vec<String> = Vec::new();
         let mut details = None;
+        // What the plan will not do by itself, and unfinished retirements
+        // that failed: the table's error, after the rest ran.
         let mut refused: Vec<String> = resumed;
+        refused.extend(p.problems.iter().cloned());
         let mut result = Ok(());
         for action in &p.actions {
             let step = match action {
@@ -340,6 +332,21 @@ impl Exec<'_> {
                     default_checks.push(constraint.clone());
                     Ok(())
                 }
+                Action::RepairAccess { partition, repairs } => {
+                    // One transaction: others see the old access or the new.
+                    let stmts = super::access::sql(partition, repairs).join(";\n");
+                    let r = self.run(&stmts, report).await.map(|_| ());
+                    if r.is_ok() {
+                        let what: Vec<String> =
+                            repairs.iter().map(super::access::describe).collect();
+                        tracing::warn!(partition = %partition, repairs = %what.join("; "), "partition access repaired to follow the parent");
+                        report.access_repaired += 1;
+                        report
+                            .notes
+                            .push(format!("{partition}: access repaired: {}", what.join("; ")));
+                    }
+                    r
+                }
             };
             match step {
                 Ok(()) => {}
@@ -380,11 +387,19 @@ impl Exec<'_> {
         report.current_covered = cov.current_covered;
         report.holes = cov.holes;
         report.default_rows = report.default_rows.saturating_sub(report.rows_moved);
-        if let Some(d) = &state.default {
-            // The planner's estimate lags a move by an ANALYZE: say what is there.
-            let count = format!("SELECT count(*)::int8 FROM {}", d.name.quoted());
+        if let (Some(d), true) = (&state.default, report.rows_moved > 0) {
+            // The planner's estimate lags a move by an ANALYZE: say what is
+            // there, counting at most DEFAULT_COUNT_CAP rows.
+            let count = ddl::sql_count_defaults(&[(0, d.name.clone())]);
             match self.client.query_one(&count, &[]).await {
-                Ok(row) => report.default_rows = row.get::<_, i64>(0).max(0) as u64,
+                Ok(row) => {
+                    let n = row.get::<_, i64>(1).max(0) as u64;
+                    report.default_rows = if n >= ddl::DEFAULT_COUNT_CAP as u64 {
+                        n.max(report.default_rows)
+                    } else {
+                        n
+                    };
+                }
                 Err(e) => tracing::warn!(
                     default = %d.name,
                     error = %server_message(&e),
@@ -451,7 +466,7 @@ impl Exec<'_> {
 
     /// `cancellable = false` is for clean-up only: it ignores the token and
     /// stops after `UNCANCELLABLE_ATTEMPTS`, each bounded by `lock_timeout`.
-    async fn run_with(
+    pub(super) async fn run_with(
         &self,
         sql: &str,
         report: &mut TableReport,

@@ -1,24 +1,19 @@
-//! Creating one partition: the table in one transaction, then the move of
-//! its rows out of DEFAULT and the ATTACH together in a second.
+//! Creating one partition: the table in one transaction, then, in a second,
+//! the move of its rows out of DEFAULT and the ATTACH together. How a
+//! partition next to a DEFAULT is attached (plain, after an exclusion CHECK
+//! on a large DEFAULT, or with rows moved) is decided in `probe.rs`.
 //!
 //! Why one transaction for the move and the ATTACH: moved rows are then in
 //! DEFAULT for every snapshot before COMMIT and in the new partition for
-//! every one after, so a reader of the parent never misses a row; no
-//! exclusion CHECK is ever left on DEFAULT for an application INSERT to fail
-//! on. The price, stated in the README: writers of the partitioned table
-//! wait for the transaction (SHARE on the parent), readers wait for the
+//! every one after, so a reader of the parent never misses a row, and every
+//! publication and CDC consumer sees each moved row deleted once and
+//! inserted once (see `attach_steps`). The price: writers of the partitioned
+//! table wait for the transaction (SHARE on the parent), readers for the
 //! ATTACH's scan of DEFAULT (ACCESS EXCLUSIVE on it, and on the parent once
 //! rows moved: see `ddl::sql_lock_parent_exclusive`). Both are bounded:
 //! every lock wait by `lock_timeout`, the rows moved by `default_move_batch`
-//! and the DEFAULT scanned by `max_default_scan`; a move beyond them is
-//! refused with the figures.
-//!
-//! Why no foreign-key action fires: tables whose foreign keys reference the
-//! parent are locked against writers in the same transaction and the
-//! referencing rows counted first; a referenced row is never deleted from
-//! DEFAULT (the pass refuses and names the constraint), and deleting
-//! unreferenced rows fires CASCADE, SET NULL, SET DEFAULT, NO ACTION and
-//! RESTRICT on nothing.
+//! and the DEFAULT scanned by `max_default_scan` (a larger one is proven
+//! free of the range by a validated CHECK instead, or the move is refused).
 
 use crate::partitions::sql;
 use tokio_postgres::error::SqlState;
@@ -27,15 +22,23 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{Exec, StepError, UNCANCELLABLE_ATTEMPTS};
 use super::ddl;
 use super::model::{ParentDetails, Range, ReferencingFk, TableState};
+use super::probe::{self, AttachPath, DefaultProbe};
 use super::report::TableReport;
 use super::session;
-use crate::config::{ByteSize, TableConfig};
+use crate::config::TableConfig;
 use crate::pg::QualifiedName;
 
-/// What the probe of DEFAULT found before anything is locked.
-struct Probe {
-    rows: u64,
-    bytes: u64,
+/// What the attaching transaction needs to know.
+pub(super) struct AttachCtx<'a> {
+    state: &'a TableState,
+    details: &'a ParentDetails,
+    tcfg: &'a TableConfig,
+    child: &'a QualifiedName,
+    range: Range,
+    fks: &'a [ReferencingFk],
+    probe: &'a DefaultProbe,
+    /// The validated exclusion CHECK on DEFAULT, when the path took one.
+    excl: Option<&'a str>,
 }
 
 impl Exec<'_> {
@@ -58,13 +61,17 @@ impl Exec<'_> {
             replica_identity: row.get(2),
             tablespace: row.get(3),
             server_version: row.get(4),
+            identity_index: row.get::<_, Option<i64>>(5).map(|o| o as u32),
         })
     }
 
-    /// Creates one partition; see the module comment.
+    /// Creates one partition; see the module comment and `probe.rs` for
+    /// the way it is attached.
     /// Crash safety: interrupted after the first transaction, a standalone
     /// table with our bounds CHECK is left; the next pass finds it by name
-    /// and attaches it. The second transaction commits whole or not at all.
+    /// and attaches it (`partitions status` lists it meanwhile). An
+    /// exclusion CHECK left on DEFAULT is dropped by the next pass. The
+    /// attaching transaction commits whole or not at all.
     pub(super) async fn create(
         &self,
         state: &TableState,
@@ -76,20 +83,32 @@ impl Exec<'_> {
     ) -> Result<(), StepError> {
         let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
         let mut fks = Vec::new();
+        let mut path = AttachPath::Plain;
+        let mut found = DefaultProbe::default();
         if let Some(d) = &state.default {
-            let probe = self
-                .run(&ddl::sql_probe_default(&d.name, key, kt, tz, range), report)
-                .await?
-                .probe()
-                .map(|(rows, bytes)| Probe { rows, bytes })
-                .ok_or_else(|| StepError::NoSize(d.name.clone()))?;
-            self.within_bounds(state, &d.name, child, &probe)?;
+            found = probe::read(
+                self.client,
+                &self.cfg.partitions,
+                &d.name,
+                key,
+                kt,
+                tz,
+                range,
+            )
+            .await
+            .map_err(|source| StepError::Read {
+                what: "the rows of the new range in",
+                table: d.name.clone(),
+                source,
+            })?;
+            path = probe::decide(&found, &self.cfg.partitions, &state.table, &d.name, child)
+                .map_err(StepError::Refused)?;
             fks = self.referencing_fks(state).await?;
             // Before anything is created or locked; repeated under the locks.
-            if probe.rows > 0 {
+            if found.rows > 0 {
                 self.refuse_triggers(&d.name, child).await?;
             }
-            if probe.rows > 0 && !fks.is_empty() {
+            if found.rows > 0 && !fks.is_empty() {
                 self.refuse_referenced(
                     state,
                     &d.name,
@@ -105,70 +124,92 @@ impl Exec<'_> {
         }
         self.create_table(state, details, tcfg, child, range, report)
             .await?;
-        self.attach(state, tcfg, child, range, &fks, report).await
+        let excl = match (&state.default, path) {
+            (Some(d), AttachPath::ExclusionCheck) => {
+                let name = ddl::exclusion_check_name(child);
+                let r = self
+                    .exclude_from_default(state, &d.name, &name, tcfg, range, report)
+                    .await;
+                if let Err(e) = r {
+                    self.drop_exclusion(&d.name, &name, report).await;
+                    return Err(e);
+                }
+                Some((d.name.clone(), name))
+            }
+            _ => None,
+        };
+        let ctx = AttachCtx {
+            state,
+            details,
+            tcfg,
+            child,
+            range,
+            fks: &fks,
+            probe: &found,
+            excl: excl.as_ref().map(|e| e.1.as_str()),
+        };
+        let r = self.attach(&ctx, report).await;
+        if let (Err(_), Some((default, name))) = (&r, &excl) {
+            self.drop_exclusion(default, name, report).await;
+        }
+        r
     }
 
-    /// Refuses, with the figures, a move that cannot keep its bounds.
-    fn within_bounds(
+    /// Never leaves a CHECK on DEFAULT for inserts of the range to fail on
+    /// (a clean-up: bounded attempts, not cancelled).
+    async fn drop_exclusion(&self, default: &QualifiedName, name: &str, report: &mut TableReport) {
+        let sql = ddl::sql_drop_constraint(default, name);
+        if let Err(e) = self.run_with(&sql, report, false).await {
+            tracing::warn!(default = %default, error = %e.text(), "exclusion check not dropped; the next pass drops it");
+        }
+    }
+
+    /// The exclusion CHECK on a large DEFAULT, added `NOT VALID` (an
+    /// instant, under `lock_timeout`) and validated (a scan under SHARE
+    /// UPDATE EXCLUSIVE, which no read or write waits for: its lock wait is
+    /// bounded by `index_build_wait`, as a concurrent index build's).
+    async fn exclude_from_default(
         &self,
         state: &TableState,
         default: &QualifiedName,
-        child: &QualifiedName,
-        probe: &Probe,
+        name: &str,
+        tcfg: &TableConfig,
+        range: Range,
+        report: &mut TableReport,
     ) -> Result<(), StepError> {
+        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
+        let add = ddl::sql_add_exclusion_check(default, name, key, kt, tz, range);
+        match self.run(&add, report).await {
+            Ok(_) => {}
+            // Left by an interrupted pass: validate it.
+            Err(e) if e.is(&SqlState::DUPLICATE_OBJECT) => {}
+            Err(e) => return Err(e),
+        }
         let p = &self.cfg.partitions;
-        if probe.rows > u64::from(p.default_move_batch) {
-            return Err(StepError::Refused(format!(
-                "{default} holds {} rows of {child}'s range, more than partitions.default_move_batch = {} \
-                 that one transaction moves while writers of {} wait; rows stay in {default} (readable) and \
-                 {child} is not created. Raise default_move_batch to accept a longer write pause, or move \
-                 the rows yourself in a quiet period",
-                probe.rows, p.default_move_batch, state.table
-            )));
-        }
-        if probe.bytes > p.max_default_scan.0 {
-            return Err(StepError::Refused(format!(
-                "{default} is {} on disk, more than partitions.max_default_scan = {}: attaching {child} \
-                 scans it while readers of {} wait; empty {default} into partitions or raise max_default_scan",
-                ByteSize(probe.bytes),
-                p.max_default_scan,
-                state.table
-            )));
-        }
-        Ok(())
-    }
-
-    async fn referencing_fks(&self, state: &TableState) -> Result<Vec<ReferencingFk>, StepError> {
-        let default_oid: i64 = match &state.default {
-            Some(d) => {
-                let row = self
-                    .client
-                    .query_one(sql::RELATION_OID, &[&d.name.quoted()])
-                    .await
-                    .map_err(StepError::Client)?;
-                row.get::<_, Option<i64>>(0).unwrap_or(0)
+        let wait = p
+            .index_build_wait
+            .0
+            .max(p.lock_timeout.0)
+            .as_millis()
+            .max(1);
+        let validate = format!(
+            "SET lock_timeout = '{wait}ms'; {}",
+            ddl::sql_validate_constraint(default, name)
+        );
+        let restore = format!(
+            "SET lock_timeout = '{}ms'",
+            p.lock_timeout.0.as_millis().max(1)
+        );
+        let started = std::time::Instant::now();
+        let r = self.run(&validate, report).await;
+        let _ = self.run_with(&restore, report, false).await;
+        match r {
+            Ok(_) => {
+                tracing::info!(default = %default, elapsed_ms = started.elapsed().as_millis() as u64, "default partition proven free of the new range");
+                Ok(())
             }
-            None => 0,
-        };
-        let rows = self
-            .client
-            .query(sql::REFERENCING_FKS, &[&i64::from(state.oid), &default_oid])
-            .await
-            .map_err(|source| StepError::Read {
-                what: "the foreign keys referencing",
-                table: state.table.clone(),
-                source,
-            })?;
-        Ok(rows
-            .iter()
-            .map(|r| ReferencingFk {
-                constraint: r.get(0),
-                table: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
-                columns: r.get(3),
-                referenced: r.get(4),
-                on_delete: r.get(5),
-            })
-            .collect())
+            Err(e) => Err(e.context("validate the exclusion check on the default partition")),
+        }
     }
 
     /// The first transaction: the table with everything it takes from the
@@ -182,20 +223,14 @@ impl Exec<'_> {
         range: Range,
         report: &mut TableReport,
     ) -> Result<(), StepError> {
-        let stmts = ddl::create_statements(state, Some(details), tcfg.timezone, child, range);
+        let mut stmts = ddl::create_statements(state, Some(details), tcfg.timezone, child, range);
+        // In the same transaction: a partition the steward cannot give the
+        // parent's owner (the owner lacks CREATE on the schema) is not made.
+        if state.owner != self.current_user {
+            stmts.push(ddl::sql_owner(child, &state.owner));
+        }
         match self.run(&stmts.join(";\n"), report).await {
-            Ok(_) => {
-                if state.owner != self.current_user {
-                    let sql = ddl::sql_owner(child, &state.owner);
-                    if let Err(e) = self.run(&sql, report).await {
-                        report.notes.push(format!(
-                            "{child}: owned by {} instead of the parent's owner {}: {}; grant {} membership in {} to fix",
-                            self.current_user, state.owner, e.text(), self.current_user, state.owner
-                        ));
-                    }
-                }
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) if e.is(&SqlState::DUPLICATE_TABLE) => {
                 let existing = self
                     .client
@@ -224,15 +259,8 @@ impl Exec<'_> {
     }
 
     /// The second transaction, retried whole on a lost lock race.
-    async fn attach(
-        &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        child: &QualifiedName,
-        range: Range,
-        fks: &[ReferencingFk],
-        report: &mut TableReport,
-    ) -> Result<(), StepError> {
+    async fn attach(&self, ctx: &AttachCtx<'_>, report: &mut TableReport) -> Result<(), StepError> {
+        let state = ctx.state;
         let columns: Vec<String> = if state.default.is_some() {
             self.client
                 .query(sql::STORED_COLUMNS, &[&state.table.quoted()])
@@ -248,6 +276,7 @@ impl Exec<'_> {
         } else {
             Vec::new()
         };
+        let child = ctx.child;
         let retries = self.cfg.partitions.lock_retries.max(1);
         let mut attempt = 0;
         loop {
@@ -256,7 +285,7 @@ impl Exec<'_> {
                 return Err(StepError::Cancelled);
             }
             let last = attempt >= retries;
-            let tx = self.attach_once(state, tcfg, child, range, fks, &columns, report);
+            let tx = self.attach_once(ctx, &columns, report);
             let (res, seen) = if last && attempt > 1 {
                 super::blockers::watching(self.cfg, self.pid, tx).await
             } else {
@@ -281,7 +310,7 @@ impl Exec<'_> {
                 Err(e) if e.is_lock_race() => {
                     let mut relations = vec![state.table.quoted(), child.quoted()];
                     relations.extend(state.default.iter().map(|d| d.name.quoted()));
-                    relations.extend(fks.iter().map(|f| f.table.quoted()));
+                    relations.extend(ctx.fks.iter().map(|f| f.table.quoted()));
                     let what = format!("attach {child}");
                     return Err(self.gave_up(e, attempt, seen, &what, &relations).await);
                 }
@@ -292,21 +321,14 @@ impl Exec<'_> {
 
     /// One attempt of the move-and-attach transaction; rolled back on any
     /// error. Returns the rows moved.
-    #[allow(clippy::too_many_arguments)]
     async fn attach_once(
         &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        child: &QualifiedName,
-        range: Range,
-        fks: &[ReferencingFk],
+        ctx: &AttachCtx<'_>,
         columns: &[String],
         report: &mut TableReport,
     ) -> Result<u64, StepError> {
         self.once(sql::BEGIN, self.cancel, report).await?;
-        let res = self
-            .attach_steps(state, tcfg, child, range, fks, columns, report)
-            .await;
+        let res = self.attach_steps(ctx, columns, report).await;
         let end = if res.is_ok() {
             sql::COMMIT
         } else {
@@ -326,56 +348,50 @@ impl Exec<'_> {
         Ok(moved)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The attaching transaction. Moved rows are DELETEd from DEFAULT into a
+    /// temporary table, the child is attached, and only then are they
+    /// INSERTed into it: a standalone table is in no `FOR TABLE parent`
+    /// publication (and `FOR ALL TABLES` or `FOR TABLES IN SCHEMA` publish it
+    /// under its own name), so rows written into it before the ATTACH would
+    /// never reach a subscriber of the parent, while the DELETEs would. In
+    /// one transaction, no reader of the parent misses a committed row, and
+    /// every publication of the parent and every CDC consumer sees each
+    /// moved row deleted once and inserted once.
+    ///
+    /// Rejected: detaching DEFAULT while its rows move (hides them from
+    /// readers of the parent); copying rows into the new partition and
+    /// deleting them from DEFAULT in separate transactions (readers and
+    /// subscribers see them twice in between).
     async fn attach_steps(
         &self,
-        state: &TableState,
-        tcfg: &TableConfig,
-        child: &QualifiedName,
-        range: Range,
-        fks: &[ReferencingFk],
+        ctx: &AttachCtx<'_>,
         columns: &[String],
         report: &mut TableReport,
     ) -> Result<u64, StepError> {
-        let (parent, key, kt, tz) = (
-            &state.table,
-            state.key_column.as_str(),
-            state.key_type,
-            tcfg.timezone,
-        );
+        let (state, tcfg, child, range) = (ctx.state, ctx.tcfg, ctx.child, ctx.range);
+        let (parent, kt, tz) = (&state.table, state.key_type, tcfg.timezone);
         let c = self.cancel;
         let mut moved = 0;
         if let Some(d) = &state.default {
             self.once(&ddl::sql_lock_parent(parent), c, report).await?;
-            self.once(&ddl::sql_lock_default(&d.name), c, report)
-                .await?;
-            // No trigger can be added under EXCLUSIVE: this answer holds to COMMIT.
-            self.refuse_triggers(&d.name, child).await?;
-            if !fks.is_empty() {
-                let tables: Vec<&QualifiedName> = fks.iter().map(|f| &f.table).collect();
-                self.once(&ddl::sql_lock_referencing(&tables), c, report)
-                    .await?;
-                self.refuse_referenced(state, &d.name, tcfg, child, range, fks, c, report)
-                    .await?;
-            }
-            let sql = ddl::sql_move_rows(&d.name, child, columns, key, kt, tz, range);
-            moved = self.once(&sql, c, report).await?.count;
-            let batch = self.cfg.partitions.default_move_batch;
-            if moved > u64::from(batch) {
-                return Err(StepError::RowsArrived {
-                    default: d.name.clone(),
-                    child: child.clone(),
-                    moved,
-                    batch,
-                });
-            }
-            if moved > 0 {
-                self.once(&ddl::sql_lock_parent_exclusive(parent), c, report)
-                    .await?;
+            // With a validated exclusion CHECK no row of the range can be in
+            // DEFAULT: nothing to take, and no scan of a large DEFAULT.
+            if ctx.excl.is_none() {
+                moved = self.take_rows(ctx, &d.name, columns, report).await?;
             }
         }
         self.once(&ddl::sql_attach(parent, child, kt, tz, range), c, report)
             .await?;
+        let forced = ctx.details.force_row_security;
+        if moved > 0 {
+            if forced {
+                // Made by an older version with FORCE: the owner's insert would meet it.
+                self.once(&ddl::sql_force_row_security(child, false), c, report)
+                    .await?;
+            }
+            self.once(&ddl::sql_put_rows(child, columns), c, report)
+                .await?;
+        }
         // Redundant once the partition constraint holds; the ATTACH's lock
         // on the child is already held, so this costs nothing.
         self.once(
@@ -384,79 +400,109 @@ impl Exec<'_> {
             report,
         )
         .await?;
+        if let (Some(d), Some(name)) = (&state.default, ctx.excl) {
+            // DEFAULT is locked by the ATTACH already.
+            self.once(&ddl::sql_drop_constraint(&d.name, name), c, report)
+                .await?;
+        }
+        if forced {
+            self.once(&ddl::sql_force_row_security(child, true), c, report)
+                .await?;
+        }
+        if let Some(ix) = ctx.details.identity_index {
+            self.use_identity_index(ix, child, report).await?;
+        }
         Ok(moved)
     }
 
-    /// Counts, per foreign key, the rows referencing rows of `range` in
-    /// DEFAULT, and refuses the move when there are any.
-    #[allow(clippy::too_many_arguments)]
-    async fn refuse_referenced(
+    /// Locks DEFAULT against writers and takes the range's rows out of it
+    /// into the temporary table (`key`, `kt`, `tz` from the context).
+    async fn take_rows(
         &self,
-        state: &TableState,
+        ctx: &AttachCtx<'_>,
         default: &QualifiedName,
-        tcfg: &TableConfig,
-        child: &QualifiedName,
-        range: Range,
-        fks: &[ReferencingFk],
-        cancel: &CancellationToken,
+        columns: &[String],
         report: &mut TableReport,
-    ) -> Result<(), StepError> {
-        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
-        let mut found = Vec::new();
-        for fk in fks {
-            let sql = ddl::sql_count_referencing(fk, default, key, kt, tz, range);
-            let n: u64 = self
-                .once(&sql, cancel, report)
-                .await?
-                .row
-                .first()
-                .and_then(|v| v.as_deref())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u64::MAX);
-            if n > 0 {
-                found.push(format!(
-                    "{n} rows of {} reference them through {} (ON DELETE {})",
-                    fk.table, fk.constraint, fk.on_delete
-                ));
-            }
+    ) -> Result<u64, StepError> {
+        let (state, tcfg, child, range) = (ctx.state, ctx.tcfg, ctx.child, ctx.range);
+        let (parent, key, kt, tz) = (
+            &state.table,
+            state.key_column.as_str(),
+            state.key_type,
+            tcfg.timezone,
+        );
+        let c = self.cancel;
+        self.once(&ddl::sql_lock_default(default), c, report)
+            .await?;
+        // No trigger can be added under EXCLUSIVE: this answer holds to COMMIT.
+        self.refuse_triggers(default, child).await?;
+        if !ctx.fks.is_empty() {
+            let tables: Vec<&QualifiedName> = ctx.fks.iter().map(|f| &f.table).collect();
+            self.once(&ddl::sql_lock_referencing(&tables), c, report)
+                .await?;
+            self.refuse_referenced(state, default, tcfg, child, range, ctx.fks, c, report)
+                .await?;
         }
-        if found.is_empty() {
-            return Ok(());
+        self.once(&ddl::sql_create_moving(parent), c, report)
+            .await?;
+        let take = ddl::sql_take_rows(default, columns, key, kt, tz, range);
+        let moved = self.once(&take, c, report).await?.count;
+        let batch = self.cfg.partitions.default_move_batch;
+        if moved > u64::from(batch) {
+            return Err(StepError::RowsArrived {
+                default: default.clone(),
+                child: child.clone(),
+                moved,
+                batch,
+            });
         }
-        Err(StepError::Refused(format!(
-            "{default}: rows of {child}'s range are referenced by foreign keys: {}. They are not moved \
-             (the move would fire those constraints' actions) and {child} is not created. To proceed, \
-             delete or re-point the referencing rows, or move the rows yourself in one transaction \
-             with SET LOCAL session_replication_role = replica",
-            found.join("; ")
-        )))
+        if moved > 0 {
+            // Rows that arrived since the probe meet the refusals rows meet.
+            let late = DefaultProbe {
+                rows: moved,
+                bytes: 0,
+                ..ctx.probe.clone()
+            };
+            probe::decide(&late, &self.cfg.partitions, parent, default, child)
+                .map_err(StepError::Refused)?;
+            self.once(&ddl::sql_lock_parent_exclusive(parent), c, report)
+                .await?;
+        }
+        Ok(moved)
     }
 
-    /// Refuses a move that would fire DELETE triggers on DEFAULT (an audit
-    /// trigger, say, would record rows as deleted in another table).
-    async fn refuse_triggers(
+    /// `REPLICA IDENTITY USING INDEX` of the child's index that the ATTACH
+    /// attached to the parent's identity index: without it UPDATEs and
+    /// DELETEs of a published table without a primary key fail.
+    async fn use_identity_index(
         &self,
-        default: &QualifiedName,
+        parent_index: u32,
         child: &QualifiedName,
+        report: &mut TableReport,
     ) -> Result<(), StepError> {
-        let rows = self
+        let row = self
             .client
-            .query(sql::DELETE_TRIGGERS, &[&default.quoted()])
+            .query_opt(
+                ddl::IDENTITY_INDEX_OF_CHILD,
+                &[&i64::from(parent_index), &child.quoted()],
+            )
             .await
             .map_err(|source| StepError::Read {
-                what: "the triggers of",
-                table: default.clone(),
+                what: "the replica identity index of",
+                table: child.clone(),
                 source,
             })?;
-        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        if names.is_empty() {
-            return Ok(());
-        }
-        Err(StepError::Refused(format!(
-            "{default}: moving rows of {child}'s range out of it would fire its DELETE triggers {}, \
-             which may change other tables; nothing is moved and {child} is not created. Disable them \
-             around the move (ALTER TABLE {default} DISABLE TRIGGER ...), or move the rows yourself",
-            names.join(", ")
-        )))
+        let Some(row) = row else {
+            return Err(StepError::Refused(format!(
+                "{child} has no index attached to the parent's replica identity index; it is not attached"
+            )));
+        };
+        let ix: String = row.get(0);
+        let sql = format!(
+            "ALTER TABLE {} REPLICA IDENTITY USING INDEX {ix}",
+            child.quoted()
+        );
+        self.once(&sql, self.cancel, report).await?;
+        Ok(())
     }
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc};
 
 use super::error::{PartitionError, TableError};
 use super::model::{
-    Action, DefaultPartition, DetachHow, ExistingPartition, Grant, Key, KeyType, Range, TablePlan,
-    TableState, KEY_MAX, KEY_MIN,
+    Action, DefaultPartition, DetachHow, ExistingPartition, Grant, Key, KeyType, PartitionAccess,
+    Range, TablePlan, TableState, KEY_MAX, KEY_MIN,
 };
 use crate::pg::QualifiedName;
 
@@ -219,6 +219,14 @@ fn table_state_inner(
             .get::<_, Option<Vec<String>>>("default_checks")
             .unwrap_or_default(),
     });
+    let access_drift: Vec<PartitionAccess> = match row.get::<_, Option<serde_json::Value>>("drift")
+    {
+        Some(v) => serde_json::from_value(v).map_err(|e| TableError::Grants {
+            table: table.clone(),
+            message: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
     Ok(TableState {
         table: table.clone(),
         oid: oid as u32,
@@ -228,6 +236,17 @@ fn table_state_inner(
         grants,
         partitions,
         default,
+        row_security: row.get::<_, Option<bool>>("row_security").unwrap_or(false),
+        force_row_security: row
+            .get::<_, Option<bool>>("force_row_security")
+            .unwrap_or(false),
+        replica_identity: row
+            .get::<_, Option<String>>("replica_identity")
+            .unwrap_or_else(|| "d".into()),
+        owner_can_create: row
+            .get::<_, Option<bool>>("owner_can_create")
+            .unwrap_or(true),
+        access_drift,
     })
 }
 

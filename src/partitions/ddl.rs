@@ -82,6 +82,15 @@ pub fn sql_row_security(child: &QualifiedName, force: bool) -> String {
     )
 }
 
+/// FORCE (or NO FORCE) ROW LEVEL SECURITY on a partition.
+pub fn sql_force_row_security(child: &QualifiedName, force: bool) -> String {
+    format!(
+        "ALTER TABLE {} {}FORCE ROW LEVEL SECURITY",
+        child.quoted(),
+        if force { "" } else { "NO " }
+    )
+}
+
 /// `FULL` or `NOTHING` from the parent; `None` for the default (and for
 /// `USING INDEX`, whose index has another name on the partition).
 pub fn sql_replica_identity(child: &QualifiedName, relreplident: &str) -> Option<String> {
@@ -112,7 +121,9 @@ pub fn create_statements(
     ];
     match details {
         // Direct access stays with the owner, as for a `PARTITION OF` partition.
-        Some(d) if d.row_security => v.push(sql_row_security(child, d.force_row_security)),
+        // FORCE comes with the ATTACH, after moved rows are in (the steward
+        // inserts them as the owner, whom a forced policy would refuse).
+        Some(d) if d.row_security => v.push(sql_row_security(child, false)),
         _ => v.extend(state.grants.iter().map(|g| sql_grant(child, g))),
     }
     if let Some(ri) = details.and_then(|d| sql_replica_identity(child, &d.replica_identity)) {
@@ -195,18 +206,26 @@ pub fn sql_add_bounds_check(
     )
 }
 
-pub fn sql_grant(child: &QualifiedName, g: &Grant) -> String {
-    let grantee = if g.grantee == "PUBLIC" {
+/// A grantee as SQL: `PUBLIC` or a quoted role.
+pub fn grantee(g: &str) -> String {
+    if g == "PUBLIC" {
         "PUBLIC".to_string()
     } else {
-        quote_ident(&g.grantee)
-    };
-    // The privilege names come from aclexplode(): a fixed set of keywords.
-    let privilege: String = g
-        .privilege
-        .chars()
+        quote_ident(g)
+    }
+}
+
+/// A privilege name from aclexplode() (a fixed set of keywords), kept to
+/// letters and spaces whatever the catalog says.
+pub fn privilege_keyword(p: &str) -> String {
+    p.chars()
         .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
-        .collect();
+        .collect()
+}
+
+pub fn sql_grant(child: &QualifiedName, g: &Grant) -> String {
+    let grantee = grantee(&g.grantee);
+    let privilege = privilege_keyword(&g.privilege);
     format!(
         "GRANT {privilege} ON TABLE {} TO {grantee}{}",
         child.quoted(),
@@ -226,19 +245,72 @@ pub fn sql_owner(child: &QualifiedName, owner: &str) -> String {
     )
 }
 
-/// Rows of the range in DEFAULT, and DEFAULT's size on disk in bytes.
+/// Rows of the range in DEFAULT (counted up to `limit`), DEFAULT's heap size
+/// on disk in bytes, whether its row-level security binds its owner, its oid.
 pub fn sql_probe_default(
     default: &QualifiedName,
     key: &str,
     kt: KeyType,
     tz: Tz,
     r: Range,
+    limit: u64,
 ) -> String {
     format!(
-        "SELECT (SELECT count(*) FROM {d} WHERE {pred}), pg_relation_size({lit}::regclass)",
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM ONLY {d} WHERE {pred} LIMIT {limit}) x), \
+                pg_relation_size(c.oid), c.relrowsecurity AND c.relforcerowsecurity, c.oid::int8 \
+         FROM pg_class c WHERE c.oid = {lit}::regclass",
         d = default.quoted(),
         pred = range_predicate(key, kt, tz, r),
         lit = quote_literal(&default.quoted())
+    )
+}
+
+/// The name of the exclusion CHECK on DEFAULT for `child`'s range.
+pub fn exclusion_check_name(child: &QualifiedName) -> String {
+    super::period::partition_name(DEFAULT_CHECK_PREFIX, &format!("_{}", child.name))
+}
+
+/// A CHECK on DEFAULT that says it holds no row of `r`, in the form
+/// PostgreSQL's prover matches against the negated partition constraint:
+/// once validated, ATTACH of `r` skips its scan of DEFAULT. Added `NOT
+/// VALID`: an instant under ACCESS EXCLUSIVE.
+pub fn sql_add_exclusion_check(
+    default: &QualifiedName,
+    name: &str,
+    key: &str,
+    kt: KeyType,
+    tz: Tz,
+    r: Range,
+) -> String {
+    let k = quote_ident(key);
+    format!(
+        "ALTER TABLE ONLY {} ADD CONSTRAINT {} CHECK ({k} IS NULL OR {k} < {} OR {k} >= {}) NOT VALID",
+        default.quoted(),
+        quote_ident(name),
+        key_literal(kt, tz, r.lo),
+        key_literal(kt, tz, r.hi)
+    )
+}
+
+/// Validates a constraint: one scan under SHARE UPDATE EXCLUSIVE, which no
+/// read or write waits for.
+pub fn sql_validate_constraint(table: &QualifiedName, name: &str) -> String {
+    format!(
+        "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+        table.quoted(),
+        quote_ident(name)
+    )
+}
+
+/// Name of the temporary table a move holds its rows in between the DELETE
+/// and the ATTACH (dropped at COMMIT; never published: temporary).
+pub const MOVING: &str = "pgsteward_moving";
+
+/// Made in the move's transaction, dropped at its COMMIT.
+pub fn sql_create_moving(parent: &QualifiedName) -> String {
+    format!(
+        "CREATE TEMPORARY TABLE {MOVING} (LIKE {}) ON COMMIT DROP",
+        parent.quoted()
     )
 }
 
@@ -276,32 +348,52 @@ pub fn sql_attach(
     )
 }
 
-/// Moves every row of range `r` from DEFAULT into the standalone child in
-/// one statement. It runs in the transaction that attaches the child, under
-/// the locks of [`sql_lock_parent`] and [`sql_lock_default`]: readers see
-/// the rows in DEFAULT until COMMIT and in the partition after it.
-pub fn sql_move_rows(
+/// Takes every row of range `r` out of DEFAULT into the temporary table, in
+/// the transaction that attaches the child. Published as DELETEs from
+/// DEFAULT (or the root, when published through it).
+pub fn sql_take_rows(
     default: &QualifiedName,
-    child: &QualifiedName,
     columns: &[String],
     key: &str,
     kt: KeyType,
     tz: Tz,
     r: Range,
 ) -> String {
-    let cols = columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols = column_list(columns);
     format!(
         "WITH moved AS (DELETE FROM ONLY {d} WHERE {pred} RETURNING {cols}) \
-         INSERT INTO {c} ({cols}) SELECT {cols} FROM moved",
+         INSERT INTO pg_temp.{MOVING} ({cols}) SELECT {cols} FROM moved",
         d = default.quoted(),
-        c = child.quoted(),
         pred = range_predicate(key, kt, tz, r)
     )
 }
+
+/// Puts the moved rows into the child once it is a partition, so every
+/// publication of the parent publishes them (as INSERTs into the partition,
+/// or into the root when published through it). The child has no identity
+/// of its own on any major; OVERRIDING SYSTEM VALUE keeps the rows' values
+/// where one is inherited (PostgreSQL 17+).
+pub fn sql_put_rows(child: &QualifiedName, columns: &[String]) -> String {
+    let cols = column_list(columns);
+    format!(
+        "INSERT INTO {} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.{MOVING}",
+        child.quoted()
+    )
+}
+
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The child's index attached to the parent's replica identity index `$1`
+/// (oid), quoted; `$2` the child (regclass text).
+pub const IDENTITY_INDEX_OF_CHILD: &str = "SELECT quote_ident(ci.relname) FROM pg_inherits i \
+     JOIN pg_index x ON x.indexrelid = i.inhrelid JOIN pg_class ci ON ci.oid = x.indexrelid \
+     WHERE i.inhparent = $1::int8::oid AND x.indrelid = to_regclass($2)";
 
 pub fn sql_detach(parent: &QualifiedName, child: &QualifiedName, how: DetachHow) -> String {
     let tail = match how {
@@ -330,8 +422,9 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
         } => {
             let mut v = Vec::new();
             if let Some(d) = &state.default {
-                // Before anything is created: the move's bounds are checked first.
-                v.push(sql_probe_default(&d.name, key, kt, tz, *range));
+                // Before anything is created: what DEFAULT holds of the range
+                // decides how the partition is attached (`probe.rs`).
+                v.push(sql_probe_default(&d.name, key, kt, tz, *range, 1));
             }
             v.push(sql::BEGIN.to_string());
             v.extend(create_statements(state, None, tz, partition, *range));
@@ -340,8 +433,17 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             v.push(
                 "-- row-level security, replica identity and tablespace follow the parent's".into(),
             );
+            if let Some(d) = &state.default {
+                v.push(format!(
+                    "-- when {} is larger than max_default_scan and holds no row of this range: \
+                     a CHECK excluding the range is added NOT VALID and validated (no client waits), \
+                     so the ATTACH below does not scan it",
+                    d.name
+                ));
+            }
             v.push(sql::BEGIN.into());
             if let Some(d) = &state.default {
+                let cols = ["...".to_string()];
                 v.push(sql_lock_parent(parent));
                 v.push(sql_lock_default(&d.name));
                 v.push(format!(
@@ -349,18 +451,14 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
                      them are locked and checked (a referenced row is never moved), then",
                     d.name
                 ));
-                v.push(sql_move_rows(
-                    &d.name,
-                    partition,
-                    &["...".to_string()],
-                    key,
-                    kt,
-                    tz,
-                    *range,
-                ));
+                v.push(sql_create_moving(parent));
+                v.push(sql_take_rows(&d.name, &cols, key, kt, tz, *range));
                 v.push(sql_lock_parent_exclusive(parent));
+                v.push(sql_attach(parent, partition, kt, tz, *range));
+                v.push(sql_put_rows(partition, &cols));
+            } else {
+                v.push(sql_attach(parent, partition, kt, tz, *range));
             }
-            v.push(sql_attach(parent, partition, kt, tz, *range));
             v.push(sql_drop_constraint(partition, BOUNDS_CHECK));
             v.push(sql::COMMIT.into());
             v
@@ -389,14 +487,30 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             Some(d) => vec![sql_drop_constraint(&d.name, constraint)],
             None => vec![],
         },
+        Action::RepairAccess { partition, repairs } => {
+            let mut v = vec![sql::BEGIN.to_string()];
+            v.extend(super::access::sql(partition, repairs));
+            v.push(sql::COMMIT.into());
+            v
+        }
     }
 }
 
-/// Exact rows in each DEFAULT partition, in one statement: `(position, rows)`.
+/// Rows counted in a DEFAULT at most: `status` and the pass report
+/// "at least" this many rather than scan a large DEFAULT whole.
+pub const DEFAULT_COUNT_CAP: i64 = 100_000;
+
+/// Rows in each DEFAULT partition, up to [`DEFAULT_COUNT_CAP`] each, in
+/// one statement: `(position, rows)`.
 pub fn sql_count_defaults(defaults: &[(usize, QualifiedName)]) -> String {
     defaults
         .iter()
-        .map(|(i, d)| format!("SELECT {i}::int8, count(*)::int8 FROM {}", d.quoted()))
+        .map(|(i, d)| {
+            format!(
+                "SELECT {i}::int8, (SELECT count(*) FROM (SELECT 1 FROM ONLY {} LIMIT {DEFAULT_COUNT_CAP}) x)::int8",
+                d.quoted()
+            )
+        })
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
 }
@@ -464,14 +578,16 @@ mod tests {
             replica_identity: "f".into(),
             tablespace: Some("fast ssd".into()),
             server_version: 130_000,
+            identity_index: None,
         };
         let sql = create_statements(&s, Some(&rls), Tz::UTC, &child, r).join(";\n");
         assert!(
             !sql.contains("GRANT"),
             "direct access stays the owner's: {sql}"
         );
+        // FORCE follows in the attaching transaction, after moved rows are in.
         assert!(
-            sql.contains("ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
+            sql.contains("ENABLE ROW LEVEL SECURITY") && !sql.contains("FORCE"),
             "{sql}"
         );
         assert!(sql.contains("REPLICA IDENTITY FULL"), "{sql}");

@@ -19,6 +19,8 @@ pub enum PartitionError {
     /// primary), or could not be read.
     #[error("cannot run partition DDL: {0}")]
     Guard(crate::upgrade::guard::GuardError),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("cancelled")]
     Cancelled,
     /// An archive command without an `[archive]` section.

@@ -5,6 +5,7 @@
 //! the three CLI commands; `converting`
 //! the tables a conversion has not swapped yet, which every pass leaves alone.
 
+pub mod access;
 pub mod apply;
 mod attach;
 pub mod blockers;
@@ -13,10 +14,13 @@ mod commands;
 pub mod converting;
 pub mod ddl;
 mod error;
+mod guards;
 pub mod indexes;
 pub mod model;
+pub mod needs;
 pub mod period;
 pub mod plan;
+pub mod probe;
 pub mod report;
 pub mod retire;
 pub mod session;
@@ -36,8 +40,12 @@ pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
 
+/// Why a pass did nothing on a replica. The service logs it and moves on (its
+/// lag job alerts on it); the commands exit 1 with it, so a CronJob pointed at
+/// the wrong host does not stay green.
 const RECOVERY_SKIP: &str =
-    "the server is in recovery (a replica): partition DDL runs on the primary only";
+    "the server is in recovery (a replica): partition DDL runs on the primary only; \
+     set database.primary (or PGSTEWARD_DATABASE__PRIMARY) to the primary's address";
 
 /// One maintenance pass over every managed table. Cancelling stops before the
 /// next DDL statement; a statement in flight finishes or is cancelled cleanly.
@@ -167,5 +175,10 @@ fn unchanged_report(
     r.holes = cov.holes;
     r.default_rows = state.default.as_ref().map_or(0, |d| d.rows_estimate);
     r.notes = p.notes.iter().map(plan::note_text).collect();
+    // Nothing to run, but what is left to the operator is still a problem.
+    if !p.problems.is_empty() {
+        r.access_problems = p.problems.len() as u32;
+        r.error = Some(p.problems.join("; "));
+    }
     r
 }

@@ -74,7 +74,7 @@ pub struct DefaultPartition {
     pub pgsteward_checks: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct Grant {
     /// A role name, or `PUBLIC`.
     pub grantee: String,
@@ -93,6 +93,68 @@ pub struct TableState {
     pub grants: Vec<Grant>,
     pub partitions: Vec<ExistingPartition>,
     pub default: Option<DefaultPartition>,
+    /// The parent's row-level security, enabled and forced.
+    pub row_security: bool,
+    pub force_row_security: bool,
+    /// The parent's `relreplident`: `d`, `f`, `n` or `i`.
+    pub replica_identity: String,
+    /// The parent's owner may create in its schema: `ALTER TABLE ... OWNER
+    /// TO` it, which every new partition gets, needs that.
+    pub owner_can_create: bool,
+    /// Partitions whose access differs from what the parent implies now
+    /// (empty for almost every table: the catalog query describes only these).
+    pub access_drift: Vec<PartitionAccess>,
+}
+
+/// One partition's access as the catalog shows it, when it differs from the
+/// parent's (`partitions::access` decides what to repair).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PartitionAccess {
+    pub schema: String,
+    pub name: String,
+    pub is_default: bool,
+    pub owner: String,
+    /// The role DDL runs as acts as the owner: it can repair the partition.
+    pub manageable: bool,
+    /// Every privilege, the owner's own included (`aclexplode`).
+    pub grants: Vec<Grant>,
+    pub row_security: bool,
+    pub force_row_security: bool,
+    pub replica_identity: String,
+    /// The partition's index attached to the parent's replica identity
+    /// index, quoted; `None` when there is none (or the parent has none).
+    pub identity_index: Option<String>,
+    /// Policies of its own.
+    pub policies: i32,
+}
+
+/// One change that makes a partition's access what the parent implies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "repair", rename_all = "snake_case")]
+pub enum AccessRepair {
+    Owner {
+        to: String,
+    },
+    Revoke {
+        grantee: String,
+        privilege: String,
+        grant_option_only: bool,
+    },
+    Grant {
+        grantee: String,
+        privilege: String,
+        grantable: bool,
+    },
+    RowSecurity {
+        enable: bool,
+    },
+    ForceRowSecurity {
+        force: bool,
+    },
+    /// `FULL`, `NOTHING`, `DEFAULT`, or `USING INDEX` with the quoted index.
+    ReplicaIdentity {
+        what: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -104,6 +166,17 @@ pub enum CreateReason {
     Premake,
     /// Between existing partitions and now: left by downtime.
     Gap,
+}
+
+impl CreateReason {
+    /// As `partitions plan` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateReason::Current => "current",
+            CreateReason::Premake => "premake",
+            CreateReason::Gap => "gap",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -143,6 +216,13 @@ pub enum Action {
     /// An exclusion CHECK on the DEFAULT left by an interrupted attach; it
     /// would make inserts of that range fail.
     DropDefaultCheck { constraint: String },
+    /// A partition's owner, privileges, row-level security or replica
+    /// identity made what the parent implies (`partitions::access`).
+    RepairAccess {
+        #[serde(serialize_with = "ser_name")]
+        partition: QualifiedName,
+        repairs: Vec<AccessRepair>,
+    },
 }
 
 fn ser_name<S: serde::Serializer>(n: &QualifiedName, s: S) -> Result<S::Ok, S::Error> {
@@ -171,12 +251,18 @@ pub enum NoteKind {
 pub struct TablePlan {
     pub actions: Vec<Action>,
     pub notes: Vec<Note>,
+    /// What the pass will not do by itself and the operator must fix, each
+    /// with the fix: the table is a problem (exit 1) while any is left.
+    pub problems: Vec<String>,
 }
 
 /// What a new partition copies from its parent beyond the pass's catalog
 /// (read only for tables with a partition to create).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParentDetails {
+    /// The parent's replica identity index, when it is `USING INDEX`: the
+    /// new partition uses its own index attached to it.
+    pub identity_index: Option<u32>,
     pub row_security: bool,
     pub force_row_security: bool,
     /// `relreplident`: `d`efault, `f`ull, `n`othing or `i`ndex.

@@ -161,7 +161,12 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             CreateReason::Premake
         };
         let expired = cutoff.is_some_and(|c| range.hi <= c);
-        let pieces = uncovered(range, &ranges);
+        let mut pieces = uncovered(range, &ranges);
+        // Nothing is filled before the oldest partition: when it is off the
+        // grid (after an interval change) its period starts before it.
+        if let (Some(lo), true) = (oldest, period < current) {
+            pieces.retain(|p| p.hi > lo);
+        }
         if !expired && !pieces.is_empty() {
             let label = period_label(interval, period);
             let whole = pieces == [range];
@@ -210,7 +215,42 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
         Action::Create { reason, range, .. } => (*reason != CreateReason::Current, range.lo),
         _ => (true, 0),
     });
+    let mut problems = Vec::new();
+    if !planned.is_empty() && !state.owner_can_create {
+        // Every new partition is given the parent's owner, which needs
+        // CREATE on the schema; a partition left to the steward is not made.
+        problems.push(format!(
+            "{} partition(s) of {} are due but its owner {} may not create in schema {}, which \
+             ALTER TABLE ... OWNER TO needs; none is made. GRANT CREATE ON SCHEMA {} TO {}",
+            planned.len(),
+            state.table,
+            state.owner,
+            state.table.schema,
+            crate::pg::quote_ident(&state.table.schema),
+            crate::pg::quote_ident(&state.owner)
+        ));
+        planned.clear();
+    }
     actions.extend(planned);
+    // Access of existing partitions follows the parent's, before anything
+    // else runs (new partitions are made right).
+    // Not of partitions this plan retires: they are detached (and dropped or
+    // archived) first, so a repair would act on a table that is gone.
+    let (repairs, access_problems) = super::access::plan(state);
+    let retiring: Vec<QualifiedName> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Retire { partition, .. } => Some(partition.clone()),
+            _ => None,
+        })
+        .collect();
+    actions.extend(
+        repairs
+            .into_iter()
+            .filter(|(partition, _)| !retiring.contains(partition))
+            .map(|(partition, repairs)| Action::RepairAccess { partition, repairs }),
+    );
+    problems.extend(access_problems);
 
     if let Some(d) = &state.default {
         for c in &d.pgsteward_checks {
@@ -219,7 +259,11 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             });
         }
     }
-    TablePlan { actions, notes }
+    TablePlan {
+        actions,
+        notes,
+        problems,
+    }
 }
 
 /// The parts of `range` no range in `covered` covers, in key order.

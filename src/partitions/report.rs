@@ -33,6 +33,11 @@ pub struct TableReport {
     pub created: u32,
     pub retired: u32,
     pub rows_moved: u64,
+    /// Partitions whose owner, privileges, row-level security or replica
+    /// identity this pass made follow the parent's.
+    pub access_repaired: u32,
+    /// Access problems left to the operator (each in `error` with its fix).
+    pub access_problems: u32,
     /// Why the table could not be brought up to date; it is retried next pass.
     pub error: Option<String>,
     /// Set when the table was left alone on purpose (another pass holds its lock).
@@ -56,6 +61,8 @@ impl TableReport {
             created: 0,
             retired: 0,
             rows_moved: 0,
+            access_repaired: 0,
+            access_problems: 0,
             error: None,
             skipped: None,
             notes: Vec::new(),

@@ -38,6 +38,11 @@ pub const RELATION_KIND_PARTITION_CHECK: &str = "SELECT c.relkind::text, c.relis
 pub const STORED_COLUMNS: &str = "SELECT attname::text FROM pg_attribute \
      WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped AND attgenerated = '' \
      ORDER BY attnum";
+/// Standalone tables carrying our bounds CHECK: made by a pass that was
+/// interrupted (or lost its lock race) before the ATTACH; schema, name.
+pub const UNATTACHED: &str = "SELECT n.nspname::text, c.relname::text FROM pg_constraint k \
+     JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE k.conname = 'pgsteward_bounds' AND k.contype = 'c' AND NOT c.relispartition ORDER BY 1, 2";
 /// A relation's oid, NULL when the name does not exist.
 pub const RELATION_OID: &str = "SELECT to_regclass($1)::oid::int8";
 pub const BEGIN: &str = "BEGIN";

@@ -34,6 +34,11 @@ pub fn state(kt: KeyType) -> TableState {
         grants: vec![],
         partitions: vec![],
         default: None,
+        row_security: false,
+        force_row_security: false,
+        replica_identity: "d".into(),
+        owner_can_create: true,
+        access_drift: vec![],
     }
 }
 /// The state after executing `p` against `s`: what a second pass sees.
@@ -49,6 +54,9 @@ pub fn applied(mut s: TableState, p: &TablePlan) -> TableState {
                 fk_referenced: false,
             }),
             Action::Retire { partition, .. } => s.partitions.retain(|e| &e.name != partition),
+            Action::RepairAccess { partition, .. } => s
+                .access_drift
+                .retain(|d| QualifiedName::new(d.schema.clone(), d.name.clone()) != *partition),
             Action::DropDefaultCheck { .. } => {
                 if let Some(d) = s.default.as_mut() {
                     d.pgsteward_checks.clear()

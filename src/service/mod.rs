@@ -254,6 +254,17 @@ async fn partitions_job(
             metrics.record_partitions(&report);
             if let Some(reason) = &report.skipped {
                 tracing::info!(reason = %reason, "partition pass skipped");
+            } else {
+                let sum = |f: fn(&partitions::TableReport) -> u64| -> u64 {
+                    report.tables.iter().map(f).sum()
+                };
+                tracing::info!(
+                    tables = report.tables.len(),
+                    created = sum(|t| u64::from(t.created)),
+                    retired = sum(|t| u64::from(t.retired)),
+                    rows_moved = sum(|t| t.rows_moved),
+                    "partition pass"
+                );
             }
             let failed: Vec<String> = report
                 .tables

@@ -16,7 +16,7 @@ const WRITABLE: &str =
 /// writable primary, naming the node an upgrade made primary.
 pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
     let moved = || -> Option<UpgradeError> {
-        let path = journal::latest(&cfg.upgrade.state_dir).ok()??;
+        let path = journal::latest_readonly(&cfg.upgrade.state_dir).ok()??;
         let rec = journal::read(&path).ok()?;
         rec.promote_started().then(|| UpgradeError::PrimaryMoved {
             old: cfg.database.primary.to_string(),
@@ -74,7 +74,7 @@ async fn cutover_in_database(cfg: &Config) -> bool {
 /// `verify` (journal-based; the database's guard row covers runners
 /// elsewhere, see `guard::hold_partition_ddl`).
 pub fn cutover_in_progress(cfg: &Config) -> bool {
-    let Ok(Some(path)) = journal::latest(&cfg.upgrade.state_dir) else {
+    let Ok(Some(path)) = journal::latest_readonly(&cfg.upgrade.state_dir) else {
         return false;
     };
     journal::read(&path).is_ok_and(|r| r.in_cutover())

@@ -143,7 +143,10 @@ impl Saga {
             self.flush()?;
             self.progress.say(
                 Step::RetireOld,
-                &format!("waiting {wait:?} (upgrade.retire_after)"),
+                &format!(
+                    "waiting {} (upgrade.retire_after)",
+                    crate::output::human_duration(wait)
+                ),
             );
             // Measured from the end of verify, so a resume does not wait the whole grace again.
             let since = self

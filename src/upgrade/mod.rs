@@ -378,7 +378,7 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
     };
     if !quiet {
         println!(
-            "resuming upgrade {} ({:?})",
+            "resuming upgrade {} ({})",
             journal.record().id,
             journal.record().phase
         );
@@ -448,7 +448,7 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
         }
         Phase::Completed | Phase::NeedsResume(_) => {
             return Err(UpgradeError::Usage(format!(
-                "upgrade {} is {:?}: it promoted the new primary and can only go forward (`upgrade resume`)",
+                "upgrade {} is {}: it promoted the new primary and can only go forward (`upgrade resume`)",
                 rec.id, rec.phase
             )))
         }
@@ -528,7 +528,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
 
 fn print_status(rec: &UpgradeRecord) {
     println!(
-        "upgrade {} to class {} ({}): {:?}",
+        "upgrade {} to class {} ({}): {}",
         rec.id, rec.target_class, rec.provider, rec.phase
     );
     println!("source {}", rec.source_primary);
@@ -540,15 +540,14 @@ fn print_status(rec: &UpgradeRecord) {
         .iter()
         .map(|s| {
             let took = match (s.started_at, s.finished_at) {
-                (Some(a), Some(b)) => format!(
-                    "{:.1} ms",
-                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+                (Some(a), Some(b)) => crate::output::human_seconds(
+                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
                 ),
                 _ => String::new(),
             };
             vec![
                 s.step.name().to_string(),
-                format!("{:?}", s.status).to_lowercase(),
+                s.status.to_string(),
                 s.started_at
                     .map(|t| t.format("%H:%M:%S%.3f").to_string())
                     .unwrap_or_default(),

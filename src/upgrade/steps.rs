@@ -133,7 +133,7 @@ impl Saga {
         let info = self.provider.describe(&id).await?;
         let endpoint = info.endpoint.ok_or_else(|| UpgradeError::Step {
             step: Step::WaitAvailable,
-            detail: format!("{id} has no endpoint yet (state {:?})", info.state),
+            detail: format!("{id} has no endpoint yet ({})", info.state),
         })?;
         self.new_endpoint = Some(endpoint.clone());
         Ok(endpoint)
@@ -269,7 +269,7 @@ impl Saga {
                 other => {
                     return Err(UpgradeError::Step {
                         step: Step::WaitAvailable,
-                        detail: format!("{id} is {other:?}"),
+                        detail: format!("{id} is {other}"),
                     })
                 }
             }

@@ -7,14 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
+use crate::partitions::{as_owner, as_steward, exec_super};
 
 fn db_name(url: &str) -> String {
     let tail = url.rsplit('/').next().unwrap_or_default();
     tail.split('?').next().unwrap_or_default().to_string()
 }
 
+/// Runs SQL as the application's owner (`app_owner`), as a migration would.
 pub(crate) async fn exec(url: &str, sql: &str) {
-    let client = connect(url).await;
+    let client = connect(&as_owner(url)).await;
     if let Err(e) = client.batch_execute(sql).await {
         panic!("{sql}: {}", pgsteward::pg::server_message(&e));
     }
@@ -25,6 +27,7 @@ pub(crate) fn config(dir: &std::path::Path, url: &str, tables: &[&str]) -> PathB
         .iter()
         .map(|t| format!("[[partitions.tables]]\ntable = '{t}'\ninterval = 'daily'\npremake = 2\n"))
         .collect();
+    let url = as_steward(url);
     write_config(
         dir,
         &format!(
@@ -59,11 +62,11 @@ pub(crate) fn run(cfg: &std::path::Path, args: &[&str], failpoint: Option<&str>)
 pub(crate) async fn setup(url: &str, rows: i64) -> (String, String) {
     let db = db_name(url);
     let (writer, reader) = (format!("{db}_writer"), format!("{db}_reader"));
+    exec_super(url, &format!("CREATE ROLE {writer}; CREATE ROLE {reader}")).await;
     exec(
         url,
         &format!(
-            "CREATE ROLE {writer}; CREATE ROLE {reader};
-             GRANT USAGE ON SCHEMA public TO {writer}, {reader};
+            "GRANT USAGE ON SCHEMA public TO {writer}, {reader};
              CREATE TABLE other (id int PRIMARY KEY); INSERT INTO other VALUES (1), (2);
              GRANT SELECT ON other TO {writer};
              CREATE TABLE events (

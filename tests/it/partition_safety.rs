@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
-use crate::partitions::{config, config_toml, exec, month_name, month_start, pass, table};
+use crate::partitions::{
+    as_owner, as_super, config, config_toml, exec, exec_super, month_name, month_start, pass, table,
+};
 
 const KEYED: &str = "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, \
     created_at timestamptz NOT NULL, payload text, PRIMARY KEY (id, created_at)) \
@@ -172,7 +174,7 @@ async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     let writer = {
         let (url, stop, next) = (url.clone(), stop.clone(), next.clone());
         tokio::spawn(async move {
-            let c = connect(&url).await;
+            let c = connect(&as_owner(&url)).await;
             let sql = format!(
                 "INSERT INTO events (created_at, payload) VALUES ('{next}'::timestamptz + interval '3 days', 'new')"
             );
@@ -195,7 +197,7 @@ async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     let reader = {
         let (url, stop) = (url.clone(), stop.clone());
         tokio::spawn(async move {
-            let c = connect(&url).await;
+            let c = connect(&as_owner(&url)).await;
             let (mut last, mut dips, mut worst, mut reads) =
                 (0i64, Vec::new(), Duration::ZERO, 0u32);
             let start = Instant::now();
@@ -257,11 +259,11 @@ async fn no_role_reaches_through_a_partition_what_the_parents_policies_deny() {
         .unwrap()
         .to_string();
     let (alice, bob) = (format!("alice_{db}"), format!("bob_{db}"));
+    exec_super(&url, &format!("CREATE ROLE {alice}; CREATE ROLE {bob}")).await;
     exec(
         &url,
         &format!(
-            "CREATE ROLE {alice}; CREATE ROLE {bob}; \
-             CREATE TABLE events (id int, created_at timestamptz NOT NULL, owner_name text NOT NULL DEFAULT current_user) \
+            "CREATE TABLE events (id int, created_at timestamptz NOT NULL, owner_name text NOT NULL DEFAULT current_user) \
                PARTITION BY RANGE (created_at); \
              ALTER TABLE events ENABLE ROW LEVEL SECURITY; \
              CREATE POLICY own ON events USING (owner_name = current_user) WITH CHECK (owner_name = current_user); \
@@ -278,7 +280,8 @@ async fn no_role_reaches_through_a_partition_what_the_parents_policies_deny() {
         &format!("INSERT INTO events VALUES (1, now(), '{alice}'), (2, now(), '{bob}')"),
     )
     .await;
-    let c = connect(&url).await;
+    // The superuser plays alice (SET ROLE); a fixture, not pgsteward.
+    let c = connect(&as_super(&url)).await;
     c.batch_execute(&format!("SET ROLE {alice}")).await.unwrap();
     let mine: i64 = c
         .query_one("SELECT count(*) FROM events", &[])
@@ -359,11 +362,11 @@ async fn a_new_partition_matches_a_native_partition_of_the_same_parent() {
         .unwrap()
         .to_string();
     let reader = format!("reader_{db}");
+    exec_super(&url, &format!("CREATE ROLE {reader}")).await;
     exec(
         &url,
         &format!(
-            "CREATE ROLE {reader}; \
-             CREATE TABLE ev (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL, \
+            "CREATE TABLE ev (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL, \
                amount int DEFAULT 5 CHECK (amount > 0), doubled int GENERATED ALWAYS AS (amount * 2) STORED, \
                payload text COMPRESSION pglz, tenant int NOT NULL DEFAULT 1, \
                PRIMARY KEY (id, created_at), UNIQUE (tenant, id, created_at)) PARTITION BY RANGE (created_at); \
@@ -387,11 +390,16 @@ async fn a_new_partition_matches_a_native_partition_of_the_same_parent() {
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
     let ours = describe(&url, &month_name("ev", 0)).await;
     let native = describe(&url, "ev_native").await;
-    // Deliberate differences (README): row-level security is enabled on ours
-    // (deny-all for direct access); everything else must be identical.
+    // Row-level security is enabled on ours (deny-all for direct access),
+    // and the pass enabled it on the native one too: access follows the
+    // parent on every partition. Everything must be identical.
     assert_eq!(ours["row_security"], true);
-    assert_eq!(native["row_security"], false);
+    assert!(
+        r.tables[0].access_repaired >= 1,
+        "the native partition's access was repaired: {r:#?}"
+    );
     for key in [
+        "row_security",
         "columns",
         "constraints",
         "indexes",
@@ -420,7 +428,7 @@ async fn a_hole_in_the_current_period_is_filled_or_the_pass_fails() {
     let url = fresh_db("safe_hole");
     exec(&url, crate::partitions::EVENTS).await;
     // A hand-made partition over the first half of this month.
-    let c = connect(&url).await;
+    let c = connect(&as_owner(&url)).await;
     c.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
     c.batch_execute(&format!(
         "CREATE TABLE events_half PARTITION OF events FOR VALUES FROM ('{0}') TO ('{0}'::date + 14)",

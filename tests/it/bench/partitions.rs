@@ -159,8 +159,12 @@ async fn run(
     let db = format!("bench_n{n}");
     must(server.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}")));
     must(server.psql("postgres", &format!("CREATE DATABASE {db}")));
+    // pgsteward runs as the least-privilege steward on tables app_owner owns;
+    // the plain-SQL and pg_partman families stay the superuser's.
+    harness::prepare_db(server, &db);
     let url = server.url(&db);
     let c = connect(&url).await;
+    let owner = connect(&crate::partitions::as_owner(&url)).await;
     c.batch_execute(
         "SET TimeZone = 'UTC'; CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman",
     )
@@ -170,7 +174,10 @@ async fn run(
     // Setup: s_i for pgsteward, p_i for plain SQL (same 9 months + DEFAULT), t_i for pg_partman.
     let t0 = Instant::now();
     for i in 0..n {
-        c.batch_execute(&init_sql(&format!("s_{i}"))).await.unwrap();
+        owner
+            .batch_execute(&init_sql(&format!("s_{i}")))
+            .await
+            .unwrap();
         c.batch_execute(&init_sql(&format!("p_{i}"))).await.unwrap();
     }
     row(
@@ -519,7 +526,7 @@ async fn run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "benchmark: prints figures, takes minutes; see README \"Partition maintenance\""]
+#[ignore = "benchmark: prints figures, takes minutes; see docs/benchmarks.md \"Partition maintenance: pgsteward vs pg_partman vs plain SQL\""]
 async fn bench_partitions_vs_partman() {
     let ns: Vec<usize> = std::env::var("PGSTEWARD_BENCH_N")
         .unwrap_or_else(|_| "100,1000".into())

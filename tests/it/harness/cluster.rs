@@ -61,6 +61,11 @@ pub fn test_settings() -> Vec<(String, String)> {
         ("max_connections", "100"),
         ("wal_receiver_status_interval", "1s"),
         ("log_min_messages", "warning"),
+        // Every server can publish: logical subscribers and CDC consumers
+        // watch the tests that move rows (tests/it/logical.rs).
+        ("wal_level", "logical"),
+        ("max_replication_slots", "20"),
+        ("max_wal_senders", "20"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -25,7 +25,7 @@ async fn long_transaction_on_the_parent_makes_the_pass_retry_not_block_inserts()
     .await;
     // The blocker reads the parent: ACCESS SHARE on every partition, DEFAULT included,
     // which ATTACH (ACCESS EXCLUSIVE on DEFAULT) cannot share.
-    let blocker = connect(&url).await;
+    let blocker = connect(&as_owner(&url)).await;
     blocker
         .batch_execute("BEGIN; SELECT count(*) FROM events")
         .await
@@ -38,7 +38,7 @@ async fn long_transaction_on_the_parent_makes_the_pass_retry_not_block_inserts()
     let inserter = {
         let url = url.clone();
         tokio::spawn(async move {
-            let c = connect(&url).await;
+            let c = connect(&as_owner(&url)).await;
             let mut done = 0;
             let start = Instant::now();
             // Bounded in count and time.
@@ -91,7 +91,7 @@ async fn concurrent_passes_never_both_run_ddl_on_a_table() {
     }
     // Deterministically: a held table lock makes the pass leave that table alone.
     exec(&url, &EVENTS.replace("TABLE events", "TABLE held")).await;
-    let holder = connect(&url).await;
+    let holder = connect(&as_owner(&url)).await;
     holder
         .batch_execute(&format!(
             "SELECT pg_advisory_lock({}, 'held'::regclass::oid::int4)",
@@ -122,7 +122,7 @@ async fn cancelling_a_pass_stops_it_while_it_waits_for_a_lock() {
         "CREATE TABLE events_default PARTITION OF events DEFAULT",
     )
     .await;
-    let blocker = connect(&url).await;
+    let blocker = connect(&as_owner(&url)).await;
     blocker
         .batch_execute("BEGIN; SELECT count(*) FROM events")
         .await
@@ -168,7 +168,7 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
     .await;
     // SHARE on the parent alone (ONLY: partitions stay unlocked) lets every
     // step through except ATTACH, which needs SHARE UPDATE EXCLUSIVE.
-    let blocker = connect(&url).await;
+    let blocker = connect(&as_owner(&url)).await;
     blocker
         .batch_execute(
             "SET application_name = 'the-blocker'; BEGIN; LOCK TABLE ONLY events IN SHARE MODE",
@@ -222,6 +222,31 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
         "INSERT INTO events_default (id, created_at) OVERRIDING SYSTEM VALUE VALUES (1, now())",
     )
     .await;
+    // `status` names the table the pass made and could not attach.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config_toml(
+            &url,
+            "lock_timeout = \"50ms\"",
+            &table("events", "premake = 1"),
+        ),
+    );
+    let status = pgsteward()
+        .arg("--config")
+        .arg(&path)
+        .args(["partitions", "status"])
+        .output()
+        .unwrap();
+    let text = harness::text(&status);
+    assert_eq!(status.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} was made by a pass and is not attached yet",
+            month_name("public.events", 0)
+        )),
+        "{text}"
+    );
     blocker.batch_execute("COMMIT").await.unwrap();
     let r = pass(&cfg).await;
     assert_eq!(

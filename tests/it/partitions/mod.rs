@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::harness::{self, connect, fresh_db, must, pgsteward, query, write_config};
 
+mod access;
 mod cli;
 mod creation;
 mod locking;
+mod logical;
 mod retention;
 
 /// A config for `url` with the given `[[partitions.tables]]` blocks.
@@ -31,11 +33,31 @@ pub(crate) fn config_toml(url: &str, extra: &str, tables: &str) -> String {
     } else {
         "lock_timeout = \"200ms\"\n"
     };
+    let url = as_steward(url);
     format!("[database]\nprimary = \"{url}\"\n\n[partitions]\n{lock_timeout}{extra}\n{tables}")
 }
 
-/// Runs SQL (several statements allowed) and fails with the server's message.
+/// What every pgsteward config a test writes names (the steward), and who
+/// owns the application's tables (`app_owner`).
+pub(crate) use crate::harness::{as_owner, as_steward};
+
+/// `url` logging in as the superuser: fixtures only (roles, subscriptions).
+pub(crate) fn as_super(url: &str) -> String {
+    harness::with_password(url, harness::SUPER_USER, harness::SUPER_PASSWORD)
+}
+
+/// Runs SQL (several statements allowed) as the application's owner, as a
+/// migration would, and fails with the server's message.
 pub(crate) async fn exec(url: &str, sql: &str) {
+    exec_as(&as_owner(url), sql).await
+}
+
+/// Runs SQL as the superuser: roles and other fixtures `app_owner` cannot make.
+pub(crate) async fn exec_super(url: &str, sql: &str) {
+    exec_as(&as_super(url), sql).await
+}
+
+async fn exec_as(url: &str, sql: &str) {
     let client = connect(url).await;
     if let Err(e) = client.batch_execute(sql).await {
         panic!("{sql}: {}", pgsteward::pg::server_message(&e));

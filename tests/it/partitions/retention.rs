@@ -6,7 +6,7 @@ use super::*;
 #[tokio::test]
 async fn retention_detaches_concurrently_drops_and_spares_fk_referenced() {
     let url = fresh_db("part_retention");
-    let client = connect(&url).await;
+    let client = connect(&as_owner(&url)).await;
     client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
     let mut ddl = String::new();
     for t in ["keep", "gone", "fk"] {
@@ -119,12 +119,12 @@ async fn interrupted_concurrent_detach_is_finalized() {
     .await;
     // A transaction with a snapshot on the parent makes the second half of
     // DETACH CONCURRENTLY wait; lock_timeout then interrupts it, leaving it pending.
-    let holder = connect(&url).await;
+    let holder = connect(&as_owner(&url)).await;
     holder
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM events")
         .await
         .unwrap();
-    let detacher = connect(&url).await;
+    let detacher = connect(&as_owner(&url)).await;
     detacher
         .batch_execute("SET lock_timeout = '300ms'")
         .await

@@ -1,0 +1,132 @@
+//! What keeps a move out of DEFAULT from changing other tables: foreign keys
+//! that reference the rows to move, and DELETE triggers on DEFAULT. Both are
+//! read before anything is created, and again under the attaching
+//! transaction's locks.
+//!
+//! Why no foreign-key action fires: tables whose foreign keys reference the
+//! parent are locked against writers in the same transaction and the
+//! referencing rows counted first; a referenced row is never deleted from
+//! DEFAULT (the pass refuses and names the constraint), and deleting
+//! unreferenced rows fires CASCADE, SET NULL, SET DEFAULT, NO ACTION and
+//! RESTRICT on nothing.
+
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{Exec, StepError};
+use super::ddl;
+use super::model::{Range, ReferencingFk, TableState};
+use super::report::TableReport;
+use super::sql;
+use crate::config::TableConfig;
+use crate::pg::QualifiedName;
+
+impl Exec<'_> {
+    pub(super) async fn referencing_fks(
+        &self,
+        state: &TableState,
+    ) -> Result<Vec<ReferencingFk>, StepError> {
+        let default_oid: i64 = match &state.default {
+            Some(d) => {
+                let row = self
+                    .client
+                    .query_one(sql::RELATION_OID, &[&d.name.quoted()])
+                    .await
+                    .map_err(StepError::Client)?;
+                row.get::<_, Option<i64>>(0).unwrap_or(0)
+            }
+            None => 0,
+        };
+        let rows = self
+            .client
+            .query(sql::REFERENCING_FKS, &[&i64::from(state.oid), &default_oid])
+            .await
+            .map_err(|source| StepError::Read {
+                what: "the foreign keys referencing",
+                table: state.table.clone(),
+                source,
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| ReferencingFk {
+                constraint: r.get(0),
+                table: QualifiedName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+                columns: r.get(3),
+                referenced: r.get(4),
+                on_delete: r.get(5),
+            })
+            .collect())
+    }
+
+    /// Counts, per foreign key, the rows referencing rows of `range` in
+    /// DEFAULT, and refuses the move when there are any.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn refuse_referenced(
+        &self,
+        state: &TableState,
+        default: &QualifiedName,
+        tcfg: &TableConfig,
+        child: &QualifiedName,
+        range: Range,
+        fks: &[ReferencingFk],
+        cancel: &CancellationToken,
+        report: &mut TableReport,
+    ) -> Result<(), StepError> {
+        let (key, kt, tz) = (state.key_column.as_str(), state.key_type, tcfg.timezone);
+        let mut found = Vec::new();
+        for fk in fks {
+            let sql = ddl::sql_count_referencing(fk, default, key, kt, tz, range);
+            let n: u64 = self
+                .once(&sql, cancel, report)
+                .await?
+                .row
+                .first()
+                .and_then(|v| v.as_deref())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(u64::MAX);
+            if n > 0 {
+                found.push(format!(
+                    "{n} rows of {} reference them through {} (ON DELETE {})",
+                    fk.table, fk.constraint, fk.on_delete
+                ));
+            }
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        Err(StepError::Refused(format!(
+            "{default}: rows of {child}'s range are referenced by foreign keys: {}. They are not moved \
+             (the move would fire those constraints' actions) and {child} is not created. To proceed, \
+             delete or re-point the referencing rows, or move the rows yourself in one transaction \
+             with SET LOCAL session_replication_role = replica",
+            found.join("; ")
+        )))
+    }
+
+    /// Refuses a move that would fire DELETE triggers on DEFAULT (an audit
+    /// trigger, say, would record rows as deleted in another table).
+    pub(super) async fn refuse_triggers(
+        &self,
+        default: &QualifiedName,
+        child: &QualifiedName,
+    ) -> Result<(), StepError> {
+        let rows = self
+            .client
+            .query(sql::DELETE_TRIGGERS, &[&default.quoted()])
+            .await
+            .map_err(|source| StepError::Read {
+                what: "the triggers of",
+                table: default.clone(),
+                source,
+            })?;
+        let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(StepError::Refused(format!(
+            "{default}: moving rows of {child}'s range out of it would fire its DELETE triggers {}, \
+             which may change other tables; nothing is moved and {child} is not created. Disable them \
+             around the move (ALTER TABLE {default} DISABLE TRIGGER ...), or move the rows yourself",
+            names.join(", ")
+        )))
+    }
+}

@@ -1,0 +1,366 @@
+//! Logical replication as the application's consumers see it: a subscriber
+//! (a second server with `CREATE SUBSCRIPTION`, pgoutput) and a CDC consumer
+//! (`pg_recvlogical` with test_decoding), each compared row by row with the
+//! publisher after pgsteward moved rows. Subscriptions and slots are test
+//! fixtures, made as the superuser; pgsteward itself stays the steward.
+//!
+//! Every publisher of the harness runs with `wal_level = logical`
+//! (`harness::test_settings`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgsteward::localpg::{self, Cluster, StopMode};
+
+use crate::harness::{self, must, query};
+
+/// How long a consumer may take to catch up before the test fails with
+/// what it saw.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// The subscriber server, shared by every test of this process (each test
+/// subscribes from a database of its own).
+pub fn subscriber_server() -> &'static Cluster {
+    static SERVER: OnceLock<(Cluster, PathBuf)> = OnceLock::new();
+    &SERVER
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("pgsteward-subscriber-{}", std::process::id()));
+            must(localpg::make_server_dir(
+                &dir,
+                must(localpg::ServerUser::detect()),
+            ));
+            let cluster = harness::new_primary(&dir, "subscriber");
+            harness::remove_when_gone(&dir);
+            // One apply worker per subscription; several tests subscribe at once.
+            must(cluster.psql(
+                "postgres",
+                "ALTER SYSTEM SET max_logical_replication_workers = 16",
+            ));
+            must(cluster.psql("postgres", "ALTER SYSTEM SET max_worker_processes = 32"));
+            must(cluster.stop(StopMode::Fast));
+            must(cluster.start());
+            (cluster, dir)
+        })
+        .0
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The database name and port of a harness URL.
+fn db_and_port(url: &str) -> (String, u16) {
+    let u = must(url::Url::parse(url).map_err(|e| e.to_string()));
+    (
+        u.path().trim_start_matches('/').to_string(),
+        u.port().unwrap_or(5432),
+    )
+}
+
+/// A subscription on the subscriber server to `publication` of the database
+/// `pub_url` names, into tables made by `ddl` (run on the subscriber first).
+/// Rows are not copied initially: subscribe before writing the rows.
+pub struct Subscriber {
+    pub db: String,
+    pub name: String,
+}
+
+impl Subscriber {
+    pub fn create(pub_url: &str, publication: &str, ddl: &str) -> Subscriber {
+        let server = subscriber_server();
+        let db = unique("sub");
+        let name = unique("s");
+        must(server.psql("postgres", &format!("CREATE DATABASE {db}")));
+        must(server.psql(&db, ddl));
+        let (pub_db, port) = db_and_port(pub_url);
+        // A conninfo value: quoted, with `\` and `'` escaped by a backslash.
+        let password = harness::SUPER_PASSWORD
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
+        let conn = format!(
+            "host=127.0.0.1 port={port} dbname={pub_db} user={} password='{password}'",
+            harness::SUPER_USER
+        );
+        must(server.psql_secret(
+            &db,
+            &format!(
+                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = false)",
+                pgsteward::pg::quote_literal(&conn)
+            ),
+        ));
+        Subscriber { db, name }
+    }
+
+    pub fn url(&self) -> String {
+        subscriber_server().url(&self.db)
+    }
+
+    /// Apply errors the subscriber counted (PostgreSQL 15+; 0 before).
+    pub async fn apply_errors(&self) -> i64 {
+        if harness::server_major() < 15 {
+            return 0;
+        }
+        let rows = query(
+            &self.url(),
+            &format!(
+                "SELECT coalesce((SELECT apply_error_count FROM pg_stat_subscription_stats WHERE subname = '{}'), 0)",
+                self.name
+            ),
+        )
+        .await;
+        rows[0].get(0)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let server = subscriber_server();
+        // Drops the publisher's slot too; a failure only leaves a test fixture.
+        let _ = server.psql(
+            &self.db,
+            &format!("DROP SUBSCRIPTION IF EXISTS {}", self.name),
+        );
+        let _ = server.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
+        );
+    }
+}
+
+/// `pg_recvlogical` with test_decoding on the publisher's database: every
+/// change, under the name of the relation it was made in.
+pub struct Cdc {
+    child: Child,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+    slot: String,
+    pub_url: String,
+    markers: u32,
+}
+
+/// The program: the server's own, else Debian's PostgreSQL 15 one (a client;
+/// it reads other majors).
+fn recvlogical() -> PathBuf {
+    let own = harness::bin_dir().map(|d| d.join("pg_recvlogical"));
+    if let Some(p) = own.filter(|p| p.is_file()) {
+        return p;
+    }
+    let debian = PathBuf::from("/usr/lib/postgresql/15/bin/pg_recvlogical");
+    if debian.is_file() {
+        return debian;
+    }
+    must(localpg::find_program("pg_recvlogical", harness::bin_dir()))
+}
+
+impl Cdc {
+    pub async fn start(pub_url: &str) -> Cdc {
+        let slot = unique("cdc");
+        let super_url = crate::partitions::as_super(pub_url);
+        query(
+            &super_url,
+            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')"),
+        )
+        .await;
+        let dir = must(tempfile::tempdir().map_err(|e| e.to_string()));
+        let file = dir.path().join("changes.txt");
+        let (db, port) = db_and_port(pub_url);
+        let child = must(
+            Command::new(recvlogical())
+                .args([
+                    "-d",
+                    &format!(
+                        "host=127.0.0.1 port={port} dbname={db} user={}",
+                        harness::SUPER_USER
+                    ),
+                    "-S",
+                    &slot,
+                    "--start",
+                    "-F",
+                    "0",
+                    "-s",
+                    "1",
+                    "-o",
+                    "skip-empty-xacts=1",
+                    "-f",
+                ])
+                .arg(&file)
+                .env("PGPASSFILE", harness::passfile())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("pg_recvlogical: {e}")),
+        );
+        Cdc {
+            child,
+            file,
+            _dir: dir,
+            slot,
+            pub_url: super_url,
+            markers: 0,
+        }
+    }
+
+    /// Every row id of tables whose name starts with `prefix`, replayed from
+    /// the stream up to now: id → how many times it is present (1 for each
+    /// row; 0 rows are left out). Fails on a DELETE of a row never seen or
+    /// an INSERT of a row present.
+    pub async fn rows(&mut self, prefix: &str) -> BTreeMap<i64, i64> {
+        self.markers += 1;
+        let marker = format!("pgsteward-marker-{}-{}", self.slot, self.markers);
+        query(
+            &self.pub_url,
+            &format!("SELECT pg_logical_emit_message(true, 'pgsteward-test', '{marker}')"),
+        )
+        .await;
+        let t0 = Instant::now();
+        let text = loop {
+            let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+            if text.contains(&marker) {
+                break text;
+            }
+            if t0.elapsed() > CATCH_UP {
+                panic!(
+                    "pg_recvlogical did not deliver the marker within {CATCH_UP:?}; it wrote:\n{text}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut rows: BTreeMap<i64, i64> = BTreeMap::new();
+        let table = format!("table {prefix}");
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&table) else {
+                continue;
+            };
+            let (kind, sign) = if rest.contains(": INSERT: ") {
+                ("INSERT", 1)
+            } else if rest.contains(": DELETE: ") {
+                ("DELETE", -1)
+            } else {
+                continue;
+            };
+            let id: i64 = rest
+                .split("id[bigint]:")
+                .nth(1)
+                .and_then(|v| v.split(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no id in {line}"));
+            let n = rows.entry(id).or_default();
+            *n += sign;
+            assert!(
+                (0..=1).contains(n),
+                "CDC consumer: {kind} of row {id} leaves it present {n} times: {line}"
+            );
+        }
+        rows.retain(|_, n| *n > 0);
+        rows
+    }
+}
+
+impl Drop for Cdc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let slot = self.slot.clone();
+        let url = self.pub_url.clone();
+        // A blocking connection in Drop: the slot would hold WAL on the shared server.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(&url, &harness::pg_env()) {
+                        if let Ok(c) = spec.connect(Duration::from_secs(5)).await {
+                            for _ in 0..50 {
+                                let r = c
+                                    .query(
+                                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                                         WHERE slot_name = $1 AND NOT active",
+                                        &[&slot],
+                                    )
+                                    .await;
+                                if matches!(r, Ok(ref v) if !v.is_empty()) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    }
+                })
+            }
+        })
+        .join();
+    }
+}
+
+/// One text per row of `sql` (its first column), in order.
+pub async fn texts(url: &str, sql: &str) -> Vec<String> {
+    query(url, sql).await.iter().map(|r| r.get(0)).collect()
+}
+
+/// Waits until the subscriber's `sub_sql` returns what the publisher's
+/// `pub_sql` does (each a list of row texts), and no apply error was
+/// counted; fails after [`CATCH_UP`] with both sides' differences.
+pub async fn assert_subscriber_matches(
+    pub_url: &str,
+    pub_sql: &str,
+    sub: &Subscriber,
+    sub_sql: &str,
+    what: &str,
+) {
+    let want = texts(pub_url, pub_sql).await;
+    let t0 = Instant::now();
+    loop {
+        let got = texts(&sub.url(), sub_sql).await;
+        let errors = sub.apply_errors().await;
+        if got == want && errors == 0 {
+            return;
+        }
+        if t0.elapsed() > CATCH_UP || errors > 0 {
+            let missing: Vec<&String> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+            let extra: Vec<&String> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+            panic!(
+                "{what}: the subscriber has {} rows, the publisher {} ({errors} apply errors); \
+                 missing on the subscriber (first 5): {missing:?}; extra there: {extra:?}",
+                got.len(),
+                want.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The CDC consumer's rows of tables named `prefix*` equal the publisher's
+/// ids (`pub_sql` returns one bigint id per row).
+pub async fn assert_cdc_matches(
+    cdc: &mut Cdc,
+    prefix: &str,
+    pub_url: &str,
+    pub_sql: &str,
+    what: &str,
+) {
+    let want: Vec<i64> = query(pub_url, pub_sql)
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let got: Vec<i64> = cdc.rows(prefix).await.into_keys().collect();
+    if got != want {
+        let missing: Vec<&i64> = want.iter().filter(|w| !got.contains(w)).take(5).collect();
+        let extra: Vec<&i64> = got.iter().filter(|g| !want.contains(g)).take(5).collect();
+        panic!(
+            "{what}: the CDC consumer replayed {} rows, the publisher has {}; missing (first 5): {missing:?}; extra: {extra:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
