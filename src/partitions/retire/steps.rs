@@ -19,6 +19,9 @@ use crate::partitions::report::TableReport;
 use crate::partitions::session;
 use crate::pg::{server_message, QualifiedName};
 
+/// Longest wait for the DROP's lock on a retired partition (see `drop`).
+const DROP_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The trigger that makes a retiring partition read-only.
 const BARRIER: &str = "pgsteward_retiring";
 
@@ -426,6 +429,18 @@ pub(super) async fn drop(
         )));
     };
     let p = r.partition.quoted();
+    // The partition is detached and read-only: no client statement queues
+    // behind this lock, so it may wait longer than lock_timeout. It must:
+    // autovacuum, which a freshly detached table attracts, yields a lock only
+    // after deadlock_timeout (1 s by default), and a 200 ms lock_timeout
+    // would give up before every time.
+    let wait = ex
+        .cfg
+        .partitions
+        .lock_timeout
+        .0
+        .max(DROP_LOCK_WAIT)
+        .as_millis();
     let mut n = 0;
     let tag = loop {
         let t = format!("$pgsteward{n}$");
@@ -435,7 +450,8 @@ pub(super) async fn drop(
         n += 1;
     };
     let batch = format!(
-        "SET LOCAL row_security = off; LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE; \
+        "SET LOCAL row_security = off; SET LOCAL lock_timeout = '{wait}ms'; \
+         LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE; \
          DO {tag} BEGIN IF (SELECT count(*) FROM {p}) <> {rows} THEN \
            RAISE EXCEPTION 'rows changed since the archive was verified (archive: {rows} rows); not dropped'; \
          END IF; END {tag}; \
