@@ -115,6 +115,14 @@ async fn bench_archive_vs_psql_and_aws_cli() {
         );
         next += 500_000;
     }
+    // An old partition was vacuumed long ago; a fresh bulk load attracts
+    // autovacuum, whose lock would hold the DETACH up (as in production).
+    must(
+        owner
+            .batch_execute(&format!("VACUUM ANALYZE {part}"))
+            .await
+            .map_err(|e| e.to_string()),
+    );
     let rows: i64 = query(&url, &format!("SELECT count(*) FROM {part}")).await[0].get(0);
     let on_disk: i64 =
         query(&url, &format!("SELECT pg_total_relation_size('{part}')")).await[0].get(0);
@@ -126,6 +134,10 @@ async fn bench_archive_vs_psql_and_aws_cli() {
         "psql \"$PGURL\" -Xq -c 'COPY (SELECT * FROM {part}) TO STDOUT' | aws s3 cp - s3://{BUCKET}/floor/{part}.copy --endpoint-url {endpoint}"
     )).env("PGURL", &steward));
     assert!(out.status.success(), "floor: {}", text(&out));
+    println!(
+        "floor (psql COPY | aws s3 cp -): {:.1} s",
+        floor.as_secs_f64()
+    );
     let objects = s3.client().await;
     let floor_bytes = must(
         objects
