@@ -49,6 +49,8 @@ enum ProbeError {
     Query(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Unsupported(#[from] LocalPgError),
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     #[error("PostgreSQL {0}, but in recovery: this is a replica, not the primary")]
     NotPrimary(String),
     #[error("PostgreSQL {0}, but NOT in recovery: a second writable node")]
@@ -212,6 +214,29 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
     }
 }
 
+/// Whether the steward can keep its state (`pgsteward` schema, capacity
+/// samples) on the primary: the GRANT named when it cannot.
+async fn probe_schema(cfg: &Config) -> Probe {
+    let endpoint = cfg.database.primary.to_string();
+    let result = async {
+        let spec = cfg.database.primary.spec()?;
+        let client = spec.connect(cfg.database.connect_timeout.0).await?;
+        Ok::<_, ProbeError>(crate::schema::readiness(&client, &spec.display).await?)
+    }
+    .await;
+    let (ok, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(e) => (false, e.to_string()),
+    };
+    Probe {
+        role: "schema",
+        endpoint,
+        ok,
+        detail,
+        usage: false,
+    }
+}
+
 /// The archive bucket: it exists, and this identity may write, read and
 /// delete under the prefix (a probe object, removed again).
 async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
@@ -305,6 +330,7 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
     let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
     if probes.first().is_some_and(|p| p.ok) {
+        probes.push(probe_schema(cfg).await);
         probes.extend(probe_tables(cfg).await);
         probes.extend(probe_privileges(cfg).await);
     }

@@ -26,6 +26,8 @@ pub enum Error {
     #[error(transparent)]
     Convert(#[from] crate::convert::ConvertError),
     #[error(transparent)]
+    Capacity(#[from] crate::capacity::CapacityError),
+    #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error(transparent)]
     Check(#[from] crate::check::CheckError),
@@ -40,6 +42,7 @@ impl Error {
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
             Error::Partitions(e) if e.is_usage() => 2,
+            Error::Capacity(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,
         }
@@ -81,6 +84,7 @@ impl Error {
             Error::Service(e) => e.metric_label(),
             Error::Upgrade(e) => e.metric_label(),
             Error::Convert(e) => e.metric_label(),
+            Error::Capacity(e) => e.metric_label(),
             Error::Demo(e) => e.metric_label(),
             Error::Check(e) => e.metric_label(),
         }

@@ -91,6 +91,18 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         _ => {}
     }
     let cfg = load_config(&cli)?;
+    if let Command::Upgrade(
+        UpgradeCommand::Start { .. } | UpgradeCommand::Resume | UpgradeCommand::Abort,
+    ) = &cli.command
+    {
+        // A runner of this binary may arm a pause keeper (this program again).
+        if let Ok(program) = std::env::current_exe() {
+            pgsteward::upgrade::keeper::enable(
+                program,
+                config::resolve_path(cli.config.as_deref()),
+            );
+        }
+    }
     match cli.command {
         Command::Run => Ok(pgsteward::service::run_until_signal(cfg).await?),
         Command::Partitions(PartitionsCommand::Plan(o)) => {
@@ -135,6 +147,13 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         )
         .await?),
         Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),
+        Command::Capacity(a) => Ok(pgsteward::capacity::capacity_command(
+            &cfg,
+            a.output.output,
+            &a.horizon,
+            a.plot.as_deref(),
+        )
+        .await?),
         Command::Upgrade(cmd) => Ok(match cmd {
             UpgradeCommand::Plan { target, output } => {
                 pgsteward::upgrade::plan_command(&cfg, &target.target_class, output.output).await?
@@ -145,6 +164,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             UpgradeCommand::Status(o) => pgsteward::upgrade::status_command(&cfg, o.output).await?,
             UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
             UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,
+            UpgradeCommand::Keeper { after_ms } => {
+                pgsteward::upgrade::keeper_command(&cfg, after_ms).await?
+            }
         }),
         Command::Convert(cmd) => Ok({
             if !matches!(

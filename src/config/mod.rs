@@ -4,6 +4,7 @@
 
 pub mod archive;
 mod bounds;
+mod capacity;
 #[cfg(test)]
 mod fuzz;
 pub mod indexes;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pg::{ConnSpec, QualifiedName};
 pub use archive::{ArchiveConfig, ArchiveFormat, S3Url};
+pub use capacity::CapacityConfig;
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
     CutoverConfig, CutoverKind, LocalProviderConfig, ProviderKind, RdsProviderConfig, RdsRepoint,
@@ -109,6 +111,8 @@ pub struct Config {
     pub partitions: PartitionsConfig,
     #[serde(default)]
     pub lag: LagConfig,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
     #[serde(default)]
     pub upgrade: UpgradeConfig,
     #[serde(default)]
@@ -544,6 +548,7 @@ impl Config {
             }
         }
         bounds::check(self)?;
+        capacity::check(&self.capacity)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
         }

@@ -78,7 +78,7 @@ pub async fn run_pass_at(
 ) -> Result<PassReport, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     // The upgrade guard, read from the database (every caller gets it).
-    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(&client, cfg)
+    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(cfg)
         .await
         .map_err(PartitionError::Guard)?
     {

@@ -183,6 +183,7 @@ mod tests {
             cutover: false,
             finished,
             new_primary: new_primary.map(str::to_string),
+            system_identifier: Some("7400000000000000001".into()),
         }
     }
 

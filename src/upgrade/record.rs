@@ -133,6 +133,11 @@ pub struct Output {
     pub final_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// pause_writes, RDS fence: databases that were read-only on purpose
+    /// before the upgrade (a database-level `default_transaction_read_only
+    /// = on`); the fence leaves them alone and the unfence keeps them so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_read_only: Option<Vec<String>>,
 }
 
 impl Output {

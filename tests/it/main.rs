@@ -6,6 +6,7 @@ mod harness;
 
 mod archive;
 mod bench;
+mod capacity;
 mod cli_config;
 mod convert;
 mod convert_bench;

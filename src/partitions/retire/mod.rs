@@ -89,7 +89,9 @@ pub(super) async fn start(
     stores: &mut Stores,
     report: &mut TableReport,
 ) -> Result<(), StepError> {
-    record::migrate(ex.client).await.map_err(refused)?;
+    record::migrate(ex.client, &ex.cfg.database.primary.to_string())
+        .await
+        .map_err(refused)?;
     if let Some(r) = record::open_of_partition(ex.client, partition)
         .await
         .map_err(refused)?

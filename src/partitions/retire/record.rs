@@ -6,7 +6,6 @@ use tokio_postgres::Client;
 
 use super::sql;
 use super::state::State;
-use crate::partitions::session::ADVISORY_NAMESPACE;
 use crate::pg::{server_message, QualifiedName};
 
 /// A retirement older than this without progress is stuck (the alert's threshold too).
@@ -82,28 +81,18 @@ pub(crate) fn rec_err(what: &'static str) -> impl FnOnce(tokio_postgres::Error) 
     }
 }
 
-/// Runs migration 0003 unless it has run: in one transaction under a
-/// transaction-scoped advisory lock, so two first passes cannot race on
-/// `CREATE ... IF NOT EXISTS`.
-pub async fn migrate(client: &Client) -> Result<(), RecordError> {
-    let done: bool = client
-        .query_one(sql::MIGRATED, &[])
+/// Brings the `pgsteward` schema to this binary's version (`schema::ensure`:
+/// migration 2 is the retirement table and its write barrier). Cheap when it
+/// is current (two catalog reads, no lock), so it runs before every
+/// retirement; `target` names the primary in errors.
+pub async fn migrate(client: &Client, target: &str) -> Result<(), RecordError> {
+    crate::schema::ensure(client, target)
         .await
-        .map_err(rec_err("look for the retirement table"))?
-        .get(0);
-    if done {
-        return Ok(());
-    }
-    let batch = format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, 0); {} COMMIT;",
-        sql::MIGRATION
-    );
-    let r = client.batch_execute(&batch).await;
-    if r.is_err() {
-        // A failed statement leaves the transaction open on this session.
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    r.map_err(rec_err("create the retirement table"))
+        .map(|_| ())
+        .map_err(|e| RecordError {
+            what: "migrate the pgsteward schema",
+            message: e.to_string(),
+        })
 }
 
 async fn exists(client: &Client) -> Result<bool, RecordError> {

@@ -1,12 +1,7 @@
-//! The retirement table's statements, one named constant each. DDL that
+//! The retirement table's statements, one named constant each (the table
+//! itself is migration 2 of `schema`, `sql/schema_0002_retirements.sql`). DDL that
 //! names a partition is built at run time in `retire::steps` (identifiers
 //! quoted, the row id an integer).
-
-/// `pgsteward.retirements` and the write barrier's function: migration 0003.
-pub const MIGRATION: &str = include_str!("../../../sql/migration_0003_retirements.sql");
-/// Whether migration 0003 has run (the table and the barrier's function exist).
-pub const MIGRATED: &str = "SELECT to_regclass('pgsteward.retirements') IS NOT NULL \
-     AND to_regprocedure('pgsteward.refuse_write_to_retiring()') IS NOT NULL";
 
 /// Unfinished retirements of the parent `$1`.`$2`, oldest first (the
 /// columns `retire::record::Retirement::from_row` reads).

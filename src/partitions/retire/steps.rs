@@ -38,7 +38,7 @@ fn archive_err(partition: &QualifiedName, e: ArchiveError) -> StepError {
 
 /// `Some(reason)` while an upgrade's cutover holds partition DDL.
 pub(super) async fn gate(ex: &Exec<'_>) -> Result<Option<String>, StepError> {
-    crate::upgrade::guard::hold_partition_ddl(ex.client, ex.cfg)
+    crate::upgrade::guard::hold_partition_ddl(ex.cfg)
         .await
         .map_err(|e| StepError::Refused(format!("cannot run partition DDL: {e}")))
 }

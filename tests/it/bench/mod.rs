@@ -6,6 +6,7 @@
 //! next to their suites.
 
 mod archive;
+mod capacity;
 mod deploy;
 mod partitions;
 mod secrets;

@@ -1,8 +1,8 @@
--- Migration 0003 (pgsteward schema): partition retirements of
--- retention_mode = "archive". Standalone until the versioned migrations of
--- issue 23 land; then it is their step 3 (after the upgrade guard and the
--- conversion journal). Idempotent: run before every retirement, under the
--- table's advisory lock.
+-- Migration 2: partition retirements of retention_mode = "archive".
+-- Builds of the archive retention before the versioned migrations ran this
+-- same DDL on its own (as "migration 0003"); every statement is re-runnable
+-- (IF NOT EXISTS, OR REPLACE), so an install that has the table already
+-- keeps it and its rows, and only the version row moves.
 --
 -- One row per partition being retired. `state` moves
 --   detaching -> detached -> uploaded -> verified -> dropped
@@ -10,7 +10,6 @@
 -- (detached: the DETACH or, after a concurrent one, the write barrier below;
 -- dropped: the DROP). `detaching` is the intent recorded before a
 -- `DETACH ... CONCURRENTLY`, which cannot run inside a transaction.
-CREATE SCHEMA IF NOT EXISTS pgsteward;
 CREATE TABLE IF NOT EXISTS pgsteward.retirements (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     table_schema     text NOT NULL,
@@ -36,7 +35,9 @@ CREATE TABLE IF NOT EXISTS pgsteward.retirements (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS retirements_one_open
     ON pgsteward.retirements (partition_schema, partition_name) WHERE state <> 'dropped';
-GRANT USAGE ON SCHEMA pgsteward TO PUBLIC;
+-- Read by operators' own queries and dashboards, like the other tables here
+-- (object keys, states and errors; no secret is ever written to it).
+GRANT SELECT ON pgsteward.retirements TO PUBLIC;
 -- A retiring partition is read-only from the moment it is detached until it
 -- is dropped, so the archive holds exactly the rows that are dropped.
 CREATE OR REPLACE FUNCTION pgsteward.refuse_write_to_retiring() RETURNS trigger
