@@ -23,6 +23,7 @@ use crate::moto::Moto;
 mod crashes;
 mod faults;
 mod logical;
+mod migration;
 pub mod proxy;
 mod roundtrip;
 
