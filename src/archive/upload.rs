@@ -69,8 +69,24 @@ async fn stream_inner(
     pace: Pace,
     cancel: &CancellationToken,
 ) -> Result<Uploaded, ArchiveError> {
+    // A primary that stops answering (hung, partitioned away) must not hold
+    // the pass: no COPY data for `stall` fails the upload (the partition
+    // stays detached; the next pass uploads again). Not a bound on the whole
+    // COPY, which takes as long as the partition is big.
+    let stall = store.timeout();
+    let stalled = || {
+        ArchiveError::Pg {
+        what: "stream the partition's rows (COPY)".into(),
+        message: format!(
+            "the primary sent no COPY data for {stall:?} (archive.request_timeout); is it hung or unreachable?"
+        ),
+    }
+    };
     let stream = tokio::select! {
-        s = client.copy_out(copy_sql) => s.map_err(|e| ArchiveError::pg("start COPY", &e))?,
+        s = tokio::time::timeout(stall, client.copy_out(copy_sql)) => match s {
+            Ok(s) => s.map_err(|e| ArchiveError::pg("start COPY", &e))?,
+            Err(_) => return Err(stalled()),
+        },
         _ = cancel.cancelled() => return Err(ArchiveError::Cancelled),
     };
     pin_mut!(stream);
@@ -91,7 +107,7 @@ async fn stream_inner(
     };
     loop {
         let chunk = tokio::select! {
-            c = stream.next() => c,
+            c = tokio::time::timeout(stall, stream.next()) => c.map_err(|_| stalled())?,
             _ = cancel.cancelled() => return Err(ArchiveError::Cancelled),
         };
         let Some(chunk) = chunk else { break };

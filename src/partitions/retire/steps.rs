@@ -415,8 +415,10 @@ async fn redo(ex: &Exec<'_>, r: &mut Retirement, why: String) -> Result<(), Step
     )))
 }
 
-/// DROP under ACCESS EXCLUSIVE after checking the row count, recording
-/// `dropped` in the same transaction.
+/// DROP under ACCESS EXCLUSIVE after checking, in the same transaction, that
+/// the retirement's row says `verified` (locked, so nothing moves it back
+/// meanwhile) and the row count is the archive's; `dropped` is recorded
+/// there too. The in-memory state brought us here; the record decides.
 pub(super) async fn drop(
     ex: &Exec<'_>,
     r: &mut Retirement,
@@ -452,14 +454,18 @@ pub(super) async fn drop(
     let batch = format!(
         "SET LOCAL row_security = off; SET LOCAL lock_timeout = '{wait}ms'; \
          LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE; \
-         DO {tag} BEGIN IF (SELECT count(*) FROM {p}) <> {rows} THEN \
-           RAISE EXCEPTION 'rows changed since the archive was verified (archive: {rows} rows); not dropped'; \
-         END IF; END {tag}; \
+         DO {tag} BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pgsteward.retirements WHERE id = {id} AND state = 'verified' FOR UPDATE) THEN \
+             RAISE EXCEPTION 'its retirement is no longer recorded as verified; not dropped'; \
+           END IF; \
+           IF (SELECT count(*) FROM {p}) <> {rows} THEN \
+             RAISE EXCEPTION 'rows changed since the archive was verified (archive: {rows} rows); not dropped'; \
+           END IF; END {tag}; \
          {}; \
          UPDATE pgsteward.retirements SET state = 'dropped', last_error = NULL, updated_at = now() \
-         WHERE id = {} AND state = 'verified'",
+         WHERE id = {id} AND state = 'verified'",
         sql_drop_table(&r.partition),
-        r.id
+        id = r.id
     );
     ex.run(&batch, report).await?;
     r.state = State::Dropped;

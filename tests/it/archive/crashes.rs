@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::harness::{fresh_db, shared, text, write_config};
+use crate::harness::{fresh_db, text, write_config};
 
 /// Each failpoint and the state recorded when it kills the process.
 const KILLS: [(&str, &str); 6] = [
@@ -129,7 +129,10 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
     }
 }
 
-const GUARD: &str = "CREATE TABLE IF NOT EXISTS pgsteward.upgrade_guard ( \
+/// An upgrade's guard row in the cutover, where every upgrade runner keeps it:
+/// the database `postgres` of the cluster (`upgrade::guard::GUARD_DATABASE`).
+const GUARD: &str = "CREATE SCHEMA IF NOT EXISTS pgsteward; GRANT USAGE ON SCHEMA pgsteward TO PUBLIC; \
+     CREATE TABLE IF NOT EXISTS pgsteward.upgrade_guard ( \
        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), epoch bigint NOT NULL, \
        upgrade_id text NOT NULL, host text NOT NULL, state_dir text NOT NULL, started timestamptz NOT NULL, \
        step text NOT NULL, since timestamptz NOT NULL, cutover boolean NOT NULL DEFAULT false, \
@@ -141,7 +144,12 @@ const GUARD: &str = "CREATE TABLE IF NOT EXISTS pgsteward.upgrade_guard ( \
 #[tokio::test]
 async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     let s3 = S3::start().await;
-    let url = fresh_db("archive_cutover");
+    // A cluster of its own: the guard row holds every database's partition
+    // DDL on its server, which must not reach other tests on the shared one.
+    let cluster = crate::harness::TestCluster::start(0);
+    must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
+    crate::harness::prepare_db(&cluster.primary, "app");
+    let url = cluster.primary.url("app");
     hostile_table(&url, 10).await;
     let old = crate::partitions::month_name("audit", -6);
     let toml = toml(&url, &s3.url());
@@ -152,14 +160,6 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     cmd.args(["--config", path.to_str().unwrap(), "partitions", "apply"])
         .env("PGSTEWARD_FAILPOINT", "retire-uploaded=sleep:6000");
     let child = std::thread::spawn(move || run(&mut cmd, Duration::from_secs(120)));
-    let db = url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let up = query(
@@ -185,7 +185,7 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    must(shared().psql(&db, GUARD));
+    must(cluster.primary.psql("postgres", GUARD));
     let out = tokio::task::spawn_blocking(move || child.join().unwrap())
         .await
         .unwrap();
@@ -199,8 +199,8 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     assert!(exists(&url, &old).await, "not dropped during the cutover");
     assert_eq!(states(&url).await[0].1, "verified");
     // The cutover ends: the next pass drops what was verified.
-    must(shared().psql(
-        &db,
+    must(cluster.primary.psql(
+        "postgres",
         "UPDATE pgsteward.upgrade_guard SET finished = true, cutover = false",
     ));
     let r = pass(&config_of(&toml)).await;
