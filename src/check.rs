@@ -1,6 +1,6 @@
 //! `pgsteward check`: the configuration loaded (or the caller would not be
 //! here), now reach every endpoint it names and say what each one is, and
-//! read every managed table as `partitions plan` would.
+//! read every managed table as `partitions plan` would, and write to the archive bucket.
 
 use std::time::Duration;
 
@@ -237,6 +237,29 @@ async fn probe_schema(cfg: &Config) -> Probe {
     }
 }
 
+/// The archive bucket: it exists, and this identity may write, read and
+/// delete under the prefix (a probe object, removed again).
+async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
+    let store = crate::archive::Store::new(cfg).await;
+    let never = tokio_util::sync::CancellationToken::new();
+    match store.probe(&never).await {
+        Ok(detail) => Probe {
+            role: "archive",
+            endpoint: store.name().to_string(),
+            ok: true,
+            detail,
+            usage: false,
+        },
+        Err(e) => Probe {
+            role: "archive",
+            endpoint: store.name().to_string(),
+            ok: false,
+            detail: e.to_string(),
+            usage: false,
+        },
+    }
+}
+
 /// The steward's privileges for what the configuration asks of it: partition
 /// maintenance for every managed table, and `pg_monitor` for lag checks and
 /// server statistics. Each missing one is a failed probe naming its GRANT.
@@ -300,6 +323,9 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
         for a in &cfg.cutover.admin {
             futures.push(Box::pin(probe_pooler(a, timeout)));
         }
+    }
+    if let Some(a) = &cfg.archive {
+        futures.push(Box::pin(probe_archive(a)));
     }
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
     let mut probes: Vec<Probe> = futures::future::join_all(futures).await;

@@ -169,6 +169,37 @@ pub enum PartitionsCommand {
     /// Managed tables, their partitions, coverage ahead, gaps and rows in DEFAULT.
     #[command(after_help = "Example:\n  pgsteward partitions status --output json")]
     Status(OutputArgs),
+    /// Archives in object storage ([archive]): bounds, rows, bytes, SHA-256 and the retirement's state.
+    #[command(after_help = "Examples:\n  pgsteward partitions archives\n  \
+        pgsteward partitions archives --table public.audit_log --output json")]
+    Archives {
+        /// Only this table's archives.
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        table: Option<crate::pg::QualifiedName>,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Restore an archived partition into a new table (default) or as a partition again, verified.
+    #[command(after_help = "Examples:\n  \
+        pgsteward partitions restore --table public.audit_log --from pgsteward/public.audit_log/20250101T000000Z_20250201T000000Z.copy\n  \
+        pgsteward partitions restore --table public.audit_log --from KEY --into restore.audit_log_2025_01\n  \
+        pgsteward partitions restore --table public.audit_log --from KEY --attach\n\n\
+        Never overwrites: a target that exists is refused. The row count and SHA-256 are checked \
+        before the restore commits.")]
+    Restore {
+        /// The partitioned table the archive was made from.
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        table: crate::pg::QualifiedName,
+        /// The archive's object key (data or manifest), as `partitions archives` lists it.
+        #[arg(long, value_name = "KEY")]
+        from: String,
+        /// The new table (default: the partition's original name).
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        into: Option<crate::pg::QualifiedName>,
+        /// Attach the restored table to --table as the partition of its original bounds.
+        #[arg(long)]
+        attach: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

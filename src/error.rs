@@ -41,6 +41,7 @@ impl Error {
             Error::Config(_) | Error::Check(crate::check::CheckError::Usage { .. }) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
+            Error::Partitions(e) if e.is_usage() => 2,
             Error::Capacity(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,

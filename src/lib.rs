@@ -70,6 +70,9 @@
 //!   * `lag::sql`: the lag queries, one named constant each.
 //!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.
 //!   * [`lag::evaluate`](mod@lag::evaluate): the pure verdict on one replica.
+//! * [`archive`]: partition archives in S3-compatible object storage: text COPY streamed into
+//!   multipart uploads (bounded memory, SHA-256 on the fly), manifests, read-back verification,
+//!   restore; `archive::store` the client (checksums "when required", every call bounded).
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
 //!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
@@ -88,6 +91,8 @@
 //!     `guards`: the foreign keys and triggers a move must not fire).
 //!   * [`partitions::report`]: what a pass did, per table.
 //!   * `partitions::converting`: tables `convert` is working on, which the pass leaves alone.
+//!   * [`partitions::retire`]: `retention_mode = "archive"`: the persisted retirement
+//!     (detaching → detached → uploaded → verified → dropped), `partitions archives|restore`.
 //!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
 //! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
@@ -117,6 +122,7 @@
 //! dispatches to these modules.
 
 // rustfmt keeps these sorted; the layer order is the map above.
+pub mod archive;
 pub mod capacity;
 pub mod check;
 pub mod cli;

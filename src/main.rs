@@ -125,6 +125,27 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         Command::Partitions(PartitionsCommand::Status(o)) => {
             Ok(pgsteward::partitions::status_command(&cfg, o.output).await?)
         }
+        Command::Partitions(PartitionsCommand::Archives { table, output }) => {
+            Ok(pgsteward::partitions::retire::commands::archives_command(
+                &cfg,
+                table.as_ref(),
+                output.output,
+            )
+            .await?)
+        }
+        Command::Partitions(PartitionsCommand::Restore {
+            table,
+            from,
+            into,
+            attach,
+        }) => Ok(pgsteward::partitions::retire::commands::restore_command(
+            &cfg,
+            &table,
+            &from,
+            into.as_ref(),
+            attach,
+        )
+        .await?),
         Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),
         Command::Capacity(a) => Ok(pgsteward::capacity::capacity_command(
             &cfg,

@@ -77,6 +77,10 @@ pub struct Metrics {
     pub partitions_retired: Family<TableLabels, Counter>,
     pub partitions_rows_moved: Family<TableLabels, Counter>,
     pub partitions_index_drift: Family<TableLabels, Gauge>,
+    pub archive_bytes: Family<TableLabels, Counter>,
+    pub archive_failures: Family<TableLabels, Counter>,
+    pub archive_held_back: Family<TableLabels, Gauge>,
+    pub archive_stuck_seconds: Family<TableLabels, FloatGauge>,
     pub partitions_access_drift: Family<TableLabels, Gauge>,
     pub job_runs: Family<JobLabels, Counter>,
     pub job_failures: Family<JobErrorLabels, Counter>,
@@ -119,6 +123,10 @@ impl Metrics {
             partitions_retired: Family::default(),
             partitions_rows_moved: Family::default(),
             partitions_index_drift: Family::default(),
+            archive_bytes: Family::default(),
+            archive_failures: Family::default(),
+            archive_held_back: Family::default(),
+            archive_stuck_seconds: Family::default(),
             partitions_access_drift: Family::default(),
             job_runs: Family::default(),
             job_failures: Family::default(),
@@ -209,6 +217,28 @@ impl Metrics {
             "partitions_index_drift",
             "Problems with the parent's indexes after the last pass: declared but missing, invalid, missing or unattached on partitions",
             m.partitions_index_drift.clone(),
+        );
+        registry.register_with_unit(
+            "partitions_archived",
+            "Bytes of retired partitions this instance uploaded to object storage",
+            Unit::Bytes,
+            m.archive_bytes.clone(),
+        );
+        registry.register(
+            "partitions_archive_failures",
+            "Retirement steps to object storage that failed (upload, verification, drop)",
+            m.archive_failures.clone(),
+        );
+        registry.register(
+            "partitions_held_back",
+            "Partitions past retention still in the database for lack of a verified archive, after the last pass",
+            m.archive_held_back.clone(),
+        );
+        registry.register_with_unit(
+            "partitions_retirement_stalled",
+            "Time since the oldest unfinished retirement of the table last changed state (0: none)",
+            Unit::Seconds,
+            m.archive_stuck_seconds.clone(),
         );
         registry.register(
             "partitions_access_drift",
@@ -378,6 +408,22 @@ impl Metrics {
                     .get_or_create(&l)
                     .inc_by(u64::from(t.retired));
             }
+            if t.archive.bytes > 0 {
+                self.archive_bytes.get_or_create(&l).inc_by(t.archive.bytes);
+            }
+            if t.archive.failures > 0 {
+                self.archive_failures
+                    .get_or_create(&l)
+                    .inc_by(u64::from(t.archive.failures));
+            }
+            if t.skipped.is_none() {
+                self.archive_held_back
+                    .get_or_create(&l)
+                    .set(i64::from(t.archive.held_back));
+                self.archive_stuck_seconds
+                    .get_or_create(&l)
+                    .set(t.archive.oldest_idle_s.unwrap_or(0.0));
+            }
             if t.rows_moved > 0 {
                 self.partitions_rows_moved
                     .get_or_create(&l)
@@ -506,5 +552,31 @@ mod tests {
             text.contains("pgsteward_partitions_holes{table=\"public.events\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn archive_figures_per_table() {
+        use crate::partitions::TableReport;
+        let m = Metrics::new();
+        let name: crate::pg::QualifiedName = "public.audit".parse().unwrap();
+        let mut t = TableReport::new(&name);
+        t.archive.bytes = 1000;
+        t.archive.failures = 2;
+        t.archive.held_back = 1;
+        t.archive.oldest_idle_s = Some(90_000.0);
+        m.record_partitions(&PassReport {
+            skipped: None,
+            tables: vec![t],
+            indexes: vec![],
+        });
+        let text = m.encode();
+        for line in [
+            "pgsteward_partitions_archived_bytes_total{table=\"public.audit\"} 1000",
+            "pgsteward_partitions_archive_failures_total{table=\"public.audit\"} 2",
+            "pgsteward_partitions_held_back{table=\"public.audit\"} 1",
+            "pgsteward_partitions_retirement_stalled_seconds{table=\"public.audit\"} 90000",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
     }
 }

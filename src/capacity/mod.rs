@@ -126,7 +126,7 @@ pub async fn run(
     let target = spec.display.clone();
     let mut client = spec.connect(cfg.database.connect_timeout.0).await?;
     let mut problems = Vec::new();
-    let schema_ok = match crate::schema::ensure(&mut client, &target).await {
+    let schema_ok = match crate::schema::ensure(&client, &target).await {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!(error = %e, "capacity samples cannot be recorded");

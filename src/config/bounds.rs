@@ -117,5 +117,34 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
     if let Some(rds) = &u.rds {
         duration("upgrade.rds.poll_interval", rds.poll_interval, MS, HOUR)?;
     }
+    if let Some(a) = &c.archive {
+        use super::archive::{MAX_PART, MIN_PART};
+        size("archive.part_size", a.part_size, MAX_PART)?;
+        if a.part_size.0 < MIN_PART {
+            return Err(format!(
+                "key `archive.part_size`: \"{}\" is out of range; S3 parts are at least {}",
+                a.part_size,
+                ByteSize(MIN_PART)
+            ));
+        }
+        count(
+            "archive.uploads_in_flight",
+            u64::from(a.uploads_in_flight),
+            1,
+            16,
+        )?;
+        duration("archive.request_timeout", a.request_timeout, MS, HOUR)?;
+        duration(
+            "archive.connect_timeout",
+            a.connect_timeout,
+            MS,
+            10 * MINUTE,
+        )?;
+        size(
+            "archive.max_partition_size",
+            a.max_partition_size,
+            MAX_BYTES,
+        )?;
+    }
     Ok(())
 }

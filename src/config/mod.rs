@@ -2,6 +2,7 @@
 //! variables (`__` between nested keys). Unknown keys are errors. Every error
 //! names where the value came from, the key, and what was expected.
 
+pub mod archive;
 mod bounds;
 mod capacity;
 #[cfg(test)]
@@ -22,6 +23,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pg::{ConnSpec, QualifiedName};
+pub use archive::{ArchiveConfig, ArchiveFormat, S3Url};
 pub use capacity::CapacityConfig;
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
@@ -117,6 +119,9 @@ pub struct Config {
     pub cutover: CutoverConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// Where `retention_mode = "archive"` puts retired partitions.
+    #[serde(default)]
+    pub archive: Option<ArchiveConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +252,9 @@ pub enum RetentionMode {
     Detach,
     /// Detach, then drop.
     Drop,
+    /// Detach, copy the rows to object storage (`[archive]`), verify the
+    /// copy, then drop: `partitions::retire`.
+    Archive,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -529,6 +537,16 @@ impl Config {
             }
         }
         indexes::validate(&self.partitions)?;
+        if let Some(i) = self
+            .partitions
+            .tables
+            .iter()
+            .position(|t| t.retention_mode == RetentionMode::Archive)
+        {
+            if self.archive.is_none() {
+                return Err(archive::ArchiveConfigError::Missing(i).to_string());
+            }
+        }
         bounds::check(self)?;
         capacity::check(&self.capacity)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {

@@ -252,6 +252,10 @@ impl Exec<'_> {
         now: DateTime<Utc>,
         report: &mut TableReport,
     ) -> Result<(), StepError> {
+        // Unfinished archive retirements first: they began in earlier passes
+        // (their partitions are detached, so no plan names them again).
+        let mut archives = super::retire::Stores::default();
+        let resumed = super::retire::resume(self, &w.table, &mut archives, report).await;
         let fresh = catalog::read(self.client, std::slice::from_ref(&w.table))
             .await
             .map_err(StepError::Reread)?;
@@ -267,8 +271,10 @@ impl Exec<'_> {
         let mut created: Vec<Range> = Vec::new();
         let mut default_checks: Vec<String> = Vec::new();
         let mut details = None;
-        // What the plan will not do by itself: the table's error, after the rest ran.
-        let mut refused: Vec<String> = p.problems.clone();
+        // What the plan will not do by itself, and unfinished retirements
+        // that failed: the table's error, after the rest ran.
+        let mut refused: Vec<String> = resumed;
+        refused.extend(p.problems.iter().cloned());
         let mut result = Ok(());
         for action in &p.actions {
             let step = match action {
@@ -300,6 +306,14 @@ impl Exec<'_> {
                         created.push(*range);
                     }
                     r
+                }
+                Action::Retire {
+                    partition,
+                    how,
+                    archive: true,
+                    ..
+                } => {
+                    super::retire::start(self, &state, partition, *how, &mut archives, report).await
                 }
                 Action::Retire {
                     partition,
@@ -355,6 +369,7 @@ impl Exec<'_> {
                 tracing::warn!(partition = %d.name, error = %e.text(), "default exclusion checks not dropped; next pass drops them");
             }
         }
+        super::retire::tally(self, &w.table, report).await;
         let retired: Vec<&QualifiedName> = p
             .actions
             .iter()

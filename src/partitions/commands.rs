@@ -24,6 +24,8 @@ struct PlanOutput {
     missing_privileges: Vec<crate::privileges::Verdict>,
     tables: Vec<TablePlanOutput>,
     indexes: Vec<indexes::TableIndexStatus>,
+    /// Archive retirements the next pass resumes.
+    retirements: Vec<super::retire::record::Retirement>,
 }
 
 #[derive(Serialize)]
@@ -84,6 +86,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
         indexes: Vec::new(),
+        retirements: Vec::new(),
     };
     // A replica has nothing to plan: a problem, so a script notices (RECOVERY_SKIP).
     let mut outcome = if catalog.in_recovery || !out.missing_privileges.is_empty() {
@@ -158,6 +161,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         }
     }
     if !catalog.in_recovery {
+        out.retirements = super::retire::commands::in_flight(&client).await;
         out.indexes = indexes::inspect(&client, cfg, &managed)
             .await
             .map_err(|e| PartitionError::Index(Box::new(e)))?;
@@ -198,10 +202,17 @@ fn plan_text(out: &PlanOutput) -> String {
                     partition,
                     how,
                     drop,
+                    archive,
                     reason,
                 } => format!(
                     "retire {partition}: detach {how:?}{}; {reason}",
-                    if *drop { " and drop" } else { "" }
+                    if *archive {
+                        ", archive to object storage, verify and drop"
+                    } else if *drop {
+                        " and drop"
+                    } else {
+                        ""
+                    }
                 )
                 .to_lowercase(),
                 Action::DropDefaultCheck { constraint } => {
@@ -231,6 +242,15 @@ fn plan_text(out: &PlanOutput) -> String {
         for p in &t.problems {
             s.push_str(&format!("-- {}: PROBLEM: {p}\n", t.table));
         }
+    }
+    for r in &out.retirements {
+        s.push_str(&format!(
+            "-- {}: resume the retirement of {} from {} (archive {}), then verify and drop\n",
+            r.table,
+            r.partition,
+            r.state.as_str(),
+            r.key
+        ));
     }
     for t in out.indexes.iter().filter(|t| !t.sql.is_empty()) {
         s.push_str(&format!("-- {}: indexes, built online\n", t.table));
@@ -302,6 +322,8 @@ struct StatusOutput {
     skipped: Option<String>,
     tables: Vec<TableStatus>,
     indexes: Vec<indexes::TableIndexStatus>,
+    /// Archive retirements not finished (`retention_mode = "archive"`).
+    retirements: Vec<super::retire::record::Retirement>,
 }
 
 #[derive(Serialize)]
@@ -497,10 +519,15 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
     if index_status.iter().any(|t| !t.drift.is_empty()) {
         outcome = Outcome::Problem;
     }
+    let retirements = super::retire::commands::in_flight(&client).await;
+    if retirements.iter().any(|r| r.stuck()) {
+        outcome = Outcome::Problem;
+    }
     let out = StatusOutput {
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables,
         indexes: index_status,
+        retirements,
     };
     match output {
         OutputFormat::Json => crate::output::print_json(&out),
@@ -524,6 +551,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                 }
             }
             print!("{}", indexes::status_text(&out.indexes));
+            print!("{}", super::retire::commands::status_text(&out.retirements));
         }
     }
     Ok(outcome)

@@ -467,10 +467,18 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             partition,
             how,
             drop,
+            archive,
             ..
         } => {
             let mut v = vec![sql_detach(parent, partition, *how)];
             if *drop {
+                v.push(sql_drop_table(partition));
+            }
+            if *archive {
+                v.push(format!(
+                    "-- then {partition} is made read-only, its rows copied to the archive \
+                     (COPY ... TO STDOUT), the copy read back and verified (size, SHA-256, row count), and only then"
+                ));
                 v.push(sql_drop_table(partition));
             }
             v

@@ -23,6 +23,11 @@ pub enum PartitionError {
     Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("cancelled")]
     Cancelled,
+    /// An archive command without an `[archive]` section.
+    #[error("the configuration has no [archive] section: add one with url = \"s3://bucket/prefix/\" (docs/partitions.md#archiving-to-object-storage)")]
+    NoArchive,
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]
     Unsupported { version: i32 },
 }
@@ -31,6 +36,11 @@ impl PartitionError {
     /// The failure kind for metrics: one per subsystem.
     pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
         crate::outcome::ErrorLabel::Partitions
+    }
+
+    /// The operator must fix the configuration or the invocation (exit 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, PartitionError::NoArchive)
     }
 }
 

@@ -207,6 +207,10 @@ pub enum Action {
         how: DetachHow,
         /// Drop after detaching (`retention_mode = "drop"`).
         drop: bool,
+        /// Archive to object storage, verify, then drop (`retention_mode =
+        /// "archive"`; `partitions::retire`).
+        #[serde(default)]
+        archive: bool,
         reason: String,
     },
     /// An exclusion CHECK on the DEFAULT left by an interrupted attach; it

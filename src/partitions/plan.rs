@@ -72,11 +72,13 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
             _ => false,
         };
         let drop = expired && cfg.retention_mode == RetentionMode::Drop;
+        let archive = expired && cfg.retention_mode == RetentionMode::Archive;
         if p.detach_pending {
             actions.push(Action::Retire {
                 partition: p.name.clone(),
                 how: DetachHow::Finalize,
                 drop,
+                archive,
                 reason: "an earlier concurrent detach was interrupted".into(),
             });
             continue;
@@ -101,6 +103,7 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
                 DetachHow::Concurrently
             },
             drop,
+            archive,
             reason: format!(
                 "whole range ends before the retention cut-off {}",
                 key_text(kt, tz, cutoff.unwrap_or(KEY_MIN))
@@ -231,10 +234,20 @@ pub fn plan(cfg: &TableConfig, state: &TableState, now: DateTime<Utc>) -> TableP
     actions.extend(planned);
     // Access of existing partitions follows the parent's, before anything
     // else runs (new partitions are made right).
+    // Not of partitions this plan retires: they are detached (and dropped or
+    // archived) first, so a repair would act on a table that is gone.
     let (repairs, access_problems) = super::access::plan(state);
+    let retiring: Vec<QualifiedName> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Retire { partition, .. } => Some(partition.clone()),
+            _ => None,
+        })
+        .collect();
     actions.extend(
         repairs
             .into_iter()
+            .filter(|(partition, _)| !retiring.contains(partition))
             .map(|(partition, repairs)| Action::RepairAccess { partition, repairs }),
     );
     problems.extend(access_problems);

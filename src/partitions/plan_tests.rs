@@ -257,8 +257,21 @@ fn retention_cutoffs() {
         partition: QualifiedName::new("public", "p2"),
         how: DetachHow::Concurrently,
         drop: true,
+        archive: false,
         reason: "whole range ends before the retention cut-off 2025-03-10 00:00:00+00:00".into(),
     }));
+    // Archive mode: detach, archive, then drop (never `drop` alone).
+    let mut a = c.clone();
+    a.retention_mode = RetentionMode::Archive;
+    let p = plan(&a, &s, utc(2025, 6, 10, 0));
+    assert!(p.actions.iter().any(|x| matches!(
+        x,
+        Action::Retire {
+            archive: true,
+            drop: false,
+            ..
+        }
+    )));
     // With a DEFAULT partition CONCURRENTLY is not allowed.
     s.default = Some(DefaultPartition {
         name: QualifiedName::new("public", "audit_log_default"),

@@ -46,6 +46,8 @@ pub struct TableReport {
     pub notes: Vec<String>,
     /// The DDL this pass ran for the table, in order.
     pub statements: Vec<String>,
+    /// Retirements to object storage (`retention_mode = "archive"`).
+    pub archive: super::retire::ArchiveReport,
 }
 
 impl TableReport {
@@ -65,6 +67,7 @@ impl TableReport {
             skipped: None,
             notes: Vec::new(),
             statements: Vec::new(),
+            archive: Default::default(),
         }
     }
 }

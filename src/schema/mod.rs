@@ -1,6 +1,6 @@
 //! Versioned migrations of the `pgsteward` schema, the state pgsteward keeps
-//! on the primary it manages (capacity samples now; the upgrade guard, the
-//! conversion journal and retirements are to move here, see
+//! on the primary it manages (capacity samples, partition retirements; the
+//! upgrade guard and the conversion journal are to move here, see
 //! `docs/privileges.md#the-pgsteward-schema`).
 //!
 //! Invariants:
@@ -30,14 +30,22 @@ pub struct Migration {
 }
 
 /// Every migration, in order; `version` is the position from 1. Room for the
-/// guard (`upgrade_guard`), the conversion journal (`conversions`) and
-/// retirements: they join as later numbers written with `IF NOT EXISTS`, as
-/// releases before this module made those tables ad hoc.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "capacity_samples",
-    sql: include_str!("../../sql/schema_0001_capacity_samples.sql"),
-}];
+/// guard (`upgrade_guard`) and the conversion journal (`conversions`): they
+/// join as later numbers written with `IF NOT EXISTS`, as releases before
+/// this module made those tables ad hoc (as builds of the archive retention
+/// made `retirements`, now migration 2).
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "capacity_samples",
+        sql: include_str!("../../sql/schema_0001_capacity_samples.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "retirements",
+        sql: include_str!("../../sql/schema_0002_retirements.sql"),
+    },
+];
 
 /// The version this binary brings the schema to.
 pub fn latest() -> i32 {
@@ -121,8 +129,11 @@ pub fn decide(found: Option<i32>, known: i32) -> Decision {
 }
 
 /// The version the schema has after the call: [`latest`], or an error that
-/// names the fix. `target` names the server in errors.
-pub async fn ensure(client: &mut Client, target: &str) -> Result<i32, SchemaError> {
+/// names the fix. `target` names the server in errors. Takes a shared
+/// session (the partition pass's workers hold theirs by reference): the
+/// migration's transaction is opened and closed on it with BEGIN/COMMIT, and
+/// the session is out of any transaction again when this returns.
+pub async fn ensure(client: &Client, target: &str) -> Result<i32, SchemaError> {
     let known = latest();
     // Fast path: no lock, no write.
     if let Decision::Current = decide(read_version(client, target).await?, known) {
@@ -172,38 +183,65 @@ async fn read_version(client: &Client, target: &str) -> Result<Option<i32>, Sche
 }
 
 /// Crash safety: one transaction; killed anywhere, nothing of it is left and
-/// the next caller starts again from the version row.
-async fn migrate(client: &mut Client, target: &str, known: i32) -> Result<i32, SchemaError> {
-    let q = |what| {
-        move |source| SchemaError::Query {
-            target: target.to_string(),
-            what,
-            source,
-        }
-    };
-    let tx = client
-        .transaction()
+/// the next caller starts again from the version row. An error rolls the
+/// transaction back before returning, so the session stays usable.
+async fn migrate(client: &Client, target: &str, known: i32) -> Result<i32, SchemaError> {
+    client
+        .batch_execute("BEGIN")
         .await
-        .map_err(q("begin the migration"))?;
-    tx.batch_execute(MIGRATE_SETUP)
+        .map_err(query_err(target, "begin the migration"))?;
+    match migrate_in_transaction(client, target, known).await {
+        Ok(v) => {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(query_err(target, "commit the migration"))?;
+            Ok(v)
+        }
+        Err(e) => {
+            // Best effort: a session that is gone has no transaction left.
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+fn query_err<'a>(
+    target: &'a str,
+    what: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> SchemaError + 'a {
+    move |source| SchemaError::Query {
+        target: target.to_string(),
+        what,
+        source,
+    }
+}
+
+async fn migrate_in_transaction(
+    client: &Client,
+    target: &str,
+    known: i32,
+) -> Result<i32, SchemaError> {
+    let q = |what| query_err(target, what);
+    client
+        .batch_execute(MIGRATE_SETUP)
         .await
         .map_err(q("set lock_timeout"))?;
-    tx.execute(LOCK, &[&LOCK_NS, &LOCK_KEY])
+    client
+        .execute(LOCK, &[&LOCK_NS, &LOCK_KEY])
         .await
         .map_err(q("wait for another instance's migration"))?;
-    tx.batch_execute(BOOTSTRAP)
+    client
+        .batch_execute(BOOTSTRAP)
         .await
         .map_err(q("create the schema and its version table"))?;
-    let found = tx
+    let found = client
         .query_opt(READ_VERSION, &[])
         .await
         .map_err(q("read pgsteward.schema_version"))?
         .map(|r| r.get::<_, i32>(0));
     let from = match decide(found, known) {
-        Decision::Current => {
-            tx.commit().await.map_err(q("commit"))?;
-            return Ok(known);
-        }
+        Decision::Current => return Ok(known),
         Decision::Newer { found } => {
             return Err(SchemaError::Newer {
                 target: target.to_string(),
@@ -219,15 +257,16 @@ async fn migrate(client: &mut Client, target: &str, known: i32) -> Result<i32, S
             name = m.name,
             "applying pgsteward schema migration"
         );
-        tx.batch_execute(m.sql)
+        client
+            .batch_execute(m.sql)
             .await
             .map_err(q("apply a migration"))?;
     }
     let by = format!("pgsteward {}", env!("CARGO_PKG_VERSION"));
-    tx.execute(SET_VERSION, &[&known, &by])
+    client
+        .execute(SET_VERSION, &[&known, &by])
         .await
         .map_err(q("record the schema version"))?;
-    tx.commit().await.map_err(q("commit the migration"))?;
     Ok(known)
 }
 

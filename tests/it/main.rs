@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod archive;
 mod bench;
 mod capacity;
 mod cli_config;

@@ -5,6 +5,7 @@
 //! Conversion (`convert_bench`) and index (`indexes::bench`) benchmarks live
 //! next to their suites.
 
+mod archive;
 mod capacity;
 mod deploy;
 mod partitions;
