@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, ConnString, CutoverKind};
+use crate::config::{Config, ConnString, CutoverKind, PartitionsConfig};
 use crate::localpg::LocalPgError;
 use crate::outcome::Outcome;
 use crate::output;
+use crate::partitions::standby;
 use crate::pg::{server_message, PgError};
 
 #[derive(Debug, Serialize)]
@@ -18,6 +19,11 @@ pub struct Probe {
     pub role: &'static str,
     pub endpoint: String,
     pub ok: bool,
+    /// Reachable and usable, but set up in a way the operator should know
+    /// about (a hot standby whose queries a pass's locks will stall): shown
+    /// as WARN, exit 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
     pub detail: String,
 }
 
@@ -43,6 +49,7 @@ async fn probe_server(
     conn: &ConnString,
     timeout: Duration,
     want_primary: bool,
+    partitions: &PartitionsConfig,
 ) -> Probe {
     let endpoint = conn.to_string();
     let result = async {
@@ -55,22 +62,32 @@ async fn probe_server(
         match (want_primary, in_recovery) {
             (true, true) => Err(ProbeError::NotPrimary(version)),
             (false, false) => Err(ProbeError::SecondWritable(version)),
-            (true, false) => Ok(format!("PostgreSQL {version}, primary")),
-            (false, true) => Ok(format!("PostgreSQL {version}, in recovery")),
+            (true, false) => Ok((format!("PostgreSQL {version}, primary"), false)),
+            (false, true) => {
+                // How the pass's replayed locks meet this standby's queries.
+                let settings = standby::read_settings(&client).await?;
+                let (text, warning) = standby::verdict(&settings, partitions);
+                Ok((
+                    format!("PostgreSQL {version}, in recovery; {text}"),
+                    warning,
+                ))
+            }
         }
     }
     .await;
     match result {
-        Ok(detail) => Probe {
+        Ok((detail, warning)) => Probe {
             role,
             endpoint,
             ok: true,
+            warning,
             detail,
         },
         Err(e) => Probe {
             role,
             endpoint,
             ok: false,
+            warning: false,
             detail: e.to_string(),
         },
     }
@@ -98,12 +115,14 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             role: "pooler",
             endpoint,
             ok: true,
+            warning: false,
             detail,
         },
         Err(e) => Probe {
             role: "pooler",
             endpoint,
             ok: false,
+            warning: false,
             detail: e.to_string(),
         },
     }
@@ -131,6 +150,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             role: "tables",
             endpoint: cfg.database.primary.to_string(),
             ok: false,
+            warning: false,
             detail: e.to_string(),
         }],
         Ok(catalog) => catalog
@@ -141,6 +161,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                     role: "table",
                     endpoint: name.to_string(),
                     ok: true,
+                    warning: false,
                     detail: format!(
                         "partitioned by range on {} ({}), {} partitions{}",
                         state.key_column,
@@ -157,6 +178,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                     role: "table",
                     endpoint: name.to_string(),
                     ok: false,
+                    warning: false,
                     detail: msg.to_string(),
                 },
             })
@@ -173,12 +195,19 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
         &cfg.database.primary,
         timeout,
         true,
+        &cfg.partitions,
     ))
         as std::pin::Pin<
             Box<dyn std::future::Future<Output = Probe> + Send + '_>,
         >);
     for r in &cfg.database.replicas {
-        futures.push(Box::pin(probe_server("replica", r, timeout, false)));
+        futures.push(Box::pin(probe_server(
+            "replica",
+            r,
+            timeout,
+            false,
+            &cfg.partitions,
+        )));
     }
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         for a in &cfg.cutover.admin {
@@ -212,7 +241,11 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
                     vec![
                         p.role.to_string(),
                         p.endpoint.clone(),
-                        if p.ok { "ok".into() } else { "FAIL".into() },
+                        match (p.ok, p.warning) {
+                            (false, _) => "FAIL".into(),
+                            (true, true) => "WARN".into(),
+                            (true, false) => "ok".into(),
+                        },
                         p.detail.clone(),
                     ]
                 })

@@ -23,6 +23,7 @@ pub mod probe;
 pub mod report;
 pub mod session;
 pub mod sql;
+pub mod standby;
 #[cfg(test)]
 mod test_fixtures;
 

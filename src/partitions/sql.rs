@@ -19,6 +19,14 @@ pub const BLOCKERS: &str = include_str!("../../sql/partitions_blockers.sql");
 /// Other sessions holding a lock on any of the relations `$1` (regclass
 /// texts), when no wait was observed: the same columns as [`BLOCKERS`].
 pub const LOCK_HOLDERS: &str = include_str!("../../sql/partitions_lock_holders.sql");
+/// On a hot standby: sessions holding a lock on any of $1 (regclass texts) in this database.
+pub const STANDBY_HOLDERS: &str = include_str!("../../sql/partitions_standby_holders.sql");
+/// A standby's settings that decide how a replayed lock meets its queries:
+/// in recovery, hot_standby, max_standby_streaming_delay (ms, -1 = forever), hot_standby_feedback.
+pub const STANDBY_SETTINGS: &str =
+    "SELECT pg_is_in_recovery(), current_setting('hot_standby')::bool, \
+     (SELECT setting::int8 FROM pg_settings WHERE name = 'max_standby_streaming_delay'), \
+     current_setting('hot_standby_feedback')::bool";
 
 /// What a new partition copies from its parent (`$1`: its oid): row-level
 /// security, replica identity, tablespace, and the server version.
