@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::convert::{config, relkind, run, setup};
+use crate::convert::{config, relkind, run, setup, Run};
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
 use crate::partitions::{as_owner, as_steward, as_super};
 
@@ -134,60 +134,83 @@ async fn killed_during_the_index_build_status_names_no_orphan_as_driver() {
     assert_eq!(relkind(&url, "public.events").await, "p");
 }
 
-/// A reader's open transaction holds the table when a step needs its lock:
-/// after `lock_retries` the step fails naming that session (pid,
-/// application_name, state), and the conversion waits to be resumed.
+/// Runs `convert <cmd>` on `cfg`, under `failpoint` if any.
+async fn convert(cfg: &std::path::Path, cmd: &'static str, failpoint: Option<&'static str>) -> Run {
+    let cfg = cfg.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        run(
+            &cfg,
+            &["convert", cmd, "--table", "public.events"],
+            failpoint,
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// A reader's open transaction holds the table when a step needs its lock
+/// (the concurrent index build, bounded by `index_build_wait`; a step in a
+/// transaction, bounded by `lock_timeout`): after `lock_retries` the step
+/// fails naming that session (pid, application_name, state), nothing is
+/// left half-made, and `resume` finishes once it is gone.
 #[tokio::test]
 async fn a_lock_error_names_the_blocking_session() {
     let url = fresh_db("convert_blocked");
     setup(&url, 50).await;
-    let blocker = connect(&as_owner(&url)).await;
-    blocker
-        .batch_execute(
-            "SET application_name = 'the-report'; BEGIN; LOCK TABLE public.events IN ACCESS SHARE MODE",
-        )
-        .await
-        .unwrap();
-    let pid: i32 = blocker
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let block = || async {
+        let blocker = connect(&as_owner(&url)).await;
+        blocker
+            .batch_execute(
+                "SET application_name = 'the-report'; BEGIN; LOCK TABLE public.events IN ACCESS SHARE MODE",
+            )
+            .await
+            .unwrap();
+        let pid: i32 = blocker
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (blocker, pid)
+    };
     let dir = tempfile::tempdir().unwrap();
     let steward = as_steward(&url);
     let cfg = write_config(
         dir.path(),
         &format!(
             "[database]\nprimary = \"{steward}\"\n\n[partitions]\nlock_timeout = \"50ms\"\nlock_retries = 2\n\
+             index_build_wait = \"1s\"\n\
              [[partitions.tables]]\ntable = 'public.events'\ninterval = 'daily'\npremake = 2\n"
         ),
     );
-    let c = cfg.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run(&c, &["convert", "start", "--table", "public.events"], None)
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
-    let err = out.stderr;
-    assert!(err.contains("lock timeout"), "{err}");
-    assert!(
-        err.contains(&format!("pid {pid} ")) && err.contains("the-report"),
-        "the blocker is named: {err}"
-    );
-    assert!(err.contains("convert resume"), "{err}");
+    let named = |out: &Run, pid: i32, step: &str| {
+        assert_eq!(out.code, Some(1), "{step}: {}{}", out.stdout, out.stderr);
+        let err = &out.stderr;
+        assert!(err.contains("lock timeout"), "{step}: {err}");
+        assert!(
+            err.contains(&format!("pid {pid} ")) && err.contains("the-report"),
+            "{step}: the blocker is named: {err}"
+        );
+        assert!(!err.contains("already exists"), "{step}: {err}");
+    };
+    // The unique index build waits for the reader's transaction.
+    let (blocker, pid) = block().await;
+    let out = convert(&cfg, "start", None).await;
+    named(&out, pid, "index build");
     assert_eq!(relkind(&url, "public.events").await, "r");
     blocker.batch_execute("COMMIT").await.unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        run(
-            &cfg,
-            &["convert", "resume", "--table", "public.events"],
-            None,
-        )
-    })
-    .await
-    .unwrap();
+    // Past the index: stop before the CHECK, then hold the table again.
+    let out = convert(&cfg, "resume", Some("convert-check_added-start=error")).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let (blocker, pid) = block().await;
+    let out = convert(&cfg, "resume", None).await;
+    named(&out, pid, "check");
+    assert!(out.stderr.contains("convert resume"), "{}", out.stderr);
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let out = convert(&cfg, "resume", None).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let state: String = query(&url, "SELECT state FROM pgsteward.conversions").await[0].get(0);
     assert_eq!(state, "done");
+    let invalid: i64 =
+        query(&url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await[0].get(0);
+    assert_eq!(invalid, 0, "no invalid index left");
 }

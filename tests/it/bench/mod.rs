@@ -6,6 +6,7 @@
 //! next to their suites.
 
 mod deploy;
+mod large_default;
 mod partitions;
 mod secrets;
 mod service;

@@ -29,7 +29,10 @@ async fn an_owner_without_create_on_the_schema_gets_no_partition_owned_by_the_st
         dir.path(),
         &config_toml(&url, "", &table("locked.events", "premake = 1")),
     );
-    let grant = format!("GRANT CREATE ON SCHEMA locked TO {}", harness::OWNER_USER);
+    let grant = format!(
+        "GRANT CREATE ON SCHEMA \"locked\" TO \"{}\"",
+        harness::OWNER_USER
+    );
     for cmd in ["plan", "apply"] {
         let out = pgsteward()
             .arg("--config")

@@ -14,6 +14,7 @@ mod access;
 mod bounds;
 mod cli;
 mod creation;
+pub(crate) mod large_default;
 mod locking;
 mod logical;
 mod retention;

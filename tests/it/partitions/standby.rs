@@ -52,6 +52,27 @@ fn report(url: String, secs: u32) -> tokio::task::JoinHandle<Result<Duration, St
     })
 }
 
+/// Waits (at most 30 s) until the report runs on the standby, its locks taken.
+async fn report_running(standby: &tokio_postgres::Client) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        let n: i64 = standby
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'the-report' \
+                 AND state = 'active' AND query LIKE '%pg_sleep%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the report did not start on the standby within 30 s");
+}
+
 /// Short standby reads of the table (one row by key, every 50 ms) until
 /// stopped: the longest one and the errors.
 fn short_reads(
@@ -160,7 +181,7 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     // report up to max_standby_streaming_delay, then cancels it; the
     // standby's short reads of the table queue behind the replayed lock.
     let rep = report(as_owner(&standby_url), 20);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    report_running(&standby).await;
     let stop = Arc::new(AtomicBool::new(false));
     let reads = short_reads(as_owner(&standby_url), stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -197,7 +218,7 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     cluster.wait_replicas_caught_up();
     let guarded_cfg = cfg_of(&toml(&url, &standby_url, guarded, 2));
     let rep = report(as_owner(&standby_url), 10);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    report_running(&standby).await;
     let stop = Arc::new(AtomicBool::new(false));
     let reads = short_reads(as_owner(&standby_url), stop.clone());
     let t = Instant::now();
