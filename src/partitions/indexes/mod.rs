@@ -102,9 +102,12 @@ fn declared<'a>(cfg: &'a Config, m: &Managed) -> &'a [IndexSpec] {
 /// half-done ones finished, leftovers dropped. Runs after partitions are
 /// made, under the same per-table advisory lock. Never fails as a whole: a
 /// table's trouble goes into its report.
+/// `main`: the pass's catalog session when it ran no DDL (a no-op pass then
+/// opens no second session), else a new one is opened.
 pub async fn run_pass(
     cfg: &Config,
     tables: &[Managed],
+    main: Option<Client>,
     cancel: &CancellationToken,
 ) -> Vec<TableIndexReport> {
     if tables.is_empty() {
@@ -120,9 +123,12 @@ pub async fn run_pass(
             })
             .collect()
     };
-    let main = match super::connect(cfg).await {
-        Ok(c) => c,
-        Err(e) => return all_failed(&IndexError::Connect(e)),
+    let main = match main {
+        Some(c) => c,
+        None => match super::connect(cfg).await {
+            Ok(c) => c,
+            Err(e) => return all_failed(&IndexError::Connect(e)),
+        },
     };
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
     let current = match catalog::read(&main, &names).await {
