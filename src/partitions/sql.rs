@@ -78,6 +78,10 @@ pub const PARENT_INDEXES: &str = include_str!("../../sql/partitions_indexes_pare
 /// Every partition of the parents `$1` (oids) with each of its indexes:
 /// validity, the parent index it is attached to, its definition after USING.
 pub const CHILD_INDEXES: &str = include_str!("../../sql/partitions_indexes_children.sql");
+/// The invalid indexes of the partitions of $1 (parents with no index and
+/// none declared), with the columns of [`CHILD_INDEXES`].
+pub const CHILD_INVALID_INDEXES: &str =
+    include_str!("../../sql/partitions_indexes_children_invalid.sql");
 /// An index name's relkind, validity, and whether it is on the given table.
 pub const INDEX_KIND_VALID_ON: &str =
     "SELECT c.relkind::text, i.indisvalid, i.indrelid = to_regclass($2) \

@@ -131,7 +131,11 @@ pub async fn run_pass(
         },
     };
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
-    let current = match catalog::read(&main, &names).await {
+    let decl: Vec<bool> = tables
+        .iter()
+        .map(|m| !declared(cfg, m).is_empty())
+        .collect();
+    let current = match catalog::read(&main, &names, &decl).await {
         Ok(c) => c,
         Err(e) => return all_failed(&e),
     };
@@ -202,7 +206,7 @@ async fn repair_table(
     let log = Log::default();
     let main_s = Session::new(main, &cfg.partitions).await;
     let read_plan = || async {
-        let t = catalog::read(main, &[(table.clone(), oid)]).await?;
+        let t = catalog::read(main, &[(table.clone(), oid)], &[true]).await?;
         let t = t
             .into_iter()
             .next()
@@ -392,7 +396,11 @@ pub async fn inspect(
     tables: &[Managed],
 ) -> Result<Vec<TableIndexStatus>, IndexError> {
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
-    let current = catalog::read(client, &names).await?;
+    let decl: Vec<bool> = tables
+        .iter()
+        .map(|m| !declared(cfg, m).is_empty())
+        .collect();
+    let current = catalog::read(client, &names, &decl).await?;
     Ok(tables
         .iter()
         .zip(current)

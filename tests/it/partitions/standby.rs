@@ -201,7 +201,12 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     );
     let err = report_result.expect_err("the report outlived max_standby_streaming_delay");
     assert!(err.contains("conflict with recovery"), "{err}");
-    assert!(errors.is_empty(), "short reads failed: {errors:?}");
+    // A short read holding the table when the delay runs out is cancelled
+    // with the report: that too is what the docs say, and nothing else.
+    assert!(
+        errors.iter().all(|e| e.contains("conflict with recovery")),
+        "short reads failed otherwise: {errors:?}"
+    );
 
     // 2. With standby_lock_wait = 2s: the pass sees the report on the
     // standby, waits 2 s, and leaves the table for the next pass naming it;
