@@ -93,10 +93,16 @@ pub async fn read(
             tail: r.get("tail"),
         });
     }
-    let (full, bare): (Vec<(usize, i64)>, Vec<(usize, i64)>) =
-        oids.iter().copied().enumerate().partition(|(i, _)| {
-            declared.get(*i).copied().unwrap_or(true) || !out[*i].parent.is_empty()
-        });
+    // Tables whose partitions are read whole: indexed or declared ones.
+    let whole = |i: usize| declared.get(i).copied().unwrap_or(true) || !out[i].parent.is_empty();
+    let (mut full, mut bare) = (Vec::new(), Vec::new());
+    for (i, oid) in oids.iter().enumerate() {
+        if whole(i) {
+            full.push(*oid);
+        } else {
+            bare.push(*oid);
+        }
+    }
     let mut children = Vec::new();
     for (sql, set) in [
         (sql::CHILD_INDEXES, full),
@@ -105,7 +111,6 @@ pub async fn read(
         if set.is_empty() {
             continue;
         }
-        let set: Vec<i64> = set.into_iter().map(|(_, o)| o).collect();
         children.extend(
             client
                 .query(sql, &[&set])
