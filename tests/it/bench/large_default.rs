@@ -16,11 +16,30 @@ async fn bench_a_pass_next_to_a_1gb_default() {
         .unwrap_or(1024);
     let dir = harness::server_tempdir();
     let server = harness::new_primary(dir.path(), "bench");
-    harness::create_app_db(&server, "app");
     let version = must(server.psql("postgres", "SELECT version()"));
     println!("server: {}", version.trim());
-    let f = crate::partitions::large_default::under_load(&server.url("app"), mb, "64MB").await;
-    println!("{f}");
-    println!("statements:\n{}", f.statements.join("\n"));
+    // pgsteward as configured (64MB: the CHECK path), then the same with
+    // max_default_scan above the DEFAULT's size: each ATTACH scans it under
+    // ACCESS EXCLUSIVE, what a plain ATTACH next to a DEFAULT does.
+    for (db, max_scan, what) in [
+        (
+            "app",
+            "64MB",
+            "pgsteward, max_default_scan 64MB (validated CHECK, no scan)",
+        ),
+        (
+            "scan",
+            "1TB",
+            "the ATTACH scans DEFAULT (max_default_scan 1TB)",
+        ),
+    ] {
+        harness::create_app_db(&server, db);
+        let f = crate::partitions::large_default::under_load(&server.url(db), mb, max_scan).await;
+        println!("{what}: {f}");
+        if db == "app" {
+            println!("statements:\n{}", f.statements.join("\n"));
+        }
+        must(server.psql("postgres", &format!("DROP DATABASE {db}")));
+    }
     let _ = server.stop(pgsteward::localpg::StopMode::Fast);
 }
