@@ -249,8 +249,14 @@ pub async fn read_settings(client: &Client) -> Result<StandbySettings, tokio_pos
 /// and whether it is a warning (the pass's locks will hold replay and
 /// the standby's readers of managed tables, and no setting bounds it).
 pub fn verdict(s: &StandbySettings, p: &PartitionsConfig) -> (String, bool) {
-    if !s.in_recovery || !s.hot_standby || p.tables.is_empty() {
-        return ("no standby queries to meet the pass's locks".into(), false);
+    if p.tables.is_empty() {
+        return ("no managed tables".into(), false);
+    }
+    if !s.in_recovery || !s.hot_standby {
+        return (
+            "hot_standby off: no queries there for a pass's locks to meet".into(),
+            false,
+        );
     }
     let delay = match s.max_delay_ms {
         -1 => "-1 (replay waits for them forever)".to_string(),
