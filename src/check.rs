@@ -25,6 +25,25 @@ pub struct Probe {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub warning: bool,
     pub detail: String,
+    /// The failure is the operator's to fix in the configuration or the
+    /// environment (no password anywhere): `check` exits 2, as every command does.
+    #[serde(skip)]
+    pub usage: bool,
+}
+
+/// Why `check` exits 2 after printing its table.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(
+        "{count} endpoint(s) cannot log in for want of a configuration or environment fix (above)"
+    )]
+    Usage { count: usize },
+}
+
+impl CheckError {
+    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
+        crate::outcome::ErrorLabel::Config
+    }
 }
 
 /// Why an endpoint failed its probe; its text is the probe's detail.
@@ -36,10 +55,18 @@ enum ProbeError {
     Query(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Unsupported(#[from] LocalPgError),
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     #[error("PostgreSQL {0}, but in recovery: this is a replica, not the primary")]
     NotPrimary(String),
     #[error("PostgreSQL {0}, but NOT in recovery: a second writable node")]
     SecondWritable(String),
+}
+
+impl ProbeError {
+    fn is_usage(&self) -> bool {
+        matches!(self, ProbeError::Pg(e) if e.is_usage())
+    }
 }
 
 use crate::pg::sql::VERSION_AND_RECOVERY as SERVER_PROBE;
@@ -82,12 +109,14 @@ async fn probe_server(
             ok: true,
             warning,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role,
             endpoint,
             ok: false,
             warning: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -117,12 +146,14 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             ok: true,
             warning: false,
             detail,
+            usage: false,
         },
         Err(e) => Probe {
             role: "pooler",
             endpoint,
             ok: false,
             warning: false,
+            usage: e.is_usage(),
             detail: e.to_string(),
         },
     }
@@ -142,7 +173,11 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
         .collect();
     let read = async {
         let client = crate::partitions::connect(cfg).await?;
-        crate::partitions::catalog::read(&client, &names).await
+        let catalog = crate::partitions::catalog::read(&client, &names).await?;
+        // Read after the catalog, as the pass reads it: a table `convert` is
+        // working on is plain until its swap, and that is no problem.
+        let converting = crate::partitions::converting::read(&client).await;
+        Ok::<_, crate::partitions::PartitionError>((catalog, converting))
     }
     .await;
     match read {
@@ -152,42 +187,127 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             ok: false,
             warning: false,
             detail: e.to_string(),
+            usage: false,
         }],
-        Ok(catalog) => catalog
+        Ok((catalog, converting)) => catalog
             .tables
             .into_iter()
-            .map(|(name, lookup)| match lookup {
-                Ok(state) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: true,
-                    warning: false,
-                    detail: format!(
-                        "partitioned by range on {} ({}), {} partitions{}",
-                        state.key_column,
-                        format!("{:?}", state.key_type).to_lowercase(),
-                        state.partitions.len(),
-                        if state.default.is_some() {
-                            " and a DEFAULT"
-                        } else {
-                            ""
-                        }
-                    ),
-                },
-                Err(msg) => Probe {
-                    role: "table",
-                    endpoint: name.to_string(),
-                    ok: false,
-                    warning: false,
-                    detail: msg.to_string(),
-                },
+            .map(|(name, lookup)| {
+                match (
+                    crate::partitions::converting::of(&converting, &name),
+                    lookup,
+                ) {
+                    (Some(c), _) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        warning: false,
+                        detail: c.describe(),
+                    },
+                    (None, Ok(state)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: true,
+                        usage: false,
+                        warning: false,
+                        detail: format!(
+                            "partitioned by range on {} ({}), {} partitions{}",
+                            state.key_column,
+                            format!("{:?}", state.key_type).to_lowercase(),
+                            state.partitions.len(),
+                            if state.default.is_some() {
+                                " and a DEFAULT"
+                            } else {
+                                ""
+                            }
+                        ),
+                    },
+                    (None, Err(msg)) => Probe {
+                        role: "table",
+                        endpoint: name.to_string(),
+                        ok: false,
+                        detail: msg.to_string(),
+                        usage: false,
+                        warning: false,
+                    },
+                }
             })
             .collect(),
     }
 }
 
-/// Probes every endpoint concurrently and prints the result.
-pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
+/// Whether the steward can keep its state (`pgsteward` schema, capacity
+/// samples) on the primary: the GRANT named when it cannot.
+async fn probe_schema(cfg: &Config) -> Probe {
+    let endpoint = cfg.database.primary.to_string();
+    let result = async {
+        let spec = cfg.database.primary.spec()?;
+        let client = spec.connect(cfg.database.connect_timeout.0).await?;
+        Ok::<_, ProbeError>(crate::schema::readiness(&client, &spec.display).await?)
+    }
+    .await;
+    let (ok, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(e) => (false, e.to_string()),
+    };
+    Probe {
+        role: "schema",
+        endpoint,
+        ok,
+        detail,
+        usage: false,
+        warning: false,
+    }
+}
+
+/// The steward's privileges for what the configuration asks of it: partition
+/// maintenance for every managed table, and `pg_monitor` for lag checks and
+/// server statistics. Each missing one is a failed probe naming its GRANT.
+/// Upgrade privileges are `upgrade plan`'s to check (they depend on the provider).
+async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
+    let mut needs = vec![crate::privileges::Required::new(
+        crate::privileges::Need::RoleMember {
+            role: "pg_monitor".into(),
+        },
+        "lag checks and server statistics",
+    )];
+    needs.extend(crate::partitions::needs::needs(cfg));
+    let checked = async {
+        let client = crate::partitions::connect(cfg).await?;
+        Ok::<_, crate::partitions::PartitionError>(crate::privileges::check(&client, &needs).await?)
+    }
+    .await;
+    match checked {
+        Err(e) => vec![Probe {
+            role: "privileges",
+            endpoint: cfg.database.primary.to_string(),
+            ok: false,
+            detail: e.to_string(),
+            usage: false,
+            warning: false,
+        }],
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .map(|v| Probe {
+                role: "privilege",
+                endpoint: v.required.purpose.clone(),
+                ok: v.ok,
+                detail: match &v.fix {
+                    None => v.detail.clone(),
+                    Some(fix) => format!("{}; run: {fix}", v.detail),
+                },
+                usage: false,
+                warning: false,
+            })
+            .collect(),
+    }
+}
+
+/// Probes every endpoint concurrently and prints the result; an endpoint
+/// that cannot log in for want of a password is a usage error (exit 2),
+/// reported after the table.
+pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckError> {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
     futures.push(Box::pin(probe_server(
@@ -217,7 +337,9 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
     let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
     if probes.first().is_some_and(|p| p.ok) {
+        probes.push(probe_schema(cfg).await);
         probes.extend(probe_tables(cfg).await);
+        probes.extend(probe_privileges(cfg).await);
     }
     let outcome = if probes.iter().all(|p| p.ok) {
         Outcome::Healthy
@@ -256,5 +378,8 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Outcome {
             );
         }
     }
-    outcome
+    match probes.iter().filter(|p| p.usage).count() {
+        0 => Ok(outcome),
+        count => Err(CheckError::Usage { count }),
+    }
 }

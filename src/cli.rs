@@ -13,6 +13,7 @@ Examples:
   pgsteward lag --output json               # exit 1 when any replica is over threshold
   pgsteward upgrade plan --target-class large
   pgsteward convert plan --table public.events   # partition a live table without copying it
+  pgsteward capacity --plot capacity.svg    # when storage, XIDs, sequences, partitions run out
   pgsteward run                             # the service: schedules, /metrics, /healthz, /readyz
   pgsteward demo                            # the whole cycle on a throwaway local cluster
 
@@ -104,12 +105,54 @@ pub enum Command {
         after_help = "Example:\n  pgsteward --config config/pgsteward.example.toml check --output json"
     )]
     Check(OutputArgs),
+    /// Growth and the dates storage, RDS max storage, XIDs, sequences, partitions and connections run out.
+    #[command(
+        after_help = "Examples:\n  pgsteward capacity\n  pgsteward capacity --horizon 180d --plot capacity.svg\n  \
+        pgsteward capacity --output json | jq '.sequences[] | select(.state == \"warning\")'\n\n\
+        Exit 1 when something runs out within its warning window (storage 14 days, RDS max_allocated_storage 30,\n\
+        wraparound 30, sequences 90, connections 14) or a figure could not be read; the message names the GRANT.\n\
+        Each run records a sample on the primary (pgsteward.capacity_samples)."
+    )]
+    Capacity(CapacityArgs),
     /// The whole cycle on a throwaway local primary + replica + PgBouncer: partitions, lag, upgrade.
     #[command(
         after_help = "Example:\n  pgsteward demo\n\nNeeds the PostgreSQL server programs and PgBouncer \
         (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end."
     )]
     Demo(DemoArgs),
+    /// Shell completions on stdout, generated from this command line's definition.
+    #[command(after_help = "Examples:\n  \
+        pgsteward completions bash > /etc/bash_completion.d/pgsteward\n  \
+        pgsteward completions zsh > \"${fpath[1]}/_pgsteward\"\n  \
+        pgsteward completions fish > ~/.config/fish/completions/pgsteward.fish")]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, or one page per subcommand with --dir.
+    #[command(after_help = "Examples:\n  pgsteward man | man -l -\n  \
+        pgsteward man --dir /usr/local/share/man/man1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// Write pgsteward.1 and a page per subcommand (pgsteward-partitions-apply.1, ...) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// How far ahead to project (a duration such as "90d"); warning windows do not depend on it.
+    #[arg(long, value_name = "DURATION", default_value = "90d")]
+    pub horizon: String,
+    /// Also write the charts (history, forecast and band, limit) to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +206,13 @@ pub enum UpgradeCommand {
     /// Roll back an upgrade that has not promoted yet and delete its new replica.
     #[command(after_help = "Example:\n  pgsteward upgrade abort")]
     Abort,
+    /// The pause keeper a runner arms before PAUSE (internal; see docs/upgrade.md).
+    #[command(hide = true)]
+    Keeper {
+        /// Resume writes for a runner that is still alive after this long.
+        #[arg(long)]
+        after_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

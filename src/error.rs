@@ -26,7 +26,11 @@ pub enum Error {
     #[error(transparent)]
     Convert(#[from] crate::convert::ConvertError),
     #[error(transparent)]
+    Capacity(#[from] crate::capacity::CapacityError),
+    #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Check(#[from] crate::check::CheckError),
 }
 
 impl Error {
@@ -34,9 +38,10 @@ impl Error {
     /// configuration; 1 for everything that failed while doing the work.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => 2,
+            Error::Config(_) | Error::Check(crate::check::CheckError::Usage { .. }) => 2,
             Error::Upgrade(e) if e.is_usage() => 2,
             Error::Convert(e) if e.is_usage() => 2,
+            Error::Capacity(e) if e.is_usage() => 2,
             _ if self.pg_error().is_some_and(PgError::is_usage) => 2,
             _ => 1,
         }
@@ -78,7 +83,9 @@ impl Error {
             Error::Service(e) => e.metric_label(),
             Error::Upgrade(e) => e.metric_label(),
             Error::Convert(e) => e.metric_label(),
+            Error::Capacity(e) => e.metric_label(),
             Error::Demo(e) => e.metric_label(),
+            Error::Check(e) => e.metric_label(),
         }
     }
 }

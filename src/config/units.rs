@@ -16,16 +16,95 @@ use croner::Cron;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-/// Splits `"13 months"` / `"200ms"` into (13, "months").
-fn split_number(input: &str) -> Option<(u64, String)> {
+/// Why a human-written quantity is refused; each says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{input:?} is not {expected}")]
+    NotA {
+        input: String,
+        expected: &'static str,
+    },
+    #[error("{input:?} has no unit; expected {expected}")]
+    NoUnit {
+        input: String,
+        expected: &'static str,
+    },
+    #[error("{input:?} is too large; expected {expected}")]
+    TooLarge {
+        input: String,
+        expected: &'static str,
+    },
+    #[error("{input:?} would drop every partition; retention must be at least one day")]
+    ZeroRetention { input: String },
+    #[error("{input:?} has {fields} fields; expected {SCHEDULE_EXPECTED}")]
+    ScheduleFields { input: String, fields: usize },
+    #[error("{input:?} is not {SCHEDULE_EXPECTED}: {reason}")]
+    Schedule { input: String, reason: String },
+    #[error("{input:?} never fires")]
+    NeverFires { input: String },
+}
+
+/// A decimal number as written, `"0.5"` = 5 tenths: kept exact, so that
+/// scaling by a unit rounds once, the way PostgreSQL rounds a fractional
+/// setting to its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decimal {
+    whole: u64,
+    frac: u64,
+    /// Digits after the point (at most 9, so 10^digits fits easily).
+    frac_digits: u32,
+}
+
+impl Decimal {
+    /// `self * unit`, rounded half up to a whole number; `None` on overflow.
+    fn scaled(self, unit: u64) -> Option<u64> {
+        let whole = self.whole.checked_mul(unit)?;
+        let den = 10u128.pow(self.frac_digits);
+        let frac = (u128::from(self.frac) * u128::from(unit) + den / 2) / den;
+        whole.checked_add(u64::try_from(frac).ok()?)
+    }
+
+    fn is_whole(self) -> bool {
+        self.frac == 0
+    }
+}
+
+/// Splits `"13 months"` / `"200ms"` / `"0.5s"` into (13, "months").
+fn split_number(input: &str) -> Option<(Decimal, String)> {
     let s = input.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits_end == 0 {
+    let whole_digits = &s[..digits_end];
+    let mut rest = &s[digits_end..];
+    let mut frac_digits = "";
+    if let Some(after) = rest.strip_prefix('.') {
+        let end = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        frac_digits = &after[..end];
+        rest = &after[end..];
+        if frac_digits.is_empty() || frac_digits.len() > 9 {
+            return None;
+        }
+    }
+    if whole_digits.is_empty() && frac_digits.is_empty() {
         return None;
     }
-    let number = s[..digits_end].parse().ok()?;
-    let unit = s[digits_end..].trim().to_ascii_lowercase();
-    Some((number, unit))
+    let whole = if whole_digits.is_empty() {
+        0
+    } else {
+        whole_digits.parse().ok()?
+    };
+    let frac = if frac_digits.is_empty() {
+        0
+    } else {
+        frac_digits.parse().ok()?
+    };
+    let number = Decimal {
+        whole,
+        frac,
+        frac_digits: frac_digits.len() as u32,
+    };
+    Some((number, rest.trim().to_ascii_lowercase()))
 }
 
 /// A wall-clock duration: `"200ms"`, `"5s"`, `"10m"`, `"2h"`, `"1d"`. Combinations
@@ -38,26 +117,42 @@ pub const DURATION_EXPECTED: &str =
     "a duration with a unit such as \"200ms\", \"30s\", \"5m\", \"2h\" or \"1d\"";
 
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (n, unit) =
-            split_number(s).ok_or_else(|| format!("{s:?} is not {DURATION_EXPECTED}"))?;
-        let too_large = || format!("{s:?} is too large; expected {DURATION_EXPECTED}");
-        let secs = |mult: u64| {
-            n.checked_mul(mult)
-                .map(Duration::from_secs)
-                .ok_or_else(too_large)
+    type Err = UnitError;
+    /// Fractions as PostgreSQL takes them (`"0.5s"`, `"1.5h"`), rounded to
+    /// whole milliseconds as it rounds a millisecond setting.
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let input = || s.to_string();
+        let expected = DURATION_EXPECTED;
+        let (n, unit) = split_number(s).ok_or_else(|| UnitError::NotA {
+            input: input(),
+            expected,
+        })?;
+        let millis_per_unit: u64 = match unit.as_str() {
+            "" => {
+                return Err(UnitError::NoUnit {
+                    input: input(),
+                    expected,
+                })
+            }
+            "ms" | "msec" | "millisecond" | "milliseconds" => 1,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "h" | "hour" | "hours" => 3_600_000,
+            "d" | "day" | "days" => 86_400_000,
+            _ => {
+                return Err(UnitError::NotA {
+                    input: input(),
+                    expected,
+                })
+            }
         };
-        let d = match unit.as_str() {
-            "" => return Err(format!("{s:?} has no unit; expected {DURATION_EXPECTED}")),
-            "ms" | "msec" | "millisecond" | "milliseconds" => Duration::from_millis(n),
-            "s" | "sec" | "secs" | "second" | "seconds" => secs(1)?,
-            "m" | "min" | "mins" | "minute" | "minutes" => secs(60)?,
-            "h" | "hour" | "hours" => secs(3600)?,
-            "d" | "day" | "days" => secs(86_400)?,
-            _ => return Err(format!("{s:?} is not {DURATION_EXPECTED}")),
-        };
-        Ok(HumanDuration(d))
+        let ms = n
+            .scaled(millis_per_unit)
+            .ok_or_else(|| UnitError::TooLarge {
+                input: input(),
+                expected,
+            })?;
+        Ok(HumanDuration(Duration::from_millis(ms)))
     }
 }
 
@@ -92,11 +187,18 @@ pub const SPAN_EXPECTED: &str =
     "a calendar span such as \"13 months\", \"90 days\", \"8 weeks\" or \"2 years\"";
 
 impl FromStr for CalendarSpan {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("{s:?} is not {SPAN_EXPECTED}");
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let err = || UnitError::NotA {
+            input: s.to_string(),
+            expected: SPAN_EXPECTED,
+        };
         let (n, unit) = split_number(s).ok_or_else(err)?;
-        let n = u32::try_from(n).map_err(|_| err())?;
+        // Calendar units do not divide: "1.5 months" has no one meaning.
+        if !n.is_whole() {
+            return Err(err());
+        }
+        let n = u32::try_from(n.whole).map_err(|_| err())?;
         let span = match unit.as_str() {
             "d" | "day" | "days" => CalendarSpan { months: 0, days: n },
             "w" | "week" | "weeks" => CalendarSpan {
@@ -111,9 +213,9 @@ impl FromStr for CalendarSpan {
             _ => return Err(err()),
         };
         if span.months == 0 && span.days == 0 {
-            return Err(format!(
-                "{s:?} would drop every partition; retention must be at least one day"
-            ));
+            return Err(UnitError::ZeroRetention {
+                input: s.to_string(),
+            });
         }
         Ok(span)
     }
@@ -137,19 +239,28 @@ pub struct ByteSize(pub u64);
 pub const SIZE_EXPECTED: &str = "a size such as \"64MB\", \"512kB\", \"1GB\" or a number of bytes";
 
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("{s:?} is not {SIZE_EXPECTED}");
+    type Err = UnitError;
+    /// Fractions as PostgreSQL takes them (`"1.5GB"`), rounded to whole bytes.
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let err = || UnitError::NotA {
+            input: s.to_string(),
+            expected: SIZE_EXPECTED,
+        };
         let (n, unit) = split_number(s).ok_or_else(err)?;
         let mult: u64 = match unit.as_str() {
-            "" | "b" | "bytes" => 1,
+            "" | "b" | "bytes" if n.is_whole() => 1,
             "kb" | "k" | "kib" => 1 << 10,
             "mb" | "m" | "mib" => 1 << 20,
             "gb" | "g" | "gib" => 1 << 30,
             "tb" | "t" | "tib" => 1 << 40,
             _ => return Err(err()),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(err)
+        n.scaled(mult)
+            .map(ByteSize)
+            .ok_or_else(|| UnitError::TooLarge {
+                input: s.to_string(),
+                expected: SIZE_EXPECTED,
+            })
     }
 }
 
@@ -198,24 +309,28 @@ impl Schedule {
 }
 
 impl FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
         let fields = s.split_whitespace().count();
         if !(5..=6).contains(&fields) && !s.trim().starts_with('@') {
-            return Err(format!(
-                "{s:?} has {fields} fields; expected {SCHEDULE_EXPECTED}"
-            ));
+            return Err(UnitError::ScheduleFields {
+                input: s.to_string(),
+                fields,
+            });
         }
         let parser = CronParser::builder()
             .seconds(Seconds::Optional)
             .dom_and_dow(false)
             .build();
-        let cron = parser
-            .parse(s)
-            .map_err(|e| format!("{s:?} is not {SCHEDULE_EXPECTED}: {e}"))?;
+        let cron = parser.parse(s).map_err(|e| UnitError::Schedule {
+            input: s.to_string(),
+            reason: e.to_string(),
+        })?;
         // A pattern that never fires (30 February) is a mistake, not a schedule.
         if cron.find_next_occurrence(&Utc::now(), false).is_err() {
-            return Err(format!("{s:?} never fires"));
+            return Err(UnitError::NeverFires {
+                input: s.to_string(),
+            });
         }
         Ok(Schedule {
             pattern: s.trim().to_string(),
@@ -319,11 +434,30 @@ mod tests {
         assert!("200"
             .parse::<HumanDuration>()
             .unwrap_err()
+            .to_string()
             .contains("no unit"));
         assert!("999999999999999999d"
             .parse::<HumanDuration>()
             .unwrap_err()
+            .to_string()
             .contains("too large"));
+        // Fractions as PostgreSQL accepts them, rounded to milliseconds.
+        for (text, ms) in [
+            ("0.5s", 500),
+            ("1.5h", 5_400_000),
+            (".25s", 250),
+            ("0.4ms", 0),
+            ("2.5 min", 150_000),
+        ] {
+            assert_eq!(
+                text.parse::<HumanDuration>().unwrap().0,
+                Duration::from_millis(ms),
+                "{text}"
+            );
+        }
+        for bad in ["0.s", "1..5s", "0.1234567891s", ".s", "1.5.5s"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
+        }
         assert_eq!(HumanDuration(Duration::from_secs(60)).to_string(), "1m");
         assert_eq!(HumanDuration(Duration::from_secs(90)).to_string(), "90s");
         assert_eq!(
@@ -370,6 +504,9 @@ mod tests {
         assert_eq!("512kB".parse::<ByteSize>().unwrap().0, 512 << 10);
         assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
         assert!("lots".parse::<ByteSize>().is_err());
+        assert_eq!("1.5GB".parse::<ByteSize>().unwrap().0, 3 << 29);
+        assert!("1.5".parse::<ByteSize>().is_err(), "half a byte");
+        assert!("1.5 months".parse::<CalendarSpan>().is_err());
         assert_eq!(ByteSize(16 << 20).to_string(), "16MB");
     }
 

@@ -90,13 +90,21 @@ impl std::fmt::Display for Problem {
                 "wal receiver not streaming (status {})",
                 receiver_status.as_deref().unwrap_or("none")
             ),
-            Problem::BytesOverThreshold { bytes, max_bytes } => {
-                write!(f, "{bytes} bytes behind, over {max_bytes}")
-            }
+            Problem::BytesOverThreshold { bytes, max_bytes } => write!(
+                f,
+                "{} behind, over {}",
+                crate::output::human_bytes(*bytes),
+                crate::output::human_bytes(*max_bytes)
+            ),
             Problem::DelayOverThreshold {
                 seconds,
                 max_seconds,
-            } => write!(f, "{seconds:.1}s behind, over {max_seconds}s"),
+            } => write!(
+                f,
+                "{} behind, over {}",
+                crate::output::human_seconds(*seconds),
+                crate::output::human_seconds(*max_seconds)
+            ),
             Problem::LagUnknown { reason } => write!(f, "lag unknown: {reason}"),
         }
     }

@@ -277,10 +277,10 @@ fn render_text(report: &LagReport) -> String {
                 r.replica.clone(),
                 v.state.as_str().to_string(),
                 v.bytes_behind
-                    .map(|b| b.to_string())
+                    .map(output::human_bytes)
                     .unwrap_or_else(|| "?".into()),
                 v.seconds_behind
-                    .map(|s| format!("{s:.1}s"))
+                    .map(output::human_seconds)
                     .unwrap_or_else(|| "?".into()),
                 // Unreachable: whether replay is paused is not known, not "no".
                 match (&r.observation, v.replay_paused) {
@@ -305,7 +305,7 @@ fn render_text(report: &LagReport) -> String {
         &[
             "REPLICA",
             "STATE",
-            "BYTES_BEHIND",
+            "BEHIND",
             "TIME_BEHIND",
             "PAUSED",
             "VERDICT",
@@ -317,10 +317,21 @@ fn render_text(report: &LagReport) -> String {
             "note: no replicas configured (database.replicas is empty): no replica lag to check\n",
         );
     }
+    // A paused replay is someone's deliberate act or a forgotten one: say
+    // how to undo it, healthy or not (a paused replica falls behind as soon
+    // as the primary writes).
+    for r in &report.replicas {
+        if r.observation.is_some() && r.verdict.replay_paused {
+            out.push_str(&format!(
+                "note: WAL replay is paused on {}: unless intended, run SELECT pg_wal_replay_resume(); on that replica\n",
+                r.replica
+            ));
+        }
+    }
     out.push_str(&format!(
-        "thresholds: {} bytes, {}s; {}\n",
-        report.max_bytes,
-        report.max_delay_seconds,
+        "thresholds: {}, {}; {}\n",
+        output::human_bytes(report.max_bytes),
+        output::human_seconds(report.max_delay_seconds),
         if report.healthy { "healthy" } else { "PROBLEM" }
     ));
     out

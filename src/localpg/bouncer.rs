@@ -15,6 +15,17 @@ use super::{
     ServerUser,
 };
 
+/// The platform's PgBouncer settings (what production runs), written into
+/// every PgBouncer started here. `ignore_startup_parameters` is left at its
+/// default (empty): a client that sends a startup parameter PgBouncer does
+/// not track (`options`, `extra_float_digits`) is refused, as in production.
+/// Beyond these the file has only what a topology on this host needs
+/// (addresses, auth files, logs) and short server login retries, so tests
+/// of hung and restarted servers do not wait PgBouncer's 15 s defaults.
+pub const PLATFORM: &str = "pool_mode = transaction\nmax_client_conn = 10000\n\
+     default_pool_size = 25\nreserve_pool_size = 10\nreserve_pool_timeout = 3\n\
+     server_idle_timeout = 600\nserver_lifetime = 3600\n";
+
 /// PgBouncer on this host, in transaction pooling mode. Clients log in with
 /// scram-sha-256 against the passwords of [`PgBouncerAuth`] (PgBouncer logs in
 /// to the server with the same); every user must have a password (no `trust`).
@@ -150,9 +161,9 @@ impl LocalPgBouncer {
         let _ = write!(
             text,
             "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
-             auth_type = scram-sha-256\nauth_file = {users}\nadmin_users = {admin}\npool_mode = transaction\n\
-             max_client_conn = 500\ndefault_pool_size = 40\nserver_login_retry = 1\n\
-             server_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\nignore_startup_parameters = extra_float_digits,options\n",
+             auth_type = scram-sha-256\nauth_file = {users}\nadmin_users = {admin}\n\
+             {PLATFORM}\
+             server_login_retry = 1\nserver_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\n",
             sock = path("unix_socket_dir", dir)?,
             users = path("auth_file", &users)?,
             admin = ini_word("admin_users", &auth.admin.name)?,

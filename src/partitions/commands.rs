@@ -20,6 +20,8 @@ use crate::pg::{server_message, QualifiedName};
 #[derive(Serialize)]
 struct PlanOutput {
     skipped: Option<String>,
+    /// Privileges the steward lacks for this plan, each with its GRANT: `apply` would fail on them.
+    missing_privileges: Vec<crate::privileges::Verdict>,
     tables: Vec<TablePlanOutput>,
     indexes: Vec<indexes::TableIndexStatus>,
 }
@@ -67,12 +69,28 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let managed = indexes::managed(&catalog);
+    // Checked before anything else is planned, so plan fails where apply would.
+    let missing_privileges: Vec<_> = if catalog.in_recovery {
+        Vec::new()
+    } else {
+        crate::privileges::check(&client, &super::needs::needs(cfg))
+            .await?
+            .into_iter()
+            .filter(|v| !v.ok)
+            .collect()
+    };
     let mut out = PlanOutput {
+        missing_privileges,
         skipped: catalog.in_recovery.then(|| RECOVERY_SKIP.to_string()),
         tables: Vec::new(),
         indexes: Vec::new(),
     };
-    let mut outcome = Outcome::Healthy;
+    // A replica has nothing to plan: a problem, so a script notices (RECOVERY_SKIP).
+    let mut outcome = if catalog.in_recovery || !out.missing_privileges.is_empty() {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    };
     let in_flight = converting::read(&client).await;
     if !catalog.in_recovery {
         for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
@@ -156,6 +174,9 @@ fn plan_text(out: &PlanOutput) -> String {
     if let Some(why) = &out.skipped {
         s.push_str(&format!("-- skipped: {why}\n"));
     }
+    for v in &out.missing_privileges {
+        s.push_str(&format!("-- PROBLEM: {}\n", v.line()));
+    }
     for t in &out.tables {
         if let Some(e) = &t.error {
             s.push_str(&format!("-- {}: error: {e}\n", t.table));
@@ -172,7 +193,7 @@ fn plan_text(out: &PlanOutput) -> String {
             let what = match &a.action {
                 Action::Create {
                     partition, reason, ..
-                } => format!("create {partition} ({reason:?})").to_lowercase(),
+                } => format!("create {partition} ({})", reason.as_str()),
                 Action::Retire {
                     partition,
                     how,
@@ -237,7 +258,13 @@ pub async fn apply_command(cfg: &Config, output: OutputFormat) -> Result<Outcome
         OutputFormat::Json => crate::output::print_json(&report),
         OutputFormat::Text => print!("{}", apply_text(&report)),
     }
-    Ok(report.outcome())
+    // The service skips a replica quietly; a command pointed at one failed its job.
+    let recovery = report.skipped.as_deref() == Some(RECOVERY_SKIP);
+    Ok(report.outcome().and(if recovery {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    }))
 }
 
 fn apply_text(r: &PassReport) -> String {
@@ -317,7 +344,12 @@ fn planned_sql(
 pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
-    let mut outcome = Outcome::Healthy;
+    // Coverage can be read on a replica, but the command was pointed at the wrong host.
+    let mut outcome = if catalog.in_recovery {
+        Outcome::Problem
+    } else {
+        Outcome::Healthy
+    };
     let managed = indexes::managed(&catalog);
     let mut tables = Vec::new();
     let mut firsts = Vec::new();
@@ -474,63 +506,19 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
         OutputFormat::Json => crate::output::print_json(&out),
         OutputFormat::Text => {
             if let Some(why) = &out.skipped {
-                println!("note: {why}");
+                println!("PROBLEM: {why}");
             }
-            let rows: Vec<Vec<String>> = out
-                .tables
-                .iter()
-                .map(|t| {
-                    let c = t.coverage.as_ref();
-                    vec![
-                        t.table.to_string(),
-                        format!("{:?}", t.interval).to_lowercase(),
-                        c.map_or("-".into(), |c| c.partitions.to_string()),
-                        c.map_or("-".into(), |c| {
-                            format!(
-                                "{} .. {}",
-                                c.covered_from.as_deref().unwrap_or("-"),
-                                c.covered_to.as_deref().unwrap_or("-")
-                            )
-                        }),
-                        c.map_or("-".into(), |c| c.periods_ahead.to_string()),
-                        c.map_or("-".into(), |c| {
-                            if c.holes.is_empty() {
-                                "none".into()
-                            } else {
-                                c.holes.join(", ")
-                            }
-                        }),
-                        c.map_or("-".into(), |c| {
-                            if c.gaps.is_empty() {
-                                "none".into()
-                            } else {
-                                c.gaps.join(", ")
-                            }
-                        }),
-                        t.default_rows
-                            .map_or("no default".into(), |n| n.to_string()),
-                        t.error.clone().unwrap_or_else(|| t.notes.join("; ")),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(
-                    &[
-                        "TABLE",
-                        "INTERVAL",
-                        "PARTITIONS",
-                        "COVERED",
-                        "AHEAD",
-                        "HOLES",
-                        "GAPS",
-                        "DEFAULT ROWS",
-                        "NOTES"
-                    ],
-                    &rows
-                )
-            );
+            print!("{}", status_table(&out.tables));
+            // Details too long for a 120-column table, one line each.
             for t in &out.tables {
+                let c = t.coverage.as_ref();
+                if let Some(gaps) = c.filter(|c| !c.gaps.is_empty()) {
+                    println!("gaps {}: {}", t.table, gaps.gaps.join(", "));
+                }
+                let notes = t.error.clone().unwrap_or_else(|| t.notes.join("; "));
+                if !notes.is_empty() {
+                    println!("note {}: {notes}", t.table);
+                }
                 if let Some(why) = &t.problem {
                     println!("PROBLEM {}: {why}", t.table);
                 }
@@ -539,4 +527,60 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
         }
     }
     Ok(outcome)
+}
+
+/// The status table, one row per table, within 120 columns for common names:
+/// bounds as dates when they fall on midnight, holes and gaps as counts (the
+/// lines below the table list them).
+fn status_table(tables: &[TableStatus]) -> String {
+    let count = |v: &Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.len().to_string()
+        }
+    };
+    let rows: Vec<Vec<String>> = tables
+        .iter()
+        .map(|t| {
+            let c = t.coverage.as_ref();
+            vec![
+                t.table.to_string(),
+                format!("{:?}", t.interval).to_lowercase(),
+                c.map_or("-".into(), |c| c.partitions.to_string()),
+                c.map_or("-".into(), |c| {
+                    format!(
+                        "{} .. {}",
+                        c.covered_from.as_deref().map_or("-", short_bound),
+                        c.covered_to.as_deref().map_or("-", short_bound)
+                    )
+                }),
+                c.map_or("-".into(), |c| c.periods_ahead.to_string()),
+                c.map_or("-".into(), |c| count(&c.holes)),
+                c.map_or("-".into(), |c| count(&c.gaps)),
+                t.default_rows.map_or("none".into(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &[
+            "TABLE",
+            "INTERVAL",
+            "PARTITIONS",
+            "COVERED",
+            "AHEAD",
+            "HOLES",
+            "GAPS",
+            "DEFAULT_ROWS",
+        ],
+        &rows,
+    )
+}
+
+/// `2025-01-01 00:00:00+00` → `2025-01-01`; any other bound as it is.
+fn short_bound(bound: &str) -> &str {
+    match bound.split_once(' ') {
+        Some((date, time)) if time.starts_with("00:00:00") && !time.contains('.') => date,
+        _ => bound,
+    }
 }

@@ -19,6 +19,8 @@ pub enum PartitionError {
     /// primary), or could not be read.
     #[error("cannot run partition DDL: {0}")]
     Guard(crate::upgrade::guard::GuardError),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     #[error("cancelled")]
     Cancelled,
     #[error("the primary runs PostgreSQL with server_version_num {version}: pgsteward needs PostgreSQL 13 or newer (tested on 13 to 18)")]

@@ -17,6 +17,7 @@ mod error;
 mod guards;
 pub mod indexes;
 pub mod model;
+pub mod needs;
 pub mod period;
 pub mod plan;
 pub mod probe;
@@ -39,8 +40,12 @@ pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
 
+/// Why a pass did nothing on a replica. The service logs it and moves on (its
+/// lag job alerts on it); the commands exit 1 with it, so a CronJob pointed at
+/// the wrong host does not stay green.
 const RECOVERY_SKIP: &str =
-    "the server is in recovery (a replica): partition DDL runs on the primary only";
+    "the server is in recovery (a replica): partition DDL runs on the primary only; \
+     set database.primary (or PGSTEWARD_DATABASE__PRIMARY) to the primary's address";
 
 /// One maintenance pass over every managed table. Cancelling stops before the
 /// next DDL statement; a statement in flight finishes or is cancelled cleanly.
@@ -73,7 +78,7 @@ pub async fn run_pass_at(
 ) -> Result<PassReport, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     // The upgrade guard, read from the database (every caller gets it).
-    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(&client, cfg)
+    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(cfg)
         .await
         .map_err(PartitionError::Guard)?
     {

@@ -168,6 +168,17 @@ pub enum CreateReason {
     Gap,
 }
 
+impl CreateReason {
+    /// As `partitions plan` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateReason::Current => "current",
+            CreateReason::Premake => "premake",
+            CreateReason::Gap => "gap",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DetachHow {

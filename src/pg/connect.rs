@@ -109,6 +109,7 @@ impl ConnSpec {
                     hint: tls::verify_hint(tls_error),
                 }),
                 None if is_password_missing(&source) => Err(self.password_missing()),
+                None if is_password_refused(&source) => Err(self.password_refused(&source)),
                 None => Err(PgError::Connect {
                     target: self.display.clone(),
                     source,
@@ -184,6 +185,8 @@ impl deadpool_postgres::Connect for PoolConnect {
             if let Err(e) = &result {
                 if is_password_missing(e) {
                     tracing::warn!(error = %self.spec.password_missing(), "pool connection refused");
+                } else if is_password_refused(e) {
+                    tracing::warn!(error = %self.spec.password_refused(e), "pool connection refused");
                 }
             }
             result
@@ -223,6 +226,11 @@ where
     });
     (client, io)
 }
+/// Whether the server refused the password given (`invalid_password`, 28P01).
+pub fn is_password_refused(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+}
+
 /// Whether the server asked for a password the client did not have
 /// (tokio-postgres reports it as a configuration error).
 pub fn is_password_missing(err: &tokio_postgres::Error) -> bool {

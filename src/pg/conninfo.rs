@@ -292,6 +292,15 @@ fn parse_url(s: &str) -> Result<ConnParams, ParseError> {
         .ok_or_else(|| err("not a postgres:// URL"))?;
     let mut params = Vec::new();
     // As libpq: the user info ends at the first `@` before any `/`.
+    // An `@` the user info did not take (a second one, or one after a `/`)
+    // is almost always an unencoded `@` or `/` in the password.
+    let stray_at = match rest.find(['@', '/']) {
+        Some(i) if rest.as_bytes()[i] == b'@' => rest[i + 1..]
+            .split('?')
+            .next()
+            .is_some_and(|a| a.contains('@')),
+        _ => rest.split('?').next().is_some_and(|a| a.contains('@')),
+    };
     let rest = match rest.find(['@', '/']) {
         Some(i) if rest.as_bytes()[i] == b'@' => {
             let (info, after) = (&rest[..i], &rest[i + 1..]);
@@ -333,11 +342,17 @@ fn parse_url(s: &str) -> Result<ConnParams, ParseError> {
                     None => (decode(part, "host")?, ""),
                 }
             };
+            // An `@`, `/` or `:` left unencoded in a password is the usual cause.
+            let hint = if stray_at {
+                "; an `@` in the user name or password must be percent-encoded as %40 (`/` as %2F, `:` as %3A)"
+            } else {
+                ""
+            };
             if !host.is_empty() && !valid_host(&host) {
-                return Err(err("invalid characters in the host"));
+                return Err(err(format!("invalid characters in the host{hint}")));
             }
             if !port.chars().all(|c| c.is_ascii_digit()) {
-                return Err(err("the port is not a number"));
+                return Err(err(format!("the port is not a number{hint}")));
             }
             hosts.push(host);
             ports.push(port.to_string());

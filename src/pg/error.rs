@@ -19,6 +19,14 @@ pub enum PgError {
     },
     #[error("cannot connect to {target}: the server asks for a password and none was found; looked in: {looked}")]
     PasswordMissing { target: String, looked: String },
+    /// The server refused the password (28P01): says where the password came
+    /// from, so the operator knows which one to fix.
+    #[error("cannot connect to {target}: {reason}; the password came from {password_source}")]
+    PasswordRefused {
+        target: String,
+        reason: String,
+        password_source: String,
+    },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
     #[error("cannot connect to {target}: {reason}")]

@@ -184,10 +184,10 @@ pub fn find_password(
                 host
             };
             let port = if port.is_empty() { "5432" } else { port };
-            match match_passfile(&text, host, port, dbname, user) {
-                Some(password) => PasswordLookup::Found {
+            match match_passfile_line(&text, host, port, dbname, user) {
+                Some((line, password)) => PasswordLookup::Found {
                     password,
-                    source: format!("password file {}", path.display()),
+                    source: format!("password file {} line {line}", path.display()),
                 },
                 None => {
                     looked.push(format!(
@@ -209,15 +209,19 @@ fn read_passfile(path: &Path) -> Result<String, String> {
         Err(e) => return Err(format!("cannot be read: {e}")),
     };
     if !meta.is_file() {
-        tracing::warn!(path = %path.display(), "password file is not a plain file");
+        if first_warning(path) {
+            tracing::warn!(path = %path.display(), "password file is not a plain file");
+        }
         return Err("ignored: not a plain file".into());
     }
     if meta.permissions().mode() & 0o077 != 0 {
         // libpq's own warning, word for word; the file is then ignored.
-        tracing::warn!(
-            "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
-            path.display()
-        );
+        if first_warning(path) {
+            tracing::warn!(
+                "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
+                path.display()
+            );
+        }
         return Err(format!(
             "ignored: it has group or world access (mode {:o}); permissions should be u=rw (0600) or less: chmod 0600 {}",
             meta.mode() & 0o777,
@@ -225,6 +229,24 @@ fn read_passfile(path: &Path) -> Result<String, String> {
         ));
     }
     std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))
+}
+
+/// Whether this process has not yet warned about `path`: every connection
+/// looks the password up again, and one command makes several, but the
+/// operator needs the warning once.
+fn first_warning(path: &Path) -> bool {
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = match WARNED.lock() {
+        Ok(w) => w,
+        // A panic elsewhere while holding it leaves a usable list.
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if warned.iter().any(|p| p == path) {
+        false
+    } else {
+        warned.push(path.to_path_buf());
+        true
+    }
 }
 
 /// The password of the first line matching `host:port:dbname:user`:
@@ -236,8 +258,20 @@ pub fn match_passfile(
     dbname: &str,
     user: &str,
 ) -> Option<String> {
+    match_passfile_line(text, host, port, dbname, user).map(|(_, password)| password)
+}
+
+/// [`match_passfile`] with the matching line's number (from 1), for saying
+/// which line a refused password came from.
+fn match_passfile_line(
+    text: &str,
+    host: &str,
+    port: &str,
+    dbname: &str,
+    user: &str,
+) -> Option<(usize, String)> {
     let wanted = [host, port, dbname, user];
-    for line in text.lines() {
+    for (number, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -251,7 +285,7 @@ pub fn match_passfile(
             .zip(wanted)
             .all(|((raw, value), want)| raw == "*" || value == want);
         if matches {
-            return Some(fields[4].1.clone());
+            return Some((number + 1, fields[4].1.clone()));
         }
     }
     None

@@ -138,4 +138,24 @@ mod tests {
         );
         assert!(spec.password_missing().is_usage());
     }
+
+    #[test]
+    fn an_unencoded_at_or_slash_in_a_password_is_explained() {
+        for url in [
+            "postgres://steward:p@ss@db:5432/app",
+            "postgres://steward:pa/ss@db:5432/app",
+        ] {
+            let e = conninfo::ConnParams::parse(url).unwrap_err().to_string();
+            assert!(e.contains("percent-encoded as %40"), "{url}: {e}");
+            assert!(
+                !e.contains("ss@") && !e.contains("pa/"),
+                "no part of the password in {e}"
+            );
+        }
+        let e = conninfo::ConnParams::parse("postgres://steward@db:x/app")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("%40"), "{e}");
+        assert!(conninfo::ConnParams::parse("postgres://steward:p%40ss@db:5432/app").is_ok());
+    }
 }

@@ -241,6 +241,19 @@ impl ConnSpec {
             looked: self.password_looked.join("; "),
         }
     }
+
+    /// The server refused the password: where it came from (the connection
+    /// string, `PGPASSWORD`, which password file line), never the password.
+    pub fn password_refused(&self, err: &tokio_postgres::Error) -> PgError {
+        PgError::PasswordRefused {
+            target: self.display.clone(),
+            reason: super::error::server_message(err),
+            password_source: self
+                .password_source
+                .clone()
+                .unwrap_or_else(|| "nowhere pgsteward knows of".into()),
+        }
+    }
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {

@@ -1,23 +1,33 @@
 //! The PgBouncer admin console (simple query protocol only: the console does
-//! not speak the extended protocol) and the `[databases]` rewrite.
+//! not speak the extended protocol) and the `[databases]` rewrite (`ini`).
 //!
-//! Every configured admin endpoint is driven together: PAUSE waits until all
-//! of them have paused, RELOAD and RESUME go to all. Each endpoint has two
-//! connections: PAUSE blocks its connection until in-flight transactions end,
-//! so RESUME (the way back after a missed deadline) needs the other one.
+//! Every configured admin endpoint (instance) is driven together, and on
+//! each every `[databases]` entry that reaches the primary (see
+//! [`Poolers::discover`]), not only `cutover.database`: PAUSE waits until all
+//! of them have paused, RELOAD and RESUME go to all. PAUSE blocks its
+//! connection until in-flight transactions end, so each paused database has
+//! a connection of its own and everything else (RESUME, the way back after a
+//! missed deadline) goes over another.
+//!
+//! **RESUME reaches every instance independently**: each over its own
+//! connection (opened then if it is not open), under its own timeout, all
+//! at once; a hung instance delays nobody else's RESUME, and the error says
+//! which instances and databases were not resumed.
 
+pub mod ini;
+pub mod reach;
 pub mod sql;
 
-use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
+pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
+use reach::{discover_one, show_databases};
+pub use reach::{pooled_session, pooler_spec, Servers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
@@ -39,6 +49,8 @@ pub enum PoolerError {
         command: String,
         after: Duration,
     },
+    #[error("RESUME reached {resumed} PgBouncer database(s) but not: {}", .failed.join("; "))]
+    NotResumed { resumed: usize, failed: Vec<String> },
     #[error("pgbouncer config {path}: {detail}")]
     Ini { path: PathBuf, detail: String },
     #[error(
@@ -55,17 +67,21 @@ pub struct DatabaseEntry {
     pub port: u16,
     pub database: String,
     pub paused: bool,
+    /// The entry's own `pool_mode`, `None` when it uses the instance's.
+    pub pool_mode: Option<String>,
 }
 
 struct Endpoint {
     admin: ConnString,
     ini: Option<PathBuf>,
-    /// Runs PAUSE (which blocks it).
-    pause_conn: Option<Client>,
+    /// One per paused database: PAUSE blocks it.
+    pause_conns: BTreeMap<String, Client>,
     /// Everything else.
     ctl_conn: Option<Client>,
-    /// This process's PAUSE on this endpoint returned (drained) and no RESUME followed.
-    paused_here: bool,
+    /// The databases cut over here (see [`Poolers::discover`]); empty until then.
+    dbs: Vec<String>,
+    /// Databases whose PAUSE this process sent and no RESUME followed.
+    paused_here: BTreeSet<String>,
 }
 
 /// The longest any one query of the upgrade (an admin command here, or a
@@ -87,11 +103,24 @@ pub struct Poolers {
     query_timeout: Duration,
     /// Inside the pause window: no command outlives the pause deadline.
     deadline: Option<tokio::time::Instant>,
+    /// `cutover.database`: the entry clients use, always cut over, and the
+    /// one the verify write goes through.
     pub database: String,
+    /// The servers whose entries are cut over (the old primary; the new one
+    /// once known, so a resumed run finds entries already repointed).
+    servers: Vec<(String, u16)>,
+    /// Every entry, whatever it points at (see [`Poolers::cut_over_every_entry`]).
+    every_entry: bool,
 }
 
 impl Poolers {
     pub fn from_config(cfg: &Config) -> Poolers {
+        let servers = cfg
+            .database
+            .primary
+            .spec()
+            .map(|s| vec![s.host_port()])
+            .unwrap_or_default();
         Poolers {
             endpoints: cfg
                 .cutover
@@ -101,15 +130,40 @@ impl Poolers {
                 .map(|(i, admin)| Endpoint {
                     admin: admin.clone(),
                     ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
-                    pause_conn: None,
+                    pause_conns: BTreeMap::new(),
                     ctl_conn: None,
-                    paused_here: false,
+                    dbs: Vec::new(),
+                    paused_here: BTreeSet::new(),
                 })
                 .collect(),
             connect_timeout: cfg.database.connect_timeout.0,
             query_timeout: query_timeout(cfg),
             deadline: None,
             database: cfg.cutover.database.clone(),
+            servers,
+            every_entry: false,
+        }
+    }
+
+    /// Every entry of every instance is cut over (the service's rescue of an
+    /// abandoned window, which knows neither server for sure): RESUME of an
+    /// entry that is not paused does nothing.
+    pub fn cut_over_every_entry(&mut self) {
+        self.every_entry = true;
+        for e in &mut self.endpoints {
+            e.dbs.clear();
+        }
+    }
+
+    /// Entries pointing at `host:port` are cut over too (the new server,
+    /// once known). Forgets what was discovered.
+    pub fn add_server(&mut self, host: &str, port: u16) {
+        let s = (host.to_string(), port);
+        if !self.servers.contains(&s) {
+            self.servers.push(s);
+            for e in &mut self.endpoints {
+                e.dbs.clear();
+            }
         }
     }
 
@@ -140,24 +194,73 @@ impl Poolers {
         self.endpoints.iter().map(|e| &e.admin)
     }
 
-    /// Opens the admin connections that are not open yet (before the write
-    /// pause, so logins do not count against it).
-    pub async fn connect(&mut self) -> Result<(), PoolerError> {
+    /// Every database cut over, per instance (after [`Poolers::discover`]).
+    pub fn targets(&self) -> Vec<(String, Vec<String>)> {
+        self.endpoints
+            .iter()
+            .map(|e| (e.admin.to_string(), e.dbs.clone()))
+            .collect()
+    }
+
+    /// Opens the control connections that are not open yet.
+    async fn connect_ctl(&mut self) -> Result<(), PoolerError> {
         let timeout = self
             .connect_timeout
             .min(self.limit().max(Duration::from_millis(1)));
         for e in &mut self.endpoints {
-            let mut spec = e.admin.spec()?;
-            // A PgBouncer that vanished (host down, cable cut) is noticed in seconds.
-            spec.config.keepalives(true);
-            spec.config.keepalives_idle(Duration::from_secs(5));
-            spec.config.keepalives_interval(Duration::from_secs(2));
-            spec.config.keepalives_retries(3);
             if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.ctl_conn = Some(spec.connect(timeout).await?);
+                e.ctl_conn = Some(pooled_session(&e.admin, timeout).await?);
             }
-            if e.pause_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.pause_conn = Some(spec.connect(timeout).await?);
+        }
+        Ok(())
+    }
+
+    /// Which databases each instance cuts over: `cutover.database` and every
+    /// entry `SHOW DATABASES` shows reaching one of the servers (the admin
+    /// console's own `pgbouncer` entry aside). Idempotent; kept until
+    /// [`Poolers::add_server`].
+    ///
+    /// Every instance on its own, at once: one that does not answer within
+    /// the command bound is read from its pgbouncer.ini instead (the
+    /// entries RESUME must reach), and holds up no other.
+    pub async fn discover(&mut self) -> Result<(), PoolerError> {
+        if self.endpoints.iter().all(|e| !e.dbs.is_empty()) {
+            return Ok(());
+        }
+        let servers = self.servers_to_cut_over().await;
+        let (connect_timeout, limit) = (self.connect_timeout, self.limit());
+        let db = self.database.clone();
+        let runs = self
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.dbs.is_empty())
+            .map(|e| discover_one(e, &servers, &db, connect_timeout, limit));
+        futures::future::join_all(runs).await;
+        Ok(())
+    }
+
+    /// The servers whose entries are cut over, resolved; `None`: every entry.
+    async fn servers_to_cut_over(&self) -> Option<Servers> {
+        if self.every_entry {
+            None
+        } else {
+            Some(Servers::resolve(&self.servers).await)
+        }
+    }
+
+    /// Opens every connection the window needs (before the write pause, so
+    /// logins do not count against it): control, and one per database to pause.
+    pub async fn connect(&mut self) -> Result<(), PoolerError> {
+        self.discover().await?;
+        let timeout = self
+            .connect_timeout
+            .min(self.limit().max(Duration::from_millis(1)));
+        for e in &mut self.endpoints {
+            for db in e.dbs.clone() {
+                if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
+                    let c = pooled_session(&e.admin, timeout).await?;
+                    e.pause_conns.insert(db, c);
+                }
             }
         }
         Ok(())
@@ -171,50 +274,54 @@ impl Poolers {
         })
     }
 
-    /// `PAUSE db` on every endpoint; returns when all finished pausing.
-    /// Past `timeout` (or on any error) RESUME is sent everywhere and the error returned.
+    /// `PAUSE db` of every cut-over database on every instance, all at once;
+    /// returns when all finished pausing. Past `timeout` (or on any error)
+    /// RESUME is sent everywhere and the error returned.
     ///
     /// A PAUSE already in force is never lifted unless this process made it
     /// (then it has drained already and is kept): a PAUSE of another upgrade
     /// or of an operator is theirs to RESUME.
     pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
         self.connect().await?;
-        let db = self.database.clone();
-        let cmd = sql::pause(&db);
+        let shown =
+            futures::future::join_all(self.endpoints.iter().map(|e| self.show_databases_of(e)))
+                .await;
+        let mut sends = Vec::new();
+        for (i, (e, shown)) in self.endpoints.iter().zip(shown).enumerate() {
+            let shown = shown?;
+            for db in &e.dbs {
+                let paused = shown.iter().any(|d| &d.name == db && d.paused);
+                if paused && e.paused_here.contains(db) {
+                    continue;
+                }
+                if paused {
+                    return Err(PoolerError::PausedByOther {
+                        target: e.admin.to_string(),
+                        database: db.clone(),
+                    });
+                }
+                sends.push((i, db.clone()));
+            }
+        }
         let mut futs = Vec::new();
-        let mut mine = Vec::new();
-        for (i, e) in self.endpoints.iter().enumerate() {
-            let paused = self
-                .show_databases_of(e)
-                .await?
-                .iter()
-                .any(|d| d.name == db && d.paused);
-            if paused && e.paused_here {
-                continue;
-            }
-            if paused {
-                return Err(PoolerError::PausedByOther {
-                    target: e.admin.to_string(),
-                    database: db,
-                });
-            }
-            mine.push(i);
-            let Some(c) = e.pause_conn.as_ref() else {
+        for (i, db) in &sends {
+            let e = &self.endpoints[*i];
+            let cmd = sql::pause(db);
+            let Some(c) = e.pause_conns.get(db) else {
                 return Err(PoolerError::Command {
                     target: e.admin.to_string(),
-                    command: cmd.clone(),
+                    command: cmd,
                     detail: "not connected".into(),
                 });
             };
             let admin = e.admin.clone();
-            let cmd = cmd.clone();
             futs.push(async move { simple(c, &admin, &cmd, timeout).await });
         }
         let all = futures::future::try_join_all(futs);
         let result = match tokio::time::timeout(timeout, all).await {
             Ok(Ok(_)) => {
-                for i in mine {
-                    self.endpoints[i].paused_here = true;
+                for (i, db) in sends {
+                    self.endpoints[i].paused_here.insert(db);
                 }
                 return Ok(());
             }
@@ -230,9 +337,9 @@ impl Poolers {
         };
         // The pausing connections are still waiting for their answer; drop them.
         // The PAUSEs sent are ours (a PAUSE pending counts as one): lift them.
-        for &i in &mine {
-            self.endpoints[i].pause_conn = None;
-            self.endpoints[i].paused_here = true;
+        for (i, db) in sends {
+            self.endpoints[i].pause_conns.remove(&db);
+            self.endpoints[i].paused_here.insert(db);
         }
         // The way back is not bound by the deadline that was just missed.
         self.deadline = None;
@@ -242,36 +349,92 @@ impl Poolers {
         result
     }
 
-    /// `RESUME db` everywhere; a database that is not paused is fine. Only
-    /// called for a PAUSE of this upgrade (this process's, or one its journal
-    /// proves it sent before a crash).
+    /// `RESUME db` of every cut-over database on every instance; a database
+    /// that is not paused is fine. Only called for a PAUSE of this upgrade
+    /// (this process's, or one its journal proves it sent before a crash).
+    ///
+    /// Every instance independently and at once (see the module doc): its
+    /// own control connection, opened now when it is not open, its own
+    /// timeout (the full query timeout: the way back gets its time even
+    /// after a missed pause deadline). Fails naming every instance and
+    /// database not resumed, after all the others were.
     pub async fn resume(&mut self) -> Result<(), PoolerError> {
-        self.connect().await?;
-        let cmd = sql::resume(&self.database);
-        // The way back gets its full time even after a missed pause deadline.
-        let limit = self.query_timeout;
-        for e in &mut self.endpoints {
-            match simple(Self::ctl(e)?, &e.admin, &cmd, limit).await {
-                Ok(_) => {}
-                Err(PoolerError::Command { detail, .. }) if detail.contains("not paused") => {}
-                Err(err) => return Err(err),
+        let timeout = self.query_timeout;
+        let connect_timeout = self.connect_timeout.min(timeout);
+        let cutover_db = self.database.clone();
+        let servers = self.servers_to_cut_over().await;
+        let servers = &servers;
+        let runs = self.endpoints.iter_mut().map(|e| {
+            let cutover_db = cutover_db.clone();
+            async move {
+                // Which databases, found on this instance's own time.
+                if e.dbs.is_empty() {
+                    discover_one(e, servers, &cutover_db, connect_timeout, timeout).await;
+                }
+                let dbs = e.dbs.clone();
+                let mut failed = Vec::new();
+                let mut resumed = 0;
+                let admin = e.admin.clone();
+                let reach = async {
+                    if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
+                        e.ctl_conn = Some(pooled_session(&admin, connect_timeout).await?);
+                    }
+                    Ok::<_, PoolerError>(())
+                };
+                let connected = match tokio::time::timeout(timeout, reach).await {
+                    Ok(r) => r,
+                    Err(_) => Err(PoolerError::Timeout {
+                        target: admin.to_string(),
+                        command: "connect".into(),
+                        after: timeout,
+                    }),
+                };
+                if let Err(err) = connected {
+                    e.ctl_conn = None;
+                    failed.push(format!("{admin} ({}): {err}", dbs.join(", ")));
+                    return (resumed, failed);
+                }
+                for db in dbs {
+                    let Some(c) = e.ctl_conn.as_ref() else { break };
+                    match simple(c, &admin, &sql::resume(&db), timeout).await {
+                        Ok(_) => {}
+                        Err(PoolerError::Command { detail, .. })
+                            if detail.contains("not paused") => {}
+                        Err(err) => {
+                            // A hung console: the next RESUME opens a fresh session.
+                            e.ctl_conn = None;
+                            failed.push(format!("{admin} database {db}: {err}"));
+                            continue;
+                        }
+                    }
+                    e.paused_here.remove(&db);
+                    resumed += 1;
+                }
+                (resumed, failed)
             }
-            e.paused_here = false;
+        });
+        let outcomes = futures::future::join_all(runs).await;
+        let resumed = outcomes.iter().map(|o| o.0).sum();
+        let failed: Vec<String> = outcomes.into_iter().flat_map(|o| o.1).collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(PoolerError::NotResumed { resumed, failed })
         }
-        Ok(())
     }
 
     /// `RELOAD` everywhere: PgBouncer rereads its file and reconnects changed databases.
     pub async fn reload(&mut self) -> Result<(), PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         for e in &self.endpoints {
             simple(Self::ctl(e)?, &e.admin, sql::RELOAD, self.limit()).await?;
         }
         Ok(())
     }
 
-    /// Rewrites the `[databases]` entry in every config file to `host:port`.
-    pub fn rewrite(&self, host: &str, port: u16) -> Result<(), PoolerError> {
+    /// Rewrites every cut-over `[databases]` entry in every config file to `host:port`.
+    pub async fn rewrite(&mut self, host: &str, port: u16) -> Result<(), PoolerError> {
+        self.discover().await?;
         let mut done = std::collections::HashSet::new();
         for e in &self.endpoints {
             let Some(ini) = &e.ini else {
@@ -280,45 +443,49 @@ impl Poolers {
                     detail: format!("no config file for {}; set cutover.config_file", e.admin),
                 });
             };
-            if done.insert(ini.clone()) {
-                rewrite_ini(ini, &self.database, host, port)?;
+            for db in &e.dbs {
+                if done.insert((ini.clone(), db.clone())) {
+                    rewrite_ini(ini, db, host, port)?;
+                }
             }
         }
         Ok(())
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
-        let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_DATABASES, self.limit()).await?;
-        Ok(rows
-            .iter()
-            .map(|r| DatabaseEntry {
-                name: r.get("name").unwrap_or_default().to_string(),
-                host: r.get("host").unwrap_or_default().to_string(),
-                port: r.get("port").and_then(|p| p.parse().ok()).unwrap_or(0),
-                database: r.get("database").unwrap_or_default().to_string(),
-                paused: r.get("paused").is_some_and(|p| p == "1"),
-            })
-            .collect())
+        show_databases(Self::ctl(e)?, &e.admin, self.limit()).await
     }
 
-    /// The cutover database's entry on every endpoint (`None` where it is missing).
-    pub async fn entries(&mut self) -> Result<Vec<(String, Option<DatabaseEntry>)>, PoolerError> {
-        self.connect().await?;
+    /// Every entry of every instance, as `SHOW DATABASES` shows them.
+    pub async fn all_entries(&mut self) -> Result<Vec<(String, Vec<DatabaseEntry>)>, PoolerError> {
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            let entry = self
-                .show_databases_of(e)
-                .await?
-                .into_iter()
-                .find(|d| d.name == self.database);
-            out.push((e.admin.to_string(), entry));
+            out.push((e.admin.to_string(), self.show_databases_of(e).await?));
+        }
+        Ok(out)
+    }
+
+    /// Every cut-over database's entry on every instance: (instance,
+    /// database, the entry, `None` where it is missing).
+    pub async fn entries(
+        &mut self,
+    ) -> Result<Vec<(String, String, Option<DatabaseEntry>)>, PoolerError> {
+        self.discover().await?;
+        let mut out = Vec::new();
+        for e in &self.endpoints {
+            let shown = self.show_databases_of(e).await?;
+            for db in &e.dbs {
+                let entry = shown.iter().find(|d| &d.name == db).cloned();
+                out.push((e.admin.to_string(), db.clone(), entry));
+            }
         }
         Ok(out)
     }
 
     /// Server connections of the cutover database per endpoint, as `host:port` strings.
     pub async fn servers(&mut self) -> Result<Vec<String>, PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
             for r in simple(Self::ctl(e)?, &e.admin, sql::SHOW_SERVERS, self.limit()).await? {
@@ -338,7 +505,7 @@ impl Poolers {
     pub async fn configs(
         &mut self,
     ) -> Result<Vec<(String, BTreeMap<String, String>)>, PoolerError> {
-        self.connect().await?;
+        self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
             let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_CONFIG, self.limit()).await?;
@@ -356,12 +523,17 @@ impl Poolers {
         Ok(out)
     }
 
-    /// The cutover database on the first endpoint as the steward: the
-    /// pooler's address and TLS settings from `cutover.admin`, the user and
-    /// password of `database.primary` (the admin's credentials are for the
-    /// console only; they may not log in to the application database at all).
-    pub fn client_url(&self, steward: &crate::pg::ConnSpec) -> Option<ConnString> {
-        let admin = self.endpoints.first()?.admin.expose();
+    /// Database `db` on instance `i` as the steward: the instance's address
+    /// and TLS settings from `cutover.admin`, the user and password of
+    /// `database.primary` (the admin's credentials are for the console
+    /// only; they may not log in to the application database at all).
+    pub fn client_url_of(
+        &self,
+        i: usize,
+        db: &str,
+        steward: &crate::pg::ConnSpec,
+    ) -> Option<ConnString> {
+        let admin = self.endpoints.get(i)?.admin.expose();
         let mut p = crate::pg::conninfo::ConnParams::parse(admin).ok()?;
         for key in [
             "user",
@@ -370,6 +542,7 @@ impl Poolers {
             "dbname",
             "aws_iam",
             "aws_region",
+            "options",
         ] {
             p.take(key);
         }
@@ -377,8 +550,18 @@ impl Poolers {
         if let Some(password) = steward.password() {
             p.set("password", password);
         }
-        p.set("dbname", self.database.as_str());
+        p.set("dbname", db);
         Some(ConnString::new(p.to_key_value()))
+    }
+
+    /// The cutover database on the first instance as the steward (see [`Poolers::client_url_of`]).
+    pub fn client_url(&self, steward: &crate::pg::ConnSpec) -> Option<ConnString> {
+        self.client_url_of(0, &self.database, steward)
+    }
+
+    /// How many instances there are.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
     }
 }
 
@@ -419,158 +602,6 @@ async fn simple(
         .collect())
 }
 
-/// The `host` and `port` the `[databases]` entry `db` of `text` points at.
-pub fn ini_target(text: &str, db: &str) -> Option<(String, u16)> {
-    let mut section = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-            continue;
-        }
-        if section != "[databases]" {
-            continue;
-        }
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
-        };
-        if k.trim() != db {
-            continue;
-        }
-        let mut host = None;
-        let mut port = 5432;
-        for tok in v.split_whitespace() {
-            match tok.split_once('=') {
-                Some(("host", h)) => host = Some(h.to_string()),
-                Some(("port", p)) => port = p.parse().unwrap_or(5432),
-                _ => {}
-            }
-        }
-        return Some((host.unwrap_or_default(), port));
-    }
-    None
-}
-
-/// `text` with the `[databases]` entry `db` pointed at `host:port`; other
-/// parameters of the entry and every other line are kept as they are.
-pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<String> {
-    let mut section = String::new();
-    let mut found = false;
-    let mut out = String::with_capacity(text.len() + 16);
-    for line in text.split_inclusive('\n') {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-        }
-        let entry = (section == "[databases]"
-            && !t.starts_with('[')
-            && !t.starts_with(';')
-            && !t.starts_with('#'))
-        .then(|| t.split_once('='))
-        .flatten()
-        .filter(|(k, _)| k.trim() == db);
-        match entry {
-            Some((k, v)) if !found => {
-                found = true;
-                let mut toks: Vec<String> = v
-                    .split_whitespace()
-                    .filter(|tok| !tok.starts_with("host=") && !tok.starts_with("port="))
-                    .map(str::to_string)
-                    .collect();
-                toks.insert(0, format!("port={port}"));
-                toks.insert(0, format!("host={host}"));
-                out.push_str(&format!("{} = {}\n", k.trim(), toks.join(" ")));
-            }
-            _ => out.push_str(line),
-        }
-    }
-    found.then_some(out)
-}
-
-/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`, atomically:
-/// a temporary file beside it (same mode and owner), fsync, rename, fsync of
-/// the directory. A file already pointing there is left alone.
-pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), PoolerError> {
-    let ini_err = |detail: String| PoolerError::Ini {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let text = fs::read_to_string(path).map_err(|e| ini_err(e.to_string()))?;
-    if ini_target(&text, db) == Some((host.to_string(), port)) {
-        return Ok(());
-    }
-    let new = retarget_ini(&text, db, host, port).ok_or_else(|| {
-        ini_err(format!(
-            "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
-        ))
-    })?;
-    let meta = fs::metadata(path).map_err(|e| ini_err(e.to_string()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "pgbouncer.ini".into());
-    let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
-        f.write_all(new.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
-    }
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| ini_err(e.to_string()))?;
-    // Keep the owner so PgBouncer (often another user) can still read it; only root can chown.
-    if nix::unistd::Uid::effective().is_root() {
-        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
-            .map_err(|e| ini_err(e.to_string()))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| ini_err(format!("rename: {e}")))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ini_err(format!("fsync {}: {e}", dir.display())))?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const INI: &str = "[databases]\n; app = host=old\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\nother = host=10.0.0.9\n\n[pgbouncer]\nlisten_port = 6432\n";
-
-    #[test]
-    fn reads_the_target() {
-        assert_eq!(ini_target(INI, "app"), Some(("10.0.0.1".into(), 5432)));
-        assert_eq!(ini_target(INI, "other"), Some(("10.0.0.9".into(), 5432)));
-        assert_eq!(ini_target(INI, "nope"), None);
-    }
-
-    #[test]
-    fn retargets_one_entry_only() {
-        let out = retarget_ini(INI, "app", "127.0.0.1", 7000).unwrap();
-        assert!(out.contains("app = host=127.0.0.1 port=7000 dbname=app pool_size=20\n"));
-        assert!(out.contains("; app = host=old\n"));
-        assert!(out.contains("other = host=10.0.0.9\n"));
-        assert!(out.contains("listen_port = 6432"));
-        assert_eq!(ini_target(&out, "app"), Some(("127.0.0.1".into(), 7000)));
-        assert!(retarget_ini(INI, "missing", "h", 1).is_none());
-    }
-
-    #[test]
-    fn rewrite_is_atomic_and_keeps_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("pgbouncer.ini");
-        fs::write(&p, INI).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
-        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
-        let text = fs::read_to_string(&p).unwrap();
-        assert_eq!(ini_target(&text, "app"), Some(("127.0.0.1".into(), 7000)));
-        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
-    }
-}
+#[path = "mod_tests.rs"]
+mod tests;

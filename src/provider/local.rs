@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
+pub use crate::provider::settings::{class_wins, strip_settings};
 use crate::provider::{
-    endpoint_like, replica_id, with_address, Check, Follow, Precheck, Provider, ProviderError,
-    ReplicaInfo, ServerState, SourceFacts,
+    endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
+    ProviderError, ReplicaInfo, ServerState, SourceFacts,
 };
 
 const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
@@ -111,6 +112,16 @@ impl LocalProvider {
     ) -> Result<tokio_postgres::Client, ProviderError> {
         Ok(endpoint.spec()?.connect(self.connect_timeout).await?)
     }
+
+    /// The source's values of the settings a standby may not run below.
+    async fn source_floors(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<(String, i64)>, ProviderError> {
+        settings::source_floors(client)
+            .await
+            .map_err(|e| pg_err(&self.primary, e))
+    }
 }
 
 /// The stable part of a local source's name: the data directory's base name
@@ -135,58 +146,6 @@ pub fn source_name(data_directory: &Path) -> String {
     } else {
         name
     }
-}
-
-/// Settings of the source that must not reach the new server: the old
-/// primary's fence and where-it-moved marker (upgrade/fence.rs, guard.rs).
-const NOT_COPIED: [&str; 2] = ["default_transaction_read_only", "pgsteward.moved_to"];
-
-/// The copy's own files after `pg_basebackup`: postgresql.auto.conf is read
-/// after postgresql.conf (and so after the class's pgsteward.conf), so every
-/// class setting (and [`NOT_COPIED`]) is taken out of it; the rest, the
-/// `primary_conninfo` that `-R` wrote included, stays. A fence block copied
-/// into pg_hba.conf goes too.
-pub fn class_wins(dir: &Path, settings: &[(String, String)]) -> Result<(), ProviderError> {
-    let err = |p: &Path, e: std::io::Error| ProviderError::Api {
-        op: "class settings",
-        detail: format!("{}: {e}", p.display()),
-    };
-    let auto = dir.join("postgresql.auto.conf");
-    if let Ok(text) = std::fs::read_to_string(&auto) {
-        let drop: Vec<String> = settings
-            .iter()
-            .map(|(k, _)| k.to_ascii_lowercase())
-            .chain(NOT_COPIED.iter().map(|k| k.to_string()))
-            .collect();
-        let kept = strip_settings(&text, &drop);
-        if kept != text {
-            // In place: owner and mode stay the server user's.
-            std::fs::write(&auto, kept).map_err(|e| err(&auto, e))?;
-        }
-    }
-    let hba = dir.join("pg_hba.conf");
-    if let Ok(text) = std::fs::read_to_string(&hba) {
-        let clean = crate::provider::fence::without_block(&text);
-        if clean != text {
-            std::fs::write(&hba, clean).map_err(|e| err(&hba, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// `text` (postgresql.auto.conf) without the lines that set one of `names`.
-pub fn strip_settings(text: &str, names: &[String]) -> String {
-    text.split_inclusive('\n')
-        .filter(|line| {
-            let key = line
-                .split(['=', ' ', '\t'])
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase();
-            !names.contains(&key)
-        })
-        .collect()
 }
 
 /// Whether `current` (as `current_setting` shows it) already equals `wanted`.
@@ -257,6 +216,17 @@ impl Provider for LocalProvider {
                 }
             }
         }
+        let (_, below) =
+            settings::with_source_floors(&self.source_floors(&client).await?, &settings);
+        checks.push(Check::new(
+            "class keeps the source's standby minimums",
+            below.is_empty(),
+            below
+                .iter()
+                .map(|b| format!("{b} in [upgrade.local.classes.{target_class}]"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
         checks.push(Check::new(
             "target class differs",
             !differing.is_empty(),
@@ -317,7 +287,18 @@ impl Provider for LocalProvider {
     ) -> Result<ReplicaInfo, ProviderError> {
         let id = replica_id(&source.id, upgrade_id);
         let dir = self.dir(&id);
-        let settings = self.class_settings(target_class)?;
+        let class = self.class_settings(target_class)?;
+        // A standby refuses to start below its primary's values of a few
+        // settings; the copy keeps the source's unless the class raises them.
+        let client = self.connect(&self.primary).await?;
+        let (settings, below) =
+            settings::with_source_floors(&self.source_floors(&client).await?, &class);
+        drop(client);
+        if let Some(b) = below.first() {
+            return Err(ProviderError::Usage(format!(
+                "{b} in [upgrade.local.classes.{target_class}]"
+            )));
+        }
         let spec = self.primary.spec()?;
         let (host, source_port) = spec.host_port();
         let user = spec.user().unwrap_or("postgres").to_string();

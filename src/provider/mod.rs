@@ -34,6 +34,7 @@
 pub mod fence;
 pub mod local;
 pub mod rds;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,6 +100,19 @@ pub enum ServerState {
     Deleting,
     /// Will not become available without an operator: the reason says why.
     Failed(String),
+}
+
+/// For people: `failed: <reason>`, never the enum's debug form.
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerState::Missing => f.write_str("missing"),
+            ServerState::Creating => f.write_str("being created"),
+            ServerState::Available => f.write_str("available"),
+            ServerState::Deleting => f.write_str("being deleted"),
+            ServerState::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
 }
 
 /// What `describe` observed about a server.

@@ -1,5 +1,5 @@
-//! `pgsteward run`: the partition pass and the lag check on their cron
-//! schedules, plus the HTTP endpoints, until SIGTERM or SIGINT.
+//! `pgsteward run`: the partition pass, the lag check and the capacity run
+//! on their cron schedules, plus the HTTP endpoints, until SIGTERM or SIGINT.
 //!
 //! * `scheduler`: one loop per job; no overlap, failures counted and retried next tick.
 //! * `leader`: the advisory lock on the primary; only the leader runs DDL.
@@ -10,7 +10,7 @@
 //! finishes or is cancelled by the pass), drain tasks with a deadline, then
 //! release the leader lock, so the lock is held for as long as our DDL can run.
 //!
-//! Both jobs run once at start, then on their schedules.
+//! Every job runs once at start, then on its schedule.
 //!
 //! The database going away is an ordinary state: every job reconnects through
 //! its pool at its next tick, `/readyz` reports 503 meanwhile, and leadership
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::capacity;
 use crate::config::Config;
 use crate::http::{self, HttpState, PrimaryProbe};
 use crate::lag::{self, LagPools};
@@ -144,6 +145,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         )
     });
 
+    tasks.spawn("capacity", {
+        let (cfg, cancel, metrics, leader) =
+            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+        let schedule = cfg.capacity.schedule.clone();
+        run_job(
+            "capacity",
+            schedule,
+            true,
+            cancel.clone(),
+            metrics.clone(),
+            move || {
+                let (cfg, cancel, metrics, leader) =
+                    (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+                async move { capacity_job(&cfg, &leader, &metrics, &cancel).await }
+            },
+        )
+    });
+
     tracing::info!(listen = %cfg.http.listen, "service started");
     shutdown.await;
     cancel.cancel();
@@ -175,7 +194,7 @@ async fn lag_job(
         Ok(report) => {
             metrics.record_lag(&report);
             if report.primary.reachable {
-                record_upgrade_step(pools, metrics, cfg.lag.query_timeout.0).await;
+                record_upgrade_step(cfg, metrics).await;
             }
             match (&report.primary.reachable, &report.primary.error) {
                 (false, Some(e)) => JobRun::Failed {
@@ -204,17 +223,62 @@ async fn lag_job(
 /// runs as its own process (CLI, Job), and the row is where every runner
 /// records its step before acting, on whichever node is the primary. A read
 /// that fails leaves the gauge as it was.
-async fn record_upgrade_step(pools: &LagPools, metrics: &Metrics, timeout: Duration) {
-    let row = match pools.primary.client().await {
-        Ok(client) => upgrade::guard::read(&client, &pools.primary.name, timeout).await,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade guard not read");
-            return;
-        }
-    };
+async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
+    let row = upgrade::guard::read_cluster(
+        &cfg.database.primary,
+        cfg.database.connect_timeout.0,
+        cfg.lag.query_timeout.0,
+    )
+    .await;
     match row {
-        Ok(row) => metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref())),
+        Ok(row) => {
+            metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref()));
+            // A write pause whose runner and keeper are both gone (a pod or
+            // host lost): resume writes where that is safe (upgrade::rescue).
+            if let Some(row) = row {
+                if let Some(did) = upgrade::rescue::service_rescue(cfg, &row).await {
+                    tracing::warn!(upgrade = %row.upgrade_id, "{did}");
+                }
+            }
+        }
         Err(e) => tracing::debug!(error = %e, "upgrade guard not read"),
+    }
+}
+
+/// One capacity run, on the leader only: one sample per scheduled run (the
+/// followers would record duplicates), and the leader's metrics are the ones
+/// the alerts read. Findings (something runs out) are metrics and alerts,
+/// not job failures; the job fails when the run itself could not be made.
+async fn capacity_job(
+    cfg: &Config,
+    leader: &Leader,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> JobRun {
+    let leads = tokio::select! {
+        l = leader.refresh() => l,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    if !leads {
+        return JobRun::Skipped("not leader");
+    }
+    let run = capacity::run(cfg, capacity::DEFAULT_HORIZON_DAYS, None);
+    let result = tokio::select! {
+        r = run => r,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    match result {
+        Ok((report, _charts)) => {
+            metrics.capacity.record(&report);
+            for p in &report.problems {
+                tracing::warn!(problem = %p, "capacity");
+            }
+            JobRun::Done
+        }
+        Err(e) => JobRun::Failed {
+            error: e.metric_label(),
+            message: e.to_string(),
+        },
     }
 }
 
@@ -254,6 +318,17 @@ async fn partitions_job(
             metrics.record_partitions(&report);
             if let Some(reason) = &report.skipped {
                 tracing::info!(reason = %reason, "partition pass skipped");
+            } else {
+                let sum = |f: fn(&partitions::TableReport) -> u64| -> u64 {
+                    report.tables.iter().map(f).sum()
+                };
+                tracing::info!(
+                    tables = report.tables.len(),
+                    created = sum(|t| u64::from(t.created)),
+                    retired = sum(|t| u64::from(t.retired)),
+                    rows_moved = sum(|t| t.rows_moved),
+                    "partition pass"
+                );
             }
             let failed: Vec<String> = report
                 .tables

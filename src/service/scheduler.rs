@@ -69,10 +69,11 @@ pub async fn run_job<F, Fut>(
         let seconds = started.elapsed().as_secs_f64();
         match run {
             JobRun::Done => {
-                tracing::debug!(job = name, seconds, "job done");
+                // Every outcome at info: an operator reading the log sees the service work.
+                tracing::info!(job = name, seconds, "job done");
                 metrics.record_job(name, seconds, None);
             }
-            JobRun::Skipped(reason) => tracing::debug!(job = name, reason, "job skipped"),
+            JobRun::Skipped(reason) => tracing::info!(job = name, reason, "job skipped"),
             JobRun::Failed { error, message } => {
                 tracing::error!(job = name, error = error.as_str(), seconds, detail = %message, "job failed; retried next tick");
                 metrics.record_job(name, seconds, Some(error));

@@ -16,7 +16,7 @@ const WRITABLE: &str =
 /// writable primary, naming the node an upgrade made primary.
 pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
     let moved = || -> Option<UpgradeError> {
-        let path = journal::latest(&cfg.upgrade.state_dir).ok()??;
+        let path = journal::latest_readonly(&cfg.upgrade.state_dir).ok()??;
         let rec = journal::read(&path).ok()?;
         rec.promote_started().then(|| UpgradeError::PrimaryMoved {
             old: cfg.database.primary.to_string(),
@@ -33,7 +33,8 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
     };
     let after = steps::query_timeout(cfg);
     // The primary's own guard row names where an upgrade run anywhere moved it.
-    if let Ok(Some(row)) = guard::read(&client, &cfg.database.primary.to_string(), after).await {
+    let row = guard::read_cluster(&cfg.database.primary, cfg.database.connect_timeout.0, after);
+    if let Ok(Some(row)) = row.await {
         if let Some(new) = row.new_primary {
             return Err(UpgradeError::PrimaryMoved {
                 old: cfg.database.primary.to_string(),
@@ -61,7 +62,9 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
 /// Whether the primary's guard row says a cutover is in progress (an
 /// upgrade run from any host); unreachable or unreadable counts as no.
 async fn cutover_in_database(cfg: &Config) -> bool {
-    let Ok(client) = steps::connect(&cfg.database.primary, cfg).await else {
+    let Ok(client) =
+        guard::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await
+    else {
         return false;
     };
     matches!(
@@ -74,7 +77,7 @@ async fn cutover_in_database(cfg: &Config) -> bool {
 /// `verify` (journal-based; the database's guard row covers runners
 /// elsewhere, see `guard::hold_partition_ddl`).
 pub fn cutover_in_progress(cfg: &Config) -> bool {
-    let Ok(Some(path)) = journal::latest(&cfg.upgrade.state_dir) else {
+    let Ok(Some(path)) = journal::latest_readonly(&cfg.upgrade.state_dir) else {
         return false;
     };
     journal::read(&path).is_ok_and(|r| r.in_cutover())

@@ -52,6 +52,8 @@ impl Saga {
     /// `pause_writes` opens every connection the window needs before it sends
     /// PAUSE and starts the deadline the next two steps share.
     pub(crate) async fn cutover(&mut self) -> Result<(), UpgradeError> {
+        // Before PAUSE: a crash of this process inside the window is covered.
+        self.arm_keeper();
         for step in STEPS.iter().copied().filter(|s| s.under_pause_deadline()) {
             if self.journal.record().status(step) != StepStatus::Done {
                 self.forward(step).await?;
@@ -65,6 +67,9 @@ impl Saga {
     /// Steps 8–10; also the way a resumed upgrade finishes a window that
     /// crashed after promote had started.
     pub(crate) async fn forward_from_promote(&mut self) -> Result<(), UpgradeError> {
+        if self.record().status(super::record::Step::ResumeWrites) != StepStatus::Done {
+            self.arm_keeper();
+        }
         let rest = STEPS
             .iter()
             .copied()

@@ -3,25 +3,38 @@
 //!
 //! **Local (`AlterSystem`): a hard fence.** From the fence on no session of a
 //! role that is not a superuser can commit on the old primary, whatever it
-//! sets for itself:
+//! sets for itself, except the steward's own role:
 //! * `pg_hba.conf` gets a marked block at its top with a `reject` line for
-//!   every login role that is not a superuser, and the configuration is
-//!   reloaded: new application connections are refused (so `PGOPTIONS`,
-//!   role and database settings never get a session to act in);
-//! * every client session but ours is terminated (after the reload, and once
-//!   more in `final_sync` right before the final flush, for a backend that
-//!   was still authenticating under the old rules);
+//!   every login role that is neither a superuser nor the role pgsteward logs
+//!   in as, and the configuration is reloaded: new application connections
+//!   are refused (so `PGOPTIONS`, role and database settings never get a
+//!   session to act in). The steward's role is spared so `upgrade resume`
+//!   and `upgrade abort` (which log in as it) can always lift the fence; it
+//!   must therefore be a role of its own, not the application's. Replication
+//!   connections are not matched (`all` does not cover `replication`);
+//! * every client session but ours and superusers' is terminated (after the
+//!   reload, and once more in `final_sync` right before the final flush, for
+//!   a backend that was still authenticating under the old rules);
+//!   `pg_signal_backend` cannot end a superuser's session, so none is tried;
 //! * `default_transaction_read_only = on` via `ALTER SYSTEM` (staged before
-//!   the pause, applied by the same reload), for superuser sessions that are
-//!   not ours: a soft second line, as before.
+//!   the pause, applied by the same reload), for the sessions the block
+//!   spares: a soft second line (ours set their sessions writable).
 //!
 //! Both files are on the old node only (neither is replicated), so the new
 //! primary is not affected, and both survive a restart of the old node.
 //! Cost inside the pause: one file write + fsync, one reload, one terminate
-//! sweep (measured per run: the step's note and `upgrade status`).
-//! The undo removes the block and the setting, reloads, and verifies both
-//! (the file has no block, `pg_hba_file_rules` has no error, our session
-//! reads the default back at `off`) or fails.
+//! sweep, one probe login (measured per run: the step's note and `upgrade status`).
+//!
+//! **Verified without privileges.** Whether the server enforces the block is
+//! proven by a login as one fenced role without any password
+//! ([`probe_login`]): refused before authentication (SQLSTATE 28000) once
+//! the block is loaded, asked for a password before (the baseline, taken
+//! before the pause) and again after the undo. This needs no grant (unlike
+//! `pg_hba_file_rules` or `pg_file_settings`, superuser-only by default) and
+//! tests what the postmaster enforces, not what a file says: a file that does
+//! not parse is not loaded, and the probe says so. The undo removes the block
+//! and the setting, reloads, and verifies the files (pg_hba.conf has no
+//! block, postgresql.auto.conf no read-only default) and the probe, or fails.
 //!
 //! **RDS (`AlterDatabase`).** RDS has no `ALTER SYSTEM`, no `pg_hba.conf` and
 //! no superuser. Every database gets `default_transaction_read_only = on`
@@ -53,8 +66,9 @@ use crate::provider::FenceMethod;
 // the pg_hba.conf block, rds the per-database setting); re-exported here
 // under their old paths.
 pub use crate::provider::fence::{
-    fence_databases, terminate_application_sessions, unfence_databases, with_block, without_block,
-    BLOCK_BEGIN, FENCEABLE_DATABASES, TERMINATE_APPLICATION_SESSIONS,
+    fence_databases, probe_login, read_only_databases, terminate_application_sessions,
+    unfence_databases, with_block, without_block, LoginProbe, BLOCK_BEGIN, FENCEABLE_DATABASES,
+    TERMINATE_APPLICATION_SESSIONS,
 };
 
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
@@ -67,16 +81,14 @@ const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
 /// backend. (Not the session's view of default_transaction_read_only: a
 /// database or role setting overrides the server's, so it proves nothing.)
 const CONF_LOAD_TIME: &str = "SELECT pg_conf_load_time()::text";
-/// The server-level fence setting as the files hold it.
-const FILE_FENCE: &str = "SELECT count(*)::bigint FROM pg_file_settings \
-     WHERE name = 'default_transaction_read_only' AND setting = 'on'";
-const HBA_FILE: &str = "SELECT current_setting('hba_file')";
-/// Every role that can log in and is not a superuser: each gets a reject line.
-const APPLICATION_ROLES: &str =
-    "SELECT rolname FROM pg_roles WHERE rolcanlogin AND NOT rolsuper ORDER BY rolname";
-/// The file as the server parses it: errors, and our reject lines.
-const HBA_RULES: &str = "SELECT count(*) FILTER (WHERE error IS NOT NULL)::bigint, \
-     count(*) FILTER (WHERE auth_method = 'reject')::bigint FROM pg_hba_file_rules";
+/// Where the two files live (readable through `pg_monitor`'s
+/// `pg_read_all_settings`): pg_hba.conf and the data directory, whose
+/// postgresql.auto.conf `ALTER SYSTEM` writes.
+const HBA_FILE: &str = "SELECT current_setting('hba_file'), current_setting('data_directory')";
+/// Every role that can log in and is neither a superuser nor the steward's
+/// own (the role this session logged in as): each gets a reject line.
+const APPLICATION_ROLES: &str = "SELECT rolname FROM pg_roles \
+     WHERE rolcanlogin AND NOT rolsuper AND rolname <> session_user ORDER BY rolname";
 
 fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
     UpgradeError::Step {
@@ -108,16 +120,31 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> {
         .map_err(|e| hba_err(dir, e))
 }
 
-/// Terminates every client session on the old primary but `ours`.
+/// Terminates every client session on the old primary but `ours` and
+/// superusers' (which `pg_signal_backend` may not end: one refusal would
+/// fail the whole statement; the soft read-only default covers them).
 pub(crate) fn terminate_sql(ours: &[i32]) -> String {
     // Integers only: nothing from outside goes into this text.
     let list: Vec<String> = ours.iter().map(|p| p.to_string()).collect();
     format!(
-        "SELECT count(pg_terminate_backend(pid))::bigint FROM pg_stat_activity \
-         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-         AND pid <> ALL ('{{{}}}'::int[])",
+        "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
+         JOIN pg_roles r ON r.oid = a.usesysid \
+         WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
+         AND NOT r.rolsuper AND a.pid <> ALL ('{{{}}}'::int[])",
         list.join(",")
     )
+}
+
+/// Whether postgresql.auto.conf `text` still sets `name` (ALTER SYSTEM
+/// writes one `name = 'value'` line per setting).
+pub fn auto_conf_sets(text: &str, name: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim_start();
+        !l.starts_with('#')
+            && l.split(['=', ' ', '\t'])
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case(name))
+    })
 }
 
 impl Saga {
@@ -140,6 +167,13 @@ impl Saga {
     /// cannot be written ahead.
     pub(crate) async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
         if self.provider.fence_method() != FenceMethod::AlterSystem {
+            // The per-database fence: which databases are read-only on
+            // purpose (journaled with pause_writes, before any fence).
+            let primary = self.cfg.database.primary.clone();
+            let limit = self.query_limit();
+            let old = self.old_client().await?;
+            let kept = limit.run(&primary, read_only_databases(old)).await?;
+            self.kept_read_only = Some(kept);
             return Ok(());
         }
         let primary = self.cfg.database.primary.clone();
@@ -158,14 +192,31 @@ impl Saga {
             Ok::<_, tokio_postgres::Error>(HbaPlan {
                 path: PathBuf::from(path),
                 roles,
+                probe: None,
             })
         };
-        let plan = limit.run(&primary, work).await?;
+        let mut plan = limit.run(&primary, work).await?;
         // Refuse before the pause what the fence could not express.
         with_block("", "check", &plan.roles).map_err(|detail| UpgradeError::Step {
             step: Step::PauseWrites,
             detail,
         })?;
+        // The probe's baseline: the first fenced role the loaded rules do not
+        // refuse yet (one the operator rejects already proves nothing).
+        if self.hba.as_ref().map(|h| h.roles == plan.roles) == Some(true) {
+            plan.probe = self.hba.as_ref().and_then(|h| h.probe.clone());
+        } else {
+            for role in plan.roles.iter().take(5) {
+                let probe = limit.wrap(
+                    "a probe login at the old primary",
+                    probe_login(&primary, role, self.cfg.database.connect_timeout.0),
+                );
+                if let LoginProbe::NotRefused(_) = probe.await? {
+                    plan.probe = Some(role.clone());
+                    break;
+                }
+            }
+        }
         self.hba = Some(plan);
         self.fence_staged = true;
         Ok(())
@@ -179,10 +230,15 @@ impl Saga {
         let method = self.provider.fence_method();
         let t0 = std::time::Instant::now();
         if method == FenceMethod::AlterDatabase {
+            let keep = self.kept_read_only().unwrap_or_default();
+            // Our sessions (the guard's and this one) are spared: the
+            // steward is no superuser, and TERMINATE_APPLICATION_SESSIONS
+            // spares only those.
+            let terminate = terminate_sql(&self.own_pids());
             let old = self.old_client().await?;
             let work = async {
-                let dbs = fence_databases(old).await?;
-                let n = terminate_application_sessions(old).await?;
+                let dbs = fence_databases(old, &keep).await?;
+                let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
                 Ok::<_, tokio_postgres::Error>((dbs, n))
             };
             let left = remaining(deadline, "fence")?;
@@ -214,19 +270,12 @@ impl Saga {
         write_atomic(&plan.path, &fenced)?;
         let written_at = t0.elapsed();
         let terminate = terminate_sql(&self.own_pids());
-        let expected_rejects = 2 * plan.roles.len() as i64;
+        let probe_role = plan.probe.as_ref();
+        let probe_bound = remaining(deadline, "fence")?;
         let mut polls = 0u32;
         let mut reloaded_at = Duration::ZERO;
         let old = self.old_client().await?;
         let work = async {
-            let rules = old.query_one(HBA_RULES, &[]).await?;
-            let (errors, rejects): (i64, i64) = (rules.get(0), rules.get(1));
-            if errors > 0 || rejects < expected_rejects {
-                return Ok(Err(format!(
-                    "{} does not parse as fenced ({errors} errors, {rejects} reject lines, expected {expected_rejects})",
-                    plan.path.display()
-                )));
-            }
             let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
             old.query_one(RELOAD_CONF, &[]).await?;
             reloaded_at = t0.elapsed();
@@ -241,28 +290,64 @@ impl Saga {
                     _ = cancel.cancelled() => return Ok(Err("cancelled".into())),
                 }
             }
-            let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
-            Ok::<_, tokio_postgres::Error>(Ok(n))
+            // The postmaster has reloaded (it answers logins only after
+            // that): one fenced role must now be refused before
+            // authentication. The probe (a backend forked and refused) runs
+            // while the sweep ends the sessions: neither waits for the other.
+            let probe = async {
+                let t = std::time::Instant::now();
+                let seen = match probe_role {
+                    Some(role) => Some(probe_login(&primary, role, probe_bound).await),
+                    None => None,
+                };
+                (seen, t.elapsed())
+            };
+            let (n, probed) = tokio::join!(old.query_one(terminate.as_str(), &[]), probe);
+            let n: i64 = n?.get(0);
+            Ok::<_, tokio_postgres::Error>(Ok((n, probed)))
         };
         let left = remaining(deadline, "fence")?;
-        match tokio::time::timeout(left, work).await {
-            Err(_) => Err(UpgradeError::PauseTimeout {
-                what: "fencing the old primary".into(),
-            }),
-            Ok(Err(e)) => Err(q(&primary, e)),
-            Ok(Ok(Err(detail))) if detail == "cancelled" => Err(UpgradeError::Cancelled),
-            Ok(Ok(Err(detail))) => Err(UpgradeError::Step {
-                step: Step::FenceOldPrimary,
-                detail,
-            }),
-            Ok(Ok(Ok(n))) => Ok(Output::note(format!(
-                "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls): {} roles refused, {n} sessions ended",
-                t0.elapsed().as_secs_f64() * 1000.0,
-                written_at.as_secs_f64() * 1000.0,
-                reloaded_at.as_secs_f64() * 1000.0,
-                plan.roles.len()
-            ))),
+        let (n, (probed, probe_took)) = match tokio::time::timeout(left, work).await {
+            Err(_) => {
+                return Err(UpgradeError::PauseTimeout {
+                    what: "fencing the old primary".into(),
+                })
+            }
+            Ok(Err(e)) => return Err(q(&primary, e)),
+            Ok(Ok(Err(detail))) if detail == "cancelled" => return Err(UpgradeError::Cancelled),
+            Ok(Ok(Err(detail))) => {
+                return Err(UpgradeError::Step {
+                    step: Step::FenceOldPrimary,
+                    detail,
+                })
+            }
+            Ok(Ok(Ok(n))) => n,
+        };
+        if let (Some(role), Some(seen)) = (&plan.probe, probed) {
+            match seen {
+                Err(e) => return Err(e.into()),
+                Ok(LoginProbe::Refused) => {}
+                Ok(LoginProbe::NotRefused(why)) => {
+                    return Err(UpgradeError::Step {
+                        step: Step::FenceOldPrimary,
+                        detail: format!(
+                            "{} was written but the server does not enforce it: a login as {role} is not refused ({why}); \
+                             the file may not parse (see the server log)",
+                            plan.path.display()
+                        ),
+                    })
+                }
+            }
         }
+        Ok(Output::note(format!(
+            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {} {:.1} ms): {} roles refused, {n} sessions ended",
+            t0.elapsed().as_secs_f64() * 1000.0,
+            written_at.as_secs_f64() * 1000.0,
+            reloaded_at.as_secs_f64() * 1000.0,
+            plan.probe.as_deref().unwrap_or("none"),
+            probe_took.as_secs_f64() * 1000.0,
+            plan.roles.len()
+        )))
     }
 
     /// Lifts the fence completely and proves it, or fails. Idempotent.
@@ -271,15 +356,17 @@ impl Saga {
         let method = self.provider.fence_method();
         let limit = self.query_limit();
         if method == FenceMethod::AlterDatabase {
+            // Not known: pause_writes never finished, so no fence was put up.
+            let Some(keep) = self.kept_read_only() else {
+                return Ok(());
+            };
             let old = self.old_client().await?;
-            return limit.run(&primary, unfence_databases(old)).await;
+            return limit.run(&primary, unfence_databases(old, &keep)).await;
         }
         let old = self.old_client().await?;
-        let path: String = limit
-            .run(&primary, old.query_one(HBA_FILE, &[]))
-            .await?
-            .get(0);
-        let path = PathBuf::from(path);
+        let files = limit.run(&primary, old.query_one(HBA_FILE, &[])).await?;
+        let path = PathBuf::from(files.get::<_, String>(0));
+        let auto = PathBuf::from(files.get::<_, String>(1)).join("postgresql.auto.conf");
         let text = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
         let clean = without_block(&text);
         if clean != text {
@@ -301,19 +388,39 @@ impl Saga {
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let rules = old.query_one(HBA_RULES, &[]).await?;
-            let file: i64 = old.query_one(FILE_FENCE, &[]).await?.get(0);
-            Ok((rules.get::<_, i64>(0), rules.get::<_, i64>(1), file))
+            Ok(())
         };
-        let (errors, rejects, file) = limit.run(&primary, work).await?;
+        limit.run(&primary, work).await?;
         let reread = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
-        if errors > 0 || file > 0 || reread.contains(BLOCK_BEGIN) {
+        let auto_text = std::fs::read_to_string(&auto).map_err(|e| hba_err(&auto, e))?;
+        let mut left = Vec::new();
+        if reread.contains(BLOCK_BEGIN) {
+            left.push(format!("{} still holds the fence block", path.display()));
+        }
+        if auto_conf_sets(&auto_text, "default_transaction_read_only") {
+            left.push(format!(
+                "{} still sets default_transaction_read_only",
+                auto.display()
+            ));
+        }
+        let probe = self.hba.as_ref().and_then(|h| h.probe.clone());
+        if let (Some(role), true) = (probe, left.is_empty()) {
+            let seen = limit
+                .wrap(
+                    "a probe login at the old primary",
+                    probe_login(&primary, &role, self.cfg.database.connect_timeout.0),
+                )
+                .await?;
+            if seen == LoginProbe::Refused {
+                left.push(format!(
+                    "a login as {role} is still refused by the loaded pg_hba.conf rules"
+                ));
+            }
+        }
+        if !left.is_empty() {
             return Err(UpgradeError::Step {
                 step: Step::FenceOldPrimary,
-                detail: format!(
-                    "unfence not verified: {} still fenced or unparsable ({errors} errors, {rejects} reject lines), {file} read-only settings left in the configuration files",
-                    path.display()
-                ),
+                detail: format!("unfence not verified: {}", left.join("; ")),
             });
         }
         Ok(())
@@ -325,9 +432,22 @@ impl Saga {
         if self.provider.fence_method() != FenceMethod::AlterDatabase {
             return Ok(());
         }
+        let keep = self.kept_read_only().unwrap_or_default();
         let limit = self.query_limit();
         let new = self.new_client().await?;
-        limit.run(endpoint, unfence_databases(new)).await
+        limit.run(endpoint, unfence_databases(new, &keep)).await
+    }
+
+    /// The databases read-only on purpose (RDS fence): read before PAUSE
+    /// by this run, else journaled with pause_writes.
+    pub(crate) fn kept_read_only(&self) -> Option<Vec<String>> {
+        self.kept_read_only.clone().or_else(|| {
+            self.record()
+                .step(Step::PauseWrites)
+                .output
+                .kept_read_only
+                .clone()
+        })
     }
 }
 
@@ -423,6 +543,16 @@ mod tests {
         assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
         assert_eq!(parse_lsn("0/16B3748"), Some(0x16B3748));
         assert_eq!(parse_lsn("bad"), None);
+    }
+
+    #[test]
+    fn the_auto_conf_check_sees_only_active_lines() {
+        let text = "# Do not edit this file manually!\nprimary_conninfo = 'x'\ndefault_transaction_read_only = 'on'\n";
+        assert!(auto_conf_sets(text, "default_transaction_read_only"));
+        assert!(!auto_conf_sets(
+            "#default_transaction_read_only = 'on'\nprimary_conninfo = 'x'\n",
+            "default_transaction_read_only"
+        ));
     }
 
     #[test]

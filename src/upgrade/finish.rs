@@ -6,16 +6,19 @@ use std::time::Duration;
 
 use super::record::{Output, Step};
 use super::runner::Saga;
-use super::steps::{connect, q, IN_RECOVERY};
+use super::steps::{q, IN_RECOVERY};
 use super::UpgradeError;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::Follow;
 
-/// Through the pooler, in one statement (transaction pooling: the next
-/// statement may run on another server connection).
-const VERIFY_THROUGH_POOLER: &str = "SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
+/// Through the pooler, in one transaction (transaction pooling: the next
+/// one may run on another server connection), its statement timeout set
+/// inside it (`SET LOCAL`: no startup options, nothing left on the server
+/// connection for the next client). `{ms}` is replaced by the timeout.
+const VERIFY_THROUGH_POOLER: &str = "BEGIN; SET LOCAL statement_timeout = {ms}; \
+     SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
      current_setting('transaction_read_only'), txid_current()::text \
-     FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()";
+     FROM pg_stat_activity a WHERE a.pid = pg_backend_pid(); COMMIT";
 const SESSION_EXISTS: &str =
     "SELECT count(*)::bigint FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2";
 
@@ -47,40 +50,71 @@ impl Saga {
         Ok(Output::note(notes.join("; ")))
     }
 
+    /// A write through every cut-over entry of every PgBouncer instance
+    /// (`cutover.database` and every other entry that reached the old
+    /// primary) lands on the new primary, as the steward.
     pub(crate) async fn verify_through_pooler(
         &mut self,
         endpoint: &ConnString,
     ) -> Result<String, UpgradeError> {
-        // The steward's own login, against the pooler's application database.
         let steward = self.cfg.database.primary.spec()?;
-        let Some(url) = self.poolers.client_url(&steward) else {
+        self.poolers.discover().await?;
+        let mut verified = Vec::new();
+        for (i, (admin, dbs)) in self.poolers.targets().into_iter().enumerate() {
+            for db in dbs {
+                let Some(url) = self.poolers.client_url_of(i, &db, &steward) else {
+                    return Err(UpgradeError::Step {
+                        step: Step::Verify,
+                        detail: format!("no client address for pgbouncer {admin}"),
+                    });
+                };
+                self.verify_entry(&url, endpoint)
+                    .await
+                    .map_err(|detail| UpgradeError::Step {
+                        step: Step::Verify,
+                        detail: format!("pgbouncer {admin} database {db}: {detail}"),
+                    })?;
+                verified.push(db);
+            }
+        }
+        if verified.is_empty() {
             return Err(UpgradeError::Step {
                 step: Step::Verify,
                 detail: "no pooler endpoint".into(),
             });
-        };
+        }
+        let servers = self.poolers.servers().await.unwrap_or_default();
+        Ok(format!(
+            "writes through {} pooler entries ({}) landed on the new primary; pooler servers {servers:?}",
+            verified.len(),
+            verified.join(", ")
+        ))
+    }
+
+    /// One entry, retried for up to 30 s (PgBouncer reconnects after RELOAD).
+    async fn verify_entry(
+        &mut self,
+        url: &ConnString,
+        endpoint: &ConnString,
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_err = String::new();
         while tokio::time::Instant::now() < deadline {
             let limit = self.query_limit();
             let once = limit.wrap(
                 "a write through the pooler",
-                self.verify_once(&url, endpoint),
+                self.verify_once(url, endpoint),
             );
             match once.await {
-                Ok(true) => {
-                    let servers = self.poolers.servers().await.unwrap_or_default();
-                    return Ok(format!("write through the pooler landed on the new primary; pooler servers {servers:?}"));
-                }
+                Ok(true) => return Ok(()),
                 Ok(false) => last_err = "the pooler's session is not on the new primary".into(),
                 Err(e) => last_err = e.to_string(),
             }
-            self.tick(Duration::from_millis(100)).await?;
+            self.tick(Duration::from_millis(100))
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        Err(UpgradeError::Step {
-            step: Step::Verify,
-            detail: last_err,
-        })
+        Err(last_err)
     }
 
     async fn verify_once(
@@ -88,11 +122,15 @@ impl Saga {
         url: &ConnString,
         endpoint: &ConnString,
     ) -> Result<bool, UpgradeError> {
-        let client = connect(url, &self.cfg).await?;
-        let msgs = client
-            .simple_query(VERIFY_THROUGH_POOLER)
-            .await
-            .map_err(|e| q(url, e))?;
+        let client =
+            crate::pooler::pooled_session(url, self.cfg.database.connect_timeout.0).await?;
+        let sql = VERIFY_THROUGH_POOLER.replace(
+            "{ms}",
+            &super::steps::query_timeout(&self.cfg)
+                .as_millis()
+                .to_string(),
+        );
+        let msgs = client.simple_query(&sql).await.map_err(|e| q(url, e))?;
         let Some(row) = msgs.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
             _ => None,
@@ -143,7 +181,10 @@ impl Saga {
             self.flush()?;
             self.progress.say(
                 Step::RetireOld,
-                &format!("waiting {wait:?} (upgrade.retire_after)"),
+                &format!(
+                    "waiting {} (upgrade.retire_after)",
+                    crate::output::human_duration(wait)
+                ),
             );
             // Measured from the end of verify, so a resume does not wait the whole grace again.
             let since = self

@@ -436,9 +436,21 @@ fn journals(state_dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
 /// The newest journal in `state_dir` (highest number), if any. A journal
 /// whose `created` line never became durable (a crash or a full disk at
 /// `upgrade start`) started nothing: it is renamed `*.jsonl.torn`, reported,
-/// and passed over.
+/// and passed over. For the upgrade commands, which own the directory (its
+/// modes are repaired first); other commands use [`latest_readonly`].
 pub fn latest(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
     secure_existing(state_dir)?;
+    newest_started(state_dir, true)
+}
+
+/// [`latest`] for commands that only look (a partition pass waiting out a
+/// cutover, `upgrade::current`): changes no mode and renames nothing, since
+/// the directory is not theirs to change.
+pub fn latest_readonly(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
+    newest_started(state_dir, false)
+}
+
+fn newest_started(state_dir: &Path, set_aside: bool) -> Result<Option<PathBuf>, JournalError> {
     let mut all = journals(state_dir)?;
     all.sort();
     while let Some((_, path)) = all.pop() {
@@ -449,8 +461,10 @@ pub fn latest(state_dir: &Path) -> Result<Option<PathBuf>, JournalError> {
         if started {
             return Ok(Some(path));
         }
-        tracing::warn!(path = %path.display(), "journal without a durable `created` line set aside");
-        let _ = fs::rename(&path, path.with_extension("jsonl.torn"));
+        if set_aside {
+            tracing::warn!(path = %path.display(), "journal without a durable `created` line set aside");
+            let _ = fs::rename(&path, path.with_extension("jsonl.torn"));
+        }
     }
     Ok(None)
 }

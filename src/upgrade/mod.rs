@@ -18,9 +18,12 @@ pub mod fence;
 pub mod finish;
 pub mod guard;
 pub mod journal;
+pub mod keeper;
 pub mod observe;
 pub mod precheck;
+pub mod privileges;
 pub mod record;
+pub mod rescue;
 pub mod runner;
 pub mod saga;
 pub mod step;
@@ -72,8 +75,13 @@ pub enum UpgradeError {
     RolledBack { id: String, reason: String },
     #[error("upgrade {id}: the journal could not be written ({reason}); the write pause was undone without it: PgBouncer resumed, the old primary unfenced and serving writes. Free the disk and run `pgsteward upgrade resume` to record the roll back")]
     JournalFault { id: String, reason: String },
-    #[error("undo of {step} failed: {reason}; fix the cause and run `pgsteward upgrade resume` to finish the roll back")]
-    UndoFailed { step: Step, reason: String },
+    #[error("upgrade {id}: the roll back went past what it could not undo and left: {}. Writes were resumed wherever PgBouncer answered (the new server was never promoted, so only the old primary can take them). {keeper}Fix the cause and run `pgsteward upgrade resume` to finish the roll back", .left.join("; "))]
+    RollbackIncomplete {
+        id: String,
+        left: Vec<String>,
+        /// What the pause keeper goes on doing, or "".
+        keeper: String,
+    },
     #[error("upgrade {id} failed after promote ({reason}); the new primary holds every commit. Fix the cause and run `pgsteward upgrade resume`")]
     NeedsResume { id: String, reason: String },
     #[error("database.primary {old} is no longer a writable primary: upgrade {id} moved the primary to {new}. Set database.primary (PGSTEWARD_DATABASE__PRIMARY) to it")]
@@ -256,7 +264,7 @@ pub struct RunSummary {
 
 /// Starts a new upgrade to `class` and drives it to the end.
 pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
-    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
     let id = new_upgrade_id();
     // Before anything changes: one upgrade per primary, wherever it runs.
     let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
@@ -331,7 +339,7 @@ async fn take_guard(
 /// The guard for continuing upgrade `rec`: on `database.primary`; once
 /// promote has started, the new primary is where the guard is written (the
 /// old one is only held, and not at all when it no longer answers).
-async fn take_guard_for(
+pub(crate) async fn take_guard_for(
     cfg: &Config,
     rec: &UpgradeRecord,
     provider: &dyn crate::provider::Provider,
@@ -365,7 +373,7 @@ async fn take_guard_for(
 
 /// Continues the newest upgrade from its journal.
 pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeError> {
-    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
     let path = journal::latest(&cfg.upgrade.state_dir)?
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
@@ -378,7 +386,7 @@ pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeErro
     };
     if !quiet {
         println!(
-            "resuming upgrade {} ({:?})",
+            "resuming upgrade {} ({})",
             journal.record().id,
             journal.record().phase
         );
@@ -419,6 +427,11 @@ pub async fn start_command(cfg: &Config, class: &str) -> Result<Outcome, Upgrade
     start(cfg, class, false).await.map(|_| Outcome::Healthy)
 }
 
+/// `pgsteward upgrade keeper` (hidden; see `keeper`).
+pub async fn keeper_command(cfg: &Config, after_ms: u64) -> Result<Outcome, UpgradeError> {
+    rescue::run(cfg, Duration::from_millis(after_ms)).await
+}
+
 pub async fn resume_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
     resume(cfg, false).await.map(|_| Outcome::Healthy)
 }
@@ -429,7 +442,7 @@ pub async fn abort_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
 }
 
 pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
-    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
     let path = journal::latest(&cfg.upgrade.state_dir)?
         .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
@@ -448,7 +461,7 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
         }
         Phase::Completed | Phase::NeedsResume(_) => {
             return Err(UpgradeError::Usage(format!(
-                "upgrade {} is {:?}: it promoted the new primary and can only go forward (`upgrade resume`)",
+                "upgrade {} is {}: it promoted the new primary and can only go forward (`upgrade resume`)",
                 rec.id, rec.phase
             )))
         }
@@ -528,7 +541,7 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
 
 fn print_status(rec: &UpgradeRecord) {
     println!(
-        "upgrade {} to class {} ({}): {:?}",
+        "upgrade {} to class {} ({}): {}",
         rec.id, rec.target_class, rec.provider, rec.phase
     );
     println!("source {}", rec.source_primary);
@@ -540,15 +553,14 @@ fn print_status(rec: &UpgradeRecord) {
         .iter()
         .map(|s| {
             let took = match (s.started_at, s.finished_at) {
-                (Some(a), Some(b)) => format!(
-                    "{:.1} ms",
-                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+                (Some(a), Some(b)) => crate::output::human_seconds(
+                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
                 ),
                 _ => String::new(),
             };
             vec![
                 s.step.name().to_string(),
-                format!("{:?}", s.status).to_lowercase(),
+                s.status.to_string(),
                 s.started_at
                     .map(|t| t.format("%H:%M:%S%.3f").to_string())
                     .unwrap_or_default(),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::precheck::{judge, Facts, LocalUpgrade};
+use super::privileges::PrivilegeFacts;
 use super::steps::{connect, q, query_timeout};
 use super::{journal, UpgradeError};
 use crate::config::{Config, CutoverKind};
@@ -76,11 +77,20 @@ async fn observe(
         }
         None => None,
     };
-    // The same question asked of the primary itself: runners elsewhere.
-    let guard = super::guard::read(
+    // The same question asked of the primary itself (its guard database):
+    // runners elsewhere.
+    let target = cfg.database.primary.to_string();
+    let guard_session =
+        super::guard::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await;
+    let guard = match &guard_session {
+        Ok(c) => super::guard::read(c, &target, query_timeout(cfg)).await?,
+        Err(_) => None,
+    };
+    let privileges = read_privileges(
+        cfg,
+        provider,
         &primary,
-        &cfg.database.primary.to_string(),
-        query_timeout(cfg),
+        guard_session.as_ref().map_err(|e| e.to_string()),
     )
     .await?;
     let facts = Facts {
@@ -97,6 +107,10 @@ async fn observe(
         guard,
     };
     pre.checks.extend(judge(&facts, own_id));
+    pre.checks.extend(super::privileges::judge(
+        &privileges,
+        provider.fence_method(),
+    ));
     let checks = &mut pre.checks;
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         pooler_checks(cfg, poolers, checks).await;
@@ -136,7 +150,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
         format!("{} admin endpoint(s)", configs.len()),
     ));
     let pause = cfg.upgrade.pause_timeout.0;
-    for (admin, conf) in configs {
+    for (admin, conf) in &configs {
         let mode = conf.get("pool_mode").cloned().unwrap_or_default();
         checks.push(Check::new(
             format!("pooler {admin} in transaction mode"),
@@ -154,21 +168,11 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
             format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
         ));
     }
-    match poolers.entries().await {
-        Ok(entries) => {
-            for (admin, entry) in entries {
-                checks.push(Check::new(
-                    format!("pooler {admin} has database {}", poolers.database),
-                    entry.is_some(),
-                    match entry {
-                        Some(e) => format!("{} -> {}:{}/{}", e.name, e.host, e.port, e.database),
-                        None => "no such [databases] entry; fix cutover.database".into(),
-                    },
-                ));
-            }
-        }
-        Err(e) => checks.push(Check::new("pooler databases", false, e.to_string())),
-    }
+    let modes: std::collections::BTreeMap<String, String> = configs
+        .iter()
+        .map(|(a, c)| (a.clone(), c.get("pool_mode").cloned().unwrap_or_default()))
+        .collect();
+    pooler_entry_checks(cfg, poolers, &modes, checks).await;
     for i in 0..cfg.cutover.admin.len() {
         let (ok, detail) = match cfg.pooler_config_file(i) {
             None => (
@@ -196,4 +200,141 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
             detail,
         ));
     }
+}
+
+/// Every entry that reaches the primary, on every instance: it is paused,
+/// repointed and verified with `cutover.database`, so it must be in the
+/// instance's pgbouncer.ini (or it could not be repointed) and pool in
+/// transaction mode, its own `pool_mode` or the instance's (a session-mode
+/// entry keeps its server connections, and PAUSE would wait for every client
+/// of it to disconnect: the whole pause_timeout, then a roll back).
+async fn pooler_entry_checks(
+    cfg: &Config,
+    poolers: &mut Poolers,
+    modes: &std::collections::BTreeMap<String, String>,
+    checks: &mut Vec<Check>,
+) {
+    if let Err(e) = poolers.discover().await {
+        checks.push(Check::new("pooler databases", false, e.to_string()));
+        return;
+    }
+    let all = match poolers.all_entries().await {
+        Ok(a) => a,
+        Err(e) => {
+            checks.push(Check::new("pooler databases", false, e.to_string()));
+            return;
+        }
+    };
+    for (i, ((admin, dbs), (_, shown))) in poolers.targets().into_iter().zip(all).enumerate() {
+        let ini_text = cfg
+            .pooler_config_file(i)
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let in_ini: Vec<String> = ini_text
+            .as_deref()
+            .map(|t| {
+                crate::pooler::ini_entries(t)
+                    .into_iter()
+                    .map(|e| e.0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let global = modes.get(&admin).cloned().unwrap_or_default();
+        for db in &dbs {
+            let entry = shown.iter().find(|d| &d.name == db);
+            let Some(entry) = entry else {
+                checks.push(Check::new(
+                    format!("pooler {admin} has database {db}"),
+                    false,
+                    "no such [databases] entry; fix cutover.database",
+                ));
+                continue;
+            };
+            let mode = entry.pool_mode.clone().unwrap_or_else(|| global.clone());
+            let ok = mode == "transaction" && in_ini.contains(db);
+            let detail = if mode != "transaction" {
+                format!(
+                    "{db} -> {}:{}/{} pools in {mode} mode: PAUSE would wait for every client of it to disconnect; \
+                     set pool_mode=transaction on the entry (or remove its pool_mode)",
+                    entry.host, entry.port, entry.database
+                )
+            } else if !in_ini.contains(db) {
+                format!(
+                    "{db} -> {}:{}/{} reaches the primary but is not in the [databases] section of \
+                     cutover.config_file {i}, so it could not be repointed: move it there",
+                    entry.host, entry.port, entry.database
+                )
+            } else {
+                format!(
+                    "{db} -> {}:{}/{} ({mode}): paused, repointed and verified with the cutover",
+                    entry.host, entry.port, entry.database
+                )
+            };
+            checks.push(Check::new(
+                format!("pooler {admin} database {db}"),
+                ok,
+                detail,
+            ));
+        }
+    }
+}
+
+/// The steward's privileges (see `privileges`), read on the primary and in
+/// its guard database (`guard`: the session there, or why there is none).
+async fn read_privileges(
+    cfg: &Config,
+    provider: &dyn Provider,
+    primary: &tokio_postgres::Client,
+    guard: Result<&tokio_postgres::Client, String>,
+) -> Result<PrivilegeFacts, UpgradeError> {
+    use super::privileges as p;
+    let e = |err| q(&cfg.database.primary, err);
+    let row = primary
+        .query_one(p::READ_PRIVILEGES, &[])
+        .await
+        .map_err(e)?;
+    let server_version_num: i32 = row.get(7);
+    let alter_system = if server_version_num >= 150000 {
+        let a = primary
+            .query_one(p::READ_PARAMETER_PRIVILEGES, &[])
+            .await
+            .map_err(e)?;
+        Some([a.get(0), a.get(1), a.get(2)])
+    } else {
+        None
+    };
+    let unfenceable = if provider.fence_method() == crate::provider::FenceMethod::AlterDatabase {
+        primary
+            .query(p::UNFENCEABLE_DATABASES, &[])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let guard = match guard {
+        Ok(c) => match c.query_one(p::READ_GUARD_PRIVILEGES, &[]).await {
+            Ok(g) => Ok(p::GuardPrivileges {
+                create: g.get(0),
+                usable: g.get(1),
+                reload_conf: g.get(2),
+            }),
+            Err(err) => Err(crate::pg::server_message(&err)),
+        },
+        Err(why) => Err(why),
+    };
+    Ok(PrivilegeFacts {
+        role: row.get(0),
+        superuser: row.get(1),
+        replication: row.get(2),
+        pg_monitor: row.get(3),
+        pg_signal_backend: row.get(4),
+        reload_conf: row.get(5),
+        promote: row.get(6),
+        server_version_num,
+        alter_system,
+        guard,
+        unfenceable,
+    })
 }

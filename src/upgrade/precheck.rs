@@ -54,17 +54,23 @@ pub fn judge(f: &Facts, own_id: Option<&str>) -> Vec<Check> {
         Check::new(
             "source can feed a new replica",
             f.free_senders >= 2 && f.free_slots >= 1,
-            format!(
-                "{} free wal senders (need 2), {} free replication slots (need 1); raise max_wal_senders / max_replication_slots",
-                f.free_senders, f.free_slots
+            // An [ok] line states what was seen; only a failure says what to do.
+            with_fix(
+                format!(
+                    "{} free wal senders (need 2), {} free replication slots (need 1)",
+                    f.free_senders, f.free_slots
+                ),
+                f.free_senders >= 2 && f.free_slots >= 1,
+                "raise max_wal_senders / max_replication_slots",
             ),
         ),
         Check::new(
             "PostgreSQL 13 or newer",
             f.server_version_num >= 130000,
-            format!(
-                "server_version_num {}; replicas are repointed by reloading primary_conninfo (13+)",
-                f.server_version_num
+            with_fix(
+                format!("server_version_num {}", f.server_version_num),
+                f.server_version_num >= 130000,
+                "replicas are repointed by reloading primary_conninfo (13+): upgrade PostgreSQL first",
             ),
         ),
         Check::new(
@@ -82,9 +88,13 @@ pub fn judge(f: &Facts, own_id: Option<&str>) -> Vec<Check> {
         Check::new(
             "no DDL in progress",
             f.access_exclusive_locks == 0,
-            format!(
-                "{} ACCESS EXCLUSIVE relation locks held; wait for the DDL to finish",
-                f.access_exclusive_locks
+            with_fix(
+                format!(
+                    "{} ACCESS EXCLUSIVE relation locks held",
+                    f.access_exclusive_locks
+                ),
+                f.access_exclusive_locks == 0,
+                "wait for the DDL to finish",
             ),
         ),
     ];
@@ -131,6 +141,15 @@ pub fn judge(f: &Facts, own_id: Option<&str>) -> Vec<Check> {
     checks
 }
 
+/// What was seen, and when the check fails, what to do about it.
+fn with_fix(seen: String, ok: bool, fix: &str) -> String {
+    if ok {
+        seen
+    } else {
+        format!("{seen}; {fix}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +183,7 @@ mod tests {
             cutover: false,
             finished,
             new_primary: new_primary.map(str::to_string),
+            system_identifier: Some("7400000000000000001".into()),
         }
     }
 

@@ -42,6 +42,34 @@ pub enum Phase {
     Aborted,
 }
 
+/// For people (`upgrade status`, `resume`, `abort`); JSON keeps the tagged form.
+impl std::fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Done => "done",
+            StepStatus::Failed => "failed",
+            StepStatus::Undoing => "undoing",
+            StepStatus::Undone => "undone",
+            StepStatus::UndoFailed => "undo failed",
+        })
+    }
+}
+
+/// For people: `rolled back: <reason>`, never the enum's debug form.
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Running => f.write_str("running"),
+            Phase::RolledBack(why) => write!(f, "rolled back: {why}"),
+            Phase::NeedsResume(why) => write!(f, "needs `upgrade resume`: {why}"),
+            Phase::Completed => f.write_str("completed"),
+            Phase::Aborted => f.write_str("aborted"),
+        }
+    }
+}
+
 /// What is written to the journal, one JSON object per line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "event")]
@@ -105,6 +133,11 @@ pub struct Output {
     pub final_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// pause_writes, RDS fence: databases that were read-only on purpose
+    /// before the upgrade (a database-level `default_transaction_read_only
+    /// = on`); the fence leaves them alone and the unfence keeps them so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_read_only: Option<Vec<String>>,
 }
 
 impl Output {
@@ -297,7 +330,7 @@ impl UpgradeRecord {
             | Event::UndoFailed { step, .. } => {
                 let step = *step;
                 if terminal {
-                    return Err(err(format!("upgrade is {:?}; no step may run", self.phase)));
+                    return Err(err(format!("upgrade is {}; no step may run", self.phase)));
                 }
                 let forward = matches!(entry.event, Event::StepStarted { .. });
                 if forward {
@@ -346,7 +379,7 @@ impl UpgradeRecord {
                     return Err(err("cannot roll back once promote has started".into()));
                 }
                 if terminal {
-                    return Err(err(format!("upgrade is already {:?}", self.phase)));
+                    return Err(err(format!("upgrade is already {}", self.phase)));
                 }
                 self.phase = Phase::RolledBack(reason.clone());
             }
@@ -355,13 +388,13 @@ impl UpgradeRecord {
                     return Err(err("needs_resume is only for failures after promote".into()));
                 }
                 if terminal {
-                    return Err(err(format!("upgrade is already {:?}", self.phase)));
+                    return Err(err(format!("upgrade is already {}", self.phase)));
                 }
                 self.phase = Phase::NeedsResume(reason.clone());
             }
             Event::Retry => {
                 if !matches!(self.phase, Phase::RolledBack(_)) {
-                    return Err(err(format!("retry from {:?}", self.phase)));
+                    return Err(err(format!("retry from {}", self.phase)));
                 }
                 self.phase = Phase::Running;
                 // The undone steps run again from the start.

@@ -108,6 +108,7 @@ impl Saga {
     /// One step: started (durable) → failpoint → action (twice under the
     /// repeat switch) → failpoint → succeeded (written with the next start).
     pub(crate) async fn forward(&mut self, step: Step) -> Result<(), UpgradeError> {
+        self.attempting = Some(step);
         self.guard_step(step).await?;
         self.begin(step)?;
         let name = step.name();
@@ -222,19 +223,30 @@ impl Saga {
                 let _ = self.flush();
                 return Err(err);
             }
+            // The step that failed is the one running, else the one about to
+            // start (a window runs several steps in one call).
+            let attempted = self.attempting.take().unwrap_or(step);
             let failed = self
                 .record()
                 .steps
                 .iter()
                 .find(|s| s.status == StepStatus::Running)
                 .map(|s| s.step)
-                .unwrap_or(step);
+                .unwrap_or(attempted);
             if matches!(err, UpgradeError::Cancelled) && !failed.in_pause_window() {
                 // Stop at the step boundary; `upgrade resume` runs this step again.
                 self.flush()?;
                 return Err(err);
             }
-            let msg = format!("{failed}: {err}");
+            // A journal that cannot be written (a full disk) before a step
+            // started is that, not a failure of the step.
+            let msg = if matches!(err, UpgradeError::Journal(_))
+                && self.record().status(failed) != StepStatus::Running
+            {
+                format!("the journal could not be written before {failed} started: {err}")
+            } else {
+                format!("{failed}: {err}")
+            };
             // A failure before the step started (its guard check, its journal
             // entry) has no step to fail.
             if self.record().status(failed) == StepStatus::Running {
@@ -259,6 +271,32 @@ impl Saga {
         Ok(())
     }
 
+    /// The pause keeper's run (keeper.rs): closes the write pause of an
+    /// upgrade whose runner is gone, as `upgrade resume` would, and goes no
+    /// further: before promote the roll back, from promote on the steps up
+    /// to `resume_writes`. The rest is left to `upgrade resume`.
+    pub async fn drive_window(&mut self) -> Result<(), UpgradeError> {
+        match recovery(self.record()) {
+            Recovery::FinishRollback(reason) => self.rollback(&reason).await,
+            Recovery::Forward
+                if self.record().promote_started()
+                    && self.record().status(Step::ResumeWrites) != StepStatus::Done =>
+            {
+                match self.forward_from_promote().await {
+                    Ok(()) => self.log(&[Event::NeedsResume {
+                        reason: "the runner stopped inside the write pause; the pause keeper closed it (PgBouncer on the new primary, writes resumed): `pgsteward upgrade resume` finishes the upgrade".into(),
+                    }]),
+                    Err(err) => {
+                        let msg = format!("pause keeper: {err}");
+                        self.after_promote_failure(&msg).await;
+                        Err(err)
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Appends `events` when the journal can still be written; after a write
     /// failure the roll back goes on without it (the file then says where
     /// `upgrade resume` continues: it finishes the roll back, idempotently).
@@ -280,10 +318,20 @@ impl Saga {
 
     /// Undoes every started step before promote, newest first, then records
     /// the roll back. Crash safety: each undo is journaled before it runs and
-    /// is idempotent; a crash here is finished by `upgrade resume`.
+    /// is idempotent; a crash here is finished by `upgrade resume` (or the
+    /// pause keeper).
+    ///
+    /// An undo that fails does not stop the roll back: the next one still
+    /// runs, so writes are resumed even when the old primary cannot be
+    /// unfenced (hung, unreachable) or one PgBouncer does not answer. That is
+    /// safe before promote: the new server is still in recovery, so the old
+    /// primary is the only node that can take a write. What could not be
+    /// undone is named in the error and stays `undo_failed` in the journal
+    /// for the next run.
     pub(crate) async fn rollback(&mut self, reason: &str) -> Result<(), UpgradeError> {
         // The undo gets its own time: the pause deadline may be what failed.
         self.set_pause_deadline(None);
+        self.arm_keeper();
         let steps: Vec<Step> = STEPS
             .iter()
             .rev()
@@ -296,26 +344,66 @@ impl Saga {
                     && (*s >= Step::WaitAvailable || status != StepStatus::Done)
             })
             .collect();
+        let mut left: Vec<String> = Vec::new();
+        // An unfence that failed once is not waited for a second time.
+        let mut unfence_failed: Option<String> = None;
         for step in steps {
             self.log_soft(&[Event::UndoStarted { step }]);
             failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
-            match self.undo(step).await {
+            let outcome = match step {
+                Step::FenceOldPrimary => self.unfence().await.map_err(|e| e.to_string()),
+                // Writes first; then the fence staged before PAUSE comes out of the file.
+                Step::PauseWrites => {
+                    let resumed = self.poolers.resume().await.map_err(|e| e.to_string());
+                    let unfenced = match &unfence_failed {
+                        Some(e) => Err(format!("not tried again ({e})")),
+                        None => self.unfence().await.map_err(|e| e.to_string()),
+                    };
+                    match (resumed, unfenced) {
+                        (Ok(()), Ok(())) => Ok(()),
+                        (Err(r), Ok(())) => Err(r),
+                        (Ok(()), Err(u)) => {
+                            Err(format!("the fence staged on the old primary: {u}"))
+                        }
+                        (Err(r), Err(u)) => {
+                            Err(format!("{r}; the fence staged on the old primary: {u}"))
+                        }
+                    }
+                }
+                // The new replica is kept for a retry; `upgrade abort` deletes it.
+                _ => Ok(()),
+            };
+            match outcome {
                 Ok(()) => {
                     self.log_soft(&[Event::UndoFinished { step }]);
                     self.progress.say(step, "undone");
                 }
-                Err(e) => {
+                Err(error) => {
+                    self.progress
+                        .say(step, &format!("undo failed, going on: {error}"));
                     self.log_soft(&[Event::UndoFailed {
                         step,
-                        error: e.to_string(),
+                        error: error.clone(),
                     }]);
-                    return Err(UpgradeError::UndoFailed {
-                        step,
-                        reason: e.to_string(),
-                    });
+                    if step == Step::FenceOldPrimary {
+                        unfence_failed = Some(error.clone());
+                    }
+                    left.push(format!("{step}: {error}"));
                 }
             }
         }
+        if !left.is_empty() {
+            self.guard_end("roll back incomplete", false).await;
+            // The keeper stays armed: it finishes the roll back once the
+            // runner has exited (see keeper.rs).
+            let keeper = self.keeper_note();
+            return Err(UpgradeError::RollbackIncomplete {
+                id: self.record().id.clone(),
+                left,
+                keeper,
+            });
+        }
+        self.disarm_keeper();
         if self.journal.is_broken() {
             self.guard_end("rolled_back (journal unwritable)", false)
                 .await;
@@ -383,19 +471,6 @@ impl Saga {
             Step::RepointStable => self.repoint_stable().await,
             Step::MoveReads => self.move_reads().await,
             Step::RetireOld => self.retire_old().await,
-        }
-    }
-
-    async fn undo(&mut self, step: Step) -> Result<(), UpgradeError> {
-        match step {
-            // Writes first; then the fence staged before PAUSE comes out of the file.
-            Step::PauseWrites => {
-                self.poolers.resume().await?;
-                self.unfence().await
-            }
-            Step::FenceOldPrimary => self.unfence().await,
-            // The new replica is kept for a retry; `upgrade abort` deletes it.
-            _ => Ok(()),
         }
     }
 }

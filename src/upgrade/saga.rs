@@ -65,6 +65,13 @@ pub struct Saga {
     /// PAUSE sent → RESUME returned, when this process ran the whole window.
     pub pause_window: Option<Duration>,
     pub(super) step_started: Option<Instant>,
+    /// Armed while this run holds (or undoes) a write pause (keeper.rs).
+    pub(crate) keeper: Option<super::keeper::Keeper>,
+    /// The step `forward` was last asked to run (the one that failed when
+    /// none is running: its start could not be recorded).
+    pub(crate) attempting: Option<Step>,
+    /// RDS fence: the databases read-only on purpose, read before PAUSE.
+    pub(crate) kept_read_only: Option<Vec<String>>,
 }
 
 impl Saga {
@@ -94,6 +101,36 @@ impl Saga {
             old_pid: None,
             pause_window: None,
             step_started: None,
+            keeper: None,
+            attempting: None,
+            kept_read_only: None,
+        }
+    }
+
+    /// Arms the pause keeper before this run pauses writes or undoes a
+    /// pause (once; only with PgBouncer in front).
+    pub(crate) fn arm_keeper(&mut self) {
+        if self.keeper.is_none() && self.cfg.cutover.kind == crate::config::CutoverKind::Pgbouncer {
+            self.keeper = super::keeper::Keeper::arm(&self.cfg);
+        }
+    }
+
+    /// RESUME reached every PgBouncer: the window is closed, the keeper exits.
+    pub(crate) fn disarm_keeper(&mut self) {
+        if let Some(k) = self.keeper.take() {
+            k.disarm();
+        }
+    }
+
+    /// What the armed keeper will do once this run exits ("" when none).
+    pub(crate) fn keeper_note(&self) -> String {
+        match &self.keeper {
+            Some(k) => format!(
+                "The pause keeper (pid {}) retries the roll back for up to {:?} once this run has exited. ",
+                k.pid(),
+                super::keeper::PERSIST
+            ),
+            None => String::new(),
         }
     }
 
@@ -107,6 +144,9 @@ impl Saga {
 pub(crate) struct HbaPlan {
     pub path: PathBuf,
     pub roles: Vec<String>,
+    /// A fenced role the loaded rules did not refuse before the fence: the
+    /// probe login that proves the fence took effect (fence.rs).
+    pub probe: Option<String>,
 }
 
 /// A query error on `target`, as the steps report it.

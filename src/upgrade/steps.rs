@@ -133,8 +133,12 @@ impl Saga {
         let info = self.provider.describe(&id).await?;
         let endpoint = info.endpoint.ok_or_else(|| UpgradeError::Step {
             step: Step::WaitAvailable,
-            detail: format!("{id} has no endpoint yet (state {:?})", info.state),
+            detail: format!("{id} has no endpoint yet ({})", info.state),
         })?;
+        // Entries already pointing there (a run that crashed after repoint)
+        // are cut over too: their RESUME and verify are this upgrade's.
+        let (host, port) = endpoint.spec()?.host_port();
+        self.poolers.add_server(&host, port);
         self.new_endpoint = Some(endpoint.clone());
         Ok(endpoint)
     }
@@ -269,7 +273,7 @@ impl Saga {
                 other => {
                     return Err(UpgradeError::Step {
                         step: Step::WaitAvailable,
-                        detail: format!("{id} is {other:?}"),
+                        detail: format!("{id} is {other}"),
                     })
                 }
             }
@@ -373,7 +377,10 @@ impl Saga {
                 other => other.into(),
             })?;
         }
-        Ok(Output::default())
+        Ok(Output {
+            kept_read_only: self.kept_read_only.clone(),
+            ..Output::default()
+        })
     }
 
     /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
@@ -405,11 +412,33 @@ impl Saga {
         let id = self.record().id.clone();
         let guarded = self.guard.is_some();
         let limit = self.query_limit();
-        let old = self.old_client().await?;
+        // The flushing commit updates the guard row: on the guard's own
+        // session (the row is in the guard database, WAL is the server's);
+        // without a guard, a temporary table on the old-primary session.
+        let target = primary.to_string();
+        let on_guard = guarded
+            && self
+                .guard
+                .as_ref()
+                .and_then(|g| g.writable_session(&target))
+                .is_some();
+        if !on_guard {
+            self.old_client().await?;
+        }
+        let session = match (on_guard, self.guard.as_ref(), self.old.as_ref()) {
+            (true, Some(g), _) => g.writable_session(&target),
+            (_, _, old) => old,
+        };
+        let Some(session) = session else {
+            return Err(UpgradeError::Step {
+                step: Step::FinalSync,
+                detail: "no session on the old primary".into(),
+            });
+        };
         let (lsn, ended) = limit
             .run(
                 &primary,
-                super::fence::flushed_position(old, &ours, guarded.then_some(id.as_str())),
+                super::fence::flushed_position(session, &ours, on_guard.then_some(id.as_str())),
             )
             .await?
             .map_err(|detail| UpgradeError::Step {
@@ -512,15 +541,15 @@ impl Saga {
         host: &str,
         port: u16,
     ) -> Result<(), UpgradeError> {
-        self.poolers.rewrite(host, port)?;
+        self.poolers.rewrite(host, port).await?;
         self.poolers.reload().await?;
-        for (admin, entry) in self.poolers.entries().await? {
+        for (admin, db, entry) in self.poolers.entries().await? {
             match entry {
                 Some(e) if e.host == host && e.port == port => {}
                 other => {
                     return Err(UpgradeError::Step {
                         step,
-                        detail: format!("pgbouncer {admin} still shows {other:?} after RELOAD, expected {host}:{port}"),
+                        detail: format!("pgbouncer {admin} database {db} still shows {other:?} after RELOAD, expected {host}:{port}"),
                     })
                 }
             }
@@ -532,6 +561,7 @@ impl Saga {
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.poolers.resume().await?;
         }
+        self.disarm_keeper();
         Ok(Output::default())
     }
 }

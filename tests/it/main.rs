@@ -5,6 +5,7 @@
 mod harness;
 
 mod bench;
+mod capacity;
 mod cli_config;
 mod convert;
 mod convert_bench;
@@ -14,6 +15,7 @@ mod convert_logical;
 mod demo;
 mod deploy;
 mod docker;
+mod first_hour;
 mod first_user;
 mod indexes;
 mod lag;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pgsteward::provider::rds::SdkSettings;
 
 pub const REGION: &str = "us-east-1";
-const KEY: &str = "testing";
+pub const KEY: &str = "testing";
 
 pub struct Moto {
     child: Child,
@@ -94,6 +94,68 @@ impl Moto {
             .load()
             .await;
         aws_sdk_rds::Client::new(&conf)
+    }
+}
+
+/// The CBOR adapter in front of moto's CloudWatch
+/// (`tests/it/capacity/cloudwatch_cbor_proxy.py` says why), stopped on drop.
+pub struct CloudWatchCbor {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts the adapter for this moto: the endpoint the AWS SDK for Rust's
+    /// CloudWatch client (Smithy RPC v2 CBOR) talks to.
+    pub fn cloudwatch_cbor(&self) -> CloudWatchCbor {
+        let port = pgsteward::localpg::free_port().unwrap();
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/capacity/cloudwatch_cbor_proxy.py"
+        );
+        let child = Command::new("python3")
+            .args([script, &port.to_string(), &self.url()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn python3 cloudwatch_cbor_proxy.py");
+        let _ = Command::new("/bin/sh")
+            .args([
+                "-c",
+                &format!(
+                    "while [ -d /proc/{} ] && [ -d /proc/{} ]; do sleep 1; done; kill {} 2>/dev/null",
+                    std::process::id(),
+                    child.id(),
+                    child.id()
+                ),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the CloudWatch CBOR adapter did not listen on 127.0.0.1:{port} within 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        CloudWatchCbor { child, port }
+    }
+}
+
+impl CloudWatchCbor {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for CloudWatchCbor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

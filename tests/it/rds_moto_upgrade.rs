@@ -62,8 +62,23 @@ async fn moto_whole_upgrade_with_local_clusters_as_endpoints() {
     create_source(&client, SOURCE, "postgres", 7).await;
 
     let cluster = crate::harness::TestCluster::start(1);
-    crate::harness::must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
-    crate::harness::must(cluster.primary.psql("app", "CREATE TABLE t (id int)"));
+    let p = &cluster.primary;
+    // The steward as on RDS: the master user's grants, nothing more.
+    use crate::harness::{must, Grants};
+    crate::harness::make_roles(p, Grants::UpgradeRds);
+    must(p.psql("postgres", "CREATE DATABASE app"));
+    crate::harness::prepare_db_with(p, "app", Grants::UpgradeRds);
+    must(p.psql(
+        "app",
+        "CREATE TABLE t (id int); ALTER TABLE t OWNER TO app_owner",
+    ));
+    crate::harness::grant_app(p, "app");
+    // A database read-only on purpose stays read-only through the fence and its undo.
+    must(p.psql("postgres", "CREATE DATABASE archive OWNER app_owner"));
+    must(p.psql(
+        "postgres",
+        "ALTER DATABASE archive SET default_transaction_read_only = on",
+    ));
     cluster.wait_replicas_caught_up();
     let pooler = crate::harness::pooler(cluster.path(), &cluster.primary, "app", &[]);
     let state = cluster.path().join("state");
@@ -93,7 +108,7 @@ admin = ["{admin}"]
 config_file = "{ini}"
 database = "app"
 "#,
-        primary = cluster.primary.url("app"),
+        primary = crate::harness::steward_url(&cluster.primary, "app"),
         state = state.display(),
         url = moto.url(),
         pport = cluster.primary.port,
@@ -177,6 +192,17 @@ database = "app"
     .await;
     let port: i32 = rows[0].get(0);
     assert_eq!(port as u16, cluster.replicas[0].port);
+    // The new primary: `app` unfenced, `archive` still read-only on purpose.
+    let r = &cluster.replicas[0];
+    for (db, want) in [("app", "off"), ("archive", "on"), ("postgres", "off")] {
+        let ro = crate::harness::query(&r.url(db), "SHOW default_transaction_read_only").await;
+        assert_eq!(ro[0].get::<_, String>(0), want, "{db} on the new primary");
+    }
+    let pause = saga.record().step(record::Step::PauseWrites);
+    assert_eq!(
+        pause.output.kept_read_only.as_deref(),
+        Some(&["archive".to_string()][..])
+    );
 }
 
 /// RDS refuses ALTER SYSTEM, so the fence is per database. That setting is
@@ -189,9 +215,19 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
     };
     let cluster = crate::harness::TestCluster::start(1);
     let p = &cluster.primary;
-    crate::harness::create_app_role(p);
-    crate::harness::must(p.psql("postgres", "CREATE DATABASE app OWNER app"));
-    crate::harness::must(p.psql("app", "CREATE TABLE t (id int); ALTER TABLE t OWNER TO app"));
+    crate::harness::make_roles(p, crate::harness::Grants::UpgradeRds);
+    crate::harness::must(p.psql("postgres", "CREATE DATABASE app OWNER app_owner"));
+    crate::harness::must(p.psql(
+        "app",
+        "CREATE TABLE t (id int); ALTER TABLE t OWNER TO app_owner",
+    ));
+    crate::harness::grant_app(p, "app");
+    // Read-only on purpose: kept out of the fence and its undo.
+    crate::harness::must(p.psql("postgres", "CREATE DATABASE archive OWNER app_owner"));
+    crate::harness::must(p.psql(
+        "postgres",
+        "ALTER DATABASE archive SET default_transaction_read_only = on",
+    ));
     let app_url = |port: u16| {
         crate::harness::with_password(
             &format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable"),
@@ -202,8 +238,13 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
     let app = crate::harness::connect(&app_url(p.port)).await;
     app.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
 
-    let steward = crate::harness::connect(&p.url("postgres")).await;
-    let fenced = fence_databases(&steward).await.unwrap();
+    let steward = crate::harness::connect(&crate::harness::steward_url(p, "postgres")).await;
+    let keep = pgsteward::provider::fence::read_only_databases(&steward)
+        .await
+        .unwrap();
+    assert_eq!(keep, vec!["archive".to_string()]);
+    let fenced = fence_databases(&steward, &keep).await.unwrap();
+    assert!(!fenced.contains(&"archive".to_string()), "{fenced:?}");
     assert!(
         fenced.contains(&"app".to_string()) && fenced.contains(&"postgres".to_string()),
         "{fenced:?}"
@@ -237,9 +278,11 @@ async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_prima
         pgsteward::pg::server_message(&err).contains("read-only"),
         "fence replicated: {err}"
     );
-    let new_steward = crate::harness::connect(&r.url("postgres")).await;
-    unfence_databases(&new_steward).await.unwrap();
-    unfence_databases(&new_steward).await.unwrap();
+    let new_steward = crate::harness::connect(&crate::harness::steward_url(r, "postgres")).await;
+    unfence_databases(&new_steward, &keep).await.unwrap();
+    unfence_databases(&new_steward, &keep).await.unwrap();
+    let ro = crate::harness::query(&r.url("archive"), "SHOW default_transaction_read_only").await;
+    assert_eq!(ro[0].get::<_, String>(0), "on", "archive stays read-only");
     let new_app = crate::harness::connect(&app_url(r.port)).await;
     new_app
         .batch_execute("INSERT INTO t VALUES (5)")

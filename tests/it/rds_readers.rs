@@ -47,12 +47,16 @@ impl Stage {
     fn new(repoint: &str) -> Stage {
         let cluster = TestCluster::start(3);
         let p = &cluster.primary;
+        // The steward as on RDS (the master user's grants), the tables the owner's.
+        harness::make_roles(p, harness::Grants::UpgradeRds);
         must(p.psql("postgres", "CREATE DATABASE app"));
+        harness::prepare_db_with(p, "app", harness::Grants::UpgradeRds);
         must(p.psql(
             "app",
-            "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())",
+            "CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now()); \
+             ALTER TABLE ledger OWNER TO app_owner",
         ));
-        harness::create_app_role(p);
+        harness::grant_app(p, "app");
         // A base backup taken on a standby needs full-page writes since its
         // last restartpoint (the test servers run without them).
         must(p.psql("postgres", "ALTER SYSTEM SET full_page_writes = on"));
@@ -149,7 +153,7 @@ admin = ["{admin}"]
 config_file = "{ini}"
 database = "app"
 "#,
-            primary = p.url("app"),
+            primary = harness::steward_url(p, "app"),
             state = cluster.path().join("state").display(),
             admin = pooler.admin_url(),
             ini = pooler.ini.display(),

@@ -341,16 +341,20 @@ pub fn sql(t: &QualifiedName, r: &Repair) -> Vec<String> {
     for (p, ix) in &r.drop {
         out.push(sql_drop_concurrently(&QualifiedName::new(&p.schema, ix)));
     }
+    // Said once, not per partition: it only matters where a build had failed.
+    if r.jobs.iter().any(|j| j.action == ChildAction::Build) {
+        out.push(
+            "-- each build first drops, concurrently, an invalid index of its name left by a failed build"
+                .to_string(),
+        );
+    }
     for j in &r.jobs {
         let child = QualifiedName::new(&j.partition.schema, &j.child);
         let parent = QualifiedName::new(&t.schema, &j.index);
         match j.action {
             ChildAction::Attach => out.push(sql_attach(&parent, &child)),
             ChildAction::Build => {
-                out.push(format!(
-                    "-- {} (an invalid index of that name is dropped concurrently first)",
-                    j.partition
-                ));
+                out.push(format!("-- {}", j.partition));
                 out.push(j.def.create_sql(&j.child, &j.partition, false, true));
                 out.push(sql_attach(&parent, &child));
             }

@@ -31,6 +31,10 @@ pub struct Instance {
     pub replica_source: Option<String>,
     /// `ReadReplicaDBInstanceIdentifiers`: replicas fed by this instance.
     pub read_replicas: Vec<String>,
+    /// `AllocatedStorage` in GiB (capacity planning).
+    pub allocated_storage_gib: i64,
+    /// `MaxAllocatedStorage` in GiB: `None` when storage autoscaling is off.
+    pub max_allocated_storage_gib: Option<i64>,
 }
 
 /// `CreateDBInstanceReadReplica` as the provider issues it.
@@ -158,30 +162,37 @@ impl SdkRds {
 
     async fn client(&self) -> &aws_sdk_rds::Client {
         self.client
-            .get_or_init(|| async {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(region) = &self.settings.region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                if let Some(url) = &self.settings.endpoint_url {
-                    loader = loader.endpoint_url(url.clone());
-                }
-                if let Some((key, secret)) = &self.settings.static_credentials {
-                    loader = loader.credentials_provider(aws_sdk_rds::config::Credentials::new(
-                        key.clone(),
-                        secret.clone(),
-                        None,
-                        None,
-                        "pgsteward-static",
-                    ));
-                }
-                aws_sdk_rds::Client::new(&loader.load().await)
-            })
+            .get_or_init(|| async { aws_sdk_rds::Client::new(&self.settings.load().await) })
             .await
     }
 }
 
-fn sdk_error<E, R>(err: SdkError<E, R>) -> ApiError
+impl SdkSettings {
+    /// The SDK configuration these settings describe, for any AWS client
+    /// (RDS here, CloudWatch for capacity planning).
+    pub async fn load(&self) -> aws_config::SdkConfig {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &self.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let Some((key, secret)) = &self.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_rds::config::Credentials::new(
+                key.clone(),
+                secret.clone(),
+                None,
+                None,
+                "pgsteward-static",
+            ));
+        }
+        loader.load().await
+    }
+}
+
+/// Any AWS SDK error (RDS, CloudWatch) as an [`ApiError`], classified for retries.
+pub fn sdk_error<E, R>(err: SdkError<E, R>) -> ApiError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -251,6 +262,8 @@ fn instance(db: &aws_sdk_rds::types::DbInstance) -> Instance {
             .filter(|s| !s.is_empty())
             .map(str::to_string),
         read_replicas: db.read_replica_db_instance_identifiers().to_vec(),
+        allocated_storage_gib: db.allocated_storage().map_or(0, i64::from),
+        max_allocated_storage_gib: db.max_allocated_storage().map(i64::from),
     }
 }
 

@@ -42,7 +42,9 @@ use crate::provider::{
     endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReaderFacts, ReplicaInfo,
     RepointBy, ServerState, SourceFacts,
 };
-pub use api::{ApiError, ApiErrorKind, CreateReplica, Instance, RdsApi, SdkRds, SdkSettings};
+pub use api::{
+    sdk_error, ApiError, ApiErrorKind, CreateReplica, Instance, RdsApi, SdkRds, SdkSettings,
+};
 pub use error::RdsError;
 pub use ids::{
     final_snapshot_id, is_renamed, is_valid_identifier, rds_identifier, rds_old_id, rds_replica_id,

@@ -20,9 +20,17 @@
 //!   new primary knows the upgrade too), and readable with a plain SELECT by
 //!   the service and the CronJob.
 //!
-//! The lock and the row live in `database.primary`'s database (advisory locks
-//! are per database). After promote the runner takes the lock on the new
-//! primary too and keeps the old one until the old primary is retired.
+//! **One per cluster, whatever the configuration says.** Advisory locks and
+//! rows are per database, so both live in one fixed database every runner
+//! agrees on, [`GUARD_DATABASE`] (`postgres`), whatever database
+//! `database.primary` names: a second runner naming `/postgres` instead of
+//! `/app`, another host name or address of the same server, or another
+//! `state_dir` reaches the same lock table and the same row. The name is
+//! compiled in, not configured, so no configuration can make two runners
+//! take two guards on one server. The server's system identifier
+//! (`pg_control_system()`) is recorded in the row and named in a refusal.
+//! After promote the runner takes the lock on the new primary too and keeps
+//! the old one until the old primary is retired.
 //!
 //! This module is the runner's side: the lock sessions and their keepalive,
 //! claiming the row and checking it before every step. `read` is the
@@ -36,7 +44,8 @@ use crate::config::ConnString;
 
 mod read;
 pub use read::{
-    ddl_guard, hold_partition_ddl, moved_marker, read, step_number, DdlGuard, GuardRow,
+    ddl_guard, hold_partition_ddl, moved_marker, read, read_cluster, step_number, DdlGuard,
+    GuardRow,
 };
 
 /// The row's step from a claim until the first step is recorded.
@@ -47,6 +56,9 @@ pub const CLAIMED_STEP: &str = "claimed";
 /// one-bigint key.
 pub const GUARD_NS: i32 = 0x7067_7570;
 pub const GUARD_KEY: i32 = 1;
+
+/// The database the guard lives in on every server (see the module doc).
+pub const GUARD_DATABASE: &str = "postgres";
 
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1, $2), pg_backend_pid()";
 const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS pgsteward; \
@@ -62,13 +74,16 @@ const SETUP: &str = "CREATE SCHEMA IF NOT EXISTS pgsteward; \
        cutover boolean NOT NULL DEFAULT false, \
        finished boolean NOT NULL DEFAULT false, \
        new_primary text); \
+     ALTER TABLE pgsteward.upgrade_guard ADD COLUMN IF NOT EXISTS system_identifier text; \
      GRANT USAGE ON SCHEMA pgsteward TO PUBLIC; \
      GRANT SELECT ON pgsteward.upgrade_guard TO PUBLIC";
 /// Takes the row over: a new epoch, our id, host and step.
 const CLAIM: &str = "INSERT INTO pgsteward.upgrade_guard AS g \
-     (epoch, upgrade_id, host, state_dir, started, step, since) \
-     VALUES (1, $1, $2, $3, now(), $4, now()) \
+     (epoch, upgrade_id, host, state_dir, started, step, since, system_identifier) \
+     VALUES (1, $1, $2, $3, now(), $4, now(), \
+       (SELECT system_identifier::text FROM pg_control_system())) \
      ON CONFLICT (singleton) DO UPDATE SET epoch = g.epoch + 1, upgrade_id = $1, host = $2, \
+       system_identifier = EXCLUDED.system_identifier, \
        state_dir = $3, started = CASE WHEN g.upgrade_id = $1 THEN g.started ELSE now() END, \
        step = $4, since = now(), finished = false, \
        cutover = CASE WHEN g.upgrade_id = $1 THEN g.cutover ELSE false END, \
@@ -173,13 +188,36 @@ pub fn runner_host() -> String {
     format!("{host} pid {}", std::process::id())
 }
 
-/// A new lock session on `target`: (client, lock taken, backend pid).
+/// `target` with its database replaced by [`GUARD_DATABASE`]: same server,
+/// user, password and TLS settings.
+pub fn guard_conn(target: &ConnString) -> ConnString {
+    match crate::pg::conninfo::ConnParams::parse(target.expose()) {
+        Ok(mut p) => {
+            p.set("dbname", GUARD_DATABASE);
+            ConnString::new(p.to_key_value())
+        }
+        // Unparseable: connecting fails with the parser's own message.
+        Err(_) => target.clone(),
+    }
+}
+
+/// A plain session in the guard database of `target`'s server, for the
+/// readers (service, CronJob, partition pass, prechecks).
+pub async fn reader_session(
+    target: &ConnString,
+    connect_timeout: Duration,
+) -> Result<Client, GuardError> {
+    Ok(guard_conn(target).spec()?.connect(connect_timeout).await?)
+}
+
+/// A new lock session on `target`'s server, in [`GUARD_DATABASE`]:
+/// (client, lock taken, backend pid).
 async fn lock_session(
     target: &ConnString,
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<(Client, bool, i32), GuardError> {
-    let mut spec = target.spec()?;
+    let mut spec = guard_conn(target).spec()?;
     spec.config.keepalives(true);
     spec.config.keepalives_idle(Duration::from_secs(5));
     spec.config.keepalives_interval(Duration::from_secs(2));
@@ -209,8 +247,24 @@ impl Guard {
         timeout: Duration,
     ) -> Result<Guard, GuardError> {
         let t = target.to_string();
-        let (client, mut got, pid) = lock_session(target, connect_timeout, timeout).await?;
-        let mut row = read(&client, &t, timeout).await?;
+        // A session ended by the server (57P01: another upgrade's fence
+        // sweeping this cluster's sessions) is taken once more: the fence
+        // spares the steward's role, so the second one gets to see the
+        // guard and refuse naming the upgrade in flight.
+        let mut again = true;
+        let (client, mut got, pid, mut row) = loop {
+            let once = async {
+                let (client, got, pid) = lock_session(target, connect_timeout, timeout).await?;
+                let row = read(&client, &t, timeout).await?;
+                Ok::<_, GuardError>((client, got, pid, row))
+            };
+            match once.await {
+                Err(GuardError::Query { message, .. }) if again && message.contains("57P01") => {
+                    again = false;
+                }
+                other => break other?,
+            }
+        };
         // Taken by a runner in flight: refuse at once, naming it. Taken with
         // no upgrade in flight: either a holder that has not claimed the row
         // yet (it does right after locking) or one whose session is just
@@ -332,6 +386,15 @@ impl Guard {
     /// Whether this guard holds a session on `target`.
     pub fn holds(&self, target: &str) -> bool {
         self.held.iter().any(|h| h.target == target)
+    }
+
+    /// The held, writable session on `target` (the final flush of the old
+    /// primary commits there: WAL is the server's, whatever the database).
+    pub fn writable_session(&self, target: &str) -> Option<&Client> {
+        self.held
+            .iter()
+            .find(|h| h.target == target && h.writable && !h.client.is_closed())
+            .map(|h| &h.client)
     }
 
     /// The backend pids of our lock sessions on `target`: the fence spares them.

@@ -14,8 +14,10 @@ use tokio_postgres::Client;
 use super::{bounded, query_err, GuardError, CLAIMED_STEP};
 
 const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
+/// The system identifier through `to_jsonb`: a table an older pgsteward
+/// made has no such column until the next claim adds it.
 const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
-     finished, new_primary FROM pgsteward.upgrade_guard";
+     finished, new_primary, to_jsonb(g) ->> 'system_identifier' FROM pgsteward.upgrade_guard g";
 
 /// The guard row as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,6 +32,8 @@ pub struct GuardRow {
     pub cutover: bool,
     pub finished: bool,
     pub new_primary: Option<String>,
+    /// `pg_control_system().system_identifier` of the server the row was claimed on.
+    pub system_identifier: Option<String>,
 }
 
 impl GuardRow {
@@ -37,7 +41,8 @@ impl GuardRow {
         GuardError::InFlight {
             id: self.upgrade_id.clone(),
             detail: format!(
-                "host {}, state_dir {}, step {} since {}, started {}{lock}",
+                "cluster {}, host {}, state_dir {}, step {} since {}, started {}{lock}",
+                self.system_identifier.as_deref().unwrap_or("?"),
                 self.host,
                 self.state_dir,
                 self.step,
@@ -122,6 +127,7 @@ pub async fn read(
             cutover: false,
             finished: true,
             new_primary: None,
+            system_identifier: None,
         });
         r.upgrade_id = id;
         r.new_primary = Some(new);
@@ -161,6 +167,7 @@ async fn read_row(
         cutover: r.get(7),
         finished: r.get(8),
         new_primary: r.get(9),
+        system_identifier: r.get(10),
     }))
 }
 
@@ -186,16 +193,27 @@ pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, Gua
     Ok(DdlGuard::Clear)
 }
 
+/// The guard row of `target`'s server, read in its guard database (see
+/// [`super::GUARD_DATABASE`]) on a session of its own.
+pub async fn read_cluster(
+    target: &crate::config::ConnString,
+    connect_timeout: Duration,
+    after: Duration,
+) -> Result<Option<GuardRow>, GuardError> {
+    let client = super::reader_session(target, connect_timeout).await?;
+    read(&client, &target.to_string(), after).await
+}
+
 /// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
 /// cutover runs (the pass is skipped; the next one runs), `Err` when an
 /// upgrade moved the primary away from this node (no DDL meant for the new
-/// primary may land here) or the row cannot be read.
-pub async fn hold_partition_ddl(
-    client: &Client,
-    cfg: &crate::config::Config,
-) -> Result<Option<String>, GuardError> {
+/// primary may land here) or the row cannot be read. Reads the guard
+/// database of `database.primary`'s server.
+pub async fn hold_partition_ddl(cfg: &crate::config::Config) -> Result<Option<String>, GuardError> {
     let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
-    match ddl_guard(client, after).await? {
+    let client =
+        super::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await?;
+    match ddl_guard(&client, after).await? {
         DdlGuard::Clear => Ok(None),
         DdlGuard::Cutover { id, step } => Ok(Some(format!(
             "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
@@ -220,6 +238,7 @@ mod tests {
             cutover: false,
             finished,
             new_primary: None,
+            system_identifier: None,
         }
     }
 

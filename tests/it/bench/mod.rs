@@ -5,6 +5,7 @@
 //! Conversion (`convert_bench`) and index (`indexes::bench`) benchmarks live
 //! next to their suites.
 
+mod capacity;
 mod deploy;
 mod large_default;
 mod partitions;

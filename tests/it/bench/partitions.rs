@@ -542,7 +542,7 @@ async fn run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "benchmark: prints figures, takes minutes; see README \"Partition maintenance\""]
+#[ignore = "benchmark: prints figures, takes minutes; see docs/benchmarks.md \"Partition maintenance: pgsteward vs pg_partman vs plain SQL\""]
 async fn bench_partitions_vs_partman() {
     let ns: Vec<usize> = std::env::var("PGSTEWARD_BENCH_N")
         .unwrap_or_else(|_| "100,1000".into())

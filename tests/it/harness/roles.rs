@@ -27,6 +27,9 @@ pub enum Grants {
     Base,
     /// Base plus the `local` provider's upgrade blocks.
     UpgradeLocal,
+    /// Base plus the `rds` provider's upgrade block, on a local stand-in for
+    /// an RDS instance (see [`make_roles`]).
+    UpgradeRds,
 }
 
 impl Grants {
@@ -34,6 +37,7 @@ impl Grants {
         match self {
             Grants::Base => &["privileges:cluster"],
             Grants::UpgradeLocal => &["privileges:cluster", "privileges:upgrade-local:cluster"],
+            Grants::UpgradeRds => &["privileges:cluster", "privileges:upgrade-rds:cluster"],
         }
     }
 
@@ -41,6 +45,7 @@ impl Grants {
         match self {
             Grants::Base => &["privileges:database"],
             Grants::UpgradeLocal => &["privileges:database", "privileges:upgrade-local:database"],
+            Grants::UpgradeRds => &["privileges:database"],
         }
     }
 }
@@ -141,6 +146,17 @@ pub fn make_roles(cluster: &Cluster, grants: Grants) {
         ));
     }
     must(cluster.psql_secret("postgres", &sql));
+    if grants == Grants::UpgradeRds {
+        // A local server standing in for an RDS instance has what RDS has:
+        // the `rds_superuser` role (no superuser; it reads every session and
+        // may end any of them).
+        must(cluster.psql(
+            "postgres",
+            "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'rds_superuser') \
+             THEN CREATE ROLE rds_superuser NOLOGIN; END IF; END$$; \
+             GRANT pg_monitor, pg_signal_backend TO rds_superuser",
+        ));
+    }
     let exists = must(cluster.psql(
         "postgres",
         &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{STEWARD_USER}'"),
@@ -158,6 +174,14 @@ pub fn make_roles(cluster: &Cluster, grants: Grants) {
         }
     }
     must(cluster.psql_secret("postgres", &sql));
+    if grants == Grants::UpgradeRds {
+        // On RDS the master user (the steward here) owns the database
+        // `postgres` that comes with the instance.
+        must(cluster.psql(
+            "postgres",
+            &format!("ALTER DATABASE postgres OWNER TO {STEWARD_USER}"),
+        ));
+    }
 }
 
 /// Gives database `dbname` of `cluster` to `app_owner` and grants the

@@ -57,7 +57,7 @@ async fn odd_identifiers_work_through_the_cli() {
 }
 
 #[tokio::test]
-async fn a_replica_is_skipped_cleanly() {
+async fn a_replica_is_skipped_and_the_command_exits_1_naming_the_setting() {
     let cluster = harness::TestCluster::start(1);
     must(cluster.primary.psql("postgres", EVENTS));
     cluster.wait_replicas_caught_up();
@@ -77,14 +77,17 @@ async fn a_replica_is_skipped_cleanly() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // A CronJob pointed at a replica must not stay green.
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(1),
         "{stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("skipped") && stdout.contains("recovery"),
+        stdout.contains("skipped")
+            && stdout.contains("recovery")
+            && stdout.contains("database.primary"),
         "{stdout}"
     );
 }

@@ -77,3 +77,89 @@ async fn the_service_reports_the_step_of_an_upgrade_whose_runner_died() {
         on_new.log_text()
     );
 }
+
+/// A runner lost inside the write pause together with its keeper (a pod or
+/// host lost; here: killed with no keeper armed): the service on the
+/// primary sees the guard row in the pause and no runner holding the guard,
+/// and RESUMEs PgBouncer once pause_timeout + the keeper's bound passed.
+/// Writes go on without an error; `upgrade resume` then finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_resumes_writes_a_lost_runner_left_paused() {
+    let mut t = Topology::new();
+    t.pause_timeout = "1s";
+    t.write_config();
+    std::fs::create_dir_all(t.dir().join("svc")).unwrap();
+    // The service reads the same [upgrade] and [cutover] as the runner.
+    let base = std::fs::read_to_string(&t.config).unwrap();
+    let port = must(pgsteward::localpg::free_port());
+    let config = harness::write_config(
+        &t.dir().join("svc"),
+        &format!(
+            "{base}\n[lag]\nschedule = \"*/1 * * * * *\"\nquery_timeout = \"1s\"\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    );
+    let svc = Service::start(&config, port, t.dir().join("svc.log"));
+    let load = Load::start(
+        &t.pooler_url(),
+        2,
+        Duration::from_millis(5),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+    let mut cmd = harness::pgsteward();
+    cmd.arg("--config")
+        .arg(&t.config)
+        .args(["upgrade", "start", "--target-class", t.next_class()])
+        .env("PGSTEWARD_LOCAL_OWNER_PID", std::process::id().to_string())
+        .env("PGSTEWARD_FAILPOINT", "pause_writes-done=kill")
+        .env(pgsteward::upgrade::keeper::KEEPER_ENV, "1");
+    let out = must(cmd.output().map_err(|e| e.to_string()));
+    assert!(killed(&out), "{}", text(&out));
+    let t0 = Instant::now();
+    let before = load.acked_ids().len();
+    while load.acked_ids().len() < before + 10 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "writes still paused after 90 s; service log:\n{}",
+            svc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cfg = pgsteward::config::load(&t.config).unwrap();
+    let bound = cfg.upgrade.pause_timeout.0 + pgsteward::upgrade::keeper::bound(&cfg);
+    println!(
+        "writes resumed by the service {:.1} s after the runner died (bound {bound:?} + one lag pass)",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        t0.elapsed() < bound + Duration::from_secs(10),
+        "{}",
+        svc.log_text()
+    );
+    assert!(
+        svc.log_text().contains("RESUMEd every PgBouncer"),
+        "{}",
+        svc.log_text()
+    );
+    drop(svc);
+    let out = t.pgsteward(&["upgrade", "resume"], None);
+    if !out.status.success() {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+            "{}",
+            text(&out)
+        );
+        let out = t.pgsteward(&["upgrade", "resume"], None);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    t.follow_upgrade();
+    load.wait_progress(10).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+}

@@ -63,6 +63,9 @@ impl Load {
 pub struct Topology {
     pub cluster: TestCluster,
     pub pooler: LocalPgBouncer,
+    /// More PgBouncer instances in front of the same primary (the config
+    /// lists them all: `cutover.admin`, `cutover.config_file`).
+    pub more_poolers: Vec<LocalPgBouncer>,
     pub primary_url: String,
     /// Every node that was primary at some point.
     pub nodes: Vec<String>,
@@ -78,8 +81,20 @@ pub const CLASSES: [&str; 2] = ["large", "larger"];
 impl Topology {
     pub fn new() -> Topology {
         let cluster = TestCluster::start(1);
+        // As an operator following docs/privileges.md sets an upgrade up: the
+        // steward with exactly the upgrade grants, the application's tables
+        // owned by app_owner, the application role writing them.
+        harness::make_roles(&cluster.primary, harness::Grants::UpgradeLocal);
         must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
-        must(cluster.primary.psql("app", LEDGER_TABLE));
+        harness::prepare_db_with(&cluster.primary, "app", harness::Grants::UpgradeLocal);
+        must(cluster.primary.psql(
+            "app",
+            &format!(
+                "{LEDGER_TABLE}; ALTER TABLE ledger OWNER TO {}",
+                harness::OWNER_USER
+            ),
+        ));
+        harness::grant_app(&cluster.primary, "app");
         cluster.wait_replicas_caught_up();
         let pooler = harness::pooler(
             cluster.path(),
@@ -87,18 +102,55 @@ impl Topology {
             "app",
             &[("query_wait_timeout", "60")],
         );
-        let primary_url = cluster.primary.url("app");
+        let primary_url = harness::steward_url(&cluster.primary, "app");
         let mut t = Topology {
             nodes: vec![primary_url.clone()],
             primary_url,
             config: PathBuf::new(),
             cluster,
             pooler,
+            more_poolers: Vec::new(),
             classes_used: 0,
             pause_timeout: "5s",
             retire_after: "0s",
             step_timeout: "60s",
         };
+        t.write_config();
+        t
+    }
+
+    /// Every PgBouncer instance, the first one first.
+    pub fn poolers(&self) -> impl Iterator<Item = &LocalPgBouncer> {
+        std::iter::once(&self.pooler).chain(self.more_poolers.iter())
+    }
+
+    /// `n` PgBouncer instances in all, each with the entries `app` and
+    /// `batch` on the primary's database `app` (two entries per instance
+    /// that reach the primary).
+    pub fn with_poolers(n: usize) -> Topology {
+        let mut t = Topology::new();
+        let mut all = Vec::new();
+        for i in 0..n {
+            let port = must(pgsteward::localpg::free_port());
+            let db = |name: &str| pgsteward::localpg::PgBouncerDatabase {
+                name: name.into(),
+                host: "127.0.0.1".into(),
+                port: t.cluster.primary.port,
+                dbname: "app".into(),
+            };
+            all.push(must(LocalPgBouncer::start(
+                &t.dir().join(format!("pgbouncer-{i}")),
+                port,
+                &[db("app"), db("batch")],
+                &harness::pooler_auth(),
+                &[("query_wait_timeout", "60")],
+            )));
+        }
+        let mut all = all.into_iter();
+        if let Some(first) = all.next() {
+            t.pooler = first;
+        }
+        t.more_poolers = all.collect();
         t.write_config();
         t
     }
@@ -153,18 +205,26 @@ log_min_messages = "warning"
 [cutover]
 kind = "pgbouncer"
 admin = ["{admin}"]
-config_file = "{ini}"
+config_file = ["{ini}"]
 database = "app"
 "#,
             primary = self.primary_url,
-            replica = self.cluster.replicas[0].url("app"),
+            replica = harness::steward_url(&self.cluster.replicas[0], "app"),
             state = self.state_dir().display(),
             pause = self.pause_timeout,
             retire = self.retire_after,
             step = self.step_timeout,
             root = dir.join("clusters").display(),
-            admin = self.pooler.admin_url(),
-            ini = self.pooler.ini.display(),
+            admin = self
+                .poolers()
+                .map(|p| p.admin_url())
+                .collect::<Vec<_>>()
+                .join("\", \""),
+            ini = self
+                .poolers()
+                .map(|p| p.ini.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\", \""),
             bin_dir = harness::bin_dir()
                 .map(|d| format!("bin_dir = \"{}\"", d.display()))
                 .unwrap_or_default(),
@@ -207,17 +267,16 @@ database = "app"
         self.write_config();
     }
 
+    /// The application's URL through PgBouncer (the `app` role, not a superuser).
     pub fn pooler_url(&self) -> String {
-        self.pooler.url("app", "postgres")
+        harness::app_pooler_url(&self.pooler, "app")
     }
 
     /// Exactly one node accepts writes and PgBouncer points at it; returns its URL.
     pub async fn check_one_writable(&self) -> String {
         let mut writable = Vec::new();
-        for url in self.nodes.iter().chain(self.new_nodes().iter()) {
-            if writable.contains(url) {
-                continue;
-            }
+        for url in self.all_nodes() {
+            let url = &url;
             let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };
@@ -237,15 +296,35 @@ database = "app"
             }
         }
         assert_eq!(writable.len(), 1, "writable nodes: {writable:?}");
-        let text = std::fs::read_to_string(&self.pooler.ini).unwrap();
-        let (_, port) = pgsteward::pooler::ini_target(&text, "app").unwrap();
         let w = pgsteward::pg::ConnSpec::parse(&writable[0]).unwrap();
-        assert_eq!(
-            w.host_port().1,
-            port,
-            "pgbouncer.ini points elsewhere than the writable node"
-        );
+        for p in self.poolers() {
+            let text = std::fs::read_to_string(&p.ini).unwrap();
+            for (name, _, port) in pgsteward::pooler::ini_entries(&text) {
+                assert_eq!(
+                    w.host_port().1,
+                    port,
+                    "{}: entry {name} points elsewhere than the writable node",
+                    p.ini.display()
+                );
+            }
+        }
         writable.pop().unwrap()
+    }
+
+    /// Every node that was or may be primary, one URL per server (port).
+    pub fn all_nodes(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.nodes
+            .iter()
+            .cloned()
+            .chain(self.new_nodes())
+            .filter(|u| {
+                let port = pgsteward::pg::ConnSpec::parse_with(u, &harness::pg_env())
+                    .map(|s| s.host_port().1)
+                    .unwrap_or(0);
+                seen.insert(port)
+            })
+            .collect()
     }
 
     /// URLs of the servers the local provider made under data_root.
@@ -263,7 +342,8 @@ database = "app"
                     (k.trim() == "port").then(|| v.trim().parse::<u16>().ok())?
                 })?;
                 Some(format!(
-                    "postgres://postgres@127.0.0.1:{port}/app?sslmode=disable"
+                    "postgres://{}@127.0.0.1:{port}/app?sslmode=disable",
+                    harness::STEWARD_USER
                 ))
             })
             .collect()
@@ -308,6 +388,22 @@ pub fn latest_record(state_dir: &Path) -> pgsteward::upgrade::record::UpgradeRec
     journal::read(&path).unwrap()
 }
 
+/// Waits (bounded) until no pause keeper of `state_dir` is alive: after a
+/// runner died or stopped inside the write pause, its keeper closes the
+/// window (see `upgrade::keeper`). Returns how long that took.
+pub fn wait_keeper(state_dir: &Path) -> Duration {
+    let t0 = Instant::now();
+    while pgsteward::upgrade::keeper::live_keeper(state_dir).is_some() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pause keeper still runs after 120 s: {}",
+            std::fs::read_to_string(state_dir.join("keeper.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
 fn killed(o: &Output) -> bool {
     use std::os::unix::process::ExitStatusExt;
     o.status.signal() == Some(9)
@@ -325,10 +421,7 @@ impl Topology {
     /// Right after a crash the pooler may be paused; still at most one node may accept writes.
     pub async fn check_one_writable_or_paused(&self, label: &str) {
         let mut writable = 0;
-        let mut urls: Vec<String> = self.nodes.iter().cloned().chain(self.new_nodes()).collect();
-        urls.sort();
-        urls.dedup();
-        for url in &urls {
+        for url in &self.all_nodes() {
             let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
                 continue;
             };

@@ -45,9 +45,31 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
             t.new_nodes()
         );
     }
-    // A crash in the middle of the roll back: resume finishes it.
+    // A crash in the middle of the roll back: the pause keeper finishes it.
     let fp = "final_sync-done=error,fence_old_primary-undo=kill";
     let out = t.upgrade(Some(fp));
+    assert!(killed(&out), "{fp}\n{}", text(&out));
+    wait_keeper(&t.state_dir());
+    let rec = latest_record(&t.state_dir());
+    assert!(
+        matches!(rec.phase, pgsteward::upgrade::record::Phase::RolledBack(_)),
+        "the keeper did not finish the roll back: {:?}\n{}",
+        rec.phase,
+        std::fs::read_to_string(t.state_dir().join("keeper.log")).unwrap_or_default()
+    );
+    // Without a keeper (it is the one process that may not arm another),
+    // `upgrade resume` finishes an interrupted roll back.
+    let out = must(
+        harness::pgsteward()
+            .arg("--config")
+            .arg(&t.config)
+            .args(["upgrade", "resume"])
+            .env("PGSTEWARD_LOCAL_OWNER_PID", std::process::id().to_string())
+            .env("PGSTEWARD_FAILPOINT", fp)
+            .env(pgsteward::upgrade::keeper::KEEPER_ENV, "1")
+            .output()
+            .map_err(|e| e.to_string()),
+    );
     assert!(killed(&out), "{fp}\n{}", text(&out));
     let out = t.pgsteward(&["upgrade", "resume"], None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

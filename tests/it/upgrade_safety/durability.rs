@@ -152,3 +152,40 @@ async fn full_disk_inside_the_pause_rolls_back() {
     );
     t.check_nothing_lost(&ledger.acked).await;
 }
+
+/// The disk fills up right when promote starts (its start cannot be
+/// written): reported as what it is, the journal before promote, not as a
+/// failure of an earlier step; the pause is undone without the journal and
+/// writes go on, on the old primary. Nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_when_promote_starts_is_named() {
+    let t = Topology::new();
+    let _disk = SmallDisk::mount(&t.state_dir(), "256k");
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+    let fp = format!("final_sync-done=fill:{}", t.state_dir().display());
+    let out = t.upgrade(Some(&fp));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the journal could not be written before promote started")
+            && !stderr.contains("pause_writes"),
+        "{}",
+        text(&out)
+    );
+    wait_keeper(&t.state_dir());
+    load.wait_progress(20).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+}

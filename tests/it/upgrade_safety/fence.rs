@@ -65,6 +65,38 @@ async fn hard_fence_holds_and_rolls_back_completely() {
         "ALTER DATABASE app SET default_transaction_read_only = off",
     ));
     t.cluster.wait_replicas_caught_up();
+    // `upgrade plan` checks every documented privilege and prints the GRANT
+    // of each one missing (exit 1); with them all, it passes.
+    must(p.psql(
+        "postgres",
+        "REVOKE pg_signal_backend FROM steward; \
+         REVOKE ALTER SYSTEM ON PARAMETER pgsteward.moved_to FROM steward; \
+         REVOKE CREATE ON DATABASE postgres FROM steward",
+    ));
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
+    assert_eq!(plan.status.code(), Some(1), "{}", text(&plan));
+    let stdout = String::from_utf8_lossy(&plan.stdout);
+    for grant in [
+        "GRANT pg_signal_backend TO steward;",
+        "GRANT ALTER SYSTEM ON PARAMETER pgsteward.moved_to TO steward;",
+        "GRANT CREATE ON DATABASE postgres TO steward;",
+    ] {
+        assert!(
+            stdout.contains(grant),
+            "plan names {grant}:\n{}",
+            text(&plan)
+        );
+    }
+    let out = t.upgrade(None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    must(p.psql(
+        "postgres",
+        "GRANT pg_signal_backend TO steward; \
+         GRANT ALTER SYSTEM ON PARAMETER pgsteward.moved_to TO steward; \
+         GRANT CREATE ON DATABASE postgres TO steward",
+    ));
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
+    assert!(plan.status.success(), "{}", text(&plan));
     let old_port = p.port;
     let load = Load::start(
         &t.pooler_url(),
@@ -157,5 +189,83 @@ async fn hard_fence_holds_and_rolls_back_completely() {
         ledger.errors
     );
     ledger.acked.extend([-1, -3]);
+    t.check_nothing_lost(&ledger.acked).await;
+}
+
+/// The fence never locks the steward out: a runner killed -9 inside
+/// final_sync (fence up, PgBouncer paused, and no pause keeper, so nothing
+/// else lifts it) leaves the old primary open to the steward's role only;
+/// `upgrade resume` then rolls back through the fence, and after a second
+/// such crash `upgrade abort` does. Writes go on, nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_and_abort_get_through_the_fence() {
+    let t = Topology::new();
+    let old_port = t.cluster.primary.port;
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+    let crash = || {
+        let mut cmd = upgrade_cmd(&t.config, t.next_class(), Some("final_sync-start=kill"));
+        cmd.env(pgsteward::upgrade::keeper::KEEPER_ENV, "1");
+        let out = wait(spawn(cmd));
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(9), "{}", text(&out));
+    };
+    let resume_cmd = |args: &[&str]| {
+        must(
+            harness::pgsteward()
+                .arg("--config")
+                .arg(&t.config)
+                .args(args)
+                .env("PGSTEWARD_LOCAL_OWNER_PID", std::process::id().to_string())
+                .env(pgsteward::upgrade::keeper::KEEPER_ENV, "1")
+                .output()
+                .map_err(|e| e.to_string()),
+        )
+    };
+
+    crash();
+    // Fenced for the application, open to the steward.
+    assert_fenced(old_port, "after the crash").await;
+    let steward = harness::connect(&t.primary_url).await;
+    steward
+        .simple_query("SELECT 1")
+        .await
+        .expect("the steward gets in");
+    drop(steward);
+    let out = resume_cmd(&["upgrade", "resume"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    load.wait_progress(20).await;
+    let out = resume_cmd(&["upgrade", "abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    crash();
+    assert_fenced(old_port, "after the second crash").await;
+    let out = resume_cmd(&["upgrade", "abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    load.wait_progress(20).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let hba = std::fs::read_to_string(t.cluster.primary.data_dir.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("pgsteward fence"), "{hba}");
+    assert!(
+        t.new_nodes().is_empty(),
+        "servers left: {:?}",
+        t.new_nodes()
+    );
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
     t.check_nothing_lost(&ledger.acked).await;
 }

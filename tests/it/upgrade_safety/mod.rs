@@ -8,11 +8,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{self, must, text};
-use crate::upgrade::{latest_record, Load, Topology};
+use crate::upgrade::{latest_record, wait_keeper, Load, Topology};
 
 mod durability;
 mod fence;
 mod hangs;
+mod poolers;
 mod two_runners;
 
 /// The topology's config with another `state_dir` (another pod or host).

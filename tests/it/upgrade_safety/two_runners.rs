@@ -128,3 +128,115 @@ fn copy_journal(from: &std::path::Path, to: &std::path::Path) {
     let dest = to.join(format!("999999-{}", name.to_string_lossy()));
     must(std::fs::copy(&path, dest).map_err(|e| e.to_string()));
 }
+
+/// `config` with `database.primary` replaced by `primary`.
+fn config_with_primary(t: &Topology, config: &std::path::Path, primary: &str) {
+    let text = must(std::fs::read_to_string(config).map_err(|e| e.to_string()));
+    let text = text.replace(
+        &format!("primary = \"{}\"", t.primary_url),
+        &format!("primary = \"{primary}\""),
+    );
+    assert!(text.contains(primary), "primary not replaced in {text}");
+    must(std::fs::write(config, text).map_err(|e| e.to_string()));
+}
+
+/// One upgrade per cluster, whatever the connection string says: runner A
+/// names `/app`, runner B (another state_dir) names another database of the
+/// same cluster, or another name of the same server (`localhost`, in either
+/// form of connection string), started 0 to 3 s after A. Each time exactly one completes, the
+/// other exits 1 naming the upgrade in flight, one node is writable, and no
+/// acknowledged commit is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runners_naming_two_databases_of_one_cluster() {
+    let mut t = Topology::new();
+    // The old primary stays up (fenced) a while after each upgrade, so a B
+    // started 3 s late still meets A's guard there rather than a stopped server.
+    t.retire_after = "5s";
+    t.write_config();
+    // B's database gets the per-database grants docs/privileges.md lists for
+    // the database `database.primary` names.
+    must(t.cluster.primary.psql(
+        "postgres",
+        "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO steward",
+    ));
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(600),
+    );
+    load.wait_progress(20).await;
+    let trials: [(u64, &str); 4] = [
+        (0, "127.0.0.1/postgres"),
+        (900, "localhost/postgres"),
+        (1800, "localhost/app key/value"),
+        (3000, "127.0.0.1/postgres"),
+    ];
+    for (i, (stagger_ms, name)) in trials.iter().enumerate() {
+        let (config_b, state_b) = config_with_state_dir(&t, &format!("state-cluster-{i}"));
+        let url = url::Url::parse(&t.primary_url).unwrap();
+        let port = url.port().unwrap();
+        let primary_b = match *name {
+            "127.0.0.1/postgres" => t.primary_url.replace("/app?", "/postgres?"),
+            "localhost/postgres" => t
+                .primary_url
+                .replace("127.0.0.1", "localhost")
+                .replace("/app?", "/postgres?"),
+            // The same server and database in the key/value form, by name.
+            _ => format!(
+                "host=localhost port={port} user={} dbname=app sslmode=disable",
+                harness::STEWARD_USER
+            ),
+        };
+        config_with_primary(&t, &config_b, &primary_b);
+        let class = t.next_class();
+        let a = spawn(upgrade_cmd(&t.config, class, None));
+        std::thread::sleep(Duration::from_millis(*stagger_ms));
+        let b = spawn(upgrade_cmd(&config_b, class, None));
+        let (a, b) = (wait(a), wait(b));
+        let label = format!("trial {i}: B on {name} {stagger_ms} ms after A");
+        let completed = [a.status.success(), b.status.success()];
+        assert_eq!(
+            completed.iter().filter(|c| **c).count(),
+            1,
+            "{label}: exactly one runner completes\nA: {}\nB: {}",
+            text(&a),
+            text(&b)
+        );
+        let lost = if completed[0] { &b } else { &a };
+        assert_eq!(lost.status.code(), Some(1), "{label}: {}", text(lost));
+        let stderr = String::from_utf8_lossy(&lost.stderr);
+        assert!(
+            stderr.contains("in flight") || stderr.contains("holds the upgrade lock"),
+            "{label}: {}",
+            text(lost)
+        );
+        if completed[1] {
+            copy_journal(&state_b, &t.state_dir());
+        }
+        t.follow_upgrade();
+        // B's journal names the new primary with B's database: ours is `app`.
+        if !t.primary_url.contains("/app") {
+            let u = url::Url::parse(&t.primary_url).unwrap();
+            let fixed = format!(
+                "postgres://{}@127.0.0.1:{}/app?sslmode=disable",
+                harness::STEWARD_USER,
+                u.port().unwrap()
+            );
+            t.nodes.pop();
+            t.nodes.push(fixed.clone());
+            t.primary_url = fixed;
+            t.write_config();
+        }
+        load.wait_progress(20).await;
+        t.check_one_writable().await;
+        t.check_nothing_lost(&load.acked_ids()).await;
+    }
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+}

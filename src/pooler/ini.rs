@@ -1,0 +1,211 @@
+//! The `[databases]` section of a pgbouncer.ini: reading where an entry
+//! points and rewriting it atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::PoolerError;
+
+/// Every `[databases]` entry of `text`: (name, host, port). The `*` fallback
+/// entry is left out (it names no one database).
+pub fn ini_entries(text: &str) -> Vec<(String, String, u16)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_ascii_lowercase();
+            continue;
+        }
+        if section != "[databases]" || t.starts_with(';') || t.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = t.split_once('=') else {
+            continue;
+        };
+        let name = k.trim();
+        if name == "*" || name.is_empty() {
+            continue;
+        }
+        let (host, port) = entry_address(v);
+        out.push((name.to_string(), host, port));
+    }
+    out
+}
+
+/// `host=` and `port=` of an entry's value (5432 when no port is given).
+fn entry_address(v: &str) -> (String, u16) {
+    let mut host = None;
+    let mut port = 5432;
+    for tok in v.split_whitespace() {
+        match tok.split_once('=') {
+            Some(("host", h)) => host = Some(h.to_string()),
+            Some(("port", p)) => port = p.parse().unwrap_or(5432),
+            _ => {}
+        }
+    }
+    (host.unwrap_or_default(), port)
+}
+
+/// The `host` and `port` the `[databases]` entry `db` of `text` points at.
+pub fn ini_target(text: &str, db: &str) -> Option<(String, u16)> {
+    let mut section = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_ascii_lowercase();
+            continue;
+        }
+        if section != "[databases]" {
+            continue;
+        }
+        let Some((k, v)) = t.split_once('=') else {
+            continue;
+        };
+        if k.trim() != db {
+            continue;
+        }
+        return Some(entry_address(v));
+    }
+    None
+}
+
+/// `text` with the `[databases]` entry `db` pointed at `host:port`; other
+/// parameters of the entry and every other line are kept as they are.
+pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<String> {
+    let mut section = String::new();
+    let mut found = false;
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with('[') {
+            section = t.to_ascii_lowercase();
+        }
+        let entry = (section == "[databases]"
+            && !t.starts_with('[')
+            && !t.starts_with(';')
+            && !t.starts_with('#'))
+        .then(|| t.split_once('='))
+        .flatten()
+        .filter(|(k, _)| k.trim() == db);
+        match entry {
+            Some((k, v)) if !found => {
+                found = true;
+                let mut toks: Vec<String> = v
+                    .split_whitespace()
+                    .filter(|tok| !tok.starts_with("host=") && !tok.starts_with("port="))
+                    .map(str::to_string)
+                    .collect();
+                toks.insert(0, format!("port={port}"));
+                toks.insert(0, format!("host={host}"));
+                out.push_str(&format!("{} = {}\n", k.trim(), toks.join(" ")));
+            }
+            _ => out.push_str(line),
+        }
+    }
+    found.then_some(out)
+}
+
+/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`, atomically:
+/// a temporary file beside it (same mode and owner), fsync, rename, fsync of
+/// the directory. A file already pointing there is left alone.
+pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), PoolerError> {
+    let ini_err = |detail: String| PoolerError::Ini {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let text = fs::read_to_string(path).map_err(|e| ini_err(e.to_string()))?;
+    if ini_target(&text, db) == Some((host.to_string(), port)) {
+        return Ok(());
+    }
+    let new = retarget_ini(&text, db, host, port).ok_or_else(|| {
+        ini_err(format!(
+            "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
+        ))
+    })?;
+    let meta = fs::metadata(path).map_err(|e| ini_err(e.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pgbouncer.ini".into());
+    let tmp = dir.join(format!(".{name}.pgsteward-tmp"));
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
+        f.write_all(new.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
+    }
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(|e| ini_err(e.to_string()))?;
+    // Keep the owner so PgBouncer (often another user) can still read it; only root can chown.
+    if nix::unistd::Uid::effective().is_root() {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
+            .map_err(|e| ini_err(e.to_string()))?;
+    }
+    fs::rename(&tmp, path).map_err(|e| ini_err(format!("rename: {e}")))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ini_err(format!("fsync {}: {e}", dir.display())))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INI: &str = "[databases]\n; app = host=old\napp = host=10.0.0.1 port=5432 dbname=app pool_size=20\nother = host=10.0.0.9\n\n[pgbouncer]\nlisten_port = 6432\n";
+
+    #[test]
+    fn reads_the_target() {
+        assert_eq!(ini_target(INI, "app"), Some(("10.0.0.1".into(), 5432)));
+        assert_eq!(ini_target(INI, "other"), Some(("10.0.0.9".into(), 5432)));
+        assert_eq!(ini_target(INI, "nope"), None);
+    }
+
+    #[test]
+    fn lists_every_named_entry() {
+        let text =
+            format!("{INI}\n[databases]\n* = host=fallback\nbatch = host=10.0.0.1 dbname=app\n");
+        assert_eq!(
+            ini_entries(&text),
+            vec![
+                ("app".into(), "10.0.0.1".into(), 5432),
+                ("other".into(), "10.0.0.9".into(), 5432),
+                ("batch".into(), "10.0.0.1".into(), 5432),
+            ]
+        );
+    }
+
+    #[test]
+    fn retargets_one_entry_only() {
+        let out = retarget_ini(INI, "app", "127.0.0.1", 7000).unwrap();
+        assert!(out.contains("app = host=127.0.0.1 port=7000 dbname=app pool_size=20\n"));
+        assert!(out.contains("; app = host=old\n"));
+        assert!(out.contains("other = host=10.0.0.9\n"));
+        assert!(out.contains("listen_port = 6432"));
+        assert_eq!(ini_target(&out, "app"), Some(("127.0.0.1".into(), 7000)));
+        assert!(retarget_ini(INI, "missing", "h", 1).is_none());
+    }
+
+    #[test]
+    fn rewrite_is_atomic_and_keeps_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pgbouncer.ini");
+        fs::write(&p, INI).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(ini_target(&text, "app"), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
+    }
+}
