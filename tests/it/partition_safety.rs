@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
+use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
 use crate::partitions::{
     as_owner, as_super, config, config_toml, exec, exec_super, month_name, month_start, pass, table,
 };
@@ -160,6 +161,19 @@ async fn delete_triggers_on_default_never_fire() {
 async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     let url = fresh_db("safe_clients");
     exec(&url, KEYED).await;
+    // A subscriber and a CDC consumer see the move under live writes too
+    // (issue 22, point 1).
+    exec(
+        &url,
+        "CREATE PUBLICATION p FOR TABLE events WITH (publish_via_partition_root = true)",
+    )
+    .await;
+    let sub = Subscriber::create(
+        &url,
+        "p",
+        "CREATE TABLE events (id bigint, created_at timestamptz, payload text, PRIMARY KEY (id, created_at))",
+    );
+    let mut cdc = Cdc::start(&url).await;
     let next = month_start(1);
     exec(
         &url,
@@ -245,6 +259,16 @@ async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     assert_eq!(total[0].get::<_, i64>(0), 20000 + inserted as i64);
     let left = query(&url, "SELECT count(*) FROM ONLY events_default").await;
     assert_eq!(left[0].get::<_, i64>(0), 0);
+    let rows = "SELECT id::text || ' ' || payload FROM events ORDER BY id";
+    assert_subscriber_matches(&url, rows, &sub, rows, "move under a writer").await;
+    assert_cdc_matches(
+        &mut cdc,
+        "public.events",
+        &url,
+        "SELECT id FROM events ORDER BY id",
+        "move under a writer",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod creation;
 pub(crate) mod large_default;
 mod locking;
 mod logical;
+mod predicts;
 mod retention;
 mod standby;
 
