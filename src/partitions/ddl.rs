@@ -8,6 +8,7 @@ use super::model::{
 };
 use super::period::key_literal;
 use super::sql;
+use crate::config::indexes::child_index_name;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 
 /// The CHECK on a new partition that lets ATTACH skip scanning it.
@@ -129,7 +130,60 @@ pub fn create_statements(
     if let Some(ri) = details.and_then(|d| sql_replica_identity(child, &d.replica_identity)) {
         v.push(ri);
     }
+    if let Some(names) = details.and_then(|d| sql_name_indexes(parent, child, &d.indexes)) {
+        v.push(names);
+    }
     v
+}
+
+/// Names the indexes `LIKE ... INCLUDING INDEXES` made (PostgreSQL names
+/// them after their columns) by the rule every partition index pgsteward
+/// names follows, for new partitions, declared index builds and `convert`
+/// alike ([`child_index_name`]: `events_user_idx` → `events_2027_01_user_idx`).
+/// Each copy is found by its definition next to the parent index it will be
+/// attached to, and renamed unless the name is taken (then PostgreSQL's name
+/// stays: a name never decides which index is attached). Runs in the
+/// creating transaction, on a table no other session sees yet. `None` when
+/// the parent has no index.
+pub fn sql_name_indexes(
+    parent: &QualifiedName,
+    child: &QualifiedName,
+    indexes: &[String],
+) -> Option<String> {
+    if indexes.is_empty() {
+        return None;
+    }
+    let wants: Vec<String> = indexes
+        .iter()
+        .map(|i| {
+            format!(
+                "({}, {})",
+                quote_literal(i),
+                quote_literal(&child_index_name(&parent.name, &child.name, i))
+            )
+        })
+        .collect();
+    let def_tail = |x: &str| {
+        format!("substr(pg_get_indexdef({x}.indexrelid), strpos(pg_get_indexdef({x}.indexrelid), ' USING '))")
+    };
+    let (pschema, cschema) = (
+        quote_literal(&quote_ident(&parent.schema)),
+        quote_literal(&quote_ident(&child.schema)),
+    );
+    let body = format!(
+        "DECLARE r record; BEGIN FOR r IN          SELECT ci.relname::text AS cur, w.want FROM (VALUES {values}) AS w(parent_index, want)          JOIN pg_class pi ON pi.relname = w.parent_index AND pi.relnamespace = {pschema}::regnamespace          JOIN pg_index px ON px.indexrelid = pi.oid AND px.indrelid = {parent_lit}::regclass          JOIN pg_index cx ON cx.indrelid = {child_lit}::regclass AND cx.indisunique = px.indisunique            AND cx.indisprimary = px.indisprimary AND cx.indisexclusion = px.indisexclusion          JOIN pg_class ci ON ci.oid = cx.indexrelid          WHERE {ctail} = {ptail} ORDER BY w.parent_index, ci.relname          LOOP IF r.cur <> r.want            AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = {cschema}::regnamespace AND relname = r.cur)            AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = {cschema}::regnamespace AND relname = r.want) THEN          EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', {schema_lit}, r.cur, r.want);          END IF; END LOOP; END",
+        values = wants.join(", "),
+        parent_lit = quote_literal(&parent.quoted()),
+        child_lit = quote_literal(&child.quoted()),
+        ctail = def_tail("cx"),
+        ptail = def_tail("px"),
+        schema_lit = quote_literal(&child.schema),
+    );
+    // The body is dollar-quoted: a name holding the tag keeps PostgreSQL's names.
+    if body.contains("$pgsteward$") {
+        return None;
+    }
+    Some(format!("DO $pgsteward$ {body} $pgsteward$"))
 }
 
 /// Writers of the partitioned table wait from here to COMMIT (readers do
@@ -431,7 +485,7 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             v.push(sql_owner(partition, &state.owner));
             v.push(sql::COMMIT.into());
             v.push(
-                "-- row-level security, replica identity and tablespace follow the parent's".into(),
+                "-- row-level security, replica identity, tablespace and index names follow the parent's".into(),
             );
             if let Some(d) = &state.default {
                 v.push(format!(
@@ -571,8 +625,17 @@ mod tests {
             tablespace: Some("fast ssd".into()),
             server_version: 130_000,
             identity_index: None,
+            indexes: vec!["audit_log_user_idx".into(), "by_tenant".into()],
         };
         let sql = create_statements(&s, Some(&rls), Tz::UTC, &child, r).join(";\n");
+        // The copies LIKE made are named after the parent's indexes.
+        assert!(
+            sql.contains("('audit_log_user_idx', 'audit_log_2025_05_user_idx')")
+                && sql.contains("('by_tenant', 'audit_log_2025_05_by_tenant')")
+                && sql.starts_with("CREATE TABLE")
+                && sql.contains("DO $pgsteward$"),
+            "{sql}"
+        );
         assert!(
             !sql.contains("GRANT"),
             "direct access stays the owner's: {sql}"

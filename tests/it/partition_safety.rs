@@ -356,7 +356,7 @@ SELECT json_build_object(
   'constraints', (SELECT json_agg(json_build_object('name', replace(k.conname, r.name, 'X'), 'type', k.contype,
        'def', pg_get_constraintdef(k.oid), 'parent', k.conparentid <> 0 OR k.coninhcount > 0) ORDER BY 1)
      FROM pg_constraint k WHERE k.conrelid = r.oid),
-  'indexes', (SELECT json_agg(json_build_object('def', replace(pg_get_indexdef(i.indexrelid), r.name, 'X'),
+  'indexes', (SELECT json_agg(json_build_object('def', regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX \\S+ ON \\S+ ', ' INDEX ON '),
        'valid', i.indisvalid, 'attached_to', (SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = i.indexrelid))
        ORDER BY 1)
      FROM pg_index i WHERE i.indrelid = r.oid),
@@ -418,6 +418,23 @@ async fn a_new_partition_matches_a_native_partition_of_the_same_parent() {
     // and the pass enabled it on the native one too: access follows the
     // parent on every partition. Everything must be identical.
     assert_eq!(ours["row_security"], true);
+    // Index names: one rule for every partition index pgsteward names, the
+    // parent's name with its prefix swapped for the partition's (a native
+    // partition's are PostgreSQL's, after the columns).
+    let names = query(
+        &url,
+        &format!(
+            "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = '{}'::regclass",
+            month_name("ev", 0)
+        ),
+    )
+    .await;
+    let m = month_name("ev", 0);
+    assert_eq!(
+        names[0].get::<_, String>(0),
+        format!("{m}_brin {m}_lower {m}_payload {m}_pkey {m}_tenant_id_created_at_key")
+    );
     assert!(
         r.tables[0].access_repaired >= 1,
         "the native partition's access was repaired: {r:#?}"
