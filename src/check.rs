@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, ConnString, CutoverKind};
+use crate::config::{Config, ConnString, CutoverKind, PartitionsConfig};
 use crate::localpg::LocalPgError;
 use crate::outcome::Outcome;
 use crate::output;
+use crate::partitions::standby;
 use crate::pg::{server_message, PgError};
 
 #[derive(Debug, Serialize)]
@@ -18,6 +19,11 @@ pub struct Probe {
     pub role: &'static str,
     pub endpoint: String,
     pub ok: bool,
+    /// Reachable and usable, but set up in a way the operator should know
+    /// about (a hot standby whose queries a pass's locks will stall): shown
+    /// as WARN, exit 0.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warning: bool,
     pub detail: String,
     /// The failure is the operator's to fix in the configuration or the
     /// environment (no password anywhere): `check` exits 2, as every command does.
@@ -70,6 +76,7 @@ async fn probe_server(
     conn: &ConnString,
     timeout: Duration,
     want_primary: bool,
+    partitions: &PartitionsConfig,
 ) -> Probe {
     let endpoint = conn.to_string();
     let result = async {
@@ -82,16 +89,25 @@ async fn probe_server(
         match (want_primary, in_recovery) {
             (true, true) => Err(ProbeError::NotPrimary(version)),
             (false, false) => Err(ProbeError::SecondWritable(version)),
-            (true, false) => Ok(format!("PostgreSQL {version}, primary")),
-            (false, true) => Ok(format!("PostgreSQL {version}, in recovery")),
+            (true, false) => Ok((format!("PostgreSQL {version}, primary"), false)),
+            (false, true) => {
+                // How the pass's replayed locks meet this standby's queries.
+                let settings = standby::read_settings(&client).await?;
+                let (text, warning) = standby::verdict(&settings, partitions);
+                Ok((
+                    format!("PostgreSQL {version}, in recovery; {text}"),
+                    warning,
+                ))
+            }
         }
     }
     .await;
     match result {
-        Ok(detail) => Probe {
+        Ok((detail, warning)) => Probe {
             role,
             endpoint,
             ok: true,
+            warning,
             detail,
             usage: false,
         },
@@ -99,6 +115,7 @@ async fn probe_server(
             role,
             endpoint,
             ok: false,
+            warning: false,
             usage: e.is_usage(),
             detail: e.to_string(),
         },
@@ -127,6 +144,7 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             role: "pooler",
             endpoint,
             ok: true,
+            warning: false,
             detail,
             usage: false,
         },
@@ -134,6 +152,7 @@ async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
             role: "pooler",
             endpoint,
             ok: false,
+            warning: false,
             usage: e.is_usage(),
             detail: e.to_string(),
         },
@@ -166,6 +185,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
             role: "tables",
             endpoint: cfg.database.primary.to_string(),
             ok: false,
+            warning: false,
             detail: e.to_string(),
             usage: false,
         }],
@@ -182,6 +202,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                         endpoint: name.to_string(),
                         ok: true,
                         usage: false,
+                        warning: false,
                         detail: c.describe(),
                     },
                     (None, Ok(state)) => Probe {
@@ -189,6 +210,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                         endpoint: name.to_string(),
                         ok: true,
                         usage: false,
+                        warning: false,
                         detail: format!(
                             "partitioned by range on {} ({}), {} partitions{}",
                             state.key_column,
@@ -207,6 +229,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
                         ok: false,
                         detail: msg.to_string(),
                         usage: false,
+                        warning: false,
                     },
                 }
             })
@@ -234,6 +257,7 @@ async fn probe_schema(cfg: &Config) -> Probe {
         ok,
         detail,
         usage: false,
+        warning: false,
     }
 }
 
@@ -284,6 +308,7 @@ async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
             ok: false,
             detail: e.to_string(),
             usage: false,
+            warning: false,
         }],
         Ok(verdicts) => verdicts
             .into_iter()
@@ -296,6 +321,7 @@ async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
                     Some(fix) => format!("{}; run: {fix}", v.detail),
                 },
                 usage: false,
+                warning: false,
             })
             .collect(),
     }
@@ -312,12 +338,19 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
         &cfg.database.primary,
         timeout,
         true,
+        &cfg.partitions,
     ))
         as std::pin::Pin<
             Box<dyn std::future::Future<Output = Probe> + Send + '_>,
         >);
     for r in &cfg.database.replicas {
-        futures.push(Box::pin(probe_server("replica", r, timeout, false)));
+        futures.push(Box::pin(probe_server(
+            "replica",
+            r,
+            timeout,
+            false,
+            &cfg.partitions,
+        )));
     }
     if cfg.cutover.kind == CutoverKind::Pgbouncer {
         for a in &cfg.cutover.admin {
@@ -356,7 +389,11 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
                     vec![
                         p.role.to_string(),
                         p.endpoint.clone(),
-                        if p.ok { "ok".into() } else { "FAIL".into() },
+                        match (p.ok, p.warning) {
+                            (false, _) => "FAIL".into(),
+                            (true, true) => "WARN".into(),
+                            (true, false) => "ok".into(),
+                        },
                         p.detail.clone(),
                     ]
                 })

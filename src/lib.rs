@@ -87,6 +87,8 @@
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
 //!   * [`partitions::probe`]: what DEFAULT holds of a new range and who publishes it; the pure
 //!     decision how the partition is attached, or the refusal (`plan` and `apply`).
+//!   * [`partitions::standby`]: hot standbys and the pass's replayed ACCESS EXCLUSIVE locks: which
+//!     steps take one, waiting for standby queries (`standby_lock_wait`), `check`'s verdict.
 //!   * [`partitions::apply`]: lock-safe execution of a plan (with `attach`: one new partition;
 //!     `guards`: the foreign keys and triggers a move must not fire).
 //!   * [`partitions::report`]: what a pass did, per table.

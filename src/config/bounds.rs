@@ -84,6 +84,14 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
         MS,
         24 * DAY,
     )?;
+    if let Some(w) = p.standby_lock_wait {
+        duration(
+            "partitions.standby_lock_wait",
+            w,
+            Duration::ZERO,
+            10 * MINUTE,
+        )?;
+    }
     count("partitions.parallelism", u64::from(p.parallelism), 1, 64)?;
     for (i, t) in p.tables.iter().enumerate() {
         count(

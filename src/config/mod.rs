@@ -178,6 +178,14 @@ pub struct PartitionsConfig {
     /// long report query would otherwise fail every build after its scan).
     #[serde(default = "default_index_build_wait")]
     pub index_build_wait: HumanDuration,
+    /// Before a step whose ACCESS EXCLUSIVE lock replays on hot standbys
+    /// (`database.replicas`) onto a relation a standby query holds, wait up to
+    /// this long for those queries to end, else leave the table for the next
+    /// pass, naming them: replay then never waits (up to the standby's
+    /// `max_standby_streaming_delay`) nor makes the standby's readers of the
+    /// table queue. Unset: the pass does not look at the standbys.
+    #[serde(default)]
+    pub standby_lock_wait: Option<HumanDuration>,
     #[serde(default)]
     pub tables: Vec<TableConfig>,
 }
@@ -193,6 +201,7 @@ impl Default for PartitionsConfig {
             parallelism: default_parallelism(),
             index_parallelism: default_index_parallelism(),
             index_build_wait: default_index_build_wait(),
+            standby_lock_wait: None,
             tables: Vec::new(),
         }
     }

@@ -90,16 +90,13 @@ impl ConvertPlan {
         self.timezone.parse().unwrap_or(Tz::UTC)
     }
     /// The name an existing index takes on the first partition; the parent's
-    /// index takes the original name.
+    /// index takes the original name. The same rule as every other partition
+    /// index pgsteward names (`events_payload_idx` becomes
+    /// `events_before_2027_01_payload_idx`, as on `events_2027_01`): the
+    /// swap renames and attaches in one transaction, so a conversion
+    /// journalled by a release that named them otherwise stays consistent.
     pub fn child_index_name(&self, index: &str) -> String {
-        partition_name(index, &self.child_suffix())
-    }
-    fn child_suffix(&self) -> String {
-        let tail = self
-            .first_partition
-            .strip_prefix(&self.table)
-            .unwrap_or("_first");
-        tail.to_string()
+        crate::config::indexes::child_index_name(&self.table, &self.first_partition, index)
     }
     /// Time left before the boundary at `now`, as the table's writers see it.
     pub fn lead(&self, now: DateTime<Utc>) -> ChronoDuration {
@@ -356,9 +353,10 @@ pub fn describe(plan: &mut ConvertPlan, info: &TableInfo) {
     ));
     if carried_indexes > 0 {
         plan.changes.push(format!(
-            "the table's {carried_indexes} index(es) keep working as the first partition's, renamed with the suffix {}; \
-             the parent's matching indexes take the original names",
-            plan.child_suffix()
+            "the table's {carried_indexes} index(es) keep working as the first partition's, renamed as every \
+             partition index is (the prefix {} swapped for {}); the parent's matching indexes take the \
+             original names",
+            plan.table, plan.first_partition
         ));
     }
     let count = |n: usize, what: &str| (n > 0).then(|| format!("{n} {what}"));

@@ -90,6 +90,10 @@ pub(super) enum StepError {
     /// actions still run.
     #[error("{0}")]
     Refused(String),
+    /// Hot standby queries hold what the step's replayed lock needs
+    /// (`partitions.standby_lock_wait`).
+    #[error("{0}")]
+    StandbyBusy(super::standby::Busy),
     /// Partitions were refused, and maybe a later step failed too: all of it
     /// is the table's error.
     #[error("{}", refused_text(.refused, .then.as_deref()))]
@@ -276,7 +280,14 @@ impl Exec<'_> {
         let mut refused: Vec<String> = resumed;
         refused.extend(p.problems.iter().cloned());
         let mut result = Ok(());
+        let mut standbys = None;
         for action in &p.actions {
+            if let Err(busy) =
+                super::standby::gate(self.cfg, &mut standbys, action, &state, self.cancel).await
+            {
+                result = Err(StepError::StandbyBusy(busy));
+                break;
+            }
             let step = match action {
                 Action::Create {
                     partition,

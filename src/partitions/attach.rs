@@ -62,6 +62,7 @@ impl Exec<'_> {
             tablespace: row.get(3),
             server_version: row.get(4),
             identity_index: row.get::<_, Option<i64>>(5).map(|o| o as u32),
+            indexes: row.get(6),
         })
     }
 

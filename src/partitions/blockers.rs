@@ -30,7 +30,7 @@ pub struct Blocker {
 }
 
 impl Blocker {
-    fn from_row(r: &Row) -> Blocker {
+    pub(super) fn from_row(r: &Row) -> Blocker {
         Blocker {
             pid: r.get(0),
             user: r.get::<_, Option<String>>(1).unwrap_or_default(),

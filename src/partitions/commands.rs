@@ -436,6 +436,25 @@ pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcom
                         *p = format!("{p}; {b}");
                     }
                 }
+                // Rows in DEFAULT the next pass would refuse to move: said
+                // here with the reason and the fix, as `plan` says it (a
+                // probe only when a partition is to be made next to DEFAULT).
+                let refused = super::probe::refusals(
+                    &client,
+                    &cfg.partitions,
+                    &state,
+                    tcfg.timezone,
+                    &p.actions,
+                )
+                .await;
+                if !refused.is_empty() {
+                    outcome = Outcome::Problem;
+                    let why = refused.join("; ");
+                    problem = Some(match problem.take() {
+                        Some(p) => format!("{p}; the next pass refuses: {why}"),
+                        None => format!("the next pass refuses: {why}"),
+                    });
+                }
                 if let Some(d) = &state.default {
                     defaults.push((tables.len(), d.name.clone()));
                 }

@@ -8,6 +8,7 @@ use super::model::{
 };
 use super::period::key_literal;
 use super::sql;
+use crate::config::indexes::child_index_name;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 
 /// The CHECK on a new partition that lets ATTACH skip scanning it.
@@ -129,7 +130,60 @@ pub fn create_statements(
     if let Some(ri) = details.and_then(|d| sql_replica_identity(child, &d.replica_identity)) {
         v.push(ri);
     }
+    if let Some(names) = details.and_then(|d| sql_name_indexes(parent, child, &d.indexes)) {
+        v.push(names);
+    }
     v
+}
+
+/// Names the indexes `LIKE ... INCLUDING INDEXES` made (PostgreSQL names
+/// them after their columns) by the rule every partition index pgsteward
+/// names follows, for new partitions, declared index builds and `convert`
+/// alike ([`child_index_name`]: `events_user_idx` → `events_2027_01_user_idx`).
+/// Each copy is found by its definition next to the parent index it will be
+/// attached to, and renamed unless the name is taken (then PostgreSQL's name
+/// stays: a name never decides which index is attached). Runs in the
+/// creating transaction, on a table no other session sees yet. `None` when
+/// the parent has no index.
+pub fn sql_name_indexes(
+    parent: &QualifiedName,
+    child: &QualifiedName,
+    indexes: &[String],
+) -> Option<String> {
+    if indexes.is_empty() {
+        return None;
+    }
+    let wants: Vec<String> = indexes
+        .iter()
+        .map(|i| {
+            format!(
+                "({}, {})",
+                quote_literal(i),
+                quote_literal(&child_index_name(&parent.name, &child.name, i))
+            )
+        })
+        .collect();
+    let def_tail = |x: &str| {
+        format!("substr(pg_get_indexdef({x}.indexrelid), strpos(pg_get_indexdef({x}.indexrelid), ' USING '))")
+    };
+    let (pschema, cschema) = (
+        quote_literal(&quote_ident(&parent.schema)),
+        quote_literal(&quote_ident(&child.schema)),
+    );
+    let body = format!(
+        "DECLARE r record; BEGIN FOR r IN          SELECT ci.relname::text AS cur, w.want FROM (VALUES {values}) AS w(parent_index, want)          JOIN pg_class pi ON pi.relname = w.parent_index AND pi.relnamespace = {pschema}::regnamespace          JOIN pg_index px ON px.indexrelid = pi.oid AND px.indrelid = {parent_lit}::regclass          JOIN pg_index cx ON cx.indrelid = {child_lit}::regclass AND cx.indisunique = px.indisunique            AND cx.indisprimary = px.indisprimary AND cx.indisexclusion = px.indisexclusion          JOIN pg_class ci ON ci.oid = cx.indexrelid          WHERE {ctail} = {ptail} ORDER BY w.parent_index, ci.relname          LOOP IF r.cur <> r.want            AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = {cschema}::regnamespace AND relname = r.cur)            AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = {cschema}::regnamespace AND relname = r.want) THEN          EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', {schema_lit}, r.cur, r.want);          END IF; END LOOP; END",
+        values = wants.join(", "),
+        parent_lit = quote_literal(&parent.quoted()),
+        child_lit = quote_literal(&child.quoted()),
+        ctail = def_tail("cx"),
+        ptail = def_tail("px"),
+        schema_lit = quote_literal(&child.schema),
+    );
+    // The body is dollar-quoted: a name holding the tag keeps PostgreSQL's names.
+    if body.contains("$pgsteward$") {
+        return None;
+    }
+    Some(format!("DO $pgsteward$ {body} $pgsteward$"))
 }
 
 /// Writers of the partitioned table wait from here to COMMIT (readers do
@@ -431,7 +485,7 @@ pub fn action_sql(state: &TableState, tz: Tz, action: &Action) -> Vec<String> {
             v.push(sql_owner(partition, &state.owner));
             v.push(sql::COMMIT.into());
             v.push(
-                "-- row-level security, replica identity and tablespace follow the parent's".into(),
+                "-- row-level security, replica identity, tablespace and index names follow the parent's".into(),
             );
             if let Some(d) = &state.default {
                 v.push(format!(
@@ -516,85 +570,5 @@ pub fn sql_count_defaults(defaults: &[(usize, QualifiedName)]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::plan::plan;
-    use super::super::test_fixtures::*;
-    use super::*;
-
-    #[test]
-    fn odd_identifiers_are_quoted_in_every_statement() {
-        let mut s = state(KeyType::Timestamptz);
-        s.table = QualifiedName::new("Weird-Schema", "Audit \"Log\"");
-        s.key_column = "Created At\"; DROP TABLE x; --".into();
-        s.grants = vec![Grant {
-            grantee: "app\"role".into(),
-            privilege: "SELECT".into(),
-            grantable: false,
-        }];
-        s.default = Some(DefaultPartition {
-            name: QualifiedName::new("Weird-Schema", "Audit \"Log\" default"),
-            rows_estimate: 0,
-            pgsteward_checks: vec![],
-        });
-        let c = cfg(Interval::Monthly, 0);
-        let p = plan(&c, &s, utc(2025, 5, 20, 0));
-        let sql = action_sql(&s, Tz::UTC, &p.actions[0]).join(";\n");
-        assert!(sql.contains(r#"CREATE TABLE "Weird-Schema"."Audit ""Log""_2025_05" (LIKE "Weird-Schema"."Audit ""Log"""#), "{sql}");
-        assert!(
-            sql.contains(r#""Created At""; DROP TABLE x; --" IS NOT NULL"#),
-            "{sql}"
-        );
-        assert!(sql.contains(r#"TO "app""role""#), "{sql}");
-    }
-
-    #[test]
-    fn new_partitions_take_row_security_replica_identity_and_version_from_the_parent() {
-        let mut s = state(KeyType::Date);
-        s.grants = vec![Grant {
-            grantee: "app".into(),
-            privilege: "SELECT".into(),
-            grantable: false,
-        }];
-        let child = QualifiedName::new("public", "audit_log_2025_05");
-        let r = Range { lo: 0, hi: 1 };
-        let plain = ParentDetails {
-            replica_identity: "d".into(),
-            server_version: 150_000,
-            ..ParentDetails::default()
-        };
-        let sql = create_statements(&s, Some(&plain), Tz::UTC, &child, r).join(";\n");
-        assert!(
-            sql.contains("INCLUDING INDEXES INCLUDING COMPRESSION)"),
-            "{sql}"
-        );
-        assert!(sql.contains("GRANT SELECT"), "{sql}");
-        assert!(
-            !sql.contains("ROW LEVEL SECURITY") && !sql.contains("REPLICA"),
-            "{sql}"
-        );
-        let rls = ParentDetails {
-            row_security: true,
-            force_row_security: true,
-            replica_identity: "f".into(),
-            tablespace: Some("fast ssd".into()),
-            server_version: 130_000,
-            identity_index: None,
-        };
-        let sql = create_statements(&s, Some(&rls), Tz::UTC, &child, r).join(";\n");
-        assert!(
-            !sql.contains("GRANT"),
-            "direct access stays the owner's: {sql}"
-        );
-        // FORCE follows in the attaching transaction, after moved rows are in.
-        assert!(
-            sql.contains("ENABLE ROW LEVEL SECURITY") && !sql.contains("FORCE"),
-            "{sql}"
-        );
-        assert!(sql.contains("REPLICA IDENTITY FULL"), "{sql}");
-        assert!(sql.contains(") TABLESPACE \"fast ssd\""), "{sql}");
-        assert!(
-            !sql.contains("COMPRESSION"),
-            "PostgreSQL 13 has no such clause: {sql}"
-        );
-    }
-}
+#[path = "ddl_tests.rs"]
+mod tests;

@@ -109,6 +109,23 @@ impl IndexError {
             message: server_message(&e),
         }
     }
+    /// A lock the build waited for was not granted within its bound: the
+    /// sessions holding the table are named (`blockers`, described).
+    pub(super) fn locked(
+        sql: &str,
+        attempts: u32,
+        e: &tokio_postgres::Error,
+        blockers: &str,
+    ) -> Self {
+        IndexError::Sql {
+            code: e.code().cloned(),
+            message: format!(
+                "{} after {attempts} attempts; {blockers}; the next run retries [{}]",
+                server_message(e),
+                sql.lines().next().unwrap_or_default()
+            ),
+        }
+    }
     pub(super) fn sql(sql: &str, attempts: u32, e: &tokio_postgres::Error) -> Self {
         let hint = if crate::pg::is_transient_lock_error(e) {
             format!(" after {attempts} attempts; a long transaction holds a conflicting lock (see pg_locks), the next pass retries")

@@ -25,6 +25,7 @@ pub mod report;
 pub mod retire;
 pub mod session;
 pub mod sql;
+pub mod standby;
 #[cfg(test)]
 mod test_fixtures;
 
@@ -140,18 +141,22 @@ pub async fn run_pass_at(
             }
         }
     }
-    if !work.is_empty() {
+    // A pass with no DDL to run hands its session on to the index part.
+    let spare = if work.is_empty() {
+        Some(client)
+    } else {
         let done = apply::execute(cfg, client, &catalog.current_user, work, now, cancel).await;
         for (i, r) in done {
             reports[i] = Some(r);
         }
-    }
+        None
+    };
     if cancel.is_cancelled() {
         return Err(PartitionError::Cancelled);
     }
     let tables: Vec<TableReport> = reports.into_iter().flatten().collect();
     // After partitions are made, so new ones are covered by the drift check.
-    let indexes = indexes::run_pass(cfg, &managed, cancel).await;
+    let indexes = indexes::run_pass(cfg, &managed, spare, cancel).await;
     if cancel.is_cancelled() {
         return Err(PartitionError::Cancelled);
     }

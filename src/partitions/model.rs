@@ -271,6 +271,9 @@ pub struct ParentDetails {
     pub tablespace: Option<String>,
     /// `server_version_num`: which `LIKE` clauses the server knows.
     pub server_version: i32,
+    /// The parent's index names: the partition's copies are named after
+    /// them ([`crate::config::indexes::child_index_name`]).
+    pub indexes: Vec<String>,
 }
 
 /// A foreign key of another table that references the parent (or its DEFAULT).

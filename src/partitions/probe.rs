@@ -145,6 +145,8 @@ pub async fn refusals(
         return Vec::new();
     };
     let mut out = Vec::new();
+    // Read at the first move: the foreign keys that could make it refuse.
+    let mut fks: Option<Vec<super::model::ReferencingFk>> = None;
     for a in actions {
         let super::model::Action::Create {
             partition, range, ..
@@ -163,11 +165,36 @@ pub async fn refusals(
         )
         .await
         {
-            Ok(p) => {
-                if let Err(why) = decide(&p, cfg, &state.table, &d.name, partition) {
-                    out.push(why);
+            Ok(p) => match decide(&p, cfg, &state.table, &d.name, partition) {
+                Err(why) => out.push(why),
+                // The pass's guards, read as it reads them before creating anything.
+                Ok(AttachPath::Move { .. }) => {
+                    let guards = async {
+                        let fks = match fks.take() {
+                            Some(f) => f,
+                            None => super::guards::read_referencing_fks(client, state).await?,
+                        };
+                        let r = super::guards::plan_refusals(
+                            client, state, &d.name, &fks, tz, partition, *range,
+                        )
+                        .await;
+                        Ok::<_, tokio_postgres::Error>((fks, r?))
+                    }
+                    .await;
+                    match guards {
+                        Ok((read, why)) => {
+                            fks = Some(read);
+                            out.extend(why);
+                        }
+                        Err(e) => out.push(format!(
+                            "cannot read what would stop moving rows of {partition}'s range out of {}: {}",
+                            d.name,
+                            crate::pg::server_message(&e)
+                        )),
+                    }
                 }
-            }
+                Ok(_) => {}
+            },
             Err(e) => out.push(format!(
                 "cannot read what {} holds of {partition}'s range: {}",
                 d.name,

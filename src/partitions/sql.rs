@@ -19,6 +19,14 @@ pub const BLOCKERS: &str = include_str!("../../sql/partitions_blockers.sql");
 /// Other sessions holding a lock on any of the relations `$1` (regclass
 /// texts), when no wait was observed: the same columns as [`BLOCKERS`].
 pub const LOCK_HOLDERS: &str = include_str!("../../sql/partitions_lock_holders.sql");
+/// On a hot standby: sessions holding a lock on any of $1 (regclass texts) in this database.
+pub const STANDBY_HOLDERS: &str = include_str!("../../sql/partitions_standby_holders.sql");
+/// A standby's settings that decide how a replayed lock meets its queries:
+/// in recovery, hot_standby, max_standby_streaming_delay (ms, -1 = forever), hot_standby_feedback.
+pub const STANDBY_SETTINGS: &str =
+    "SELECT pg_is_in_recovery(), current_setting('hot_standby')::bool, \
+     (SELECT setting::int8 FROM pg_settings WHERE name = 'max_standby_streaming_delay'), \
+     current_setting('hot_standby_feedback')::bool";
 
 /// What a new partition copies from its parent (`$1`: its oid): row-level
 /// security, replica identity, tablespace, and the server version.
@@ -70,6 +78,10 @@ pub const PARENT_INDEXES: &str = include_str!("../../sql/partitions_indexes_pare
 /// Every partition of the parents `$1` (oids) with each of its indexes:
 /// validity, the parent index it is attached to, its definition after USING.
 pub const CHILD_INDEXES: &str = include_str!("../../sql/partitions_indexes_children.sql");
+/// The invalid indexes of the partitions of $1 (parents with no index and
+/// none declared), with the columns of [`CHILD_INDEXES`].
+pub const CHILD_INVALID_INDEXES: &str =
+    include_str!("../../sql/partitions_indexes_children_invalid.sql");
 /// An index name's relkind, validity, and whether it is on the given table.
 pub const INDEX_KIND_VALID_ON: &str =
     "SELECT c.relkind::text, i.indisvalid, i.indrelid = to_regclass($2) \

@@ -78,6 +78,13 @@ fn bad_values_name_key_and_expectation() {
             "\"30d\" is out of range; expected between 1ms and 1m",
         ),
         (
+            // Sent as the server's lock_timeout, an int of milliseconds:
+            // a longer wait would fail every build, so it is refused here.
+            "[partitions]\nindex_build_wait = \"30d\"\n",
+            "partitions.index_build_wait",
+            "\"30d\" is out of range; expected between 1ms and",
+        ),
+        (
             "[partitions]\nlock_timeout = 200\n",
             "partitions.lock_timeout",
             "200 has no unit",

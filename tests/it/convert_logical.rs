@@ -5,8 +5,12 @@
 //! is refused by `convert plan` with the fix, before anything changes; rows
 //! beyond the premade partitions are still accepted afterwards.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use crate::convert::{config, exec, run};
-use crate::harness::{fresh_db, query};
+use crate::harness::{as_owner, connect, fresh_db, query};
 use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
 use crate::partitions::exec_super;
 
@@ -15,7 +19,10 @@ const EVENTS: &str = "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTIT
 
 const ROWS: &str = "SELECT id::text || ' ' || payload FROM events ORDER BY id";
 
-#[tokio::test]
+/// A writer inserts (through the table, then the parent) for the whole
+/// conversion: every acknowledged row, and every row moved or attached by
+/// the swap, reaches the subscriber and the CDC consumer exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversion_keeps_subscribers_and_cdc_consumers_in_step() {
     let url = fresh_db("convert_logical");
     exec(
@@ -37,14 +44,63 @@ async fn a_conversion_keeps_subscribers_and_cdc_consumers_in_step() {
         "INSERT INTO events (created_at, payload) SELECT now() - i * interval '1 minute', 'subscribed' FROM generate_series(1, 10) i",
     )
     .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (url, stop) = (url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let c = connect(&as_owner(&url)).await;
+            let (mut acked, mut errors) = (Vec::new(), Vec::new());
+            let start = Instant::now();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || start.elapsed() > Duration::from_secs(300) {
+                    break;
+                }
+                match c
+                    .query_one(
+                        "INSERT INTO events (created_at, payload) VALUES (now(), 'during') RETURNING id",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(r) => acked.push(r.get::<_, i64>(0)),
+                    Err(e) => errors.push(pgsteward::pg::server_message(&e)),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (acked, errors)
+        })
+    };
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.events"]);
-    let out = run(
-        &cfg,
-        &["convert", "start", "--table", "public.events"],
-        None,
-    );
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &cfg,
+            &["convert", "start", "--table", "public.events"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, errors) = writer.await.unwrap();
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    assert!(errors.is_empty(), "the writer failed: {errors:?}");
+    assert!(!acked.is_empty());
+    let found: i64 = query(
+        &url,
+        &format!(
+            "SELECT count(*) FROM events WHERE id IN ({})",
+            acked
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .await[0]
+        .get(0);
+    assert_eq!(found, acked.len() as i64, "acknowledged rows missing");
     // Through the new parent: today's partition, and far beyond the premade
     // ones (the DEFAULT partition takes them, as the plain table did).
     exec(

@@ -11,6 +11,7 @@ mod cli_config;
 mod convert;
 mod convert_bench;
 mod convert_cases;
+mod convert_failures;
 mod convert_logical;
 mod demo;
 mod deploy;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
+use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
 use crate::partitions::{
     as_owner, as_super, config, config_toml, exec, exec_super, month_name, month_start, pass, table,
 };
@@ -160,6 +161,19 @@ async fn delete_triggers_on_default_never_fire() {
 async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     let url = fresh_db("safe_clients");
     exec(&url, KEYED).await;
+    // A subscriber and a CDC consumer see the move under live writes too
+    // (issue 22, point 1).
+    exec(
+        &url,
+        "CREATE PUBLICATION p FOR TABLE events WITH (publish_via_partition_root = true)",
+    )
+    .await;
+    let sub = Subscriber::create(
+        &url,
+        "p",
+        "CREATE TABLE events (id bigint, created_at timestamptz, payload text, PRIMARY KEY (id, created_at))",
+    );
+    let mut cdc = Cdc::start(&url).await;
     let next = month_start(1);
     exec(
         &url,
@@ -245,6 +259,16 @@ async fn writers_and_readers_never_fail_or_miss_a_row_during_a_move() {
     assert_eq!(total[0].get::<_, i64>(0), 20000 + inserted as i64);
     let left = query(&url, "SELECT count(*) FROM ONLY events_default").await;
     assert_eq!(left[0].get::<_, i64>(0), 0);
+    let rows = "SELECT id::text || ' ' || payload FROM events ORDER BY id";
+    assert_subscriber_matches(&url, rows, &sub, rows, "move under a writer").await;
+    assert_cdc_matches(
+        &mut cdc,
+        "public.events",
+        &url,
+        "SELECT id FROM events ORDER BY id",
+        "move under a writer",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -332,7 +356,7 @@ SELECT json_build_object(
   'constraints', (SELECT json_agg(json_build_object('name', replace(k.conname, r.name, 'X'), 'type', k.contype,
        'def', pg_get_constraintdef(k.oid), 'parent', k.conparentid <> 0 OR k.coninhcount > 0) ORDER BY 1)
      FROM pg_constraint k WHERE k.conrelid = r.oid),
-  'indexes', (SELECT json_agg(json_build_object('def', replace(pg_get_indexdef(i.indexrelid), r.name, 'X'),
+  'indexes', (SELECT json_agg(json_build_object('def', regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX \\S+ ON \\S+ ', ' INDEX ON '),
        'valid', i.indisvalid, 'attached_to', (SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = i.indexrelid))
        ORDER BY 1)
      FROM pg_index i WHERE i.indrelid = r.oid),
@@ -394,6 +418,23 @@ async fn a_new_partition_matches_a_native_partition_of_the_same_parent() {
     // and the pass enabled it on the native one too: access follows the
     // parent on every partition. Everything must be identical.
     assert_eq!(ours["row_security"], true);
+    // Index names: one rule for every partition index pgsteward names, the
+    // parent's name with its prefix swapped for the partition's (a native
+    // partition's are PostgreSQL's, after the columns).
+    let names = query(
+        &url,
+        &format!(
+            "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = '{}'::regclass",
+            month_name("ev", 0)
+        ),
+    )
+    .await;
+    let m = month_name("ev", 0);
+    assert_eq!(
+        names[0].get::<_, String>(0),
+        format!("{m}_brin {m}_lower {m}_payload {m}_pkey {m}_tenant_id_created_at_key")
+    );
     assert!(
         r.tables[0].access_repaired >= 1,
         "the native partition's access was repaired: {r:#?}"

@@ -271,8 +271,21 @@ pub async fn create_index_concurrently(
         drop_invalid_leftover(s, table, name, log).await;
         match err {
             Attempt::Cancelled => return Err(IndexError::Cancelled),
-            Attempt::Failed(e) if is_transient_lock_error(&e) && n < retries => {
-                wait_backoff(n, &e, cancel).await?;
+            Attempt::Failed(e) if is_transient_lock_error(&e) => {
+                // A leftover the same lock kept from being dropped would make
+                // the next attempt fail on its name: stop here instead.
+                let left = matches!(lookup(s, table, name).await, Ok(Some((true, false))));
+                if n < retries && !left {
+                    wait_backoff(n, &e, cancel).await?;
+                    continue;
+                }
+                let held = crate::partitions::blockers::holders(s.client, &[table.quoted()]).await;
+                return Err(IndexError::locked(
+                    &sql,
+                    n,
+                    &e,
+                    &crate::partitions::blockers::describe(&held),
+                ));
             }
             Attempt::Failed(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 let sample = e

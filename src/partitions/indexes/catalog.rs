@@ -52,10 +52,15 @@ pub struct TableIndexes {
     pub partitions: Vec<Partition>,
 }
 
-/// Reads every `(table, oid)` given, in that order.
+/// Reads every `(table, oid)` given, in that order. `declared[i]`: table
+/// `i` has declared indexes (missing entries count as true). The partitions
+/// of a table with no index and none declared are read only for invalid
+/// indexes (all the drift check can find there), which keeps a no-op pass
+/// over thousands of unindexed partitions cheap.
 pub async fn read(
     client: &Client,
     tables: &[(QualifiedName, u32)],
+    declared: &[bool],
 ) -> Result<Vec<TableIndexes>, IndexError> {
     let oids: Vec<i64> = tables.iter().map(|t| i64::from(t.1)).collect();
     let mut out: Vec<TableIndexes> = tables
@@ -88,10 +93,31 @@ pub async fn read(
             tail: r.get("tail"),
         });
     }
-    let children = client
-        .query(sql::CHILD_INDEXES, &[&oids])
-        .await
-        .map_err(|e| IndexError::query("read the indexes of partitions", e))?;
+    // Tables whose partitions are read whole: indexed or declared ones.
+    let whole = |i: usize| declared.get(i).copied().unwrap_or(true) || !out[i].parent.is_empty();
+    let (mut full, mut bare) = (Vec::new(), Vec::new());
+    for (i, oid) in oids.iter().enumerate() {
+        if whole(i) {
+            full.push(*oid);
+        } else {
+            bare.push(*oid);
+        }
+    }
+    let mut children = Vec::new();
+    for (sql, set) in [
+        (sql::CHILD_INDEXES, full),
+        (sql::CHILD_INVALID_INDEXES, bare),
+    ] {
+        if set.is_empty() {
+            continue;
+        }
+        children.extend(
+            client
+                .query(sql, &[&set])
+                .await
+                .map_err(|e| IndexError::query("read the indexes of partitions", e))?,
+        );
+    }
     for r in children {
         let Some(&i) = at.get(&r.get::<_, i64>("parent")) else {
             continue;

@@ -102,9 +102,12 @@ fn declared<'a>(cfg: &'a Config, m: &Managed) -> &'a [IndexSpec] {
 /// half-done ones finished, leftovers dropped. Runs after partitions are
 /// made, under the same per-table advisory lock. Never fails as a whole: a
 /// table's trouble goes into its report.
+/// `main`: the pass's catalog session when it ran no DDL (a no-op pass then
+/// opens no second session), else a new one is opened.
 pub async fn run_pass(
     cfg: &Config,
     tables: &[Managed],
+    main: Option<Client>,
     cancel: &CancellationToken,
 ) -> Vec<TableIndexReport> {
     if tables.is_empty() {
@@ -120,12 +123,19 @@ pub async fn run_pass(
             })
             .collect()
     };
-    let main = match super::connect(cfg).await {
-        Ok(c) => c,
-        Err(e) => return all_failed(&IndexError::Connect(e)),
+    let main = match main {
+        Some(c) => c,
+        None => match super::connect(cfg).await {
+            Ok(c) => c,
+            Err(e) => return all_failed(&IndexError::Connect(e)),
+        },
     };
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
-    let current = match catalog::read(&main, &names).await {
+    let decl: Vec<bool> = tables
+        .iter()
+        .map(|m| !declared(cfg, m).is_empty())
+        .collect();
+    let current = match catalog::read(&main, &names, &decl).await {
         Ok(c) => c,
         Err(e) => return all_failed(&e),
     };
@@ -196,7 +206,7 @@ async fn repair_table(
     let log = Log::default();
     let main_s = Session::new(main, &cfg.partitions).await;
     let read_plan = || async {
-        let t = catalog::read(main, &[(table.clone(), oid)]).await?;
+        let t = catalog::read(main, &[(table.clone(), oid)], &[true]).await?;
         let t = t
             .into_iter()
             .next()
@@ -386,7 +396,11 @@ pub async fn inspect(
     tables: &[Managed],
 ) -> Result<Vec<TableIndexStatus>, IndexError> {
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
-    let current = catalog::read(client, &names).await?;
+    let decl: Vec<bool> = tables
+        .iter()
+        .map(|m| !declared(cfg, m).is_empty())
+        .collect();
+    let current = catalog::read(client, &names, &decl).await?;
     Ok(tables
         .iter()
         .zip(current)

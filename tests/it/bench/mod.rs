@@ -8,6 +8,7 @@
 mod archive;
 mod capacity;
 mod deploy;
+mod large_default;
 mod partitions;
 mod secrets;
 mod service;

@@ -165,6 +165,22 @@ async fn run(
     let url = server.url(&db);
     let c = connect(&url).await;
     let owner = connect(&crate::partitions::as_owner(&url)).await;
+    // The peer is a package of its own: without it the comparison means
+    // nothing, so say how to install it rather than fail inside setup.
+    let available = c
+        .query(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_partman'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !available.is_empty(),
+        "pg_partman is not installed for PostgreSQL {major}: run (as root) \
+         `apt-get install -y postgresql-{major}-partman` (Debian 12 has 4.7.2, the version \
+         docs/benchmarks.md's figures used), then run this benchmark again",
+        major = harness::server_major()
+    );
     c.batch_execute(
         "SET TimeZone = 'UTC'; CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman",
     )

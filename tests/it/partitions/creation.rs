@@ -100,6 +100,14 @@ async fn gaps_after_downtime_are_filled_and_off_grid_partitions_reported() {
         assert!(names.contains(&month_name("events", i)), "{i}: {names:?}");
     }
     assert!(names.contains(&"legacy".to_string()) && names.contains(&"odd".to_string()));
+    // Nothing before the oldest partition, though it starts mid-period
+    // (off the grid, as after an interval change): `odd`'s month is not
+    // filled up to it.
+    let before_odd = month_name("events", -14);
+    assert!(
+        !names.iter().any(|n| n.starts_with(&before_odd)),
+        "a range before the oldest partition was filled: {names:?}"
+    );
     assert!(
         !names.contains(&month_name("events", -4)),
         "adopted, not duplicated"

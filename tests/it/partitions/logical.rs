@@ -267,3 +267,95 @@ async fn a_large_default_is_proven_free_of_a_range_instead_of_scanned() {
     .await;
     assert_subscriber_matches(&url, ALL_ROWS, &sub, ALL_ROWS, "large default").await;
 }
+
+/// Retention is DDL, which logical replication does not carry (issue 22,
+/// "What to build": a subscriber ends with the publisher's rows after any
+/// retention step, with no apply error): a retired partition's rows stay on
+/// the subscriber and the CDC consumer exactly once (no DELETE is published
+/// for them), every live row and every change after the pass arrives, and
+/// replication goes on without an error. Both ways of retiring: a plain
+/// DETACH then DROP next to a DEFAULT, and DETACH CONCURRENTLY keeping the
+/// table.
+#[tokio::test]
+async fn retention_keeps_subscribers_and_cdc_consumers_in_step() {
+    let cases = [
+        ("with a DEFAULT, dropped", true, "retention_mode = 'drop'"),
+        ("without DEFAULT, detached", false, ""),
+    ];
+    for (what, with_default, mode) in cases {
+        let url = fresh_db("logical_retention");
+        let mut ddl = String::from(
+            "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, \
+             created_at timestamptz NOT NULL, payload text, PRIMARY KEY (id, created_at)) \
+             PARTITION BY RANGE (created_at);",
+        );
+        if with_default {
+            ddl.push_str("CREATE TABLE events_default PARTITION OF events DEFAULT;");
+        }
+        for i in -6..=1 {
+            ddl.push_str(&format!(
+                "CREATE TABLE {} PARTITION OF events FOR VALUES FROM ('{}') TO ('{}');",
+                month_name("events", i),
+                month_start(i),
+                month_start(i + 1)
+            ));
+        }
+        exec(&url, &ddl).await;
+        exec(
+            &url,
+            "CREATE PUBLICATION p FOR TABLE events WITH (publish_via_partition_root = true)",
+        )
+        .await;
+        let sub = Subscriber::create(&url, "p", SUB_TABLE);
+        let mut cdc = Cdc::start(&url).await;
+        let mut rows = String::new();
+        for i in -6..=1 {
+            rows.push_str(&format!(
+                "INSERT INTO events (created_at, payload) SELECT '{}'::timestamptz + i * interval '1 hour', 'month {i}' \
+                 FROM generate_series(1, 10) i;",
+                month_start(i)
+            ));
+        }
+        // What the subscriber keeps of the retired months: a copy on the
+        // publisher, in no publication.
+        rows.push_str(&format!(
+            "CREATE TABLE retired_copy AS SELECT id, payload FROM events WHERE created_at < '{}'",
+            month_start(-3)
+        ));
+        exec(&url, &rows).await;
+        let cfg = config(
+            &url,
+            "",
+            &table(
+                "events",
+                &format!("premake = 1\nretention = '3 months'\n{mode}"),
+            ),
+        );
+        let r = pass(&cfg).await;
+        assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{what}: {r:#?}");
+        assert_eq!(r.tables[0].retired, 3, "{what}: {:#?}", r.tables[0]);
+        // Changes after the pass: an insert, an update and a delete of live rows.
+        exec(
+            &url,
+            &format!(
+                "INSERT INTO events (created_at, payload) VALUES (now(), 'after'); \
+                 UPDATE events SET payload = 'updated' WHERE created_at = '{}'::timestamptz + interval '1 hour'; \
+                 DELETE FROM events WHERE created_at = '{}'::timestamptz + interval '2 hours'",
+                month_start(0),
+                month_start(-1)
+            ),
+        )
+        .await;
+        let want = "SELECT t FROM (SELECT id, id::text || ' ' || payload AS t FROM events \
+                    UNION ALL SELECT id, id::text || ' ' || payload FROM retired_copy) x ORDER BY id";
+        assert_subscriber_matches(&url, want, &sub, ALL_ROWS, what).await;
+        assert_cdc_matches(
+            &mut cdc,
+            "public.events",
+            &url,
+            "SELECT id FROM (SELECT id FROM events UNION ALL SELECT id FROM retired_copy) x ORDER BY id",
+            what,
+        )
+        .await;
+    }
+}

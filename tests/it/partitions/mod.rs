@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{self, connect, fresh_db, must, pgsteward, query, write_config};
 
 mod access;
+mod bounds;
 mod cli;
 mod creation;
+pub(crate) mod large_default;
 mod locking;
 mod logical;
+mod predicts;
 mod retention;
+mod standby;
 
 /// A config for `url` with the given `[[partitions.tables]]` blocks.
 pub(crate) fn config(url: &str, extra: &str, tables: &str) -> Config {
