@@ -273,6 +273,7 @@ async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
             ok: true,
             detail,
             usage: false,
+            warning: false,
         },
         Err(e) => Probe {
             role: "archive",
@@ -280,6 +281,7 @@ async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
             ok: false,
             detail: e.to_string(),
             usage: false,
+            warning: false,
         },
     }
 }

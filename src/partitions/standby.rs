@@ -52,13 +52,15 @@ pub fn exclusive_relations(action: &Action, state: &TableState) -> Vec<Qualified
             partition,
             how,
             drop,
+            archive,
             ..
         } => {
             let mut v = Vec::new();
             if *how == DetachHow::Plain {
                 v.push(state.table.clone());
             }
-            if *how == DetachHow::Plain || *drop {
+            // An archived partition is dropped too, once verified.
+            if *how == DetachHow::Plain || *drop || *archive {
                 v.push(partition.clone());
             }
             v
@@ -329,6 +331,7 @@ mod tests {
             partition: part.clone(),
             how,
             drop,
+            archive: false,
             reason: String::new(),
         };
         assert!(exclusive_relations(&retire(DetachHow::Concurrently, false), &s).is_empty());
