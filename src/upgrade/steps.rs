@@ -360,15 +360,28 @@ impl Saga {
             )
             .await?;
         self.stage_fence().await?;
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+        let pooled = self.cfg.cutover.kind == CutoverKind::Pgbouncer;
+        if pooled {
+            // Membership read again right before PAUSE: what a rollout or a
+            // scale-up changed since the precheck is paused too. Then the
+            // health gate: a saturated pool would turn the pause into
+            // client timeouts.
+            let limits = crate::pooler::GateLimits::from_config(&self.cfg);
+            limit
+                .wrap("the pooler's instances", self.poolers.refresh_members())
+                .await?;
             limit
                 .wrap("the pooler's connections", self.poolers.connect())
+                .await?;
+            limit
+                .wrap("the pooler's health", self.poolers.health_gate(&limits))
                 .await?;
         }
         let deadline = tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0;
         self.set_pause_deadline(Some(deadline));
         self.window_start = Some(std::time::Instant::now());
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+        let mut note = None;
+        if pooled {
             let left = remaining(deadline, "PAUSE")?;
             self.poolers.pause(left).await.map_err(|e| match e {
                 crate::pooler::PoolerError::PauseTimeout { .. } => UpgradeError::PauseTimeout {
@@ -376,11 +389,46 @@ impl Saga {
                 },
                 other => other.into(),
             })?;
+            note = Some(format!(
+                "PAUSE confirmed on {}",
+                self.poolers.pause_report()
+            ));
         }
         Ok(Output {
             kept_read_only: self.kept_read_only.clone(),
+            note,
             ..Output::default()
         })
+    }
+
+    /// Inside the window: every PgBouncer instance that appeared since
+    /// PAUSE (a rollout, a scale-up) is paused too, within what is left of
+    /// `deadline` (before promote: a failure rolls back). Returns a note
+    /// naming them, if any.
+    pub(crate) async fn pause_newcomers(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<String>, UpgradeError> {
+        if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
+            return Ok(None);
+        }
+        let left = match deadline {
+            Some(d) => remaining(d, "PAUSE of a new PgBouncer instance")?,
+            None => query_timeout(&self.cfg),
+        };
+        let added = self
+            .poolers
+            .admit_newcomers(left)
+            .await
+            .map_err(|e| match e {
+                crate::pooler::PoolerError::PauseTimeout { .. } if deadline.is_some() => {
+                    UpgradeError::PauseTimeout {
+                        what: format!("PAUSE of a new instance ({e})"),
+                    }
+                }
+                other => other.into(),
+            })?;
+        Ok((!added.is_empty()).then(|| format!("paused new instance(s): {}", added.join(", "))))
     }
 
     /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
@@ -466,12 +514,19 @@ impl Saga {
                 _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
             }
         }
+        // The last moment to roll back: an instance that appeared since
+        // PAUSE is paused now, or the upgrade rolls back.
+        let newcomers = self.pause_newcomers(Some(deadline)).await?;
+        let mut note = format!(
+            "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
+            flushed_in.as_secs_f64() * 1000.0
+        );
+        if let Some(n) = newcomers {
+            note.push_str(&format!("; {n}"));
+        }
         Ok(Output {
             final_lsn: Some(lsn.clone()),
-            note: Some(format!(
-                "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
-                flushed_in.as_secs_f64() * 1000.0
-            )),
+            note: Some(note),
             ..Output::default()
         })
     }
@@ -529,8 +584,14 @@ impl Saga {
         }
         let endpoint = self.new_endpoint().await?;
         let (host, port) = endpoint.spec()?.host_port();
+        // After promote: a newcomer is paused and repointed with the others.
+        let newcomers = self.pause_newcomers(None).await?;
         self.point_pooler_at(Step::Repoint, &host, port).await?;
-        Ok(Output::note(format!("pooler -> {host}:{port}")))
+        let n = self.poolers.len();
+        Ok(Output::note(match newcomers {
+            Some(nc) => format!("pooler ({n} instances) -> {host}:{port}; {nc}"),
+            None => format!("pooler ({n} instances) -> {host}:{port}"),
+        }))
     }
 
     /// Rewrites the cutover database's entry to `host:port`, RELOADs, and
@@ -557,12 +618,28 @@ impl Saga {
         Ok(())
     }
 
+    /// Membership read again first: an instance that appeared since the
+    /// repoint is paused and repointed before any RESUME, so no instance
+    /// sends writes to the old server once writes resume.
     pub(crate) async fn resume_writes(&mut self) -> Result<Output, UpgradeError> {
+        let mut note = None;
         if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            if let Some(nc) = self.pause_newcomers(None).await? {
+                let endpoint = self.new_endpoint().await?;
+                let (host, port) = endpoint.spec()?.host_port();
+                self.point_pooler_at(Step::ResumeWrites, &host, port)
+                    .await?;
+                self.progress
+                    .say(Step::ResumeWrites, &format!("{nc}, repointed"));
+            }
             self.poolers.resume().await?;
+            note = Some(format!("writes resumed on {}", self.poolers.pause_report()));
         }
         self.disarm_keeper();
-        Ok(Output::default())
+        Ok(Output {
+            note,
+            ..Output::default()
+        })
     }
 }
 
