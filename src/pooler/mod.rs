@@ -275,7 +275,24 @@ impl Poolers {
             }
             Ok::<_, PoolerError>(())
         });
-        futures::future::try_join_all(runs).await?;
+        let results = futures::future::join_all(runs).await;
+        // An instance that left its name and now refuses connections is a
+        // pod gone with its clients: nothing to reload or resume there, and
+        // it must not block the cutover. Any other failure is the error.
+        let mut gone = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Err(err) if !self.endpoints[i].listed && window::refused(&err) => {
+                    tracing::warn!(pooler = %self.endpoints[i].name, error = %err, "an instance that left its name refuses connections: gone with its clients, forgotten");
+                    gone.push(i);
+                }
+                Err(err) => return Err(err),
+                Ok(()) => {}
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.endpoints.remove(i);
+        }
         Ok(())
     }
 
@@ -319,15 +336,21 @@ impl Poolers {
         self.discover().await?;
         self.connect_ctl().await?;
         let timeout = self.connect_limit();
-        let runs = self.endpoints.iter_mut().map(|e| async move {
-            for db in e.dbs.clone() {
-                if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
-                    let c = open(&e.name, &e.admin, timeout).await?;
-                    e.pause_conns.insert(db, c);
+        // An instance that left its name is not paused again (a PAUSE of
+        // ours there stays owed its RESUME).
+        let runs = self
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.listed)
+            .map(|e| async move {
+                for db in e.dbs.clone() {
+                    if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
+                        let c = open(&e.name, &e.admin, timeout).await?;
+                        e.pause_conns.insert(db, c);
+                    }
                 }
-            }
-            Ok::<_, PoolerError>(())
-        });
+                Ok::<_, PoolerError>(())
+            });
         futures::future::try_join_all(runs).await?;
         Ok(())
     }

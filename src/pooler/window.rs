@@ -166,6 +166,10 @@ impl Poolers {
                 .await;
         let mut sends: Vec<(usize, String)> = Vec::new();
         for (i, (e, shown)) in self.endpoints.iter().zip(shown).enumerate() {
+            if !e.listed {
+                // Left its name: not paused again; our PAUSE there stays owed its RESUME.
+                continue;
+            }
             let shown = shown?;
             for db in &e.dbs {
                 let paused = shown.iter().any(|d| &d.name == db && d.paused);
@@ -403,7 +407,7 @@ async fn resume_one(
 
 /// The connection was refused outright (nothing listens there any more),
 /// as opposed to not answering (which may be a hung process with clients).
-fn refused(e: &PoolerError) -> bool {
+pub(super) fn refused(e: &PoolerError) -> bool {
     let text = e.to_string().to_ascii_lowercase();
     text.contains("connection refused") || text.contains("no route to host")
 }

@@ -13,6 +13,7 @@ use crate::upgrade::{latest_record, wait_keeper, Load, Topology};
 mod durability;
 mod fence;
 mod hangs;
+mod members;
 mod poolers;
 mod two_runners;
 
