@@ -259,6 +259,9 @@ async fn three_instances_behind_one_name_are_paused_and_repointed_together() {
     let out = f.t.upgrade(None);
     assert!(out.status.success(), "{}", text(&out));
     let said = stdout(&out);
+    for line in said.lines().filter(|l| l.contains("instance(s)")) {
+        println!("{line}");
+    }
     assert!(
         said.contains("PAUSE confirmed on 3 instance(s)"),
         "the pause report names three instances:\n{said}"
