@@ -8,6 +8,7 @@
 mod capacity;
 mod deploy;
 mod partitions;
+mod poolers;
 mod secrets;
 mod service;
 mod upgrade;

@@ -13,7 +13,8 @@ use crate::upgrade::{latest_record, wait_keeper, Load, Topology};
 mod durability;
 mod fence;
 mod hangs;
-mod members;
+pub mod members;
+mod pool_metrics;
 mod poolers;
 mod two_runners;
 
