@@ -7,7 +7,8 @@
 //! address (`hostaddr`; `host` keeps the name, so TLS verification and the
 //! password file still see the name). A literal address, a Unix socket
 //! directory, a list of hosts (libpq's fail-over form) or an explicit
-//! `hostaddr` stands for itself: one instance.
+//! `hostaddr` stands for itself: one instance. A name with both IPv4 and
+//! IPv6 addresses counts its IPv4 ones only (dual stack: each pod twice).
 //!
 //! Membership is read again at the moments the cutover depends on it
 //! ([`Poolers::refresh_members`]): before PAUSE, before promote, before
@@ -117,6 +118,7 @@ pub async fn instances_of(
             )))
         }
     };
+    let addrs = one_family(addrs);
     if addrs.is_empty() {
         return Err(resolve_error(format!("{host} resolves to no address")));
     }
@@ -130,6 +132,18 @@ pub async fn instances_of(
             })
         })
         .collect()
+}
+
+/// Pure: the IPv4 addresses when there are any, else the IPv6 ones. A
+/// dual-stack headless Service lists each pod twice (A and AAAA), and
+/// `localhost` is often both 127.0.0.1 and ::1: one process must count
+/// once, or it would be paused twice over two "instances".
+pub(super) fn one_family(addrs: BTreeSet<IpAddr>) -> BTreeSet<IpAddr> {
+    if addrs.iter().any(IpAddr::is_ipv4) {
+        addrs.into_iter().filter(IpAddr::is_ipv4).collect()
+    } else {
+        addrs
+    }
 }
 
 /// Pure: what a new resolution changes. `known` are the (source, key) of
@@ -338,6 +352,21 @@ mod tests {
         assert_eq!(spec.password(), Some("p@ss"));
         assert_eq!(spec.ssl_mode, crate::pg::SslMode::VerifyFull);
         assert!(!p.to_string().contains("p@ss"), "{p}");
+    }
+
+    #[test]
+    fn a_dual_stack_name_counts_each_instance_once() {
+        let ips =
+            |v: &[&str]| -> BTreeSet<IpAddr> { v.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(
+            one_family(ips(&["10.0.0.1", "fd00::1", "10.0.0.2", "fd00::2"])),
+            ips(&["10.0.0.1", "10.0.0.2"])
+        );
+        assert_eq!(one_family(ips(&["127.0.0.1", "::1"])), ips(&["127.0.0.1"]));
+        assert_eq!(
+            one_family(ips(&["fd00::1", "fd00::2"])),
+            ips(&["fd00::1", "fd00::2"])
+        );
     }
 
     #[test]

@@ -88,6 +88,22 @@ impl Saga {
 }
 
 impl Saga {
+    /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
+    /// every wait of steps 5–7 shares, the pooler's included.
+    pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+        self.poolers.set_deadline(deadline);
+        if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+        }
+    }
+
+    pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
+        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
+        self.deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
+    }
+
     /// Inside the window: every PgBouncer instance that appeared since
     /// PAUSE (a rollout, a scale-up) is paused too, within what is left of
     /// `deadline` (before promote: a failure rolls back). Returns a note

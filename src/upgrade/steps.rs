@@ -401,22 +401,6 @@ impl Saga {
         })
     }
 
-    /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
-    /// every wait of steps 5–7 shares, the pooler's included.
-    pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
-        self.deadline = deadline;
-        self.poolers.set_deadline(deadline);
-        if let Some(g) = self.guard.as_mut() {
-            g.set_deadline(deadline);
-        }
-    }
-
-    pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
-        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
-        self.deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
-    }
-
     /// Waits until the new server replayed the fenced old primary's final
     /// position *flushed*: an asynchronous commit is acknowledged once it is
     /// in the WAL buffers, before it is written, and the walsender streams
