@@ -219,6 +219,22 @@ pub(super) async fn hand_cutover(
     let old_spec = pgsteward::pg::ConnSpec::parse(&t.primary_url).unwrap();
     let old_port = old_spec.host_port().1;
     let old = harness::connect(&t.primary_url).await;
+    // A standby refuses to start with these below the primary's.
+    let mut settings = settings;
+    for name in [
+        "max_connections",
+        "max_wal_senders",
+        "max_worker_processes",
+        "max_prepared_transactions",
+        "max_locks_per_transaction",
+    ] {
+        let v: String = old
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .unwrap()
+            .get(0);
+        settings.push((name.to_string(), v));
+    }
     let old_dir: String = old
         .query_one("SHOW data_directory", &[])
         .await
