@@ -3,7 +3,8 @@
 -- its TOAST table and its indexes): a catalog read that opens and locks no
 -- partition, so it costs the same at 10,000 partitions and never waits
 -- behind DDL. `stats_known` is false for a partition never vacuumed or
--- analysed; the caller sizes those (and the open periods) exactly.
+-- analysed; the caller sizes those (and the open periods) exactly, within a
+-- time budget, and estimates the rest from their live rows.
 WITH req AS (
     SELECT r.ord, r.schema_name, r.table_name
     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS r(schema_name, table_name, ord)
@@ -30,7 +31,10 @@ SELECT parent.ord::int8 AS ord,
        (p.oid = pt.partdefid) AS is_default,
        ((p.relpages::int8 + coalesce(t.relpages, 0) + coalesce(ix.pages, 0))
            * current_setting('block_size')::int8) AS est_bytes,
-       (p.relpages > 0 AND p.reltuples >= 0) AS stats_known
+       (p.relpages > 0 AND p.reltuples >= 0) AS stats_known,
+       -- The cumulative statistics' live rows: kept per insert, readable
+       -- without opening the partition, and known before any ANALYZE.
+       pg_stat_get_live_tuples(p.oid) AS live_tuples
 FROM parent
 JOIN pg_partitioned_table pt ON pt.partrelid = parent.oid
 JOIN pg_attribute ka ON ka.attrelid = parent.oid AND ka.attnum = pt.partattrs[0]

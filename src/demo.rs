@@ -37,6 +37,10 @@ pub enum DemoError {
     TempDir(#[source] std::io::Error),
     #[error("demo: the upgrade recorded no new endpoint")]
     NoNewEndpoint,
+    #[error("demo: docs/privileges.md compiled into this binary has no block {0}")]
+    NoPrivilegeBlock(&'static str),
+    #[error("demo: the server's version {0:?} is not a number")]
+    ServerVersion(String),
 }
 
 impl DemoError {
@@ -52,6 +56,9 @@ const EVENTS_TABLE: &str = "CREATE TABLE events (id bigint NOT NULL, at timestam
 
 /// Every id the client wrote, on whichever node it is read.
 const LEDGER_IDS: &str = "SELECT id FROM ledger";
+/// The role names docs/privileges.md's blocks use.
+const STEWARD: &str = "steward";
+const OWNER: &str = "app_owner";
 
 fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -127,7 +134,8 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     ]);
     // Authentication as deployed: scram-sha-256 on every TCP login, and
     // distinct users and passwords (made for this run, never shown) for the
-    // steward (the superuser here), the application and the PgBouncer admin.
+    // superuser (setup only), the steward (exactly the grants of
+    // docs/privileges.md), the application and the PgBouncer admin.
     let steward_pw = new_password();
     let app_pw = new_password();
     let primary = Cluster::init_with_password(
@@ -135,14 +143,17 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         localpg::free_port()?,
         None,
         &small,
-        Some(&steward_pw),
+        Some(&new_password()),
     )?;
     // Registered before it starts: a start that times out may leave it running.
     servers.clusters.push(primary.clone());
     primary.start()?;
     localpg::stop_when_gone(&primary, me)?;
-    primary.psql("postgres", "CREATE DATABASE app")?;
-    primary.psql("app", &format!("{LEDGER_TABLE}; {EVENTS_TABLE};"))?;
+    make_roles_and_database(&primary, &steward_pw)?;
+    primary.psql(
+        "app",
+        &format!("SET ROLE {OWNER}; {LEDGER_TABLE}; {EVENTS_TABLE};"),
+    )?;
     primary.psql_secret(
         "app",
         &format!(
@@ -171,7 +182,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         &localpg::PgBouncerAuth {
             admin: localpg::PgBouncerUser::new("pgbouncer", Some(&new_password())),
             users: vec![
-                localpg::PgBouncerUser::new("postgres", Some(&steward_pw)),
+                localpg::PgBouncerUser::new(STEWARD, Some(&steward_pw)),
                 localpg::PgBouncerUser::new("app", Some(&app_pw)),
             ],
         },
@@ -184,8 +195,9 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         pooler.port,
         t0.elapsed().as_secs_f64()
     );
-    let cfg = demo_config(dir.path(), &primary, &replica, &pooler)?;
-    let pooler_url = pooler.url("app", "postgres");
+    let cfg = demo_config(dir.path(), &primary, &replica, &pooler, &steward_pw)?;
+    // The demo's client is the application's role, as in production.
+    let pooler_url = pooler.url("app", "app");
     servers.pooler = Some(pooler);
 
     println!("\n== partition pass (public.events, daily, 3 ahead)");
@@ -291,6 +303,49 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
     Ok(if ok { parts.and(lag) } else { Outcome::Problem })
 }
 
+/// The steward as docs/privileges.md makes it (never a superuser): the page's
+/// blocks for every feature and for `local` upgrades, compiled into this
+/// binary, so the demo runs with exactly what an operator grants. The
+/// application's tables belong to [`OWNER`], as a migration role's would.
+fn make_roles_and_database(primary: &Cluster, steward_pw: &str) -> Result<(), DemoError> {
+    use crate::privileges::documented::{self as doc, documented_sql};
+    let num = primary.psql("postgres", "SHOW server_version_num")?;
+    let num: i32 = num
+        .trim()
+        .parse()
+        .map_err(|_| DemoError::ServerVersion(num.trim().to_string()))?;
+    let major = localpg::major_of_version_num(num);
+    let block = |name: &'static str| {
+        documented_sql(name, major, steward_pw, "app").ok_or(DemoError::NoPrivilegeBlock(name))
+    };
+    primary.psql("postgres", &format!("CREATE ROLE {OWNER} NOLOGIN"))?;
+    primary.psql_secret(
+        "postgres",
+        &format!(
+            "{}{}",
+            block(doc::CLUSTER)?,
+            block(doc::UPGRADE_LOCAL_CLUSTER)?
+        ),
+    )?;
+    primary.psql("postgres", &format!("CREATE DATABASE app OWNER {OWNER}"))?;
+    // Before 15 the public schema is the bootstrap superuser's; an operator
+    // hands it to the application's owner as 15 does for new databases.
+    let public_owner = if major < 15 {
+        format!("ALTER SCHEMA public OWNER TO {OWNER};\n")
+    } else {
+        String::new()
+    };
+    primary.psql_secret(
+        "app",
+        &format!(
+            "{public_owner}{}{}",
+            block(doc::DATABASE)?,
+            block(doc::UPGRADE_LOCAL_DATABASE)?
+        ),
+    )?;
+    Ok(())
+}
+
 /// A random password for one demo run.
 fn new_password() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
@@ -303,7 +358,15 @@ fn demo_config(
     primary: &Cluster,
     replica: &Cluster,
     pooler: &LocalPgBouncer,
+    steward_pw: &str,
 ) -> Result<Config, DemoError> {
+    let steward_url = |c: &Cluster| {
+        format!(
+            "postgres://{STEWARD}:{}@127.0.0.1:{}/app?sslmode=disable",
+            crate::pg::conninfo::url_encode(steward_pw),
+            c.port
+        )
+    };
     let toml = format!(
         r#"
 [database]
@@ -338,8 +401,8 @@ admin = ["{admin}"]
 config_file = "{ini}"
 database = "app"
 "#,
-        primary = primary.url("app"),
-        replica = replica.url("app"),
+        primary = steward_url(primary),
+        replica = steward_url(replica),
         state = dir.join("state").display(),
         root = dir.join("clusters").display(),
         admin = pooler.admin_url(),

@@ -26,6 +26,7 @@ pub mod plot;
 pub mod render;
 pub mod report;
 pub mod samples;
+pub mod sizing;
 mod sql;
 
 use std::path::Path;

@@ -8,6 +8,9 @@ use tokio_postgres::Client;
 use super::model::{
     DatabaseFacts, Observation, OldTable, PartitionSize, PartitionedTable, SequenceFacts, Settings,
 };
+use super::sizing::{
+    estimate_from_rows, sizing_order, Candidate, Sized, EXACT_SIZE_BUDGET, EXACT_SIZE_CHUNK,
+};
 use super::sql;
 use super::CapacityError;
 use crate::partitions::catalog::{parse_bound, parse_bound_node};
@@ -133,7 +136,8 @@ async fn partitions(
     let mut tables: Vec<Option<PartitionedTable>> = vec![None; want.managed.len()];
     let mut oids: Vec<Vec<i64>> = vec![Vec::new(); want.managed.len()];
     let mut unparsed: Vec<(usize, usize, i64)> = Vec::new();
-    let mut exact: Vec<u32> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let mut live: Vec<Vec<(i64, bool)>> = vec![Vec::new(); want.managed.len()];
     for r in &rows {
         let ord: i64 = r.get("ord");
         let i = (ord - 1) as usize;
@@ -160,9 +164,15 @@ async fn partitions(
         }
         let stats_known: bool = r.get("stats_known");
         let fresh = want.fresh_after_key.get(i).copied().unwrap_or(KEY_MIN);
-        if !stats_known || is_default || range.map_or(true, |rg| rg.hi > fresh) {
-            exact.push(oid as u32);
+        let required = is_default || range.map_or(true, |rg| rg.hi > fresh);
+        if !stats_known || required {
+            candidates.push(Candidate {
+                oid: oid as u32,
+                required,
+                hi: range.map_or(KEY_MAX, |rg| rg.hi),
+            });
         }
+        live[i].push((r.get("live_tuples"), stats_known));
         t.partitions.push(PartitionSize {
             name: r.get("name"),
             range,
@@ -190,27 +200,42 @@ async fn partitions(
             }
         }
     }
-    let method = match client.query(sql::EXACT_SIZES, &[&exact]).await {
-        Ok(rows) => {
-            let sizes: HashMap<i64, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            for (t, ids) in tables.iter_mut().zip(&oids) {
-                let Some(t) = t else { continue };
-                for (p, oid) in t.partitions.iter_mut().zip(ids) {
-                    if let Some(b) = sizes.get(oid) {
-                        p.bytes = *b;
-                        p.estimated = false;
-                    }
-                }
+    let required = candidates.iter().filter(|c| c.required).count();
+    let order = sizing_order(candidates);
+    let (sizes, method) = exact_sizes(client, &order, required).await?;
+    let mut from_rows = 0usize;
+    for ((t, ids), live) in tables.iter_mut().zip(&oids).zip(&live) {
+        let Some(t) = t else { continue };
+        for (p, oid) in t.partitions.iter_mut().zip(ids) {
+            if let Some(b) = sizes.get(oid) {
+                p.bytes = *b;
+                p.estimated = false;
             }
-            format!(
-                "{} partitions sized exactly (open, recent or never analysed), the rest from relpages",
-                sizes.len()
-            )
         }
-        Err(e) if crate::pg::is_transient_lock_error(&e) => {
-            "every partition sized from relpages (a partition was locked by DDL)".to_string()
+        // Never analysed and not reached within the budget: its live rows
+        // at the table's measured bytes per row.
+        let view: Vec<Sized> = t
+            .partitions
+            .iter()
+            .zip(ids)
+            .zip(live)
+            .map(|((p, oid), &(live_tuples, stats_known))| Sized {
+                bytes: p.bytes,
+                live_tuples,
+                trusted: stats_known || sizes.contains_key(oid),
+            })
+            .collect();
+        for (p, est) in t.partitions.iter_mut().zip(estimate_from_rows(&view)) {
+            if let Some(b) = est {
+                p.bytes = b;
+                from_rows += 1;
+            }
         }
-        Err(e) => return Err(q("size the open partitions")(e)),
+    }
+    let method = if from_rows > 0 {
+        format!("{method}; {from_rows} never-analysed partitions estimated from their live rows (the time budget for exact sizes was spent; ANALYZE them for exact history)")
+    } else {
+        method
     };
     let mut missing = Vec::new();
     let found = tables
@@ -224,4 +249,48 @@ async fn partitions(
         })
         .collect();
     Ok((found, missing, method))
+}
+
+/// Exact sizes of `order` (the first `required` always, the rest until
+/// [`EXACT_SIZE_BUDGET`] is spent), and the words for how sizes were read.
+async fn exact_sizes(
+    client: &Client,
+    order: &[u32],
+    required: usize,
+) -> Result<(HashMap<i64, i64>, String), CapacityError> {
+    let started = std::time::Instant::now();
+    let mut sizes: HashMap<i64, i64> = HashMap::new();
+    let mut at = 0;
+    while at < order.len() {
+        let past_required = at >= required;
+        if past_required && started.elapsed() >= EXACT_SIZE_BUDGET {
+            break;
+        }
+        // The required ones in one statement; the rest in chunks.
+        let end = if past_required {
+            (at + EXACT_SIZE_CHUNK).min(order.len())
+        } else {
+            required
+        };
+        let chunk = &order[at..end];
+        at = end;
+        match client.query(sql::EXACT_SIZES, &[&chunk]).await {
+            Ok(rows) => sizes.extend(
+                rows.iter()
+                    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))),
+            ),
+            Err(e) if crate::pg::is_transient_lock_error(&e) => {
+                return Ok((
+                    sizes,
+                    "partitions sized from relpages where a lock held by DDL was met".to_string(),
+                ))
+            }
+            Err(e) => return Err(q("size the open partitions")(e)),
+        }
+    }
+    let method = format!(
+        "{} partitions sized exactly (open, recent or never analysed), the rest from relpages",
+        sizes.len()
+    );
+    Ok((sizes, method))
 }

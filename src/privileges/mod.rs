@@ -17,6 +17,7 @@
 //! queries read only what `pg_monitor` and PUBLIC can read. Nothing here
 //! changes a privilege: pgsteward never grants itself anything.
 
+pub mod documented;
 mod sql;
 
 use serde::Serialize;

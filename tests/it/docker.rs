@@ -135,7 +135,11 @@ impl Setup {
     fn new(engine: Engine, image: String) -> Setup {
         // The databases: a primary with one streaming replica, PgBouncer in front.
         let cluster = harness::TestCluster::start(1);
-        harness::create_app_db(&cluster.primary, "app");
+        // The ConfigMap's provider is `rds`: the steward has what the RDS
+        // master user has, as docs/privileges.md grants it there.
+        harness::make_roles(&cluster.primary, harness::Grants::UpgradeRds);
+        must(cluster.primary.psql("postgres", "CREATE DATABASE app"));
+        harness::prepare_db_with(&cluster.primary, "app", harness::Grants::UpgradeRds);
         let work = harness::server_tempdir();
         let vols = Volumes {
             config: dir_for(work.path(), "config", None),

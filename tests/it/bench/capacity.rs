@@ -343,7 +343,7 @@ fn bench_capacity_cost_at_10000_partitions() {
         let took = started.elapsed();
         let (strongest, waits) = watch.stop();
         println!(
-            "{label:<44} {:>8.0?}  strongest lock on application relations: {strongest:<16} lock waits seen: {waits}  ({})",
+            "{label:<44} {:>8.2?}  strongest lock on application relations: {strongest:<16} lock waits seen: {waits}  ({})",
             took, report.size_method
         );
         assert_eq!(

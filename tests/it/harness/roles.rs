@@ -50,85 +50,13 @@ impl Grants {
     }
 }
 
-/// The fenced ```` ```sql NAME ```` blocks of docs/privileges.md by name.
-fn doc_blocks() -> &'static Vec<(String, String)> {
-    static BLOCKS: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    BLOCKS.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/privileges.md");
-        let text =
-            must(std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display())));
-        parse_blocks(&text)
-    })
-}
-
-fn parse_blocks(text: &str) -> Vec<(String, String)> {
-    let mut blocks = Vec::new();
-    let mut current: Option<(String, String)> = None;
-    for line in text.lines() {
-        match current.as_mut() {
-            None => {
-                if let Some(name) = line.strip_prefix("```sql ") {
-                    current = Some((name.trim().to_string(), String::new()));
-                }
-            }
-            Some((_, body)) => {
-                if line.starts_with("```") {
-                    blocks.extend(current.take());
-                } else {
-                    body.push_str(line);
-                    body.push('\n');
-                }
-            }
-        }
-    }
-    blocks
-}
-
-/// The statements of block `name` for a server of `major`, for database
-/// `dbname`: comments and lines marked `-- PG N+` above `major` dropped, the
-/// passwords and the database name replaced by the harness's.
+/// The statements of block `name` of docs/privileges.md for a server of
+/// `major`, for database `dbname`, with the harness's steward password: the
+/// same reading of the page `pgsteward demo` makes (the page is compiled into
+/// the library).
 fn block_sql(name: &str, major: u32, dbname: &str) -> String {
-    let body = doc_blocks()
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, b)| b.clone())
-        .unwrap_or_else(|| panic!("test harness: docs/privileges.md has no ```sql {name} block"));
-    let mut out = String::new();
-    for line in body.lines() {
-        let (code, comment) = match line.find("--") {
-            Some(i) => (&line[..i], &line[i + 2..]),
-            None => (line, ""),
-        };
-        if let Some(min) = comment
-            .trim()
-            .strip_prefix("PG ")
-            .and_then(|r| r.split('+').next())
-            .and_then(|n| n.trim().parse::<u32>().ok())
-        {
-            if major < min {
-                continue;
-            }
-        }
-        let code = code.trim();
-        if code.is_empty() {
-            continue;
-        }
-        let code = code
-            .replace(
-                "PASSWORD '...'",
-                &format!(
-                    "PASSWORD {}",
-                    pgsteward::pg::quote_literal(STEWARD_PASSWORD)
-                ),
-            )
-            .replace(
-                "ON DATABASE app ",
-                &format!("ON DATABASE {} ", pgsteward::pg::quote_ident(dbname)),
-            );
-        out.push_str(&code);
-        out.push('\n');
-    }
-    out
+    pgsteward::privileges::documented::documented_sql(name, major, STEWARD_PASSWORD, dbname)
+        .unwrap_or_else(|| panic!("test harness: docs/privileges.md has no ```sql {name} block"))
 }
 
 /// Makes the roles on a new primary and grants the cluster-wide blocks.
