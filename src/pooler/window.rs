@@ -134,6 +134,14 @@ impl Poolers {
     /// nothing is resumed: the saga decides (before promote it rolls back;
     /// after, RESUME must wait for the repoint).
     pub async fn admit_newcomers(&mut self, timeout: Duration) -> Result<Vec<String>, PoolerError> {
+        if !self.members_known {
+            // The first resolution of this process (an upgrade resumed after
+            // promote): nothing to compare with, and the PAUSEs in force are
+            // the earlier run's. Every instance found is driven from here on
+            // (repointed, resumed) like the others.
+            self.refresh_members().await?;
+            return Ok(Vec::new());
+        }
         let added = self.refresh_members().await?;
         if !added.is_empty() {
             tracing::warn!(instances = ?added, "PgBouncer instances appeared during the write pause; pausing them too");
