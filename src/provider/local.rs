@@ -186,6 +186,22 @@ impl Provider for LocalProvider {
         ProviderKind::Local
     }
 
+    fn new_server_address(&self, new_id: &str) -> String {
+        format!(
+            "127.0.0.1 on a free port chosen when it is made (recorded in its pgsteward.conf), \
+             data directory {}",
+            self.dir(new_id).display()
+        )
+    }
+
+    // syncs_failover_slots stays `false`: the PostgreSQL 17+ carry of
+    // failover slots (`upgrade::slots`) is judged but not built yet, so every
+    // logical slot refuses the upgrade before anything changes.
+
+    fn carries_physical_slots(&self) -> bool {
+        true
+    }
+
     async fn precheck(&self, target_class: &str) -> Result<Precheck, ProviderError> {
         let settings = self.class_settings(target_class)?;
         let client = self.connect(&self.primary).await?;
@@ -271,6 +287,8 @@ impl Provider for LocalProvider {
                 extra: Default::default(),
                 // Local replicas are repointed (follow_new_primary), not replaced.
                 readers: Vec::new(),
+                // Read by the upgrade itself (`upgrade::observe`).
+                slots: Vec::new(),
             },
             checks,
         })

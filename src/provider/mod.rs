@@ -159,6 +159,53 @@ pub struct SourceFacts {
     /// later step (and `upgrade abort`) works on the same list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub readers: Vec<ReaderFacts>,
+    /// The source's replication slots the upgrade carries to the new server
+    /// (`upgrade::slots`), fixed at precheck: a slot made later is not carried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slots: Vec<ReplicationSlot>,
+}
+
+impl SourceFacts {
+    /// Logical slots the new server must have synchronized before promote
+    /// (PostgreSQL 17+ failover slots).
+    pub fn syncs_logical_slots(&self) -> bool {
+        self.slots.iter().any(|s| s.kind == SlotKind::Logical)
+    }
+}
+
+/// Physical (a standby, pg_receivewal) or logical (a subscription, a CDC consumer).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotKind {
+    #[default]
+    Physical,
+    Logical,
+}
+
+/// One replication slot of the source as `pg_replication_slots` and
+/// `pg_stat_replication` show it (positions are `pg_lsn` text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationSlot {
+    pub name: String,
+    pub kind: SlotKind,
+    /// Logical: the output plugin (`pgoutput`, `test_decoding`, `wal2json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Logical: the database it decodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    pub active: bool,
+    pub temporary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_lsn: Option<String>,
+    /// Logical: what the consumer confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_flush: Option<String>,
+    /// PostgreSQL 17+: synchronized to standbys that ask for it.
+    pub failover: bool,
+    /// Who streams from it now: application name, address, state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
 }
 
 /// One reader (read replica) of the source and the new reader that replaces it.
@@ -259,6 +306,18 @@ pub trait Provider: Send + Sync {
         FenceMethod::AlterSystem
     }
 
+    /// Whether the new server gets the source's failover logical slots
+    /// synchronized (PostgreSQL 17+, see `upgrade::slots`). The default: no.
+    fn syncs_failover_slots(&self) -> bool {
+        false
+    }
+
+    /// Whether the source's physical slots are made on the new server
+    /// (`false`: they are the provider's own, RDS's replicas').
+    fn carries_physical_slots(&self) -> bool {
+        false
+    }
+
     /// Who performs the `repoint` step for this provider (see [`RepointBy`]).
     fn repoint_by(&self) -> RepointBy {
         RepointBy::Pooler
@@ -333,6 +392,12 @@ pub trait Provider: Send + Sync {
     /// The name an identifier swap gives the old holder of `name`.
     fn aside_id(&self, name: &str, upgrade_id: &str) -> String {
         format!("{name}-old-{upgrade_id}")
+    }
+
+    /// Where new server `new_id` will listen, as far as it is known before
+    /// it exists (`upgrade plan`; `upgrade status` shows the real endpoint).
+    fn new_server_address(&self, new_id: &str) -> String {
+        format!("the endpoint the provider gives {new_id} when it is created")
     }
 
     /// How server `id` is retired (`upgrade plan`): `reader` for an old reader.

@@ -10,7 +10,11 @@
 //! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
 //! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
+//! * `slots`: the pure judgement of the source's replication slots; `carry`
+//!   makes the physical ones on the new server before the pause.
+//! * `plan`: `upgrade plan`, only the steps this provider and cutover run.
 
+mod carry;
 pub mod current;
 pub mod cutover;
 pub mod failpoint;
@@ -20,19 +24,20 @@ pub mod guard;
 pub mod journal;
 pub mod keeper;
 pub mod observe;
+pub mod plan;
 pub mod precheck;
 pub mod privileges;
 pub mod record;
 pub mod rescue;
 pub mod runner;
 pub mod saga;
+pub mod slots;
 pub mod step;
 pub mod steps;
 pub mod swap;
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
@@ -44,6 +49,7 @@ use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use runner::Saga;
 
 pub use current::{cutover_in_progress, ensure_primary_current, wait_for_cutover};
+pub use plan::plan_command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -150,108 +156,6 @@ fn cancel_on_signal() -> CancellationToken {
 /// A new upgrade id: sortable by creation time, valid in RDS identifiers.
 fn new_upgrade_id() -> String {
     format!("u{}", chrono::Utc::now().format("%y%m%d%H%M%S%3f"))
-}
-
-pub async fn plan_command(
-    cfg: &Config,
-    class: &str,
-    output: OutputFormat,
-) -> Result<Outcome, UpgradeError> {
-    let provider = crate::provider::from_config(cfg)?;
-    let mut poolers = Poolers::from_config(cfg);
-    let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
-    let ok = pre.checks.iter().all(|c| c.ok);
-    // RDS identifiers take lower-case letters, digits and hyphens only.
-    let placeholder = "uid";
-    let replica = crate::provider::replica_id(&pre.source.id, placeholder);
-    let servers = swap::server_changes(provider.as_ref(), &pre.source, placeholder, class);
-    #[derive(Serialize)]
-    struct Plan<'a> {
-        target_class: &'a str,
-        source: &'a crate::provider::SourceFacts,
-        new_server: &'a str,
-        /// Every server created, promoted, renamed and deleted, in order.
-        servers: &'a [swap::ServerChange],
-        checks: &'a [crate::provider::Check],
-        steps: Vec<&'static str>,
-        ready: bool,
-    }
-    let plan = Plan {
-        target_class: class,
-        source: &pre.source,
-        new_server: &replica,
-        servers: &servers,
-        checks: &pre.checks,
-        steps: record::STEPS.iter().map(|s| s.name()).collect(),
-        ready: ok,
-    };
-    match output {
-        OutputFormat::Json => crate::output::print_json(&plan),
-        OutputFormat::Text => {
-            println!(
-                "upgrade plan: {} -> {replica} (class {class})",
-                pre.source.id
-            );
-            println!("prechecks:");
-            for c in &pre.checks {
-                println!(
-                    "  [{}] {}: {}",
-                    if c.ok { "ok" } else { "FAIL" },
-                    c.name,
-                    c.detail
-                );
-            }
-            println!("servers (in order; `uid` stands for the upgrade id):");
-            let rows: Vec<Vec<String>> = servers
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    vec![
-                        format!("{}", i + 1),
-                        c.step.to_string(),
-                        c.action.to_string(),
-                        c.server.clone(),
-                        c.class.clone().unwrap_or_default(),
-                        c.detail.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(&["#", "step", "action", "server", "class", "detail"], &rows)
-            );
-            println!("steps:");
-            let rows: Vec<Vec<String>> = record::SAGA
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    vec![
-                        format!("{}", i + 1),
-                        s.name.to_string(),
-                        format!("{:?}", s.region).to_lowercase(),
-                        s.does.to_string(),
-                        s.undo.to_string(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                crate::output::table(&["#", "step", "region", "does", "undo"], &rows)
-            );
-            println!(
-                "pause deadline {:?} (pause_writes to final_sync, from PAUSE); before promote any failure rolls back",
-                cfg.upgrade.pause_timeout.0
-            );
-            if !ok {
-                println!("not ready: fix the failed checks first");
-            }
-        }
-    }
-    Ok(if ok {
-        Outcome::Healthy
-    } else {
-        Outcome::Problem
-    })
 }
 
 /// What `start` and `resume` return to their callers (the demo and the benchmark use it).

@@ -107,6 +107,17 @@ async fn observe(
         guard,
     };
     pre.checks.extend(judge(&facts, own_id));
+    let support = super::slots::Support {
+        failover_slots: provider.syncs_failover_slots(),
+        physical_slots: provider.carries_physical_slots(),
+    };
+    let slots = read_slots(cfg, &primary, facts.server_version_num).await?;
+    pre.checks.extend(super::slots::judge(
+        &slots,
+        facts.server_version_num,
+        support,
+    ));
+    pre.source.slots = super::slots::carried(&slots, facts.server_version_num, support);
     pre.checks.extend(super::privileges::judge(
         &privileges,
         provider.fence_method(),
@@ -305,6 +316,43 @@ async fn pooler_entry_checks(
             ));
         }
     }
+}
+
+/// Every replication slot of the source and who streams from it (`slots`).
+async fn read_slots(
+    cfg: &Config,
+    primary: &tokio_postgres::Client,
+    version: i32,
+) -> Result<Vec<crate::provider::ReplicationSlot>, UpgradeError> {
+    use crate::provider::{ReplicationSlot, SlotKind};
+    let stmt = if version >= 170_000 {
+        super::slots::READ_SLOTS_17
+    } else {
+        super::slots::READ_SLOTS
+    };
+    let rows = primary
+        .query(stmt, &[])
+        .await
+        .map_err(|e| q(&cfg.database.primary, e))?;
+    Ok(rows
+        .iter()
+        .map(|r| ReplicationSlot {
+            name: r.get(0),
+            kind: if r.get::<_, String>(1) == "logical" {
+                SlotKind::Logical
+            } else {
+                SlotKind::Physical
+            },
+            plugin: r.get(2),
+            database: r.get(3),
+            active: r.get(4),
+            temporary: r.get(5),
+            restart_lsn: r.get(6),
+            confirmed_flush: r.get(7),
+            failover: r.get(8),
+            consumer: r.get(9),
+        })
+        .collect())
 }
 
 /// The steward's privileges (see `privileges`), read on the primary and in

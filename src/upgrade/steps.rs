@@ -325,7 +325,10 @@ impl Saga {
                 .get(0);
             let lag = lag.max(0.0) as u64;
             match ready(lag, &history, max) {
-                Readiness::Go(reason) => return Ok(Output::note(reason)),
+                Readiness::Go(reason) => {
+                    self.carry_physical_slots().await?;
+                    return Ok(Output::note(reason));
+                }
                 Readiness::NoGo(reason) => {
                     if last_print.elapsed() >= Duration::from_secs(1) {
                         self.progress.say(Step::WaitCatchup, &reason);

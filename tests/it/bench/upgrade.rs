@@ -206,35 +206,21 @@ pub(super) async fn hand_cutover(
 ) {
     let class = t.next_class();
     let sb = if class == "large" { "40MB" } else { "48MB" };
-    let settings: Vec<(String, String)> = [
-        ("shared_buffers", sb),
-        ("fsync", "off"),
-        ("full_page_writes", "off"),
-        ("wal_receiver_status_interval", "1s"),
-        ("log_min_messages", "warning"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    // The harness's settings (a standby refuses to start below its
+    // primary's max_wal_senders and the like), with the class's buffers.
+    let settings: Vec<(String, String)> = harness::test_settings()
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "shared_buffers" {
+                (k, sb.to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
     let old_spec = pgsteward::pg::ConnSpec::parse(&t.primary_url).unwrap();
     let old_port = old_spec.host_port().1;
     let old = harness::connect(&t.primary_url).await;
-    // A standby refuses to start with these below the primary's.
-    let mut settings = settings;
-    for name in [
-        "max_connections",
-        "max_wal_senders",
-        "max_worker_processes",
-        "max_prepared_transactions",
-        "max_locks_per_transaction",
-    ] {
-        let v: String = old
-            .query_one("SELECT current_setting($1)", &[&name])
-            .await
-            .unwrap()
-            .get(0);
-        settings.push((name.to_string(), v));
-    }
     let old_dir: String = old
         .query_one("SHOW data_directory", &[])
         .await

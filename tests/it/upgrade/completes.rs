@@ -16,6 +16,21 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
 
     let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
     assert!(plan.status.success(), "{}", text(&plan));
+    // Only what this upgrade runs (local, PgBouncer), and where the new server listens.
+    let plan_text = text(&plan);
+    assert!(
+        plan_text.contains("new server address: 127.0.0.1"),
+        "{plan_text}"
+    );
+    for absent in [
+        "create_readers",
+        "rename_old_aside",
+        "repoint_stable",
+        "move_reads",
+    ] {
+        assert!(!plan_text.contains(absent), "{absent}: {plan_text}");
+    }
+    assert!(plan_text.contains("resume_writes"), "{plan_text}");
     let same = t.pgsteward(&["upgrade", "plan", "--target-class", "nope"], None);
     assert_eq!(same.status.code(), Some(2), "{}", text(&same));
 

@@ -16,6 +16,7 @@ mod hangs;
 pub mod members;
 mod pool_metrics;
 mod poolers;
+mod slots;
 mod two_runners;
 
 /// The topology's config with another `state_dir` (another pod or host).

@@ -1,0 +1,249 @@
+//! Replication slots across the upgrade (issue 21): a CDC consumer
+//! (`pg_recvlogical`, test_decoding) and a logical subscriber (pgoutput) on
+//! the primary refuse the upgrade, naming each slot, before anything changes;
+//! a physical slot is on the new primary when it serves.
+
+use super::*;
+use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
+
+const LEDGER_IDS: &str = "SELECT id FROM ledger ORDER BY id";
+const LEDGER_TEXTS: &str = "SELECT id::text FROM ledger ORDER BY id";
+
+/// Every file name under the local provider's data root (new servers).
+fn new_servers(t: &Topology) -> Vec<String> {
+    std::fs::read_dir(t.dir().join("clusters"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Slot names on `url`'s server, in order.
+async fn slot_names(url: &str) -> Vec<String> {
+    crate::logical::texts(
+        url,
+        "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+    )
+    .await
+}
+
+/// A subscriber and a CDC consumer on the primary, a writer through
+/// PgBouncer: `upgrade plan` fails naming both slots (plugin, database,
+/// consumer, the fix); `upgrade start` refuses with the same lines and
+/// changes nothing (no new server, no journal step past precheck, no
+/// PgBouncer pause, pg_hba.conf and slots as they were); both consumers
+/// then hold every acknowledged row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
+    let t = Topology::new();
+    let super_app = crate::partitions::as_super(&t.primary_url);
+    must(
+        t.cluster
+            .primary
+            .psql("app", "CREATE PUBLICATION ledger_pub FOR TABLE ledger"),
+    );
+    let sub = Subscriber::create(
+        &t.primary_url,
+        "ledger_pub",
+        pgsteward::workload::LEDGER_TABLE,
+    );
+    let mut cdc = Cdc::start(&t.primary_url).await;
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(3),
+        Duration::from_secs(120),
+    );
+    load.wait_progress(50).await;
+    let slots_before = slot_names(&super_app).await;
+    assert_eq!(slots_before.len(), 2, "{slots_before:?}");
+    let hba = t.cluster.primary.data_dir.join("pg_hba.conf");
+    let hba_before = must(std::fs::read_to_string(&hba).map_err(|e| e.to_string()));
+
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", t.next_class()], None);
+    let plan_text = text(&plan);
+    assert_eq!(plan.status.code(), Some(1), "{plan_text}");
+    let start = t.upgrade(None);
+    let start_text = text(&start);
+    assert_eq!(start.status.code(), Some(1), "{start_text}");
+    let major = harness::server_major();
+    for out in [&plan_text, &start_text] {
+        for slot in &slots_before {
+            let line = out
+                .lines()
+                .find(|l| l.contains(&format!("replication slot {slot}")))
+                .unwrap_or_else(|| panic!("{slot} not named:\n{out}"));
+            for want in [
+                "logical, plugin ",
+                "database app",
+                "confirmed_flush ",
+                "resync",
+            ] {
+                assert!(line.contains(want), "{want}: {line}");
+            }
+            assert!(!line.contains("[ok]"), "{line}");
+            if major < 17 {
+                assert!(line.contains("before PostgreSQL 17"), "{line}");
+            } else {
+                assert!(line.contains("does not carry logical slots"), "{line}");
+            }
+        }
+        assert!(out.contains("plugin test_decoding"), "{out}");
+        assert!(out.contains("plugin pgoutput"), "{out}");
+        // The consumers as the primary sees them: the walsenders' names.
+        assert!(out.contains("pg_recvlogical at 127.0.0.1"), "{out}");
+        assert!(out.contains(&format!("{} at 127.0.0.1", sub.name)), "{out}");
+    }
+
+    // Nothing changed: no new server, PgBouncer not paused and still on the
+    // old primary, the old primary unfenced, the slots as they were.
+    assert!(new_servers(&t).is_empty(), "{:?}", new_servers(&t));
+    let hba_after = must(std::fs::read_to_string(&hba).map_err(|e| e.to_string()));
+    assert_eq!(hba_before, hba_after, "pg_hba.conf changed");
+    assert_eq!(slot_names(&super_app).await, slots_before);
+    let admin = harness::connect(&t.pooler.admin_url()).await;
+    let rows = admin.simple_query("SHOW DATABASES").await.unwrap();
+    let port = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("app") => {
+            r.get(2).map(str::to_string)
+        }
+        _ => None,
+    });
+    assert_eq!(port, Some(t.cluster.primary.port.to_string()));
+    if let Ok(Some(p)) = pgsteward::upgrade::journal::latest(&t.state_dir()) {
+        let rec = must(pgsteward::upgrade::journal::read(&p).map_err(|e| e.to_string()));
+        assert!(
+            rec.step(pgsteward::upgrade::record::Step::CreateReplica)
+                .started_at
+                .is_none(),
+            "{rec:?}"
+        );
+    }
+
+    load.wait_progress(50).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+    assert_subscriber_matches(&super_app, LEDGER_TEXTS, &sub, LEDGER_TEXTS, "subscriber").await;
+    assert_cdc_matches(&mut cdc, "public.ledger", &super_app, LEDGER_IDS, "CDC").await;
+}
+
+/// `pg_receivewal` streaming through physical slot `slot` of the server at
+/// `port` (as the superuser, a test fixture), reporting every second.
+struct ReceiveWal {
+    child: std::process::Child,
+    /// Where it writes the WAL; removed with it.
+    _dir: tempfile::TempDir,
+}
+
+impl ReceiveWal {
+    fn start(port: u16, slot: &str) -> ReceiveWal {
+        let dir = must(tempfile::tempdir().map_err(|e| e.to_string()));
+        let program = harness::bin_dir()
+            .map(|d| d.join("pg_receivewal"))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| {
+                must(pgsteward::localpg::find_program(
+                    "pg_receivewal",
+                    harness::bin_dir(),
+                ))
+            });
+        let child = must(
+            Command::new(program)
+                .args([
+                    "-d",
+                    &format!("host=127.0.0.1 port={port} user={}", harness::SUPER_USER),
+                    "-S",
+                    slot,
+                    "-s",
+                    "1",
+                    "-n",
+                    "-D",
+                ])
+                .arg(dir.path())
+                .env("PGPASSFILE", harness::passfile())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("pg_receivewal: {e}")),
+        );
+        ReceiveWal { child, _dir: dir }
+    }
+}
+
+impl Drop for ReceiveWal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A physical slot streamed from by `pg_receivewal` is made on the new
+/// server before the pause, so its user finds it (and the WAL it asks for)
+/// on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_physical_slot_is_on_the_new_primary() {
+    let mut t = Topology::new();
+    must(t.cluster.primary.psql(
+        "postgres",
+        "SELECT pg_create_physical_replication_slot('standby_b', true)",
+    ));
+    let _receiver = ReceiveWal::start(t.cluster.primary.port, "standby_b");
+    let super_postgres =
+        crate::partitions::as_super(&harness::steward_url(&t.cluster.primary, "postgres"));
+    let t0 = Instant::now();
+    while harness::query(
+        &super_postgres,
+        "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'standby_b' AND active",
+    )
+    .await
+    .is_empty()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "pg_receivewal never streamed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let load = Load::start(
+        &t.pooler_url(),
+        2,
+        Duration::from_millis(4),
+        Duration::from_secs(120),
+    );
+    load.wait_progress(30).await;
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", t.next_class()], None);
+    let plan_text = text(&plan);
+    assert!(plan.status.success(), "{plan_text}");
+    assert!(
+        plan_text.contains("replication slot standby_b: physical"),
+        "{plan_text}"
+    );
+    let out = t.upgrade(None);
+    assert!(out.status.success(), "{}", text(&out));
+    t.follow_upgrade();
+    load.wait_progress(30).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+    let new_super = crate::partitions::as_super(&t.primary_url);
+    let rows = harness::query(
+        &new_super,
+        "SELECT slot_type, restart_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = 'standby_b'",
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "standby_b is not on the new primary");
+    assert_eq!(rows[0].get::<_, String>(0), "physical");
+    assert!(rows[0].get::<_, bool>(1), "standby_b reserves no WAL there");
+}
