@@ -205,7 +205,10 @@ pub fn saturation(
         }
         let dbs = cut_over.get(&s.instance);
         for p in &s.pools {
-            if dbs.is_some_and(|d| !d.contains(&p.database)) {
+            // Not cut over; or paused already (its clients wait for the
+            // RESUME, not for a server: a PAUSE of this upgrade's earlier
+            // run, or another's, which the pause itself then refuses).
+            if dbs.is_some_and(|d| !d.contains(&p.database)) || p.paused {
                 continue;
             }
             let long = p.maxwait_seconds >= limits.max_client_wait.as_secs_f64();
@@ -423,6 +426,11 @@ mod tests {
             saturation(std::slice::from_ref(&s), &only_batch, &limits).len(),
             1
         );
+        // Clients waiting on a paused database wait for its RESUME.
+        let mut paused = s.clone();
+        paused.used_clients = Some(100);
+        paused.pools[0].paused = true;
+        assert!(saturation(&[paused], &HashMap::new(), &limits).is_empty());
         // A short wait with few clients is business as usual.
         let mut calm = s.clone();
         calm.used_clients = Some(100);
