@@ -40,6 +40,7 @@ CHART = DEPLOY / "helm" / "pgsteward"
 # kubernetes-validate bundles (a current release), unless given as argv[1].
 ENTRY_POINTS = [
     "service",
+    "pgbouncer",
     "cronjob",
     "upgrade/plan",
     "upgrade/start",

@@ -122,8 +122,29 @@ async fn probe_server(
     }
 }
 
-async fn probe_pooler(conn: &ConnString, timeout: Duration) -> Probe {
-    let endpoint = conn.to_string();
+/// Every instance an admin endpoint stands for (a name: every address it
+/// resolves to, see `pooler::members`), each probed on its own.
+async fn probe_poolers(conn: &ConnString, timeout: Duration) -> Vec<Probe> {
+    let bound = crate::pooler::members::RESOLVE_BOUND.min(timeout);
+    match crate::pooler::members::instances_of(conn, bound).await {
+        Ok(instances) => {
+            let probes = instances
+                .iter()
+                .map(|i| probe_pooler(&i.admin, i.name.clone(), timeout));
+            futures::future::join_all(probes).await
+        }
+        Err(e) => vec![Probe {
+            role: "pooler",
+            endpoint: conn.to_string(),
+            ok: false,
+            warning: false,
+            usage: false,
+            detail: e.to_string(),
+        }],
+    }
+}
+
+async fn probe_pooler(conn: &ConnString, endpoint: String, timeout: Duration) -> Probe {
     let result = async {
         let spec = conn.spec()?;
         let client = spec.connect(timeout).await?;
@@ -354,16 +375,22 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
             &cfg.partitions,
         )));
     }
-    if cfg.cutover.kind == CutoverKind::Pgbouncer {
-        for a in &cfg.cutover.admin {
-            futures.push(Box::pin(probe_pooler(a, timeout)));
-        }
-    }
     if let Some(a) = &cfg.archive {
         futures.push(Box::pin(probe_archive(a)));
     }
+    let poolers = if cfg.cutover.kind == CutoverKind::Pgbouncer {
+        cfg.cutover.admin.as_slice()
+    } else {
+        &[]
+    };
+    let pooler_probes = poolers.iter().map(|a| probe_poolers(a, timeout));
     // Polled together: awaiting in turn would add up the timeouts of dead endpoints.
-    let mut probes: Vec<Probe> = futures::future::join_all(futures).await;
+    let (mut probes, pooler_probes) = futures::future::join(
+        futures::future::join_all(futures),
+        futures::future::join_all(pooler_probes),
+    )
+    .await;
+    probes.extend(pooler_probes.into_iter().flatten());
     if probes.first().is_some_and(|p| p.ok) {
         probes.push(probe_schema(cfg).await);
         probes.extend(probe_tables(cfg).await);

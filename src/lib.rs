@@ -40,7 +40,9 @@
 //!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.
 //! * [`pooler`]: the PgBouncer admin console: PAUSE, RESUME (every instance independently), RELOAD,
-//!   the entries that reach the primary; [`pooler::ini`]: the `[databases]` rewrite.
+//!   the entries that reach the primary; [`pooler::ini`]: the `[databases]` rewrite;
+//!   [`pooler::members`]: the instances a name resolves to (a headless Service's pods);
+//!   [`pooler::stats`]: the pools' figures and the pre-pause health gate (pure parts).
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
 //!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
@@ -112,6 +114,7 @@
 //! * [`check`]: `pgsteward check`: the configuration and every endpoint it names.
 //! * [`metrics`]: the Prometheus registry, every `pgsteward_*` metric, bounded labels.
 //!   * [`metrics::capacity`]: the `pgsteward_capacity_*` metrics from a capacity report.
+//!   * [`metrics::pooler`]: the `pgsteward_pgbouncer_*` metrics, every instance's pools.
 //! * [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! * [`service`]: `pgsteward run`: the jobs on their cron schedules until a signal.
 //!   * [`service::scheduler`]: one loop per job, no overlap.

@@ -5,6 +5,7 @@
 //! rather than left stale or set to 0; `pgsteward_replica_up` says why.
 
 pub mod capacity;
+pub mod pooler;
 
 use std::sync::atomic::AtomicU64;
 
@@ -89,6 +90,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub upgrade_step: Gauge,
     pub capacity: capacity::CapacityMetrics,
+    pub pooler: pooler::PoolerMetrics,
 }
 
 fn duration_histogram() -> Histogram {
@@ -135,6 +137,7 @@ impl Metrics {
             leader: Gauge::default(),
             upgrade_step: Gauge::default(),
             capacity: capacity::CapacityMetrics::default(),
+            pooler: pooler::PoolerMetrics::default(),
         };
         registry.register_with_unit(
             "replica_lag",
@@ -274,6 +277,7 @@ impl Metrics {
             m.upgrade_step.clone(),
         );
         m.capacity.register(&mut registry);
+        m.pooler.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -47,6 +47,8 @@ pub enum ErrorLabel {
     Capacity,
     Schema,
     Demo,
+    /// A PgBouncer admin endpoint's name did not resolve (the pool metrics job).
+    Pooler,
     /// The lag job could not reach the primary.
     PrimaryUnreachable,
     /// The configured primary is in recovery (a replica).
@@ -70,6 +72,7 @@ impl ErrorLabel {
             ErrorLabel::Capacity => "capacity",
             ErrorLabel::Schema => "schema",
             ErrorLabel::Demo => "demo",
+            ErrorLabel::Pooler => "pooler",
             ErrorLabel::PrimaryUnreachable => "primary_unreachable",
             ErrorLabel::PrimaryInRecovery => "primary_in_recovery",
             ErrorLabel::Table => "table",

@@ -154,5 +154,13 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
             MAX_BYTES,
         )?;
     }
+    let cut = &c.cutover;
+    count(
+        "cutover.max_waiting_clients",
+        cut.max_waiting_clients,
+        0,
+        1_000_000,
+    )?;
+    duration("cutover.max_client_wait", cut.max_client_wait, MS, HOUR)?;
     Ok(())
 }

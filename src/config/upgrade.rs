@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{ByteSize, ConnString, HumanDuration};
+use super::{ByteSize, ConnString, HumanDuration, Schedule};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +191,7 @@ pub struct CutoverConfig {
     #[serde(default)]
     pub kind: CutoverKind,
     /// PgBouncer admin consoles (`.../pgbouncer` database), every one paused and repointed.
+    /// A host name stands for every address it resolves to (a headless Service: one per pod).
     #[serde(default)]
     pub admin: Vec<ConnString>,
     /// The pgbouncer.ini whose `[databases]` entry is rewritten. One file per admin endpoint,
@@ -200,6 +201,17 @@ pub struct CutoverConfig {
     /// The `[databases]` entry clients use.
     #[serde(default = "default_cutover_database")]
     pub database: String,
+    /// When `pgsteward run` reads every instance's pools for the
+    /// `pgsteward_pgbouncer_*` metrics.
+    #[serde(default = "default_stats_schedule")]
+    pub stats_schedule: Schedule,
+    /// The pause does not start while more clients than this wait on one
+    /// database of an instance (a saturated pool turns a pause into client timeouts).
+    #[serde(default = "default_max_waiting_clients")]
+    pub max_waiting_clients: u64,
+    /// ... or while a waiting client has waited this long.
+    #[serde(default = "default_max_client_wait")]
+    pub max_client_wait: HumanDuration,
 }
 
 impl Default for CutoverConfig {
@@ -209,12 +221,24 @@ impl Default for CutoverConfig {
             admin: Vec::new(),
             config_file: Vec::new(),
             database: default_cutover_database(),
+            stats_schedule: default_stats_schedule(),
+            max_waiting_clients: default_max_waiting_clients(),
+            max_client_wait: default_max_client_wait(),
         }
     }
 }
 
 fn default_cutover_database() -> String {
     "app".to_string()
+}
+fn default_stats_schedule() -> Schedule {
+    super::parse_const("*/15 * * * * *")
+}
+fn default_max_waiting_clients() -> u64 {
+    10
+}
+fn default_max_client_wait() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 /// Accepts `"x"` as well as `["x", "y"]`.

@@ -32,6 +32,8 @@ pub const PLATFORM: &str = "pool_mode = transaction\nmax_client_conn = 10000\n\
 #[derive(Debug)]
 pub struct LocalPgBouncer {
     pub dir: PathBuf,
+    /// The address it listens on (loopback).
+    pub addr: String,
     pub port: u16,
     pub ini: PathBuf,
     pub user: Option<ServerUser>,
@@ -140,6 +142,38 @@ impl LocalPgBouncer {
         auth: &PgBouncerAuth,
         extra: &[(&str, &str)],
     ) -> Result<LocalPgBouncer, LocalPgError> {
+        let mut text = String::from("[databases]\n");
+        for db in databases {
+            let _ = writeln!(text, "{}", db.ini_line()?);
+        }
+        Self::spawn(dir, "127.0.0.1", port, text, auth, extra)
+    }
+
+    /// PgBouncer on `addr:port` (a loopback address: several instances may
+    /// share a port on 127.0.0.2, .3, ...) whose `[databases]` section is
+    /// the shared file `databases` (`%include`): one file for every
+    /// instance, as the pods of a Deployment share one configuration.
+    pub fn start_shared(
+        dir: &Path,
+        addr: &str,
+        port: u16,
+        databases: &Path,
+        auth: &PgBouncerAuth,
+        extra: &[(&str, &str)],
+    ) -> Result<LocalPgBouncer, LocalPgError> {
+        let shown = databases.display().to_string();
+        ini_value("%include", &shown)?;
+        Self::spawn(dir, addr, port, format!("%include {shown}\n"), auth, extra)
+    }
+
+    fn spawn(
+        dir: &Path,
+        addr: &str,
+        port: u16,
+        databases: String,
+        auth: &PgBouncerAuth,
+        extra: &[(&str, &str)],
+    ) -> Result<LocalPgBouncer, LocalPgError> {
         let user = ServerUser::detect()?;
         make_server_dir(dir, user)?;
         let program = find_program("pgbouncer", None)?;
@@ -149,10 +183,7 @@ impl LocalPgBouncer {
         fs::set_permissions(&users, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io("chmod userlist"))?;
         give_to(&users, user)?;
-        let mut text = String::from("[databases]\n");
-        for db in databases {
-            let _ = writeln!(text, "{}", db.ini_line()?);
-        }
+        let mut text = databases;
         let path = |key: &str, p: &Path| -> Result<String, LocalPgError> {
             let shown = p.display().to_string();
             ini_value(key, &shown)?;
@@ -160,10 +191,11 @@ impl LocalPgBouncer {
         };
         let _ = write!(
             text,
-            "\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
+            "\n[pgbouncer]\nlisten_addr = {addr}\nlisten_port = {port}\nunix_socket_dir = {sock}\n\
              auth_type = scram-sha-256\nauth_file = {users}\nadmin_users = {admin}\n\
              {PLATFORM}\
              server_login_retry = 1\nserver_connect_timeout = 5\nlogfile = {log}\npidfile = {pid}\n",
+            addr = ini_word("listen_addr", addr)?,
             sock = path("unix_socket_dir", dir)?,
             users = path("auth_file", &users)?,
             admin = ini_word("admin_users", &auth.admin.name)?,
@@ -183,6 +215,7 @@ impl LocalPgBouncer {
         let child = cmd.spawn().map_err(io("start pgbouncer"))?;
         let pooler = LocalPgBouncer {
             dir: dir.to_path_buf(),
+            addr: addr.to_string(),
             port,
             ini,
             user,
@@ -203,7 +236,7 @@ impl LocalPgBouncer {
 
     fn wait_listening(&self, timeout: Duration) -> Result<(), LocalPgError> {
         let deadline = Instant::now() + timeout;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
             if Instant::now() >= deadline {
                 let log = fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default();
                 return Err(LocalPgError::Timeout {
@@ -228,8 +261,8 @@ impl LocalPgBouncer {
             None => url_encode(user),
         };
         format!(
-            "postgres://{login}@127.0.0.1:{}/{name}?sslmode=disable",
-            self.port
+            "postgres://{login}@{}:{}/{name}?sslmode=disable",
+            self.addr, self.port
         )
     }
 

@@ -1,22 +1,29 @@
 //! The PgBouncer admin console (simple query protocol only: the console does
 //! not speak the extended protocol) and the `[databases]` rewrite (`ini`).
 //!
-//! Every configured admin endpoint (instance) is driven together, and on
-//! each every `[databases]` entry that reaches the primary (see
-//! [`Poolers::discover`]), not only `cutover.database`: PAUSE waits until all
-//! of them have paused, RELOAD and RESUME go to all. PAUSE blocks its
-//! connection until in-flight transactions end, so each paused database has
-//! a connection of its own and everything else (RESUME, the way back after a
-//! missed deadline) goes over another.
+//! An admin endpoint stands for every instance its name resolves to
+//! (`members`: a headless Service's pods). Every instance is driven
+//! together, and on each every `[databases]` entry that reaches the primary
+//! (see [`Poolers::discover`]), not only `cutover.database`: PAUSE is sent to
+//! all at once and confirmed on each (`window`), RELOAD and RESUME go to
+//! all. PAUSE blocks its connection until in-flight transactions end, so
+//! each paused database has a connection of its own and everything else
+//! (RESUME, the way back after a missed deadline) goes over another.
 //!
 //! **RESUME reaches every instance independently**: each over its own
 //! connection (opened then if it is not open), under its own timeout, all
 //! at once; a hung instance delays nobody else's RESUME, and the error says
 //! which instances and databases were not resumed.
+//!
+//! `stats` reads the pools (SHOW POOLS, DATABASES, LISTS, STATS) for the
+//! metrics and the pre-pause health gate.
 
 pub mod ini;
+pub mod members;
 pub mod reach;
 pub mod sql;
+pub mod stats;
+mod window;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -26,8 +33,11 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
 pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
+use members::Instance;
 use reach::{discover_one, show_databases};
 pub use reach::{pooled_session, pooler_spec, Servers};
+pub use stats::{GateLimits, InstanceStats, PoolStats};
+pub use window::{InstancePause, PauseReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolerError {
@@ -57,6 +67,12 @@ pub enum PoolerError {
         "no pgbouncer admin endpoint configured: set cutover.admin (or cutover.kind = \"none\")"
     )]
     NotConfigured,
+    #[error("pgbouncer {endpoint}: {detail}")]
+    Resolve { endpoint: String, detail: String },
+    #[error("pgbouncer {target}: PAUSE returned but SHOW DATABASES shows {database} not paused; writes were resumed")]
+    NotPaused { target: String, database: String },
+    #[error("the pause was not started, a pooler is saturated (clients would time out in the pause): {}", .0.join("; "))]
+    Saturated(Vec<String>),
 }
 
 /// One `[databases]` entry as `SHOW DATABASES` reports it.
@@ -71,9 +87,26 @@ pub struct DatabaseEntry {
     pub pool_mode: Option<String>,
 }
 
-struct Endpoint {
+/// A configured admin endpoint (`cutover.admin`), and its pgbouncer.ini.
+struct Source {
     admin: ConnString,
     ini: Option<PathBuf>,
+}
+
+/// One PgBouncer instance (see `members`).
+struct Endpoint {
+    /// Which `cutover.admin` entry stands for it.
+    source: usize,
+    /// Its label and key: `ip:port`, or the endpoint's own `host:port`.
+    instance: String,
+    /// What messages call it.
+    name: String,
+    /// The admin URL pinned to this instance.
+    admin: ConnString,
+    ini: Option<PathBuf>,
+    /// Still listed by its name (false: it left, but this upgrade's PAUSE
+    /// is in force there, so RESUME is still owed to it).
+    listed: bool,
     /// One per paused database: PAUSE blocks it.
     pause_conns: BTreeMap<String, Client>,
     /// Everything else.
@@ -82,6 +115,26 @@ struct Endpoint {
     dbs: Vec<String>,
     /// Databases whose PAUSE this process sent and no RESUME followed.
     paused_here: BTreeSet<String>,
+    /// When this process's PAUSE and RESUME reached it (the pause report).
+    timing: window::Timing,
+}
+
+impl Endpoint {
+    fn new(source: usize, inst: Instance, ini: Option<PathBuf>) -> Endpoint {
+        Endpoint {
+            source,
+            instance: inst.key,
+            name: inst.name,
+            admin: inst.admin,
+            ini,
+            listed: true,
+            pause_conns: BTreeMap::new(),
+            ctl_conn: None,
+            dbs: Vec::new(),
+            paused_here: BTreeSet::new(),
+            timing: window::Timing::default(),
+        }
+    }
 }
 
 /// The longest any one query of the upgrade (an admin command here, or a
@@ -97,7 +150,10 @@ pub fn query_timeout(cfg: &Config) -> Duration {
 
 /// All configured PgBouncers, driven as one.
 pub struct Poolers {
+    sources: Vec<Source>,
+    /// Every instance found (see `members`); empty until resolved.
     endpoints: Vec<Endpoint>,
+    members_known: bool,
     connect_timeout: Duration,
     /// Bound of every admin command but PAUSE (which has its own).
     query_timeout: Duration,
@@ -122,20 +178,18 @@ impl Poolers {
             .map(|s| vec![s.host_port()])
             .unwrap_or_default();
         Poolers {
-            endpoints: cfg
+            sources: cfg
                 .cutover
                 .admin
                 .iter()
                 .enumerate()
-                .map(|(i, admin)| Endpoint {
+                .map(|(i, admin)| Source {
                     admin: admin.clone(),
                     ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
-                    pause_conns: BTreeMap::new(),
-                    ctl_conn: None,
-                    dbs: Vec::new(),
-                    paused_here: BTreeSet::new(),
                 })
                 .collect(),
+            endpoints: Vec::new(),
+            members_known: false,
             connect_timeout: cfg.database.connect_timeout.0,
             query_timeout: query_timeout(cfg),
             deadline: None,
@@ -186,31 +240,58 @@ impl Poolers {
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     }
 
+    /// No admin endpoint configured.
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
-    }
-
-    pub fn admins(&self) -> impl Iterator<Item = &ConnString> {
-        self.endpoints.iter().map(|e| &e.admin)
+        self.sources.is_empty()
     }
 
     /// Every database cut over, per instance (after [`Poolers::discover`]).
     pub fn targets(&self) -> Vec<(String, Vec<String>)> {
         self.endpoints
             .iter()
-            .map(|e| (e.admin.to_string(), e.dbs.clone()))
+            .map(|e| (e.name.clone(), e.dbs.clone()))
             .collect()
     }
 
-    /// Opens the control connections that are not open yet.
+    /// The pgbouncer.ini of instance `i` (its endpoint's `cutover.config_file`).
+    pub fn config_file_of(&self, i: usize) -> Option<&Path> {
+        self.endpoints.get(i)?.ini.as_deref()
+    }
+
+    /// The connect bound now: `connect_timeout`, or less inside the pause.
+    fn connect_limit(&self) -> Duration {
+        self.connect_timeout
+            .min(self.limit().max(Duration::from_millis(1)))
+    }
+
+    /// Opens the control connections that are not open yet, every instance
+    /// at once (a hung one costs its connect bound, once).
     async fn connect_ctl(&mut self) -> Result<(), PoolerError> {
-        let timeout = self
-            .connect_timeout
-            .min(self.limit().max(Duration::from_millis(1)));
-        for e in &mut self.endpoints {
+        self.ensure_members().await?;
+        let timeout = self.connect_limit();
+        let runs = self.endpoints.iter_mut().map(|e| async move {
             if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                e.ctl_conn = Some(pooled_session(&e.admin, timeout).await?);
+                e.ctl_conn = Some(open(&e.name, &e.admin, timeout).await?);
             }
+            Ok::<_, PoolerError>(())
+        });
+        let results = futures::future::join_all(runs).await;
+        // An instance that left its name and now refuses connections is a
+        // pod gone with its clients: nothing to reload or resume there, and
+        // it must not block the cutover. Any other failure is the error.
+        let mut gone = Vec::new();
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Err(err) if !self.endpoints[i].listed && window::refused(&err) => {
+                    tracing::warn!(pooler = %self.endpoints[i].name, error = %err, "an instance that left its name refuses connections: gone with its clients, forgotten");
+                    gone.push(i);
+                }
+                Err(err) => return Err(err),
+                Ok(()) => {}
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.endpoints.remove(i);
         }
         Ok(())
     }
@@ -224,6 +305,7 @@ impl Poolers {
     /// the command bound is read from its pgbouncer.ini instead (the
     /// entries RESUME must reach), and holds up no other.
     pub async fn discover(&mut self) -> Result<(), PoolerError> {
+        self.ensure_members().await?;
         if self.endpoints.iter().all(|e| !e.dbs.is_empty()) {
             return Ok(());
         }
@@ -252,183 +334,45 @@ impl Poolers {
     /// logins do not count against it): control, and one per database to pause.
     pub async fn connect(&mut self) -> Result<(), PoolerError> {
         self.discover().await?;
-        let timeout = self
-            .connect_timeout
-            .min(self.limit().max(Duration::from_millis(1)));
-        for e in &mut self.endpoints {
-            for db in e.dbs.clone() {
-                if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
-                    let c = pooled_session(&e.admin, timeout).await?;
-                    e.pause_conns.insert(db, c);
+        self.connect_ctl().await?;
+        let timeout = self.connect_limit();
+        // An instance that left its name is not paused again (a PAUSE of
+        // ours there stays owed its RESUME).
+        let runs = self
+            .endpoints
+            .iter_mut()
+            .filter(|e| e.listed)
+            .map(|e| async move {
+                for db in e.dbs.clone() {
+                    if e.pause_conns.get(&db).map_or(true, |c| c.is_closed()) {
+                        let c = open(&e.name, &e.admin, timeout).await?;
+                        e.pause_conns.insert(db, c);
+                    }
                 }
-            }
-        }
+                Ok::<_, PoolerError>(())
+            });
+        futures::future::try_join_all(runs).await?;
         Ok(())
     }
 
     fn ctl(e: &Endpoint) -> Result<&Client, PoolerError> {
         e.ctl_conn.as_ref().ok_or_else(|| PoolerError::Command {
-            target: e.admin.to_string(),
+            target: e.name.clone(),
             command: "connect".into(),
             detail: "not connected".into(),
         })
     }
 
-    /// `PAUSE db` of every cut-over database on every instance, all at once;
-    /// returns when all finished pausing. Past `timeout` (or on any error)
-    /// RESUME is sent everywhere and the error returned.
-    ///
-    /// A PAUSE already in force is never lifted unless this process made it
-    /// (then it has drained already and is kept): a PAUSE of another upgrade
-    /// or of an operator is theirs to RESUME.
-    pub async fn pause(&mut self, timeout: Duration) -> Result<(), PoolerError> {
-        self.connect().await?;
-        let shown =
-            futures::future::join_all(self.endpoints.iter().map(|e| self.show_databases_of(e)))
-                .await;
-        let mut sends = Vec::new();
-        for (i, (e, shown)) in self.endpoints.iter().zip(shown).enumerate() {
-            let shown = shown?;
-            for db in &e.dbs {
-                let paused = shown.iter().any(|d| &d.name == db && d.paused);
-                if paused && e.paused_here.contains(db) {
-                    continue;
-                }
-                if paused {
-                    return Err(PoolerError::PausedByOther {
-                        target: e.admin.to_string(),
-                        database: db.clone(),
-                    });
-                }
-                sends.push((i, db.clone()));
-            }
-        }
-        let mut futs = Vec::new();
-        for (i, db) in &sends {
-            let e = &self.endpoints[*i];
-            let cmd = sql::pause(db);
-            let Some(c) = e.pause_conns.get(db) else {
-                return Err(PoolerError::Command {
-                    target: e.admin.to_string(),
-                    command: cmd,
-                    detail: "not connected".into(),
-                });
-            };
-            let admin = e.admin.clone();
-            futs.push(async move { simple(c, &admin, &cmd, timeout).await });
-        }
-        let all = futures::future::try_join_all(futs);
-        let result = match tokio::time::timeout(timeout, all).await {
-            Ok(Ok(_)) => {
-                for (i, db) in sends {
-                    self.endpoints[i].paused_here.insert(db);
-                }
-                return Ok(());
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(PoolerError::PauseTimeout {
-                target: self
-                    .admins()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                timeout,
-            }),
-        };
-        // The pausing connections are still waiting for their answer; drop them.
-        // The PAUSEs sent are ours (a PAUSE pending counts as one): lift them.
-        for (i, db) in sends {
-            self.endpoints[i].pause_conns.remove(&db);
-            self.endpoints[i].paused_here.insert(db);
-        }
-        // The way back is not bound by the deadline that was just missed.
-        self.deadline = None;
-        if let Err(e) = self.resume().await {
-            tracing::error!(error = %e, "resume after a failed pause failed");
-        }
-        result
-    }
-
-    /// `RESUME db` of every cut-over database on every instance; a database
-    /// that is not paused is fine. Only called for a PAUSE of this upgrade
-    /// (this process's, or one its journal proves it sent before a crash).
-    ///
-    /// Every instance independently and at once (see the module doc): its
-    /// own control connection, opened now when it is not open, its own
-    /// timeout (the full query timeout: the way back gets its time even
-    /// after a missed pause deadline). Fails naming every instance and
-    /// database not resumed, after all the others were.
-    pub async fn resume(&mut self) -> Result<(), PoolerError> {
-        let timeout = self.query_timeout;
-        let connect_timeout = self.connect_timeout.min(timeout);
-        let cutover_db = self.database.clone();
-        let servers = self.servers_to_cut_over().await;
-        let servers = &servers;
-        let runs = self.endpoints.iter_mut().map(|e| {
-            let cutover_db = cutover_db.clone();
-            async move {
-                // Which databases, found on this instance's own time.
-                if e.dbs.is_empty() {
-                    discover_one(e, servers, &cutover_db, connect_timeout, timeout).await;
-                }
-                let dbs = e.dbs.clone();
-                let mut failed = Vec::new();
-                let mut resumed = 0;
-                let admin = e.admin.clone();
-                let reach = async {
-                    if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-                        e.ctl_conn = Some(pooled_session(&admin, connect_timeout).await?);
-                    }
-                    Ok::<_, PoolerError>(())
-                };
-                let connected = match tokio::time::timeout(timeout, reach).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PoolerError::Timeout {
-                        target: admin.to_string(),
-                        command: "connect".into(),
-                        after: timeout,
-                    }),
-                };
-                if let Err(err) = connected {
-                    e.ctl_conn = None;
-                    failed.push(format!("{admin} ({}): {err}", dbs.join(", ")));
-                    return (resumed, failed);
-                }
-                for db in dbs {
-                    let Some(c) = e.ctl_conn.as_ref() else { break };
-                    match simple(c, &admin, &sql::resume(&db), timeout).await {
-                        Ok(_) => {}
-                        Err(PoolerError::Command { detail, .. })
-                            if detail.contains("not paused") => {}
-                        Err(err) => {
-                            // A hung console: the next RESUME opens a fresh session.
-                            e.ctl_conn = None;
-                            failed.push(format!("{admin} database {db}: {err}"));
-                            continue;
-                        }
-                    }
-                    e.paused_here.remove(&db);
-                    resumed += 1;
-                }
-                (resumed, failed)
-            }
-        });
-        let outcomes = futures::future::join_all(runs).await;
-        let resumed = outcomes.iter().map(|o| o.0).sum();
-        let failed: Vec<String> = outcomes.into_iter().flat_map(|o| o.1).collect();
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(PoolerError::NotResumed { resumed, failed })
-        }
-    }
-
     /// `RELOAD` everywhere: PgBouncer rereads its file and reconnects changed databases.
+    /// Every instance at once.
     pub async fn reload(&mut self) -> Result<(), PoolerError> {
         self.connect_ctl().await?;
-        for e in &self.endpoints {
-            simple(Self::ctl(e)?, &e.admin, sql::RELOAD, self.limit()).await?;
-        }
+        let limit = self.limit();
+        let runs = self
+            .endpoints
+            .iter()
+            .map(|e| async move { simple(Self::ctl(e)?, &e.name, sql::RELOAD, limit).await });
+        futures::future::try_join_all(runs).await?;
         Ok(())
     }
 
@@ -440,7 +384,7 @@ impl Poolers {
             let Some(ini) = &e.ini else {
                 return Err(PoolerError::Ini {
                     path: PathBuf::new(),
-                    detail: format!("no config file for {}; set cutover.config_file", e.admin),
+                    detail: format!("no config file for {}; set cutover.config_file", e.name),
                 });
             };
             for db in &e.dbs {
@@ -453,17 +397,17 @@ impl Poolers {
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {
-        show_databases(Self::ctl(e)?, &e.admin, self.limit()).await
+        show_databases(Self::ctl(e)?, &e.name, self.limit()).await
     }
 
     /// Every entry of every instance, as `SHOW DATABASES` shows them.
     pub async fn all_entries(&mut self) -> Result<Vec<(String, Vec<DatabaseEntry>)>, PoolerError> {
         self.connect_ctl().await?;
-        let mut out = Vec::new();
-        for e in &self.endpoints {
-            out.push((e.admin.to_string(), self.show_databases_of(e).await?));
-        }
-        Ok(out)
+        let this = &*self;
+        let runs = this.endpoints.iter().map(|e| async move {
+            Ok::<_, PoolerError>((e.name.clone(), this.show_databases_of(e).await?))
+        });
+        futures::future::try_join_all(runs).await
     }
 
     /// Every cut-over database's entry on every instance: (instance,
@@ -472,12 +416,15 @@ impl Poolers {
         &mut self,
     ) -> Result<Vec<(String, String, Option<DatabaseEntry>)>, PoolerError> {
         self.discover().await?;
+        self.connect_ctl().await?;
+        let shown =
+            futures::future::try_join_all(self.endpoints.iter().map(|e| self.show_databases_of(e)))
+                .await?;
         let mut out = Vec::new();
-        for e in &self.endpoints {
-            let shown = self.show_databases_of(e).await?;
+        for (e, shown) in self.endpoints.iter().zip(shown) {
             for db in &e.dbs {
                 let entry = shown.iter().find(|d| &d.name == db).cloned();
-                out.push((e.admin.to_string(), db.clone(), entry));
+                out.push((e.name.clone(), db.clone(), entry));
             }
         }
         Ok(out)
@@ -488,7 +435,7 @@ impl Poolers {
         self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            for r in simple(Self::ctl(e)?, &e.admin, sql::SHOW_SERVERS, self.limit()).await? {
+            for r in simple(Self::ctl(e)?, &e.name, sql::SHOW_SERVERS, self.limit()).await? {
                 if r.get("database") == Some(self.database.as_str()) {
                     out.push(format!(
                         "{}:{}",
@@ -508,7 +455,7 @@ impl Poolers {
         self.connect_ctl().await?;
         let mut out = Vec::new();
         for e in &self.endpoints {
-            let rows = simple(Self::ctl(e)?, &e.admin, sql::SHOW_CONFIG, self.limit()).await?;
+            let rows = simple(Self::ctl(e)?, &e.name, sql::SHOW_CONFIG, self.limit()).await?;
             let map = rows
                 .iter()
                 .filter_map(|r| {
@@ -518,7 +465,7 @@ impl Poolers {
                     ))
                 })
                 .collect();
-            out.push((e.admin.to_string(), map));
+            out.push((e.name.clone(), map));
         }
         Ok(out)
     }
@@ -559,10 +506,21 @@ impl Poolers {
         self.client_url_of(0, &self.database, steward)
     }
 
-    /// How many instances there are.
+    /// How many instances are known (after a resolution).
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
+}
+
+/// A session on an instance's admin console, its errors naming the instance.
+async fn open(name: &str, admin: &ConnString, timeout: Duration) -> Result<Client, PoolerError> {
+    pooled_session(admin, timeout)
+        .await
+        .map_err(|e| PoolerError::Command {
+            target: name.to_string(),
+            command: "connect".into(),
+            detail: e.to_string(),
+        })
 }
 
 /// A row of a simple-protocol result by column name.
@@ -577,7 +535,7 @@ impl Row {
 
 async fn simple(
     c: &Client,
-    target: &ConnString,
+    target: &str,
     cmd: &str,
     after: Duration,
 ) -> Result<Vec<Row>, PoolerError> {

@@ -28,14 +28,17 @@ fn no_pooler_connection_carries_startup_options() {
     );
     assert_eq!(pooler_spec(&kv).unwrap().config.get_options(), None);
     let poolers = Poolers {
-        endpoints: vec![Endpoint {
-            admin,
-            ini: None,
-            pause_conns: BTreeMap::new(),
-            ctl_conn: None,
-            dbs: Vec::new(),
-            paused_here: BTreeSet::new(),
-        }],
+        sources: Vec::new(),
+        endpoints: vec![Endpoint::new(
+            0,
+            Instance {
+                key: "127.0.0.1:6432".into(),
+                name: admin.to_string(),
+                admin,
+            },
+            None,
+        )],
+        members_known: true,
         connect_timeout: Duration::from_secs(1),
         query_timeout: Duration::from_secs(1),
         deadline: None,

@@ -98,7 +98,7 @@ impl Servers {
 /// `SHOW DATABASES` on `c`.
 pub(super) async fn show_databases(
     c: &Client,
-    admin: &ConnString,
+    admin: &str,
     after: Duration,
 ) -> Result<Vec<DatabaseEntry>, PoolerError> {
     let rows = simple(c, admin, sql::SHOW_DATABASES, after).await?;
@@ -128,10 +128,10 @@ pub(super) async fn discover_one(
     connect_timeout: Duration,
     limit: Duration,
 ) {
-    let admin = e.admin.clone();
+    let admin = e.name.clone();
     let read = async {
         if e.ctl_conn.as_ref().map_or(true, |c| c.is_closed()) {
-            e.ctl_conn = Some(pooled_session(&admin, connect_timeout.min(limit)).await?);
+            e.ctl_conn = Some(super::open(&admin, &e.admin, connect_timeout.min(limit)).await?);
         }
         let c = e.ctl_conn.as_ref().ok_or(PoolerError::NotConfigured)?;
         show_databases(c, &admin, limit).await

@@ -10,6 +10,12 @@ pub const SHOW_DATABASES: &str = "SHOW DATABASES";
 pub const SHOW_SERVERS: &str = "SHOW SERVERS";
 /// One row per setting: key, value, ...
 pub const SHOW_CONFIG: &str = "SHOW CONFIG";
+/// One row per (database, user) pool: clients active and waiting, servers, maxwait.
+pub const SHOW_POOLS: &str = "SHOW POOLS";
+/// One row per list: `used_clients`, `free_clients`, `pools`, ...
+pub const SHOW_LISTS: &str = "SHOW LISTS";
+/// One row per database: totals since start (transactions, queries, wait time).
+pub const SHOW_STATS: &str = "SHOW STATS";
 /// One row: PgBouncer's version.
 pub const SHOW_VERSION: &str = "SHOW VERSION";
 

@@ -1,5 +1,6 @@
-//! `pgsteward run`: the partition pass, the lag check and the capacity run
-//! on their cron schedules, plus the HTTP endpoints, until SIGTERM or SIGINT.
+//! `pgsteward run`: the partition pass, the lag check, the capacity run and
+//! the PgBouncer pools' figures (`cutover.stats_schedule`) on their cron
+//! schedules, plus the HTTP endpoints, until SIGTERM or SIGINT.
 //!
 //! * `scheduler`: one loop per job; no overlap, failures counted and retried next tick.
 //! * `leader`: the advisory lock on the primary; only the leader runs DDL.
@@ -163,6 +164,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         )
     });
 
+    if cfg.cutover.kind == crate::config::CutoverKind::Pgbouncer && !cfg.cutover.admin.is_empty() {
+        tasks.spawn("pgbouncer", {
+            let (cfg, cancel, metrics, leader) =
+                (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+            let schedule = cfg.cutover.stats_schedule.clone();
+            run_job(
+                "pgbouncer",
+                schedule,
+                true,
+                cancel.clone(),
+                metrics.clone(),
+                move || {
+                    let (cfg, cancel, metrics, leader) =
+                        (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
+                    async move { pgbouncer_job(&cfg, &leader, &metrics, &cancel).await }
+                },
+            )
+        });
+    }
+
     tracing::info!(listen = %cfg.http.listen, "service started");
     shutdown.await;
     cancel.cancel();
@@ -277,6 +298,48 @@ async fn capacity_job(
         }
         Err(e) => JobRun::Failed {
             error: e.metric_label(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Every PgBouncer instance's pools, on the leader only (the alerts read
+/// the leader's metrics). Membership is resolved afresh each run, so a pod
+/// added or gone since shows at the next run. An instance that does not
+/// answer is `pgsteward_pgbouncer_up 0`, not a job failure; the job fails
+/// when a name does not resolve at all.
+async fn pgbouncer_job(
+    cfg: &Config,
+    leader: &Leader,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> JobRun {
+    let leads = tokio::select! {
+        l = leader.refresh() => l,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    if !leads {
+        return JobRun::Skipped("not leader");
+    }
+    let mut poolers = crate::pooler::Poolers::from_config(cfg);
+    let read = async {
+        poolers.refresh_members().await?;
+        poolers.stats().await
+    };
+    let result = tokio::select! {
+        r = read => r,
+        _ = cancel.cancelled() => return JobRun::Cancelled,
+    };
+    match result {
+        Ok(stats) => {
+            for s in stats.iter().filter(|s| !s.up) {
+                tracing::warn!(instance = %s.instance, error = s.error.as_deref().unwrap_or(""), "pgbouncer instance down");
+            }
+            metrics.pooler.record(&stats);
+            JobRun::Done
+        }
+        Err(e) => JobRun::Failed {
+            error: ErrorLabel::Pooler,
             message: e.to_string(),
         },
     }

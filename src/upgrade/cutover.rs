@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::record::{StepStatus, STEPS};
+use super::record::{Output, Step, StepStatus, STEPS};
 use super::runner::Saga;
 use super::UpgradeError;
+use crate::config::CutoverKind;
 
 /// The catch-up gate's answer, with the reason (for the progress line and the journal).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,78 @@ impl Saga {
             self.pause_window = Some(t0.elapsed());
         }
         Ok(())
+    }
+}
+
+impl Saga {
+    /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
+    /// every wait of steps 5–7 shares, the pooler's included.
+    pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
+        self.deadline = deadline;
+        self.poolers.set_deadline(deadline);
+        if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+        }
+    }
+
+    pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
+        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
+        self.deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
+    }
+
+    /// Inside the window: every PgBouncer instance that appeared since
+    /// PAUSE (a rollout, a scale-up) is paused too, within what is left of
+    /// `deadline` (before promote: a failure rolls back). Returns a note
+    /// naming them, if any.
+    pub(crate) async fn pause_newcomers(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<String>, UpgradeError> {
+        if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
+            return Ok(None);
+        }
+        let left = match deadline {
+            Some(d) => remaining(d, "PAUSE of a new PgBouncer instance")?,
+            None => crate::pooler::query_timeout(&self.cfg),
+        };
+        let added = self
+            .poolers
+            .admit_newcomers(left)
+            .await
+            .map_err(|e| match e {
+                crate::pooler::PoolerError::PauseTimeout { .. } if deadline.is_some() => {
+                    UpgradeError::PauseTimeout {
+                        what: format!("PAUSE of a new instance ({e})"),
+                    }
+                }
+                other => other.into(),
+            })?;
+        Ok((!added.is_empty()).then(|| format!("paused new instance(s): {}", added.join(", "))))
+    }
+
+    /// Membership read again first: an instance that appeared since the
+    /// repoint is paused and repointed before any RESUME, so no instance
+    /// sends writes to the old server once writes resume.
+    pub(crate) async fn resume_writes(&mut self) -> Result<Output, UpgradeError> {
+        let mut note = None;
+        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+            if let Some(nc) = self.pause_newcomers(None).await? {
+                let endpoint = self.new_endpoint().await?;
+                let (host, port) = endpoint.spec()?.host_port();
+                self.point_pooler_at(Step::ResumeWrites, &host, port)
+                    .await?;
+                self.progress
+                    .say(Step::ResumeWrites, &format!("{nc}, repointed"));
+            }
+            self.poolers.resume().await?;
+            note = Some(format!("writes resumed on {}", self.poolers.pause_report()));
+        }
+        self.disarm_keeper();
+        Ok(Output {
+            note,
+            ..Output::default()
+        })
     }
 }
 

@@ -225,6 +225,11 @@ impl Saga {
     /// Step 6 (see the module doc).
     pub(crate) async fn fence(&mut self) -> Result<Output, UpgradeError> {
         let deadline = self.window_deadline();
+        // A PgBouncer instance that appeared since PAUSE would send its
+        // clients' writes into the fence (client errors): paused first.
+        if let Some(n) = self.pause_newcomers(Some(deadline)).await? {
+            self.progress.say(Step::FenceOldPrimary, &n);
+        }
         let primary = self.cfg.database.primary.clone();
         let cancel = self.cancel.clone();
         let method = self.provider.fence_method();

@@ -51,6 +51,7 @@ impl Saga {
     }
 
     /// A write through every cut-over entry of every PgBouncer instance
+    /// (every address the configured names resolve to now)
     /// (`cutover.database` and every other entry that reached the old
     /// primary) lands on the new primary, as the steward.
     pub(crate) async fn verify_through_pooler(
@@ -58,6 +59,12 @@ impl Saga {
         endpoint: &ConnString,
     ) -> Result<String, UpgradeError> {
         let steward = self.cfg.database.primary.spec()?;
+        // Membership read again: an instance that appeared since RESUME is
+        // verified too (one still reaching the old server fails the step).
+        let added = self.poolers.refresh_members().await?;
+        if !added.is_empty() {
+            tracing::info!(instances = ?added, "PgBouncer instances appeared since RESUME; verified too");
+        }
         self.poolers.discover().await?;
         let mut verified = Vec::new();
         for (i, (admin, dbs)) in self.poolers.targets().into_iter().enumerate() {

@@ -158,8 +158,19 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     checks.push(Check::new(
         "pooler reachable",
         true,
-        format!("{} admin endpoint(s)", configs.len()),
+        format!("{} instance(s)", configs.len()),
     ));
+    for (admin, instances) in poolers.membership() {
+        checks.push(Check::new(
+            format!("pooler {admin} instances"),
+            !instances.is_empty(),
+            format!(
+                "{} instance(s), each paused, repointed and verified: {}",
+                instances.len(),
+                instances.join(", ")
+            ),
+        ));
+    }
     let pause = cfg.upgrade.pause_timeout.0;
     for (admin, conf) in &configs {
         let mode = conf.get("pool_mode").cloned().unwrap_or_default();
@@ -183,7 +194,21 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
         .iter()
         .map(|(a, c)| (a.clone(), c.get("pool_mode").cloned().unwrap_or_default()))
         .collect();
-    pooler_entry_checks(cfg, poolers, &modes, checks).await;
+    pooler_entry_checks(poolers, &modes, checks).await;
+    let limits = crate::pooler::GateLimits::from_config(cfg);
+    let (ok, detail) = match poolers.health_gate(&limits).await {
+        Ok(stats) => (
+            true,
+            format!(
+                "{} instance(s): no pool over {} waiting clients or a wait of {:?}",
+                stats.len(),
+                limits.max_waiting_clients,
+                limits.max_client_wait
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    checks.push(Check::new("pooler not saturated", ok, detail));
     for i in 0..cfg.cutover.admin.len() {
         let (ok, detail) = match cfg.pooler_config_file(i) {
             None => (
@@ -220,7 +245,6 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
 /// entry keeps its server connections, and PAUSE would wait for every client
 /// of it to disconnect: the whole pause_timeout, then a roll back).
 async fn pooler_entry_checks(
-    cfg: &Config,
     poolers: &mut Poolers,
     modes: &std::collections::BTreeMap<String, String>,
     checks: &mut Vec<Check>,
@@ -237,8 +261,13 @@ async fn pooler_entry_checks(
         }
     };
     for (i, ((admin, dbs), (_, shown))) in poolers.targets().into_iter().zip(all).enumerate() {
-        let ini_text = cfg
-            .pooler_config_file(i)
+        let file = poolers
+            .config_file_of(i)
+            .map_or("cutover.config_file".to_string(), |p| {
+                p.display().to_string()
+            });
+        let ini_text = poolers
+            .config_file_of(i)
             .and_then(|p| std::fs::read_to_string(p).ok());
         let in_ini: Vec<String> = ini_text
             .as_deref()
@@ -271,7 +300,7 @@ async fn pooler_entry_checks(
             } else if !in_ini.contains(db) {
                 format!(
                     "{db} -> {}:{}/{} reaches the primary but is not in the [databases] section of \
-                     cutover.config_file {i}, so it could not be repointed: move it there",
+                     {file}, so it could not be repointed: move it there",
                     entry.host, entry.port, entry.database
                 )
             } else {

@@ -363,15 +363,28 @@ impl Saga {
             )
             .await?;
         self.stage_fence().await?;
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+        let pooled = self.cfg.cutover.kind == CutoverKind::Pgbouncer;
+        if pooled {
+            // Membership read again right before PAUSE: what a rollout or a
+            // scale-up changed since the precheck is paused too. Then the
+            // health gate: a saturated pool would turn the pause into
+            // client timeouts.
+            let limits = crate::pooler::GateLimits::from_config(&self.cfg);
+            limit
+                .wrap("the pooler's instances", self.poolers.refresh_members())
+                .await?;
             limit
                 .wrap("the pooler's connections", self.poolers.connect())
+                .await?;
+            limit
+                .wrap("the pooler's health", self.poolers.health_gate(&limits))
                 .await?;
         }
         let deadline = tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0;
         self.set_pause_deadline(Some(deadline));
         self.window_start = Some(std::time::Instant::now());
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
+        let mut note = None;
+        if pooled {
             let left = remaining(deadline, "PAUSE")?;
             self.poolers.pause(left).await.map_err(|e| match e {
                 crate::pooler::PoolerError::PauseTimeout { .. } => UpgradeError::PauseTimeout {
@@ -379,27 +392,16 @@ impl Saga {
                 },
                 other => other.into(),
             })?;
+            note = Some(format!(
+                "PAUSE confirmed on {}",
+                self.poolers.pause_report()
+            ));
         }
         Ok(Output {
             kept_read_only: self.kept_read_only.clone(),
+            note,
             ..Output::default()
         })
-    }
-
-    /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
-    /// every wait of steps 5–7 shares, the pooler's included.
-    pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
-        self.deadline = deadline;
-        self.poolers.set_deadline(deadline);
-        if let Some(g) = self.guard.as_mut() {
-            g.set_deadline(deadline);
-        }
-    }
-
-    pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
-        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
-        self.deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
     }
 
     /// Waits until the new server replayed the fenced old primary's final
@@ -469,12 +471,19 @@ impl Saga {
                 _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
             }
         }
+        // The last moment to roll back: an instance that appeared since
+        // PAUSE is paused now, or the upgrade rolls back.
+        let newcomers = self.pause_newcomers(Some(deadline)).await?;
+        let mut note = format!(
+            "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
+            flushed_in.as_secs_f64() * 1000.0
+        );
+        if let Some(n) = newcomers {
+            note.push_str(&format!("; {n}"));
+        }
         Ok(Output {
             final_lsn: Some(lsn.clone()),
-            note: Some(format!(
-                "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
-                flushed_in.as_secs_f64() * 1000.0
-            )),
+            note: Some(note),
             ..Output::default()
         })
     }
@@ -532,8 +541,14 @@ impl Saga {
         }
         let endpoint = self.new_endpoint().await?;
         let (host, port) = endpoint.spec()?.host_port();
+        // After promote: a newcomer is paused and repointed with the others.
+        let newcomers = self.pause_newcomers(None).await?;
         self.point_pooler_at(Step::Repoint, &host, port).await?;
-        Ok(Output::note(format!("pooler -> {host}:{port}")))
+        let n = self.poolers.len();
+        Ok(Output::note(match newcomers {
+            Some(nc) => format!("pooler ({n} instances) -> {host}:{port}; {nc}"),
+            None => format!("pooler ({n} instances) -> {host}:{port}"),
+        }))
     }
 
     /// Rewrites the cutover database's entry to `host:port`, RELOADs, and
@@ -558,14 +573,6 @@ impl Saga {
             }
         }
         Ok(())
-    }
-
-    pub(crate) async fn resume_writes(&mut self) -> Result<Output, UpgradeError> {
-        if self.cfg.cutover.kind == CutoverKind::Pgbouncer {
-            self.poolers.resume().await?;
-        }
-        self.disarm_keeper();
-        Ok(Output::default())
     }
 }
 

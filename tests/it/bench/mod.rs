@@ -10,6 +10,7 @@ mod capacity;
 mod deploy;
 mod large_default;
 mod partitions;
+mod poolers;
 mod secrets;
 mod service;
 mod upgrade;

@@ -116,9 +116,9 @@ async fn bench_upgrade_vs_hand_scripted_cutover() {
     }
 }
 
-struct RunFigures {
-    max_latency: f64,
-    max_gap: f64,
+pub(super) struct RunFigures {
+    pub max_latency: f64,
+    pub max_gap: f64,
     window: f64,
     errors: usize,
     lost: usize,
@@ -127,7 +127,7 @@ struct RunFigures {
 
 impl RunFigures {
     /// Latency and gaps of the commits acknowledged around the cutover window.
-    fn new(
+    pub(super) fn new(
         l: &Ledger,
         window: f64,
         steps: Vec<(String, f64)>,
@@ -177,7 +177,7 @@ impl std::fmt::Display for RunFigures {
     }
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(super) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     if v.is_empty() {
@@ -187,14 +187,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn mmm(v: &[f64]) -> String {
+pub(super) fn mmm(v: &[f64]) -> String {
     let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
     let max = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     format!("{min:.1} / {:.1} / {max:.1}", median(v))
 }
 
 /// The reference's sequence, by hand: returns (window ms, step timings, window start, end).
-async fn hand_cutover(
+pub(super) async fn hand_cutover(
     t: &mut Topology,
     poll: bool,
     run: usize,

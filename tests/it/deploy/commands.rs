@@ -148,7 +148,8 @@ fn secret_overrides_load_the_way_the_environment_does() {
         "redacted"
     );
     assert_eq!(cfg.database.replicas.len(), 1);
-    assert_eq!(cfg.cutover.admin.len(), 2);
+    // One name: the headless Service, every pod behind it (pooler::members).
+    assert_eq!(cfg.cutover.admin.len(), 1);
 }
 
 #[test]

@@ -13,6 +13,8 @@ use crate::upgrade::{latest_record, wait_keeper, Load, Topology};
 mod durability;
 mod fence;
 mod hangs;
+pub mod members;
+mod pool_metrics;
 mod poolers;
 mod slots;
 mod two_runners;
