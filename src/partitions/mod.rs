@@ -26,6 +26,7 @@ pub mod retire;
 pub mod session;
 pub mod sql;
 pub mod standby;
+mod status_command;
 #[cfg(test)]
 mod test_fixtures;
 
@@ -36,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, TableConfig};
 use crate::pg::QualifiedName;
 
-pub use commands::{apply_command, plan_command, status_command};
+pub use commands::{apply_command, plan_command};
 pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
 pub use session::{backoff, connect, ADVISORY_NAMESPACE};
+pub use status_command::status_command;
 
 /// Why a pass did nothing on a replica. The service logs it and moves on (its
 /// lag job alerts on it); the commands exit 1 with it, so a CronJob pointed at
