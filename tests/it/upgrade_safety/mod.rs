@@ -13,6 +13,7 @@ use crate::upgrade::{latest_record, wait_keeper, Load, Topology};
 mod durability;
 mod fence;
 mod hangs;
+mod pgbench;
 pub mod members;
 mod pool_metrics;
 mod poolers;
