@@ -14,6 +14,7 @@ mod durability;
 mod fence;
 mod hangs;
 pub mod members;
+mod pgbench;
 mod pool_metrics;
 mod poolers;
 mod slots;
