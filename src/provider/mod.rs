@@ -261,6 +261,23 @@ impl Check {
             detail: detail.into(),
         }
     }
+
+    /// What was seen, and the fix only when the check fails: an `[ok]` line
+    /// carries no advice.
+    pub fn seen_and_fix(
+        name: impl Into<String>,
+        ok: bool,
+        seen: impl Into<String>,
+        fix: impl AsRef<str>,
+    ) -> Check {
+        let seen = seen.into();
+        let detail = if ok {
+            seen
+        } else {
+            format!("{seen}; {}", fix.as_ref())
+        };
+        Check::new(name, ok, detail)
+    }
 }
 
 /// The provider's part of the prechecks: whether the target class exists and
@@ -529,6 +546,14 @@ pub fn with_address(conninfo: &str, host: &str, port: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ok_check_carries_no_fix() {
+        let ok = Check::seen_and_fix("x", true, "pool_mode = transaction", "set pool_mode");
+        assert_eq!(ok.detail, "pool_mode = transaction");
+        let bad = Check::seen_and_fix("x", false, "pool_mode = session", "set pool_mode");
+        assert_eq!(bad.detail, "pool_mode = session; set pool_mode");
+    }
 
     #[test]
     fn replica_ids_are_deterministic() {

@@ -174,20 +174,22 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     let pause = cfg.upgrade.pause_timeout.0;
     for (admin, conf) in &configs {
         let mode = conf.get("pool_mode").cloned().unwrap_or_default();
-        checks.push(Check::new(
+        checks.push(Check::seen_and_fix(
             format!("pooler {admin} in transaction mode"),
             mode == "transaction",
-            format!("pool_mode = {mode}; session pooling keeps server connections, so PAUSE would wait for every client to disconnect"),
+            format!("pool_mode = {mode}"),
+            "session pooling keeps server connections, so PAUSE would wait for every client to disconnect: set pool_mode = transaction",
         ));
         let wait: f64 = conf
             .get("query_wait_timeout")
             .and_then(|v| v.trim_end_matches('s').parse().ok())
             .unwrap_or(120.0);
         let ok = wait == 0.0 || Duration::from_secs_f64(wait) > pause;
-        checks.push(Check::new(
+        checks.push(Check::seen_and_fix(
             format!("pooler {admin} query_wait_timeout > pause_timeout"),
             ok,
-            format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}; clients waiting in the pause would get errors: raise query_wait_timeout"),
+            format!("query_wait_timeout = {wait}s, pause_timeout = {pause:?}"),
+            "clients waiting in the pause would get errors: raise query_wait_timeout",
         ));
     }
     let modes: std::collections::BTreeMap<String, String> = configs
