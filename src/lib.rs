@@ -50,7 +50,8 @@
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
 //! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.
-//!   * [`upgrade::step`]: the saga table: every step, its region and undo ([`upgrade::step::SAGA`]).
+//!   * [`upgrade::step`]: the steps' names, order and regions (the journal's vocabulary);
+//!     [`upgrade::table`]: the saga as an executable table, one row per step ([`upgrade::table::SAGA`]).
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).

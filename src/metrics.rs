@@ -6,6 +6,7 @@
 
 pub mod capacity;
 pub mod pooler;
+pub mod upgrade;
 
 use std::sync::atomic::AtomicU64;
 
@@ -88,7 +89,7 @@ pub struct Metrics {
     pub job_duration: Family<JobLabels, Histogram>,
     pub job_last_success: Family<JobLabels, FloatGauge>,
     pub leader: Gauge,
-    pub upgrade_step: Gauge,
+    pub upgrade: upgrade::UpgradeMetrics,
     pub capacity: capacity::CapacityMetrics,
     pub pooler: pooler::PoolerMetrics,
 }
@@ -135,7 +136,7 @@ impl Metrics {
             job_duration: Family::new_with_constructor(duration_histogram),
             job_last_success: Family::default(),
             leader: Gauge::default(),
-            upgrade_step: Gauge::default(),
+            upgrade: upgrade::UpgradeMetrics::default(),
             capacity: capacity::CapacityMetrics::default(),
             pooler: pooler::PoolerMetrics::default(),
         };
@@ -271,11 +272,7 @@ impl Metrics {
             "1 on the instance holding the leader advisory lock (runs DDL and upgrades), 0 elsewhere",
             m.leader.clone(),
         );
-        registry.register(
-            "upgrade_step",
-            "Step (its position in the upgrade saga) of the upgrade in progress on the primary, 0 when none",
-            m.upgrade_step.clone(),
-        );
+        m.upgrade.register(&mut registry);
         m.capacity.register(&mut registry);
         m.pooler.register(&mut registry);
         Metrics { registry, ..m }
@@ -289,10 +286,9 @@ impl Metrics {
         out
     }
 
-    /// Sets the upgrade step gauge: n (1-based position in the upgrade saga)
-    /// while that step runs, 0 when no upgrade is in flight.
-    pub fn set_upgrade_step(&self, step: u32) {
-        self.upgrade_step.set(i64::from(step));
+    /// Sets the upgrade gauges from what the primary's guard row says.
+    pub fn set_upgrade_step(&self, reading: upgrade::UpgradeStepReading) {
+        self.upgrade.set(reading);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -510,7 +506,11 @@ mod tests {
         m.record_job("lag", 0.02, None);
         m.record_job("partitions", 1.5, Some(ErrorLabel::Postgres));
         m.set_leader(true);
-        m.set_upgrade_step(5);
+        m.set_upgrade_step(upgrade::UpgradeStepReading {
+            position: 8,
+            step: Some(("fence_old_primary", "pause_deadline")),
+            in_write_pause: true,
+        });
         let l = ReplicaLabels {
             replica: "steward@db:5432/app".into(),
         };
@@ -524,7 +524,9 @@ mod tests {
             "pgsteward_job_failures_total{job=\"partitions\",error=\"postgres\"} 1",
             "pgsteward_job_duration_seconds_count{job=\"partitions\"} 1",
             "pgsteward_leader 1",
-            "pgsteward_upgrade_step 5",
+            "pgsteward_upgrade_step 8",
+            "pgsteward_upgrade_in_write_pause 1",
+            "pgsteward_upgrade_step_info{step=\"fence_old_primary\",region=\"pause_deadline\"} 1",
             "# TYPE pgsteward_job_last_success_timestamp_seconds gauge",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

@@ -253,7 +253,7 @@ async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
     .await;
     match row {
         Ok(row) => {
-            metrics.set_upgrade_step(upgrade::guard::step_number(row.as_ref()));
+            metrics.set_upgrade_step(upgrade::guard::step_reading(row.as_ref()));
             // A write pause whose runner and keeper are both gone (a pod or
             // host lost): resume writes where that is safe (upgrade::rescue).
             if let Some(row) = row {

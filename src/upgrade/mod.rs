@@ -35,6 +35,10 @@ pub mod slots;
 pub mod step;
 pub mod steps;
 pub mod swap;
+pub mod table;
+#[cfg(test)]
+mod table_doc;
+mod undo;
 
 use std::time::Duration;
 

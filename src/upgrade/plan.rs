@@ -4,7 +4,8 @@
 
 use serde::Serialize;
 
-use super::record::{self, Region, Step, StepSpec};
+use super::record::{Region, Step};
+use super::table::{self, Needs, Row};
 use super::{steps, swap, UpgradeError};
 use crate::cli::OutputFormat;
 use crate::config::{Config, CutoverKind};
@@ -40,27 +41,26 @@ const VERIFY_WITHOUT_POOLER: &str = "the new server is out of recovery; local re
 /// does for it. Invariant: every step left out is one whose body returns
 /// at once for this shape (steps.rs, swap.rs), so the plan lists what runs.
 pub fn relevant(shape: Shape) -> Vec<PlannedStep> {
-    let runs = |s: &StepSpec| match s.step {
-        Step::CreateReaders | Step::WaitReaders | Step::MoveReads => shape.readers,
-        Step::Repoint | Step::ResumeWrites => shape.pgbouncer,
-        Step::RenameOldAside | Step::RenameNewIn => shape.swaps_identifiers,
-        Step::RepointStable => shape.swaps_identifiers && shape.pgbouncer,
-        _ => true,
+    let runs = |r: &Row| match r.needs {
+        Needs::Always => true,
+        Needs::Readers => shape.readers,
+        Needs::Pgbouncer => shape.pgbouncer,
+        Needs::Swap => shape.swaps_identifiers,
+        Needs::Both => shape.swaps_identifiers && shape.pgbouncer,
     };
-    record::SAGA
-        .iter()
-        .filter(|s| runs(s))
-        .map(|s| PlannedStep {
-            name: s.name,
-            region: s.region,
-            does: match s.step {
+    table::rows()
+        .filter(|r| runs(r))
+        .map(|r| PlannedStep {
+            name: r.step.name(),
+            region: r.step.region(),
+            does: match r.step {
                 Step::PauseWrites if !shape.pgbouncer => PAUSE_WITHOUT_POOLER,
                 Step::Verify if !shape.pgbouncer => VERIFY_WITHOUT_POOLER,
-                _ => s.does,
+                _ => r.does,
             },
-            undo: match s.step {
+            undo: match r.step {
                 Step::PauseWrites if !shape.pgbouncer => "remove the staged fence",
-                _ => s.undo,
+                _ => r.undo.text(),
             },
         })
         .collect()
@@ -255,6 +255,6 @@ mod tests {
             swaps_identifiers: true,
             readers: true,
         });
-        assert_eq!(n.len(), record::STEPS.len());
+        assert_eq!(n.len(), crate::upgrade::step::STEPS.len());
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::provider::SourceFacts;
 
 use super::step::{v1, NOT_IN_V1};
-pub use super::step::{Region, Step, StepSpec, SAGA, SAGA_VERSION, STEPS};
+pub use super::step::{Region, Step, SAGA_VERSION, STEPS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -49,9 +49,9 @@ fn through(step: Step) -> Vec<Event> {
 
 #[test]
 fn the_saga_table_is_in_step_order() {
-    for (i, spec) in SAGA.iter().enumerate() {
-        assert_eq!(spec.step, STEPS[i]);
-        assert_eq!(spec.step.index(), i);
+    for (i, row) in crate::upgrade::table::SAGA.iter().enumerate() {
+        assert_eq!(row.step, STEPS[i]);
+        assert_eq!(row.step.index(), i);
     }
     let under: Vec<Step> = STEPS
         .iter()

@@ -20,6 +20,7 @@ use super::failpoint;
 use super::guard::{GuardError, StepUpdate};
 use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
+use super::table::{self, Undo};
 use super::UpgradeError;
 
 /// What a runner does with a journal it did not write itself.
@@ -130,57 +131,37 @@ impl Saga {
         if self.guard.is_none() {
             return Ok(());
         }
+        let moves = table::row(step).guard;
         let old = self.cfg.database.primary.to_string();
-        if step > Step::FinalSync && step <= Step::RenameOldAside {
-            // Past the final flush the old primary's WAL must not move: its
-            // replicas follow the new primary only from the switch point.
-            // (From rename_old_aside on it is not held at all: after an
-            // identifier swap its address reaches the new primary.)
+        if moves.hold_old {
             if let Some(g) = self.guard.as_mut() {
                 g.freeze(&old);
             }
         }
-        if step > Step::ResumeWrites {
-            let endpoint = self.new_endpoint_for_guard().await?;
+        if moves.follow_new {
+            let endpoint = self.new_endpoint().await?;
             // An identifier swap (RDS) gives the new server the old address:
             // the session held there already follows the primary.
             if let (Some(g), false) = (self.guard.as_mut(), endpoint.to_string() == old) {
                 g.extend_to(&endpoint).await?;
                 let local =
                     self.provider.fence_method() == crate::provider::FenceMethod::AlterSystem;
-                if step == Step::RetireOld && local {
-                    // verify has repointed the replicas: the old node may
-                    // now say where the primary went.
+                if moves.mark_moved && local {
                     g.mark_moved(&old, &endpoint.to_string()).await?;
                 }
             }
         }
-        // Every step between PAUSE and RESUME: a guard check there holds the
-        // writes paused, so it is bounded by the pause deadline too.
-        let in_pause = matches!(
-            step,
-            Step::FenceOldPrimary
-                | Step::FinalSync
-                | Step::Promote
-                | Step::Repoint
-                | Step::ResumeWrites
-        );
-        let deadline = if in_pause { self.deadline } else { None };
-        if let Some(g) = self.guard.as_mut() {
-            g.set_deadline(deadline);
-        }
-        let update = match step {
-            Step::PauseWrites => StepUpdate {
-                cutover: Some(true),
-                ..Default::default()
-            },
-            Step::RetireOld => StepUpdate {
-                cutover: Some(false),
-                ..Default::default()
-            },
-            _ => StepUpdate::default(),
+        let deadline = if moves.pause_bound {
+            self.deadline
+        } else {
+            None
         };
         if let Some(g) = self.guard.as_mut() {
+            g.set_deadline(deadline);
+            let update = StepUpdate {
+                cutover: moves.cutover,
+                ..Default::default()
+            };
             g.step(step.name(), update).await?;
         }
         Ok(())
@@ -347,40 +328,22 @@ impl Saga {
             .copied()
             .filter(|s| {
                 let status = self.record().status(*s);
-                // precheck and create_replica stay done: the replica is kept for a retry.
+                let kept =
+                    matches!(table::row(*s).undo, Undo::Keep(_)) && status == StepStatus::Done;
                 s.before_promote()
                     && !matches!(status, StepStatus::Pending | StepStatus::Undone)
-                    && (*s >= Step::WaitAvailable || status != StepStatus::Done)
+                    && !kept
             })
             .collect();
         let mut left: Vec<String> = Vec::new();
         // An unfence that failed once is not waited for a second time.
-        let mut unfence_failed: Option<String> = None;
+        self.unfence_failed = None;
         for step in steps {
             self.log_soft(&[Event::UndoStarted { step }]);
             failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
-            let outcome = match step {
-                Step::FenceOldPrimary => self.unfence().await.map_err(|e| e.to_string()),
-                // Writes first; then the fence staged before PAUSE comes out of the file.
-                Step::PauseWrites => {
-                    let resumed = self.poolers.resume().await.map_err(|e| e.to_string());
-                    let unfenced = match &unfence_failed {
-                        Some(e) => Err(format!("not tried again ({e})")),
-                        None => self.unfence().await.map_err(|e| e.to_string()),
-                    };
-                    match (resumed, unfenced) {
-                        (Ok(()), Ok(())) => Ok(()),
-                        (Err(r), Ok(())) => Err(r),
-                        (Ok(()), Err(u)) => {
-                            Err(format!("the fence staged on the old primary: {u}"))
-                        }
-                        (Err(r), Err(u)) => {
-                            Err(format!("{r}; the fence staged on the old primary: {u}"))
-                        }
-                    }
-                }
-                // The new replica is kept for a retry; `upgrade abort` deletes it.
-                _ => Ok(()),
+            let outcome = match table::row(step).undo {
+                Undo::Run(_, undo) => undo(self).await,
+                Undo::Keep(_) | Undo::Rerun(_) | Undo::Forward => Ok(()),
             };
             match outcome {
                 Ok(()) => {
@@ -388,15 +351,13 @@ impl Saga {
                     self.progress.say(step, "undone");
                 }
                 Err(error) => {
+                    let error = error.to_string();
                     self.progress
                         .say(step, &format!("undo failed, going on: {error}"));
                     self.log_soft(&[Event::UndoFailed {
                         step,
                         error: error.clone(),
                     }]);
-                    if step == Step::FenceOldPrimary {
-                        unfence_failed = Some(error.clone());
-                    }
                     left.push(format!("{step}: {error}"));
                 }
             }
@@ -459,28 +420,9 @@ impl Saga {
         }
     }
 
-    /// The step bodies (steps.rs).
+    /// The step's body, from its row of the saga table.
     async fn action(&mut self, step: Step) -> Result<Output, UpgradeError> {
-        match step {
-            Step::Precheck => self.precheck_step().await,
-            Step::CreateReplica => self.create_replica().await,
-            Step::WaitAvailable => self.wait_available().await,
-            Step::CreateReaders => self.create_readers().await,
-            Step::WaitReaders => self.wait_readers().await,
-            Step::WaitCatchup => self.wait_catchup().await,
-            Step::PauseWrites => self.pause_writes().await,
-            Step::FenceOldPrimary => self.fence().await,
-            Step::FinalSync => self.final_sync().await,
-            Step::Promote => self.promote().await,
-            Step::Repoint => self.repoint().await,
-            Step::ResumeWrites => self.resume_writes().await,
-            Step::Verify => self.verify().await,
-            Step::RenameOldAside => self.rename_old_aside().await,
-            Step::RenameNewIn => self.rename_new_in().await,
-            Step::RepointStable => self.repoint_stable().await,
-            Step::MoveReads => self.move_reads().await,
-            Step::RetireOld => self.retire_old().await,
-        }
+        (table::row(step).run)(self).await
     }
 }
 

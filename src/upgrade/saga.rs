@@ -72,6 +72,9 @@ pub struct Saga {
     pub(crate) attempting: Option<Step>,
     /// RDS fence: the databases read-only on purpose, read before PAUSE.
     pub(crate) kept_read_only: Option<Vec<String>>,
+    /// A roll back's unfence that failed: the undos after it do not wait
+    /// for the old primary a second time.
+    pub(crate) unfence_failed: Option<String>,
 }
 
 impl Saga {
@@ -104,6 +107,7 @@ impl Saga {
             keeper: None,
             attempting: None,
             kept_read_only: None,
+            unfence_failed: None,
         }
     }
 

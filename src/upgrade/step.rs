@@ -1,55 +1,72 @@
-//! The eighteen steps of an upgrade and the saga as one table: where each
-//! runs (before the pause, under its deadline, after promote), what it does
-//! and what its undo does. `upgrade plan`, the runner and the tests read it.
+//! The steps of an upgrade as names: their order, where each runs
+//! (region), and which lie in the write pause. A journal names its steps
+//! with these, so this file is the vocabulary every other part shares; what
+//! a step does and undoes is its row in [`super::table::SAGA`].
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The steps of an upgrade, in order (design: "Vertical upgrade").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    Precheck,
-    CreateReplica,
-    WaitAvailable,
-    CreateReaders,
-    WaitReaders,
-    WaitCatchup,
-    PauseWrites,
-    FenceOldPrimary,
-    FinalSync,
-    Promote,
-    Repoint,
-    ResumeWrites,
-    Verify,
-    RenameOldAside,
-    RenameNewIn,
-    RepointStable,
-    MoveReads,
-    RetireOld,
+/// Declares the steps once: the enum, [`STEPS`] in order, and each step's
+/// journal name, region and pause-window membership. Adding a step is a line
+/// here, its row in `table.rs` and its function; a unit test keeps the two
+/// in the same order.
+macro_rules! steps {
+    ($($variant:ident = $name:literal, $region:ident, $window:literal;)*) => {
+        /// The steps of an upgrade, in order (design: "Vertical upgrade").
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Step {
+            $($variant,)*
+        }
+
+        /// Every step, in the order the saga runs them.
+        pub const STEPS: &[Step] = &[$(Step::$variant,)*];
+
+        impl Step {
+            /// The step's name in the journal, the guard row, logs and failpoints.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Step::$variant => $name,)*
+                }
+            }
+
+            pub fn region(self) -> Region {
+                match self {
+                    $(Step::$variant => Region::$region,)*
+                }
+            }
+
+            /// In the pause window (PAUSE sent → RESUME returned).
+            pub fn in_pause_window(self) -> bool {
+                match self {
+                    $(Step::$variant => $window,)*
+                }
+            }
+        }
+    };
 }
 
-pub const STEPS: [Step; 18] = [
-    Step::Precheck,
-    Step::CreateReplica,
-    Step::WaitAvailable,
-    Step::CreateReaders,
-    Step::WaitReaders,
-    Step::WaitCatchup,
-    Step::PauseWrites,
-    Step::FenceOldPrimary,
-    Step::FinalSync,
-    Step::Promote,
-    Step::Repoint,
-    Step::ResumeWrites,
-    Step::Verify,
-    Step::RenameOldAside,
-    Step::RenameNewIn,
-    Step::RepointStable,
-    Step::MoveReads,
-    Step::RetireOld,
-];
+steps! {
+    Precheck = "precheck", Prepare, false;
+    CreateReplica = "create_replica", Prepare, false;
+    WaitAvailable = "wait_available", Prepare, false;
+    CreateReaders = "create_readers", Prepare, false;
+    WaitReaders = "wait_readers", Prepare, false;
+    WaitCatchup = "wait_catchup", Prepare, false;
+    PauseWrites = "pause_writes", PauseDeadline, true;
+    FenceOldPrimary = "fence_old_primary", PauseDeadline, true;
+    FinalSync = "final_sync", PauseDeadline, true;
+    Promote = "promote", AfterPromote, true;
+    Repoint = "repoint", AfterPromote, true;
+    ResumeWrites = "resume_writes", AfterPromote, true;
+    Verify = "verify", AfterPromote, false;
+    RenameOldAside = "rename_old_aside", AfterPromote, false;
+    RenameNewIn = "rename_new_in", AfterPromote, false;
+    RepointStable = "repoint_stable", AfterPromote, false;
+    MoveReads = "move_reads", AfterPromote, false;
+    RetireOld = "retire_old", AfterPromote, false;
+}
 
 /// The saga a new journal follows. Version 1 (journals without `saga`) had
 /// twelve steps; replaying one marks the steps it did not have as done, so
@@ -87,70 +104,17 @@ pub enum Region {
     AfterPromote,
 }
 
-/// One row of the saga.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct StepSpec {
-    pub step: Step,
-    pub name: &'static str,
-    /// What the step does (`upgrade plan` prints it).
-    pub does: &'static str,
-    pub region: Region,
-    /// What its undo does ("" when it has none).
-    pub undo: &'static str,
+impl Region {
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Prepare => "prepare",
+            Region::PauseDeadline => "pause_deadline",
+            Region::AfterPromote => "after_promote",
+        }
+    }
 }
 
-/// The saga as one table: the runner (regions, undo), `upgrade plan`'s text
-/// and the tests read it. The step bodies are in steps.rs and fence.rs, the
-/// undo bodies in `Saga::undo` (runner.rs).
-pub const SAGA: [StepSpec; 18] = [
-    StepSpec { step: Step::Precheck, name: "precheck", region: Region::Prepare, undo: "",
-        does: "source is a primary, class differs, no upgrade in flight here or on the primary (guard row), the pooler is ready; the source's readers are recorded" },
-    StepSpec { step: Step::CreateReplica, name: "create_replica", region: Region::Prepare, undo: "kept for a retry; `upgrade abort` deletes it",
-        does: "new server <source>-<id> on the target class (the class's settings win over the copied postgresql.auto.conf)" },
-    StepSpec { step: Step::WaitAvailable, name: "wait_available", region: Region::Prepare, undo: "",
-        does: "the new server accepts connections, in recovery" },
-    StepSpec { step: Step::CreateReaders, name: "create_readers", region: Region::Prepare, undo: "kept for a retry; `upgrade abort` deletes them",
-        does: "RDS: one new reader per reader of the source, a replica of the new server (cascading), on the reader class" },
-    StepSpec { step: Step::WaitReaders, name: "wait_readers", region: Region::Prepare, undo: "",
-        does: "the new readers accept connections, in recovery, lag below upgrade.catchup_max_bytes" },
-    StepSpec { step: Step::WaitCatchup, name: "wait_catchup", region: Region::Prepare, undo: "",
-        does: "replay lag below upgrade.catchup_max_bytes, steadily" },
-    StepSpec { step: Step::PauseWrites, name: "pause_writes", region: Region::PauseDeadline, undo: "RESUME (only a PAUSE this upgrade made), remove the staged fence",
-        does: "fence staged, pause keeper armed, PgBouncer PAUSE of every entry on the primary (in-flight transactions finish); the pause deadline starts" },
-    StepSpec { step: Step::FenceOldPrimary, name: "fence_old_primary", region: Region::PauseDeadline, undo: "remove the pg_hba.conf block and the setting, reload, verify",
-        does: "hard fence: pg_hba.conf rejects every role but superusers and the steward, reload, verified by a probe login, application sessions ended" },
-    StepSpec { step: Step::FinalSync, name: "final_sync", region: Region::PauseDeadline, undo: "",
-        does: "old primary's WAL flushed (async commits included); the new server replayed it" },
-    StepSpec { step: Step::Promote, name: "promote", region: Region::AfterPromote, undo: "",
-        does: "point of no return: the new server leaves recovery (its readers follow it)" },
-    StepSpec { step: Step::Repoint, name: "repoint", region: Region::AfterPromote, undo: "",
-        does: "PgBouncer [databases] rewritten to the new server's own endpoint, RELOAD" },
-    StepSpec { step: Step::ResumeWrites, name: "resume_writes", region: Region::AfterPromote, undo: "",
-        does: "PgBouncer RESUME: the pause window ends" },
-    StepSpec { step: Step::Verify, name: "verify", region: Region::AfterPromote, undo: "",
-        does: "a write through PgBouncer lands on the new primary; local replicas follow it" },
-    StepSpec { step: Step::RenameOldAside, name: "rename_old_aside", region: Region::AfterPromote, undo: "",
-        does: "identifier-swap: the old primary renamed <source>-old-<id>, waited for (writes keep flowing)" },
-    StepSpec { step: Step::RenameNewIn, name: "rename_new_in", region: Region::AfterPromote, undo: "",
-        does: "identifier-swap: the new primary takes the source's name, waited for" },
-    StepSpec { step: Step::RepointStable, name: "repoint_stable", region: Region::AfterPromote, undo: "",
-        does: "identifier-swap: PgBouncer back on the stable name, plain RELOAD (no PAUSE), write verified" },
-    StepSpec { step: Step::MoveReads, name: "move_reads", region: Region::AfterPromote, undo: "",
-        does: "reads move to the new readers: renamed into the old names (identifier-swap) or PgBouncer read entries repointed" },
-    StepSpec { step: Step::RetireOld, name: "retire_old", region: Region::AfterPromote, undo: "",
-        does: "after upgrade.retire_after: the old readers deleted (RDS: no snapshot of a replica exists), then the old primary (fenced until then; RDS: final snapshot)" },
-];
-
 impl Step {
-    /// This step's row of [`SAGA`].
-    pub fn spec(self) -> &'static StepSpec {
-        &SAGA[self.index()]
-    }
-
-    pub fn name(self) -> &'static str {
-        self.spec().name
-    }
-
     pub fn index(self) -> usize {
         self as usize
     }
@@ -159,24 +123,57 @@ impl Step {
         STEPS.get(self.index() + 1).copied()
     }
 
+    /// The step named `name` in a journal or guard row.
+    pub fn from_name(name: &str) -> Option<Step> {
+        STEPS.iter().copied().find(|s| s.name() == name)
+    }
+
     /// Steps before the point of no return can be undone.
     pub fn before_promote(self) -> bool {
-        self.spec().region != Region::AfterPromote
+        self.region() != Region::AfterPromote
     }
 
     /// Under the pause deadline (pause_writes, fence, final_sync).
     pub fn under_pause_deadline(self) -> bool {
-        self.spec().region == Region::PauseDeadline
-    }
-
-    /// In the pause window (PAUSE sent → RESUME returned).
-    pub fn in_pause_window(self) -> bool {
-        (Step::PauseWrites..=Step::ResumeWrites).contains(&self)
+        self.region() == Region::PauseDeadline
     }
 }
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_names_are_the_serde_names_and_in_order() {
+        for (i, s) in STEPS.iter().enumerate() {
+            assert_eq!(s.index(), i);
+            let json = serde_json::to_string(s).expect("a step serialises");
+            assert_eq!(json, format!("\"{}\"", s.name()));
+            assert_eq!(Step::from_name(s.name()), Some(*s));
+        }
+    }
+
+    #[test]
+    fn the_pause_window_is_one_run_from_pause_to_resume() {
+        let window: Vec<Step> = STEPS
+            .iter()
+            .copied()
+            .filter(|s| s.in_pause_window())
+            .collect();
+        assert_eq!(window.first(), Some(&Step::PauseWrites));
+        assert_eq!(window.last(), Some(&Step::ResumeWrites));
+        let (first, last) = (Step::PauseWrites.index(), Step::ResumeWrites.index());
+        assert_eq!(window.len(), last - first + 1, "no gap in the window");
+        // The deadline covers the start of the window up to promote.
+        assert!(STEPS
+            .iter()
+            .filter(|s| s.under_pause_deadline())
+            .all(|s| s.in_pause_window() && s.before_promote()));
     }
 }

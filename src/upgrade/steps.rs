@@ -121,10 +121,6 @@ impl Saga {
 
     /// The new server's SQL endpoint, from the provider (never from the journal,
     /// which holds no passwords).
-    pub(crate) async fn new_endpoint_for_guard(&mut self) -> Result<ConnString, UpgradeError> {
-        self.new_endpoint().await
-    }
-
     pub(crate) async fn new_endpoint(&mut self) -> Result<ConnString, UpgradeError> {
         if let Some(e) = &self.new_endpoint {
             return Ok(e.clone());

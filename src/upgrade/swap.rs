@@ -181,12 +181,12 @@ impl Saga {
         }
         let source = self.source()?;
         let new_id = self.replica()?;
-        let own = self.new_endpoint_for_guard().await?;
+        let own = self.new_endpoint().await?;
         let note = self.provider.rename_in(&new_id, &source.id).await?;
         // The server now answers at the source's name: ask again.
         self.new_endpoint = None;
         self.new = None;
-        let stable = self.new_endpoint_for_guard().await?;
+        let stable = self.new_endpoint().await?;
         if let Some(g) = self.guard.as_mut() {
             g.readdress(&own.to_string(), &stable).await?;
         }
@@ -208,7 +208,7 @@ impl Saga {
         if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
             return Ok(Output::note("cutover.kind = none: nothing to repoint"));
         }
-        let stable = self.new_endpoint_for_guard().await?;
+        let stable = self.new_endpoint().await?;
         let (host, port) = stable.spec()?.host_port();
         self.point_pooler_at(Step::RepointStable, &host, port)
             .await?;

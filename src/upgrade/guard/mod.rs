@@ -45,8 +45,8 @@ use crate::config::ConnString;
 mod read;
 mod sql;
 pub use read::{
-    ddl_guard, hold_partition_ddl, moved_marker, read, read_cluster, step_number, DdlGuard,
-    GuardRow,
+    ddl_guard, hold_partition_ddl, moved_marker, read, read_cluster, step_number, step_reading,
+    DdlGuard, GuardRow,
 };
 use sql::{CHECK_ONLY, CLAIM, SESSION_SETUP, SETUP, STEP, TRY_LOCK};
 

@@ -12,6 +12,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::{bounded, query_err, GuardError, CLAIMED_STEP};
+use crate::upgrade::step::{Step, STEPS};
 
 const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
 /// The system identifier through `to_jsonb`: a table an older pgsteward
@@ -53,24 +54,34 @@ impl GuardRow {
     }
 }
 
-/// The value of `pgsteward_upgrade_step` for what the primary's guard row
-/// says: the 1-based position in [`SAGA`](crate::upgrade::step::SAGA) of the
-/// step an unfinished upgrade is in (a claimed row is at the prechecks), 0
-/// when no upgrade is in flight. A runner that died leaves its step here, so
-/// the stuck-upgrade alert sees it.
+/// The step an unfinished upgrade is in, from the primary's guard row (a
+/// claimed row is at the prechecks); `None` when no upgrade is in flight or
+/// the row names a step this binary does not know. A runner that died
+/// leaves its step here, so the service's gauges and the alerts see it.
+pub fn current_step(row: Option<&GuardRow>) -> Option<Step> {
+    let row = row.filter(|r| !r.finished)?;
+    if row.step == CLAIMED_STEP {
+        return STEPS.first().copied();
+    }
+    Step::from_name(&row.step)
+}
+
+/// The value of `pgsteward_upgrade_step`: the 1-based position of
+/// [`current_step`] in the saga, 0 when none. For people and dashboards;
+/// alerts use the step's name and `pgsteward_upgrade_in_write_pause`,
+/// which do not move when a step is added.
 pub fn step_number(row: Option<&GuardRow>) -> u32 {
-    let Some(row) = row.filter(|r| !r.finished) else {
-        return 0;
-    };
-    let name = if row.step == CLAIMED_STEP {
-        crate::upgrade::step::SAGA[0].name
-    } else {
-        row.step.as_str()
-    };
-    crate::upgrade::step::SAGA
-        .iter()
-        .position(|s| s.name == name)
-        .map_or(0, |i| i as u32 + 1)
+    current_step(row).map_or(0, |s| s.index() as u32 + 1)
+}
+
+/// Every `pgsteward_upgrade_*` gauge for what the guard row says.
+pub fn step_reading(row: Option<&GuardRow>) -> crate::metrics::upgrade::UpgradeStepReading {
+    let step = current_step(row);
+    crate::metrics::upgrade::UpgradeStepReading {
+        position: step_number(row),
+        step: step.map(|s| (s.name(), s.region().name())),
+        in_write_pause: step.is_some_and(|s| s.in_pause_window()),
+    }
 }
 
 /// What partition DDL must do on this primary (see [`ddl_guard`]).
@@ -244,14 +255,22 @@ mod tests {
 
     #[test]
     fn the_gauge_is_the_saga_position_of_an_unfinished_upgrade() {
-        use crate::upgrade::step::SAGA;
         assert_eq!(step_number(None), 0);
         assert_eq!(step_number(Some(&row(CLAIMED_STEP, false))), 1);
         assert_eq!(step_number(Some(&row("precheck", false))), 1);
         assert_eq!(step_number(Some(&row("pause_writes", false))), 7);
         assert_eq!(step_number(Some(&row("resume_writes", false))), 12);
-        let last = SAGA[SAGA.len() - 1].name;
-        assert_eq!(step_number(Some(&row(last, false))), SAGA.len() as u32);
+        let last = STEPS[STEPS.len() - 1].name();
+        assert_eq!(step_number(Some(&row(last, false))), STEPS.len() as u32);
+        // The pause window by name, wherever it sits in the saga.
+        let in_pause =
+            |s: &str| current_step(Some(&row(s, false))).is_some_and(|s| s.in_pause_window());
+        assert!(in_pause("pause_writes") && in_pause("promote") && in_pause("resume_writes"));
+        assert!(!in_pause("wait_catchup") && !in_pause("verify") && !in_pause(CLAIMED_STEP));
+        assert_eq!(
+            current_step(Some(&row("a_step_of_a_newer_release", false))),
+            None
+        );
         // Finished (also a claim given up, or a node the primary moved away from).
         assert_eq!(step_number(Some(&row(last, true))), 0);
         assert_eq!(step_number(Some(&row("gave_up", true))), 0);

@@ -12,7 +12,7 @@ use super::*;
 /// writes at any point checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_after_promote_needs_resume_and_resume_finishes() {
-    use pgsteward::upgrade::record::{Phase, SAGA};
+    use pgsteward::upgrade::record::{Phase, STEPS};
     let mut t = Topology::new();
     let load = Load::start(
         &t.pooler_url(),
@@ -23,9 +23,10 @@ async fn error_after_promote_needs_resume_and_resume_finishes() {
     load.wait_progress(20).await;
     let mut points = vec!["promote-start=error".to_string()];
     points.extend(
-        SAGA.iter()
-            .filter(|s| !s.step.before_promote())
-            .map(|s| format!("{}-done=error", s.name)),
+        STEPS
+            .iter()
+            .filter(|s| !s.before_promote())
+            .map(|s| format!("{}-done=error", s.name())),
     );
     for fp in &points {
         let out = t.upgrade(Some(fp));

@@ -53,16 +53,23 @@ async fn the_service_reports_the_step_of_an_upgrade_whose_runner_died() {
 
     let out = t.upgrade(Some("wait_catchup-done=kill"));
     assert!(killed(&out), "expected SIGKILL\n{}", text(&out));
-    let position = pgsteward::upgrade::step::SAGA
-        .iter()
-        .position(|s| s.name == "wait_catchup")
-        .unwrap() as f64
-        + 1.0;
+    let position = pgsteward::upgrade::step::Step::WaitCatchup.index() as f64 + 1.0;
     assert_eq!(
         wait_step(&on_old, position).await,
         Some(position),
         "{}",
         on_old.log_text()
+    );
+    // What the alerts read: the step by name, and not in the write pause.
+    let body = on_old.get("/metrics").map(|(_, b)| b).unwrap_or_default();
+    assert!(
+        body.contains("pgsteward_upgrade_step_info{step=\"wait_catchup\",region=\"prepare\"} 1"),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "pgsteward_upgrade_in_write_pause"),
+        Some(0.0),
+        "{body}"
     );
     drop(on_old);
 

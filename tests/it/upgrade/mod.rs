@@ -411,9 +411,9 @@ fn killed(o: &Output) -> bool {
 
 /// The steps' names, from the saga's one table.
 pub fn step_names() -> Vec<&'static str> {
-    pgsteward::upgrade::record::SAGA
+    pgsteward::upgrade::table::SAGA
         .iter()
-        .map(|s| s.name)
+        .map(|r| r.step.name())
         .collect()
 }
 

@@ -14,10 +14,10 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
         Duration::from_secs(600),
     );
     load.wait_progress(20).await;
-    let before_promote: Vec<&str> = pgsteward::upgrade::record::SAGA
+    let before_promote: Vec<&str> = pgsteward::upgrade::record::STEPS
         .iter()
-        .filter(|s| s.step.before_promote())
-        .map(|s| s.name)
+        .filter(|s| s.before_promote())
+        .map(|s| s.name())
         .collect();
     for step in &before_promote {
         let fp = format!("{step}-done=error");
