@@ -64,6 +64,9 @@ pub enum ProviderError {
     Pg(#[from] crate::pg::PgError),
     #[error("cancelled")]
     Cancelled,
+    /// A role the `pg_hba.conf` fence would have to name but cannot.
+    #[error("role {role:?} cannot be named in pg_hba.conf; rename it or make it NOLOGIN before the upgrade")]
+    UnnameableRole { role: String },
 }
 
 impl ProviderError {
