@@ -1,6 +1,6 @@
 //! Declared indexes: the `indexes = [...]` key of a managed table, validated
 //! at load time, and the (pure) SQL made from it. Built and repaired by
-//! `partitions::indexes`, which re-exports this module as its `spec`.
+//! `partitions::indexes`.
 //!
 //! A column entry is either a string, strictly a column name with optional
 //! opclass and ordering (`"created_at DESC"`, `"email text_pattern_ops"`,
