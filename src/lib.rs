@@ -127,6 +127,10 @@
 //! The binary (`main.rs`) parses the command line, loads the configuration and
 //! dispatches to these modules.
 
+// An `unwrap` outside tests is a panic nobody decided on: return the error,
+// or `expect` with the invariant that makes it impossible.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 // rustfmt keeps these sorted; the layer order is the map above.
 pub mod archive;
 pub mod capacity;

@@ -1,3 +1,6 @@
+// As in lib.rs: no `unwrap` outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -16,8 +16,8 @@ pub struct Inputs<'a> {
     pub cfg: &'a Config,
     pub obs: &'a Observation,
     pub history: &'a History,
-    /// `None` off RDS; the error's text when the API could not be read.
-    pub rds: Option<Result<RdsStorage, String>>,
+    /// `None` off RDS; the error when the API could not be read.
+    pub rds: Option<Result<RdsStorage, super::CapacityError>>,
     pub now: DateTime<Utc>,
     pub horizon_days: f64,
     /// The steward's role, for GRANT hints.

@@ -188,7 +188,7 @@ pub async fn run(
         history.add_run(&obs);
     }
     let rds = match rds_override.or_else(|| rds_target(cfg)) {
-        Some(t) => Some(aws::read(&t).await.map_err(|e| e.to_string())),
+        Some(t) => Some(aws::read(&t).await),
         None => None,
     };
     let user = spec.user().unwrap_or("steward").to_string();

@@ -36,8 +36,6 @@ pub enum ArchiveConfigError {
     Credentials(String),
     #[error("key `archive.endpoint_url`: {0:?} is not an http(s) URL without credentials")]
     Endpoint(String),
-    #[error("key `partitions.tables[{0}].retention_mode`: \"archive\" needs an [archive] section with url = \"s3://bucket/prefix/\"")]
-    Missing(usize),
 }
 
 impl std::str::FromStr for S3Url {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{ByteSize, Config, HumanDuration};
+use super::{ByteSize, Config, ConfigError, HumanDuration, Reason};
 
 const MS: Duration = Duration::from_millis(1);
 const fn secs(n: u64) -> Duration {
@@ -19,42 +19,42 @@ const DAY: Duration = secs(86_400);
 /// Largest size anywhere: 1 PB.
 const MAX_BYTES: u64 = 1 << 50;
 
-fn duration(key: &str, v: HumanDuration, min: Duration, max: Duration) -> Result<(), String> {
+fn duration(key: &str, v: HumanDuration, min: Duration, max: Duration) -> Result<(), ConfigError> {
     if v.0 < min || v.0 > max {
         let min_text = if min.is_zero() {
             "0s".to_string()
         } else {
             HumanDuration(min).to_string()
         };
-        return Err(format!(
-            "key `{key}`: \"{v}\" is out of range; expected between {min_text} and {}",
+        return Err(Reason::new(format!(
+            "\"{v}\" is out of range; expected between {min_text} and {}",
             HumanDuration(max)
-        ));
+        ))
+        .at(key));
     }
     Ok(())
 }
 
-fn count(key: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
+fn count(key: &str, v: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if v < min || v > max {
-        return Err(format!(
-            "key `{key}`: {v} is out of range; expected {min}..={max}"
-        ));
+        return Err(Reason::new(format!("{v} is out of range; expected {min}..={max}")).at(key));
     }
     Ok(())
 }
 
-fn size(key: &str, v: ByteSize, max: u64) -> Result<(), String> {
+fn size(key: &str, v: ByteSize, max: u64) -> Result<(), ConfigError> {
     if v.0 > max {
-        return Err(format!(
-            "key `{key}`: \"{v}\" is out of range; expected at most {}",
+        return Err(Reason::new(format!(
+            "\"{v}\" is out of range; expected at most {}",
             ByteSize(max)
-        ));
+        ))
+        .at(key));
     }
     Ok(())
 }
 
 /// Every bounded key, in file order; the first value out of range is the error.
-pub(super) fn check(c: &Config) -> Result<(), String> {
+pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
     duration(
         "database.connect_timeout",
         c.database.connect_timeout,
@@ -103,9 +103,10 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
         if let Some(r) = t.retention {
             // 100 years: beyond it a cut-off predates every key there is.
             if r.months > 1200 || r.days > 36_500 {
-                return Err(format!(
-                    "key `partitions.tables[{i}].retention`: \"{r}\" is out of range; expected at most 100 years"
-                ));
+                return Err(Reason::new(format!(
+                    "\"{r}\" is out of range; expected at most 100 years"
+                ))
+                .at(format!("partitions.tables[{i}].retention")));
             }
         }
     }
@@ -129,11 +130,12 @@ pub(super) fn check(c: &Config) -> Result<(), String> {
         use super::archive::{MAX_PART, MIN_PART};
         size("archive.part_size", a.part_size, MAX_PART)?;
         if a.part_size.0 < MIN_PART {
-            return Err(format!(
-                "key `archive.part_size`: \"{}\" is out of range; S3 parts are at least {}",
+            return Err(Reason::new(format!(
+                "\"{}\" is out of range; S3 parts are at least {}",
                 a.part_size,
                 ByteSize(MIN_PART)
-            ));
+            ))
+            .at("archive.part_size"));
         }
         count(
             "archive.uploads_in_flight",

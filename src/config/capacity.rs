@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{parse_const, ByteSize, Schedule};
+use super::{parse_const, ByteSize, ConfigError, Reason, Schedule};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,19 +51,21 @@ fn default_large_table_count() -> u32 {
 }
 
 /// Values serde accepts but no volume has.
-pub(super) fn check(c: &CapacityConfig) -> Result<(), String> {
+pub(super) fn check(c: &CapacityConfig) -> Result<(), ConfigError> {
     if let Some(limit) = c.storage_limit {
         if limit.0 < 1 << 20 {
-            return Err(format!(
-                "key `capacity.storage_limit`: \"{limit}\" is out of range; expected the volume's size, at least 1MB (e.g. \"500GB\")"
-            ));
+            return Err(Reason::new(format!(
+                "\"{limit}\" is out of range; expected the volume's size, at least 1MB (e.g. \"500GB\")"
+            ))
+            .at("capacity.storage_limit"));
         }
     }
     if !(1..=200).contains(&c.large_table_count) {
-        return Err(format!(
-            "key `capacity.large_table_count`: {} is out of range; expected 1..=200",
+        return Err(Reason::new(format!(
+            "{} is out of range; expected 1..=200",
             c.large_table_count
-        ));
+        ))
+        .at("capacity.large_table_count"));
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Declared indexes: the `indexes = [...]` key of a managed table, validated
 //! at load time, and the (pure) SQL made from it. Built and repaired by
-//! `partitions::indexes`, which re-exports this module as its `spec`.
+//! `partitions::indexes`.
 //!
 //! A column entry is either a string, strictly a column name with optional
 //! opclass and ordering (`"created_at DESC"`, `"email text_pattern_ops"`,
@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::{ConfigError, Reason};
 use crate::pg::{quote_ident, QualifiedName};
 
 /// Longest identifier PostgreSQL keeps (NAMEDATALEN - 1).
@@ -144,46 +145,48 @@ impl IndexDef {
 impl IndexSpec {
     /// Checks everything that can be checked without the server; the message
     /// names the key under `at` (e.g. `partitions.tables[0].indexes[1]`).
-    pub fn validate(&self, at: &str) -> Result<(), String> {
-        check_ident(&self.name).map_err(|e| format!("key `{at}.name`: {e}"))?;
+    pub fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        check_ident(&self.name).map_err(|e| e.at(format!("{at}.name")))?;
         if self.columns.is_empty() {
-            return Err(format!(
-                "key `{at}.columns`: expected at least one column, e.g. [\"user_id\", \"created_at DESC\"]"
-            ));
+            return Err(Reason::new(
+                "expected at least one column, e.g. [\"user_id\", \"created_at DESC\"]",
+            )
+            .at(format!("{at}.columns")));
         }
-        self.key_columns().map_err(|e| format!("key `{at}.{e}"))?;
+        self.key_columns().map_err(|e| e.under(at))?;
         if let Some(m) = &self.method {
             if !is_simple_word(m) {
-                return Err(format!(
-                    "key `{at}.method`: {m:?} is not an access method name such as btree, hash, gist, gin, brin"
-                ));
+                return Err(Reason::new(format!(
+                    "{m:?} is not an access method name such as btree, hash, gist, gin, brin"
+                ))
+                .at(format!("{at}.method")));
             }
             if self.unique && m != "btree" {
-                return Err(format!(
-                    "key `{at}.method`: unique indexes need btree, not {m:?}"
-                ));
+                return Err(Reason::new(format!("unique indexes need btree, not {m:?}"))
+                    .at(format!("{at}.method")));
             }
         }
         for (i, c) in self.include.iter().enumerate() {
-            check_ident(c).map_err(|e| format!("key `{at}.include[{i}]`: {e}"))?;
+            check_ident(c).map_err(|e| e.at(format!("{at}.include[{i}]")))?;
         }
         if let Some(p) = &self.predicate {
-            check_expr(p).map_err(|e| format!("key `{at}.where`: {e}"))?;
+            check_expr(p).map_err(|e| e.at(format!("{at}.where")))?;
         }
         Ok(())
     }
 
-    /// The key columns, parsed; errors are `columns[i]`: what is wrong`.
-    pub fn key_columns(&self) -> Result<Vec<KeyColumn>, String> {
+    /// The key columns, parsed; an error names the key `columns[i]` (below
+    /// the spec's own key: see [`ConfigError::Key`]).
+    pub fn key_columns(&self) -> Result<Vec<KeyColumn>, ConfigError> {
         self.columns
             .iter()
             .enumerate()
-            .map(|(i, c)| parse_column(c).map_err(|e| format!("columns[{i}]`: {e}")))
+            .map(|(i, c)| parse_column(c).map_err(|e| e.at(format!("columns[{i}]"))))
             .collect()
     }
 
     /// The definition to build; fails only on a spec that did not validate.
-    pub fn def(&self) -> Result<IndexDef, String> {
+    pub fn def(&self) -> Result<IndexDef, ConfigError> {
         let cols: Vec<String> = self.key_columns()?.iter().map(KeyColumn::sql).collect();
         let mut tail = format!(
             "{} ({})",
@@ -204,18 +207,18 @@ impl IndexSpec {
     }
 }
 
-fn check_ident(s: &str) -> Result<(), String> {
+fn check_ident(s: &str) -> Result<(), Reason> {
     if s.is_empty() {
         return Err("an empty name".into());
     }
     if s.len() > MAX_IDENT_BYTES {
-        return Err(format!(
+        return Err(Reason::new(format!(
             "{s:?} is {} bytes; PostgreSQL keeps at most {MAX_IDENT_BYTES}",
             s.len()
-        ));
+        )));
     }
     if s.contains('\0') {
-        return Err(format!("{s:?} contains a NUL character"));
+        return Err(Reason::new(format!("{s:?} contains a NUL character")));
     }
     Ok(())
 }
@@ -230,20 +233,24 @@ fn is_simple_word(s: &str) -> bool {
 /// An expression must stay inside the parentheses it is put in: balanced
 /// parentheses outside quotes, and nothing that could end the statement or
 /// hide text from this scan (`;`, comments, dollar quotes, backslash escapes).
-fn check_expr(e: &str) -> Result<(), String> {
+fn check_expr(e: &str) -> Result<(), Reason> {
     let expected = "expected an SQL expression such as \"lower(email)\" or \"deleted_at IS NULL\"";
     if e.trim().is_empty() {
-        return Err(format!("empty; {expected}"));
+        return Err(Reason::new(format!("empty; {expected}")));
     }
     if e.chars().count() > MAX_EXPR_CHARS {
-        return Err(format!("longer than {MAX_EXPR_CHARS} characters"));
+        return Err(Reason::new(format!(
+            "longer than {MAX_EXPR_CHARS} characters"
+        )));
     }
     let mut depth = 0i32;
     let mut quote: Option<char> = None;
     let mut prev = ' ';
     for c in e.chars() {
         if c == '\0' || c == '\\' {
-            return Err(format!("{e:?} contains {c:?}; not accepted in expressions"));
+            return Err(Reason::new(format!(
+                "{e:?} contains {c:?}; not accepted in expressions"
+            )));
         }
         match quote {
             Some(q) if c == q => quote = None,
@@ -254,12 +261,14 @@ fn check_expr(e: &str) -> Result<(), String> {
                 ')' => {
                     depth -= 1;
                     if depth < 0 {
-                        return Err(format!("{e:?} closes a parenthesis it did not open"));
+                        return Err(Reason::new(format!(
+                            "{e:?} closes a parenthesis it did not open"
+                        )));
                     }
                 }
-                ';' | '$' => return Err(format!("{e:?} contains {c:?}; {expected}")),
-                '-' if prev == '-' => return Err(format!("{e:?} contains a comment")),
-                '*' if prev == '/' => return Err(format!("{e:?} contains a comment")),
+                ';' | '$' => return Err(Reason::new(format!("{e:?} contains {c:?}; {expected}"))),
+                '-' if prev == '-' => return Err(Reason::new(format!("{e:?} contains a comment"))),
+                '*' if prev == '/' => return Err(Reason::new(format!("{e:?} contains a comment"))),
                 _ => {}
             },
         }
@@ -268,10 +277,10 @@ fn check_expr(e: &str) -> Result<(), String> {
         prev = c;
     }
     if quote.is_some() {
-        return Err(format!("{e:?} has an unterminated quote"));
+        return Err(Reason::new(format!("{e:?} has an unterminated quote")));
     }
     if depth != 0 {
-        return Err(format!("{e:?} has unbalanced parentheses"));
+        return Err(Reason::new(format!("{e:?} has unbalanced parentheses")));
     }
     Ok(())
 }
@@ -283,7 +292,7 @@ enum Token {
     Quoted(String),
 }
 
-fn tokens(s: &str) -> Result<Vec<Token>, String> {
+fn tokens(s: &str) -> Result<Vec<Token>, Reason> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -305,15 +314,15 @@ fn tokens(s: &str) -> Result<Vec<Token>, String> {
             }
             out.push(Token::Word(w));
         } else {
-            return Err(format!(
+            return Err(Reason::new(format!(
                 "{c:?} is not part of a column name; write an expression as {{ expr = \"...\" }}"
-            ));
+            )));
         }
     }
     Ok(out)
 }
 
-fn parse_column(c: &IndexColumn) -> Result<KeyColumn, String> {
+fn parse_column(c: &IndexColumn) -> Result<KeyColumn, Reason> {
     match c {
         IndexColumn::Text(s) => parse_column_text(s),
         IndexColumn::Table(t) => {
@@ -329,18 +338,26 @@ fn parse_column(c: &IndexColumn) -> Result<KeyColumn, String> {
                 _ => return Err("give exactly one of `column` or `expr`".into()),
             };
             if let Some(o) = &t.opclass {
-                check_ident(o).map_err(|e| format!("opclass: {e}"))?;
+                check_ident(o).map_err(|e| e.after("opclass"))?;
             }
             let desc = match t.order.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("asc") => false,
                 Some("desc") => true,
-                Some(o) => return Err(format!("order {o:?}: expected \"asc\" or \"desc\"")),
+                Some(o) => {
+                    return Err(Reason::new(format!(
+                        "order {o:?}: expected \"asc\" or \"desc\""
+                    )))
+                }
             };
             let nulls_first = match t.nulls.as_deref().map(str::to_ascii_lowercase).as_deref() {
                 None => None,
                 Some("first") => Some(true),
                 Some("last") => Some(false),
-                Some(o) => return Err(format!("nulls {o:?}: expected \"first\" or \"last\"")),
+                Some(o) => {
+                    return Err(Reason::new(format!(
+                        "nulls {o:?}: expected \"first\" or \"last\""
+                    )))
+                }
             };
             Ok(KeyColumn {
                 key,
@@ -354,8 +371,8 @@ fn parse_column(c: &IndexColumn) -> Result<KeyColumn, String> {
 
 /// `name [opclass] [ASC|DESC] [NULLS FIRST|LAST]`; unquoted names fold to
 /// lower case as in SQL.
-fn parse_column_text(s: &str) -> Result<KeyColumn, String> {
-    let toks = tokens(s).map_err(|e| format!("{s:?}: {e}"))?;
+fn parse_column_text(s: &str) -> Result<KeyColumn, Reason> {
+    let toks = tokens(s).map_err(|e| e.after(format!("{s:?}")))?;
     let word = |t: &Token| match t {
         Token::Word(w) => Some(w.to_ascii_lowercase()),
         Token::Quoted(_) => None,
@@ -400,13 +417,17 @@ fn parse_column_text(s: &str) -> Result<KeyColumn, String> {
         col.nulls_first = match keyword(it.next().as_ref()).as_deref() {
             Some("first") => Some(true),
             Some("last") => Some(false),
-            _ => return Err(format!("{s:?}: NULLS must be followed by FIRST or LAST")),
+            _ => {
+                return Err(Reason::new(format!(
+                    "{s:?}: NULLS must be followed by FIRST or LAST"
+                )))
+            }
         };
     }
     if it.next().is_some() {
-        return Err(format!(
+        return Err(Reason::new(format!(
             "{s:?} is not \"column [opclass] [ASC|DESC] [NULLS FIRST|LAST]\"; write an expression as {{ expr = \"...\" }}"
-        ));
+        )));
     }
     Ok(col)
 }
@@ -441,25 +462,27 @@ pub fn child_index_name(parent: &str, partition: &str, index: &str) -> String {
 
 /// Validates every declared index of table `i` (`indexes` key) and that
 /// names do not repeat within a schema (indexes share it with tables).
-pub fn validate(cfg: &super::PartitionsConfig) -> Result<(), String> {
+pub fn validate(cfg: &super::PartitionsConfig) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
     for (i, t) in cfg.tables.iter().enumerate() {
         for (k, spec) in t.indexes.iter().enumerate() {
             let at = format!("partitions.tables[{i}].indexes[{k}]");
             spec.validate(&at)?;
             if !seen.insert((t.table.schema.clone(), spec.name.clone())) {
-                return Err(format!(
-                    "key `{at}.name`: {:?} is declared twice in schema {:?}; index names are unique per schema",
+                return Err(Reason::new(format!(
+                    "{:?} is declared twice in schema {:?}; index names are unique per schema",
                     spec.name, t.table.schema
-                ));
+                ))
+                .at(format!("{at}.name")));
             }
         }
     }
     let p = cfg.index_parallelism;
     if p == 0 || p > 16 {
-        return Err(format!(
-            "key `partitions.index_parallelism`: {p}; expected 1..=16 sessions for concurrent index builds"
-        ));
+        return Err(Reason::new(format!(
+            "{p}; expected 1..=16 sessions for concurrent index builds"
+        ))
+        .at("partitions.index_parallelism"));
     }
     Ok(())
 }
@@ -468,12 +491,13 @@ pub fn validate(cfg: &super::PartitionsConfig) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn spec(toml_text: &str) -> Result<IndexSpec, String> {
+    /// The spec, or the text of why it was refused (by serde or by `validate`).
+    fn spec(toml_text: &str) -> Result<IndexSpec, Box<dyn std::error::Error>> {
         #[derive(Deserialize)]
         struct W {
             i: IndexSpec,
         }
-        let w: W = toml::from_str(&format!("i = {toml_text}")).map_err(|e| e.to_string())?;
+        let w: W = toml::from_str(&format!("i = {toml_text}"))?;
         w.i.validate("t.indexes[0]")?;
         Ok(w.i)
     }
@@ -546,7 +570,7 @@ mod tests {
                 "include[0]`",
             ),
         ] {
-            let e = spec(text).unwrap_err();
+            let e = spec(text).unwrap_err().to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
         assert!(spec(r#"{ name = "x", columns = ["a"], bogus = 1 }"#).is_err());

@@ -5,6 +5,7 @@
 pub mod archive;
 mod bounds;
 mod capacity;
+mod error;
 #[cfg(test)]
 mod fuzz;
 pub mod indexes;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::pg::{ConnSpec, QualifiedName};
 pub use archive::{ArchiveConfig, ArchiveFormat, S3Url};
 pub use capacity::CapacityConfig;
+pub use error::{ConfigError, Reason};
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
     CutoverConfig, CutoverKind, LocalProviderConfig, ProviderKind, RdsProviderConfig, RdsRepoint,
@@ -35,26 +37,6 @@ pub use upgrade::{
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pgsteward/pgsteward.toml";
 pub const CONFIG_ENV: &str = "PGSTEWARD_CONFIG";
 pub const ENV_PREFIX: &str = "PGSTEWARD_";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration file {path} does not exist (pass --config FILE or set {CONFIG_ENV})")]
-    Missing { path: PathBuf },
-    #[error("configuration file {path} cannot be read: {source}")]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl ConfigError {
-    /// The failure kind for metrics: one per subsystem.
-    pub fn metric_label(&self) -> crate::outcome::ErrorLabel {
-        crate::outcome::ErrorLabel::Config
-    }
-}
 
 /// A PostgreSQL connection string. Its `Display` and `Debug` never show the
 /// password, so it can be logged and put in errors.
@@ -412,113 +394,9 @@ pub fn env_provider() -> Env {
 pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {
     let config: Config = figment
         .extract()
-        .map_err(|e| ConfigError::Invalid(describe_figment_error(e, path)))?;
-    config.validate().map_err(|msg| {
-        ConfigError::Invalid(match path {
-            Some(p) => format!("{}: {msg}", p.display()),
-            None => msg,
-        })
-    })?;
+        .map_err(|e| ConfigError::Invalid(error::describe_figment_error(e, path)))?;
+    config.validate().map_err(|e| e.in_file(path))?;
     Ok(config)
-}
-
-/// figment reports the first error with its key and source; make it read as
-/// "FILE: key `a.b`: what was wrong", and name every error when there are several.
-fn describe_figment_error(err: figment::Error, path: Option<&Path>) -> String {
-    let mut lines = Vec::new();
-    for e in err {
-        let key = if e.path.is_empty() {
-            None
-        } else {
-            Some(e.path.join("."))
-        };
-        let source = match &e.metadata {
-            Some(md) => match &md.source {
-                Some(figment::Source::File(f)) => f.display().to_string(),
-                Some(other) => format!("{} ({other})", md.name),
-                None => md.name.to_string(),
-            },
-            None => path
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "configuration".into()),
-        };
-        let from_env = e
-            .metadata
-            .as_ref()
-            .is_some_and(|md| md.name.contains("environment"));
-        // The variable for the key figment reports: for a section
-        // (`PGSTEWARD_PARTITION__LOCK_TIMEOUT` reports `partition`) the whole
-        // name as set, and the same tail after a suggested key.
-        let prefix = |path: &[String]| {
-            format!(
-                "{ENV_PREFIX}{}",
-                path.iter()
-                    .map(|p| p.to_ascii_uppercase())
-                    .collect::<Vec<_>>()
-                    .join("__")
-            )
-        };
-        let tail = from_env
-            .then(|| {
-                let p = prefix(&e.path);
-                std::env::vars_os()
-                    .filter_map(|(k, _)| k.into_string().ok())
-                    .find_map(|k| {
-                        let up = k.to_ascii_uppercase();
-                        up.strip_prefix(&p)
-                            .filter(|t| t.is_empty() || t.starts_with("__"))
-                            .map(str::to_string)
-                    })
-            })
-            .flatten()
-            .unwrap_or_default();
-        let variable = |path: &[String]| format!("{}{tail}", prefix(path));
-        let what = match &e.kind {
-            figment::error::Kind::UnknownField(field, expected) => {
-                let mut what = format!(
-                    "unknown key `{field}`; expected one of: {}",
-                    expected.join(", ")
-                );
-                if let Some(near) = suggest::nearest(field, expected) {
-                    let mut path = e.path.clone();
-                    path.pop();
-                    path.push(near.to_string());
-                    if from_env {
-                        what.push_str(&format!(
-                            "; did you mean {} (`{}`)?",
-                            variable(&path),
-                            path.join(".")
-                        ));
-                    } else {
-                        what.push_str(&format!("; did you mean `{near}`?"));
-                    }
-                }
-                what
-            }
-            figment::error::Kind::UnknownVariant(found, expected) => {
-                let mut what = format!(
-                    "unknown value {found:?}; expected one of: {}",
-                    expected.join(", ")
-                );
-                if let Some(near) = suggest::nearest(found, expected) {
-                    what.push_str(&format!("; did you mean {near:?}?"));
-                }
-                what
-            }
-            figment::error::Kind::MissingField(field) => format!("missing required key `{field}`"),
-            kind => kind.to_string(),
-        };
-        let source = if from_env && !e.path.is_empty() {
-            format!("environment variable {}", variable(&e.path))
-        } else {
-            source
-        };
-        lines.push(match key {
-            Some(k) => format!("{source}: key `{k}`: {what}"),
-            None => format!("{source}: {what}"),
-        });
-    }
-    lines.join("\n")
 }
 
 /// `db.<family>.<size>`: lower-case letters and digits, as RDS names classes.
@@ -535,14 +413,15 @@ fn is_rds_instance_class(s: &str) -> bool {
 
 impl Config {
     /// Checks that need more than one field at a time.
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.partitions.tables.iter().enumerate() {
             if !seen.insert(t.table.clone()) {
-                return Err(format!(
-                    "key `partitions.tables[{i}].table`: {} is listed twice; each table may appear once",
+                return Err(Reason::new(format!(
+                    "{} is listed twice; each table may appear once",
                     t.table
-                ));
+                ))
+                .at(format!("partitions.tables[{i}].table")));
             }
         }
         indexes::validate(&self.partitions)?;
@@ -553,13 +432,19 @@ impl Config {
             .position(|t| t.retention_mode == RetentionMode::Archive)
         {
             if self.archive.is_none() {
-                return Err(archive::ArchiveConfigError::Missing(i).to_string());
+                return Err(Reason::new(
+                    "\"archive\" needs an [archive] section with url = \"s3://bucket/prefix/\"",
+                )
+                .at(format!("partitions.tables[{i}].retention_mode")));
             }
         }
         bounds::check(self)?;
         capacity::check(&self.capacity)?;
         if self.upgrade.provider == ProviderKind::Rds && self.upgrade.rds.is_none() {
-            return Err("key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into());
+            return Err(Reason::new(
+                "provider = \"rds\" needs an [upgrade.rds] section with source_instance",
+            )
+            .at("upgrade.rds"));
         }
         if let Some(class) = self
             .upgrade
@@ -568,9 +453,10 @@ impl Config {
             .and_then(|r| r.reader_class.as_ref())
         {
             if !is_rds_instance_class(class) {
-                return Err(format!(
-                    "key `upgrade.rds.reader_class`: {class:?} is not an RDS instance class; expected db.<family>.<size> (e.g. \"db.r5.xlarge\")"
-                ));
+                return Err(Reason::new(format!(
+                    "{class:?} is not an RDS instance class; expected db.<family>.<size> (e.g. \"db.r5.xlarge\")"
+                ))
+                .at("upgrade.rds.reader_class"));
             }
         }
         let files = self.cutover.config_file.len();
@@ -579,10 +465,11 @@ impl Config {
             && files != 1
             && files != self.cutover.admin.len()
         {
-            return Err(format!(
-                "key `cutover.config_file`: {files} files for {} admin endpoints; give one shared file or one per endpoint",
+            return Err(Reason::new(format!(
+                "{files} files for {} admin endpoints; give one shared file or one per endpoint",
                 self.cutover.admin.len()
-            ));
+            ))
+            .at("cutover.config_file"));
         }
         Ok(())
     }

@@ -7,7 +7,8 @@
 use serde::Serialize;
 
 use super::inspect::TableInfo;
-use super::plan::{index_rest, ConvertPlan, CHECK_NAME, INDEX_PREFIX};
+use super::plan::{ConvertPlan, CHECK_NAME, INDEX_PREFIX};
+use super::refuse::index_rest;
 use crate::pg::{quote_ident, quote_literal, QualifiedName};
 
 /// A sequence's state, read under the swap's locks.

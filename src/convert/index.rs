@@ -13,9 +13,10 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::{sql, ConvertError};
+use crate::config::indexes::IndexDef;
 use crate::config::Config;
 use crate::partitions::indexes::build::{progress, PROGRESS_EVERY};
-use crate::partitions::indexes::{create_index_concurrently, Created, IndexDef, Log, Session};
+use crate::partitions::indexes::{create_index_concurrently, Created, Log, Session};
 use crate::pg::{quote_ident, QualifiedName};
 
 /// `UNIQUE ... USING btree (columns)`: the index that gives a key the partition key.

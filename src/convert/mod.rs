@@ -145,17 +145,6 @@ async fn lock(client: &Client, table: &QualifiedName) -> Result<(), ConvertError
     Err(ConvertError::Busy { table: key, holder })
 }
 
-/// Tables the partition pass must leave alone: converting, before their swap.
-/// The pass reads them itself (`partitions::converting`, which stands below
-/// this module); kept here for callers of the old path.
-pub async fn tables_converting(client: &Client) -> Vec<QualifiedName> {
-    crate::partitions::converting::read(client)
-        .await
-        .into_iter()
-        .map(|c| c.table)
-        .collect()
-}
-
 #[derive(Serialize)]
 struct PlanOutput {
     table: String,
@@ -187,7 +176,14 @@ async fn make_plan(
         Ok(k) => k,
         Err(r) => {
             return Ok((
-                plan::build(tcfg, &probe, "", plan::KeyType::Timestamptz, Utc::now()).0,
+                plan::build(
+                    tcfg,
+                    &probe,
+                    "",
+                    crate::partitions::model::KeyType::Timestamptz,
+                    Utc::now(),
+                )
+                .0,
                 probe,
                 vec![r],
             ))

@@ -9,9 +9,10 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::inspect::TableInfo;
+use super::refuse::refusals;
 use crate::config::{Interval, TableConfig};
 use crate::partitions::model::Key;
-pub use crate::partitions::model::KeyType;
+use crate::partitions::model::KeyType;
 use crate::partitions::period::{
     day_start_key, key_day, key_literal, key_text, next_period, partition_name, period_start,
     suffix,
@@ -434,8 +435,6 @@ fn human(d: ChronoDuration) -> String {
 }
 
 /// `pgsteward_cv_` + a stable hash of what it replaces: short, and the same on every run.
-pub use super::refuse::{index_rest, refusals};
-
 pub fn build_index_name(replaces: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in replaces.as_bytes() {

@@ -332,7 +332,7 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
             step: "swapped",
             message: format!("{} no longer exists", plan.name()),
         })?;
-    let refused = plan::refusals(&info, &plan.key);
+    let refused = super::refuse::refusals(&info, &plan.key);
     if !refused.is_empty() {
         return Err(ConvertError::Refused {
             table: plan.name().to_string(),

@@ -103,7 +103,7 @@ impl Exec<'_> {
                 source,
             })?;
             path = probe::decide(&found, &self.cfg.partitions, &state.table, &d.name, child)
-                .map_err(StepError::Refused)?;
+                .map_err(|why| StepError::Refused(why.to_string()))?;
             fks = self.referencing_fks(state).await?;
             // Before anything is created or locked; repeated under the locks.
             if found.rows > 0 {
@@ -465,7 +465,7 @@ impl Exec<'_> {
                 ..ctx.probe.clone()
             };
             probe::decide(&late, &self.cfg.partitions, parent, default, child)
-                .map_err(StepError::Refused)?;
+                .map_err(|why| StepError::Refused(why.to_string()))?;
             self.once(&ddl::sql_lock_parent_exclusive(parent), c, report)
                 .await?;
         }

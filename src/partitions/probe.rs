@@ -58,6 +58,79 @@ pub enum AttachPath {
     Move { rows: u64 },
 }
 
+/// Why `child` is not made next to `default`, with the figures and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "{default} holds more than {batch} rows of {child}'s range, more than partitions.default_move_batch = {batch} \
+         that one transaction moves while writers of {parent} wait (rows of one period cannot be split \
+         across transactions without hiding some from readers); rows stay in {default} (readable) and \
+         {child} is not created. Raise default_move_batch to accept a longer write pause, or move the rows \
+         yourself in a quiet period"
+    )]
+    TooManyRows {
+        parent: QualifiedName,
+        default: QualifiedName,
+        child: QualifiedName,
+        batch: u64,
+    },
+    #[error(
+        "{default} holds {rows} rows of {child}'s range and is {bytes} on disk, more than \
+         partitions.max_default_scan = {max_scan}: attaching {child} would scan it under ACCESS EXCLUSIVE while \
+         readers of {parent} wait, and no CHECK can spare the scan while those rows are there. Move them \
+         yourself in a quiet period, or raise max_default_scan to accept the wait; other periods are made"
+    )]
+    DefaultTooLarge {
+        parent: QualifiedName,
+        default: QualifiedName,
+        child: QualifiedName,
+        rows: u64,
+        bytes: ByteSize,
+        max_scan: ByteSize,
+    },
+    #[error(
+        "{default} holds {rows} rows of {child}'s range, and publication(s) {} publish {default} under \
+         its own name: the move would reach subscribers as DELETEs from {default} and INSERTs into \
+         {child}, a table no subscriber has yet (rows lost, or replication stopped on the missing \
+         relation). Nothing is moved and {child} is not created. Publish through the root: {} (subscribers \
+         then need a table named {parent}), or move the rows yourself",
+        .publications.join(", "),
+        publish_via_root(.publications)
+    )]
+    PublishedUnderOwnName {
+        parent: QualifiedName,
+        default: QualifiedName,
+        child: QualifiedName,
+        rows: u64,
+        publications: Vec<String>,
+    },
+    #[error(
+        "{default} holds {rows} rows of {child}'s range and has FORCE ROW LEVEL SECURITY: the steward, \
+         acting as its owner, would move only the rows its policies show. Nothing is moved. \
+         ALTER TABLE {} NO FORCE ROW LEVEL SECURITY (the parent's policies still govern reads through it)",
+        .default.quoted()
+    )]
+    ForcedRowSecurity {
+        default: QualifiedName,
+        child: QualifiedName,
+        rows: u64,
+    },
+}
+
+/// The statements that make `publications` publish through the root.
+fn publish_via_root(publications: &[String]) -> String {
+    publications
+        .iter()
+        .map(|n| {
+            format!(
+                "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                crate::pg::quote_ident(n)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// How `child` is attached next to `default`, or the refusal with its fix.
 pub fn decide(
     p: &DefaultProbe,
@@ -65,7 +138,7 @@ pub fn decide(
     parent: &QualifiedName,
     default: &QualifiedName,
     child: &QualifiedName,
-) -> Result<AttachPath, String> {
+) -> Result<AttachPath, Box<Refusal>> {
     let batch = u64::from(cfg.default_move_batch);
     let max_scan = cfg.max_default_scan.0;
     if p.rows == 0 {
@@ -75,60 +148,43 @@ pub fn decide(
             AttachPath::Plain
         });
     }
-    let rows = if p.rows > batch {
-        format!("more than {batch}")
-    } else {
-        p.rows.to_string()
-    };
+    let (parent, default, child) = (parent.clone(), default.clone(), child.clone());
     if p.rows > batch {
-        return Err(format!(
-            "{default} holds {rows} rows of {child}'s range, more than partitions.default_move_batch = {batch} \
-             that one transaction moves while writers of {parent} wait (rows of one period cannot be split \
-             across transactions without hiding some from readers); rows stay in {default} (readable) and \
-             {child} is not created. Raise default_move_batch to accept a longer write pause, or move the rows \
-             yourself in a quiet period"
-        ));
+        return Err(Box::new(Refusal::TooManyRows {
+            parent,
+            default,
+            child,
+            batch,
+        }));
     }
+    let rows = p.rows;
     if p.bytes > max_scan {
-        return Err(format!(
-            "{default} holds {rows} rows of {child}'s range and is {} on disk, more than \
-             partitions.max_default_scan = {}: attaching {child} would scan it under ACCESS EXCLUSIVE while \
-             readers of {parent} wait, and no CHECK can spare the scan while those rows are there. Move them \
-             yourself in a quiet period, or raise max_default_scan to accept the wait; other periods are made",
-            ByteSize(p.bytes),
-            cfg.max_default_scan
-        ));
+        return Err(Box::new(Refusal::DefaultTooLarge {
+            parent,
+            default,
+            child,
+            rows,
+            bytes: ByteSize(p.bytes),
+            max_scan: cfg.max_default_scan,
+        }));
     }
     if !p.own_name_publications.is_empty() {
-        let pubs = p.own_name_publications.join(", ");
-        let alter: Vec<String> = p
-            .own_name_publications
-            .iter()
-            .map(|n| {
-                format!(
-                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
-                    crate::pg::quote_ident(n)
-                )
-            })
-            .collect();
-        return Err(format!(
-            "{default} holds {rows} rows of {child}'s range, and publication(s) {pubs} publish {default} under \
-             its own name: the move would reach subscribers as DELETEs from {default} and INSERTs into \
-             {child}, a table no subscriber has yet (rows lost, or replication stopped on the missing \
-             relation). Nothing is moved and {child} is not created. Publish through the root: {} (subscribers \
-             then need a table named {parent}), or move the rows yourself",
-            alter.join("; ")
-        ));
+        return Err(Box::new(Refusal::PublishedUnderOwnName {
+            parent,
+            default,
+            child,
+            rows,
+            publications: p.own_name_publications.clone(),
+        }));
     }
     if p.forced_rls {
-        return Err(format!(
-            "{default} holds {rows} rows of {child}'s range and has FORCE ROW LEVEL SECURITY: the steward, \
-             acting as its owner, would move only the rows its policies show. Nothing is moved. \
-             ALTER TABLE {} NO FORCE ROW LEVEL SECURITY (the parent's policies still govern reads through it)",
-            default.quoted()
-        ));
+        return Err(Box::new(Refusal::ForcedRowSecurity {
+            default,
+            child,
+            rows,
+        }));
     }
-    Ok(AttachPath::Move { rows: p.rows })
+    Ok(AttachPath::Move { rows })
 }
 
 /// For `partitions plan`: what the pass would refuse among `actions` of
@@ -166,7 +222,7 @@ pub async fn refusals(
         .await
         {
             Ok(p) => match decide(&p, cfg, &state.table, &d.name, partition) {
-                Err(why) => out.push(why),
+                Err(why) => out.push(why.to_string()),
                 // The pass's guards, read as it reads them before creating anything.
                 Ok(AttachPath::Move { .. }) => {
                     let guards = async {
@@ -288,6 +344,7 @@ mod tests {
         };
         assert!(decide(&too_many, &cfg, &p, &d, &c)
             .unwrap_err()
+            .to_string()
             .contains("more than 100"));
         let in_big = DefaultProbe {
             bytes: 1 << 30,
@@ -295,12 +352,15 @@ mod tests {
         };
         assert!(decide(&in_big, &cfg, &p, &d, &c)
             .unwrap_err()
+            .to_string()
             .contains("max_default_scan"));
         let published = DefaultProbe {
             own_name_publications: vec!["my pub".into()],
             ..some.clone()
         };
-        let e = decide(&published, &cfg, &p, &d, &c).unwrap_err();
+        let e = decide(&published, &cfg, &p, &d, &c)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("ALTER PUBLICATION \"my pub\" SET (publish_via_partition_root = true)"),
             "{e}"
@@ -311,6 +371,7 @@ mod tests {
         };
         assert!(decide(&forced, &cfg, &p, &d, &c)
             .unwrap_err()
+            .to_string()
             .contains("NO FORCE"));
     }
 }

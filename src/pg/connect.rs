@@ -68,9 +68,9 @@ impl ConnSpec {
         iam::auth_token(&host, port, user, iam.region.as_deref())
             .await
             .map(Some)
-            .map_err(|reason| PgError::IamToken {
+            .map_err(|source| PgError::IamToken {
                 target: self.display.clone(),
-                reason,
+                source,
             })
     }
 

@@ -29,8 +29,11 @@ pub enum PgError {
     },
     #[error("cannot connect to {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    #[error("cannot connect to {target}: {reason}")]
-    IamToken { target: String, reason: String },
+    #[error("cannot connect to {target}: {source}")]
+    IamToken {
+        target: String,
+        source: super::iam::IamError,
+    },
     #[error("cannot connect to {target}: {source}")]
     TlsSetup {
         target: String,

@@ -6,6 +6,18 @@
 
 use tokio::sync::OnceCell;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why no login token was made.
+#[derive(Debug, thiserror::Error)]
+pub enum IamError {
+    /// The signer's settings (host, port, user, region) were refused.
+    #[error("{0}")]
+    Settings(BoxError),
+    #[error("cannot make an RDS IAM auth token ({0}); the AWS credentials chain (environment, profile, web identity) must be available and allow rds-db:connect")]
+    Sign(BoxError),
+}
+
 /// The AWS configuration (credentials chain, region) loaded once per process;
 /// its credentials provider caches and refreshes credentials itself.
 async fn sdk_config() -> &'static aws_config::SdkConfig {
@@ -22,7 +34,7 @@ pub async fn auth_token_with(
     port: u16,
     user: &str,
     region: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, IamError> {
     let mut builder = aws_sdk_rds::auth_token::Config::builder()
         .hostname(host)
         .port(u64::from(port))
@@ -30,14 +42,12 @@ pub async fn auth_token_with(
     if let Some(r) = region {
         builder = builder.region(aws_config::Region::new(r.to_string()));
     }
-    let config = builder.build().map_err(|e| e.to_string())?;
+    let config = builder.build().map_err(IamError::Settings)?;
     aws_sdk_rds::auth_token::AuthTokenGenerator::new(config)
         .auth_token(sdk)
         .await
         .map(|t| t.as_str().to_string())
-        .map_err(|e| {
-            format!("cannot make an RDS IAM auth token ({e}); the AWS credentials chain (environment, profile, web identity) must be available and allow rds-db:connect")
-        })
+        .map_err(IamError::Sign)
 }
 
 /// [`auth_token_with`] using the process's default AWS configuration.
@@ -46,6 +56,6 @@ pub async fn auth_token(
     port: u16,
     user: &str,
     region: Option<&str>,
-) -> Result<String, String> {
+) -> Result<String, IamError> {
     auth_token_with(sdk_config().await, host, port, user, region).await
 }

@@ -43,10 +43,21 @@ impl QualifiedName {
 pub const QUALIFIED_NAME_EXPECTED: &str =
     "a table name such as \"public.audit_log\" or '\"My Schema\".\"Audit Log\"'";
 
+/// Why a text is not a [`QualifiedName`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not {QUALIFIED_NAME_EXPECTED}: {why}")]
+pub struct NameError {
+    pub text: String,
+    pub why: String,
+}
+
 impl FromStr for QualifiedName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| format!("{s:?} is not {QUALIFIED_NAME_EXPECTED}: {why}");
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let bad = |why: &str| NameError {
+            text: s.to_string(),
+            why: why.to_string(),
+        };
         let mut parts = Vec::new();
         let mut chars = s.trim().chars().peekable();
         loop {

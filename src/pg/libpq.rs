@@ -201,18 +201,31 @@ pub fn find_password(
     }
 }
 
+/// Why libpq would not use a password file: the text after "password file PATH: ".
+#[derive(Debug, thiserror::Error)]
+enum PassfileError {
+    #[error("not found")]
+    NotFound,
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    #[error("ignored: not a plain file")]
+    NotPlainFile,
+    #[error("ignored: it has group or world access (mode {mode:o}); permissions should be u=rw (0600) or less: chmod 0600 {}", .path.display())]
+    OpenToOthers { mode: u32, path: PathBuf },
+}
+
 /// The file's text, or why libpq would not use it.
-fn read_passfile(path: &Path) -> Result<String, String> {
+fn read_passfile(path: &Path) -> Result<String, PassfileError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("not found".into()),
-        Err(e) => return Err(format!("cannot be read: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PassfileError::NotFound),
+        Err(e) => return Err(PassfileError::Unreadable(e)),
     };
     if !meta.is_file() {
         if first_warning(path) {
             tracing::warn!(path = %path.display(), "password file is not a plain file");
         }
-        return Err("ignored: not a plain file".into());
+        return Err(PassfileError::NotPlainFile);
     }
     if meta.permissions().mode() & 0o077 != 0 {
         // libpq's own warning, word for word; the file is then ignored.
@@ -222,13 +235,12 @@ fn read_passfile(path: &Path) -> Result<String, String> {
                 path.display()
             );
         }
-        return Err(format!(
-            "ignored: it has group or world access (mode {:o}); permissions should be u=rw (0600) or less: chmod 0600 {}",
-            meta.mode() & 0o777,
-            path.display()
-        ));
+        return Err(PassfileError::OpenToOthers {
+            mode: meta.mode() & 0o777,
+            path: path.to_path_buf(),
+        });
     }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot be read: {e}"))
+    std::fs::read_to_string(path).map_err(PassfileError::Unreadable)
 }
 
 /// Whether this process has not yet warned about `path`: every connection

@@ -25,7 +25,8 @@ pub use error::{
     error_chain, is_connection_error, is_transient_lock_error, server_message, PgError,
 };
 pub use ident::{
-    fnv1a_32, fnv1a_64, quote_ident, quote_literal, QualifiedName, QUALIFIED_NAME_EXPECTED,
+    fnv1a_32, fnv1a_64, quote_ident, quote_literal, NameError, QualifiedName,
+    QUALIFIED_NAME_EXPECTED,
 };
 pub use libpq::{PasswordLookup, PgEnv};
 pub use spec::{ConnSpec, IamAuth, SslMode};

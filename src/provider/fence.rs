@@ -4,6 +4,8 @@
 //! `upgrade::fence` decides when they are put up and taken down; this module
 //! only knows how, so providers need nothing from the saga above them.
 
+use super::ProviderError;
+
 const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
 
 pub const BLOCK_BEGIN: &str = "# pgsteward fence begin";
@@ -31,17 +33,15 @@ pub fn without_block(text: &str) -> String {
 }
 
 /// `text` with the fence block for `roles` at its top (first match wins in
-/// pg_hba.conf). `None` when a role name cannot be written as an hba token.
-pub fn with_block(text: &str, id: &str, roles: &[String]) -> Result<String, String> {
+/// pg_hba.conf); refused when a role name cannot be written as an hba token.
+pub fn with_block(text: &str, id: &str, roles: &[String]) -> Result<String, ProviderError> {
     let mut block = format!(
         "{BLOCK_BEGIN} (upgrade {id}): roles that are not superusers are refused; \
          `pgsteward upgrade resume`/`abort` removes this block\n"
     );
     for r in roles {
         if r.contains('"') || r.chars().any(char::is_control) {
-            return Err(format!(
-                "role {r:?} cannot be named in pg_hba.conf; rename it or make it NOLOGIN before the upgrade"
-            ));
+            return Err(ProviderError::UnnameableRole { role: r.clone() });
         }
         block.push_str(&format!(
             "local all \"{r}\" reject\nhost all \"{r}\" all reject\n"

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
-pub use crate::provider::settings::{class_wins, strip_settings};
+use crate::provider::settings::class_wins;
 use crate::provider::{
     endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
     ProviderError, ReplicaInfo, ServerState, SourceFacts,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::provider::settings::strip_settings;
 
 #[test]
 fn source_names_do_not_grow() {

@@ -64,6 +64,9 @@ pub enum ProviderError {
     Pg(#[from] crate::pg::PgError),
     #[error("cancelled")]
     Cancelled,
+    /// A role the `pg_hba.conf` fence would have to name but cannot.
+    #[error("role {role:?} cannot be named in pg_hba.conf; rename it or make it NOLOGIN before the upgrade")]
+    UnnameableRole { role: String },
 }
 
 impl ProviderError {
@@ -125,20 +128,6 @@ pub struct ReplicaInfo {
     pub endpoint: Option<ConnString>,
     /// The class the provider reports (RDS instance class; local: the class name given at create).
     pub class: Option<String>,
-}
-
-/// The old name of [`ServerState`], kept for callers written before the rename.
-pub type ReplicaState = ServerState;
-
-/// Who moves client traffic to the new primary in the `repoint` step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RepointBy {
-    /// The saga rewrites PgBouncer's `[databases]` entry to the new endpoint and RELOADs.
-    Pooler,
-    /// The provider makes the old address reach the new server (RDS identifier
-    /// swap); the saga then only RELOADs the pooler so it reconnects.
-    Provider,
 }
 
 /// Facts about the source learnt at precheck and journaled with it, so later
@@ -307,7 +296,7 @@ pub enum FenceMethod {
     /// superuser, stays on the old server (postgresql.auto.conf is not replicated).
     AlterSystem,
     /// `ALTER DATABASE ... SET default_transaction_read_only` on every database
-    /// (RDS refuses `ALTER SYSTEM`; see `rds::fence_databases`). Replicated:
+    /// (RDS refuses `ALTER SYSTEM`; see `fence::fence_databases`). Replicated:
     /// the new primary must be unfenced after promotion.
     AlterDatabase,
 }
@@ -333,11 +322,6 @@ pub trait Provider: Send + Sync {
     /// (`false`: they are the provider's own, RDS's replicas').
     fn carries_physical_slots(&self) -> bool {
         false
-    }
-
-    /// Who performs the `repoint` step for this provider (see [`RepointBy`]).
-    fn repoint_by(&self) -> RepointBy {
-        RepointBy::Pooler
     }
 
     /// Reads the source and validates `target_class` (exists, differs from the
@@ -367,14 +351,6 @@ pub trait Provider: Send + Sync {
     /// Asks server `id` to leave recovery. Idempotent; returns once the request
     /// is accepted. The saga confirms the promotion over SQL.
     async fn promote(&self, id: &str) -> Result<(), ProviderError>;
-
-    /// Only for [`RepointBy::Provider`]: make the source's address reach server
-    /// `id` (both renames of an identifier swap, waited for). Idempotent. The
-    /// default does nothing. The saga itself runs the two renames as separate
-    /// steps ([`Provider::rename_aside`], [`Provider::rename_in`]).
-    async fn repoint(&self, _source: &SourceFacts, _id: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
 
     /// Whether the new servers take the old ones' names after the cutover
     /// (RDS `identifier-swap`). The renames run after RESUME, never in the pause.

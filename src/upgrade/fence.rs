@@ -199,7 +199,7 @@ impl Saga {
         // Refuse before the pause what the fence could not express.
         with_block("", "check", &plan.roles).map_err(|detail| UpgradeError::Step {
             step: Step::PauseWrites,
-            detail,
+            detail: detail.to_string(),
         })?;
         // The probe's baseline: the first fenced role the loaded rules do not
         // refuse yet (one the operator rejects already proves nothing).
@@ -270,7 +270,7 @@ impl Saga {
         let text = std::fs::read_to_string(&plan.path).map_err(|e| hba_err(&plan.path, e))?;
         let fenced = with_block(&text, &id, &plan.roles).map_err(|detail| UpgradeError::Step {
             step: Step::FenceOldPrimary,
-            detail,
+            detail: detail.to_string(),
         })?;
         write_atomic(&plan.path, &fenced)?;
         let written_at = t0.elapsed();

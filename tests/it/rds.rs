@@ -167,11 +167,9 @@ async fn moto_upgrade_through_the_pooler_creates_promotes_and_retires_with_a_fin
     p.promote(&id).await.unwrap();
     p.promote(&id).await.unwrap();
 
-    p.repoint(&pre.source, &id).await.unwrap();
-    assert!(
-        instance(&client, SOURCE).await.is_some(),
-        "pooler mode renames nothing"
-    );
+    // The saga renames only when the provider swaps identifiers.
+    assert!(!p.swaps_identifiers(), "pooler mode renames nothing");
+    assert!(instance(&client, SOURCE).await.is_some());
 
     p.retire_old(&pre.source).await.unwrap();
     p.retire_old(&pre.source).await.unwrap();
@@ -206,7 +204,10 @@ async fn moto_identifier_swap_moves_the_name_to_the_new_primary() {
         .unwrap()
         .id;
     p.promote(&id).await.unwrap();
-    p.repoint(&facts(), &id).await.unwrap();
+    assert!(p.swaps_identifiers());
+    // The saga's two steps after RESUME.
+    p.rename_aside(SOURCE, "u7", &id).await.unwrap();
+    p.rename_in(&id, SOURCE).await.unwrap();
 
     let named = instance(&client, SOURCE).await.expect("the name is held");
     assert_eq!(
@@ -230,8 +231,9 @@ async fn moto_identifier_swap_moves_the_name_to_the_new_primary() {
     assert_eq!(seen.state, ServerState::Available);
     assert!(seen.endpoint.unwrap().expose().contains("127.0.0.1:15432"));
 
-    // A resumed saga repeats the step: nothing more happens.
-    p.repoint(&facts(), &id).await.unwrap();
+    // A resumed saga repeats the steps: nothing more happens.
+    p.rename_aside(SOURCE, "u7", &id).await.unwrap();
+    p.rename_in(&id, SOURCE).await.unwrap();
     assert!(instance(&client, &old).await.is_some());
 
     p.retire_old(&facts()).await.unwrap();
@@ -555,7 +557,8 @@ async fn scripted_crash_between_calls_resumes_without_repeating_them() {
     api.rename_instance(SOURCE, &old).await.unwrap();
     let before = api.calls("rename");
     let again = scripted(&api, "identifier-swap", "30s");
-    again.repoint(&facts(), &id).await.unwrap();
+    again.rename_aside(SOURCE, "u9", &id).await.unwrap();
+    again.rename_in(&id, SOURCE).await.unwrap();
     assert_eq!(
         api.calls("rename") - before,
         1,
@@ -572,7 +575,8 @@ async fn scripted_crash_between_calls_resumes_without_repeating_them() {
         );
         assert!(st.instances.contains_key(&old));
     }
-    again.repoint(&facts(), &id).await.unwrap();
+    again.rename_aside(SOURCE, "u9", &id).await.unwrap();
+    again.rename_in(&id, SOURCE).await.unwrap();
     assert_eq!(api.calls("rename") - before, 1);
 
     again.retire_old(&facts()).await.unwrap();

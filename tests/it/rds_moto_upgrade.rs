@@ -210,7 +210,7 @@ database = "app"
 /// starts read-only too until it is unfenced.
 #[tokio::test]
 async fn database_fence_blocks_application_writes_and_is_lifted_on_the_new_primary() {
-    use pgsteward::provider::rds::{
+    use pgsteward::provider::fence::{
         fence_databases, terminate_application_sessions, unfence_databases,
     };
     let cluster = crate::harness::TestCluster::start(1);

@@ -27,8 +27,8 @@ use tokio_postgres::{Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::drift::{sql_attach, sql_drop, sql_drop_concurrently, sql_reindex, ChildAction, Job};
-use super::spec::IndexDef;
 use super::IndexError;
+use crate::config::indexes::IndexDef;
 use crate::pg::{is_transient_lock_error, server_message, QualifiedName};
 
 /// Attempts of a clean-up statement that must run even after cancellation.

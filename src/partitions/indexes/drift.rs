@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::catalog::{ParentIndex, Partition, TableIndexes};
-use super::spec::{child_index_name, IndexDef, IndexSpec};
+use crate::config::indexes::{child_index_name, IndexDef, IndexSpec};
 use crate::pg::QualifiedName;
 
 /// One thing wrong with a parent's indexes.
@@ -491,7 +491,7 @@ mod tests {
     fn a_declared_index_is_created_on_only_then_built_everywhere() {
         let spec: IndexSpec = IndexSpec {
             name: "t_user_idx".into(),
-            columns: vec![super::super::spec::IndexColumn::Text("user_id".into())],
+            columns: vec![crate::config::indexes::IndexColumn::Text("user_id".into())],
             unique: false,
             method: None,
             include: vec![],

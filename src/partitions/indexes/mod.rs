@@ -23,14 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use build::{create_index_concurrently, Created, Log, Session};
 pub use drift::Problem;
-// The declared side lives with the configuration it is read from (a lower
-// layer); `spec` keeps its old path.
-pub use crate::config::indexes as spec;
-pub use crate::config::indexes::validate;
-pub use spec::{IndexDef, IndexSpec};
 
 pub use super::error::IndexError;
 use super::ADVISORY_NAMESPACE;
+use crate::config::indexes::IndexSpec;
 use crate::config::Config;
 use crate::pg::{server_message, QualifiedName};
 

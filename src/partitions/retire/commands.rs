@@ -234,9 +234,9 @@ pub async fn restore_command(
     let original: QualifiedName =
         m.partition
             .parse()
-            .map_err(|e: String| ArchiveError::Manifest {
+            .map_err(|e: crate::pg::NameError| ArchiveError::Manifest {
                 key: mkey.clone(),
-                message: e,
+                message: e.to_string(),
             })?;
     let target = into.cloned().unwrap_or(original);
     let mut client = session::connect(cfg).await?;

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
 use crate::provider::{
     endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReaderFacts, ReplicaInfo,
-    RepointBy, ServerState, SourceFacts,
+    ServerState, SourceFacts,
 };
 pub use api::{
     sdk_error, ApiError, ApiErrorKind, CreateReplica, Instance, RdsApi, SdkRds, SdkSettings,
@@ -51,13 +51,6 @@ pub use ids::{
     replica_tags, SOURCE_TAG, UPGRADE_TAG,
 };
 pub use status::{classify, replica_state, StatusClass};
-
-// The RDS fence lives with the local one in `provider::fence`; re-exported
-// here for callers of the provider.
-pub use crate::provider::fence::{
-    fence_databases, terminate_application_sessions, unfence_databases, FENCEABLE_DATABASES,
-    TERMINATE_APPLICATION_SESSIONS,
-};
 
 pub struct RdsProvider {
     api: Arc<dyn RdsApi>,
@@ -209,13 +202,6 @@ impl Provider for RdsProvider {
         self.describe_raw("prepare_promote", id, self.deadline())
             .await?;
         Ok(())
-    }
-
-    fn repoint_by(&self) -> RepointBy {
-        match self.cfg.repoint {
-            RdsRepoint::Pgbouncer => RepointBy::Pooler,
-            RdsRepoint::IdentifierSwap => RepointBy::Provider,
-        }
     }
 
     async fn precheck(&self, target_class: &str) -> Result<Precheck, ProviderError> {
@@ -395,18 +381,6 @@ impl Provider for RdsProvider {
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    async fn repoint(&self, source: &SourceFacts, id: &str) -> Result<(), ProviderError> {
-        // With the pooler the saga repoints; the names stay.
-        if self.cfg.repoint != RdsRepoint::IdentifierSwap || id == source.id {
-            return Ok(());
-        }
-        let upgrade_id = self.upgrade_of("repoint", &source.id, id).await?;
-        self.swap_aside("repoint", &source.id, &upgrade_id, id)
-            .await?;
-        self.swap_in("repoint", id, &source.id).await?;
-        Ok(())
     }
 
     fn swaps_identifiers(&self) -> bool {

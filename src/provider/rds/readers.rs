@@ -22,8 +22,8 @@ use crate::config::RdsRepoint;
 use crate::provider::{Check, ReaderFacts, ReplicaInfo, SourceFacts};
 
 use super::{
-    classify, is_renamed, rds_old_id, rds_replica_id, replica_tags, ApiErrorKind, CreateReplica,
-    Instance, RdsError, RdsProvider, StatusClass, SOURCE_TAG, UPGRADE_TAG,
+    classify, is_renamed, rds_old_id, replica_tags, ApiErrorKind, CreateReplica, Instance,
+    RdsError, RdsProvider, StatusClass, SOURCE_TAG, UPGRADE_TAG,
 };
 
 /// Cascading read replicas exist from RDS for PostgreSQL 14.1 on.
@@ -114,30 +114,6 @@ impl RdsProvider {
                 .join(", "),
         ));
         Ok((readers, checks))
-    }
-
-    /// The upgrade that made the new server `id` replacing `name`, from the
-    /// tags of `id` or, after the swap, of the instance holding `name`.
-    pub(super) async fn upgrade_of(
-        &self,
-        step: &'static str,
-        name: &str,
-        id: &str,
-    ) -> Result<String, RdsError> {
-        let deadline = self.deadline();
-        for candidate in [id, name] {
-            if let Some(i) = self.describe_raw(step, candidate, deadline).await? {
-                if let Some(u) = i.tags.get(UPGRADE_TAG) {
-                    if rds_replica_id(name, u) == id {
-                        return Ok(u.clone());
-                    }
-                }
-            }
-        }
-        Err(RdsError::Refused {
-            step,
-            reason: format!("{id} does not carry the {UPGRADE_TAG} tag of an upgrade of {name}; rename the instances by hand"),
-        })
     }
 
     /// First half of a swap: whoever holds `name` (the old server) goes to

@@ -37,7 +37,8 @@ fn bad_index_declarations_are_refused_at_load_naming_the_key() {
 /// The reusable entry points, as the online conversion calls them.
 #[tokio::test]
 async fn build_online_and_create_index_concurrently_as_a_library() {
-    use pgsteward::partitions::indexes::{self, build, IndexSpec};
+    use pgsteward::config::indexes::IndexSpec;
+    use pgsteward::partitions::indexes::{self, build};
     let url = fresh_db("idx_library");
     events(&url, 2, 1_000).await;
     exec(&url, "CREATE TABLE plain (id bigint, email text); INSERT INTO plain SELECT g, 'u' || g FROM generate_series(1, 1000) g").await;
@@ -60,7 +61,7 @@ async fn build_online_and_create_index_concurrently_as_a_library() {
 
     let session = build::Session::new(&main, &cfg.partitions).await;
     let plain = pgsteward::pg::QualifiedName::new("public", "plain");
-    let def = indexes::IndexDef {
+    let def = pgsteward::config::indexes::IndexDef {
         unique: true,
         tail: "btree (id)".into(),
     };

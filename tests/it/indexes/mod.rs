@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Utc};
+use pgsteward::config::indexes::child_index_name;
 use pgsteward::config::{self, Config};
-use pgsteward::partitions::indexes::spec::child_index_name;
 use pgsteward::partitions::{self, PassReport};
 use tokio_util::sync::CancellationToken;
 
