@@ -63,12 +63,10 @@ use super::UpgradeError;
 use crate::config::ConnString;
 use crate::provider::FenceMethod;
 // The SQL and file fences themselves are the provider layer's (local uses
-// the pg_hba.conf block, rds the per-database setting); re-exported here
-// under their old paths.
-pub use crate::provider::fence::{
-    fence_databases, probe_login, read_only_databases, terminate_application_sessions,
-    unfence_databases, with_block, without_block, LoginProbe, BLOCK_BEGIN, FENCEABLE_DATABASES,
-    TERMINATE_APPLICATION_SESSIONS,
+// the pg_hba.conf block, rds the per-database setting).
+use crate::provider::fence::{
+    fence_databases, probe_login, read_only_databases, unfence_databases, with_block,
+    without_block, LoginProbe, BLOCK_BEGIN,
 };
 
 const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
@@ -469,7 +467,7 @@ pub(crate) async fn flushed_position(
     old: &Client,
     ours: &[i32],
     guarded_upgrade: Option<&str>,
-) -> Result<Result<(String, i64), String>, tokio_postgres::Error> {
+) -> Result<Result<(String, i64), UpgradeError>, tokio_postgres::Error> {
     let wal_write = match guarded_upgrade {
         Some(id) => format!(
             "UPDATE pgsteward.upgrade_guard SET step = 'final_sync flush', since = now() \
@@ -502,17 +500,21 @@ pub(crate) async fn flushed_position(
         })
         .collect();
     let [Some(before), Some(ended), Some(flush)] = rows[..] else {
-        return Ok(Err(format!(
-            "unexpected answer to the final flush: {rows:?}"
-        )));
+        return Ok(Err(UpgradeError::Step {
+            step: Step::FinalSync,
+            detail: format!("unexpected answer to the final flush: {rows:?}"),
+        }));
     };
     // Everything inserted before (the last acknowledged commit included) must
     // be flushed, or the guard row was not there to write.
     match (parse_lsn(before), parse_lsn(flush)) {
         (Some(b), Some(f)) if f >= b => Ok(Ok((flush.to_string(), ended.parse().unwrap_or(0)))),
-        _ => Ok(Err(format!(
-            "the old primary's flush position {flush} is behind its insert position {before} after the final commit"
-        ))),
+        _ => Ok(Err(UpgradeError::Step {
+            step: Step::FinalSync,
+            detail: format!(
+                "the old primary's flush position {flush} is behind its insert position {before} after the final commit"
+            ),
+        })),
     }
 }
 

@@ -75,12 +75,8 @@ impl Saga {
                         detail: format!("no client address for pgbouncer {admin}"),
                     });
                 };
-                self.verify_entry(&url, endpoint)
-                    .await
-                    .map_err(|detail| UpgradeError::Step {
-                        step: Step::Verify,
-                        detail: format!("pgbouncer {admin} database {db}: {detail}"),
-                    })?;
+                self.verify_entry(&url, endpoint, &format!("pgbouncer {admin} database {db}"))
+                    .await?;
                 verified.push(db);
             }
         }
@@ -98,12 +94,14 @@ impl Saga {
         ))
     }
 
-    /// One entry, retried for up to 30 s (PgBouncer reconnects after RELOAD).
+    /// One entry (`what`, for the error), retried for up to 30 s (PgBouncer
+    /// reconnects after RELOAD).
     async fn verify_entry(
         &mut self,
         url: &ConnString,
         endpoint: &ConnString,
-    ) -> Result<(), String> {
+        what: &str,
+    ) -> Result<(), UpgradeError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_err = String::new();
         while tokio::time::Instant::now() < deadline {
@@ -117,11 +115,12 @@ impl Saga {
                 Ok(false) => last_err = "the pooler's session is not on the new primary".into(),
                 Err(e) => last_err = e.to_string(),
             }
-            self.tick(Duration::from_millis(100))
-                .await
-                .map_err(|e| e.to_string())?;
+            self.tick(Duration::from_millis(100)).await?;
         }
-        Err(last_err)
+        Err(UpgradeError::Step {
+            step: Step::Verify,
+            detail: format!("{what}: {last_err}"),
+        })
     }
 
     async fn verify_once(

@@ -90,7 +90,9 @@ async fn observe(
         cfg,
         provider,
         &primary,
-        guard_session.as_ref().map_err(|e| e.to_string()),
+        guard_session
+            .as_ref()
+            .map_err(|e| super::privileges::GuardUnreachable(e.to_string())),
     )
     .await?;
     let facts = Facts {
@@ -363,7 +365,7 @@ async fn read_privileges(
     cfg: &Config,
     provider: &dyn Provider,
     primary: &tokio_postgres::Client,
-    guard: Result<&tokio_postgres::Client, String>,
+    guard: Result<&tokio_postgres::Client, super::privileges::GuardUnreachable>,
 ) -> Result<PrivilegeFacts, UpgradeError> {
     use super::privileges as p;
     let e = |err| q(&cfg.database.primary, err);
@@ -399,7 +401,7 @@ async fn read_privileges(
                 usable: g.get(1),
                 reload_conf: g.get(2),
             }),
-            Err(err) => Err(crate::pg::server_message(&err)),
+            Err(err) => Err(p::GuardUnreachable(crate::pg::server_message(&err))),
         },
         Err(why) => Err(why),
     };

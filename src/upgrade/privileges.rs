@@ -65,10 +65,15 @@ pub struct PrivilegeFacts {
     /// 15+: ALTER SYSTEM on default_transaction_read_only, primary_conninfo, pgsteward.moved_to.
     pub alter_system: Option<[bool; 3]>,
     /// `Err` when the guard database could not be reached (why).
-    pub guard: Result<GuardPrivileges, String>,
+    pub guard: Result<GuardPrivileges, GuardUnreachable>,
     /// RDS: (database, owner) the steward cannot fence.
     pub unfenceable: Vec<(String, String)>,
 }
+
+/// Why the guard database could not be read (its connection error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct GuardUnreachable(pub String);
 
 #[derive(Debug, Clone, Default)]
 pub struct GuardPrivileges {

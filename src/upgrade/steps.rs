@@ -441,11 +441,7 @@ impl Saga {
                 &primary,
                 super::fence::flushed_position(session, &ours, on_guard.then_some(id.as_str())),
             )
-            .await?
-            .map_err(|detail| UpgradeError::Step {
-                step: Step::FinalSync,
-                detail,
-            })?;
+            .await??;
         let flushed_in = t0.elapsed();
         let endpoint = self.new_endpoint().await?;
         let cancel = self.cancel.clone();
@@ -572,19 +568,11 @@ impl Saga {
     }
 }
 
-/// `conninfo` (key=value form) with host and port replaced: the one parser
-/// of `pg::conninfo` ([`crate::provider::with_address`]), kept here by name.
-pub fn retarget_conninfo(conninfo: &str, host: &str, port: u16) -> String {
-    crate::provider::with_address(conninfo, host, port)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn conninfo_keeps_user_and_options() {
-        let out = retarget_conninfo(
+        let out = crate::provider::with_address(
             "user=postgres passfile='/x y' host=127.0.0.1 port=5000 sslmode=prefer",
             "127.0.0.1",
             6000,
