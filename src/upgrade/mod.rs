@@ -1,17 +1,30 @@
 //! The vertical-upgrade saga: a persisted, resumable sequence of eighteen
 //! steps with a point of no return at promote (design: "Vertical upgrade").
 //!
-//! * `record`: steps, statuses, legal transitions; the state rebuilt from the journal.
+//! The saga, from the bottom up:
+//! * `step`: the steps' names, order, regions and the pause window (the journal's vocabulary).
+//! * `record`: statuses and legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
 //! * `saga`: the context every step runs with, and its progress lines.
-//! * `runner`: record → run → record; undo before promote, forward after.
-//! * `steps`: each step's body (observe, then act).
-//! * `current`: whether `database.primary` is still the primary, and waiting out a cutover (other commands).
-//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
-//! * `swap`: new readers before the pause; identifier swap and read move after it.
+//! * `table`: the saga as an executable table, one row per step (do, undo,
+//!   guard move, when it has work); `table_doc` holds docs/upgrade.md to it.
+//! * `runner`: record → run → record over the table; undo before promote,
+//!   forward after; the pure `recovery` decision after a crash.
 //! * `failpoint`: named failpoints at every step boundary (tests only).
-//! * `slots`: the pure judgement of the source's replication slots; `carry`
-//!   makes the physical ones on the new server before the pause.
+//!
+//! The step bodies (each observes, then acts):
+//! * `steps`: prechecks, the new server, catch-up, PAUSE, final sync, promote, repoint.
+//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
+//! * `fence`: the hard fence of the old primary and its proof; `undo`: the roll back's undos.
+//! * `swap`: new readers before the pause; identifier swap and read move after it.
+//! * `finish`: verify through the pooler, repoint local replicas, retire the old servers.
+//! * `carry`: the physical slots made on the new server before the pause.
+//!
+//! Around the saga:
+//! * `guard`: one upgrade per cluster (the guard row and its advisory lock), and the DDL gate.
+//! * `keeper` and `rescue`: a write pause whose runner died is closed (a child process; the service).
+//! * `current`: whether `database.primary` is still the primary, and waiting out a cutover (other commands).
+//! * `precheck`, `observe`, `privileges`, `slots`: what `upgrade plan` and the prechecks read and judge.
 //! * `plan`: `upgrade plan`, only the steps this provider and cutover run.
 
 mod carry;
