@@ -66,6 +66,14 @@ pub fn test_settings() -> Vec<(String, String)> {
         ("wal_level", "logical"),
         ("max_replication_slots", "20"),
         ("max_wal_senders", "20"),
+        // Small WAL: a standby that follows many promotions (the crash
+        // test's 36) receives a fresh 16 MB segment per timeline and keeps
+        // them until a restartpoint, which max_wal_size brings forward
+        // (1.4 GB in one replica otherwise). wal_keep_size keeps a margin
+        // for a replica held back (SIGSTOP) while the primary checkpoints.
+        ("max_wal_size", "64MB"),
+        ("min_wal_size", "32MB"),
+        ("wal_keep_size", "64MB"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -192,6 +192,8 @@ keep_old_data = false
 {bin_dir}
 
 [upgrade.local.classes.large]
+max_wal_size = "64MB"
+min_wal_size = "32MB"
 shared_buffers = "40MB"
 fsync = "off"
 full_page_writes = "off"
@@ -199,6 +201,8 @@ wal_receiver_status_interval = "1s"
 log_min_messages = "warning"
 
 [upgrade.local.classes.larger]
+max_wal_size = "64MB"
+min_wal_size = "32MB"
 shared_buffers = "48MB"
 fsync = "off"
 full_page_writes = "off"
