@@ -40,11 +40,10 @@ fn main() -> ExitCode {
         _ => {}
     }
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
-    // Debug builds hold deep async state on the stack; 2 MiB worker stacks are
-    // not enough for the upgrade saga there.
+    // Default stacks: the saga's step futures are boxed (upgrade::table), so
+    // its state lives on the heap, not on the thread that drives it.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,

@@ -128,7 +128,7 @@ const UNDO_PAUSE: &str = "RESUME (only a PAUSE this upgrade made), remove the st
 const UNDO_FENCE: &str = "remove the pg_hba.conf block and the setting, reload, verify";
 
 /// The saga, in [`STEPS`] order (a unit test holds them together).
-pub const SAGA: [Row; 18] = [
+pub const SAGA: &[Row] = &[
     Row { step: Step::Precheck, undo: Undo::Keep(""), guard: NO_MOVE, needs: Needs::Always, run: body!(precheck_step),
         does: "source is a primary, class differs, no upgrade in flight here or on the primary (guard row), the pooler is ready; the source's readers are recorded" },
     Row { step: Step::CreateReplica, undo: Undo::Keep(KEPT_REPLICA), guard: NO_MOVE, needs: Needs::Always, run: body!(create_replica),
@@ -197,7 +197,7 @@ mod tests {
 
     #[test]
     fn undo_agrees_with_the_region() {
-        for r in &SAGA {
+        for r in SAGA {
             let forward = matches!(r.undo, Undo::Forward);
             assert_eq!(
                 forward,
@@ -210,7 +210,7 @@ mod tests {
 
     #[test]
     fn guard_moves_fit_the_window() {
-        for r in &SAGA {
+        for r in SAGA {
             // A check inside the window holds the writes paused.
             if r.guard.pause_bound {
                 assert!(r.step.in_pause_window(), "{}", r.step);
