@@ -70,13 +70,12 @@ pub struct Record {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Creates the journal table if needed. Run under the conversion's advisory
-/// lock, so two first runs do not race on `CREATE ... IF NOT EXISTS`.
-pub async fn ensure(client: &impl GenericClient) -> Result<(), ConvertError> {
-    client
-        .batch_execute(sql::JOURNAL_TABLE)
-        .await
-        .map_err(|e| ConvertError::query("create the journal table pgsteward.conversions", e))
+/// Brings the `pgsteward` schema, the journal table with it, to this
+/// binary's version (`schema`: migration 3; safe with two first runs at
+/// once, refuses a newer schema).
+pub async fn ensure(client: &tokio_postgres::Client, target: &str) -> Result<(), ConvertError> {
+    crate::schema::ensure(client, target).await?;
+    Ok(())
 }
 
 async fn exists(client: &impl GenericClient) -> Result<bool, ConvertError> {

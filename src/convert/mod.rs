@@ -40,6 +40,8 @@ pub enum ConvertError {
     #[error(transparent)]
     Pg(#[from] crate::pg::PgError),
     #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
+    #[error(transparent)]
     Partitions(#[from] crate::partitions::PartitionError),
     #[error(transparent)]
     Index(#[from] crate::partitions::indexes::IndexError),
@@ -353,7 +355,7 @@ pub async fn start_command(
     let tcfg = table_config(cfg, table)?;
     let mut client = connect(cfg).await?;
     lock(&client, table).await?;
-    journal::ensure(&client).await?;
+    journal::ensure(&client, &cfg.database.primary.to_string()).await?;
     if let Some(r) = journal::latest(&client, table).await? {
         if r.state == "active" {
             return Err(ConvertError::InFlight {

@@ -5,8 +5,6 @@
 /// One JSON document with everything a conversion needs to know about a
 /// table: $1 schema, $2 table, $3 key column; no row when it does not exist.
 pub const TABLE_INFO: &str = include_str!("../../sql/convert_table_info.sql");
-/// Creates the journal `pgsteward.conversions` if it is missing.
-pub const JOURNAL_TABLE: &str = include_str!("../../sql/convert_journal_table.sql");
 /// The session holding a table's conversion lock: pid, address, application, since.
 pub const LOCK_HOLDER: &str = include_str!("../../sql/convert_lock_holder.sql");
 

@@ -29,11 +29,11 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// Every migration, in order; `version` is the position from 1. Room for the
-/// guard (`upgrade_guard`) and the conversion journal (`conversions`): they
-/// join as later numbers written with `IF NOT EXISTS`, as releases before
-/// this module made those tables ad hoc (as builds of the archive retention
-/// made `retirements`, now migration 2).
+/// Every migration, in order; `version` is the position from 1. Tables that
+/// releases before this module made ad hoc join with `IF NOT EXISTS`
+/// (`retirements`, 2; the conversion journal, 3). The upgrade guard is not
+/// here: it lives in the cluster's guard database (`upgrade::guard`), not in
+/// the databases these tables describe.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "retirements",
         sql: include_str!("../../sql/schema_0002_retirements.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "conversions",
+        sql: include_str!("../../sql/schema_0003_conversions.sql"),
     },
 ];
 

@@ -1,6 +1,7 @@
--- The conversion journal lives in the database it describes, so a step's DDL
--- and the record that it happened commit in one transaction.
-CREATE SCHEMA IF NOT EXISTS pgsteward;
+-- Migration 3: the conversion journal. It lives in the database it
+-- describes, so a step's DDL and the record that it happened commit in one
+-- transaction. IF NOT EXISTS: releases before versioned migrations made it
+-- ad hoc.
 CREATE TABLE IF NOT EXISTS pgsteward.conversions (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     table_schema text NOT NULL,
