@@ -40,10 +40,12 @@ fn main() -> ExitCode {
         _ => {}
     }
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
-    // Default stacks: the saga's step futures are boxed (upgrade::table), so
-    // its state lives on the heap, not on the thread that drives it.
+    // Debug builds hold deep async state on the stack (the partition pass's
+    // futures; the upgrade saga's steps are boxed): 2 MiB worker stacks are
+    // not enough there.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,
@@ -111,9 +113,10 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?)
         }
         Command::Partitions(PartitionsCommand::Apply(o)) => {
-            // DDL waits out an upgrade's cutover, then refuses a primary that moved.
+            // DDL waits out an upgrade's cutover (the DDL gate), then refuses a primary that moved.
             let never = tokio_util::sync::CancellationToken::new();
-            pgsteward::upgrade::wait_for_cutover(&cfg, std::time::Duration::from_secs(600), &never)
+            pgsteward::upgrade::DdlGate::new(&cfg)
+                .wait_clear(std::time::Duration::from_secs(600), &never)
                 .await?;
             // Only a primary moved by an upgrade is refused here; a replica or an
             // unreachable server is the pass's own business (it skips or reports).
@@ -177,12 +180,9 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             ) {
                 // DDL waits out an upgrade's cutover and refuses a primary that moved, as a pass does.
                 let never = tokio_util::sync::CancellationToken::new();
-                pgsteward::upgrade::wait_for_cutover(
-                    &cfg,
-                    std::time::Duration::from_secs(600),
-                    &never,
-                )
-                .await?;
+                pgsteward::upgrade::DdlGate::new(&cfg)
+                    .wait_clear(std::time::Duration::from_secs(600), &never)
+                    .await?;
                 if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
                     pgsteward::upgrade::ensure_primary_current(&cfg).await
                 {

@@ -155,6 +155,7 @@ pub async fn execute(
     current_user: &str,
     work: Vec<Work>,
     now: DateTime<Utc>,
+    gate: &tokio::sync::Mutex<crate::upgrade::DdlGate>,
     cancel: &CancellationToken,
 ) -> Vec<(usize, TableReport)> {
     let sessions = work.len().min(cfg.partitions.parallelism.max(1) as usize);
@@ -187,8 +188,12 @@ pub async fn execute(
                     cancel,
                     current_user,
                     pid: 0,
+                    gate,
                 };
-                ex.table(&w, now, &mut report).await;
+                // Boxed: a table's maintenance (moves, retirements, archive
+                // uploads) is a deep future; on the heap it does not bound
+                // the stack of whatever thread drives the pass.
+                Box::pin(ex.table(&w, now, &mut report)).await;
             }
             if let Ok(mut r) = results.lock() {
                 r.push((w.index, report));
@@ -206,10 +211,25 @@ pub(super) struct Exec<'a> {
     pub(super) current_user: &'a str,
     /// This session's backend pid, for naming who blocks it.
     pub(super) pid: i32,
+    /// Asked before each table's DDL and each retirement step.
+    pub(super) gate: &'a tokio::sync::Mutex<crate::upgrade::DdlGate>,
 }
 
 impl Exec<'_> {
     async fn table(mut self, w: &Work, now: DateTime<Utc>, report: &mut TableReport) {
+        // An upgrade may have started its cutover since the pass began.
+        match super::gate_of(self.gate).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                tracing::info!(table = %w.table, reason = %wait, "table skipped");
+                report.skipped = Some(wait);
+                return;
+            }
+            Err(e) => {
+                report.error = Some(format!("cannot run partition DDL: {e}"));
+                return;
+            }
+        }
         // Same bit pattern as the server's oid::int4: the lock key is the oid.
         let key = w.oid as i32;
         let locked = self

@@ -80,16 +80,29 @@ pub async fn run_pass_at(
     cancel: &CancellationToken,
 ) -> Result<PassReport, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
-    // The upgrade guard, read from the database (every caller gets it).
-    if let Some(skip) = crate::upgrade::guard::hold_partition_ddl(cfg)
+    // The DDL gate (every caller gets it): asked here for the whole pass,
+    // then again before each table's DDL (apply.rs, retire, index builds).
+    let gate = tokio::sync::Mutex::new(crate::upgrade::DdlGate::new(cfg));
+    match gate
+        .lock()
+        .await
+        .ask()
         .await
         .map_err(PartitionError::Guard)?
     {
-        return Ok(PassReport {
-            skipped: Some(skip),
-            tables: Vec::new(),
-            indexes: Vec::new(),
-        });
+        crate::upgrade::Gate::Clear => {}
+        crate::upgrade::Gate::Wait(skip) => {
+            return Ok(PassReport {
+                skipped: Some(skip),
+                tables: Vec::new(),
+                indexes: Vec::new(),
+            })
+        }
+        crate::upgrade::Gate::Moved { id, new_primary } => {
+            return Err(PartitionError::Guard(
+                crate::upgrade::guard::GuardError::Moved { id, new_primary },
+            ))
+        }
     }
     if catalog.in_recovery {
         tracing::info!(reason = RECOVERY_SKIP, "partition pass skipped");
@@ -147,7 +160,8 @@ pub async fn run_pass_at(
     let spare = if work.is_empty() {
         Some(client)
     } else {
-        let done = apply::execute(cfg, client, &catalog.current_user, work, now, cancel).await;
+        let done =
+            apply::execute(cfg, client, &catalog.current_user, work, now, &gate, cancel).await;
         for (i, r) in done {
             reports[i] = Some(r);
         }
@@ -158,7 +172,7 @@ pub async fn run_pass_at(
     }
     let tables: Vec<TableReport> = reports.into_iter().flatten().collect();
     // After partitions are made, so new ones are covered by the drift check.
-    let indexes = indexes::run_pass(cfg, &managed, spare, cancel).await;
+    let indexes = Box::pin(indexes::run_pass(cfg, &managed, spare, &gate, cancel)).await;
     if cancel.is_cancelled() {
         return Err(PartitionError::Cancelled);
     }
@@ -188,4 +202,19 @@ fn unchanged_report(
         r.error = Some(p.problems.join("; "));
     }
     r
+}
+
+/// Asks the pass's DDL gate: `Ok(None)` clear, `Ok(Some(reason))` wait (skip
+/// this table now; the next pass goes on), `Err` refused (the primary
+/// moved, or the guard row cannot be read: no DDL runs blind to an upgrade).
+pub(crate) async fn gate_of(
+    gate: &tokio::sync::Mutex<crate::upgrade::DdlGate>,
+) -> Result<Option<String>, crate::upgrade::guard::GuardError> {
+    match gate.lock().await.ask().await? {
+        crate::upgrade::Gate::Clear => Ok(None),
+        crate::upgrade::Gate::Wait(reason) => Ok(Some(reason)),
+        crate::upgrade::Gate::Moved { id, new_primary } => {
+            Err(crate::upgrade::guard::GuardError::Moved { id, new_primary })
+        }
+    }
 }

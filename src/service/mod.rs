@@ -362,10 +362,8 @@ async fn partitions_job(
     if cancel.is_cancelled() {
         return JobRun::Cancelled;
     }
-    // No DDL while an upgrade fences and promotes; the next tick runs the pass.
-    if crate::upgrade::cutover_in_progress(cfg) {
-        return JobRun::Skipped("upgrade cutover in progress");
-    }
+    // No DDL while an upgrade fences and promotes: the pass asks the DDL
+    // gate (upgrade::gate) and skips; the next tick runs it.
     // A primary an upgrade has moved must not get DDL meant for the new one.
     if let Err(e @ crate::upgrade::UpgradeError::PrimaryMoved { .. }) =
         crate::upgrade::ensure_primary_current(cfg).await

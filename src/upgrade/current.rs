@@ -1,10 +1,6 @@
 //! For the other commands (partitions, convert, check): whether
-//! `database.primary` is still the writable primary after an upgrade, and
-//! waiting while a cutover runs.
-
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
+//! `database.primary` is still the writable primary after an upgrade
+//! (whether DDL may run now is `gate`).
 
 use super::{guard, journal, steps, UpgradeError};
 use crate::config::Config;
@@ -57,57 +53,4 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
         return Ok(());
     }
     Err(moved().unwrap_or_else(|| UpgradeError::NotPrimary(cfg.database.primary.to_string())))
-}
-
-/// Whether the primary's guard row says a cutover is in progress (an
-/// upgrade run from any host); unreachable or unreadable counts as no.
-async fn cutover_in_database(cfg: &Config) -> bool {
-    let Ok(client) =
-        guard::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await
-    else {
-        return false;
-    };
-    matches!(
-        guard::ddl_guard(&client, steps::query_timeout(cfg)).await,
-        Ok(guard::DdlGuard::Cutover { .. })
-    )
-}
-
-/// Whether an upgrade of this state_dir is between `pause_writes` and
-/// `verify` (journal-based; the database's guard row covers runners
-/// elsewhere, see `guard::hold_partition_ddl`).
-pub fn cutover_in_progress(cfg: &Config) -> bool {
-    let Ok(Some(path)) = journal::latest_readonly(&cfg.upgrade.state_dir) else {
-        return false;
-    };
-    journal::read(&path).is_ok_and(|r| r.in_cutover())
-}
-
-/// Waits while an upgrade is between `pause_writes` and `verify` (partition
-/// DDL must not run on a node that is being fenced or promoted), polling the
-/// journal every second; gives up after `limit`.
-pub async fn wait_for_cutover(
-    cfg: &Config,
-    limit: Duration,
-    cancel: &CancellationToken,
-) -> Result<(), UpgradeError> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut said = false;
-    while cutover_in_progress(cfg) || cutover_in_database(cfg).await {
-        if !said {
-            tracing::info!("an upgrade cutover is in progress; waiting for it to finish");
-            said = true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(UpgradeError::Timeout {
-                what: "the upgrade cutover to finish (see `pgsteward upgrade status`)".into(),
-                after: limit,
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = cancel.cancelled() => return Err(UpgradeError::Cancelled),
-        }
-    }
-    Ok(())
 }

@@ -33,6 +33,7 @@ pub mod cutover;
 pub mod failpoint;
 pub mod fence;
 pub mod finish;
+pub mod gate;
 pub mod guard;
 pub mod journal;
 pub mod keeper;
@@ -65,7 +66,8 @@ use crate::provider::ProviderError;
 use record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use runner::Saga;
 
-pub use current::{cutover_in_progress, ensure_primary_current, wait_for_cutover};
+pub use current::ensure_primary_current;
+pub use gate::{DdlGate, Gate};
 pub use plan::plan_command;
 
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,7 @@ pub async fn run_pass(
     cfg: &Config,
     tables: &[Managed],
     main: Option<Client>,
+    gate: &tokio::sync::Mutex<crate::upgrade::DdlGate>,
     cancel: &CancellationToken,
 ) -> Vec<TableIndexReport> {
     if tables.is_empty() {
@@ -146,7 +147,12 @@ pub async fn run_pass(
         } else if cancel.is_cancelled() {
             report.error = Some("cancelled before its indexes were repaired".into());
         } else {
-            locked_repair(cfg, &main, m, decl, cancel, &mut report).await;
+            // Index builds are DDL too: the gate is asked per table.
+            match crate::partitions::gate_of(gate).await {
+                Ok(None) => locked_repair(cfg, &main, m, decl, cancel, &mut report).await,
+                Ok(Some(wait)) => report.skipped = Some(wait),
+                Err(e) => report.error = Some(format!("cannot run index DDL: {e}")),
+            }
         }
         out.push(report);
     }

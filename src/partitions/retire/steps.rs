@@ -36,9 +36,9 @@ fn archive_err(partition: &QualifiedName, e: ArchiveError) -> StepError {
     }
 }
 
-/// `Some(reason)` while an upgrade's cutover holds partition DDL.
+/// `Some(reason)` while an upgrade's cutover holds partition DDL (the DDL gate).
 pub(super) async fn gate(ex: &Exec<'_>) -> Result<Option<String>, StepError> {
-    crate::upgrade::guard::hold_partition_ddl(ex.cfg)
+    crate::partitions::gate_of(ex.gate)
         .await
         .map_err(|e| StepError::Refused(format!("cannot run partition DDL: {e}")))
 }

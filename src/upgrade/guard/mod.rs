@@ -44,10 +44,7 @@ use crate::config::ConnString;
 
 mod read;
 mod sql;
-pub use read::{
-    ddl_guard, hold_partition_ddl, moved_marker, read, read_cluster, step_number, step_reading,
-    DdlGuard, GuardRow,
-};
+pub use read::{moved_marker, read, read_cluster, step_number, step_reading, GuardRow};
 use sql::{CHECK_ONLY, CLAIM, SESSION_SETUP, SETUP, STEP, TRY_LOCK};
 
 /// The row's step from a claim until the first step is recorded.

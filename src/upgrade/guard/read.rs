@@ -84,22 +84,6 @@ pub fn step_reading(row: Option<&GuardRow>) -> crate::metrics::upgrade::UpgradeS
     }
 }
 
-/// What partition DDL must do on this primary (see [`ddl_guard`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DdlGuard {
-    Clear,
-    /// Between pause_writes and verify: wait.
-    Cutover {
-        id: String,
-        step: String,
-    },
-    /// An upgrade promoted another node: this one must not get DDL.
-    Moved {
-        id: String,
-        new_primary: String,
-    },
-}
-
 /// Where an upgrade moved the primary, on the old node: a setting in its
 /// postgresql.auto.conf, not a row, because a write to the old primary after
 /// the final sync would reach its replicas and keep them from following the
@@ -182,28 +166,6 @@ async fn read_row(
     }))
 }
 
-/// The one guard every caller of the partition pass goes through (service,
-/// CronJob, CLI, demo): read from the database, so it holds wherever the
-/// upgrade runs. A node that cannot be read is the pass's own business.
-pub async fn ddl_guard(client: &Client, after: Duration) -> Result<DdlGuard, GuardError> {
-    let Some(row) = read(client, "database.primary", after).await? else {
-        return Ok(DdlGuard::Clear);
-    };
-    if let Some(new) = row.new_primary.clone() {
-        return Ok(DdlGuard::Moved {
-            id: row.upgrade_id,
-            new_primary: new,
-        });
-    }
-    if row.cutover && !row.finished {
-        return Ok(DdlGuard::Cutover {
-            id: row.upgrade_id,
-            step: row.step,
-        });
-    }
-    Ok(DdlGuard::Clear)
-}
-
 /// The guard row of `target`'s server, read in its guard database (see
 /// [`super::GUARD_DATABASE`]) on a session of its own.
 pub async fn read_cluster(
@@ -213,24 +175,6 @@ pub async fn read_cluster(
 ) -> Result<Option<GuardRow>, GuardError> {
     let client = super::reader_session(target, connect_timeout).await?;
     read(&client, &target.to_string(), after).await
-}
-
-/// The partition pass's guard: `Ok(Some(reason))` while an upgrade's
-/// cutover runs (the pass is skipped; the next one runs), `Err` when an
-/// upgrade moved the primary away from this node (no DDL meant for the new
-/// primary may land here) or the row cannot be read. Reads the guard
-/// database of `database.primary`'s server.
-pub async fn hold_partition_ddl(cfg: &crate::config::Config) -> Result<Option<String>, GuardError> {
-    let after = cfg.database.connect_timeout.0.max(Duration::from_secs(5));
-    let client =
-        super::reader_session(&cfg.database.primary, cfg.database.connect_timeout.0).await?;
-    match ddl_guard(&client, after).await? {
-        DdlGuard::Clear => Ok(None),
-        DdlGuard::Cutover { id, step } => Ok(Some(format!(
-            "upgrade {id} is cutting over (step {step}); partition DDL waits for it"
-        ))),
-        DdlGuard::Moved { id, new_primary } => Err(GuardError::Moved { id, new_primary }),
-    }
 }
 
 #[cfg(test)]

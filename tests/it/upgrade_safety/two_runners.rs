@@ -110,11 +110,12 @@ async fn two_runners_one_upgrade() {
     t.check_nothing_lost(&ledger.acked).await;
     // The new primary's guard row is finished: partition DDL may run there.
     let client = harness::connect(&t.primary_url).await;
+    let row = pgsteward::upgrade::guard::read(&client, &t.primary_url, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(
-        pgsteward::upgrade::guard::ddl_guard(&client, Duration::from_secs(5))
-            .await
-            .unwrap(),
-        pgsteward::upgrade::guard::DdlGuard::Clear
+        pgsteward::upgrade::gate::decide(row.as_ref(), false),
+        pgsteward::upgrade::Gate::Clear
     );
 }
 
