@@ -104,7 +104,9 @@ fn new_node_dir(t: &Topology) -> PathBuf {
     t.dir().join("clusters").join(id)
 }
 
-/// Runs an upgrade held at `hold` (a `sleep` failpoint), SIGSTOPs what
+/// Runs an upgrade held at `hold` (a `sleep` failpoint of 1 s: the test
+/// must see the step start and SIGSTOP before the hold ends, also on a
+/// loaded machine; 300 ms was missed), SIGSTOPs what
 /// `target` names once `step` started, and returns the runner's output, how
 /// long it took after the stop, and the stopped pids (still stopped).
 fn upgrade_with_hang(
@@ -147,7 +149,7 @@ async fn hung_servers_fail_each_wait_in_time() {
     // Before the pause: the new replica hangs during wait_catchup.
     let (out, took, pids) = upgrade_with_hang(
         &t,
-        "wait_catchup-start=sleep:300",
+        "wait_catchup-start=sleep:1000",
         Step::WaitCatchup,
         "node",
     );
@@ -166,7 +168,7 @@ async fn hung_servers_fail_each_wait_in_time() {
     // Inside the pause: the new replica hangs during final_sync.
     let (out, took, pids) = upgrade_with_hang(
         &t,
-        "fence_old_primary-done=sleep:300",
+        "fence_old_primary-done=sleep:1000",
         Step::FenceOldPrimary,
         "node",
     );
@@ -187,7 +189,7 @@ async fn hung_servers_fail_each_wait_in_time() {
 
     // After promote: PgBouncer hangs before RELOAD.
     let (out, took, pids) =
-        upgrade_with_hang(&t, "promote-done=sleep:300", Step::Promote, "pgbouncer");
+        upgrade_with_hang(&t, "promote-done=sleep:1000", Step::Promote, "pgbouncer");
     signal(&pids, "-CONT");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -213,7 +215,7 @@ async fn hung_servers_fail_each_wait_in_time() {
     // PgBouncer has been resumed on it and it is writable once it runs again.
     let (out, took, pids) = upgrade_with_hang(
         &t,
-        "resume_writes-done=sleep:300",
+        "resume_writes-done=sleep:1000",
         Step::ResumeWrites,
         "node",
     );

@@ -197,7 +197,10 @@ async fn the_old_primary_hung_at_the_fence() {
     let mut runner = spawn(upgrade_cmd(
         &t.config,
         t.next_class(),
-        Some("fence_old_primary-start=sleep:200"),
+        // Half the pause deadline: time for the test to see the step start
+        // and SIGSTOP the node before the fence runs, even on a loaded
+        // machine (200 ms was missed once: the fence finished first).
+        Some("fence_old_primary-start=sleep:1000"),
     ));
     wait_for_step(
         &t.state_dir(),
