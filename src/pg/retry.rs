@@ -131,6 +131,30 @@ impl<'a> Retry<'a> {
     }
 }
 
+/// The token of a command that stops at a safe point: cancelled on the first
+/// SIGINT or SIGTERM (logged as "stopping `what`").
+pub fn cancel_on_signal(what: &'static str) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("signal received, stopping {what} at a safe point");
+        t.cancel();
+    });
+    token
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
