@@ -30,6 +30,8 @@ use crate::upgrade::failpoint;
 /// Runs the remaining steps of `rec` to the end (`done`). `cancel` stops it
 /// at the next safe point: between steps, before a transaction's attempt,
 /// in a wait between attempts, or in an index build (its leftover dropped).
+/// The undo this runs itself (the CHECK would refuse writers at the boundary)
+/// is a clean-up: not cancelled, bounded by `lock_retries`.
 pub async fn drive(
     cfg: &Config,
     tcfg: &TableConfig,
@@ -45,7 +47,7 @@ pub async fn drive(
             let lead = rec.plan.lead(Utc::now());
             if lead.num_seconds() < SWAP_GUARD.as_secs() as i64 {
                 tracing::warn!(boundary = %rec.plan.boundary_text, "boundary too close for the swap; undoing the conversion");
-                undo(cfg, client, rec, cancel).await?;
+                undo(cfg, client, rec, &CancellationToken::new()).await?;
                 return Err(ConvertError::BoundaryTooClose {
                     boundary: rec.plan.boundary_text.clone(),
                 });
@@ -74,7 +76,7 @@ pub async fn drive(
                     && matches!(e, ConvertError::Sql { .. } | ConvertError::Refused { .. }));
             if permanent {
                 tracing::warn!(error = %e, "conversion undone: resuming would fail the same way");
-                undo(cfg, client, rec, cancel).await?;
+                undo(cfg, client, rec, &CancellationToken::new()).await?;
             }
             return Err(e);
         }
