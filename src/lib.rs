@@ -14,6 +14,7 @@
 //!   * [`pg::error`]: [`pg::PgError`] and the classification of server errors callers decide on.
 //!   * [`pg::ident`]: identifier quoting, qualified names, literals.
 //!   * [`pg::sql`]: the statements the plumbing itself runs.
+//!   * [`pg::retry`]: lock-race retries: the transient-error classifier, backoff, cancellable waits.
 //!   * [`pg::conninfo`]: connection strings parsed (both forms) and redacted the way libpq does.
 //!   * [`pg::libpq`]: what a connection string leaves out: `PG*` environment defaults and the password file.
 //!   * [`pg::tls`]: rustls for PostgreSQL, following libpq's `sslmode` semantics.
@@ -86,7 +87,7 @@
 //!   * [`partitions::access`]: pure: what each partition's owner, grants, row-level security and
 //!     replica identity must be given the parent's now, and the repairs.
 //!   * [`partitions::ddl`]: the DDL text, identifiers quoted.
-//!   * [`partitions::session`]: the session a pass talks through and its retry pacing.
+//!   * [`partitions::session`]: the session a pass talks through.
 //!   * [`partitions::blockers`]: who holds the lock a statement gave up on.
 //!   * [`partitions::probe`]: what DEFAULT holds of a new range and who publishes it; the pure
 //!     decision how the partition is attached, or the refusal (`plan` and `apply`).

@@ -45,6 +45,7 @@ pub async fn build_unique_concurrently(
     table: &QualifiedName,
     index: &str,
     columns: &[String],
+    cancel: &CancellationToken,
 ) -> Result<(), ConvertError> {
     client
         .batch_execute(sql::RAISE_MAINTENANCE_WORK_MEM)
@@ -53,12 +54,11 @@ pub async fn build_unique_concurrently(
     let session = Session::new(client, &cfg.partitions).await;
     let def = unique_def(columns);
     let log = Log::default();
-    // A conversion step is not cancelled from inside: Ctrl-C or kill ends the
-    // process, and the next run observes what the build left.
-    let never = CancellationToken::new();
+    // Cancelled (a signal), the build drops its invalid leftover and the
+    // next run builds it again.
     let started = Instant::now();
     let built = tokio::select! {
-        r = create_index_concurrently(&session, table, index, &def, &never, &log) => r?,
+        r = create_index_concurrently(&session, table, index, &def, cancel, &log) => r?,
         never = watch_progress(cfg, session.pid, index, started) => match never {},
     };
     match built {

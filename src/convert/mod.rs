@@ -73,6 +73,8 @@ pub enum ConvertError {
     Step { step: &'static str, message: String },
     #[error(transparent)]
     Failpoint(#[from] crate::upgrade::failpoint::FailpointError),
+    #[error("the conversion of {0} stopped on a signal at a safe point; `pgsteward convert resume --table {0}` continues it (or `abort` undoes it before the swap)")]
+    Cancelled(String),
 }
 
 impl ConvertError {
@@ -352,6 +354,7 @@ pub async fn start_command(
     table: &QualifiedName,
     key: Option<&str>,
 ) -> Result<Outcome, ConvertError> {
+    let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let tcfg = table_config(cfg, table)?;
     let mut client = connect(cfg).await?;
     lock(&client, table).await?;
@@ -376,7 +379,7 @@ pub async fn start_command(
     }
     let mut rec = journal::create(&client, &p).await?;
     tracing::info!(table = %table, boundary = %p.boundary_text, id = rec.id, "conversion started");
-    steps::drive(cfg, tcfg, &mut client, &mut rec).await?;
+    steps::drive(cfg, tcfg, &mut client, &mut rec, &cancel).await?;
     println!(
         "{table}: converted; first partition {} holds every row before {}",
         p.first(),
@@ -387,6 +390,7 @@ pub async fn start_command(
 
 /// `convert resume`: continue the table's active conversion from its journal.
 pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+    let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let tcfg = table_config(cfg, table)?;
     let mut client = connect(cfg).await?;
     lock(&client, table).await?;
@@ -395,13 +399,14 @@ pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outco
         _ => return Err(ConvertError::NoConversion(table.to_string())),
     };
     tracing::info!(table = %table, step = rec.step.as_str(), "resuming conversion");
-    steps::drive(cfg, tcfg, &mut client, &mut rec).await?;
+    steps::drive(cfg, tcfg, &mut client, &mut rec, &cancel).await?;
     println!("{table}: converted; first partition {}", rec.plan.first());
     Ok(Outcome::Healthy)
 }
 
 /// `convert abort`: before the swap, remove everything the conversion built.
 pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+    let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     table_config(cfg, table)?;
     let mut client = connect(cfg).await?;
     lock(&client, table).await?;
@@ -409,7 +414,7 @@ pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcom
         Some(r) if r.state == "active" => r,
         _ => return Err(ConvertError::NoConversion(table.to_string())),
     };
-    steps::undo(cfg, &mut client, &mut rec).await?;
+    steps::undo(cfg, &mut client, &mut rec, &cancel).await?;
     println!("{table}: conversion aborted; the table is as it was");
     Ok(Outcome::Healthy)
 }

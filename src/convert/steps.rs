@@ -22,22 +22,32 @@ use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
 use super::sql;
 use super::{inspect, ConvertError};
 use crate::config::{Config, TableConfig};
-use crate::pg::{is_transient_lock_error, server_message};
+use crate::partitions::blockers;
+use crate::partitions::indexes::IndexError;
+use crate::pg::{is_transient_lock_error, server_message, Backoff, QualifiedName, Retry};
 use crate::upgrade::failpoint;
 
-/// Runs the remaining steps of `rec` to the end (`done`).
+/// Runs the remaining steps of `rec` to the end (`done`). `cancel` stops it
+/// at the next safe point: between steps, before a transaction's attempt,
+/// in a wait between attempts, or in an index build (its leftover dropped).
+/// The undo this runs itself (the CHECK would refuse writers at the boundary)
+/// is a clean-up: not cancelled, bounded by `lock_retries`.
 pub async fn drive(
     cfg: &Config,
     tcfg: &TableConfig,
     client: &mut Client,
     rec: &mut Record,
+    cancel: &CancellationToken,
 ) -> Result<(), ConvertError> {
     while let Some(step) = rec.step.next() {
+        if cancel.is_cancelled() {
+            return Err(cancelled(&rec.plan.name()));
+        }
         if step <= Step::Swapped {
             let lead = rec.plan.lead(Utc::now());
             if lead.num_seconds() < SWAP_GUARD.as_secs() as i64 {
                 tracing::warn!(boundary = %rec.plan.boundary_text, "boundary too close for the swap; undoing the conversion");
-                undo(cfg, client, rec).await?;
+                undo(cfg, client, rec, &CancellationToken::new()).await?;
                 return Err(ConvertError::BoundaryTooClose {
                     boundary: rec.plan.boundary_text.clone(),
                 });
@@ -48,11 +58,11 @@ pub async fn drive(
         let started = Instant::now();
         let res = match step {
             Step::Prepared => Ok(()),
-            Step::UniqueIndexes => unique_indexes(cfg, client, rec).await,
-            Step::CheckAdded => add_check(cfg, client, rec).await,
-            Step::CheckValidated => validate_check(cfg, client, rec).await,
-            Step::Swapped => swap(cfg, client, rec).await,
-            Step::PartitionsMade => make_partitions(cfg, tcfg, client, rec).await,
+            Step::UniqueIndexes => unique_indexes(cfg, client, rec, cancel).await,
+            Step::CheckAdded => add_check(cfg, client, rec, cancel).await,
+            Step::CheckValidated => validate_check(cfg, client, rec, cancel).await,
+            Step::Swapped => swap(cfg, client, rec, cancel).await,
+            Step::PartitionsMade => make_partitions(cfg, tcfg, client, rec, cancel).await,
         };
         if let Err(e) = res {
             journal::note(&*client, rec.id, step, "failed", &e.to_string()).await;
@@ -66,7 +76,7 @@ pub async fn drive(
                     && matches!(e, ConvertError::Sql { .. } | ConvertError::Refused { .. }));
             if permanent {
                 tracing::warn!(error = %e, "conversion undone: resuming would fail the same way");
-                undo(cfg, client, rec).await?;
+                undo(cfg, client, rec, &CancellationToken::new()).await?;
             }
             return Err(e);
         }
@@ -86,16 +96,27 @@ fn point(name: &str) -> Result<(), ConvertError> {
     failpoint::hit(name).map_err(ConvertError::Failpoint)
 }
 
-async fn unique_indexes(cfg: &Config, client: &Client, rec: &Record) -> Result<(), ConvertError> {
+/// The conversion of `table` stopped on a signal at a safe point.
+fn cancelled(table: &QualifiedName) -> ConvertError {
+    ConvertError::Cancelled(table.to_string())
+}
+
+async fn unique_indexes(
+    cfg: &Config,
+    client: &Client,
+    rec: &Record,
+    cancel: &CancellationToken,
+) -> Result<(), ConvertError> {
+    let table = rec.plan.name();
     for b in &rec.plan.unique_builds {
-        super::index::build_unique_concurrently(
-            cfg,
-            client,
-            &rec.plan.name(),
-            &b.index,
-            &b.columns,
+        match super::index::build_unique_concurrently(
+            cfg, client, &table, &b.index, &b.columns, cancel,
         )
-        .await?;
+        .await
+        {
+            Err(ConvertError::Index(IndexError::Cancelled)) => return Err(cancelled(&table)),
+            r => r?,
+        }
     }
     point("convert-unique_indexes-done")?;
     journal::advance(client, rec.id, Step::UniqueIndexes, None).await
@@ -109,7 +130,12 @@ async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>
     Ok(row.map(|r| r.get(0)))
 }
 
-async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), ConvertError> {
+async fn add_check(
+    cfg: &Config,
+    client: &mut Client,
+    rec: &Record,
+    cancel: &CancellationToken,
+) -> Result<(), ConvertError> {
     let already = check_state(client, &rec.plan).await?.is_some();
     // NOT VALID: a brief ACCESS EXCLUSIVE, under lock_timeout, retried.
     let stmts = if already {
@@ -124,6 +150,7 @@ async fn add_check(cfg: &Config, client: &mut Client, rec: &Record) -> Result<()
         rec.id,
         Step::CheckAdded,
         &stmts,
+        cancel,
     )
     .await
 }
@@ -132,6 +159,7 @@ async fn validate_check(
     cfg: &Config,
     client: &mut Client,
     rec: &Record,
+    cancel: &CancellationToken,
 ) -> Result<(), ConvertError> {
     let stmts = match check_state(client, &rec.plan).await? {
         Some(true) => vec![],
@@ -163,7 +191,7 @@ async fn validate_check(
     };
     let table = rec.plan.name();
     let r = tokio::select! {
-        r = in_tx(cfg, client, &table, rec.id, Step::CheckValidated, &stmts) => r,
+        r = in_tx(cfg, client, &table, rec.id, Step::CheckValidated, &stmts, cancel) => r,
         _ = ticker => Ok(()),
     };
     match r {
@@ -182,15 +210,15 @@ async fn validate_check(
 async fn in_tx(
     cfg: &Config,
     client: &mut Client,
-    table: &crate::pg::QualifiedName,
+    table: &QualifiedName,
     id: i64,
     step: Step,
     stmts: &[String],
+    cancel: &CancellationToken,
 ) -> Result<(), ConvertError> {
-    let retries = cfg.partitions.lock_retries.max(1);
-    let mut attempt = 0;
+    let mut retry = Retry::new(cfg.partitions.lock_retries, Backoff::LOCK, cancel);
     loop {
-        attempt += 1;
+        let attempt = retry.begin().map_err(|_| cancelled(table))?;
         let tx = client
             .transaction()
             .await
@@ -202,44 +230,33 @@ async fn in_tx(
                 break;
             }
         }
-        match failed {
-            None => {
-                journal::advance(&tx, id, step, None).await?;
-                point(&format!("convert-{}-done", step.as_str()))?;
-                return tx
-                    .commit()
-                    .await
-                    .map_err(|e| ConvertError::query("commit a conversion step", e));
-            }
-            Some((s, e)) => {
-                drop(tx);
-                let blockers = if is_transient_lock_error(&e) && attempt >= retries {
-                    let held =
-                        crate::partitions::blockers::holders(client, &[table.quoted()]).await;
-                    format!("; {}", crate::partitions::blockers::describe(&held))
-                } else {
-                    String::new()
-                };
-                if is_transient_lock_error(&e) && attempt < retries {
-                    let wait = crate::partitions::backoff(attempt);
-                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %server_message(&e), "lock not granted; retrying");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                return Err(ConvertError::Sql {
-                    statement: s.lines().next().unwrap_or_default().to_string(),
-                    message: format!(
-                        "{}{}",
-                        server_message(&e),
-                        if is_transient_lock_error(&e) {
-                            format!(" after {attempt} attempts{blockers}; `pgsteward convert resume` retries")
-                        } else {
-                            String::new()
-                        }
-                    ),
-                });
-            }
+        let Some((s, e)) = failed else {
+            journal::advance(&tx, id, step, None).await?;
+            point(&format!("convert-{}-done", step.as_str()))?;
+            return tx
+                .commit()
+                .await
+                .map_err(|e| ConvertError::query("commit a conversion step", e));
+        };
+        drop(tx);
+        let transient = is_transient_lock_error(&e);
+        if retry
+            .again(transient, &server_message(&e))
+            .await
+            .map_err(|_| cancelled(table))?
+        {
+            continue;
         }
+        let gave_up = if transient {
+            let who = blockers::report(client, &[table.quoted()]).await;
+            format!(" after {attempt} attempts; {who}; `pgsteward convert resume` retries")
+        } else {
+            String::new()
+        };
+        return Err(ConvertError::Sql {
+            statement: s.lines().next().unwrap_or_default().to_string(),
+            message: format!("{}{gave_up}", server_message(&e)),
+        });
     }
 }
 
@@ -248,7 +265,12 @@ async fn in_tx(
 /// deadlock with them), re-reads the catalog under the locks, refuses if
 /// anything changed into something it cannot carry, and runs the whole swap
 /// with its journal entry in one transaction.
-async fn swap(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), ConvertError> {
+async fn swap(
+    cfg: &Config,
+    client: &mut Client,
+    rec: &Record,
+    cancel: &CancellationToken,
+) -> Result<(), ConvertError> {
     let plan = &rec.plan;
     match check_state(client, plan).await? {
         Some(true) => {}
@@ -266,32 +288,31 @@ async fn swap(cfg: &Config, client: &mut Client, rec: &Record) -> Result<(), Con
             message: format!("{} no longer exists", plan.name()),
         })?;
     let lock = ddl::swap_lock(plan, &before);
-    let retries = cfg.partitions.lock_retries.max(1) * 3;
-    let mut attempt = 0;
+    let attempts = cfg.partitions.lock_retries.max(1) * 3;
+    let mut retry = Retry::new(attempts, Backoff::LOCK, cancel);
     loop {
-        attempt += 1;
-        match swap_once(client, rec, &lock).await {
+        let attempt = retry.begin().map_err(|_| cancelled(&plan.name()))?;
+        let e = match swap_once(client, rec, &lock).await {
             Ok(()) => return Ok(()),
-            Err(SwapError::Lock(e)) if attempt < retries => {
-                let wait = crate::partitions::backoff(attempt);
-                tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %e, "swap: lock not granted; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(SwapError::Lock(e)) => {
-                let mut relations: Vec<String> =
-                    before.views.iter().map(|v| v.quoted.clone()).collect();
-                relations.push(plan.name().quoted());
-                let held = crate::partitions::blockers::holders(client, &relations).await;
-                return Err(ConvertError::Step {
-                    step: "swapped",
-                    message: format!(
-                        "{e} after {attempt} attempts; {}; `pgsteward convert resume` retries",
-                        crate::partitions::blockers::describe(&held)
-                    ),
-                });
-            }
             Err(SwapError::Other(e)) => return Err(e),
+            Err(SwapError::Lock(e)) => e,
+        };
+        if retry
+            .again(true, &e)
+            .await
+            .map_err(|_| cancelled(&plan.name()))?
+        {
+            continue;
         }
+        let mut relations: Vec<String> = before.views.iter().map(|v| v.quoted.clone()).collect();
+        relations.push(plan.name().quoted());
+        let who = blockers::report(client, &relations).await;
+        return Err(ConvertError::Step {
+            step: "swapped",
+            message: format!(
+                "{e} after {attempt} attempts; {who}; `pgsteward convert resume` retries"
+            ),
+        });
     }
 }
 
@@ -412,15 +433,18 @@ async fn make_partitions(
     tcfg: &TableConfig,
     client: &Client,
     rec: &Record,
+    cancel: &CancellationToken,
 ) -> Result<(), ConvertError> {
     let mut one = cfg.clone();
     one.partitions.tables = vec![tcfg.clone()];
-    let report = crate::partitions::run_pass(&one, &CancellationToken::new())
-        .await
-        .map_err(|e| ConvertError::Step {
-            step: "partitions_made",
-            message: e.to_string(),
-        })?;
+    let report = crate::partitions::run_pass(&one, cancel).await;
+    if cancel.is_cancelled() {
+        return Err(cancelled(&rec.plan.name()));
+    }
+    let report = report.map_err(|e| ConvertError::Step {
+        step: "partitions_made",
+        message: e.to_string(),
+    })?;
     if let Some(t) = report.tables.first() {
         if let Some(e) = &t.error {
             return Err(ConvertError::Step {
@@ -437,7 +461,12 @@ async fn make_partitions(
 
 /// Removes everything a conversion built before its swap and ends it as
 /// `aborted`. Each part is idempotent, so an interrupted abort is run again.
-pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result<(), ConvertError> {
+pub async fn undo(
+    cfg: &Config,
+    client: &mut Client,
+    rec: &mut Record,
+    cancel: &CancellationToken,
+) -> Result<(), ConvertError> {
     if rec.step >= Step::Swapped {
         return Err(ConvertError::PastSwap {
             table: rec.plan.name().to_string(),
@@ -447,16 +476,14 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
     // The CHECK first, with the step reset in the same transaction: from here
     // a resume starts over and observes what is left.
     let drop_check = ddl::drop_check(&plan.name());
-    let retries = cfg.partitions.lock_retries.max(1);
-    let mut attempt = 0;
+    let mut retry = Retry::new(cfg.partitions.lock_retries, Backoff::LOCK, cancel);
     loop {
-        attempt += 1;
+        retry.begin().map_err(|_| cancelled(&plan.name()))?;
         let tx = client
             .transaction()
             .await
             .map_err(|e| ConvertError::query("begin a transaction", e))?;
-        let r = tx.batch_execute(&drop_check).await;
-        match r {
+        let e = match tx.batch_execute(&drop_check).await {
             Ok(()) => {
                 journal::reset(&tx, rec.id).await?;
                 tx.commit()
@@ -465,16 +492,19 @@ pub async fn undo(cfg: &Config, client: &mut Client, rec: &mut Record) -> Result
                 break;
             }
             Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => break,
-            Err(e) if is_transient_lock_error(&e) && attempt < retries => {
-                drop(tx);
-                tokio::time::sleep(crate::partitions::backoff(attempt)).await;
-            }
-            Err(e) => {
-                return Err(ConvertError::Sql {
-                    statement: drop_check.clone(),
-                    message: server_message(&e),
-                })
-            }
+            Err(e) => e,
+        };
+        drop(tx);
+        let transient = is_transient_lock_error(&e);
+        if !retry
+            .again(transient, &server_message(&e))
+            .await
+            .map_err(|_| cancelled(&plan.name()))?
+        {
+            return Err(ConvertError::Sql {
+                statement: drop_check.clone(),
+                message: server_message(&e),
+            });
         }
     }
     rec.step = Step::Prepared;

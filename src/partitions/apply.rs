@@ -34,7 +34,7 @@ use super::plan;
 use super::report::TableReport;
 use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
-use crate::pg::{server_message, QualifiedName};
+use crate::pg::{server_message, Backoff, Cancelled, QualifiedName, Retry};
 
 /// A table with something to do.
 pub struct Work {
@@ -109,15 +109,19 @@ fn refused_text(refused: &[String], then: Option<&StepError>) -> String {
     all.join("; ")
 }
 
+impl From<Cancelled> for StepError {
+    fn from(_: Cancelled) -> Self {
+        StepError::Cancelled
+    }
+}
+
 impl StepError {
     pub(super) fn is(&self, code: &SqlState) -> bool {
         matches!(self, StepError::Sql { code: c, .. } if c == code)
     }
     /// A lost lock race (lock_timeout, deadlock): worth another attempt.
     pub(super) fn is_lock_race(&self) -> bool {
-        self.is(&SqlState::LOCK_NOT_AVAILABLE)
-            || self.is(&SqlState::T_R_DEADLOCK_DETECTED)
-            || self.is(&SqlState::T_R_SERIALIZATION_FAILURE)
+        matches!(self, StepError::Sql { code, .. } if crate::pg::retry::is_transient(code))
     }
     pub(super) fn text(&self) -> String {
         self.to_string()
@@ -510,39 +514,29 @@ impl Exec<'_> {
         };
         let never = CancellationToken::new();
         let cancel = if cancellable { self.cancel } else { &never };
-        let mut attempt = 0;
+        let mut retry = Retry::new(retries, Backoff::LOCK, cancel);
         loop {
-            attempt += 1;
-            if cancel.is_cancelled() {
-                return Err(StepError::Cancelled);
-            }
-            let last = attempt >= retries;
+            let attempt = retry.begin()?;
             // Watch only once a lock race was lost: an observer session per
             // statement would cost a connection each.
-            let (res, seen) = if last && cancellable && attempt > 1 {
+            let (res, seen) = if retry.is_last() && cancellable && attempt > 1 {
                 blockers::watching(self.cfg, self.pid, self.once(sql, cancel, report)).await
             } else {
                 (self.once(sql, cancel, report).await, Vec::new())
             };
-            match res {
+            let e = match res {
                 Ok(done) => return Ok(done),
-                Err(e) if e.is_lock_race() && !last => {
-                    let wait = session::backoff(attempt);
-                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %e.text(), "lock not granted; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = cancel.cancelled() => return Err(StepError::Cancelled),
-                    }
-                }
-                Err(e) => {
-                    let first_line = sql.lines().next().unwrap_or_default();
-                    return Err(if e.is_lock_race() {
-                        self.gave_up(e, attempt, seen, first_line, &[]).await
-                    } else {
-                        e.context(first_line)
-                    });
-                }
+                Err(e) => e,
+            };
+            if retry.again(e.is_lock_race(), &e).await? {
+                continue;
             }
+            let first_line = sql.lines().next().unwrap_or_default();
+            return Err(if e.is_lock_race() {
+                self.gave_up(e, attempt, seen, first_line, &[]).await
+            } else {
+                e.context(first_line)
+            });
         }
     }
 

@@ -24,9 +24,8 @@ use super::ddl;
 use super::model::{ParentDetails, Range, ReferencingFk, TableState};
 use super::probe::{self, AttachPath, DefaultProbe};
 use super::report::TableReport;
-use super::session;
 use crate::config::TableConfig;
-use crate::pg::QualifiedName;
+use crate::pg::{Backoff, QualifiedName, Retry};
 
 /// What the attaching transaction needs to know.
 pub(super) struct AttachCtx<'a> {
@@ -278,21 +277,17 @@ impl Exec<'_> {
             Vec::new()
         };
         let child = ctx.child;
-        let retries = self.cfg.partitions.lock_retries.max(1);
-        let mut attempt = 0;
+        let mut retry = Retry::new(self.cfg.partitions.lock_retries, Backoff::LOCK, self.cancel);
         loop {
-            attempt += 1;
-            if self.cancel.is_cancelled() {
-                return Err(StepError::Cancelled);
-            }
-            let last = attempt >= retries;
+            let attempt = retry.begin()?;
+            let last = retry.is_last();
             let tx = self.attach_once(ctx, &columns, report);
             let (res, seen) = if last && attempt > 1 {
                 super::blockers::watching(self.cfg, self.pid, tx).await
             } else {
                 (tx.await, Vec::new())
             };
-            match res {
+            let e = match res {
                 Ok(moved) => {
                     if moved > 0 {
                         tracing::info!(into = %child, rows = moved, "rows moved out of the default partition");
@@ -300,23 +295,19 @@ impl Exec<'_> {
                     report.rows_moved += moved;
                     return Ok(());
                 }
-                Err(e) if e.is_lock_race() && !last => {
-                    let wait = session::backoff(attempt);
-                    tracing::info!(attempt, wait_ms = wait.as_millis() as u64, error = %e.text(), "lock not granted; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.cancel.cancelled() => return Err(StepError::Cancelled),
-                    }
-                }
-                Err(e) if e.is_lock_race() => {
-                    let mut relations = vec![state.table.quoted(), child.quoted()];
-                    relations.extend(state.default.iter().map(|d| d.name.quoted()));
-                    relations.extend(ctx.fks.iter().map(|f| f.table.quoted()));
-                    let what = format!("attach {child}");
-                    return Err(self.gave_up(e, attempt, seen, &what, &relations).await);
-                }
-                Err(e) => return Err(e.context(&format!("attach {child}"))),
+                Err(e) => e,
+            };
+            if retry.again(e.is_lock_race(), &e).await? {
+                continue;
             }
+            if !e.is_lock_race() {
+                return Err(e.context(&format!("attach {child}")));
+            }
+            let mut relations = vec![state.table.quoted(), child.quoted()];
+            relations.extend(state.default.iter().map(|d| d.name.quoted()));
+            relations.extend(ctx.fks.iter().map(|f| f.table.quoted()));
+            let what = format!("attach {child}");
+            return Err(self.gave_up(e, attempt, seen, &what, &relations).await);
         }
     }
 

@@ -113,3 +113,9 @@ pub async fn holders(client: &Client, relations: &[String]) -> Vec<Blocker> {
         Err(_) => Vec::new(),
     }
 }
+
+/// The blocker report of a statement that gave up: who holds a lock on
+/// `relations` now, described ("blocked by pid ...", or a hint).
+pub async fn report(client: &Client, relations: &[String]) -> String {
+    describe(&holders(client, relations).await)
+}

@@ -102,6 +102,12 @@ pub enum IndexError {
     Cancelled,
 }
 
+impl From<crate::pg::Cancelled> for IndexError {
+    fn from(_: crate::pg::Cancelled) -> Self {
+        IndexError::Cancelled
+    }
+}
+
 impl IndexError {
     pub(crate) fn query(what: &'static str, e: tokio_postgres::Error) -> Self {
         IndexError::Query {

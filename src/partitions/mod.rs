@@ -40,7 +40,7 @@ use crate::pg::QualifiedName;
 pub use commands::{apply_command, plan_command};
 pub use error::{PartitionError, TableError};
 pub use report::{PassReport, TableReport};
-pub use session::{backoff, connect, ADVISORY_NAMESPACE};
+pub use session::{connect, ADVISORY_NAMESPACE};
 pub use status_command::status_command;
 
 /// Why a pass did nothing on a replica. The service logs it and moves on (its

@@ -1,6 +1,5 @@
-//! The session every pass talks through, and the retry pacing of its statements.
-
-use std::time::Duration;
+//! The session every pass talks through (its statements' retry pacing is
+//! [`crate::pg::retry`]).
 
 use tokio_postgres::Client;
 
@@ -28,12 +27,4 @@ pub async fn connect(cfg: &Config) -> Result<Client, PartitionError> {
     // TLS (sslmode, sslrootcert), IAM tokens and server notices as debug logs:
     // all in ConnSpec.
     Ok(spec.connect_with(config, timeout).await?)
-}
-
-/// How long to wait before retry `attempt` (1-based) of a statement that lost
-/// a lock race: exponential from 50 ms, capped at 2 s, with up to 50 % jitter
-/// so competing passes do not retry in lockstep.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
-    Duration::from_millis(base + fastrand::u64(0..=base / 2))
 }

@@ -65,12 +65,7 @@ impl PgError {
 /// Whether a failed statement is worth retrying after a pause: it lost a lock
 /// race (lock_timeout, deadlock, serialization) rather than being wrong.
 pub fn is_transient_lock_error(err: &tokio_postgres::Error) -> bool {
-    matches!(
-        err.code(),
-        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
-            || *c == SqlState::T_R_DEADLOCK_DETECTED
-            || *c == SqlState::T_R_SERIALIZATION_FAILURE
-    )
+    err.code().is_some_and(super::retry::is_transient)
 }
 
 /// Whether a failure means the server (or the path to it) went away, as

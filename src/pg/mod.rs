@@ -7,6 +7,7 @@
 //! - [`connect`]: connecting with a deadline, one connection or a pool;
 //! - [`tls`]: TLS per `sslmode`; [`iam`]: RDS IAM tokens;
 //! - [`ident`]: identifier and literal quoting, qualified names, name hashing;
+//! - [`retry`]: retrying statements that lost a lock race (classifier, backoff, cancellation);
 //! - [`sql`]: the statements this plumbing runs.
 
 mod connect;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod iam;
 pub mod ident;
 pub mod libpq;
+pub mod retry;
 pub mod spec;
 pub mod sql;
 pub mod tls;
@@ -29,6 +31,7 @@ pub use ident::{
     QUALIFIED_NAME_EXPECTED,
 };
 pub use libpq::{PasswordLookup, PgEnv};
+pub use retry::{Backoff, Cancelled, Retry};
 pub use spec::{ConnSpec, IamAuth, SslMode};
 pub use sql::DDL_SESSION_SETUP;
 pub use tls::TlsSetupError;

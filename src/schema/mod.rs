@@ -19,6 +19,9 @@
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::pg::{server_message, Backoff, Retry};
 
 /// One step of the schema's history. Never edit a released migration: add
 /// the next number instead (released binaries have recorded theirs applied).
@@ -77,7 +80,7 @@ const SET_VERSION: &str = "INSERT INTO pgsteward.schema_version AS v (version, a
 /// Attempts of the migrating transaction: `CREATE SCHEMA IF NOT EXISTS` loses
 /// a race with a writer that does not take our lock (an older release making
 /// the guard table) with a unique violation; the retry finds the schema.
-const ATTEMPTS: usize = 3;
+const ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -144,20 +147,25 @@ pub async fn ensure(client: &Client, target: &str) -> Result<i32, SchemaError> {
     if let Decision::Current = decide(read_version(client, target).await?, known) {
         return Ok(known);
     }
-    let mut attempt = 0;
+    // Never cancelled; no pause: the retry finds what the other side made.
+    let never = CancellationToken::new();
+    let mut retry = Retry::new(ATTEMPTS, Backoff::NONE, &never);
     loop {
-        attempt += 1;
+        let attempt = retry.begin().unwrap_or(ATTEMPTS);
         match migrate(client, target, known).await {
-            Err(SchemaError::Query { source, .. })
-                if attempt < ATTEMPTS
-                    && source.code().is_some_and(|c| {
-                        *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_SCHEMA
-                    }) =>
-            {
-                tracing::debug!(attempt, "pgsteward schema made concurrently; retrying");
-            }
             Err(SchemaError::Query { source, what, .. }) => {
-                return Err(classify(client, target, what, source).await)
+                let raced = source.code().is_some_and(|c| {
+                    *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_SCHEMA
+                });
+                if retry
+                    .again(raced, &server_message(&source))
+                    .await
+                    .unwrap_or(false)
+                {
+                    tracing::debug!(attempt, "pgsteward schema made concurrently; retrying");
+                    continue;
+                }
+                return Err(classify(client, target, what, source).await);
             }
             other => return other,
         }

@@ -151,25 +151,7 @@ impl UpgradeError {
 /// Listens for SIGINT/SIGTERM: before the write pause the upgrade stops at the
 /// next step boundary, inside it the upgrade rolls back at once.
 fn cancel_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::warn!("signal received, stopping the upgrade at a safe point");
-        t.cancel();
-    });
-    token
+    crate::pg::retry::cancel_on_signal("the upgrade")
 }
 
 /// A new upgrade id: sortable by creation time, valid in RDS identifiers.

@@ -1,6 +1,7 @@
 //! `convert` when something outside it fails (issue 22, point 10): killed
 //! during its concurrent index build, and stopped by a lock another session
-//! holds. Either way the operator is told who, and what to run.
+//! holds, or stopped by a signal. Either way the operator is told who, and
+//! what to run.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -213,4 +214,64 @@ async fn a_lock_error_names_the_blocking_session() {
     let invalid: i64 =
         query(&url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await[0].get(0);
     assert_eq!(invalid, 0, "no invalid index left");
+}
+
+/// SIGTERM while the CHECK's transaction keeps losing its lock race with a
+/// reader's (it waits up to 3 s between attempts): the conversion stops at
+/// once, says that `resume` continues, and `resume` finishes once the reader
+/// is gone.
+#[tokio::test]
+async fn a_signal_stops_the_retries_at_a_safe_point_and_resume_continues() {
+    let url = fresh_db("convert_signal");
+    setup(&url, 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[database]\nprimary = \"{}\"\n\n[partitions]\nlock_timeout = \"50ms\"\nlock_retries = 1000\n\
+             [[partitions.tables]]\ntable = 'public.events'\ninterval = 'daily'\npremake = 2\n",
+            as_steward(&url)
+        ),
+    );
+    // Past the index builds, stopped before the CHECK.
+    let out = convert(&cfg, "start", Some("convert-check_added-start=error")).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    let blocker = connect(&as_owner(&url)).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE public.events IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let child = pgsteward()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["convert", "resume", "--table", "public.events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for the backoff to reach its 2 s cap.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let t0 = Instant::now();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stopped = t0.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("stopped on a signal") && stderr.contains("convert resume"),
+        "{stderr}"
+    );
+    assert!(
+        stopped < Duration::from_millis(1500),
+        "stopped after {stopped:?}"
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(relkind(&url, "public.events").await, "r");
+    let out = convert(&cfg, "resume", None).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(relkind(&url, "public.events").await, "p");
 }

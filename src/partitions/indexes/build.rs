@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::drift::{sql_attach, sql_drop, sql_drop_concurrently, sql_reindex, ChildAction, Job};
 use super::IndexError;
 use crate::config::indexes::IndexDef;
-use crate::pg::{is_transient_lock_error, server_message, QualifiedName};
+use crate::pg::{is_transient_lock_error, server_message, Backoff, QualifiedName, Retry};
 
 /// Attempts of a clean-up statement that must run even after cancellation.
 const CLEANUP_ATTEMPTS: u32 = 5;
@@ -135,36 +135,27 @@ pub async fn run_sql(
 ) -> Result<(), IndexError> {
     let never = CancellationToken::new();
     let (cancel, retries) = match cancel {
-        Some(c) => (c, s.lock_retries.max(1)),
+        Some(c) => (c, s.lock_retries),
         None => (&never, CLEANUP_ATTEMPTS),
     };
-    let mut n = 0;
+    let mut retry = Retry::new(retries, Backoff::LOCK, cancel);
     loop {
-        n += 1;
+        let n = retry.begin()?;
         match attempt(s.client, sql, cancel).await {
             Ok(()) => {
                 log.push(sql);
                 return Ok(());
             }
             Err(Attempt::Cancelled) => return Err(IndexError::Cancelled),
-            Err(Attempt::Failed(e)) if is_transient_lock_error(&e) && n < retries => {
-                wait_backoff(n, &e, cancel).await?;
+            Err(Attempt::Failed(e)) => {
+                if !retry
+                    .again(is_transient_lock_error(&e), &server_message(&e))
+                    .await?
+                {
+                    return Err(IndexError::sql(sql, n, &e));
+                }
             }
-            Err(Attempt::Failed(e)) => return Err(IndexError::sql(sql, n, &e)),
         }
-    }
-}
-
-async fn wait_backoff(
-    n: u32,
-    e: &tokio_postgres::Error,
-    cancel: &CancellationToken,
-) -> Result<(), IndexError> {
-    let wait = super::super::backoff(n);
-    tracing::info!(attempt = n, wait_ms = wait.as_millis() as u64, error = %server_message(e), "lock not granted; retrying");
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => Ok(()),
-        _ = cancel.cancelled() => Err(IndexError::Cancelled),
     }
 }
 
@@ -248,10 +239,9 @@ pub async fn create_index_concurrently(
         }
     }
     let sql = def.create_sql(name, table, false, true);
-    let retries = s.lock_retries.max(1);
-    let mut n = 0;
+    let mut retry = Retry::new(s.lock_retries, Backoff::LOCK, cancel);
     loop {
-        n += 1;
+        let n = retry.begin()?;
         s.set_lock_timeout(s.build_wait).await?;
         let res = attempt(s.client, &sql, cancel).await;
         // Back to the pass's bound before anything that could block writes
@@ -275,17 +265,11 @@ pub async fn create_index_concurrently(
                 // A leftover the same lock kept from being dropped would make
                 // the next attempt fail on its name: stop here instead.
                 let left = matches!(lookup(s, table, name).await, Ok(Some((true, false))));
-                if n < retries && !left {
-                    wait_backoff(n, &e, cancel).await?;
+                if retry.again(!left, &server_message(&e)).await? {
                     continue;
                 }
-                let held = crate::partitions::blockers::holders(s.client, &[table.quoted()]).await;
-                return Err(IndexError::locked(
-                    &sql,
-                    n,
-                    &e,
-                    &crate::partitions::blockers::describe(&held),
-                ));
+                let who = crate::partitions::blockers::report(s.client, &[table.quoted()]).await;
+                return Err(IndexError::locked(&sql, n, &e, &who));
             }
             Attempt::Failed(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                 let sample = e

@@ -11,7 +11,7 @@ use crate::cli::OutputFormat;
 use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::partitions::{session, PartitionError};
-use crate::pg::{quote_ident, quote_literal, server_message, QualifiedName};
+use crate::pg::{quote_ident, quote_literal, server_message, Backoff, QualifiedName, Retry};
 
 #[derive(Debug, Serialize)]
 pub struct ArchiveListing {
@@ -267,7 +267,7 @@ pub async fn restore_command(
         m.partition, m.from, m.to, m.sha256
     );
     if attach {
-        attach_restored(&client, cfg, table, &target, &m).await?;
+        attach_restored(&client, cfg, table, &target, &m, &cancel).await?;
         println!("attached {target} to {table} FOR VALUES FROM ({}) TO ({}); if that range is past retention, the next pass archives and drops it again unless retention is raised", m.from, m.to);
     }
     Ok(Outcome::Healthy)
@@ -282,6 +282,7 @@ async fn attach_restored(
     parent: &QualifiedName,
     target: &QualifiedName,
     m: &Manifest,
+    cancel: &CancellationToken,
 ) -> Result<(), PartitionError> {
     let col = quote_ident(&m.key_column);
     let (lo, hi) = (
@@ -319,21 +320,28 @@ async fn attach_restored(
         parent.quoted(),
         target.quoted()
     );
-    let mut attempt = 0;
+    let mut retry = Retry::new(cfg.partitions.lock_retries, Backoff::LOCK, cancel);
+    let cancelled = |_| {
+        ArchiveError::Refused(format!(
+            "the rows are restored into {target}, but attaching it to {parent} was cancelled; attach it by hand (ALTER TABLE ... ATTACH PARTITION)"
+        ))
+    };
     loop {
-        attempt += 1;
-        match client.batch_execute(&attach).await {
-            Ok(()) => break,
-            Err(e) if crate::pg::is_transient_lock_error(&e) && attempt < cfg.partitions.lock_retries.max(1) => {
-                tokio::time::sleep(session::backoff(attempt)).await;
-            }
-            Err(e) => {
-                return Err(ArchiveError::Refused(format!(
-                    "the rows are restored into {target}, but it cannot be attached to {parent}: {}; attach it by hand (ALTER TABLE ... ATTACH PARTITION) once that is fixed",
-                    server_message(&e)
-                ))
-                .into())
-            }
+        retry.begin().map_err(cancelled)?;
+        let Err(e) = client.batch_execute(&attach).await else {
+            break;
+        };
+        let transient = crate::pg::is_transient_lock_error(&e);
+        if !retry
+            .again(transient, &server_message(&e))
+            .await
+            .map_err(cancelled)?
+        {
+            return Err(ArchiveError::Refused(format!(
+                "the rows are restored into {target}, but it cannot be attached to {parent}: {}; attach it by hand (ALTER TABLE ... ATTACH PARTITION) once that is fixed",
+                server_message(&e)
+            ))
+            .into());
         }
     }
     let drop_check = format!(
