@@ -24,6 +24,7 @@
 //! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first.
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
+//! * [`failpoint`]: named failpoints at step boundaries (the upgrade, convert, archive retirement; test builds only).
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
@@ -55,7 +56,6 @@
 //!     [`upgrade::table`]: the saga as an executable table, one row per step ([`upgrade::table::SAGA`]).
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
-//!   * [`upgrade::failpoint`]: named failpoints at every step boundary (test builds only).
 //!   * [`upgrade::keeper`]: the pause keeper, a process that closes the write pause of a runner that died in it.
 //!   * [`upgrade::guard`]: one upgrade per cluster (in the database `postgres`): the runner's lock sessions and keepalive;
 //!     `guard::read` the guard row as the service, the CronJob and the pass read it.
@@ -141,6 +141,7 @@ pub mod config;
 pub mod convert;
 pub mod demo;
 pub mod error;
+pub mod failpoint;
 pub mod http;
 pub mod lag;
 pub mod localpg;

@@ -72,7 +72,7 @@ pub enum ConvertError {
     #[error("step {step}: {message}")]
     Step { step: &'static str, message: String },
     #[error(transparent)]
-    Failpoint(#[from] crate::upgrade::failpoint::FailpointError),
+    Failpoint(#[from] crate::failpoint::FailpointError),
     #[error("the conversion of {0} stopped on a signal at a safe point; `pgsteward convert resume --table {0}` continues it (or `abort` undoes it before the swap)")]
     Cancelled(String),
 }

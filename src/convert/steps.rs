@@ -22,10 +22,10 @@ use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
 use super::sql;
 use super::{inspect, ConvertError};
 use crate::config::{Config, TableConfig};
+use crate::failpoint;
 use crate::partitions::blockers;
 use crate::partitions::indexes::IndexError;
 use crate::pg::{is_transient_lock_error, server_message, Backoff, QualifiedName, Retry};
-use crate::upgrade::failpoint;
 
 /// Runs the remaining steps of `rec` to the end (`done`). `cancel` stops it
 /// at the next safe point: between steps, before a transaction's attempt,

@@ -223,7 +223,7 @@ impl Journal {
         let mut all = self.staged.clone();
         all.push_str(&text);
         if !all.is_empty() {
-            super::failpoint::hit("journal-append").map_err(|e| JournalError::Io {
+            crate::failpoint::hit("journal-append").map_err(|e| JournalError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other(e),
             })?;

@@ -115,8 +115,8 @@ impl Keeper {
             .arg(after.as_millis().to_string())
             .env(KEEPER_ENV, "1")
             // A keeper acts for the runner; it does not replay its injected faults.
-            .env_remove(super::failpoint::FAILPOINT_ENV)
-            .env_remove(super::failpoint::REPEAT_ENV)
+            .env_remove(crate::failpoint::FAILPOINT_ENV)
+            .env_remove(crate::failpoint::REPEAT_ENV)
             .stdin(Stdio::piped())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err_log));

@@ -10,7 +10,6 @@
 //!   guard move, when it has work); `table_doc` holds docs/upgrade.md to it.
 //! * `runner`: record → run → record over the table; undo before promote,
 //!   forward after; the pure `recovery` decision after a crash.
-//! * `failpoint`: named failpoints at every step boundary (tests only).
 //!
 //! The step bodies (each observes, then acts):
 //! * `steps`: prechecks, the new server, catch-up, PAUSE, final sync, promote, repoint.
@@ -30,7 +29,6 @@
 mod carry;
 pub mod current;
 pub mod cutover;
-pub mod failpoint;
 pub mod fence;
 pub mod finish;
 pub mod gate;
@@ -93,7 +91,7 @@ pub enum UpgradeError {
     #[error("the write pause exceeded upgrade.pause_timeout during {what}")]
     PauseTimeout { what: String },
     #[error(transparent)]
-    Injected(#[from] failpoint::FailpointError),
+    Injected(#[from] crate::failpoint::FailpointError),
     #[error("cancelled; `pgsteward upgrade resume` continues from the current step")]
     Cancelled,
     #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]

@@ -16,12 +16,12 @@
 
 use std::time::Instant;
 
-use super::failpoint;
 use super::guard::{GuardError, StepUpdate};
 use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
 use super::table::{self, Undo};
 use super::UpgradeError;
+use crate::failpoint;
 
 /// What a runner does with a journal it did not write itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

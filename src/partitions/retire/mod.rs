@@ -245,7 +245,7 @@ async fn drive(
 }
 
 pub(super) fn failpoint(name: &str) -> Result<(), StepError> {
-    crate::upgrade::failpoint::hit(name).map_err(|e| StepError::Refused(e.to_string()))
+    crate::failpoint::hit(name).map_err(|e| StepError::Refused(e.to_string()))
 }
 
 fn refused(e: record::RecordError) -> StepError {

@@ -1,4 +1,6 @@
-//! Named failpoints at every step boundary, for crash and error tests.
+//! Named failpoints at every step boundary, for crash and error tests: the
+//! upgrade saga's, convert's and the archive retirement's (a layer below
+//! all three, so none borrows another's).
 //! Compiled only into test builds and `--features failpoints` binaries; in a
 //! release build [`hit`] is an empty inline function.
 //!
