@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod apply;
+mod apply_run;
 mod attach;
 pub mod blockers;
 pub mod catalog;
