@@ -13,10 +13,10 @@
 
 use std::time::Duration;
 
+use super::error::UpgradeError;
 use super::record::Step;
 use super::runner::Saga;
 use super::slots::physical_ready;
-use super::UpgradeError;
 use crate::provider::SlotKind;
 
 const ON_NEW: &str =

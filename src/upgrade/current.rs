@@ -2,7 +2,8 @@
 //! `database.primary` is still the writable primary after an upgrade
 //! (whether DDL may run now is `gate`).
 
-use super::{guard, journal, steps, UpgradeError};
+use super::error::UpgradeError;
+use super::{guard, journal, steps};
 use crate::config::Config;
 
 const WRITABLE: &str =

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::error::UpgradeError;
 use super::record::{Output, Step, StepStatus, STEPS};
 use super::runner::Saga;
-use super::UpgradeError;
 use crate::config::CutoverKind;
 
 /// The catch-up gate's answer, with the reason (for the progress line and the journal).

@@ -57,9 +57,9 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::cutover::remaining;
+use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::saga::{q, HbaPlan, Saga};
-use super::UpgradeError;
 use crate::config::ConnString;
 use crate::provider::FenceMethod;
 // The SQL and file fences themselves are the provider layer's (local uses

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
 use super::steps::{q, IN_RECOVERY};
-use super::UpgradeError;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::Follow;
 

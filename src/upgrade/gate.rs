@@ -15,8 +15,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::error::UpgradeError;
 use super::guard::{self, GuardError, GuardRow};
-use super::{journal, UpgradeError};
+use super::journal;
 use crate::config::{Config, ConnString};
 
 /// What DDL may do now.

@@ -47,7 +47,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{journal, UpgradeError};
+use super::error::UpgradeError;
+use super::journal;
 use crate::config::Config;
 
 /// Set in the keeper's environment: a keeper never arms another (not

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use super::error::UpgradeError;
+use super::journal;
 use super::precheck::{judge, Facts, LocalUpgrade};
 use super::privileges::PrivilegeFacts;
 use super::steps::{connect, q, query_timeout};
-use super::{journal, UpgradeError};
 use crate::config::{Config, CutoverKind};
 use crate::pooler::Poolers;
 use crate::provider::{Check, Precheck, Provider};

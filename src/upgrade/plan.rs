@@ -4,9 +4,10 @@
 
 use serde::Serialize;
 
+use super::error::UpgradeError;
 use super::record::{Region, Step};
 use super::table::{self, Needs, Row};
-use super::{steps, swap, UpgradeError};
+use super::{steps, swap};
 use crate::cli::OutputFormat;
 use crate::config::{Config, CutoverKind};
 use crate::outcome::Outcome;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncBufReadExt;
 
+use super::error::UpgradeError;
+use super::journal;
 use super::keeper::{DISARM, PERSIST, PID_FILE};
 use super::record::{Step, StepStatus};
-use super::{journal, UpgradeError};
 use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
@@ -97,7 +98,7 @@ async fn recover_once(cfg: &Config) -> Result<(), UpgradeError> {
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
-    let guard = super::take_guard_for(cfg, journal.record(), provider.as_ref()).await?;
+    let guard = super::commands::take_guard_for(cfg, journal.record(), provider.as_ref()).await?;
     let mut saga = super::runner::Saga::new(cfg.clone(), journal, provider, cancel, false);
     saga.guard = Some(guard);
     let r = saga.drive_window().await;

@@ -16,11 +16,11 @@
 
 use std::time::Instant;
 
+use super::error::UpgradeError;
 use super::guard::{GuardError, StepUpdate};
 use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
 use super::table::{self, Undo};
-use super::UpgradeError;
 use crate::failpoint;
 
 /// What a runner does with a journal it did not write itself.

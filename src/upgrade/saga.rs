@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::error::UpgradeError;
 use super::guard::Guard;
 use super::journal::Journal;
 use super::record::{Step, UpgradeRecord};
-use super::UpgradeError;
 use crate::config::{Config, ConnString};
 use crate::pooler::Poolers;
 use crate::provider::Provider;

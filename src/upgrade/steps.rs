@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::cutover::{ready, remaining, Readiness};
+use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
-use super::UpgradeError;
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::provider::{replica_id, ServerState};
 

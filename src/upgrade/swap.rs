@@ -19,10 +19,10 @@
 
 use std::time::Duration;
 
+use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
 use super::steps::{connect, REPLAYED_ENOUGH};
-use super::UpgradeError;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::{Provider, ReaderFacts, ServerState, SourceFacts};
 

@@ -8,10 +8,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::error::UpgradeError;
 use super::record::Output;
 use super::saga::Saga;
 use super::step::{Step, STEPS};
-use super::UpgradeError;
 
 /// A step's body, boxed: the saga's future stays small whatever a step holds.
 pub type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, UpgradeError>> + 'a>>;

@@ -1,0 +1,364 @@
+//! The upgrade commands: `start`, `resume`, `abort`, `status`, the pause
+//! keeper's run, and what they print.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::error::UpgradeError;
+use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord};
+use super::runner::Saga;
+use super::{guard, journal, keeper, record, rescue, steps};
+use crate::cli::OutputFormat;
+use crate::config::Config;
+use crate::outcome::Outcome;
+use crate::pooler::Poolers;
+
+/// Listens for SIGINT/SIGTERM: before the write pause the upgrade stops at the
+/// next step boundary, inside it the upgrade rolls back at once.
+fn cancel_on_signal() -> CancellationToken {
+    crate::pg::retry::cancel_on_signal("the upgrade")
+}
+
+/// A new upgrade id: sortable by creation time, valid in RDS identifiers.
+fn new_upgrade_id() -> String {
+    format!("u{}", chrono::Utc::now().format("%y%m%d%H%M%S%3f"))
+}
+
+/// What `start` and `resume` return to their callers (the demo and the benchmark use it).
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub record: UpgradeRecord,
+    /// PAUSE sent → RESUME returned, when one process ran the whole window.
+    pub pause_window: Option<Duration>,
+}
+
+/// Starts a new upgrade to `class` and drives it to the end.
+pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
+    let id = new_upgrade_id();
+    // Before anything changes: one upgrade per primary, wherever it runs.
+    let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let mut poolers = Poolers::from_config(cfg);
+    let pre = match steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id)).await {
+        Ok(p) => p,
+        Err(e) => {
+            guard.give_up().await;
+            return Err(e);
+        }
+    };
+    let failed = pre.failures();
+    if !failed.is_empty() {
+        guard.give_up().await;
+        guard.release_all().await;
+        return Err(UpgradeError::PrecheckFailed(failed));
+    }
+    let journal = match journal::Journal::create(
+        &cfg.upgrade.state_dir,
+        Event::Created {
+            id: id.clone(),
+            target_class: class.to_string(),
+            provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
+            source_primary: cfg.database.primary.without_password(),
+            saga: record::SAGA_VERSION,
+        },
+    ) {
+        Ok(j) => j,
+        Err(e) => {
+            guard.give_up().await;
+            return Err(e.into());
+        }
+    };
+    if !quiet {
+        println!("upgrade {id}: journal {}", journal.path().display());
+    }
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
+    saga.guard = Some(guard);
+    let r = saga.drive().await;
+    finish(saga, r).await
+}
+
+/// Takes the upgrade lock on `target` for upgrade `id` (see `guard`).
+async fn lock_guard(
+    cfg: &Config,
+    target: &crate::config::ConnString,
+    id: &str,
+) -> Result<guard::Guard, UpgradeError> {
+    Ok(guard::Guard::acquire(
+        target,
+        id,
+        &cfg.upgrade.state_dir.display().to_string(),
+        cfg.database.connect_timeout.0,
+        steps::query_timeout(cfg),
+    )
+    .await?)
+}
+
+/// The lock and the row, for continuing upgrade `id`.
+async fn take_guard(
+    cfg: &Config,
+    target: &crate::config::ConnString,
+    id: &str,
+) -> Result<guard::Guard, UpgradeError> {
+    let mut g = lock_guard(cfg, target, id).await?;
+    g.claim().await?;
+    Ok(g)
+}
+
+/// The guard for continuing upgrade `rec`: on `database.primary`; once
+/// promote has started, the new primary is where the guard is written (the
+/// old one is only held, and not at all when it no longer answers).
+pub(crate) async fn take_guard_for(
+    cfg: &Config,
+    rec: &UpgradeRecord,
+    provider: &dyn crate::provider::Provider,
+) -> Result<guard::Guard, UpgradeError> {
+    if !rec.promote_started() {
+        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
+    }
+    let endpoint = match rec.source() {
+        Some(source) => {
+            let id = crate::provider::replica_id(&source.id, &rec.id);
+            provider.describe(&id).await?.endpoint
+        }
+        None => None,
+    };
+    let Some(endpoint) = endpoint else {
+        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
+    };
+    match lock_guard(cfg, &cfg.database.primary, &rec.id).await {
+        Ok(mut g) => {
+            g.freeze(&cfg.database.primary.to_string());
+            g.extend_to(&endpoint).await?;
+            Ok(g)
+        }
+        Err(UpgradeError::Guard(guard::GuardError::Pg(e))) => {
+            tracing::info!(error = %e, "old primary unreachable after promote; the guard is on the new one");
+            take_guard(cfg, &endpoint, &rec.id).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Continues the newest upgrade from its journal.
+pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
+    let path = journal::latest(&cfg.upgrade.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+    let journal = journal::Journal::open(&path)?;
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let guard = if journal.record().in_flight() {
+        Some(take_guard_for(cfg, journal.record(), provider.as_ref()).await?)
+    } else {
+        None
+    };
+    if !quiet {
+        println!(
+            "resuming upgrade {} ({})",
+            journal.record().id,
+            journal.record().phase
+        );
+    }
+    let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, quiet);
+    saga.guard = guard;
+    let r = saga.drive().await;
+    finish(saga, r).await
+}
+
+async fn finish(mut saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummary, UpgradeError> {
+    if let Some(g) = saga.guard.take() {
+        g.release_all().await;
+    }
+    r?;
+    let record = saga.record().clone();
+    if !saga.progress.quiet {
+        if let Some(w) = saga.pause_window {
+            println!(
+                "write pause (PAUSE sent -> RESUME returned): {:.1} ms",
+                w.as_secs_f64() * 1000.0
+            );
+        }
+        if let Some(e) = record.replica_endpoint() {
+            println!(
+                "upgrade {} completed; the primary is now {e}: set database.primary to it",
+                record.id
+            );
+        }
+    }
+    Ok(RunSummary {
+        record,
+        pause_window: saga.pause_window,
+    })
+}
+
+pub async fn start_command(cfg: &Config, class: &str) -> Result<Outcome, UpgradeError> {
+    start(cfg, class, false).await.map(|_| Outcome::Healthy)
+}
+
+/// `pgsteward upgrade keeper` (hidden; see `keeper`).
+pub async fn keeper_command(cfg: &Config, after_ms: u64) -> Result<Outcome, UpgradeError> {
+    rescue::run(cfg, Duration::from_millis(after_ms)).await
+}
+
+pub async fn resume_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+    resume(cfg, false).await.map(|_| Outcome::Healthy)
+}
+
+/// Deletes the new replica of a rolled-back upgrade and closes it.
+pub async fn abort_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+    abort(cfg).await.map(|_| Outcome::Healthy)
+}
+
+pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
+    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
+    let path = journal::latest(&cfg.upgrade.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+    let journal = journal::Journal::open(&path)?;
+    let rec = journal.record().clone();
+    let cancel = cancel_on_signal();
+    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let mut guard = if rec.in_flight() {
+        Some(take_guard_for(cfg, &rec, provider.as_ref()).await?)
+    } else {
+        None
+    };
+    match &rec.phase {
+        Phase::Aborted => {
+            println!("upgrade {} is already aborted", rec.id);
+            return Ok(());
+        }
+        Phase::Completed | Phase::NeedsResume(_) => {
+            return Err(UpgradeError::Usage(format!(
+                "upgrade {} is {}: it promoted the new primary and can only go forward (`upgrade resume`)",
+                rec.id, rec.phase
+            )))
+        }
+        Phase::Running if rec.promote_started() => {
+            return Err(UpgradeError::Usage(format!(
+                "upgrade {} has started promote and can only go forward (`upgrade resume`)",
+                rec.id
+            )))
+        }
+        Phase::Running => {
+            // Interrupted before promote: undo what it did first.
+            let mut saga = Saga::new(cfg.clone(), journal, provider, cancel, false);
+            saga.guard = guard;
+            saga.rollback("aborted by the operator").await?;
+            let guard = saga.guard.take();
+            return Box::pin(abort_rolled_back(cfg, &path, guard)).await;
+        }
+        Phase::RolledBack(_) => {}
+    }
+    drop(journal);
+    abort_rolled_back(cfg, &path, guard.take()).await
+}
+
+async fn abort_rolled_back(
+    cfg: &Config,
+    path: &std::path::Path,
+    guard: Option<guard::Guard>,
+) -> Result<(), UpgradeError> {
+    let mut journal = journal::Journal::open(path)?;
+    let rec = journal.record().clone();
+    let provider = crate::provider::from_config(cfg)?;
+    if let Some(source) = rec.source() {
+        // Readers first: they replicate from the new server.
+        for r in &source.readers {
+            provider.delete_reader(r).await?;
+            println!("deleted {}", r.new_id);
+        }
+        let id = crate::provider::replica_id(&source.id, &rec.id);
+        provider.delete_replica(&id).await?;
+        println!("deleted {id}");
+    }
+    journal.append(&[Event::Aborted])?;
+    if let Some(mut g) = guard {
+        g.step(
+            "aborted",
+            guard::StepUpdate {
+                cutover: Some(false),
+                finished: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+        g.release_all().await;
+    }
+    println!("upgrade {} aborted", rec.id);
+    Ok(())
+}
+
+pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, UpgradeError> {
+    let Some(path) = journal::latest(&cfg.upgrade.state_dir)? else {
+        match output {
+            OutputFormat::Json => crate::output::print_json(&serde_json::json!({"upgrade": null})),
+            OutputFormat::Text => println!("no upgrade in {}", cfg.upgrade.state_dir.display()),
+        }
+        return Ok(Outcome::Healthy);
+    };
+    let rec = journal::read(&path)?;
+    match output {
+        OutputFormat::Json => crate::output::print_json(&rec),
+        OutputFormat::Text => print_status(&rec),
+    }
+    Ok(match rec.phase {
+        Phase::Completed | Phase::Aborted => Outcome::Healthy,
+        _ => Outcome::Problem,
+    })
+}
+
+fn print_status(rec: &UpgradeRecord) {
+    println!(
+        "upgrade {} to class {} ({}): {}",
+        rec.id, rec.target_class, rec.provider, rec.phase
+    );
+    println!("source {}", rec.source_primary);
+    if let Some(e) = rec.replica_endpoint() {
+        println!("new server {} at {e}", rec.replica_id().unwrap_or("?"));
+    }
+    let rows: Vec<Vec<String>> = rec
+        .steps
+        .iter()
+        .map(|s| {
+            let took = match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => crate::output::human_seconds(
+                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6,
+                ),
+                _ => String::new(),
+            };
+            vec![
+                s.step.name().to_string(),
+                s.status.to_string(),
+                s.started_at
+                    .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                    .unwrap_or_default(),
+                took,
+                s.error
+                    .clone()
+                    .or_else(|| s.output.note.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::output::table(&["step", "status", "started", "took", "detail"], &rows)
+    );
+}
+
+/// Summary helpers for the demo and the benchmark: step name, duration.
+pub fn step_timings(rec: &UpgradeRecord) -> Vec<(Step, Option<Duration>, StepStatus)> {
+    rec.steps
+        .iter()
+        .map(|s| {
+            let d = match (s.started_at, s.finished_at) {
+                (Some(a), Some(b)) => (b - a).to_std().ok(),
+                _ => None,
+            };
+            (s.step, d, s.status)
+        })
+        .collect()
+}
