@@ -68,6 +68,16 @@ async fn a_schema_made_ad_hoc_by_an_older_release_is_migrated() {
         )
         .await,
     );
+    // The conversion journal as `convert` made it before it was migration 3
+    // (the same DDL), with a finished conversion in it.
+    must(
+        c.batch_execute(&format!(
+            "{}; INSERT INTO pgsteward.conversions (table_schema, table_name, state, step, plan) \
+             VALUES ('public', 'old', 'done', 'swap', '{{}}')",
+            include_str!("../../../sql/schema_0003_conversions.sql")
+        ))
+        .await,
+    );
     assert_eq!(
         schema::ensure(&c, "primary").await.unwrap(),
         schema::latest()
@@ -78,6 +88,8 @@ async fn a_schema_made_ad_hoc_by_an_older_release_is_migrated() {
     ));
     assert_eq!(
         tables.trim(),
-        "capacity_samples,retirements,schema_version,upgrade_guard"
+        "capacity_samples,conversions,retirements,schema_version,upgrade_guard"
     );
+    let kept = must(shared().psql(&db, "SELECT count(*) FROM pgsteward.conversions"));
+    assert_eq!(kept.trim(), "1", "the journal's rows are kept");
 }
