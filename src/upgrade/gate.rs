@@ -67,22 +67,41 @@ pub struct DdlGate {
     connect_timeout: Duration,
     after: Duration,
     session: Option<Client>,
+    /// Why the guard row could not be read, once a read failed twice: the
+    /// rest of the pass is refused at once instead of waiting out a hung or
+    /// unreachable guard database again for every table.
+    broken: Option<String>,
 }
 
 impl DdlGate {
     pub fn new(cfg: &Config) -> DdlGate {
+        DdlGate::on(
+            cfg.database.primary.clone(),
+            cfg.upgrade.state_dir.clone(),
+            cfg.database.connect_timeout.0,
+        )
+    }
+
+    fn on(target: ConnString, state_dir: std::path::PathBuf, connect_timeout: Duration) -> DdlGate {
         DdlGate {
-            target: cfg.database.primary.clone(),
-            state_dir: cfg.upgrade.state_dir.clone(),
-            connect_timeout: cfg.database.connect_timeout.0,
-            after: cfg.database.connect_timeout.0.max(Duration::from_secs(5)),
+            target,
+            state_dir,
+            connect_timeout,
+            after: connect_timeout.max(Duration::from_secs(5)),
             session: None,
+            broken: None,
         }
     }
 
     /// Reads both witnesses. A guard row that cannot be read is an error:
     /// DDL does not run blind to an upgrade.
     pub async fn ask(&mut self) -> Result<Gate, GuardError> {
+        if let Some(why) = &self.broken {
+            return Err(GuardError::Query {
+                target: self.target.to_string(),
+                message: format!("{why} (not asked again in this pass)"),
+            });
+        }
         let journal_in_cutover = journal::latest_readonly(&self.state_dir)
             .ok()
             .flatten()
@@ -93,7 +112,13 @@ impl DdlGate {
             Err(_) => {
                 // A session the server closed (restart, idle timeout): once more, fresh.
                 self.session = None;
-                self.read_row().await?
+                match self.read_row().await {
+                    Ok(row) => row,
+                    Err(e) => {
+                        self.broken = Some(e.to_string());
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(decide(row.as_ref(), journal_in_cutover))
@@ -169,6 +194,25 @@ mod tests {
             new_primary: moved.map(String::from),
             system_identifier: None,
         }
+    }
+
+    /// A guard database that cannot be reached is tried twice, then the
+    /// rest of the pass is refused at once (no wait per table).
+    #[tokio::test]
+    async fn an_unreachable_guard_refuses_the_rest_of_the_pass_at_once() {
+        let dir = std::env::temp_dir().join("pgsteward-gate-test-no-journal");
+        let target = ConnString::new(
+            "host=127.0.0.1 port=1 user=steward dbname=app password=x sslmode=disable",
+        );
+        let mut gate = DdlGate::on(target, dir, Duration::from_secs(1));
+        assert!(gate.ask().await.is_err());
+        let t0 = std::time::Instant::now();
+        let again = gate.ask().await;
+        assert!(t0.elapsed() < Duration::from_millis(50));
+        assert!(
+            matches!(&again, Err(e) if e.to_string().contains("not asked again")),
+            "{again:?}"
+        );
     }
 
     #[test]
