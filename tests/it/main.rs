@@ -28,6 +28,7 @@ mod rds;
 mod rds_moto_upgrade;
 mod rds_readers;
 mod rds_scripted;
+mod rds_scripted_waits;
 mod secrets;
 mod service;
 mod tls;
