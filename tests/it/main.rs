@@ -26,6 +26,7 @@ mod partition_safety;
 mod partitions;
 mod rds;
 mod rds_moto_upgrade;
+mod rds_plan;
 mod rds_readers;
 mod rds_scripted;
 mod rds_scripted_waits;
