@@ -14,6 +14,19 @@ use pgsteward::provider::{Provider, ProviderError, ServerState};
 
 use crate::rds::{config, facts, SOURCE};
 use crate::rds_scripted::Scripted;
+/// A scripted RDS with the source, a provider on it (PgBouncer repoint,
+/// `step_timeout`) and the replica it created for upgrade `u1`.
+async fn with_replica(step_timeout: &str) -> (Arc<Scripted>, RdsProvider, String) {
+    let api = Scripted::with_source();
+    let p = scripted(&api, "pgbouncer", step_timeout);
+    let id = p
+        .create_replica(&facts(), "u1", "db.r5.2xlarge")
+        .await
+        .unwrap()
+        .id;
+    (api, p, id)
+}
+
 fn scripted(api: &Arc<Scripted>, repoint: &str, step_timeout: &str) -> RdsProvider {
     let cfg = config("http://127.0.0.1:9", repoint, step_timeout);
     RdsProvider::with_api(&cfg, api.clone()).unwrap()
@@ -52,13 +65,7 @@ async fn scripted_slow_create_waits_through_every_transitional_status() {
 /// the replica is `backing-up` (its first automated backup after creation).
 #[tokio::test]
 async fn scripted_promote_waits_for_backing_up_and_retries_a_busy_refusal() {
-    let api = Scripted::with_source();
-    let p = scripted(&api, "pgbouncer", "30s");
-    let id = p
-        .create_replica(&facts(), "u1", "db.r5.2xlarge")
-        .await
-        .unwrap()
-        .id;
+    let (api, p, id) = with_replica("30s").await;
     api.script(&id, &["backing-up", "backing-up", "available"]);
     api.fail(
         "promote",
@@ -77,13 +84,7 @@ async fn scripted_promote_waits_for_backing_up_and_retries_a_busy_refusal() {
 /// the parameter group's memory settings do not fit the class).
 #[tokio::test]
 async fn scripted_failed_replica_ends_the_wait_with_what_to_do() {
-    let api = Scripted::with_source();
-    let p = scripted(&api, "pgbouncer", "30s");
-    let id = p
-        .create_replica(&facts(), "u1", "db.r5.2xlarge")
-        .await
-        .unwrap()
-        .id;
+    let (api, p, id) = with_replica("30s").await;
     api.script(&id, &["creating", "failed"]);
     let err = p
         .wait_available("wait_available", &id)
@@ -138,13 +139,7 @@ async fn scripted_throttling_is_retried_until_the_deadline() {
 /// the step ends at `upgrade.step_timeout` with the last status seen.
 #[tokio::test]
 async fn scripted_wait_ends_at_the_step_timeout_and_on_cancel() {
-    let api = Scripted::with_source();
-    let p = scripted(&api, "pgbouncer", "150ms");
-    let id = p
-        .create_replica(&facts(), "u1", "db.r5.2xlarge")
-        .await
-        .unwrap()
-        .id;
+    let (api, p, id) = with_replica("150ms").await;
     api.script(&id, &["creating"]);
     let err = p
         .wait_available("wait_available", &id)
