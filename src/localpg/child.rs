@@ -42,6 +42,12 @@ pub struct ChildLogin {
     pub(crate) password: Option<String>,
     _dir: Option<tempfile::TempDir>,
     passfile: Option<PathBuf>,
+    /// A standby made with this login streams through this physical slot
+    /// of its source (`pg_basebackup -S`, then `primary_slot_name`).
+    pub slot: Option<String>,
+    /// A standby made with this login names this database in its
+    /// `primary_conninfo`: PostgreSQL 17+'s slot synchronization connects there.
+    pub dbname: Option<String>,
 }
 
 impl ChildLogin {
@@ -61,6 +67,8 @@ impl ChildLogin {
             password: password.map(str::to_string),
             _dir: None,
             passfile: None,
+            slot: None,
+            dbname: None,
         };
         if let Some(pw) = password {
             let dir = tempfile::Builder::new()

@@ -178,15 +178,23 @@ impl Cluster {
                 &login.user,
             ])
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+        if let Some(slot) = &login.slot {
+            cmd.args(["-S", slot]);
+        }
         run(cmd, "pg_basebackup")?;
-        cluster.fix_primary_conninfo(login.password.as_deref())?;
+        cluster.fix_primary_conninfo(login.password.as_deref(), login.dbname.as_deref())?;
         cluster.write_settings(settings)?;
         Ok(cluster)
     }
 
     /// Replaces `passfile=...` (the temporary file pg_basebackup was given)
-    /// in the `primary_conninfo` it wrote with the password itself.
-    fn fix_primary_conninfo(&self, password: Option<&str>) -> Result<(), LocalPgError> {
+    /// in the `primary_conninfo` it wrote with the password itself, and
+    /// names `dbname` there when given.
+    fn fix_primary_conninfo(
+        &self,
+        password: Option<&str>,
+        dbname: Option<&str>,
+    ) -> Result<(), LocalPgError> {
         let path = self.data_dir.join("postgresql.auto.conf");
         let text = fs::read_to_string(&path).map_err(io(format!("read {}", path.display())))?;
         let mut out = String::new();
@@ -200,6 +208,9 @@ impl Cluster {
                     p.take("passfile");
                     if let Some(pw) = password {
                         p.set("password", pw);
+                    }
+                    if let Some(db) = dbname {
+                        p.set("dbname", db);
                     }
                     Some(format!(
                         "primary_conninfo = {}",

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::settings::class_wins;
+use crate::provider::slotsync;
 use crate::provider::{
     endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
     ProviderError, ReplicaInfo, ServerState, SourceFacts,
@@ -194,9 +195,12 @@ impl Provider for LocalProvider {
         )
     }
 
-    // syncs_failover_slots stays `false`: the PostgreSQL 17+ carry of
-    // failover slots (`upgrade::slots`) is judged but not built yet, so every
-    // logical slot refuses the upgrade before anything changes.
+    /// The new server streams through a slot of its own and synchronizes
+    /// the source's failover slots (`provider::slotsync`); `upgrade::slots`
+    /// refuses any logical slot before PostgreSQL 17 or without failover.
+    fn syncs_failover_slots(&self) -> bool {
+        true
+    }
 
     fn carries_physical_slots(&self) -> bool {
         true
@@ -309,15 +313,32 @@ impl Provider for LocalProvider {
         // A standby refuses to start below its primary's values of a few
         // settings; the copy keeps the source's unless the class raises them.
         let client = self.connect(&self.primary).await?;
-        let (settings, below) =
+        let (mut settings, below) =
             settings::with_source_floors(&self.source_floors(&client).await?, &class);
-        drop(client);
         if let Some(b) = below.first() {
             return Err(ProviderError::Usage(format!(
                 "{b} in [upgrade.local.classes.{target_class}]"
             )));
         }
         let spec = self.primary.spec()?;
+        // Logical slots to carry: the copy streams through a slot of its own
+        // (made before it copies anything) and synchronizes them.
+        let slot_sync = source
+            .syncs_logical_slots()
+            .then(|| slotsync::standby_slot(&id));
+        if let Some(slot) = &slot_sync {
+            client
+                .execute(slotsync::MAKE_STANDBY_SLOT, &[slot])
+                .await
+                .map_err(|e| pg_err(&self.primary, e))?;
+            settings.extend(
+                slotsync::SYNC_SETTINGS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+        }
+        drop(client);
+        let dbname = spec.dbname().to_string();
         let (host, source_port) = spec.host_port();
         let user = spec.user().unwrap_or("postgres").to_string();
         // database.primary's own password, wherever libpq's rules found it
@@ -334,13 +355,17 @@ impl Provider for LocalProvider {
                         remove_cluster_files(&dir)?;
                     }
                     let port = localpg::free_port()?;
-                    let login = localpg::ChildLogin::new(
+                    let mut login = localpg::ChildLogin::new(
                         &host,
                         source_port,
                         &user,
                         password.as_deref(),
                         localpg::ServerUser::detect()?,
                     )?;
+                    if slot_sync.is_some() {
+                        login.slot = slot_sync;
+                        login.dbname = Some(dbname);
+                    }
                     let cluster =
                         Cluster::basebackup_as(&login, &dir, port, bin_dir.as_deref(), &settings)?;
                     class_wins(&dir, &settings)?;
@@ -483,20 +508,72 @@ impl Provider for LocalProvider {
     async fn delete_replica(&self, id: &str) -> Result<(), ProviderError> {
         let dir = self.dir(id);
         let bin_dir = self.cfg.bin_dir.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ProviderError> {
-            if !dir.exists() {
-                return Ok(());
+        let slot = slotsync::standby_slot(id);
+        let named = slot.clone();
+        let streamed_through_slot =
+            tokio::task::spawn_blocking(move || -> Result<bool, ProviderError> {
+                if !dir.exists() {
+                    return Ok(false);
+                }
+                // `primary_slot_name` in the copy's postgresql.auto.conf
+                // (pg_basebackup -R -S wrote it): the source has its slot.
+                let through_slot = std::fs::read_to_string(dir.join("postgresql.auto.conf"))
+                    .is_ok_and(|t| t.contains(&named));
+                let cluster = Cluster::at(&dir, 0, bin_dir.as_deref())?;
+                cluster.stop(StopMode::Immediate)?;
+                remove_cluster_files(&dir)?;
+                Ok(through_slot)
+            })
+            .await
+            .map_err(blocking_err)??;
+        // Its slot on the source would keep WAL there forever. A copy that
+        // stopped before writing its settings may have left one too: tried,
+        // but then a source that does not answer does not fail the delete.
+        match self.drop_standby_slot(&slot).await {
+            Err(e) if !streamed_through_slot => {
+                tracing::warn!(slot = %slot, error = %e, "could not check the source for the deleted server's slot");
+                Ok(())
             }
-            let cluster = Cluster::at(&dir, 0, bin_dir.as_deref())?;
-            cluster.stop(StopMode::Immediate)?;
-            remove_cluster_files(&dir)
-        })
-        .await
-        .map_err(blocking_err)?
+            other => other,
+        }
     }
 }
 
 impl LocalProvider {
+    /// Drops the new server's slot on the source once its walsender is gone
+    /// (it ends shortly after the server stopped); bounded.
+    async fn drop_standby_slot(&self, slot: &str) -> Result<(), ProviderError> {
+        let client = self.connect(&self.primary).await?;
+        let deadline = tokio::time::Instant::now() + FOLLOW_TIMEOUT;
+        loop {
+            let row = client
+                .query_opt(slotsync::STANDBY_SLOT_ACTIVE, &[&slot])
+                .await
+                .map_err(|e| pg_err(&self.primary, e))?;
+            match row.map(|r| r.get::<_, bool>(0)) {
+                None => return Ok(()),
+                Some(false) => {
+                    client
+                        .query_one(slotsync::DROP_STANDBY_SLOT, &[&slot])
+                        .await
+                        .map_err(|e| pg_err(&self.primary, e))?;
+                    return Ok(());
+                }
+                Some(true) if tokio::time::Instant::now() >= deadline => {
+                    return Err(ProviderError::WrongState {
+                        id: slot.to_string(),
+                        state: "still streamed from".into(),
+                        hint: format!(
+                            "the deleted server's slot keeps WAL on the primary: end its walsender, \
+                             then SELECT pg_drop_replication_slot('{slot}')"
+                        ),
+                    });
+                }
+                Some(true) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// One replica of [`Provider::follow_new_primary`].
     async fn follow_one(
         &self,

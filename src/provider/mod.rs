@@ -35,6 +35,7 @@ pub mod fence;
 pub mod local;
 pub mod rds;
 pub mod settings;
+pub mod slotsync;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! The effect half of `slots`: the source's physical slots made on the new
 //! server while it is still a standby, before the pause (`wait_catchup`
-//! calls this once the new server has caught up).
+//! calls this once the new server has caught up); its PostgreSQL 17+
+//! failover slots checked synchronized there before the pause and again
+//! before promote, and set after promote to where each consumer stopped
+//! (`carry_slots`, logical.rs).
 //!
 //! Invariant: when `wait_catchup` succeeds, every physical slot in the
 //! journaled `SourceFacts::slots` exists on the new server with a

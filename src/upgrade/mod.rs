@@ -1,4 +1,4 @@
-//! The vertical-upgrade saga: a persisted, resumable sequence of eighteen
+//! The vertical-upgrade saga: a persisted, resumable sequence of nineteen
 //! steps with a point of no return at promote (design: "Vertical upgrade").
 //!
 //! The saga, from the bottom up:
@@ -29,6 +29,7 @@
 //! * `plan`: `upgrade plan`, only the steps this provider and cutover run.
 
 mod carry;
+mod carry_logical;
 mod commands;
 pub mod current;
 pub mod cutover;

@@ -22,6 +22,8 @@ pub struct Shape {
     pub swaps_identifiers: bool,
     /// The source has readers the provider replaces (RDS).
     pub readers: bool,
+    /// The source has logical slots the upgrade carries (PostgreSQL 17+ failover slots).
+    pub logical_slots: bool,
 }
 
 /// One step as the plan prints it.
@@ -48,6 +50,7 @@ pub fn relevant(shape: Shape) -> Vec<PlannedStep> {
         Needs::Pgbouncer => shape.pgbouncer,
         Needs::Swap => shape.swaps_identifiers,
         Needs::Both => shape.swaps_identifiers && shape.pgbouncer,
+        Needs::LogicalSlots => shape.logical_slots,
     };
     table::rows()
         .filter(|r| runs(r))
@@ -85,6 +88,7 @@ pub async fn plan_command(
         pgbouncer: cfg.cutover.kind == CutoverKind::Pgbouncer,
         swaps_identifiers: provider.swaps_identifiers(),
         readers: !pre.source.readers.is_empty(),
+        logical_slots: pre.source.syncs_logical_slots(),
     });
     #[derive(Serialize)]
     struct Plan<'a> {
@@ -214,6 +218,7 @@ mod tests {
             pgbouncer: true,
             swaps_identifiers: false,
             readers: false,
+            logical_slots: false,
         });
         for gone in [
             "create_readers",
@@ -235,6 +240,7 @@ mod tests {
             pgbouncer: false,
             swaps_identifiers: false,
             readers: false,
+            logical_slots: false,
         });
         assert!(
             steps.iter().all(|s| !s.does.contains("PgBouncer")),
@@ -250,12 +256,29 @@ mod tests {
     }
 
     #[test]
-    fn rds_with_readers_and_a_swap_lists_all_eighteen() {
+    fn rds_with_readers_a_swap_and_logical_slots_lists_every_step() {
         let n = names(Shape {
             pgbouncer: true,
             swaps_identifiers: true,
             readers: true,
+            logical_slots: true,
         });
         assert_eq!(n.len(), crate::upgrade::step::STEPS.len());
+    }
+
+    #[test]
+    fn carry_slots_is_listed_only_with_logical_slots_to_carry() {
+        let shape = Shape {
+            pgbouncer: true,
+            swaps_identifiers: false,
+            readers: false,
+            logical_slots: false,
+        };
+        assert!(!names(shape).contains(&"carry_slots"));
+        assert!(names(Shape {
+            logical_slots: true,
+            ..shape
+        })
+        .contains(&"carry_slots"));
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::provider::SourceFacts;
 
-use super::step::{v1, NOT_IN_V1};
+use super::step::{first_version, v1};
 pub use super::step::{Region, Step, SAGA_VERSION, STEPS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +273,7 @@ impl UpgradeRecord {
             steps: STEPS
                 .iter()
                 .map(|&step| {
-                    let absent = *saga < 2 && NOT_IN_V1.contains(&step);
+                    let absent = *saga < first_version(step);
                     StepState {
                         step,
                         status: if absent {
@@ -285,7 +285,9 @@ impl UpgradeRecord {
                         finished_at: None,
                         error: None,
                         output: if absent {
-                            Output::note("not a step of this journal's saga (version 1)")
+                            Output::note(format!(
+                                "not a step of this journal's saga (version {saga})"
+                            ))
                         } else {
                             Output::default()
                         },

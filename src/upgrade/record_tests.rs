@@ -219,6 +219,34 @@ fn a_twelve_step_journal_replays_and_completes() {
 }
 
 #[test]
+fn a_version_two_journal_past_verify_replays_and_completes() {
+    // Written by the release before carry_slots (saga 2): it refused every
+    // logical slot, so the step is done as far as that journal goes.
+    let line = r#"{"seq":1,"at":"2026-11-01T00:00:00Z","event":"created","id":"u2","target_class":"large","provider":"local","source_primary":"p","saga":2}"#;
+    let first: Entry = serde_json::from_str(line).unwrap();
+    let mut r = UpgradeRecord::from_created(&first).unwrap();
+    assert_eq!(r.status(Step::CarrySlots), StepStatus::Done);
+    assert_eq!(r.status(Step::CreateReaders), StepStatus::Pending);
+    let events: Vec<Event> = STEPS
+        .iter()
+        .filter(|&&s| s != Step::CarrySlots)
+        .flat_map(|&step| {
+            [
+                Event::StepStarted { step },
+                Event::StepSucceeded {
+                    step,
+                    output: Output::default(),
+                },
+            ]
+        })
+        .chain([Event::Completed])
+        .collect();
+    run(&mut r, events).unwrap();
+    assert_eq!(r.phase, Phase::Completed);
+    assert_eq!(created().status(Step::CarrySlots), StepStatus::Pending);
+}
+
+#[test]
 fn replay_rejects_gaps_in_seq() {
     let mut r = created();
     let e = r

@@ -44,25 +44,7 @@ pub const READ_SLOTS_17: &str = "SELECT s.slot_name::text, s.slot_type, s.plugin
      FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
      ORDER BY s.slot_name";
 
-/// The physical slot the new server streams through on the old primary is
-/// named after it; the upgrade's own slots are never carried.
-pub const OWN_PREFIX: &str = "pgsteward_";
-
-/// The slot on the old primary that new server `replica_id` streams through.
-pub fn standby_slot(replica_id: &str) -> String {
-    let mut name: String = format!("{OWN_PREFIX}{replica_id}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    name.truncate(63);
-    name
-}
+pub use crate::provider::slotsync::{standby_slot, OWN_PREFIX};
 
 /// What the upgrade does with one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +268,71 @@ pub fn carry_target(confirmed_old_past_switch: bool) -> Target {
 pub enum Target {
     Switch,
     ConfirmedOld,
+}
+
+/// Pure: when a logical slot's consumer on the old primary has confirmed
+/// all it will, so its position there is where the new primary's copy
+/// starts ([`carry_target`]). Fed one observation of the old primary's slot
+/// at a time, after promote (the old primary is fenced and fully flushed:
+/// no new change reaches the consumer any more).
+///
+/// Settled when the consumer is gone (its last confirmation is final), has
+/// confirmed past the final flush, or answered twice since the first
+/// observation with the same position: a consumer still working through
+/// what it received moves its position between two answers. A consumer
+/// answers at its own status interval (`pg_recvlogical -s`, 10 s by
+/// default; a subscription about as often), so settling takes up to two
+/// intervals; the caller bounds it, and past the bound uses the last
+/// position seen (nothing lost; that consumer may get changes it had not
+/// confirmed again, as after any reconnect).
+#[derive(Debug, Clone, Default)]
+pub struct Settle {
+    /// The consumer's last answer: when (epoch seconds) and the position then.
+    last_answer: Option<(f64, u64)>,
+    /// Answers seen after the first observation.
+    answers: u32,
+}
+
+impl Settle {
+    /// `active`: a walsender streams from the slot; `confirmed`: the slot's
+    /// `confirmed_flush_lsn`; `answered_at`: `pg_stat_replication.reply_time`
+    /// of that walsender. `Some(position)` once settled.
+    pub fn observe(
+        &mut self,
+        active: bool,
+        confirmed: u64,
+        answered_at: Option<f64>,
+        final_flush: u64,
+    ) -> Option<u64> {
+        if !active || confirmed >= final_flush {
+            return Some(confirmed);
+        }
+        let at = answered_at?;
+        match self.last_answer {
+            None => self.last_answer = Some((at, confirmed)),
+            Some((prev_at, prev_pos)) if at > prev_at => {
+                self.last_answer = Some((at, confirmed));
+                self.answers += 1;
+                if self.answers >= 2 && prev_pos == confirmed {
+                    return Some(confirmed);
+                }
+            }
+            Some(_) => {}
+        }
+        None
+    }
+}
+
+/// Pure: the position the new primary's copy of a carried slot is advanced
+/// to: the smaller of where its consumer stopped on the old primary and the
+/// old primary's final flush ([`carry_target`]); `None` when the copy is
+/// already there or past it (advancing never goes back).
+pub fn advance_to(confirmed_old: u64, final_flush: u64, on_new: u64) -> Option<u64> {
+    let target = match carry_target(confirmed_old >= final_flush) {
+        Target::Switch => final_flush,
+        Target::ConfirmedOld => confirmed_old,
+    };
+    (on_new < target).then_some(target)
 }
 
 #[cfg(test)]

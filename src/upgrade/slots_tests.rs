@@ -142,3 +142,36 @@ fn the_carry_target_never_passes_the_switch_point() {
     assert_eq!(carry_target(true), Target::Switch);
     assert_eq!(carry_target(false), Target::ConfirmedOld);
 }
+
+#[test]
+fn a_consumer_settles_when_gone_past_the_end_or_steady_twice() {
+    // Gone: its last confirmation is final.
+    assert_eq!(Settle::default().observe(false, 10, None, 100), Some(10));
+    // Past the final flush: nothing more to confirm.
+    assert_eq!(
+        Settle::default().observe(true, 120, Some(1.0), 100),
+        Some(120)
+    );
+    // Still working: its position moves between answers.
+    let mut s = Settle::default();
+    assert_eq!(s.observe(true, 10, Some(1.0), 100), None); // first look
+    assert_eq!(s.observe(true, 20, Some(1.0), 100), None); // no new answer
+    assert_eq!(s.observe(true, 30, Some(2.0), 100), None); // answer 1
+    assert_eq!(s.observe(true, 40, Some(3.0), 100), None); // answer 2, moved
+    assert_eq!(s.observe(true, 40, Some(4.0), 100), Some(40)); // steady
+                                                               // The first answer after the first look is never enough by itself.
+    let mut s = Settle::default();
+    assert_eq!(s.observe(true, 10, Some(1.0), 100), None);
+    assert_eq!(s.observe(true, 10, Some(2.0), 100), None);
+    assert_eq!(s.observe(true, 10, Some(3.0), 100), Some(10));
+    // No walsender row (not yet answered): wait.
+    assert_eq!(Settle::default().observe(true, 10, None, 100), None);
+}
+
+#[test]
+fn the_copy_moves_to_the_consumer_never_past_the_switch_nor_back() {
+    assert_eq!(advance_to(50, 100, 30), Some(50));
+    assert_eq!(advance_to(150, 100, 30), Some(100));
+    assert_eq!(advance_to(50, 100, 50), None);
+    assert_eq!(advance_to(50, 100, 70), None);
+}

@@ -61,6 +61,7 @@ steps! {
     Repoint = "repoint", AfterPromote, true;
     ResumeWrites = "resume_writes", AfterPromote, true;
     Verify = "verify", AfterPromote, false;
+    CarrySlots = "carry_slots", AfterPromote, false;
     RenameOldAside = "rename_old_aside", AfterPromote, false;
     RenameNewIn = "rename_new_in", AfterPromote, false;
     RepointStable = "repoint_stable", AfterPromote, false;
@@ -69,9 +70,22 @@ steps! {
 }
 
 /// The saga a new journal follows. Version 1 (journals without `saga`) had
-/// twelve steps; replaying one marks the steps it did not have as done, so
-/// an upgrade started by an older pgsteward finishes as it began.
-pub const SAGA_VERSION: u32 = 2;
+/// twelve steps, version 2 no `carry_slots`; replaying one marks the steps
+/// it did not have as done ([`first_version`]), so an upgrade started by an
+/// older pgsteward finishes as it began.
+pub const SAGA_VERSION: u32 = 3;
+
+/// The saga version that added `step` (1: there from the start).
+pub fn first_version(step: Step) -> u32 {
+    if NOT_IN_V1.contains(&step) {
+        2
+    } else if step == Step::CarrySlots {
+        // Version 2 refused every logical slot at precheck: nothing to carry.
+        3
+    } else {
+        1
+    }
+}
 
 /// Steps that version 1 of the saga did not have.
 pub(super) const NOT_IN_V1: [Step; 6] = [

@@ -323,6 +323,7 @@ impl Saga {
             match ready(lag, &history, max) {
                 Readiness::Go(reason) => {
                     self.carry_physical_slots().await?;
+                    self.wait_logical_slots_synced().await?;
                     return Ok(Output::note(reason));
                 }
                 Readiness::NoGo(reason) => {
@@ -464,8 +465,10 @@ impl Saga {
             }
         }
         // The last moment to roll back: an instance that appeared since
-        // PAUSE is paused now, or the upgrade rolls back.
+        // PAUSE is paused now, or the upgrade rolls back; a carried logical
+        // slot the new server lost since the pause began rolls back too.
         let newcomers = self.pause_newcomers(Some(deadline)).await?;
+        self.check_logical_slots_synced().await?;
         let mut note = format!(
             "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
             flushed_in.as_secs_f64() * 1000.0

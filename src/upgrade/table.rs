@@ -88,6 +88,8 @@ pub enum Needs {
     /// The provider swaps identifiers (RDS).
     Swap,
     Both,
+    /// The source has logical slots the upgrade carries (PostgreSQL 17+ failover slots).
+    LogicalSlots,
 }
 
 /// One row of the saga.
@@ -157,6 +159,8 @@ pub const SAGA: &[Row] = &[
         does: "PgBouncer RESUME: the pause window ends" },
     Row { step: Step::Verify, undo: Undo::Forward, guard: GuardMove { hold_old: true, follow_new: true, ..NO_MOVE }, needs: Needs::Always, run: body!(verify),
         does: "a write through PgBouncer lands on the new primary; local replicas follow it" },
+    Row { step: Step::CarrySlots, undo: Undo::Forward, guard: GuardMove { hold_old: true, follow_new: true, ..NO_MOVE }, needs: Needs::LogicalSlots, run: body!(carry_slots),
+        does: "PostgreSQL 17+ failover slots: each copy on the new primary advanced to where its consumer stopped on the old one (waits for the consumer to settle, at most 45 s)" },
     // From here on the old primary is not held at all: after an identifier
     // swap its address reaches the new primary.
     Row { step: Step::RenameOldAside, undo: Undo::Forward, guard: GuardMove { hold_old: true, follow_new: true, ..NO_MOVE }, needs: Needs::Swap, run: body!(rename_old_aside),

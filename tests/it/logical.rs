@@ -75,34 +75,94 @@ pub struct Subscriber {
     pub name: String,
 }
 
+/// A conninfo the subscriber server uses to reach the publisher of `pub_url`
+/// as the superuser (a test fixture).
+fn publisher_conninfo(pub_url: &str) -> String {
+    let (pub_db, port) = db_and_port(pub_url);
+    // A conninfo value: quoted, with `\` and `'` escaped by a backslash.
+    let password = harness::SUPER_PASSWORD
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'");
+    format!(
+        "host=127.0.0.1 port={port} dbname={pub_db} user={} password='{password}'",
+        harness::SUPER_USER
+    )
+}
+
 impl Subscriber {
     pub fn create(pub_url: &str, publication: &str, ddl: &str) -> Subscriber {
+        Subscriber::create_with(pub_url, publication, ddl, "")
+    }
+
+    /// With more subscription options (`", failover = true"`).
+    pub fn create_with(pub_url: &str, publication: &str, ddl: &str, options: &str) -> Subscriber {
         let server = subscriber_server();
         let db = unique("sub");
         let name = unique("s");
         must(server.psql("postgres", &format!("CREATE DATABASE {db}")));
         must(server.psql(&db, ddl));
-        let (pub_db, port) = db_and_port(pub_url);
-        // A conninfo value: quoted, with `\` and `'` escaped by a backslash.
-        let password = harness::SUPER_PASSWORD
-            .replace('\\', "\\\\")
-            .replace('\'', "\\'");
-        let conn = format!(
-            "host=127.0.0.1 port={port} dbname={pub_db} user={} password='{password}'",
-            harness::SUPER_USER
-        );
+        let conn = publisher_conninfo(pub_url);
         must(server.psql_secret(
             &db,
             &format!(
-                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = false)",
+                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = false{options})",
                 pgsteward::pg::quote_literal(&conn)
             ),
         ));
         Subscriber { db, name }
     }
 
+    /// Points the subscription at another publisher server (what an
+    /// operator does after the primary moved; the slot must be there).
+    pub fn repoint(&self, pub_url: &str) {
+        let conn = publisher_conninfo(pub_url);
+        must(subscriber_server().psql_secret(
+            &self.db,
+            &format!(
+                "ALTER SUBSCRIPTION {} CONNECTION {}",
+                self.name,
+                pgsteward::pg::quote_literal(&conn)
+            ),
+        ));
+    }
+
     pub fn url(&self) -> String {
         subscriber_server().url(&self.db)
+    }
+
+    /// After [`Subscriber::repoint`]: waits until the publisher of
+    /// `pub_super_url` streams to the subscription, then zeroes its error
+    /// counters: the failed connections to the retired server are counted
+    /// as apply errors, and only errors from here on are about the rows.
+    pub async fn forget_errors_once_streaming(&self, pub_super_url: &str) {
+        let t0 = Instant::now();
+        while query(
+            pub_super_url,
+            &format!(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+                self.name
+            ),
+        )
+        .await
+        .is_empty()
+        {
+            assert!(
+                t0.elapsed() < CATCH_UP,
+                "subscription {} never streamed from the new publisher",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if harness::server_major() >= 15 {
+            query(
+                &self.url(),
+                &format!(
+                    "SELECT pg_stat_reset_subscription_stats(oid) FROM pg_subscription WHERE subname = '{}'",
+                    self.name
+                ),
+            )
+            .await;
+        }
     }
 
     /// Apply errors the subscriber counted (PostgreSQL 15+; 0 before).
@@ -164,17 +224,45 @@ fn recvlogical() -> PathBuf {
 
 impl Cdc {
     pub async fn start(pub_url: &str) -> Cdc {
+        Cdc::start_with(pub_url, false).await
+    }
+
+    /// `failover`: the slot is a PostgreSQL 17+ failover slot.
+    pub async fn start_with(pub_url: &str, failover: bool) -> Cdc {
         let slot = unique("cdc");
         let super_url = crate::partitions::as_super(pub_url);
-        query(
-            &super_url,
-            &format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')"),
-        )
-        .await;
+        let make = if failover {
+            format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding', false, false, true)")
+        } else {
+            format!("SELECT pg_create_logical_replication_slot('{slot}', 'test_decoding')")
+        };
+        query(&super_url, &make).await;
         let dir = must(tempfile::tempdir().map_err(|e| e.to_string()));
         let file = dir.path().join("changes.txt");
+        let child = Cdc::spawn(pub_url, &slot, &file);
+        Cdc {
+            child,
+            file,
+            _dir: dir,
+            slot,
+            pub_url: super_url,
+            markers: 0,
+        }
+    }
+
+    /// Stops the consumer and starts it again on the server of `pub_url`,
+    /// from the slot's position there, appending to the same stream (what
+    /// a CDC consumer does when its database moved).
+    pub fn reconnect(&mut self, pub_url: &str) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Cdc::spawn(pub_url, &self.slot, &self.file);
+        self.pub_url = crate::partitions::as_super(pub_url);
+    }
+
+    fn spawn(pub_url: &str, slot: &str, file: &std::path::Path) -> Child {
         let (db, port) = db_and_port(pub_url);
-        let child = must(
+        must(
             Command::new(recvlogical())
                 .args([
                     "-d",
@@ -183,7 +271,7 @@ impl Cdc {
                         harness::SUPER_USER
                     ),
                     "-S",
-                    &slot,
+                    slot,
                     "--start",
                     "-F",
                     "0",
@@ -193,22 +281,14 @@ impl Cdc {
                     "skip-empty-xacts=1",
                     "-f",
                 ])
-                .arg(&file)
+                .arg(file)
                 .env("PGPASSFILE", harness::passfile())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .map_err(|e| format!("pg_recvlogical: {e}")),
-        );
-        Cdc {
-            child,
-            file,
-            _dir: dir,
-            slot,
-            pub_url: super_url,
-            markers: 0,
-        }
+        )
     }
 
     /// Every row id of tables whose name starts with `prefix`, replayed from

@@ -1,7 +1,9 @@
 //! Replication slots across the upgrade (issue 21): a CDC consumer
 //! (`pg_recvlogical`, test_decoding) and a logical subscriber (pgoutput) on
 //! the primary refuse the upgrade, naming each slot, before anything changes;
-//! a physical slot is on the new primary when it serves.
+//! on PostgreSQL 17+ with failover slots both are carried and receive every
+//! acknowledged change exactly once; a physical slot is on the new primary
+//! when it serves.
 
 use super::*;
 use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
@@ -87,7 +89,8 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
             if major < 17 {
                 assert!(line.contains("before PostgreSQL 17"), "{line}");
             } else {
-                assert!(line.contains("does not carry logical slots"), "{line}");
+                // Slots without failover: only failover slots are carried.
+                assert!(line.contains("only failover slots"), "{line}");
             }
         }
         assert!(out.contains("plugin test_decoding"), "{out}");
@@ -132,6 +135,103 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
     t.check_nothing_lost(&ledger.acked).await;
     assert_subscriber_matches(&super_app, LEDGER_TEXTS, &sub, LEDGER_TEXTS, "subscriber").await;
     assert_cdc_matches(&mut cdc, "public.ledger", &super_app, LEDGER_IDS, "CDC").await;
+}
+
+/// PostgreSQL 17+: a subscription made with `failover = true` and a CDC
+/// consumer on a failover slot, a writer through PgBouncer recording every
+/// acknowledged commit. The plan carries both slots; the upgrade completes
+/// with 0 client errors; both consumers, repointed to the new primary (as
+/// an operator would), end with every acknowledged row exactly once (the
+/// CDC stream fails on a row inserted twice, the subscriber on a duplicate
+/// key), and the new server's standby slot on the old primary is this
+/// upgrade's own. Before 17 the same slots refuse the upgrade (the plan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_slots_are_carried_and_consumers_miss_and_repeat_nothing() {
+    let mut t = Topology::new();
+    let major = harness::server_major();
+    let super_app = crate::partitions::as_super(&t.primary_url);
+    must(
+        t.cluster
+            .primary
+            .psql("app", "CREATE PUBLICATION ledger_pub FOR TABLE ledger"),
+    );
+    if major < 17 {
+        let _cdc = Cdc::start(&t.primary_url).await;
+        let plan = t.pgsteward(&["upgrade", "plan", "--target-class", t.next_class()], None);
+        let plan_text = text(&plan);
+        assert_eq!(plan.status.code(), Some(1), "{plan_text}");
+        assert!(plan_text.contains("before PostgreSQL 17"), "{plan_text}");
+        return;
+    }
+    let sub = Subscriber::create_with(
+        &t.primary_url,
+        "ledger_pub",
+        pgsteward::workload::LEDGER_TABLE,
+        ", failover = true",
+    );
+    let mut cdc = Cdc::start_with(&t.primary_url, true).await;
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(3),
+        Duration::from_secs(180),
+    );
+    load.wait_progress(50).await;
+
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", t.next_class()], None);
+    let plan_text = text(&plan);
+    assert!(plan.status.success(), "{plan_text}");
+    for slot in slot_names(&super_app).await {
+        let line = plan_text
+            .lines()
+            .find(|l| l.contains(&format!("replication slot {slot}")))
+            .unwrap_or_else(|| panic!("{slot} not named:\n{plan_text}"));
+        assert!(line.contains("synchronized to the new server"), "{line}");
+    }
+    assert!(plan_text.contains("carry_slots"), "{plan_text}");
+
+    let out = t.upgrade(None);
+    let out_text = text(&out);
+    if !out.status.success() {
+        let logs = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("grep -h -i -E \"slot|sync|FATAL|ERROR|LOG\" {}/clusters/*.log | tail -n 40; grep -h -E \"primary_|sync|feedback\" {}/clusters/*/postgresql.auto.conf {}/clusters/*/pgsteward.conf", t.dir().display(), t.dir().display(), t.dir().display()))
+            .output();
+        panic!(
+            "{out_text}\n{}",
+            logs.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        );
+    }
+    let rec = latest_record(&t.state_dir());
+    let carried = rec
+        .step(pgsteward::upgrade::record::Step::CarrySlots)
+        .output
+        .note
+        .clone()
+        .unwrap_or_default();
+    assert!(carried.contains(&sub.name), "{carried}");
+    assert!(!carried.contains("did not settle"), "{carried}");
+    assert!(!carried.contains("left at its synchronized"), "{carried}");
+    t.follow_upgrade();
+    load.wait_progress(50).await;
+
+    // The consumers move to the new primary, as their operators would.
+    let new_super = crate::partitions::as_super(&t.primary_url);
+    sub.repoint(&t.primary_url);
+    cdc.reconnect(&t.primary_url);
+    sub.forget_errors_once_streaming(&new_super).await;
+    load.wait_progress(30).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+    println!("carry_slots: {carried}");
+    assert_subscriber_matches(&new_super, LEDGER_TEXTS, &sub, LEDGER_TEXTS, "subscriber").await;
+    assert_cdc_matches(&mut cdc, "public.ledger", &new_super, LEDGER_IDS, "CDC").await;
 }
 
 /// `pg_receivewal` streaming through physical slot `slot` of the server at
