@@ -161,8 +161,8 @@ pub fn placement_check(
                 check,
                 false,
                 format!(
-                    "{name} is a cross-region read replica in {region} ({}:{}) of {source} in {src_region}; pgsteward replaces readers in the source's region only, so {name} would be left replicating from the old primary until retire_old deletes it",
-                    arn.partition, arn.account
+                    "{name} is a cross-region read replica in {region} (account {}) of {source} in {src_region}; pgsteward replaces readers in the source's region only, so {name} would be left replicating from the old primary until retire_old deletes it",
+                    arn.account
                 ),
                 format!(
                     "before the upgrade, promote it (aws rds promote-read-replica --region {region} --db-instance-identifier {name}) or delete it (aws rds delete-db-instance --region {region} --db-instance-identifier {name} --skip-final-snapshot); after the upgrade, recreate it from the new primary: aws rds create-db-instance-read-replica --region {region} --db-instance-identifier {name} --source-db-instance-identifier {new_arn} --source-region {src_region}"
