@@ -299,3 +299,83 @@ async fn scripted_retire_old_names_a_cross_region_replica_with_its_region() {
     );
     assert_eq!(mutating_calls(&api), Vec::<String>::new());
 }
+
+/// No clusters: the provider's precheck reads RDS only. Every listed replica
+/// is described or refused; an instance in `deleting` is still skipped.
+#[tokio::test]
+async fn scripted_precheck_never_skips_a_listed_replica() {
+    let cfg_with = |region: &str| {
+        let toml = format!(
+            "[database]\nprimary = \"postgres://s@h/app\"\n[upgrade]\nprovider = \"rds\"\nstep_timeout = \"5s\"\n[upgrade.rds]\nsource_instance = \"{SOURCE}\"\npoll_interval = \"5ms\"\n{region}"
+        );
+        must(pgsteward::config::from_figment(
+            figment::Figment::from(
+                <figment::providers::Toml as figment::providers::Format>::string(&toml),
+            ),
+            None,
+        ))
+    };
+    let api = api();
+    {
+        let mut st = api.state.lock().unwrap();
+        let src = st.instances.get_mut(SOURCE).unwrap();
+        // Listed, but not found in the source's region.
+        src.read_replicas.push("ghost".into());
+        src.read_replicas.push("going".into());
+    }
+    api.put(Instance {
+        id: "going".into(),
+        status: "deleting".into(),
+        replica_source: Some(SOURCE.into()),
+        ..Instance::default()
+    });
+    let p = must(RdsProvider::with_api(&cfg_with(""), api.clone()));
+    let pre = must(p.precheck(CLASS).await);
+    let failed = pre.failures();
+    assert_eq!(failed.len(), 2, "{failed:#?}");
+    assert!(
+        failed.iter().any(|f| f.contains("reporting-west")),
+        "{failed:#?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.starts_with("rds reader ghost can be described")
+                && f.contains("DescribeDBInstances in us-east-1 does not find it")),
+        "{failed:#?}"
+    );
+    let readers: Vec<&str> = pre.source.readers.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(readers, [READER], "the deleting one is skipped");
+
+    // Without the source's ARN and upgrade.rds.region, whether the ARN-listed
+    // reader is remote cannot be told: refused with the key to set.
+    api.state
+        .lock()
+        .unwrap()
+        .instances
+        .get_mut(SOURCE)
+        .unwrap()
+        .arn = None;
+    let pre = must(p.precheck(CLASS).await);
+    assert!(
+        pre.failures()
+            .iter()
+            .any(|f| f.contains("reporting-west") && f.contains("set upgrade.rds.region")),
+        "{:#?}",
+        pre.failures()
+    );
+    // With it, the reader is known to be in us-west-2 again.
+    let p = must(RdsProvider::with_api(
+        &cfg_with("region = \"us-east-1\"\n"),
+        api.clone(),
+    ));
+    let pre = must(p.precheck(CLASS).await);
+    assert!(
+        pre.failures()
+            .iter()
+            .any(|f| f.contains("cross-region read replica in us-west-2")),
+        "{:#?}",
+        pre.failures()
+    );
+    assert_eq!(mutating_calls(&api), Vec::<String>::new());
+}
