@@ -52,6 +52,19 @@ pub struct LagReport {
     pub max_delay_seconds: f64,
     pub primary: PrimaryReport,
     pub replicas: Vec<ReplicaReport>,
+    /// Replicas RDS lists that could not be checked from here (a
+    /// cross-region one without `endpoint_override`, one still being
+    /// created), with the reason. Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<UncheckedReplica>,
+}
+
+/// A replica the source lists whose lag this check could not read.
+#[derive(Debug, Clone, Serialize)]
+pub struct UncheckedReplica {
+    pub instance: String,
+    pub region: Option<String>,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +100,13 @@ pub struct ReplicaReport {
     /// Why it could not be read, typed; the verdict says it in words.
     #[serde(skip)]
     pub read_error: Option<ObserveError>,
+    /// The RDS instance, when the replica was found through RDS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Its AWS region, when the replica was found through RDS (a
+    /// cross-region reader's own region, else the source's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl LagReport {
@@ -160,6 +180,8 @@ pub async fn check(
                 observation,
                 sender,
                 read_error,
+                instance: None,
+                region: None,
             }
         })
         .collect();
@@ -188,6 +210,7 @@ pub async fn check(
         max_delay_seconds: thresholds.max_delay.as_secs_f64(),
         primary,
         replicas,
+        unchecked: Vec::new(),
     })
 }
 
@@ -195,23 +218,46 @@ pub async fn check(
 pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
     // With provider = "rds" and no replica list, the replicas are the
     // source instance's read replicas as RDS lists them.
-    let discovered;
-    let cfg = if cfg.upgrade.provider == crate::config::ProviderKind::Rds
-        && cfg.database.replicas.is_empty()
+    if cfg.upgrade.provider == crate::config::ProviderKind::Rds && cfg.database.replicas.is_empty()
     {
-        let mut with_replicas = cfg.clone();
-        with_replicas.database.replicas = crate::provider::rds::discover_replicas(cfg)
-            .await?
-            .into_iter()
-            .map(|(_, endpoint)| endpoint)
-            .collect();
-        discovered = with_replicas;
-        &discovered
-    } else {
-        cfg
-    };
+        let found = crate::provider::rds::discover_replicas(cfg).await?;
+        return check_discovered(cfg, found).await;
+    }
     let pools = LagPools::new(cfg)?;
     check(cfg, &pools, &CancellationToken::new()).await
+}
+
+/// One check of the replicas RDS discovery found: each row carries its
+/// instance and region; those without an endpoint are reported unchecked.
+pub async fn check_discovered(
+    cfg: &Config,
+    found: Vec<crate::provider::rds::DiscoveredReplica>,
+) -> Result<LagReport, LagError> {
+    let mut cfg = cfg.clone();
+    let mut checked = Vec::new();
+    let mut unchecked = Vec::new();
+    for r in found {
+        match r.endpoint {
+            Ok(endpoint) => {
+                cfg.database.replicas.push(endpoint);
+                checked.push((r.id, r.region));
+            }
+            Err(reason) => unchecked.push(UncheckedReplica {
+                instance: r.id,
+                region: r.region,
+                reason,
+            }),
+        }
+    }
+    let pools = LagPools::new(&cfg)?;
+    let mut report = check(&cfg, &pools, &CancellationToken::new()).await?;
+    // `check` reports the replicas in the order of database.replicas.
+    for (row, (id, region)) in report.replicas.iter_mut().zip(checked) {
+        row.instance = Some(id);
+        row.region = region;
+    }
+    report.unchecked = unchecked;
+    Ok(report)
 }
 
 /// The replica's `pg_stat_replication` row: only when exactly one sender has
@@ -256,7 +302,8 @@ pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, 
     Ok(report.outcome())
 }
 
-fn render_text(report: &LagReport) -> String {
+/// What `pgsteward lag` prints.
+pub fn render_text(report: &LagReport) -> String {
     let mut out = String::new();
     match (&report.primary.observation, &report.primary.error) {
         (Some(o), None) => out.push_str(&format!(
@@ -268,13 +315,19 @@ fn render_text(report: &LagReport) -> String {
         (_, Some(e)) => out.push_str(&format!("primary {}: PROBLEM: {e}\n", report.primary.node)),
         (None, None) => {}
     }
+    // Replicas found through RDS carry their instance and region.
+    let from_rds = report.replicas.iter().any(|r| r.instance.is_some());
     let rows: Vec<Vec<String>> = report
         .replicas
         .iter()
         .map(|r| {
             let v = &r.verdict;
-            vec![
-                r.replica.clone(),
+            let mut row = vec![r.replica.clone()];
+            if from_rds {
+                row.push(r.instance.clone().unwrap_or_default());
+                row.push(r.region.clone().unwrap_or_else(|| "?".into()));
+            }
+            row.extend([
                 v.state.as_str().to_string(),
                 v.bytes_behind
                     .map(output::human_bytes)
@@ -298,21 +351,25 @@ fn render_text(report: &LagReport) -> String {
                         .collect::<Vec<_>>()
                         .join("; ")
                 },
-            ]
+            ]);
+            row
         })
         .collect();
-    out.push_str(&output::table(
-        &[
-            "REPLICA",
-            "STATE",
-            "BEHIND",
-            "TIME_BEHIND",
-            "PAUSED",
-            "VERDICT",
-        ],
-        &rows,
-    ));
-    if report.replicas.is_empty() {
+    let mut header = vec!["REPLICA"];
+    if from_rds {
+        header.extend(["INSTANCE", "REGION"]);
+    }
+    header.extend(["STATE", "BEHIND", "TIME_BEHIND", "PAUSED", "VERDICT"]);
+    out.push_str(&output::table(&header, &rows));
+    for u in &report.unchecked {
+        out.push_str(&format!(
+            "note: replica {} (region {}) not checked: {}\n",
+            u.instance,
+            u.region.as_deref().unwrap_or("?"),
+            u.reason
+        ));
+    }
+    if report.replicas.is_empty() && report.unchecked.is_empty() {
         out.push_str(
             "note: no replicas configured (database.replicas is empty): no replica lag to check\n",
         );

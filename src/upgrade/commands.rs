@@ -35,12 +35,31 @@ pub struct RunSummary {
 
 /// Starts a new upgrade to `class` and drives it to the end.
 pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    start_with(cfg, class, quiet, |cancel| {
+        crate::provider::from_config_cancellable(cfg, cancel)
+    })
+    .await
+}
+
+/// [`start`] with the provider `make_provider` builds around the run's
+/// cancellation token (tests put a scripted RDS behind it).
+pub async fn start_with(
+    cfg: &Config,
+    class: &str,
+    quiet: bool,
+    make_provider: impl FnOnce(
+        CancellationToken,
+    ) -> Result<
+        Box<dyn crate::provider::Provider>,
+        crate::provider::ProviderError,
+    >,
+) -> Result<RunSummary, UpgradeError> {
     let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
     let id = new_upgrade_id();
     // Before anything changes: one upgrade per primary, wherever it runs.
     let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
     let cancel = cancel_on_signal();
-    let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
+    let provider = make_provider(cancel.clone())?;
     let mut poolers = Poolers::from_config(cfg);
     let pre = match steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id)).await {
         Ok(p) => p,

@@ -58,10 +58,10 @@ mod table_doc;
 mod undo;
 
 pub use commands::{
-    abort, abort_command, keeper_command, resume, resume_command, start, start_command,
+    abort, abort_command, keeper_command, resume, resume_command, start, start_command, start_with,
     status_command, step_timings, RunSummary,
 };
 pub use current::ensure_primary_current;
 pub use error::UpgradeError;
 pub use gate::{DdlGate, Gate};
-pub use plan::plan_command;
+pub use plan::{plan_command, plan_with};

@@ -76,14 +76,24 @@ pub async fn plan_command(
     output: OutputFormat,
 ) -> Result<Outcome, UpgradeError> {
     let provider = crate::provider::from_config(cfg)?;
+    plan_with(cfg, provider.as_ref(), class, output).await
+}
+
+/// `upgrade plan` with a given provider (tests put a scripted RDS behind it).
+pub async fn plan_with(
+    cfg: &Config,
+    provider: &dyn crate::provider::Provider,
+    class: &str,
+    output: OutputFormat,
+) -> Result<Outcome, UpgradeError> {
     let mut poolers = Poolers::from_config(cfg);
-    let pre = steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, None).await?;
+    let pre = steps::prechecks(cfg, provider, &mut poolers, class, None).await?;
     let ok = pre.checks.iter().all(|c| c.ok);
     // RDS identifiers take lower-case letters, digits and hyphens only.
     let placeholder = "uid";
     let replica = crate::provider::replica_id(&pre.source.id, placeholder);
     let address = provider.new_server_address(&replica);
-    let servers = swap::server_changes(provider.as_ref(), &pre.source, placeholder, class);
+    let servers = swap::server_changes(provider, &pre.source, placeholder, class);
     let steps = relevant(Shape {
         pgbouncer: cfg.cutover.kind == CutoverKind::Pgbouncer,
         swaps_identifiers: provider.swaps_identifiers(),

@@ -30,6 +30,7 @@ mod rds_plan;
 mod rds_readers;
 mod rds_scripted;
 mod rds_scripted_waits;
+mod rds_xregion;
 mod secrets;
 mod service;
 mod tls;

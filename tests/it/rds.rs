@@ -302,17 +302,20 @@ async fn moto_prechecks_refusals_and_replica_discovery() {
         .await
         .unwrap();
     let found = p.discover_replicas().await.unwrap();
-    let ids: Vec<&str> = found.iter().map(|(id, _)| id.as_str()).collect();
+    let ids: Vec<&str> = found.iter().map(|r| r.id.as_str()).collect();
     assert!(
         ids.contains(&r.id.as_str()) && ids.contains(&"reporting"),
         "{found:?}"
     );
     assert!(
-        found
-            .iter()
-            .all(|(_, e)| e.expose().contains("sslmode=verify-full")),
+        found.iter().all(|r| r
+            .endpoint
+            .as_ref()
+            .is_ok_and(|e| e.expose().contains("sslmode=verify-full"))),
         "endpoints keep the primary's TLS settings: {found:?}"
     );
+    // Same-region replicas carry the source's region (from its ARN or the configuration).
+    assert!(found.iter().all(|r| r.region.is_some()), "{found:?}");
     // The old primary still feeds a replica: retiring it would turn that into a second writable node.
     let err = p.retire_old(&facts()).await.unwrap_err().to_string();
     assert!(err.contains("still feeds read replicas reporting"), "{err}");

@@ -412,4 +412,8 @@ async fn moto_lag_discovers_replicas_from_rds() {
         text.contains(&format!("127.0.0.1:{}", cluster.replicas[0].port)),
         "the discovered replica is checked: {text}"
     );
+    // Each RDS replica carries its instance and region (from moto's ARN).
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(json["replicas"][0]["instance"], "reporting", "{text}");
+    assert_eq!(json["replicas"][0]["region"], crate::moto::REGION, "{text}");
 }

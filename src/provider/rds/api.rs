@@ -13,6 +13,9 @@ use tokio::sync::OnceCell;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Instance {
     pub id: String,
+    /// `DBInstanceArn`: its region is the source's region when
+    /// `upgrade.rds.region` is not set (cross-region readers are told apart by it).
+    pub arn: Option<String>,
     /// `DBInstanceStatus`: `creating`, `available`, `backing-up`, `failed`, ...
     pub status: String,
     pub class: String,
@@ -228,6 +231,7 @@ where
 fn instance(db: &aws_sdk_rds::types::DbInstance) -> Instance {
     Instance {
         id: db.db_instance_identifier().unwrap_or_default().to_string(),
+        arn: db.db_instance_arn().map(str::to_string),
         status: db.db_instance_status().unwrap_or_default().to_string(),
         class: db.db_instance_class().unwrap_or_default().to_string(),
         engine: db.engine().unwrap_or_default().to_string(),

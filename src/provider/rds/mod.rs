@@ -22,13 +22,17 @@
 //! * `ids`: identifiers and tags; `status`: what a status means for a wait;
 //! * `poll`: calls with backoff, waits, delete with snapshot, rename;
 //! * `readers`: the source's readers and the identifier swap;
+//! * `region`: where a listed replica lives (cross-region ones are refused);
+//! * `discover`: the source's replicas for `pgsteward lag`, with their regions;
 //! * `error`: `RdsError`; this file: the provider and its `Provider` impl.
 
 pub mod api;
+mod discover;
 pub mod error;
 pub mod ids;
 mod poll;
 mod readers;
+pub mod region;
 pub mod status;
 
 use std::sync::Arc;
@@ -45,6 +49,7 @@ use crate::provider::{
 pub use api::{
     sdk_error, ApiError, ApiErrorKind, CreateReplica, Instance, RdsApi, SdkRds, SdkSettings,
 };
+pub use discover::{discover_replicas, DiscoveredReplica};
 pub use error::RdsError;
 pub use ids::{
     final_snapshot_id, is_renamed, is_valid_identifier, rds_identifier, rds_old_id, rds_replica_id,
@@ -120,10 +125,15 @@ impl RdsProvider {
         })
     }
 
+    /// The SQL endpoint `endpoint_override` gives `id`, if any.
+    fn override_endpoint(&self, id: &str) -> Option<ConnString> {
+        let (host, port) = self.endpoint_override(id)?.rsplit_once(':')?;
+        Some(endpoint_like(&self.primary, host, port.parse().ok()?))
+    }
+
     fn endpoint(&self, inst: &Instance) -> Option<ConnString> {
-        if let Some(addr) = self.endpoint_override(&inst.id) {
-            let (host, port) = addr.rsplit_once(':')?;
-            return Some(endpoint_like(&self.primary, host, port.parse().ok()?));
+        if self.endpoint_override(&inst.id).is_some() {
+            return self.override_endpoint(&inst.id);
         }
         let (host, port) = inst.endpoint.as_ref()?;
         Some(endpoint_like(&self.primary, host, *port))
@@ -142,41 +152,15 @@ impl RdsProvider {
         Instant::now() + self.step_timeout
     }
 
-    /// The SQL endpoints of the source's read replicas (`ReadReplicaDBInstanceIdentifiers`),
-    /// for `pgsteward lag` with `provider = "rds"`. Replicas still being created
-    /// (no address yet) are left out.
-    pub async fn discover_replicas(&self) -> Result<Vec<(String, ConnString)>, RdsError> {
-        const STEP: &str = "replica discovery";
-        let deadline = self.deadline();
-        let source_id = &self.cfg.source_instance;
-        let source = self
-            .describe_raw(STEP, source_id, deadline)
-            .await?
-            .ok_or_else(|| {
-                RdsError::refused(
-                    STEP,
-                    format!(
-                        "no RDS instance {source_id}; check upgrade.rds.source_instance and region"
-                    ),
-                )
-            })?;
-        let mut out = Vec::new();
-        for id in &source.read_replicas {
-            if let Some(inst) = self.describe_raw(STEP, id, deadline).await? {
-                if let Some(endpoint) = self.endpoint(&inst) {
-                    out.push((inst.id.clone(), endpoint));
-                }
-            }
-        }
-        Ok(out)
+    /// The region `inst` lives in: its ARN's, else the configured one (the
+    /// API's, which found it). `None` when neither is known.
+    fn region_of(&self, inst: &Instance) -> Option<String> {
+        inst.arn
+            .as_deref()
+            .and_then(region::parse_db_arn)
+            .map(|a| a.region)
+            .or_else(|| self.cfg.region.clone())
     }
-}
-
-/// The read replicas of `upgrade.rds.source_instance` and their SQL
-/// endpoints, for `pgsteward lag` with `provider = "rds"` (instead of
-/// `database.replicas`).
-pub async fn discover_replicas(cfg: &Config) -> Result<Vec<(String, ConnString)>, ProviderError> {
-    Ok(RdsProvider::new(cfg)?.discover_replicas().await?)
 }
 
 fn rds_config(cfg: &Config) -> Result<&RdsProviderConfig, ProviderError> {
@@ -511,7 +495,15 @@ impl Provider for RdsProvider {
         // finished (moto never stops listing it): the instances pgsteward made
         // from this source are the new primary, not replicas left behind.
         let mut others = Vec::new();
-        for r in &old.read_replicas {
+        let old_region = self.region_of(&old);
+        for listed in &old.read_replicas {
+            // A cross-region replica is not visible here: it is one of the
+            // replicas deleting the old primary would cut off, named with its region.
+            let p = region::placement(listed, old_region.as_deref());
+            let region::Placement::Local { id: r } = &p else {
+                others.extend(region::describe_remote(&p));
+                continue;
+            };
             match self.describe_raw(STEP, r, deadline).await? {
                 Some(i) if i.tags.get(SOURCE_TAG).map(String::as_str) == Some(name) => {}
                 // Old readers retire_reader already deleted (RDS lists them while deleting).

@@ -21,6 +21,7 @@
 use crate::config::RdsRepoint;
 use crate::provider::{Check, ReaderFacts, ReplicaInfo, SourceFacts};
 
+use super::region::{parse_db_arn, placement, placement_check, Placement};
 use super::{
     classify, is_renamed, rds_old_id, replica_tags, ApiErrorKind, CreateReplica, Instance,
     RdsError, RdsProvider, StatusClass, SOURCE_TAG, UPGRADE_TAG,
@@ -48,8 +49,38 @@ impl RdsProvider {
         let mut readers = Vec::new();
         let mut checks = Vec::new();
         let deadline = self.deadline();
-        for id in &src.read_replicas {
+        let source_region = self.region_of(src);
+        let source_arn = src.arn.as_deref().and_then(parse_db_arn);
+        // The primary after the upgrade, for the recreate command of a refusal.
+        let new_primary = match self.cfg.repoint {
+            RdsRepoint::IdentifierSwap => src.id.clone(),
+            RdsRepoint::Pgbouncer => format!("{}-<upgrade id>", src.id),
+        };
+        for listed in &src.read_replicas {
+            // Every listed replica is either described here or refused: one
+            // left out would be replicating from the old primary when it is deleted.
+            let p = placement(listed, source_region.as_deref());
+            let Placement::Local { id } = &p else {
+                checks.extend(placement_check(
+                    &src.id,
+                    source_arn.as_ref(),
+                    source_region.as_deref(),
+                    &new_primary,
+                    &p,
+                ));
+                continue;
+            };
             let Some(r) = self.describe_raw(step, id, deadline).await? else {
+                checks.push(Check::seen_and_fix(
+                    format!("rds reader {id} can be described"),
+                    false,
+                    format!(
+                        "{} lists {id} as a read replica, but DescribeDBInstances in {} does not find it",
+                        src.id,
+                        source_region.as_deref().unwrap_or("the source's region")
+                    ),
+                    "if it was deleted a moment ago, run again; otherwise check it in the RDS console: pgsteward does not upgrade a primary that feeds a replica it cannot see",
+                ));
                 continue;
             };
             // A new server of an earlier (rolled back) attempt is not a reader.
@@ -85,7 +116,10 @@ impl RdsProvider {
             });
         }
         if readers.is_empty() {
-            checks.push(Check::new("rds readers", true, "none"));
+            // "none" only when nothing is listed that was refused above.
+            if checks.is_empty() {
+                checks.push(Check::new("rds readers", true, "none"));
+            }
             return Ok((readers, checks));
         }
         let cascading = version(&src.engine_version).is_some_and(|v| v >= CASCADING_SINCE);
