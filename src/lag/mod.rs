@@ -245,7 +245,7 @@ pub async fn check_discovered(
             Err(reason) => unchecked.push(UncheckedReplica {
                 instance: r.id,
                 region: r.region,
-                reason,
+                reason: reason.to_string(),
             }),
         }
     }

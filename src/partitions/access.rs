@@ -43,27 +43,52 @@ fn entries(grants: &[Grant], owner: &str) -> BTreeSet<Entry> {
         .collect()
 }
 
+/// Drift a pass must not repair by itself: a problem for the operator
+/// (exit 1, the access-drift metric and alert), each with its fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessProblem {
+    #[error(
+        "{name} is owned by {owner} (the parent by {parent_owner}), a role pgsteward does not act for: its privileges and \
+         row-level security cannot follow the parent's. Run ALTER TABLE {} OWNER TO {}, or GRANT {} TO the steward",
+        .name.quoted(), crate::pg::quote_ident(.parent_owner), crate::pg::quote_ident(.owner)
+    )]
+    ForeignOwner {
+        name: QualifiedName,
+        owner: String,
+        parent_owner: String,
+    },
+    #[error(
+        "{name} has {policies} row-level security polic(ies) of its own: a role may reach through it what the parent's \
+         policies deny. Drop them (DROP POLICY ... ON {}): the parent's policies govern its rows",
+        .name.quoted()
+    )]
+    OwnPolicies { name: QualifiedName, policies: i32 },
+    #[error(
+        "{name} has no index attached to the parent's replica identity index, so it cannot use it: \
+         UPDATE and DELETE of its rows fail on a publication. Build it (`partitions apply` repairs \
+         declared indexes) or set its REPLICA IDENTITY by hand"
+    )]
+    NoIdentityIndex { name: QualifiedName },
+}
+
 /// The repairs of one partition, or why it cannot be repaired automatically.
-pub fn repairs(state: &TableState, p: &PartitionAccess) -> Result<Vec<AccessRepair>, String> {
+pub fn repairs(
+    state: &TableState,
+    p: &PartitionAccess,
+) -> Result<Vec<AccessRepair>, AccessProblem> {
     let name = QualifiedName::new(p.schema.clone(), p.name.clone());
     if !p.manageable {
-        return Err(format!(
-            "{name} is owned by {} (the parent by {}), a role pgsteward does not act for: its privileges and \
-             row-level security cannot follow the parent's. Run ALTER TABLE {} OWNER TO {}, or GRANT {} TO the steward",
-            p.owner,
-            state.owner,
-            name.quoted(),
-            crate::pg::quote_ident(&state.owner),
-            crate::pg::quote_ident(&p.owner)
-        ));
+        return Err(AccessProblem::ForeignOwner {
+            name,
+            owner: p.owner.clone(),
+            parent_owner: state.owner.clone(),
+        });
     }
     if state.row_security && p.policies > 0 {
-        return Err(format!(
-            "{name} has {} row-level security polic(ies) of its own: a role may reach through it what the parent's \
-             policies deny. Drop them (DROP POLICY ... ON {}): the parent's policies govern its rows",
-            p.policies,
-            name.quoted()
-        ));
+        return Err(AccessProblem::OwnPolicies {
+            name,
+            policies: p.policies,
+        });
     }
     let mut out = Vec::new();
     if p.owner != state.owner {
@@ -118,13 +143,7 @@ pub fn repairs(state: &TableState, p: &PartitionAccess) -> Result<Vec<AccessRepa
                     what: format!("USING INDEX {ix}"),
                 })
             }
-            None => {
-                return Err(format!(
-                    "{name} has no index attached to the parent's replica identity index, so it cannot use it: \
-                     UPDATE and DELETE of its rows fail on a publication. Build it (`partitions apply` repairs \
-                     declared indexes) or set its REPLICA IDENTITY by hand"
-                ))
-            }
+            None => return Err(AccessProblem::NoIdentityIndex { name }),
         },
         _ => {}
     }
@@ -139,7 +158,7 @@ pub fn plan(state: &TableState) -> (Vec<(QualifiedName, Vec<AccessRepair>)>, Vec
         match repairs(state, p) {
             Ok(r) if r.is_empty() => {}
             Ok(r) => actions.push((QualifiedName::new(p.schema.clone(), p.name.clone()), r)),
-            Err(why) => problems.push(why),
+            Err(why) => problems.push(why.to_string()),
         }
     }
     (actions, problems)
@@ -320,7 +339,10 @@ mod tests {
         // Its own policies are the operator's: reported, not dropped.
         let mut own = part("app_owner", vec![]);
         own.policies = 2;
-        assert!(repairs(&s, &own).unwrap_err().contains("DROP POLICY"));
+        assert!(repairs(&s, &own)
+            .unwrap_err()
+            .to_string()
+            .contains("DROP POLICY"));
     }
 
     #[test]
@@ -341,6 +363,9 @@ mod tests {
             what: "USING INDEX \"p_id_idx\"".into()
         }));
         p.manageable = false;
-        assert!(repairs(&s, &p).unwrap_err().contains("OWNER TO"));
+        assert!(repairs(&s, &p)
+            .unwrap_err()
+            .to_string()
+            .contains("OWNER TO"));
     }
 }

@@ -18,8 +18,13 @@ pub struct DiscoveredReplica {
     /// when that is not known (no ARN on the source, no `upgrade.rds.region`).
     pub region: Option<String>,
     /// Its SQL endpoint, or why there is none to check.
-    pub endpoint: Result<ConnString, String>,
+    pub endpoint: Result<ConnString, Unchecked>,
 }
+
+/// Why a listed replica's lag cannot be checked from here (reported, never dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unchecked(pub String);
 
 impl RdsProvider {
     /// The source's read replicas (`ReadReplicaDBInstanceIdentifiers`) with
@@ -71,7 +76,7 @@ impl RdsProvider {
             out.push(DiscoveredReplica {
                 id: p.name().to_string(),
                 region,
-                endpoint,
+                endpoint: endpoint.map_err(Unchecked),
             });
         }
         Ok(out)
