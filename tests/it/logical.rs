@@ -49,7 +49,7 @@ pub fn subscriber_server() -> &'static Cluster {
         .0
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}_{}_{}",
@@ -59,7 +59,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// The database name and port of a harness URL.
-fn db_and_port(url: &str) -> (String, u16) {
+pub fn db_and_port(url: &str) -> (String, u16) {
     let u = must(url::Url::parse(url).map_err(|e| e.to_string()));
     (
         u.path().trim_start_matches('/').to_string(),
@@ -77,6 +77,12 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn create(pub_url: &str, publication: &str, ddl: &str) -> Subscriber {
+        Subscriber::create_with(pub_url, publication, ddl, false)
+    }
+
+    /// As [`Subscriber::create`]; with `copy_data` the rows present are
+    /// copied first (the subscription then starts where the copy ended).
+    pub fn create_with(pub_url: &str, publication: &str, ddl: &str, copy_data: bool) -> Subscriber {
         let server = subscriber_server();
         let db = unique("sub");
         let name = unique("s");
@@ -94,7 +100,7 @@ impl Subscriber {
         must(server.psql_secret(
             &db,
             &format!(
-                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = false)",
+                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = {copy_data})",
                 pgsteward::pg::quote_literal(&conn)
             ),
         ));
@@ -216,6 +222,23 @@ impl Cdc {
     /// row; 0 rows are left out). Fails on a DELETE of a row never seen or
     /// an INSERT of a row present.
     pub async fn rows(&mut self, prefix: &str) -> BTreeMap<i64, i64> {
+        let mut rows: BTreeMap<i64, i64> = BTreeMap::new();
+        for (id, sign, line) in self.changes(prefix).await {
+            let n = rows.entry(id).or_default();
+            *n += sign;
+            assert!(
+                (0..=1).contains(n),
+                "CDC consumer: {line} leaves row {id} present {n} times"
+            );
+        }
+        rows.retain(|_, n| *n > 0);
+        rows
+    }
+
+    /// The INSERTs (+1) and DELETEs (-1) of tables whose name starts with
+    /// `prefix`, in stream order up to now (a marker this call emits), each
+    /// with its row id and the line it was read from.
+    pub async fn changes(&mut self, prefix: &str) -> Vec<(i64, i64, String)> {
         self.markers += 1;
         let marker = format!("pgsteward-marker-{}-{}", self.slot, self.markers);
         query(
@@ -236,16 +259,16 @@ impl Cdc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let mut rows: BTreeMap<i64, i64> = BTreeMap::new();
         let table = format!("table {prefix}");
+        let mut out = Vec::new();
         for line in text.lines() {
             let Some(rest) = line.strip_prefix(&table) else {
                 continue;
             };
-            let (kind, sign) = if rest.contains(": INSERT: ") {
-                ("INSERT", 1)
+            let sign = if rest.contains(": INSERT: ") {
+                1
             } else if rest.contains(": DELETE: ") {
-                ("DELETE", -1)
+                -1
             } else {
                 continue;
             };
@@ -255,15 +278,9 @@ impl Cdc {
                 .and_then(|v| v.split(' ').next())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no id in {line}"));
-            let n = rows.entry(id).or_default();
-            *n += sign;
-            assert!(
-                (0..=1).contains(n),
-                "CDC consumer: {kind} of row {id} leaves it present {n} times: {line}"
-            );
+            out.push((id, sign, line.to_string()));
         }
-        rows.retain(|_, n| *n > 0);
-        rows
+        out
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{fresh_db, text, write_config};
 
 /// Each failpoint and the state recorded when it kills the process.
@@ -30,6 +31,10 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
     for (i, (failpoint, recorded)) in KILLS.iter().enumerate() {
         let url = fresh_db(&format!("archive_kill_{i}"));
         hostile_table(&url, 30).await;
+        // The partitions' own names, then the root's, in turn.
+        let kind = [Kind::Leaves, Kind::ViaRoot][i % 2];
+        let mut consumers = Consumers::attach(&url, kind, &["audit"]).await;
+        consumers.retiring().await;
         let old = crate::partitions::month_name("audit", -6);
         let before = rows_of(&url, &old).await;
         let prefix = format!("kill{i}");
@@ -103,6 +108,9 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
             0,
             "{failpoint}: no multipart upload left open"
         );
+        consumers
+            .assert_same(&format!("killed at {failpoint}, resumed"))
+            .await;
         // Nothing lost: the archive restores to exactly what the partition held.
         let key = keys
             .iter()
