@@ -1,7 +1,7 @@
 //! `convert` when something outside it fails (issue 22, point 10): killed
 //! during its concurrent index build, and stopped by a lock another session
-//! holds, or stopped by a signal. Either way the operator is told who, and
-//! what to run.
+//! holds, or stopped by a signal, or by a second runner. Either way the
+//! operator is told who, and what to run.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -274,4 +274,34 @@ async fn a_signal_stops_the_retries_at_a_safe_point_and_resume_continues() {
     let out = convert(&cfg, "resume", None).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(relkind(&url, "public.events").await, "p");
+}
+
+#[tokio::test]
+async fn a_second_runner_is_refused_and_named() {
+    let url = fresh_db("convert_busy");
+    setup(&url, 10).await;
+    let holder = connect(&url).await;
+    holder
+        .batch_execute("SELECT pg_advisory_lock(x'70676376'::int4, hashtext('public.events'))")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &url, &["public.events"]);
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &cfg,
+            &["convert", "start", "--table", "public.events"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("another pgsteward is converting public.events (backend pid"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(relkind(&url, "public.events").await, "r");
 }
