@@ -57,6 +57,25 @@ struct Watched {
     baseline: BTreeSet<i64>,
     /// Rows (id → text) at [`Consumers::retiring`], if called.
     before_retirement: BTreeMap<i64, String>,
+    /// Every relation seen in the table's tree (the CDC consumer counts
+    /// their changes as the table's, as a CDC consumer must map them).
+    tree: BTreeSet<String>,
+}
+
+/// `schema.name` of `root` and of every partition under it now.
+async fn tree_of(url: &str, root: &str) -> BTreeSet<String> {
+    let rows = query(
+        url,
+        &format!(
+            "SELECT format('%s.%s', n.nspname, c.relname) FROM pg_partition_tree({}::regclass) t \
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace",
+            pgsteward::pg::quote_literal(root)
+        ),
+    )
+    .await;
+    let mut names: BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+    names.insert(root.to_string());
+    names
 }
 
 pub struct Consumers {
@@ -84,7 +103,7 @@ async fn qualified(url: &str, table: &str) -> String {
 /// `CREATE TABLE` for the subscriber's copy of `rel` (`schema.name`): the
 /// same columns (generated ones generated), keyed by the replica identity
 /// index or the primary key, so the subscriber can apply DELETEs. A
-/// `watched` (compared) one must have a key and an `id bigint`.
+/// `watched` (compared) one must have a key and an integer `id`.
 async fn mirror_ddl(url: &str, rel: &str, watched: bool) -> String {
     let lit = pgsteward::pg::quote_literal(rel);
     let rows = query(
@@ -93,7 +112,7 @@ async fn mirror_ddl(url: &str, rel: &str, watched: bool) -> String {
             "WITH r AS (SELECT {lit}::regclass AS oid), \
              cols AS (SELECT string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod), \
                  CASE WHEN a.attgenerated = 's' THEN format(' GENERATED ALWAYS AS (%s) STORED', pg_get_expr(d.adbin, d.adrelid)) ELSE '' END), \
-                 ', ' ORDER BY a.attnum) AS list, bool_or(a.attname = 'id' AND a.atttypid = 'bigint'::regtype) AS has_id \
+                 ', ' ORDER BY a.attnum) AS list, bool_or(a.attname = 'id' AND a.atttypid IN ('bigint'::regtype, 'integer'::regtype, 'smallint'::regtype)) AS has_id \
                FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                WHERE a.attrelid = (SELECT oid FROM r) AND a.attnum > 0 AND NOT a.attisdropped), \
              key AS (SELECT (SELECT string_agg(quote_ident(k.attname), ', ' ORDER BY k.attnum) FROM pg_attribute k \
@@ -121,7 +140,7 @@ async fn mirror_ddl(url: &str, rel: &str, watched: bool) -> String {
         );
         assert!(
             has_id == Some(true),
-            "consumers: {rel} has no `id bigint` column, which the CDC consumer counts rows by"
+            "consumers: {rel} has no integer `id` column, which the CDC consumer counts rows by"
         );
     }
     ddl
@@ -131,7 +150,12 @@ async fn mirror_ddl(url: &str, rel: &str, watched: bool) -> String {
 async fn rows_by_id(url: &str, rels: &[String]) -> BTreeMap<i64, String> {
     let mut out = BTreeMap::new();
     for rel in rels {
-        for r in query(url, &format!("SELECT t.id, (t.*)::text FROM {rel} t")).await {
+        for r in query(
+            url,
+            &format!("SELECT t.id::bigint, (t.*)::text FROM {rel} t"),
+        )
+        .await
+        {
             out.insert(r.get::<_, i64>(0), r.get::<_, String>(1));
         }
     }
@@ -206,6 +230,7 @@ impl Consumers {
                 on_subscriber: Vec::new(),
                 baseline: BTreeSet::new(),
                 before_retirement: BTreeMap::new(),
+                tree: BTreeSet::new(),
             })
             .collect();
         for r in &published {
@@ -246,6 +271,7 @@ impl Consumers {
         }
         let cdc = Cdc::start(pub_url).await;
         for w in &mut watched {
+            w.tree = tree_of(pub_url, &w.name).await;
             w.baseline = rows_by_id(pub_url, std::slice::from_ref(&w.name))
                 .await
                 .into_keys()
@@ -267,6 +293,8 @@ impl Consumers {
     pub async fn retiring(&mut self) {
         for w in &mut self.tables {
             w.before_retirement = rows_by_id(&self.url, std::slice::from_ref(&w.name)).await;
+            let now = tree_of(&self.url, &w.name).await;
+            w.tree.extend(now);
         }
     }
 
@@ -299,7 +327,7 @@ impl Consumers {
             loop {
                 let mut got: Vec<(i64, String)> = Vec::new();
                 for rel in &w.on_subscriber {
-                    let sql = format!("SELECT t.id, (t.*)::text FROM {rel} t");
+                    let sql = format!("SELECT t.id::bigint, (t.*)::text FROM {rel} t");
                     got.extend(
                         query(&self.sub.url(), &sql)
                             .await
@@ -343,9 +371,11 @@ impl Consumers {
     pub async fn assert_cdc(&mut self, what: &str) {
         for i in 0..self.tables.len() {
             let want = self.expected(&self.tables[i]).await;
+            let now = tree_of(&self.url, &self.tables[i].name).await;
+            self.tables[i].tree.extend(now);
             let w = &self.tables[i];
             let mut present: BTreeMap<i64, i64> = w.baseline.iter().map(|id| (*id, 1)).collect();
-            let changes = self.cdc.changes(&w.name).await;
+            let changes = self.cdc.changes_of(|rel| w.tree.contains(rel)).await;
             for (id, sign, line) in changes {
                 let n = present.entry(id).or_default();
                 *n += sign;

@@ -239,6 +239,11 @@ impl Cdc {
     /// `prefix`, in stream order up to now (a marker this call emits), each
     /// with its row id and the line it was read from.
     pub async fn changes(&mut self, prefix: &str) -> Vec<(i64, i64, String)> {
+        self.changes_of(|rel| rel.starts_with(prefix)).await
+    }
+
+    /// As [`Cdc::changes`], of the tables (`schema.name`) `keep` accepts.
+    pub async fn changes_of(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(i64, i64, String)> {
         self.markers += 1;
         let marker = format!("pgsteward-marker-{}-{}", self.slot, self.markers);
         query(
@@ -259,23 +264,28 @@ impl Cdc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let table = format!("table {prefix}");
         let mut out = Vec::new();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix(&table) else {
+            let Some((rel, rest)) = line.strip_prefix("table ").and_then(|l| l.split_once(": "))
+            else {
                 continue;
             };
-            let sign = if rest.contains(": INSERT: ") {
+            if !keep(rel) {
+                continue;
+            }
+            let sign = if rest.starts_with("INSERT: ") {
                 1
-            } else if rest.contains(": DELETE: ") {
+            } else if rest.starts_with("DELETE: ") {
                 -1
             } else {
                 continue;
             };
+            // The `id` column, of any integer type: ` id[bigint]:7 ` or ` id[integer]:7`.
             let id: i64 = rest
-                .split("id[bigint]:")
+                .split(" id[")
                 .nth(1)
-                .and_then(|v| v.split(' ').next())
+                .and_then(|v| v.split_once("]:"))
+                .and_then(|(_, v)| v.split(' ').next())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no id in {line}"));
             out.push((id, sign, line.to_string()));
