@@ -159,6 +159,8 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     crate::harness::prepare_db(&cluster.primary, "app");
     let url = cluster.primary.url("app");
     hostile_table(&url, 10).await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["audit"]).await;
+    consumers.retiring().await;
     let old = crate::partitions::month_name("audit", -6);
     let toml = toml(&url, &s3.url());
     let dir = crate::harness::server_tempdir();
@@ -215,4 +217,7 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     assert!(r.tables[0].error.is_none(), "{:#?}", r.tables[0]);
     assert!(!exists(&url, &old).await);
     assert!(states(&url).await.iter().all(|(_, s)| s == "dropped"));
+    consumers
+        .assert_same("a retirement held by a cutover, then dropped")
+        .await;
 }
