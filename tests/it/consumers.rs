@@ -84,6 +84,8 @@ pub struct Consumers {
     sub: Subscriber,
     cdc: Cdc,
     tables: Vec<Watched>,
+    /// How long [`Consumers::assert_subscriber`] waits for the subscriber.
+    catch_up: Duration,
 }
 
 /// `schema.name` of a table reference as the publisher resolves it.
@@ -176,7 +178,7 @@ impl Consumers {
             Kind::Schema if harness::server_major() < 15 => Kind::AllTables,
             k => k,
         };
-        let publication = "consumers";
+        let publication = crate::logical::unique("consumers");
         match kind {
             Kind::ViaRoot | Kind::Leaves => {
                 let via_root = matches!(kind, Kind::ViaRoot);
@@ -249,7 +251,7 @@ impl Consumers {
                 w.name
             );
         }
-        let sub = Subscriber::create_with(pub_url, publication, &ddl, true);
+        let sub = Subscriber::create_with(pub_url, &publication, &ddl, true);
         // The initial copy ends before the test changes anything (a partition
         // retired mid-copy would never reach the subscriber).
         let t0 = Instant::now();
@@ -283,7 +285,15 @@ impl Consumers {
             sub,
             cdc,
             tables: watched,
+            catch_up: CATCH_UP,
         }
+    }
+
+    /// Waits `d` instead of [`CATCH_UP`] for the subscriber (a test that
+    /// expects a difference need not wait the full bound).
+    pub fn catch_up(mut self, d: Duration) -> Consumers {
+        self.catch_up = d;
+        self
     }
 
     /// Before a pass that retires partitions: their rows stay on the
@@ -341,7 +351,7 @@ impl Consumers {
                 if got == want_rows && errors == 0 {
                     break;
                 }
-                if t0.elapsed() > CATCH_UP || errors > 0 {
+                if t0.elapsed() > self.catch_up || errors > 0 {
                     let missing: Vec<&String> = want_rows
                         .iter()
                         .filter(|r| !got.contains(r))
@@ -404,4 +414,63 @@ impl Consumers {
             }
         }
     }
+}
+
+/// The fixture fails where a consumer would be wrong: rows moved out of
+/// DEFAULT by hand the way the steward refuses to (copied into a standalone
+/// table, deleted from DEFAULT, then attached) reach the subscriber as
+/// DELETEs only, and the CDC consumer as INSERTs of a table not yet in the
+/// tree; both are reported, and a plain write is not.
+#[tokio::test]
+async fn a_move_that_loses_rows_is_caught() {
+    let url = crate::harness::fresh_db("consumers_self");
+    exec(
+        &url,
+        "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, created_at timestamptz NOT NULL, \
+           PRIMARY KEY (id, created_at)) PARTITION BY RANGE (created_at); \
+         CREATE TABLE events_default PARTITION OF events DEFAULT; \
+         INSERT INTO events (created_at) SELECT '2020-01-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 10) g",
+    )
+    .await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"])
+        .await
+        .catch_up(Duration::from_secs(3));
+    let mut cdc_only = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
+    exec(&url, "INSERT INTO events (created_at) VALUES (now())").await;
+    consumers.assert_same("a plain write").await;
+    exec(
+        &url,
+        "BEGIN; \
+         CREATE TABLE events_2020 (LIKE events INCLUDING ALL); \
+         INSERT INTO events_2020 OVERRIDING SYSTEM VALUE SELECT * FROM events_default WHERE created_at < '2021-01-01'; \
+         DELETE FROM events_default WHERE created_at < '2021-01-01'; \
+         ALTER TABLE events ATTACH PARTITION events_2020 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01'); \
+         COMMIT",
+    )
+    .await;
+    let caught = tokio::spawn(async move {
+        consumers
+            .assert_subscriber("copied before the attach")
+            .await;
+    })
+    .await;
+    let message = caught
+        .err()
+        .filter(|e| e.is_panic())
+        .map(|e| format!("{:?}", e.into_panic().downcast_ref::<String>()))
+        .unwrap_or_else(|| panic!("the subscriber's lost rows went unnoticed"));
+    assert!(
+        message.contains("the subscriber has 1 rows, the publisher 11"),
+        "{message}"
+    );
+    let caught = tokio::spawn(async move {
+        cdc_only.assert_cdc("copied before the attach").await;
+    })
+    .await;
+    let message = caught
+        .err()
+        .filter(|e| e.is_panic())
+        .map(|e| format!("{:?}", e.into_panic().downcast_ref::<String>()))
+        .unwrap_or_else(|| panic!("the CDC consumer's duplicates went unnoticed"));
+    assert!(message.contains("present 2 times"), "{message}");
 }
