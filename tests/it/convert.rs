@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
 use crate::partitions::{as_owner, as_steward, exec_super};
 
@@ -218,6 +219,8 @@ async fn converts_online_under_a_writer_and_a_reader() {
         .to_string();
     let boundary = plan["plan"]["boundary_text"].as_str().unwrap().to_string();
 
+    // After the plan (which reads publications): a subscriber and a CDC consumer.
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     let l = load(&url, &writer, &reader).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = cfg.clone();
@@ -410,6 +413,9 @@ async fn converts_online_under_a_writer_and_a_reader() {
         notes.contains("holds every row before") && !notes.contains("overlaps"),
         "{notes}"
     );
+    consumers
+        .assert_same("conversion under a writer, then a pass")
+        .await;
 }
 
 /// The step boundaries, in order (`convert-<step>-start` / `-done`).
@@ -432,6 +438,9 @@ async fn killed_at_every_step_boundary_then_resumed() {
         let url = fresh_db(&format!("convert_kill{i}"));
         setup(&url, 500).await;
         let before = checksum(&url, 500).await;
+        // Both kinds of publication a conversion carries, in turn.
+        let kind = [Kind::ViaRoot, Kind::Schema][i % 2];
+        let mut consumers = Consumers::attach(&url, kind, &["events"]).await;
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), &url, &["public.events"]);
         let c = cfg.clone();
@@ -486,6 +495,9 @@ async fn killed_at_every_step_boundary_then_resumed() {
         assert_eq!(left, 0, "{point}");
         let state: String = query(&url, "SELECT state FROM pgsteward.conversions").await[0].get(0);
         assert_eq!(state, "done", "{point}");
+        consumers
+            .assert_same(&format!("killed at {point}, resumed"))
+            .await;
     }
 }
 
@@ -499,6 +511,7 @@ async fn abort_before_the_swap_leaves_the_table_as_it_was_and_after_it_is_refuse
         let r = &query(&url, shape).await[0];
         (r.get(0), r.get(1))
     };
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["events"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.events"]);
     let c = cfg.clone();
@@ -564,34 +577,7 @@ async fn abort_before_the_swap_leaves_the_table_as_it_was_and_after_it_is_refuse
     .await
     .unwrap();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-}
-
-#[tokio::test]
-async fn a_second_runner_is_refused_and_named() {
-    let url = fresh_db("convert_busy");
-    setup(&url, 10).await;
-    let holder = connect(&url).await;
-    holder
-        .batch_execute("SELECT pg_advisory_lock(x'70676376'::int4, hashtext('public.events'))")
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &url, &["public.events"]);
-    let out = tokio::task::spawn_blocking(move || {
-        run(
-            &cfg,
-            &["convert", "start", "--table", "public.events"],
-            None,
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.code, Some(1));
-    assert!(
-        out.stderr
-            .contains("another pgsteward is converting public.events (backend pid"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(relkind(&url, "public.events").await, "r");
+    consumers
+        .assert_same("aborted, then resumed past the swap")
+        .await;
 }

@@ -1,5 +1,6 @@
 //! `pgsteward convert` on tables with more to carry, and on tables it must refuse.
 
+use crate::consumers::{Consumers, Kind};
 use crate::convert::{config, exec, run};
 use crate::harness::{fresh_db, query};
 
@@ -130,6 +131,7 @@ async fn carries_serials_keys_unique_indexes_publications_and_settings() {
          INSERT INTO log (logged_on, code, ref) SELECT current_date - i % 30, 'c' || i, 'r' || i FROM generate_series(1, 300) i;",
     )
     .await;
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["log"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.log"]);
     let c = cfg.clone();
@@ -227,6 +229,8 @@ async fn carries_serials_keys_unique_indexes_publications_and_settings() {
         Some(pgsteward::config::CalendarSpan { months: 0, days: 1 });
     let later =
         chrono::DateTime::from_timestamp_micros(boundary).unwrap() + chrono::Duration::days(3);
+    // The first partition is retired: its rows stay on the consumers.
+    consumers.retiring().await;
     let report = pgsteward::partitions::run_pass_at(
         &config,
         later,
@@ -242,6 +246,9 @@ async fn carries_serials_keys_unique_indexes_publications_and_settings() {
     .await[0]
         .get(0);
     assert_eq!(attached, 0, "{report:#?}");
+    consumers
+        .assert_same("converted, first partition retired")
+        .await;
 }
 
 #[tokio::test]
@@ -253,6 +260,7 @@ async fn rows_outside_the_first_partition_stop_the_conversion_cleanly() {
          INSERT INTO n SELECT i, CASE WHEN i = 7 THEN NULL ELSE now() END FROM generate_series(1, 50) i;",
     )
     .await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["n"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.n"]);
     let c = cfg.clone();
@@ -289,6 +297,7 @@ async fn rows_outside_the_first_partition_stop_the_conversion_cleanly() {
     assert_eq!(state, "aborted");
     // Writers of NULL keys are not refused any more.
     exec(&url, "INSERT INTO n VALUES (51, NULL)").await;
+    consumers.assert_same("a conversion undone").await;
 }
 
 fn run_blocking(
@@ -307,6 +316,7 @@ fn run_blocking(
 async fn partition_commands_report_a_table_being_converted() {
     let url = fresh_db("convert_status");
     crate::convert::setup(&url, 200).await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.events"]);
     // Stops after the CHECK is validated, before the swap.
@@ -407,6 +417,9 @@ async fn partition_commands_report_a_table_being_converted() {
     .await[0]
         .get(0);
     assert!(id > 200, "the identity did not continue: {id}");
+    consumers
+        .assert_same("converted, maintained, written")
+        .await;
 }
 
 /// Writers with `synchronous_commit = off` (acknowledged before their WAL is
@@ -438,6 +451,7 @@ async fn asynchronous_commit_writers_lose_no_acknowledged_row() {
     assert_eq!(probe[0].get::<_, String>(0), "off");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.ledger"]);
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["ledger"]).await;
     let load = crate::upgrade::Load::start(
         &app,
         4,
@@ -486,6 +500,9 @@ async fn asynchronous_commit_writers_lose_no_acknowledged_row() {
         .unwrap()
         .get(0);
     assert_eq!(old, 5000);
+    consumers
+        .assert_same("asynchronous-commit writers through a killed swap")
+        .await;
 }
 
 /// What `convert plan` tells the operator to do about a materialized view
@@ -500,6 +517,7 @@ async fn a_materialized_view_reading_through_a_view_follows_the_parent() {
          CREATE MATERIALIZED VIEW m_direct AS SELECT count(*) AS n FROM m;",
     )
     .await;
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["m"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &url, &["public.m"]);
     let plan = run_blocking(&cfg, &["convert", "plan", "--table", "public.m"], None)
@@ -541,4 +559,7 @@ async fn a_materialized_view_reading_through_a_view_follows_the_parent() {
     .await;
     let n: i64 = query(&url, "SELECT n FROM m_direct").await[0].get(0);
     assert_eq!(n, 101, "the materialized view does not read the new parent");
+    consumers
+        .assert_same("converted under a materialized view")
+        .await;
 }

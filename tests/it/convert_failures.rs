@@ -1,11 +1,12 @@
 //! `convert` when something outside it fails (issue 22, point 10): killed
 //! during its concurrent index build, and stopped by a lock another session
-//! holds, or stopped by a signal. Either way the operator is told who, and
-//! what to run.
+//! holds, or stopped by a signal, or by a second runner. Either way the
+//! operator is told who, and what to run.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::consumers::{Consumers, Kind};
 use crate::convert::{config, relkind, run, setup, Run};
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
 use crate::partitions::{as_owner, as_steward, as_super};
@@ -40,6 +41,8 @@ async fn status_json(cfg: &std::path::Path) -> serde_json::Value {
 async fn killed_during_the_index_build_status_names_no_orphan_as_driver() {
     let url = fresh_db("convert_kill_build");
     setup(&url, 200).await;
+    // Before the open transaction (a slot waits for running ones).
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     // A writer's open transaction: the concurrent build waits for it
     // ("waiting for writers before build").
     let writer = connect(&as_owner(&url)).await;
@@ -133,6 +136,9 @@ async fn killed_during_the_index_build_status_names_no_orphan_as_driver() {
     .unwrap();
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(relkind(&url, "public.events").await, "p");
+    consumers
+        .assert_same("killed during the index build, resumed")
+        .await;
 }
 
 /// Runs `convert <cmd>` on `cfg`, under `failpoint` if any.
@@ -158,6 +164,7 @@ async fn convert(cfg: &std::path::Path, cmd: &'static str, failpoint: Option<&'s
 async fn a_lock_error_names_the_blocking_session() {
     let url = fresh_db("convert_blocked");
     setup(&url, 50).await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     let block = || async {
         let blocker = connect(&as_owner(&url)).await;
         blocker
@@ -214,6 +221,7 @@ async fn a_lock_error_names_the_blocking_session() {
     let invalid: i64 =
         query(&url, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await[0].get(0);
     assert_eq!(invalid, 0, "no invalid index left");
+    consumers.assert_same("blocked twice, resumed").await;
 }
 
 /// SIGTERM while the CHECK's transaction keeps losing its lock race with a
@@ -224,6 +232,7 @@ async fn a_lock_error_names_the_blocking_session() {
 async fn a_signal_stops_the_retries_at_a_safe_point_and_resume_continues() {
     let url = fresh_db("convert_signal");
     setup(&url, 50).await;
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["events"]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
@@ -274,4 +283,35 @@ async fn a_signal_stops_the_retries_at_a_safe_point_and_resume_continues() {
     let out = convert(&cfg, "resume", None).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(relkind(&url, "public.events").await, "p");
+    consumers.assert_same("stopped on a signal, resumed").await;
+}
+
+#[tokio::test]
+async fn a_second_runner_is_refused_and_named() {
+    let url = fresh_db("convert_busy");
+    setup(&url, 10).await;
+    let holder = connect(&url).await;
+    holder
+        .batch_execute("SELECT pg_advisory_lock(x'70676376'::int4, hashtext('public.events'))")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &url, &["public.events"]);
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &cfg,
+            &["convert", "start", "--table", "public.events"],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("another pgsteward is converting public.events (backend pid"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(relkind(&url, "public.events").await, "r");
 }

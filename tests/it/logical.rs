@@ -49,7 +49,7 @@ pub fn subscriber_server() -> &'static Cluster {
         .0
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "{prefix}_{}_{}",
@@ -59,7 +59,7 @@ fn unique(prefix: &str) -> String {
 }
 
 /// The database name and port of a harness URL.
-fn db_and_port(url: &str) -> (String, u16) {
+pub fn db_and_port(url: &str) -> (String, u16) {
     let u = must(url::Url::parse(url).map_err(|e| e.to_string()));
     (
         u.path().trim_start_matches('/').to_string(),
@@ -91,11 +91,22 @@ fn publisher_conninfo(pub_url: &str) -> String {
 
 impl Subscriber {
     pub fn create(pub_url: &str, publication: &str, ddl: &str) -> Subscriber {
-        Subscriber::create_with(pub_url, publication, ddl, "")
+        Subscriber::create_with(pub_url, publication, ddl, false)
     }
 
-    /// With more subscription options (`", failover = true"`).
-    pub fn create_with(pub_url: &str, publication: &str, ddl: &str, options: &str) -> Subscriber {
+    /// As [`Subscriber::create`]; with `copy_data` the rows present are
+    /// copied first (the subscription then starts where the copy ended).
+    pub fn create_with(pub_url: &str, publication: &str, ddl: &str, copy_data: bool) -> Subscriber {
+        Subscriber::create_opts(
+            pub_url,
+            publication,
+            ddl,
+            &format!("copy_data = {copy_data}"),
+        )
+    }
+
+    /// With the subscription's options spelled out (`WITH (<with>)`).
+    pub fn create_opts(pub_url: &str, publication: &str, ddl: &str, with: &str) -> Subscriber {
         let server = subscriber_server();
         let db = unique("sub");
         let name = unique("s");
@@ -105,7 +116,7 @@ impl Subscriber {
         must(server.psql_secret(
             &db,
             &format!(
-                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH (copy_data = false{options})",
+                "CREATE SUBSCRIPTION {name} CONNECTION {} PUBLICATION {publication} WITH ({with})",
                 pgsteward::pg::quote_literal(&conn)
             ),
         ));
@@ -296,6 +307,28 @@ impl Cdc {
     /// row; 0 rows are left out). Fails on a DELETE of a row never seen or
     /// an INSERT of a row present.
     pub async fn rows(&mut self, prefix: &str) -> BTreeMap<i64, i64> {
+        let mut rows: BTreeMap<i64, i64> = BTreeMap::new();
+        for (id, sign, line) in self.changes(prefix).await {
+            let n = rows.entry(id).or_default();
+            *n += sign;
+            assert!(
+                (0..=1).contains(n),
+                "CDC consumer: {line} leaves row {id} present {n} times"
+            );
+        }
+        rows.retain(|_, n| *n > 0);
+        rows
+    }
+
+    /// The INSERTs (+1) and DELETEs (-1) of tables whose name starts with
+    /// `prefix`, in stream order up to now (a marker this call emits), each
+    /// with its row id and the line it was read from.
+    pub async fn changes(&mut self, prefix: &str) -> Vec<(i64, i64, String)> {
+        self.changes_of(|rel| rel.starts_with(prefix)).await
+    }
+
+    /// As [`Cdc::changes`], of the tables (`schema.name`) `keep` accepts.
+    pub async fn changes_of(&mut self, keep: impl Fn(&str) -> bool) -> Vec<(i64, i64, String)> {
         self.markers += 1;
         let marker = format!("pgsteward-marker-{}-{}", self.slot, self.markers);
         query(
@@ -316,34 +349,33 @@ impl Cdc {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let mut rows: BTreeMap<i64, i64> = BTreeMap::new();
-        let table = format!("table {prefix}");
+        let mut out = Vec::new();
         for line in text.lines() {
-            let Some(rest) = line.strip_prefix(&table) else {
+            let Some((rel, rest)) = line.strip_prefix("table ").and_then(|l| l.split_once(": "))
+            else {
                 continue;
             };
-            let (kind, sign) = if rest.contains(": INSERT: ") {
-                ("INSERT", 1)
-            } else if rest.contains(": DELETE: ") {
-                ("DELETE", -1)
+            if !keep(rel) {
+                continue;
+            }
+            let sign = if rest.starts_with("INSERT: ") {
+                1
+            } else if rest.starts_with("DELETE: ") {
+                -1
             } else {
                 continue;
             };
+            // The `id` column, of any integer type: ` id[bigint]:7 ` or ` id[integer]:7`.
             let id: i64 = rest
-                .split("id[bigint]:")
+                .split(" id[")
                 .nth(1)
-                .and_then(|v| v.split(' ').next())
+                .and_then(|v| v.split_once("]:"))
+                .and_then(|(_, v)| v.split(' ').next())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no id in {line}"));
-            let n = rows.entry(id).or_default();
-            *n += sign;
-            assert!(
-                (0..=1).contains(n),
-                "CDC consumer: {kind} of row {id} leaves it present {n} times: {line}"
-            );
+            out.push((id, sign, line.to_string()));
         }
-        rows.retain(|_, n| *n > 0);
-        rows
+        out
     }
 }
 

@@ -8,6 +8,7 @@ mod archive;
 mod bench;
 mod capacity;
 mod cli_config;
+mod consumers;
 mod convert;
 mod convert_bench;
 mod convert_cases;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{connect, fresh_db, pgsteward, query, write_config};
 use crate::logical::{assert_cdc_matches, assert_subscriber_matches, Cdc, Subscriber};
 use crate::partitions::{
@@ -69,6 +70,7 @@ async fn foreign_key_actions_never_fire_and_referenced_rows_stay() {
     }
     let tables: Vec<&str> = actions.iter().map(|a| a.0).collect();
     let before = refs_snapshot(&url, &tables).await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     let cfg = config(&url, "", &table("events", "premake = 2"));
     let r = pass(&cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Problem, "{r:#?}");
@@ -116,6 +118,7 @@ async fn foreign_key_actions_never_fire_and_referenced_rows_stay() {
     assert_eq!((r.tables[0].created, r.tables[0].rows_moved), (1, 5));
     let total = query(&url, "SELECT count(*) FROM ONLY events_default").await;
     assert_eq!(total[0].get::<_, i64>(0), 0);
+    consumers.assert_same("moves around referenced rows").await;
 }
 
 #[tokio::test]
@@ -135,6 +138,8 @@ async fn delete_triggers_on_default_never_fire() {
         ),
     )
     .await;
+    // Every table of the database published (audit too, which stays empty).
+    let mut consumers = Consumers::attach(&url, Kind::AllTables, &["events"]).await;
     let cfg = config(&url, "", &table("events", "premake = 1"));
     let r = pass(&cfg).await;
     let err = r.tables[0].error.as_deref().unwrap_or_default();
@@ -155,6 +160,9 @@ async fn delete_triggers_on_default_never_fire() {
     );
     let audit = query(&url, "SELECT count(*) FROM audit").await;
     assert_eq!(audit[0].get::<_, i64>(0), 0);
+    consumers
+        .assert_same("a move with the DELETE trigger disabled")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{fresh_db, text, write_config};
 
 /// Each failpoint and the state recorded when it kills the process.
@@ -30,6 +31,10 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
     for (i, (failpoint, recorded)) in KILLS.iter().enumerate() {
         let url = fresh_db(&format!("archive_kill_{i}"));
         hostile_table(&url, 30).await;
+        // The partitions' own names, then the root's, in turn.
+        let kind = [Kind::Leaves, Kind::ViaRoot][i % 2];
+        let mut consumers = Consumers::attach(&url, kind, &["audit"]).await;
+        consumers.retiring().await;
         let old = crate::partitions::month_name("audit", -6);
         let before = rows_of(&url, &old).await;
         let prefix = format!("kill{i}");
@@ -103,6 +108,9 @@ async fn kill_9_after_each_recorded_state_then_a_pass_loses_nothing_and_archives
             0,
             "{failpoint}: no multipart upload left open"
         );
+        consumers
+            .assert_same(&format!("killed at {failpoint}, resumed"))
+            .await;
         // Nothing lost: the archive restores to exactly what the partition held.
         let key = keys
             .iter()
@@ -151,6 +159,8 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     crate::harness::prepare_db(&cluster.primary, "app");
     let url = cluster.primary.url("app");
     hostile_table(&url, 10).await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["audit"]).await;
+    consumers.retiring().await;
     let old = crate::partitions::month_name("audit", -6);
     let toml = toml(&url, &s3.url());
     let dir = crate::harness::server_tempdir();
@@ -207,4 +217,7 @@ async fn a_cutover_beginning_mid_retirement_holds_the_drop() {
     assert!(r.tables[0].error.is_none(), "{:#?}", r.tables[0]);
     assert!(!exists(&url, &old).await);
     assert!(states(&url).await.iter().all(|(_, s)| s == "dropped"));
+    consumers
+        .assert_same("a retirement held by a cutover, then dropped")
+        .await;
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::proxy::{Mode, Proxy};
 use super::*;
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{fresh_db, text, write_config};
 
 /// One partition past retention (month -5) and the current ones.
@@ -43,6 +44,22 @@ async fn a_store_down_failing_or_hung_keeps_the_partition_and_names_the_fix() {
     let proxy = Proxy::start(s3.moto.port);
     let url = fresh_db("archive_faults");
     small_table(&url).await;
+    // Consumers of the retirement; the rows identified in full (no key).
+    let full: String = [-5, -1, 0, 1]
+        .iter()
+        .map(|i| crate::partitions::month_name("audit", *i))
+        .chain(["audit".to_string()])
+        .map(|t| format!("ALTER TABLE {t} REPLICA IDENTITY FULL;"))
+        .collect();
+    must(
+        connect(&as_owner(&url))
+            .await
+            .batch_execute(&full)
+            .await
+            .map_err(|e| pgsteward::pg::server_message(&e)),
+    );
+    let mut consumers = Consumers::attach(&url, Kind::Leaves, &["audit"]).await;
+    consumers.retiring().await;
     let old = crate::partitions::month_name("audit", -5);
     let before = rows_of(&url, &old).await;
 
@@ -136,6 +153,10 @@ async fn a_store_down_failing_or_hung_keeps_the_partition_and_names_the_fix() {
     assert_eq!(r.tables[0].retired, 1);
     assert!(!exists(&url, &old).await);
     assert_eq!(states(&url).await[0].1, "dropped");
+    // Before the restore below: it writes a table of the partition's name.
+    consumers
+        .assert_same("retired after the store came back")
+        .await;
     assert_eq!(s3.keys().await.len(), 2, "one data object and its manifest");
     assert_eq!(s3.open_uploads().await, 0, "failed uploads aborted");
     let key = s3

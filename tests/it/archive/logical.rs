@@ -5,6 +5,7 @@
 //! arrive.
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{create_app_db, server_tempdir};
 use pgsteward::localpg::StopMode;
 
@@ -19,6 +20,9 @@ async fn a_cdc_consumer_sees_no_deletes_and_keeps_decoding() {
     create_app_db(&cluster, "app");
     let url = cluster.url("app");
     hostile_table(&url, 20).await;
+    // And a subscriber with a CDC consumer of its own, compared row by row.
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["audit"]).await;
+    consumers.retiring().await;
     must(cluster.psql(
         "app",
         "SELECT pg_create_logical_replication_slot('cdc', 'test_decoding')",
@@ -65,4 +69,7 @@ async fn a_cdc_consumer_sees_no_deletes_and_keeps_decoding() {
             .all(|c| c.contains("public.audit") || c.starts_with("table pgsteward.")),
         "{all}"
     );
+    consumers
+        .assert_same("archived and dropped, written around")
+        .await;
 }

@@ -5,6 +5,7 @@
 use pgsteward::schema;
 
 use super::{config_of, hostile_table, pass, states, toml, S3};
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{as_steward, connect, fresh_db, must, query, shared};
 
 /// The DDL earlier builds ran before every retirement.
@@ -40,7 +41,10 @@ async fn archive_migration_keeps_a_table_an_earlier_build_made() {
         "t"
     );
 
-    // A pass archives the three old months through the versioned schema.
+    // A pass archives the three old months through the versioned schema;
+    // their rows stay on the consumers (the `pgsteward` schema not published).
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["audit"]).await;
+    consumers.retiring().await;
     let s3 = S3::start().await;
     let report = pass(&config_of(&toml(&url, &s3.url()))).await;
     let got = states(&url).await;
@@ -54,6 +58,9 @@ async fn archive_migration_keeps_a_table_an_earlier_build_made() {
         must(shared().psql(&db, version)).trim(),
         schema::latest().to_string()
     );
+    consumers
+        .assert_same("archived through the migration")
+        .await;
 
     // Migration 2 again over the table (as from a version-1 install that ran
     // the standalone DDL too): nothing lost, the version recorded once.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 use crate::harness::{fresh_db, owner_psql, shared, text, write_config};
 
 #[tokio::test]
@@ -29,6 +30,8 @@ async fn archives_verify_list_and_restore_every_type_exactly() {
         assert_eq!(rows.len(), 120, "{p}");
         before.push(rows);
     }
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["audit"]).await;
+    consumers.retiring().await;
     let toml = toml(&url, &s3.url());
     let cfg = config_of(&toml);
 
@@ -57,6 +60,7 @@ async fn archives_verify_list_and_restore_every_type_exactly() {
     for p in &old {
         assert!(!exists(&url, p).await, "{p} dropped");
     }
+    consumers.assert_same("archived and dropped").await;
     let st = states(&url).await;
     assert_eq!(st.len(), 3);
     assert!(st.iter().all(|(_, s)| s == "dropped"), "{st:?}");
@@ -199,4 +203,15 @@ async fn archives_verify_list_and_restore_every_type_exactly() {
         keys,
         "the same object replaced, no second archive"
     );
+    // The subscriber of a FOR TABLE publication kept the retired rows and
+    // gets them no second time. TODO-design: `restore --attach` COPYs into a
+    // standalone table named as the partition, then attaches it; decoding
+    // publishes those INSERTs under the partition's name. A CDC consumer
+    // mapping the parent's partitions by name so counts rows it kept through
+    // the retirement twice, and a FOR ALL TABLES or TABLES IN SCHEMA
+    // publication sends them under that name, an apply error on a subscriber
+    // without such a table (both seen here: `assert_cdc`, `Kind::Schema`).
+    consumers
+        .assert_subscriber("restored with --attach, archived again")
+        .await;
 }

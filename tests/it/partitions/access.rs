@@ -5,6 +5,7 @@
 //! its DEFAULT moved, and `REPLICA IDENTITY USING INDEX` is carried.
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 
 fn role(url: &str, what: &str) -> String {
     format!("{what}_{}", db_name(url))
@@ -139,6 +140,13 @@ async fn forced_row_security_with_rows_in_default_gets_its_partition() {
         ),
     )
     .await;
+    // Consumers of the move (issue 22); rows identified in full (no key).
+    exec(
+        &url,
+        "ALTER TABLE events REPLICA IDENTITY FULL; ALTER TABLE events_default REPLICA IDENTITY FULL",
+    )
+    .await;
+    let mut consumers = Consumers::attach(&url, Kind::ViaRoot, &["events"]).await;
     let cfg = config(&url, "", &table("events", "premake = 1"));
     let r = pass(&cfg).await;
     let t = &r.tables[0];
@@ -165,6 +173,7 @@ async fn forced_row_security_with_rows_in_default_gets_its_partition() {
     )
     .await;
     assert_eq!(orphans[0].get::<_, i64>(0), 0, "no standalone table left");
+    consumers.assert_same("hidden and visible rows moved").await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! privileges of the parent, names within 63 bytes.
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 
 #[tokio::test]
 async fn first_pass_creates_current_and_premake_and_second_pass_does_nothing() {
@@ -147,6 +148,14 @@ async fn default_rows_are_moved_without_loss_in_the_attaching_transaction() {
     .await;
     let checksum = "SELECT count(*), md5(string_agg(id::text || created_at::text || payload, ',' ORDER BY id)) FROM events";
     let before = query(&url, checksum).await;
+    // A subscriber and a CDC consumer see the move (issue 22). Without a key,
+    // the rows are identified in full (new partitions carry the parent's identity).
+    exec(
+        &url,
+        "ALTER TABLE events REPLICA IDENTITY FULL; ALTER TABLE events_default REPLICA IDENTITY FULL",
+    )
+    .await;
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["events"]).await;
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
         dir.path(),
@@ -190,6 +199,7 @@ async fn default_rows_are_moved_without_loss_in_the_attaching_transaction() {
     )
     .await;
     assert_eq!(leftovers[0].get::<_, i64>(0), 0);
+    consumers.assert_same("DEFAULT rows moved by apply").await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! cancelled and leaves nothing behind when an attach fails.
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 
 #[tokio::test]
 async fn long_transaction_on_the_parent_makes_the_pass_retry_not_block_inserts() {
@@ -163,9 +164,12 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
     exec(&url, EVENTS).await;
     exec(
         &url,
-        "CREATE TABLE events_default PARTITION OF events DEFAULT; CREATE INDEX events_at ON events (created_at)",
+        "CREATE TABLE events_default PARTITION OF events DEFAULT; CREATE INDEX events_at ON events (created_at); \
+         ALTER TABLE events REPLICA IDENTITY FULL; ALTER TABLE events_default REPLICA IDENTITY FULL",
     )
     .await;
+    // Every table published; the rows are identified in full (no key).
+    let mut consumers = Consumers::attach(&url, Kind::AllTables, &["events"]).await;
     // SHARE on the parent alone (ONLY: partitions stay unlocked) lets every
     // step through except ATTACH, which needs SHARE UPDATE EXCLUSIVE.
     let blocker = connect(&as_owner(&url)).await;
@@ -254,4 +258,5 @@ async fn a_failed_attach_leaves_nothing_behind_and_names_the_blocker() {
         (2, 1),
         "{r:#?}"
     );
+    consumers.assert_same("a move after a failed attach").await;
 }

@@ -2,6 +2,7 @@
 //! ones spared, an interrupted concurrent detach finalized.
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 
 #[tokio::test]
 async fn retention_detaches_concurrently_drops_and_spares_fk_referenced() {
@@ -24,7 +25,21 @@ async fn retention_detaches_concurrently_drops_and_spares_fk_referenced() {
     }
     ddl.push_str("CREATE TABLE gone_default PARTITION OF gone DEFAULT;");
     ddl.push_str("CREATE TABLE fk_ref (id bigint, created_at timestamptz, FOREIGN KEY (id, created_at) REFERENCES fk);");
+    // Rows in every month of `keep` and `gone` (ids unique per table), and
+    // consumers of them publishing each partition under its own name: the
+    // retired months' rows stay on both (issue 22).
+    for t in ["keep", "gone"] {
+        for i in -6..=1 {
+            ddl.push_str(&format!(
+                "INSERT INTO {t} SELECT {} + g, '{}'::timestamptz + g * interval '1 hour' FROM generate_series(1, 5) g;",
+                (i + 10) * 100,
+                month_start(i)
+            ));
+        }
+    }
     client.batch_execute(&ddl).await.unwrap();
+    let mut consumers = Consumers::attach(&url, Kind::Leaves, &["keep", "gone"]).await;
+    consumers.retiring().await;
     let tables = [
         table("keep", "premake = 1\nretention = '3 months'"),
         table(
@@ -97,6 +112,7 @@ async fn retention_detaches_concurrently_drops_and_spares_fk_referenced() {
         .tables
         .iter()
         .all(|t| t.statements.is_empty()));
+    consumers.assert_same("retired by detach and by drop").await;
 }
 
 #[tokio::test]
@@ -111,12 +127,17 @@ async fn interrupted_concurrent_detach_is_finalized() {
     exec(
         &url,
         &format!(
-            "CREATE TABLE {old} PARTITION OF events FOR VALUES FROM ('{}') TO ('{}')",
+            "CREATE TABLE {old} PARTITION OF events FOR VALUES FROM ('{}') TO ('{}'); \
+             ALTER TABLE events REPLICA IDENTITY FULL; ALTER TABLE {old} REPLICA IDENTITY FULL; \
+             INSERT INTO events (created_at) SELECT '{0}'::timestamptz + g * interval '1 hour' FROM generate_series(1, 5) g",
             month_start(-6),
             month_start(-5)
         ),
     )
     .await;
+    // Its rows stay on the consumers once the detach is finalized.
+    let mut consumers = Consumers::attach(&url, Kind::Schema, &["events"]).await;
+    consumers.retiring().await;
     // A transaction with a snapshot on the parent makes the second half of
     // DETACH CONCURRENTLY wait; lock_timeout then interrupts it, leaving it pending.
     let holder = connect(&as_owner(&url)).await;
@@ -163,4 +184,5 @@ async fn interrupted_concurrent_detach_is_finalized() {
         .await
         .iter()
         .any(|p| p.0 == old));
+    consumers.assert_same("a pending detach finalized").await;
 }

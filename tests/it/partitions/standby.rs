@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::*;
+use crate::consumers::{Consumers, Kind};
 
 const KEYED: &str = "CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY, \
     created_at timestamptz NOT NULL, payload text, PRIMARY KEY (id, created_at)) \
@@ -144,6 +145,8 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     ));
     must(replica.psql("postgres", "SELECT pg_reload_conf()"));
     cluster.wait_replicas_caught_up();
+    // A subscriber and a CDC consumer of both moves (issue 22).
+    let mut consumers = Consumers::attach(&url, Kind::AllTables, &["events"]).await;
     let standby_url = replica.url("app");
     let standby = connect(&standby_url).await;
     let dir = tempfile::tempdir().unwrap();
@@ -251,4 +254,7 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     let r = pass(&guarded_cfg).await;
     assert_eq!(r.outcome(), pgsteward::Outcome::Healthy, "{r:#?}");
     assert_eq!((r.tables[0].created, r.tables[0].rows_moved), (1, 10));
+    consumers
+        .assert_same("moves waited for or left by standbys")
+        .await;
 }

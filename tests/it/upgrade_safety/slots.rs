@@ -163,11 +163,11 @@ async fn failover_slots_are_carried_and_consumers_miss_and_repeat_nothing() {
         assert!(plan_text.contains("before PostgreSQL 17"), "{plan_text}");
         return;
     }
-    let sub = Subscriber::create_with(
+    let sub = Subscriber::create_opts(
         &t.primary_url,
         "ledger_pub",
         pgsteward::workload::LEDGER_TABLE,
-        ", failover = true",
+        "copy_data = false, failover = true",
     );
     let mut cdc = Cdc::start_with(&t.primary_url, true).await;
     let load = Load::start(
