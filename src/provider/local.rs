@@ -15,19 +15,15 @@ use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::settings::class_wins;
 use crate::provider::slotsync;
+use crate::provider::sql::{
+    alter_primary_conninfo, CLASS_SETTING, DROP_STANDBY_SLOT, IN_RECOVERY, MAKE_STANDBY_SLOT,
+    PRIMARY_CONNINFO, PROMOTE, RELOAD_CONF, SOURCE_FACTS, STANDBY_SLOT_ACTIVE,
+};
 use crate::provider::{
     endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
     ProviderError, ReplicaInfo, ServerState, SourceFacts,
 };
 
-const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
-     current_setting('server_version_num')::int4";
-const CLASS_SETTING: &str =
-    "SELECT setting, unit, current_setting(name) FROM pg_settings WHERE name = $1";
-const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
-const PROMOTE: &str = "SELECT pg_promote(wait => false)";
-const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
-const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 /// How long one replica may take to answer while it is repointed.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -328,7 +324,7 @@ impl Provider for LocalProvider {
             .then(|| slotsync::standby_slot(&id));
         if let Some(slot) = &slot_sync {
             client
-                .execute(slotsync::MAKE_STANDBY_SLOT, &[slot])
+                .execute(MAKE_STANDBY_SLOT, &[slot])
                 .await
                 .map_err(|e| pg_err(&self.primary, e))?;
             settings.extend(
@@ -547,14 +543,14 @@ impl LocalProvider {
         let deadline = tokio::time::Instant::now() + FOLLOW_TIMEOUT;
         loop {
             let row = client
-                .query_opt(slotsync::STANDBY_SLOT_ACTIVE, &[&slot])
+                .query_opt(STANDBY_SLOT_ACTIVE, &[&slot])
                 .await
                 .map_err(|e| pg_err(&self.primary, e))?;
             match row.map(|r| r.get::<_, bool>(0)) {
                 None => return Ok(()),
                 Some(false) => {
                     client
-                        .query_one(slotsync::DROP_STANDBY_SLOT, &[&slot])
+                        .query_one(DROP_STANDBY_SLOT, &[&slot])
                         .await
                         .map_err(|e| pg_err(&self.primary, e))?;
                     return Ok(());
@@ -627,14 +623,6 @@ fn api(op: &'static str, target: String, e: tokio_postgres::Error) -> ProviderEr
         op,
         detail: format!("{target}: {}", crate::pg::server_message(&e)),
     }
-}
-
-/// `ALTER SYSTEM SET primary_conninfo = '<conninfo>'` (ALTER SYSTEM takes no parameters).
-fn alter_primary_conninfo(conninfo: &str) -> String {
-    format!(
-        "ALTER SYSTEM SET primary_conninfo = {}",
-        crate::pg::quote_literal(conninfo)
-    )
 }
 
 /// Removes a data directory and the log and socket directory `Cluster` keeps beside it.
