@@ -50,7 +50,8 @@
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
 //!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
 //!   * [`provider::slotsync`]: what a new server needs to receive PostgreSQL 17+ failover slots (its slot, settings).
-//!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
+//!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`); `local::running`
+//!     its SQL on running servers (a replica repointed, the new server's slot dropped).
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
 //! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.

@@ -15,13 +15,10 @@ use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::settings::class_wins;
 use crate::provider::slotsync;
-use crate::provider::sql::{
-    alter_primary_conninfo, CLASS_SETTING, DROP_STANDBY_SLOT, IN_RECOVERY, MAKE_STANDBY_SLOT,
-    PRIMARY_CONNINFO, PROMOTE, RELOAD_CONF, SOURCE_FACTS, STANDBY_SLOT_ACTIVE,
-};
+use crate::provider::sql::{CLASS_SETTING, IN_RECOVERY, MAKE_STANDBY_SLOT, PROMOTE, SOURCE_FACTS};
 use crate::provider::{
-    endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
-    ProviderError, ReplicaInfo, ServerState, SourceFacts,
+    endpoint_like, replica_id, settings, Check, Follow, Precheck, Provider, ProviderError,
+    ReplicaInfo, ServerState, SourceFacts,
 };
 
 /// How long one replica may take to answer while it is repointed.
@@ -536,75 +533,6 @@ impl Provider for LocalProvider {
 }
 
 impl LocalProvider {
-    /// Drops the new server's slot on the source once its walsender is gone
-    /// (it ends shortly after the server stopped); bounded.
-    async fn drop_standby_slot(&self, slot: &str) -> Result<(), ProviderError> {
-        let client = self.connect(&self.primary).await?;
-        let deadline = tokio::time::Instant::now() + FOLLOW_TIMEOUT;
-        loop {
-            let row = client
-                .query_opt(STANDBY_SLOT_ACTIVE, &[&slot])
-                .await
-                .map_err(|e| pg_err(&self.primary, e))?;
-            match row.map(|r| r.get::<_, bool>(0)) {
-                None => return Ok(()),
-                Some(false) => {
-                    client
-                        .query_one(DROP_STANDBY_SLOT, &[&slot])
-                        .await
-                        .map_err(|e| pg_err(&self.primary, e))?;
-                    return Ok(());
-                }
-                Some(true) if tokio::time::Instant::now() >= deadline => {
-                    return Err(ProviderError::WrongState {
-                        id: slot.to_string(),
-                        state: "still streamed from".into(),
-                        hint: format!(
-                            "the deleted server's slot keeps WAL on the primary: end its walsender, \
-                             then SELECT pg_drop_replication_slot('{slot}')"
-                        ),
-                    });
-                }
-                Some(true) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// One replica of [`Provider::follow_new_primary`].
-    async fn follow_one(
-        &self,
-        replica: &ConnString,
-        host: &str,
-        port: u16,
-    ) -> Result<Follow, ProviderError> {
-        let client = self.connect(replica).await?;
-        let in_recovery: bool = client
-            .query_one(IN_RECOVERY, &[])
-            .await
-            .map_err(|e| pg_err(replica, e))?
-            .get(0);
-        if !in_recovery {
-            return Ok(Follow::NotAReplica);
-        }
-        let conninfo: String = client
-            .query_one(PRIMARY_CONNINFO, &[])
-            .await
-            .map_err(|e| pg_err(replica, e))?
-            .get(0);
-        let wanted = with_address(&conninfo, host, port);
-        if wanted != conninfo {
-            client
-                .batch_execute(&alter_primary_conninfo(&wanted))
-                .await
-                .map_err(|e| pg_err(replica, e))?;
-            client
-                .query_one(RELOAD_CONF, &[])
-                .await
-                .map_err(|e| pg_err(replica, e))?;
-        }
-        Ok(Follow::Repointed)
-    }
-
     async fn running_endpoint(&self, id: &str) -> Result<ConnString, ProviderError> {
         let info = self.describe(id).await?;
         match info.endpoint {
@@ -648,6 +576,10 @@ fn pg_err(target: &ConnString, e: tokio_postgres::Error) -> ProviderError {
         source: e,
     })
 }
+
+// Dropping the new server's slot, repointing a replica: SQL on running servers.
+#[path = "local_running.rs"]
+mod running;
 
 #[cfg(test)]
 #[path = "local_tests.rs"]
