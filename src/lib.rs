@@ -46,13 +46,16 @@
 //!   [`pooler::members`]: the instances a name resolves to (a headless Service's pods);
 //!   [`pooler::stats`]: the pools' figures and the pre-pause health gate (pure parts).
 //! * [`provider`]: makes, describes, promotes and retires the servers of an upgrade.
+//!   * `provider::sql`: every statement the providers run, one named constant each (three shared with `upgrade::sql`).
 //!   * [`provider::fence`]: the fences themselves (a `pg_hba.conf` block, per-database settings).
 //!   * [`provider::settings`]: what a new server copied from the source runs with (standby floors, class over copy).
 //!   * [`provider::slotsync`]: what a new server needs to receive PostgreSQL 17+ failover slots (its slot, settings).
-//!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`).
+//!   * [`provider::local`]: clusters on this host (`pg_basebackup`, `pg_promote()`); `local::running`
+//!     its SQL on running servers (a replica repointed, the new server's slot dropped).
 //!   * [`provider::rds`]: RDS read replicas, promoted; its children: `api` (the SDK calls behind a
 //!     trait), `error`, `ids`, `status`, `poll` (retries and waits), `readers` (readers and the swap).
 //! * [`upgrade`]: the persisted, resumable vertical-upgrade saga with its point of no return at promote.
+//!   * `upgrade::sql`: every statement the saga runs, one named constant each (the guard's in `guard::sql`).
 //!   * [`upgrade::step`]: the steps' names, order and regions (the journal's vocabulary);
 //!     [`upgrade::table`]: the saga as an executable table, one row per step ([`upgrade::table::SAGA`]).
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.

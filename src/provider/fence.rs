@@ -4,9 +4,11 @@
 //! `upgrade::fence` decides when they are put up and taken down; this module
 //! only knows how, so providers need nothing from the saga above them.
 
+use super::sql::{
+    fence_database, unfence_database, FENCEABLE_DATABASES, READ_ONLY_DATABASES, SESSION_WRITABLE,
+    TERMINATE_APPLICATION_SESSIONS,
+};
 use super::ProviderError;
-
-const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
 
 pub const BLOCK_BEGIN: &str = "# pgsteward fence begin";
 pub const BLOCK_END: &str = "# pgsteward fence end";
@@ -54,28 +56,7 @@ pub fn with_block(text: &str, id: &str, roles: &[String]) -> Result<String, Prov
 
 // ---- RDS (`AlterDatabase`) ----
 
-/// Databases fenced on RDS: every one that takes connections, except
-/// templates and the one RDS keeps for itself.
-pub const FENCEABLE_DATABASES: &str = "SELECT datname FROM pg_database \
-     WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' ORDER BY datname";
-/// Application sessions, i.e. everything but superusers' (on RDS: `rdsadmin`,
-/// whose backends an `rds_superuser` may not signal; one refusal would fail
-/// the whole statement).
-pub const TERMINATE_APPLICATION_SESSIONS: &str =
-    "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
-     JOIN pg_roles r ON r.oid = a.usesysid \
-     WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND NOT r.rolsuper";
-
-/// Databases read-only on purpose: a database-level (any role)
-/// `default_transaction_read_only` that is on. The RDS fence leaves them
-/// alone and its undo does not make them writable.
-pub const READ_ONLY_DATABASES: &str = "SELECT d.datname::text FROM pg_db_role_setting s \
-     JOIN pg_database d ON d.oid = s.setdatabase WHERE s.setrole = 0 AND EXISTS ( \
-       SELECT 1 FROM unnest(s.setconfig) c WHERE lower(c) IN ('default_transaction_read_only=on', \
-         'default_transaction_read_only=true', 'default_transaction_read_only=1', \
-         'default_transaction_read_only=yes')) ORDER BY 1";
-
-/// The databases [`READ_ONLY_DATABASES`] names.
+/// The databases read-only on purpose (`sql::READ_ONLY_DATABASES`).
 pub async fn read_only_databases(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
@@ -106,12 +87,7 @@ pub async fn fence_databases(
         if keep.contains(&db) {
             continue;
         }
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} SET default_transaction_read_only = on",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
+        client.batch_execute(&fence_database(&db)).await?;
         fenced.push(db);
     }
     Ok(fenced)
@@ -130,17 +106,12 @@ pub async fn unfence_databases(
         if keep.contains(&db) {
             continue;
         }
-        client
-            .batch_execute(&format!(
-                "ALTER DATABASE {} RESET default_transaction_read_only",
-                crate::pg::quote_ident(&db)
-            ))
-            .await?;
+        client.batch_execute(&unfence_database(&db)).await?;
     }
     Ok(())
 }
 
-/// Ends every application session (see [`TERMINATE_APPLICATION_SESSIONS`]).
+/// Ends every application session (see `sql::TERMINATE_APPLICATION_SESSIONS`).
 pub async fn terminate_application_sessions(
     client: &tokio_postgres::Client,
 ) -> Result<i64, tokio_postgres::Error> {

@@ -15,19 +15,12 @@ use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::settings::class_wins;
 use crate::provider::slotsync;
+use crate::provider::sql::{CLASS_SETTING, IN_RECOVERY, MAKE_STANDBY_SLOT, PROMOTE, SOURCE_FACTS};
 use crate::provider::{
-    endpoint_like, replica_id, settings, with_address, Check, Follow, Precheck, Provider,
-    ProviderError, ReplicaInfo, ServerState, SourceFacts,
+    endpoint_like, replica_id, settings, Check, Follow, Precheck, Provider, ProviderError,
+    ReplicaInfo, ServerState, SourceFacts,
 };
 
-const SOURCE_FACTS: &str = "SELECT current_setting('data_directory'), pg_is_in_recovery(), \
-     current_setting('server_version_num')::int4";
-const CLASS_SETTING: &str =
-    "SELECT setting, unit, current_setting(name) FROM pg_settings WHERE name = $1";
-const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
-const PROMOTE: &str = "SELECT pg_promote(wait => false)";
-const PRIMARY_CONNINFO: &str = "SELECT current_setting('primary_conninfo')";
-const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
 /// How long one replica may take to answer while it is repointed.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -328,7 +321,7 @@ impl Provider for LocalProvider {
             .then(|| slotsync::standby_slot(&id));
         if let Some(slot) = &slot_sync {
             client
-                .execute(slotsync::MAKE_STANDBY_SLOT, &[slot])
+                .execute(MAKE_STANDBY_SLOT, &[slot])
                 .await
                 .map_err(|e| pg_err(&self.primary, e))?;
             settings.extend(
@@ -540,75 +533,6 @@ impl Provider for LocalProvider {
 }
 
 impl LocalProvider {
-    /// Drops the new server's slot on the source once its walsender is gone
-    /// (it ends shortly after the server stopped); bounded.
-    async fn drop_standby_slot(&self, slot: &str) -> Result<(), ProviderError> {
-        let client = self.connect(&self.primary).await?;
-        let deadline = tokio::time::Instant::now() + FOLLOW_TIMEOUT;
-        loop {
-            let row = client
-                .query_opt(slotsync::STANDBY_SLOT_ACTIVE, &[&slot])
-                .await
-                .map_err(|e| pg_err(&self.primary, e))?;
-            match row.map(|r| r.get::<_, bool>(0)) {
-                None => return Ok(()),
-                Some(false) => {
-                    client
-                        .query_one(slotsync::DROP_STANDBY_SLOT, &[&slot])
-                        .await
-                        .map_err(|e| pg_err(&self.primary, e))?;
-                    return Ok(());
-                }
-                Some(true) if tokio::time::Instant::now() >= deadline => {
-                    return Err(ProviderError::WrongState {
-                        id: slot.to_string(),
-                        state: "still streamed from".into(),
-                        hint: format!(
-                            "the deleted server's slot keeps WAL on the primary: end its walsender, \
-                             then SELECT pg_drop_replication_slot('{slot}')"
-                        ),
-                    });
-                }
-                Some(true) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    /// One replica of [`Provider::follow_new_primary`].
-    async fn follow_one(
-        &self,
-        replica: &ConnString,
-        host: &str,
-        port: u16,
-    ) -> Result<Follow, ProviderError> {
-        let client = self.connect(replica).await?;
-        let in_recovery: bool = client
-            .query_one(IN_RECOVERY, &[])
-            .await
-            .map_err(|e| pg_err(replica, e))?
-            .get(0);
-        if !in_recovery {
-            return Ok(Follow::NotAReplica);
-        }
-        let conninfo: String = client
-            .query_one(PRIMARY_CONNINFO, &[])
-            .await
-            .map_err(|e| pg_err(replica, e))?
-            .get(0);
-        let wanted = with_address(&conninfo, host, port);
-        if wanted != conninfo {
-            client
-                .batch_execute(&alter_primary_conninfo(&wanted))
-                .await
-                .map_err(|e| pg_err(replica, e))?;
-            client
-                .query_one(RELOAD_CONF, &[])
-                .await
-                .map_err(|e| pg_err(replica, e))?;
-        }
-        Ok(Follow::Repointed)
-    }
-
     async fn running_endpoint(&self, id: &str) -> Result<ConnString, ProviderError> {
         let info = self.describe(id).await?;
         match info.endpoint {
@@ -627,14 +551,6 @@ fn api(op: &'static str, target: String, e: tokio_postgres::Error) -> ProviderEr
         op,
         detail: format!("{target}: {}", crate::pg::server_message(&e)),
     }
-}
-
-/// `ALTER SYSTEM SET primary_conninfo = '<conninfo>'` (ALTER SYSTEM takes no parameters).
-fn alter_primary_conninfo(conninfo: &str) -> String {
-    format!(
-        "ALTER SYSTEM SET primary_conninfo = {}",
-        crate::pg::quote_literal(conninfo)
-    )
 }
 
 /// Removes a data directory and the log and socket directory `Cluster` keeps beside it.
@@ -660,6 +576,10 @@ fn pg_err(target: &ConnString, e: tokio_postgres::Error) -> ProviderError {
         source: e,
     })
 }
+
+// Dropping the new server's slot, repointing a replica: SQL on running servers.
+#[path = "local_running.rs"]
+mod running;
 
 #[cfg(test)]
 #[path = "local_tests.rs"]

@@ -36,6 +36,7 @@ pub mod local;
 pub mod rds;
 pub mod settings;
 pub mod slotsync;
+pub(crate) mod sql;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -13,11 +13,8 @@
 
 use std::path::Path;
 
+use super::sql::STANDBY_FLOOR_SETTINGS;
 use super::ProviderError;
-
-/// Read from the source before its copy is made.
-pub const STANDBY_FLOOR_SETTINGS: &str =
-    "SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])";
 
 /// The source's values of [`FLOOR_NAMES`] (integers, as `pg_settings` shows them).
 pub async fn source_floors(

@@ -20,19 +20,6 @@ pub const SYNC_SETTINGS: [(&str, &str); 3] = [
     ("sync_replication_slots", "on"),
 ];
 
-/// Made before the base backup copies anything, reserving WAL at once, so
-/// the copy streams every record from its start through it. Idempotent: a
-/// retried create (after a crash mid-backup) finds it.
-pub const MAKE_STANDBY_SLOT: &str = "SELECT pg_create_physical_replication_slot($1, true) \
-     WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)";
-
-/// Whether the slot exists and something streams through it (no row: gone).
-pub const STANDBY_SLOT_ACTIVE: &str =
-    "SELECT active FROM pg_replication_slots WHERE slot_name = $1";
-
-/// Drops the slot; only when nothing streams through it (the new server was stopped first).
-pub const DROP_STANDBY_SLOT: &str = "SELECT pg_drop_replication_slot($1)";
-
 /// The slot on the old primary that new server `replica_id` streams through.
 pub fn standby_slot(replica_id: &str) -> String {
     let mut name: String = format!("{OWN_PREFIX}{replica_id}")

@@ -20,16 +20,8 @@ use super::error::UpgradeError;
 use super::record::Step;
 use super::runner::Saga;
 use super::slots::physical_ready;
+use super::sql::{CREATE_PHYSICAL_SLOT, PHYSICAL_SLOT_OLD_MINUS_NEW, PHYSICAL_SLOT_ON_NEW};
 use crate::provider::SlotKind;
-
-const ON_NEW: &str =
-    "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1 AND slot_type = 'physical'";
-/// Reserves WAL at once (`immediately_reserve`), from the standby's last
-/// restart point: older than anything its user still needs.
-const CREATE: &str = "SELECT pg_create_physical_replication_slot($1, true)";
-/// No row: the slot is gone or never reserved WAL (its user asks for nothing older).
-const OLD_MINUS_NEW: &str = "SELECT pg_wal_lsn_diff(restart_lsn, $2::text::pg_lsn)::float8, \
-     restart_lsn::text, active FROM pg_replication_slots WHERE slot_name = $1 AND restart_lsn IS NOT NULL";
 
 impl Saga {
     /// Makes each carried physical slot on the new server and waits (under
@@ -52,11 +44,15 @@ impl Saga {
             loop {
                 let limit = self.query_limit();
                 let new = self.new_client().await?;
-                let row = limit.run(&endpoint, new.query_opt(ON_NEW, &[name])).await?;
+                let row = limit
+                    .run(&endpoint, new.query_opt(PHYSICAL_SLOT_ON_NEW, &[name]))
+                    .await?;
                 let new_restart: Option<String> = match row {
                     Some(r) => r.get(0),
                     None => {
-                        limit.run(&endpoint, new.execute(CREATE, &[name])).await?;
+                        limit
+                            .run(&endpoint, new.execute(CREATE_PHYSICAL_SLOT, &[name]))
+                            .await?;
                         self.progress.say(
                             Step::WaitCatchup,
                             &format!("made physical slot {name} on the new server"),
@@ -78,7 +74,7 @@ impl Saga {
                 let row = limit
                     .run(
                         &primary,
-                        old.query_opt(OLD_MINUS_NEW, &[name, &new_restart]),
+                        old.query_opt(PHYSICAL_SLOT_OLD_MINUS_NEW, &[name, &new_restart]),
                     )
                     .await?;
                 let diff: Option<f64> = row.as_ref().map(|r| r.get(0));

@@ -17,20 +17,9 @@ use super::fence::parse_lsn;
 use super::record::{Output, Step};
 use super::saga::Saga;
 use super::slots::{advance_to, not_ready, Settle, Synced};
+use super::sql::{ADVANCE_SLOT, CARRIED_SLOT_ON_NEW, CARRIED_SLOT_ON_OLD, LOGICAL_SLOTS_ON_NEW};
 use crate::provider::SlotKind;
 
-/// The new server's logical slots (PostgreSQL 17+ columns).
-const ON_NEW: &str = "SELECT slot_name::text, synced, temporary, invalidation_reason::text \
-     FROM pg_replication_slots WHERE slot_type = 'logical'";
-/// A carried slot on the old primary and its consumer's last answer.
-const ON_OLD: &str = "SELECT s.active, s.confirmed_flush_lsn::text, \
-     extract(epoch FROM r.reply_time)::float8 \
-     FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-     WHERE s.slot_name = $1";
-/// A carried slot on the new primary.
-const COPY: &str =
-    "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1";
-const ADVANCE: &str = "SELECT end_lsn::text FROM pg_replication_slot_advance($1, $2::text::pg_lsn)";
 /// The longest a consumer is given to settle (two status intervals of
 /// `pg_recvlogical`'s default 10 s, with room); `step_timeout` when shorter.
 const SETTLE_AT_MOST: Duration = Duration::from_secs(45);
@@ -59,7 +48,9 @@ impl Saga {
         let endpoint = self.new_endpoint().await?;
         let limit = self.query_limit();
         let new = self.new_client().await?;
-        let rows = limit.run(&endpoint, new.query(ON_NEW, &[])).await?;
+        let rows = limit
+            .run(&endpoint, new.query(LOGICAL_SLOTS_ON_NEW, &[]))
+            .await?;
         let on_new: Vec<Synced> = rows
             .iter()
             .map(|r| Synced {
@@ -182,7 +173,9 @@ impl Saga {
         loop {
             let limit = self.query_limit();
             let old = self.old_client().await?;
-            let row = limit.run(&primary, old.query_opt(ON_OLD, &[&slot])).await?;
+            let row = limit
+                .run(&primary, old.query_opt(CARRIED_SLOT_ON_OLD, &[&slot]))
+                .await?;
             let Some(row) = row else {
                 return Err(UpgradeError::Step {
                     step: Step::CarrySlots,
@@ -216,7 +209,10 @@ impl Saga {
         let endpoint = self.new_endpoint().await?;
         let limit = self.query_limit();
         let new = self.new_client().await?;
-        let Some(row) = limit.run(&endpoint, new.query_opt(COPY, &[&slot])).await? else {
+        let Some(row) = limit
+            .run(&endpoint, new.query_opt(CARRIED_SLOT_ON_NEW, &[&slot]))
+            .await?
+        else {
             return Err(UpgradeError::Step {
                 step: Step::CarrySlots,
                 detail: format!(
@@ -250,7 +246,7 @@ impl Saga {
             Some(target) => {
                 let target = lsn_text(target);
                 limit
-                    .run(&endpoint, new.query_one(ADVANCE, &[&slot, &target]))
+                    .run(&endpoint, new.query_one(ADVANCE_SLOT, &[&slot, &target]))
                     .await?;
                 Ok(format!(
                     "{slot}: advanced from {} to {target} on the new primary, where its consumer stopped{unsettled}",

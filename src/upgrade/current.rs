@@ -3,11 +3,9 @@
 //! (whether DDL may run now is `gate`).
 
 use super::error::UpgradeError;
+use super::sql::PRIMARY_WRITABLE;
 use super::{guard, journal, steps};
 use crate::config::Config;
-
-const WRITABLE: &str =
-    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')";
 
 /// For other commands: fails when `database.primary` no longer answers as a
 /// writable primary, naming the node an upgrade made primary.
@@ -40,7 +38,7 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
             });
         }
     }
-    let row = match tokio::time::timeout(after, client.query_one(WRITABLE, &[])).await {
+    let row = match tokio::time::timeout(after, client.query_one(PRIMARY_WRITABLE, &[])).await {
         Ok(r) => r.map_err(|e| steps::q(&cfg.database.primary, e))?,
         Err(_) => {
             return Err(UpgradeError::Timeout {

@@ -60,6 +60,10 @@ use super::cutover::remaining;
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::saga::{q, HbaPlan, Saga};
+use super::sql::{
+    final_flush, terminate_sql, APPLICATION_ROLES, CONF_LOAD_TIME, FENCE, HBA_FILE, RELOAD_CONF,
+    ROLLBACK, SESSION_WRITABLE, UNFENCE,
+};
 use crate::config::ConnString;
 use crate::provider::FenceMethod;
 // The SQL and file fences themselves are the provider layer's (local uses
@@ -68,25 +72,6 @@ use crate::provider::fence::{
     fence_databases, probe_login, read_only_databases, unfence_databases, with_block,
     without_block, LoginProbe, BLOCK_BEGIN,
 };
-
-const FENCE: &str = "ALTER SYSTEM SET default_transaction_read_only = on";
-const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_only";
-const RELOAD_CONF: &str = "SELECT pg_reload_conf()";
-const SESSION_WRITABLE: &str = "SET default_transaction_read_only = off";
-/// When this backend last processed a reload. It advancing past the value
-/// read before `pg_reload_conf()` proves the postmaster has reloaded: it
-/// signals its children, then loads pg_hba.conf, before it forks another
-/// backend. (Not the session's view of default_transaction_read_only: a
-/// database or role setting overrides the server's, so it proves nothing.)
-const CONF_LOAD_TIME: &str = "SELECT pg_conf_load_time()::text";
-/// Where the two files live (readable through `pg_monitor`'s
-/// `pg_read_all_settings`): pg_hba.conf and the data directory, whose
-/// postgresql.auto.conf `ALTER SYSTEM` writes.
-const HBA_FILE: &str = "SELECT current_setting('hba_file'), current_setting('data_directory')";
-/// Every role that can log in and is neither a superuser nor the steward's
-/// own (the role this session logged in as): each gets a reject line.
-const APPLICATION_ROLES: &str = "SELECT rolname FROM pg_roles \
-     WHERE rolcanlogin AND NOT rolsuper AND rolname <> session_user ORDER BY rolname";
 
 fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
     UpgradeError::Step {
@@ -116,21 +101,6 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| hba_err(dir, e))
-}
-
-/// Terminates every client session on the old primary but `ours` and
-/// superusers' (which `pg_signal_backend` may not end: one refusal would
-/// fail the whole statement; the soft read-only default covers them).
-pub(crate) fn terminate_sql(ours: &[i32]) -> String {
-    // Integers only: nothing from outside goes into this text.
-    let list: Vec<String> = ours.iter().map(|p| p.to_string()).collect();
-    format!(
-        "SELECT count(pg_terminate_backend(a.pid))::bigint FROM pg_stat_activity a \
-         JOIN pg_roles r ON r.oid = a.usesysid \
-         WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() \
-         AND NOT r.rolsuper AND a.pid <> ALL ('{{{}}}'::int[])",
-        list.join(",")
-    )
 }
 
 /// Whether postgresql.auto.conf `text` still sets `name` (ALTER SYSTEM
@@ -468,27 +438,13 @@ pub(crate) async fn flushed_position(
     ours: &[i32],
     guarded_upgrade: Option<&str>,
 ) -> Result<Result<(String, i64), UpgradeError>, tokio_postgres::Error> {
-    let wal_write = match guarded_upgrade {
-        Some(id) => format!(
-            "UPDATE pgsteward.upgrade_guard SET step = 'final_sync flush', since = now() \
-             WHERE upgrade_id = {}",
-            crate::pg::quote_literal(id)
-        ),
-        None => "CREATE TEMPORARY TABLE pgsteward_final_flush () ON COMMIT DROP".to_string(),
-    };
-    let sql = format!(
-        "SELECT pg_current_wal_insert_lsn()::text; COMMIT; \
-         BEGIN READ WRITE; SET LOCAL synchronous_commit = local; {}; \
-         {wal_write}; COMMIT; \
-         SELECT pg_current_wal_flush_lsn()::text",
-        terminate_sql(ours),
-    );
+    let sql = final_flush(ours, guarded_upgrade);
     let msgs = match old.simple_query(&sql).await {
         Ok(msgs) => msgs,
         Err(e) => {
             // A failure inside the explicit transaction leaves the session in
             // an aborted block; the roll back reuses this session to unfence.
-            let _ = old.batch_execute("ROLLBACK").await;
+            let _ = old.batch_execute(ROLLBACK).await;
             return Err(e);
         }
     };
@@ -560,11 +516,5 @@ mod tests {
             "#default_transaction_read_only = 'on'\nprimary_conninfo = 'x'\n",
             "default_transaction_read_only"
         ));
-    }
-
-    #[test]
-    fn terminate_spares_our_sessions() {
-        assert!(terminate_sql(&[12, 34]).contains("'{12,34}'::int[]"));
-        assert!(terminate_sql(&[]).contains("'{}'::int[]"));
     }
 }

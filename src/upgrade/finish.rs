@@ -7,20 +7,10 @@ use std::time::Duration;
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
-use super::steps::{q, IN_RECOVERY};
+use super::sql::{verify_through_pooler, IN_RECOVERY, SESSION_EXISTS};
+use super::steps::q;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::Follow;
-
-/// Through the pooler, in one transaction (transaction pooling: the next
-/// one may run on another server connection), its statement timeout set
-/// inside it (`SET LOCAL`: no startup options, nothing left on the server
-/// connection for the next client). `{ms}` is replaced by the timeout.
-const VERIFY_THROUGH_POOLER: &str = "BEGIN; SET LOCAL statement_timeout = {ms}; \
-     SELECT a.pid, a.backend_start::text, pg_is_in_recovery(), \
-     current_setting('transaction_read_only'), txid_current()::text \
-     FROM pg_stat_activity a WHERE a.pid = pg_backend_pid(); COMMIT";
-const SESSION_EXISTS: &str =
-    "SELECT count(*)::bigint FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2";
 
 impl Saga {
     /// A write through the pooler lands on the new primary; then the other
@@ -130,12 +120,7 @@ impl Saga {
     ) -> Result<bool, UpgradeError> {
         let client =
             crate::pooler::pooled_session(url, self.cfg.database.connect_timeout.0).await?;
-        let sql = VERIFY_THROUGH_POOLER.replace(
-            "{ms}",
-            &super::steps::query_timeout(&self.cfg)
-                .as_millis()
-                .to_string(),
-        );
+        let sql = verify_through_pooler(super::steps::query_timeout(&self.cfg).as_millis());
         let msgs = client.simple_query(&sql).await.map_err(|e| q(url, e))?;
         let Some(row) = msgs.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),

@@ -2,6 +2,7 @@
 //! steps with a point of no return at promote (design: "Vertical upgrade").
 //!
 //! The saga, from the bottom up:
+//! * `sql`: every statement the saga runs, named (the guard's own are `guard::sql`).
 //! * `step`: the steps' names, order, regions and the pause window (the journal's vocabulary).
 //! * `record`: statuses and legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
@@ -49,6 +50,7 @@ pub mod rescue;
 pub mod runner;
 pub mod saga;
 pub mod slots;
+mod sql;
 pub mod step;
 pub mod steps;
 pub mod swap;

@@ -8,21 +8,15 @@ use super::error::UpgradeError;
 use super::journal;
 use super::precheck::{judge, Facts, LocalUpgrade};
 use super::privileges::PrivilegeFacts;
+use super::sql::{
+    DDL_LOCKS, LONG_TRANSACTIONS, PRIMARY_FACTS, READ_GUARD_PRIVILEGES, READ_PARAMETER_PRIVILEGES,
+    READ_PRIVILEGES, READ_SLOTS, READ_SLOTS_17, UNFENCEABLE_DATABASES,
+};
 use super::steps::{connect, q, query_timeout};
 use crate::config::{Config, CutoverKind};
 use crate::pooler::Poolers;
 use crate::provider::{Check, Precheck, Provider};
 
-const PRIMARY_FACTS: &str = "SELECT pg_is_in_recovery(), \
-     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int, \
-     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int, \
-     current_setting('server_version_num')::int";
-const LONG_TRANSACTIONS: &str =
-    "SELECT count(*)::bigint, coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8 \
-     FROM pg_stat_activity WHERE xact_start < now() - make_interval(secs => $1) \
-     AND pid <> pg_backend_pid() AND backend_type = 'client backend'";
-const DDL_LOCKS: &str = "SELECT count(*)::bigint FROM pg_locks \
-     WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation' AND granted AND pid <> pg_backend_pid()";
 /// Every precheck: the provider's, then the source's and the pooler's.
 /// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
 pub async fn prechecks(
@@ -331,9 +325,9 @@ async fn read_slots(
 ) -> Result<Vec<crate::provider::ReplicationSlot>, UpgradeError> {
     use crate::provider::{ReplicationSlot, SlotKind};
     let stmt = if version >= 170_000 {
-        super::slots::READ_SLOTS_17
+        READ_SLOTS_17
     } else {
-        super::slots::READ_SLOTS
+        READ_SLOTS
     };
     let rows = primary
         .query(stmt, &[])
@@ -370,14 +364,11 @@ async fn read_privileges(
 ) -> Result<PrivilegeFacts, UpgradeError> {
     use super::privileges as p;
     let e = |err| q(&cfg.database.primary, err);
-    let row = primary
-        .query_one(p::READ_PRIVILEGES, &[])
-        .await
-        .map_err(e)?;
+    let row = primary.query_one(READ_PRIVILEGES, &[]).await.map_err(e)?;
     let server_version_num: i32 = row.get(7);
     let alter_system = if server_version_num >= 150000 {
         let a = primary
-            .query_one(p::READ_PARAMETER_PRIVILEGES, &[])
+            .query_one(READ_PARAMETER_PRIVILEGES, &[])
             .await
             .map_err(e)?;
         Some([a.get(0), a.get(1), a.get(2)])
@@ -386,7 +377,7 @@ async fn read_privileges(
     };
     let unfenceable = if provider.fence_method() == crate::provider::FenceMethod::AlterDatabase {
         primary
-            .query(p::UNFENCEABLE_DATABASES, &[])
+            .query(UNFENCEABLE_DATABASES, &[])
             .await
             .map_err(e)?
             .iter()
@@ -396,7 +387,7 @@ async fn read_privileges(
         Vec::new()
     };
     let guard = match guard {
-        Ok(c) => match c.query_one(p::READ_GUARD_PRIVILEGES, &[]).await {
+        Ok(c) => match c.query_one(READ_GUARD_PRIVILEGES, &[]).await {
             Ok(g) => Ok(p::GuardPrivileges {
                 create: g.get(0),
                 usable: g.get(1),

@@ -22,36 +22,7 @@ fn quote_ident(name: &str) -> String {
     }
 }
 
-/// What the steward holds, read in `database.primary`'s database and in
-/// the guard's (`postgres`).
-pub const READ_PRIVILEGES: &str = "SELECT current_user::text, r.rolsuper, r.rolreplication, \
-     pg_has_role(current_user, 'pg_monitor', 'USAGE'), \
-     pg_has_role(current_user, 'pg_signal_backend', 'USAGE'), \
-     has_function_privilege('pg_reload_conf()', 'EXECUTE'), \
-     has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE'), \
-     current_setting('server_version_num')::int \
-     FROM pg_roles r WHERE r.rolname = current_user";
-/// PostgreSQL 15+: `ALTER SYSTEM` on each parameter the local fence and repoint set.
-pub const READ_PARAMETER_PRIVILEGES: &str =
-    "SELECT has_parameter_privilege('default_transaction_read_only', 'ALTER SYSTEM'), \
-     has_parameter_privilege('primary_conninfo', 'ALTER SYSTEM'), \
-     has_parameter_privilege('pgsteward.moved_to', 'ALTER SYSTEM')";
-/// In the guard database: may the guard's schema be made there, or is it
-/// usable already; and the reload the moved-primary marker runs there.
-pub const READ_GUARD_PRIVILEGES: &str =
-    "SELECT has_database_privilege(current_database(), 'CREATE'), \
-     coalesce((SELECT has_schema_privilege(n.oid, 'USAGE') \
-       AND has_table_privilege('pgsteward.upgrade_guard', 'SELECT, INSERT, UPDATE') \
-       FROM pg_namespace n WHERE n.nspname = 'pgsteward' \
-       AND to_regclass('pgsteward.upgrade_guard') IS NOT NULL), false), \
-     has_function_privilege('pg_reload_conf()', 'EXECUTE')";
-/// RDS fence: the databases whose `default_transaction_read_only` the
-/// steward may not set (it must own them or be a member of their owner).
-pub const UNFENCEABLE_DATABASES: &str = "SELECT datname::text, pg_get_userbyid(datdba)::text \
-     FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> 'rdsadmin' \
-     AND NOT pg_has_role(datdba, 'USAGE') ORDER BY datname";
-
-/// What was read (see the queries above).
+/// What was read (`sql::READ_PRIVILEGES` and the queries after it).
 #[derive(Debug, Clone)]
 pub struct PrivilegeFacts {
     pub role: String,

@@ -13,6 +13,7 @@ use super::error::UpgradeError;
 use super::journal;
 use super::keeper::{DISARM, PERSIST, PID_FILE};
 use super::record::{Step, StepStatus};
+use super::sql::WINDOW_AGE;
 use crate::config::Config;
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
@@ -131,12 +132,6 @@ pub async fn resume_safe(cfg: &Config) -> Result<(), UpgradeError> {
     poolers.resume().await?;
     Ok(())
 }
-
-/// Whether a runner holds the guard lock, and how old the row's step is
-/// (the server's clock), in the guard database.
-const WINDOW_AGE: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-       AND granted AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2), \
-     extract(epoch FROM now() - since)::float8 FROM pgsteward.upgrade_guard";
 
 /// What [`service_rescue`] makes of a guard row.
 #[derive(Debug, Clone, PartialEq, Eq)]

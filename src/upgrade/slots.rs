@@ -29,21 +29,6 @@
 
 use crate::provider::{Check, ReplicationSlot, SlotKind};
 
-/// Every slot of the source, and who streams from it.
-pub const READ_SLOTS: &str = "SELECT s.slot_name::text, s.slot_type, s.plugin::text, s.database::text, \
-     s.active, s.temporary, s.restart_lsn::text, s.confirmed_flush_lsn::text, false, \
-     CASE WHEN r.pid IS NOT NULL THEN concat_ws(' ', coalesce(nullif(r.application_name, ''), 'walsender'), \
-       'at ' || coalesce(host(r.client_addr), 'local socket'), '(' || r.state || ')') END \
-     FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-     ORDER BY s.slot_name";
-/// [`READ_SLOTS`] on PostgreSQL 17+, with the slot's `failover` flag.
-pub const READ_SLOTS_17: &str = "SELECT s.slot_name::text, s.slot_type, s.plugin::text, s.database::text, \
-     s.active, s.temporary, s.restart_lsn::text, s.confirmed_flush_lsn::text, s.failover, \
-     CASE WHEN r.pid IS NOT NULL THEN concat_ws(' ', coalesce(nullif(r.application_name, ''), 'walsender'), \
-       'at ' || coalesce(host(r.client_addr), 'local socket'), '(' || r.state || ')') END \
-     FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-     ORDER BY s.slot_name";
-
 pub use crate::provider::slotsync::{standby_slot, OWN_PREFIX};
 
 /// What the upgrade does with one slot.

@@ -13,15 +13,11 @@ use super::cutover::{ready, remaining, Readiness};
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
+use super::sql::{BACKEND_PID, CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::provider::{replica_id, ServerState};
 
 pub use super::observe::prechecks;
-
-pub(crate) const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
-const LAG_SOURCE: &str = "SELECT pg_current_wal_lsn()::text";
-pub(crate) const REPLAYED_ENOUGH: &str =
-    "SELECT coalesce(pg_wal_lsn_diff($1::text::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8";
 
 pub use crate::pooler::query_timeout;
 
@@ -173,7 +169,7 @@ impl Saga {
                     )
                     .await?;
                 let pid: i32 = limit
-                    .run(&primary, client.query_one("SELECT pg_backend_pid()", &[]))
+                    .run(&primary, client.query_one(BACKEND_PID, &[]))
                     .await?
                     .get(0);
                 self.old_pid = Some(pid);
@@ -310,7 +306,7 @@ impl Saga {
             let limit = self.query_limit();
             let old = self.old_client().await?;
             let lsn: String = limit
-                .run(&primary, old.query_one(LAG_SOURCE, &[]))
+                .run(&primary, old.query_one(CURRENT_LSN, &[]))
                 .await?
                 .get(0);
             let endpoint = self.new_endpoint().await?;

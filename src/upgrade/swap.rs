@@ -22,12 +22,10 @@ use std::time::Duration;
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
-use super::steps::{connect, REPLAYED_ENOUGH};
+use super::sql::{CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
+use super::steps::connect;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::{Provider, ReaderFacts, ServerState, SourceFacts};
-
-const IN_RECOVERY: &str = "SELECT pg_is_in_recovery()";
-const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
 
 impl Saga {
     fn readers(&self) -> Result<Vec<ReaderFacts>, UpgradeError> {

@@ -45,10 +45,13 @@ use crate::config::ConnString;
 mod read;
 mod session;
 mod sql;
+use crate::provider::sql::{IN_RECOVERY, RELOAD_CONF};
 pub use read::{moved_marker, read, read_cluster, step_number, step_reading, GuardRow};
 use session::lock_session;
 pub use session::{guard_conn, reader_session, runner_host};
-use sql::{CHECK_ONLY, CLAIM, SETUP, STEP, TRY_LOCK};
+use sql::{
+    mark_moved, BUMP_EPOCH, CHECK_ONLY, CLAIM, MOVED_PLACEHOLDER, SETUP, STEP, TRY_LOCK, UNLOCK,
+};
 
 /// The row's step from a claim until the first step is recorded.
 pub const CLAIMED_STEP: &str = "claimed";
@@ -412,24 +415,21 @@ impl Guard {
     /// commands, a second runner) is told where the primary went.
     /// Needs ALTER SYSTEM (the local provider); not WAL, see [`moved_marker`].
     pub async fn mark_moved(&self, old: &str, new_primary: &str) -> Result<(), GuardError> {
-        let mark = format!(
-            "ALTER SYSTEM SET pgsteward.moved_to = {}",
-            crate::pg::quote_literal(&format!("{} {new_primary}", self.id))
-        );
+        let mark = mark_moved(&self.id, new_primary);
         for h in self.held.iter().filter(|h| h.target == old) {
             // A session placeholder first: before 17, ALTER SYSTEM refuses a
             // custom setting the session has never seen.
             bounded(
                 &h.target,
                 self.timeout,
-                h.client.batch_execute("SET pgsteward.moved_to = ''"),
+                h.client.batch_execute(MOVED_PLACEHOLDER),
             )
             .await?;
             bounded(&h.target, self.timeout, h.client.batch_execute(&mark)).await?;
             bounded(
                 &h.target,
                 self.timeout,
-                h.client.query_one("SELECT pg_reload_conf()", &[]),
+                h.client.query_one(RELOAD_CONF, &[]),
             )
             .await?;
         }
@@ -444,13 +444,9 @@ impl Guard {
             return Ok(());
         }
         let (client, got, pid) = lock_session(target, self.connect_timeout, self.timeout).await?;
-        let in_recovery: bool = bounded(
-            &t,
-            self.timeout,
-            client.query_one("SELECT pg_is_in_recovery()", &[]),
-        )
-        .await?
-        .get(0);
+        let in_recovery: bool = bounded(&t, self.timeout, client.query_one(IN_RECOVERY, &[]))
+            .await?
+            .get(0);
         if in_recovery {
             // Not promoted yet (a resume before promote acted): nothing can
             // be written there; the next step tries again.
@@ -481,13 +477,12 @@ impl Guard {
             writable: true,
             unanswered: false,
         });
-        let bump = "UPDATE pgsteward.upgrade_guard SET epoch = $1 WHERE upgrade_id = $2";
         for h in &self.held {
             if h.writable && !h.client.is_closed() {
                 bounded(
                     &h.target,
                     self.timeout,
-                    h.client.execute(bump, &[&self.epoch, &self.id]),
+                    h.client.execute(BUMP_EPOCH, &[&self.epoch, &self.id]),
                 )
                 .await?;
             }
@@ -507,10 +502,7 @@ impl Guard {
     /// `upgrade start` right after an `abort` must not find it still taken.
     pub async fn release_all(self) {
         for h in &self.held {
-            let unlock = h.client.query_one(
-                "SELECT pg_advisory_unlock($1, $2)",
-                &[&GUARD_NS, &GUARD_KEY],
-            );
+            let unlock = h.client.query_one(UNLOCK, &[&GUARD_NS, &GUARD_KEY]);
             if let Err(e) = bounded(&h.target, self.timeout, unlock).await {
                 tracing::debug!(error = %e, "upgrade guard not unlocked; the session end frees it");
             }

@@ -11,14 +11,9 @@ use serde::Serialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
+use super::sql::{MOVED_MARK, READ};
 use super::{bounded, query_err, GuardError, CLAIMED_STEP};
 use crate::upgrade::step::{Step, STEPS};
-
-const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
-/// The system identifier through `to_jsonb`: a table an older pgsteward
-/// made has no such column until the next claim adds it.
-const READ: &str = "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
-     finished, new_primary, to_jsonb(g) ->> 'system_identifier' FROM pgsteward.upgrade_guard g";
 
 /// The guard row as read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

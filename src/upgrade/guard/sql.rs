@@ -47,3 +47,32 @@ pub(super) const CHECK_ONLY: &str = "SELECT 1 FROM pgsteward.upgrade_guard WHERE
        AND granted AND classid = $2::int::oid AND objid = $3::int::oid AND objsubid = 2)";
 /// Our sessions write even on a fenced node (the fence is for applications).
 pub(super) const SESSION_SETUP: &str = "SET default_transaction_read_only = off";
+
+// ---- the moved-primary marker and the readers' side (`read`) ----
+
+/// The moved-primary marker (`"<upgrade id> <new primary>"`), NULL or empty when unset.
+pub(super) const MOVED_MARK: &str = "SELECT current_setting('pgsteward.moved_to', true)";
+/// The guard row. The system identifier through `to_jsonb`: a table an older
+/// pgsteward made has no such column until the next claim adds it.
+pub(super) const READ: &str =
+    "SELECT epoch, upgrade_id, host, state_dir, started, step, since, cutover, \
+     finished, new_primary, to_jsonb(g) ->> 'system_identifier' FROM pgsteward.upgrade_guard g";
+/// A session placeholder for the marker: before 17, ALTER SYSTEM refuses a
+/// custom setting the session has never seen.
+pub(super) const MOVED_PLACEHOLDER: &str = "SET pgsteward.moved_to = ''";
+/// After promote, on every writable lock session: both rows at epoch `$1`
+/// (upgrade `$2`).
+pub(super) const BUMP_EPOCH: &str =
+    "UPDATE pgsteward.upgrade_guard SET epoch = $1 WHERE upgrade_id = $2";
+/// Gives the guard lock (`$1`, `$2`: its two keys) back at the end of a run.
+pub(super) const UNLOCK: &str = "SELECT pg_advisory_unlock($1, $2)";
+
+/// `ALTER SYSTEM SET pgsteward.moved_to = '<id> <new_primary>'` (ALTER
+/// SYSTEM takes no parameters): on the old primary only, needs superuser
+/// or `ALTER SYSTEM` on the parameter (15+).
+pub(super) fn mark_moved(id: &str, new_primary: &str) -> String {
+    format!(
+        "ALTER SYSTEM SET pgsteward.moved_to = {}",
+        crate::pg::quote_literal(&format!("{id} {new_primary}"))
+    )
+}
