@@ -34,6 +34,7 @@ mod rds_scripted_waits;
 mod rds_xregion;
 mod secrets;
 mod service;
+mod service_drift;
 mod tls;
 mod upgrade;
 mod upgrade_safety;

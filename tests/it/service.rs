@@ -47,7 +47,7 @@ fn ensure_app_db(tc: &TestCluster) {
 }
 
 /// Makes the service tests' managed table in `app`, owned by the application.
-fn create_events(tc: &TestCluster) {
+pub fn create_events(tc: &TestCluster) {
     ensure_app_db(tc);
     crate::harness::owner_psql(
         &tc.primary,
