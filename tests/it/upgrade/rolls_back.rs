@@ -57,6 +57,9 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
         rec.phase,
         std::fs::read_to_string(t.state_dir().join("keeper.log")).unwrap_or_default()
     );
+    // Writes flow again once the keeper is done (the next run's health gate
+    // would otherwise see the clients still waiting for a server login).
+    load.wait_progress(10).await;
     // Without a keeper (it is the one process that may not arm another),
     // `upgrade resume` finishes an interrupted roll back.
     let out = must(
@@ -70,7 +73,17 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
             .output()
             .map_err(|e| e.to_string()),
     );
-    assert!(killed(&out), "{fp}\n{}", text(&out));
+    if !killed(&out) {
+        let keeper = std::fs::read_to_string(t.state_dir().join("keeper.log")).unwrap_or_default();
+        let bouncer =
+            std::fs::read_to_string(t.pooler.dir.join("pgbouncer.log")).unwrap_or_default();
+        let tail: Vec<&str> = bouncer.lines().rev().take(60).collect();
+        panic!(
+            "{fp}\n{}\nkeeper.log:\n{keeper}\npgbouncer.log (last 60, newest first):\n{}",
+            text(&out),
+            tail.join("\n")
+        );
+    }
     let out = t.pgsteward(&["upgrade", "resume"], None);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
