@@ -151,14 +151,29 @@ async fn bench_archive_vs_psql_and_aws_cli() {
     .content_length()
     .unwrap_or(0) as u64;
 
-    // pgsteward: the whole retirement, verification included.
+    // pgsteward: the whole retirement, verification included. The upload's
+    // pace is the default (`part_size`, `uploads_in_flight`) unless
+    // PGSTEWARD_BENCH_ARCHIVE_PACE="<part_size>,<in_flight>" says otherwise.
+    let pace = std::env::var("PGSTEWARD_BENCH_ARCHIVE_PACE")
+        .ok()
+        .and_then(|v| {
+            let (size, n) = v.split_once(',')?;
+            Some(format!("part_size = \"{size}\"\nuploads_in_flight = {n}\n"))
+        })
+        .unwrap_or_default();
     let dir = crate::harness::server_tempdir();
     let path = write_config(
         dir.path(),
         &crate::archive::toml(&url, &endpoint)
-            .replace("part_size = \"5MB\"\n", "request_timeout = \"300s\"\n")
+            .replace(
+                "part_size = \"5MB\"\n",
+                &format!("request_timeout = \"300s\"\n{pace}"),
+            )
             .replace("request_timeout = \"3s\"\n", ""),
     );
+    if !pace.is_empty() {
+        println!("pace: {}", pace.replace('\n', " "));
+    }
     let (ours, ours_kb, out) = timed(
         pgsteward()
             .args([
