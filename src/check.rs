@@ -282,6 +282,46 @@ async fn probe_schema(cfg: &Config) -> Probe {
     }
 }
 
+/// `FOR ALL TABLES` publications of the primary's database, when there are
+/// any: they publish pgsteward's own tables too (no publication can leave a
+/// schema out), and a subscriber without those tables stops applying at the
+/// first row pgsteward records there. A warning with the fix, exit 0.
+async fn probe_publications(cfg: &Config) -> Option<Probe> {
+    let endpoint = cfg.database.primary.to_string();
+    let names: Option<String> = async {
+        let spec = cfg.database.primary.spec().ok()?;
+        let client = spec.connect(cfg.database.connect_timeout.0).await.ok()?;
+        let row = tokio::time::timeout(
+            cfg.database.connect_timeout.0,
+            client.query_one(ALL_TABLES_PUBLICATIONS, &[]),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        row.get(0)
+    }
+    .await;
+    let names = names?;
+    Some(Probe {
+        role: "publications",
+        endpoint,
+        ok: true,
+        warning: true,
+        detail: format!(
+            "FOR ALL TABLES publication(s) {names} also publish pgsteward's own tables in this database \
+             (pgsteward.retirements, conversions, capacity_samples, schema_version): a subscriber without them \
+             stops applying at the first row pgsteward records there (archive retention, convert, capacity \
+             samples, a schema migration). Create them on every subscriber first: sql/schema_bootstrap.sql, \
+             then sql/schema_000N_*.sql in order (docs/partitions.md, logical replication)"
+        ),
+        usage: false,
+    })
+}
+
+/// The names of the database's `FOR ALL TABLES` publications; NULL when none.
+const ALL_TABLES_PUBLICATIONS: &str =
+    "SELECT string_agg(pubname::text, ', ' ORDER BY pubname) FROM pg_publication WHERE puballtables";
+
 /// The archive bucket: it exists, and this identity may write, read and
 /// delete under the prefix (a probe object, removed again).
 async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
@@ -393,6 +433,7 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
     probes.extend(pooler_probes.into_iter().flatten());
     if probes.first().is_some_and(|p| p.ok) {
         probes.push(probe_schema(cfg).await);
+        probes.extend(probe_publications(cfg).await);
         probes.extend(probe_tables(cfg).await);
         probes.extend(probe_privileges(cfg).await);
     }
