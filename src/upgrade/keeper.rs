@@ -19,7 +19,8 @@
 //!   up to [`PERSIST`]: before promote it finishes the roll back (unfence,
 //!   then RESUME); after promote it runs promote → repoint → RESUME. When it
 //!   cannot take the journal or the guard (the old primary hangs), it
-//!   RESUMEs what is safe to resume at once (see `rescue::resume_safe`) and retries
+//!   RESUMEs what is safe to resume after a second of quick retries (see
+//!   `rescue::resume_safe`, `RESUME_ALONE_AFTER`) and retries
 //!   the rest.
 //! * **The runner is alive but stuck** past `pause_timeout` + [`bound`]:
 //!   the keeper RESUMEs what is safe to resume, and keeps watching.

@@ -20,6 +20,17 @@ use crate::pooler::Poolers;
 
 /// Between two attempts.
 const RETRY: Duration = Duration::from_secs(2);
+/// How long a keeper whose runner is gone retries the whole roll back
+/// quickly before it RESUMEs what is safe on its own. The usual first
+/// failure is a race with the dead runner's sessions (its guard lock ends
+/// when the server notices the closed socket, milliseconds later); a RESUME
+/// then would send PgBouncer's logins into the still-fenced old primary,
+/// which refuses them, and PgBouncer waits `server_login_retry` (15 s by
+/// default) before trying again: seconds of stalled or failed clients that
+/// the unfence a few hundred milliseconds later would have avoided.
+const RESUME_ALONE_AFTER: Duration = Duration::from_secs(1);
+/// Between two attempts within [`RESUME_ALONE_AFTER`].
+const QUICK_RETRY: Duration = Duration::from_millis(100);
 
 /// `pgsteward upgrade keeper`: waits for the runner's word on standard input
 /// (see the module doc). Exit 0 when disarmed or the window was closed, 1
@@ -61,19 +72,20 @@ async fn watch(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
 
 /// The runner is gone: close its window, retrying for up to [`PERSIST`].
 async fn close_window(cfg: &Config) -> Result<Outcome, UpgradeError> {
-    let give_up = tokio::time::Instant::now() + PERSIST;
-    let mut first = true;
+    let started = tokio::time::Instant::now();
+    let give_up = started + PERSIST;
+    let mut resumed_alone = false;
     loop {
         match recover_once(cfg).await {
             Ok(()) => return Ok(Outcome::Healthy),
             Err(e) => {
                 tracing::warn!(error = %e, "pause keeper: the write pause is not closed yet; retrying");
-                if first {
+                if !resumed_alone && started.elapsed() >= RESUME_ALONE_AFTER {
                     // Whatever else failed, writes go on where that is safe.
                     if let Err(e) = resume_safe(cfg).await {
                         tracing::error!(error = %e, "pause keeper: RESUME failed");
                     }
-                    first = false;
+                    resumed_alone = true;
                 }
             }
         }
@@ -83,7 +95,7 @@ async fn close_window(cfg: &Config) -> Result<Outcome, UpgradeError> {
             );
             return Ok(Outcome::Problem);
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(if resumed_alone { RETRY } else { QUICK_RETRY }).await;
     }
 }
 
