@@ -347,3 +347,79 @@ async fn a_physical_slot_is_on_the_new_primary() {
     assert_eq!(rows[0].get::<_, String>(0), "physical");
     assert!(rows[0].get::<_, bool>(1), "standby_b reserves no WAL there");
 }
+
+/// A roll back keeps the new server for a retry, and with it its slot on
+/// the primary (PostgreSQL 17+, a failover slot to carry); `upgrade abort`
+/// deletes the server and drops that slot, which would otherwise keep WAL
+/// on the primary forever. The consumer's own slot stays. Before 17 no such
+/// slot is ever made (nothing to carry): the same abort leaves none either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_drops_the_new_servers_slot_on_the_primary() {
+    let t = Topology::new();
+    let major = harness::server_major();
+    let super_postgres =
+        crate::partitions::as_super(&harness::steward_url(&t.cluster.primary, "postgres"));
+    let own_slots = || async {
+        crate::logical::texts(
+            &super_postgres,
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'pgsteward%' ORDER BY 1",
+        )
+        .await
+    };
+    let _cdc = if major >= 17 {
+        Some(Cdc::start_with(&t.primary_url, true).await)
+    } else {
+        None
+    };
+    let load = Load::start(
+        &t.pooler_url(),
+        2,
+        Duration::from_millis(4),
+        Duration::from_secs(120),
+    );
+    load.wait_progress(30).await;
+    let out = t.upgrade(Some("final_sync-done=error"));
+    if major < 17 {
+        // The failover-less slot refuses before anything is made.
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(own_slots().await.is_empty());
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        text(&out)
+    );
+    let kept = own_slots().await;
+    assert_eq!(
+        kept.len(),
+        1,
+        "the new server's slot, kept for a retry: {kept:?}"
+    );
+    let abort = t.pgsteward(&["upgrade", "abort"], None);
+    assert!(abort.status.success(), "{}", text(&abort));
+    assert!(
+        own_slots().await.is_empty(),
+        "left: {:?}",
+        own_slots().await
+    );
+    let consumers = crate::logical::texts(
+        &super_postgres,
+        "SELECT slot_name::text FROM pg_replication_slots WHERE slot_name LIKE 'cdc%'",
+    )
+    .await;
+    assert_eq!(
+        consumers.len(),
+        1,
+        "the consumer's slot stays: {consumers:?}"
+    );
+    load.wait_progress(20).await;
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+}
