@@ -5,7 +5,7 @@
 //! release build [`hit`] is an empty inline function.
 //!
 //! `PGSTEWARD_FAILPOINT=<name>=<action>[,<name>=<action>...]`, where a name is
-//! `<step>-start` (after `step_started` is durable, before the step acts),
+//! `<step>-start` (after `step_started` is written, durably where the step needs it, before the step acts),
 //! `<step>-done` (after it acted, before `step_succeeded` is written) or
 //! `<step>-undo` (before its undo), and the action is
 //! `error` (the step fails), `sleep:MS` (the step waits there), `panic`, `exit` (exit code 99) or `kill`

@@ -108,23 +108,57 @@ pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<Strin
     found.then_some(out)
 }
 
-/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`, atomically:
-/// a temporary file beside it (same mode and owner), fsync, rename, fsync of
-/// the directory. A file already pointing there is left alone.
+/// When a rewritten file must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced (file and directory) before returning.
+    Now,
+    /// Renamed into place only (PgBouncer reads it on RELOAD); the caller
+    /// syncs it later with [`sync_file`]. Inside the write pause: the two
+    /// syncs would be client-visible pause, and until RESUME no client
+    /// writes anywhere; a host lost before the sync may come back with the
+    /// old entry, which points at the fenced old primary (refused logins,
+    /// not lost writes).
+    Later,
+}
+
+/// Points entry `db` of the pgbouncer.ini at `path` to `host:port`,
+/// atomically and durably (see [`rewrite_ini_entries`]).
 pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), PoolerError> {
+    rewrite_ini_entries(path, &[db.to_string()], host, port, Durability::Now).map(|_| ())
+}
+
+/// Points every entry of `dbs` in the pgbouncer.ini at `path` to
+/// `host:port` in one atomic replacement: a temporary file beside it (same
+/// mode and owner), rename, and with [`Durability::Now`] the file's and
+/// the directory's sync. A file already pointing there is left alone.
+/// Returns whether the file was replaced.
+pub fn rewrite_ini_entries(
+    path: &Path,
+    dbs: &[String],
+    host: &str,
+    port: u16,
+    durability: Durability,
+) -> Result<bool, PoolerError> {
     let ini_err = |detail: String| PoolerError::Ini {
         path: path.to_path_buf(),
         detail,
     };
     let text = fs::read_to_string(path).map_err(|e| ini_err(e.to_string()))?;
-    if ini_target(&text, db) == Some((host.to_string(), port)) {
-        return Ok(());
+    let mut new = text.clone();
+    for db in dbs {
+        if ini_target(&new, db) == Some((host.to_string(), port)) {
+            continue;
+        }
+        new = retarget_ini(&new, db, host, port).ok_or_else(|| {
+            ini_err(format!(
+                "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
+            ))
+        })?;
     }
-    let new = retarget_ini(&text, db, host, port).ok_or_else(|| {
-        ini_err(format!(
-            "no entry `{db} = ...` in its [databases] section; add it or fix cutover.database"
-        ))
-    })?;
+    if new == text {
+        return Ok(false);
+    }
     let meta = fs::metadata(path).map_err(|e| ini_err(e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -140,7 +174,10 @@ pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), P
             .open(&tmp)
             .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
         f.write_all(new.as_bytes())
-            .and_then(|_| f.sync_all())
+            .and_then(|_| match durability {
+                Durability::Now => f.sync_all(),
+                Durability::Later => Ok(()),
+            })
             .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))
@@ -151,10 +188,32 @@ pub fn rewrite_ini(path: &Path, db: &str, host: &str, port: u16) -> Result<(), P
             .map_err(|e| ini_err(e.to_string()))?;
     }
     fs::rename(&tmp, path).map_err(|e| ini_err(format!("rename: {e}")))?;
+    if durability == Durability::Now {
+        sync_dir(path)?;
+    }
+    Ok(true)
+}
+
+/// Syncs `path` and its directory (after a [`Durability::Later`] rewrite;
+/// harmless on a file already on disk).
+pub fn sync_file(path: &Path) -> Result<(), PoolerError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| PoolerError::Ini {
+            path: path.to_path_buf(),
+            detail: format!("fsync: {e}"),
+        })?;
+    sync_dir(path)
+}
+
+fn sync_dir(path: &Path) -> Result<(), PoolerError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| ini_err(format!("fsync {}: {e}", dir.display())))?;
-    Ok(())
+        .map_err(|e| PoolerError::Ini {
+            path: path.to_path_buf(),
+            detail: format!("fsync {}: {e}", dir.display()),
+        })
 }
 
 #[cfg(test)]
@@ -207,5 +266,27 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         rewrite_ini(&p, "app", "127.0.0.1", 7000).unwrap();
+    }
+
+    #[test]
+    fn every_entry_of_a_file_moves_in_one_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pgbouncer.ini");
+        fs::write(&p, INI).unwrap();
+        let dbs = ["app".to_string(), "other".to_string()];
+        assert!(rewrite_ini_entries(&p, &dbs, "127.0.0.1", 7000, Durability::Later).unwrap());
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(ini_target(&text, "app"), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(ini_target(&text, "other"), Some(("127.0.0.1".into(), 7000)));
+        sync_file(&p).unwrap();
+        // Already there: left alone.
+        assert!(!rewrite_ini_entries(&p, &dbs, "127.0.0.1", 7000, Durability::Now).unwrap());
+        let missing = ["app".to_string(), "nope".to_string()];
+        assert!(rewrite_ini_entries(&p, &missing, "h", 1, Durability::Now).is_err());
+        assert_eq!(
+            fs::read_to_string(&p).unwrap(),
+            text,
+            "nothing written on error"
+        );
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Config, ConnString};
-pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini};
+pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini, Durability};
 use members::Instance;
 use reach::{discover_one, show_databases};
 pub use reach::{pooled_session, pooler_spec, Servers};
@@ -377,9 +377,16 @@ impl Poolers {
     }
 
     /// Rewrites every cut-over `[databases]` entry in every config file to `host:port`.
-    pub async fn rewrite(&mut self, host: &str, port: u16) -> Result<(), PoolerError> {
+    pub async fn rewrite(
+        &mut self,
+        host: &str,
+        port: u16,
+        durability: Durability,
+    ) -> Result<(), PoolerError> {
         self.discover().await?;
-        let mut done = std::collections::HashSet::new();
+        // One replacement per file, whatever the number of its entries and
+        // of the instances sharing it.
+        let mut files: Vec<(PathBuf, Vec<String>)> = Vec::new();
         for e in &self.endpoints {
             let Some(ini) = &e.ini else {
                 return Err(PoolerError::Ini {
@@ -387,13 +394,54 @@ impl Poolers {
                     detail: format!("no config file for {}; set cutover.config_file", e.name),
                 });
             };
+            let at = match files.iter().position(|(p, _)| p == ini) {
+                Some(i) => i,
+                None => {
+                    files.push((ini.clone(), Vec::new()));
+                    files.len() - 1
+                }
+            };
             for db in &e.dbs {
-                if done.insert((ini.clone(), db.clone())) {
-                    rewrite_ini(ini, db, host, port)?;
+                if !files[at].1.contains(db) {
+                    files[at].1.push(db.clone());
                 }
             }
         }
+        for (ini, dbs) in &files {
+            ini::rewrite_ini_entries(ini, dbs, host, port, durability)?;
+        }
         Ok(())
+    }
+
+    /// Syncs every instance's configuration file (after a rewrite with
+    /// [`Durability::Later`]; idempotent, so a resumed upgrade syncs what a
+    /// crashed run left unsynced).
+    pub async fn sync_configs(&self) -> Result<(), PoolerError> {
+        let mut paths: Vec<PathBuf> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.ini.clone())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        let task =
+            tokio::task::spawn_blocking(move || paths.iter().try_for_each(|p| ini::sync_file(p)));
+        // Bounded: a disk that hangs fails the step (outside the window,
+        // forward only: `upgrade resume` syncs again).
+        match tokio::time::timeout(self.limit(), task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(PoolerError::Ini {
+                path: PathBuf::new(),
+                detail: format!("sync task: {e}"),
+            }),
+            Err(_) => Err(PoolerError::Ini {
+                path: PathBuf::new(),
+                detail: format!(
+                    "the configuration files were not synced within {:?}; is the disk hung?",
+                    self.limit()
+                ),
+            }),
+        }
     }
 
     async fn show_databases_of(&self, e: &Endpoint) -> Result<Vec<DatabaseEntry>, PoolerError> {

@@ -80,10 +80,16 @@ impl Saga {
                 self.forward(step).await?;
             }
         }
+        self.end_pause_window();
+        Ok(())
+    }
+
+    /// The client-visible window closes when RESUME returns (or, without a
+    /// pooler, when the last step of the window ends).
+    fn end_pause_window(&mut self) {
         if let Some(t0) = self.window_start.take() {
             self.pause_window = Some(t0.elapsed());
         }
-        Ok(())
     }
 }
 
@@ -149,8 +155,13 @@ impl Saga {
                     .say(Step::ResumeWrites, &format!("{nc}, repointed"));
             }
             self.poolers.resume().await?;
+            self.end_pause_window();
+            // The repoint's files, renamed into place inside the window, are
+            // made durable now, outside it (and again after a crash: idempotent).
+            self.poolers.sync_configs().await?;
             note = Some(format!("writes resumed on {}", self.poolers.pause_report()));
         }
+        self.end_pause_window();
         self.disarm_keeper();
         Ok(Output {
             note,

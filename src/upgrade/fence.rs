@@ -82,13 +82,21 @@ fn hba_err(path: &Path, e: impl std::fmt::Display) -> UpgradeError {
 
 /// Replaces `path` atomically (same mode and owner), durably.
 fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> {
+    replace_file(path, text, true)?;
+    sync_in_place(path)
+}
+
+/// Replaces `path` atomically (same mode and owner): a temporary file
+/// beside it (synced first when `sync_tmp`), renamed over it. Visible to
+/// the server's next reload at once; durable only after [`sync_in_place`].
+fn replace_file(path: &Path, text: &str, sync_tmp: bool) -> Result<(), UpgradeError> {
     let meta = std::fs::metadata(path).map_err(|e| hba_err(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(".pg_hba.conf.pgsteward-tmp");
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| hba_err(&tmp, e))?;
         f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
+            .and_then(|_| if sync_tmp { f.sync_all() } else { Ok(()) })
             .map_err(|e| hba_err(&tmp, e))?;
     }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
@@ -97,7 +105,15 @@ fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> {
         std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
             .map_err(|e| hba_err(&tmp, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| hba_err(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| hba_err(path, e))
+}
+
+/// Syncs `path` (a no-op for data already on disk) and its directory.
+fn sync_in_place(path: &Path) -> Result<(), UpgradeError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| hba_err(path, e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| hba_err(dir, e))
@@ -240,8 +256,13 @@ impl Saga {
             step: Step::FenceOldPrimary,
             detail: detail.to_string(),
         })?;
-        write_atomic(&plan.path, &fenced)?;
+        // Renamed into place now, synced while the server reloads and the
+        // sessions end (two syncs are most of the fence's time on a slow
+        // disk): durable before this step ends, so before promote.
+        replace_file(&plan.path, &fenced, false)?;
         let written_at = t0.elapsed();
+        let sync_path = plan.path.clone();
+        let synced = tokio::task::spawn_blocking(move || sync_in_place(&sync_path));
         let terminate = terminate_sql(&self.own_pids());
         let probe_role = plan.probe.as_ref();
         let probe_bound = remaining(deadline, "fence")?;
@@ -280,7 +301,24 @@ impl Saga {
             Ok::<_, tokio_postgres::Error>(Ok((n, probed)))
         };
         let left = remaining(deadline, "fence")?;
-        let (n, (probed, probe_took)) = match tokio::time::timeout(left, work).await {
+        let worked = tokio::time::timeout(left, work).await;
+        // Bounded like the rest of the step: a disk that hangs rolls back.
+        let left = remaining(deadline, "syncing pg_hba.conf")?;
+        match tokio::time::timeout(left, synced).await {
+            Err(_) => {
+                return Err(UpgradeError::PauseTimeout {
+                    what: format!("syncing {}", plan.path.display()),
+                })
+            }
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => {
+                return Err(UpgradeError::Step {
+                    step: Step::FenceOldPrimary,
+                    detail: format!("syncing {}: {e}", plan.path.display()),
+                })
+            }
+        }
+        let (n, (probed, probe_took)) = match worked {
             Err(_) => {
                 return Err(UpgradeError::PauseTimeout {
                     what: "fencing the old primary".into(),

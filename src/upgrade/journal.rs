@@ -3,7 +3,10 @@
 //!
 //! Durability contract: [`Journal::append`] returns only after the lines are
 //! on disk (`fdatasync`; the directory is synced when the file is created), so
-//! the runner never acts on a step before its `step_started` is durable. A
+//! the runner never acts on a step that needs it before its `step_started` is
+//! durable ([`super::table::start_must_be_durable`]); [`Journal::append_written`]
+//! leaves the lines in the page cache (a killed process loses nothing, a lost
+//! host may), for the starts whose loss recovery already handles. A
 //! crash while writing leaves at most one torn last line; its event was never
 //! acted on, so replay drops it (and the next append truncates it away).
 //!
@@ -72,6 +75,9 @@ pub struct Journal {
     durable_len: u64,
     /// Set by a failed write or sync: no more writes from this process.
     broken: Option<String>,
+    /// Lines written by [`Journal::append_written`] and not synced since:
+    /// the next append syncs even when it has nothing to write.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -149,6 +155,7 @@ impl Journal {
             record,
             durable_len: line.len() as u64,
             broken: None,
+            unsynced: false,
         })
     }
 
@@ -194,6 +201,7 @@ impl Journal {
             record: replay.record,
             durable_len,
             broken: None,
+            unsynced: false,
         })
     }
 
@@ -213,6 +221,17 @@ impl Journal {
     /// line, the staged events are kept staged, `events` are not applied, and
     /// the journal is broken (see the module doc).
     pub fn append(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        self.write(events, true)
+    }
+
+    /// As [`Journal::append`], without the sync: the lines are in the file
+    /// (another process, the pause keeper, reads them), durable with the
+    /// next append.
+    pub fn append_written(&mut self, events: &[Event]) -> Result<(), JournalError> {
+        self.write(events, false)
+    }
+
+    fn write(&mut self, events: &[Event], sync: bool) -> Result<(), JournalError> {
         if let Some(reason) = &self.broken {
             return Err(JournalError::Broken {
                 path: self.path.clone(),
@@ -222,7 +241,7 @@ impl Journal {
         let (next, text) = self.validate(events)?;
         let mut all = self.staged.clone();
         all.push_str(&text);
-        if !all.is_empty() {
+        if !all.is_empty() || (sync && self.unsynced) {
             crate::failpoint::hit("journal-append").map_err(|e| JournalError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other(e),
@@ -232,18 +251,26 @@ impl Journal {
                 .metadata()
                 .map(|m| m.len())
                 .unwrap_or(self.durable_len);
-            let written = self
-                .file
-                .write_all(all.as_bytes())
-                .and_then(|_| self.file.sync_data());
+            let written = self.file.write_all(all.as_bytes()).and_then(|_| {
+                if sync {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = written {
                 // After a failed sync the page cache cannot be trusted either:
-                // cut back to what was durable and write no more.
+                // cut back to before this write (lines written unsynced
+                // earlier are kept: the record in memory has them) and
+                // write no more.
                 let _ = self.file.set_len(start).and_then(|_| self.file.sync_all());
                 self.broken = Some(e.to_string());
                 return Err(io(&self.path)(e));
             }
-            self.durable_len = start + all.len() as u64;
+            if sync {
+                self.durable_len = start + all.len() as u64;
+            }
+            self.unsynced = !sync;
         }
         self.staged.clear();
         self.record = next;

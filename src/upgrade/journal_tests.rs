@@ -211,3 +211,22 @@ fn a_journal_appears_whole_and_a_half_made_one_is_not_listed() {
         crate::upgrade::record::StepStatus::Running
     );
 }
+
+#[test]
+fn written_lines_are_in_the_file_and_the_next_append_syncs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::create(dir.path(), created("u1")).unwrap();
+    j.append_written(&[Event::StepStarted {
+        step: Step::Precheck,
+    }])
+    .unwrap();
+    // Another process (the pause keeper) reads it before any sync.
+    let seen = Journal::open(j.path()).unwrap();
+    assert_eq!(seen.record(), j.record());
+    drop(seen);
+    assert!(j.unsynced);
+    // Nothing left to write: the append still syncs what was written.
+    j.append(&[]).unwrap();
+    assert!(!j.unsynced);
+    assert_eq!(Journal::open(j.path()).unwrap().record(), j.record());
+}

@@ -73,7 +73,12 @@ impl Saga {
     }
 
     pub(crate) fn begin(&mut self, step: Step) -> Result<(), UpgradeError> {
-        self.log(&[Event::StepStarted { step }])?;
+        let started = [Event::StepStarted { step }];
+        if table::start_must_be_durable(step) {
+            self.log(&started)?;
+        } else {
+            self.journal.append_written(&started)?;
+        }
         self.step_started = Some(Instant::now());
         Ok(())
     }

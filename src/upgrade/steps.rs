@@ -543,14 +543,20 @@ impl Saga {
     }
 
     /// Rewrites the cutover database's entry to `host:port`, RELOADs, and
-    /// checks every PgBouncer shows it.
+    /// checks every PgBouncer shows it. Inside the pause window the files
+    /// are synced after RESUME (`resume_writes`), outside it before return.
     pub(crate) async fn point_pooler_at(
         &mut self,
         step: Step,
         host: &str,
         port: u16,
     ) -> Result<(), UpgradeError> {
-        self.poolers.rewrite(host, port).await?;
+        let durability = if step.in_pause_window() {
+            crate::pooler::Durability::Later
+        } else {
+            crate::pooler::Durability::Now
+        };
+        self.poolers.rewrite(host, port, durability).await?;
         self.poolers.reload().await?;
         for (admin, db, entry) in self.poolers.entries().await? {
             match entry {

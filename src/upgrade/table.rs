@@ -181,6 +181,26 @@ pub fn row(step: Step) -> &'static Row {
     &SAGA[step.index()]
 }
 
+/// Whether `step`'s start must be on disk before it acts. A step whose
+/// effects a roll back must reverse (`Run`), or keeps (`Keep`), must be
+/// known to have started; so must the point of no return (recovery must
+/// never roll back past a promote that may have happened). A step with
+/// nothing to reverse (`Rerun`), or one after promote (recovery from a
+/// durable promote goes forward through idempotent steps), may act on a
+/// start that is only written: lost with the host, its recovery is the one
+/// from the previous step's start, which is already correct. Inside the
+/// pause window each sync saved is client-visible pause saved.
+pub fn start_must_be_durable(step: Step) -> bool {
+    match row(step).undo {
+        Undo::Run(..) | Undo::Keep(_) => true,
+        Undo::Rerun(_) => false,
+        Undo::Forward => STEPS
+            .iter()
+            .find(|s| !s.before_promote())
+            .is_some_and(|first| *first == step),
+    }
+}
+
 /// Every row, in order.
 pub fn rows() -> impl Iterator<Item = &'static Row> {
     STEPS.iter().map(|s| row(*s))
@@ -209,6 +229,21 @@ mod tests {
                 "{}",
                 r.step
             );
+        }
+    }
+
+    #[test]
+    fn durable_starts_are_the_undoable_steps_and_promote() {
+        let durable: Vec<&str> = STEPS
+            .iter()
+            .filter(|s| start_must_be_durable(**s))
+            .map(|s| s.name())
+            .collect();
+        assert!(durable.contains(&"pause_writes"));
+        assert!(durable.contains(&"fence_old_primary"));
+        assert!(durable.contains(&"promote"));
+        for light in ["final_sync", "repoint", "resume_writes", "verify"] {
+            assert!(!durable.contains(&light), "{light}");
         }
     }
 

@@ -48,6 +48,7 @@ async fn bench_upgrade_vs_hand_scripted_cutover() {
                         .and_then(|v| v.trim_end_matches(" ms").parse::<f64>().ok())
                         .unwrap_or(f64::NAN);
                     let rec = latest_record(&t.state_dir());
+                    print_window_detail(&rec);
                     let steps: Vec<(String, f64)> = pgsteward::upgrade::step_timings(&rec)
                         .into_iter()
                         .map(|(s, d, _)| {
@@ -113,6 +114,31 @@ async fn bench_upgrade_vs_hand_scripted_cutover() {
             })
             .collect();
         println!("step medians (ms) {variant}: {}", medians.join(", "));
+    }
+}
+
+/// Inside the window: each step's note, and the time between one step's
+/// end and the next one's start (the journal and the guard's share).
+fn print_window_detail(rec: &pgsteward::upgrade::record::UpgradeRecord) {
+    use pgsteward::upgrade::record::STEPS;
+    let window: Vec<_> = STEPS.iter().filter(|s| s.in_pause_window()).collect();
+    let mut between = Vec::new();
+    for pair in window.windows(2) {
+        let (a, b) = (rec.step(*pair[0]), rec.step(*pair[1]));
+        if let (Some(end), Some(start)) = (a.finished_at, b.started_at) {
+            between.push(format!(
+                "{}>{} {:.1}",
+                pair[0].name(),
+                pair[1].name(),
+                (start - end).num_microseconds().unwrap_or(0) as f64 / 1000.0
+            ));
+        }
+    }
+    println!("  between steps (ms): {}", between.join(", "));
+    for s in window {
+        if let Some(n) = &rec.step(*s).output.note {
+            println!("  {}: {n}", s.name());
+        }
     }
 }
 
