@@ -25,6 +25,8 @@
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`failpoint`]: named failpoints at step boundaries (the upgrade, convert, archive retirement; test builds only).
+//! * [`saga`]: the saga core: a saga as a table of rows (do, undo, point of no return), one runner
+//!   generic over the kind that knows no step by name, the journal's store as a seam; failpoints at every boundary.
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
@@ -157,6 +159,7 @@ pub mod pg;
 pub mod pooler;
 pub mod privileges;
 pub mod provider;
+pub mod saga;
 pub mod schema;
 pub mod service;
 pub mod telemetry;
