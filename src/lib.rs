@@ -108,8 +108,10 @@
 //!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
 //! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
-//!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
-//!     queries, reading, journaling, driving.
+//!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::index`: static queries,
+//!     reading, journaling, the unique index builds.
+//!   * [`convert::table`]: the conversion as a [`saga`] table (its store the journal row);
+//!     `convert::steps` the bodies of its steps and undos.
 //! * [`capacity`]: capacity planning, `pgsteward capacity`: when storage, XIDs, sequences, partitions, connections run out.
 //!   * [`capacity::forecast`]: the model, pure: rates from increments, trend, weekly term, dates.
 //!   * `capacity::model`, `capacity::sql`, [`capacity::observe`]: what a run reads from the primary.

@@ -80,7 +80,7 @@ pub trait JournalStore {
 pub trait Kind: JournalStore + Sized {
     /// The failpoints' prefix (`convert`), or "" for none.
     const KIND: &'static str;
-    /// For the log: "<noun> step", "<noun> step done".
+    /// For the log: `<noun> step`, `<noun> step done`.
     const NOUN: &'static str;
     /// The error for a saga stopped by its cancellation token between steps.
     fn cancelled(&self) -> Self::Error;
