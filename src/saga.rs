@@ -30,6 +30,16 @@
 //!   acted and died before its entry): each is idempotent, so an interrupted
 //!   unwind is simply run again. Nothing at or past a point of no return is
 //!   undone; [`unwind`] refuses once such a step is recorded done.
+//!
+//! TODO-design(#23): the vertical upgrade (`upgrade::runner`) still has its
+//! own runner over its own table (`upgrade::table::SAGA`). To run on this
+//! core it needs, as store hooks or row fields: a durable `started` record
+//! before a step acts (its JSONL journal's `step_started`, which recovery
+//! reads), undos journaled (`undo_started`/`finished`/`failed`) and chosen by
+//! the journal (`Keep`, `Rerun`, only started steps) with an unwind that goes
+//! on past a failed undo, a failure mapped to the kind's outcome (rolled
+//! back, needs resume) instead of the step's error, region entry hooks for
+//! the write pause (keeper, deadline), and the repeat switch.
 
 use std::future::Future;
 use std::pin::Pin;
