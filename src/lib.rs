@@ -25,6 +25,8 @@
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`failpoint`]: named failpoints at step boundaries (the upgrade, convert, archive retirement; test builds only).
+//! * [`saga`]: the saga core: a saga as a table of rows (do, undo, point of no return), one runner
+//!   generic over the kind that knows no step by name, the journal's store as a seam; failpoints at every boundary.
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
@@ -106,8 +108,10 @@
 //!   * [`partitions::indexes`]: declared indexes read (`catalog`), compared (`drift`, pure), built online (`build`).
 //! * [`convert`]: online conversion of a plain table into a partitioned one, no rows copied.
 //!   * `convert::plan`, `convert::refuse`, `convert::ddl`: the pure half: boundary, names, refusals, each step's SQL.
-//!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::steps`, `convert::index`: static
-//!     queries, reading, journaling, driving.
+//!   * `convert::sql`, `convert::inspect`, `convert::journal`, `convert::index`: static queries,
+//!     reading, journaling, the unique index builds.
+//!   * [`convert::table`]: the conversion as a [`saga`] table (its store the journal row);
+//!     `convert::steps` the bodies of its steps and undos.
 //! * [`capacity`]: capacity planning, `pgsteward capacity`: when storage, XIDs, sequences, partitions, connections run out.
 //!   * [`capacity::forecast`]: the model, pure: rates from increments, trend, weekly term, dates.
 //!   * `capacity::model`, `capacity::sql`, [`capacity::observe`]: what a run reads from the primary.
@@ -157,6 +161,7 @@ pub mod pg;
 pub mod pooler;
 pub mod privileges;
 pub mod provider;
+pub mod saga;
 pub mod schema;
 pub mod service;
 pub mod telemetry;

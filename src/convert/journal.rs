@@ -53,10 +53,6 @@ impl Step {
     pub fn parse(s: &str) -> Option<Step> {
         Step::ALL.into_iter().find(|x| x.as_str() == s)
     }
-    pub fn next(self) -> Option<Step> {
-        let i = Step::ALL.iter().position(|x| *x == self)?;
-        Step::ALL.get(i + 1).copied()
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]

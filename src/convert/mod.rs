@@ -13,7 +13,9 @@
 //! * `ddl`: pure: the statements of each step, the swap's in order (tests in `ddl_tests.rs`).
 //! * `journal`: `pgsteward.conversions`, written in the same transaction as each step's DDL.
 //! * `sql`: the static queries, named for what they return.
-//! * `steps`: the observe-then-act steps, failpoints, abort.
+//! * `table`: the conversion as a saga of the core (`crate::saga`): one row per step, its
+//!   journal's store; the runner, the failpoints and the unwinding are the core's.
+//! * `steps`: the observe-then-act bodies of the steps and their undos.
 //! * `index`: the concurrent unique index builds, through the shared `partitions::indexes` builder.
 
 pub mod ddl;
@@ -24,6 +26,7 @@ pub mod plan;
 pub mod refuse;
 pub mod sql;
 pub mod steps;
+pub mod table;
 
 use chrono::Utc;
 use serde::Serialize;
@@ -33,7 +36,9 @@ use crate::cli::OutputFormat;
 use crate::config::{Config, TableConfig};
 use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
+use crate::saga;
 use journal::Step;
+use table::{Conversion, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -242,33 +247,20 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
     if info.columns.iter().any(|c| c.sequence.is_some()) {
         swap.push("-- identity/serial sequences: recreated or re-owned with the value read under the lock".into());
     }
-    vec![
-        StepOutput {
-            step: Step::UniqueIndexes,
-            what: "build unique indexes that include the key (no lock on writers)".into(),
-            sql: idx,
-        },
-        StepOutput {
-            step: Step::CheckAdded,
-            what: "add the CHECK NOT VALID (brief lock, lock_timeout, retried)".into(),
-            sql: vec![ddl::add_check(p)],
-        },
-        StepOutput {
-            step: Step::CheckValidated,
-            what: "validate it: a scan under SHARE UPDATE EXCLUSIVE, reads and writes go on".into(),
-            sql: vec![ddl::validate_check(p)],
-        },
-        StepOutput {
-            step: Step::Swapped,
-            what: "the swap, one transaction: THE POINT OF NO RETURN".into(),
-            sql: swap,
-        },
-        StepOutput {
-            step: Step::PartitionsMade,
-            what: "a partition pass for the table: periods from the boundary on (premake)".into(),
-            sql: vec![],
-        },
-    ]
+    TABLE
+        .iter()
+        .map(|row| StepOutput {
+            step: row.step,
+            what: row.does.into(),
+            sql: match row.step {
+                Step::Prepared | Step::PartitionsMade => vec![],
+                Step::UniqueIndexes => idx.clone(),
+                Step::CheckAdded => vec![ddl::add_check(p)],
+                Step::CheckValidated => vec![ddl::validate_check(p)],
+                Step::Swapped => swap.clone(),
+            },
+        })
+        .collect()
 }
 
 /// `convert plan`: what would change, the steps and their SQL, or why not.
@@ -356,7 +348,7 @@ pub async fn start_command(
 ) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let tcfg = table_config(cfg, table)?;
-    let mut client = connect(cfg).await?;
+    let client = connect(cfg).await?;
     lock(&client, table).await?;
     journal::ensure(&client, &cfg.database.primary.to_string()).await?;
     if let Some(r) = journal::latest(&client, table).await? {
@@ -377,9 +369,15 @@ pub async fn start_command(
                 .collect(),
         });
     }
-    let mut rec = journal::create(&client, &p).await?;
+    let rec = journal::create(&client, &p).await?;
     tracing::info!(table = %table, boundary = %p.boundary_text, id = rec.id, "conversion started");
-    steps::drive(cfg, tcfg, &mut client, &mut rec, &cancel).await?;
+    let mut conv = Conversion {
+        cfg: cfg.clone(),
+        tcfg: tcfg.clone(),
+        client,
+        rec,
+    };
+    saga::drive(&mut conv, TABLE, &cancel).await?;
     println!(
         "{table}: converted; first partition {} holds every row before {}",
         p.first(),
@@ -392,29 +390,44 @@ pub async fn start_command(
 pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let tcfg = table_config(cfg, table)?;
-    let mut client = connect(cfg).await?;
+    let client = connect(cfg).await?;
     lock(&client, table).await?;
-    let mut rec = match journal::latest(&client, table).await? {
+    let rec = match journal::latest(&client, table).await? {
         Some(r) if r.state == "active" => r,
         _ => return Err(ConvertError::NoConversion(table.to_string())),
     };
     tracing::info!(table = %table, step = rec.step.as_str(), "resuming conversion");
-    steps::drive(cfg, tcfg, &mut client, &mut rec, &cancel).await?;
-    println!("{table}: converted; first partition {}", rec.plan.first());
+    let mut conv = Conversion {
+        cfg: cfg.clone(),
+        tcfg: tcfg.clone(),
+        client,
+        rec,
+    };
+    saga::drive(&mut conv, TABLE, &cancel).await?;
+    println!(
+        "{table}: converted; first partition {}",
+        conv.rec.plan.first()
+    );
     Ok(Outcome::Healthy)
 }
 
 /// `convert abort`: before the swap, remove everything the conversion built.
 pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
-    table_config(cfg, table)?;
-    let mut client = connect(cfg).await?;
+    let tcfg = table_config(cfg, table)?;
+    let client = connect(cfg).await?;
     lock(&client, table).await?;
-    let mut rec = match journal::latest(&client, table).await? {
+    let rec = match journal::latest(&client, table).await? {
         Some(r) if r.state == "active" => r,
         _ => return Err(ConvertError::NoConversion(table.to_string())),
     };
-    steps::undo(cfg, &mut client, &mut rec, &cancel).await?;
+    let mut conv = Conversion {
+        cfg: cfg.clone(),
+        tcfg: tcfg.clone(),
+        client,
+        rec,
+    };
+    saga::unwind(&mut conv, TABLE, &cancel).await?;
     println!("{table}: conversion aborted; the table is as it was");
     Ok(Outcome::Healthy)
 }
@@ -514,7 +527,8 @@ fn status_text(out: &StatusOutput) -> String {
         r.plan.boundary_text,
         r.plan.first()
     ));
-    for st in Step::ALL.iter().skip(1) {
+    for row in TABLE {
+        let st = &row.step;
         let mark = if *st <= r.step {
             "done"
         } else if r.state == "active" {
@@ -522,7 +536,7 @@ fn status_text(out: &StatusOutput) -> String {
         } else {
             "-"
         };
-        let nr = if *st == Step::Swapped {
+        let nr = if matches!(row.undo, saga::Undo::PointOfNoReturn) {
             "  (point of no return)"
         } else {
             ""

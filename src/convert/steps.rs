@@ -1,116 +1,43 @@
-//! Driving a conversion: one observe-then-act function per step, each ending
-//! with the journal entry that says it is done.
+//! The bodies of a conversion's steps and undos: one observe-then-act
+//! function each, run by the saga core from the rows in `table.rs`.
 //!
 //! Crash safety: the CHECK, its validation and the swap commit in the same
-//! transaction as their journal entry, so a kill -9 anywhere leaves either
-//! both or neither. The concurrent index builds cannot run in a transaction;
-//! they are journaled right after, and on resume the step observes the index
-//! (valid: kept; invalid: dropped and rebuilt). Failpoints
-//! `convert-<step>-start` (before the step acts) and `convert-<step>-done`
-//! (after it acted, before its journal entry commits) sit at every boundary.
+//! transaction as their journal entry (they return `Done::Recorded`, having
+//! passed their `-done` failpoint between the journal write and the commit),
+//! so a kill -9 anywhere leaves either both or neither. The concurrent index
+//! builds cannot run in a transaction; the runner journals them right after
+//! (`Done::Record`), and on resume the step observes the index (valid: kept;
+//! invalid: dropped and rebuilt).
 
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 use super::ddl::{self, SequenceState};
-use super::journal::{self, Record, Step};
-use super::plan::{self, ConvertPlan, CHECK_NAME, SWAP_GUARD};
+use super::journal::{self, Step};
+use super::plan::{self, ConvertPlan, CHECK_NAME};
 use super::sql;
+use super::table::Conversion;
 use super::{inspect, ConvertError};
-use crate::config::{Config, TableConfig};
-use crate::failpoint;
 use crate::partitions::blockers;
 use crate::partitions::indexes::IndexError;
 use crate::pg::{is_transient_lock_error, server_message, Backoff, QualifiedName, Retry};
-
-/// Runs the remaining steps of `rec` to the end (`done`). `cancel` stops it
-/// at the next safe point: between steps, before a transaction's attempt,
-/// in a wait between attempts, or in an index build (its leftover dropped).
-/// The undo this runs itself (the CHECK would refuse writers at the boundary)
-/// is a clean-up: not cancelled, bounded by `lock_retries`.
-pub async fn drive(
-    cfg: &Config,
-    tcfg: &TableConfig,
-    client: &mut Client,
-    rec: &mut Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    while let Some(step) = rec.step.next() {
-        if cancel.is_cancelled() {
-            return Err(cancelled(&rec.plan.name()));
-        }
-        if step <= Step::Swapped {
-            let lead = rec.plan.lead(Utc::now());
-            if lead.num_seconds() < SWAP_GUARD.as_secs() as i64 {
-                tracing::warn!(boundary = %rec.plan.boundary_text, "boundary too close for the swap; undoing the conversion");
-                undo(cfg, client, rec, &CancellationToken::new()).await?;
-                return Err(ConvertError::BoundaryTooClose {
-                    boundary: rec.plan.boundary_text.clone(),
-                });
-            }
-        }
-        point(&format!("convert-{}-start", step.as_str()))?;
-        tracing::info!(step = step.as_str(), "conversion step");
-        let started = Instant::now();
-        let res = match step {
-            Step::Prepared => Ok(()),
-            Step::UniqueIndexes => unique_indexes(cfg, client, rec, cancel).await,
-            Step::CheckAdded => add_check(cfg, client, rec, cancel).await,
-            Step::CheckValidated => validate_check(cfg, client, rec, cancel).await,
-            Step::Swapped => swap(cfg, client, rec, cancel).await,
-            Step::PartitionsMade => make_partitions(cfg, tcfg, client, rec, cancel).await,
-        };
-        if let Err(e) = res {
-            journal::note(&*client, rec.id, step, "failed", &e.to_string()).await;
-            // The CHECK would keep refusing rows at the boundary from writers:
-            // undo now when resuming cannot help (rows outside the first
-            // partition, or a swap the server refused, which rolled back
-            // whole: a missing privilege, something changed). A swap that
-            // lost its lock race stays, for `resume`.
-            let permanent = matches!(e, ConvertError::RowsOutside { .. })
-                || (step == Step::Swapped
-                    && matches!(e, ConvertError::Sql { .. } | ConvertError::Refused { .. }));
-            if permanent {
-                tracing::warn!(error = %e, "conversion undone: resuming would fail the same way");
-                undo(cfg, client, rec, &CancellationToken::new()).await?;
-            }
-            return Err(e);
-        }
-        tracing::info!(
-            step = step.as_str(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "conversion step done"
-        );
-        rec.step = step;
-    }
-    journal::finish(&*client, rec.id, "done").await?;
-    rec.state = "done".into();
-    Ok(())
-}
-
-fn point(name: &str) -> Result<(), ConvertError> {
-    failpoint::hit(name).map_err(ConvertError::Failpoint)
-}
+use crate::saga::{At, Done};
 
 /// The conversion of `table` stopped on a signal at a safe point.
-fn cancelled(table: &QualifiedName) -> ConvertError {
+pub(super) fn cancelled(table: &QualifiedName) -> ConvertError {
     ConvertError::Cancelled(table.to_string())
 }
 
-async fn unique_indexes(
-    cfg: &Config,
-    client: &Client,
-    rec: &Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let table = rec.plan.name();
-    for b in &rec.plan.unique_builds {
+/// What a step returns: the runner journals it, or it journaled itself.
+type StepResult = Result<Done<()>, ConvertError>;
+
+pub(super) async fn unique_indexes(c: &mut Conversion, at: At<'_>) -> StepResult {
+    let table = c.rec.plan.name();
+    for b in &c.rec.plan.unique_builds {
         match super::index::build_unique_concurrently(
-            cfg, client, &table, &b.index, &b.columns, cancel,
+            &c.cfg, &c.client, &table, &b.index, &b.columns, at.cancel,
         )
         .await
         {
@@ -118,8 +45,7 @@ async fn unique_indexes(
             r => r?,
         }
     }
-    point("convert-unique_indexes-done")?;
-    journal::advance(client, rec.id, Step::UniqueIndexes, None).await
+    Ok(Done::Record(()))
 }
 
 async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>, ConvertError> {
@@ -130,44 +56,25 @@ async fn check_state(client: &Client, plan: &ConvertPlan) -> Result<Option<bool>
     Ok(row.map(|r| r.get(0)))
 }
 
-async fn add_check(
-    cfg: &Config,
-    client: &mut Client,
-    rec: &Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let already = check_state(client, &rec.plan).await?.is_some();
+pub(super) async fn add_check(c: &mut Conversion, at: At<'_>) -> StepResult {
+    let already = check_state(&c.client, &c.rec.plan).await?.is_some();
     // NOT VALID: a brief ACCESS EXCLUSIVE, under lock_timeout, retried.
     let stmts = if already {
         vec![]
     } else {
-        vec![ddl::add_check(&rec.plan)]
+        vec![ddl::add_check(&c.rec.plan)]
     };
-    in_tx(
-        cfg,
-        client,
-        &rec.plan.name(),
-        rec.id,
-        Step::CheckAdded,
-        &stmts,
-        cancel,
-    )
-    .await
+    in_tx(c, at, Step::CheckAdded, &stmts).await
 }
 
-async fn validate_check(
-    cfg: &Config,
-    client: &mut Client,
-    rec: &Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let stmts = match check_state(client, &rec.plan).await? {
+pub(super) async fn validate_check(c: &mut Conversion, at: At<'_>) -> StepResult {
+    let stmts = match check_state(&c.client, &c.rec.plan).await? {
         Some(true) => vec![],
         Some(false) => vec![
             // SHARE UPDATE EXCLUSIVE blocks no reads or writes: waiting for it
             // queues no traffic, and a timeout would waste the scan.
             sql::NO_LOCK_TIMEOUT_IN_TX.to_string(),
-            ddl::validate_check(&rec.plan),
+            ddl::validate_check(&c.rec.plan),
         ],
         None => {
             return Err(ConvertError::Step {
@@ -179,27 +86,23 @@ async fn validate_check(
         }
     };
     let started = Instant::now();
-    let ticker = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            tracing::info!(
+    let (key, boundary) = (c.rec.plan.key.clone(), c.rec.plan.boundary_text.clone());
+    let tx = in_tx(c, at, Step::CheckValidated, &stmts);
+    tokio::pin!(tx);
+    // A progress line every 5 s until the transaction ends.
+    let r = loop {
+        tokio::select! {
+            r = &mut tx => break r,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => tracing::info!(
                 phase = "validating check",
                 elapsed_s = started.elapsed().as_secs(),
                 "conversion progress"
-            );
+            ),
         }
-    };
-    let table = rec.plan.name();
-    let r = tokio::select! {
-        r = in_tx(cfg, client, &table, rec.id, Step::CheckValidated, &stmts, cancel) => r,
-        _ = ticker => Ok(()),
     };
     match r {
         Err(ConvertError::Sql { message, .. }) if message.contains("(23514)") => {
-            Err(ConvertError::RowsOutside {
-                key: rec.plan.key.clone(),
-                boundary: rec.plan.boundary_text.clone(),
-            })
+            Err(ConvertError::RowsOutside { key, boundary })
         }
         r => r,
     }
@@ -207,16 +110,10 @@ async fn validate_check(
 
 /// Runs `stmts` and the journal entry for `step` in one transaction, retried
 /// from the start on a lost lock race (each statement waits at most lock_timeout).
-async fn in_tx(
-    cfg: &Config,
-    client: &mut Client,
-    table: &QualifiedName,
-    id: i64,
-    step: Step,
-    stmts: &[String],
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let mut retry = Retry::new(cfg.partitions.lock_retries, Backoff::LOCK, cancel);
+async fn in_tx(c: &mut Conversion, at: At<'_>, step: Step, stmts: &[String]) -> StepResult {
+    let (table, id) = (&c.rec.plan.name(), c.rec.id);
+    let client = &mut c.client;
+    let mut retry = Retry::new(c.cfg.partitions.lock_retries, Backoff::LOCK, at.cancel);
     loop {
         let attempt = retry.begin().map_err(|_| cancelled(table))?;
         let tx = client
@@ -232,11 +129,11 @@ async fn in_tx(
         }
         let Some((s, e)) = failed else {
             journal::advance(&tx, id, step, None).await?;
-            point(&format!("convert-{}-done", step.as_str()))?;
-            return tx
-                .commit()
+            let recorded = at.done()?;
+            tx.commit()
                 .await
-                .map_err(|e| ConvertError::query("commit a conversion step", e));
+                .map_err(|e| ConvertError::query("commit a conversion step", e))?;
+            return Ok(Done::Recorded(recorded));
         };
         drop(tx);
         let transient = is_transient_lock_error(&e);
@@ -265,13 +162,9 @@ async fn in_tx(
 /// deadlock with them), re-reads the catalog under the locks, refuses if
 /// anything changed into something it cannot carry, and runs the whole swap
 /// with its journal entry in one transaction.
-async fn swap(
-    cfg: &Config,
-    client: &mut Client,
-    rec: &Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let plan = &rec.plan;
+pub(super) async fn swap(c: &mut Conversion, at: At<'_>) -> StepResult {
+    let (plan, id) = (&c.rec.plan, c.rec.id);
+    let client = &mut c.client;
     match check_state(client, plan).await? {
         Some(true) => {}
         _ => {
@@ -288,12 +181,12 @@ async fn swap(
             message: format!("{} no longer exists", plan.name()),
         })?;
     let lock = ddl::swap_lock(plan, &before);
-    let attempts = cfg.partitions.lock_retries.max(1) * 3;
-    let mut retry = Retry::new(attempts, Backoff::LOCK, cancel);
+    let attempts = c.cfg.partitions.lock_retries.max(1) * 3;
+    let mut retry = Retry::new(attempts, Backoff::LOCK, at.cancel);
     loop {
         let attempt = retry.begin().map_err(|_| cancelled(&plan.name()))?;
-        let e = match swap_once(client, rec, &lock).await {
-            Ok(()) => return Ok(()),
+        let e = match swap_once(client, plan, id, &lock, at).await {
+            Ok(recorded) => return Ok(Done::Recorded(recorded)),
             Err(SwapError::Other(e)) => return Err(e),
             Err(SwapError::Lock(e)) => e,
         };
@@ -327,8 +220,13 @@ impl From<ConvertError> for SwapError {
     }
 }
 
-async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), SwapError> {
-    let plan = &rec.plan;
+async fn swap_once(
+    client: &mut Client,
+    plan: &ConvertPlan,
+    id: i64,
+    lock: &str,
+    at: At<'_>,
+) -> Result<crate::saga::Recorded, SwapError> {
     let started = Instant::now();
     let tx = client
         .transaction()
@@ -380,8 +278,8 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
     tx.batch_execute(&batch)
         .await
         .map_err(|e| classify("the swap", e))?;
-    journal::advance(&tx, rec.id, Step::Swapped, None).await?;
-    point("convert-swapped-done")?;
+    journal::advance(&tx, id, Step::Swapped, None).await?;
+    let recorded = at.done().map_err(ConvertError::from)?;
     tx.commit()
         .await
         .map_err(|e| ConvertError::query("commit the swap", e))?;
@@ -389,7 +287,7 @@ async fn swap_once(client: &mut Client, rec: &Record, lock: &str) -> Result<(), 
         elapsed_ms = started.elapsed().as_millis() as u64,
         "swap committed"
     );
-    Ok(())
+    Ok(recorded)
 }
 
 /// The state of every identity and owned sequence of the table, read under
@@ -428,18 +326,12 @@ pub async fn sequence_states(
 
 /// After the swap the table is an ordinary managed partitioned table: one
 /// partition pass for it creates the periods from the boundary on (premake).
-async fn make_partitions(
-    cfg: &Config,
-    tcfg: &TableConfig,
-    client: &Client,
-    rec: &Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    let mut one = cfg.clone();
-    one.partitions.tables = vec![tcfg.clone()];
-    let report = crate::partitions::run_pass(&one, cancel).await;
-    if cancel.is_cancelled() {
-        return Err(cancelled(&rec.plan.name()));
+pub(super) async fn make_partitions(c: &mut Conversion, at: At<'_>) -> StepResult {
+    let mut one = c.cfg.clone();
+    one.partitions.tables = vec![c.tcfg.clone()];
+    let report = crate::partitions::run_pass(&one, at.cancel).await;
+    if at.cancel.is_cancelled() {
+        return Err(cancelled(&c.rec.plan.name()));
     }
     let report = report.map_err(|e| ConvertError::Step {
         step: "partitions_made",
@@ -455,37 +347,26 @@ async fn make_partitions(
             });
         }
     }
-    point("convert-partitions_made-done")?;
-    journal::advance(client, rec.id, Step::PartitionsMade, None).await
+    Ok(Done::Record(()))
 }
 
-/// Removes everything a conversion built before its swap and ends it as
-/// `aborted`. Each part is idempotent, so an interrupted abort is run again.
-pub async fn undo(
-    cfg: &Config,
-    client: &mut Client,
-    rec: &mut Record,
-    cancel: &CancellationToken,
-) -> Result<(), ConvertError> {
-    if rec.step >= Step::Swapped {
-        return Err(ConvertError::PastSwap {
-            table: rec.plan.name().to_string(),
-        });
-    }
-    let plan = rec.plan.clone();
-    // The CHECK first, with the step reset in the same transaction: from here
-    // a resume starts over and observes what is left.
+/// The undo of `check_added` (and of `check_validated`): the CHECK dropped,
+/// with the journal reset to `prepared` in the same transaction, so from
+/// here a resume starts over and observes what is left. Idempotent.
+pub(super) async fn drop_check(c: &mut Conversion, at: At<'_>) -> Result<(), ConvertError> {
+    let plan = &c.rec.plan;
     let drop_check = ddl::drop_check(&plan.name());
-    let mut retry = Retry::new(cfg.partitions.lock_retries, Backoff::LOCK, cancel);
+    let mut retry = Retry::new(c.cfg.partitions.lock_retries, Backoff::LOCK, at.cancel);
     loop {
         retry.begin().map_err(|_| cancelled(&plan.name()))?;
-        let tx = client
+        let tx = c
+            .client
             .transaction()
             .await
             .map_err(|e| ConvertError::query("begin a transaction", e))?;
         let e = match tx.batch_execute(&drop_check).await {
             Ok(()) => {
-                journal::reset(&tx, rec.id).await?;
+                journal::reset(&tx, c.rec.id).await?;
                 tx.commit()
                     .await
                     .map_err(|e| ConvertError::query("commit the abort", e))?;
@@ -507,11 +388,19 @@ pub async fn undo(
             });
         }
     }
-    rec.step = Step::Prepared;
-    point("convert-abort-check_dropped")?;
-    for b in &plan.unique_builds {
-        let s = ddl::drop_index_concurrently(&plan.schema, &b.index);
-        client
+    c.rec.step = Step::Prepared;
+    Ok(())
+}
+
+/// The undo of `unique_indexes`: every index the plan builds, dropped
+/// concurrently if it exists (a build killed midway leaves an invalid one).
+pub(super) async fn drop_unique_indexes(
+    c: &mut Conversion,
+    _at: At<'_>,
+) -> Result<(), ConvertError> {
+    for b in &c.rec.plan.unique_builds {
+        let s = ddl::drop_index_concurrently(&c.rec.plan.schema, &b.index);
+        c.client
             .batch_execute(&s)
             .await
             .map_err(|e| ConvertError::Sql {
@@ -519,7 +408,5 @@ pub async fn undo(
                 message: server_message(&e),
             })?;
     }
-    journal::finish(&*client, rec.id, "aborted").await?;
-    rec.state = "aborted".into();
     Ok(())
 }

@@ -418,23 +418,12 @@ async fn converts_online_under_a_writer_and_a_reader() {
         .await;
 }
 
-/// The step boundaries, in order (`convert-<step>-start` / `-done`).
-const POINTS: &[&str] = &[
-    "convert-unique_indexes-start",
-    "convert-unique_indexes-done",
-    "convert-check_added-start",
-    "convert-check_added-done",
-    "convert-check_validated-start",
-    "convert-check_validated-done",
-    "convert-swapped-start",
-    "convert-swapped-done",
-    "convert-partitions_made-start",
-    "convert-partitions_made-done",
-];
-
 #[tokio::test]
 async fn killed_at_every_step_boundary_then_resumed() {
-    for (i, point) in POINTS.iter().enumerate() {
+    // The boundaries, in order, from the saga's table (`convert-<step>-start` / `-done`).
+    let points = pgsteward::saga::boundaries(pgsteward::convert::table::TABLE);
+    for (i, b) in points.iter().enumerate() {
+        let point = &b.failpoint;
         let url = fresh_db(&format!("convert_kill{i}"));
         setup(&url, 500).await;
         let before = checksum(&url, 500).await;
@@ -457,7 +446,7 @@ async fn killed_at_every_step_boundary_then_resumed() {
         assert_eq!(out.code, None, "{point}: not killed: {}", out.stderr);
         // Converted or cleanly not converted, never in between.
         let kind = relkind(&url, "public.events").await;
-        let swapped = POINTS[..i].contains(&"convert-swapped-done");
+        let swapped = b.past_no_return;
         assert_eq!(kind, if swapped { "p" } else { "r" }, "{point}");
         assert_eq!(checksum(&url, 500).await, before, "{point}");
         if !swapped {

@@ -14,6 +14,7 @@ mod convert_bench;
 mod convert_cases;
 mod convert_failures;
 mod convert_logical;
+mod convert_saga;
 mod demo;
 mod deploy;
 mod docker;
