@@ -282,45 +282,65 @@ async fn probe_schema(cfg: &Config) -> Probe {
     }
 }
 
-/// `FOR ALL TABLES` publications of the primary's database, when there are
-/// any: they publish pgsteward's own tables too (no publication can leave a
-/// schema out), and a subscriber without those tables stops applying at the
-/// first row pgsteward records there. A warning with the fix, exit 0.
+/// Publications of the primary's database that publish pgsteward's own
+/// tables (`FOR ALL TABLES` cannot leave a schema out; `FOR TABLES IN SCHEMA
+/// pgsteward`), when there are any (`schema::published`). Undeclared ones
+/// are a warning with the fix, exit 0: archive retention, `convert` and
+/// capacity samples refuse to write there (exit 1 where they run); declared
+/// ones are an OK line.
 async fn probe_publications(cfg: &Config) -> Option<Probe> {
+    use crate::schema::published::{decide, explain, read, Verdict, Writer};
     let endpoint = cfg.database.primary.to_string();
-    let names: Option<String> = async {
+    let rows = async {
         let spec = cfg.database.primary.spec().ok()?;
         let client = spec.connect(cfg.database.connect_timeout.0).await.ok()?;
-        let row = tokio::time::timeout(
+        tokio::time::timeout(
             cfg.database.connect_timeout.0,
-            client.query_one(ALL_TABLES_PUBLICATIONS, &[]),
+            read(&client, None, &endpoint),
         )
         .await
         .ok()?
-        .ok()?;
-        row.get(0)
+        .ok()
     }
-    .await;
-    let names = names?;
+    .await?;
+    let acknowledged = &cfg.database.subscribers_have_pgsteward_schema;
+    let (warning, detail) = match decide(&rows, acknowledged) {
+        Verdict::Clear => return None,
+        Verdict::Acknowledged(names) => (
+            false,
+            format!(
+                "publication(s) {} publish pgsteward's own tables; declared in \
+                 database.subscribers_have_pgsteward_schema (every subscriber has them)",
+                names.join(", ")
+            ),
+        ),
+        Verdict::Refuse(refused) => {
+            let (_, fix) = explain(Writer::Archive, &refused, acknowledged, &endpoint);
+            let list: Vec<String> = refused
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.how.as_str()))
+                .collect();
+            (
+                true,
+                format!(
+                    "publication(s) {} also publish pgsteward's own tables in this database \
+                     (pgsteward.retirements, conversions, capacity_samples, schema_version): a subscriber \
+                     without them stops applying at the first row pgsteward records there, so archive \
+                     retention, convert and capacity samples refuse to write them until declared. Fix: {fix}",
+                    list.join(", ")
+                ),
+            )
+        }
+    };
     Some(Probe {
         role: "publications",
         endpoint,
         ok: true,
-        warning: true,
-        detail: format!(
-            "FOR ALL TABLES publication(s) {names} also publish pgsteward's own tables in this database \
-             (pgsteward.retirements, conversions, capacity_samples, schema_version): a subscriber without them \
-             stops applying at the first row pgsteward records there (archive retention, convert, capacity \
-             samples, a schema migration). Create them on every subscriber first: sql/schema_bootstrap.sql, \
-             then sql/schema_000N_*.sql in order (docs/partitions.md, logical replication)"
-        ),
+        warning,
+        detail,
         usage: false,
     })
 }
-
-/// The names of the database's `FOR ALL TABLES` publications; NULL when none.
-const ALL_TABLES_PUBLICATIONS: &str =
-    "SELECT string_agg(pubname::text, ', ' ORDER BY pubname) FROM pg_publication WHERE puballtables";
 
 /// The archive bucket: it exists, and this identity may write, read and
 /// delete under the prefix (a probe object, removed again).

@@ -120,6 +120,14 @@ pub enum Command {
         (apt-get install -y postgresql pgbouncer). Everything lives in a temporary directory and is removed at the end."
     )]
     Demo(DemoArgs),
+    /// The SQL that makes pgsteward's own tables, empty, for a logical subscriber of a publication that covers them.
+    #[command(after_help = "Example:\n  \
+        pgsteward schema-sql | psql \"postgres://admin@subscriber:5432/app\"\n  \
+        psql \"postgres://admin@subscriber:5432/app\" -c 'ALTER SUBSCRIPTION app_sub REFRESH PUBLICATION'\n\n\
+        A FOR ALL TABLES (or FOR TABLES IN SCHEMA pgsteward) publication publishes pgsteward's tables too;\n\
+        once every subscriber has them, list the publication in database.subscribers_have_pgsteward_schema.\n\
+        No configuration is read and nothing is connected to.")]
+    SchemaSql,
     /// Shell completions on stdout, generated from this command line's definition.
     #[command(after_help = "Examples:\n  \
         pgsteward completions bash > /etc/bash_completion.d/pgsteward\n  \

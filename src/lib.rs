@@ -21,7 +21,8 @@
 //!   * [`pg::iam`]: RDS IAM authentication tokens as passwords.
 //!   * [`pg::spec`]: [`pg::ConnSpec`], a parsed connection string: defaults, `sslmode`, IAM.
 //!   * `pg::connect`: connecting under a spec: one connection or a pool, with a deadline.
-//! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first.
+//! * [`schema`]: versioned migrations of the `pgsteward` schema on the primary, applied by whoever needs them first;
+//!   [`schema::published`]: writers of the schema refuse while a publication publishes it to subscribers not declared to have it.
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`failpoint`]: named failpoints at step boundaries (the upgrade, convert, archive retirement; test builds only).

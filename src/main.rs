@@ -17,6 +17,11 @@ fn main() -> ExitCode {
                 pgsteward::tooling::completions(*shell, out)
             })
         }
+        Command::SchemaSql => {
+            return write_or_exit("the schema SQL", |out| {
+                out.write_all(pgsteward::schema::subscriber_sql().as_bytes())
+            })
+        }
         Command::Man(args) => match &args.dir {
             None => return write_or_exit("the manual page", pgsteward::tooling::man_page),
             Some(dir) => {
@@ -214,7 +219,11 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
                 }
             }
         }),
-        Command::Demo(_) | Command::Check(_) | Command::Completions { .. } | Command::Man(_) => {
+        Command::Demo(_)
+        | Command::Check(_)
+        | Command::Completions { .. }
+        | Command::Man(_)
+        | Command::SchemaSql => {
             unreachable!("handled above")
         }
     }

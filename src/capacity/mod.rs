@@ -126,8 +126,23 @@ pub async fn run(
     let target = spec.display.clone();
     let mut client = spec.connect(cfg.database.connect_timeout.0).await?;
     let mut problems = Vec::new();
-    let schema_ok = match crate::schema::ensure(&client, &target).await {
-        Ok(_) => true,
+    // Nothing is written (the migration included) while a publication
+    // publishes the samples to subscribers not declared to have the table.
+    let published = crate::schema::published::check(
+        &client,
+        None,
+        &cfg.database.subscribers_have_pgsteward_schema,
+        crate::schema::published::Writer::Capacity,
+        &target,
+    )
+    .await;
+    let refused = matches!(published, Err(crate::schema::SchemaError::Published { .. }));
+    let schema_ok = match published {
+        Ok(()) => crate::schema::ensure(&client, &target).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let schema_ok = match schema_ok {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "capacity samples cannot be recorded");
             problems.push(e.to_string());
@@ -179,7 +194,8 @@ pub async fn run(
             Err(e) => problems.push(format!("samples not recorded: {e}")),
         }
     }
-    let mut history = if schema_ok {
+    // Refused, the samples recorded so far still make the forecast.
+    let mut history = if schema_ok || (refused && samples::exist(&client).await?) {
         samples::history(&client).await?
     } else {
         samples::History::default()

@@ -106,6 +106,18 @@ impl History {
     }
 }
 
+/// Whether the sample table exists (read without migrating the schema).
+pub async fn exist(client: &Client) -> Result<bool, CapacityError> {
+    Ok(client
+        .query_one(sql::SAMPLES_EXIST, &[])
+        .await
+        .map_err(|source| CapacityError::Query {
+            what: "look for the sample table",
+            source,
+        })?
+        .get(0))
+}
+
 pub async fn history(client: &Client) -> Result<History, CapacityError> {
     let rows = client
         .query(sql::HISTORY, &[])

@@ -9,6 +9,8 @@ pub const EXACT_SIZES: &str = include_str!("../../sql/capacity_exact_sizes.sql")
 pub const PLAIN_TABLES: &str = include_str!("../../sql/capacity_plain_tables.sql");
 pub const HISTORY: &str = include_str!("../../sql/capacity_history.sql");
 pub const PRUNE: &str = include_str!("../../sql/capacity_prune.sql");
+/// Whether the sample table is there to read (no migration asked).
+pub const SAMPLES_EXIST: &str = "SELECT to_regclass('pgsteward.capacity_samples') IS NOT NULL";
 
 /// Partition bounds the node-text decoder did not understand, as SQL prints them.
 pub const BOUND_EXPRS: &str =

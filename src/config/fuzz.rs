@@ -182,6 +182,21 @@ fn bounds_and_unit_less_durations() {
             "lag.max_delay",
             "too large",
         ),
+        (
+            "[database]\nsubscribers_have_pgsteward_schema = [\"all\", \"\"]",
+            "database.subscribers_have_pgsteward_schema[1]",
+            "1 to 63 bytes",
+        ),
+        (
+            "[database]\nsubscribers_have_pgsteward_schema = [\"all\", \"all\"]",
+            "database.subscribers_have_pgsteward_schema[1]",
+            "listed twice",
+        ),
+        (
+            "[database]\nsubscribers_have_pgsteward_schema = true",
+            "subscribers_have_pgsteward_schema",
+            "sequence",
+        ),
     ] {
         let toml = if toml_tail.starts_with("[database]") {
             format!("{toml_tail}\nprimary = \"postgres://u@h/db\"\n")
@@ -194,4 +209,17 @@ fn bounds_and_unit_less_durations() {
             .unwrap_or_default();
         assert!(err.contains(key) && err.contains(expect), "{toml}: {err}");
     }
+}
+
+#[test]
+fn declared_publications_load_and_default_to_none() {
+    let toml = "[database]\nprimary = \"postgres://u@h/db\"\nsubscribers_have_pgsteward_schema = [\"all_tables\", \"Odd Name\"]\n";
+    let cfg = from_figment(Figment::new().merge(Toml::string(toml)), None).unwrap();
+    assert_eq!(
+        cfg.database.subscribers_have_pgsteward_schema,
+        ["all_tables", "Odd Name"]
+    );
+    let none = "[database]\nprimary = \"postgres://u@h/db\"\n";
+    let cfg = from_figment(Figment::new().merge(Toml::string(none)), None).unwrap();
+    assert!(cfg.database.subscribers_have_pgsteward_schema.is_empty());
 }

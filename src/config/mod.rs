@@ -118,6 +118,13 @@ pub struct DatabaseConfig {
     /// Longest wait for a TCP connection and login.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
+    /// Publications of the primary's database that publish pgsteward's own
+    /// tables (FOR ALL TABLES, FOR TABLES IN SCHEMA pgsteward) and whose
+    /// every subscriber has those tables: archive retention, `convert` and
+    /// capacity samples write there only when each such publication is
+    /// listed (`schema::published`).
+    #[serde(default)]
+    pub subscribers_have_pgsteward_schema: Vec<String>,
 }
 
 fn default_connect_timeout() -> HumanDuration {
@@ -425,6 +432,28 @@ impl Config {
             }
         }
         indexes::validate(&self.partitions)?;
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self
+            .database
+            .subscribers_have_pgsteward_schema
+            .iter()
+            .enumerate()
+        {
+            let why = if p.is_empty() || p.len() > 63 {
+                Some(format!(
+                    "{p:?} is not a publication name; expected 1 to 63 bytes, as pg_publication has it"
+                ))
+            } else if !names.insert(p) {
+                Some(format!("{p:?} is listed twice"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(
+                    Reason::new(why).at(format!("database.subscribers_have_pgsteward_schema[{i}]"))
+                );
+            }
+        }
         if let Some(i) = self
             .partitions
             .tables

@@ -74,6 +74,32 @@ pub async fn ensure(client: &tokio_postgres::Client, target: &str) -> Result<(),
     Ok(())
 }
 
+/// Whether the journal may be written: `Some(refusal)` while a publication
+/// publishes `pgsteward.conversions` to subscribers not declared to have it
+/// (`schema::published`); asked by `plan` and by `start` before [`ensure`],
+/// so a refused conversion writes nothing.
+pub async fn published(
+    client: &tokio_postgres::Client,
+    cfg: &crate::config::Config,
+    server_version_num: Option<i32>,
+) -> Result<Option<super::plan::Refusal>, ConvertError> {
+    match crate::schema::published::check(
+        client,
+        server_version_num,
+        &cfg.database.subscribers_have_pgsteward_schema,
+        crate::schema::published::Writer::Convert,
+        &cfg.database.primary.to_string(),
+    )
+    .await
+    {
+        Ok(()) => Ok(None),
+        Err(crate::schema::SchemaError::Published { reason, fix, .. }) => {
+            Ok(Some(super::plan::Refusal { reason, fix }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn exists(client: &impl GenericClient) -> Result<bool, ConvertError> {
     let row = client
         .query_one(sql::JOURNAL_EXISTS, &[])

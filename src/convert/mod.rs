@@ -272,7 +272,8 @@ pub async fn plan_command(
 ) -> Result<Outcome, ConvertError> {
     let tcfg = table_config(cfg, table)?;
     let client = connect(cfg).await?;
-    let (p, info, refusals) = make_plan(&client, tcfg, key).await?;
+    let (p, info, mut refusals) = make_plan(&client, tcfg, key).await?;
+    refusals.extend(journal::published(&client, cfg, Some(info.server_version_num)).await?);
     let steps = if refusals.is_empty() {
         steps_of(&p, &info)
     } else {
@@ -350,6 +351,13 @@ pub async fn start_command(
     let tcfg = table_config(cfg, table)?;
     let client = connect(cfg).await?;
     lock(&client, table).await?;
+    // Before the journal's first write (the migration included).
+    if let Some(r) = journal::published(&client, cfg, None).await? {
+        return Err(ConvertError::Refused {
+            table: table.to_string(),
+            reasons: vec![format!("{} ({})", r.reason, r.fix)],
+        });
+    }
     journal::ensure(&client, &cfg.database.primary.to_string()).await?;
     if let Some(r) = journal::latest(&client, table).await? {
         if r.state == "active" {

@@ -34,6 +34,7 @@ use super::report::TableReport;
 use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
 use crate::pg::{server_message, Cancelled, QualifiedName};
+use crate::schema::published::{Once as Published, Writer};
 
 /// A table with something to do.
 pub struct Work {
@@ -151,7 +152,9 @@ pub(super) struct Done {
 pub(super) const UNCANCELLABLE_ATTEMPTS: u32 = 5;
 /// Runs every table's work on up to `partitions.parallelism` sessions (the
 /// catalog session is the first). Tables are independent, so sessions never
-/// contend for the same table's locks.
+/// contend for the same table's locks. `published` answers, once per pass,
+/// whether archive bookkeeping may be written (`schema::published`).
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     cfg: &Config,
     first: Client,
@@ -159,6 +162,7 @@ pub async fn execute(
     work: Vec<Work>,
     now: DateTime<Utc>,
     gate: &tokio::sync::Mutex<crate::upgrade::DdlGate>,
+    published: &Published,
     cancel: &CancellationToken,
 ) -> Vec<(usize, TableReport)> {
     let sessions = work.len().min(cfg.partitions.parallelism.max(1) as usize);
@@ -192,6 +196,7 @@ pub async fn execute(
                     current_user,
                     pid: 0,
                     gate,
+                    published,
                 };
                 // Boxed: a table's maintenance (moves, retirements, archive
                 // uploads) is a deep future; on the heap it does not bound
@@ -216,6 +221,8 @@ pub(super) struct Exec<'a> {
     pub(super) pid: i32,
     /// Asked before each table's DDL and each retirement step.
     pub(super) gate: &'a tokio::sync::Mutex<crate::upgrade::DdlGate>,
+    /// Asked before the first write to `pgsteward.retirements`.
+    pub(super) published: &'a Published,
 }
 
 impl Exec<'_> {
@@ -302,9 +309,29 @@ impl Exec<'_> {
         // that failed: the table's error, after the rest ran.
         let mut refused: Vec<String> = resumed;
         refused.extend(p.problems.iter().cloned());
+        // Archive bookkeeping goes to pgsteward.retirements: refused, before
+        // the first of it, while a publication publishes that table to
+        // subscribers not declared to have it. The table's other actions run.
+        let archive_refused = if p.actions.iter().any(is_archive) {
+            self.published
+                .check(self.client, Writer::Archive)
+                .await
+                .err()
+        } else {
+            None
+        };
+        if let Some(msg) = &archive_refused {
+            if !refused.contains(msg) {
+                refused.push(msg.clone());
+            }
+        }
         let mut result = Ok(());
         let mut standbys = None;
         for action in &p.actions {
+            if archive_refused.is_some() && is_archive(action) {
+                report.archive.held_back += 1;
+                continue;
+            }
             if let Err(busy) =
                 super::standby::gate(self.cfg, &mut standbys, action, &state, self.cancel).await
             {
@@ -491,4 +518,8 @@ impl Exec<'_> {
         }
         Ok(())
     }
+}
+
+fn is_archive(action: &Action) -> bool {
+    matches!(action, Action::Retire { archive: true, .. })
 }

@@ -76,6 +76,12 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
         Outcome::Healthy
     };
     let in_flight = converting::read(&client).await;
+    // Asked only if an archive retirement is planned or in flight.
+    let published = crate::schema::published::Once::new(
+        &cfg.database.subscribers_have_pgsteward_schema,
+        catalog.server_version_num,
+        &cfg.database.primary.to_string(),
+    );
     if !catalog.in_recovery {
         for (tcfg, (name, lookup)) in cfg.partitions.tables.iter().zip(catalog.tables) {
             if let Some(c) = converting::of(&in_flight, &name) {
@@ -117,6 +123,17 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                         )
                         .await,
                     );
+                    if p.actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Retire { archive: true, .. }))
+                    {
+                        if let Err(refused) = published
+                            .check(&client, crate::schema::published::Writer::Archive)
+                            .await
+                        {
+                            problems.push(refused);
+                        }
+                    }
                     if !problems.is_empty() {
                         outcome = Outcome::Problem;
                     }
@@ -143,6 +160,21 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
     }
     if !catalog.in_recovery {
         out.retirements = super::retire::commands::in_flight(&client).await;
+        // A retirement in flight writes its row at its next step too.
+        for r in &out.retirements {
+            let Err(refused) = published
+                .check(&client, crate::schema::published::Writer::Archive)
+                .await
+            else {
+                break;
+            };
+            outcome = Outcome::Problem;
+            if let Some(t) = out.tables.iter_mut().find(|t| t.table == r.table) {
+                if !t.problems.contains(&refused) {
+                    t.problems.push(refused);
+                }
+            }
+        }
         out.indexes = indexes::inspect(&client, cfg, &managed)
             .await
             .map_err(|e| PartitionError::Index(Box::new(e)))?;

@@ -161,8 +161,23 @@ pub async fn run_pass_at(
     let spare = if work.is_empty() {
         Some(client)
     } else {
-        let done =
-            apply::execute(cfg, client, &catalog.current_user, work, now, &gate, cancel).await;
+        // Read only if an archive retirement is about to write its row.
+        let published = crate::schema::published::Once::new(
+            &cfg.database.subscribers_have_pgsteward_schema,
+            catalog.server_version_num,
+            &cfg.database.primary.to_string(),
+        );
+        let done = apply::execute(
+            cfg,
+            client,
+            &catalog.current_user,
+            work,
+            now,
+            &gate,
+            &published,
+            cancel,
+        )
+        .await;
         for (i, r) in done {
             reports[i] = Some(r);
         }

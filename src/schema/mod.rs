@@ -16,6 +16,12 @@
 //!   an older binary must not write rows a newer release reads differently.
 //! * The fast path (schema current) takes no lock and writes nothing, so a
 //!   replica, or a role without CREATE, can still read.
+//! * Every writer asks [`published::check`] before [`ensure`]: a publication
+//!   of the schema would carry the migration's version row, and the writer's
+//!   own rows, to subscribers that may not have the tables.
+
+pub mod published;
+mod sql;
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -98,6 +104,14 @@ pub enum SchemaError {
     },
     #[error("cannot migrate the pgsteward schema on {target}: the server is read-only (a replica, or default_transaction_read_only); point database.primary at the primary")]
     ReadOnly { target: String },
+    /// Publications publish the schema to subscribers not declared to have
+    /// it (`published`): nothing was written.
+    #[error("refused, nothing written: {reason}. To fix: {fix}")]
+    Published {
+        publications: Vec<String>,
+        reason: String,
+        fix: String,
+    },
     #[error("pgsteward schema on {target}: {what}: {}", crate::pg::server_message(.source))]
     Query {
         target: String,
@@ -283,6 +297,27 @@ async fn migrate_in_transaction(
     Ok(known)
 }
 
+/// The schema's tables as this binary makes them, empty and without the
+/// version row: what `pgsteward schema-sql` prints for a logical subscriber
+/// of a publication that covers them. Without the version row, so the
+/// subscription's initial copy (`REFRESH PUBLICATION`) brings the
+/// publisher's rows in without a key conflict.
+pub fn subscriber_sql() -> String {
+    let mut s = format!(
+        "-- pgsteward {}: the pgsteward schema's tables, empty, for a logical subscriber\n\
+         -- of a publication that covers them (FOR ALL TABLES, FOR TABLES IN SCHEMA pgsteward).\n\
+         -- Run in the subscriber's database, then ALTER SUBSCRIPTION <name> REFRESH PUBLICATION.\n\
+         BEGIN;\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    s.push_str(BOOTSTRAP);
+    for m in MIGRATIONS {
+        s.push_str(m.sql);
+    }
+    s.push_str("COMMIT;\n");
+    s
+}
+
 /// What `check` reports: the version found, and whether this role could
 /// bring the schema up to date (CREATE on the database to make it, or on
 /// the schema to migrate it). Reads only.
@@ -403,6 +438,24 @@ mod tests {
             );
         }
         assert_eq!(latest(), MIGRATIONS.len() as i32);
+    }
+
+    #[test]
+    fn the_subscriber_sql_makes_every_table_and_no_version_row() {
+        let s = subscriber_sql();
+        for t in [
+            "schema_version",
+            "capacity_samples",
+            "retirements",
+            "conversions",
+        ] {
+            assert!(
+                s.contains(&format!("CREATE TABLE IF NOT EXISTS pgsteward.{t}")),
+                "{t}"
+            );
+        }
+        assert!(!s.contains("INSERT"), "{s}");
+        assert!(s.trim_end().ends_with("COMMIT;"));
     }
 
     #[test]

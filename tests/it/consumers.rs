@@ -81,6 +81,7 @@ async fn tree_of(url: &str, root: &str) -> BTreeSet<String> {
 pub struct Consumers {
     url: String,
     kind: Kind,
+    publication: String,
     sub: Subscriber,
     cdc: Cdc,
     tables: Vec<Watched>,
@@ -282,11 +283,22 @@ impl Consumers {
         Consumers {
             url: pub_url.to_string(),
             kind,
+            publication,
             sub,
             cdc,
             tables: watched,
             catch_up: CATCH_UP,
         }
+    }
+
+    /// The publication's name on the publisher.
+    pub fn publication(&self) -> &str {
+        &self.publication
+    }
+
+    /// The subscription on the subscriber server.
+    pub fn subscriber(&self) -> &Subscriber {
+        &self.sub
     }
 
     /// Waits `d` instead of [`CATCH_UP`] for the subscriber (a test that

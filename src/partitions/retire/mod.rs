@@ -89,6 +89,11 @@ pub(super) async fn start(
     stores: &mut Stores,
     report: &mut TableReport,
 ) -> Result<(), StepError> {
+    // Also asked by the caller; answered once per pass.
+    ex.published
+        .check(ex.client, crate::schema::published::Writer::Archive)
+        .await
+        .map_err(StepError::Refused)?;
     record::migrate(ex.client, &ex.cfg.database.primary.to_string())
         .await
         .map_err(refused)?;
@@ -143,6 +148,17 @@ pub(super) async fn resume(
         Ok(o) => o,
         Err(e) => return vec![e.to_string()],
     };
+    if open.is_empty() {
+        return Vec::new();
+    }
+    // Every step of a retirement (its error included) writes its row.
+    if let Err(refused) = ex
+        .published
+        .check(ex.client, crate::schema::published::Writer::Archive)
+        .await
+    {
+        return vec![refused];
+    }
     let mut errors = Vec::new();
     for r in open {
         let partition = r.partition.clone();

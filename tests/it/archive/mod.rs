@@ -25,6 +25,7 @@ mod faults;
 mod logical;
 mod migration;
 pub mod proxy;
+mod published;
 mod roundtrip;
 
 pub const BUCKET: &str = "pgsteward-archive";

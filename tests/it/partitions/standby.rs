@@ -180,7 +180,7 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
             .lines()
             .any(|l| l.contains("WARN") && !l.contains("FOR ALL TABLES"))
             && text.contains("waits up to 2s")
-            && text.contains("FOR ALL TABLES publication(s)"),
+            && text.contains("(FOR ALL TABLES) also publish pgsteward's own tables"),
         "{text}"
     );
 
