@@ -204,13 +204,13 @@ async fn archives_verify_list_and_restore_every_type_exactly() {
         "the same object replaced, no second archive"
     );
     // The subscriber of a FOR TABLE publication kept the retired rows and
-    // gets them no second time. TODO-design: `restore --attach` COPYs into a
-    // standalone table named as the partition, then attaches it; decoding
-    // publishes those INSERTs under the partition's name. A CDC consumer
-    // mapping the parent's partitions by name so counts rows it kept through
-    // the retirement twice, and a FOR ALL TABLES or TABLES IN SCHEMA
-    // publication sends them under that name, an apply error on a subscriber
-    // without such a table (both seen here: `assert_cdc`, `Kind::Schema`).
+    // gets them no second time. `restore --attach` COPYs into a standalone
+    // table named as the partition, then attaches it: a test_decoding CDC
+    // consumer (which decodes every table, publications or not) mapping the
+    // parent's partitions by name counts rows it kept through the retirement
+    // twice (docs/partitions.md); a FOR ALL TABLES or TABLES IN SCHEMA
+    // publication would send them under that name, which the restore
+    // refuses (`archive::published`).
     consumers
         .assert_subscriber("restored with --attach, archived again")
         .await;
