@@ -67,6 +67,8 @@ pub enum Writer {
     Convert,
     /// The capacity run: `pgsteward.capacity_samples`.
     Capacity,
+    /// `pgsteward upgrade`: `pgsteward.upgrade_guard`, in the database `postgres`.
+    Upgrade,
 }
 
 impl Writer {
@@ -75,6 +77,7 @@ impl Writer {
             Writer::Archive => "archive retention (retention_mode = \"archive\")",
             Writer::Convert => "the conversion",
             Writer::Capacity => "the capacity run",
+            Writer::Upgrade => "the upgrade's guard (one upgrade per cluster)",
         }
     }
     fn table(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Writer {
             Writer::Archive => "pgsteward.retirements",
             Writer::Convert => "pgsteward.conversions",
             Writer::Capacity => "pgsteward.capacity_samples",
+            Writer::Upgrade => "pgsteward.upgrade_guard",
         }
     }
 }

@@ -81,6 +81,12 @@ async fn observe(
         Ok(c) => super::guard::read(c, &target, query_timeout(cfg)).await?,
         Err(_) => None,
     };
+    // The guard row is written in the guard database from the first step:
+    // a publication there that publishes pgsteward's tables stops its
+    // subscribers at that row unless they have the table (issue 22).
+    if let Ok(c) = &guard_session {
+        pre.checks.push(guard_publications(cfg, c, &target).await?);
+    }
     let privileges = read_privileges(
         cfg,
         provider,
@@ -409,5 +415,44 @@ async fn read_privileges(
         alter_system,
         guard,
         unfenceable,
+    })
+}
+
+/// The precheck on the guard database's publications (see
+/// `schema::published`): refused unless each one that publishes
+/// pgsteward's tables is declared in `database.subscribers_have_pgsteward_schema`.
+async fn guard_publications(
+    cfg: &Config,
+    guard: &tokio_postgres::Client,
+    target: &str,
+) -> Result<Check, UpgradeError> {
+    use crate::schema::published::{decide, explain, read, Verdict, Writer};
+    let rows = tokio::time::timeout(query_timeout(cfg), read(guard, None, target))
+        .await
+        .map_err(|_| UpgradeError::Timeout {
+            what: "the guard database's publications".into(),
+            after: query_timeout(cfg),
+        })?
+        .map_err(|e| UpgradeError::Step {
+            step: super::record::Step::Precheck,
+            detail: e.to_string(),
+        })?;
+    let declared = &cfg.database.subscribers_have_pgsteward_schema;
+    let name = "guard database publications";
+    Ok(match decide(&rows, declared) {
+        Verdict::Clear => Check::new(name, true, "none publishes pgsteward's tables"),
+        Verdict::Acknowledged(names) => Check::new(
+            name,
+            true,
+            format!(
+                "declared to have subscribers with pgsteward's tables: {}",
+                names.join(", ")
+            ),
+        ),
+        Verdict::Refuse(refused) => {
+            let (reason, fix) =
+                explain(Writer::Upgrade, &refused, declared, "the database postgres");
+            Check::new(name, false, format!("{reason}; {fix}"))
+        }
     })
 }

@@ -97,6 +97,23 @@ async fn hard_fence_holds_and_rolls_back_completely() {
     ));
     let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
     assert!(plan.status.success(), "{}", text(&plan));
+    // A FOR ALL TABLES publication in the guard database would publish the
+    // guard row to subscribers that may lack its table: refused, named.
+    must(p.psql("postgres", "CREATE PUBLICATION everything FOR ALL TABLES"));
+    let plan = t.pgsteward(&["upgrade", "plan", "--target-class", "large"], None);
+    assert_eq!(plan.status.code(), Some(1), "{}", text(&plan));
+    for want in [
+        "guard database publications",
+        "everything (FOR ALL TABLES)",
+        "pgsteward.upgrade_guard",
+    ] {
+        assert!(
+            text(&plan).contains(want),
+            "plan names {want}:\n{}",
+            text(&plan)
+        );
+    }
+    must(p.psql("postgres", "DROP PUBLICATION everything"));
     let old_port = p.port;
     let load = Load::start(
         &t.pooler_url(),
