@@ -434,8 +434,8 @@ mod tests {
         let t: QualifiedName = "public.audit_2025_01".parse().unwrap();
         assert_eq!(refuse_published(&t, &[]), None);
         let why = refuse_published(&t, &[("all".into(), true), ("pubs".into(), false)]).unwrap();
-        assert!(why.contains("all (FOR ALL TABLES)"), "{why}");
-        assert!(why.contains("pubs (FOR TABLES IN SCHEMA public)"), "{why}");
+        assert!(why.contains("\"all\" (FOR ALL TABLES)"), "{why}");
+        assert!(why.contains("(FOR TABLES IN SCHEMA \"public\")"), "{why}");
         assert!(why.contains("scratch database") && why.contains("--publish"), "{why}");
         let why = refuse_published(&t, &[("pubs".into(), false)]).unwrap();
         assert!(why.contains("--into") && why.contains("--publish"), "{why}");
