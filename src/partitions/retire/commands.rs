@@ -436,7 +436,10 @@ mod tests {
         let why = refuse_published(&t, &[("all".into(), true), ("pubs".into(), false)]).unwrap();
         assert!(why.contains("\"all\" (FOR ALL TABLES)"), "{why}");
         assert!(why.contains("(FOR TABLES IN SCHEMA \"public\")"), "{why}");
-        assert!(why.contains("scratch database") && why.contains("--publish"), "{why}");
+        assert!(
+            why.contains("scratch database") && why.contains("--publish"),
+            "{why}"
+        );
         let why = refuse_published(&t, &[("pubs".into(), false)]).unwrap();
         assert!(why.contains("--into") && why.contains("--publish"), "{why}");
     }
