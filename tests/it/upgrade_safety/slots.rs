@@ -147,6 +147,20 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
 /// upgrade's own. Before 17 the same slots refuse the upgrade (the plan).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_slots_are_carried_and_consumers_miss_and_repeat_nothing() {
+    carry_case(None).await;
+}
+
+/// The same, with the runner killed (SIGKILL) at each boundary of
+/// `carry_slots` and the upgrade finished by `upgrade resume`: the advance
+/// runs once the consumers settle, whichever process does it; nothing is
+/// missed or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_around_the_slot_carry_then_resumed_consumers_miss_and_repeat_nothing() {
+    carry_case(Some("carry_slots-start=kill")).await;
+    carry_case(Some("carry_slots-done=kill")).await;
+}
+
+async fn carry_case(kill_at: Option<&str>) {
     let mut t = Topology::new();
     let major = harness::server_major();
     let super_app = crate::partitions::as_super(&t.primary_url);
@@ -190,7 +204,19 @@ async fn failover_slots_are_carried_and_consumers_miss_and_repeat_nothing() {
     }
     assert!(plan_text.contains("carry_slots"), "{plan_text}");
 
-    let out = t.upgrade(None);
+    let out = match kill_at {
+        None => t.upgrade(None),
+        Some(fp) => {
+            let killed = t.upgrade(Some(fp));
+            assert!(
+                killed.status.code().is_none(),
+                "{fp}: expected SIGKILL\n{}",
+                text(&killed)
+            );
+            t.check_one_writable_or_paused(fp).await;
+            t.pgsteward(&["upgrade", "resume"], None)
+        }
+    };
     let out_text = text(&out);
     if !out.status.success() {
         let logs = std::process::Command::new("sh")
