@@ -363,8 +363,9 @@ async fn partitions_job(
         return JobRun::Cancelled;
     }
     // No DDL while an upgrade fences and promotes: the pass asks the DDL
-    // gate (upgrade::gate) and skips; the next tick runs it.
-    // A primary an upgrade has moved must not get DDL meant for the new one.
+    // gate (upgrade::gate) and skips; the next tick runs it. A primary an
+    // upgrade has moved must not get DDL meant for the new one: the gate
+    // refuses it by the guard row, this by the local journal.
     if let Err(e @ crate::upgrade::UpgradeError::PrimaryMoved { .. }) =
         crate::upgrade::ensure_primary_current(cfg).await
     {
@@ -411,6 +412,14 @@ async fn partitions_job(
             }
         }
         Err(PartitionError::Cancelled) => JobRun::Cancelled,
+        // The gate found the primary moved (the guard row): an upgrade's
+        // finding, labelled as `ensure_primary_current` labels its own.
+        Err(e @ PartitionError::Guard(crate::upgrade::guard::GuardError::Moved { .. })) => {
+            JobRun::Failed {
+                error: ErrorLabel::Upgrade,
+                message: e.to_string(),
+            }
+        }
         Err(e) => {
             let message = e.to_string();
             JobRun::Failed {

@@ -4,11 +4,14 @@
 
 use super::error::UpgradeError;
 use super::sql::PRIMARY_WRITABLE;
-use super::{guard, journal, steps};
+use super::{journal, steps};
 use crate::config::Config;
 
 /// For other commands: fails when `database.primary` no longer answers as a
-/// writable primary, naming the node an upgrade made primary.
+/// writable primary, naming the node an upgrade of this state_dir made
+/// primary. The guard row (an upgrade run from any host) is the DDL gate's
+/// witness (`gate`): every caller asks the gate too, which reads the row
+/// once for both questions.
 pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
     let moved = || -> Option<UpgradeError> {
         let path = journal::latest_readonly(&cfg.upgrade.state_dir).ok()??;
@@ -27,17 +30,6 @@ pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
         Err(e) => return Err(moved().unwrap_or(e)),
     };
     let after = steps::query_timeout(cfg);
-    // The primary's own guard row names where an upgrade run anywhere moved it.
-    let row = guard::read_cluster(&cfg.database.primary, cfg.database.connect_timeout.0, after);
-    if let Ok(Some(row)) = row.await {
-        if let Some(new) = row.new_primary {
-            return Err(UpgradeError::PrimaryMoved {
-                old: cfg.database.primary.to_string(),
-                id: row.upgrade_id,
-                new,
-            });
-        }
-    }
     let row = match tokio::time::timeout(after, client.query_one(PRIMARY_WRITABLE, &[])).await {
         Ok(r) => r.map_err(|e| steps::q(&cfg.database.primary, e))?,
         Err(_) => {
