@@ -207,10 +207,6 @@ pub enum PartitionsCommand {
         /// Attach the restored table to --table as the partition of its original bounds.
         #[arg(long)]
         attach: bool,
-        /// Restore even where a FOR ALL TABLES or FOR TABLES IN SCHEMA publication publishes the
-        /// rows as they load (refused by default: subscribers without the table stop applying).
-        #[arg(long)]
-        publish: bool,
     },
 }
 

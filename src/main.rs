@@ -148,14 +148,12 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             from,
             into,
             attach,
-            publish,
         }) => Ok(pgsteward::partitions::retire::commands::restore_command(
             &cfg,
             &table,
             &from,
             into.as_ref(),
             attach,
-            publish,
         )
         .await?),
         Command::Lag(o) => Ok(pgsteward::lag::lag_command(&cfg, o.output).await?),

@@ -15,8 +15,10 @@ use super::upload::hex;
 use super::{ArchiveError, Store};
 use crate::pg::{quote_ident, QualifiedName};
 
-/// `CREATE TABLE target (...)` with the archived columns: types, NOT NULL,
-/// generated columns computed again by the server.
+/// `CREATE UNLOGGED TABLE target (...)` with the archived columns: types,
+/// NOT NULL, generated columns computed again by the server. Unlogged while
+/// it loads: the caller makes it logged in the same transaction, so logical
+/// decoding never sees the rows (see `partitions::retire::commands`).
 pub fn standalone_table_sql(target: &QualifiedName, m: &Manifest) -> String {
     let cols: Vec<String> = m
         .columns
@@ -32,7 +34,11 @@ pub fn standalone_table_sql(target: &QualifiedName, m: &Manifest) -> String {
             s
         })
         .collect();
-    format!("CREATE TABLE {} ({})", target.quoted(), cols.join(", "))
+    format!(
+        "CREATE UNLOGGED TABLE {} ({})",
+        target.quoted(),
+        cols.join(", ")
+    )
 }
 
 /// Copies the archive `m` into `target` (which exists, empty) within `tx`;

@@ -218,7 +218,6 @@ pub async fn restore_command(
     from: &str,
     into: Option<&QualifiedName>,
     attach: bool,
-    publish: bool,
 ) -> Result<Outcome, PartitionError> {
     let acfg = store_of(cfg)?;
     let cancel = ctrl_c_token();
@@ -253,12 +252,6 @@ pub async fn restore_command(
         ))
         .into());
     }
-    if !publish {
-        let publishing = publishing_schema(&client, &target.schema).await?;
-        if let Some(why) = refuse_published(&target, &publishing) {
-            return Err(ArchiveError::Refused(why).into());
-        }
-    }
     let tx = client
         .transaction()
         .await
@@ -267,6 +260,17 @@ pub async fn restore_command(
         .await
         .map_err(|e| PartitionError::query("create the restore's table", e))?;
     let rows = copy_into(&store, &tx, &m, &target, &cancel).await?;
+    // Loaded UNLOGGED, then made logged in the same transaction: the rows
+    // reach the WAL only through the table rewrite, which logical decoding
+    // skips (a rewrite's transient heap). No publication and no CDC
+    // consumer sees them as INSERTs: a subscriber that kept the partition
+    // through the retirement (DDL is not replicated) gets no second copy,
+    // one of a FOR ALL TABLES publication without such a table does not
+    // stop, and a test_decoding consumer counts nothing twice. Standbys
+    // receive the rewrite like any logged write.
+    tx.batch_execute(&format!("ALTER TABLE {} SET LOGGED", target.quoted()))
+        .await
+        .map_err(|e| PartitionError::query("make the restored table logged", e))?;
     tx.commit()
         .await
         .map_err(|e| PartitionError::query("commit the restore", e))?;
@@ -360,87 +364,4 @@ async fn attach_restored(
         tracing::warn!(error = %server_message(&e), "the restored partition keeps its redundant bounds CHECK");
     }
     Ok(())
-}
-
-/// The publications (name, `FOR ALL TABLES`) that publish INSERTs into a
-/// table made in `schema` while it is loaded.
-async fn publishing_schema(
-    client: &tokio_postgres::Client,
-    schema: &str,
-) -> Result<Vec<(String, bool)>, PartitionError> {
-    let version: i32 = client
-        .query_one(sql::SERVER_VERSION_NUM, &[])
-        .await
-        .map_err(|e| PartitionError::query("read the server version", e))?
-        .get(0);
-    let query = if version >= 150000 {
-        sql::PUBLISHING_SCHEMA_15
-    } else {
-        sql::PUBLISHING_SCHEMA_13
-    };
-    Ok(client
-        .query(query, &[&schema])
-        .await
-        .map_err(|e| PartitionError::query("read the publications", e))?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}
-
-/// Pure: the refusal, when publications would publish the restored rows
-/// under the target's own name as they are loaded. Their subscribers stop
-/// at the first row ("logical replication target relation ... does not
-/// exist") unless they have such a table, and CDC consumers see rows the
-/// retirement never took from them inserted again. (A `FOR TABLE parent`
-/// publication publishes nothing here: the rows load into a table it does
-/// not cover, and ATTACH changes no row.)
-pub fn refuse_published(target: &QualifiedName, publishing: &[(String, bool)]) -> Option<String> {
-    if publishing.is_empty() {
-        return None;
-    }
-    let named: Vec<String> = publishing
-        .iter()
-        .map(|(name, all)| {
-            let how = if *all {
-                "FOR ALL TABLES".to_string()
-            } else {
-                format!("FOR TABLES IN SCHEMA {}", quote_ident(&target.schema))
-            };
-            format!("{} ({how})", quote_ident(name))
-        })
-        .collect();
-    let every_schema = publishing.iter().any(|(_, all)| *all);
-    let elsewhere = if every_schema {
-        "A FOR ALL TABLES publication covers every schema: restore where no subscriber applies it \
-         (a scratch database), or"
-    } else {
-        "Restore --into a schema no publication covers (then attach by hand if needed), or"
-    };
-    Some(format!(
-        "restoring into {target} would publish every restored row as an INSERT: publication(s) {} cover it; \
-         a subscriber stops applying unless it has a table {target} (and one that kept the partition through \
-         the retirement, as subscribers do, gets its rows twice), and CDC consumers see them inserted again. \
-         Nothing was changed. {elsewhere} pass --publish once every subscriber can take them",
-        named.join(", ")
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_restore_is_refused_only_where_a_publication_covers_its_schema() {
-        let t: QualifiedName = "public.audit_2025_01".parse().unwrap();
-        assert_eq!(refuse_published(&t, &[]), None);
-        let why = refuse_published(&t, &[("all".into(), true), ("pubs".into(), false)]).unwrap();
-        assert!(why.contains("\"all\" (FOR ALL TABLES)"), "{why}");
-        assert!(why.contains("(FOR TABLES IN SCHEMA \"public\")"), "{why}");
-        assert!(
-            why.contains("scratch database") && why.contains("--publish"),
-            "{why}"
-        );
-        let why = refuse_published(&t, &[("pubs".into(), false)]).unwrap();
-        assert!(why.contains("--into") && why.contains("--publish"), "{why}");
-    }
 }

@@ -63,19 +63,5 @@ pub const DETACH_FACTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_partitioned_tabl
 pub const TOTAL_SIZE: &str = "SELECT coalesce(pg_total_relation_size(to_regclass($1)), 0)::int8";
 pub const SERVER_VERSION: &str = "SELECT current_setting('server_version')";
 
-/// Publications that would publish a table made in schema `$1` as it is
-/// loaded (PostgreSQL 15+): `FOR ALL TABLES`, or `FOR TABLES IN SCHEMA $1`;
-/// only those that publish INSERTs. (`name`, `FOR ALL TABLES`).
-pub const PUBLISHING_SCHEMA_15: &str =
-    "SELECT p.pubname::text, p.puballtables FROM pg_publication p \
-     WHERE p.pubinsert AND (p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_namespace pn \
-       JOIN pg_namespace n ON n.oid = pn.pnnspid WHERE pn.pnpubid = p.oid AND n.nspname = $1)) \
-     ORDER BY 1";
-/// The same before 15 (no schema publications): `FOR ALL TABLES` only; `$1` unused but bound.
-pub const PUBLISHING_SCHEMA_13: &str =
-    "SELECT p.pubname::text, p.puballtables FROM pg_publication p \
-     WHERE p.pubinsert AND p.puballtables AND $1::text IS NOT NULL ORDER BY 1";
 /// Whether a relation of that name exists (restore never overwrites).
 pub const TAKEN: &str = "SELECT to_regclass($1) IS NOT NULL";
-/// The server's version number (`150004`).
-pub const SERVER_VERSION_NUM: &str = "SELECT current_setting('server_version_num')::int";
