@@ -64,17 +64,22 @@
 //!   * [`upgrade::record`]: step statuses and facts, the legal transitions, the state replayed from the journal.
 //!   * [`upgrade::journal`]: the append-only, fsync'd JSONL journal of one upgrade; replay.
 //!   * [`upgrade::keeper`]: the pause keeper, a process that closes the write pause of a runner that died in it.
+//!   * [`upgrade::window`]: the write pause as a component: its deadline, its measured length, the pause keeper
+//!     it arms; the bound of each query inside it.
 //!   * [`upgrade::guard`]: one upgrade per cluster (in the database `postgres`): the runner's lock sessions and keepalive;
 //!     `guard::read` the guard row as the service, the CronJob and the pass read it.
 //!   * [`upgrade::precheck`]: the prechecks as a pure judgement over observed facts;
 //!     [`upgrade::privileges`]: the steward's privileges, judged, each missing one with its GRANT.
 //!   * [`upgrade::current`]: for other commands: is `database.primary` still the primary; waiting out a cutover.
-//!   * [`upgrade::cutover`]: the write pause and the decision to start it.
-//!   * [`upgrade::fence`]: fencing the old primary and lifting the fence.
+//!   * [`upgrade::cutover`]: the write pause and the decision to start it; the fence step and the unfences.
+//!   * [`upgrade::fence`]: the fence of the old primary as a component with its own state (staged, put up,
+//!     lifted, proven), for any upgrade kind; `fence::files` the server's files replaced and synced,
+//!     [`upgrade::fence::flush`] the fenced primary's final flush.
 //!   * [`upgrade::observe`]: what the prechecks read from the servers (the facts `precheck` judges).
 //!   * [`upgrade::steps`]: the body of each step, observe before act; [`upgrade::finish`]: verify and retire_old.
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
-//!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions).
+//!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions,
+//!     one fence and one pause window).
 //!   * [`upgrade::runner`]: drives the steps: record, run, record.
 //!   * [`upgrade::rescue`]: the pause keeper's process: closes the window of a runner gone or stuck.
 //! * [`lag`]: replica lag, `pgsteward lag`.

@@ -86,7 +86,7 @@ pub fn with_source_floors(
 }
 
 /// Settings of the source that must not reach the new server: the old
-/// primary's fence and where-it-moved marker (upgrade/fence.rs, guard.rs).
+/// primary's fence and where-it-moved marker (upgrade/fence/, guard.rs).
 const NOT_COPIED: [&str; 2] = ["default_transaction_read_only", "pgsteward.moved_to"];
 
 /// The copy's own files after `pg_basebackup`: postgresql.auto.conf is read

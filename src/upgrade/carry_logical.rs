@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use super::error::UpgradeError;
-use super::fence::parse_lsn;
+use super::fence::flush::parse_lsn;
 use super::record::{Output, Step};
 use super::saga::Saga;
 use super::slots::{advance_to, not_ready, Settle, Synced};

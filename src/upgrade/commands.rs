@@ -194,7 +194,7 @@ async fn finish(mut saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummar
     r?;
     let record = saga.record().clone();
     if !saga.progress.quiet {
-        if let Some(w) = saga.pause_window {
+        if let Some(w) = saga.pause_window() {
             println!(
                 "write pause (PAUSE sent -> RESUME returned): {:.1} ms",
                 w.as_secs_f64() * 1000.0
@@ -209,7 +209,7 @@ async fn finish(mut saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummar
     }
     Ok(RunSummary {
         record,
-        pause_window: saga.pause_window,
+        pause_window: saga.pause_window(),
     })
 }
 

@@ -6,15 +6,19 @@
 //! or a missed deadline before promote makes the runner roll back (RESUME,
 //! unfence), so the pause is the only thing clients can notice. Promote is the
 //! point of no return: from there the window only goes forward.
-
-use std::time::Duration;
-
-use tokio::time::Instant;
+//!
+//! The vertical upgrade's side of its two components: the window's
+//! deadline handed to the pooler and the guard (`window::PauseWindow` holds it),
+//! and the fence step and unfences as thin calls into [`Fence`], which get
+//! the session, the deadline and the pids to spare from the saga.
 
 use super::error::UpgradeError;
+use super::fence::Fence;
 use super::record::{Output, Step, StepStatus, STEPS};
 use super::runner::Saga;
-use crate::config::CutoverKind;
+use super::window::remaining;
+use crate::config::{ConnString, CutoverKind};
+use crate::provider::FenceMethod;
 
 /// The catch-up gate's answer, with the reason (for the progress line and the journal).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +58,7 @@ impl Saga {
     /// PAUSE and starts the deadline the next two steps share.
     pub(crate) async fn cutover(&mut self) -> Result<(), UpgradeError> {
         // Before PAUSE: a crash of this process inside the window is covered.
-        self.arm_keeper();
+        self.window.arm_keeper(&self.cfg);
         for step in STEPS.iter().copied().filter(|s| s.under_pause_deadline()) {
             if self.journal.record().status(step) != StepStatus::Done {
                 self.forward(step).await?;
@@ -69,7 +73,7 @@ impl Saga {
     /// crashed after promote had started.
     pub(crate) async fn forward_from_promote(&mut self) -> Result<(), UpgradeError> {
         if self.record().status(super::record::Step::ResumeWrites) != StepStatus::Done {
-            self.arm_keeper();
+            self.window.arm_keeper(&self.cfg);
         }
         let rest = STEPS
             .iter()
@@ -80,16 +84,10 @@ impl Saga {
                 self.forward(step).await?;
             }
         }
-        self.end_pause_window();
+        // The client-visible window closes when RESUME returns (or, without
+        // a pooler, when the last step of the window ends).
+        self.window.close();
         Ok(())
-    }
-
-    /// The client-visible window closes when RESUME returns (or, without a
-    /// pooler, when the last step of the window ends).
-    fn end_pause_window(&mut self) {
-        if let Some(t0) = self.window_start.take() {
-            self.pause_window = Some(t0.elapsed());
-        }
     }
 }
 
@@ -97,17 +95,17 @@ impl Saga {
     /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
     /// every wait of steps 5–7 shares, the pooler's included.
     pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
-        self.deadline = deadline;
+        self.window.set_deadline(deadline);
         self.poolers.set_deadline(deadline);
         if let Some(g) = self.guard.as_mut() {
             g.set_deadline(deadline);
         }
     }
 
+    /// The deadline a step of the window works to (see
+    /// `PauseWindow::deadline_or`).
     pub(crate) fn window_deadline(&self) -> tokio::time::Instant {
-        // Resumed after a crash (forward only happens past promote): no deadline left to keep.
-        self.deadline
-            .unwrap_or_else(|| tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0)
+        self.window.deadline_or(self.cfg.upgrade.pause_timeout.0)
     }
 
     /// Inside the window: every PgBouncer instance that appeared since
@@ -155,14 +153,14 @@ impl Saga {
                     .say(Step::ResumeWrites, &format!("{nc}, repointed"));
             }
             self.poolers.resume().await?;
-            self.end_pause_window();
+            self.window.close();
             // The repoint's files, renamed into place inside the window, are
             // made durable now, outside it (and again after a crash: idempotent).
             self.poolers.sync_configs().await?;
             note = Some(format!("writes resumed on {}", self.poolers.pause_report()));
         }
-        self.end_pause_window();
-        self.disarm_keeper();
+        self.window.close();
+        self.window.disarm_keeper();
         Ok(Output {
             note,
             ..Output::default()
@@ -170,15 +168,90 @@ impl Saga {
     }
 }
 
-/// Time left until `deadline`, or the pause-timeout error.
-pub(crate) fn remaining(deadline: Instant, what: &str) -> Result<Duration, UpgradeError> {
-    let now = Instant::now();
-    if now >= deadline {
-        return Err(UpgradeError::PauseTimeout {
-            what: what.to_string(),
-        });
+impl Saga {
+    /// Before PAUSE: stages the fence on the old primary's session
+    /// ([`Fence::stage`]).
+    pub(crate) async fn stage_fence(&mut self) -> Result<(), UpgradeError> {
+        let method = self.provider.fence_method();
+        let primary = self.cfg.database.primary.clone();
+        let limit = self.query_limit();
+        let connect_timeout = self.cfg.database.connect_timeout.0;
+        let (old, fence) = self.old_and_fence().await?;
+        fence
+            .stage(method, old, &primary, limit, connect_timeout)
+            .await
     }
-    Ok(deadline - now)
+
+    /// Step 6 (see fence/): newcomers paused first, then the provider's
+    /// fence, within the window's deadline.
+    pub(crate) async fn fence_old_primary(&mut self) -> Result<Output, UpgradeError> {
+        let deadline = self.window_deadline();
+        // A PgBouncer instance that appeared since PAUSE would send its
+        // clients' writes into the fence (client errors): paused first.
+        if let Some(n) = self.pause_newcomers(Some(deadline)).await? {
+            self.progress.say(Step::FenceOldPrimary, &n);
+        }
+        let primary = self.cfg.database.primary.clone();
+        let cancel = self.cancel.clone();
+        let method = self.provider.fence_method();
+        let t0 = std::time::Instant::now();
+        if method == FenceMethod::AlterDatabase {
+            let keep = self.kept_read_only().unwrap_or_default();
+            let ours = self.own_pids();
+            let old = self.old_client().await?;
+            return Fence::put_up_databases(old, &primary, &keep, &ours, deadline).await;
+        }
+        if !self.fence.is_staged() {
+            // Run again after a crash or on a retry: stage (idempotent) first.
+            self.stage_fence().await?;
+        }
+        let id = self.record().id.clone();
+        let ours = self.own_pids();
+        let written = self.fence.write_hba(&id, t0, deadline)?;
+        let old = self.old_client().await?;
+        written
+            .enforce(old, &primary, &ours, deadline, &cancel)
+            .await
+    }
+
+    /// Lifts the fence completely and proves it, or fails. Idempotent.
+    pub(crate) async fn unfence(&mut self) -> Result<(), UpgradeError> {
+        let primary = self.cfg.database.primary.clone();
+        let method = self.provider.fence_method();
+        let limit = self.query_limit();
+        if method == FenceMethod::AlterDatabase {
+            // Not known: pause_writes never finished, so no fence was put up.
+            let Some(keep) = self.kept_read_only() else {
+                return Ok(());
+            };
+            let old = self.old_client().await?;
+            return Fence::lift_databases(old, &primary, &keep, limit).await;
+        }
+        let old = self.old_client().await?;
+        let files = Fence::clear_hba(old, &primary, limit).await?;
+        let probe = self.fence.probe();
+        let connect_timeout = self.cfg.database.connect_timeout.0;
+        let old = self.old_client().await?;
+        Fence::reload_unfenced(old, files, probe, &primary, limit, connect_timeout).await
+    }
+
+    /// A database-level fence streamed to the new server with the rest of the
+    /// catalog: lift it there before writes resume. Idempotent.
+    pub(crate) async fn unfence_new(&mut self, endpoint: &ConnString) -> Result<(), UpgradeError> {
+        if self.provider.fence_method() != FenceMethod::AlterDatabase {
+            return Ok(());
+        }
+        let keep = self.kept_read_only().unwrap_or_default();
+        let limit = self.query_limit();
+        let new = self.new_client().await?;
+        Fence::lift_databases(new, endpoint, &keep, limit).await
+    }
+
+    /// The databases read-only on purpose (RDS fence): read before PAUSE
+    /// by this run, else journaled with pause_writes.
+    pub(crate) fn kept_read_only(&self) -> Option<Vec<String>> {
+        self.fence.kept_read_only(self.record())
+    }
 }
 
 #[cfg(test)]

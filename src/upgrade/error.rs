@@ -85,3 +85,11 @@ impl UpgradeError {
         }
     }
 }
+
+/// A query error on `target`, as the steps report it.
+pub(crate) fn q(target: &crate::config::ConnString, e: tokio_postgres::Error) -> UpgradeError {
+    UpgradeError::Pg(crate::pg::PgError::Query {
+        target: target.to_string(),
+        source: e,
+    })
+}

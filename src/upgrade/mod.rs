@@ -6,7 +6,12 @@
 //! * `step`: the steps' names, order, regions and the pause window (the journal's vocabulary).
 //! * `record`: statuses and legal transitions; the state rebuilt from the journal.
 //! * `journal`: the append-only, fsync'd JSONL file in `upgrade.state_dir`.
-//! * `saga`: the context every step runs with, and its progress lines.
+//! * `window`: the write pause as a component (its deadline, its measured
+//!   length, the pause keeper), and the query bound inside it.
+//! * `fence`: the fence of the old primary as a component (staged, put up,
+//!   lifted and proven), whatever upgrade kind drives it.
+//! * `saga`: the context every step runs with (it holds one fence and one
+//!   window), and its progress lines.
 //! * `table`: the saga as an executable table, one row per step (do, undo,
 //!   guard move, when it has work); `table_doc` holds docs/upgrade.md to it.
 //! * `runner`: record → run → record over the table; undo before promote,
@@ -14,8 +19,9 @@
 //!
 //! The step bodies (each observes, then acts):
 //! * `steps`: prechecks, the new server, catch-up, PAUSE, final sync, promote, repoint.
-//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate.
-//! * `fence`: the hard fence of the old primary and its proof; `undo`: the roll back's undos.
+//! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate;
+//!   the fence step and the unfences, as calls into the fence component.
+//! * `undo`: the roll back's undos.
 //! * `swap`: new readers before the pause; identifier swap and read move after it.
 //! * `finish`: verify through the pooler, repoint local replicas, retire the old servers.
 //! * `carry`: the physical slots made on the new server before the pause.
@@ -58,6 +64,7 @@ pub mod table;
 #[cfg(test)]
 mod table_doc;
 mod undo;
+pub mod window;
 
 pub use commands::{
     abort, abort_command, keeper_command, resume, resume_command, start, start_command, start_with,

@@ -157,7 +157,7 @@ impl Saga {
             }
         }
         let deadline = if moves.pause_bound {
-            self.deadline
+            self.window.deadline()
         } else {
             None
         };
@@ -326,7 +326,7 @@ impl Saga {
     pub(crate) async fn rollback(&mut self, reason: &str) -> Result<(), UpgradeError> {
         // The undo gets its own time: the pause deadline may be what failed.
         self.set_pause_deadline(None);
-        self.arm_keeper();
+        self.window.arm_keeper(&self.cfg);
         let steps: Vec<Step> = STEPS
             .iter()
             .rev()
@@ -342,7 +342,7 @@ impl Saga {
             .collect();
         let mut left: Vec<String> = Vec::new();
         // An unfence that failed once is not waited for a second time.
-        self.unfence_failed = None;
+        self.fence.forget_unfence_failure();
         for step in steps {
             self.log_soft(&[Event::UndoStarted { step }]);
             failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
@@ -371,14 +371,14 @@ impl Saga {
             self.guard_end("roll back incomplete", false).await;
             // The keeper stays armed: it finishes the roll back once the
             // runner has exited (see keeper.rs).
-            let keeper = self.keeper_note();
+            let keeper = self.window.keeper_note();
             return Err(UpgradeError::RollbackIncomplete {
                 id: self.record().id.clone(),
                 left,
                 keeper,
             });
         }
-        self.disarm_keeper();
+        self.window.disarm_keeper();
         if self.journal.is_broken() {
             self.guard_end("rolled_back (journal unwritable)", false)
                 .await;

@@ -174,7 +174,7 @@ pub(crate) fn terminate_sql(ours: &[i32]) -> String {
 }
 
 /// The final flush of the fenced old primary in one simple-query round trip
-/// (see `fence::flushed_position`): the insert position, then a transaction
+/// (see `fence::flush::flushed_position`): the insert position, then a transaction
 /// that terminates what is left (`terminate_sql(ours)`) and writes WAL with
 /// `synchronous_commit = local` (the guard row of upgrade `guarded_upgrade`,
 /// else a temporary table's catalog rows), then the flush position.

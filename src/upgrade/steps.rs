@@ -9,63 +9,19 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::cutover::{ready, remaining, Readiness};
+use super::cutover::{ready, Readiness};
 use super::error::UpgradeError;
+use super::fence::Fence;
 use super::record::{Output, Step};
 use super::runner::Saga;
 use super::sql::{BACKEND_PID, CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
+use super::window::{remaining, Limit};
 use crate::config::{Config, ConnString, CutoverKind};
 use crate::provider::{replica_id, ServerState};
 
 pub use super::observe::prechecks;
 
 pub use crate::pooler::query_timeout;
-
-/// A client-side deadline for one query (or a short exchange of them).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limit {
-    pub until: tokio::time::Instant,
-    /// The pause deadline is what binds: missing it is a pause timeout.
-    pub pause: bool,
-    pub after: Duration,
-}
-
-impl Limit {
-    fn expired(&self, what: String) -> UpgradeError {
-        if self.pause {
-            UpgradeError::PauseTimeout { what }
-        } else {
-            UpgradeError::Timeout {
-                what,
-                after: self.after,
-            }
-        }
-    }
-
-    /// `f` against `target`, or a timeout error at the deadline.
-    pub async fn run<T>(
-        self,
-        target: &ConnString,
-        f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, UpgradeError> {
-        match tokio::time::timeout_at(self.until, f).await {
-            Ok(r) => r.map_err(|e| q(target, e)),
-            Err(_) => Err(self.expired(format!("an answer from {target}"))),
-        }
-    }
-
-    /// Any other wait (provider, pooler, connect) under the same deadline.
-    pub async fn wrap<T, E: Into<UpgradeError>>(
-        self,
-        what: &str,
-        f: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, UpgradeError> {
-        match tokio::time::timeout_at(self.until, f).await {
-            Ok(r) => r.map_err(Into::into),
-            Err(_) => Err(self.expired(what.to_string())),
-        }
-    }
-}
 
 /// A saga session: TCP keepalives (a peer that vanished is noticed in
 /// seconds, not hours) and a server-side `statement_timeout` matching the
@@ -88,7 +44,7 @@ pub(crate) async fn connect(target: &ConnString, cfg: &Config) -> Result<Client,
     Ok(spec.connect_with(config, timeout).await?)
 }
 
-pub(crate) use super::saga::q;
+pub(crate) use super::error::q;
 
 impl Saga {
     /// Sleeps `d` unless cancelled first.
@@ -138,25 +94,29 @@ impl Saga {
     /// The deadline of the next query: `query_timeout` from now, or the
     /// pause deadline inside the pause when that comes first.
     pub(crate) fn query_limit(&self) -> Limit {
-        let after = query_timeout(&self.cfg);
-        let plain = tokio::time::Instant::now() + after;
-        match self.deadline {
-            Some(d) if d < plain => Limit {
-                until: d,
-                pause: true,
-                after,
-            },
-            _ => Limit {
-                until: plain,
-                pause: false,
-                after,
-            },
-        }
+        self.window.query_limit(query_timeout(&self.cfg))
+    }
+
+    /// Our sessions on the old primary the fence must spare.
+    pub(crate) fn own_pids(&self) -> Vec<i32> {
+        let mut v = self
+            .guard
+            .as_ref()
+            .map(|g| g.pids_on(&self.cfg.database.primary.to_string()))
+            .unwrap_or_default();
+        v.extend(self.old_pid);
+        v
     }
 
     /// The session on the old primary (the fence spares it), opened when
     /// there is none or it closed.
     pub(crate) async fn old_client(&mut self) -> Result<&Client, UpgradeError> {
+        Ok(self.old_and_fence().await?.0)
+    }
+
+    /// [`Saga::old_client`] and the fence, borrowed apart: the fence's
+    /// methods that change its state act on that session.
+    pub(crate) async fn old_and_fence(&mut self) -> Result<(&Client, &mut Fence), UpgradeError> {
         let client = match self.old.take() {
             Some(c) if !c.is_closed() => c,
             _ => {
@@ -176,7 +136,7 @@ impl Saga {
                 client
             }
         };
-        Ok(self.old.insert(client))
+        Ok((self.old.insert(client), &mut self.fence))
     }
 
     /// The session on the new server, opened when there is none or it closed.
@@ -375,7 +335,7 @@ impl Saga {
         }
         let deadline = tokio::time::Instant::now() + self.cfg.upgrade.pause_timeout.0;
         self.set_pause_deadline(Some(deadline));
-        self.window_start = Some(std::time::Instant::now());
+        self.window.open();
         let mut note = None;
         if pooled {
             let left = remaining(deadline, "PAUSE")?;
@@ -391,7 +351,7 @@ impl Saga {
             ));
         }
         Ok(Output {
-            kept_read_only: self.kept_read_only.clone(),
+            kept_read_only: self.fence.read_only_seen(),
             note,
             ..Output::default()
         })
@@ -401,7 +361,7 @@ impl Saga {
     /// position *flushed*: an asynchronous commit is acknowledged once it is
     /// in the WAL buffers, before it is written, and the walsender streams
     /// only what is flushed; so the old primary first flushes everything
-    /// (fence.rs `flushed_position`), and its flush position is the target.
+    /// (`fence::flush::flushed_position`), and its flush position is the target.
     pub(crate) async fn final_sync(&mut self) -> Result<Output, UpgradeError> {
         let deadline = self.window_deadline();
         let primary = self.cfg.database.primary.clone();
@@ -436,7 +396,11 @@ impl Saga {
         let (lsn, ended) = limit
             .run(
                 &primary,
-                super::fence::flushed_position(session, &ours, on_guard.then_some(id.as_str())),
+                super::fence::flush::flushed_position(
+                    session,
+                    &ours,
+                    on_guard.then_some(id.as_str()),
+                ),
             )
             .await??;
         let flushed_in = t0.elapsed();

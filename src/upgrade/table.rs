@@ -147,7 +147,7 @@ pub const SAGA: &[Row] = &[
         guard: GuardMove { cutover: Some(true), ..NO_MOVE }, needs: Needs::Always, run: body!(pause_writes),
         does: "fence staged, pause keeper armed, PgBouncer PAUSE of every entry on the primary (in-flight transactions finish); the pause deadline starts" },
     Row { step: Step::FenceOldPrimary, undo: Undo::Run(UNDO_FENCE, undo!(undo_fence)),
-        guard: GuardMove { pause_bound: true, ..NO_MOVE }, needs: Needs::Always, run: body!(fence),
+        guard: GuardMove { pause_bound: true, ..NO_MOVE }, needs: Needs::Always, run: body!(fence_old_primary),
         does: "hard fence: pg_hba.conf rejects every role but superusers and the steward, reload, verified by a probe login, application sessions ended" },
     Row { step: Step::FinalSync, undo: Undo::Rerun(""), guard: GuardMove { pause_bound: true, ..NO_MOVE }, needs: Needs::Always, run: body!(final_sync),
         does: "old primary's WAL flushed (async commits included); the new server replayed it" },

@@ -14,7 +14,7 @@ impl Saga {
             Ok(()) => Ok(()),
             Err(e) => {
                 let error = e.to_string();
-                self.unfence_failed = Some(error.clone());
+                self.fence.unfence_failed(error.clone());
                 Err(UndoError(error))
             }
         }
@@ -26,7 +26,7 @@ impl Saga {
     /// resuming writes on it is safe even when it cannot be unfenced.
     pub(crate) async fn undo_pause(&mut self) -> Result<(), UndoError> {
         let resumed = self.poolers.resume().await.map_err(|e| e.to_string());
-        let unfenced = match &self.unfence_failed {
+        let unfenced = match self.fence.unfence_failure() {
             Some(e) => Err(format!("not tried again ({e})")),
             None => self.unfence().await.map_err(|e| e.to_string()),
         };

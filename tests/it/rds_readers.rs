@@ -327,7 +327,9 @@ async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
     let mut saga = s.saga(guarded).await;
     saga.drive().await.unwrap();
     assert_eq!(saga.record().phase, record::Phase::Completed);
-    let pause = saga.pause_window.expect("one process ran the whole window");
+    let pause = saga
+        .pause_window()
+        .expect("one process ran the whole window");
     let rec = saga.record().clone();
     drop(saga);
     load.wait_progress(50).await;

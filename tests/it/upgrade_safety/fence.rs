@@ -39,7 +39,7 @@ async fn assert_fenced(port: u16, label: &str) {
     }
 }
 
-/// The hard fence (fence.rs): from the fence on no application role commits
+/// The hard fence (upgrade/fence/): from the fence on no application role commits
 /// on the old primary whatever it sets (session SET, BEGIN READ WRITE,
 /// startup options, role and database settings), its sessions are ended,
 /// new ones refused, also after a restart of the old node; a roll back
