@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::ArchiveError;
 use crate::config::ArchiveConfig;
 
+/// Cheap to clone (the SDK client is shared): each part upload is its own task.
+#[derive(Clone)]
 pub struct Store {
     client: aws_sdk_s3::Client,
     pub bucket: String,

@@ -5,12 +5,23 @@
 //! `part_size` bytes. When every slot is busy the COPY stream is not read, so
 //! the server waits on its socket rather than this process buffering.
 //! SHA-256 and the row count (text COPY ends every row with a newline; a
-//! newline inside a value is escaped) are computed as the bytes pass.
+//! newline inside a value is escaped) are computed once per part, over the
+//! part's buffer.
+//!
+//! The COPY stream is one CopyData message per row (millions of them), so
+//! nothing is done per row but one copy into the part's buffer: the
+//! deadline, the token and the progress clock are checked once per batch of
+//! messages (what one read of the socket brought), and each full part is
+//! uploaded by its own task while the next one is read.
 
-use bytes::Bytes;
-use futures::stream::FuturesUnordered;
-use futures::{pin_mut, StreamExt};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{pin_mut, Stream};
 use sha2::{Digest, Sha256};
+use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -93,56 +104,78 @@ async fn stream_inner(
     let mut hasher = Sha256::new();
     let (mut rows, mut bytes) = (0u64, 0u64);
     // Exactly one part's capacity: a full part is moved out whole, so no
-    // allocation outlives its part or grows past `part_size`.
-    let mut buf: Vec<u8> = Vec::with_capacity(pace.part_size);
+    // allocation grows past `part_size`. A part's buffer comes back from its
+    // upload and is filled again: at most `in_flight + 1` buffers are ever
+    // allocated, and freeing and reallocating 8 MiB per part on different
+    // threads (the allocator keeps what another thread freed) does not
+    // inflate the peak RSS.
+    let mut buf = BytesMut::with_capacity(pace.part_size);
+    let mut spare: Vec<BytesMut> = Vec::new();
+    // The rest of a CopyData message that did not fit in the last part.
+    let mut carry = Bytes::new();
     let mut next_part = 1i32;
     let mut etags: Vec<(i32, String)> = Vec::new();
-    let mut sending = FuturesUnordered::new();
+    // Each part is its own task: it is signed and sent while the next part
+    // is read, on whichever core is free.
+    let mut sending: JoinSet<Result<Sent, ArchiveError>> = JoinSet::new();
     let mut progress = Progress::new("archive upload", key, pace.estimate);
-    let send = |n: i32, body: Bytes| async move {
-        store
-            .upload_part(key, upload_id, n, body, cancel)
-            .await
-            .map(|etag| (n, etag))
-    };
-    loop {
-        let chunk = tokio::select! {
-            c = tokio::time::timeout(stall, stream.next()) => c.map_err(|_| stalled())?,
+    let mut ended = false;
+    while !ended {
+        // One wait per batch of CopyData messages (what one read of the
+        // socket brought), not per row: the deadline, the token and the
+        // progress clock cost a few hundred ns each, times millions of rows.
+        let filled = tokio::select! {
+            f = tokio::time::timeout(stall, fill(stream.as_mut(), &mut carry, &mut buf, pace.part_size)) => {
+                f.map_err(|_| stalled())?
+                    .map_err(|e| ArchiveError::pg("stream the partition's rows (COPY)", &e))?
+            }
             _ = cancel.cancelled() => return Err(ArchiveError::Cancelled),
         };
-        let Some(chunk) = chunk else { break };
-        let chunk =
-            chunk.map_err(|e| ArchiveError::pg("stream the partition's rows (COPY)", &e))?;
-        hasher.update(&chunk);
-        rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
-        bytes += chunk.len() as u64;
-        let mut rest: &[u8] = &chunk;
-        while !rest.is_empty() {
-            let take = rest.len().min(pace.part_size - buf.len());
-            buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if buf.len() < pace.part_size {
-                break;
-            }
-            let part = std::mem::replace(&mut buf, Vec::with_capacity(pace.part_size));
-            sending.push(send(next_part, Bytes::from(part)));
-            next_part += 1;
-            // A free slot before reading on: this is the memory bound.
-            while sending.len() >= pace.in_flight {
-                if let Some(done) = sending.next().await {
-                    etags.push(done?);
-                }
+        ended = filled == Filled::End;
+        progress.tick(bytes + buf.len() as u64);
+        if buf.len() < pace.part_size && !(ended && (!buf.is_empty() || next_part == 1)) {
+            continue;
+        }
+        // A full part, or the last one (which may be smaller than 5 MiB; an
+        // empty object gets one empty part, which S3 accepts as the only
+        // part). Hashed and counted whole: one pass over memory per part.
+        hasher.update(&buf[..]);
+        rows += count_rows(&buf);
+        bytes += buf.len() as u64;
+        let part = std::mem::take(&mut buf).freeze();
+        let (st, k, id, token) = (
+            store.clone(),
+            key.to_string(),
+            upload_id.to_string(),
+            cancel.clone(),
+        );
+        let n = next_part;
+        sending.spawn(async move {
+            let etag = st.upload_part(&k, &id, n, part.clone(), &token).await?;
+            // The SDK's copies are gone once it answered (or not: a new
+            // buffer is allocated then).
+            Ok((n, etag, part.try_into_mut().ok()))
+        });
+        next_part += 1;
+        // A free slot before reading on: this is the memory bound. Each
+        // part's request is bounded by the store's timeout and the token.
+        while sending.len() >= pace.in_flight {
+            if let Some(done) = sending.join_next().await {
+                let (n, etag, back) = joined(store, key, done)?;
+                etags.push((n, etag));
+                spare.extend(back);
             }
         }
-        progress.tick(bytes);
+        if !ended {
+            buf = spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.reserve(pace.part_size);
+        }
     }
-    // The last part may be smaller than 5 MiB; an empty object gets one
-    // empty part, which S3 accepts as the only part.
-    if !buf.is_empty() || next_part == 1 {
-        sending.push(send(next_part, Bytes::from(std::mem::take(&mut buf))));
-    }
-    while let Some(done) = sending.next().await {
-        etags.push(done?);
+    drop(spare);
+    while let Some(done) = sending.join_next().await {
+        let (n, etag, _) = joined(store, key, done)?;
+        etags.push((n, etag));
     }
     etags.sort_by_key(|(n, _)| *n);
     store
@@ -162,4 +195,76 @@ async fn stream_inner(
         bytes,
         sha256: hex(&hasher.finalize()),
     })
+}
+
+/// Rows in a stretch of text COPY: every row ends with a newline, and a
+/// newline inside a value is escaped (`\n`).
+fn count_rows(data: &[u8]) -> u64 {
+    data.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// A part upload's task, joined: a panic or abort is a failed upload.
+fn joined(
+    store: &Store,
+    key: &str,
+    r: Result<Result<Sent, ArchiveError>, tokio::task::JoinError>,
+) -> Result<Sent, ArchiveError> {
+    r.map_err(|e| {
+        store.error(
+            "upload a part of",
+            key,
+            format!("the part's task ended without an answer: {e}"),
+            "the upload is aborted; the partition is kept and the next pass retries".into(),
+        )
+    })?
+}
+
+/// An uploaded part: its number, its ETag and its buffer when no one else
+/// holds it any more.
+type Sent = (i32, String, Option<BytesMut>);
+
+/// Where one [`fill`] stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Filled {
+    /// `buf` holds `part_size` bytes.
+    Full,
+    /// Some data was appended and no more is ready yet.
+    Partly,
+    /// The COPY stream ended.
+    End,
+}
+
+/// Appends COPY data to `buf` (starting with `carry`, the rest of a message
+/// that did not fit before) until it holds `part_size` bytes, the stream
+/// ends, or nothing more is ready after at least one message. Pending only
+/// while nothing at all has arrived.
+async fn fill<S>(
+    mut stream: Pin<&mut S>,
+    carry: &mut Bytes,
+    buf: &mut BytesMut,
+    part_size: usize,
+) -> Result<Filled, tokio_postgres::Error>
+where
+    S: Stream<Item = Result<Bytes, tokio_postgres::Error>>,
+{
+    let mut got = false;
+    poll_fn(|cx| loop {
+        if !carry.is_empty() {
+            let take = carry.len().min(part_size - buf.len());
+            buf.extend_from_slice(&carry[..take]);
+            carry.advance(take);
+            got = true;
+        }
+        if buf.len() >= part_size {
+            return Poll::Ready(Ok(Filled::Full));
+        }
+        match stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => *carry = chunk,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(Filled::End)),
+            Poll::Pending if got => return Poll::Ready(Ok(Filled::Partly)),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await
 }

@@ -6,7 +6,8 @@
 //! asserts only correctness.
 //! `cargo test --release --features failpoints --test it bench::archive:: -- --ignored --nocapture`
 //! (`PGSTEWARD_BENCH_ARCHIVE_MB`, default 1024: the partition's size on disk;
-//! needs `pip install awscli`; docs/benchmarks.md has the figures).
+//! `PGSTEWARD_BENCH_ARCHIVE_RESTORE=0` skips the restores, for repeated
+//! archive runs; needs `pip install awscli`; docs/benchmarks.md has the figures).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -213,33 +214,12 @@ async fn bench_archive_vs_psql_and_aws_cli() {
     .unwrap_or(0) as u64;
     assert_eq!(ours_bytes, floor_bytes, "the same COPY text");
 
-    // Restore: pgsteward vs aws s3 cp | psql COPY FROM.
-    must(
-        owner
-            .batch_execute("CREATE TABLE floor_restore (LIKE audit); CREATE SCHEMA r")
-            .await
-            .map_err(|e| e.to_string()),
-    );
-    let (restore_floor, _, out) = timed(sh(&format!(
-        "aws s3 cp s3://{BUCKET}/{key} - --endpoint-url {endpoint} | psql \"$PGURL\" -Xq -c 'COPY floor_restore FROM STDIN'"
-    )).env("PGURL", as_owner(&url)));
-    assert!(out.status.success(), "restore floor: {}", text(&out));
-    let (restore_ours, restore_kb, out) = timed(pgsteward().args([
-        "--config",
-        path.to_str().unwrap(),
-        "partitions",
-        "restore",
-        "--table",
-        "public.audit",
-        "--from",
-        &key,
-        "--into",
-        "r.audit_restored",
-    ]));
-    assert!(out.status.success(), "restore: {}", text(&out));
-    let back: i64 = query(&url, "SELECT count(*) FROM r.audit_restored").await[0].get(0);
-    assert_eq!(back, rows);
-
+    let restore = std::env::var("PGSTEWARD_BENCH_ARCHIVE_RESTORE").as_deref() != Ok("0");
+    let restored = if restore {
+        Some(restore_both(&url, &owner, &endpoint, &key, &path, rows).await)
+    } else {
+        None
+    };
     println!(
         "\narchive of one partition: {rows} rows, {} MiB on disk, {} MiB of COPY text",
         on_disk >> 20,
@@ -264,16 +244,57 @@ async fn bench_archive_vs_psql_and_aws_cli() {
         ours_kb >> 10,
         ours.as_secs_f64() / floor.as_secs_f64()
     );
-    println!(
-        "| floor restore: aws s3 cp \\| psql COPY FROM | {:.1} | {} | | 1.00x |",
-        restore_floor.as_secs_f64(),
-        mib_s(ours_bytes, restore_floor)
+    if let Some((restore_floor, restore_ours, restore_kb)) = restored {
+        println!(
+            "| floor restore: aws s3 cp \\| psql COPY FROM | {:.1} | {} | | 1.00x |",
+            restore_floor.as_secs_f64(),
+            mib_s(ours_bytes, restore_floor)
+        );
+        println!(
+            "| pgsteward restore (verified, one transaction) | {:.1} | {} | {} MiB | {:.2}x |",
+            restore_ours.as_secs_f64(),
+            mib_s(ours_bytes, restore_ours),
+            restore_kb >> 10,
+            restore_ours.as_secs_f64() / restore_floor.as_secs_f64()
+        );
+    }
+}
+
+/// `partitions restore` against `aws s3 cp | psql COPY FROM`: (floor, ours, peak KiB).
+async fn restore_both(
+    url: &str,
+    owner: &tokio_postgres::Client,
+    endpoint: &str,
+    key: &str,
+    path: &std::path::Path,
+    rows: i64,
+) -> (Duration, Duration, u64) {
+    // Restore: pgsteward vs aws s3 cp | psql COPY FROM.
+    must(
+        owner
+            .batch_execute("CREATE TABLE floor_restore (LIKE audit); CREATE SCHEMA r")
+            .await
+            .map_err(|e| e.to_string()),
     );
-    println!(
-        "| pgsteward restore (verified, one transaction) | {:.1} | {} | {} MiB | {:.2}x |",
-        restore_ours.as_secs_f64(),
-        mib_s(ours_bytes, restore_ours),
-        restore_kb >> 10,
-        restore_ours.as_secs_f64() / restore_floor.as_secs_f64()
-    );
+    let (restore_floor, _, out) = timed(sh(&format!(
+        "aws s3 cp s3://{BUCKET}/{key} - --endpoint-url {endpoint} | psql \"$PGURL\" -Xq -c 'COPY floor_restore FROM STDIN'"
+    )).env("PGURL", as_owner(url)));
+    assert!(out.status.success(), "restore floor: {}", text(&out));
+    let (restore_ours, restore_kb, out) = timed(pgsteward().args([
+        "--config",
+        path.to_str().unwrap(),
+        "partitions",
+        "restore",
+        "--table",
+        "public.audit",
+        "--from",
+        key,
+        "--into",
+        "r.audit_restored",
+    ]));
+    assert!(out.status.success(), "restore: {}", text(&out));
+    let back: i64 = query(url, "SELECT count(*) FROM r.audit_restored").await[0].get(0);
+    assert_eq!(back, rows);
+
+    (restore_floor, restore_ours, restore_kb)
 }
