@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::PoolerError;
 
@@ -214,6 +214,75 @@ fn sync_dir(path: &Path) -> Result<(), PoolerError> {
             path: path.to_path_buf(),
             detail: format!("fsync {}: {e}", dir.display()),
         })
+}
+
+impl super::Poolers {
+    /// Rewrites every cut-over `[databases]` entry in every config file to `host:port`.
+    pub async fn rewrite(
+        &mut self,
+        host: &str,
+        port: u16,
+        durability: Durability,
+    ) -> Result<(), PoolerError> {
+        self.discover().await?;
+        // One replacement per file, whatever the number of its entries and
+        // of the instances sharing it.
+        let mut files: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        for e in &self.endpoints {
+            let Some(ini) = &e.ini else {
+                return Err(PoolerError::Ini {
+                    path: PathBuf::new(),
+                    detail: format!("no config file for {}; set cutover.config_file", e.name),
+                });
+            };
+            let at = match files.iter().position(|(p, _)| p == ini) {
+                Some(i) => i,
+                None => {
+                    files.push((ini.clone(), Vec::new()));
+                    files.len() - 1
+                }
+            };
+            for db in &e.dbs {
+                if !files[at].1.contains(db) {
+                    files[at].1.push(db.clone());
+                }
+            }
+        }
+        for (ini, dbs) in &files {
+            rewrite_ini_entries(ini, dbs, host, port, durability)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs every instance's configuration file (after a rewrite with
+    /// [`Durability::Later`]; idempotent, so a resumed upgrade syncs what a
+    /// crashed run left unsynced).
+    pub async fn sync_configs(&self) -> Result<(), PoolerError> {
+        let mut paths: Vec<PathBuf> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.ini.clone())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        let task = tokio::task::spawn_blocking(move || paths.iter().try_for_each(|p| sync_file(p)));
+        // Bounded: a disk that hangs fails the step (outside the window,
+        // forward only: `upgrade resume` syncs again).
+        match tokio::time::timeout(self.limit(), task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(PoolerError::Ini {
+                path: PathBuf::new(),
+                detail: format!("sync task: {e}"),
+            }),
+            Err(_) => Err(PoolerError::Ini {
+                path: PathBuf::new(),
+                detail: format!(
+                    "the configuration files were not synced within {:?}; is the disk hung?",
+                    self.limit()
+                ),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
