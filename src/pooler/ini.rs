@@ -113,12 +113,11 @@ pub fn retarget_ini(text: &str, db: &str, host: &str, port: u16) -> Option<Strin
 pub enum Durability {
     /// Synced (file and directory) before returning.
     Now,
-    /// Renamed into place only (PgBouncer reads it on RELOAD); the caller
-    /// syncs it later with [`sync_file`]. Inside the write pause: the two
-    /// syncs would be client-visible pause, and until RESUME no client
-    /// writes anywhere; a host lost before the sync may come back with the
-    /// old entry, which points at the fenced old primary (refused logins,
-    /// not lost writes).
+    /// Written and synced, renamed into place (PgBouncer reads it on
+    /// RELOAD); the directory's sync, which makes the rename durable, comes
+    /// later with [`sync_file`], outside the write pause. A host lost
+    /// before it comes back with the old file whole, whose entry points at
+    /// the fenced old primary (refused logins, not lost writes).
     Later,
 }
 
@@ -173,11 +172,11 @@ pub fn rewrite_ini_entries(
             .truncate(true)
             .open(&tmp)
             .map_err(|e| ini_err(format!("create {}: {e}", tmp.display())))?;
+        // Synced before the rename whatever the durability: a crash must
+        // never put an empty or torn file in place (not every filesystem
+        // orders data before a rename); only the directory's sync may wait.
         f.write_all(new.as_bytes())
-            .and_then(|_| match durability {
-                Durability::Now => f.sync_all(),
-                Durability::Later => Ok(()),
-            })
+            .and_then(|_| f.sync_all())
             .map_err(|e| ini_err(format!("write {}: {e}", tmp.display())))?;
     }
     fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))

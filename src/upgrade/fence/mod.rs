@@ -266,7 +266,10 @@ impl Fence {
             step: Step::FenceOldPrimary,
             detail: detail.to_string(),
         })?;
-        replace_file(&plan.path, &fenced, false)?;
+        // The new text is synced before the rename (a crash must never leave
+        // an empty or torn pg_hba.conf in place on filesystems that do not
+        // order data before a rename); only the directory's sync waits.
+        replace_file(&plan.path, &fenced, true)?;
         let written_at = t0.elapsed();
         let sync_path = plan.path.clone();
         let synced = tokio::task::spawn_blocking(move || sync_in_place(&sync_path));
