@@ -284,10 +284,7 @@ database = "app"
         let mut writable = Vec::new();
         for url in self.all_nodes() {
             let url = &url;
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
-                continue;
-            };
-            let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
+            let Some(c) = self.connect_own(url).await else {
                 continue;
             };
             let row = c
@@ -316,6 +313,25 @@ database = "app"
             }
         }
         writable.pop().unwrap()
+    }
+
+    /// A session on `url` if the server there is one of this topology's.
+    /// A retired node's port is free again, and a test running beside this
+    /// one may start its own server on it (same roles, same passwords, a
+    /// database `app` too): that server is writable and not ours. Ours keep
+    /// their data directories under [`Topology::dir`].
+    pub async fn connect_own(&self, url: &str) -> Option<tokio_postgres::Client> {
+        let spec = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()).ok()?;
+        let c = spec.connect(Duration::from_secs(3)).await.ok()?;
+        let row = c
+            .query_one("SELECT current_setting('data_directory')", &[])
+            .await
+            .ok()?;
+        let data: String = row.get(0);
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        canon(Path::new(&data))
+            .starts_with(canon(self.dir()))
+            .then_some(c)
     }
 
     /// Every node that was or may be primary, one URL per server (port).
@@ -429,10 +445,7 @@ impl Topology {
     pub async fn check_one_writable_or_paused(&self, label: &str) {
         let mut writable = 0;
         for url in &self.all_nodes() {
-            let Ok(spec) = pgsteward::pg::ConnSpec::parse_with(url, &harness::pg_env()) else {
-                continue;
-            };
-            let Ok(c) = spec.connect(Duration::from_secs(3)).await else {
+            let Some(c) = self.connect_own(url).await else {
                 continue;
             };
             if let Ok(r) = c
