@@ -1,19 +1,33 @@
 //! The saga core: a linear saga as an executable table (one [`Row`] per
-//! step: its name, its do, its undo), one runner ([`drive`], [`unwind`])
-//! generic over the saga kind, which knows no step by name, and the journal's
-//! store as a seam ([`JournalStore`]): a file, a database row.
+//! step: its name, its do, its undo, and what the kind keeps beside them),
+//! one runner ([`drive`], [`forward`], [`unwind`]) generic over the saga
+//! kind, which knows no step by name, and the journal's store as a seam
+//! ([`JournalStore`]): a JSONL file (the vertical upgrade), a database row
+//! (`convert`).
 //!
 //! Boundaries, for every row of every kind, by construction:
-//! * `<kind>-<step>-start`: the step is not recorded done, it may run; it has
-//!   not acted yet;
+//! * `<kind>-<step>-start`: the step is not recorded done, it may run; its
+//!   start is journaled (where the store records starts), it has not acted;
 //! * `<kind>-<step>-done`: it acted; its journal entry is not durable yet;
-//! * `<kind>-<step>-undo`: before its undo runs.
+//! * `<kind>-<step>-undo`: before its undo runs (after the store journaled
+//!   that the undo starts).
 //!
 //! (An empty kind name leaves the prefix out: `<step>-start`.) Tests walk
 //! [`boundaries`] and [`undo_boundaries`], so a new row is covered without
-//! new test code.
+//! new test code. Under `PGSTEWARD_FAILPOINT_REPEAT=1`
+//! ([`failpoint::repeat_steps`]) every step the runner records runs twice.
+//!
+//! One step, in order: the kind's [`Kind::entering`] hook (a region's entry:
+//! the upgrade arms its pause keeper there), [`Kind::admit`] (may it start:
+//! the upgrade's guard check), [`JournalStore::started`], `-start`, the body,
+//! `-done`, [`JournalStore::record_done`].
 //!
 //! Crash safety, the contract between the runner, the rows and the store:
+//! * A store that records starts ([`JournalStore::started`]) has the start
+//!   durably before a step acts when its [`Undo`] asks for it
+//!   ([`Undo::start_must_be_durable`]): a step a roll back reverses or keeps,
+//!   and the point of no return (recovery must never undo past a promote
+//!   that may have happened), must be known to have started.
 //! * A step is recorded done only after it acted, so a crash at any boundary
 //!   leaves it either recorded (it will not run again) or not (it runs again).
 //!   Hence every step observes before it acts: run twice, it does no harm.
@@ -25,21 +39,14 @@
 //!   after the journal write and before the commit, and that boundary sits
 //!   where it does for every other step.
 //! * Any other step returns [`Done::Record`]; the runner hits `-done`, then
-//!   asks the store to record it (durably before the next step starts).
-//! * Undos observe too, and run whatever the journal says (a step may have
-//!   acted and died before its entry): each is idempotent, so an interrupted
-//!   unwind is simply run again. Nothing at or past a point of no return is
-//!   undone; [`unwind`] refuses once such a step is recorded done.
-//!
-//! TODO-design(#23): the vertical upgrade (`upgrade::runner`) still has its
-//! own runner over its own table (`upgrade::table::SAGA`). To run on this
-//! core it needs, as store hooks or row fields: a durable `started` record
-//! before a step acts (its JSONL journal's `step_started`, which recovery
-//! reads), undos journaled (`undo_started`/`finished`/`failed`) and chosen by
-//! the journal (`Keep`, `Rerun`, only started steps) with an unwind that goes
-//! on past a failed undo, a failure mapped to the kind's outcome (rolled
-//! back, needs resume) instead of the step's error, region entry hooks for
-//! the write pause (keeper, deadline), and the repeat switch.
+//!   asks the store to record it (durably before the next step acts, or
+//!   written with the next step's start: losing it only runs it again).
+//! * Undos observe too. Which rows an unwind undoes is the journal's answer
+//!   ([`JournalStore::may_have_acted`]; a store that records no starts
+//!   cannot tell, and every undo runs: a step may have acted and died before
+//!   its entry). Each is idempotent, so an interrupted unwind is simply run
+//!   again. Nothing at or past a point of no return is undone; [`unwind`]
+//!   refuses once such a step is recorded done.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,8 +75,20 @@ pub trait JournalStore {
     type Error: From<FailpointError> + std::fmt::Display;
     /// The journal records `step` as done.
     fn is_done(&self, step: Self::Step) -> bool;
-    /// Records `step` done with its output, durably before it returns.
-    fn record(
+    /// Journals that `step` starts, before its `-start` failpoint: on disk
+    /// (synced) when `durable`, else at least written (see the module doc).
+    /// A store that records only completions writes nothing.
+    fn started(&mut self, _step: Self::Step, _durable: bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Whether `step` may have acted, as far as the journal knows: an unwind
+    /// undoes only these. A store that records no starts cannot tell.
+    fn may_have_acted(&self, _step: Self::Step) -> bool {
+        true
+    }
+    /// Records `step` done with its output (see the module doc for when it
+    /// must be durable).
+    fn record_done(
         &mut self,
         step: Self::Step,
         output: Self::Output,
@@ -77,12 +96,46 @@ pub trait JournalStore {
     /// The step recorded itself in its own transaction ([`Done::Recorded`]):
     /// bring what is in memory up to the journal, writing nothing.
     fn recorded(&mut self, step: Self::Step);
-    /// Notes that `step` failed (best effort: the failure is returned anyway).
-    fn note_failed<'a>(&'a mut self, step: Self::Step, error: &'a Self::Error) -> Boxed<'a, ()>;
+    /// An undo of `step` starts (best effort: the unwind goes on without it;
+    /// the undo is idempotent, a next unwind runs it again).
+    fn undo_started(&mut self, _step: Self::Step) {}
+    /// The undo of `step` finished (best effort, as above).
+    fn undo_finished(&mut self, _step: Self::Step) {}
+    /// The undo of `step` failed (best effort, as above).
+    fn undo_failed(&mut self, _step: Self::Step, _error: &Self::Error) {}
     /// Every step is done: the saga is over.
     fn completed(&mut self) -> Boxed<'_, Result<(), Self::Error>>;
-    /// Every undo ran: the saga is over, undone.
-    fn unwound(&mut self) -> Boxed<'_, Result<(), Self::Error>>;
+    /// Every undo ran: the saga is over, undone for `reason`. `left` holds
+    /// the undos that failed (only a kind whose unwind goes on past them,
+    /// [`Kind::UNWIND_PAST_FAILED_UNDO`]); the kind decides what that is.
+    fn unwound<'a>(
+        &'a mut self,
+        reason: &'a str,
+        left: Vec<(Self::Step, Self::Error)>,
+    ) -> Boxed<'a, Result<(), Self::Error>>;
+}
+
+/// Where a step was when it failed: what the kind's failure policy
+/// ([`Kind::failed`]) may assume about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Refused by [`Kind::admit`]: it did not start.
+    Admit,
+    /// Its start could not be journaled, or its `-start` failpoint fired:
+    /// it has not acted.
+    Start,
+    /// Its body, its `-done` failpoint or its journal entry failed: it may
+    /// have acted.
+    Run,
+}
+
+/// What the runner does with a failed step, as the kind decides.
+pub enum Failure<E> {
+    /// Stop here and return this error; the saga is left for a resume.
+    Stop(E),
+    /// Unwind now (a clean-up, not cancelled) for `reason`, then return
+    /// `error`. An unwind that fails returns its own error instead.
+    Unwind { reason: String, error: E },
 }
 
 /// A saga kind: its context (which is its store) and its policies. The
@@ -92,16 +145,39 @@ pub trait Kind: JournalStore + Sized {
     const KIND: &'static str;
     /// For the log: `<noun> step`, `<noun> step done`.
     const NOUN: &'static str;
-    /// The error for a saga stopped by its cancellation token between steps.
-    fn cancelled(&self) -> Self::Error;
-    /// May `step` start now? Asked before its `-start` failpoint; an error
-    /// is not the step's failure (not noted), [`Kind::unwinds`] decides.
+    /// An undo that fails does not stop the unwind: the next one still runs
+    /// and [`JournalStore::unwound`] gets the failures. Otherwise the first
+    /// failed undo ends the unwind with its error.
+    const UNWIND_PAST_FAILED_UNDO: bool = false;
+    /// What each row carries for the kind alone (the runner never reads it).
+    type Meta: 'static;
+    /// The error that stops a saga whose token is cancelled, checked between
+    /// steps; `None`: the kind does not stop between steps (its steps end
+    /// their waits on the token with their own error, and [`Kind::failed`]
+    /// decides).
+    fn cancelled(&self) -> Option<Self::Error>;
+    /// `step` is about to be asked in ([`Kind::admit`]): the kind enters the
+    /// region it lies in (idempotently: called before every step that runs).
+    fn entering(&mut self, _step: Self::Step) {}
+    /// May `step` start now? Asked before it is journaled as started; an
+    /// error goes to [`Kind::failed`] with [`Stage::Admit`].
     fn admit(&mut self, step: Self::Step) -> Boxed<'_, Result<(), Self::Error>>;
-    /// Whether `error` at `step` is undone at once (resuming would fail the
-    /// same way) or left for a resume.
-    fn unwinds(&self, step: Self::Step, error: &Self::Error) -> bool;
+    /// `step` failed at `stage` with `error`: note it (best effort) and
+    /// decide between leaving the saga for a resume and undoing it now, and
+    /// what the caller is told.
+    fn failed(
+        &mut self,
+        step: Self::Step,
+        stage: Stage,
+        error: Self::Error,
+    ) -> Boxed<'_, Failure<Self::Error>>;
     /// The error of an unwind asked for past the point of no return.
     fn past_no_return(&self) -> Self::Error;
+    /// Called before the first undo of an unwind (the upgrade clears its
+    /// pause deadline and arms its keeper there).
+    fn unwinding(&mut self) {}
+    /// A progress line about `step` for the operator (the log has them all).
+    fn say(&self, _step: Self::Step, _msg: &str) {}
 }
 
 /// Where a step or an undo runs: its boundary and its cancellation token.
@@ -148,9 +224,16 @@ pub type UndoFn<C> =
 
 /// How an unwind treats a row.
 pub enum Undo<C: Kind> {
-    /// Nothing of its own to reverse (an earlier row's undo covers it), or,
-    /// after the point of no return, nothing is reversed at all.
+    /// Skipped: nothing of its own to reverse (an earlier row's undo covers
+    /// it), or, after the point of no return, nothing is reversed at all.
     None,
+    /// Left as it is once done (what it made is kept for a retry, which
+    /// goes on from the next step); started but not done, it is undone as
+    /// [`Undo::Rerun`].
+    Keep,
+    /// Nothing to reverse, but its undo is journaled (no function runs), so
+    /// that a retry runs it again.
+    Rerun,
     /// Reversed by this function (idempotent, observes first).
     Run(UndoFn<C>),
     /// This step is the point of no return: once it is recorded done, only
@@ -165,6 +248,25 @@ impl<C: Kind> Clone for Undo<C> {
 }
 impl<C: Kind> Copy for Undo<C> {}
 
+impl<C: Kind> Undo<C> {
+    /// Whether a step with this undo must have its start on disk before it
+    /// acts. A step a roll back reverses (`Run`) or keeps (`Keep`) must be
+    /// known to have started; so must the point of no return (recovery must
+    /// never roll back past it when it may have happened). A step with
+    /// nothing to reverse, or one after the point of no return (recovery
+    /// from a durable point of no return goes forward through idempotent
+    /// steps), may act on a start that is only written: lost with the host,
+    /// its recovery is the one from the previous step's start, which is
+    /// already correct. Each sync saved is time saved (inside the upgrade's
+    /// write pause, client-visible).
+    pub fn start_must_be_durable(&self) -> bool {
+        match self {
+            Undo::Run(_) | Undo::Keep | Undo::PointOfNoReturn => true,
+            Undo::Rerun | Undo::None => false,
+        }
+    }
+}
+
 /// One row of a saga's table.
 pub struct Row<C: Kind> {
     pub step: C::Step,
@@ -172,6 +274,8 @@ pub struct Row<C: Kind> {
     pub does: &'static str,
     pub run: StepFn<C>,
     pub undo: Undo<C>,
+    /// The kind's own column(s): the runner never reads them.
+    pub meta: C::Meta,
 }
 
 /// A failpoint's name.
@@ -217,7 +321,8 @@ fn undoable<C: Kind>(rows: &[Row<C>]) -> (&[Row<C>], &[Row<C>]) {
     rows.split_at(end)
 }
 
-/// The `-undo` failpoints of `rows`, in the order an unwind hits them.
+/// The `-undo` failpoints of `rows`, in the order an unwind of a saga that
+/// started every step hits them.
 pub fn undo_boundaries<C: Kind>(rows: &[Row<C>]) -> Vec<String> {
     undoable(rows)
         .0
@@ -228,30 +333,45 @@ pub fn undo_boundaries<C: Kind>(rows: &[Row<C>]) -> Vec<String> {
         .collect()
 }
 
-/// Runs every row not recorded done, in order, to the end. `cancel` stops it
-/// between steps (and, through [`At::cancel`], inside a step that waits). A
-/// failure is noted; when the kind says resuming cannot help, the saga is
-/// unwound at once (a clean-up, not cancelled) before the error is returned.
-pub async fn drive<C: Kind>(
+/// Why [`forward`] stopped: the step, where it was, the error.
+pub struct Stopped<C: JournalStore> {
+    pub step: C::Step,
+    /// `None`: stopped between steps by the cancellation token.
+    pub stage: Option<Stage>,
+    pub error: C::Error,
+}
+
+/// Runs every row of `rows` not recorded done, in order, and stops at the
+/// first failure, which it hands back unhandled: [`drive`] hands it to the
+/// kind; a caller that runs part of a table (the upgrade's pause keeper
+/// finishing the write pause) decides itself. `cancel` stops it between
+/// steps when the kind says so ([`Kind::cancelled`]), and reaches a step
+/// that waits through [`At::cancel`].
+pub async fn forward<C: Kind>(
     ctx: &mut C,
     rows: &[Row<C>],
     cancel: &CancellationToken,
-) -> Result<(), C::Error> {
+) -> Result<(), Stopped<C>> {
     for row in rows {
-        if ctx.is_done(row.step) {
+        let step = row.step;
+        if ctx.is_done(step) {
             continue;
         }
+        let stop = |stage, error| Stopped { step, stage, error };
         if cancel.is_cancelled() {
-            return Err(ctx.cancelled());
-        }
-        let name = row.step.name();
-        if let Err(e) = ctx.admit(row.step).await {
-            if ctx.unwinds(row.step, &e) {
-                unwind(ctx, rows, &CancellationToken::new()).await?;
+            if let Some(e) = ctx.cancelled() {
+                return Err(stop(None, e));
             }
-            return Err(e);
         }
-        failpoint::hit(&point(C::KIND, name, "start"))?;
+        ctx.entering(step);
+        ctx.admit(step)
+            .await
+            .map_err(|e| stop(Some(Stage::Admit), e))?;
+        let name = step.name();
+        ctx.started(step, row.undo.start_must_be_durable())
+            .map_err(|e| stop(Some(Stage::Start), e))?;
+        failpoint::hit(&point(C::KIND, name, "start"))
+            .map_err(|e| stop(Some(Stage::Start), e.into()))?;
         tracing::info!(step = name, "{} step", C::NOUN);
         let started = Instant::now();
         let at = At {
@@ -259,25 +379,26 @@ pub async fn drive<C: Kind>(
             step: name,
             cancel,
         };
-        let res = match (row.run)(ctx, at).await {
+        let mut res = (row.run)(ctx, at).await;
+        // The repeat switch (tests only): a step the runner records runs
+        // again, as after a crash between its act and its entry. A step
+        // that recorded itself is done: the journal would skip it.
+        if matches!(res, Ok(Done::Record(_))) && failpoint::repeat_steps() {
+            ctx.say(step, "running again (idempotence check)");
+            res = (row.run)(ctx, at).await;
+        }
+        let res = match res {
             Ok(Done::Recorded(_)) => {
-                ctx.recorded(row.step);
+                ctx.recorded(step);
                 Ok(())
             }
             Ok(Done::Record(output)) => match failpoint::hit(&point(C::KIND, name, "done")) {
-                Ok(()) => ctx.record(row.step, output).await,
+                Ok(()) => ctx.record_done(step, output).await,
                 Err(e) => Err(e.into()),
             },
             Err(e) => Err(e),
         };
-        if let Err(e) = res {
-            ctx.note_failed(row.step, &e).await;
-            if ctx.unwinds(row.step, &e) {
-                tracing::warn!(error = %e, "{} undone: resuming would fail the same way", C::NOUN);
-                unwind(ctx, rows, &CancellationToken::new()).await?;
-            }
-            return Err(e);
-        }
+        res.map_err(|e| stop(Some(Stage::Run), e))?;
         tracing::info!(
             step = name,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -285,33 +406,85 @@ pub async fn drive<C: Kind>(
             C::NOUN
         );
     }
-    ctx.completed().await
+    Ok(())
 }
 
-/// Undoes every row before the point of no return, newest first, whatever
-/// the journal says (see the module doc), then ends the saga as undone.
-/// Refused once the point of no return is recorded done.
+/// Runs every row not recorded done, in order, to the end ([`forward`]).
+/// A failure goes to the kind ([`Kind::failed`]), which leaves the saga for
+/// a resume or has it unwound at once before its error is returned.
+pub async fn drive<C: Kind>(
+    ctx: &mut C,
+    rows: &[Row<C>],
+    cancel: &CancellationToken,
+) -> Result<(), C::Error> {
+    let Err(stopped) = forward(ctx, rows, cancel).await else {
+        return ctx.completed().await;
+    };
+    let Some(stage) = stopped.stage else {
+        return Err(stopped.error);
+    };
+    match ctx.failed(stopped.step, stage, stopped.error).await {
+        Failure::Stop(e) => Err(e),
+        Failure::Unwind { reason, error } => {
+            unwind(ctx, rows, &CancellationToken::new(), &reason).await?;
+            Err(error)
+        }
+    }
+}
+
+/// Undoes the rows before the point of no return that may have acted (the
+/// journal's answer, see the module doc), newest first, then ends the saga
+/// as undone for `reason`. Refused once the point of no return is recorded
+/// done.
 pub async fn unwind<C: Kind>(
     ctx: &mut C,
     rows: &[Row<C>],
     cancel: &CancellationToken,
+    reason: &str,
 ) -> Result<(), C::Error> {
     let (before, from) = undoable(rows);
     if from.iter().any(|r| ctx.is_done(r.step)) {
         return Err(ctx.past_no_return());
     }
+    ctx.unwinding();
+    let mut left = Vec::new();
     for row in before.iter().rev() {
-        let Undo::Run(undo) = row.undo else { continue };
-        let name = row.step.name();
-        failpoint::hit(&point(C::KIND, name, "undo"))?;
-        let at = At {
-            kind: C::KIND,
-            step: name,
-            cancel,
+        let step = row.step;
+        let undo = match row.undo {
+            Undo::None | Undo::PointOfNoReturn => continue,
+            Undo::Keep if ctx.is_done(step) => continue,
+            Undo::Run(f) => Some(f),
+            Undo::Keep | Undo::Rerun => None,
         };
-        undo(ctx, at).await?;
+        if !ctx.may_have_acted(step) {
+            continue;
+        }
+        ctx.undo_started(step);
+        let name = step.name();
+        failpoint::hit(&point(C::KIND, name, "undo"))?;
+        let outcome = match undo {
+            Some(f) => {
+                let at = At {
+                    kind: C::KIND,
+                    step: name,
+                    cancel,
+                };
+                f(ctx, at).await
+            }
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) => ctx.undo_finished(step),
+            Err(e) => {
+                ctx.undo_failed(step, &e);
+                if !C::UNWIND_PAST_FAILED_UNDO {
+                    return Err(e);
+                }
+                left.push((step, e));
+            }
+        }
     }
-    ctx.unwound().await
+    ctx.unwound(reason, left).await
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ impl JournalStore for Fake {
     fn is_done(&self, step: S) -> bool {
         self.done.contains(&step)
     }
-    fn record(&mut self, step: S, output: u32) -> Boxed<'_, Result<(), E>> {
+    fn record_done(&mut self, step: S, output: u32) -> Boxed<'_, Result<(), E>> {
         self.log.push(format!("record {} {output}", step.name()));
         self.done.push(step);
         Box::pin(async { Ok(()) })
@@ -58,15 +58,11 @@ impl JournalStore for Fake {
     fn recorded(&mut self, step: S) {
         self.done.push(step);
     }
-    fn note_failed<'a>(&'a mut self, step: S, error: &'a E) -> Boxed<'a, ()> {
-        self.log.push(format!("failed {} {error}", step.name()));
-        Box::pin(async {})
-    }
     fn completed(&mut self) -> Boxed<'_, Result<(), E>> {
         self.end = Some("completed");
         Box::pin(async { Ok(()) })
     }
-    fn unwound(&mut self) -> Boxed<'_, Result<(), E>> {
+    fn unwound<'a>(&'a mut self, _reason: &'a str, _left: Vec<(S, E)>) -> Boxed<'a, Result<(), E>> {
         self.end = Some("unwound");
         Box::pin(async { Ok(()) })
     }
@@ -75,14 +71,26 @@ impl JournalStore for Fake {
 impl Kind for Fake {
     const KIND: &'static str = "fake";
     const NOUN: &'static str = "fake";
-    fn cancelled(&self) -> E {
-        E::Cancelled
+    type Meta = ();
+    fn cancelled(&self) -> Option<E> {
+        Some(E::Cancelled)
     }
     fn admit(&mut self, _step: S) -> Boxed<'_, Result<(), E>> {
         Box::pin(async { Ok(()) })
     }
-    fn unwinds(&self, step: S, _error: &E) -> bool {
-        self.fail.is_some_and(|(s, unwind)| s == step && unwind)
+    fn failed(&mut self, step: S, _stage: Stage, error: E) -> Boxed<'_, Failure<E>> {
+        self.log.push(format!("failed {} {error}", step.name()));
+        let unwind = self.fail.is_some_and(|(s, unwind)| s == step && unwind);
+        Box::pin(async move {
+            if unwind {
+                Failure::Unwind {
+                    reason: error.to_string(),
+                    error,
+                }
+            } else {
+                Failure::Stop(error)
+            }
+        })
     }
     fn past_no_return(&self) -> E {
         E::Past
@@ -122,24 +130,28 @@ const ROWS: &[Row<Fake>] = &[
         does: "",
         run,
         undo: Undo::Run(undo),
+        meta: (),
     },
     Row {
         step: S::B,
         does: "",
         run: run_tx,
         undo: Undo::None,
+        meta: (),
     },
     Row {
         step: S::C,
         does: "",
         run: run_tx,
         undo: Undo::PointOfNoReturn,
+        meta: (),
     },
     Row {
         step: S::D,
         does: "",
         run,
         undo: Undo::None,
+        meta: (),
     },
 ];
 
@@ -220,7 +232,7 @@ async fn no_unwind_past_the_point_of_no_return() {
         done: vec![S::A, S::B, S::C],
         ..Default::default()
     };
-    let r = unwind(&mut f, ROWS, &CancellationToken::new()).await;
+    let r = unwind(&mut f, ROWS, &CancellationToken::new(), "test").await;
     assert!(matches!(r, Err(E::Past)));
     assert!(f.log.is_empty());
 }

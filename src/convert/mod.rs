@@ -435,7 +435,7 @@ pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcom
         client,
         rec,
     };
-    saga::unwind(&mut conv, TABLE, &cancel).await?;
+    saga::unwind(&mut conv, TABLE, &cancel, "aborted by the operator").await?;
     println!("{table}: conversion aborted; the table is as it was");
     Ok(Outcome::Healthy)
 }

@@ -13,7 +13,7 @@ use super::journal::{self, Record, Step};
 use super::plan::SWAP_GUARD;
 use super::{steps, ConvertError};
 use crate::config::{Config, TableConfig};
-use crate::saga::{At, Boxed, Done, JournalStore, Kind, Row, StepId, Undo};
+use crate::saga::{At, Boxed, Done, Failure, JournalStore, Kind, Row, Stage, StepId, Undo};
 
 /// Everything a conversion's steps run with. The session holds the table's
 /// conversion lock (an advisory lock) for as long as this lives.
@@ -41,7 +41,7 @@ impl JournalStore for Conversion {
         self.rec.step >= step
     }
 
-    fn record(&mut self, step: Step, _output: ()) -> Boxed<'_, Result<(), ConvertError>> {
+    fn record_done(&mut self, step: Step, _output: ()) -> Boxed<'_, Result<(), ConvertError>> {
         Box::pin(async move {
             journal::advance(&self.client, self.rec.id, step, None).await?;
             self.rec.step = step;
@@ -53,24 +53,17 @@ impl JournalStore for Conversion {
         self.rec.step = step;
     }
 
-    fn note_failed<'a>(&'a mut self, step: Step, error: &'a ConvertError) -> Boxed<'a, ()> {
-        Box::pin(async move {
-            journal::note(
-                &self.client,
-                self.rec.id,
-                step,
-                "failed",
-                &error.to_string(),
-            )
-            .await;
-        })
-    }
-
     fn completed(&mut self) -> Boxed<'_, Result<(), ConvertError>> {
         Box::pin(self.finish("done"))
     }
 
-    fn unwound(&mut self) -> Boxed<'_, Result<(), ConvertError>> {
+    /// A conversion's unwind stops at a failed undo (the default), so
+    /// `left` is empty; the row's state says it all.
+    fn unwound<'a>(
+        &'a mut self,
+        _reason: &'a str,
+        _left: Vec<(Step, ConvertError)>,
+    ) -> Boxed<'a, Result<(), ConvertError>> {
         Box::pin(self.finish("aborted"))
     }
 }
@@ -86,9 +79,10 @@ impl Conversion {
 impl Kind for Conversion {
     const KIND: &'static str = "convert";
     const NOUN: &'static str = "conversion";
+    type Meta = ();
 
-    fn cancelled(&self) -> ConvertError {
-        steps::cancelled(&self.rec.plan.name())
+    fn cancelled(&self) -> Option<ConvertError> {
+        Some(steps::cancelled(&self.rec.plan.name()))
     }
 
     /// Up to the swap, the boundary must be far enough ahead ([`SWAP_GUARD`]):
@@ -107,20 +101,53 @@ impl Kind for Conversion {
         })
     }
 
-    /// The CHECK would keep refusing rows at the boundary from writers: undo
-    /// at once when resuming cannot help (the boundary too close, rows
-    /// outside the first partition, or a swap the server refused, which
-    /// rolled back whole: a missing privilege, something changed). A swap
-    /// that lost its lock race stays, for `resume`.
-    fn unwinds(&self, step: Step, error: &ConvertError) -> bool {
-        matches!(
-            error,
-            ConvertError::RowsOutside { .. } | ConvertError::BoundaryTooClose { .. }
-        ) || (step == Step::Swapped
-            && matches!(
+    /// A failure before the step started (its `-start` failpoint) is left
+    /// as it is; one in the step is noted in the journal's row. Then the
+    /// CHECK would keep refusing rows at the boundary from writers: undo at
+    /// once when resuming cannot help (the boundary too close, rows outside
+    /// the first partition, or a swap the server refused, which rolled back
+    /// whole: a missing privilege, something changed). A swap that lost its
+    /// lock race stays, for `resume`.
+    fn failed(
+        &mut self,
+        step: Step,
+        stage: Stage,
+        error: ConvertError,
+    ) -> Boxed<'_, Failure<ConvertError>> {
+        Box::pin(async move {
+            match stage {
+                Stage::Start => return Failure::Stop(error),
+                Stage::Admit => {}
+                Stage::Run => {
+                    journal::note(
+                        &self.client,
+                        self.rec.id,
+                        step,
+                        "failed",
+                        &error.to_string(),
+                    )
+                    .await;
+                }
+            }
+            let unwinds = matches!(
                 error,
-                ConvertError::Sql { .. } | ConvertError::Refused { .. }
-            ))
+                ConvertError::RowsOutside { .. } | ConvertError::BoundaryTooClose { .. }
+            ) || (step == Step::Swapped
+                && matches!(
+                    error,
+                    ConvertError::Sql { .. } | ConvertError::Refused { .. }
+                ));
+            if !unwinds {
+                return Failure::Stop(error);
+            }
+            if stage == Stage::Run {
+                tracing::warn!(error = %error, "conversion undone: resuming would fail the same way");
+            }
+            Failure::Unwind {
+                reason: error.to_string(),
+                error,
+            }
+        })
     }
 
     fn past_no_return(&self) -> ConvertError {
@@ -159,12 +186,14 @@ pub const TABLE: &[Row<Conversion>] = &[
         does: "build unique indexes that include the key (no lock on writers)",
         run: body!(steps::unique_indexes),
         undo: undo!(steps::drop_unique_indexes),
+        meta: (),
     },
     Row {
         step: Step::CheckAdded,
         does: "add the CHECK NOT VALID (brief lock, lock_timeout, retried)",
         run: body!(steps::add_check),
         undo: undo!(steps::drop_check),
+        meta: (),
     },
     Row {
         step: Step::CheckValidated,
@@ -172,18 +201,21 @@ pub const TABLE: &[Row<Conversion>] = &[
         run: body!(steps::validate_check),
         // Dropping the CHECK (the row above) undoes its validation too.
         undo: Undo::None,
+        meta: (),
     },
     Row {
         step: Step::Swapped,
         does: "the swap, one transaction: THE POINT OF NO RETURN",
         run: body!(steps::swap),
         undo: Undo::PointOfNoReturn,
+        meta: (),
     },
     Row {
         step: Step::PartitionsMade,
         does: "a partition pass for the table: periods from the boundary on (premake)",
         run: body!(steps::make_partitions),
         undo: Undo::None,
+        meta: (),
     },
 ];
 

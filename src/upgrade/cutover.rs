@@ -14,7 +14,7 @@
 
 use super::error::UpgradeError;
 use super::fence::Fence;
-use super::record::{Output, Step, StepStatus, STEPS};
+use super::record::{Output, Step};
 use super::runner::Saga;
 use super::window::remaining;
 use crate::config::{ConnString, CutoverKind};
@@ -48,46 +48,6 @@ pub fn ready(lag: u64, history: &[u64], max_bytes: u64) -> Readiness {
         Readiness::NoGo(format!(
             "lag {lag} B <= {max_bytes} B, {under} of {STEADY_SAMPLES} samples"
         ))
-    }
-}
-
-impl Saga {
-    /// Steps 5–10. Returns on the first error; the caller decides between
-    /// rolling back (before promote) and waiting for resume (after).
-    /// `pause_writes` opens every connection the window needs before it sends
-    /// PAUSE and starts the deadline the next two steps share.
-    pub(crate) async fn cutover(&mut self) -> Result<(), UpgradeError> {
-        // Before PAUSE: a crash of this process inside the window is covered.
-        self.window.arm_keeper(&self.cfg);
-        for step in STEPS.iter().copied().filter(|s| s.under_pause_deadline()) {
-            if self.journal.record().status(step) != StepStatus::Done {
-                self.forward(step).await?;
-            }
-        }
-        // From promote on the window only goes forward: no pause deadline.
-        self.set_pause_deadline(None);
-        self.forward_from_promote().await
-    }
-
-    /// Steps 8–10; also the way a resumed upgrade finishes a window that
-    /// crashed after promote had started.
-    pub(crate) async fn forward_from_promote(&mut self) -> Result<(), UpgradeError> {
-        if self.record().status(super::record::Step::ResumeWrites) != StepStatus::Done {
-            self.window.arm_keeper(&self.cfg);
-        }
-        let rest = STEPS
-            .iter()
-            .copied()
-            .filter(|s| !s.before_promote() && s.in_pause_window());
-        for step in rest {
-            if self.journal.record().status(step) != StepStatus::Done {
-                self.forward(step).await?;
-            }
-        }
-        // The client-visible window closes when RESUME returns (or, without
-        // a pooler, when the last step of the window ends).
-        self.window.close();
-        Ok(())
     }
 }
 

@@ -32,6 +32,9 @@ pub enum UpgradeError {
     PauseTimeout { what: String },
     #[error(transparent)]
     Injected(#[from] crate::failpoint::FailpointError),
+    /// An undo that failed: the roll back names it and goes on.
+    #[error(transparent)]
+    Undo(#[from] UndoError),
     #[error("cancelled; `pgsteward upgrade resume` continues from the current step")]
     Cancelled,
     #[error("upgrade {id} rolled back ({reason}); the old primary serves writes. `pgsteward upgrade resume` retries, `pgsteward upgrade abort` removes the new replica")]
@@ -67,6 +70,11 @@ pub enum UpgradeError {
         step: Step,
     },
 }
+
+/// An undo's failure, as the roll back reports it ("what was not undone").
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct UndoError(pub String);
 
 impl UpgradeError {
     /// The failure kind for metrics: one per subsystem.

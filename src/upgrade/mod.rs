@@ -47,6 +47,7 @@ pub mod gate;
 pub mod guard;
 pub mod journal;
 pub mod keeper;
+mod kind;
 pub mod observe;
 pub mod plan;
 pub mod precheck;

@@ -44,7 +44,7 @@ const VERIFY_WITHOUT_POOLER: &str = "the new server is out of recovery; local re
 /// does for it. Invariant: every step left out is one whose body returns
 /// at once for this shape (steps.rs, swap.rs), so the plan lists what runs.
 pub fn relevant(shape: Shape) -> Vec<PlannedStep> {
-    let runs = |r: &Row| match r.needs {
+    let runs = |r: &Row| match r.meta.needs {
         Needs::Always => true,
         Needs::Readers => shape.readers,
         Needs::Pgbouncer => shape.pgbouncer,
@@ -64,7 +64,7 @@ pub fn relevant(shape: Shape) -> Vec<PlannedStep> {
             },
             undo: match r.step {
                 Step::PauseWrites if !shape.pgbouncer => "remove the staged fence",
-                _ => r.undo.text(),
+                _ => r.meta.undoes,
             },
         })
         .collect()

@@ -1,27 +1,25 @@
-//! Drives an upgrade: record → run → record, one step at a time.
+//! Drives an upgrade on the saga core (`crate::saga`): the table is
+//! `table::SAGA`, the kind's store, hooks and failure policy are in
+//! kind.rs; this file decides where a run starts and how it ends.
 //!
-//! Crash safety: `step_started` is durable before a step acts, so a step found
-//! `running` after a crash may or may not have acted; it runs again, and every
-//! step observes before it acts (steps.rs). Where to go after a crash is
-//! decided by the pure [`recovery`]:
+//! Crash safety: `step_started` is durable before a step acts where it must
+//! be (kind.rs), so a step found `running` after a crash may or may not have
+//! acted; it runs again, and every step observes before it acts (steps.rs).
+//! Where to go after a crash is decided by the pure [`recovery`]:
 //! * promote has started → only forward (the old primary is fenced and the
 //!   new one has everything; going back could lose commits made on it);
-//! * a write-pause step (pause_writes to final_sync) had started, or an undo was in progress → finish
-//!   the roll back: the pause deadline has certainly passed while we were dead;
+//! * a write-pause step (under the pause deadline) had started, or an undo
+//!   was in progress → finish the roll back: the pause deadline has
+//!   certainly passed while we were dead;
 //! * otherwise → forward from the first step that is not done.
-//!
-//! The `step_succeeded` of a step is written together with the next
-//! `step_started` (one fsync instead of two inside the write pause). Losing it
-//! in a crash only makes the finished step run again, which is harmless.
 
-use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::error::UpgradeError;
-use super::guard::{GuardError, StepUpdate};
-use super::record::{Event, Output, Phase, Step, StepStatus, UpgradeRecord, STEPS};
+use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
-use super::table::{self, Undo};
-use crate::failpoint;
+use super::table::{self, Row};
+use crate::saga::{self, JournalStore};
 
 /// What a runner does with a journal it did not write itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,42 +65,8 @@ pub fn recovery(rec: &UpgradeRecord) -> Recovery {
 
 impl Saga {
     /// Appends `events` after any pending ones, durably.
-    fn log(&mut self, events: &[Event]) -> Result<(), UpgradeError> {
+    pub(super) fn log(&mut self, events: &[Event]) -> Result<(), UpgradeError> {
         self.journal.append(events)?;
-        Ok(())
-    }
-
-    pub(crate) fn begin(&mut self, step: Step) -> Result<(), UpgradeError> {
-        let started = [Event::StepStarted { step }];
-        if table::start_must_be_durable(step) {
-            self.log(&started)?;
-        } else {
-            self.journal.append_written(&started)?;
-        }
-        self.step_started = Some(Instant::now());
-        Ok(())
-    }
-
-    pub(crate) fn finish(&mut self, step: Step, output: Output) -> Result<(), UpgradeError> {
-        let took = self
-            .step_started
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        self.progress.say(
-            step,
-            &format!(
-                "done in {:.1} ms{}",
-                took.as_secs_f64() * 1000.0,
-                output
-                    .note
-                    .as_deref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default()
-            ),
-        );
-        self.journal
-            .stage(&[Event::StepSucceeded { step, output }])?;
         Ok(())
     }
 
@@ -111,180 +75,48 @@ impl Saga {
         self.log(&[])
     }
 
-    /// One step: started (durable) → failpoint → action (twice under the
-    /// repeat switch) → failpoint → succeeded (written with the next start).
-    pub(crate) async fn forward(&mut self, step: Step) -> Result<(), UpgradeError> {
-        self.attempting = Some(step);
-        self.guard_step(step).await?;
-        self.begin(step)?;
-        let name = step.name();
-        failpoint::hit(&format!("{name}-start")).map_err(UpgradeError::Injected)?;
-        let mut output = self.action(step).await?;
-        if failpoint::repeat_steps() {
-            self.progress.say(step, "running again (idempotence check)");
-            output = self.action(step).await?;
-        }
-        failpoint::hit(&format!("{name}-done")).map_err(UpgradeError::Injected)?;
-        self.finish(step, output)
-    }
-
-    /// Proves this runner still owns the upgrade (lock held, epoch current)
-    /// and records the step in the guard row, before the step acts. After
-    /// the write pause the guard follows the primary to the new server and
-    /// the old one's row names where the primary went.
-    async fn guard_step(&mut self, step: Step) -> Result<(), UpgradeError> {
-        if self.guard.is_none() {
-            return Ok(());
-        }
-        let moves = table::row(step).guard;
-        let old = self.cfg.database.primary.to_string();
-        if moves.hold_old {
-            if let Some(g) = self.guard.as_mut() {
-                g.freeze(&old);
-            }
-        }
-        if moves.follow_new {
-            let endpoint = self.new_endpoint().await?;
-            // An identifier swap (RDS) gives the new server the old address:
-            // the session held there already follows the primary.
-            if let (Some(g), false) = (self.guard.as_mut(), endpoint.to_string() == old) {
-                g.extend_to(&endpoint).await?;
-                let local =
-                    self.provider.fence_method() == crate::provider::FenceMethod::AlterSystem;
-                if moves.mark_moved && local {
-                    g.mark_moved(&old, &endpoint.to_string()).await?;
-                }
-            }
-        }
-        let deadline = if moves.pause_bound {
-            self.window.deadline()
-        } else {
-            None
-        };
-        if let Some(g) = self.guard.as_mut() {
-            g.set_deadline(deadline);
-            let update = StepUpdate {
-                cutover: moves.cutover,
-                ..Default::default()
-            };
-            g.step(step.name(), update).await?;
-        }
-        Ok(())
-    }
-
-    /// Records the end of the upgrade (or of its roll back) in the guard row;
-    /// a failure is logged: the journal already holds the outcome.
-    async fn guard_end(&mut self, what: &str, finished: bool) {
-        if let Some(g) = self.guard.as_mut() {
-            let update = StepUpdate {
-                cutover: Some(false),
-                finished: Some(finished),
-                ..Default::default()
-            };
-            if let Err(e) = g.step(what, update).await {
-                tracing::error!(error = %e, "cannot record the end of the upgrade in the guard row");
-            }
-        }
-    }
-
     /// Runs the upgrade from wherever its journal stands to the end.
     pub async fn drive(&mut self) -> Result<(), UpgradeError> {
+        let first = STEPS[0];
         match recovery(self.record()) {
             Recovery::Done => return Ok(()),
             Recovery::Retry => {
                 self.progress
-                    .say(Step::Precheck, "retrying after the earlier roll back");
+                    .say(first, "retrying after the earlier roll back");
                 self.log(&[Event::Retry])?;
             }
             Recovery::FinishRollback(reason) => {
-                self.progress
-                    .say(Step::Precheck, &format!("rolling back: {reason}"));
+                self.progress.say(first, &format!("rolling back: {reason}"));
                 self.rollback(&reason).await?;
                 return Err(self.rolled_back_error(reason));
             }
             Recovery::Forward => {}
         }
-        while let Some(step) = self.record().next_step() {
-            let result = if step.under_pause_deadline() {
-                self.cutover().await
-            } else if step.in_pause_window() {
-                self.forward_from_promote().await
-            } else {
-                self.forward(step).await
-            };
-            let Err(err) = result else { continue };
-            if matches!(err, UpgradeError::Guard(GuardError::Lost { .. })) {
-                // Another runner may own the upgrade now: touch nothing more.
-                let _ = self.flush();
-                return Err(err);
-            }
-            // The step that failed is the one running, else the one about to
-            // start (a window runs several steps in one call).
-            let attempted = self.attempting.take().unwrap_or(step);
-            let failed = self
-                .record()
-                .steps
-                .iter()
-                .find(|s| s.status == StepStatus::Running)
-                .map(|s| s.step)
-                .unwrap_or(attempted);
-            if matches!(err, UpgradeError::Cancelled) && !failed.in_pause_window() {
-                // Stop at the step boundary; `upgrade resume` runs this step again.
-                self.flush()?;
-                return Err(err);
-            }
-            // A journal that cannot be written (a full disk) before a step
-            // started is that, not a failure of the step.
-            let msg = if matches!(err, UpgradeError::Journal(_))
-                && self.record().status(failed) != StepStatus::Running
-            {
-                format!("the journal could not be written before {failed} started: {err}")
-            } else {
-                format!("{failed}: {err}")
-            };
-            // A failure before the step started (its guard check, its journal
-            // entry) has no step to fail.
-            if self.record().status(failed) == StepStatus::Running {
-                self.log_soft(&[Event::StepFailed {
-                    step: failed,
-                    error: err.to_string(),
-                }]);
-            }
-            self.progress.say(failed, &format!("failed: {err}"));
-            if self.record().promote_started() {
-                self.after_promote_failure(&msg).await;
-                return Err(UpgradeError::NeedsResume {
-                    id: self.record().id.clone(),
-                    reason: msg,
-                });
-            }
-            self.rollback(&msg).await?;
-            return Err(self.rolled_back_error(msg));
-        }
-        self.log(&[Event::Completed])?;
-        self.guard_end("completed", true).await;
-        Ok(())
+        let cancel = self.cancel.clone();
+        saga::drive(self, table::SAGA, &cancel).await
     }
 
     /// The pause keeper's run (keeper.rs): closes the write pause of an
     /// upgrade whose runner is gone, as `upgrade resume` would, and goes no
     /// further: before promote the roll back, from promote on the steps up
-    /// to `resume_writes`. The rest is left to `upgrade resume`.
+    /// to the end of the pause window. The rest is left to `upgrade resume`.
     pub async fn drive_window(&mut self) -> Result<(), UpgradeError> {
+        let window = through_the_window();
         match recovery(self.record()) {
             Recovery::FinishRollback(reason) => self.rollback(&reason).await,
             Recovery::Forward
                 if self.record().promote_started()
-                    && self.record().status(Step::ResumeWrites) != StepStatus::Done =>
+                    && window.last().is_some_and(|r| !self.is_done(r.step)) =>
             {
-                match self.forward_from_promote().await {
+                let cancel = self.cancel.clone();
+                match saga::forward(self, window, &cancel).await {
                     Ok(()) => self.log(&[Event::NeedsResume {
                         reason: "the runner stopped inside the write pause; the pause keeper closed it (PgBouncer on the new primary, writes resumed): `pgsteward upgrade resume` finishes the upgrade".into(),
                     }]),
-                    Err(err) => {
-                        let msg = format!("pause keeper: {err}");
+                    Err(stopped) => {
+                        let msg = format!("pause keeper: {}", stopped.error);
                         self.after_promote_failure(&msg).await;
-                        Err(err)
+                        Err(stopped.error)
                     }
                 }
             }
@@ -295,7 +127,7 @@ impl Saga {
     /// Appends `events` when the journal can still be written; after a write
     /// failure the roll back goes on without it (the file then says where
     /// `upgrade resume` continues: it finishes the roll back, idempotently).
-    fn log_soft(&mut self, events: &[Event]) {
+    pub(super) fn log_soft(&mut self, events: &[Event]) {
         if self.journal.is_broken() {
             return;
         }
@@ -304,7 +136,7 @@ impl Saga {
         }
     }
 
-    fn rolled_back_error(&self, reason: String) -> UpgradeError {
+    pub(super) fn rolled_back_error(&self, reason: String) -> UpgradeError {
         UpgradeError::RolledBack {
             id: self.record().id.clone(),
             reason,
@@ -312,7 +144,8 @@ impl Saga {
     }
 
     /// Undoes every started step before promote, newest first, then records
-    /// the roll back. Crash safety: each undo is journaled before it runs and
+    /// the roll back (the core's unwind; the journaling and the end are
+    /// kind.rs's). Crash safety: each undo is journaled before it runs and
     /// is idempotent; a crash here is finished by `upgrade resume` (or the
     /// pause keeper).
     ///
@@ -324,80 +157,13 @@ impl Saga {
     /// undone is named in the error and stays `undo_failed` in the journal
     /// for the next run.
     pub(crate) async fn rollback(&mut self, reason: &str) -> Result<(), UpgradeError> {
-        // The undo gets its own time: the pause deadline may be what failed.
-        self.set_pause_deadline(None);
-        self.window.arm_keeper(&self.cfg);
-        let steps: Vec<Step> = STEPS
-            .iter()
-            .rev()
-            .copied()
-            .filter(|s| {
-                let status = self.record().status(*s);
-                let kept =
-                    matches!(table::row(*s).undo, Undo::Keep(_)) && status == StepStatus::Done;
-                s.before_promote()
-                    && !matches!(status, StepStatus::Pending | StepStatus::Undone)
-                    && !kept
-            })
-            .collect();
-        let mut left: Vec<String> = Vec::new();
-        // An unfence that failed once is not waited for a second time.
-        self.fence.forget_unfence_failure();
-        for step in steps {
-            self.log_soft(&[Event::UndoStarted { step }]);
-            failpoint::hit(&format!("{}-undo", step.name())).map_err(UpgradeError::Injected)?;
-            let outcome = match table::row(step).undo {
-                Undo::Run(_, undo) => undo(self).await,
-                Undo::Keep(_) | Undo::Rerun(_) | Undo::Forward => Ok(()),
-            };
-            match outcome {
-                Ok(()) => {
-                    self.log_soft(&[Event::UndoFinished { step }]);
-                    self.progress.say(step, "undone");
-                }
-                Err(error) => {
-                    let error = error.to_string();
-                    self.progress
-                        .say(step, &format!("undo failed, going on: {error}"));
-                    self.log_soft(&[Event::UndoFailed {
-                        step,
-                        error: error.clone(),
-                    }]);
-                    left.push(format!("{step}: {error}"));
-                }
-            }
-        }
-        if !left.is_empty() {
-            self.guard_end("roll back incomplete", false).await;
-            // The keeper stays armed: it finishes the roll back once the
-            // runner has exited (see keeper.rs).
-            let keeper = self.window.keeper_note();
-            return Err(UpgradeError::RollbackIncomplete {
-                id: self.record().id.clone(),
-                left,
-                keeper,
-            });
-        }
-        self.window.disarm_keeper();
-        if self.journal.is_broken() {
-            self.guard_end("rolled_back (journal unwritable)", false)
-                .await;
-            return Err(UpgradeError::JournalFault {
-                id: self.record().id.clone(),
-                reason: reason.to_string(),
-            });
-        }
-        self.log(&[Event::RolledBack {
-            reason: reason.to_string(),
-        }])?;
-        self.guard_end("rolled_back", false).await;
-        Ok(())
+        saga::unwind(self, table::SAGA, &CancellationToken::new(), reason).await
     }
 
     /// After promote nothing is undone. Writes may resume only where the pooler
     /// already points at the new, writable primary; otherwise clients stay
     /// paused (and wait) until `upgrade resume` repoints it.
-    async fn after_promote_failure(&mut self, reason: &str) {
+    pub(super) async fn after_promote_failure(&mut self, reason: &str) {
         if self.journal.is_broken() && self.record().status(Step::Repoint) != StepStatus::Done {
             // No journal, but repoint and RESUME are idempotent forward steps
             // that `upgrade resume` runs again anyway: do them now, so clients
@@ -424,17 +190,21 @@ impl Saga {
             tracing::error!(error = %e, "cannot record needs_resume");
         }
     }
+}
 
-    /// The step's body, from its row of the saga table.
-    async fn action(&mut self, step: Step) -> Result<Output, UpgradeError> {
-        (table::row(step).run)(self).await
-    }
+/// The rows up to the end of the pause window (the last row in it).
+fn through_the_window() -> &'static [Row] {
+    let end = table::SAGA
+        .iter()
+        .rposition(|r| r.step.in_pause_window())
+        .map_or(0, |i| i + 1);
+    &table::SAGA[..end]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::record::Entry;
+    use crate::upgrade::record::{Entry, Output};
     use chrono::Utc;
 
     fn rec(events: Vec<Event>) -> UpgradeRecord {

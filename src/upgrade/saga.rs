@@ -65,9 +65,6 @@ pub struct Saga {
     /// (window.rs). Where the keeper was, so the keeper is dropped at the
     /// same point of the saga's drop as before.
     pub(crate) window: PauseWindow,
-    /// The step `forward` was last asked to run (the one that failed when
-    /// none is running: its start could not be recorded).
-    pub(crate) attempting: Option<Step>,
 }
 
 impl Saga {
@@ -94,7 +91,6 @@ impl Saga {
             old_pid: None,
             step_started: None,
             window: PauseWindow::default(),
-            attempting: None,
         }
     }
 

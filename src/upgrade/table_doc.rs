@@ -19,7 +19,7 @@ fn docs_rows() -> Vec<String> {
     SAGA.iter()
         .enumerate()
         .map(|(i, r)| {
-            let undo = match r.undo.text() {
+            let undo = match r.meta.undoes {
                 "" => "-",
                 t => t,
             };

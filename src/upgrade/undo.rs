@@ -2,8 +2,8 @@
 //! a step it found started before promote. Each is idempotent and is
 //! journaled before it runs (runner.rs).
 
+use super::error::UndoError;
 use super::saga::Saga;
-use super::table::UndoError;
 
 impl Saga {
     /// fence_old_primary: lift the fence and prove it. A failure is
