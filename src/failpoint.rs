@@ -5,12 +5,13 @@
 //! release build [`hit`] is an empty inline function.
 //!
 //! `PGSTEWARD_FAILPOINT=<name>=<action>[,<name>=<action>...]`, where a name is
-//! `<step>-start` (after `step_started` is written, durably where the step needs it, before the step acts),
+//! `[<kind>-]<step>-start` (after `step_started` is written, durably where the step needs it, before the step acts),
 //! `<step>-done` (after it acted, before `step_succeeded` is written) or
 //! `<step>-undo` (before its undo), and the action is
 //! `error` (the step fails), `sleep:MS` (the step waits there), `panic`, `exit` (exit code 99) or `kill`
 //! (the process SIGKILLs itself: a real crash, no destructors, no flush).
-//! `PGSTEWARD_FAILPOINT_REPEAT=1` runs every step's action twice (idempotence).
+//! `PGSTEWARD_FAILPOINT_REPEAT=1` runs twice (idempotence) every step the saga core records itself
+//! (`saga::forward`: the upgrade's, convert's index builds and partition pass) and the retirement's steps.
 
 /// Environment variables read here; `config::env_provider` ignores them.
 pub const FAILPOINT_ENV: &str = "PGSTEWARD_FAILPOINT";

@@ -26,8 +26,10 @@
 //! * [`privileges`]: what a command needs of the steward's role, checked before acting, with the GRANT to run.
 //! * [`workload`]: client load with a ledger of every acknowledged commit and error (the demo, the tests).
 //! * [`failpoint`]: named failpoints at step boundaries (the upgrade, convert, archive retirement; test builds only).
-//! * [`saga`]: the saga core: a saga as a table of rows (do, undo, point of no return), one runner
-//!   generic over the kind that knows no step by name, the journal's store as a seam; failpoints at every boundary.
+//! * [`saga`]: the saga core: a saga as a table of rows (do, undo, point of no return, the kind's column), one
+//!   runner generic over the kind that knows no step by name, the journal's store as a seam (starts, completions,
+//!   undos), the kind's hooks (region entry, admission, failure policy); failpoints at every boundary. The
+//!   vertical upgrade and `convert` run on it.
 //! * [`cli`]: the command line (clap), parsing only.
 //! * [`tooling`]: shell completions and manual pages, generated from [`cli`].
 //! * [`telemetry`]: the tracing subscriber: text or JSON lines on stderr, `--log-level`.
@@ -80,7 +82,9 @@
 //!   * [`upgrade::swap`]: the steps slow on RDS around the pause: new readers, the identifier swap.
 //!   * [`upgrade::saga`]: the context every step runs with (configuration, journal, provider, guard, shared sessions,
 //!     one fence and one pause window).
-//!   * [`upgrade::runner`]: drives the steps: record, run, record.
+//!   * `upgrade::kind`: the upgrade as a [`saga`] kind: its JSONL store, its write-pause and guard hooks, its
+//!     failure policy (roll back before promote, needs resume after).
+//!   * [`upgrade::runner`]: where a run starts (the pure recovery decision) and ends, on the [`saga`] core.
 //!   * [`upgrade::rescue`]: the pause keeper's process: closes the window of a runner gone or stuck.
 //! * [`lag`]: replica lag, `pgsteward lag`.
 //!   * `lag::sql`: the lag queries, one named constant each.

@@ -250,3 +250,204 @@ fn boundaries_follow_the_table() {
     assert_eq!(undo_boundaries(ROWS), ["fake-a-undo"]);
     assert_eq!(point("", "promote", "start"), "promote-start");
 }
+
+/// A kind whose journal records starts, like the upgrade's: undos chosen by
+/// the journal, an unwind that goes on past a failed undo, region entry.
+#[derive(Default)]
+struct Jnl {
+    started: Vec<(S, bool)>,
+    done: Vec<S>,
+    log: Vec<String>,
+    /// The step whose body fails, and the one whose undo fails.
+    fail: Option<S>,
+    fail_undo: Option<S>,
+    left: Vec<String>,
+}
+
+impl JournalStore for Jnl {
+    type Step = S;
+    type Output = ();
+    type Error = E;
+    fn is_done(&self, step: S) -> bool {
+        self.done.contains(&step)
+    }
+    fn started(&mut self, step: S, durable: bool) -> Result<(), E> {
+        self.started.push((step, durable));
+        Ok(())
+    }
+    fn may_have_acted(&self, step: S) -> bool {
+        self.started.iter().any(|(s, _)| *s == step)
+    }
+    fn record_done(&mut self, step: S, _output: ()) -> Boxed<'_, Result<(), E>> {
+        self.done.push(step);
+        Box::pin(async { Ok(()) })
+    }
+    fn recorded(&mut self, step: S) {
+        self.done.push(step);
+    }
+    fn undo_started(&mut self, step: S) {
+        self.log.push(format!("undo_started {}", step.name()));
+    }
+    fn undo_finished(&mut self, step: S) {
+        self.log.push(format!("undo_finished {}", step.name()));
+    }
+    fn undo_failed(&mut self, step: S, error: &E) {
+        self.log
+            .push(format!("undo_failed {} {error}", step.name()));
+    }
+    fn completed(&mut self) -> Boxed<'_, Result<(), E>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn unwound<'a>(&'a mut self, reason: &'a str, left: Vec<(S, E)>) -> Boxed<'a, Result<(), E>> {
+        self.log.push(format!("unwound {reason}"));
+        self.left = left
+            .iter()
+            .map(|(s, e)| format!("{}: {e}", s.name()))
+            .collect();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Kind for Jnl {
+    const KIND: &'static str = "";
+    const NOUN: &'static str = "jnl";
+    const UNWIND_PAST_FAILED_UNDO: bool = true;
+    type Meta = &'static str;
+    fn cancelled(&self) -> Option<E> {
+        None
+    }
+    fn entering(&mut self, step: S) {
+        self.log.push(format!("enter {}", step.name()));
+    }
+    fn admit(&mut self, _step: S) -> Boxed<'_, Result<(), E>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn failed(&mut self, step: S, stage: Stage, error: E) -> Boxed<'_, Failure<E>> {
+        self.log.push(format!("failed {} {stage:?}", step.name()));
+        Box::pin(async move {
+            Failure::Unwind {
+                reason: format!("{}: {error}", step.name()),
+                error: E::Step("rolled back"),
+            }
+        })
+    }
+    fn past_no_return(&self) -> E {
+        E::Past
+    }
+    fn unwinding(&mut self) {
+        self.log.push("unwinding".into());
+    }
+}
+
+fn jrun(c: &mut Jnl, at: At<'_>) -> Boxed<'static, Result<Done<()>, E>> {
+    let fail = c.fail.is_some_and(|s| s.name() == at.step());
+    Box::pin(async move {
+        if fail {
+            Err(E::Step("boom"))
+        } else {
+            Ok(Done::Record(()))
+        }
+    })
+}
+
+fn jundo(c: &mut Jnl, at: At<'_>) -> Boxed<'static, Result<(), E>> {
+    let fail = c.fail_undo.is_some_and(|s| s.name() == at.step());
+    Box::pin(async move {
+        if fail {
+            Err(E::Step("stuck"))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+const JROWS: &[Row<Jnl>] = &[
+    Row {
+        step: S::A,
+        does: "",
+        run: jrun,
+        undo: Undo::Keep,
+        meta: "kept",
+    },
+    Row {
+        step: S::B,
+        does: "",
+        run: jrun,
+        undo: Undo::Run(jundo),
+        meta: "",
+    },
+    Row {
+        step: S::C,
+        does: "",
+        run: jrun,
+        undo: Undo::Rerun,
+        meta: "",
+    },
+    Row {
+        step: S::D,
+        does: "",
+        run: jrun,
+        undo: Undo::PointOfNoReturn,
+        meta: "",
+    },
+];
+
+#[tokio::test]
+async fn starts_are_journaled_durably_where_the_undo_needs_it() {
+    let mut j = Jnl::default();
+    drive(&mut j, JROWS, &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        j.started,
+        [(S::A, true), (S::B, true), (S::C, false), (S::D, true)]
+    );
+    assert_eq!(j.log, ["enter a", "enter b", "enter c", "enter d"]);
+}
+
+#[tokio::test]
+async fn the_journal_chooses_the_undos_and_a_failed_undo_does_not_stop_them() {
+    // C fails: B's undo runs and fails, A is kept (done), C is journaled
+    // as undone (nothing to reverse), D never started.
+    let mut j = Jnl {
+        fail: Some(S::C),
+        fail_undo: Some(S::B),
+        ..Default::default()
+    };
+    let r = drive(&mut j, JROWS, &CancellationToken::new()).await;
+    assert!(matches!(r, Err(E::Step("rolled back"))));
+    assert_eq!(
+        j.log,
+        [
+            "enter a",
+            "enter b",
+            "enter c",
+            "failed c Run",
+            "unwinding",
+            "undo_started c",
+            "undo_finished c",
+            "undo_started b",
+            "undo_failed b stuck",
+            "unwound c: boom",
+        ]
+    );
+    assert_eq!(j.left, ["b: stuck"]);
+
+    // A kept step that never finished is undone like any other.
+    let mut j = Jnl {
+        started: vec![(S::A, true)],
+        ..Default::default()
+    };
+    unwind(&mut j, JROWS, &CancellationToken::new(), "abort")
+        .await
+        .unwrap();
+    assert_eq!(
+        j.log,
+        [
+            "unwinding",
+            "undo_started a",
+            "undo_finished a",
+            "unwound abort"
+        ]
+    );
+}

@@ -1,11 +1,14 @@
 //! The write pause and the decision to start it.
 //!
-//! [`ready`] is the pure catch-up gate. [`Saga::cutover`] runs steps 5–10:
-//! PAUSE, fence, final sync, promote, repoint, RESUME. Steps 5–7 share one
-//! deadline, `pause_timeout`, counted from the moment PAUSE is sent; any error
-//! or a missed deadline before promote makes the runner roll back (RESUME,
-//! unfence), so the pause is the only thing clients can notice. Promote is the
-//! point of no return: from there the window only goes forward.
+//! [`ready`] is the pure catch-up gate. The window's steps (pause_writes to
+//! resume_writes: PAUSE, fence, final sync, promote, repoint, RESUME) are
+//! rows of the table like any other; entering them arms the pause keeper
+//! (kind.rs). The steps under the pause deadline share one deadline,
+//! `pause_timeout`, counted from the moment PAUSE is sent; any error or a
+//! missed deadline before promote makes the runner roll back (RESUME,
+//! unfence), so the pause is the only thing clients can notice. Promote is
+//! the point of no return: from there the window only goes forward, without
+//! a deadline.
 //!
 //! The vertical upgrade's side of its two components: the window's
 //! deadline handed to the pooler and the guard (`window::PauseWindow` holds it),
@@ -53,7 +56,7 @@ pub fn ready(lag: u64, history: &[u64], max_bytes: u64) -> Readiness {
 
 impl Saga {
     /// Sets (at PAUSE) or clears (once promote starts) the pause deadline
-    /// every wait of steps 5–7 shares, the pooler's included.
+    /// every wait under the pause deadline shares, the pooler's included.
     pub(crate) fn set_pause_deadline(&mut self, deadline: Option<tokio::time::Instant>) {
         self.window.set_deadline(deadline);
         self.poolers.set_deadline(deadline);
@@ -142,7 +145,7 @@ impl Saga {
             .await
     }
 
-    /// Step 6 (see fence/): newcomers paused first, then the provider's
+    /// fence_old_primary (see fence/): newcomers paused first, then the provider's
     /// fence, within the window's deadline.
     pub(crate) async fn fence_old_primary(&mut self) -> Result<Output, UpgradeError> {
         let deadline = self.window_deadline();

@@ -4,7 +4,7 @@
 //! Durability contract: [`Journal::append`] returns only after the lines are
 //! on disk (`fdatasync`; the directory is synced when the file is created), so
 //! the runner never acts on a step that needs it before its `step_started` is
-//! durable ([`super::table::start_must_be_durable`]); [`Journal::append_written`]
+//! durable ([`crate::saga::Undo::start_must_be_durable`]); [`Journal::append_written`]
 //! leaves the lines in the page cache (a killed process loses nothing, a lost
 //! host may), for the starts whose loss recovery already handles. A
 //! crash while writing leaves at most one torn last line; its event was never

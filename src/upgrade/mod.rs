@@ -12,10 +12,14 @@
 //!   lifted and proven), whatever upgrade kind drives it.
 //! * `saga`: the context every step runs with (it holds one fence and one
 //!   window), and its progress lines.
-//! * `table`: the saga as an executable table, one row per step (do, undo,
-//!   guard move, when it has work); `table_doc` holds docs/upgrade.md to it.
-//! * `runner`: record → run → record over the table; undo before promote,
-//!   forward after; the pure `recovery` decision after a crash.
+//! * `table`: the saga as an executable table of the core (`crate::saga`),
+//!   one row per step (do, undo, and the upgrade's column: guard move, when
+//!   it has work); `table_doc` holds docs/upgrade.md to it.
+//! * `kind`: the upgrade as a saga kind: its journal as the core's store,
+//!   the write pause's region entry and the guard check as hooks, the
+//!   failure policy (undo before promote, forward after).
+//! * `runner`: the pure `recovery` decision after a crash, then the core's
+//!   runner over the table; the pause keeper's run up to the window's end.
 //!
 //! The step bodies (each observes, then acts):
 //! * `steps`: prechecks, the new server, catch-up, PAUSE, final sync, promote, repoint.

@@ -1,7 +1,8 @@
 //! The steps of an upgrade as names: their order, where each runs
 //! (region), and which lie in the write pause. A journal names its steps
 //! with these, so this file is the vocabulary every other part shares; what
-//! a step does and undoes is its row in [`super::table::SAGA`].
+//! a step does and undoes is its row in [`super::table::SAGA`], which the
+//! saga core (`crate::saga`) runs.
 
 use std::fmt;
 
