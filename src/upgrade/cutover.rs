@@ -139,9 +139,10 @@ impl Saga {
         let primary = self.cfg.database.primary.clone();
         let limit = self.query_limit();
         let connect_timeout = self.cfg.database.connect_timeout.0;
+        let id = self.record().id.clone();
         let (old, fence) = self.old_and_fence().await?;
         fence
-            .stage(method, old, &primary, limit, connect_timeout)
+            .stage(method, old, &primary, &id, limit, connect_timeout)
             .await
     }
 
@@ -172,9 +173,11 @@ impl Saga {
         let ours = self.own_pids();
         let written = self.fence.write_hba(&id, t0, deadline)?;
         let old = self.old_client().await?;
-        written
+        let (output, probe) = written
             .enforce(old, &primary, &ours, deadline, &cancel)
-            .await
+            .await?;
+        self.fence.probe_started(probe);
+        Ok(output)
     }
 
     /// Lifts the fence completely and proves it, or fails. Idempotent.

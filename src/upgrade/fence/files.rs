@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::upgrade::error::UpgradeError;
 use crate::upgrade::record::Step;
@@ -26,13 +26,56 @@ pub(super) fn write_atomic(path: &Path, text: &str) -> Result<(), UpgradeError> 
 /// beside it (synced first when `sync_tmp`), renamed over it. Visible to
 /// the server's next reload at once; durable only after [`sync_in_place`].
 pub(super) fn replace_file(path: &Path, text: &str, sync_tmp: bool) -> Result<(), UpgradeError> {
+    let tmp = write_beside(path, ".pg_hba.conf.pgsteward-tmp", text, sync_tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| hba_err(path, e))
+}
+
+/// The fenced pg_hba.conf written ahead (before PAUSE) beside `path`,
+/// synced: inside the pause the fence only renames it into place
+/// ([`install_prepared`]). The server never reads it under this name.
+pub(super) fn prepare_file(path: &Path, text: &str) -> Result<PathBuf, UpgradeError> {
+    write_beside(path, PREPARED, text, true)
+}
+
+/// Renames the file [`prepare_file`] wrote over `path`, if it is still
+/// there and `path` still holds `base` (what the fenced text was made
+/// from): `Ok(false)` otherwise, and the caller writes the file anew.
+pub(super) fn install_prepared(
+    path: &Path,
+    prepared: &Path,
+    base: &str,
+    current: &str,
+) -> Result<bool, UpgradeError> {
+    if current != base || !prepared.exists() {
+        return Ok(false);
+    }
+    std::fs::rename(prepared, path).map_err(|e| hba_err(path, e))?;
+    Ok(true)
+}
+
+/// Removes a prepared fence file left beside `path` (a roll back, or a run
+/// that stopped between staging and the fence). Idempotent.
+pub(super) fn remove_prepared(path: &Path) -> Result<(), UpgradeError> {
+    let prepared = path.parent().unwrap_or(Path::new(".")).join(PREPARED);
+    match std::fs::remove_file(&prepared) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(hba_err(&prepared, e)),
+        _ => Ok(()),
+    }
+}
+
+/// The prepared fence's name beside pg_hba.conf.
+const PREPARED: &str = ".pg_hba.conf.pgsteward-fence";
+
+/// `text` in a file named `name` beside `path`, with `path`'s mode and
+/// owner, synced when `sync`.
+fn write_beside(path: &Path, name: &str, text: &str, sync: bool) -> Result<PathBuf, UpgradeError> {
     let meta = std::fs::metadata(path).map_err(|e| hba_err(path, e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(".pg_hba.conf.pgsteward-tmp");
+    let tmp = dir.join(name);
     {
         let mut f = std::fs::File::create(&tmp).map_err(|e| hba_err(&tmp, e))?;
         f.write_all(text.as_bytes())
-            .and_then(|_| if sync_tmp { f.sync_all() } else { Ok(()) })
+            .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
             .map_err(|e| hba_err(&tmp, e))?;
     }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
@@ -41,7 +84,7 @@ pub(super) fn replace_file(path: &Path, text: &str, sync_tmp: bool) -> Result<()
         std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))
             .map_err(|e| hba_err(&tmp, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| hba_err(path, e))
+    Ok(tmp)
 }
 
 /// Syncs `path` (a no-op for data already on disk) and its directory.

@@ -9,7 +9,9 @@
 //! up and lift the same fence. The saga's step bodies that drive it are in
 //! `cutover` (the fence step, the unfences) and `steps` (staging at PAUSE).
 //! Children: `files` (the server's files replaced atomically, synced when
-//! asked), [`flush`] (the fenced old primary's final flush, LSNs).
+//! asked, the fenced file prepared before PAUSE), [`flush`] (the fenced old
+//! primary's final flush, LSNs), [`probe`] (the probe login waited for by
+//! final_sync).
 //!
 //! **Local (`AlterSystem`): a hard fence.** From the fence on no session of a
 //! role that is not a superuser can commit on the old primary, whatever it
@@ -32,8 +34,11 @@
 //!
 //! Both files are on the old node only (neither is replicated), so the new
 //! primary is not affected, and both survive a restart of the old node.
-//! Cost inside the pause: one file write + fsync, one reload, one terminate
-//! sweep, one probe login (measured per run: the step's note and `upgrade status`).
+//! Cost inside the pause: one rename (the fenced pg_hba.conf is written
+//! and synced beside the file before PAUSE; its directory is synced while
+//! the server reloads), one reload, one terminate sweep; the probe login
+//! runs beside the final flush ([`probe`]) and is waited for before promote
+//! (measured per run: the steps' notes and `upgrade status`).
 //!
 //! **Verified without privileges.** Whether the server enforces the block is
 //! proven by a login as one fenced role without any password
@@ -61,6 +66,7 @@
 
 mod files;
 pub mod flush;
+mod probe;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,7 +90,11 @@ use crate::provider::fence::{
     fence_databases, probe_login, read_only_databases, unfence_databases, with_block,
     without_block, LoginProbe, BLOCK_BEGIN,
 };
-use files::{auto_conf_sets, hba_err, replace_file, sync_in_place, write_atomic};
+use files::{
+    auto_conf_sets, hba_err, install_prepared, prepare_file, remove_prepared, replace_file,
+    sync_in_place, write_atomic,
+};
+pub(crate) use probe::ProbeRunning;
 
 /// What the pg_hba.conf fence needs, read before the pause.
 #[derive(Debug, Clone)]
@@ -94,6 +104,15 @@ struct HbaPlan {
     /// A fenced role the loaded rules did not refuse before the fence: the
     /// probe login that proves the fence took effect.
     probe: Option<String>,
+    /// The fenced file written and synced before PAUSE, and the text it
+    /// was made from: inside the pause it is only renamed into place.
+    prepared: Option<Prepared>,
+}
+
+#[derive(Debug, Clone)]
+struct Prepared {
+    file: PathBuf,
+    base: String,
 }
 
 /// The fence of the old primary as this run knows it: what was staged and
@@ -113,6 +132,8 @@ pub(crate) struct Fence {
     /// A roll back's unfence that failed: the undos after it do not wait
     /// for the old primary a second time.
     unfence_failed: Option<String>,
+    /// The probe login the fence step started, until final_sync waits for it.
+    probe_running: Option<ProbeRunning>,
 }
 
 /// The files the local fence touched, as the server names them.
@@ -143,6 +164,7 @@ impl Fence {
         method: FenceMethod,
         old: &Client,
         primary: &ConnString,
+        id: &str,
         limit: Limit,
         connect_timeout: Duration,
     ) -> Result<(), UpgradeError> {
@@ -167,14 +189,21 @@ impl Fence {
                 path: PathBuf::from(path),
                 roles,
                 probe: None,
+                prepared: None,
             })
         };
         let mut plan = limit.run(primary, work).await?;
-        // Refuse before the pause what the fence could not express.
-        with_block("", "check", &plan.roles).map_err(|detail| UpgradeError::Step {
+        // Refuse before the pause what the fence could not express; write
+        // the fenced file ahead, synced (one fsync less inside the pause).
+        let base = std::fs::read_to_string(&plan.path).map_err(|e| hba_err(&plan.path, e))?;
+        let fenced = with_block(&base, id, &plan.roles).map_err(|detail| UpgradeError::Step {
             step: Step::PauseWrites,
             detail: detail.to_string(),
         })?;
+        plan.prepared = Some(Prepared {
+            file: prepare_file(&plan.path, &fenced)?,
+            base,
+        });
         // The probe's baseline: the first fenced role the loaded rules do not
         // refuse yet (one the operator rejects already proves nothing).
         if self.hba.as_ref().map(|h| h.roles == plan.roles) == Some(true) {
@@ -268,8 +297,17 @@ impl Fence {
         })?;
         // The new text is synced before the rename (a crash must never leave
         // an empty or torn pg_hba.conf in place on filesystems that do not
-        // order data before a rename); only the directory's sync waits.
-        replace_file(&plan.path, &fenced, true)?;
+        // order data before a rename); only the directory's sync waits. The
+        // file prepared before PAUSE was synced then; it is used only while
+        // pg_hba.conf still holds what it was made from (an operator's edit
+        // since is kept: the file is made anew).
+        let installed = match &plan.prepared {
+            Some(p) => install_prepared(&plan.path, &p.file, &p.base, &text)?,
+            None => false,
+        };
+        if !installed && text != fenced {
+            replace_file(&plan.path, &fenced, true)?;
+        }
         let written_at = t0.elapsed();
         let sync_path = plan.path.clone();
         let synced = tokio::task::spawn_blocking(move || sync_in_place(&sync_path));
@@ -293,12 +331,33 @@ impl Fence {
         let files = limit.run(primary, old.query_one(HBA_FILE, &[])).await?;
         let path = PathBuf::from(files.get::<_, String>(0));
         let auto = PathBuf::from(files.get::<_, String>(1)).join("postgresql.auto.conf");
+        remove_prepared(&path)?;
         let text = std::fs::read_to_string(&path).map_err(|e| hba_err(&path, e))?;
         let clean = without_block(&text);
         if clean != text {
             write_atomic(&path, &clean)?;
         }
         Ok(FenceFiles { hba: path, auto })
+    }
+
+    /// The fence step's probe login, to be waited for before promote.
+    pub(crate) fn probe_started(&mut self, running: Option<ProbeRunning>) {
+        self.probe_running = running;
+    }
+
+    /// Waits for the probe login the fence step of this process started
+    /// (see probe.rs): a note once it was refused. Without one (the steps
+    /// run again under the repeat switch) nothing is left to wait for: a
+    /// fence step run by another process never leads to promote, recovery
+    /// rolls a crashed window back.
+    pub(crate) async fn confirm_probe(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<Option<String>, UpgradeError> {
+        match self.probe_running.take() {
+            Some(p) => p.confirm(deadline).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The probe role of the staged fence, if any.
@@ -400,9 +459,10 @@ impl Fence {
 
 impl HbaWritten {
     /// Step 6, local, second half: reload on `old`, wait until the
-    /// postmaster has loaded the block, then end every session but `ours`
-    /// while a probe login proves the block is enforced; the background
-    /// sync is waited for within `deadline` too.
+    /// postmaster has loaded the block, start the probe login that proves
+    /// it is enforced (returned: final_sync waits for it), then end every
+    /// session but `ours`; the background sync is waited for within
+    /// `deadline` too.
     pub(crate) async fn enforce(
         self,
         old: &Client,
@@ -410,7 +470,7 @@ impl HbaWritten {
         ours: &[i32],
         deadline: Instant,
         cancel: &CancellationToken,
-    ) -> Result<Output, UpgradeError> {
+    ) -> Result<(Output, Option<ProbeRunning>), UpgradeError> {
         let HbaWritten {
             plan,
             synced,
@@ -439,19 +499,12 @@ impl HbaWritten {
             }
             // The postmaster has reloaded (it answers logins only after
             // that): one fenced role must now be refused before
-            // authentication. The probe (a backend forked and refused) runs
-            // while the sweep ends the sessions: neither waits for the other.
-            let probe = async {
-                let t = std::time::Instant::now();
-                let seen = match probe_role {
-                    Some(role) => Some(probe_login(primary, role, probe_bound).await),
-                    None => None,
-                };
-                (seen, t.elapsed())
-            };
-            let (n, probed) = tokio::join!(old.query_one(terminate.as_str(), &[]), probe);
-            let n: i64 = n?.get(0);
-            Ok::<_, tokio_postgres::Error>(Ok((n, probed)))
+            // authentication. The probe (a backend forked and refused) starts
+            // now and is waited for by final_sync, before promote (see probe.rs).
+            let hba = plan.path.display().to_string();
+            let running = probe_role.map(|r| ProbeRunning::start(primary, r, hba, probe_bound));
+            let n: i64 = old.query_one(terminate.as_str(), &[]).await?.get(0);
+            Ok::<_, tokio_postgres::Error>(Ok((n, running)))
         };
         let left = remaining(deadline, "fence")?;
         let worked = tokio::time::timeout(left, work).await;
@@ -471,7 +524,7 @@ impl HbaWritten {
                 })
             }
         }
-        let (n, (probed, probe_took)) = match worked {
+        let (n, running) = match worked {
             Err(_) => {
                 return Err(UpgradeError::PauseTimeout {
                     what: "fencing the old primary".into(),
@@ -487,31 +540,16 @@ impl HbaWritten {
             }
             Ok(Ok(Ok(n))) => n,
         };
-        if let (Some(role), Some(seen)) = (&plan.probe, probed) {
-            match seen {
-                Err(e) => return Err(e.into()),
-                Ok(LoginProbe::Refused) => {}
-                Ok(LoginProbe::NotRefused(why)) => {
-                    return Err(UpgradeError::Step {
-                        step: Step::FenceOldPrimary,
-                        detail: format!(
-                            "{} was written but the server does not enforce it: a login as {role} is not refused ({why}); \
-                             the file may not parse (see the server log)",
-                            plan.path.display()
-                        ),
-                    })
-                }
-            }
-        }
-        Ok(Output::note(format!(
-            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {} {:.1} ms): {} roles refused, {n} sessions ended",
+        let note = Output::note(format!(
+            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {} {}): {} roles refused, {n} sessions ended",
             t0.elapsed().as_secs_f64() * 1000.0,
             written_at.as_secs_f64() * 1000.0,
             reloaded_at.as_secs_f64() * 1000.0,
             plan.probe.as_deref().unwrap_or("none"),
-            probe_took.as_secs_f64() * 1000.0,
+            if running.is_some() { "running, confirmed by final_sync" } else { "not needed" },
             plan.roles.len()
-        )))
+        ));
+        Ok((note, running))
     }
 }
 

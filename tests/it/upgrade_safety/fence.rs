@@ -286,3 +286,49 @@ async fn resume_and_abort_get_through_the_fence() {
     );
     t.check_nothing_lost(&ledger.acked).await;
 }
+
+/// The fence's probe login runs beside the final flush (upgrade/fence/probe.rs);
+/// when it does not see a fenced role refused (here injected: a block the
+/// server did not load), nothing is promoted: the upgrade rolls back, the
+/// fence comes off, writes resume on the old primary, nothing is lost and
+/// no client sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_the_probe_does_not_see_rolls_back_before_promote() {
+    let t = Topology::new();
+    let load = Load::start(
+        &t.pooler_url(),
+        3,
+        Duration::from_millis(4),
+        Duration::from_secs(300),
+    );
+    load.wait_progress(20).await;
+    let out = t.upgrade(Some("fence_probe=error"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("does not enforce it") && all.contains("rolled back"),
+        "{all}"
+    );
+    let rec = latest_record(&t.state_dir());
+    assert!(!rec.promote_started(), "promoted: {rec:?}");
+    load.wait_progress(20).await;
+    assert_eq!(t.check_one_writable().await, t.primary_url);
+    let data = &t.cluster.primary.data_dir;
+    let hba = std::fs::read_to_string(data.join("pg_hba.conf")).unwrap();
+    assert!(!hba.contains("pgsteward fence"), "{hba}");
+    // Neither the prepared file nor the temporary one is left beside it.
+    for name in [".pg_hba.conf.pgsteward-fence", ".pg_hba.conf.pgsteward-tmp"] {
+        assert!(
+            !data.join(name).exists(),
+            "{name} left in {}",
+            data.display()
+        );
+    }
+    let ledger = load.stop().await;
+    assert!(
+        ledger.errors.is_empty(),
+        "client errors: {:?}",
+        ledger.errors
+    );
+    t.check_nothing_lost(&ledger.acked).await;
+}
