@@ -173,10 +173,10 @@ impl Saga {
         let ours = self.own_pids();
         let written = self.fence.write_hba(&id, t0, deadline)?;
         let old = self.old_client().await?;
-        let (output, probe) = written
+        let (output, settling) = written
             .enforce(old, &primary, &ours, deadline, &cancel)
             .await?;
-        self.fence.probe_started(probe);
+        self.fence.settling(Some(settling));
         Ok(output)
     }
 

@@ -429,9 +429,9 @@ impl Saga {
         // slot the new server lost since the pause began rolls back too.
         let newcomers = self.pause_newcomers(Some(deadline)).await?;
         self.check_logical_slots_synced().await?;
-        // The fence's probe login ran beside the flush and the replay; no
-        // promote before it saw a fenced role refused.
-        let probed = self.fence.confirm_probe(deadline).await?;
+        // The fence's probe login and its file's sync ran beside the flush
+        // and the replay; no promote before the block is enforced and durable.
+        let probed = self.fence.confirm_settled(deadline).await?;
         let mut note = format!(
             "flushed {lsn} in {:.1} ms, {ended} late sessions ended; replayed after {polls} polls",
             flushed_in.as_secs_f64() * 1000.0

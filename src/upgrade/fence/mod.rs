@@ -35,10 +35,10 @@
 //! Both files are on the old node only (neither is replicated), so the new
 //! primary is not affected, and both survive a restart of the old node.
 //! Cost inside the pause: one rename (the fenced pg_hba.conf is written
-//! and synced beside the file before PAUSE; its directory is synced while
-//! the server reloads), one reload, one terminate sweep; the probe login
-//! runs beside the final flush ([`probe`]) and is waited for before promote
-//! (measured per run: the steps' notes and `upgrade status`).
+//! and synced beside the file before PAUSE), one reload, one terminate
+//! sweep; the directory's sync and the probe login run beside the final
+//! flush ([`probe`]) and are waited for before promote (measured per run:
+//! the steps' notes and `upgrade status`).
 //!
 //! **Verified without privileges.** Whether the server enforces the block is
 //! proven by a login as one fenced role without any password
@@ -94,7 +94,8 @@ use files::{
     auto_conf_sets, hba_err, install_prepared, prepare_file, remove_prepared, replace_file,
     sync_in_place, write_atomic,
 };
-pub(crate) use probe::ProbeRunning;
+use probe::ProbeRunning;
+pub(crate) use probe::Settling;
 
 /// What the pg_hba.conf fence needs, read before the pause.
 #[derive(Debug, Clone)]
@@ -132,8 +133,9 @@ pub(crate) struct Fence {
     /// A roll back's unfence that failed: the undos after it do not wait
     /// for the old primary a second time.
     unfence_failed: Option<String>,
-    /// The probe login the fence step started, until final_sync waits for it.
-    probe_running: Option<ProbeRunning>,
+    /// The probe login and the sync the fence step started, until
+    /// final_sync waits for them (probe.rs).
+    settling: Option<Settling>,
 }
 
 /// The files the local fence touched, as the server names them.
@@ -276,10 +278,11 @@ impl Fence {
     }
 
     /// Step 6, local (`AlterSystem`), first half: the block for upgrade
-    /// `id` renamed into pg_hba.conf now, synced while the server reloads
-    /// and the sessions end (two syncs are most of the fence's time on a
-    /// slow disk): durable before the step ends, so before promote. `t0`
-    /// is the step's start (its note counts from there).
+    /// `id` renamed into pg_hba.conf now, synced in the background while the
+    /// server reloads, the sessions end and the final flush runs (syncs are
+    /// most of the fence's time on a slow disk): final_sync waits for it, so
+    /// the block is durable before promote. `t0` is the step's start (its
+    /// note counts from there).
     pub(crate) fn write_hba(
         &self,
         id: &str,
@@ -340,22 +343,22 @@ impl Fence {
         Ok(FenceFiles { hba: path, auto })
     }
 
-    /// The fence step's probe login, to be waited for before promote.
-    pub(crate) fn probe_started(&mut self, running: Option<ProbeRunning>) {
-        self.probe_running = running;
+    /// What the fence step left running, to be waited for before promote.
+    pub(crate) fn settling(&mut self, settling: Option<Settling>) {
+        self.settling = settling;
     }
 
-    /// Waits for the probe login the fence step of this process started
-    /// (see probe.rs): a note once it was refused. Without one (the steps
-    /// run again under the repeat switch) nothing is left to wait for: a
-    /// fence step run by another process never leads to promote, recovery
-    /// rolls a crashed window back.
-    pub(crate) async fn confirm_probe(
+    /// Waits for what the fence step of this process left running (see
+    /// probe.rs): a note once the block is durable and the probe was
+    /// refused. Without it (the steps run again under the repeat switch)
+    /// nothing is left to wait for: a fence step run by another process
+    /// never leads to promote, recovery rolls a crashed window back.
+    pub(crate) async fn confirm_settled(
         &mut self,
         deadline: Instant,
     ) -> Result<Option<String>, UpgradeError> {
-        match self.probe_running.take() {
-            Some(p) => p.confirm(deadline).await.map(Some),
+        match self.settling.take() {
+            Some(s) => s.confirm(deadline).await.map(Some),
             None => Ok(None),
         }
     }
@@ -460,9 +463,9 @@ impl Fence {
 impl HbaWritten {
     /// Step 6, local, second half: reload on `old`, wait until the
     /// postmaster has loaded the block, start the probe login that proves
-    /// it is enforced (returned: final_sync waits for it), then end every
-    /// session but `ours`; the background sync is waited for within
-    /// `deadline` too.
+    /// it is enforced, then end every session but `ours`. The probe and the
+    /// background sync are returned still running: final_sync waits for
+    /// them before promote (probe.rs).
     pub(crate) async fn enforce(
         self,
         old: &Client,
@@ -470,7 +473,7 @@ impl HbaWritten {
         ours: &[i32],
         deadline: Instant,
         cancel: &CancellationToken,
-    ) -> Result<(Output, Option<ProbeRunning>), UpgradeError> {
+    ) -> Result<(Output, Settling), UpgradeError> {
         let HbaWritten {
             plan,
             synced,
@@ -508,22 +511,6 @@ impl HbaWritten {
         };
         let left = remaining(deadline, "fence")?;
         let worked = tokio::time::timeout(left, work).await;
-        // Bounded like the rest of the step: a disk that hangs rolls back.
-        let left = remaining(deadline, "syncing pg_hba.conf")?;
-        match tokio::time::timeout(left, synced).await {
-            Err(_) => {
-                return Err(UpgradeError::PauseTimeout {
-                    what: format!("syncing {}", plan.path.display()),
-                })
-            }
-            Ok(Ok(r)) => r?,
-            Ok(Err(e)) => {
-                return Err(UpgradeError::Step {
-                    step: Step::FenceOldPrimary,
-                    detail: format!("syncing {}: {e}", plan.path.display()),
-                })
-            }
-        }
         let (n, running) = match worked {
             Err(_) => {
                 return Err(UpgradeError::PauseTimeout {
@@ -546,10 +533,16 @@ impl HbaWritten {
             written_at.as_secs_f64() * 1000.0,
             reloaded_at.as_secs_f64() * 1000.0,
             plan.probe.as_deref().unwrap_or("none"),
-            if running.is_some() { "running, confirmed by final_sync" } else { "not needed" },
+            if running.is_some() { "running" } else { "not needed" },
             plan.roles.len()
         ));
-        Ok((note, running))
+        // The probe and the sync are waited for by final_sync (probe.rs).
+        let settling = Settling {
+            probe: running,
+            hba: plan.path.clone(),
+            synced,
+        };
+        Ok((note, settling))
     }
 }
 

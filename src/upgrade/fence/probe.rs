@@ -1,14 +1,18 @@
-//! The probe login that proves the pg_hba.conf block is enforced, run
-//! beside the final flush rather than before it.
+//! What the fence step leaves running for `final_sync` to wait for: the
+//! probe login that proves the pg_hba.conf block is enforced, and the sync
+//! that makes the block durable ([`Settling`]).
 //!
-//! Why this may overlap: the probe *verifies*; the block takes effect with
-//! the reload, which the fence step waits for before it ends the sessions.
-//! What must hold is that nothing is promoted unless the probe saw a fenced
-//! role refused, so `final_sync` (the last step before promote) waits for
-//! it: a probe that is not refused fails that step, and the roll back
-//! (before promote) lifts the fence and resumes writes on the old primary,
-//! where every commit still is. Meanwhile the probe's cost (a backend
-//! forked and refused, 3-5 ms) is hidden behind the flush and the replay.
+//! Why these may overlap the final flush: neither makes the fence take
+//! effect. The block takes effect with the reload, which the fence step
+//! waits for before it ends the sessions. What must hold is that nothing is
+//! promoted unless the probe saw a fenced role refused (the block is
+//! enforced) and the block is on disk (a crash of the old node after promote
+//! must not bring it back unfenced). So `final_sync`, the last step before
+//! promote, waits for both: a probe that is not refused, or a sync that
+//! fails, fails that step, and the roll back (before promote) lifts the
+//! fence and resumes writes on the old primary, where every commit still
+//! is. Meanwhile their cost (a backend forked and refused, 3-10 ms; a
+//! directory fsync) is hidden behind the flush and the replay.
 
 use std::time::Duration;
 
@@ -20,6 +24,54 @@ use crate::provider::fence::{probe_login, LoginProbe};
 use crate::upgrade::error::UpgradeError;
 use crate::upgrade::record::Step;
 use crate::upgrade::window::remaining;
+
+/// The fence step's work still running: the probe (none when no fenced
+/// role could serve as one) and the sync of pg_hba.conf and its directory.
+pub(crate) struct Settling {
+    pub(super) probe: Option<ProbeRunning>,
+    pub(super) hba: std::path::PathBuf,
+    pub(super) synced: JoinHandle<Result<(), UpgradeError>>,
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settling")
+            .field("probe", &self.probe)
+            .field("hba", &self.hba)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settling {
+    /// Waits (within `deadline`) for the sync, then the probe: a note once
+    /// both are done, an error naming what failed otherwise.
+    pub(crate) async fn confirm(self, deadline: Instant) -> Result<String, UpgradeError> {
+        let t = std::time::Instant::now();
+        let left = remaining(deadline, "syncing pg_hba.conf")?;
+        match tokio::time::timeout(left, self.synced).await {
+            Err(_) => {
+                return Err(UpgradeError::PauseTimeout {
+                    what: format!("syncing {}", self.hba.display()),
+                })
+            }
+            Ok(Ok(r)) => r?,
+            Ok(Err(e)) => {
+                return Err(UpgradeError::Step {
+                    step: Step::FenceOldPrimary,
+                    detail: format!("syncing {}: {e}", self.hba.display()),
+                })
+            }
+        }
+        let synced = format!(
+            "fence durable (waited {:.1} ms)",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        match self.probe {
+            Some(p) => Ok(format!("{synced}, {}", p.confirm(deadline).await?)),
+            None => Ok(synced),
+        }
+    }
+}
 
 /// A probe login started once the block was loaded.
 pub(crate) struct ProbeRunning {
