@@ -130,6 +130,12 @@ pub(crate) const UNFENCE: &str = "ALTER SYSTEM RESET default_transaction_read_on
 /// backend. (Not the session's view of default_transaction_read_only: a
 /// database or role setting overrides the server's, so it proves nothing.)
 pub(crate) const CONF_LOAD_TIME: &str = "SELECT pg_conf_load_time()::text";
+/// [`CONF_LOAD_TIME`] and `pg_reload_conf()` in one round trip (inside the
+/// pause). The value read is this backend's, which changes only when it
+/// processes the postmaster's signal between two commands, never while
+/// this statement runs: it is the value from before the reload whatever
+/// the order the two are evaluated in.
+pub(crate) const LOAD_TIME_THEN_RELOAD: &str = "SELECT pg_conf_load_time()::text, pg_reload_conf()";
 /// Where the two files live (readable through `pg_monitor`'s
 /// `pg_read_all_settings`): pg_hba.conf and the data directory, whose
 /// postgresql.auto.conf `ALTER SYSTEM` writes.

@@ -78,8 +78,8 @@ use tokio_util::sync::CancellationToken;
 use super::error::{q, UpgradeError};
 use super::record::{Output, Step, UpgradeRecord};
 use super::sql::{
-    terminate_sql, APPLICATION_ROLES, CONF_LOAD_TIME, FENCE, HBA_FILE, RELOAD_CONF,
-    SESSION_WRITABLE, UNFENCE,
+    terminate_sql, APPLICATION_ROLES, CONF_LOAD_TIME, FENCE, HBA_FILE, LOAD_TIME_THEN_RELOAD,
+    RELOAD_CONF, SESSION_WRITABLE, UNFENCE,
 };
 use super::window::{remaining, Limit};
 use crate::config::ConnString;
@@ -485,9 +485,9 @@ impl HbaWritten {
         let probe_role = plan.probe.as_ref();
         let mut polls = 0u32;
         let mut reloaded_at = Duration::ZERO;
+        let mut seen_at = Duration::ZERO;
         let work = async {
-            let before: String = old.query_one(CONF_LOAD_TIME, &[]).await?.get(0);
-            old.query_one(RELOAD_CONF, &[]).await?;
+            let before: String = old.query_one(LOAD_TIME_THEN_RELOAD, &[]).await?.get(0);
             reloaded_at = t0.elapsed();
             loop {
                 polls += 1;
@@ -500,6 +500,7 @@ impl HbaWritten {
                     _ = cancel.cancelled() => return Ok(Err("cancelled".into())),
                 }
             }
+            seen_at = t0.elapsed();
             // The postmaster has reloaded (it answers logins only after
             // that): one fenced role must now be refused before
             // authentication. The probe (a backend forked and refused) starts
@@ -528,10 +529,11 @@ impl HbaWritten {
             Ok(Ok(Ok(n))) => n,
         };
         let note = Output::note(format!(
-            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reloaded {:.1} ms, {polls} polls, probe {} {}): {} roles refused, {n} sessions ended",
+            "fenced in {:.1} ms (pg_hba.conf written {:.1} ms, reload sent {:.1} ms, loaded {:.1} ms after {polls} polls, probe {} {}): {} roles refused, {n} sessions ended",
             t0.elapsed().as_secs_f64() * 1000.0,
             written_at.as_secs_f64() * 1000.0,
             reloaded_at.as_secs_f64() * 1000.0,
+            seen_at.as_secs_f64() * 1000.0,
             plan.probe.as_deref().unwrap_or("none"),
             if running.is_some() { "running" } else { "not needed" },
             plan.roles.len()
