@@ -223,7 +223,8 @@ mod tests {
             crate::config::from_figment(
                 figment::Figment::new().merge(
                     <figment::providers::Toml as figment::providers::Format>::string(&format!(
-                        "[archive]\nurl = \"s3://bucket/p/\"\n{toml}"
+                        "[database]\nprimary = \"postgres://h/db\"\n\
+                         [archive]\nurl = \"s3://bucket/p/\"\n{toml}"
                     )),
                 ),
                 None,
