@@ -38,6 +38,17 @@ pub struct Store {
     storage_class: Option<StorageClass>,
 }
 
+/// An object's HEAD: what verification by the store's checksum reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    pub etag: Option<String>,
+    /// `x-amz-server-side-encryption` (`AES256`, `aws:kms`, ...).
+    pub sse: Option<String>,
+    /// Encrypted with a customer-provided key (SSE-C).
+    pub customer_key: bool,
+}
+
 /// The fix an operator needs for a failure of the store.
 pub(crate) fn fix_for(
     status: Option<u16>,
@@ -254,6 +265,15 @@ impl Store {
         key: &str,
         cancel: &CancellationToken,
     ) -> Result<Option<u64>, ArchiveError> {
+        Ok(self.head(key, cancel).await?.map(|h| h.size))
+    }
+
+    /// What HEAD says of the object, or `None` when there is no such object.
+    pub async fn head(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Head>, ArchiveError> {
         let req = self
             .client
             .head_object()
@@ -261,7 +281,12 @@ impl Store {
             .key(key)
             .send();
         match self.call("look up", key, cancel, req).await {
-            Ok(h) => Ok(Some(h.content_length().unwrap_or(0).max(0) as u64)),
+            Ok(h) => Ok(Some(Head {
+                size: h.content_length().unwrap_or(0).max(0) as u64,
+                etag: h.e_tag().map(str::to_string),
+                sse: h.server_side_encryption().map(|s| s.as_str().to_string()),
+                customer_key: h.sse_customer_algorithm().is_some(),
+            })),
             Err(ArchiveError::Store { cause, .. }) if cause.starts_with("HTTP 404") => Ok(None),
             Err(e) => Err(e),
         }

@@ -6,7 +6,9 @@
 //! the server waits on its socket rather than this process buffering.
 //! SHA-256 and the row count (text COPY ends every row with a newline; a
 //! newline inside a value is escaped) are computed once per part, over the
-//! part's buffer.
+//! part's buffer. Each part's MD5, for the ETag the store should report
+//! (`etag`), is computed by the part's own task: parts are independent, so
+//! it runs beside the reading of the next part rather than after it.
 //!
 //! The COPY stream is one CopyData message per row (millions of them), so
 //! nothing is done per row but one copy into the part's buffer: the
@@ -25,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::etag::{self, PartMd5};
 use super::progress::Progress;
 use super::{ArchiveError, Store};
 
@@ -34,6 +37,10 @@ pub struct Uploaded {
     pub rows: u64,
     pub bytes: u64,
     pub sha256: String,
+    /// The multipart ETag the store should report for these bytes; `None`
+    /// when the store's part ETags were not the parts' MD5s (SSE-KMS, a
+    /// store with opaque tags): then only reading back verifies.
+    pub etag: Option<String>,
 }
 
 /// Pacing of one upload.
@@ -115,6 +122,10 @@ async fn stream_inner(
     let mut carry = Bytes::new();
     let mut next_part = 1i32;
     let mut etags: Vec<(i32, String)> = Vec::new();
+    let mut md5s: Vec<(i32, PartMd5)> = Vec::new();
+    // Whether every part's ETag was its MD5 (so the object's ETag will be
+    // the multipart ETag of the MD5s).
+    let mut md5_etags = true;
     // Each part is its own task: it is signed and sent while the next part
     // is read, on whichever core is free.
     let mut sending: JoinSet<Result<Sent, ArchiveError>> = JoinSet::new();
@@ -151,19 +162,29 @@ async fn stream_inner(
         );
         let n = next_part;
         sending.spawn(async move {
+            // ~15 ms for 8 MiB: short enough for a worker thread, and on
+            // whichever core is not reading COPY data.
+            let md5 = etag::part_md5(&part);
             let etag = st.upload_part(&k, &id, n, part.clone(), &token).await?;
             // The SDK's copies are gone once it answered (or not: a new
             // buffer is allocated then).
-            Ok((n, etag, part.try_into_mut().ok()))
+            Ok(Sent {
+                n,
+                etag,
+                md5,
+                buf: part.try_into_mut().ok(),
+            })
         });
         next_part += 1;
         // A free slot before reading on: this is the memory bound. Each
         // part's request is bounded by the store's timeout and the token.
         while sending.len() >= pace.in_flight {
             if let Some(done) = sending.join_next().await {
-                let (n, etag, back) = joined(store, key, done)?;
-                etags.push((n, etag));
-                spare.extend(back);
+                let sent = joined(store, key, done)?;
+                md5_etags &= sent.etag_is_md5();
+                spare.extend(sent.buf);
+                etags.push((sent.n, sent.etag));
+                md5s.push((sent.n, sent.md5));
             }
         }
         if !ended {
@@ -174,10 +195,14 @@ async fn stream_inner(
     }
     drop(spare);
     while let Some(done) = sending.join_next().await {
-        let (n, etag, _) = joined(store, key, done)?;
-        etags.push((n, etag));
+        let sent = joined(store, key, done)?;
+        md5_etags &= sent.etag_is_md5();
+        etags.push((sent.n, sent.etag));
+        md5s.push((sent.n, sent.md5));
     }
     etags.sort_by_key(|(n, _)| *n);
+    md5s.sort_by_key(|(n, _)| *n);
+    let md5s: Vec<PartMd5> = md5s.into_iter().map(|(_, m)| m).collect();
     store
         .complete_multipart(key, upload_id, etags, bytes, cancel)
         .await?;
@@ -190,10 +215,17 @@ async fn stream_inner(
         mib_per_s = format!("{:.1}", bytes as f64 / secs / (1 << 20) as f64),
         "archive uploaded"
     );
+    if !md5_etags {
+        tracing::info!(
+            key,
+            "the store's part ETags are not their MD5s (SSE-KMS?); the archive is verified by reading it back"
+        );
+    }
     Ok(Uploaded {
         rows,
         bytes,
         sha256: hex(&hasher.finalize()),
+        etag: md5_etags.then(|| etag::multipart(&md5s)),
     })
 }
 
@@ -219,9 +251,22 @@ fn joined(
     })?
 }
 
-/// An uploaded part: its number, its ETag and its buffer when no one else
-/// holds it any more.
-type Sent = (i32, String, Option<BytesMut>);
+/// An uploaded part: its number, the store's ETag of it, its MD5 and its
+/// buffer when no one else holds it any more.
+struct Sent {
+    n: i32,
+    etag: String,
+    md5: PartMd5,
+    buf: Option<BytesMut>,
+}
+
+impl Sent {
+    /// The store's ETag of the part is the MD5 of what was sent: the store
+    /// computes content MD5s, so the object's ETag will prove its content.
+    fn etag_is_md5(&self) -> bool {
+        etag::normalize(&self.etag) == hex(&self.md5)
+    }
+}
 
 /// Where one [`fill`] stopped.
 #[derive(Debug, PartialEq, Eq)]

@@ -86,6 +86,19 @@ pub enum ArchiveFormat {
     Text,
 }
 
+/// How an archive is verified before its partition is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchiveVerify {
+    /// HEAD: size and the store's ETag of the upload where that ETag is the
+    /// MD5 of the parts sent (it proves the content), else read back.
+    #[default]
+    Auto,
+    /// Always read the whole object back and compare its SHA-256 (a second
+    /// transfer of the archive).
+    ReadBack,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
@@ -105,6 +118,10 @@ pub struct ArchiveConfig {
     pub storage_class: Option<String>,
     #[serde(default)]
     pub format: ArchiveFormat,
+    /// `auto` (the store's checksum where it proves the content, else read
+    /// back) or `read-back`.
+    #[serde(default)]
+    pub verify: ArchiveVerify,
     /// Size of one multipart part; memory is about `part_size` × (`uploads_in_flight` + 1).
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
@@ -198,6 +215,34 @@ mod tests {
         ));
         let e = "s3://key:secret@bucket/x".parse::<S3Url>().unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn verify_modes() {
+        let mode = |toml: &str| {
+            crate::config::from_figment(
+                figment::Figment::new().merge(
+                    <figment::providers::Toml as figment::providers::Format>::string(&format!(
+                        "[database]\nprimary = \"postgres://h/db\"\n\
+                         [archive]\nurl = \"s3://bucket/p/\"\n{toml}"
+                    )),
+                ),
+                None,
+            )
+            .map(|c| c.archive.map(|a| a.verify))
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(mode(""), Ok(Some(ArchiveVerify::Auto)));
+        assert_eq!(mode("verify = \"auto\""), Ok(Some(ArchiveVerify::Auto)));
+        assert_eq!(
+            mode("verify = \"read-back\""),
+            Ok(Some(ArchiveVerify::ReadBack))
+        );
+        let e = mode("verify = \"readback\"").unwrap_err();
+        assert!(
+            e.contains("archive.verify") && e.contains("auto, read-back"),
+            "{e}"
+        );
     }
 
     #[test]

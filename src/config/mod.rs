@@ -24,7 +24,7 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pg::{ConnSpec, QualifiedName};
-pub use archive::{ArchiveConfig, ArchiveFormat, S3Url};
+pub use archive::{ArchiveConfig, ArchiveFormat, ArchiveVerify, S3Url};
 pub use capacity::CapacityConfig;
 pub use error::{ConfigError, Reason};
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "conversions",
         sql: include_str!("../../sql/schema_0003_conversions.sql"),
     },
+    Migration {
+        version: 4,
+        name: "retirement_etag",
+        sql: include_str!("../../sql/schema_0004_retirement_etag.sql"),
+    },
 ];
 
 /// The version this binary brings the schema to.

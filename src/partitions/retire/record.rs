@@ -25,6 +25,10 @@ pub struct Retirement {
     pub rows: Option<i64>,
     pub bytes: Option<i64>,
     pub sha256: Option<String>,
+    /// The multipart ETag the upload should have got (migration 4); `None`
+    /// for older rows and stores whose ETags are not MD5s (read back).
+    #[serde(skip)]
+    pub etag: Option<String>,
     pub attempts: i32,
     pub last_error: Option<String>,
     /// Seconds since the retirement began.
@@ -57,6 +61,7 @@ impl Retirement {
             last_error: r.get(14),
             age_s: r.get(15),
             idle_s: r.get(16),
+            etag: r.get(17),
         })
     }
 

@@ -4,17 +4,21 @@
 //! quoted, the row id an integer).
 
 /// Unfinished retirements of the parent `$1`.`$2`, oldest first (the
-/// columns `retire::record::Retirement::from_row` reads).
+/// columns `retire::record::Retirement::from_row` reads). The expected ETag
+/// (migration 4) through `to_jsonb`: NULL, not an error, where the schema
+/// is older (`status` and `archives` read without migrating).
 pub const OPEN_OF_TABLE: &str = "SELECT id, table_schema, table_name, partition_schema, partition_name, \
      range_from, range_to, object_key, state, upload_id, rows, bytes, sha256, attempts, last_error, \
-     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8 \
-     FROM pgsteward.retirements \
+     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8, \
+     to_jsonb(r) ->> 'etag' \
+     FROM pgsteward.retirements r \
      WHERE table_schema = $1 AND table_name = $2 AND state <> 'dropped' ORDER BY id";
 /// Every retirement, finished or not (`partitions archives`, `status`).
 pub const ALL: &str = "SELECT id, table_schema, table_name, partition_schema, partition_name, \
      range_from, range_to, object_key, state, upload_id, rows, bytes, sha256, attempts, last_error, \
-     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8 \
-     FROM pgsteward.retirements ORDER BY id";
+     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8, \
+     to_jsonb(r) ->> 'etag' \
+     FROM pgsteward.retirements r ORDER BY id";
 /// Whether the table exists (a database no archive retirement ran in has none).
 pub const EXISTS: &str = "SELECT to_regclass('pgsteward.retirements') IS NOT NULL";
 /// Parents with an unfinished retirement (`schema`, `name`).
@@ -23,8 +27,9 @@ pub const OPEN_TABLES: &str =
 /// The unfinished retirement of partition `$1`.`$2`, if any.
 pub const OPEN_OF_PARTITION: &str = "SELECT id, table_schema, table_name, partition_schema, partition_name, \
      range_from, range_to, object_key, state, upload_id, rows, bytes, sha256, attempts, last_error, \
-     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8 \
-     FROM pgsteward.retirements \
+     extract(epoch FROM now() - started_at)::float8, extract(epoch FROM now() - updated_at)::float8, \
+     to_jsonb(r) ->> 'etag' \
+     FROM pgsteward.retirements r \
      WHERE partition_schema = $1 AND partition_name = $2 AND state <> 'dropped'";
 /// The intent, before any DDL: parent, partition, bounds, object key.
 pub const INSERT_DETACHING: &str = "INSERT INTO pgsteward.retirements \
@@ -33,10 +38,11 @@ pub const INSERT_DETACHING: &str = "INSERT INTO pgsteward.retirements \
 /// A multipart upload `$2` started for retirement `$1`.
 pub const SET_UPLOAD_ID: &str =
     "UPDATE pgsteward.retirements SET upload_id = $2, updated_at = now() WHERE id = $1";
-/// Uploaded: rows `$2`, bytes `$3`, sha256 `$4`.
+/// Uploaded: rows `$2`, bytes `$3`, sha256 `$4`, the expected ETag `$5`
+/// (NULL: verify by reading back).
 pub const RECORD_UPLOADED: &str = "UPDATE pgsteward.retirements SET state = 'uploaded', \
-     rows = $2, bytes = $3, sha256 = $4, upload_id = NULL, last_error = NULL, updated_at = now() \
-     WHERE id = $1 AND state = 'detached'";
+     rows = $2, bytes = $3, sha256 = $4, etag = $5, upload_id = NULL, last_error = NULL, \
+     updated_at = now() WHERE id = $1 AND state = 'detached'";
 pub const RECORD_VERIFIED: &str = "UPDATE pgsteward.retirements SET state = 'verified', \
      last_error = NULL, updated_at = now() WHERE id = $1 AND state = 'uploaded'";
 /// Back to `detached` (the archive did not verify: upload it again).

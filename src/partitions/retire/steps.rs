@@ -10,6 +10,7 @@ use super::sql;
 use super::state::{bound_text, Facts, State};
 use crate::archive::manifest::{Manifest, MANIFEST_VERSION};
 use crate::archive::upload::{Pace, Uploaded};
+use crate::archive::verify::{By, Expected};
 use crate::archive::{self, keys, ArchiveError, Store, COPY_SETTINGS};
 use crate::partitions::apply::{Exec, StepError};
 use crate::partitions::ddl::{sql_detach, sql_drop_table};
@@ -117,6 +118,7 @@ pub(super) async fn insert_intent(
         rows: None,
         bytes: None,
         sha256: None,
+        etag: None,
         attempts: 0,
         last_error: None,
         age_s: 0.0,
@@ -308,13 +310,17 @@ pub(super) async fn upload(
         .map_err(|e| archive_err(&p, e))?;
     let (rows, bytes) = (up.rows as i64, up.bytes as i64);
     ex.client
-        .execute(sql::RECORD_UPLOADED, &[&r.id, &rows, &bytes, &up.sha256])
+        .execute(
+            sql::RECORD_UPLOADED,
+            &[&r.id, &rows, &bytes, &up.sha256, &up.etag],
+        )
         .await
         .map_err(pg("record the upload"))?;
     r.state = State::Uploaded;
     r.rows = Some(rows);
     r.bytes = Some(bytes);
     r.sha256 = Some(up.sha256.clone());
+    r.etag = up.etag.clone();
     r.upload_id = None;
     Ok(up)
 }
@@ -341,8 +347,9 @@ async fn with_key_of(
     Ok(m)
 }
 
-/// Read back and compare; count the partition's rows. A mismatch sends the
-/// retirement back to `detached` (archived again next pass).
+/// Compare the object with what its upload recorded (the store's ETag, or
+/// read back: `archive.verify`); count the partition's rows. A mismatch
+/// sends the retirement back to `detached` (archived again next pass).
 pub(super) async fn verify(
     ex: &Exec<'_>,
     store: &Store,
@@ -352,22 +359,32 @@ pub(super) async fn verify(
     let (Some(bytes), Some(sha), Some(rows)) = (r.bytes, r.sha256.clone(), r.rows) else {
         return redo(ex, r, "the upload's figures are not recorded".into()).await;
     };
-    let manifest = match archive::verify::verify(store, &r.key, bytes as u64, &sha, ex.cancel).await
-    {
-        Ok(m) => m,
+    let want = Expected {
+        bytes: bytes as u64,
+        sha256: &sha,
+        etag: r.etag.as_deref(),
+    };
+    let mode = ex
+        .cfg
+        .archive
+        .as_ref()
+        .map(|a| a.verify)
+        .unwrap_or_default();
+    let done = match archive::verify::verify(store, &r.key, want, mode, ex.cancel).await {
+        Ok(v) => v,
         Err(e @ (ArchiveError::Mismatch { .. } | ArchiveError::Manifest { .. })) => {
             return redo(ex, r, e.to_string()).await;
         }
         Err(e) => return Err(archive_err(&p, e)),
     };
     let count = count_rows(ex, &p).await?;
-    if count != rows || manifest.rows != rows as u64 {
+    if count != rows || done.manifest.rows != rows as u64 {
         return redo(
             ex,
             r,
             format!(
                 "{p} has {count} rows, its archive {} (manifest {})",
-                rows, manifest.rows
+                rows, done.manifest.rows
             ),
         )
         .await;
@@ -377,7 +394,20 @@ pub(super) async fn verify(
         .await
         .map_err(pg("record the verification"))?;
     r.state = State::Verified;
-    tracing::info!(partition = %p, key = %r.key, rows, bytes, "archive verified");
+    let (by, why) = match &done.by {
+        By::ETag => (done.by.as_str(), ""),
+        By::ReadBack(why) => (done.by.as_str(), *why),
+    };
+    tracing::info!(
+        partition = %p,
+        key = %r.key,
+        rows,
+        bytes,
+        by,
+        read_back_because = why,
+        seconds = format!("{:.1}", done.seconds),
+        "archive verified"
+    );
     Ok(())
 }
 

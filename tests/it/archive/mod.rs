@@ -27,6 +27,7 @@ mod migration;
 pub mod proxy;
 mod published;
 mod roundtrip;
+mod verify;
 
 pub const BUCKET: &str = "pgsteward-archive";
 pub const KEY: &str = "testing";

@@ -1,5 +1,5 @@
 //! Archiving a large partition: pgsteward's retirement (detach, COPY →
-//! multipart upload, read-back verification, drop) against the floor
+//! multipart upload, verification, drop) against the floor
 //! `psql -c "COPY (SELECT * FROM part) TO STDOUT" | aws s3 cp - s3://...`,
 //! both into the same local S3 server; and `partitions restore` against
 //! `aws s3 cp s3://... - | psql -c "COPY ... FROM STDIN"`. Prints figures,
@@ -7,7 +7,10 @@
 //! `cargo test --release --features failpoints --test it bench::archive:: -- --ignored --nocapture`
 //! (`PGSTEWARD_BENCH_ARCHIVE_MB`, default 1024: the partition's size on disk;
 //! `PGSTEWARD_BENCH_ARCHIVE_RESTORE=0` skips the restores, for repeated
-//! archive runs; needs `pip install awscli`; docs/benchmarks.md has the figures).
+//! archive runs; `PGSTEWARD_BENCH_ARCHIVE_VERIFY=read-back|auto|both`,
+//! default both: `archive.verify` of the retirement, or one retirement of
+//! each in the same run, of two partitions filled alike (read-back first);
+//! needs `pip install awscli`; docs/benchmarks.md has the figures).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,34 +99,16 @@ async fn bench_archive_vs_psql_and_aws_cli() {
         ));
     }
     must(owner.batch_execute(&ddl).await.map_err(|e| e.to_string()));
-    let part = month_name("audit", -6);
-    let fill = format!(
-        "INSERT INTO audit (at, amount, tags, payload) SELECT timestamptz '{}' + (g % 2000000) * interval '1 second', \
-         g / 100.0, ARRAY['a', g::text], repeat(md5(g::text), 5) FROM generate_series($1::int8, $2::int8) g",
-        month_start(-6)
-    );
-    let mut next = 0i64;
-    loop {
-        let size: i64 = query(&url, &format!("SELECT pg_relation_size('{part}')")).await[0].get(0);
-        if size as u64 >= mb << 20 {
-            break;
-        }
-        must(
-            owner
-                .execute(&fill, &[&next, &(next + 499_999)])
-                .await
-                .map_err(|e| e.to_string()),
-        );
-        next += 500_000;
+    let modes: &[&str] = match std::env::var("PGSTEWARD_BENCH_ARCHIVE_VERIFY").as_deref() {
+        Ok("read-back") => &["read-back"],
+        Ok("auto") => &["auto"],
+        _ => &["read-back", "auto"],
+    };
+    // Run i retires month -6 + i (the retention moves by a month per run).
+    for i in 0..modes.len() as i32 {
+        fill_partition(&url, &owner, -6 + i, mb).await;
     }
-    // An old partition was vacuumed long ago; a fresh bulk load attracts
-    // autovacuum, whose lock would hold the DETACH up (as in production).
-    must(
-        owner
-            .batch_execute(&format!("VACUUM ANALYZE {part}"))
-            .await
-            .map_err(|e| e.to_string()),
-    );
+    let part = month_name("audit", -6);
     let rows: i64 = query(&url, &format!("SELECT count(*) FROM {part}")).await[0].get(0);
     let on_disk: i64 =
         query(&url, &format!("SELECT pg_total_relation_size('{part}')")).await[0].get(0);
@@ -162,57 +147,55 @@ async fn bench_archive_vs_psql_and_aws_cli() {
             Some(format!("part_size = \"{size}\"\nuploads_in_flight = {n}\n"))
         })
         .unwrap_or_default();
-    let dir = crate::harness::server_tempdir();
-    let path = write_config(
-        dir.path(),
-        &crate::archive::toml(&url, &endpoint)
-            .replace(
-                "part_size = \"5MB\"\n",
-                &format!("request_timeout = \"300s\"\n{pace}"),
-            )
-            .replace("request_timeout = \"3s\"\n", ""),
-    );
     if !pace.is_empty() {
         println!("pace: {}", pace.replace('\n', " "));
     }
-    let (ours, ours_kb, out) = timed(
-        pgsteward()
-            .args([
-                "--config",
-                path.to_str().unwrap(),
-                "--log-format",
-                "json",
-                "partitions",
-                "apply",
-            ])
-            .env("PGSTEWARD_LOG_LEVEL", "info"),
-    );
-    assert!(out.status.success(), "pgsteward: {}", text(&out));
-    let logs = String::from_utf8_lossy(&out.stderr).to_string();
-    let upload_s: f64 = logs
-        .lines()
-        .filter(|l| l.contains("archive uploaded"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["seconds"].as_str().and_then(|s| s.parse::<f64>().ok()))
-        .sum();
-    let keys = s3.keys().await;
-    let key = keys
-        .iter()
-        .find(|k| k.starts_with("pg/") && k.ends_with(".copy"))
-        .cloned()
-        .unwrap_or_default();
-    let ours_bytes = must(
-        objects
-            .head_object()
-            .bucket(BUCKET)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| format!("{e:?}")),
-    )
-    .content_length()
-    .unwrap_or(0) as u64;
-    assert_eq!(ours_bytes, floor_bytes, "the same COPY text");
+    let dir = crate::harness::server_tempdir();
+    let mut runs = Vec::new();
+    let (mut key, mut path) = (String::new(), std::path::PathBuf::new());
+    for (i, mode) in modes.iter().enumerate() {
+        let run_dir = dir.path().join(mode);
+        must(std::fs::create_dir_all(&run_dir).map_err(|e| e.to_string()));
+        path = write_config(
+            &run_dir,
+            &format!(
+                "{}verify = \"{mode}\"\n",
+                crate::archive::toml(&url, &endpoint)
+                    .replace(
+                        "part_size = \"5MB\"\n",
+                        &format!("request_timeout = \"300s\"\n{pace}"),
+                    )
+                    .replace("request_timeout = \"3s\"\n", "")
+                    .replace("\"3 months\"", &format!("\"{} months\"", 5 - i))
+            ),
+        );
+        let run = retire(&path, mode);
+        key = query(
+            &url,
+            &format!(
+                "SELECT object_key FROM pgsteward.retirements WHERE partition_name = '{}'",
+                month_name("audit", -6 + i as i32)
+            ),
+        )
+        .await[0]
+            .get(0);
+        let bytes = must(
+            objects
+                .head_object()
+                .bucket(BUCKET)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}")),
+        )
+        .content_length()
+        .unwrap_or(0) as u64;
+        if i == 0 {
+            assert_eq!(bytes, floor_bytes, "the same COPY text");
+        }
+        runs.push((run, bytes));
+    }
+    let ours_bytes = runs.first().map_or(0, |r| r.1);
 
     let restore = std::env::var("PGSTEWARD_BENCH_ARCHIVE_RESTORE").as_deref() != Ok("0");
     let restored = if restore {
@@ -232,18 +215,28 @@ async fn bench_archive_vs_psql_and_aws_cli() {
         floor.as_secs_f64(),
         mib_s(floor_bytes, floor)
     );
-    println!(
-        "| pgsteward upload (COPY → multipart, SHA-256) | {upload_s:.1} | {} | | {:.2}x |",
-        mib_s(ours_bytes, Duration::from_secs_f64(upload_s.max(1e-3))),
-        upload_s / floor.as_secs_f64()
-    );
-    println!(
-        "| pgsteward whole retirement (detach, upload, read-back verify, count, drop) | {:.1} | {} | {} MiB | {:.2}x |",
-        ours.as_secs_f64(),
-        mib_s(ours_bytes, ours),
-        ours_kb >> 10,
-        ours.as_secs_f64() / floor.as_secs_f64()
-    );
+    for (run, bytes) in &runs {
+        let f = floor.as_secs_f64();
+        println!(
+            "| verify = \"{}\": pgsteward upload (COPY → multipart, SHA-256, part MD5s) | {:.1} | {} | | {:.2}x |",
+            run.mode,
+            run.upload_s,
+            mib_s(*bytes, Duration::from_secs_f64(run.upload_s.max(1e-3))),
+            run.upload_s / f
+        );
+        println!(
+            "| verify = \"{}\": verification ({}) | {:.1} | | | |",
+            run.mode, run.by, run.verify_s
+        );
+        println!(
+            "| verify = \"{}\": pgsteward whole retirement (detach, upload, verify, count, drop) | {:.1} | {} | {} MiB | {:.2}x |",
+            run.mode,
+            run.total.as_secs_f64(),
+            mib_s(*bytes, run.total),
+            run.peak_kb >> 10,
+            run.total.as_secs_f64() / f
+        );
+    }
     if let Some((restore_floor, restore_ours, restore_kb)) = restored {
         println!(
             "| floor restore: aws s3 cp \\| psql COPY FROM | {:.1} | {} | | 1.00x |",
@@ -258,6 +251,96 @@ async fn bench_archive_vs_psql_and_aws_cli() {
             restore_ours.as_secs_f64() / restore_floor.as_secs_f64()
         );
     }
+}
+
+/// One `partitions apply` that retires one big partition.
+struct Run {
+    mode: String,
+    total: Duration,
+    peak_kb: u64,
+    upload_s: f64,
+    verify_s: f64,
+    /// `etag` or `read-back`, as the retirement logged it.
+    by: String,
+}
+
+/// `partitions apply` under `path`, timed, with the upload's and the
+/// verification's own seconds from its JSON log.
+fn retire(path: &std::path::Path, mode: &str) -> Run {
+    let (total, peak_kb, out) = timed(
+        pgsteward()
+            .args([
+                "--config",
+                path.to_str().unwrap(),
+                "--log-format",
+                "json",
+                "partitions",
+                "apply",
+            ])
+            .env("PGSTEWARD_LOG_LEVEL", "info"),
+    );
+    assert!(out.status.success(), "pgsteward: {}", text(&out));
+    let logs = String::from_utf8_lossy(&out.stderr).to_string();
+    let events = |msg: &str| -> Vec<serde_json::Value> {
+        logs.lines()
+            .filter(|l| l.contains(msg))
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .collect()
+    };
+    let seconds = |v: &serde_json::Value| {
+        v["seconds"]
+            .as_str()
+            .or(v["fields"]["seconds"].as_str())
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let verified = events("archive verified");
+    Run {
+        mode: mode.to_string(),
+        total,
+        peak_kb,
+        upload_s: events("archive uploaded").iter().map(seconds).sum(),
+        verify_s: verified.iter().map(seconds).sum(),
+        by: verified
+            .iter()
+            .filter_map(|v| v["by"].as_str().or(v["fields"]["by"].as_str()))
+            .max_by_key(|b| *b == "read-back")
+            .unwrap_or("?")
+            .to_string(),
+    }
+}
+
+/// Fills the partition of month `month` (from now) of `audit` until it
+/// takes `mb` MiB on disk, then vacuums it.
+async fn fill_partition(url: &str, owner: &tokio_postgres::Client, month: i32, mb: u64) {
+    let part = month_name("audit", month);
+    let fill = format!(
+        "INSERT INTO audit (at, amount, tags, payload) SELECT timestamptz '{}' + (g % 2000000) * interval '1 second', \
+         g / 100.0, ARRAY['a', g::text], repeat(md5(g::text), 5) FROM generate_series($1::int8, $2::int8) g",
+        month_start(month)
+    );
+    let mut next = 0i64;
+    loop {
+        let size: i64 = query(url, &format!("SELECT pg_relation_size('{part}')")).await[0].get(0);
+        if size as u64 >= mb << 20 {
+            break;
+        }
+        must(
+            owner
+                .execute(&fill, &[&next, &(next + 499_999)])
+                .await
+                .map_err(|e| e.to_string()),
+        );
+        next += 500_000;
+    }
+    // An old partition was vacuumed long ago; a fresh bulk load attracts
+    // autovacuum, whose lock would hold the DETACH up (as in production).
+    must(
+        owner
+            .batch_execute(&format!("VACUUM ANALYZE {part}"))
+            .await
+            .map_err(|e| e.to_string()),
+    );
 }
 
 /// `partitions restore` against `aws s3 cp | psql COPY FROM`: (floor, ours, peak KiB).
