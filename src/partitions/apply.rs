@@ -317,6 +317,7 @@ impl Exec<'_> {
                 .check(self.client, Writer::Archive)
                 .await
                 .err()
+                .map(|e| e.to_string())
         } else {
             None
         };

@@ -93,7 +93,7 @@ pub(super) async fn start(
     ex.published
         .check(ex.client, crate::schema::published::Writer::Archive)
         .await
-        .map_err(StepError::Refused)?;
+        .map_err(|e| StepError::Refused(e.to_string()))?;
     record::migrate(ex.client, &ex.cfg.database.primary.to_string())
         .await
         .map_err(refused)?;
@@ -157,7 +157,7 @@ pub(super) async fn resume(
         .check(ex.client, crate::schema::published::Writer::Archive)
         .await
     {
-        return vec![refused];
+        return vec![refused.to_string()];
     }
     let mut errors = Vec::new();
     for r in open {
