@@ -198,10 +198,10 @@ pub async fn execute(
                     gate,
                     published,
                 };
-                // Boxed: a table's maintenance (moves, retirements, archive
-                // uploads) is a deep future; on the heap it does not bound
-                // the stack of whatever thread drives the pass.
-                Box::pin(ex.table(&w, now, &mut report)).await;
+                // On the heap (crate::heap): a table's maintenance (moves,
+                // retirements, archive uploads) is a deep future; there it
+                // does not bound the stack of whatever thread drives the pass.
+                crate::heap::boxed(|| ex.table(&w, now, &mut report)).await;
             }
             if let Ok(mut r) = results.lock() {
                 r.push((w.index, report));
