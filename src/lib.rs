@@ -160,6 +160,7 @@ pub mod convert;
 pub mod demo;
 pub mod error;
 pub mod failpoint;
+pub mod heap;
 pub mod http;
 pub mod lag;
 pub mod localpg;

@@ -45,12 +45,11 @@ fn main() -> ExitCode {
         _ => {}
     }
     pgsteward::telemetry::init(cli.log_format, &cli.log_level);
-    // Debug builds hold deep async state on the stack (the partition pass's
-    // futures; the upgrade saga's steps are boxed): 2 MiB worker stacks are
-    // not enough there.
+    // Tokio's default 2 MiB worker stacks: the deep futures (the partition
+    // pass, the upgrade saga's steps) are made on the heap (crate::heap,
+    // upgrade::table), so a debug build needs no more either.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(8 * 1024 * 1024)
         .build()
     {
         Ok(rt) => rt,

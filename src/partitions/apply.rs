@@ -33,6 +33,7 @@ use super::plan;
 use super::report::TableReport;
 use super::session::{self, ADVISORY_NAMESPACE};
 use crate::config::{Config, TableConfig};
+use crate::heap::boxed;
 use crate::pg::{server_message, Cancelled, QualifiedName};
 use crate::schema::published::{Once as Published, Writer};
 
@@ -198,10 +199,10 @@ pub async fn execute(
                     gate,
                     published,
                 };
-                // Boxed: a table's maintenance (moves, retirements, archive
-                // uploads) is a deep future; on the heap it does not bound
-                // the stack of whatever thread drives the pass.
-                Box::pin(ex.table(&w, now, &mut report)).await;
+                // On the heap (crate::heap): a table's maintenance (moves,
+                // retirements, archive uploads) is a deep future; there it
+                // does not bound the stack of whatever thread drives the pass.
+                boxed(|| ex.table(&w, now, &mut report)).await;
             }
             if let Ok(mut r) = results.lock() {
                 r.push((w.index, report));
@@ -289,7 +290,9 @@ impl Exec<'_> {
         // Unfinished archive retirements first: they began in earlier passes
         // (their partitions are detached, so no plan names them again).
         let mut archives = super::retire::Stores::default();
-        let resumed = super::retire::resume(self, &w.table, &mut archives, report).await;
+        // Each action's future on the heap (crate::heap): maintain awaits many,
+        // and a debug build gives each its own slot in this frame.
+        let resumed = boxed(|| super::retire::resume(self, &w.table, &mut archives, report)).await;
         let fresh = catalog::read(self.client, std::slice::from_ref(&w.table))
             .await
             .map_err(StepError::Reread)?;
@@ -317,6 +320,7 @@ impl Exec<'_> {
                 .check(self.client, Writer::Archive)
                 .await
                 .err()
+                .map(|e| e.to_string())
         } else {
             None
         };
@@ -333,7 +337,8 @@ impl Exec<'_> {
                 continue;
             }
             if let Err(busy) =
-                super::standby::gate(self.cfg, &mut standbys, action, &state, self.cancel).await
+                boxed(|| super::standby::gate(self.cfg, &mut standbys, action, &state, self.cancel))
+                    .await
             {
                 result = Err(StepError::StandbyBusy(busy));
                 break;
@@ -347,14 +352,15 @@ impl Exec<'_> {
                 } => {
                     let r = match &details {
                         Some(d) => {
-                            self.create(&state, d, &w.cfg, partition, *range, report)
+                            boxed(|| self.create(&state, d, &w.cfg, partition, *range, report))
                                 .await
                         }
                         None => match self.parent_details(&state).await {
                             Ok(d) => {
-                                let r = self
-                                    .create(&state, &d, &w.cfg, partition, *range, report)
-                                    .await;
+                                let r = boxed(|| {
+                                    self.create(&state, &d, &w.cfg, partition, *range, report)
+                                })
+                                .await;
                                 details = Some(d);
                                 r
                             }
@@ -374,7 +380,10 @@ impl Exec<'_> {
                     archive: true,
                     ..
                 } => {
-                    super::retire::start(self, &state, partition, *how, &mut archives, report).await
+                    boxed(|| {
+                        super::retire::start(self, &state, partition, *how, &mut archives, report)
+                    })
+                    .await
                 }
                 Action::Retire {
                     partition,
@@ -382,7 +391,7 @@ impl Exec<'_> {
                     drop,
                     ..
                 } => {
-                    let r = self.retire(&state, partition, *how, *drop, report).await;
+                    let r = boxed(|| self.retire(&state, partition, *how, *drop, report)).await;
                     if r.is_ok() {
                         tracing::info!(partition = %partition, dropped = drop, "partition retired");
                         report.retired += 1;
@@ -396,7 +405,7 @@ impl Exec<'_> {
                 Action::RepairAccess { partition, repairs } => {
                     // One transaction: others see the old access or the new.
                     let stmts = super::access::sql(partition, repairs).join(";\n");
-                    let r = self.run(&stmts, report).await.map(|_| ());
+                    let r = boxed(|| self.run(&stmts, report)).await.map(|_| ());
                     if r.is_ok() {
                         let what: Vec<String> =
                             repairs.iter().map(super::access::describe).collect();

@@ -14,7 +14,9 @@ impl Exec<'_> {
     /// Runs one statement, or one batch that is a single implicit
     /// transaction, with lock-race retries.
     pub(super) async fn run(&self, sql: &str, report: &mut TableReport) -> Result<Done, StepError> {
-        self.run_with(sql, report, true).await
+        // On the heap (crate::heap): called from many steps, each of which
+        // would otherwise hold a slot of run_with's size in a debug build.
+        crate::heap::boxed(|| self.run_with(sql, report, true)).await
     }
 
     /// `cancellable = false` is for clean-up only: it ignores the token and

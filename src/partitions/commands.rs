@@ -131,7 +131,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
                             .check(&client, crate::schema::published::Writer::Archive)
                             .await
                         {
-                            problems.push(refused);
+                            problems.push(refused.to_string());
                         }
                     }
                     if !problems.is_empty() {
@@ -165,6 +165,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
             let Err(refused) = published
                 .check(&client, crate::schema::published::Writer::Archive)
                 .await
+                .map_err(|e| e.to_string())
             else {
                 break;
             };

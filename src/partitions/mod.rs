@@ -167,16 +167,20 @@ pub async fn run_pass_at(
             catalog.server_version_num,
             &cfg.database.primary.to_string(),
         );
-        let done = apply::execute(
-            cfg,
-            client,
-            &catalog.current_user,
-            work,
-            now,
-            &gate,
-            &published,
-            cancel,
-        )
+        // On the heap (crate::heap), as the index part below: the pass is
+        // awaited by the service, the CLI and tests on their own stacks.
+        let done = crate::heap::boxed(|| {
+            apply::execute(
+                cfg,
+                client,
+                &catalog.current_user,
+                work,
+                now,
+                &gate,
+                &published,
+                cancel,
+            )
+        })
         .await;
         for (i, r) in done {
             reports[i] = Some(r);
@@ -188,7 +192,8 @@ pub async fn run_pass_at(
     }
     let tables: Vec<TableReport> = reports.into_iter().flatten().collect();
     // After partitions are made, so new ones are covered by the drift check.
-    let indexes = Box::pin(indexes::run_pass(cfg, &managed, spare, &gate, cancel)).await;
+    let indexes =
+        crate::heap::boxed(|| indexes::run_pass(cfg, &managed, spare, &gate, cancel)).await;
     if cancel.is_cancelled() {
         return Err(PartitionError::Cancelled);
     }

@@ -14,6 +14,8 @@
 //! One catalog read, no write; [`decide`] is pure. A publication that
 //! publishes no INSERT, UPDATE nor DELETE is harmless and not counted.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -231,12 +233,14 @@ pub async fn check(
 
 /// [`check`] once per run (a partition pass asks before every archive
 /// retirement, from several sessions): the first caller reads, the others
-/// get its answer, as text (the table's error).
+/// get its answer. The error is shared (`Arc`): `SchemaError` holds a
+/// `tokio_postgres::Error`, which cannot be cloned, and every caller reports
+/// the same refusal (as the table's error).
 pub struct Once {
     acknowledged: Vec<String>,
     server_version_num: i32,
     target: String,
-    answer: tokio::sync::OnceCell<Result<(), String>>,
+    answer: tokio::sync::OnceCell<Result<(), Arc<SchemaError>>>,
 }
 
 impl Once {
@@ -249,9 +253,9 @@ impl Once {
         }
     }
 
-    /// `Err(text)`: refused (or the catalog could not be read: refused too,
-    /// since nothing may be written blind).
-    pub async fn check(&self, client: &Client, writer: Writer) -> Result<(), String> {
+    /// `Err`: refused (or the catalog could not be read: refused too, since
+    /// nothing may be written blind).
+    pub async fn check(&self, client: &Client, writer: Writer) -> Result<(), Arc<SchemaError>> {
         self.answer
             .get_or_init(|| async {
                 check(
@@ -262,7 +266,7 @@ impl Once {
                     &self.target,
                 )
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(Arc::new)
             })
             .await
             .clone()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::claim::{take_guard, take_guard_for};
 use super::error::UpgradeError;
 use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use super::runner::Saga;
@@ -97,68 +98,6 @@ pub async fn start_with(
     saga.guard = Some(guard);
     let r = saga.drive().await;
     finish(saga, r).await
-}
-
-/// Takes the upgrade lock on `target` for upgrade `id` (see `guard`).
-async fn lock_guard(
-    cfg: &Config,
-    target: &crate::config::ConnString,
-    id: &str,
-) -> Result<guard::Guard, UpgradeError> {
-    Ok(guard::Guard::acquire(
-        target,
-        id,
-        &cfg.upgrade.state_dir.display().to_string(),
-        cfg.database.connect_timeout.0,
-        steps::query_timeout(cfg),
-    )
-    .await?)
-}
-
-/// The lock and the row, for continuing upgrade `id`.
-async fn take_guard(
-    cfg: &Config,
-    target: &crate::config::ConnString,
-    id: &str,
-) -> Result<guard::Guard, UpgradeError> {
-    let mut g = lock_guard(cfg, target, id).await?;
-    g.claim().await?;
-    Ok(g)
-}
-
-/// The guard for continuing upgrade `rec`: on `database.primary`; once
-/// promote has started, the new primary is where the guard is written (the
-/// old one is only held, and not at all when it no longer answers).
-pub(crate) async fn take_guard_for(
-    cfg: &Config,
-    rec: &UpgradeRecord,
-    provider: &dyn crate::provider::Provider,
-) -> Result<guard::Guard, UpgradeError> {
-    if !rec.promote_started() {
-        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
-    }
-    let endpoint = match rec.source() {
-        Some(source) => {
-            let id = crate::provider::replica_id(&source.id, &rec.id);
-            provider.describe(&id).await?.endpoint
-        }
-        None => None,
-    };
-    let Some(endpoint) = endpoint else {
-        return take_guard(cfg, &cfg.database.primary, &rec.id).await;
-    };
-    match lock_guard(cfg, &cfg.database.primary, &rec.id).await {
-        Ok(mut g) => {
-            g.freeze(&cfg.database.primary.to_string());
-            g.extend_to(&endpoint).await?;
-            Ok(g)
-        }
-        Err(UpgradeError::Guard(guard::GuardError::Pg(e))) => {
-            tracing::info!(error = %e, "old primary unreachable after promote; the guard is on the new one");
-            take_guard(cfg, &endpoint, &rec.id).await
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Continues the newest upgrade from its journal.

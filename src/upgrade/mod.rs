@@ -41,6 +41,7 @@
 
 mod carry;
 mod carry_logical;
+mod claim;
 mod commands;
 pub mod current;
 pub mod cutover;

@@ -111,7 +111,7 @@ async fn recover_once(cfg: &Config) -> Result<(), UpgradeError> {
     }
     let cancel = tokio_util::sync::CancellationToken::new();
     let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
-    let guard = super::commands::take_guard_for(cfg, journal.record(), provider.as_ref()).await?;
+    let guard = super::claim::take_guard_for(cfg, journal.record(), provider.as_ref()).await?;
     let mut saga = super::runner::Saga::new(cfg.clone(), journal, provider, cancel, false);
     saga.guard = Some(guard);
     let r = saga.drive_window().await;

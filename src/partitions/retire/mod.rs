@@ -31,6 +31,7 @@ use super::apply::{Exec, StepError};
 use super::model::{DetachHow, TableState};
 use super::report::TableReport;
 use crate::archive::Store;
+use crate::heap::boxed;
 use crate::pg::QualifiedName;
 use record::Retirement;
 use state::{Facts, Next};
@@ -93,7 +94,7 @@ pub(super) async fn start(
     ex.published
         .check(ex.client, crate::schema::published::Writer::Archive)
         .await
-        .map_err(StepError::Refused)?;
+        .map_err(|e| StepError::Refused(e.to_string()))?;
     record::migrate(ex.client, &ex.cfg.database.primary.to_string())
         .await
         .map_err(refused)?;
@@ -157,7 +158,7 @@ pub(super) async fn resume(
         .check(ex.client, crate::schema::published::Writer::Archive)
         .await
     {
-        return vec![refused];
+        return vec![refused.to_string()];
     }
     let mut errors = Vec::new();
     for r in open {
@@ -189,7 +190,7 @@ async fn finish(
     stores: &mut Stores,
     report: &mut TableReport,
 ) -> Result<(), StepError> {
-    let result = drive(ex, &mut r, how, stores, report).await;
+    let result = boxed(|| drive(ex, &mut r, how, stores, report)).await;
     match &result {
         Ok(Went::Done) => {}
         Ok(Went::Held(why)) => report.notes.push(format!(
@@ -228,28 +229,30 @@ async fn drive(
                 if let Some(why) = steps::gate(ex).await? {
                     return Ok(Went::Held(why));
                 }
+                // Every step on the heap (crate::heap): drive's future stays
+                // small for start, resume and the table that await it.
                 match next {
-                    Next::Detach => steps::detach(ex, r, how, report).await?,
-                    Next::Finalize => steps::finalize(ex, r, report).await?,
+                    Next::Detach => boxed(|| steps::detach(ex, r, how, report)).await?,
+                    Next::Finalize => boxed(|| steps::finalize(ex, r, report)).await?,
                     _ => {
-                        steps::drop(ex, r, report).await?;
+                        boxed(|| steps::drop(ex, r, report)).await?;
                         report.retired += 1;
                         report.archive.archived += 1;
                         tracing::info!(partition = %r.partition, key = %r.key, "partition archived, verified and dropped");
                     }
                 }
             }
-            Next::RecordDetached => steps::record_detached(ex, r, report).await?,
+            Next::RecordDetached => boxed(|| steps::record_detached(ex, r, report)).await?,
             Next::Upload => {
-                let store = stores.get(ex).await?;
-                let up = steps::upload(ex, store, r).await?;
+                let store = boxed(|| stores.get(ex)).await?;
+                let up = boxed(|| steps::upload(ex, store, r)).await?;
                 report.archive.bytes += up.bytes;
             }
             Next::Verify => {
-                let store = stores.get(ex).await?;
-                steps::verify(ex, store, r).await?;
+                let store = boxed(|| stores.get(ex)).await?;
+                boxed(|| steps::verify(ex, store, r)).await?;
             }
-            Next::RecordDropped => steps::record_dropped_outside(ex, r).await?,
+            Next::RecordDropped => boxed(|| steps::record_dropped_outside(ex, r)).await?,
         }
         // After each recorded state: `retire-<state>` (kill -9 tests).
         failpoint(&format!("retire-{}", r.state.as_str()))?;

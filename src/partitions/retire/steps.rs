@@ -12,6 +12,7 @@ use crate::archive::manifest::{Manifest, MANIFEST_VERSION};
 use crate::archive::upload::{Pace, Uploaded};
 use crate::archive::verify::{By, Expected};
 use crate::archive::{self, keys, ArchiveError, Store, COPY_SETTINGS};
+use crate::heap::boxed;
 use crate::partitions::apply::{Exec, StepError};
 use crate::partitions::ddl::{sql_detach, sql_drop_table};
 use crate::partitions::model::{DetachHow, Range, TableState};
@@ -229,7 +230,7 @@ pub(super) async fn upload(
 ) -> Result<Uploaded, StepError> {
     let p = r.partition.clone();
     if let Some(old) = r.upload_id.take() {
-        if let Err(e) = store.abort_multipart(&r.key, &old).await {
+        if let Err(e) = boxed(|| store.abort_multipart(&r.key, &old)).await {
             tracing::warn!(key = %r.key, error = %e, "an earlier multipart upload was not aborted; a bucket lifecycle rule frees its parts");
         }
     }
@@ -255,8 +256,9 @@ pub(super) async fn upload(
     let Some(acfg) = &ex.cfg.archive else {
         return Err(StepError::Refused("no [archive] section".into()));
     };
-    let upload_id = store
-        .begin_multipart(&r.key, ex.cancel)
+    // The archive's calls on the heap (crate::heap): AWS SDK futures are
+    // tens of KiB each in a debug build.
+    let upload_id = boxed(|| store.begin_multipart(&r.key, ex.cancel))
         .await
         .map_err(|e| archive_err(&p, e))?;
     ex.client
@@ -271,9 +273,11 @@ pub(super) async fn upload(
         estimate,
     };
     let sql = archive::copy_out_sql(&p, &columns);
-    let up = archive::upload::stream_copy(store, &copy, &sql, &r.key, &upload_id, pace, ex.cancel)
-        .await
-        .map_err(|e| archive_err(&p, e))?;
+    let up = boxed(|| {
+        archive::upload::stream_copy(store, &copy, &sql, &r.key, &upload_id, pace, ex.cancel)
+    })
+    .await
+    .map_err(|e| archive_err(&p, e))?;
     copy.batch_execute("COMMIT")
         .await
         .map_err(pg("end the COPY transaction"))?;
@@ -300,12 +304,8 @@ pub(super) async fn upload(
         created_at: Utc::now(),
     };
     let manifest = with_key_of(ex, r, manifest).await?;
-    store
-        .put(
-            &keys::manifest_key(&r.key),
-            manifest.to_json().into(),
-            ex.cancel,
-        )
+    let manifest_key = keys::manifest_key(&r.key);
+    boxed(|| store.put(&manifest_key, manifest.to_json().into(), ex.cancel))
         .await
         .map_err(|e| archive_err(&p, e))?;
     let (rows, bytes) = (up.rows as i64, up.bytes as i64);
@@ -370,7 +370,7 @@ pub(super) async fn verify(
         .as_ref()
         .map(|a| a.verify)
         .unwrap_or_default();
-    let done = match archive::verify::verify(store, &r.key, want, mode, ex.cancel).await {
+    let done = match boxed(|| archive::verify::verify(store, &r.key, want, mode, ex.cancel)).await {
         Ok(v) => v,
         Err(e @ (ArchiveError::Mismatch { .. } | ArchiveError::Manifest { .. })) => {
             return redo(ex, r, e.to_string()).await;
