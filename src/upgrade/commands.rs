@@ -78,6 +78,7 @@ pub async fn start_with(
     let journal = match journal::Journal::create(
         &cfg.upgrade.state_dir,
         Event::Created {
+            kind: record::UPGRADE_KIND.into(),
             id: id.clone(),
             target_class: class.to_string(),
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),

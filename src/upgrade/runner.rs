@@ -212,6 +212,7 @@ mod tests {
             seq: 1,
             at: Utc::now(),
             event: Event::Created {
+                kind: crate::upgrade::record::UPGRADE_KIND.into(),
                 id: "u".into(),
                 target_class: "c".into(),
                 provider: "local".into(),

@@ -140,6 +140,7 @@ database = "app"
     let journal = journal::Journal::create(
         &state,
         record::Event::Created {
+            kind: record::UPGRADE_KIND.into(),
             id: id.into(),
             target_class: "db.r5.2xlarge".into(),
             provider: "rds".into(),

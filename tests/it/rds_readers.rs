@@ -184,6 +184,7 @@ database = "app"
             None => journal::Journal::create(
                 state,
                 record::Event::Created {
+                    kind: record::UPGRADE_KIND.into(),
                     id: UID.into(),
                     target_class: "db.r5.2xlarge".into(),
                     provider: "rds".into(),
