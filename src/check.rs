@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, ConnString, CutoverKind, PartitionsConfig};
+use crate::config::{Cluster, ConnString, CutoverKind, PartitionsConfig};
 use crate::localpg::LocalPgError;
 use crate::outcome::Outcome;
 use crate::output;
@@ -182,7 +182,7 @@ async fn probe_pooler(conn: &ConnString, endpoint: String, timeout: Duration) ->
 
 /// Every managed table read as `partitions plan` reads it: one that does not
 /// exist or cannot be managed is a problem here too.
-async fn probe_tables(cfg: &Config) -> Vec<Probe> {
+async fn probe_tables(cfg: &Cluster) -> Vec<Probe> {
     if cfg.partitions.tables.is_empty() {
         return Vec::new();
     }
@@ -260,7 +260,7 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
 
 /// Whether the steward can keep its state (`pgsteward` schema, capacity
 /// samples) on the primary: the GRANT named when it cannot.
-async fn probe_schema(cfg: &Config) -> Probe {
+async fn probe_schema(cfg: &Cluster) -> Probe {
     let endpoint = cfg.database.primary.to_string();
     let result = async {
         let spec = cfg.database.primary.spec()?;
@@ -288,7 +288,7 @@ async fn probe_schema(cfg: &Config) -> Probe {
 /// are a warning with the fix, exit 0: archive retention, `convert` and
 /// capacity samples refuse to write there (exit 1 where they run); declared
 /// ones are an OK line.
-async fn probe_publications(cfg: &Config) -> Option<Probe> {
+async fn probe_publications(cfg: &Cluster) -> Option<Probe> {
     use crate::schema::published::{decide, explain, read, Verdict, Writer};
     let endpoint = cfg.database.primary.to_string();
     let rows = async {
@@ -371,7 +371,7 @@ async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
 /// maintenance for every managed table, and `pg_monitor` for lag checks and
 /// server statistics. Each missing one is a failed probe naming its GRANT.
 /// Upgrade privileges are `upgrade plan`'s to check (they depend on the provider).
-async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
+async fn probe_privileges(cfg: &Cluster) -> Vec<Probe> {
     let mut needs = vec![crate::privileges::Required::new(
         crate::privileges::Need::RoleMember {
             role: "pg_monitor".into(),
@@ -413,7 +413,7 @@ async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
 /// Probes every endpoint concurrently and prints the result; an endpoint
 /// that cannot log in for want of a password is a usage error (exit 2),
 /// reported after the table.
-pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckError> {
+pub async fn run(cfg: &Cluster, format: OutputFormat) -> Result<Outcome, CheckError> {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
     futures.push(Box::pin(probe_server(

@@ -80,7 +80,7 @@ pub async fn ensure(client: &tokio_postgres::Client, target: &str) -> Result<(),
 /// so a refused conversion writes nothing.
 pub async fn published(
     client: &tokio_postgres::Client,
-    cfg: &crate::config::Config,
+    cfg: &crate::config::Cluster,
     server_version_num: Option<i32>,
 ) -> Result<Option<super::plan::Refusal>, ConvertError> {
     match crate::schema::published::check(

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::output;
 pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
@@ -123,7 +123,7 @@ impl LagReport {
 /// caught-up replica reads at or past the primary's LSN (never "behind" by
 /// WAL written between two reads); replicas are then read concurrently.
 pub async fn check(
-    cfg: &Config,
+    cfg: &Cluster,
     pools: &LagPools,
     cancel: &CancellationToken,
 ) -> Result<LagReport, LagError> {
@@ -215,7 +215,7 @@ pub async fn check(
 }
 
 /// One check with pools made for it (the CLI, the demo).
-pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
+pub async fn check_once(cfg: &Cluster) -> Result<LagReport, LagError> {
     // With provider = "rds" and no replica list, the replicas are the
     // source instance's read replicas as RDS lists them.
     if cfg.upgrade.provider == crate::config::ProviderKind::Rds && cfg.database.replicas.is_empty()
@@ -230,7 +230,7 @@ pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
 /// One check of the replicas RDS discovery found: each row carries its
 /// instance and region; those without an endpoint are reported unchecked.
 pub async fn check_discovered(
-    cfg: &Config,
+    cfg: &Cluster,
     found: Vec<crate::provider::rds::DiscoveredReplica>,
 ) -> Result<LagReport, LagError> {
     let mut cfg = cfg.clone();
@@ -285,7 +285,7 @@ fn log_verdict(replica: &str, v: &Verdict) {
     }
 }
 
-pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, LagError> {
+pub async fn lag_command(cfg: &Cluster, format: OutputFormat) -> Result<Outcome, LagError> {
     let report = check_once(cfg).await?;
     match format {
         OutputFormat::Json => output::print_json(&report),

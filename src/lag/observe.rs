@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnString};
+use crate::config::{Cluster, ConnString};
 use crate::pg::{ConnSpec, PgError};
 
 use super::sql;
@@ -179,7 +179,7 @@ pub struct LagPools {
 }
 
 impl LagPools {
-    pub fn new(cfg: &Config) -> Result<LagPools, PgError> {
+    pub fn new(cfg: &Cluster) -> Result<LagPools, PgError> {
         let query_timeout = cfg.lag.query_timeout.0;
         let connect_timeout = cfg.database.connect_timeout.0.min(query_timeout);
         let node = |c: &ConnString| -> Result<Node, PgError> {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::blockers::Blocker;
 use super::model::{Action, DetachHow, TableState};
 use super::sql;
-use crate::config::{Config, HumanDuration, PartitionsConfig};
+use crate::config::{Cluster, HumanDuration, PartitionsConfig};
 use crate::pg::{server_message, QualifiedName};
 
 /// How often the holders are read again while the pass waits for them.
@@ -83,7 +83,7 @@ impl Standbys {
     /// is logged and left out: its queries cannot be seen, and a pass never
     /// stops for a replica that is down (replay there is bounded by its own
     /// `max_standby_streaming_delay`).
-    pub async fn connect(cfg: &Config) -> Standbys {
+    pub async fn connect(cfg: &Cluster) -> Standbys {
         let timeout = cfg.database.connect_timeout.0;
         let dbname = match cfg.database.primary.spec() {
             Ok(s) => s.dbname().to_string(),
@@ -176,7 +176,7 @@ impl Standbys {
 /// locking what standby queries may hold, waits for them (connecting to the
 /// replicas once per table, on the first such step). `Err`: leave the table.
 pub async fn gate(
-    cfg: &Config,
+    cfg: &Cluster,
     standbys: &mut Option<Standbys>,
     action: &Action,
     state: &TableState,

@@ -41,7 +41,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
+use crate::config::{Cluster, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
 use crate::provider::{
     endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReaderFacts, ReplicaInfo,
     ServerState, SourceFacts,
@@ -68,7 +68,7 @@ pub struct RdsProvider {
 impl RdsProvider {
     /// The provider with the real SDK client (default credential chain,
     /// `upgrade.rds.region` / `endpoint_url`).
-    pub fn new(cfg: &Config) -> Result<RdsProvider, ProviderError> {
+    pub fn new(cfg: &Cluster) -> Result<RdsProvider, ProviderError> {
         let rds = rds_config(cfg)?;
         let api = SdkRds::new(SdkSettings {
             region: rds.region.clone(),
@@ -79,7 +79,7 @@ impl RdsProvider {
     }
 
     /// The provider over any implementation of the RDS calls (tests).
-    pub fn with_api(cfg: &Config, api: Arc<dyn RdsApi>) -> Result<RdsProvider, ProviderError> {
+    pub fn with_api(cfg: &Cluster, api: Arc<dyn RdsApi>) -> Result<RdsProvider, ProviderError> {
         let rds = rds_config(cfg)?;
         if !rds.final_snapshot {
             return Err(ProviderError::Usage(
@@ -163,7 +163,7 @@ impl RdsProvider {
     }
 }
 
-fn rds_config(cfg: &Config) -> Result<&RdsProviderConfig, ProviderError> {
+fn rds_config(cfg: &Cluster) -> Result<&RdsProviderConfig, ProviderError> {
     cfg.upgrade.rds.as_ref().ok_or_else(|| {
         ProviderError::Usage(
             "key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into(),
