@@ -221,5 +221,9 @@ fn declared_publications_load_and_default_to_none() {
     );
     let none = "[database]\nprimary = \"postgres://u@h/db\"\n";
     let cfg = from_figment(Figment::new().merge(Toml::string(none)), None).unwrap();
-    assert!(cfg.cluster.database.subscribers_have_pgsteward_schema.is_empty());
+    assert!(cfg
+        .cluster
+        .database
+        .subscribers_have_pgsteward_schema
+        .is_empty());
 }

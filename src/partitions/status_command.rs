@@ -61,7 +61,10 @@ impl TableStatus {
 
 /// `partitions status`: per table, partitions, covered range, coverage ahead,
 /// gaps and rows in DEFAULT (counted exactly, in one query for all tables).
-pub async fn status_command(cfg: &Cluster, output: OutputFormat) -> Result<Outcome, PartitionError> {
+pub async fn status_command(
+    cfg: &Cluster,
+    output: OutputFormat,
+) -> Result<Outcome, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     // Coverage can be read on a replica, but the command was pointed at the wrong host.

@@ -109,12 +109,13 @@ fn toml(primary: &str, replica: &str, extra: &str, premake: u32) -> String {
     )
 }
 
-fn cfg_of(toml: &str) -> Config {
+fn cfg_of(toml: &str) -> Cluster {
     must(config::from_figment(
         figment::Figment::new()
             .merge(<figment::providers::Toml as figment::providers::Format>::string(toml)),
         None,
     ))
+    .cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
