@@ -273,7 +273,8 @@ pub async fn plan_command(
     let tcfg = table_config(cfg, table)?;
     let client = connect(cfg).await?;
     let (p, info, mut refusals) = make_plan(&client, tcfg, key).await?;
-    refusals.extend(journal::published(&client, cfg, Some(info.server_version_num)).await?);
+    refusals
+        .extend(journal::published(&client, &cfg.database, Some(info.server_version_num)).await?);
     let steps = if refusals.is_empty() {
         steps_of(&p, &info)
     } else {
@@ -352,7 +353,7 @@ pub async fn start_command(
     let client = connect(cfg).await?;
     lock(&client, table).await?;
     // Before the journal's first write (the migration included).
-    if let Some(r) = journal::published(&client, cfg, None).await? {
+    if let Some(r) = journal::published(&client, &cfg.database, None).await? {
         return Err(ConvertError::Refused {
             table: table.to_string(),
             reasons: vec![format!("{} ({})", r.reason, r.fix)],

@@ -56,7 +56,7 @@ pub async fn plan_command(cfg: &Cluster, output: OutputFormat) -> Result<Outcome
     let missing_privileges: Vec<_> = if catalog.in_recovery {
         Vec::new()
     } else {
-        crate::privileges::check(&client, &super::needs::needs(cfg))
+        crate::privileges::check(&client, &super::needs::needs(&cfg.partitions))
             .await?
             .into_iter()
             .filter(|v| !v.ok)

@@ -85,7 +85,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
     let timeout = cfg.database.connect_timeout.0.min(PROBE_TIMEOUT_MAX);
     let primary = cfg.database.primary.spec()?;
     let leader = Arc::new(Leader::new(primary.clone(), timeout, metrics.clone()));
-    let pools = Arc::new(LagPools::new(&cfg)?);
+    let pools = Arc::new(LagPools::new(&cfg.database, &cfg.lag)?);
     let probe = Arc::new(PrimaryProbe::new(primary.pool(1, timeout), timeout));
     let cancel = CancellationToken::new();
     let tasks = Tasks::new();
@@ -215,7 +215,7 @@ async fn lag_job(
         _ = leader.refresh() => {}
         _ = cancel.cancelled() => return JobRun::Cancelled,
     }
-    match lag::check(cfg, pools, cancel).await {
+    match lag::check(&cfg.lag, pools, cancel).await {
         Ok(report) => {
             metrics.record_lag(&report);
             if report.primary.reachable {

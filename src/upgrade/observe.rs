@@ -200,7 +200,7 @@ async fn pooler_checks(cfg: &Cluster, poolers: &mut Poolers, checks: &mut Vec<Ch
         .map(|(a, c)| (a.clone(), c.get("pool_mode").cloned().unwrap_or_default()))
         .collect();
     pooler_entry_checks(poolers, &modes, checks).await;
-    let limits = crate::pooler::GateLimits::from_config(cfg);
+    let limits = crate::pooler::GateLimits::from_config(&cfg.cutover);
     let (ok, detail) = match poolers.health_gate(&limits).await {
         Ok(stats) => (
             true,

@@ -322,7 +322,7 @@ impl Saga {
             // scale-up changed since the precheck is paused too. Then the
             // health gate: a saturated pool would turn the pause into
             // client timeouts.
-            let limits = crate::pooler::GateLimits::from_config(&self.cfg);
+            let limits = crate::pooler::GateLimits::from_config(&self.cfg.cutover);
             limit
                 .wrap("the pooler's instances", self.poolers.refresh_members())
                 .await?;

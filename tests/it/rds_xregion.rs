@@ -209,7 +209,7 @@ async fn scripted_cross_region_reader_fails_plan_and_start_before_anything_chang
 async fn scripted_lag_reports_each_readers_region() {
     let s = Stage::new(true);
     let found = must(s.provider().discover_replicas().await);
-    let report = must(pgsteward::lag::check_discovered(&s.cfg, found).await);
+    let report = must(pgsteward::lag::check_discovered(&s.cfg.database, &s.cfg.lag, found).await);
     let text = pgsteward::lag::render_text(&report);
     println!("{text}");
     assert!(text.contains("REGION"), "{text}");
@@ -254,7 +254,7 @@ async fn scripted_lag_reports_each_readers_region() {
 async fn scripted_lag_lists_an_unreachable_cross_region_reader_with_its_region() {
     let s = Stage::new(false);
     let found = must(s.provider().discover_replicas().await);
-    let report = must(pgsteward::lag::check_discovered(&s.cfg, found).await);
+    let report = must(pgsteward::lag::check_discovered(&s.cfg.database, &s.cfg.lag, found).await);
     let text = pgsteward::lag::render_text(&report);
     assert!(
         text.contains("note: replica reporting-west (region us-west-2) not checked")

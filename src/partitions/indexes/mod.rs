@@ -27,7 +27,7 @@ pub use drift::Problem;
 pub use super::error::IndexError;
 use super::ADVISORY_NAMESPACE;
 use crate::config::indexes::IndexSpec;
-use crate::config::Cluster;
+use crate::config::{Cluster, PartitionsConfig};
 use crate::pg::{server_message, QualifiedName};
 
 /// What the index part of a pass did for one table, and what is still wrong.
@@ -87,8 +87,8 @@ pub fn managed(catalog: &super::catalog::Catalog) -> Vec<Managed> {
         .collect()
 }
 
-fn declared<'a>(cfg: &'a Cluster, m: &Managed) -> &'a [IndexSpec] {
-    cfg.partitions
+fn declared<'a>(partitions: &'a PartitionsConfig, m: &Managed) -> &'a [IndexSpec] {
+    partitions
         .tables
         .get(m.0)
         .map_or(&[], |t| t.indexes.as_slice())
@@ -130,7 +130,7 @@ pub async fn run_pass(
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
     let decl: Vec<bool> = tables
         .iter()
-        .map(|m| !declared(cfg, m).is_empty())
+        .map(|m| !declared(&cfg.partitions, m).is_empty())
         .collect();
     let current = match catalog::read(&main, &names, &decl).await {
         Ok(c) => c,
@@ -138,7 +138,7 @@ pub async fn run_pass(
     };
     let mut out = Vec::new();
     for (m, t) in tables.iter().zip(current) {
-        let decl = declared(cfg, m);
+        let decl = declared(&cfg.partitions, m);
         let repair = drift::plan(decl, &t);
         let mut report = TableIndexReport::new(&m.1);
         if repair.is_empty() {
@@ -400,14 +400,14 @@ pub async fn inspect(
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
     let decl: Vec<bool> = tables
         .iter()
-        .map(|m| !declared(cfg, m).is_empty())
+        .map(|m| !declared(&cfg.partitions, m).is_empty())
         .collect();
     let current = catalog::read(client, &names, &decl).await?;
     Ok(tables
         .iter()
         .zip(current)
         .map(|(m, t)| {
-            let decl = declared(cfg, m);
+            let decl = declared(&cfg.partitions, m);
             let r = drift::plan(decl, &t);
             let mut indexes: Vec<IndexSummary> = t
                 .parent
