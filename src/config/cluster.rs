@@ -93,3 +93,40 @@ impl Config {
         Config { process, cluster }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::{Format, Toml};
+    use figment::Figment;
+
+    use super::*;
+
+    fn load(toml: &str) -> Config {
+        match super::super::from_figment(Figment::new().merge(Toml::string(toml)), None) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn the_file_splits_into_the_process_and_its_one_cluster() {
+        let cfg = load(
+            "[database]\nprimary = \"postgres://s@h/app\"\n[http]\nlisten = \"127.0.0.1:9999\"\n\
+             [upgrade]\nstate_dir = \"/srv/steward\"\npause_timeout = \"3s\"\n",
+        );
+        assert_eq!(cfg.process.http.listen.port(), 9999);
+        assert_eq!(cfg.process.state_root, PathBuf::from("/srv/steward"));
+        // One cluster keeps the root itself: journals stay where they were.
+        assert_eq!(cfg.cluster.state_dir, cfg.process.state_root);
+        assert_eq!(cfg.cluster.name, DEFAULT_CLUSTER);
+        assert_eq!(cfg.cluster.upgrade.pause_timeout.0.as_secs(), 3);
+        let names: Vec<&str> = cfg.clusters().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, [DEFAULT_CLUSTER]);
+    }
+
+    #[test]
+    fn the_default_state_root_is_unchanged() {
+        let cfg = load("[database]\nprimary = \"postgres://s@h/app\"\n");
+        assert_eq!(cfg.cluster.state_dir, PathBuf::from("/var/lib/pgsteward"));
+    }
+}
