@@ -120,7 +120,8 @@ database = "app"
         figment::Figment::from(figment::providers::Toml::string(&toml)),
         None,
     )
-    .unwrap();
+    .unwrap()
+    .cluster;
     let provider = RdsProvider::with_api(
         &cfg,
         Arc::new(LocalStandIn {
