@@ -14,7 +14,7 @@
 
 use md5::{Digest, Md5};
 
-use super::upload::hex;
+use super::digest::hex;
 
 /// MD5 of one part (16 bytes).
 pub type PartMd5 = [u8; 16];

@@ -15,6 +15,7 @@
 //!   name the store and the fix, never a credential.
 //! * `upload`: COPY out → multipart upload, bounded memory, SHA-256 and the
 //!   parts' MD5s on the fly.
+//! * `digest`: how digests are written (hex).
 //! * `etag`: the multipart ETag an upload should get, and when an ETag proves
 //!   the content (pure).
 //! * `verify`: HEAD and compare size and ETag, or read the object back and
@@ -22,6 +23,7 @@
 //! * `restore`: object → `COPY ... FROM STDIN`, verified as it streams.
 
 mod copy;
+pub mod digest;
 mod error;
 pub mod etag;
 pub mod keys;

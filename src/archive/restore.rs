@@ -9,9 +9,9 @@ use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 
 use super::copy::column_list;
+use super::digest::hex;
 use super::manifest::Manifest;
 use super::progress::Progress;
-use super::upload::hex;
 use super::{ArchiveError, Store};
 use crate::pg::{quote_ident, QualifiedName};
 

@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
+use super::digest::hex;
 use super::etag::{self, PartMd5};
 use super::progress::Progress;
 use super::{ArchiveError, Store};
@@ -54,10 +55,6 @@ pub struct Pace {
     pub in_flight: usize,
     /// Expected bytes, for the ETA in the progress log (0: unknown).
     pub estimate: u64,
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Streams `copy_sql` (a `COPY ... TO STDOUT`) run on `client` into the

@@ -16,10 +16,10 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::digest::hex;
 use super::manifest::Manifest;
 use super::progress::Progress;
 use super::store::Head;
-use super::upload::hex;
 use super::{etag, keys, ArchiveError, Store};
 use crate::config::ArchiveVerify;
 

@@ -38,7 +38,8 @@ use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
 use crate::saga;
 use journal::Step;
-use table::{Conversion, TABLE};
+use steps::Conversion;
+use table::TABLE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {

@@ -19,10 +19,9 @@ use crate::partitions::period::{
 };
 use crate::pg::QualifiedName;
 
-/// The CHECK that lets ATTACH skip scanning the table.
-pub const CHECK_NAME: &str = "pgsteward_convert_bound";
-/// Prefix of the unique indexes built concurrently to include the partition key.
-pub const INDEX_PREFIX: &str = "pgsteward_cv_";
+// Defined beside the refusals that look for them (an object of these names
+// left by someone else refuses), used by the plan and the steps.
+pub use super::refuse::{Refusal, CHECK_NAME, INDEX_PREFIX};
 /// Below this much time before the boundary the swap is not attempted: writers
 /// reaching the boundary would be refused by the CHECK.
 pub const SWAP_GUARD: std::time::Duration = std::time::Duration::from_secs(10 * 60);
@@ -63,13 +62,6 @@ pub struct UniqueBuild {
     pub columns: Vec<String>,
     /// The index built concurrently.
     pub index: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: String,
-    /// What the operator can do about it.
-    pub fix: String,
 }
 
 impl ConvertPlan {

@@ -2,7 +2,20 @@
 //! everything that cannot be carried to a partitioned table safely. Pure.
 
 use super::inspect::TableInfo;
-use super::plan::{Refusal, CHECK_NAME, INDEX_PREFIX};
+use serde::Serialize;
+
+/// The CHECK that lets ATTACH skip scanning the table.
+pub const CHECK_NAME: &str = "pgsteward_convert_bound";
+/// Prefix of the unique indexes built concurrently to include the partition key.
+pub const INDEX_PREFIX: &str = "pgsteward_cv_";
+
+/// Why a table is not converted as it stands.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// What the operator can do about it.
+    pub fix: String,
+}
 
 /// Everything that cannot be carried safely, with what the operator can do.
 pub fn refusals(info: &TableInfo, key: &str) -> Vec<Refusal> {

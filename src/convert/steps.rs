@@ -15,15 +15,26 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use super::ddl::{self, SequenceState};
-use super::journal::{self, Step};
+use super::journal::{self, Record, Step};
 use super::plan::{self, ConvertPlan, CHECK_NAME};
 use super::sql;
-use super::table::Conversion;
 use super::{inspect, ConvertError};
+use crate::config::{Cluster, TableConfig};
 use crate::partitions::blockers;
 use crate::partitions::indexes::IndexError;
 use crate::pg::{is_transient_lock_error, server_message, Backoff, QualifiedName, Retry};
 use crate::saga::{At, Done};
+
+/// Everything a conversion's steps run with. The session holds the table's
+/// conversion lock (an advisory lock) for as long as this lives.
+pub struct Conversion {
+    pub cfg: Cluster,
+    pub tcfg: TableConfig,
+    pub client: Client,
+    /// The journal's row as last read or written: `rec.step` is the last
+    /// step recorded done.
+    pub rec: Record,
+}
 
 /// The conversion of `table` stopped on a signal at a safe point.
 pub(super) fn cancelled(table: &QualifiedName) -> ConvertError {

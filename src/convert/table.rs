@@ -7,24 +7,12 @@
 //! the partition pass are recorded by the runner right after them.
 
 use chrono::Utc;
-use tokio_postgres::Client;
 
-use super::journal::{self, Record, Step};
+use super::journal::{self, Step};
 use super::plan::SWAP_GUARD;
-use super::{steps, ConvertError};
-use crate::config::{Cluster, TableConfig};
+use super::steps::{self, Conversion};
+use super::ConvertError;
 use crate::saga::{At, Boxed, Done, Failure, JournalStore, Kind, Row, Stage, StepId, Undo};
-
-/// Everything a conversion's steps run with. The session holds the table's
-/// conversion lock (an advisory lock) for as long as this lives.
-pub struct Conversion {
-    pub cfg: Cluster,
-    pub tcfg: TableConfig,
-    pub client: Client,
-    /// The journal's row as last read or written: `rec.step` is the last
-    /// step recorded done.
-    pub rec: Record,
-}
 
 impl StepId for Step {
     fn name(self) -> &'static str {

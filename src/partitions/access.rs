@@ -30,7 +30,7 @@
 use std::collections::BTreeSet;
 
 use super::model::{AccessRepair, Grant, PartitionAccess, TableState};
-use crate::pg::QualifiedName;
+use crate::pg::{quote_ident, QualifiedName};
 
 /// A privilege as compared: owner entries aside, the grantor ignored.
 type Entry = (String, String, bool);
@@ -177,7 +177,7 @@ pub fn sql(partition: &QualifiedName, repairs: &[AccessRepair]) -> Vec<String> {
                 format!("ALTER TABLE {t} OWNER TO {}", crate::pg::quote_ident(to))
             }
             AccessRepair::Revoke {
-                grantee,
+                grantee: role,
                 privilege,
                 grant_option_only,
             } => format!(
@@ -187,14 +187,14 @@ pub fn sql(partition: &QualifiedName, repairs: &[AccessRepair]) -> Vec<String> {
                 } else {
                     ""
                 },
-                super::ddl::privilege_keyword(privilege),
-                super::ddl::grantee(grantee)
+                privilege_keyword(privilege),
+                grantee(role)
             ),
             AccessRepair::Grant {
                 grantee,
                 privilege,
                 grantable,
-            } => super::ddl::sql_grant(
+            } => sql_grant(
                 partition,
                 &Grant {
                     grantee: grantee.clone(),
@@ -248,6 +248,37 @@ pub fn describe(r: &AccessRepair) -> String {
             format!("replica identity {what}, as the parent's")
         }
     }
+}
+
+/// A grantee as SQL: `PUBLIC` or a quoted role.
+pub fn grantee(g: &str) -> String {
+    if g == "PUBLIC" {
+        "PUBLIC".to_string()
+    } else {
+        quote_ident(g)
+    }
+}
+
+/// A privilege name from aclexplode() (a fixed set of keywords), kept to
+/// letters and spaces whatever the catalog says.
+pub fn privilege_keyword(p: &str) -> String {
+    p.chars()
+        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+        .collect()
+}
+
+pub fn sql_grant(child: &QualifiedName, g: &Grant) -> String {
+    let grantee = grantee(&g.grantee);
+    let privilege = privilege_keyword(&g.privilege);
+    format!(
+        "GRANT {privilege} ON TABLE {} TO {grantee}{}",
+        child.quoted(),
+        if g.grantable {
+            " WITH GRANT OPTION"
+        } else {
+            ""
+        }
+    )
 }
 
 #[cfg(test)]

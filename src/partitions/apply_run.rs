@@ -5,8 +5,8 @@
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Done, Exec, StepError, UNCANCELLABLE_ATTEMPTS};
 use super::blockers;
+use super::exec::{Done, Exec, StepError, UNCANCELLABLE_ATTEMPTS};
 use super::report::TableReport;
 use crate::pg::{server_message, Backoff, Retry};
 

@@ -19,8 +19,8 @@ use crate::partitions::sql;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Exec, StepError, UNCANCELLABLE_ATTEMPTS};
 use super::ddl;
+use super::exec::{Exec, StepError, UNCANCELLABLE_ATTEMPTS};
 use super::model::{ParentDetails, Range, ReferencingFk, TableState};
 use super::probe::{self, AttachPath, DefaultProbe};
 use super::report::TableReport;

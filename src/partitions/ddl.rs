@@ -3,9 +3,8 @@
 
 use chrono_tz::Tz;
 
-use super::model::{
-    Action, DetachHow, Grant, KeyType, ParentDetails, Range, ReferencingFk, TableState,
-};
+use super::access::sql_grant;
+use super::model::{Action, DetachHow, KeyType, ParentDetails, Range, ReferencingFk, TableState};
 use super::period::key_literal;
 use super::sql;
 use crate::config::indexes::child_index_name;
@@ -257,37 +256,6 @@ pub fn sql_add_bounds_check(
         child.quoted(),
         quote_ident(BOUNDS_CHECK),
         range_predicate(key, kt, tz, r)
-    )
-}
-
-/// A grantee as SQL: `PUBLIC` or a quoted role.
-pub fn grantee(g: &str) -> String {
-    if g == "PUBLIC" {
-        "PUBLIC".to_string()
-    } else {
-        quote_ident(g)
-    }
-}
-
-/// A privilege name from aclexplode() (a fixed set of keywords), kept to
-/// letters and spaces whatever the catalog says.
-pub fn privilege_keyword(p: &str) -> String {
-    p.chars()
-        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
-        .collect()
-}
-
-pub fn sql_grant(child: &QualifiedName, g: &Grant) -> String {
-    let grantee = grantee(&g.grantee);
-    let privilege = privilege_keyword(&g.privilege);
-    format!(
-        "GRANT {privilege} ON TABLE {} TO {grantee}{}",
-        child.quoted(),
-        if g.grantable {
-            " WITH GRANT OPTION"
-        } else {
-            ""
-        }
     )
 }
 

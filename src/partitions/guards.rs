@@ -14,8 +14,8 @@ use chrono_tz::Tz;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{Exec, StepError};
 use super::ddl;
+use super::exec::{Exec, StepError};
 use super::model::{Range, ReferencingFk, TableState};
 use super::report::TableReport;
 use super::sql;

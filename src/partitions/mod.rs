@@ -15,6 +15,7 @@ mod commands;
 pub mod converting;
 pub mod ddl;
 mod error;
+mod exec;
 mod guards;
 pub mod indexes;
 pub mod model;

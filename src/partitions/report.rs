@@ -47,7 +47,7 @@ pub struct TableReport {
     /// The DDL this pass ran for the table, in order.
     pub statements: Vec<String>,
     /// Retirements to object storage (`retention_mode = "archive"`).
-    pub archive: super::retire::ArchiveReport,
+    pub archive: ArchiveReport,
 }
 
 impl TableReport {
@@ -88,4 +88,20 @@ impl PassReport {
             Outcome::Healthy
         }
     }
+}
+
+/// What the archive part of a pass did for one table (metrics, `apply`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ArchiveReport {
+    /// Bytes uploaded by this pass.
+    pub bytes: u64,
+    /// Partitions archived, verified and dropped by this pass.
+    pub archived: u32,
+    /// Retirement steps that failed in this pass.
+    pub failures: u32,
+    /// Partitions past retention still in the database after the pass for
+    /// lack of a verified archive (in flight, failed, held, too large).
+    pub held_back: u32,
+    /// Seconds since the oldest unfinished retirement last moved.
+    pub oldest_idle_s: Option<f64>,
 }

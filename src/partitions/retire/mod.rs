@@ -25,9 +25,7 @@ mod sql;
 pub mod state;
 mod steps;
 
-use serde::Serialize;
-
-use super::apply::{Exec, StepError};
+use super::exec::{Exec, StepError};
 use super::model::{DetachHow, TableState};
 use super::report::TableReport;
 use crate::archive::Store;
@@ -35,22 +33,6 @@ use crate::heap::boxed;
 use crate::pg::QualifiedName;
 use record::Retirement;
 use state::{Facts, Next};
-
-/// What the archive part of a pass did for one table (metrics, `apply`).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ArchiveReport {
-    /// Bytes uploaded by this pass.
-    pub bytes: u64,
-    /// Partitions archived, verified and dropped by this pass.
-    pub archived: u32,
-    /// Retirement steps that failed in this pass.
-    pub failures: u32,
-    /// Partitions past retention still in the database after the pass for
-    /// lack of a verified archive (in flight, failed, held, too large).
-    pub held_back: u32,
-    /// Seconds since the oldest unfinished retirement last moved.
-    pub oldest_idle_s: Option<f64>,
-}
 
 /// How a retirement went this pass.
 enum Went {
