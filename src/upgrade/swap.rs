@@ -412,21 +412,8 @@ pub fn server_changes(
 /// Names of the `[databases]` entries of a pgbouncer.ini pointing at
 /// `address` (`host:port`), except the write entry `write_db`.
 pub fn read_entries(ini: &str, address: &str, write_db: &str) -> Vec<String> {
-    let mut section = String::new();
-    let mut names = Vec::new();
-    for line in ini.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-            continue;
-        }
-        if section != "[databases]" || t.starts_with(';') || t.starts_with('#') {
-            continue;
-        }
-        let Some((name, _)) = t.split_once('=') else {
-            continue;
-        };
-        let name = name.trim();
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in crate::pooler::database_lines(ini) {
         if name == write_db || names.iter().any(|n| n == name) {
             continue;
         }
