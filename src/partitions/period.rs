@@ -127,6 +127,20 @@ pub fn period_range(interval: Interval, key_type: KeyType, tz: Tz, start: NaiveD
     }
 }
 
+/// "Now" as a key value: the instant for `timestamptz`, the wall clock in
+/// the table's zone for `timestamp`/`date` keys (what `now()::timestamp`
+/// writes).
+pub fn now_key(key_type: KeyType, tz: Tz, now: DateTime<Utc>) -> Key {
+    match key_type {
+        KeyType::Timestamptz => now.timestamp_micros(),
+        KeyType::Timestamp | KeyType::Date => now
+            .with_timezone(&tz)
+            .naive_local()
+            .and_utc()
+            .timestamp_micros(),
+    }
+}
+
 /// Retention cut-off: `now - span` in the table's zone, as a key value.
 pub fn retention_cutoff(
     key_type: KeyType,
