@@ -16,7 +16,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpgradeError;
-use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord, STEPS};
+use super::record::{Event, Phase, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
 use super::table::{self, Row};
 use crate::saga::{self, JournalStore};
@@ -164,7 +164,7 @@ impl Saga {
     /// already points at the new, writable primary; otherwise clients stay
     /// paused (and wait) until `upgrade resume` repoints it.
     pub(super) async fn after_promote_failure(&mut self, reason: &str) {
-        if self.journal.is_broken() && self.record().status(Step::Repoint) != StepStatus::Done {
+        if self.journal.is_broken() && !self.record().window_work_done() {
             // No journal, but repoint and RESUME are idempotent forward steps
             // that `upgrade resume` runs again anyway: do them now, so clients
             // reach the new primary instead of waiting in the pause.
@@ -178,8 +178,8 @@ impl Saga {
             }
             return;
         }
-        let repointed = self.record().status(Step::Repoint) == StepStatus::Done;
-        if repointed && self.record().status(Step::ResumeWrites) != StepStatus::Done {
+        let rec = self.record();
+        if rec.window_work_done() && !rec.window_resumed() {
             if let Err(e) = self.poolers.resume().await {
                 tracing::error!(error = %e, "resume after a post-promote failure failed");
             }
@@ -204,7 +204,7 @@ fn through_the_window() -> &'static [Row] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::record::{Entry, Output};
+    use crate::upgrade::record::{Entry, Output, Step};
     use chrono::Utc;
 
     fn rec(events: Vec<Event>) -> UpgradeRecord {
