@@ -101,13 +101,7 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
         t.new_nodes()
     );
 
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
 
 /// A transaction held open through PgBouncer keeps PAUSE from finishing:
@@ -163,12 +157,5 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let abort = t.pgsteward(&["upgrade", "abort"], None);
     assert!(abort.status.success(), "{}", text(&abort));
-    let mut ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    ledger.acked.push(-100);
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean_with(&t, &[-100]).await;
 }

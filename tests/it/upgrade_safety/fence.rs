@@ -199,14 +199,7 @@ async fn hard_fence_holds_and_rolls_back_completely() {
     app.batch_execute("INSERT INTO ledger (id) VALUES (-3)")
         .await
         .expect("app writes on the new primary");
-    let mut ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    ledger.acked.extend([-1, -3]);
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean_with(&t, &[-1, -3]).await;
 }
 
 /// The fence never locks the steward out: a runner killed -9 inside
@@ -278,13 +271,7 @@ async fn resume_and_abort_get_through_the_fence() {
         "servers left: {:?}",
         t.new_nodes()
     );
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
 
 /// The fence's probe login runs beside the final flush (upgrade/fence/probe.rs);
@@ -324,11 +311,5 @@ async fn a_fence_the_probe_does_not_see_rolls_back_before_promote() {
             data.display()
         );
     }
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
