@@ -32,14 +32,18 @@ fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionErro
 }
 
 fn through(step: Step) -> Vec<Event> {
-    STEPS
-        .iter()
-        .take_while(|s| **s <= step)
-        .flat_map(|&s| {
+    started_and_succeeded(STEPS.iter().copied().take_while(|s| *s <= step))
+}
+
+/// Each of `steps` started and succeeded, in order.
+fn started_and_succeeded(steps: impl IntoIterator<Item = Step>) -> Vec<Event> {
+    steps
+        .into_iter()
+        .flat_map(|step| {
             [
-                Event::StepStarted { step: s },
+                Event::StepStarted { step },
                 Event::StepSucceeded {
-                    step: s,
+                    step,
                     output: Output::default(),
                 },
             ]
@@ -198,19 +202,8 @@ fn a_twelve_step_journal_replays_and_completes() {
         Step::Verify,
         Step::RetireOld,
     ];
-    let events: Vec<Event> = v1
-        .iter()
-        .flat_map(|&step| {
-            [
-                Event::StepStarted { step },
-                Event::StepSucceeded {
-                    step,
-                    output: Output::default(),
-                },
-            ]
-        })
-        .chain([Event::Completed])
-        .collect();
+    let mut events = started_and_succeeded(v1);
+    events.push(Event::Completed);
     run(&mut r, events).unwrap();
     assert_eq!(r.phase, Phase::Completed);
     // A new journal has every step to run.
@@ -227,20 +220,9 @@ fn a_version_two_journal_past_verify_replays_and_completes() {
     let mut r = UpgradeRecord::from_created(&first).unwrap();
     assert_eq!(r.status(Step::CarrySlots), StepStatus::Done);
     assert_eq!(r.status(Step::CreateReaders), StepStatus::Pending);
-    let events: Vec<Event> = STEPS
-        .iter()
-        .filter(|&&s| s != Step::CarrySlots)
-        .flat_map(|&step| {
-            [
-                Event::StepStarted { step },
-                Event::StepSucceeded {
-                    step,
-                    output: Output::default(),
-                },
-            ]
-        })
-        .chain([Event::Completed])
-        .collect();
+    let mut events =
+        started_and_succeeded(STEPS.iter().copied().filter(|&s| s != Step::CarrySlots));
+    events.push(Event::Completed);
     run(&mut r, events).unwrap();
     assert_eq!(r.phase, Phase::Completed);
     assert_eq!(created().status(Step::CarrySlots), StepStatus::Pending);
