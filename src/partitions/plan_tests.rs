@@ -15,6 +15,15 @@ fn monthly(name: impl Into<String>, kt: KeyType, tz: Tz, start: NaiveDate) -> Ex
     }
 }
 
+/// A monthly date-keyed table whose partition `audit_log_2025_05` holds
+/// the month starting `start` (which may not be May 2025).
+fn with_audit_log_2025_05(start: NaiveDate) -> (TableConfig, TableState) {
+    let mut s = state(KeyType::Date);
+    s.partitions
+        .push(monthly("audit_log_2025_05", KeyType::Date, Tz::UTC, start));
+    (cfg(Interval::Monthly, 0), s)
+}
+
 #[test]
 fn now_is_read_in_the_tables_zone() {
     // 23:30 UTC on Jan 31 is already February in Berlin.
@@ -201,14 +210,7 @@ fn uncovered_pieces() {
 
 #[test]
 fn name_taken_by_another_partition_is_reported() {
-    let c = cfg(Interval::Monthly, 0);
-    let mut s = state(KeyType::Date);
-    s.partitions.push(monthly(
-        "audit_log_2025_05",
-        KeyType::Date,
-        Tz::UTC,
-        d(2024, 5, 1),
-    ));
+    let (c, s) = with_audit_log_2025_05(d(2024, 5, 1));
     let p = plan(&c, &s, utc(2025, 5, 20, 0));
     // 2024-05 is adopted; the gap months are created; May 2025 cannot be.
     assert!(!created(&p).contains(&"audit_log_2025_05".to_string()));
@@ -300,14 +302,7 @@ fn retention_cutoffs() {
 
 #[test]
 fn stale_default_checks_are_dropped() {
-    let c = cfg(Interval::Monthly, 0);
-    let mut s = state(KeyType::Date);
-    s.partitions.push(monthly(
-        "audit_log_2025_05",
-        KeyType::Date,
-        Tz::UTC,
-        d(2025, 5, 1),
-    ));
+    let (c, mut s) = with_audit_log_2025_05(d(2025, 5, 1));
     s.default = Some(DefaultPartition {
         name: QualifiedName::new("public", "audit_log_default"),
         rows_estimate: 0,

@@ -480,6 +480,8 @@ impl UpgradeRecord {
     }
 }
 
+// Its fixtures (a created record, journals through a step) serve the
+// runner's tests too.
 #[cfg(test)]
 #[path = "record_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ fn entry(seq: u64, event: Event) -> Entry {
     }
 }
 
-fn created() -> UpgradeRecord {
+pub(crate) fn created() -> UpgradeRecord {
     UpgradeRecord::from_created(&entry(
         1,
         Event::Created {
@@ -23,7 +23,7 @@ fn created() -> UpgradeRecord {
     .unwrap()
 }
 
-fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionError> {
+pub(crate) fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionError> {
     for e in events {
         let seq = rec.last_seq + 1;
         rec.apply(&entry(seq, e))?;
@@ -31,7 +31,8 @@ fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionErro
     Ok(())
 }
 
-fn through(step: Step) -> Vec<Event> {
+/// Every step up to `step` started and succeeded.
+pub(crate) fn through(step: Step) -> Vec<Event> {
     started_and_succeeded(STEPS.iter().copied().take_while(|s| *s <= step))
 }
 

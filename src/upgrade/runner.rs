@@ -204,48 +204,13 @@ fn through_the_window() -> &'static [Row] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::record::{Entry, Output, Step};
-    use chrono::Utc;
+    use crate::upgrade::record::tests::{created, run, through as done};
+    use crate::upgrade::record::Step;
 
     fn rec(events: Vec<Event>) -> UpgradeRecord {
-        let mut r = UpgradeRecord::from_created(&Entry {
-            seq: 1,
-            at: Utc::now(),
-            event: Event::Created {
-                id: "u".into(),
-                target_class: "c".into(),
-                provider: "local".into(),
-                source_primary: "p".into(),
-                saga: crate::upgrade::record::SAGA_VERSION,
-            },
-        })
-        .unwrap();
-        for e in events {
-            let seq = r.last_seq + 1;
-            r.apply(&Entry {
-                seq,
-                at: Utc::now(),
-                event: e,
-            })
-            .unwrap();
-        }
+        let mut r = created();
+        run(&mut r, events).unwrap();
         r
-    }
-
-    fn done(upto: Step) -> Vec<Event> {
-        STEPS
-            .iter()
-            .take_while(|s| **s <= upto)
-            .flat_map(|&step| {
-                [
-                    Event::StepStarted { step },
-                    Event::StepSucceeded {
-                        step,
-                        output: Output::default(),
-                    },
-                ]
-            })
-            .collect()
     }
 
     #[test]
