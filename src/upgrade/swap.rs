@@ -303,6 +303,9 @@ pub fn server_changes(
             class,
             detail,
         };
+    // A rename changes no class.
+    let rename =
+        |step, server: String, detail: String| change(step, "rename", server, None, detail);
     let new = crate::provider::replica_id(&source.id, upgrade_id);
     let readers: Vec<ReaderFacts> = source
         .readers
@@ -349,18 +352,14 @@ pub fn server_changes(
     ));
     let old_primary = if swaps {
         let aside = provider.aside_id(&source.id, upgrade_id);
-        out.push(change(
+        out.push(rename(
             "rename_old_aside",
-            "rename",
             source.id.clone(),
-            None,
             format!("-> {aside} (after RESUME)"),
         ));
-        out.push(change(
+        out.push(rename(
             "rename_new_in",
-            "rename",
             new.clone(),
-            None,
             format!("-> {} (PgBouncer back on it: plain RELOAD)", source.id),
         ));
         aside
@@ -371,18 +370,10 @@ pub fn server_changes(
     for r in &readers {
         if swaps {
             let aside = provider.aside_id(&r.id, upgrade_id);
-            out.push(change(
+            out.push(rename("move_reads", r.id.clone(), format!("-> {aside}")));
+            out.push(rename(
                 "move_reads",
-                "rename",
-                r.id.clone(),
-                None,
-                format!("-> {aside}"),
-            ));
-            out.push(change(
-                "move_reads",
-                "rename",
                 r.new_id.clone(),
-                None,
                 format!("-> {}", r.id),
             ));
             old_readers.push(aside);
