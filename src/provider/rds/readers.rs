@@ -424,21 +424,6 @@ impl RdsProvider {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_versions_compare_for_cascading() {
-        assert!(version("14.1").is_some_and(|v| v >= CASCADING_SINCE));
-        assert!(version("15.4").is_some_and(|v| v >= CASCADING_SINCE));
-        assert!(version("14.10").is_some_and(|v| v >= CASCADING_SINCE));
-        assert!(!version("13.12").is_some_and(|v| v >= CASCADING_SINCE));
-        assert!(!version("14").is_some_and(|v| v >= CASCADING_SINCE));
-        assert!(version("").is_none());
-    }
-}
-
 /// A read replica `id` of `source` on `class`, placed as `like` is
 /// (parameter group, subnets, security groups, Multi-AZ) and tagged as the
 /// replacement of `replaces` for `upgrade_id`.
@@ -459,5 +444,20 @@ pub(super) fn replica_like(
         security_groups: like.security_groups.clone(),
         multi_az: like.multi_az,
         tags: replica_tags(&like.tags, replaces, upgrade_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_versions_compare_for_cascading() {
+        assert!(version("14.1").is_some_and(|v| v >= CASCADING_SINCE));
+        assert!(version("15.4").is_some_and(|v| v >= CASCADING_SINCE));
+        assert!(version("14.10").is_some_and(|v| v >= CASCADING_SINCE));
+        assert!(!version("13.12").is_some_and(|v| v >= CASCADING_SINCE));
+        assert!(!version("14").is_some_and(|v| v >= CASCADING_SINCE));
+        assert!(version("").is_none());
     }
 }
