@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, ConnString, CutoverKind, PartitionsConfig};
+use crate::config::{Cluster, ConnString, CutoverKind, DatabaseConfig, PartitionsConfig};
 use crate::localpg::LocalPgError;
 use crate::outcome::Outcome;
 use crate::output;
@@ -182,7 +182,7 @@ async fn probe_pooler(conn: &ConnString, endpoint: String, timeout: Duration) ->
 
 /// Every managed table read as `partitions plan` reads it: one that does not
 /// exist or cannot be managed is a problem here too.
-async fn probe_tables(cfg: &Config) -> Vec<Probe> {
+async fn probe_tables(cfg: &Cluster) -> Vec<Probe> {
     if cfg.partitions.tables.is_empty() {
         return Vec::new();
     }
@@ -260,11 +260,11 @@ async fn probe_tables(cfg: &Config) -> Vec<Probe> {
 
 /// Whether the steward can keep its state (`pgsteward` schema, capacity
 /// samples) on the primary: the GRANT named when it cannot.
-async fn probe_schema(cfg: &Config) -> Probe {
-    let endpoint = cfg.database.primary.to_string();
+async fn probe_schema(database: &DatabaseConfig) -> Probe {
+    let endpoint = database.primary.to_string();
     let result = async {
-        let spec = cfg.database.primary.spec()?;
-        let client = spec.connect(cfg.database.connect_timeout.0).await?;
+        let spec = database.primary.spec()?;
+        let client = spec.connect(database.connect_timeout.0).await?;
         Ok::<_, ProbeError>(crate::schema::readiness(&client, &spec.display).await?)
     }
     .await;
@@ -288,22 +288,19 @@ async fn probe_schema(cfg: &Config) -> Probe {
 /// are a warning with the fix, exit 0: archive retention, `convert` and
 /// capacity samples refuse to write there (exit 1 where they run); declared
 /// ones are an OK line.
-async fn probe_publications(cfg: &Config) -> Option<Probe> {
+async fn probe_publications(database: &DatabaseConfig) -> Option<Probe> {
     use crate::schema::published::{decide, explain, read, Verdict, Writer};
-    let endpoint = cfg.database.primary.to_string();
+    let endpoint = database.primary.to_string();
     let rows = async {
-        let spec = cfg.database.primary.spec().ok()?;
-        let client = spec.connect(cfg.database.connect_timeout.0).await.ok()?;
-        tokio::time::timeout(
-            cfg.database.connect_timeout.0,
-            read(&client, None, &endpoint),
-        )
-        .await
-        .ok()?
-        .ok()
+        let spec = database.primary.spec().ok()?;
+        let client = spec.connect(database.connect_timeout.0).await.ok()?;
+        tokio::time::timeout(database.connect_timeout.0, read(&client, None, &endpoint))
+            .await
+            .ok()?
+            .ok()
     }
     .await?;
-    let acknowledged = &cfg.database.subscribers_have_pgsteward_schema;
+    let acknowledged = &database.subscribers_have_pgsteward_schema;
     let (warning, detail) = match decide(&rows, acknowledged) {
         Verdict::Clear => return None,
         Verdict::Acknowledged(names) => (
@@ -371,14 +368,14 @@ async fn probe_archive(cfg: &crate::config::ArchiveConfig) -> Probe {
 /// maintenance for every managed table, and `pg_monitor` for lag checks and
 /// server statistics. Each missing one is a failed probe naming its GRANT.
 /// Upgrade privileges are `upgrade plan`'s to check (they depend on the provider).
-async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
+async fn probe_privileges(cfg: &Cluster) -> Vec<Probe> {
     let mut needs = vec![crate::privileges::Required::new(
         crate::privileges::Need::RoleMember {
             role: "pg_monitor".into(),
         },
         "lag checks and server statistics",
     )];
-    needs.extend(crate::partitions::needs::needs(cfg));
+    needs.extend(crate::partitions::needs::needs(&cfg.partitions));
     let checked = async {
         let client = crate::partitions::connect(cfg).await?;
         Ok::<_, crate::partitions::PartitionError>(crate::privileges::check(&client, &needs).await?)
@@ -413,7 +410,7 @@ async fn probe_privileges(cfg: &Config) -> Vec<Probe> {
 /// Probes every endpoint concurrently and prints the result; an endpoint
 /// that cannot log in for want of a password is a usage error (exit 2),
 /// reported after the table.
-pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckError> {
+pub async fn run(cfg: &Cluster, format: OutputFormat) -> Result<Outcome, CheckError> {
     let timeout = cfg.database.connect_timeout.0;
     let mut futures = Vec::new();
     futures.push(Box::pin(probe_server(
@@ -452,8 +449,8 @@ pub async fn run(cfg: &Config, format: OutputFormat) -> Result<Outcome, CheckErr
     .await;
     probes.extend(pooler_probes.into_iter().flatten());
     if probes.first().is_some_and(|p| p.ok) {
-        probes.push(probe_schema(cfg).await);
-        probes.extend(probe_publications(cfg).await);
+        probes.push(probe_schema(&cfg.database).await);
+        probes.extend(probe_publications(&cfg.database).await);
         probes.extend(probe_tables(cfg).await);
         probes.extend(probe_privileges(cfg).await);
     }

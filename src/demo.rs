@@ -195,7 +195,7 @@ pub async fn run(args: &DemoArgs) -> Result<Outcome, DemoError> {
         pooler.port,
         t0.elapsed().as_secs_f64()
     );
-    let cfg = demo_config(dir.path(), &primary, &replica, &pooler, &steward_pw)?;
+    let cfg = demo_config(dir.path(), &primary, &replica, &pooler, &steward_pw)?.cluster;
     // The demo's client is the application's role, as in production.
     let pooler_url = pooler.url("app", "app");
     servers.pooler = Some(pooler);

@@ -40,9 +40,12 @@
 //!   * `localpg::majors`: which PostgreSQL majors are installed, and a replica made across majors.
 //!   * `localpg::cluster`: one cluster: create, configure, start, stop, setup SQL.
 //!   * `localpg::bouncer`: a PgBouncer process for the demo and the tests.
-//! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types.
+//! * [`config`]: defaults, then TOML, then `PGSTEWARD_` variables; unknown keys refused; validated types,
+//!   split by owner: a [`config::Process`] (HTTP, the state root) and the [`config::Cluster`] it serves.
+//!   Subsystems take a `&Cluster` or the one section they read; only `service` takes the whole [`config::Config`].
 //!   * [`config::units`]: human durations, calendar spans, byte sizes and cron schedules.
 //!   * `config::upgrade`: the `[upgrade]` and `[cutover]` sections (provider, pause bounds, PgBouncer).
+//!   * `config::cluster`: the file, validated, split into the process and its one cluster (named `default`).
 //!   * `config::bounds`: the allowed range of every duration, size and count.
 //!   * `config::suggest`: the valid key or value nearest to a mistyped one.
 //!   * [`config::indexes`]: declared indexes (`indexes = [...]`), validated, and the SQL made from them.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsteward::cli::{Cli, Command, ConvertCommand, PartitionsCommand, UpgradeCommand};
-use pgsteward::config::{self, Config};
+use pgsteward::config::{self, Cluster, Config};
 use pgsteward::{Error, Outcome};
 
 fn main() -> ExitCode {
@@ -94,11 +94,17 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         Command::Demo(args) => return Ok(pgsteward::demo::run(args).await?),
         Command::Check(out) => {
             let cfg = load_config(&cli)?;
-            return Ok(pgsteward::check::run(&cfg, out.output).await?);
+            return Ok(pgsteward::check::run(&cfg.cluster, out.output).await?);
         }
         _ => {}
     }
     let cfg = load_config(&cli)?;
+    if let Command::Run = cli.command {
+        return Ok(pgsteward::service::run_until_signal(cfg).await?);
+    }
+    // Every other command works on one cluster: the one the file describes
+    // (with several, a `--cluster NAME` would pick it here).
+    let cfg = cfg.cluster;
     if let Command::Upgrade(
         UpgradeCommand::Start { .. } | UpgradeCommand::Resume | UpgradeCommand::Abort,
     ) = &cli.command
@@ -112,7 +118,6 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
         }
     }
     match cli.command {
-        Command::Run => Ok(pgsteward::service::run_until_signal(cfg).await?),
         Command::Partitions(PartitionsCommand::Plan(o)) => {
             Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?)
         }
@@ -199,7 +204,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
                 }
             }
         }),
-        Command::Demo(_)
+        Command::Run
+        | Command::Demo(_)
         | Command::Check(_)
         | Command::Completions { .. }
         | Command::Man(_)
@@ -213,7 +219,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
 /// then refuse a primary that an upgrade moved. Only that is refused here;
 /// a replica or an unreachable server is the command's own business (it
 /// skips or reports).
-async fn before_ddl(cfg: &Config) -> Result<(), Error> {
+async fn before_ddl(cfg: &Cluster) -> Result<(), Error> {
     let never = tokio_util::sync::CancellationToken::new();
     pgsteward::upgrade::DdlGate::new(cfg)
         .wait_clear(std::time::Duration::from_secs(600), &never)

@@ -9,11 +9,11 @@ use super::limits;
 use super::model::{Observation, RdsStorage};
 use super::report::{CapacityReport, Chart, OldTableReport, State};
 use super::samples::{self, History};
-use crate::config::{Config, Interval, TableConfig};
+use crate::config::{Cluster, Interval, TableConfig};
 use crate::partitions::period::now_key;
 
 pub struct Inputs<'a> {
-    pub cfg: &'a Config,
+    pub cfg: &'a Cluster,
     pub obs: &'a Observation,
     pub history: &'a History,
     /// `None` off RDS; the error when the API could not be read.
@@ -48,7 +48,7 @@ pub fn period_days(i: Interval) -> f64 {
     }
 }
 
-fn table_cfg<'a>(cfg: &'a Config, table: &crate::pg::QualifiedName) -> Option<&'a TableConfig> {
+fn table_cfg<'a>(cfg: &'a Cluster, table: &crate::pg::QualifiedName) -> Option<&'a TableConfig> {
     cfg.partitions.tables.iter().find(|t| &t.table == table)
 }
 

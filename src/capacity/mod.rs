@@ -34,7 +34,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Cluster, ProviderKind};
 use crate::outcome::Outcome;
 use crate::output;
 pub use report::{CapacityReport, Chart, State};
@@ -80,7 +80,7 @@ impl CapacityError {
 }
 
 /// Where the RDS facts come from: `upgrade.rds` when the provider is RDS.
-fn rds_target(cfg: &Config) -> Option<aws::RdsTarget> {
+fn rds_target(cfg: &Cluster) -> Option<aws::RdsTarget> {
     if cfg.upgrade.provider != ProviderKind::Rds {
         return None;
     }
@@ -118,7 +118,7 @@ pub fn horizon_days(text: &str) -> Result<f64, CapacityError> {
 /// One capacity run against the configured primary. `rds_override` replaces
 /// the AWS settings (tests give moto's static credentials).
 pub async fn run(
-    cfg: &Config,
+    cfg: &Cluster,
     horizon_days: f64,
     rds_override: Option<aws::RdsTarget>,
 ) -> Result<(CapacityReport, Vec<Chart>), CapacityError> {
@@ -223,7 +223,7 @@ pub async fn run(
 
 /// `pgsteward capacity`: one run, printed; the plot written when asked.
 pub async fn capacity_command(
-    cfg: &Config,
+    cfg: &Cluster,
     format: OutputFormat,
     horizon: &str,
     plot: Option<&Path>,

@@ -229,7 +229,7 @@ mod tests {
                 ),
                 None,
             )
-            .map(|c| c.archive.map(|a| a.verify))
+            .map(|c| c.cluster.archive.map(|a| a.verify))
             .map_err(|e| e.to_string())
         };
         assert_eq!(mode(""), Ok(Some(ArchiveVerify::Auto)));

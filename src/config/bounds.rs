@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::{ByteSize, Config, ConfigError, HumanDuration, Reason};
+use super::{ByteSize, ConfigError, FileConfig, HumanDuration, Reason};
 
 const MS: Duration = Duration::from_millis(1);
 const fn secs(n: u64) -> Duration {
@@ -54,7 +54,7 @@ fn size(key: &str, v: ByteSize, max: u64) -> Result<(), ConfigError> {
 }
 
 /// Every bounded key, in file order; the first value out of range is the error.
-pub(super) fn check(c: &Config) -> Result<(), ConfigError> {
+pub(super) fn check(c: &FileConfig) -> Result<(), ConfigError> {
     duration(
         "database.connect_timeout",
         c.database.connect_timeout,

@@ -216,10 +216,14 @@ fn declared_publications_load_and_default_to_none() {
     let toml = "[database]\nprimary = \"postgres://u@h/db\"\nsubscribers_have_pgsteward_schema = [\"all_tables\", \"Odd Name\"]\n";
     let cfg = from_figment(Figment::new().merge(Toml::string(toml)), None).unwrap();
     assert_eq!(
-        cfg.database.subscribers_have_pgsteward_schema,
+        cfg.cluster.database.subscribers_have_pgsteward_schema,
         ["all_tables", "Odd Name"]
     );
     let none = "[database]\nprimary = \"postgres://u@h/db\"\n";
     let cfg = from_figment(Figment::new().merge(Toml::string(none)), None).unwrap();
-    assert!(cfg.database.subscribers_have_pgsteward_schema.is_empty());
+    assert!(cfg
+        .cluster
+        .database
+        .subscribers_have_pgsteward_schema
+        .is_empty());
 }

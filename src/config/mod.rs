@@ -5,6 +5,7 @@
 pub mod archive;
 mod bounds;
 mod capacity;
+mod cluster;
 mod error;
 #[cfg(test)]
 mod fuzz;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::pg::{ConnSpec, QualifiedName};
 pub use archive::{ArchiveConfig, ArchiveFormat, ArchiveVerify, S3Url};
 pub use capacity::CapacityConfig;
+pub use cluster::{Cluster, Config, Process, DEFAULT_CLUSTER};
 pub use error::{ConfigError, Reason};
 pub use units::{ByteSize, CalendarSpan, HumanDuration, Schedule};
 pub use upgrade::{
@@ -85,9 +87,12 @@ impl Serialize for ConnString {
     }
 }
 
+/// The file as written: every section side by side, each key checked
+/// (`deny_unknown_fields`, which serde's `flatten` would defeat). Validated,
+/// it is split into the process and its cluster ([`Config`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub(crate) struct FileConfig {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub partitions: PartitionsConfig,
@@ -399,11 +404,11 @@ pub fn env_provider() -> Env {
 }
 
 pub fn from_figment(figment: Figment, path: Option<&Path>) -> Result<Config, ConfigError> {
-    let config: Config = figment
+    let file: FileConfig = figment
         .extract()
         .map_err(|e| ConfigError::Invalid(error::describe_figment_error(e, path)))?;
-    config.validate().map_err(|e| e.in_file(path))?;
-    Ok(config)
+    file.validate().map_err(|e| e.in_file(path))?;
+    Ok(Config::split(file))
 }
 
 /// `db.<family>.<size>`: lower-case letters and digits, as RDS names classes.
@@ -418,7 +423,7 @@ fn is_rds_instance_class(s: &str) -> bool {
         })
 }
 
-impl Config {
+impl FileConfig {
     /// Checks that need more than one field at a time.
     fn validate(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::HashSet::new();
@@ -501,20 +506,5 @@ impl Config {
             .at("cutover.config_file"));
         }
         Ok(())
-    }
-
-    /// The pgbouncer.ini for the i-th admin endpoint.
-    pub fn pooler_config_file(&self, i: usize) -> Option<&Path> {
-        let files = &self.cutover.config_file;
-        files
-            .get(i)
-            .or_else(|| {
-                if files.len() == 1 {
-                    files.first()
-                } else {
-                    None
-                }
-            })
-            .map(|p| p.as_path())
     }
 }

@@ -23,9 +23,11 @@ pub enum ProviderKind {
 pub struct UpgradeConfig {
     #[serde(default)]
     pub provider: ProviderKind,
-    /// The upgrade journal lives here; it must survive the process (a PVC in Kubernetes).
+    /// The upgrade journal lives here; it must survive the process (a PVC in
+    /// Kubernetes). Read once, at load, as the process's state root: code
+    /// reads a cluster's own directory, `Cluster::state_dir`.
     #[serde(default = "default_state_dir")]
-    pub state_dir: PathBuf,
+    pub(super) state_dir: PathBuf,
     /// Replica lag at which the cutover may begin.
     #[serde(default = "default_catchup_max_bytes")]
     pub catchup_max_bytes: ByteSize,
@@ -225,6 +227,23 @@ impl Default for CutoverConfig {
             max_waiting_clients: default_max_waiting_clients(),
             max_client_wait: default_max_client_wait(),
         }
+    }
+}
+
+impl CutoverConfig {
+    /// The pgbouncer.ini for the i-th admin endpoint.
+    pub fn pooler_config_file(&self, i: usize) -> Option<&std::path::Path> {
+        let files = &self.config_file;
+        files
+            .get(i)
+            .or_else(|| {
+                if files.len() == 1 {
+                    files.first()
+                } else {
+                    None
+                }
+            })
+            .map(|p| p.as_path())
     }
 }
 

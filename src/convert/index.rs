@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{sql, ConvertError};
 use crate::config::indexes::IndexDef;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::partitions::indexes::build::{progress, PROGRESS_EVERY};
 use crate::partitions::indexes::{create_index_concurrently, Created, Log, Session};
 use crate::pg::{quote_ident, QualifiedName};
@@ -40,7 +40,7 @@ pub fn unique_def(columns: &[String]) -> IndexDef {
 /// build waits up to `partitions.index_build_wait` for it and for older
 /// transactions, then the session is back to `lock_timeout`.
 pub async fn build_unique_concurrently(
-    cfg: &Config,
+    cfg: &Cluster,
     client: &Client,
     table: &QualifiedName,
     index: &str,
@@ -74,7 +74,7 @@ pub async fn build_unique_concurrently(
 
 /// Logs the build's phase and blocks done every [`PROGRESS_EVERY`] until the
 /// build ends (the caller drops this future then); never returns.
-async fn watch_progress(cfg: &Config, pid: i32, index: &str, started: Instant) -> Infallible {
+async fn watch_progress(cfg: &Cluster, pid: i32, index: &str, started: Instant) -> Infallible {
     let watcher = match super::connect(cfg).await {
         Ok(w) if pid != 0 => w,
         _ => return std::future::pending().await,

@@ -80,15 +80,15 @@ pub async fn ensure(client: &tokio_postgres::Client, target: &str) -> Result<(),
 /// so a refused conversion writes nothing.
 pub async fn published(
     client: &tokio_postgres::Client,
-    cfg: &crate::config::Config,
+    database: &crate::config::DatabaseConfig,
     server_version_num: Option<i32>,
 ) -> Result<Option<super::plan::Refusal>, ConvertError> {
     match crate::schema::published::check(
         client,
         server_version_num,
-        &cfg.database.subscribers_have_pgsteward_schema,
+        &database.subscribers_have_pgsteward_schema,
         crate::schema::published::Writer::Convert,
-        &cfg.database.primary.to_string(),
+        &database.primary.to_string(),
     )
     .await
     {

@@ -33,7 +33,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::cli::OutputFormat;
-use crate::config::{Config, TableConfig};
+use crate::config::{Cluster, TableConfig};
 use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
 use crate::saga;
@@ -106,7 +106,7 @@ pub const ADVISORY_NAMESPACE: i32 = 0x7067_6376;
 /// A session for conversion: the partition session's settings (lock_timeout,
 /// UTC, ISO) plus an empty search_path, so every definition the catalog
 /// prints is schema-qualified and every name we write is resolved exactly.
-pub async fn connect(cfg: &Config) -> Result<Client, ConvertError> {
+pub async fn connect(cfg: &Cluster) -> Result<Client, ConvertError> {
     let client = crate::partitions::connect(cfg).await?;
     client
         .batch_execute(sql::SESSION_SETTINGS)
@@ -116,7 +116,7 @@ pub async fn connect(cfg: &Config) -> Result<Client, ConvertError> {
 }
 
 fn table_config<'a>(
-    cfg: &'a Config,
+    cfg: &'a Cluster,
     table: &QualifiedName,
 ) -> Result<&'a TableConfig, ConvertError> {
     cfg.partitions
@@ -265,7 +265,7 @@ fn steps_of(p: &plan::ConvertPlan, info: &inspect::TableInfo) -> Vec<StepOutput>
 
 /// `convert plan`: what would change, the steps and their SQL, or why not.
 pub async fn plan_command(
-    cfg: &Config,
+    cfg: &Cluster,
     table: &QualifiedName,
     key: Option<&str>,
     output: OutputFormat,
@@ -273,7 +273,8 @@ pub async fn plan_command(
     let tcfg = table_config(cfg, table)?;
     let client = connect(cfg).await?;
     let (p, info, mut refusals) = make_plan(&client, tcfg, key).await?;
-    refusals.extend(journal::published(&client, cfg, Some(info.server_version_num)).await?);
+    refusals
+        .extend(journal::published(&client, &cfg.database, Some(info.server_version_num)).await?);
     let steps = if refusals.is_empty() {
         steps_of(&p, &info)
     } else {
@@ -343,7 +344,7 @@ fn plan_text(out: &PlanOutput) -> String {
 
 /// `convert start`: plan, journal, drive to the end.
 pub async fn start_command(
-    cfg: &Config,
+    cfg: &Cluster,
     table: &QualifiedName,
     key: Option<&str>,
 ) -> Result<Outcome, ConvertError> {
@@ -352,7 +353,7 @@ pub async fn start_command(
     let client = connect(cfg).await?;
     lock(&client, table).await?;
     // Before the journal's first write (the migration included).
-    if let Some(r) = journal::published(&client, cfg, None).await? {
+    if let Some(r) = journal::published(&client, &cfg.database, None).await? {
         return Err(ConvertError::Refused {
             table: table.to_string(),
             reasons: vec![format!("{} ({})", r.reason, r.fix)],
@@ -397,7 +398,7 @@ pub async fn start_command(
 /// The table's active conversion from its journal, with the table's lock
 /// held (as `start` holds it), for `resume` and `abort`.
 async fn active_conversion(
-    cfg: &Config,
+    cfg: &Cluster,
     table: &QualifiedName,
 ) -> Result<Conversion, ConvertError> {
     let tcfg = table_config(cfg, table)?;
@@ -416,7 +417,7 @@ async fn active_conversion(
 }
 
 /// `convert resume`: continue the table's active conversion from its journal.
-pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+pub async fn resume_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let mut conv = active_conversion(cfg, table).await?;
     tracing::info!(table = %table, step = conv.rec.step.as_str(), "resuming conversion");
@@ -429,7 +430,7 @@ pub async fn resume_command(cfg: &Config, table: &QualifiedName) -> Result<Outco
 }
 
 /// `convert abort`: before the swap, remove everything the conversion built.
-pub async fn abort_command(cfg: &Config, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+pub async fn abort_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
     let mut conv = active_conversion(cfg, table).await?;
     saga::unwind(&mut conv, TABLE, &cancel, "aborted by the operator").await?;
@@ -457,7 +458,7 @@ struct FirstPartition {
 /// `convert status`: the table's conversion step by step, who drives it,
 /// live index-build progress, and afterwards the first partition's range and size.
 pub async fn status_command(
-    cfg: &Config,
+    cfg: &Cluster,
     table: &QualifiedName,
     output: OutputFormat,
 ) -> Result<Outcome, ConvertError> {

@@ -12,13 +12,13 @@ use tokio_postgres::Client;
 use super::journal::{self, Record, Step};
 use super::plan::SWAP_GUARD;
 use super::{steps, ConvertError};
-use crate::config::{Config, TableConfig};
+use crate::config::{Cluster, TableConfig};
 use crate::saga::{At, Boxed, Done, Failure, JournalStore, Kind, Row, Stage, StepId, Undo};
 
 /// Everything a conversion's steps run with. The session holds the table's
 /// conversion lock (an advisory lock) for as long as this lives.
 pub struct Conversion {
-    pub cfg: Config,
+    pub cfg: Cluster,
     pub tcfg: TableConfig,
     pub client: Client,
     /// The journal's row as last read or written: `rec.step` is the last

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::{Cluster, DatabaseConfig, LagConfig};
 use crate::outcome::Outcome;
 use crate::output;
 pub use evaluate::{evaluate, Problem, ReplicaState, Thresholds, Verdict};
@@ -123,13 +123,13 @@ impl LagReport {
 /// caught-up replica reads at or past the primary's LSN (never "behind" by
 /// WAL written between two reads); replicas are then read concurrently.
 pub async fn check(
-    cfg: &Config,
+    lag: &LagConfig,
     pools: &LagPools,
     cancel: &CancellationToken,
 ) -> Result<LagReport, LagError> {
     let thresholds = Thresholds {
-        max_bytes: cfg.lag.max_bytes.0,
-        max_delay: cfg.lag.max_delay.0,
+        max_bytes: lag.max_bytes.0,
+        max_delay: lag.max_delay.0,
     };
     let work = async {
         let primary = pools.observe_primary().await;
@@ -215,31 +215,32 @@ pub async fn check(
 }
 
 /// One check with pools made for it (the CLI, the demo).
-pub async fn check_once(cfg: &Config) -> Result<LagReport, LagError> {
+pub async fn check_once(cfg: &Cluster) -> Result<LagReport, LagError> {
     // With provider = "rds" and no replica list, the replicas are the
     // source instance's read replicas as RDS lists them.
     if cfg.upgrade.provider == crate::config::ProviderKind::Rds && cfg.database.replicas.is_empty()
     {
         let found = crate::provider::rds::discover_replicas(cfg).await?;
-        return check_discovered(cfg, found).await;
+        return check_discovered(&cfg.database, &cfg.lag, found).await;
     }
-    let pools = LagPools::new(cfg)?;
-    check(cfg, &pools, &CancellationToken::new()).await
+    let pools = LagPools::new(&cfg.database, &cfg.lag)?;
+    check(&cfg.lag, &pools, &CancellationToken::new()).await
 }
 
 /// One check of the replicas RDS discovery found: each row carries its
 /// instance and region; those without an endpoint are reported unchecked.
 pub async fn check_discovered(
-    cfg: &Config,
+    database: &DatabaseConfig,
+    lag: &LagConfig,
     found: Vec<crate::provider::rds::DiscoveredReplica>,
 ) -> Result<LagReport, LagError> {
-    let mut cfg = cfg.clone();
+    let mut database = database.clone();
     let mut checked = Vec::new();
     let mut unchecked = Vec::new();
     for r in found {
         match r.endpoint {
             Ok(endpoint) => {
-                cfg.database.replicas.push(endpoint);
+                database.replicas.push(endpoint);
                 checked.push((r.id, r.region));
             }
             Err(reason) => unchecked.push(UncheckedReplica {
@@ -249,8 +250,8 @@ pub async fn check_discovered(
             }),
         }
     }
-    let pools = LagPools::new(&cfg)?;
-    let mut report = check(&cfg, &pools, &CancellationToken::new()).await?;
+    let pools = LagPools::new(&database, lag)?;
+    let mut report = check(lag, &pools, &CancellationToken::new()).await?;
     // `check` reports the replicas in the order of database.replicas.
     for (row, (id, region)) in report.replicas.iter_mut().zip(checked) {
         row.instance = Some(id);
@@ -285,7 +286,7 @@ fn log_verdict(replica: &str, v: &Verdict) {
     }
 }
 
-pub async fn lag_command(cfg: &Config, format: OutputFormat) -> Result<Outcome, LagError> {
+pub async fn lag_command(cfg: &Cluster, format: OutputFormat) -> Result<Outcome, LagError> {
     let report = check_once(cfg).await?;
     match format {
         OutputFormat::Json => output::print_json(&report),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_postgres::Row;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnString};
+use crate::config::{ConnString, DatabaseConfig, LagConfig};
 use crate::pg::{ConnSpec, PgError};
 
 use super::sql;
@@ -179,9 +179,9 @@ pub struct LagPools {
 }
 
 impl LagPools {
-    pub fn new(cfg: &Config) -> Result<LagPools, PgError> {
-        let query_timeout = cfg.lag.query_timeout.0;
-        let connect_timeout = cfg.database.connect_timeout.0.min(query_timeout);
+    pub fn new(database: &DatabaseConfig, lag: &LagConfig) -> Result<LagPools, PgError> {
+        let query_timeout = lag.query_timeout.0;
+        let connect_timeout = database.connect_timeout.0.min(query_timeout);
         let node = |c: &ConnString| -> Result<Node, PgError> {
             let mut spec = c.spec()?;
             with_statement_timeout(&mut spec, query_timeout);
@@ -192,9 +192,8 @@ impl LagPools {
             })
         };
         Ok(LagPools {
-            primary: node(&cfg.database.primary)?,
-            replicas: cfg
-                .database
+            primary: node(&database.primary)?,
+            replicas: database
                 .replicas
                 .iter()
                 .map(node)

@@ -32,7 +32,7 @@ use super::model::{Action, DetachHow, Range, TableState};
 use super::plan;
 use super::report::TableReport;
 use super::session::{self, ADVISORY_NAMESPACE};
-use crate::config::{Config, TableConfig};
+use crate::config::{Cluster, TableConfig};
 use crate::heap::boxed;
 use crate::pg::{server_message, Cancelled, QualifiedName};
 use crate::schema::published::{Once as Published, Writer};
@@ -157,7 +157,7 @@ pub(super) const UNCANCELLABLE_ATTEMPTS: u32 = 5;
 /// whether archive bookkeeping may be written (`schema::published`).
 #[allow(clippy::too_many_arguments)]
 pub async fn execute(
-    cfg: &Config,
+    cfg: &Cluster,
     first: Client,
     current_user: &str,
     work: Vec<Work>,
@@ -215,7 +215,7 @@ pub async fn execute(
 
 pub(super) struct Exec<'a> {
     pub(super) client: &'a Client,
-    pub(super) cfg: &'a Config,
+    pub(super) cfg: &'a Cluster,
     pub(super) cancel: &'a CancellationToken,
     pub(super) current_user: &'a str,
     /// This session's backend pid, for naming who blocks it.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, Row};
 
 use super::session;
-use crate::config::Config;
+use crate::config::Cluster;
 
 /// A session holding (or queued ahead for) a lock the pass needed.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +76,7 @@ pub fn describe(blockers: &[Blocker]) -> String {
 /// Runs `fut` (a statement of session `pid`) while a second session samples
 /// who blocks it. Without an observer session the statement runs alone.
 pub async fn watching<T>(
-    cfg: &Config,
+    cfg: &Cluster,
     pid: i32,
     fut: impl Future<Output = T>,
 ) -> (T, Vec<Blocker>) {

@@ -12,7 +12,7 @@ use super::{
     RECOVERY_SKIP,
 };
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::pg::QualifiedName;
 
@@ -48,7 +48,7 @@ struct ActionOutput {
 }
 
 /// `partitions plan`: the DDL the next pass would run, changing nothing.
-pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+pub async fn plan_command(cfg: &Cluster, output: OutputFormat) -> Result<Outcome, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     let managed = indexes::managed(&catalog);
@@ -56,7 +56,7 @@ pub async fn plan_command(cfg: &Config, output: OutputFormat) -> Result<Outcome,
     let missing_privileges: Vec<_> = if catalog.in_recovery {
         Vec::new()
     } else {
-        crate::privileges::check(&client, &super::needs::needs(cfg))
+        crate::privileges::check(&client, &super::needs::needs(&cfg.partitions))
             .await?
             .into_iter()
             .filter(|v| !v.ok)
@@ -277,7 +277,7 @@ fn plan_text(out: &PlanOutput) -> String {
 }
 
 /// `partitions apply`: one maintenance pass; Ctrl-C stops before the next statement.
-pub async fn apply_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+pub async fn apply_command(cfg: &Cluster, output: OutputFormat) -> Result<Outcome, PartitionError> {
     let cancel = CancellationToken::new();
     let on_signal = cancel.clone();
     let signal = tokio::spawn(async move {

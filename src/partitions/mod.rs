@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, TableConfig};
+use crate::config::{Cluster, TableConfig};
 use crate::pg::QualifiedName;
 
 pub use commands::{apply_command, plan_command};
@@ -54,7 +54,7 @@ const RECOVERY_SKIP: &str =
 /// One maintenance pass over every managed table. Cancelling stops before the
 /// next DDL statement; a statement in flight finishes or is cancelled cleanly.
 pub async fn run_pass(
-    cfg: &Config,
+    cfg: &Cluster,
     cancel: &CancellationToken,
 ) -> Result<PassReport, PartitionError> {
     run_pass_at(cfg, Utc::now(), cancel).await
@@ -62,7 +62,7 @@ pub async fn run_pass(
 
 /// Connects to the primary and reads the catalog of every managed table in
 /// one query: the shared start of a pass, `plan` and `status`.
-async fn connect_and_read(cfg: &Config) -> Result<(Client, catalog::Catalog), PartitionError> {
+async fn connect_and_read(cfg: &Cluster) -> Result<(Client, catalog::Catalog), PartitionError> {
     let client = connect(cfg).await?;
     let names: Vec<QualifiedName> = cfg
         .partitions
@@ -76,7 +76,7 @@ async fn connect_and_read(cfg: &Config) -> Result<(Client, catalog::Catalog), Pa
 
 /// [`run_pass`] with the clock given: periods and retention are computed from `now`.
 pub async fn run_pass_at(
-    cfg: &Config,
+    cfg: &Cluster,
     now: DateTime<Utc>,
     cancel: &CancellationToken,
 ) -> Result<PassReport, PartitionError> {

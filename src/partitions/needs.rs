@@ -2,16 +2,16 @@
 //! [`crate::privileges::check`]: `partitions plan` and `check` verify it
 //! before anything acts, and print the GRANT for whatever is missing.
 
-use crate::config::Config;
+use crate::config::PartitionsConfig;
 use crate::privileges::{Need, Required};
 
 /// Per managed table: acting as the owner of it and its partitions (CREATE
 /// TABLE ... LIKE, ATTACH / DETACH, DROP, moving DEFAULT rows, giving new
 /// partitions the parent's owner); per schema holding one: USAGE and CREATE.
-pub fn needs(cfg: &Config) -> Vec<Required> {
+pub fn needs(partitions: &PartitionsConfig) -> Vec<Required> {
     let mut out = Vec::new();
     let mut schemas: Vec<&str> = Vec::new();
-    for t in &cfg.partitions.tables {
+    for t in &partitions.tables {
         out.push(Required::new(
             Need::TableOwner {
                 table: t.table.clone(),

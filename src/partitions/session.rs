@@ -4,7 +4,7 @@
 use tokio_postgres::Client;
 
 use super::error::PartitionError;
-use crate::config::Config;
+use crate::config::Cluster;
 
 /// Namespace of the per-table advisory locks (`pg_try_advisory_lock(NS, oid)`):
 /// "pgst". The two-int form never collides with the service's one-bigint leader lock.
@@ -13,7 +13,7 @@ pub const ADVISORY_NAMESPACE: i32 = 0x7067_7374;
 /// Opens a session for maintenance. Settings ride in the startup packet (no
 /// extra round trip): `lock_timeout` bounds every statement's lock wait, and
 /// UTC/ISO make `pg_get_expr` print bounds the way `catalog::parse_bound` reads them.
-pub async fn connect(cfg: &Config) -> Result<Client, PartitionError> {
+pub async fn connect(cfg: &Cluster) -> Result<Client, PartitionError> {
     let spec = cfg.database.primary.spec()?;
     let timeout = cfg.database.connect_timeout.0;
     let mut config = spec.config.clone();

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::blockers::Blocker;
 use super::model::{Action, DetachHow, TableState};
 use super::sql;
-use crate::config::{Config, HumanDuration, PartitionsConfig};
+use crate::config::{Cluster, DatabaseConfig, HumanDuration, PartitionsConfig};
 use crate::pg::{server_message, QualifiedName};
 
 /// How often the holders are read again while the pass waits for them.
@@ -83,9 +83,9 @@ impl Standbys {
     /// is logged and left out: its queries cannot be seen, and a pass never
     /// stops for a replica that is down (replay there is bounded by its own
     /// `max_standby_streaming_delay`).
-    pub async fn connect(cfg: &Config) -> Standbys {
-        let timeout = cfg.database.connect_timeout.0;
-        let dbname = match cfg.database.primary.spec() {
+    pub async fn connect(database: &DatabaseConfig) -> Standbys {
+        let timeout = database.connect_timeout.0;
+        let dbname = match database.primary.spec() {
             Ok(s) => s.dbname().to_string(),
             Err(_) => {
                 return Standbys {
@@ -94,7 +94,7 @@ impl Standbys {
             }
         };
         let mut clients = Vec::new();
-        for r in &cfg.database.replicas {
+        for r in &database.replicas {
             let endpoint = r.to_string();
             let client = async {
                 let spec = r.spec()?;
@@ -176,7 +176,7 @@ impl Standbys {
 /// locking what standby queries may hold, waits for them (connecting to the
 /// replicas once per table, on the first such step). `Err`: leave the table.
 pub async fn gate(
-    cfg: &Config,
+    cfg: &Cluster,
     standbys: &mut Option<Standbys>,
     action: &Action,
     state: &TableState,
@@ -190,7 +190,7 @@ pub async fn gate(
         return Ok(());
     }
     if standbys.is_none() {
-        *standbys = Some(Standbys::connect(cfg).await);
+        *standbys = Some(Standbys::connect(&cfg.database).await);
     }
     match standbys {
         Some(s) => s.wait_clear(&relations, wait.0, cancel).await,

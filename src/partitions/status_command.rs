@@ -11,7 +11,7 @@ use super::{
     catalog, connect_and_read, converting, ddl, indexes, plan, PartitionError, RECOVERY_SKIP,
 };
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::pg::{server_message, QualifiedName};
 
@@ -61,7 +61,10 @@ impl TableStatus {
 
 /// `partitions status`: per table, partitions, covered range, coverage ahead,
 /// gaps and rows in DEFAULT (counted exactly, in one query for all tables).
-pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, PartitionError> {
+pub async fn status_command(
+    cfg: &Cluster,
+    output: OutputFormat,
+) -> Result<Outcome, PartitionError> {
     let (client, catalog) = connect_and_read(cfg).await?;
     let now = Utc::now();
     // Coverage can be read on a replica, but the command was pointed at the wrong host.

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::config::{Config, ConnString};
+use crate::config::{Cluster, ConnString};
 pub use ini::{database_lines, ini_entries, ini_target, retarget_ini, rewrite_ini, Durability};
 use members::Instance;
 use reach::{discover_one, show_databases};
@@ -142,7 +142,7 @@ impl Endpoint {
 /// (inside it, the pause deadline is the bound): a hung server fails the step
 /// instead of hanging it. Twice `database.connect_timeout`, at least 10 s, at
 /// most `upgrade.step_timeout`.
-pub fn query_timeout(cfg: &Config) -> Duration {
+pub fn query_timeout(cfg: &Cluster) -> Duration {
     (cfg.database.connect_timeout.0 * 2)
         .max(Duration::from_secs(10))
         .min(cfg.upgrade.step_timeout.0)
@@ -170,7 +170,7 @@ pub struct Poolers {
 }
 
 impl Poolers {
-    pub fn from_config(cfg: &Config) -> Poolers {
+    pub fn from_config(cfg: &Cluster) -> Poolers {
         let servers = cfg
             .database
             .primary
@@ -185,7 +185,7 @@ impl Poolers {
                 .enumerate()
                 .map(|(i, admin)| Source {
                     admin: admin.clone(),
-                    ini: cfg.pooler_config_file(i).map(Path::to_path_buf),
+                    ini: cfg.cutover.pooler_config_file(i).map(Path::to_path_buf),
                 })
                 .collect(),
             endpoints: Vec::new(),

@@ -167,10 +167,10 @@ pub struct GateLimits {
 
 impl GateLimits {
     /// `cutover.max_waiting_clients` and `cutover.max_client_wait`.
-    pub fn from_config(cfg: &crate::config::Config) -> GateLimits {
+    pub fn from_config(cutover: &crate::config::CutoverConfig) -> GateLimits {
         GateLimits {
-            max_waiting_clients: cfg.cutover.max_waiting_clients,
-            max_client_wait: cfg.cutover.max_client_wait.0,
+            max_waiting_clients: cutover.max_waiting_clients,
+            max_client_wait: cutover.max_client_wait.0,
         }
     }
 }

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, ConnString, LocalProviderConfig, ProviderKind};
+use crate::config::{ConnString, LocalProviderConfig, ProviderKind};
 use crate::localpg::{self, Cluster, StopMode};
 use crate::provider::settings::class_wins;
 use crate::provider::slotsync;
@@ -37,7 +37,7 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn new(cfg: &Config) -> Result<LocalProvider, ProviderError> {
+    pub fn new(cfg: &crate::config::Cluster) -> Result<LocalProvider, ProviderError> {
         Ok(LocalProvider {
             promote_conn: tokio::sync::Mutex::new(None),
             primary: cfg.database.primary.clone(),

@@ -43,7 +43,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConnString, ProviderKind};
+use crate::config::{Cluster, ConnString, ProviderKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
@@ -468,7 +468,7 @@ pub trait Provider: Send + Sync {
 }
 
 /// The provider `upgrade.provider` names.
-pub fn from_config(cfg: &Config) -> Result<Box<dyn Provider>, ProviderError> {
+pub fn from_config(cfg: &Cluster) -> Result<Box<dyn Provider>, ProviderError> {
     match cfg.upgrade.provider {
         ProviderKind::Local => Ok(Box::new(local::LocalProvider::new(cfg)?)),
         ProviderKind::Rds => Ok(Box::new(rds::RdsProvider::new(cfg)?)),
@@ -478,7 +478,7 @@ pub fn from_config(cfg: &Config) -> Result<Box<dyn Provider>, ProviderError> {
 /// [`from_config`] whose waits (RDS polling and backoff) end when `cancel`
 /// fires (SIGTERM/SIGINT of an upgrade run).
 pub fn from_config_cancellable(
-    cfg: &Config,
+    cfg: &Cluster,
     cancel: tokio_util::sync::CancellationToken,
 ) -> Result<Box<dyn Provider>, ProviderError> {
     match cfg.upgrade.provider {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity;
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 use crate::http::{self, HttpState, PrimaryProbe};
 use crate::lag::{self, LagPools};
 use crate::metrics::Metrics;
@@ -76,18 +76,22 @@ pub async fn run_until_signal(cfg: Config) -> Result<Outcome, ServiceError> {
 
 /// The service until `shutdown` resolves. Tests pass their own trigger.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outcome, ServiceError> {
-    let cfg = Arc::new(cfg);
+    // The process's endpoint serves the jobs of its cluster; each job below
+    // sees only the cluster. Serving several clusters would spawn this set
+    // of jobs (with its leader and pools) once per cluster.
+    let Config { process, cluster } = cfg;
+    let cfg = Arc::new(cluster);
     let metrics = Arc::new(Metrics::new());
     let timeout = cfg.database.connect_timeout.0.min(PROBE_TIMEOUT_MAX);
     let primary = cfg.database.primary.spec()?;
     let leader = Arc::new(Leader::new(primary.clone(), timeout, metrics.clone()));
-    let pools = Arc::new(LagPools::new(&cfg)?);
+    let pools = Arc::new(LagPools::new(&cfg.database, &cfg.lag)?);
     let probe = Arc::new(PrimaryProbe::new(primary.pool(1, timeout), timeout));
     let cancel = CancellationToken::new();
     let tasks = Tasks::new();
 
     let server = http::bind(
-        cfg.http.listen,
+        process.http.listen,
         HttpState {
             metrics: metrics.clone(),
             probe,
@@ -96,7 +100,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
     )
     .await
     .map_err(|source| ServiceError::Listen {
-        addr: cfg.http.listen,
+        addr: process.http.listen,
         source,
     })?;
     tasks.spawn("http", async move {
@@ -134,7 +138,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         );
     }
 
-    tracing::info!(listen = %cfg.http.listen, "service started");
+    tracing::info!(listen = %process.http.listen, "service started");
     shutdown.await;
     cancel.cancel();
     let stuck = tasks.drain(DRAIN_DEADLINE).await;
@@ -150,7 +154,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
 /// afresh for each run so a run owns what it borrows.
 #[derive(Clone)]
 struct JobCtx {
-    cfg: Arc<Config>,
+    cfg: Arc<Cluster>,
     cancel: CancellationToken,
     metrics: Arc<Metrics>,
     leader: Arc<Leader>,
@@ -184,7 +188,7 @@ impl Jobs<'_> {
 /// current and a follower takes over at the lag cadence too. Replica problems
 /// are findings, not job failures; the job fails when the primary cannot be read.
 async fn lag_job(
-    cfg: &Config,
+    cfg: &Cluster,
     pools: &LagPools,
     leader: &Leader,
     metrics: &Metrics,
@@ -195,7 +199,7 @@ async fn lag_job(
         _ = leader.refresh() => {}
         _ = cancel.cancelled() => return JobRun::Cancelled,
     }
-    match lag::check(cfg, pools, cancel).await {
+    match lag::check(&cfg.lag, pools, cancel).await {
         Ok(report) => {
             metrics.record_lag(&report);
             if report.primary.reachable {
@@ -228,7 +232,7 @@ async fn lag_job(
 /// runs as its own process (CLI, Job), and the row is where every runner
 /// records its step before acting, on whichever node is the primary. A read
 /// that fails leaves the gauge as it was.
-async fn record_upgrade_step(cfg: &Config, metrics: &Metrics) {
+async fn record_upgrade_step(cfg: &Cluster, metrics: &Metrics) {
     let row = upgrade::guard::read_cluster(
         &cfg.database.primary,
         cfg.database.connect_timeout.0,
@@ -267,7 +271,7 @@ async fn require_leader(leader: &Leader, cancel: &CancellationToken) -> Result<(
 /// the alerts read. Findings (something runs out) are metrics and alerts,
 /// not job failures; the job fails when the run itself could not be made.
 async fn capacity_job(
-    cfg: &Config,
+    cfg: &Cluster,
     leader: &Leader,
     metrics: &Metrics,
     cancel: &CancellationToken,
@@ -300,7 +304,7 @@ async fn capacity_job(
 /// answer is `pgsteward_pgbouncer_up 0`, not a job failure; the job fails
 /// when a name does not resolve at all.
 async fn pgbouncer_job(
-    cfg: &Config,
+    cfg: &Cluster,
     leader: &Leader,
     metrics: &Metrics,
     cancel: &CancellationToken,
@@ -333,7 +337,7 @@ async fn pgbouncer_job(
 
 /// The partition pass, on the leader only.
 async fn partitions_job(
-    cfg: &Config,
+    cfg: &Cluster,
     leader: &Leader,
     metrics: &Metrics,
     cancel: &CancellationToken,

@@ -6,18 +6,18 @@
 use super::error::UpgradeError;
 use super::record::UpgradeRecord;
 use super::{guard, steps};
-use crate::config::Config;
+use crate::config::Cluster;
 
 /// Takes the upgrade lock on `target` for upgrade `id` (see `guard`).
 async fn lock_guard(
-    cfg: &Config,
+    cfg: &Cluster,
     target: &crate::config::ConnString,
     id: &str,
 ) -> Result<guard::Guard, UpgradeError> {
     Ok(guard::Guard::acquire(
         target,
         id,
-        &cfg.upgrade.state_dir.display().to_string(),
+        &cfg.state_dir.display().to_string(),
         cfg.database.connect_timeout.0,
         steps::query_timeout(cfg),
     )
@@ -26,7 +26,7 @@ async fn lock_guard(
 
 /// The lock and the row, for continuing upgrade `id`.
 pub(super) async fn take_guard(
-    cfg: &Config,
+    cfg: &Cluster,
     target: &crate::config::ConnString,
     id: &str,
 ) -> Result<guard::Guard, UpgradeError> {
@@ -39,7 +39,7 @@ pub(super) async fn take_guard(
 /// promote has started, the new primary is where the guard is written (the
 /// old one is only held, and not at all when it no longer answers).
 pub(super) async fn take_guard_for(
-    cfg: &Config,
+    cfg: &Cluster,
     rec: &UpgradeRecord,
     provider: &dyn crate::provider::Provider,
 ) -> Result<guard::Guard, UpgradeError> {

@@ -11,7 +11,7 @@ use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use super::runner::Saga;
 use super::{guard, journal, keeper, record, rescue, steps};
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
 
@@ -35,7 +35,7 @@ pub struct RunSummary {
 }
 
 /// Starts a new upgrade to `class` and drives it to the end.
-pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
+pub async fn start(cfg: &Cluster, class: &str, quiet: bool) -> Result<RunSummary, UpgradeError> {
     start_with(cfg, class, quiet, |cancel| {
         crate::provider::from_config_cancellable(cfg, cancel)
     })
@@ -45,7 +45,7 @@ pub async fn start(cfg: &Config, class: &str, quiet: bool) -> Result<RunSummary,
 /// [`start`] with the provider `make_provider` builds around the run's
 /// cancellation token (tests put a scripted RDS behind it).
 pub async fn start_with(
-    cfg: &Config,
+    cfg: &Cluster,
     class: &str,
     quiet: bool,
     make_provider: impl FnOnce(
@@ -55,7 +55,7 @@ pub async fn start_with(
         crate::provider::ProviderError,
     >,
 ) -> Result<RunSummary, UpgradeError> {
-    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
+    let _lock = keeper::lock_after_keeper(&cfg.state_dir).await?;
     let id = new_upgrade_id();
     // Before anything changes: one upgrade per primary, wherever it runs.
     let mut guard = take_guard(cfg, &cfg.database.primary, &id).await?;
@@ -76,8 +76,9 @@ pub async fn start_with(
         return Err(UpgradeError::PrecheckFailed(failed));
     }
     let journal = match journal::Journal::create(
-        &cfg.upgrade.state_dir,
+        &cfg.state_dir,
         Event::Created {
+            kind: record::UPGRADE_KIND.into(),
             id: id.clone(),
             target_class: class.to_string(),
             provider: format!("{:?}", cfg.upgrade.provider).to_lowercase(),
@@ -101,10 +102,10 @@ pub async fn start_with(
 }
 
 /// Continues the newest upgrade from its journal.
-pub async fn resume(cfg: &Config, quiet: bool) -> Result<RunSummary, UpgradeError> {
-    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
-    let path = journal::latest(&cfg.upgrade.state_dir)?
-        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+pub async fn resume(cfg: &Cluster, quiet: bool) -> Result<RunSummary, UpgradeError> {
+    let _lock = keeper::lock_after_keeper(&cfg.state_dir).await?;
+    let path = journal::latest(&cfg.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
     let cancel = cancel_on_signal();
     let provider = crate::provider::from_config_cancellable(cfg, cancel.clone())?;
@@ -152,28 +153,28 @@ async fn finish(mut saga: Saga, r: Result<(), UpgradeError>) -> Result<RunSummar
     })
 }
 
-pub async fn start_command(cfg: &Config, class: &str) -> Result<Outcome, UpgradeError> {
+pub async fn start_command(cfg: &Cluster, class: &str) -> Result<Outcome, UpgradeError> {
     start(cfg, class, false).await.map(|_| Outcome::Healthy)
 }
 
 /// `pgsteward upgrade keeper` (hidden; see `keeper`).
-pub async fn keeper_command(cfg: &Config, after_ms: u64) -> Result<Outcome, UpgradeError> {
+pub async fn keeper_command(cfg: &Cluster, after_ms: u64) -> Result<Outcome, UpgradeError> {
     rescue::run(cfg, Duration::from_millis(after_ms)).await
 }
 
-pub async fn resume_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+pub async fn resume_command(cfg: &Cluster) -> Result<Outcome, UpgradeError> {
     resume(cfg, false).await.map(|_| Outcome::Healthy)
 }
 
 /// Deletes the new replica of a rolled-back upgrade and closes it.
-pub async fn abort_command(cfg: &Config) -> Result<Outcome, UpgradeError> {
+pub async fn abort_command(cfg: &Cluster) -> Result<Outcome, UpgradeError> {
     abort(cfg).await.map(|_| Outcome::Healthy)
 }
 
-pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
-    let _lock = keeper::lock_after_keeper(&cfg.upgrade.state_dir).await?;
-    let path = journal::latest(&cfg.upgrade.state_dir)?
-        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.upgrade.state_dir.display().to_string()))?;
+pub async fn abort(cfg: &Cluster) -> Result<(), UpgradeError> {
+    let _lock = keeper::lock_after_keeper(&cfg.state_dir).await?;
+    let path = journal::latest(&cfg.state_dir)?
+        .ok_or_else(|| UpgradeError::NoUpgrade(cfg.state_dir.display().to_string()))?;
     let journal = journal::Journal::open(&path)?;
     let rec = journal.record().clone();
     let cancel = cancel_on_signal();
@@ -215,7 +216,7 @@ pub async fn abort(cfg: &Config) -> Result<(), UpgradeError> {
 }
 
 async fn abort_rolled_back(
-    cfg: &Config,
+    cfg: &Cluster,
     path: &std::path::Path,
     guard: Option<guard::Guard>,
 ) -> Result<(), UpgradeError> {
@@ -249,11 +250,11 @@ async fn abort_rolled_back(
     Ok(())
 }
 
-pub async fn status_command(cfg: &Config, output: OutputFormat) -> Result<Outcome, UpgradeError> {
-    let Some(path) = journal::latest(&cfg.upgrade.state_dir)? else {
+pub async fn status_command(cfg: &Cluster, output: OutputFormat) -> Result<Outcome, UpgradeError> {
+    let Some(path) = journal::latest(&cfg.state_dir)? else {
         match output {
             OutputFormat::Json => crate::output::print_json(&serde_json::json!({"upgrade": null})),
-            OutputFormat::Text => println!("no upgrade in {}", cfg.upgrade.state_dir.display()),
+            OutputFormat::Text => println!("no upgrade in {}", cfg.state_dir.display()),
         }
         return Ok(Outcome::Healthy);
     };

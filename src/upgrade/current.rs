@@ -5,16 +5,16 @@
 use super::error::UpgradeError;
 use super::sql::PRIMARY_WRITABLE;
 use super::{journal, steps};
-use crate::config::Config;
+use crate::config::Cluster;
 
 /// For other commands: fails when `database.primary` no longer answers as a
 /// writable primary, naming the node an upgrade of this state_dir made
 /// primary. The guard row (an upgrade run from any host) is the DDL gate's
 /// witness (`gate`): every caller asks the gate too, which reads the row
 /// once for both questions.
-pub async fn ensure_primary_current(cfg: &Config) -> Result<(), UpgradeError> {
+pub async fn ensure_primary_current(cfg: &Cluster) -> Result<(), UpgradeError> {
     let moved = || -> Option<UpgradeError> {
-        let path = journal::latest_readonly(&cfg.upgrade.state_dir).ok()??;
+        let path = journal::latest_readonly(&cfg.state_dir).ok()??;
         let rec = journal::read(&path).ok()?;
         rec.promote_started().then(|| UpgradeError::PrimaryMoved {
             old: cfg.database.primary.to_string(),

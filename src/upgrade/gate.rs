@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::UpgradeError;
 use super::guard::{self, GuardError, GuardRow};
 use super::journal;
-use crate::config::{Config, ConnString};
+use crate::config::{Cluster, ConnString};
 
 /// What DDL may do now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +74,10 @@ pub struct DdlGate {
 }
 
 impl DdlGate {
-    pub fn new(cfg: &Config) -> DdlGate {
+    pub fn new(cfg: &Cluster) -> DdlGate {
         DdlGate::on(
             cfg.database.primary.clone(),
-            cfg.upgrade.state_dir.clone(),
+            cfg.state_dir.clone(),
             cfg.database.connect_timeout.0,
         )
     }

@@ -22,6 +22,7 @@ fn state_dir_is_private_and_repaired() {
 
 fn created(id: &str) -> Event {
     Event::Created {
+        kind: crate::upgrade::record::UPGRADE_KIND.into(),
         id: id.into(),
         target_class: "large".into(),
         provider: "local".into(),
@@ -229,4 +230,40 @@ fn written_lines_are_in_the_file_and_the_next_append_syncs_them() {
     j.append(&[]).unwrap();
     assert!(!j.unsynced);
     assert_eq!(Journal::open(j.path()).unwrap().record(), j.record());
+}
+
+#[test]
+fn a_journal_from_before_kinds_replays_as_a_vertical_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("1-u1.jsonl");
+    // The `created` line as releases before the saga kind wrote it.
+    let line = r#"{"seq":1,"at":"2026-12-01T00:00:00Z","event":"created","id":"u1","target_class":"large","provider":"local","source_primary":"postgres://x@h:1/app","saga":3}"#;
+    fs::write(&path, format!("{line}\n")).unwrap();
+    let j = Journal::open(&path).unwrap();
+    assert_eq!(j.record().id, "u1");
+}
+
+#[test]
+fn a_newer_releases_journal_is_refused_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (kind, saga)) in [("major", 3), ("vertical", 99)].into_iter().enumerate() {
+        let path = dir.path().join(format!("{}-u{i}.jsonl", i + 1));
+        let created = format!(
+            r#"{{"seq":1,"at":"2026-12-01T00:00:00Z","event":"created","kind":"{kind}","id":"u{i}","target_class":"large","provider":"local","source_primary":"p","saga":{saga}}}"#
+        );
+        // An event this release does not know: replayed, it would be
+        // "garbled" and rewritten away.
+        let unknown = r#"{"seq":2,"at":"2026-12-01T00:00:01Z","event":"step_started","step":"upgrade_catalog"}"#;
+        let text = format!("{created}\n{unknown}\n");
+        fs::write(&path, &text).unwrap();
+        let err = Journal::open(&path).err().map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(err.contains("newer"), "{kind}/{saga}: {err}");
+        assert!(err.contains(kind), "{err}");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            text,
+            "the file is untouched"
+        );
+    }
 }

@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use super::error::UpgradeError;
 use super::journal;
-use crate::config::Config;
+use crate::config::Cluster;
 
 /// Set in the keeper's environment: a keeper never arms another (not
 /// `PGSTEWARD_`: those variables are configuration).
@@ -79,7 +79,7 @@ pub fn enable(program: PathBuf, config: PathBuf) {
 /// The longest a runner that is alive may take past `pause_timeout` before
 /// the keeper RESUMEs for it: its own roll back (one unfence and one RESUME,
 /// each bounded by the query timeout) plus 5 s.
-pub fn bound(cfg: &Config) -> Duration {
+pub fn bound(cfg: &Cluster) -> Duration {
     crate::pooler::query_timeout(cfg) * 2 + Duration::from_secs(5)
 }
 
@@ -92,10 +92,10 @@ pub struct Keeper {
 impl Keeper {
     /// Starts a keeper for `cfg`'s upgrade; `None` (logged) when keepers are
     /// not enabled in this process or the child cannot start.
-    pub fn arm(cfg: &Config) -> Option<Keeper> {
+    pub fn arm(cfg: &Cluster) -> Option<Keeper> {
         let (program, config) = PROGRAM.get()?;
         let after = cfg.upgrade.pause_timeout.0 + bound(cfg);
-        let dir = &cfg.upgrade.state_dir;
+        let dir = &cfg.state_dir;
         // Private, like everything in the state directory.
         let log = match std::os::unix::fs::OpenOptionsExt::mode(
             std::fs::OpenOptions::new().create(true).append(true),

@@ -13,14 +13,14 @@ use super::sql::{
     READ_PRIVILEGES, READ_SLOTS, READ_SLOTS_17, UNFENCEABLE_DATABASES,
 };
 use super::steps::{connect, q, query_timeout};
-use crate::config::{Config, CutoverKind};
+use crate::config::{Cluster, CutoverKind};
 use crate::pooler::Poolers;
 use crate::provider::{Check, Precheck, Provider};
 
 /// Every precheck: the provider's, then the source's and the pooler's.
 /// Changes nothing. `own_id` is the upgrade doing the check (it does not count as "another").
 pub async fn prechecks(
-    cfg: &Config,
+    cfg: &Cluster,
     provider: &dyn Provider,
     poolers: &mut Poolers,
     target_class: &str,
@@ -38,7 +38,7 @@ pub async fn prechecks(
 }
 
 async fn observe(
-    cfg: &Config,
+    cfg: &Cluster,
     provider: &dyn Provider,
     poolers: &mut Poolers,
     target_class: &str,
@@ -60,7 +60,7 @@ async fn observe(
         .await
         .map_err(|e| q(&cfg.database.primary, e))?
         .get(0);
-    let local = match journal::latest(&cfg.upgrade.state_dir)? {
+    let local = match journal::latest(&cfg.state_dir)? {
         Some(path) => {
             let rec = journal::read(&path)?;
             Some(LocalUpgrade {
@@ -132,7 +132,7 @@ async fn observe(
     Ok(pre)
 }
 
-async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Check>) {
+async fn pooler_checks(cfg: &Cluster, poolers: &mut Poolers, checks: &mut Vec<Check>) {
     if poolers.is_empty() {
         checks.push(Check::new(
             "pooler configured",
@@ -200,7 +200,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
         .map(|(a, c)| (a.clone(), c.get("pool_mode").cloned().unwrap_or_default()))
         .collect();
     pooler_entry_checks(poolers, &modes, checks).await;
-    let limits = crate::pooler::GateLimits::from_config(cfg);
+    let limits = crate::pooler::GateLimits::from_config(&cfg.cutover);
     let (ok, detail) = match poolers.health_gate(&limits).await {
         Ok(stats) => (
             true,
@@ -215,7 +215,7 @@ async fn pooler_checks(cfg: &Config, poolers: &mut Poolers, checks: &mut Vec<Che
     };
     checks.push(Check::new("pooler not saturated", ok, detail));
     for i in 0..cfg.cutover.admin.len() {
-        let (ok, detail) = match cfg.pooler_config_file(i) {
+        let (ok, detail) = match cfg.cutover.pooler_config_file(i) {
             None => (
                 false,
                 "no cutover.config_file for this endpoint".to_string(),
@@ -325,7 +325,7 @@ async fn pooler_entry_checks(
 
 /// Every replication slot of the source and who streams from it (`slots`).
 async fn read_slots(
-    cfg: &Config,
+    cfg: &Cluster,
     primary: &tokio_postgres::Client,
     version: i32,
 ) -> Result<Vec<crate::provider::ReplicationSlot>, UpgradeError> {
@@ -363,7 +363,7 @@ async fn read_slots(
 /// The steward's privileges (see `privileges`), read on the primary and in
 /// its guard database (`guard`: the session there, or why there is none).
 async fn read_privileges(
-    cfg: &Config,
+    cfg: &Cluster,
     provider: &dyn Provider,
     primary: &tokio_postgres::Client,
     guard: Result<&tokio_postgres::Client, super::privileges::GuardUnreachable>,
@@ -422,7 +422,7 @@ async fn read_privileges(
 /// `schema::published`): refused unless each one that publishes
 /// pgsteward's tables is declared in `database.subscribers_have_pgsteward_schema`.
 async fn guard_publications(
-    cfg: &Config,
+    cfg: &Cluster,
     guard: &tokio_postgres::Client,
     target: &str,
 ) -> Result<Check, UpgradeError> {

@@ -9,7 +9,7 @@ use super::record::{Region, Step};
 use super::table::{self, Needs, Row};
 use super::{steps, swap};
 use crate::cli::OutputFormat;
-use crate::config::{Config, CutoverKind};
+use crate::config::{Cluster, CutoverKind};
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
 
@@ -71,7 +71,7 @@ pub fn relevant(shape: Shape) -> Vec<PlannedStep> {
 }
 
 pub async fn plan_command(
-    cfg: &Config,
+    cfg: &Cluster,
     class: &str,
     output: OutputFormat,
 ) -> Result<Outcome, UpgradeError> {
@@ -81,7 +81,7 @@ pub async fn plan_command(
 
 /// `upgrade plan` with a given provider (tests put a scripted RDS behind it).
 pub async fn plan_with(
-    cfg: &Config,
+    cfg: &Cluster,
     provider: &dyn crate::provider::Provider,
     class: &str,
     output: OutputFormat,
@@ -147,7 +147,7 @@ pub async fn plan_with(
 
 #[allow(clippy::too_many_arguments)]
 fn print_text(
-    cfg: &Config,
+    cfg: &Cluster,
     source: &str,
     replica: &str,
     address: &str,

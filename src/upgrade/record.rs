@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::provider::SourceFacts;
 
 use super::step::{first_version, v1, BEFORE_WINDOW_RESUME, WINDOW_RESUME};
-pub use super::step::{Region, Step, SAGA_VERSION, STEPS};
+pub use super::step::{Region, Step, SAGA_VERSION, STEPS, UPGRADE_KIND};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,6 +75,10 @@ impl std::fmt::Display for Phase {
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum Event {
     Created {
+        /// The saga kind ([`UPGRADE_KIND`]; journals from before it was
+        /// written are vertical upgrades).
+        #[serde(default = "super::step::vertical")]
+        kind: String,
         id: String,
         target_class: String,
         provider: String,
@@ -251,6 +255,7 @@ impl UpgradeRecord {
     /// The record a `Created` entry starts.
     pub fn from_created(entry: &Entry) -> Result<UpgradeRecord, TransitionError> {
         let Event::Created {
+            kind,
             id,
             target_class,
             provider,
@@ -263,6 +268,18 @@ impl UpgradeRecord {
                 what: "a journal must start with `created`".into(),
             });
         };
+        // Checked before anything is replayed (or a garbled line rewritten
+        // away): a newer release's events would read as garbled here.
+        if kind != UPGRADE_KIND || *saga > SAGA_VERSION {
+            return Err(TransitionError {
+                seq: entry.seq,
+                what: format!(
+                    "this journal is a `{kind}` upgrade on saga version {saga}, written by a newer \
+                     pgsteward; this one runs `{UPGRADE_KIND}` up to version {SAGA_VERSION}. Run \
+                     `upgrade status`, `resume` or `abort` with the release that started it"
+                ),
+            });
+        }
         Ok(UpgradeRecord {
             id: id.clone(),
             target_class: target_class.clone(),

@@ -13,6 +13,7 @@ pub(crate) fn created() -> UpgradeRecord {
     UpgradeRecord::from_created(&entry(
         1,
         Event::Created {
+            kind: crate::upgrade::record::UPGRADE_KIND.into(),
             id: "u1".into(),
             target_class: "large".into(),
             provider: "local".into(),

@@ -13,7 +13,7 @@ use super::error::UpgradeError;
 use super::journal;
 use super::keeper::{DISARM, PERSIST, PID_FILE};
 use super::sql::WINDOW_AGE;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::pooler::Poolers;
 
@@ -34,9 +34,9 @@ const QUICK_RETRY: Duration = Duration::from_millis(100);
 /// `pgsteward upgrade keeper`: waits for the runner's word on standard input
 /// (see the module doc). Exit 0 when disarmed or the window was closed, 1
 /// when it gave up after [`PERSIST`].
-pub async fn run(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
+pub async fn run(cfg: &Cluster, after: Duration) -> Result<Outcome, UpgradeError> {
     let r = watch(cfg, after).await;
-    let pid_file = cfg.upgrade.state_dir.join(PID_FILE);
+    let pid_file = cfg.state_dir.join(PID_FILE);
     if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string())
     {
         let _ = std::fs::remove_file(&pid_file);
@@ -44,7 +44,7 @@ pub async fn run(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError>
     r
 }
 
-async fn watch(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
+async fn watch(cfg: &Cluster, after: Duration) -> Result<Outcome, UpgradeError> {
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let deadline = tokio::time::Instant::now() + after;
     let mut resumed_for_a_stuck_runner = false;
@@ -70,7 +70,7 @@ async fn watch(cfg: &Config, after: Duration) -> Result<Outcome, UpgradeError> {
 }
 
 /// The runner is gone: close its window, retrying for up to [`PERSIST`].
-async fn close_window(cfg: &Config) -> Result<Outcome, UpgradeError> {
+async fn close_window(cfg: &Cluster) -> Result<Outcome, UpgradeError> {
     let started = tokio::time::Instant::now();
     let give_up = started + PERSIST;
     let mut resumed_alone = false;
@@ -99,9 +99,9 @@ async fn close_window(cfg: &Config) -> Result<Outcome, UpgradeError> {
 }
 
 /// One attempt at what `upgrade resume` does, up to the end of the window.
-async fn recover_once(cfg: &Config) -> Result<(), UpgradeError> {
-    let _lock = journal::lock(&cfg.upgrade.state_dir)?;
-    let Some(path) = journal::latest(&cfg.upgrade.state_dir)? else {
+async fn recover_once(cfg: &Cluster) -> Result<(), UpgradeError> {
+    let _lock = journal::lock(&cfg.state_dir)?;
+    let Some(path) = journal::latest(&cfg.state_dir)? else {
         return Ok(());
     };
     let journal = journal::Journal::open(&path)?;
@@ -124,8 +124,8 @@ async fn recover_once(cfg: &Config) -> Result<(), UpgradeError> {
 /// every database before promote (PgBouncer points at the old primary, the
 /// only writable node), and from promote on only once `repoint` is done
 /// (see the module doc).
-pub async fn resume_safe(cfg: &Config) -> Result<(), UpgradeError> {
-    let rec = match journal::latest(&cfg.upgrade.state_dir)? {
+pub async fn resume_safe(cfg: &Cluster) -> Result<(), UpgradeError> {
+    let rec = match journal::latest(&cfg.state_dir)? {
         Some(p) => journal::read(&p)?,
         None => return Ok(()),
     };
@@ -198,7 +198,7 @@ pub fn window_verdict(
 /// The service's check at every lag pass (see the module doc): RESUMEs
 /// every PgBouncer entry when the verdict allows it. Returns what it did,
 /// for the log; `None` when nothing was to be done.
-pub async fn service_rescue(cfg: &Config, row: &super::guard::GuardRow) -> Option<String> {
+pub async fn service_rescue(cfg: &Cluster, row: &super::guard::GuardRow) -> Option<String> {
     if !row.cutover || row.finished || cfg.cutover.kind != crate::config::CutoverKind::Pgbouncer {
         return None;
     }

@@ -14,7 +14,7 @@ use super::guard::Guard;
 use super::journal::Journal;
 use super::record::{Step, UpgradeRecord};
 use super::window::PauseWindow;
-use crate::config::{Config, ConnString};
+use crate::config::{Cluster, ConnString};
 use crate::pooler::Poolers;
 use crate::provider::Provider;
 
@@ -43,7 +43,7 @@ impl Progress {
 }
 
 pub struct Saga {
-    pub cfg: Config,
+    pub cfg: Cluster,
     pub journal: Journal,
     pub provider: Box<dyn Provider>,
     pub poolers: Poolers,
@@ -69,7 +69,7 @@ pub struct Saga {
 
 impl Saga {
     pub fn new(
-        cfg: Config,
+        cfg: Cluster,
         journal: Journal,
         provider: Box<dyn Provider>,
         cancel: CancellationToken,

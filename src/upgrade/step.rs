@@ -102,6 +102,16 @@ pub(super) fn v1() -> u32 {
     1
 }
 
+/// The saga kind this release runs: a vertical upgrade (a bigger machine,
+/// same major). A journal names its kind in its first record; one of a kind
+/// this binary does not know (a newer release's) is refused, never replayed
+/// as if it were this one's.
+pub const UPGRADE_KIND: &str = "vertical";
+
+pub(super) fn vertical() -> String {
+    UPGRADE_KIND.to_string()
+}
+
 /// Where a step runs. The **pause window** is PAUSE sent → RESUME returned
 /// (pause_writes to resume_writes: what clients feel). The **pause deadline**
 /// is `upgrade.pause_timeout` counted from PAUSE: pause_writes, fence and

@@ -16,7 +16,7 @@ use super::record::{Output, Step};
 use super::runner::Saga;
 use super::sql::{BACKEND_PID, CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
 use super::window::{remaining, Limit};
-use crate::config::{Config, ConnString, CutoverKind};
+use crate::config::{Cluster, ConnString, CutoverKind};
 use crate::provider::{replica_id, ServerState};
 
 pub use super::observe::prechecks;
@@ -26,7 +26,7 @@ pub use crate::pooler::query_timeout;
 /// A saga session: TCP keepalives (a peer that vanished is noticed in
 /// seconds, not hours) and a server-side `statement_timeout` matching the
 /// client-side bound, both in the startup packet (no extra round trip).
-pub(crate) async fn connect(target: &ConnString, cfg: &Config) -> Result<Client, UpgradeError> {
+pub(crate) async fn connect(target: &ConnString, cfg: &Cluster) -> Result<Client, UpgradeError> {
     let spec = target.spec()?;
     let mut config = spec.config.clone();
     config.keepalives(true);
@@ -322,7 +322,7 @@ impl Saga {
             // scale-up changed since the precheck is paused too. Then the
             // health gate: a saturated pool would turn the pause into
             // client timeouts.
-            let limits = crate::pooler::GateLimits::from_config(&self.cfg);
+            let limits = crate::pooler::GateLimits::from_config(&self.cfg.cutover);
             limit
                 .wrap("the pooler's instances", self.poolers.refresh_members())
                 .await?;

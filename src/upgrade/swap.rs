@@ -257,7 +257,12 @@ impl Saga {
         let (host, port) = endpoint.spec()?.host_port();
         let mut moved = 0;
         for i in 0..self.cfg.cutover.admin.len().max(1) {
-            let Some(ini) = self.cfg.pooler_config_file(i).map(|p| p.to_path_buf()) else {
+            let Some(ini) = self
+                .cfg
+                .cutover
+                .pooler_config_file(i)
+                .map(|p| p.to_path_buf())
+            else {
                 continue;
             };
             let text = std::fs::read_to_string(&ini).map_err(|e| UpgradeError::Step {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::error::{q, UpgradeError};
 use super::keeper::{Keeper, PERSIST};
-use crate::config::{Config, ConnString, CutoverKind};
+use crate::config::{Cluster, ConnString, CutoverKind};
 
 /// A client-side deadline for one query (or a short exchange of them).
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +152,7 @@ impl PauseWindow {
 
     /// Arms the pause keeper before this run pauses writes or undoes a
     /// pause (once; only with PgBouncer in front).
-    pub(crate) fn arm_keeper(&mut self, cfg: &Config) {
+    pub(crate) fn arm_keeper(&mut self, cfg: &Cluster) {
         if self.keeper.is_none() && cfg.cutover.kind == CutoverKind::Pgbouncer {
             self.keeper = Keeper::arm(cfg);
         }

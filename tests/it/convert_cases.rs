@@ -224,7 +224,7 @@ async fn carries_serials_keys_unique_indexes_publications_and_settings() {
     )
     .await[0]
         .get(0);
-    let mut config = pgsteward::config::load(&cfg).unwrap();
+    let mut config = pgsteward::config::load(&cfg).unwrap().cluster;
     config.partitions.tables[0].retention =
         Some(pgsteward::config::CalendarSpan { months: 0, days: 1 });
     let later =

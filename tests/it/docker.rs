@@ -127,7 +127,7 @@ struct Setup {
     _pooler: pgsteward::localpg::LocalPgBouncer,
     vols: Volumes,
     env_file: PathBuf,
-    cfg: pgsteward::config::Config,
+    cfg: pgsteward::config::Cluster,
     _work: tempfile::TempDir,
 }
 
@@ -152,7 +152,7 @@ impl Setup {
             &configmap,
             vols.config.join("pgsteward.toml"),
         ));
-        let cfg = must(pgsteward::config::load(&configmap));
+        let cfg = must(pgsteward::config::load(&configmap)).cluster;
         // The ConfigMap's managed table.
         harness::owner_psql(
             &cluster.primary,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use aws_sdk_rds::types::Tag;
 use figment::providers::Format;
-use pgsteward::config::Config;
+use pgsteward::config::Cluster;
 use pgsteward::provider::rds::{
     final_snapshot_id, rds_old_id, rds_replica_id, ApiErrorKind, CreateReplica, RdsApi,
     RdsProvider, SdkRds, UPGRADE_TAG,
@@ -20,7 +20,7 @@ use crate::moto::Moto;
 
 pub(crate) const SOURCE: &str = "platform-postgres";
 
-pub(crate) fn config(endpoint_url: &str, repoint: &str, step_timeout: &str) -> Config {
+pub(crate) fn config(endpoint_url: &str, repoint: &str, step_timeout: &str) -> Cluster {
     let toml = format!(
         r#"
 [database]
@@ -43,6 +43,7 @@ poll_interval = "5ms"
         None,
     )
     .unwrap()
+    .cluster
 }
 
 pub(crate) fn facts() -> SourceFacts {

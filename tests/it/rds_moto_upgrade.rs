@@ -120,7 +120,8 @@ database = "app"
         figment::Figment::from(figment::providers::Toml::string(&toml)),
         None,
     )
-    .unwrap();
+    .unwrap()
+    .cluster;
     let provider = RdsProvider::with_api(
         &cfg,
         Arc::new(LocalStandIn {
@@ -140,6 +141,7 @@ database = "app"
     let journal = journal::Journal::create(
         &state,
         record::Event::Created {
+            kind: record::UPGRADE_KIND.into(),
             id: id.into(),
             target_class: "db.r5.2xlarge".into(),
             provider: "rds".into(),

@@ -22,6 +22,7 @@ fn plan_lists_every_server_change_in_order() {
             ),
             None,
         ))
+        .cluster
     };
     let source = SourceFacts {
         id: SOURCE.into(),

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgsteward::config::Config;
+use pgsteward::config;
 use pgsteward::localpg::{Cluster, LocalPgBouncer, PgBouncerDatabase};
 use pgsteward::provider::rds::{
     final_snapshot_id, rds_old_id, rds_replica_id, Instance, RdsProvider, UPGRADE_TAG,
@@ -40,7 +40,7 @@ struct Stage {
     new_readers: Vec<Cluster>,
     pooler: LocalPgBouncer,
     api: Arc<Scripted>,
-    cfg: Config,
+    cfg: config::Cluster,
 }
 
 impl Stage {
@@ -163,7 +163,8 @@ database = "app"
                 <figment::providers::Toml as figment::providers::Format>::string(&toml),
             ),
             None,
-        ));
+        ))
+        .cluster;
         Stage {
             cluster,
             new_readers,
@@ -178,12 +179,13 @@ database = "app"
     }
 
     async fn saga(&self, guarded: bool) -> runner::Saga {
-        let state = &self.cfg.upgrade.state_dir;
+        let state = &self.cfg.state_dir;
         let journal = match journal::latest(state).unwrap() {
             Some(path) => journal::Journal::open(&path).unwrap(),
             None => journal::Journal::create(
                 state,
                 record::Event::Created {
+                    kind: record::UPGRADE_KIND.into(),
                     id: UID.into(),
                     target_class: "db.r5.2xlarge".into(),
                     provider: "rds".into(),

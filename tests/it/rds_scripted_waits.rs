@@ -257,7 +257,8 @@ async fn scripted_unsafe_configuration_is_refused() {
         ))),
         None,
     )
-    .unwrap();
+    .unwrap()
+    .cluster;
     let err = match RdsProvider::with_api(&cfg, Scripted::with_source()) {
         Err(ProviderError::Usage(e)) => e,
         other => panic!("expected a usage error, got {:?}", other.err()),

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use pgsteward::cli::OutputFormat;
-use pgsteward::config::Config;
+use pgsteward::config::Cluster;
 use pgsteward::localpg::{LocalPgBouncer, PgBouncerDatabase};
 use pgsteward::provider::rds::{Instance, RdsProvider};
 use pgsteward::provider::{Provider, SourceFacts};
@@ -68,7 +68,7 @@ struct Stage {
     cluster: TestCluster,
     _pooler: LocalPgBouncer,
     api: Arc<Scripted>,
-    cfg: Config,
+    cfg: Cluster,
 }
 
 impl Stage {
@@ -134,7 +134,8 @@ database = "app"
                 <figment::providers::Toml as figment::providers::Format>::string(&toml),
             ),
             None,
-        ));
+        ))
+        .cluster;
         Stage {
             cluster,
             _pooler: pooler,
@@ -199,7 +200,7 @@ async fn scripted_cross_region_reader_fails_plan_and_start_before_anything_chang
     }
     assert_eq!(mutating_calls(&s.api), Vec::<String>::new());
     assert!(
-        must(journal::latest(&s.cfg.upgrade.state_dir)).is_none(),
+        must(journal::latest(&s.cfg.state_dir)).is_none(),
         "no journal for a refused start"
     );
 }
@@ -208,7 +209,7 @@ async fn scripted_cross_region_reader_fails_plan_and_start_before_anything_chang
 async fn scripted_lag_reports_each_readers_region() {
     let s = Stage::new(true);
     let found = must(s.provider().discover_replicas().await);
-    let report = must(pgsteward::lag::check_discovered(&s.cfg, found).await);
+    let report = must(pgsteward::lag::check_discovered(&s.cfg.database, &s.cfg.lag, found).await);
     let text = pgsteward::lag::render_text(&report);
     println!("{text}");
     assert!(text.contains("REGION"), "{text}");
@@ -253,7 +254,7 @@ async fn scripted_lag_reports_each_readers_region() {
 async fn scripted_lag_lists_an_unreachable_cross_region_reader_with_its_region() {
     let s = Stage::new(false);
     let found = must(s.provider().discover_replicas().await);
-    let report = must(pgsteward::lag::check_discovered(&s.cfg, found).await);
+    let report = must(pgsteward::lag::check_discovered(&s.cfg.database, &s.cfg.lag, found).await);
     let text = pgsteward::lag::render_text(&report);
     assert!(
         text.contains("note: replica reporting-west (region us-west-2) not checked")
@@ -286,7 +287,8 @@ async fn scripted_retire_old_names_a_cross_region_replica_with_its_region() {
             <figment::providers::Toml as figment::providers::Format>::string(&toml),
         ),
         None,
-    ));
+    ))
+    .cluster;
     let p = must(RdsProvider::with_api(&cfg, api.clone()));
     let source = SourceFacts {
         id: SOURCE.into(),
@@ -314,6 +316,7 @@ async fn scripted_precheck_never_skips_a_listed_replica() {
             ),
             None,
         ))
+        .cluster
     };
     let api = api();
     {

@@ -27,7 +27,7 @@ pub use drift::Problem;
 pub use super::error::IndexError;
 use super::ADVISORY_NAMESPACE;
 use crate::config::indexes::IndexSpec;
-use crate::config::Config;
+use crate::config::{Cluster, PartitionsConfig};
 use crate::pg::{server_message, QualifiedName};
 
 /// What the index part of a pass did for one table, and what is still wrong.
@@ -87,8 +87,8 @@ pub fn managed(catalog: &super::catalog::Catalog) -> Vec<Managed> {
         .collect()
 }
 
-fn declared<'a>(cfg: &'a Config, m: &Managed) -> &'a [IndexSpec] {
-    cfg.partitions
+fn declared<'a>(partitions: &'a PartitionsConfig, m: &Managed) -> &'a [IndexSpec] {
+    partitions
         .tables
         .get(m.0)
         .map_or(&[], |t| t.indexes.as_slice())
@@ -101,7 +101,7 @@ fn declared<'a>(cfg: &'a Config, m: &Managed) -> &'a [IndexSpec] {
 /// `main`: the pass's catalog session when it ran no DDL (a no-op pass then
 /// opens no second session), else a new one is opened.
 pub async fn run_pass(
-    cfg: &Config,
+    cfg: &Cluster,
     tables: &[Managed],
     main: Option<Client>,
     gate: &tokio::sync::Mutex<crate::upgrade::DdlGate>,
@@ -130,7 +130,7 @@ pub async fn run_pass(
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
     let decl: Vec<bool> = tables
         .iter()
-        .map(|m| !declared(cfg, m).is_empty())
+        .map(|m| !declared(&cfg.partitions, m).is_empty())
         .collect();
     let current = match catalog::read(&main, &names, &decl).await {
         Ok(c) => c,
@@ -138,7 +138,7 @@ pub async fn run_pass(
     };
     let mut out = Vec::new();
     for (m, t) in tables.iter().zip(current) {
-        let decl = declared(cfg, m);
+        let decl = declared(&cfg.partitions, m);
         let repair = drift::plan(decl, &t);
         let mut report = TableIndexReport::new(&m.1);
         if repair.is_empty() {
@@ -160,7 +160,7 @@ pub async fn run_pass(
 }
 
 async fn locked_repair(
-    cfg: &Config,
+    cfg: &Cluster,
     main: &Client,
     m: &Managed,
     decl: &[IndexSpec],
@@ -196,7 +196,7 @@ async fn locked_repair(
 /// parent index.
 #[allow(clippy::too_many_arguments)]
 async fn repair_table(
-    cfg: &Config,
+    cfg: &Cluster,
     main: &Client,
     table: &QualifiedName,
     oid: u32,
@@ -280,7 +280,7 @@ fn problem_index(p: &Problem) -> &str {
 /// Opens the build sessions and runs the jobs, one parent index at a time.
 #[allow(clippy::too_many_arguments)]
 async fn build_jobs(
-    cfg: &Config,
+    cfg: &Cluster,
     main: &Client,
     main_s: &Session<'_>,
     table: &QualifiedName,
@@ -346,7 +346,7 @@ async fn build_jobs(
 /// per `partitions.index_parallelism`. The caller excludes other builders of
 /// the same table (the pass holds the table's advisory lock).
 pub async fn build_online(
-    cfg: &Config,
+    cfg: &Cluster,
     main: &Client,
     parent: &QualifiedName,
     spec: &IndexSpec,
@@ -394,20 +394,20 @@ pub struct IndexSummary {
 /// Reads and compares every managed table's indexes, changing nothing.
 pub async fn inspect(
     client: &Client,
-    cfg: &Config,
+    cfg: &Cluster,
     tables: &[Managed],
 ) -> Result<Vec<TableIndexStatus>, IndexError> {
     let names: Vec<(QualifiedName, u32)> = tables.iter().map(|m| (m.1.clone(), m.2)).collect();
     let decl: Vec<bool> = tables
         .iter()
-        .map(|m| !declared(cfg, m).is_empty())
+        .map(|m| !declared(&cfg.partitions, m).is_empty())
         .collect();
     let current = catalog::read(client, &names, &decl).await?;
     Ok(tables
         .iter()
         .zip(current)
         .map(|(m, t)| {
-            let decl = declared(cfg, m);
+            let decl = declared(&cfg.partitions, m);
             let r = drift::plan(decl, &t);
             let mut indexes: Vec<IndexSummary> = t
                 .parent

@@ -9,7 +9,7 @@ use super::sql;
 use crate::archive::restore::{copy_into, standalone_table_sql};
 use crate::archive::{keys, ArchiveError, Manifest, Store};
 use crate::cli::OutputFormat;
-use crate::config::Config;
+use crate::config::Cluster;
 use crate::outcome::Outcome;
 use crate::partitions::{session, PartitionError};
 use crate::pg::{quote_ident, quote_literal, server_message, Backoff, QualifiedName, Retry};
@@ -31,7 +31,7 @@ pub struct ArchiveListing {
     pub last_error: Option<String>,
 }
 
-fn store_of(cfg: &Config) -> Result<&crate::config::ArchiveConfig, PartitionError> {
+fn store_of(cfg: &Cluster) -> Result<&crate::config::ArchiveConfig, PartitionError> {
     cfg.archive.as_ref().ok_or(PartitionError::NoArchive)
 }
 
@@ -49,7 +49,7 @@ fn ctrl_c_token() -> CancellationToken {
 
 /// `partitions archives [--table T]`.
 pub async fn archives_command(
-    cfg: &Config,
+    cfg: &Cluster,
     table: Option<&QualifiedName>,
     output: OutputFormat,
 ) -> Result<Outcome, PartitionError> {
@@ -213,7 +213,7 @@ fn bound_sql(text: &str, key_type: &str) -> String {
 
 /// `partitions restore --table T --from KEY [--into S.T] [--attach]`.
 pub async fn restore_command(
-    cfg: &Config,
+    cfg: &Cluster,
     table: &QualifiedName,
     from: &str,
     into: Option<&QualifiedName>,
@@ -290,7 +290,7 @@ pub async fn restore_command(
 /// the pass's retries.
 async fn attach_restored(
     client: &tokio_postgres::Client,
-    cfg: &Config,
+    cfg: &Cluster,
     parent: &QualifiedName,
     target: &QualifiedName,
     m: &Manifest,

@@ -3,7 +3,7 @@
 //! can reach it, its SQL endpoint. A replica that cannot be checked is
 //! listed with the reason, never dropped.
 
-use crate::config::{Config, ConnString};
+use crate::config::{Cluster, ConnString};
 use crate::provider::ProviderError;
 
 use super::region::{placement, Placement};
@@ -86,6 +86,6 @@ impl RdsProvider {
 /// The read replicas of `upgrade.rds.source_instance`, their regions and SQL
 /// endpoints, for `pgsteward lag` with `provider = "rds"` (instead of
 /// `database.replicas`).
-pub async fn discover_replicas(cfg: &Config) -> Result<Vec<DiscoveredReplica>, ProviderError> {
+pub async fn discover_replicas(cfg: &Cluster) -> Result<Vec<DiscoveredReplica>, ProviderError> {
     Ok(RdsProvider::new(cfg)?.discover_replicas().await?)
 }

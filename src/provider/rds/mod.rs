@@ -41,7 +41,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint};
+use crate::config::{
+    Cluster, ConnString, ProviderKind, RdsProviderConfig, RdsRepoint, UpgradeConfig,
+};
 use crate::provider::{
     endpoint_like, Check, FenceMethod, Precheck, Provider, ProviderError, ReaderFacts, ReplicaInfo,
     ServerState, SourceFacts,
@@ -69,8 +71,8 @@ pub struct RdsProvider {
 impl RdsProvider {
     /// The provider with the real SDK client (default credential chain,
     /// `upgrade.rds.region` / `endpoint_url`).
-    pub fn new(cfg: &Config) -> Result<RdsProvider, ProviderError> {
-        let rds = rds_config(cfg)?;
+    pub fn new(cfg: &Cluster) -> Result<RdsProvider, ProviderError> {
+        let rds = rds_config(&cfg.upgrade)?;
         let api = SdkRds::new(SdkSettings {
             region: rds.region.clone(),
             endpoint_url: rds.endpoint_url.clone(),
@@ -80,8 +82,8 @@ impl RdsProvider {
     }
 
     /// The provider over any implementation of the RDS calls (tests).
-    pub fn with_api(cfg: &Config, api: Arc<dyn RdsApi>) -> Result<RdsProvider, ProviderError> {
-        let rds = rds_config(cfg)?;
+    pub fn with_api(cfg: &Cluster, api: Arc<dyn RdsApi>) -> Result<RdsProvider, ProviderError> {
+        let rds = rds_config(&cfg.upgrade)?;
         if !rds.final_snapshot {
             return Err(ProviderError::Usage(
                 "key `upgrade.rds.final_snapshot`: false is not supported; the old primary is always deleted with a final snapshot (remove the key)".into(),
@@ -164,8 +166,8 @@ impl RdsProvider {
     }
 }
 
-fn rds_config(cfg: &Config) -> Result<&RdsProviderConfig, ProviderError> {
-    cfg.upgrade.rds.as_ref().ok_or_else(|| {
+fn rds_config(upgrade: &UpgradeConfig) -> Result<&RdsProviderConfig, ProviderError> {
+    upgrade.rds.as_ref().ok_or_else(|| {
         ProviderError::Usage(
             "key `upgrade.rds`: provider = \"rds\" needs an [upgrade.rds] section with source_instance".into(),
         )

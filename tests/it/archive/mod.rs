@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use pgsteward::config::{self, Config};
+use pgsteward::config::{self, Cluster};
 use pgsteward::partitions::{self, PassReport};
 use tokio_util::sync::CancellationToken;
 
@@ -141,15 +141,16 @@ pub fn toml(url: &str, endpoint: &str) -> String {
     )
 }
 
-pub fn config_of(toml: &str) -> Config {
+pub fn config_of(toml: &str) -> Cluster {
     must(config::from_figment(
         figment::Figment::new()
             .merge(<figment::providers::Toml as figment::providers::Format>::string(toml)),
         None,
     ))
+    .cluster
 }
 
-pub async fn pass(cfg: &Config) -> PassReport {
+pub async fn pass(cfg: &Cluster) -> PassReport {
     must(partitions::run_pass(cfg, &CancellationToken::new()).await)
 }
 

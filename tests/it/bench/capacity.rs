@@ -332,7 +332,7 @@ fn bench_capacity_cost_at_10000_partitions() {
             steward_url(shared(), &db)
         ),
     );
-    let cfg = pgsteward::config::load(&cfg).unwrap();
+    let cfg = pgsteward::config::load(&cfg).unwrap().cluster;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let run = |label: &str| {
         let watch = LockWatch::start(&db);

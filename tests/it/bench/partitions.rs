@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgsteward::config::Config;
+use pgsteward::config::Cluster;
 use pgsteward::partitions;
 use pgsteward::workload::{Plan, Turn, Workload};
 
@@ -142,7 +142,7 @@ async fn timed_sql(c: &tokio_postgres::Client, sql: &str) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-fn steward_config(url: &str, prefix: &str, n: usize, premake: u32) -> Config {
+fn steward_config(url: &str, prefix: &str, n: usize, premake: u32) -> Cluster {
     let tables: String = (0..n)
         .map(|i| table(&format!("{prefix}_{i}"), &format!("premake = {premake}")))
         .collect();

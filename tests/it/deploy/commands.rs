@@ -83,7 +83,9 @@ fn a_misspelled_command_line_would_be_caught() {
 #[test]
 fn configmap_is_accepted_by_the_config_loader_and_matches_the_mounts() {
     let (_dir, path) = configmap_toml();
-    let cfg = pgsteward::config::load(&path).unwrap_or_else(|e| panic!("ConfigMap: {e}"));
+    let cfg = pgsteward::config::load(&path)
+        .unwrap_or_else(|e| panic!("ConfigMap: {e}"))
+        .cluster;
     assert_eq!(cfg.upgrade.provider, pgsteward::config::ProviderKind::Rds);
     assert!(cfg.upgrade.rds.as_ref().is_some_and(|r| r.final_snapshot));
     assert!(!cfg.partitions.tables.is_empty());
@@ -106,7 +108,7 @@ fn configmap_is_accepted_by_the_config_loader_and_matches_the_mounts() {
                 v["persistentVolumeClaim"]["claimName"].as_str() == Some("pgsteward-upgrade-state")
             })
             .unwrap_or_else(|| panic!("{entry}: the state claim is mounted"));
-            assert_eq!(Path::new(&state), cfg.upgrade.state_dir, "{entry}");
+            assert_eq!(Path::new(&state), cfg.state_dir, "{entry}");
             let pgbouncer = mount_path(&pod, c, |v| {
                 v["persistentVolumeClaim"]["claimName"].as_str() == Some("pgbouncer-config")
             })
@@ -141,7 +143,8 @@ fn secret_overrides_load_the_way_the_environment_does() {
         }
     }
     let cfg = pgsteward::config::from_figment(figment, Some(&path))
-        .unwrap_or_else(|e| panic!("ConfigMap + Secret: {e}"));
+        .unwrap_or_else(|e| panic!("ConfigMap + Secret: {e}"))
+        .cluster;
     assert_eq!(Some(cfg.database.primary.expose().to_string()), primary);
     assert!(
         !cfg.database.primary.to_string().contains("CHANGE-ME"),

@@ -7,7 +7,7 @@ use super::*;
 fn ports_and_probes_match_the_http_listener() {
     let (_dir, path) = configmap_toml();
     let cfg = pgsteward::config::load(&path).unwrap();
-    let port = cfg.http.listen.port();
+    let port = cfg.process.http.listen.port();
     assert_eq!(port, 9187, "the default http.listen");
     let defaults = pgsteward::config::HttpConfig::default();
     assert_eq!(defaults.listen.port(), port);

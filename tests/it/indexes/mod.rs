@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Utc};
 use pgsteward::config::indexes::child_index_name;
-use pgsteward::config::{self, Config};
+use pgsteward::config::{self, Cluster};
 use pgsteward::partitions::{self, PassReport};
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +23,7 @@ fn config_toml(url: &str, extra: &str, table: &str) -> String {
     )
 }
 
-fn config(url: &str, extra: &str, table: &str) -> Config {
+fn config(url: &str, extra: &str, table: &str) -> Cluster {
     must(config::from_figment(
         figment::Figment::new().merge(
             <figment::providers::Toml as figment::providers::Format>::string(&config_toml(
@@ -32,6 +32,7 @@ fn config(url: &str, extra: &str, table: &str) -> Config {
         ),
         None,
     ))
+    .cluster
 }
 
 async fn exec(url: &str, sql: &str) {
@@ -41,7 +42,7 @@ async fn exec(url: &str, sql: &str) {
     }
 }
 
-async fn pass(cfg: &Config) -> PassReport {
+async fn pass(cfg: &Cluster) -> PassReport {
     must(partitions::run_pass(cfg, &CancellationToken::new()).await)
 }
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Utc};
-use pgsteward::config::{self, Config};
+use pgsteward::config::{self, Cluster};
 use pgsteward::partitions::{self, PassReport};
 use tokio_util::sync::CancellationToken;
 
@@ -22,13 +22,14 @@ mod retention;
 mod standby;
 
 /// A config for `url` with the given `[[partitions.tables]]` blocks.
-pub(crate) fn config(url: &str, extra: &str, tables: &str) -> Config {
+pub(crate) fn config(url: &str, extra: &str, tables: &str) -> Cluster {
     let toml = config_toml(url, extra, tables);
     must(config::from_figment(
         figment::Figment::new()
             .merge(<figment::providers::Toml as figment::providers::Format>::string(&toml)),
         None,
     ))
+    .cluster
 }
 
 pub(crate) fn config_toml(url: &str, extra: &str, tables: &str) -> String {
@@ -77,7 +78,7 @@ pub(crate) fn table(name: &str, rest: &str) -> String {
     format!("[[partitions.tables]]\ntable = '{name}'\n{rest}\n")
 }
 
-pub(crate) async fn pass(cfg: &Config) -> PassReport {
+pub(crate) async fn pass(cfg: &Cluster) -> PassReport {
     must(partitions::run_pass(cfg, &CancellationToken::new()).await)
 }
 

@@ -35,8 +35,11 @@ async fn replayed_after(standby: &tokio_postgres::Client, lsn: &str) -> Duration
 }
 
 /// A report on the standby reading the whole table (every partition and
-/// DEFAULT locked), then sleeping: `Ok(duration)` or the error text.
-fn report(url: String, secs: u32) -> tokio::task::JoinHandle<Result<Duration, String>> {
+/// DEFAULT locked), then sleeping: `Ok(duration)` or the server's error.
+fn report(
+    url: String,
+    secs: u32,
+) -> tokio::task::JoinHandle<Result<Duration, tokio_postgres::Error>> {
     tokio::spawn(async move {
         let c = connect(&url).await;
         c.batch_execute("SET application_name = 'the-report'")
@@ -49,7 +52,6 @@ fn report(url: String, secs: u32) -> tokio::task::JoinHandle<Result<Duration, St
         )
         .await
         .map(|_| t.elapsed())
-        .map_err(|e| pgsteward::pg::server_message(&e))
     })
 }
 
@@ -109,12 +111,13 @@ fn toml(primary: &str, replica: &str, extra: &str, premake: u32) -> String {
     )
 }
 
-fn cfg_of(toml: &str) -> Config {
+fn cfg_of(toml: &str) -> Cluster {
     must(config::from_figment(
         figment::Figment::new()
             .merge(<figment::providers::Toml as figment::providers::Format>::string(toml)),
         None,
     ))
+    .cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -200,7 +203,10 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
     assert_eq!((r.tables[0].created, r.tables[0].rows_moved), (1, 100));
     let lsn: String = query(&url, "SELECT pg_current_wal_lsn()::text").await[0].get(0);
     let replay = replayed_after(&standby, &lsn).await;
-    let report_result = rep.await.unwrap();
+    let report_result = rep
+        .await
+        .unwrap()
+        .map_err(|e| pgsteward::pg::server_message(&e));
     stop.store(true, Ordering::Relaxed);
     let (worst, n, errors) = reads.await.unwrap();
     println!(
@@ -246,7 +252,10 @@ async fn a_long_standby_report_during_a_pass_is_waited_for_or_cancelled_as_docum
         err.contains("hot standby queries hold") && err.contains("the-report"),
         "{err}"
     );
-    let report_result = rep.await.unwrap();
+    let report_result = rep
+        .await
+        .unwrap()
+        .map_err(|e| pgsteward::pg::server_message(&e));
     stop.store(true, Ordering::Relaxed);
     let (worst, n, errors) = reads.await.unwrap();
     println!(

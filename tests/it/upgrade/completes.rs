@@ -68,7 +68,7 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
     // Status renders the journal; other commands notice the moved primary.
     let status = t.pgsteward(&["upgrade", "status", "--output", "json"], None);
     assert!(status.status.success(), "{}", text(&status));
-    let mut cfg = pgsteward::config::load(&t.config).unwrap();
+    let mut cfg = pgsteward::config::load(&t.config).unwrap().cluster;
     cfg.database.primary = pgsteward::config::ConnString::new(old.clone());
     let err = pgsteward::upgrade::ensure_primary_current(&cfg)
         .await

@@ -133,7 +133,7 @@ async fn the_service_resumes_writes_a_lost_runner_left_paused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cfg = pgsteward::config::load(&t.config).unwrap();
+    let cfg = pgsteward::config::load(&t.config).unwrap().cluster;
     let bound = cfg.upgrade.pause_timeout.0 + pgsteward::upgrade::keeper::bound(&cfg);
     println!(
         "writes resumed by the service {:.1} s after the runner died (bound {bound:?} + one lag pass)",

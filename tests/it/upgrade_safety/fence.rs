@@ -2,7 +2,10 @@
 
 use super::*;
 
-async fn app_connect(port: u16, options: Option<&str>) -> Result<tokio_postgres::Client, String> {
+async fn app_connect(
+    port: u16,
+    options: Option<&str>,
+) -> Result<tokio_postgres::Client, pgsteward::pg::PgError> {
     let mut url = harness::with_password(
         &format!("postgres://app@127.0.0.1:{port}/app?sslmode=disable"),
         harness::APP_USER,
@@ -11,10 +14,8 @@ async fn app_connect(port: u16, options: Option<&str>) -> Result<tokio_postgres:
     if let Some(o) = options {
         url.push_str(&format!("&options={}", o.replace(' ', "%20")));
     }
-    let spec = pgsteward::pg::ConnSpec::parse(&url).map_err(|e| e.to_string())?;
-    spec.connect(Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())
+    let spec = pgsteward::pg::ConnSpec::parse(&url)?;
+    spec.connect(Duration::from_secs(5)).await
 }
 
 /// Every way an application role could try to commit on the fenced old
@@ -23,7 +24,7 @@ async fn assert_fenced(port: u16, label: &str) {
     for options in [None, Some("-c default_transaction_read_only=off")] {
         match app_connect(port, options).await {
             Err(e) => assert!(
-                e.contains("pg_hba.conf rejects") || e.contains("reject"),
+                e.to_string().contains("pg_hba.conf rejects") || e.to_string().contains("reject"),
                 "{label}: refused for another reason: {e}"
             ),
             Ok(c) => {

@@ -103,7 +103,7 @@ fn node_pids(data_dir: &std::path::Path) -> Vec<String> {
 
 /// The bound the keeper promises: pause_timeout + 2 × query_timeout + 5 s.
 fn bound(t: &Topology) -> Duration {
-    let cfg = pgsteward::config::load(&t.config).unwrap();
+    let cfg = pgsteward::config::load(&t.config).unwrap().cluster;
     cfg.upgrade.pause_timeout.0 + pgsteward::upgrade::keeper::bound(&cfg)
 }
 
