@@ -369,6 +369,13 @@ database = "app"
             .collect()
     }
 
+    /// An aborted (or wholly rolled back) upgrade left none of its servers;
+    /// `label` says after what.
+    pub fn assert_no_new_servers(&self, label: &str) {
+        let left = self.new_nodes();
+        assert!(left.is_empty(), "{label}servers left: {left:?}");
+    }
+
     /// URLs of the servers the local provider made under data_root.
     pub fn new_nodes(&self) -> Vec<String> {
         let root = self.dir().join("clusters");

@@ -39,11 +39,7 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
                 "{fp}: replica not removed"
             );
         }
-        assert!(
-            t.new_nodes().is_empty(),
-            "{fp}: servers left: {:?}",
-            t.new_nodes()
-        );
+        t.assert_no_new_servers(&format!("{fp}: "));
     }
     // A crash in the middle of the roll back: the pause keeper finishes it.
     let fp = "final_sync-done=error,fence_old_primary-undo=kill";
@@ -95,11 +91,7 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let abort = t.pgsteward(&["upgrade", "abort"], None);
     assert!(abort.status.success(), "{}", text(&abort));
-    assert!(
-        t.new_nodes().is_empty(),
-        "servers left: {:?}",
-        t.new_nodes()
-    );
+    t.assert_no_new_servers("");
 
     load.finish_clean(&t).await;
 }

@@ -267,11 +267,7 @@ async fn resume_and_abort_get_through_the_fence() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let hba = std::fs::read_to_string(t.cluster.primary.data_dir.join("pg_hba.conf")).unwrap();
     assert!(!hba.contains("pgsteward fence"), "{hba}");
-    assert!(
-        t.new_nodes().is_empty(),
-        "servers left: {:?}",
-        t.new_nodes()
-    );
+    t.assert_no_new_servers("");
     load.finish_clean(&t).await;
 }
 
