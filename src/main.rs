@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use pgsteward::cli::{Cli, Command, ConvertCommand, PartitionsCommand, UpgradeCommand};
-use pgsteward::config::{self, Config};
+use pgsteward::config::{self, Cluster, Config};
 use pgsteward::{Error, Outcome};
 
 fn main() -> ExitCode {
@@ -122,18 +122,7 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             Ok(pgsteward::partitions::plan_command(&cfg, o.output).await?)
         }
         Command::Partitions(PartitionsCommand::Apply(o)) => {
-            // DDL waits out an upgrade's cutover (the DDL gate), then refuses a primary that moved.
-            let never = tokio_util::sync::CancellationToken::new();
-            pgsteward::upgrade::DdlGate::new(&cfg)
-                .wait_clear(std::time::Duration::from_secs(600), &never)
-                .await?;
-            // Only a primary moved by an upgrade is refused here; a replica or an
-            // unreachable server is the pass's own business (it skips or reports).
-            if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
-                pgsteward::upgrade::ensure_primary_current(&cfg).await
-            {
-                return Err(e.into());
-            }
+            before_ddl(&cfg).await?;
             Ok(pgsteward::partitions::apply_command(&cfg, o.output).await?)
         }
         Command::Partitions(PartitionsCommand::Status(o)) => {
@@ -187,16 +176,8 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
                 cmd,
                 ConvertCommand::Plan { .. } | ConvertCommand::Status { .. }
             ) {
-                // DDL waits out an upgrade's cutover and refuses a primary that moved, as a pass does.
-                let never = tokio_util::sync::CancellationToken::new();
-                pgsteward::upgrade::DdlGate::new(&cfg)
-                    .wait_clear(std::time::Duration::from_secs(600), &never)
-                    .await?;
-                if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
-                    pgsteward::upgrade::ensure_primary_current(&cfg).await
-                {
-                    return Err(e.into());
-                }
+                // As a pass does.
+                before_ddl(&cfg).await?;
             }
             match cmd {
                 ConvertCommand::Plan { table, key, output } => {
@@ -232,4 +213,21 @@ async fn dispatch(cli: Cli) -> Result<Outcome, Error> {
             unreachable!("handled above")
         }
     }
+}
+
+/// Before a command's DDL: wait out an upgrade's cutover (the DDL gate),
+/// then refuse a primary that an upgrade moved. Only that is refused here;
+/// a replica or an unreachable server is the command's own business (it
+/// skips or reports).
+async fn before_ddl(cfg: &Cluster) -> Result<(), Error> {
+    let never = tokio_util::sync::CancellationToken::new();
+    pgsteward::upgrade::DdlGate::new(cfg)
+        .wait_clear(std::time::Duration::from_secs(600), &never)
+        .await?;
+    if let Err(e @ pgsteward::upgrade::UpgradeError::PrimaryMoved { .. }) =
+        pgsteward::upgrade::ensure_primary_current(cfg).await
+    {
+        return Err(e.into());
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{Atomic, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
@@ -58,6 +58,23 @@ impl EncodeLabelValue for ErrorLabel {
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Sets the series to `value`, or removes it when the value is not known
+/// (the module doc: removed rather than left stale or set to 0).
+fn set_or_remove<L, N, A>(family: &Family<L, Gauge<N, A>>, labels: &L, value: Option<N>)
+where
+    L: Clone + std::hash::Hash + Eq,
+    A: Atomic<N> + Default,
+{
+    match value {
+        Some(v) => {
+            family.get_or_create(labels).set(v);
+        }
+        None => {
+            family.remove(labels);
+        }
+    }
+}
 
 /// Every metric the process exports. Cheap to share (`Arc<Metrics>`); all
 /// updates are atomic.
@@ -316,22 +333,15 @@ impl Metrics {
     pub fn record_lag(&self, report: &LagReport) {
         let p = &report.primary;
         self.primary_up.set(i64::from(p.healthy()));
-        let pnode = NodeLabels {
-            node: p.node.clone(),
-            role: "primary",
-        };
-        match &p.observation {
-            Some(o) => {
-                self.connections.get_or_create(&pnode).set(o.connections);
-                self.max_connections
-                    .get_or_create(&pnode)
-                    .set(o.max_connections);
-            }
-            None => {
-                self.connections.remove(&pnode);
-                self.max_connections.remove(&pnode);
-            }
-        }
+        self.record_connections(
+            NodeLabels {
+                node: p.node.clone(),
+                role: "primary",
+            },
+            p.observation
+                .as_ref()
+                .map(|o| (o.connections, o.max_connections)),
+        );
         for r in &report.replicas {
             let l = ReplicaLabels {
                 replica: r.replica.clone(),
@@ -348,41 +358,26 @@ impl Metrics {
             self.replica_replay_paused
                 .get_or_create(&l)
                 .set(i64::from(v.replay_paused));
-            match v.bytes_behind {
-                Some(b) => {
-                    self.replica_lag_bytes
-                        .get_or_create(&l)
-                        .set(i64::try_from(b).unwrap_or(i64::MAX));
-                }
-                None => {
-                    self.replica_lag_bytes.remove(&l);
-                }
-            }
-            match v.seconds_behind {
-                Some(s) => {
-                    self.replica_lag_seconds.get_or_create(&l).set(s);
-                }
-                None => {
-                    self.replica_lag_seconds.remove(&l);
-                }
-            }
-            let node = NodeLabels {
-                node: r.replica.clone(),
-                role: "replica",
-            };
-            match &r.observation {
-                Some(o) => {
-                    self.connections.get_or_create(&node).set(o.connections);
-                    self.max_connections
-                        .get_or_create(&node)
-                        .set(o.max_connections);
-                }
-                None => {
-                    self.connections.remove(&node);
-                    self.max_connections.remove(&node);
-                }
-            }
+            let bytes = v.bytes_behind.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+            set_or_remove(&self.replica_lag_bytes, &l, bytes);
+            set_or_remove(&self.replica_lag_seconds, &l, v.seconds_behind);
+            self.record_connections(
+                NodeLabels {
+                    node: r.replica.clone(),
+                    role: "replica",
+                },
+                r.observation
+                    .as_ref()
+                    .map(|o| (o.connections, o.max_connections)),
+            );
         }
+    }
+
+    /// A node's connections and max_connections; both removed when the node
+    /// was not read, rather than left stale.
+    fn record_connections(&self, node: NodeLabels, counts: Option<(i64, i64)>) {
+        set_or_remove(&self.connections, &node, counts.map(|c| c.0));
+        set_or_remove(&self.max_connections, &node, counts.map(|c| c.1));
     }
 
     /// The primary could not be read at all (e.g. the check failed early).

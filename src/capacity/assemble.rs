@@ -4,13 +4,13 @@
 use chrono::{DateTime, Utc};
 
 use super::evaluate::{self, PartitionedInput};
-use super::forecast::{Point, DAY_SECONDS};
+use super::forecast::DAY_SECONDS;
 use super::limits;
 use super::model::{Observation, RdsStorage};
 use super::report::{CapacityReport, Chart, OldTableReport, State};
 use super::samples::{self, History};
 use crate::config::{Cluster, Interval, TableConfig};
-use crate::partitions::model::KeyType;
+use crate::partitions::period::now_key;
 
 pub struct Inputs<'a> {
     pub cfg: &'a Cluster,
@@ -25,19 +25,6 @@ pub struct Inputs<'a> {
     pub samples_recorded: bool,
     /// Problems found before assembly (schema, recording).
     pub problems: Vec<String>,
-}
-
-/// The key value of `now` in a table's key space: UTC microseconds for
-/// `timestamptz`, the wall clock in the table's zone for zone-less keys.
-pub fn now_key(key_type: KeyType, tz: chrono_tz::Tz, now: DateTime<Utc>) -> i64 {
-    match key_type {
-        KeyType::Timestamptz => now.timestamp_micros(),
-        KeyType::Timestamp | KeyType::Date => now
-            .with_timezone(&tz)
-            .naive_local()
-            .and_utc()
-            .timestamp_micros(),
-    }
 }
 
 pub fn period_word(i: Interval) -> &'static str {
@@ -212,19 +199,7 @@ pub fn assemble(i: Inputs) -> (CapacityReport, Vec<Chart>) {
             continue;
         };
         let (used, avail, ..) = limits::sequence_usage(f);
-        // Values consumed, whichever way the sequence runs.
-        let pts: Vec<Point> = h
-            .last(samples::SEQUENCE_VALUE, &s.sequence)
-            .iter()
-            .map(|p| Point {
-                t: p.t,
-                v: if f.increment >= 0 {
-                    p.v - f.min_value as f64
-                } else {
-                    f.max_value as f64 - p.v
-                },
-            })
-            .collect();
+        let pts = limits::sequence_consumed(f, h.last(samples::SEQUENCE_VALUE, &s.sequence));
         let model = evaluate::sampled(&pts, now).1.ok();
         let mut c = evaluate::chart(
             format!("sequence {} (values used)", s.sequence),

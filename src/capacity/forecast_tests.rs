@@ -17,6 +17,13 @@ fn daily(days: usize, rate: impl Fn(f64) -> f64) -> Vec<Increment> {
         .collect()
 }
 
+/// A rate fitted to 30 days that alternate between growing `even` and
+/// `odd` bytes: noise around their mean.
+fn alternating(even: f64, odd: f64) -> RateModel {
+    let incs = daily(30, |t| if (t as i64) % 2 == 0 { even } else { odd });
+    fit_rate(&incs, MONDAY + 30.0, 3).unwrap()
+}
+
 #[test]
 fn weekday_counts_from_monday() {
     assert_eq!(weekday(MONDAY), 0);
@@ -94,18 +101,7 @@ fn a_falling_trend_never_projects_negative_growth() {
 #[test]
 fn noise_widens_the_band_and_lowers_confidence() {
     let clean = fit_rate(&daily(30, |_| GB), MONDAY + 30.0, 3).unwrap();
-    let noisy = fit_rate(
-        &daily(30, |t| {
-            if (t as i64) % 2 == 0 {
-                0.2 * GB
-            } else {
-                1.8 * GB
-            }
-        }),
-        MONDAY + 30.0,
-        3,
-    )
-    .unwrap();
+    let noisy = alternating(0.2 * GB, 1.8 * GB);
     assert!(clean.band(30.0) < 1.0, "{}", clean.band(30.0));
     assert!(noisy.band(30.0) > clean.band(30.0));
     assert!(noisy.confidence() < clean.confidence());
@@ -208,18 +204,7 @@ fn level_trend_reaches_its_limit() {
 
 #[test]
 fn the_upper_band_is_reached_first() {
-    let noisy = fit_rate(
-        &daily(30, |t| {
-            if (t as i64) % 2 == 0 {
-                0.5 * GB
-            } else {
-                1.5 * GB
-            }
-        }),
-        MONDAY + 30.0,
-        3,
-    )
-    .unwrap();
+    let noisy = alternating(0.5 * GB, 1.5 * GB);
     let central = noisy.days_until(0.0, 20.0 * GB, 365.0).unwrap();
     let early = noisy.days_until_upper(0.0, 20.0 * GB, 365.0).unwrap();
     assert!(early < central, "{early} < {central}");

@@ -121,6 +121,23 @@ pub fn sequence_usage(s: &SequenceFacts) -> (f64, f64, i64, bool) {
     }
 }
 
+/// The values `s` had consumed at each sample of its value, whichever way
+/// it runs: the distance from where it starts (`min_value` going up,
+/// `max_value` going down), as [`sequence_usage`] counts `used`.
+pub fn sequence_consumed(s: &SequenceFacts, values: &[Point]) -> Vec<Point> {
+    values
+        .iter()
+        .map(|p| Point {
+            t: p.t,
+            v: if s.increment >= 0 {
+                p.v - s.min_value as f64
+            } else {
+                s.max_value as f64 - p.v
+            },
+        })
+        .collect()
+}
+
 pub fn sequence(
     s: &SequenceFacts,
     points: &[Point],
@@ -153,18 +170,7 @@ pub fn sequence(
     }
     let ratio = if avail > 0.0 { used / avail } else { 1.0 };
     report.used_ratio = Some((ratio * 1e6).round() / 1e6);
-    // Values consumed over time, whichever way the sequence runs.
-    let consumed: Vec<Point> = points
-        .iter()
-        .map(|p| Point {
-            t: p.t,
-            v: if s.increment >= 0 {
-                p.v - s.min_value as f64
-            } else {
-                s.max_value as f64 - p.v
-            },
-        })
-        .collect();
+    let consumed = sequence_consumed(s, points);
     let fit = sampled(&consumed, now).1;
     let search = search_days(horizon, SEQUENCE_WARN_DAYS);
     report.per_day = fit.as_ref().ok().map(RateModel::rate_now);

@@ -167,7 +167,7 @@ pub async fn run(
                 - chrono::Duration::seconds(
                     (assemble::period_days(t.interval) * forecast::DAY_SECONDS) as i64,
                 );
-            assemble::now_key(
+            crate::partitions::period::now_key(
                 crate::partitions::model::KeyType::Timestamptz,
                 t.timezone,
                 back,

@@ -60,6 +60,23 @@ fn plan(info: &TableInfo) -> ConvertPlan {
     p
 }
 
+/// `events.id`'s bigint sequence, called, at `last_value`.
+fn events_id_seq(last_value: i64) -> SequenceState {
+    SequenceState {
+        column: "id".into(),
+        sequence: "public.events_id_seq".into(),
+        type_name: "bigint".into(),
+        start: 1,
+        increment: 1,
+        min: 1,
+        max: i64::MAX,
+        cache: 1,
+        cycle: false,
+        last_value,
+        is_called: true,
+    }
+}
+
 fn pos(v: &[String], needle: &str) -> usize {
     v.iter()
         .position(|s| s.contains(needle))
@@ -71,19 +88,7 @@ fn swap_orders_fks_and_triggers_before_attach_and_indexes_after() {
     let info = info();
     let p = plan(&info);
     assert_eq!(p.unique_builds.len(), 1, "the PK lacks the key");
-    let seqs = vec![SequenceState {
-        column: "id".into(),
-        sequence: "public.events_id_seq".into(),
-        type_name: "bigint".into(),
-        start: 1,
-        increment: 1,
-        min: 1,
-        max: i64::MAX,
-        cache: 1,
-        cycle: false,
-        last_value: 41,
-        is_called: true,
-    }];
+    let seqs = vec![events_id_seq(41)];
     let v = swap(&p, &info, &seqs);
     let attach = pos(
         &v,
@@ -146,19 +151,7 @@ fn postgres_17_keeps_identity_on_the_parent() {
     let mut info = info();
     info.server_version_num = 170_000;
     let p = plan(&info);
-    let seqs = vec![SequenceState {
-        column: "id".into(),
-        sequence: "public.events_id_seq".into(),
-        type_name: "bigint".into(),
-        start: 1,
-        increment: 1,
-        min: 1,
-        max: i64::MAX,
-        cache: 1,
-        cycle: false,
-        last_value: 7,
-        is_called: true,
-    }];
+    let seqs = vec![events_id_seq(7)];
     let v = swap(&p, &info, &seqs);
     assert!(
         pos(

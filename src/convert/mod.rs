@@ -396,9 +396,12 @@ pub async fn start_command(
     Ok(Outcome::Healthy)
 }
 
-/// `convert resume`: continue the table's active conversion from its journal.
-pub async fn resume_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outcome, ConvertError> {
-    let cancel = crate::pg::retry::cancel_on_signal("the conversion");
+/// The table's active conversion from its journal, with the table's lock
+/// held (as `start` holds it), for `resume` and `abort`.
+async fn active_conversion(
+    cfg: &Cluster,
+    table: &QualifiedName,
+) -> Result<Conversion, ConvertError> {
     let tcfg = table_config(cfg, table)?;
     let client = connect(cfg).await?;
     lock(&client, table).await?;
@@ -406,13 +409,19 @@ pub async fn resume_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outc
         Some(r) if r.state == "active" => r,
         _ => return Err(ConvertError::NoConversion(table.to_string())),
     };
-    tracing::info!(table = %table, step = rec.step.as_str(), "resuming conversion");
-    let mut conv = Conversion {
+    Ok(Conversion {
         cfg: cfg.clone(),
         tcfg: tcfg.clone(),
         client,
         rec,
-    };
+    })
+}
+
+/// `convert resume`: continue the table's active conversion from its journal.
+pub async fn resume_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outcome, ConvertError> {
+    let cancel = crate::pg::retry::cancel_on_signal("the conversion");
+    let mut conv = active_conversion(cfg, table).await?;
+    tracing::info!(table = %table, step = conv.rec.step.as_str(), "resuming conversion");
     saga::drive(&mut conv, TABLE, &cancel).await?;
     println!(
         "{table}: converted; first partition {}",
@@ -424,19 +433,7 @@ pub async fn resume_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outc
 /// `convert abort`: before the swap, remove everything the conversion built.
 pub async fn abort_command(cfg: &Cluster, table: &QualifiedName) -> Result<Outcome, ConvertError> {
     let cancel = crate::pg::retry::cancel_on_signal("the conversion");
-    let tcfg = table_config(cfg, table)?;
-    let client = connect(cfg).await?;
-    lock(&client, table).await?;
-    let rec = match journal::latest(&client, table).await? {
-        Some(r) if r.state == "active" => r,
-        _ => return Err(ConvertError::NoConversion(table.to_string())),
-    };
-    let mut conv = Conversion {
-        cfg: cfg.clone(),
-        tcfg: tcfg.clone(),
-        client,
-        rec,
-    };
+    let mut conv = active_conversion(cfg, table).await?;
     saga::unwind(&mut conv, TABLE, &cancel, "aborted by the operator").await?;
     println!("{table}: conversion aborted; the table is as it was");
     Ok(Outcome::Healthy)

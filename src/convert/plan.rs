@@ -14,8 +14,8 @@ use crate::config::{Interval, TableConfig};
 use crate::partitions::model::Key;
 use crate::partitions::model::KeyType;
 use crate::partitions::period::{
-    day_start_key, key_day, key_literal, key_text, next_period, partition_name, period_start,
-    suffix,
+    day_start_key, key_day, key_literal, key_text, next_period, now_key, partition_name,
+    period_start, suffix,
 };
 use crate::pg::QualifiedName;
 
@@ -98,19 +98,6 @@ impl ConvertPlan {
             self.tz(),
             now,
         )))
-    }
-}
-
-/// "Now" as a key value: the instant for `timestamptz`, the wall clock in the
-/// table's zone for `timestamp`/`date` keys (what `now()::timestamp` writes).
-pub fn now_key(kt: KeyType, tz: Tz, now: DateTime<Utc>) -> Key {
-    match kt {
-        KeyType::Timestamptz => now.timestamp_micros(),
-        KeyType::Timestamp | KeyType::Date => now
-            .with_timezone(&tz)
-            .naive_local()
-            .and_utc()
-            .timestamp_micros(),
     }
 }
 

@@ -165,34 +165,36 @@ mod tests {
 
     #[test]
     fn postgresql_conf_values_read_back_as_written() {
-        assert_eq!(conf_line("port", "5432").unwrap(), "port = 5432");
-        assert_eq!(
-            conf_line("shared_buffers", "512MB").unwrap(),
-            "shared_buffers = 512MB"
-        );
-        assert_eq!(
-            conf_line("unix_socket_directories", "/tmp/it's here").unwrap(),
-            "unix_socket_directories = '/tmp/it''s here'"
-        );
-        assert_eq!(
-            conf_line("archive_command", r"cp a\b 'c'").unwrap(),
-            r"archive_command = 'cp a\\b ''c'''"
-        );
-        assert_eq!(
-            conf_line("auto_explain.log_min_duration", "1s").unwrap(),
-            "auto_explain.log_min_duration = 1s"
-        );
-        assert_eq!(conf_line("search_path", "").unwrap(), "search_path = ''");
-        assert_eq!(
-            conf_line("listen_addresses", "127.0.0.1").unwrap(),
-            "listen_addresses = '127.0.0.1'"
-        );
-        assert_eq!(
-            conf_line("wal_level", "replica").unwrap(),
-            "wal_level = replica"
-        );
-        assert_eq!(conf_line("x", "1.5").unwrap(), "x = '1.5'");
-        assert_eq!(conf_line("x", "1e5").unwrap(), "x = '1e5'");
+        for (key, value, line) in [
+            ("port", "5432", "port = 5432"),
+            ("shared_buffers", "512MB", "shared_buffers = 512MB"),
+            (
+                "unix_socket_directories",
+                "/tmp/it's here",
+                "unix_socket_directories = '/tmp/it''s here'",
+            ),
+            (
+                "archive_command",
+                r"cp a\b 'c'",
+                r"archive_command = 'cp a\\b ''c'''",
+            ),
+            (
+                "auto_explain.log_min_duration",
+                "1s",
+                "auto_explain.log_min_duration = 1s",
+            ),
+            ("search_path", "", "search_path = ''"),
+            (
+                "listen_addresses",
+                "127.0.0.1",
+                "listen_addresses = '127.0.0.1'",
+            ),
+            ("wal_level", "replica", "wal_level = replica"),
+            ("x", "1.5", "x = '1.5'"),
+            ("x", "1e5", "x = '1e5'"),
+        ] {
+            assert_eq!(conf_line(key, value).unwrap(), line, "{key} = {value:?}");
+        }
         for v in ["it's", r"a\b", "x' # y", "a = b", "''"] {
             let line = conf_line("k", v).unwrap();
             let inside = line

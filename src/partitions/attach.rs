@@ -16,6 +16,7 @@
 //! free of the range by a validated CHECK instead, or the move is refused).
 
 use crate::partitions::sql;
+use chrono_tz::Tz;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +123,7 @@ impl Exec<'_> {
                 .await?;
             }
         }
-        self.create_table(state, details, tcfg, child, range, report)
+        self.create_table(state, details, tz, child, range, report)
             .await?;
         let excl = match (&state.default, path) {
             (Some(d), AttachPath::ExclusionCheck) => {
@@ -218,12 +219,12 @@ impl Exec<'_> {
         &self,
         state: &TableState,
         details: &ParentDetails,
-        tcfg: &TableConfig,
+        tz: Tz,
         child: &QualifiedName,
         range: Range,
         report: &mut TableReport,
     ) -> Result<(), StepError> {
-        let mut stmts = ddl::create_statements(state, Some(details), tcfg.timezone, child, range);
+        let mut stmts = ddl::create_statements(state, Some(details), tz, child, range);
         // In the same transaction: a partition the steward cannot give the
         // parent's owner (the owner lacks CREATE on the schema) is not made.
         if state.owner != self.current_user {

@@ -127,6 +127,20 @@ pub fn period_range(interval: Interval, key_type: KeyType, tz: Tz, start: NaiveD
     }
 }
 
+/// "Now" as a key value: the instant for `timestamptz`, the wall clock in
+/// the table's zone for `timestamp`/`date` keys (what `now()::timestamp`
+/// writes).
+pub fn now_key(key_type: KeyType, tz: Tz, now: DateTime<Utc>) -> Key {
+    match key_type {
+        KeyType::Timestamptz => now.timestamp_micros(),
+        KeyType::Timestamp | KeyType::Date => now
+            .with_timezone(&tz)
+            .naive_local()
+            .and_utc()
+            .timestamp_micros(),
+    }
+}
+
 /// Retention cut-off: `now - span` in the table's zone, as a key value.
 pub fn retention_cutoff(
     key_type: KeyType,
@@ -184,29 +198,23 @@ mod tests {
 
     #[test]
     fn names_for_every_interval() {
-        assert_eq!(suffix(Interval::Monthly, d(2025, 1, 1)), "_2025_01");
-        assert_eq!(suffix(Interval::Daily, d(2025, 1, 31)), "_2025_01_31");
-        assert_eq!(
-            suffix(
-                Interval::Weekly,
-                period_start(Interval::Weekly, d(2025, 1, 29))
-            ),
-            "_2025w05"
-        );
+        // Each suffix names the period the day falls in.
+        for (interval, day, suffix_is) in [
+            (Interval::Monthly, d(2025, 1, 1), "_2025_01"),
+            (Interval::Daily, d(2025, 1, 31), "_2025_01_31"),
+            (Interval::Weekly, d(2025, 1, 29), "_2025w05"),
+            (Interval::Weekly, d(2024, 12, 30), "_2025w01"),
+            (Interval::Quarterly, d(2025, 8, 15), "_2025q3"),
+            (Interval::Yearly, d(2025, 1, 1), "_2025"),
+        ] {
+            let start = period_start(interval, day);
+            assert_eq!(suffix(interval, start), suffix_is, "{interval:?} {day}");
+        }
         // ISO week 1 of 2025 starts on Monday 2024-12-30.
         assert_eq!(
             period_start(Interval::Weekly, d(2025, 1, 1)),
             d(2024, 12, 30)
         );
-        assert_eq!(suffix(Interval::Weekly, d(2024, 12, 30)), "_2025w01");
-        assert_eq!(
-            suffix(
-                Interval::Quarterly,
-                period_start(Interval::Quarterly, d(2025, 8, 15))
-            ),
-            "_2025q3"
-        );
-        assert_eq!(suffix(Interval::Yearly, d(2025, 1, 1)), "_2025");
         assert_eq!(partition_name("audit_log", "_2025_01"), "audit_log_2025_01");
     }
 

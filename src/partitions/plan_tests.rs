@@ -5,6 +5,25 @@ use crate::config::CalendarSpan;
 use crate::partitions::test_fixtures::*;
 use chrono_tz::Tz;
 
+/// An existing monthly partition `name` of the month starting `start`.
+fn monthly(name: impl Into<String>, kt: KeyType, tz: Tz, start: NaiveDate) -> ExistingPartition {
+    ExistingPartition {
+        name: QualifiedName::new("public", name),
+        range: Some(period_range(Interval::Monthly, kt, tz, start)),
+        detach_pending: false,
+        fk_referenced: false,
+    }
+}
+
+/// A monthly date-keyed table whose partition `audit_log_2025_05` holds
+/// the month starting `start` (which may not be May 2025).
+fn with_audit_log_2025_05(start: NaiveDate) -> (TableConfig, TableState) {
+    let mut s = state(KeyType::Date);
+    s.partitions
+        .push(monthly("audit_log_2025_05", KeyType::Date, Tz::UTC, start));
+    (cfg(Interval::Monthly, 0), s)
+}
+
 #[test]
 fn now_is_read_in_the_tables_zone() {
     // 23:30 UTC on Jan 31 is already February in Berlin.
@@ -78,17 +97,12 @@ fn gaps_after_downtime_are_filled_and_on_grid_partitions_adopted() {
     let mut s = state(KeyType::Timestamptz);
     let tz = Tz::UTC;
     // An on-grid partition with a foreign name is adopted as January.
-    s.partitions.push(ExistingPartition {
-        name: QualifiedName::new("public", "legacy_jan"),
-        range: Some(period_range(
-            Interval::Monthly,
-            KeyType::Timestamptz,
-            tz,
-            d(2025, 1, 1),
-        )),
-        detach_pending: false,
-        fk_referenced: false,
-    });
+    s.partitions.push(monthly(
+        "legacy_jan",
+        KeyType::Timestamptz,
+        tz,
+        d(2025, 1, 1),
+    ));
     let p = plan(&c, &s, utc(2025, 4, 10, 0));
     assert_eq!(
         created(&p),
@@ -196,19 +210,7 @@ fn uncovered_pieces() {
 
 #[test]
 fn name_taken_by_another_partition_is_reported() {
-    let c = cfg(Interval::Monthly, 0);
-    let mut s = state(KeyType::Date);
-    s.partitions.push(ExistingPartition {
-        name: QualifiedName::new("public", "audit_log_2025_05"),
-        range: Some(period_range(
-            Interval::Monthly,
-            KeyType::Date,
-            Tz::UTC,
-            d(2024, 5, 1),
-        )),
-        detach_pending: false,
-        fk_referenced: false,
-    });
+    let (c, s) = with_audit_log_2025_05(d(2024, 5, 1));
     let p = plan(&c, &s, utc(2025, 5, 20, 0));
     // 2024-05 is adopted; the gap months are created; May 2025 cannot be.
     assert!(!created(&p).contains(&"audit_log_2025_05".to_string()));
@@ -223,15 +225,13 @@ fn retention_cutoffs() {
     let mut s = state(KeyType::Timestamptz);
     for (i, m) in [1u32, 2, 3, 4, 5].iter().enumerate() {
         s.partitions.push(ExistingPartition {
-            name: QualifiedName::new("public", format!("p{m}")),
-            range: Some(period_range(
-                Interval::Monthly,
+            fk_referenced: i == 0,
+            ..monthly(
+                format!("p{m}"),
                 KeyType::Timestamptz,
                 Tz::UTC,
                 d(2025, *m, 1),
-            )),
-            detach_pending: false,
-            fk_referenced: i == 0,
+            )
         });
     }
     // Now 2025-05-10: cut-off 2025-02-10; Jan ends before it, Feb does not.
@@ -302,19 +302,7 @@ fn retention_cutoffs() {
 
 #[test]
 fn stale_default_checks_are_dropped() {
-    let c = cfg(Interval::Monthly, 0);
-    let mut s = state(KeyType::Date);
-    s.partitions.push(ExistingPartition {
-        name: QualifiedName::new("public", "audit_log_2025_05"),
-        range: Some(period_range(
-            Interval::Monthly,
-            KeyType::Date,
-            Tz::UTC,
-            d(2025, 5, 1),
-        )),
-        detach_pending: false,
-        fk_referenced: false,
-    });
+    let (c, mut s) = with_audit_log_2025_05(d(2025, 5, 1));
     s.default = Some(DefaultPartition {
         name: QualifiedName::new("public", "audit_log_default"),
         rows_estimate: 0,

@@ -157,15 +157,22 @@ pub fn client_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = match check_for(mode, root_cert) {
-        Check::Nothing => Arc::new(AcceptAnyCert { provider }),
+        Check::Nothing => Arc::new(NameUnchecked {
+            provider,
+            chain: None,
+        }),
         check => {
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots(root_cert)?, provider)
-                .build()
-                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(roots(root_cert)?, provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
             if check == Check::Full {
                 webpki
             } else {
-                Arc::new(ChainOnly { inner: webpki })
+                Arc::new(NameUnchecked {
+                    provider,
+                    chain: Some(webpki),
+                })
             }
         }
     };
@@ -177,68 +184,20 @@ pub fn client_config(
     ))
 }
 
-/// `sslmode=require` without a CA: encryption against passive listeners only.
+/// The two checks webpki does not make as such. Without `chain`,
+/// `sslmode=require` without a CA: no certificate check, encryption against
+/// passive listeners only. With it, `sslmode=verify-ca`: everything webpki
+/// checks except the name; webpki compares the name last, after the chain,
+/// validity and revocation, so a name mismatch means everything else passed.
+/// Handshake signatures are checked alike in both, with the provider's
+/// algorithms, exactly as webpki checks them for `verify-full`.
 #[derive(Debug)]
-struct AcceptAnyCert {
+struct NameUnchecked {
     provider: Arc<CryptoProvider>,
+    chain: Option<Arc<WebPkiServerVerifier>>,
 }
 
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: everything webpki checks except the name. webpki
-/// compares the name last, after the chain, validity and revocation, so a
-/// name mismatch means everything else passed.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -247,13 +206,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -267,7 +223,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -276,11 +233,14 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -8,31 +8,33 @@ use std::path::{Path, PathBuf};
 
 use super::PoolerError;
 
-/// Every `[databases]` entry of `text`: (name, host, port). The `*` fallback
-/// entry is left out (it names no one database).
-pub fn ini_entries(text: &str) -> Vec<(String, String, u16)> {
+/// The `name = value` lines of the `[databases]` section of `text`, in
+/// order: names trimmed, values as written, comments left out.
+pub fn database_lines(text: &str) -> impl Iterator<Item = (&str, &str)> + '_ {
     let mut section = String::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
+    text.lines().filter_map(move |line| {
         let t = line.trim();
         if t.starts_with('[') {
             section = t.to_ascii_lowercase();
-            continue;
+            return None;
         }
         if section != "[databases]" || t.starts_with(';') || t.starts_with('#') {
-            continue;
+            return None;
         }
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
-        };
-        let name = k.trim();
-        if name == "*" || name.is_empty() {
-            continue;
-        }
-        let (host, port) = entry_address(v);
-        out.push((name.to_string(), host, port));
-    }
-    out
+        t.split_once('=').map(|(k, v)| (k.trim(), v))
+    })
+}
+
+/// Every `[databases]` entry of `text`: (name, host, port). The `*` fallback
+/// entry is left out (it names no one database).
+pub fn ini_entries(text: &str) -> Vec<(String, String, u16)> {
+    database_lines(text)
+        .filter(|(name, _)| *name != "*" && !name.is_empty())
+        .map(|(name, v)| {
+            let (host, port) = entry_address(v);
+            (name.to_string(), host, port)
+        })
+        .collect()
 }
 
 /// `host=` and `port=` of an entry's value (5432 when no port is given).
@@ -49,27 +51,12 @@ fn entry_address(v: &str) -> (String, u16) {
     (host.unwrap_or_default(), port)
 }
 
-/// The `host` and `port` the `[databases]` entry `db` of `text` points at.
+/// The `host` and `port` the `[databases]` entry `db` of `text` points at
+/// (its first entry, as PgBouncer reads it).
 pub fn ini_target(text: &str, db: &str) -> Option<(String, u16)> {
-    let mut section = String::new();
-    for line in text.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-            continue;
-        }
-        if section != "[databases]" {
-            continue;
-        }
-        let Some((k, v)) = t.split_once('=') else {
-            continue;
-        };
-        if k.trim() != db {
-            continue;
-        }
-        return Some(entry_address(v));
-    }
-    None
+    database_lines(text)
+        .find(|(name, _)| *name == db)
+        .map(|(_, v)| entry_address(v))
 }
 
 /// `text` with the `[databases]` entry `db` pointed at `host:port`; other

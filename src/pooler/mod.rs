@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::{Cluster, ConnString};
-pub use ini::{ini_entries, ini_target, retarget_ini, rewrite_ini, Durability};
+pub use ini::{database_lines, ini_entries, ini_target, retarget_ini, rewrite_ini, Durability};
 use members::Instance;
 use reach::{discover_one, show_databases};
 pub use reach::{pooled_session, pooler_spec, Servers};

@@ -27,7 +27,7 @@ use crate::pg::{quote_ident, server_message, QualifiedName};
 
 /// An identifier as a person would type it in a GRANT: bare when PostgreSQL
 /// reads it back unchanged (lower case, not a reserved word), quoted otherwise.
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     const RESERVED: &[&str] = &[
         "all",
         "analyse",

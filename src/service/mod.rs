@@ -109,83 +109,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
         }
     });
 
-    tasks.spawn("lag", {
-        let (cfg, cancel, metrics, leader) =
-            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-        let schedule = cfg.lag.schedule.clone();
-        run_job(
-            "lag",
-            schedule,
-            true,
-            cancel.clone(),
-            metrics.clone(),
-            move || {
-                let (cfg, cancel, metrics, leader, pools) = (
-                    cfg.clone(),
-                    cancel.clone(),
-                    metrics.clone(),
-                    leader.clone(),
-                    pools.clone(),
-                );
-                async move { lag_job(&cfg, &pools, &leader, &metrics, &cancel).await }
-            },
-        )
+    let jobs = Jobs {
+        tasks: &tasks,
+        ctx: JobCtx {
+            cfg: cfg.clone(),
+            cancel: cancel.clone(),
+            metrics: metrics.clone(),
+            leader: leader.clone(),
+        },
+    };
+    jobs.spawn("lag", cfg.lag.schedule.clone(), move |j| {
+        let pools = pools.clone();
+        async move { lag_job(&j.cfg, &pools, &j.leader, &j.metrics, &j.cancel).await }
     });
-
-    tasks.spawn("partitions", {
-        let (cfg, cancel, metrics, leader) =
-            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-        let schedule = cfg.partitions.schedule.clone();
-        run_job(
-            "partitions",
-            schedule,
-            true,
-            cancel.clone(),
-            metrics.clone(),
-            move || {
-                let (cfg, cancel, metrics, leader) =
-                    (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-                async move { partitions_job(&cfg, &leader, &metrics, &cancel).await }
-            },
-        )
+    jobs.spawn(
+        "partitions",
+        cfg.partitions.schedule.clone(),
+        |j| async move { partitions_job(&j.cfg, &j.leader, &j.metrics, &j.cancel).await },
+    );
+    jobs.spawn("capacity", cfg.capacity.schedule.clone(), |j| async move {
+        capacity_job(&j.cfg, &j.leader, &j.metrics, &j.cancel).await
     });
-
-    tasks.spawn("capacity", {
-        let (cfg, cancel, metrics, leader) =
-            (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-        let schedule = cfg.capacity.schedule.clone();
-        run_job(
-            "capacity",
-            schedule,
-            true,
-            cancel.clone(),
-            metrics.clone(),
-            move || {
-                let (cfg, cancel, metrics, leader) =
-                    (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-                async move { capacity_job(&cfg, &leader, &metrics, &cancel).await }
-            },
-        )
-    });
-
     if cfg.cutover.kind == crate::config::CutoverKind::Pgbouncer && !cfg.cutover.admin.is_empty() {
-        tasks.spawn("pgbouncer", {
-            let (cfg, cancel, metrics, leader) =
-                (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-            let schedule = cfg.cutover.stats_schedule.clone();
-            run_job(
-                "pgbouncer",
-                schedule,
-                true,
-                cancel.clone(),
-                metrics.clone(),
-                move || {
-                    let (cfg, cancel, metrics, leader) =
-                        (cfg.clone(), cancel.clone(), metrics.clone(), leader.clone());
-                    async move { pgbouncer_job(&cfg, &leader, &metrics, &cancel).await }
-                },
-            )
-        });
+        jobs.spawn(
+            "pgbouncer",
+            cfg.cutover.stats_schedule.clone(),
+            |j| async move { pgbouncer_job(&j.cfg, &j.leader, &j.metrics, &j.cancel).await },
+        );
     }
 
     tracing::info!(listen = %process.http.listen, "service started");
@@ -198,6 +148,40 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Outc
     leader.release().await;
     tracing::info!("service stopped");
     Ok(Outcome::Healthy)
+}
+
+/// What every scheduled job is handed: the service's shared state, cloned
+/// afresh for each run so a run owns what it borrows.
+#[derive(Clone)]
+struct JobCtx {
+    cfg: Arc<Cluster>,
+    cancel: CancellationToken,
+    metrics: Arc<Metrics>,
+    leader: Arc<Leader>,
+}
+
+/// Spawns the scheduled jobs on the service's task tracker, each run at
+/// start and then on its schedule (see the module doc).
+struct Jobs<'a> {
+    tasks: &'a Tasks,
+    ctx: JobCtx,
+}
+
+impl Jobs<'_> {
+    fn spawn<F, Fut>(&self, name: &'static str, schedule: crate::config::Schedule, job: F)
+    where
+        F: Fn(JobCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = JobRun> + Send + 'static,
+    {
+        let ctx = self.ctx.clone();
+        let (cancel, metrics) = (ctx.cancel.clone(), ctx.metrics.clone());
+        self.tasks.spawn(
+            name,
+            run_job(name, schedule, true, cancel, metrics, move || {
+                job(ctx.clone())
+            }),
+        );
+    }
 }
 
 /// The lag check. It also refreshes leadership, so the leader gauge stays
@@ -270,6 +254,18 @@ async fn record_upgrade_step(cfg: &Cluster, metrics: &Metrics) {
     }
 }
 
+/// Refreshes leadership before a leader-only run. `Err` is the run's
+/// result when it must not go on: cancelled meanwhile, or another instance
+/// leads. Dropping a refresh midway is safe: a half-made lock session just
+/// closes.
+async fn require_leader(leader: &Leader, cancel: &CancellationToken) -> Result<(), JobRun> {
+    match cancel.run_until_cancelled(leader.refresh()).await {
+        None => Err(JobRun::Cancelled),
+        Some(false) => Err(JobRun::Skipped("not leader")),
+        Some(true) => Ok(()),
+    }
+}
+
 /// One capacity run, on the leader only: one sample per scheduled run (the
 /// followers would record duplicates), and the leader's metrics are the ones
 /// the alerts read. Findings (something runs out) are metrics and alerts,
@@ -280,17 +276,12 @@ async fn capacity_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    let leads = tokio::select! {
-        l = leader.refresh() => l,
-        _ = cancel.cancelled() => return JobRun::Cancelled,
-    };
-    if !leads {
-        return JobRun::Skipped("not leader");
+    if let Err(stop) = require_leader(leader, cancel).await {
+        return stop;
     }
     let run = capacity::run(cfg, capacity::DEFAULT_HORIZON_DAYS, None);
-    let result = tokio::select! {
-        r = run => r,
-        _ = cancel.cancelled() => return JobRun::Cancelled,
+    let Some(result) = cancel.run_until_cancelled(run).await else {
+        return JobRun::Cancelled;
     };
     match result {
         Ok((report, _charts)) => {
@@ -318,21 +309,16 @@ async fn pgbouncer_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    let leads = tokio::select! {
-        l = leader.refresh() => l,
-        _ = cancel.cancelled() => return JobRun::Cancelled,
-    };
-    if !leads {
-        return JobRun::Skipped("not leader");
+    if let Err(stop) = require_leader(leader, cancel).await {
+        return stop;
     }
     let mut poolers = crate::pooler::Poolers::from_config(cfg);
     let read = async {
         poolers.refresh_members().await?;
         poolers.stats().await
     };
-    let result = tokio::select! {
-        r = read => r,
-        _ = cancel.cancelled() => return JobRun::Cancelled,
+    let Some(result) = cancel.run_until_cancelled(read).await else {
+        return JobRun::Cancelled;
     };
     match result {
         Ok(stats) => {
@@ -356,12 +342,8 @@ async fn partitions_job(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> JobRun {
-    let leads = tokio::select! {
-        l = leader.refresh() => l,
-        _ = cancel.cancelled() => return JobRun::Cancelled,
-    };
-    if !leads {
-        return JobRun::Skipped("not leader");
+    if let Err(stop) = require_leader(leader, cancel).await {
+        return stop;
     }
     if cancel.is_cancelled() {
         return JobRun::Cancelled;

@@ -3,24 +3,9 @@
 //! privilege, and the exact statement to run for each one missing, so
 //! `upgrade plan` fails before `upgrade start` would.
 
+// Role names in the GRANTs printed: the rule every fix pgsteward prints follows.
+use crate::privileges::ident;
 use crate::provider::{Check, FenceMethod};
-
-/// A role name as a person would type it in the GRANT: bare when it is a
-/// plain lower-case identifier, quoted otherwise.
-fn quote_ident(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        crate::pg::quote_ident(name)
-    }
-}
 
 /// What was read (`sql::READ_PRIVILEGES` and the queries after it).
 #[derive(Debug, Clone)]
@@ -64,7 +49,7 @@ fn check(name: &str, ok: bool, fix: String) -> Check {
 /// One check per privilege `method`'s upgrade needs; a failed one names the
 /// statement that grants it (run by a superuser).
 pub fn judge(f: &PrivilegeFacts, method: FenceMethod) -> Vec<Check> {
-    let r = quote_ident(&f.role);
+    let r = ident(&f.role);
     let all = f.superuser;
     let mut checks = vec![
         check(
@@ -103,7 +88,7 @@ pub fn judge(f: &PrivilegeFacts, method: FenceMethod) -> Vec<Check> {
                 f.unfenceable
                     .iter()
                     .map(|(db, owner)| {
-                        format!("{db} (owner {owner}): GRANT {} TO {r};", quote_ident(owner))
+                        format!("{db} (owner {owner}): GRANT {} TO {r};", ident(owner))
                     })
                     .collect::<Vec<_>>()
                     .join(" ")

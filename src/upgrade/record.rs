@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::provider::SourceFacts;
 
-use super::step::{first_version, v1};
+use super::step::{first_version, v1, BEFORE_WINDOW_RESUME, WINDOW_RESUME};
 pub use super::step::{Region, Step, SAGA_VERSION, STEPS, UPGRADE_KIND};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +449,18 @@ impl UpgradeRecord {
         self.status(Step::Promote) != StepStatus::Pending
     }
 
+    /// Everything in the pause window but its RESUME is done: PgBouncer
+    /// points where writes may go, so resuming them is safe (see
+    /// [`BEFORE_WINDOW_RESUME`]).
+    pub fn window_work_done(&self) -> bool {
+        self.status(BEFORE_WINDOW_RESUME) == StepStatus::Done
+    }
+
+    /// The RESUME that ends the pause window is done.
+    pub fn window_resumed(&self) -> bool {
+        self.status(WINDOW_RESUME) == StepStatus::Done
+    }
+
     /// The first step that is not done: where a runner continues.
     pub fn next_step(&self) -> Option<Step> {
         STEPS
@@ -485,6 +497,8 @@ impl UpgradeRecord {
     }
 }
 
+// Its fixtures (a created record, journals through a step) serve the
+// runner's tests too.
 #[cfg(test)]
 #[path = "record_tests.rs"]
-mod tests;
+pub(crate) mod tests;

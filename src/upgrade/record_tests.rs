@@ -9,7 +9,7 @@ fn entry(seq: u64, event: Event) -> Entry {
     }
 }
 
-fn created() -> UpgradeRecord {
+pub(crate) fn created() -> UpgradeRecord {
     UpgradeRecord::from_created(&entry(
         1,
         Event::Created {
@@ -24,7 +24,7 @@ fn created() -> UpgradeRecord {
     .unwrap()
 }
 
-fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionError> {
+pub(crate) fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionError> {
     for e in events {
         let seq = rec.last_seq + 1;
         rec.apply(&entry(seq, e))?;
@@ -32,15 +32,20 @@ fn run(rec: &mut UpgradeRecord, events: Vec<Event>) -> Result<(), TransitionErro
     Ok(())
 }
 
-fn through(step: Step) -> Vec<Event> {
-    STEPS
-        .iter()
-        .take_while(|s| **s <= step)
-        .flat_map(|&s| {
+/// Every step up to `step` started and succeeded.
+pub(crate) fn through(step: Step) -> Vec<Event> {
+    started_and_succeeded(STEPS.iter().copied().take_while(|s| *s <= step))
+}
+
+/// Each of `steps` started and succeeded, in order.
+fn started_and_succeeded(steps: impl IntoIterator<Item = Step>) -> Vec<Event> {
+    steps
+        .into_iter()
+        .flat_map(|step| {
             [
-                Event::StepStarted { step: s },
+                Event::StepStarted { step },
                 Event::StepSucceeded {
-                    step: s,
+                    step,
                     output: Output::default(),
                 },
             ]
@@ -199,19 +204,8 @@ fn a_twelve_step_journal_replays_and_completes() {
         Step::Verify,
         Step::RetireOld,
     ];
-    let events: Vec<Event> = v1
-        .iter()
-        .flat_map(|&step| {
-            [
-                Event::StepStarted { step },
-                Event::StepSucceeded {
-                    step,
-                    output: Output::default(),
-                },
-            ]
-        })
-        .chain([Event::Completed])
-        .collect();
+    let mut events = started_and_succeeded(v1);
+    events.push(Event::Completed);
     run(&mut r, events).unwrap();
     assert_eq!(r.phase, Phase::Completed);
     // A new journal has every step to run.
@@ -228,20 +222,9 @@ fn a_version_two_journal_past_verify_replays_and_completes() {
     let mut r = UpgradeRecord::from_created(&first).unwrap();
     assert_eq!(r.status(Step::CarrySlots), StepStatus::Done);
     assert_eq!(r.status(Step::CreateReaders), StepStatus::Pending);
-    let events: Vec<Event> = STEPS
-        .iter()
-        .filter(|&&s| s != Step::CarrySlots)
-        .flat_map(|&step| {
-            [
-                Event::StepStarted { step },
-                Event::StepSucceeded {
-                    step,
-                    output: Output::default(),
-                },
-            ]
-        })
-        .chain([Event::Completed])
-        .collect();
+    let mut events =
+        started_and_succeeded(STEPS.iter().copied().filter(|&s| s != Step::CarrySlots));
+    events.push(Event::Completed);
     run(&mut r, events).unwrap();
     assert_eq!(r.phase, Phase::Completed);
     assert_eq!(created().status(Step::CarrySlots), StepStatus::Pending);

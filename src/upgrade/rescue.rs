@@ -12,7 +12,6 @@ use tokio::io::AsyncBufReadExt;
 use super::error::UpgradeError;
 use super::journal;
 use super::keeper::{DISARM, PERSIST, PID_FILE};
-use super::record::{Step, StepStatus};
 use super::sql::WINDOW_AGE;
 use crate::config::Cluster;
 use crate::outcome::Outcome;
@@ -130,7 +129,7 @@ pub async fn resume_safe(cfg: &Cluster) -> Result<(), UpgradeError> {
         Some(p) => journal::read(&p)?,
         None => return Ok(()),
     };
-    if rec.promote_started() && rec.status(Step::Repoint) != StepStatus::Done {
+    if rec.promote_started() && !rec.window_work_done() {
         tracing::warn!("promote has started and PgBouncer is not repointed yet: writes stay paused until the repoint (`upgrade resume`)");
         return Ok(());
     }

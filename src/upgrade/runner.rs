@@ -16,7 +16,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::error::UpgradeError;
-use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord, STEPS};
+use super::record::{Event, Phase, StepStatus, UpgradeRecord, STEPS};
 pub use super::saga::{Progress, Saga};
 use super::table::{self, Row};
 use crate::saga::{self, JournalStore};
@@ -164,7 +164,7 @@ impl Saga {
     /// already points at the new, writable primary; otherwise clients stay
     /// paused (and wait) until `upgrade resume` repoints it.
     pub(super) async fn after_promote_failure(&mut self, reason: &str) {
-        if self.journal.is_broken() && self.record().status(Step::Repoint) != StepStatus::Done {
+        if self.journal.is_broken() && !self.record().window_work_done() {
             // No journal, but repoint and RESUME are idempotent forward steps
             // that `upgrade resume` runs again anyway: do them now, so clients
             // reach the new primary instead of waiting in the pause.
@@ -178,8 +178,8 @@ impl Saga {
             }
             return;
         }
-        let repointed = self.record().status(Step::Repoint) == StepStatus::Done;
-        if repointed && self.record().status(Step::ResumeWrites) != StepStatus::Done {
+        let rec = self.record();
+        if rec.window_work_done() && !rec.window_resumed() {
             if let Err(e) = self.poolers.resume().await {
                 tracing::error!(error = %e, "resume after a post-promote failure failed");
             }
@@ -204,49 +204,13 @@ fn through_the_window() -> &'static [Row] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upgrade::record::{Entry, Output};
-    use chrono::Utc;
+    use crate::upgrade::record::tests::{created, run, through as done};
+    use crate::upgrade::record::Step;
 
     fn rec(events: Vec<Event>) -> UpgradeRecord {
-        let mut r = UpgradeRecord::from_created(&Entry {
-            seq: 1,
-            at: Utc::now(),
-            event: Event::Created {
-                kind: crate::upgrade::record::UPGRADE_KIND.into(),
-                id: "u".into(),
-                target_class: "c".into(),
-                provider: "local".into(),
-                source_primary: "p".into(),
-                saga: crate::upgrade::record::SAGA_VERSION,
-            },
-        })
-        .unwrap();
-        for e in events {
-            let seq = r.last_seq + 1;
-            r.apply(&Entry {
-                seq,
-                at: Utc::now(),
-                event: e,
-            })
-            .unwrap();
-        }
+        let mut r = created();
+        run(&mut r, events).unwrap();
         r
-    }
-
-    fn done(upto: Step) -> Vec<Event> {
-        STEPS
-            .iter()
-            .take_while(|s| **s <= upto)
-            .flat_map(|&step| {
-                [
-                    Event::StepStarted { step },
-                    Event::StepSucceeded {
-                        step,
-                        output: Output::default(),
-                    },
-                ]
-            })
-            .collect()
     }
 
     #[test]

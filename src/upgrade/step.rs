@@ -39,7 +39,7 @@ macro_rules! steps {
             }
 
             /// In the pause window (PAUSE sent → RESUME returned).
-            pub fn in_pause_window(self) -> bool {
+            pub const fn in_pause_window(self) -> bool {
                 match self {
                     $(Step::$variant => $window,)*
                 }
@@ -139,8 +139,26 @@ impl Region {
     }
 }
 
+/// The pause window's last step: the RESUME that ends it. Read off the
+/// window's flags, so code outside the table need not name it.
+pub const WINDOW_RESUME: Step = {
+    // Evaluated at compile time: a saga without a window does not build.
+    let mut i = STEPS.len();
+    loop {
+        i -= 1;
+        if STEPS[i].in_pause_window() {
+            break STEPS[i];
+        }
+    }
+};
+
+/// The window's last step before its RESUME. Once it is done, everything
+/// the window is for is done and PgBouncer points where writes may go (at
+/// the new primary after promote): a RESUME then is safe, whoever sends it.
+pub const BEFORE_WINDOW_RESUME: Step = STEPS[WINDOW_RESUME.index() - 1];
+
 impl Step {
-    pub fn index(self) -> usize {
+    pub const fn index(self) -> usize {
         self as usize
     }
 
@@ -195,6 +213,10 @@ mod tests {
         assert_eq!(window.last(), Some(&Step::ResumeWrites));
         let (first, last) = (Step::PauseWrites.index(), Step::ResumeWrites.index());
         assert_eq!(window.len(), last - first + 1, "no gap in the window");
+        assert_eq!(WINDOW_RESUME, Step::ResumeWrites);
+        // What Saga::after_promote_failure runs itself when the journal is
+        // gone: the step that points PgBouncer at the new primary.
+        assert_eq!(BEFORE_WINDOW_RESUME, Step::Repoint);
         // The deadline covers the start of the window up to promote.
         assert!(STEPS
             .iter()

@@ -308,6 +308,9 @@ pub fn server_changes(
             class,
             detail,
         };
+    // A rename changes no class.
+    let rename =
+        |step, server: String, detail: String| change(step, "rename", server, None, detail);
     let new = crate::provider::replica_id(&source.id, upgrade_id);
     let readers: Vec<ReaderFacts> = source
         .readers
@@ -354,18 +357,14 @@ pub fn server_changes(
     ));
     let old_primary = if swaps {
         let aside = provider.aside_id(&source.id, upgrade_id);
-        out.push(change(
+        out.push(rename(
             "rename_old_aside",
-            "rename",
             source.id.clone(),
-            None,
             format!("-> {aside} (after RESUME)"),
         ));
-        out.push(change(
+        out.push(rename(
             "rename_new_in",
-            "rename",
             new.clone(),
-            None,
             format!("-> {} (PgBouncer back on it: plain RELOAD)", source.id),
         ));
         aside
@@ -376,18 +375,10 @@ pub fn server_changes(
     for r in &readers {
         if swaps {
             let aside = provider.aside_id(&r.id, upgrade_id);
-            out.push(change(
+            out.push(rename("move_reads", r.id.clone(), format!("-> {aside}")));
+            out.push(rename(
                 "move_reads",
-                "rename",
-                r.id.clone(),
-                None,
-                format!("-> {aside}"),
-            ));
-            out.push(change(
-                "move_reads",
-                "rename",
                 r.new_id.clone(),
-                None,
                 format!("-> {}", r.id),
             ));
             old_readers.push(aside);
@@ -417,21 +408,8 @@ pub fn server_changes(
 /// Names of the `[databases]` entries of a pgbouncer.ini pointing at
 /// `address` (`host:port`), except the write entry `write_db`.
 pub fn read_entries(ini: &str, address: &str, write_db: &str) -> Vec<String> {
-    let mut section = String::new();
-    let mut names = Vec::new();
-    for line in ini.lines() {
-        let t = line.trim();
-        if t.starts_with('[') {
-            section = t.to_ascii_lowercase();
-            continue;
-        }
-        if section != "[databases]" || t.starts_with(';') || t.starts_with('#') {
-            continue;
-        }
-        let Some((name, _)) = t.split_once('=') else {
-            continue;
-        };
-        let name = name.trim();
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in crate::pooler::database_lines(ini) {
         if name == write_db || names.iter().any(|n| n == name) {
             continue;
         }

@@ -44,29 +44,7 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn python3 -m moto.server");
-        // Stops moto when this test process is gone, even if it was killed.
-        let _ = Command::new("/bin/sh")
-            .args([
-                "-c",
-                &format!(
-                    "while [ -d /proc/{} ] && [ -d /proc/{} ]; do sleep 1; done; kill {} 2>/dev/null",
-                    std::process::id(),
-                    child.id(),
-                    child.id()
-                ),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto server did not listen on 127.0.0.1:{port} within 30s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        watch_and_wait(&child, port, "moto server");
         Moto { child, port }
     }
 
@@ -97,6 +75,34 @@ impl Moto {
     }
 }
 
+/// Arms a watchdog that stops `child` when this test process is gone, even
+/// if it was killed (Drop does not run then), and waits up to 30 s for
+/// `child` (`what`, for the failure) to listen on 127.0.0.1:`port`.
+fn watch_and_wait(child: &Child, port: u16, what: &str) {
+    let _ = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "while [ -d /proc/{} ] && [ -d /proc/{} ]; do sleep 1; done; kill {} 2>/dev/null",
+                std::process::id(),
+                child.id(),
+                child.id()
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not listen on 127.0.0.1:{port} within 30s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The CBOR adapter in front of moto's CloudWatch
 /// (`tests/it/capacity/cloudwatch_cbor_proxy.py` says why), stopped on drop.
 pub struct CloudWatchCbor {
@@ -120,28 +126,7 @@ impl Moto {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn python3 cloudwatch_cbor_proxy.py");
-        let _ = Command::new("/bin/sh")
-            .args([
-                "-c",
-                &format!(
-                    "while [ -d /proc/{} ] && [ -d /proc/{} ]; do sleep 1; done; kill {} 2>/dev/null",
-                    std::process::id(),
-                    child.id(),
-                    child.id()
-                ),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let started = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the CloudWatch CBOR adapter did not listen on 127.0.0.1:{port} within 30s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        watch_and_wait(&child, port, "the CloudWatch CBOR adapter");
         CloudWatchCbor { child, port }
     }
 }

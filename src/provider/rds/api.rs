@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_rds::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_rds::operation::modify_db_instance::builders::ModifyDBInstanceFluentBuilder;
 use aws_sdk_rds::types::Tag;
 use tokio::sync::OnceCell;
 
@@ -168,6 +169,26 @@ impl SdkRds {
             .get_or_init(|| async { aws_sdk_rds::Client::new(&self.settings.load().await) })
             .await
     }
+
+    /// One ModifyDBInstance of `id`, applied now rather than in the next
+    /// maintenance window: the upgrade waits on its effect.
+    async fn modify_now(
+        &self,
+        id: &str,
+        set: impl FnOnce(ModifyDBInstanceFluentBuilder) -> ModifyDBInstanceFluentBuilder,
+    ) -> Result<(), ApiError> {
+        let modify = self
+            .client()
+            .await
+            .modify_db_instance()
+            .db_instance_identifier(id);
+        set(modify)
+            .apply_immediately(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sdk_error)
+    }
 }
 
 impl SdkSettings {
@@ -191,6 +212,15 @@ impl SdkSettings {
             ));
         }
         loader.load().await
+    }
+}
+
+/// The describe calls answer "no such instance/snapshot" with an error;
+/// to their callers absence is an answer (`None`), not a failure.
+fn absent_as_none<T>(r: Result<Option<T>, ApiError>) -> Result<Option<T>, ApiError> {
+    match r {
+        Err(e) if e.kind == ApiErrorKind::NotFound => Ok(None),
+        other => other,
     }
 }
 
@@ -281,17 +311,10 @@ impl RdsApi for SdkRds {
             .db_instance_identifier(id)
             .send()
             .await;
-        match out {
-            Ok(out) => Ok(out.db_instances().iter().map(instance).find(|i| i.id == id)),
-            Err(e) => {
-                let e = sdk_error(e);
-                if e.kind == ApiErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        absent_as_none(
+            out.map(|out| out.db_instances().iter().map(instance).find(|i| i.id == id))
+                .map_err(sdk_error),
+        )
     }
 
     async fn create_read_replica(&self, req: &CreateReplica) -> Result<(), ApiError> {
@@ -331,29 +354,13 @@ impl RdsApi for SdkRds {
     }
 
     async fn rename_instance(&self, id: &str, new_id: &str) -> Result<(), ApiError> {
-        self.client()
+        self.modify_now(id, |m| m.new_db_instance_identifier(new_id))
             .await
-            .modify_db_instance()
-            .db_instance_identifier(id)
-            .new_db_instance_identifier(new_id)
-            .apply_immediately(true)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(sdk_error)
     }
 
     async fn set_backup_retention(&self, id: &str, days: i32) -> Result<(), ApiError> {
-        self.client()
+        self.modify_now(id, |m| m.backup_retention_period(days))
             .await
-            .modify_db_instance()
-            .db_instance_identifier(id)
-            .backup_retention_period(days)
-            .apply_immediately(true)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(sdk_error)
     }
 
     async fn delete_instance(
@@ -384,20 +391,14 @@ impl RdsApi for SdkRds {
             .db_snapshot_identifier(snapshot_id)
             .send()
             .await;
-        match out {
-            Ok(out) => Ok(out
-                .db_snapshots()
-                .iter()
-                .find(|s| s.db_snapshot_identifier() == Some(snapshot_id))
-                .map(|s| s.status().unwrap_or("unknown").to_string())),
-            Err(e) => {
-                let e = sdk_error(e);
-                if e.kind == ApiErrorKind::NotFound {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        absent_as_none(
+            out.map(|out| {
+                out.db_snapshots()
+                    .iter()
+                    .find(|s| s.db_snapshot_identifier() == Some(snapshot_id))
+                    .map(|s| s.status().unwrap_or("unknown").to_string())
+            })
+            .map_err(sdk_error),
+        )
     }
 }

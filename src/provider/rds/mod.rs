@@ -57,6 +57,7 @@ pub use ids::{
     final_snapshot_id, is_renamed, is_valid_identifier, rds_identifier, rds_old_id, rds_replica_id,
     replica_tags, SOURCE_TAG, UPGRADE_TAG,
 };
+use readers::replica_like;
 pub use status::{classify, replica_state, StatusClass};
 
 pub struct RdsProvider {
@@ -285,39 +286,17 @@ impl Provider for RdsProvider {
             .ok_or_else(|| {
                 RdsError::refused(STEP, format!("source {} does not exist", source.id))
             })?;
-        let req = CreateReplica {
-            id: id.clone(),
-            source: source.id.clone(),
-            class: target_class.to_string(),
-            parameter_group: src.parameter_group.clone(),
-            subnet_group: src.subnet_group.clone(),
-            security_groups: src.security_groups.clone(),
-            multi_az: src.multi_az,
-            tags: replica_tags(&src.tags, &source.id, upgrade_id),
-        };
-        let res = self
-            .call(STEP, "CreateDBInstanceReadReplica", &id, deadline, || {
-                self.api.create_read_replica(&req)
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                tracing::info!(id = %id, class = target_class, source = %source.id, "rds read replica requested")
-            }
-            // Our own earlier attempt (a retried call, or a crash after the call) made it.
-            Err(RdsError::Api { source: e, .. }) if e.kind == ApiErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e.into()),
-        }
-        match self.describe_raw(STEP, &id, deadline).await? {
-            Some(inst) => Ok(self.adopt(STEP, inst, upgrade_id, target_class)?),
-            // Listed a moment later; the saga's wait polls describe.
-            None => Ok(ReplicaInfo {
-                id,
-                state: ServerState::Creating,
-                endpoint: None,
-                class: Some(target_class.to_string()),
-            }),
-        }
+        let req = replica_like(
+            &src,
+            id,
+            source.id.clone(),
+            target_class.to_string(),
+            &source.id,
+            upgrade_id,
+        );
+        Ok(self
+            .request_replica(STEP, &req, upgrade_id, deadline)
+            .await?)
     }
 
     async fn describe(&self, id: &str) -> Result<ReplicaInfo, ProviderError> {

@@ -19,6 +19,8 @@
 //!   whose final snapshot is taken).
 
 use crate::config::RdsRepoint;
+use tokio::time::Instant;
+
 use crate::provider::{Check, ReaderFacts, ReplicaInfo, SourceFacts};
 
 use super::region::{parse_db_arn, placement, placement_check, Placement};
@@ -250,34 +252,46 @@ impl RdsProvider {
                 step: STEP,
                 reason: format!("reader {} recorded at precheck no longer exists", reader.id),
             })?;
-        let req = CreateReplica {
-            id: reader.new_id.clone(),
-            source: new_primary.to_string(),
-            class: reader.new_class.clone(),
-            parameter_group: old.parameter_group.clone(),
-            subnet_group: old.subnet_group.clone(),
-            security_groups: old.security_groups.clone(),
-            multi_az: old.multi_az,
-            tags: replica_tags(&old.tags, &reader.id, upgrade_id),
-        };
+        let req = replica_like(
+            &old,
+            reader.new_id.clone(),
+            new_primary.to_string(),
+            reader.new_class.clone(),
+            &reader.id,
+            upgrade_id,
+        );
+        self.request_replica(STEP, &req, upgrade_id, deadline).await
+    }
+
+    /// Asks for the read replica `req`. Our own earlier attempt (a retried
+    /// call, or a crash after the call) having made it is no failure. Then
+    /// what describe says of it: adopted, or `Creating` while it is not
+    /// listed yet (the saga's wait polls describe).
+    pub(super) async fn request_replica(
+        &self,
+        step: &'static str,
+        req: &CreateReplica,
+        upgrade_id: &str,
+        deadline: Instant,
+    ) -> Result<ReplicaInfo, RdsError> {
         let res = self
             .call(
-                STEP,
+                step,
                 "CreateDBInstanceReadReplica",
                 &req.id,
                 deadline,
-                || self.api.create_read_replica(&req),
+                || self.api.create_read_replica(req),
             )
             .await;
         match res {
             Ok(()) => {
-                tracing::info!(id = %req.id, class = %req.class, source = new_primary, "rds reader requested")
+                tracing::info!(id = %req.id, class = %req.class, source = %req.source, "rds read replica requested")
             }
             Err(RdsError::Api { source: e, .. }) if e.kind == ApiErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        match self.describe_raw(STEP, &req.id, deadline).await? {
-            Some(inst) => self.adopt(STEP, inst, upgrade_id, &reader.new_class),
+        match self.describe_raw(step, &req.id, deadline).await? {
+            Some(inst) => self.adopt(step, inst, upgrade_id, &req.class),
             None => Ok(ReplicaInfo {
                 id: req.id.clone(),
                 state: crate::provider::ServerState::Creating,
@@ -407,6 +421,29 @@ impl RdsProvider {
         }
         tracing::info!(id = %inst.id, status = %inst.status, "adopting the replica of this upgrade");
         Ok(self.info(&inst))
+    }
+}
+
+/// A read replica `id` of `source` on `class`, placed as `like` is
+/// (parameter group, subnets, security groups, Multi-AZ) and tagged as the
+/// replacement of `replaces` for `upgrade_id`.
+pub(super) fn replica_like(
+    like: &Instance,
+    id: String,
+    source: String,
+    class: String,
+    replaces: &str,
+    upgrade_id: &str,
+) -> CreateReplica {
+    CreateReplica {
+        id,
+        source,
+        class,
+        parameter_group: like.parameter_group.clone(),
+        subnet_group: like.subnet_group.clone(),
+        security_groups: like.security_groups.clone(),
+        multi_az: like.multi_az,
+        tags: replica_tags(&like.tags, replaces, upgrade_id),
     }
 }
 

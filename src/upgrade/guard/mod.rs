@@ -121,6 +121,21 @@ struct Held {
     unanswered: bool,
 }
 
+impl Held {
+    /// A row just claimed on `conn`: its node's WAL may move, and its
+    /// session has not yet failed to answer.
+    fn claimed(conn: ConnString, target: String, client: Client, pid: i32) -> Held {
+        Held {
+            conn,
+            target,
+            client,
+            pid,
+            writable: true,
+            unanswered: false,
+        }
+    }
+}
+
 /// The guard a runner holds for its whole run. Dropping it closes the
 /// sessions, which releases the locks.
 pub struct Guard {
@@ -210,14 +225,7 @@ impl Guard {
             id: id.to_string(),
             state_dir: state_dir.to_string(),
             epoch: 0,
-            held: vec![Held {
-                conn: target.clone(),
-                target: t,
-                client,
-                pid,
-                writable: true,
-                unanswered: false,
-            }],
+            held: vec![Held::claimed(target.clone(), t, client, pid)],
             connect_timeout,
             timeout,
             deadline: None,
@@ -469,14 +477,8 @@ impl Guard {
         .get(0);
         self.epoch = self.epoch.max(epoch);
         // Both rows at the same epoch from here on.
-        self.held.push(Held {
-            conn: target.clone(),
-            target: t,
-            client,
-            pid,
-            writable: true,
-            unanswered: false,
-        });
+        self.held
+            .push(Held::claimed(target.clone(), t, client, pid));
         for h in &self.held {
             if h.writable && !h.client.is_closed() {
                 bounded(

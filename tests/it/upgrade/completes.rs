@@ -38,13 +38,7 @@ async fn upgrade_under_load_loses_nothing_and_repoints_replicas() {
     assert!(out.status.success(), "{}", text(&out));
     load.wait_progress(50).await;
     t.follow_upgrade();
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 
     // The old primary was retired: it accepts no connection, let alone a write.
     let spec = pgsteward::pg::ConnSpec::parse_with(&old, &harness::pg_env()).unwrap();
@@ -129,11 +123,5 @@ async fn every_step_is_idempotent() {
     assert!(out.status.success(), "{}", text(&out));
     t.follow_upgrade();
     load.wait_progress(30).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

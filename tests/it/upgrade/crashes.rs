@@ -41,11 +41,5 @@ async fn kill_at_every_step_boundary_then_resume() {
             t.check_nothing_lost(&acked).await;
         }
     }
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

@@ -162,11 +162,5 @@ async fn the_service_resumes_writes_a_lost_runner_left_paused() {
     }
     t.follow_upgrade();
     load.wait_progress(10).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

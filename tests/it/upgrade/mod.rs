@@ -56,6 +56,25 @@ impl Load {
     pub async fn stop(self) -> Ledger {
         self.0.stop().await
     }
+
+    /// The invariants every run ends on: stop the writers, no client saw an
+    /// error, and every acknowledged commit is on the one writable node.
+    pub async fn finish_clean(self, t: &Topology) {
+        self.finish_clean_with(t, &[]).await;
+    }
+
+    /// [`Load::finish_clean`], where the test also wrote the ledger `ids`
+    /// itself (outside the writers) and they must be there too.
+    pub async fn finish_clean_with(self, t: &Topology, ids: &[i64]) {
+        let mut ledger = self.stop().await;
+        assert!(
+            ledger.errors.is_empty(),
+            "client errors: {:?}",
+            ledger.errors
+        );
+        ledger.acked.extend_from_slice(ids);
+        t.check_nothing_lost(&ledger.acked).await;
+    }
 }
 
 /// One topology for a whole test: the original primary + replica, PgBouncer,
@@ -348,6 +367,13 @@ database = "app"
                 seen.insert(port)
             })
             .collect()
+    }
+
+    /// An aborted (or wholly rolled back) upgrade left none of its servers;
+    /// `label` says after what.
+    pub fn assert_no_new_servers(&self, label: &str) {
+        let left = self.new_nodes();
+        assert!(left.is_empty(), "{label}servers left: {left:?}");
     }
 
     /// URLs of the servers the local provider made under data_root.

@@ -39,11 +39,7 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
                 "{fp}: replica not removed"
             );
         }
-        assert!(
-            t.new_nodes().is_empty(),
-            "{fp}: servers left: {:?}",
-            t.new_nodes()
-        );
+        t.assert_no_new_servers(&format!("{fp}: "));
     }
     // A crash in the middle of the roll back: the pause keeper finishes it.
     let fp = "final_sync-done=error,fence_old_primary-undo=kill";
@@ -95,19 +91,9 @@ async fn error_before_promote_rolls_back_and_abort_removes_the_replica() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let abort = t.pgsteward(&["upgrade", "abort"], None);
     assert!(abort.status.success(), "{}", text(&abort));
-    assert!(
-        t.new_nodes().is_empty(),
-        "servers left: {:?}",
-        t.new_nodes()
-    );
+    t.assert_no_new_servers("");
 
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
 
 /// A transaction held open through PgBouncer keeps PAUSE from finishing:
@@ -163,12 +149,5 @@ async fn pause_timeout_rolls_back_and_writes_continue() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let abort = t.pgsteward(&["upgrade", "abort"], None);
     assert!(abort.status.success(), "{}", text(&abort));
-    let mut ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    ledger.acked.push(-100);
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean_with(&t, &[-100]).await;
 }

@@ -44,13 +44,7 @@ async fn asynchronous_commits_are_not_lost() {
     assert!(out.status.success(), "{}", text(&out));
     t.follow_upgrade();
     load.wait_progress(50).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
     let rec = latest_record(&t.state_dir());
     let note = rec
         .step(pgsteward::upgrade::record::Step::FinalSync)
@@ -144,13 +138,7 @@ async fn full_disk_inside_the_pause_rolls_back() {
     assert!(out.status.success(), "{}", text(&out));
     t.follow_upgrade();
     load.wait_progress(20).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
 
 /// The disk fills up right when promote starts (its start cannot be
@@ -181,11 +169,5 @@ async fn full_disk_when_promote_starts_is_named() {
     wait_keeper(&t.state_dir());
     load.wait_progress(20).await;
     assert_eq!(t.check_one_writable().await, t.primary_url);
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

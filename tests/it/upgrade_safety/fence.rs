@@ -200,14 +200,7 @@ async fn hard_fence_holds_and_rolls_back_completely() {
     app.batch_execute("INSERT INTO ledger (id) VALUES (-3)")
         .await
         .expect("app writes on the new primary");
-    let mut ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    ledger.acked.extend([-1, -3]);
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean_with(&t, &[-1, -3]).await;
 }
 
 /// The fence never locks the steward out: a runner killed -9 inside
@@ -274,18 +267,8 @@ async fn resume_and_abort_get_through_the_fence() {
     assert_eq!(t.check_one_writable().await, t.primary_url);
     let hba = std::fs::read_to_string(t.cluster.primary.data_dir.join("pg_hba.conf")).unwrap();
     assert!(!hba.contains("pgsteward fence"), "{hba}");
-    assert!(
-        t.new_nodes().is_empty(),
-        "servers left: {:?}",
-        t.new_nodes()
-    );
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    t.assert_no_new_servers("");
+    load.finish_clean(&t).await;
 }
 
 /// The fence's probe login runs beside the final flush (upgrade/fence/probe.rs);
@@ -325,11 +308,5 @@ async fn a_fence_the_probe_does_not_see_rolls_back_before_promote() {
             data.display()
         );
     }
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

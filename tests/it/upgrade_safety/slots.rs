@@ -126,13 +126,7 @@ async fn logical_consumers_refuse_the_upgrade_before_anything_changes() {
     }
 
     load.wait_progress(50).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
     assert_subscriber_matches(&super_app, LEDGER_TEXTS, &sub, LEDGER_TEXTS, "subscriber").await;
     assert_cdc_matches(&mut cdc, "public.ledger", &super_app, LEDGER_IDS, "CDC").await;
 }
@@ -248,13 +242,7 @@ async fn carry_case(kill_at: Option<&str>) {
     cdc.reconnect(&t.primary_url);
     sub.forget_errors_once_streaming(&new_super).await;
     load.wait_progress(30).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
     println!("carry_slots: {carried}");
     assert_subscriber_matches(&new_super, LEDGER_TEXTS, &sub, LEDGER_TEXTS, "subscriber").await;
     assert_cdc_matches(&mut cdc, "public.ledger", &new_super, LEDGER_IDS, "CDC").await;
@@ -356,13 +344,7 @@ async fn a_physical_slot_is_on_the_new_primary() {
     assert!(out.status.success(), "{}", text(&out));
     t.follow_upgrade();
     load.wait_progress(30).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
     let new_super = crate::partitions::as_super(&t.primary_url);
     let rows = harness::query(
         &new_super,
@@ -441,11 +423,5 @@ async fn abort_drops_the_new_servers_slot_on_the_primary() {
         "the consumer's slot stays: {consumers:?}"
     );
     load.wait_progress(20).await;
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }

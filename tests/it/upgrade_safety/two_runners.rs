@@ -101,13 +101,7 @@ async fn two_runners_one_upgrade() {
     t.follow_upgrade();
     load.wait_progress(20).await;
 
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
     // The new primary's guard row is finished: partition DDL may run there.
     let client = harness::connect(&t.primary_url).await;
     let row = pgsteward::upgrade::guard::read(&client, &t.primary_url, Duration::from_secs(5))
@@ -233,11 +227,5 @@ async fn two_runners_naming_two_databases_of_one_cluster() {
         t.check_one_writable().await;
         t.check_nothing_lost(&load.acked_ids()).await;
     }
-    let ledger = load.stop().await;
-    assert!(
-        ledger.errors.is_empty(),
-        "client errors: {:?}",
-        ledger.errors
-    );
-    t.check_nothing_lost(&ledger.acked).await;
+    load.finish_clean(&t).await;
 }
