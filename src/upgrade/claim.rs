@@ -4,8 +4,8 @@
 //! one way: commands -> rescue -> claim (issue 23: no circle).
 
 use super::error::UpgradeError;
+use super::guard;
 use super::record::UpgradeRecord;
-use super::{guard, steps};
 use crate::config::Cluster;
 
 /// Takes the upgrade lock on `target` for upgrade `id` (see `guard`).
@@ -19,7 +19,7 @@ async fn lock_guard(
         id,
         &cfg.state_dir.display().to_string(),
         cfg.database.connect_timeout.0,
-        steps::query_timeout(cfg),
+        crate::pooler::query_timeout(cfg),
     )
     .await?)
 }

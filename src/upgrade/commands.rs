@@ -9,7 +9,7 @@ use super::claim::{take_guard, take_guard_for};
 use super::error::UpgradeError;
 use super::record::{Event, Phase, Step, StepStatus, UpgradeRecord};
 use super::runner::Saga;
-use super::{guard, journal, keeper, record, rescue, steps};
+use super::{guard, journal, keeper, record, rescue};
 use crate::cli::OutputFormat;
 use crate::config::Cluster;
 use crate::outcome::Outcome;
@@ -62,13 +62,16 @@ pub async fn start_with(
     let cancel = cancel_on_signal();
     let provider = make_provider(cancel.clone())?;
     let mut poolers = Poolers::from_config(cfg);
-    let pre = match steps::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id)).await {
-        Ok(p) => p,
-        Err(e) => {
-            guard.give_up().await;
-            return Err(e);
-        }
-    };
+    let pre =
+        match super::observe::prechecks(cfg, provider.as_ref(), &mut poolers, class, Some(&id))
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                guard.give_up().await;
+                return Err(e);
+            }
+        };
     let failed = pre.failures();
     if !failed.is_empty() {
         guard.give_up().await;

@@ -3,8 +3,8 @@
 //! (whether DDL may run now is `gate`).
 
 use super::error::UpgradeError;
+use super::journal;
 use super::sql::PRIMARY_WRITABLE;
-use super::{journal, steps};
 use crate::config::Cluster;
 
 /// For other commands: fails when `database.primary` no longer answers as a
@@ -25,13 +25,13 @@ pub async fn ensure_primary_current(cfg: &Cluster) -> Result<(), UpgradeError> {
                 .to_string(),
         })
     };
-    let client = match steps::connect(&cfg.database.primary, cfg).await {
+    let client = match super::session::connect(&cfg.database.primary, cfg).await {
         Ok(c) => c,
         Err(e) => return Err(moved().unwrap_or(e)),
     };
-    let after = steps::query_timeout(cfg);
+    let after = crate::pooler::query_timeout(cfg);
     let row = match tokio::time::timeout(after, client.query_one(PRIMARY_WRITABLE, &[])).await {
-        Ok(r) => r.map_err(|e| steps::q(&cfg.database.primary, e))?,
+        Ok(r) => r.map_err(|e| super::error::q(&cfg.database.primary, e))?,
         Err(_) => {
             return Err(UpgradeError::Timeout {
                 what: format!("an answer from {}", cfg.database.primary),

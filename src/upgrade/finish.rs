@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
+use super::error::q;
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
 use super::sql::{verify_through_pooler, IN_RECOVERY, SESSION_EXISTS};
-use super::steps::q;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::Follow;
 
@@ -120,7 +120,7 @@ impl Saga {
     ) -> Result<bool, UpgradeError> {
         let client =
             crate::pooler::pooled_session(url, self.cfg.database.connect_timeout.0).await?;
-        let sql = verify_through_pooler(super::steps::query_timeout(&self.cfg).as_millis());
+        let sql = verify_through_pooler(crate::pooler::query_timeout(&self.cfg).as_millis());
         let msgs = client.simple_query(&sql).await.map_err(|e| q(url, e))?;
         let Some(row) = msgs.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),

@@ -23,6 +23,8 @@
 //!
 //! The step bodies (each observes, then acts):
 //! * `steps`: prechecks, the new server, catch-up, PAUSE, final sync, promote, repoint.
+//! * `session`: the saga's direct sessions to the servers (keepalives, a
+//!   server-side statement_timeout).
 //! * `cutover`: the write pause (pause_writes to resume_writes) and the pure catch-up gate;
 //!   the fence step and the unfences, as calls into the fence component.
 //! * `undo`: the roll back's undos.
@@ -61,6 +63,7 @@ pub mod record;
 pub mod rescue;
 pub mod runner;
 pub mod saga;
+pub mod session;
 pub mod slots;
 mod sql;
 pub mod step;

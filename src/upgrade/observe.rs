@@ -4,16 +4,18 @@
 
 use std::time::Duration;
 
+use super::error::q;
 use super::error::UpgradeError;
 use super::journal;
 use super::precheck::{judge, Facts, LocalUpgrade};
 use super::privileges::PrivilegeFacts;
+use super::session::connect;
 use super::sql::{
     DDL_LOCKS, LONG_TRANSACTIONS, PRIMARY_FACTS, READ_GUARD_PRIVILEGES, READ_PARAMETER_PRIVILEGES,
     READ_PRIVILEGES, READ_SLOTS, READ_SLOTS_17, UNFENCEABLE_DATABASES,
 };
-use super::steps::{connect, q, query_timeout};
 use crate::config::{Cluster, CutoverKind};
+use crate::pooler::query_timeout;
 use crate::pooler::Poolers;
 use crate::provider::{Check, Precheck, Provider};
 

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::error::UpgradeError;
 use super::record::{Region, Step};
+use super::swap;
 use super::table::{self, Needs, Row};
-use super::{steps, swap};
 use crate::cli::OutputFormat;
 use crate::config::{Cluster, CutoverKind};
 use crate::outcome::Outcome;
@@ -87,7 +87,7 @@ pub async fn plan_with(
     output: OutputFormat,
 ) -> Result<Outcome, UpgradeError> {
     let mut poolers = Poolers::from_config(cfg);
-    let pre = steps::prechecks(cfg, provider, &mut poolers, class, None).await?;
+    let pre = super::observe::prechecks(cfg, provider, &mut poolers, class, None).await?;
     let ok = pre.checks.iter().all(|c| c.ok);
     // RDS identifiers take lower-case letters, digits and hyphens only.
     let placeholder = "uid";

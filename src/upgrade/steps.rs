@@ -12,39 +12,15 @@ use tokio_postgres::Client;
 use super::cutover::{ready, Readiness};
 use super::error::UpgradeError;
 use super::fence::Fence;
+use super::observe::prechecks;
 use super::record::{Output, Step};
 use super::runner::Saga;
+use super::session::connect;
 use super::sql::{BACKEND_PID, CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
 use super::window::{remaining, Limit};
-use crate::config::{Cluster, ConnString, CutoverKind};
+use crate::config::{ConnString, CutoverKind};
+use crate::pooler::query_timeout;
 use crate::provider::{replica_id, ServerState};
-
-pub use super::observe::prechecks;
-
-pub use crate::pooler::query_timeout;
-
-/// A saga session: TCP keepalives (a peer that vanished is noticed in
-/// seconds, not hours) and a server-side `statement_timeout` matching the
-/// client-side bound, both in the startup packet (no extra round trip).
-pub(crate) async fn connect(target: &ConnString, cfg: &Cluster) -> Result<Client, UpgradeError> {
-    let spec = target.spec()?;
-    let mut config = spec.config.clone();
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(5));
-    config.keepalives_interval(Duration::from_secs(2));
-    config.keepalives_retries(3);
-    let mut options = config.get_options().unwrap_or_default().to_string();
-    options.push_str(&format!(
-        " -c statement_timeout={}ms",
-        query_timeout(cfg).as_millis()
-    ));
-    config.options(options.trim());
-    let timeout = cfg.database.connect_timeout.0;
-    // The connect timeout of ConnSpec covers TCP and the startup exchange.
-    Ok(spec.connect_with(config, timeout).await?)
-}
-
-pub(crate) use super::error::q;
 
 impl Saga {
     /// Sleeps `d` unless cancelled first.

@@ -22,8 +22,8 @@ use std::time::Duration;
 use super::error::UpgradeError;
 use super::record::{Output, Step};
 use super::runner::Saga;
+use super::session::connect;
 use super::sql::{CURRENT_LSN, IN_RECOVERY, REPLAYED_ENOUGH};
-use super::steps::connect;
 use crate::config::{ConnString, CutoverKind};
 use crate::provider::{Provider, ReaderFacts, ServerState, SourceFacts};
 

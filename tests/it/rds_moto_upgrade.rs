@@ -55,7 +55,7 @@ impl RdsApi for LocalStandIn {
 
 #[tokio::test]
 async fn moto_whole_upgrade_with_local_clusters_as_endpoints() {
-    use pgsteward::upgrade::{journal, record, runner, steps};
+    use pgsteward::upgrade::{journal, observe, record, runner};
 
     let moto = Moto::start();
     let client = moto.client().await;
@@ -132,7 +132,7 @@ database = "app"
     .unwrap();
 
     let mut poolers = pgsteward::pooler::Poolers::from_config(&cfg);
-    let pre = steps::prechecks(&cfg, &provider, &mut poolers, "db.r5.2xlarge", None)
+    let pre = observe::prechecks(&cfg, &provider, &mut poolers, "db.r5.2xlarge", None)
         .await
         .unwrap();
     let failed: Vec<_> = pre.checks.iter().filter(|c| !c.ok).collect();

@@ -25,7 +25,7 @@ use pgsteward::localpg::{Cluster, LocalPgBouncer, PgBouncerDatabase};
 use pgsteward::provider::rds::{
     final_snapshot_id, rds_old_id, rds_replica_id, Instance, RdsProvider, UPGRADE_TAG,
 };
-use pgsteward::upgrade::{journal, record, runner, steps};
+use pgsteward::upgrade::{journal, observe, record, runner};
 
 use crate::harness::{self, must, TestCluster};
 use crate::rds_scripted::{Scripted, SOURCE};
@@ -208,7 +208,7 @@ database = "app"
                 UID,
                 &state.display().to_string(),
                 Duration::from_secs(5),
-                steps::query_timeout(&self.cfg),
+                pgsteward::pooler::query_timeout(&self.cfg),
             )
             .await
             .unwrap();
@@ -305,7 +305,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn upgrade_under_load(s: &Stage, guarded: bool) -> Duration {
     let provider = s.provider();
     let mut poolers = pgsteward::pooler::Poolers::from_config(&s.cfg);
-    let pre = steps::prechecks(
+    let pre = observe::prechecks(
         &s.cfg,
         provider.as_ref(),
         &mut poolers,

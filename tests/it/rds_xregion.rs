@@ -18,7 +18,7 @@ use pgsteward::config::Cluster;
 use pgsteward::localpg::{LocalPgBouncer, PgBouncerDatabase};
 use pgsteward::provider::rds::{Instance, RdsProvider};
 use pgsteward::provider::{Provider, SourceFacts};
-use pgsteward::upgrade::{journal, plan_with, start_with, steps, UpgradeError};
+use pgsteward::upgrade::{journal, observe, plan_with, start_with, UpgradeError};
 
 use crate::harness::{self, must, TestCluster};
 use crate::rds_scripted::{Scripted, SOURCE};
@@ -171,7 +171,7 @@ async fn scripted_cross_region_reader_fails_plan_and_start_before_anything_chang
     let outcome = must(plan_with(&s.cfg, &provider, CLASS, OutputFormat::Text).await);
     assert_eq!(outcome.exit_code(), 1);
     let mut poolers = pgsteward::pooler::Poolers::from_config(&s.cfg);
-    let pre = must(steps::prechecks(&s.cfg, &provider, &mut poolers, CLASS, None).await);
+    let pre = must(observe::prechecks(&s.cfg, &provider, &mut poolers, CLASS, None).await);
     let failed = pre.failures();
     assert_eq!(
         failed.len(),
