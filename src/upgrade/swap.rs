@@ -149,11 +149,10 @@ impl Saga {
         }
     }
 
-    /// After RESUME: the old primary leaves the source's name.
+    /// After RESUME: the old primary leaves the source's name. (Rows that
+    /// need the identifier swap run only where the provider swaps:
+    /// [`Saga::unneeded`].)
     pub(crate) async fn rename_old_aside(&mut self) -> Result<Output, UpgradeError> {
-        if !self.provider.swaps_identifiers() {
-            return Ok(Output::note("no identifier swap: names stay"));
-        }
         let source = self.source()?;
         let new_id = self.replica()?;
         // The fenced old primary is let go before it loses its name: after
@@ -174,9 +173,6 @@ impl Saga {
     /// After RESUME: the new primary takes the source's name. PgBouncer still
     /// points at the new server's own endpoint until `repoint_stable`.
     pub(crate) async fn rename_new_in(&mut self) -> Result<Output, UpgradeError> {
-        if !self.provider.swaps_identifiers() {
-            return Ok(Output::note("no identifier swap: names stay"));
-        }
         let source = self.source()?;
         let new_id = self.replica()?;
         let own = self.new_endpoint().await?;
@@ -198,14 +194,6 @@ impl Saga {
     /// (no PAUSE: both addresses reach the same, writable server), then a
     /// write through it is checked.
     pub(crate) async fn repoint_stable(&mut self) -> Result<Output, UpgradeError> {
-        if !self.provider.swaps_identifiers() {
-            return Ok(Output::note(
-                "no identifier swap: PgBouncer stays on the new server's endpoint",
-            ));
-        }
-        if self.cfg.cutover.kind != CutoverKind::Pgbouncer {
-            return Ok(Output::note("cutover.kind = none: nothing to repoint"));
-        }
         let stable = self.new_endpoint().await?;
         let (host, port) = stable.spec()?.host_port();
         self.point_pooler_at(Step::RepointStable, &host, port)

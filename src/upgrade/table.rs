@@ -53,8 +53,11 @@ const NO_MOVE: GuardMove = GuardMove {
     pause_bound: false,
 };
 
-/// When a step has work: the plan lists only these, and a body whose
-/// condition is false returns at once.
+/// When a step has work: the plan lists only these. Where the condition is
+/// fixed for the whole upgrade (the provider's identifier swap, the
+/// cutover's kind) the row's function asks [`Saga::unneeded`] before the
+/// body runs, so no body branches on it; where it depends on what earlier
+/// steps found (readers, slots) the body returns at once with nothing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
     Always,
@@ -70,13 +73,20 @@ pub enum Needs {
 }
 
 /// The step function for a `Saga` method: the runner records its output.
+/// A row this upgrade does not need ([`Saga::unneeded`]) is recorded done
+/// with the reason, its body not run.
 macro_rules! body {
-    ($method:ident) => {{
+    ($method:ident, $needs:ident) => {{
         fn run<'a>(
             saga: &'a mut Saga,
             _at: At<'a>,
         ) -> Boxed<'a, Result<Done<Output>, UpgradeError>> {
-            Box::pin(async move { saga.$method().await.map(Done::Record) })
+            Box::pin(async move {
+                if let Some(why) = saga.unneeded(Needs::$needs) {
+                    return Ok(Done::Record(Output::note(why)));
+                }
+                saga.$method().await.map(Done::Record)
+            })
         }
         run
     }};
@@ -98,7 +108,7 @@ macro_rules! row {
         Row {
             step: Step::$step,
             does: $does,
-            run: body!($method),
+            run: body!($method, $needs),
             undo: $undo,
             meta: Meta {
                 undoes: $undoes,

@@ -453,7 +453,7 @@ async fn a_move_that_loses_rows_is_caught() {
     exec(
         &url,
         "BEGIN; \
-         CREATE TABLE events_2020 (LIKE events INCLUDING ALL); \
+         CREATE TABLE events_2020 (LIKE events INCLUDING ALL EXCLUDING IDENTITY); \
          INSERT INTO events_2020 OVERRIDING SYSTEM VALUE SELECT * FROM events_default WHERE created_at < '2021-01-01'; \
          DELETE FROM events_default WHERE created_at < '2021-01-01'; \
          ALTER TABLE events ATTACH PARTITION events_2020 FOR VALUES FROM ('2020-01-01') TO ('2021-01-01'); \

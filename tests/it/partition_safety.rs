@@ -362,17 +362,19 @@ SELECT json_build_object(
      FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
      WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped),
   'constraints', (SELECT json_agg(json_build_object('name', replace(k.conname, r.name, 'X'), 'type', k.contype,
-       'def', pg_get_constraintdef(k.oid), 'parent', k.conparentid <> 0 OR k.coninhcount > 0) ORDER BY 1)
+       'def', pg_get_constraintdef(k.oid), 'parent', k.conparentid <> 0 OR k.coninhcount > 0)
+       ORDER BY replace(k.conname, r.name, 'X'), k.contype)
      FROM pg_constraint k WHERE k.conrelid = r.oid),
   'indexes', (SELECT json_agg(json_build_object('def', regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX \\S+ ON \\S+ ', ' INDEX ON '),
        'valid', i.indisvalid, 'attached_to', (SELECT inhparent::regclass::text FROM pg_inherits WHERE inhrelid = i.indexrelid))
-       ORDER BY 1)
+       ORDER BY regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX \\S+ ON \\S+ ', ' INDEX ON '))
      FROM pg_index i WHERE i.indrelid = r.oid),
   'owner', pg_get_userbyid(c.relowner), 'acl', c.relacl::text, 'tablespace', c.reltablespace,
   'options', c.reloptions, 'persistence', c.relpersistence, 'kind', c.relkind, 'is_partition', c.relispartition,
   'replica_identity', c.relreplident, 'row_security', c.relrowsecurity, 'force_row_security', c.relforcerowsecurity,
   'comment', obj_description(c.oid, 'pg_class'),
-  'triggers', (SELECT json_agg(replace(pg_get_triggerdef(t.oid), r.name, 'X') ORDER BY 1)
+  'triggers', (SELECT json_agg(replace(pg_get_triggerdef(t.oid), r.name, 'X')
+       ORDER BY replace(pg_get_triggerdef(t.oid), r.name, 'X'))
      FROM pg_trigger t WHERE t.tgrelid = r.oid)
 )::text FROM r JOIN pg_class c ON c.oid = r.oid";
 
