@@ -8,21 +8,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+pub use crate::upgrade::guard::UpgradeStepReading;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StepLabels {
     pub step: String,
     pub region: String,
-}
-
-/// What the guard row says about the upgrade in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UpgradeStepReading {
-    /// 1-based position in the saga, 0 when none.
-    pub position: u32,
-    /// Journal name and region of the step (None when none).
-    pub step: Option<(&'static str, &'static str)>,
-    /// PAUSE sent → RESUME returned.
-    pub in_write_pause: bool,
 }
 
 #[derive(Default)]

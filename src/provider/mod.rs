@@ -1,5 +1,5 @@
 //! Providers make, describe, promote and retire the servers of a vertical
-//! upgrade. The saga (`crate::upgrade`) owns ordering, persistence and every
+//! upgrade. The saga (the `upgrade` module) owns ordering, persistence and every
 //! decision; a provider only performs one idempotent effect per call.
 //!
 //! Contract every implementation keeps (the saga relies on it after a crash):

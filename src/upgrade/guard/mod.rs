@@ -46,7 +46,9 @@ mod read;
 mod session;
 mod sql;
 use crate::provider::sql::{IN_RECOVERY, RELOAD_CONF};
-pub use read::{moved_marker, read, read_cluster, step_number, step_reading, GuardRow};
+pub use read::{
+    moved_marker, read, read_cluster, step_number, step_reading, GuardRow, UpgradeStepReading,
+};
 use session::lock_session;
 pub use session::{guard_conn, reader_session, runner_host};
 use sql::{

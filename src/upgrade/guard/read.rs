@@ -69,10 +69,21 @@ pub fn step_number(row: Option<&GuardRow>) -> u32 {
     current_step(row).map_or(0, |s| s.index() as u32 + 1)
 }
 
+/// What the guard row says about the upgrade in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UpgradeStepReading {
+    /// 1-based position in the saga, 0 when none.
+    pub position: u32,
+    /// Journal name and region of the step (None when none).
+    pub step: Option<(&'static str, &'static str)>,
+    /// PAUSE sent → RESUME returned.
+    pub in_write_pause: bool,
+}
+
 /// Every `pgsteward_upgrade_*` gauge for what the guard row says.
-pub fn step_reading(row: Option<&GuardRow>) -> crate::metrics::upgrade::UpgradeStepReading {
+pub fn step_reading(row: Option<&GuardRow>) -> UpgradeStepReading {
     let step = current_step(row);
-    crate::metrics::upgrade::UpgradeStepReading {
+    UpgradeStepReading {
         position: step_number(row),
         step: step.map(|s| (s.name(), s.region().name())),
         in_write_pause: step.is_some_and(|s| s.in_pause_window()),
