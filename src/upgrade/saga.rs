@@ -13,9 +13,8 @@ use super::fence::Fence;
 use super::guard::Guard;
 use super::journal::Journal;
 use super::record::{Step, UpgradeRecord};
-use super::table::Needs;
 use super::window::PauseWindow;
-use crate::config::{Cluster, ConnString, CutoverKind};
+use crate::config::{Cluster, ConnString};
 use crate::pooler::Poolers;
 use crate::provider::Provider;
 
@@ -102,22 +101,5 @@ impl Saga {
 
     pub fn record(&self) -> &UpgradeRecord {
         self.journal.record()
-    }
-
-    /// Why a row that needs `needs` has nothing to do in this upgrade, when
-    /// that is fixed for the whole upgrade: the provider swaps identifiers
-    /// or not, the cutover is PgBouncer or not. `None`: the row runs (its
-    /// body decides on what earlier steps found). The one place the saga
-    /// asks these capabilities for whole steps.
-    pub(crate) fn unneeded(&self, needs: Needs) -> Option<&'static str> {
-        let swap = self.provider.swaps_identifiers();
-        let pgbouncer = self.cfg.cutover.kind == CutoverKind::Pgbouncer;
-        match needs {
-            Needs::Swap | Needs::Both if !swap => Some("no identifier swap: names stay"),
-            Needs::Both if !pgbouncer => Some("cutover.kind = none: nothing to repoint"),
-            // Repoint and resume_writes also end the pause window, PgBouncer
-            // or not: their bodies always run.
-            _ => None,
-        }
     }
 }

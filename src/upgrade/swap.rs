@@ -151,7 +151,7 @@ impl Saga {
 
     /// After RESUME: the old primary leaves the source's name. (Rows that
     /// need the identifier swap run only where the provider swaps:
-    /// [`Saga::unneeded`].)
+    /// `table::Needs::unmet_by`.)
     pub(crate) async fn rename_old_aside(&mut self) -> Result<Output, UpgradeError> {
         let source = self.source()?;
         let new_id = self.replica()?;

@@ -12,6 +12,7 @@ use super::error::UpgradeError;
 use super::record::Output;
 use super::saga::Saga;
 use super::step::{Step, STEPS};
+use crate::config::CutoverKind;
 use crate::saga::{self, At, Boxed, Done};
 
 pub type Row = saga::Row<Saga>;
@@ -55,7 +56,7 @@ const NO_MOVE: GuardMove = GuardMove {
 
 /// When a step has work: the plan lists only these. Where the condition is
 /// fixed for the whole upgrade (the provider's identifier swap, the
-/// cutover's kind) the row's function asks [`Saga::unneeded`] before the
+/// cutover's kind) the row's function asks [`Needs::unmet_by`] before the
 /// body runs, so no body branches on it; where it depends on what earlier
 /// steps found (readers, slots) the body returns at once with nothing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +73,27 @@ pub enum Needs {
     LogicalSlots,
 }
 
+impl Needs {
+    /// Why a row that needs this has nothing to do in `saga`'s upgrade,
+    /// when that is fixed for the whole upgrade: the provider swaps
+    /// identifiers or not, the cutover is PgBouncer or not. `None`: the row
+    /// runs (its body decides on what earlier steps found). The one place
+    /// the saga asks these capabilities for whole steps.
+    pub fn unmet_by(self, saga: &Saga) -> Option<&'static str> {
+        let swap = saga.provider.swaps_identifiers();
+        let pgbouncer = saga.cfg.cutover.kind == CutoverKind::Pgbouncer;
+        match self {
+            Needs::Swap | Needs::Both if !swap => Some("no identifier swap: names stay"),
+            Needs::Both if !pgbouncer => Some("cutover.kind = none: nothing to repoint"),
+            // Repoint and resume_writes also end the pause window, PgBouncer
+            // or not: their bodies always run.
+            _ => None,
+        }
+    }
+}
+
 /// The step function for a `Saga` method: the runner records its output.
-/// A row this upgrade does not need ([`Saga::unneeded`]) is recorded done
+/// A row this upgrade does not need ([`Needs::unmet_by`]) is recorded done
 /// with the reason, its body not run.
 macro_rules! body {
     ($method:ident, $needs:ident) => {{
@@ -82,7 +102,7 @@ macro_rules! body {
             _at: At<'a>,
         ) -> Boxed<'a, Result<Done<Output>, UpgradeError>> {
             Box::pin(async move {
-                if let Some(why) = saga.unneeded(Needs::$needs) {
+                if let Some(why) = Needs::$needs.unmet_by(saga) {
                     return Ok(Done::Record(Output::note(why)));
                 }
                 saga.$method().await.map(Done::Record)
