@@ -411,20 +411,23 @@ impl Store {
         })
     }
 
-    /// Uploads part `n` (1-based) whose MD5 is `md5`; its ETag.
+    /// Uploads part `n` (1-based); its ETag.
     ///
-    /// The part's integrity on the way is its Content-MD5 (a signed header),
-    /// which the store checks on receipt (a damaged part is refused, and
-    /// retried), not the SigV4 payload hash: that would be one more SHA-256
-    /// pass over every byte (about 0.7 s of CPU per GiB) for the same
-    /// guarantee. The whole object is verified before any DROP anyway.
+    /// The payload is not signed (`UNSIGNED-PAYLOAD`): SigV4's payload hash
+    /// would be one more SHA-256 pass over every byte (about 0.7 s of CPU
+    /// per GiB) for a guarantee the archive has end to end anyway: each
+    /// part's ETag is compared with its MD5 as it is uploaded, and nothing
+    /// is dropped before the whole object's ETag, or its SHA-256 read back,
+    /// proved the content (verify.rs). A part damaged on the way fails that
+    /// proof, and the partition is archived again. (Content-MD5 would have
+    /// the store refuse it at once, at the price of the part's MD5 before
+    /// it is sent and a second MD5 pass by the store.)
     pub async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         n: i32,
         body: Bytes,
-        md5: &[u8],
         cancel: &CancellationToken,
     ) -> Result<String, ArchiveError> {
         let req = self
@@ -435,7 +438,6 @@ impl Store {
             .upload_id(upload_id)
             .part_number(n)
             .content_length(body.len() as i64)
-            .content_md5(aws_smithy_types::base64::encode(md5))
             .body(ByteStream::from(body))
             .customize()
             .disable_payload_signing()

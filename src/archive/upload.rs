@@ -10,8 +10,8 @@
 //! it is read). Everything computed over the bytes runs in the part's own
 //! task, on a blocking thread, beside the reading of the next part: the row
 //! count (text COPY ends every row with a newline; a newline inside a value
-//! is escaped), the part's MD5 (sent as its Content-MD5, and for the ETag
-//! the store should report, `etag`), and the archive's SHA-256. SHA-256 is one sequential state over
+//! is escaped), the part's MD5 (for the ETag the store should report,
+//! `etag`), and the archive's SHA-256. SHA-256 is one sequential state over
 //! every part in order, so it is handed from each part's task to the next
 //! (`HashChain`): part n hashes once part n−1 has, whatever order the
 //! uploads finish in.
@@ -162,14 +162,12 @@ async fn stream_inner(
         let n = next_part;
         let sha = chain.link();
         sending.spawn(async move {
-            // The MD5 goes with the part (Content-MD5): the store checks it
-            // on receipt and refuses a part damaged on the way, so the
-            // payload need not be signed too (which would hash it again).
-            let (rows, md5) = measure_part(&st, &k, part.clone()).await?;
-            let (hashed, etag) = tokio::join!(
+            let (measured, hashed, etag) = tokio::join!(
+                measure_part(&st, &k, part.clone()),
                 chain_part(&st, &k, part.clone(), sha),
-                st.upload_part(&k, &id, n, part.clone(), &md5, &token)
+                st.upload_part(&k, &id, n, part.clone(), &token)
             );
+            let (rows, md5) = measured?;
             hashed?;
             // The SDK's copies are gone once it answered (or not: a new
             // buffer is allocated then).
